@@ -1,0 +1,56 @@
+"""The ``ndt`` command line: one console script, one subcommand per job.
+
+Each subcommand lives in its own ``ndt.cmd_*`` module exposing ``register(subparsers)``;
+heavy libraries are imported inside the handlers so ``ndt --help`` stays fast.
+Errors a user can fix (:class:`ndt.errors.NdtError`) are printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ndt import __version__
+from ndt.errors import NdtError
+
+COMMAND_MODULES = (
+    "ndt.cmd_state",
+    "ndt.cmd_sim",
+    "ndt.cmd_dataset",
+    "ndt.cmd_bench",
+    "ndt.cmd_demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ndt",
+        description=(
+            "ndt, a network digital twin: a packet-level simulator, a graph-neural-network twin "
+            "(RouteNet-E), an optimizer of OSPF weights and an OpenFlow controller that closes the loop."
+        ),
+        epilog="Run 'ndt COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ndt {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except NdtError as exc:
+        print(f"ndt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ndt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
