@@ -1,0 +1,293 @@
+"""Forwarding decisions as pure data: network state + wiring + hosts → flow-mod descriptions.
+
+Nothing here talks to a switch (Faucet's ``valve`` style): the os-ken app turns the
+:class:`FlowOp` batches into OpenFlow 1.3 messages and sends a barrier after each batch.
+
+Pipeline installed on every switch:
+
+- table 0 (classifier): ARP → controller; IPv4 from a host port with a known
+  (source host, destination host) pair → a per-pair counting rule (the traffic
+  matrix), then table 1; everything else → table 1.
+- table 1 (routes): one rule per (switch, destination host IPv4 /32), output to the
+  next-hop port of OSPF destination-based routing (``twin.routing.next_hop_links``,
+  ties to the lowest node index); miss → controller.
+
+Route rules carry their version in the cookie and alternate between two priorities,
+so a new rule set is installed beside the old one. :func:`plan_update` orders the
+switch-over so that no packet loops or finds no rule: a (switch, destination) entry
+that changes its next hop flips only after every switch closer to the destination on
+the new tree has flipped (rounds by new hop count), then the old version is deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ndt.errors import NdtError
+from twin.routing import next_hop_links
+from twin.state import NetworkState
+
+CLASSIFIER_TABLE = 0
+ROUTE_TABLE = 1
+
+MISS_PRIORITY = 0
+ARP_PRIORITY = 100
+COUNTER_PRIORITY = 200
+ROUTE_PRIORITY = 1000  # versions alternate between ROUTE_PRIORITY and ROUTE_PRIORITY + 1
+
+BASE_COOKIE = 0x4E44_5400_0000_0000  # "NDT\0": table-miss, ARP and goto rules
+COUNTER_COOKIE = 0x4E44_5401_0000_0000
+ROUTE_COOKIE = 0x4E44_5402_0000_0000  # | version (low 32 bits)
+COOKIE_KIND_MASK = 0xFFFF_FFFF_0000_0000
+VERSION_MASK = 0xFFFF_FFFF
+
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_ARP = 0x0806
+
+
+class RuleError(NdtError, ValueError):
+    """Inputs to the rule computation are inconsistent; the message names the switch, link or host."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host attached to switch ``switch`` (a node of the state) at OpenFlow port ``port``."""
+
+    ip: str
+    mac: str
+    switch: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """How the state's nodes map onto OpenFlow switches.
+
+    dpids: node name → datapath id; ports: directed link (src, dst) → output port on ``src``.
+    """
+
+    dpids: dict[str, int]
+    ports: dict[tuple[str, str], int]
+    names: dict[int, str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "names", {dpid: name for name, dpid in self.dpids.items()})
+        if len(self.names) != len(self.dpids):
+            raise RuleError("two switches share one datapath id in the wiring")
+
+    def check(self, state: NetworkState) -> None:
+        """Raise :class:`RuleError` unless every node has a dpid and every link an output port."""
+        for node in state.nodes:
+            if node not in self.dpids:
+                raise RuleError(f"switch {node!r}: no datapath id in the wiring")
+        for link in state.links:
+            if (link.src, link.dst) not in self.ports:
+                raise RuleError(f"link {link.src}->{link.dst}: no output port in the wiring")
+
+    def link_at(self, dpid: int, port: int) -> tuple[str, str] | None:
+        """The directed link leaving switch ``dpid`` through ``port``, or None for a host (edge) port."""
+        name = self.names.get(dpid)
+        for (src, dst), p in self.ports.items():
+            if src == name and p == port:
+                return (src, dst)
+        return None
+
+    def is_edge_port(self, dpid: int, port: int) -> bool:
+        """True when ``port`` of switch ``dpid`` does not lead to another switch of the wiring."""
+        return self.link_at(dpid, port) is None
+
+
+@dataclass(frozen=True)
+class FlowRule:
+    """One OpenFlow 1.3 flow entry.
+
+    match: sorted (field, value) pairs in os-ken OFPMatch names (``eth_type``, ``ipv4_dst``, ``in_port``, …).
+    actions: ("output", port), ("controller",) or ("goto", table) entries, applied in order.
+    """
+
+    dpid: int
+    table: int
+    priority: int
+    match: tuple[tuple[str, object], ...]
+    actions: tuple[tuple, ...]
+    cookie: int
+
+    @property
+    def key(self) -> tuple:
+        """What OpenFlow identifies an entry by (a second add with the same key replaces it)."""
+        return (self.dpid, self.table, self.priority, self.match)
+
+
+@dataclass(frozen=True)
+class FlowOp:
+    """One flow-mod: ``add`` or ``delete_strict`` a rule, or ``delete_cookie`` (every entry of
+    ``table`` on ``dpid`` whose cookie equals ``cookie``)."""
+
+    kind: str
+    dpid: int
+    rule: FlowRule | None = None
+    table: int = ROUTE_TABLE
+    cookie: int = 0
+
+
+@dataclass(frozen=True)
+class RouteSet:
+    """The route rules of one version: (dpid, destination IPv4) → rule, and that switch's hop
+    count to the destination's switch along the new next hops (0 at the host's own switch)."""
+
+    version: int
+    rules: dict[tuple[int, str], FlowRule]
+    hops: dict[tuple[int, str], int]
+
+
+def _match(**fields) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(fields.items()))
+
+
+def route_cookie(version: int) -> int:
+    return ROUTE_COOKIE | (version & VERSION_MASK)
+
+
+def route_priority(version: int) -> int:
+    return ROUTE_PRIORITY + (version % 2)
+
+
+def base_rules(dpid: int) -> list[FlowRule]:
+    """The rules every switch gets on connect: ARP to the controller, classifier miss → routes,
+    route miss → controller."""
+    return [
+        FlowRule(dpid, CLASSIFIER_TABLE, MISS_PRIORITY, (), (("goto", ROUTE_TABLE),), BASE_COOKIE),
+        FlowRule(dpid, CLASSIFIER_TABLE, ARP_PRIORITY, _match(eth_type=ETH_TYPE_ARP), (("controller",),), BASE_COOKIE),
+        FlowRule(dpid, ROUTE_TABLE, MISS_PRIORITY, (), (("controller",),), BASE_COOKIE),
+    ]
+
+
+def counter_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
+    """Per (source host, destination host) counting rules at each source's ingress port.
+
+    Their packet and byte counters are the traffic matrix; they forward nothing themselves
+    (goto the route table).
+    """
+    rules = []
+    for src in hosts:
+        dpid = _dpid(wiring, src.switch, f"host {src.ip}")
+        for dst in hosts:
+            if dst.ip == src.ip:
+                continue
+            match = _match(eth_type=ETH_TYPE_IPV4, in_port=src.port, ipv4_src=src.ip, ipv4_dst=dst.ip)
+            rules.append(FlowRule(dpid, CLASSIFIER_TABLE, COUNTER_PRIORITY, match, (("goto", ROUTE_TABLE),), COUNTER_COOKIE))
+    return rules
+
+
+def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version: int,
+                down: frozenset[tuple[str, str]] = frozenset()) -> RouteSet:
+    """Destination-based route rules for every host under the state's OSPF weights.
+
+    ``down``: directed links (src, dst) that are out of service; they carry no route.
+    A switch from which a host's switch is unreachable gets no rule for that host
+    (its packets go to the controller via the table-miss rule).
+    """
+    wiring.check(state)
+    unknown = set(down) - set(state.link_index)
+    if unknown:
+        src, dst = sorted(unknown)[0]
+        raise RuleError(f"link {src}->{dst} is marked down but is not in the topology")
+    up = [lk for lk in state.links if (lk.src, lk.dst) not in down]
+    idx = state.node_index
+    src = np.array([idx[lk.src] for lk in up], dtype=np.int64)
+    dst = np.array([idx[lk.dst] for lk in up], dtype=np.int64)
+    weight = np.array([lk.weight for lk in up], dtype=np.float64)
+    table = next_hop_links(len(state.nodes), src, dst, weight)
+    cookie, priority = route_cookie(version), route_priority(version)
+    rules: dict[tuple[int, str], FlowRule] = {}
+    hops: dict[tuple[int, str], int] = {}
+    seen_ips: dict[str, Host] = {}
+    for host in hosts:
+        if host.ip in seen_ips:
+            raise RuleError(f"host {host.ip}: attached twice ({seen_ips[host.ip].switch} and {host.switch})")
+        seen_ips[host.ip] = host
+        if host.switch not in idx:
+            raise RuleError(f"host {host.ip}: switch {host.switch!r} is not a node of the state")
+        d = idx[host.switch]
+        match = _match(eth_type=ETH_TYPE_IPV4, ipv4_dst=host.ip)
+        for v, node in enumerate(state.nodes):
+            if v == d:
+                port, count = host.port, 0
+            else:
+                link = table[v, d]
+                if link < 0:
+                    continue
+                port = wiring.ports[(up[link].src, up[link].dst)]
+                count = _hop_count(table, dst, v, d)
+            dpid = wiring.dpids[node]
+            rules[(dpid, host.ip)] = FlowRule(dpid, ROUTE_TABLE, priority, match, (("output", port),), cookie)
+            hops[(dpid, host.ip)] = count
+    return RouteSet(version, rules, hops)
+
+
+def plan_update(old: RouteSet | None, new: RouteSet) -> list[list[FlowOp]]:
+    """Make-before-break switch-over from ``old`` to ``new`` as batches of flow-mods.
+
+    Send the batches in order with a barrier after each; ops within one batch may
+    be applied in any order. Batches: (1) rules that change no forwarding (new copies
+    of unchanged entries; with a lower new priority, every new rule); (2..) one batch
+    per new hop count, nearest the destination first, flipping the entries whose
+    output changes; (last) delete every rule left of the old version. Entries the new
+    set drops (unreachable destinations) disappear only in the last batch.
+    """
+    if old is None:
+        return [batch for batch in _rounds(new, set(new.rules), lambda key: FlowOp("add", key[0], new.rules[key]))
+                if batch]
+    if new.version == old.version or route_priority(new.version) == route_priority(old.version):
+        raise RuleError(f"route version {new.version} must differ in parity from the installed version {old.version}")
+    takeover_on_add = route_priority(new.version) > route_priority(old.version)
+    prepare: list[FlowOp] = []
+    changed = set()
+    for key, rule in new.rules.items():
+        previous = old.rules.get(key)
+        if previous is not None and previous.actions == rule.actions:
+            prepare.append(FlowOp("add", key[0], rule))
+        elif takeover_on_add or previous is None:
+            changed.add(key)
+        else:
+            prepare.append(FlowOp("add", key[0], rule))
+            changed.add(key)
+
+    def flip(key):
+        if takeover_on_add or key not in old.rules:
+            return FlowOp("add", key[0], new.rules[key])
+        return FlowOp("delete_strict", key[0], old.rules[key])
+
+    dpids = sorted({key[0] for key in old.rules})
+    cleanup = [FlowOp("delete_cookie", dpid, table=ROUTE_TABLE, cookie=route_cookie(old.version)) for dpid in dpids]
+    batches = [prepare, *_rounds(new, changed, flip), cleanup]
+    return [batch for batch in batches if batch]
+
+
+def _rounds(new: RouteSet, keys: set, make) -> list[list[FlowOp]]:
+    if not keys:
+        return []
+    depth = max(new.hops[key] for key in keys)
+    rounds: list[list[FlowOp]] = [[] for _ in range(depth + 1)]
+    for key in sorted(keys):
+        rounds[new.hops[key]].append(make(key))
+    return rounds
+
+
+def _hop_count(table: np.ndarray, link_dst: np.ndarray, v: int, d: int) -> int:
+    count = 0
+    while v != d:
+        v = int(link_dst[table[v, d]])
+        count += 1
+        if count > table.shape[0]:
+            raise RuleError(f"routing loop towards node index {d}")  # next_hop_links never produces one
+    return count
+
+
+def _dpid(wiring: Wiring, switch: str, tag: str) -> int:
+    try:
+        return wiring.dpids[switch]
+    except KeyError:
+        raise RuleError(f"{tag}: switch {switch!r} has no datapath id in the wiring") from None
