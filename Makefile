@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` (the main job) and `make test`. Both as root, both idempotent.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps test demo clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	@if [ -x scripts/install-system-deps.sh ]; then scripts/install-system-deps.sh; fi
+
+test: install system-deps
+	$(VENV)/bin/pytest -q
+
+demo: install system-deps
+	$(VENV)/bin/ndt demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
