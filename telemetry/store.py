@@ -1,0 +1,233 @@
+"""The telemetry store: time series of what the network did and what ndt did to it (SQLite).
+
+One file (or ``:memory:``) in WAL mode, so readers never block the controller's writes.
+Every table is indexed on time and on (src, dst, time) for range queries. Units: time
+in s since the epoch, bytes, bit/s, seconds of delay, utilization as a 0–1 ratio.
+
+Series: per-link counters and utilization; the traffic matrix (per switch pair);
+predicted and measured path delays; every applied configuration with who applied it
+and its predicted effect. :meth:`TelemetryStore.maintain` applies retention (rows older
+than ``retention_s`` go) and downsampling (rows older than ``raw_s`` are merged into
+``bucket_s`` buckets: counters keep the bucket's last value, rates and delays the mean).
+The store makes no decisions; a Prometheus server can serve the same read side.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ndt.errors import NdtError
+
+DELAY_KINDS = ("predicted", "measured")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS link_stats (
+    ts REAL NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL,
+    tx_bytes INTEGER NOT NULL, tx_packets INTEGER NOT NULL, tx_dropped INTEGER NOT NULL,
+    utilization REAL, bucket_s REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS link_stats_ts ON link_stats (ts);
+CREATE INDEX IF NOT EXISTS link_stats_pair ON link_stats (src, dst, ts);
+CREATE TABLE IF NOT EXISTS traffic (
+    ts REAL NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, rate_bps REAL NOT NULL,
+    bucket_s REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS traffic_ts ON traffic (ts);
+CREATE INDEX IF NOT EXISTS traffic_pair ON traffic (src, dst, ts);
+CREATE TABLE IF NOT EXISTS path_delay (
+    ts REAL NOT NULL, kind TEXT NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, delay_s REAL NOT NULL,
+    bucket_s REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS path_delay_ts ON path_delay (kind, ts);
+CREATE INDEX IF NOT EXISTS path_delay_pair ON path_delay (src, dst, ts);
+CREATE TABLE IF NOT EXISTS config (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, who TEXT NOT NULL, kind TEXT NOT NULL,
+    payload TEXT NOT NULL, predicted TEXT);
+CREATE INDEX IF NOT EXISTS config_ts ON config (ts);
+"""
+
+
+class StoreError(NdtError, ValueError):
+    """A bad argument to the telemetry store, or a store file that cannot be opened."""
+
+
+@dataclass(frozen=True)
+class LinkSample:
+    """Counters of the directed link src→dst at ``ts`` (s); utilization 0–1 since the previous sample."""
+
+    ts: float
+    src: str
+    dst: str
+    tx_bytes: int
+    tx_packets: int
+    tx_dropped: int
+    utilization: float | None
+
+
+@dataclass(frozen=True)
+class PairValue:
+    """One value for a (src, dst) pair at ``ts``: a rate (bit/s) or a delay (s)."""
+
+    ts: float
+    src: str
+    dst: str
+    value: float
+
+
+@dataclass(frozen=True)
+class ConfigRecord:
+    """An applied configuration: ``kind`` (e.g. ``weights``), its payload and predicted effect (JSON)."""
+
+    id: int
+    ts: float
+    who: str
+    kind: str
+    payload: dict
+    predicted: dict | None
+
+
+class TelemetryStore:
+    """Append-only time series in SQLite; safe to share between threads."""
+
+    def __init__(self, path: str | Path = ":memory:", retention_s: float = 7 * 86400.0,
+                 raw_s: float = 3600.0, bucket_s: float = 60.0):
+        if not (0 < bucket_s <= raw_s <= retention_s):
+            raise StoreError(f"need 0 < bucket_s ({bucket_s}) <= raw_s ({raw_s}) <= retention_s ({retention_s})")
+        self.retention_s, self.raw_s, self.bucket_s = retention_s, raw_s, bucket_s
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"telemetry store {path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ writes
+    def add_link_samples(self, samples: list[LinkSample]) -> None:
+        rows = [(s.ts, s.src, s.dst, int(s.tx_bytes), int(s.tx_packets), int(s.tx_dropped), s.utilization)
+                for s in samples]
+        self._write("INSERT INTO link_stats (ts, src, dst, tx_bytes, tx_packets, tx_dropped, utilization) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def add_traffic_matrix(self, ts: float, rates_bps: dict[tuple[str, str], float]) -> None:
+        """One traffic-matrix snapshot: (src, dst) → mean rate in bit/s over the last interval."""
+        self._write("INSERT INTO traffic (ts, src, dst, rate_bps) VALUES (?, ?, ?, ?)",
+                    [(ts, s, d, float(r)) for (s, d), r in rates_bps.items()])
+
+    def add_path_delays(self, ts: float, kind: str, delays_s: dict[tuple[str, str], float]) -> None:
+        """Per-path mean delays (s); ``kind`` is ``predicted`` (the twin) or ``measured``."""
+        _check_kind(kind)
+        self._write("INSERT INTO path_delay (ts, kind, src, dst, delay_s) VALUES (?, ?, ?, ?, ?)",
+                    [(ts, kind, s, d, float(v)) for (s, d), v in delays_s.items()])
+
+    def add_config(self, ts: float, who: str, kind: str, payload: dict, predicted: dict | None = None) -> int:
+        """Record an applied configuration; returns its id."""
+        if not who:
+            raise StoreError("config: 'who' must name who applied it")
+        try:
+            args = (ts, who, kind, json.dumps(payload), None if predicted is None else json.dumps(predicted))
+        except TypeError as exc:
+            raise StoreError(f"config {kind!r} from {who!r}: payload is not JSON-serialisable ({exc})") from None
+        with self._lock:
+            cur = self._db.execute("INSERT INTO config (ts, who, kind, payload, predicted) VALUES (?, ?, ?, ?, ?)", args)
+            return int(cur.lastrowid)
+
+    def _write(self, sql: str, rows: list) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ reads
+    def link_samples(self, start: float, end: float, src: str | None = None, dst: str | None = None) -> list[LinkSample]:
+        """Link samples with start <= ts < end, optionally of one link, in time order."""
+        where, args = _range(start, end, src, dst)
+        rows = self._read("SELECT ts, src, dst, tx_bytes, tx_packets, tx_dropped, utilization FROM link_stats "
+                          f"WHERE {where} ORDER BY ts, src, dst", args)
+        return [LinkSample(*row) for row in rows]
+
+    def latest_link_samples(self) -> list[LinkSample]:
+        """The newest sample of every link."""
+        rows = self._read(
+            "SELECT l.ts, l.src, l.dst, l.tx_bytes, l.tx_packets, l.tx_dropped, l.utilization FROM link_stats l "
+            "JOIN (SELECT src, dst, MAX(ts) AS ts FROM link_stats GROUP BY src, dst) m "
+            "ON l.src = m.src AND l.dst = m.dst AND l.ts = m.ts ORDER BY l.src, l.dst", ())
+        return [LinkSample(*row) for row in rows]
+
+    def traffic_matrices(self, start: float, end: float) -> list[PairValue]:
+        where, args = _range(start, end)
+        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, rate_bps FROM traffic WHERE {where} "
+                                                   "ORDER BY ts, src, dst", args)]
+
+    def path_delays(self, kind: str, start: float, end: float, src: str | None = None,
+                    dst: str | None = None) -> list[PairValue]:
+        _check_kind(kind)
+        where, args = _range(start, end, src, dst)
+        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, delay_s FROM path_delay WHERE kind = ? "
+                                                   f"AND {where} ORDER BY ts, src, dst", (kind, *args))]
+
+    def configs(self, start: float, end: float) -> list[ConfigRecord]:
+        where, args = _range(start, end)
+        rows = self._read(f"SELECT id, ts, who, kind, payload, predicted FROM config WHERE {where} ORDER BY ts, id", args)
+        return [ConfigRecord(i, ts, who, kind, json.loads(p), None if e is None else json.loads(e))
+                for i, ts, who, kind, p, e in rows]
+
+    def _read(self, sql: str, args) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------------ housekeeping
+    def maintain(self, now: float | None = None) -> dict[str, int]:
+        """Apply retention and downsampling; returns rows deleted and rows merged per table."""
+        now = time.time() if now is None else now
+        keep_after, raw_after, b = now - self.retention_s, now - self.raw_s, self.bucket_s
+        report = {}
+        with self._lock:
+            self._db.execute("BEGIN")
+            for table in ("link_stats", "traffic", "path_delay", "config"):
+                report[f"{table}_expired"] = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (keep_after,)).rowcount
+            merges = {
+                "link_stats": ("src, dst", "MAX(tx_bytes), MAX(tx_packets), MAX(tx_dropped), AVG(utilization)",
+                               "src, dst, tx_bytes, tx_packets, tx_dropped, utilization"),
+                "traffic": ("src, dst", "AVG(rate_bps)", "src, dst, rate_bps"),
+                "path_delay": ("kind, src, dst", "AVG(delay_s)", "kind, src, dst, delay_s"),
+            }
+            for table, (keys, aggregates, columns) in merges.items():
+                old = "ts < ? AND bucket_s < ?"
+                count = self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE {old}", (raw_after, b)).fetchone()[0]
+                if count == 0:
+                    report[f"{table}_merged"] = 0
+                    continue
+                self._db.execute(
+                    f"INSERT INTO {table} (ts, {columns}, bucket_s) "
+                    f"SELECT CAST(ts / ? AS INTEGER) * ?, {keys}, {aggregates}, ? FROM {table} WHERE {old} "
+                    f"GROUP BY CAST(ts / ? AS INTEGER), {keys}", (b, b, b, raw_after, b, b))
+                self._db.execute(f"DELETE FROM {table} WHERE {old}", (raw_after, b))
+                report[f"{table}_merged"] = count
+            self._db.execute("COMMIT")
+        return report
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in DELAY_KINDS:
+        raise StoreError(f"path delay kind {kind!r} is not one of {DELAY_KINDS}")
+
+
+def _range(start: float, end: float, src: str | None = None, dst: str | None = None) -> tuple[str, tuple]:
+    if not start <= end:
+        raise StoreError(f"time range: start {start} is after end {end}")
+    where, args = "ts >= ? AND ts < ?", [start, end]
+    for column, value in (("src", src), ("dst", dst)):
+        if value is not None:
+            where += f" AND {column} = ?"
+            args.append(value)
+    return where, tuple(args)

@@ -1,0 +1,79 @@
+"""The SQLite telemetry store: round trips, time ranges, WAL, retention and downsampling."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from telemetry.store import LinkSample, StoreError, TelemetryStore
+
+
+def sample(ts, src="s1", dst="s2", tx=0, util=0.5):
+    return LinkSample(ts, src, dst, tx, tx // 100, 0, util)
+
+
+def test_link_samples_round_trip_and_ranges(tmp_path):
+    store = TelemetryStore(tmp_path / "t.db")
+    store.add_link_samples([sample(t, tx=1000 * t) for t in range(10)] + [sample(5, "s2", "s1", 7)])
+    assert [s.ts for s in store.link_samples(2, 5)] == [2, 3, 4]
+    assert [s.src for s in store.link_samples(5, 6)] == ["s1", "s2"]
+    assert [s.tx_bytes for s in store.link_samples(0, 100, "s2", "s1")] == [7]
+    latest = store.latest_link_samples()
+    assert [(s.src, s.ts, s.tx_bytes) for s in latest] == [("s1", 9, 9000), ("s2", 5, 7)]
+    with pytest.raises(StoreError, match="start 5 is after end 1"):
+        store.link_samples(5, 1)
+    store.close()
+
+
+def test_wal_mode_and_indexes(tmp_path):
+    TelemetryStore(tmp_path / "t.db").close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    plan = " ".join(r[-1] for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM link_stats WHERE src='a' AND dst='b' AND ts >= 0 AND ts < 1"))
+    assert "USING INDEX link_stats_pair" in plan
+
+
+def test_traffic_delays_and_configs():
+    store = TelemetryStore()
+    store.add_traffic_matrix(10.0, {("s1", "s3"): 8e5, ("s3", "s1"): 1e5})
+    store.add_path_delays(10.0, "predicted", {("s1", "s3"): 0.002})
+    store.add_path_delays(11.0, "measured", {("s1", "s3"): 0.0025})
+    cid = store.add_config(12.0, "ndt optimize", "weights", {"s1->s2": 3}, {"mean_delay_s": 0.001})
+    assert [(p.src, p.value) for p in store.traffic_matrices(0, 20)] == [("s1", 8e5), ("s3", 1e5)]
+    assert store.path_delays("measured", 0, 20)[0].value == 0.0025
+    assert store.path_delays("predicted", 0, 20, "s1", "s3")[0].value == 0.002
+    (config,) = store.configs(0, 20)
+    assert (config.id, config.who, config.payload, config.predicted) == (cid, "ndt optimize", {"s1->s2": 3},
+                                                                        {"mean_delay_s": 0.001})
+    with pytest.raises(StoreError, match="kind 'guessed'"):
+        store.add_path_delays(1.0, "guessed", {})
+    with pytest.raises(StoreError, match="'who'"):
+        store.add_config(1.0, "", "weights", {})
+    with pytest.raises(StoreError, match="not JSON"):
+        store.add_config(1.0, "me", "weights", {"x": object()})
+
+
+def test_retention_and_downsampling():
+    store = TelemetryStore(retention_s=1000, raw_s=100, bucket_s=10)
+    now = 2000.0
+    store.add_link_samples([sample(t, tx=10 * t, util=t % 2) for t in range(500, 2000)])
+    store.add_path_delays(1950.0, "measured", {("s1", "s2"): 1.0})
+    store.add_path_delays(1500.0, "measured", {("s1", "s2"): 1.0})
+    store.add_path_delays(1505.0, "measured", {("s1", "s2"): 3.0})
+    report = store.maintain(now)
+    assert report["link_stats_expired"] == 500  # ts < 1000
+    assert report["link_stats_merged"] == 900  # 1000 <= ts < 1900
+    old = store.link_samples(1000, 1900)
+    assert len(old) == 90 and old[0].ts == 1000 and old[0].tx_bytes == 10 * 1009 and old[0].utilization == 0.5
+    assert len(store.link_samples(1900, 2000)) == 100  # recent rows stay raw
+    assert [p.value for p in store.path_delays("measured", 1500, 1510)] == [2.0]
+    assert store.maintain(now)["link_stats_merged"] == 0  # merged rows are not merged again
+
+
+def test_bad_parameters():
+    with pytest.raises(StoreError, match="bucket_s"):
+        TelemetryStore(retention_s=10, raw_s=100)
+    with pytest.raises(StoreError, match="/nonexistent/dir/t.db"):
+        TelemetryStore("/nonexistent/dir/t.db")
