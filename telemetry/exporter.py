@@ -1,0 +1,140 @@
+"""Prometheus exporter: the controller's current view as ``ndt_*`` metrics.
+
+Conventions: the ``ndt_`` prefix, base units (bytes, seconds), ``_total`` for counters,
+ratios in 0–1. Link labels ``src``/``dst`` are the state's node names of the directed link;
+path labels the source and destination switch. The exporter only mirrors values it is
+given (a custom collector over an in-memory snapshot); it decides nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+
+from telemetry.store import DELAY_KINDS, LinkSample
+
+Pair = tuple[str, str]
+
+
+class Metrics:
+    """The snapshot the collector serves; every update method is thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._links: dict[Pair, LinkSample] = {}
+        self._link_up: dict[Pair, bool] = {}
+        self._traffic_bytes: dict[Pair, int] = {}
+        self._delays: dict[str, dict[Pair, float]] = {kind: {} for kind in DELAY_KINDS}
+        self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0}
+        self._gauges: dict[str, float] = {}
+
+    def update_links(self, samples: list[LinkSample]) -> None:
+        with self._lock:
+            for s in samples:
+                self._links[(s.src, s.dst)] = s
+
+    def set_link_up(self, src: str, dst: str, up: bool) -> None:
+        with self._lock:
+            self._link_up[(src, dst)] = up
+
+    def set_traffic_bytes(self, totals: dict[Pair, int]) -> None:
+        """Bytes sent so far per (src switch, dst switch) pair, from the edge counting rules."""
+        with self._lock:
+            self._traffic_bytes = dict(totals)
+
+    def set_path_delays(self, kind: str, delays_s: dict[Pair, float]) -> None:
+        if kind not in DELAY_KINDS:
+            raise ValueError(f"path delay kind {kind!r} is not one of {DELAY_KINDS}")
+        with self._lock:
+            self._delays[kind] = dict(delays_s)
+
+    def inc(self, counter: str, amount: int = 1) -> None:
+        """Increment ``routing_changes``, ``optimizer_runs`` or ``stats_polls``."""
+        with self._lock:
+            if counter not in self._counters:
+                raise ValueError(f"unknown counter {counter!r} (known: {', '.join(self._counters)})")
+            self._counters[counter] += amount
+
+    def set_gauge(self, name: str, value: float) -> None:
+        """Set one of ``switches_connected``, ``route_version``, ``routing_switch_over_seconds``,
+        ``stats_poll_duration_seconds``, ``twin_error_ratio``."""
+        if name not in _GAUGE_HELP:
+            raise ValueError(f"unknown gauge {name!r} (known: {', '.join(_GAUGE_HELP)})")
+        with self._lock:
+            self._gauges[name] = float(value)
+
+    def collect(self):
+        with self._lock:
+            links = dict(self._links)
+            link_up = dict(self._link_up)
+            traffic = dict(self._traffic_bytes)
+            delays = {k: dict(v) for k, v in self._delays.items()}
+            counters = dict(self._counters)
+            gauges = dict(self._gauges)
+        pair = ["src", "dst"]
+        tx_bytes = CounterMetricFamily("ndt_link_transmit_bytes", "Bytes sent on the directed link (switch port counter)", labels=pair)
+        tx_packets = CounterMetricFamily("ndt_link_transmit_packets", "Packets sent on the directed link", labels=pair)
+        tx_dropped = CounterMetricFamily("ndt_link_transmit_dropped_packets", "Packets dropped on transmit at the link's port", labels=pair)
+        util = GaugeMetricFamily("ndt_link_utilization_ratio", "Sent bits / capacity over the last polling interval (0-1)", labels=pair)
+        for (src, dst), s in sorted(links.items()):
+            tx_bytes.add_metric([src, dst], s.tx_bytes)
+            tx_packets.add_metric([src, dst], s.tx_packets)
+            tx_dropped.add_metric([src, dst], s.tx_dropped)
+            if s.utilization is not None:
+                util.add_metric([src, dst], s.utilization)
+        yield from (tx_bytes, tx_packets, tx_dropped, util)
+        up = GaugeMetricFamily("ndt_link_up", "1 if the directed link is in service, else 0", labels=pair)
+        for (src, dst), value in sorted(link_up.items()):
+            up.add_metric([src, dst], 1.0 if value else 0.0)
+        yield up
+        tm = CounterMetricFamily("ndt_traffic_bytes", "Bytes entering at src's hosts towards dst's hosts (traffic matrix)", labels=pair)
+        for (src, dst), value in sorted(traffic.items()):
+            tm.add_metric([src, dst], value)
+        yield tm
+        for kind in DELAY_KINDS:
+            family = GaugeMetricFamily(f"ndt_path_delay_{kind}_seconds", f"Mean one-way path delay, {kind}", labels=pair)
+            for (src, dst), value in sorted(delays[kind].items()):
+                family.add_metric([src, dst], value)
+            yield family
+        for name, help_text in _COUNTER_HELP.items():
+            yield CounterMetricFamily(f"ndt_{name}", help_text, value=counters[name])
+        for name, help_text in _GAUGE_HELP.items():
+            if name in gauges:
+                yield GaugeMetricFamily(f"ndt_{name}", help_text, value=gauges[name])
+
+
+_COUNTER_HELP = {
+    "routing_changes": "Route sets installed network-wide (weight pushes and link events)",
+    "optimizer_runs": "Optimizer runs whose result was applied or evaluated",
+    "stats_polls": "Statistics polling rounds completed",
+}
+_GAUGE_HELP = {
+    "switches_connected": "OpenFlow switches currently connected",
+    "route_version": "Version of the installed route set",
+    "routing_switch_over_seconds": "Duration of the last make-before-break route switch-over",
+    "stats_poll_duration_seconds": "Time from sending the last stats requests to the last reply",
+    "twin_error_ratio": "Mean absolute percentage error of predicted vs measured path delay (0-1)",
+}
+
+
+class Exporter:
+    """Serves a :class:`Metrics` snapshot on ``http://addr:port/metrics`` from its own registry."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(metrics)
+        self._server = None
+
+    def serve(self, port: int = 9108, addr: str = "127.0.0.1") -> int:
+        """Start the HTTP server in a daemon thread; returns the bound port (``port=0`` picks one)."""
+        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return self._server.server_port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,81 @@
+"""The Prometheus exporter, scraped over real HTTP and parsed with Prometheus' own text parser."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from telemetry.exporter import Exporter, Metrics
+from telemetry.store import LinkSample
+
+
+@pytest.fixture
+def exporter():
+    exp = Exporter(Metrics())
+    port = exp.serve(port=0)
+    yield exp, f"http://127.0.0.1:{port}/metrics"
+    exp.stop()
+
+
+def scrape(url) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def test_scrape_names_labels_and_values(exporter):
+    exp, url = exporter
+    m = exp.metrics
+    m.update_links([LinkSample(1.0, "s1", "s2", 12345, 100, 2, 0.25)])
+    m.set_link_up("s1", "s2", True)
+    m.set_link_up("s2", "s3", False)
+    m.set_traffic_bytes({("s1", "s3"): 999})
+    m.set_path_delays("predicted", {("s1", "s3"): 0.0012})
+    m.set_path_delays("measured", {("s1", "s3"): 0.0015})
+    m.inc("routing_changes")
+    m.inc("routing_changes")
+    m.inc("optimizer_runs")
+    m.set_gauge("twin_error_ratio", 0.04)
+    m.set_gauge("switches_connected", 3)
+    got = scrape(url)
+    link = (("dst", "s2"), ("src", "s1"))
+    path = (("dst", "s3"), ("src", "s1"))
+    assert got[("ndt_link_transmit_bytes_total", link)] == 12345
+    assert got[("ndt_link_transmit_packets_total", link)] == 100
+    assert got[("ndt_link_transmit_dropped_packets_total", link)] == 2
+    assert got[("ndt_link_utilization_ratio", link)] == 0.25
+    assert got[("ndt_link_up", (("dst", "s3"), ("src", "s2")))] == 0
+    assert got[("ndt_traffic_bytes_total", path)] == 999
+    assert got[("ndt_path_delay_predicted_seconds", path)] == 0.0012
+    assert got[("ndt_path_delay_measured_seconds", path)] == 0.0015
+    assert got[("ndt_routing_changes_total", ())] == 2
+    assert got[("ndt_optimizer_runs_total", ())] == 1
+    assert got[("ndt_twin_error_ratio", ())] == 0.04
+    assert got[("ndt_switches_connected", ())] == 3
+
+
+def test_updates_show_on_next_scrape(exporter):
+    exp, url = exporter
+    exp.metrics.update_links([LinkSample(1.0, "a", "b", 1, 1, 0, None)])
+    assert ("ndt_link_utilization_ratio", (("dst", "b"), ("src", "a"))) not in scrape(url)
+    exp.metrics.update_links([LinkSample(2.0, "a", "b", 500, 2, 0, 0.5)])
+    got = scrape(url)
+    assert got[("ndt_link_transmit_bytes_total", (("dst", "b"), ("src", "a")))] == 500
+    assert got[("ndt_stats_polls_total", ())] == 0
+
+
+def test_unknown_names_are_rejected():
+    m = Metrics()
+    with pytest.raises(ValueError, match="unknown counter 'bogus'"):
+        m.inc("bogus")
+    with pytest.raises(ValueError, match="unknown gauge 'bogus'"):
+        m.set_gauge("bogus", 1)
+    with pytest.raises(ValueError, match="kind 'guessed'"):
+        m.set_path_delays("guessed", {})
