@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from twin.dataset import DatasetConfig, generate, iter_samples, make_state, shard_path
+from twin.dataset import DatasetConfig, generate, generate_shard, iter_samples, make_state, shard_path
 from twin.state import StateError
 
 SMALL = DatasetConfig(samples=5, min_nodes=6, max_nodes=9, shard_size=2, packets_per_flow=150, seed=11,
@@ -61,6 +61,13 @@ def test_parallel_matches_serial(tmp_path):
     generate(config, tmp_path / "serial", workers=1, progress=False)
     generate(config, tmp_path / "parallel", workers=2, progress=False)
     assert _records(tmp_path / "serial") == _records(tmp_path / "parallel")
+
+
+def test_a_shard_is_a_self_contained_job(tmp_path):
+    generate(SMALL, tmp_path / "pool", workers=1, progress=False)
+    (tmp_path / "job").mkdir()
+    assert generate_shard(SMALL, 2, tmp_path / "job") == 1
+    assert _records(tmp_path / "job") == _records(tmp_path / "pool")[4:]
 
 
 def _records(directory):

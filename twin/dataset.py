@@ -139,50 +139,83 @@ def shard_path(directory: Path, shard: int) -> Path:
 
 
 def generate_shard(config: DatasetConfig, shard: int, directory: Path) -> int:
-    """Write shard ``shard`` of the dataset (atomically); returns the number of samples in it."""
+    """Write shard ``shard`` of the dataset; returns the number of samples in it.
+
+    The unit of work for a distributed engine (Ray, Dask): it depends only on its arguments.
+    """
+    lines = [sample_line(config, index) for index in shard_indices(config, shard)]
+    _write_shard(shard_path(directory, shard), lines)
+    return len(lines)
+
+
+def shard_indices(config: DatasetConfig, shard: int) -> range:
     first = shard * config.shard_size
-    indices = range(first, min(first + config.shard_size, config.samples))
-    target = shard_path(directory, shard)
+    return range(first, min(first + config.shard_size, config.samples))
+
+
+def sample_line(config: DatasetConfig, index: int) -> str:
+    """Sample ``index`` as one JSON line of a shard."""
+    return json.dumps(_sample_record(make_sample(config, index))) + "\n"
+
+
+def _write_shard(target: Path, lines: list[str]) -> None:
+    """Write a shard atomically: readers and resumed runs never see half a file."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with gzip.open(tmp, "wt") as out:
-        for index in indices:
-            out.write(json.dumps(_sample_record(make_sample(config, index))) + "\n")
+        out.writelines(lines)
     tmp.replace(target)
-    return len(indices)
 
 
 def generate(config: DatasetConfig, directory, workers: int | None = None, progress: bool = True) -> dict:
-    """Generate (or resume) a dataset in ``directory`` on ``workers`` processes (default: all cores)."""
+    """Generate (or resume) a dataset in ``directory`` on ``workers`` processes (default: all cores).
+
+    Samples are farmed out one by one (so the progress bar moves per sample) and
+    each shard is written as soon as all its samples are in.
+    """
     config.check()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _check_manifest(directory, config)
     todo = [s for s in range(config.shards) if not shard_path(directory, s).exists()]
-    done_samples = config.samples - sum(
-        min(config.shard_size, config.samples - s * config.shard_size) for s in todo
-    )
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    indices = [i for s in todo for i in shard_indices(config, s)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(indices) or 1))
     started = time.perf_counter()
     from tqdm import tqdm
 
-    bar = tqdm(total=config.samples, initial=done_samples, unit="sample", disable=not progress,
-               desc=f"dataset {directory.name}")
-    if workers == 1:
-        for shard in todo:
-            bar.update(generate_shard(config, shard, directory))
-    else:
-        with get_context("spawn").Pool(workers) as pool:
-            for count in pool.imap_unordered(_generate_shard_task, [(config, s, directory) for s in todo]):
-                bar.update(count)
+    bar = tqdm(total=config.samples, initial=config.samples - len(indices), unit="sample",
+               disable=not progress, desc=f"dataset {directory.name}")
+    pending: dict[int, list[str]] = {}
+    tasks = [(config, i) for i in indices]
+    with get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
+        for index, line in zip(indices, pool.imap(_sample_line_task, tasks)):
+            shard = index // config.shard_size
+            pending.setdefault(shard, []).append(line)
+            if len(pending[shard]) == len(shard_indices(config, shard)):
+                _write_shard(shard_path(directory, shard), pending.pop(shard))
+            bar.update(1)
     bar.close()
     wall = time.perf_counter() - started
-    written = config.samples - done_samples
-    return {"directory": str(directory), "samples": config.samples, "written": written, "skipped": done_samples,
-            "wall_s": round(wall, 2), "samples_per_hour": round(3600 * written / wall) if written else None}
+    return {"directory": str(directory), "samples": config.samples, "written": len(indices),
+            "skipped": config.samples - len(indices), "wall_s": round(wall, 2),
+            "samples_per_hour": round(3600 * len(indices) / wall) if indices else None}
 
 
-def _generate_shard_task(args) -> int:
-    return generate_shard(*args)
+class _Serial:
+    """The in-process stand-in for a pool of one worker."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap(function, items):
+        return map(function, items)
+
+
+def _sample_line_task(args) -> str:
+    return sample_line(*args)
 
 
 def iter_samples(directory) -> Iterator[Sample]:
