@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "ndt.cmd_dataset",
     "ndt.cmd_bench",
     "ndt.cmd_demo",
+    "ndt.cmd_controller",
 )
 
 

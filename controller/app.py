@@ -1,0 +1,415 @@
+"""The os-ken OpenFlow 1.3 app: a thin shell over routing_rules, the telemetry store and exporter.
+
+Events in: switch connect/disconnect, port status, packet-in (ARP, IPv4 without a route),
+statistics replies. Decisions: ``controller.routing_rules`` (pure). Out: flow-mods in
+barrier-separated batches, packet-outs, samples to the store and the metrics snapshot.
+
+Threads (os-ken's native hub): the os-ken event loop runs the handlers; a route worker
+computes and installs route sets (it waits for barrier replies, which the event loop
+delivers, so it must not run there); a poller sends statistics requests every
+``poll_interval`` s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.lib.packet import arp, ethernet, ipv4, packet
+from os_ken.ofproto import ofproto_v1_3
+
+from controller.routing_rules import (
+    CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, FlowOp, FlowRule, Host, RouteSet, RuleError, Wiring,
+    base_rules, counter_rules, plan_update, route_rules,
+)
+from ndt.errors import NdtError
+from telemetry.exporter import Metrics
+from telemetry.rates import CounterRates
+from telemetry.store import LinkSample, TelemetryStore
+from twin.state import NetworkState
+
+LOG = logging.getLogger("ndt.controller")
+BARRIER_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ControllerConfig:
+    """Everything the app needs: the state (topology, capacities, weights) and where it came from,
+    the wiring, the telemetry sinks and the statistics interval (s)."""
+
+    state: NetworkState
+    wiring: Wiring
+    store: TelemetryStore
+    metrics: Metrics
+    poll_interval: float = 1.0
+    state_path: Path | None = None
+
+
+class NdtController(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, ndt_config: ControllerConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config = ndt_config
+        self.state = ndt_config.state
+        self.wiring = ndt_config.wiring
+        self.store = ndt_config.store
+        self.metrics = ndt_config.metrics
+        self._lock = threading.RLock()
+        self._datapaths: dict[int, object] = {}
+        self._hosts: dict[str, Host] = {}
+        self._ports_down: set[tuple[str, str]] = set()
+        self._installed: RouteSet | None = None
+        self._barriers: dict[tuple[int, int], threading.Event] = {}
+        self._reroute = threading.Event()
+        self._reroute_reasons: list[str] = []
+        self._link_rates = CounterRates()
+        self._traffic_rates = CounterRates()
+        self._traffic_totals: dict[tuple[str, str], int] = {}
+        self._poll_outstanding = 0
+        self._poll_started = 0.0
+        self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
+        for link in self.state.links:
+            self.metrics.set_link_up(link.src, link.dst, False)
+
+    def start(self):
+        thread = super().start()
+        hub.spawn(self._route_worker)
+        hub.spawn(self._poller)
+        return thread
+
+    # ------------------------------------------------------------------ public API
+    def apply_weights(self, weights: dict[tuple[str, str], float], who: str, predicted: dict | None = None) -> int:
+        """Route by new OSPF weights ((src, dst) → weight; unnamed links keep theirs); returns the config id."""
+        with self._lock:
+            current = {(lk.src, lk.dst): lk.weight for lk in self.state.links}
+            for (src, dst) in weights:
+                if (src, dst) not in current:
+                    raise RuleError(f"weights: link {src}->{dst} is not in the topology")
+            current.update(weights)
+            self.state = self.state.with_weights([current[(lk.src, lk.dst)] for lk in self.state.links])
+        payload = {f"{s}->{d}": w for (s, d), w in weights.items()}
+        config_id = self.store.add_config(time.time(), who, "weights", payload, predicted)
+        self.request_reroute(f"weights from {who}")
+        return config_id
+
+    def reload_state(self) -> None:
+        """Re-read the state file and apply its weights (the launcher calls this on SIGHUP)."""
+        path = self.config.state_path
+        if path is None:
+            LOG.warning("reload requested but the controller was not started from a state file")
+            return
+        try:
+            new = NetworkState.load(path)
+            if {(lk.src, lk.dst) for lk in new.links} != set(self.capacity):
+                raise RuleError(f"{path}: the links differ from the running topology; only weights can change")
+            self.apply_weights({(lk.src, lk.dst): lk.weight for lk in new.links}, who=f"state file {path}")
+        except NdtError as exc:
+            LOG.error("state reload rejected, keeping the current routes: %s", exc)
+
+    def request_reroute(self, reason: str) -> None:
+        with self._lock:
+            self._reroute_reasons.append(reason)
+        self._reroute.set()
+
+    @property
+    def route_version(self) -> int:
+        return 0 if self._installed is None else self._installed.version
+
+    # ------------------------------------------------------------------ switch lifecycle
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _on_features(self, ev):
+        dp, dpid = ev.msg.datapath, ev.msg.datapath_id
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch()))
+        for rule in base_rules(dpid):
+            dp.send_msg(self._flow_mod(dp, FlowOp("add", dpid, rule)))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _on_state_change(self, ev):
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        name = self.wiring.names.get(dp.id)
+        if ev.state == MAIN_DISPATCHER:
+            if name is None:
+                LOG.warning("switch %016x is not in the wiring; it gets no routes", dp.id)
+                return
+            with self._lock:
+                self._datapaths[dp.id] = dp
+                for port_no, port in dp.ports.items():
+                    self._set_port(dp.id, port_no, self._port_is_up(dp, port))
+                hosts = list(self._hosts.values())
+            self._install_counters(hosts)
+            LOG.info("switch %s (dpid %d) connected", name, dp.id)
+            self.request_reroute(f"switch {name} connected")
+        elif self._datapaths.get(dp.id) is dp:
+            with self._lock:
+                del self._datapaths[dp.id]
+            self._link_rates.forget(lambda key: key[0] == name)
+            LOG.warning("switch %s (dpid %d) disconnected", name, dp.id)
+            self.request_reroute(f"switch {name} disconnected")
+        self.metrics.set_gauge("switches_connected", len(self._datapaths))
+
+    @set_ev_cls(ofp_event.EventOFPPortStateChange, MAIN_DISPATCHER)
+    def _on_port_change(self, ev):
+        dp = ev.datapath
+        port = dp.ports.get(ev.port_no)
+        up = port is not None and self._port_is_up(dp, port)
+        link = self.wiring.link_at(dp.id, ev.port_no)
+        if link is not None and self._set_port(dp.id, ev.port_no, up):
+            LOG.warning("link %s->%s %s", link[0], link[1], "up" if up else "down")
+            self.request_reroute(f"link {link[0]}->{link[1]} {'up' if up else 'down'}")
+
+    @staticmethod
+    def _port_is_up(dp, port) -> bool:
+        ofp = dp.ofproto
+        return not (port.state & ofp.OFPPS_LINK_DOWN or port.config & ofp.OFPPC_PORT_DOWN)
+
+    def _set_port(self, dpid: int, port_no: int, up: bool) -> bool:
+        """Record a link port's state; True if it changed."""
+        link = self.wiring.link_at(dpid, port_no)
+        if link is None:
+            return False
+        with self._lock:
+            was_down = link in self._ports_down
+            (self._ports_down.discard if up else self._ports_down.add)(link)
+        return was_down == up
+
+    def _down_links(self) -> frozenset[tuple[str, str]]:
+        """Links out of service: a port down at either end, or either switch not connected."""
+        with self._lock:
+            connected = {self.wiring.names[d] for d in self._datapaths}
+            down = set()
+            for link in self.state.links:
+                pair, back = (link.src, link.dst), (link.dst, link.src)
+                if pair in self._ports_down or back in self._ports_down or not {link.src, link.dst} <= connected:
+                    down.add(pair)
+        for link in self.state.links:
+            self.metrics.set_link_up(link.src, link.dst, (link.src, link.dst) not in down)
+        return frozenset(down)
+
+    # ------------------------------------------------------------------ routes
+    def _route_worker(self):
+        while True:
+            self._reroute.wait()
+            time.sleep(0.05)  # let a burst of events (several ports, several hosts) coalesce
+            self._reroute.clear()
+            with self._lock:
+                reasons, self._reroute_reasons = self._reroute_reasons, []
+            try:
+                self._reroute_now("; ".join(reasons))
+            except Exception:  # the worker must survive any single failed update
+                LOG.exception("route update failed (%s)", "; ".join(reasons))
+
+    def _reroute_now(self, reason: str) -> None:
+        with self._lock:
+            hosts = list(self._hosts.values())
+            state = self.state
+        version = self.route_version + 1
+        new = route_rules(state, self.wiring, hosts, version, self._down_links())
+        started = time.monotonic()
+        for batch in plan_update(self._installed, new):
+            self._send_batch(batch)
+        elapsed = time.monotonic() - started
+        self._installed = new
+        self.metrics.inc("routing_changes")
+        self.metrics.set_gauge("route_version", version)
+        self.metrics.set_gauge("routing_switch_over_seconds", elapsed)
+        LOG.info("routes v%d installed (%d rules) in %.3f s: %s", version, len(new.rules), elapsed, reason)
+
+    def _send_batch(self, batch: list[FlowOp]) -> None:
+        """Send one batch of flow-mods, then a barrier to every switch touched; wait for all replies."""
+        touched = {}
+        for op in batch:
+            dp = self._datapaths.get(op.dpid)
+            if dp is None:
+                continue
+            dp.send_msg(self._flow_mod(dp, op))
+            touched[op.dpid] = dp
+        waits = []
+        for dpid, dp in touched.items():
+            barrier = dp.ofproto_parser.OFPBarrierRequest(dp)
+            dp.set_xid(barrier)
+            event = threading.Event()
+            self._barriers[(dpid, barrier.xid)] = event
+            dp.send_msg(barrier)
+            waits.append((dpid, barrier.xid, event))
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        for dpid, xid, event in waits:
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                LOG.warning("switch %s: no barrier reply within %.1f s", self.wiring.names[dpid], BARRIER_TIMEOUT_S)
+            self._barriers.pop((dpid, xid), None)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _on_barrier(self, ev):
+        event = self._barriers.get((ev.msg.datapath.id, ev.msg.xid))
+        if event is not None:
+            event.set()
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _on_error(self, ev):
+        msg = ev.msg
+        LOG.error("switch %s rejected a message: type %d code %d", self.wiring.names.get(msg.datapath.id),
+                  msg.type, msg.code)
+
+    def _install_counters(self, hosts: list[Host]) -> None:
+        for rule in counter_rules(hosts, self.wiring):
+            dp = self._datapaths.get(rule.dpid)
+            if dp is not None:
+                dp.send_msg(self._flow_mod(dp, FlowOp("add", rule.dpid, rule)))
+
+    @staticmethod
+    def _flow_mod(dp, op: FlowOp):
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        if op.kind == "delete_cookie":
+            return parser.OFPFlowMod(dp, cookie=op.cookie, cookie_mask=0xFFFF_FFFF_FFFF_FFFF, table_id=op.table,
+                                     command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                                     match=parser.OFPMatch())
+        rule: FlowRule = op.rule
+        match = parser.OFPMatch(**dict(rule.match))
+        if op.kind == "delete_strict":
+            return parser.OFPFlowMod(dp, cookie=rule.cookie, table_id=rule.table, command=ofp.OFPFC_DELETE_STRICT,
+                                     priority=rule.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match)
+        actions, instructions = [], []
+        for action in rule.actions:
+            if action[0] == "output":
+                actions.append(parser.OFPActionOutput(action[1]))
+            elif action[0] == "controller":
+                actions.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
+            else:
+                instructions.append(parser.OFPInstructionGotoTable(action[1]))
+        if actions:
+            instructions.insert(0, parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+        return parser.OFPFlowMod(dp, cookie=rule.cookie, table_id=rule.table, command=ofp.OFPFC_ADD,
+                                 priority=rule.priority, buffer_id=ofp.OFP_NO_BUFFER, match=match,
+                                 instructions=instructions)
+
+    # ------------------------------------------------------------------ hosts and ARP
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _on_packet_in(self, ev):
+        msg = ev.msg
+        dp = msg.datapath
+        in_port = msg.match["in_port"]
+        pkt = packet.Packet(msg.data)
+        eth = pkt.get_protocol(ethernet.ethernet)
+        if eth is None or dp.id not in self.wiring.names:
+            return
+        request = pkt.get_protocol(arp.arp)
+        if request is not None:
+            self._on_arp(dp, in_port, eth, request, msg.data)
+            return
+        ip = pkt.get_protocol(ipv4.ipv4)
+        if ip is not None:
+            host = self._hosts.get(ip.dst)
+            if host is not None:  # no route yet (the worker is catching up): deliver it directly
+                self._packet_out(host.switch, host.port, msg.data)
+
+    def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
+        if not self.wiring.is_edge_port(dp.id, in_port):
+            return  # ARP only enters from hosts; the controller itself carries it between switches
+        self._learn(Host(message.src_ip, message.src_mac, self.wiring.names[dp.id], in_port))
+        target = self._hosts.get(message.dst_ip)
+        if message.opcode == arp.ARP_REQUEST and target is not None:
+            reply = packet.Packet()
+            reply.add_protocol(ethernet.ethernet(dst=message.src_mac, src=target.mac, ethertype=ethernet.ether.ETH_TYPE_ARP))
+            reply.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=target.mac, src_ip=target.ip,
+                                       dst_mac=message.src_mac, dst_ip=message.src_ip))
+            reply.serialize()
+            self._packet_out(self.wiring.names[dp.id], in_port, reply.data)
+        elif target is not None:
+            self._packet_out(target.switch, target.port, data)
+        else:
+            self._flood_edges(data, exclude=(dp.id, in_port))
+
+    def _learn(self, host: Host) -> None:
+        with self._lock:
+            if self._hosts.get(host.ip) == host:
+                return
+            self._hosts[host.ip] = host
+            hosts = list(self._hosts.values())
+        LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
+        self._install_counters(hosts)
+        self.request_reroute(f"host {host.ip} learned")
+
+    def _packet_out(self, switch: str, port: int, data: bytes) -> None:
+        dp = self._datapaths.get(self.wiring.dpids[switch])
+        if dp is None:
+            return
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                        actions=[parser.OFPActionOutput(port)], data=data))
+
+    def _flood_edges(self, data: bytes, exclude: tuple[int, int]) -> None:
+        for dpid, dp in list(self._datapaths.items()):
+            for port_no in dp.ports:
+                if port_no <= dp.ofproto.OFPP_MAX and (dpid, port_no) != exclude and self.wiring.is_edge_port(dpid, port_no):
+                    self._packet_out(self.wiring.names[dpid], port_no, data)
+
+    # ------------------------------------------------------------------ statistics
+    def _poller(self):
+        while True:
+            time.sleep(self.config.poll_interval)
+            datapaths = list(self._datapaths.values())
+            self._poll_started = time.monotonic()
+            self._poll_outstanding = 2 * len(datapaths)
+            for dp in datapaths:
+                ofp, parser = dp.ofproto, dp.ofproto_parser
+                dp.send_msg(parser.OFPPortStatsRequest(dp, 0, ofp.OFPP_ANY))
+                dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, CLASSIFIER_TABLE, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                                       COUNTER_COOKIE, COOKIE_KIND_MASK, parser.OFPMatch()))
+
+    def _poll_reply_done(self, msg) -> None:
+        if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            return
+        self._poll_outstanding -= 1
+        if self._poll_outstanding == 0:
+            self.metrics.inc("stats_polls")
+            self.metrics.set_gauge("stats_poll_duration_seconds", time.monotonic() - self._poll_started)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    def _on_port_stats(self, ev):
+        msg = ev.msg
+        now = time.time()
+        samples = []
+        for stat in msg.body:
+            link = self.wiring.link_at(msg.datapath.id, stat.port_no)
+            if link is None:
+                continue
+            t = stat.duration_sec + stat.duration_nsec * 1e-9
+            rate = self._link_rates.update(link, t, stat.tx_bytes)
+            util = None if rate is None else 8.0 * rate / self.capacity[link]
+            samples.append(LinkSample(now, link[0], link[1], stat.tx_bytes, stat.tx_packets, stat.tx_dropped, util))
+        self.store.add_link_samples(samples)
+        self.metrics.update_links(samples)
+        self._poll_reply_done(msg)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _on_flow_stats(self, ev):
+        msg = ev.msg
+        now = time.time()
+        totals: dict[tuple[str, str], int] = {}
+        for stat in msg.body:
+            src, dst = self._hosts.get(stat.match.get("ipv4_src")), self._hosts.get(stat.match.get("ipv4_dst"))
+            if src is None or dst is None or src.switch == dst.switch:
+                continue
+            pair = (src.switch, dst.switch)
+            totals[pair] = totals.get(pair, 0) + stat.byte_count
+        rates = {}
+        for pair, count in totals.items():
+            rate = self._traffic_rates.update(pair, now, count)
+            if rate is not None:
+                rates[pair] = 8.0 * rate
+        self.store.add_traffic_matrix(now, rates)
+        with self._lock:
+            self._traffic_totals.update(totals)
+            self.metrics.set_traffic_bytes(self._traffic_totals)
+        self._poll_reply_done(msg)

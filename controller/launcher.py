@@ -1,0 +1,50 @@
+"""Start the os-ken app without an os-ken CLI (os-ken 4.x ships none): AppManager by hand.
+
+Signals: SIGHUP re-reads the state file and applies its weights; SIGTERM/SIGINT close the
+store and the exporter and exit (os-ken's native-hub threads cannot be joined cleanly).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from controller.app import ControllerConfig, NdtController
+from telemetry.exporter import Exporter
+
+LOG = logging.getLogger("ndt.controller")
+
+
+def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6653,
+        metrics_addr: str = "127.0.0.1", metrics_port: int = 9108) -> None:
+    """Serve OpenFlow on ofp_host:ofp_port and metrics on metrics_addr:metrics_port until a signal."""
+    from os_ken import cfg
+    from os_ken.base.app_manager import AppManager
+    from os_ken.lib import hub
+    import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
+
+    cfg.CONF(args=["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)], project="os_ken")
+    exporter = Exporter(config.metrics)
+    bound = exporter.serve(metrics_port, metrics_addr)
+    manager = AppManager.get_instance()
+    manager.load_apps([NdtController.__module__])
+    contexts = manager.create_contexts()
+    threads = manager.instantiate_apps(ndt_config=config, **contexts)
+    app = next(a for a in manager.applications.values() if isinstance(a, NdtController))
+
+    def stop(signum, _frame):
+        LOG.info("signal %d: stopping", signum)
+        exporter.stop()
+        config.store.close()
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda _s, _f: app.reload_state())
+    LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
+             ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
+    hub.joinall(threads)

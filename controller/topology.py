@@ -1,0 +1,70 @@
+"""The wiring file: which OpenFlow switch and port each node and link of a state is.
+
+JSON: ``{"dpids": {"s1": 1, ...}, "ports": {"s1->s2": 2, ...}}``. ``dpids`` may be left
+out when every node name ends in its datapath id (Mininet's ``s1`` → 1). Every link of
+the state needs its output port. Errors name the file and the bad key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from controller.routing_rules import RuleError, Wiring
+from twin.state import NetworkState
+
+
+def wiring_from_dict(data, state: NetworkState, where: str = "wiring") -> Wiring:
+    """Build and check a :class:`Wiring` for ``state`` from the parsed JSON object."""
+    if not isinstance(data, dict):
+        raise RuleError(f"{where}: expected an object with 'dpids' and 'ports'")
+    unknown = set(data) - {"dpids", "ports"}
+    if unknown:
+        raise RuleError(f"{where}: unknown field {sorted(unknown)[0]!r} (known: dpids, ports)")
+    dpids = data.get("dpids")
+    if dpids is None:
+        dpids = {node: _trailing_int(node, where) for node in state.nodes}
+    if not isinstance(dpids, dict):
+        raise RuleError(f"{where}: 'dpids' must map switch names to datapath ids")
+    for name, dpid in dpids.items():
+        if isinstance(dpid, bool) or not isinstance(dpid, int) or dpid < 0:
+            raise RuleError(f"{where}: dpids[{name!r}] must be a non-negative integer, got {dpid!r}")
+    raw_ports = data.get("ports")
+    if not isinstance(raw_ports, dict):
+        raise RuleError(f"{where}: 'ports' must map 'src->dst' to the output port on src")
+    ports = {}
+    for key, port in raw_ports.items():
+        parts = key.split("->")
+        if len(parts) != 2 or not all(parts):
+            raise RuleError(f"{where}: ports key {key!r} is not of the form 'src->dst'")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFFFF00:
+            raise RuleError(f"{where}: ports[{key!r}] must be an OpenFlow port number >= 1, got {port!r}")
+        ports[(parts[0], parts[1])] = port
+    wiring = Wiring(dpids=dict(dpids), ports=ports)
+    try:
+        wiring.check(state)
+    except RuleError as exc:
+        raise RuleError(f"{where}: {exc}") from None
+    for (src, dst) in ports:
+        if (src, dst) not in state.link_index:
+            raise RuleError(f"{where}: ports names link {src}->{dst}, which is not in the state")
+    return wiring
+
+
+def load_wiring(path, state: NetworkState) -> Wiring:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise RuleError(f"{path}: cannot read the wiring file ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise RuleError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return wiring_from_dict(data, state, str(path))
+
+
+def _trailing_int(name: str, where: str) -> int:
+    match = re.search(r"(\d+)$", name)
+    if match is None:
+        raise RuleError(f"{where}: switch {name!r} has no trailing number; give its datapath id in 'dpids'")
+    return int(match.group(1))

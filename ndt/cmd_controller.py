@@ -1,0 +1,53 @@
+"""``ndt controller``: run the OpenFlow controller (os-ken app) with telemetry and metrics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "controller",
+        help="run the OpenFlow 1.3 controller: routes from OSPF weights, statistics, metrics",
+        description=(
+            "Run ndt's os-ken OpenFlow 1.3 app. Switches and links come from the state file (nodes, links, "
+            "capacities, OSPF weights) and the wiring file (datapath ids, output port of every link). Hosts are "
+            "learned from ARP. Routes are installed make-before-break; port and flow statistics go to the "
+            "SQLite telemetry store and the Prometheus endpoint. Send SIGHUP to re-read the state file and "
+            "apply its weights."
+        ),
+    )
+    p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (weights, capacities)")
+    p.add_argument("--wiring", type=Path, required=True, metavar="FILE",
+                   help='wiring JSON: {"dpids": {"s1": 1}, "ports": {"s1->s2": 2}}')
+    p.add_argument("--ofp-host", default="127.0.0.1", help="OpenFlow listen address (default: 127.0.0.1)")
+    p.add_argument("--ofp-port", type=int, default=6653, help="OpenFlow listen port (default: 6653)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="Prometheus endpoint address (default: 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus endpoint port (default: 9108)")
+    p.add_argument("--store", type=Path, default=Path("ndt-telemetry.db"), metavar="FILE",
+                   help="SQLite telemetry store (default: ndt-telemetry.db)")
+    p.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="statistics interval, s (default: 1)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from controller.app import ControllerConfig
+    from controller.launcher import run as run_controller
+    from controller.routing_rules import RuleError
+    from controller.topology import load_wiring
+    from telemetry.exporter import Metrics
+    from telemetry.store import TelemetryStore
+    from twin.state import NetworkState
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.poll_interval > 0:
+        raise RuleError(f"--poll-interval must be positive, got {args.poll_interval}")
+    state = NetworkState.load(args.state)
+    wiring = load_wiring(args.wiring, state)
+    config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
+                              poll_interval=args.poll_interval, state_path=args.state)
+    run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port)
+    return 0

@@ -1,0 +1,32 @@
+"""Rates from monotonic counters (switch byte counters → bit/s, utilization, traffic matrix)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+
+class CounterRates:
+    """Remembers the last (time, value) of each counter and turns the next reading into a rate.
+
+    Times in s, values in counter units; the rate is per second. A counter that went
+    backwards (a switch restarted) restarts its history and yields no rate.
+    """
+
+    def __init__(self):
+        self._last: dict[Hashable, tuple[float, float]] = {}
+
+    def update(self, key: Hashable, t: float, value: float) -> float | None:
+        """Record ``value`` at time ``t``; returns the rate since the previous reading, or None."""
+        previous = self._last.get(key)
+        self._last[key] = (t, value)
+        if previous is None:
+            return None
+        t0, v0 = previous
+        if value < v0 or t <= t0:
+            return None
+        return (value - v0) / (t - t0)
+
+    def forget(self, predicate) -> None:
+        """Drop the history of every key for which ``predicate(key)`` is true."""
+        for key in [k for k in self._last if predicate(k)]:
+            del self._last[key]
