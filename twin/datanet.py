@@ -176,10 +176,13 @@ def _parse_sample(directory: Path, lines: dict, where: str, topologies: dict, ro
     if key not in routings:
         routings[key] = _read_routing(directory / "routings" / routing_file, topo)
     flows, cells = _parse_traffic(lines["traffic.txt"], topo.n, f"{where}: traffic.txt")
-    state = NetworkState(
-        nodes=tuple(str(i) for i in range(topo.n)), links=topo.links, flows=tuple(flows),
-        routing_kind="paths", paths=routings[key], name=f"{where.split(' line ')[0]}:{sample_id}",
-    )
+    try:
+        state = NetworkState(
+            nodes=tuple(str(i) for i in range(topo.n)), links=topo.links, flows=tuple(flows),
+            routing_kind="paths", paths=routings[key], name=f"{where.split(' line ')[0]}:{sample_id}",
+        )
+    except StateError as exc:
+        raise StateError(f"{where}: {graph_file} with {routing_file}: {exc}") from None
     labels = _parse_results(lines["simulationResults.txt"], topo.n, cells, sim_time, f"{where}: simulationResults.txt")
     usage = lines.get("linkUsage.txt")
     util = occupancy = None
@@ -225,7 +228,10 @@ def _topology(directory: Path, graph_file: str, links_bw_file: str, cache: dict)
 
 
 def read_graph(path) -> _Topology:
-    """Parse a datanet GML graph: links with capacity = bandwidth (bit/s), buffer from queueSizes (packets)."""
+    """Parse a datanet GML graph: links with capacity = bandwidth (bit/s), buffer from queueSizes (packets).
+
+    Links are ordered by source node, then output port.
+    """
     path = Path(path)
     try:
         graph = nx.read_gml(path, label="id")
@@ -238,7 +244,8 @@ def read_graph(path) -> _Topology:
         raise StateError(f"{path}: node ids must be 0..{n - 1}")
     buffers = {node: _queue_size(path, node, attrs) for node, attrs in graph.nodes(data=True)}
     links, ports = [], {node: {} for node in range(n)}
-    for src, dst, attrs in graph.edges(data=True):
+    edges = sorted(graph.edges(data=True), key=lambda e: (e[0], e[2].get("port", 0)))
+    for src, dst, attrs in edges:
         tag = f"{path}: edge {src}->{dst}"
         if "bandwidth" not in attrs:
             raise StateError(f"{tag} has no bandwidth")
