@@ -1,0 +1,206 @@
+"""Declarative intents: what the operator wants of the routing, not how to get it.
+
+An intent is a YAML file with an objective and constraints::
+
+    objective:
+      minimize: mean_delay          # mean_delay | delay_percentile | max_utilization
+      percentile: 95                # with delay_percentile: the q-th percentile across paths
+    constraints:
+      max_utilization: 0.8          # every link at most 80 % loaded
+      delay_bounds:                 # per pair, or per class of pairs; "10ms", "250us", "0.01" (s)
+        - {src: a, dst: c, max_delay: 10ms}
+        - {name: gold, pairs: [[a, d], [b, d]], max_delay: 15ms}
+      avoid_links: [[a, b]]         # no traffic on these links
+      weight_bounds: [1, 20]        # OSPF weights allowed
+      max_changed_weights: 4        # at most 4 links get a new weight
+    search:
+      max_evaluations: 3000         # twin calls, one per candidate routing
+      time_limit_s: 60
+
+Every field is checked when the file is read; an error names the field and value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ndt.errors import NdtError
+
+OBJECTIVES = ("mean_delay", "delay_percentile", "max_utilization")
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*$")
+_UNIT = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+
+
+class IntentError(NdtError, ValueError):
+    """An intent file is malformed; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class DelayBound:
+    """Every pair in ``pairs`` must have mean delay <= ``max_delay`` seconds."""
+
+    name: str
+    pairs: tuple[tuple[str, str], ...]
+    max_delay: float
+
+
+@dataclass(frozen=True)
+class Intent:
+    objective: str = "mean_delay"
+    percentile: float = 95.0
+    max_utilization: float | None = None
+    delay_bounds: tuple[DelayBound, ...] = ()
+    avoid_links: tuple[tuple[str, str], ...] = ()
+    weight_bounds: tuple[int, int] = (1, 20)
+    max_changed_weights: int | None = None
+    max_evaluations: int = 3000
+    time_limit_s: float = 60.0
+
+    def check_against(self, state) -> None:
+        """Refuse an intent that names nodes, pairs or links the state does not have."""
+        nodes = set(state.nodes)
+        pairs = {(f.src, f.dst) for f in state.flows}
+        for bound in self.delay_bounds:
+            for pair in bound.pairs:
+                if pair not in pairs:
+                    missing = [n for n in pair if n not in nodes]
+                    why = f"unknown node {missing[0]!r}" if missing else "no traffic between them"
+                    raise IntentError(f"constraints.delay_bounds[{bound.name}]: pair {pair[0]}->{pair[1]}: {why}")
+        for link in self.avoid_links:
+            if link not in state.link_index:
+                raise IntentError(f"constraints.avoid_links: {link[0]}->{link[1]} is not a link of the network")
+        low, high = self.weight_bounds
+        current = state.link_arrays["weight"]
+        if self.max_changed_weights is not None and ((current < low) | (current > high)).any():
+            raise IntentError(
+                f"constraints.weight_bounds {list(self.weight_bounds)}: the current weights fall outside them, "
+                "so max_changed_weights cannot be honoured"
+            )
+
+
+def load_intent(path) -> Intent:
+    """Read and check an intent YAML file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise IntentError(f"{path}: cannot read the intent ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise IntentError(f"{path}: not valid YAML{where}") from None
+    try:
+        return parse_intent(data)
+    except IntentError as exc:
+        raise IntentError(f"{path}: {exc}") from None
+
+
+def parse_intent(data) -> Intent:
+    """An :class:`Intent` from the parsed YAML mapping."""
+    data = {} if data is None else data
+    _mapping(data, "the intent")
+    _only(data, ("objective", "constraints", "search"), "")
+    objective = data.get("objective", {}) or {}
+    _mapping(objective, "objective")
+    _only(objective, ("minimize", "percentile"), "objective.")
+    kind = objective.get("minimize", "mean_delay")
+    if kind not in OBJECTIVES:
+        raise IntentError(f"objective.minimize: {kind!r} is not one of {', '.join(OBJECTIVES)}")
+    percentile = _number(objective.get("percentile", 95), "objective.percentile", 0, 100)
+    constraints = data.get("constraints", {}) or {}
+    _mapping(constraints, "constraints")
+    _only(constraints, ("max_utilization", "delay_bounds", "avoid_links", "weight_bounds", "max_changed_weights"),
+          "constraints.")
+    max_util = constraints.get("max_utilization")
+    if max_util is not None:
+        max_util = _number(max_util, "constraints.max_utilization", 0, None, open_low=True)
+    bounds = tuple(_delay_bound(item, i) for i, item in enumerate(_list(constraints, "delay_bounds")))
+    avoid = tuple(_pair(item, f"constraints.avoid_links[{i}]") for i, item in enumerate(_list(constraints, "avoid_links")))
+    weight_bounds = constraints.get("weight_bounds", [1, 20])
+    if (not isinstance(weight_bounds, list) or len(weight_bounds) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) for w in weight_bounds)
+            or not 1 <= weight_bounds[0] < weight_bounds[1] <= 65535):
+        raise IntentError(f"constraints.weight_bounds: expected [low, high] integers with 1 <= low < high <= 65535, "
+                          f"got {weight_bounds!r}")
+    changed = constraints.get("max_changed_weights")
+    if changed is not None and (not isinstance(changed, int) or isinstance(changed, bool) or changed < 1):
+        raise IntentError(f"constraints.max_changed_weights: expected a whole number >= 1, got {changed!r}")
+    search = data.get("search", {}) or {}
+    _mapping(search, "search")
+    _only(search, ("max_evaluations", "time_limit_s"), "search.")
+    evaluations = int(_number(search.get("max_evaluations", 3000), "search.max_evaluations", 1, None))
+    time_limit = _number(search.get("time_limit_s", 60), "search.time_limit_s", 0, None, open_low=True)
+    return Intent(objective=kind, percentile=percentile, max_utilization=max_util, delay_bounds=bounds,
+                  avoid_links=avoid, weight_bounds=tuple(weight_bounds), max_changed_weights=changed,
+                  max_evaluations=evaluations, time_limit_s=time_limit)
+
+
+def parse_duration(value, where: str) -> float:
+    """Seconds from a number (s) or a string with a unit: '10ms', '250us', '0.5s'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    else:
+        raise IntentError(f"{where}: expected a delay such as 10ms, 250us or 0.01 (seconds), got {value!r}")
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise IntentError(f"{where}: a delay bound must be positive, got {value!r}")
+    return seconds
+
+
+def _delay_bound(item, i: int) -> DelayBound:
+    where = f"constraints.delay_bounds[{i}]"
+    _mapping(item, where)
+    _only(item, ("name", "src", "dst", "pairs", "max_delay"), where + ".")
+    if "max_delay" not in item:
+        raise IntentError(f"{where}: missing max_delay")
+    if "pairs" in item:
+        if "src" in item or "dst" in item:
+            raise IntentError(f"{where}: give either src/dst or pairs, not both")
+        pairs = tuple(_pair(p, f"{where}.pairs[{k}]") for k, p in enumerate(_list(item, "pairs", where)))
+        if not pairs:
+            raise IntentError(f"{where}.pairs: empty")
+    elif "src" in item and "dst" in item:
+        pairs = ((str(item["src"]), str(item["dst"])),)
+    else:
+        raise IntentError(f"{where}: needs src and dst, or pairs")
+    name = str(item.get("name", f"{pairs[0][0]}->{pairs[0][1]}" if len(pairs) == 1 else f"class {i}"))
+    return DelayBound(name=name, pairs=pairs, max_delay=parse_duration(item["max_delay"], f"{where}.max_delay"))
+
+
+def _pair(item, where: str) -> tuple[str, str]:
+    if not isinstance(item, list) or len(item) != 2:
+        raise IntentError(f"{where}: expected [src, dst], got {item!r}")
+    return str(item[0]), str(item[1])
+
+
+def _mapping(value, where: str) -> None:
+    if not isinstance(value, dict):
+        raise IntentError(f"{where}: expected a mapping, got {type(value).__name__}")
+
+
+def _only(data: dict, allowed, prefix: str) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise IntentError(f"{prefix}{unknown[0]}: unknown field (allowed: {', '.join(allowed)})")
+
+
+def _list(data: dict, key: str, where: str = "constraints") -> list:
+    value = data.get(key, []) or []
+    if not isinstance(value, list):
+        raise IntentError(f"{where}.{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _number(value, where: str, low, high, open_low: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise IntentError(f"{where}: expected a number, got {value!r}")
+    if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
+        bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise IntentError(f"{where}: must be {bounds}, got {value!r}")
+    return float(value)

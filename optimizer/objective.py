@@ -1,0 +1,69 @@
+"""Scoring a candidate routing against an intent: an objective value and a constraint violation.
+
+Pure functions of a state and per-path delays (from any model with the twin's
+interface), so the same scoring serves NES, the baselines and verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.intent import Intent
+from twin.state import NetworkState
+
+
+@dataclass(frozen=True)
+class Score:
+    """objective: lower is better (s for delays, ratio for utilization); violation: 0 when feasible."""
+
+    objective: float
+    violation: float
+
+    @property
+    def feasible(self) -> bool:
+        return self.violation == 0.0
+
+
+def mean_delay(state: NetworkState, delays: np.ndarray) -> float:
+    """Traffic-weighted mean path delay, s (paths without a prediction are left out)."""
+    rates = np.array([f.rate for f in state.flows])
+    ok = np.isfinite(delays) & (rates > 0)
+    return float(np.sum(rates[ok] * delays[ok]) / np.sum(rates[ok]))
+
+
+def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
+    """The intent's objective and the summed relative violation of its constraints."""
+    utilization = state.utilization()
+    if intent.objective == "mean_delay":
+        objective = mean_delay(state, delays)
+    elif intent.objective == "delay_percentile":
+        objective = float(np.nanpercentile(delays, intent.percentile))
+    else:
+        objective = float(utilization.max())
+    violation = 0.0
+    if intent.max_utilization is not None:
+        violation += float(np.sum(np.maximum(utilization - intent.max_utilization, 0.0))) / intent.max_utilization
+    if intent.delay_bounds:
+        position = {(f.src, f.dst): i for i, f in enumerate(state.flows)}
+        for bound in intent.delay_bounds:
+            for pair in bound.pairs:
+                delay = delays[position[pair]]
+                if not np.isfinite(delay):
+                    violation += 1.0
+                else:
+                    violation += max(delay / bound.max_delay - 1.0, 0.0)
+    if intent.avoid_links:
+        loads = state.link_loads()
+        total = sum(f.rate for f in state.flows) or 1.0
+        violation += sum(loads[state.link_index[link]] for link in intent.avoid_links) / total
+    return Score(objective=objective, violation=violation)
+
+
+def rank(scores: list[Score]) -> np.ndarray:
+    """Indices from best to worst: feasible ones by objective, then infeasible ones by violation."""
+    violation = np.array([s.violation for s in scores])
+    objective = np.array([s.objective for s in scores])
+    key = np.where(violation > 0, violation, objective)
+    return np.lexsort((key, violation > 0))

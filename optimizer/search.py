@@ -1,0 +1,99 @@
+"""Optimizing OSPF weights for an intent with NES, any predictor scoring the candidates."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ndt.errors import NdtError
+from optimizer.intent import Intent
+from optimizer.nes import snes
+from optimizer.objective import Score, score
+from twin.state import NetworkState
+
+
+class InfeasibleIntent(NdtError):
+    """No routing found satisfies the intent's constraints."""
+
+    def __init__(self, message: str, result: "Optimization"):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class Optimization:
+    """The chosen weights and what the predictor expects of them."""
+
+    state: NetworkState  # the initial state
+    weights: np.ndarray  # one per link, in link order
+    before: Score
+    after: Score
+    delays_before: np.ndarray  # predicted, s per flow
+    delays_after: np.ndarray
+    evaluations: int
+    generations: int
+    stopped_by: str
+    wall_s: float
+
+    @property
+    def changed_links(self) -> list[dict]:
+        current = self.state.link_arrays["weight"]
+        return [{"src": link.src, "dst": link.dst, "old": float(current[i]), "new": int(self.weights[i])}
+                for i, link in enumerate(self.state.links) if self.weights[i] != current[i]]
+
+
+def limit_changes(start: np.ndarray, max_changed: int | None, rng: np.random.Generator):
+    """A repair that keeps at most ``max_changed`` entries different from ``start`` (the largest moves)."""
+    if max_changed is None:
+        return None
+
+    def repair(candidate: np.ndarray) -> np.ndarray:
+        moved = np.flatnonzero(candidate != start)
+        if len(moved) <= max_changed:
+            return candidate
+        size = np.abs(candidate[moved] - start[moved]) + rng.random(len(moved))  # random tie-break
+        keep = moved[np.argsort(-size)[:max_changed]]
+        out = start.copy()
+        out[keep] = candidate[keep]
+        return out
+
+    return repair
+
+
+def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, population: int | None = None,
+             on_generation=None, allow_infeasible: bool = False) -> Optimization:
+    """Search OSPF weights with separable NES, each generation scored in one batched predictor call.
+
+    Raises :class:`InfeasibleIntent` when no feasible routing was found, unless
+    ``allow_infeasible`` (then the least-violating one is returned).
+    """
+    intent.check_against(state)
+    low, high = intent.weight_bounds
+    start = np.clip(np.rint(state.link_arrays["weight"]), low, high).astype(np.int64)
+    started = time.perf_counter()
+
+    def score_batch(candidates: np.ndarray):
+        states = [state.with_weights(w) for w in candidates]
+        delays = predictor.predict_delays(states)
+        scores = [score(s, intent, d) for s, d in zip(states, delays)]
+        return np.array([s.violation for s in scores]), np.array([s.objective for s in scores])
+
+    result = snes(score_batch, start, low, high, max_evaluations=intent.max_evaluations,
+                  time_limit_s=intent.time_limit_s, seed=seed, population=population,
+                  repair=limit_changes(start, intent.max_changed_weights, np.random.default_rng(seed)),
+                  on_generation=on_generation)
+    initial, final = state.with_weights(start), state.with_weights(result.best)
+    delays_before, delays_after = predictor.predict_delays([initial, final])
+    outcome = Optimization(
+        state=state, weights=result.best, before=score(initial, intent, delays_before),
+        after=score(final, intent, delays_after), delays_before=delays_before, delays_after=delays_after,
+        evaluations=result.evaluations, generations=result.generations, stopped_by=result.stopped_by,
+        wall_s=time.perf_counter() - started,
+    )
+    if not outcome.after.feasible and not allow_infeasible:
+        raise InfeasibleIntent(
+            f"no routing found that meets the intent after {result.evaluations} candidates "
+            f"(least violation {outcome.after.violation:.3g}); rerun with --allow-infeasible to see it", outcome)
+    return outcome

@@ -1,0 +1,124 @@
+"""The optimizer: intents are checked, NES finds known optima, baselines behave, constraints hold."""
+
+import re
+
+import numpy as np
+import pytest
+
+from optimizer.baselines import LoadModel, fortz_thorup, fortz_thorup_cost, inverse_capacity_weights
+from optimizer.intent import IntentError, load_intent, parse_intent, parse_duration
+from optimizer.nes import snes
+from optimizer.objective import score
+from optimizer.search import InfeasibleIntent, limit_changes, optimize
+from twin.predictors import SimulatorPredictor
+from twin.state import Flow, Link, NetworkState
+
+
+def two_route_state(load=0.9):
+    """a->d over b (fast pair of links) or c (slow); every link starts at weight 1, so ties go via b."""
+    links = []
+    for u, v, cap in (("a", "b", 10e6), ("b", "d", 10e6), ("a", "c", 10e6), ("c", "d", 10e6)):
+        links += [Link(u, v, cap, buffer=64), Link(v, u, cap, buffer=64)]
+    flows = (Flow("a", "d", load * 10e6 * 0.6), Flow("b", "d", load * 10e6 * 0.4))
+    return NetworkState(nodes=tuple("abcd"), links=tuple(links), flows=flows)
+
+
+def test_intent_parsing_and_errors(tmp_path):
+    intent = parse_intent({"objective": {"minimize": "delay_percentile", "percentile": 99},
+                           "constraints": {"max_utilization": 0.8, "avoid_links": [["a", "b"]],
+                                           "delay_bounds": [{"src": "a", "dst": "d", "max_delay": "10ms"},
+                                                            {"name": "gold", "pairs": [["b", "d"]], "max_delay": 0.02}],
+                                           "max_changed_weights": 2}})
+    assert intent.delay_bounds[0].max_delay == pytest.approx(0.01)
+    assert intent.delay_bounds[1].name == "gold"
+    assert parse_duration("250us", "x") == pytest.approx(250e-6)
+    for bad, message in [
+        ({"objective": {"minimize": "speed"}}, "objective.minimize: 'speed' is not one of"),
+        ({"constraints": {"max_utilization": -1}}, "constraints.max_utilization: must be > 0"),
+        ({"constraints": {"weight_bounds": [5, 2]}}, "constraints.weight_bounds"),
+        ({"constraints": {"delay_bounds": [{"src": "a", "dst": "d", "max_delay": "fast"}]}},
+         "constraints.delay_bounds[0].max_delay: expected a delay"),
+        ({"constraints": {"max_changed": 3}}, "constraints.max_changed: unknown field"),
+        ({"search": {"max_evaluations": "many"}}, "search.max_evaluations: expected a number"),
+    ]:
+        with pytest.raises(IntentError, match=re.escape(message)):
+            parse_intent(bad)
+    path = tmp_path / "bad.yaml"
+    path.write_text("objective: [unclosed\n")
+    with pytest.raises(IntentError, match="not valid YAML at line"):
+        load_intent(path)
+    with pytest.raises(IntentError, match="pair a->z: unknown node 'z'"):
+        parse_intent({"constraints": {"delay_bounds": [{"src": "a", "dst": "z", "max_delay": 1}]}}).check_against(
+            two_route_state())
+
+
+def test_snes_finds_the_integer_optimum():
+    target = np.array([3, 17, 9, 1, 12, 5, 20, 8])
+
+    def score_batch(candidates):
+        return np.zeros(len(candidates)), np.sum((candidates - target) ** 2, axis=1).astype(float)
+
+    result = snes(score_batch, np.full(8, 10), 1, 20, max_evaluations=4000, time_limit_s=30, seed=1)
+    np.testing.assert_array_equal(result.best, target)
+
+
+def test_snes_prefers_feasible_and_respects_repair():
+    start = np.full(6, 5)
+    repair = limit_changes(start, 2, np.random.default_rng(0))
+
+    def score_batch(candidates):
+        violation = np.maximum(8 - candidates[:, 0], 0).astype(float)  # feasible only when x0 >= 8
+        return violation, candidates.sum(axis=1).astype(float)
+
+    result = snes(score_batch, start, 1, 10, max_evaluations=3000, seed=2, repair=repair)
+    assert result.best[0] >= 8
+    assert np.sum(result.best != start) <= 2
+    assert result.best_rank_key[0] == 0
+
+
+def test_fortz_thorup_cost_is_the_integral():
+    capacity = np.array([3.0])
+    assert fortz_thorup_cost(np.array([1.0]), capacity) == pytest.approx(1.0)  # u = 1/3: slope 1 all the way
+    assert fortz_thorup_cost(np.array([2.0]), capacity) == pytest.approx(1.0 + 3.0)  # u = 2/3
+    assert fortz_thorup_cost(np.array([3.0]), capacity) == pytest.approx(1 + 3 + 10 * 0.7 + 70 * 0.3)
+
+
+def test_fortz_thorup_moves_load_off_the_hot_path():
+    state = two_route_state(load=1.2)
+    model = LoadModel(state)
+    start_cost = model.cost(np.ones(len(state.links), dtype=np.int64))
+    weights = fortz_thorup(state, seed=0)
+    assert model.cost(weights) < 0.5 * start_cost
+    assert state.with_weights(weights).utilization().max() < 1.0
+
+
+def test_inverse_capacity():
+    state = two_route_state()
+    assert set(inverse_capacity_weights(state)) == {1}
+
+
+def test_optimize_with_the_simulator_meets_the_intent():
+    state = two_route_state(load=0.95)
+    intent = parse_intent({"constraints": {"max_utilization": 0.8, "weight_bounds": [1, 10]},
+                           "search": {"max_evaluations": 120}})
+    result = optimize(state, intent, SimulatorPredictor(packets_per_flow=300), seed=0)
+    assert result.after.feasible and not result.before.feasible
+    assert result.after.objective < result.before.objective
+    assert state.with_weights(result.weights).utilization().max() <= 0.8
+    assert result.changed_links
+
+
+def test_infeasible_intent_is_reported():
+    state = two_route_state(load=0.95)
+    intent = parse_intent({"constraints": {"max_utilization": 0.1}, "search": {"max_evaluations": 40}})
+    with pytest.raises(InfeasibleIntent, match="no routing found"):
+        optimize(state, intent, SimulatorPredictor(packets_per_flow=200), seed=0)
+    result = optimize(state, intent, SimulatorPredictor(packets_per_flow=200), seed=0, allow_infeasible=True)
+    assert not result.after.feasible
+
+
+def test_score_counts_avoided_traffic():
+    state = two_route_state()
+    intent = parse_intent({"constraints": {"avoid_links": [["a", "b"]]}})
+    delays = np.array([0.01, 0.01])
+    assert score(state, intent, delays).violation == pytest.approx(0.6)

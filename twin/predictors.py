@@ -1,0 +1,36 @@
+"""Delay predictors behind one interface: ``predict_delays(states) -> list of per-flow delays (s)``.
+
+The optimizer, what-if analysis and verification ask a predictor by name; the
+packet-level simulator is one too (slow, but the ground truth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ndt.errors import NdtError
+from twin.sim import simulate
+from twin.state import NetworkState
+
+
+class SimulatorPredictor:
+    """Mean path delays from the packet-level simulator (seconds per state, not milliseconds)."""
+
+    name = "sim"
+
+    def __init__(self, packets_per_flow: float = 2000.0, seed: int = 0):
+        self.packets_per_flow = packets_per_flow
+        self.seed = seed
+
+    def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
+        return [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow).delay for s in states]
+
+
+PREDICTORS = ("sim",)
+
+
+def get_predictor(name: str):
+    """The predictor called ``name`` (one of PREDICTORS)."""
+    if name == "sim":
+        return SimulatorPredictor()
+    raise NdtError(f"unknown model {name!r}; choose one of {', '.join(PREDICTORS)}")
