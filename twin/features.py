@@ -1,0 +1,235 @@
+"""Scale-free graph features of network states, batched as one disjoint union.
+
+:func:`build_batch` turns a list of :class:`~twin.state.NetworkState` into a
+:class:`GraphBatch`: per-link, per-queue and per-path feature matrices plus the
+index tensors that say which link each path crosses at each hop.
+
+Every feature is dimensionless (loads, packet counts, ratios, one-hots), so a
+state in Mbit/s and the same state in bits per time unit give identical
+features. The physical scales sit beside the features, in seconds, for the
+delay decomposition every model uses:
+
+    delay(path) = Σ_hops [ waiting(hop) + size(path) / C(link) ] + Σ_hops prop(link)
+
+where a model predicts waiting(hop) = occupancy × mean_size(link) / C(link),
+occupancy in packets (0..buffer).
+
+Paths are sorted by hop count, longest first, so a recurrent pass over hop
+position ``k`` only touches the prefix of ``count[k]`` paths still active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.state import NetworkState, StateError
+
+TIME_CODES = ("poisson", "cbr", "onoff")
+SIZE_CODES = ("deterministic", "exponential", "binomial")
+LINK_FEATURES = ("load", "log_flows", "poisson_share", "cbr_share", "onoff_share", "size_scv")
+QUEUE_FEATURES = ("log2_buffer", "load")
+PATH_FEATURES = (
+    "bottleneck_share", "log_bottleneck_share", "poisson", "cbr", "onoff", "on_fraction", "log_cycle_packets",
+    "deterministic", "exponential", "binomial", "size_scv", "log_rel_size", "hops", "max_load",
+)
+
+
+@dataclass
+class GraphBatch:
+    """Several states as one graph (disjoint union), paths sorted by length (longest first).
+
+    Features (float32, dimensionless): ``link_x`` (L, len(LINK_FEATURES)),
+    ``queue_x`` (L, len(QUEUE_FEATURES)), ``path_x`` (P, len(PATH_FEATURES)).
+    Hops are listed by position, then sorted path: ``hop_link[i]`` is the link
+    crossed at hop ``i``, ``hop_path[i]`` its (sorted) path; position ``k``
+    occupies ``hop_link[offsets[k]:offsets[k] + counts[k]]`` and belongs to
+    paths ``0..counts[k]-1``. Scales (float64, SI units): ``link_buffer``
+    (packets), ``link_service`` (s, mean packet size of the link's traffic / C),
+    ``hop_transmit`` (s, the path's own mean size / C), ``path_prop`` (s).
+    ``link_capacity`` (bit/s), ``path_rate`` (bit/s), ``path_size`` (bits).
+    ``order[j]`` is the index, in the concatenated flows of all states, of
+    sorted path ``j``; ``flow_offsets``/``link_offsets`` delimit each state.
+    """
+
+    link_x: np.ndarray
+    queue_x: np.ndarray
+    path_x: np.ndarray
+    hop_link: np.ndarray
+    hop_path: np.ndarray
+    counts: np.ndarray
+    offsets: np.ndarray
+    link_buffer: np.ndarray
+    link_service: np.ndarray
+    hop_transmit: np.ndarray
+    path_prop: np.ndarray
+    link_capacity: np.ndarray
+    path_rate: np.ndarray
+    path_size: np.ndarray
+    order: np.ndarray
+    flow_offsets: np.ndarray
+    link_offsets: np.ndarray
+
+    @property
+    def n_paths(self) -> int:
+        return len(self.order)
+
+    @property
+    def max_hops(self) -> int:
+        return len(self.counts)
+
+    def unsort(self, per_path_sorted: np.ndarray) -> list[np.ndarray]:
+        """Per-sorted-path values → one array per state, in each state's flow order."""
+        out = np.empty(len(self.order), dtype=per_path_sorted.dtype)
+        out[self.order] = per_path_sorted
+        return [out[a:b] for a, b in zip(self.flow_offsets[:-1], self.flow_offsets[1:])]
+
+
+@dataclass
+class StateGraph:
+    """One state's features in flow order, before batching (see :class:`GraphBatch` for fields)."""
+
+    link_x: np.ndarray
+    queue_x: np.ndarray
+    path_x: np.ndarray
+    path_links: list[np.ndarray]
+    link_buffer: np.ndarray
+    link_service: np.ndarray
+    path_size: np.ndarray
+    path_rate: np.ndarray
+    link_capacity: np.ndarray
+    path_prop: np.ndarray
+
+
+def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
+    """Per-flow arrays: rate (bit/s), size (mean bits), size_scv (packet-size variance / mean²),
+    time (index into TIME_CODES), size_code (index into SIZE_CODES), on_fraction, cycle (s, ON+OFF; 0 if not ON/OFF)."""
+    flows = state.flows
+    rate = np.array([f.rate for f in flows], dtype=np.float64)
+    size = np.array([f.packet_size for f in flows], dtype=np.float64)
+    scv = np.zeros(len(flows))
+    on_fraction = np.ones(len(flows))
+    cycle = np.zeros(len(flows))
+    for i, f in enumerate(flows):
+        if f.size_dist == "exponential":
+            scv[i] = 1.0
+        elif f.size_dist == "binomial":
+            small, large = f.packet_sizes
+            p_small = (large - f.packet_size) / (large - small)
+            second = p_small * small**2 + (1 - p_small) * large**2
+            scv[i] = second / f.packet_size**2 - 1.0
+        if f.time_dist == "onoff":
+            cycle[i] = f.on_time + f.off_time
+            on_fraction[i] = f.on_time / cycle[i]
+    return {
+        "rate": rate,
+        "size": size,
+        "size_scv": scv,
+        "time": np.array([TIME_CODES.index(f.time_dist) for f in flows], dtype=np.int64),
+        "size_code": np.array([SIZE_CODES.index(f.size_dist) for f in flows], dtype=np.int64),
+        "on_fraction": on_fraction,
+        "cycle": cycle,
+    }
+
+
+def state_graph(state: NetworkState) -> StateGraph:
+    """The features of one state, flows in the state's order."""
+    if not state.flows:
+        raise StateError(f"state {state.name or '(unnamed)'}: no traffic, so no paths to predict")
+    la = state.link_arrays
+    capacity = la["capacity"]
+    n_links = len(capacity)
+    fa = flow_arrays(state)
+    paths = state.flow_links
+    lengths = np.array([len(p) for p in paths], dtype=np.int64)
+    hop_link = np.concatenate(paths)
+    hop_flow = np.repeat(np.arange(len(paths)), lengths)
+    rate, size = fa["rate"], fa["size"]
+
+    def per_link(values):
+        return np.bincount(hop_link, weights=values[hop_flow], minlength=n_links)
+
+    bits = per_link(rate)
+    packets = per_link(rate / size)
+    second = per_link(rate / size * size**2 * (1 + fa["size_scv"]))
+    n_flows = np.bincount(hop_link, minlength=n_links)
+    load = bits / capacity
+    default_size = float(np.sum(rate) / np.sum(rate / size)) if np.sum(rate) > 0 else float(np.mean(size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_size = np.where(packets > 0, bits / packets, default_size)
+        size_scv = np.where(packets > 0, second / packets / mean_size**2 - 1.0, 0.0)
+        shares = [np.where(bits > 0, per_link(rate * (fa["time"] == k)) / bits, 0.0) for k in range(len(TIME_CODES))]
+    link_x = np.stack([load, np.log1p(n_flows), *shares, size_scv], axis=1)
+    queue_x = np.stack([np.log2(la["buffer"].astype(np.float64)), load], axis=1)
+
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    bottleneck = np.minimum.reduceat(capacity[hop_link], starts)
+    max_load = np.maximum.reduceat(load[hop_link], starts)
+    share = rate / bottleneck
+    path_mean_size = np.add.reduceat(mean_size[hop_link], starts) / lengths
+    with np.errstate(divide="ignore"):
+        cycle_packets = np.where(fa["cycle"] > 0, fa["cycle"] * rate / size, 1.0)
+    path_x = np.column_stack([
+        share,
+        np.log10(np.maximum(share, 1e-6)),
+        np.eye(len(TIME_CODES))[fa["time"]],
+        fa["on_fraction"],
+        np.log10(np.maximum(cycle_packets, 1e-3)),
+        np.eye(len(SIZE_CODES))[fa["size_code"]],
+        fa["size_scv"],
+        np.log(size / path_mean_size),
+        lengths.astype(np.float64),
+        max_load,
+    ])
+    return StateGraph(
+        link_x=link_x, queue_x=queue_x, path_x=path_x, path_links=paths,
+        link_buffer=la["buffer"].astype(np.float64), link_service=mean_size / capacity,
+        path_size=size, path_rate=rate, link_capacity=capacity,
+        path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts),
+    )
+
+
+def batch_graphs(graphs: list[StateGraph]) -> GraphBatch:
+    """Join per-state graphs into one disjoint union with paths sorted by length."""
+    if not graphs:
+        raise StateError("no states to batch")
+    link_offsets = np.concatenate([[0], np.cumsum([len(g.link_buffer) for g in graphs])])
+    flow_offsets = np.concatenate([[0], np.cumsum([len(g.path_links) for g in graphs])])
+    paths = [p + off for g, off in zip(graphs, link_offsets) for p in g.path_links]
+    lengths = np.array([len(p) for p in paths], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    max_hops = int(lengths.max())
+    padded = np.full((len(paths), max_hops), -1, dtype=np.int64)
+    for i, j in enumerate(order):
+        padded[i, : lengths[j]] = paths[j]
+    counts = np.array([(lengths > k).sum() for k in range(max_hops)], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    hop_link = np.concatenate([padded[: counts[k], k] for k in range(max_hops)])
+    hop_path = np.concatenate([np.arange(counts[k]) for k in range(max_hops)])
+    capacity = np.concatenate([g.link_capacity for g in graphs])
+    size = np.concatenate([g.path_size for g in graphs])[order]
+    return GraphBatch(
+        link_x=np.concatenate([g.link_x for g in graphs]).astype(np.float32),
+        queue_x=np.concatenate([g.queue_x for g in graphs]).astype(np.float32),
+        path_x=np.concatenate([g.path_x for g in graphs])[order].astype(np.float32),
+        hop_link=hop_link,
+        hop_path=hop_path,
+        counts=counts,
+        offsets=offsets,
+        link_buffer=np.concatenate([g.link_buffer for g in graphs]),
+        link_service=np.concatenate([g.link_service for g in graphs]),
+        hop_transmit=size[hop_path] / capacity[hop_link],
+        path_prop=np.concatenate([g.path_prop for g in graphs])[order],
+        link_capacity=capacity,
+        path_rate=np.concatenate([g.path_rate for g in graphs])[order],
+        path_size=size,
+        order=order,
+        flow_offsets=flow_offsets,
+        link_offsets=link_offsets,
+    )
+
+
+def build_batch(states: list[NetworkState]) -> GraphBatch:
+    """Features of ``states`` as one batched graph."""
+    return batch_graphs([state_graph(s) for s in states])
