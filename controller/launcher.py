@@ -2,6 +2,9 @@
 
 Signals: SIGHUP re-reads the state file and applies its weights; SIGTERM/SIGINT close the
 store and the exporter and exit (os-ken's native-hub threads cannot be joined cleanly).
+Python runs signal handlers in the main thread only, and only while it executes bytecode: a
+main thread blocked in a join would miss a signal that the kernel delivered to another
+thread, so it wakes every ``SIGNAL_POLL_S`` s instead.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from controller.app import ControllerConfig, NdtController
 from telemetry.exporter import Exporter
 
 LOG = logging.getLogger("ndt.controller")
+SIGNAL_POLL_S = 0.2
 
 
 def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6653,
@@ -22,7 +27,6 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     """Serve OpenFlow on ofp_host:ofp_port and metrics on metrics_addr:metrics_port until a signal."""
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
-    from os_ken.lib import hub
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
 
     cfg.CONF(args=["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)], project="os_ken")
@@ -31,8 +35,10 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     manager = AppManager.get_instance()
     manager.load_apps([NdtController.__module__])
     contexts = manager.create_contexts()
-    threads = manager.instantiate_apps(ndt_config=config, **contexts)
+    manager.instantiate_apps(ndt_config=config, **contexts)
     app = next(a for a in manager.applications.values() if isinstance(a, NdtController))
+    LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
+             ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
 
     def stop(signum, _frame):
         LOG.info("signal %d: stopping", signum)
@@ -44,7 +50,6 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, lambda _s, _f: app.reload_state())
-    LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
-             ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
-    hub.joinall(threads)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: app.reload_state())
+    while True:
+        time.sleep(SIGNAL_POLL_S)
