@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ndt.cmd_sim",
     "ndt.cmd_dataset",
     "ndt.cmd_bench",
+    "ndt.cmd_optimize",
     "ndt.cmd_demo",
     "ndt.cmd_controller",
 )

@@ -60,3 +60,19 @@ def test_import_gml(tmp_path):
     state = load_topology(str(gml))
     assert state.nodes == ("x", "y") and state.links[0].capacity == 1e9
     assert state.links[0].prop_delay == pytest.approx(111.19e3 / 2e8, rel=1e-3)
+
+
+def test_optimize_json_contract(tmp_path):
+    from tests.test_optimizer import two_route_state
+
+    state, intent = tmp_path / "s.json", tmp_path / "i.yaml"
+    two_route_state(load=0.95).save(state)
+    intent.write_text("constraints: {max_utilization: 0.8, weight_bounds: [1, 10]}\nsearch: {max_evaluations: 60}\n")
+    report = json.loads(ndt("optimize", "--state", str(state), "--intent", str(intent), "--model", "sim",
+                            "--verify", "--json").stdout)
+    assert report["feasible"] and report["changed_links"]
+    assert {"before", "after"} <= set(report["predicted"]) and {"before", "after"} <= set(report["simulated"])
+    assert len(report["weights"]) == 8
+    intent.write_text("constraints: {max_utilization: 0.05}\nsearch: {max_evaluations: 30}\n")
+    proc = ndt("optimize", "--state", str(state), "--intent", str(intent), "--model", "sim", check=False)
+    assert proc.returncode == 2 and "no routing found" in proc.stderr and "Traceback" not in proc.stderr
