@@ -57,7 +57,7 @@ def free_port() -> int:
 class Emulation:
     """A Mininet network of userspace OVS switches, its state/wiring files, and ``ndt controller``."""
 
-    def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]]):
+    def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]], poll_interval: float = 0.5):
         from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
         from mininet.topo import Topo
@@ -85,7 +85,7 @@ class Emulation:
                 for x, y in ((a, b), (b, a)):
                     self.ports[(x.node.name, y.node.name)] = x.node.ports[x]
                     links.append({"src": x.node.name, "dst": y.node.name, "capacity": 1e7, "weight": 1.0})
-        self.state = {"name": "square", "nodes": [f"s{i}" for i in range(1, n + 1)], "links": links}
+        self.state = {"name": f"{n} switches", "nodes": [f"s{i}" for i in range(1, n + 1)], "links": links}
         self.state_path = tmp / "state.json"
         self.state_path.write_text(json.dumps(self.state))
         (tmp / "wiring.json").write_text(json.dumps({"ports": {f"{s}->{d}": p for (s, d), p in self.ports.items()}}))
@@ -94,7 +94,7 @@ class Emulation:
         self.controller = subprocess.Popen(
             [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path),
              "--wiring", str(tmp / "wiring.json"), "--ofp-port", str(self.ofp_port),
-             "--metrics-port", str(self.metrics_port), "--store", str(self.store_path), "--poll-interval", "0.5"],
+             "--metrics-port", str(self.metrics_port), "--store", str(self.store_path), "--poll-interval", str(poll_interval)],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.metrics() is not None, 20, "the controller's metrics endpoint")
         self.net.start()
@@ -265,3 +265,40 @@ def test_reconnecting_switch_gets_its_rules_back(square):
     before = square.tx_bytes("s1", "s2")
     assert square.ping(1, 3, 20) == (20, 20)
     assert square.tx_bytes("s1", "s2") - before >= 20 * 98, "s1 routes through s2 again"
+
+
+GRID = [(5 * r + c + 1, 5 * r + c + 2) for r in range(5) for c in range(4)] + \
+       [(5 * r + c + 1, 5 * r + c + 6) for r in range(4) for c in range(5)]
+
+
+def test_grid_of_25_switches_keeps_up_and_switches_over_within_2_s(tmp_path):
+    """The issue's targets: 1 s statistics from 25 switches without falling behind; a network-wide
+    weight change in <= 2 s with no lost ping."""
+    bed = Emulation(tmp_path, 25, GRID, poll_interval=1.0)
+    try:
+        for src in range(2, 26):
+            assert bed.ping(src, 1, 1, 0.2)[1] == 1, f"h{src} -> h1"
+        wait_for(lambda: "(625 rules)" in bed.log_text(), 15,
+                 "routes for 25 hosts")
+        polls = bed.metric("ndt_stats_polls_total")
+        time.sleep(5.0)
+        done = bed.metric("ndt_stats_polls_total") - polls
+        assert done >= 4, f"only {done} statistics rounds completed in 5 s at 1 s polling"
+        poll_s = bed.metric("ndt_stats_poll_duration_seconds")
+        assert poll_s < 1.0
+        pinger = bed.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "400", "10.0.0.25"],
+                                         stdout=subprocess.PIPE, text=True)
+        corner_paths = [{("s1", "s2"): 10.0, ("s2", "s1"): 10.0}, {("s1", "s6"): 10.0, ("s6", "s1"): 10.0}, {}]
+        switch_overs = []
+        for weights in corner_paths:
+            time.sleep(0.8)
+            bed.push_weights(weights)
+            switch_overs.append(bed.metric("ndt_routing_switch_over_seconds"))
+        out, _ = pinger.communicate(timeout=30)
+        sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+        print(f"25 switches: {done} polls in 5 s, last poll {poll_s:.3f} s; switch-overs {switch_overs} s; "
+              f"pings {received}/{sent}")
+        assert (sent, received) == (400, 400), out
+        assert max(switch_overs) <= 2.0
+    finally:
+        bed.stop()
