@@ -22,6 +22,7 @@ state and are marked ``valid = False`` with NaN labels.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import sys
 import tarfile
@@ -93,10 +94,16 @@ def read_datanet(directory) -> Iterator[DatanetSample]:
     """Stream the usable samples of a datanet directory, archive by archive (sorted by name).
 
     Samples whose stability.txt line lacks ``;OK;`` are skipped. Raises
-    :class:`StateError` naming the file and line for missing or malformed input.
+    :class:`StateError` naming the file and line for missing or malformed input
+    (a directory without graphs/, routings/ or archives at once, the rest while
+    iterating).
     """
     directory = Path(directory)
-    archives = _archives(directory)
+    return _samples(directory, _archives(directory))
+
+
+def _samples(directory: Path, archives: list[Path]) -> Iterator[DatanetSample]:
+    """The samples of the archives in order; graphs and routings are parsed once and shared."""
     topologies: dict[str, _Topology] = {}
     routings: dict[tuple[str, str], dict] = {}
     for archive in archives:
@@ -714,32 +721,27 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
     if limit is not None and limit < 1:
         raise StateError(f"limit must be at least 1, got {limit}")
     started = time.perf_counter()
-    errors, signed, loss_err, per_sample = [], [], [], []
+    signed, loss_err, per_sample = [], [], []
     undelivered = hops = 0
     sim_wall = 0.0
-    samples = read_datanet(directory)
-    bar = tqdm(total=limit, unit="sample", file=sys.stderr, disable=not progress, desc="simulating")
-    for k, sample in enumerate(samples):
-        if limit is not None and k >= limit:
-            break
-        result = simulate(sample.state, duration=duration, warmup=warmup, seed=seed + k,
-                          packets_per_flow=packets_per_flow)
-        hops += result.packet_hops
-        sim_wall += result.wall_s
-        use = sample.valid & np.isfinite(result.delay)
-        undelivered += int(np.sum(sample.valid & ~np.isfinite(result.delay)))
-        rel = (result.delay[use] - sample.delay[use]) / sample.delay[use]
-        errors.append(np.abs(rel))
-        signed.append(rel)
-        loss_err.append(np.abs(result.loss[use] - sample.loss[use]))
-        per_sample.append(float(np.mean(np.abs(rel))) if len(rel) else math.nan)
-        bar.update(1)
-        bar.set_postfix(mape=f"{np.mean(np.concatenate(errors)):.4f}")
-    bar.close()
+    samples = itertools.islice(read_datanet(directory), limit)
+    with tqdm(total=limit, unit="sample", file=sys.stderr, disable=not progress, desc="simulating") as bar:
+        for k, sample in enumerate(samples):
+            result = simulate(sample.state, duration=duration, warmup=warmup, seed=seed + k,
+                              packets_per_flow=packets_per_flow)
+            hops += result.packet_hops
+            sim_wall += result.wall_s
+            rel, loss_diff, missed = _path_errors(sample, result)
+            signed.append(rel)
+            loss_err.append(loss_diff)
+            undelivered += missed
+            per_sample.append(float(np.mean(np.abs(rel))) if len(rel) else math.nan)
+            bar.update(1)
+            bar.set_postfix(mape=f"{np.mean(np.abs(np.concatenate(signed))):.4f}")
     if not per_sample:
         raise StateError(f"{directory}: no usable samples (every stability.txt line lacks ';OK;')")
     wall = time.perf_counter() - started
-    all_errors = np.concatenate(errors)
+    all_errors = np.abs(np.concatenate(signed))
     return {
         "samples": len(per_sample),
         "paths": int(len(all_errors)),
@@ -758,3 +760,12 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
         "sim_s_per_sample": round(sim_wall / len(per_sample), 3),
         "packet_hops_per_s": round(hops / max(sim_wall, 1e-9)),
     }
+
+
+def _path_errors(sample: DatanetSample, result) -> tuple[np.ndarray, np.ndarray, int]:
+    """On the labelled paths our run delivered packets on: signed relative delay error and
+    absolute loss difference; plus the number of labelled paths it delivered nothing on."""
+    delivered = np.isfinite(result.delay)
+    use = sample.valid & delivered
+    rel = (result.delay[use] - sample.delay[use]) / sample.delay[use]
+    return rel, np.abs(result.loss[use] - sample.loss[use]), int(np.sum(sample.valid & ~delivered))
