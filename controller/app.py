@@ -24,9 +24,10 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_D
 from os_ken.lib import hub
 from os_ken.lib.packet import arp, ethernet, ipv4, packet
 from os_ken.ofproto import ofproto_v1_3
+from os_ken.topology import event as topo_event
 
 from controller.routing_rules import (
-    CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, FlowOp, FlowRule, Host, RouteSet, RuleError, Wiring,
+    BASE_COOKIE, CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, NDT_COOKIE_MASK, FlowOp, FlowRule, Host, RouteSet, RuleError, Wiring,
     base_rules, counter_rules, plan_update, route_rules,
 )
 from ndt.errors import NdtError
@@ -37,12 +38,14 @@ from twin.state import NetworkState
 
 LOG = logging.getLogger("ndt.controller")
 BARRIER_TIMEOUT_S = 5.0
+DISCOVERY_SETTLE_S = 5.0  # with LLDP: handle ARP once every expected link is seen, or this long after the last change
 
 
 @dataclass
 class ControllerConfig:
     """Everything the app needs: the state (topology, capacities, weights) and where it came from,
-    the wiring, the telemetry sinks and the statistics interval (s)."""
+    the wiring, the telemetry sinks and the statistics interval (s). With ``discover`` the wiring's
+    ports come from LLDP (os-ken's topology app) and links not yet discovered carry no route."""
 
     state: NetworkState
     wiring: Wiring
@@ -50,6 +53,7 @@ class ControllerConfig:
     metrics: Metrics
     poll_interval: float = 1.0
     state_path: Path | None = None
+    discover: bool = False
 
 
 class NdtController(app_manager.OSKenApp):
@@ -73,6 +77,8 @@ class NdtController(app_manager.OSKenApp):
         self._link_rates = CounterRates()
         self._traffic_rates = CounterRates()
         self._traffic_totals: dict[tuple[str, str], int] = {}
+        self._discovered: set[tuple[str, str]] = set()
+        self._topology_changed = time.monotonic()
         self._poll_outstanding = 0
         self._poll_started = 0.0
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
@@ -128,8 +134,9 @@ class NdtController(app_manager.OSKenApp):
     def _on_features(self, ev):
         dp, dpid = ev.msg.datapath, ev.msg.datapath_id
         ofp, parser = dp.ofproto, dp.ofproto_parser
-        dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch()))
+        dp.send_msg(parser.OFPFlowMod(dp, cookie=BASE_COOKIE, cookie_mask=NDT_COOKIE_MASK, table_id=ofp.OFPTT_ALL,
+                                      command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                                      match=parser.OFPMatch()))
         for rule in base_rules(dpid):
             dp.send_msg(self._flow_mod(dp, FlowOp("add", dpid, rule)))
 
@@ -169,6 +176,50 @@ class NdtController(app_manager.OSKenApp):
             LOG.warning("link %s->%s %s", link[0], link[1], "up" if up else "down")
             self.request_reroute(f"link {link[0]}->{link[1]} {'up' if up else 'down'}")
 
+    @set_ev_cls(topo_event.EventLinkAdd)
+    def _on_link_add(self, ev):
+        link = self._named_link(ev.link)
+        if link is None:
+            return
+        with self._lock:
+            known = link in self._discovered and self.wiring.ports.get(link) == ev.link.src.port_no
+            if not known:
+                self._discovered.add(link)
+                self.wiring = Wiring(self.wiring.dpids, {**self.wiring.ports, link: ev.link.src.port_no})
+                self._topology_changed = time.monotonic()
+        if not known:
+            LOG.info("discovered link %s->%s on port %d", link[0], link[1], ev.link.src.port_no)
+            self.request_reroute(f"link {link[0]}->{link[1]} discovered")
+
+    @set_ev_cls(topo_event.EventLinkDelete)
+    def _on_link_delete(self, ev):
+        link = self._named_link(ev.link)
+        with self._lock:
+            if link is None or link not in self._discovered:
+                return
+            self._discovered.discard(link)
+            self._topology_changed = time.monotonic()
+        LOG.warning("link %s->%s lost (LLDP)", link[0], link[1])
+        self.request_reroute(f"link {link[0]}->{link[1]} lost")
+
+    def _named_link(self, link) -> tuple[str, str] | None:
+        """The state's (src, dst) for an LLDP-discovered link, or None (logged) if the state lacks it."""
+        pair = (self.wiring.names.get(link.src.dpid), self.wiring.names.get(link.dst.dpid))
+        if pair not in self.capacity:
+            LOG.warning("discovered a link %016x:%d -> %016x that is not in the state; ignored",
+                        link.src.dpid, link.src.port_no, link.dst.dpid)
+            return None
+        return pair
+
+    def _arp_ready(self) -> bool:
+        """False while LLDP may still turn an apparently edge (host) port into a link port."""
+        if not self.config.discover:
+            return True
+        with self._lock:
+            connected = {self.wiring.names[d] for d in self._datapaths}
+            missing = [lk for lk in self.capacity if {lk[0], lk[1]} <= connected and lk not in self._discovered]
+            return not missing or time.monotonic() - self._topology_changed >= DISCOVERY_SETTLE_S
+
     @staticmethod
     def _port_is_up(dp, port) -> bool:
         ofp = dp.ofproto
@@ -192,6 +243,8 @@ class NdtController(app_manager.OSKenApp):
             for link in self.state.links:
                 pair, back = (link.src, link.dst), (link.dst, link.src)
                 if pair in self._ports_down or back in self._ports_down or not {link.src, link.dst} <= connected:
+                    down.add(pair)
+                elif self.config.discover and pair not in self._discovered:
                     down.add(pair)
         for link in self.state.links:
             self.metrics.set_link_up(link.src, link.dst, (link.src, link.dst) not in down)
@@ -314,7 +367,7 @@ class NdtController(app_manager.OSKenApp):
                 self._packet_out(host.switch, host.port, msg.data)
 
     def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
-        if not self.wiring.is_edge_port(dp.id, in_port):
+        if not self.wiring.is_edge_port(dp.id, in_port) or not self._arp_ready():
             return  # ARP only enters from hosts; the controller itself carries it between switches
         self._learn(Host(message.src_ip, message.src_mac, self.wiring.names[dp.id], in_port))
         target = self._hosts.get(message.dst_ip)

@@ -28,12 +28,16 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
+    import os_ken.topology.switches  # noqa: F401  registers --observe-links (LLDP discovery)
 
-    cfg.CONF(args=["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)], project="os_ken")
+    args = ["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)]
+    if config.discover:
+        args.append("--observe-links")
+    cfg.CONF(args=args, project="os_ken")
     exporter = Exporter(config.metrics)
     bound = exporter.serve(metrics_port, metrics_addr)
     manager = AppManager.get_instance()
-    manager.load_apps([NdtController.__module__])
+    manager.load_apps([NdtController.__module__] + (["os_ken.topology.switches"] if config.discover else []))
     contexts = manager.create_contexts()
     manager.instantiate_apps(ndt_config=config, **contexts)
     app = next(a for a in manager.applications.values() if isinstance(a, NdtController))

@@ -41,6 +41,7 @@ BASE_COOKIE = 0x4E44_5400_0000_0000  # "NDT\0": table-miss, ARP and goto rules
 COUNTER_COOKIE = 0x4E44_5401_0000_0000
 ROUTE_COOKIE = 0x4E44_5402_0000_0000  # | version (low 32 bits)
 COOKIE_KIND_MASK = 0xFFFF_FFFF_0000_0000
+NDT_COOKIE_MASK = 0xFFFF_FF00_0000_0000  # every rule ndt installs has BASE_COOKIE under this mask
 VERSION_MASK = 0xFFFF_FFFF
 
 ETH_TYPE_IPV4 = 0x0800
@@ -77,13 +78,13 @@ class Wiring:
         if len(self.names) != len(self.dpids):
             raise RuleError("two switches share one datapath id in the wiring")
 
-    def check(self, state: NetworkState) -> None:
-        """Raise :class:`RuleError` unless every node has a dpid and every link an output port."""
+    def check(self, state: NetworkState, down: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Raise :class:`RuleError` unless every node has a dpid and every link not ``down`` an output port."""
         for node in state.nodes:
             if node not in self.dpids:
                 raise RuleError(f"switch {node!r}: no datapath id in the wiring")
         for link in state.links:
-            if (link.src, link.dst) not in self.ports:
+            if (link.src, link.dst) not in self.ports and (link.src, link.dst) not in down:
                 raise RuleError(f"link {link.src}->{link.dst}: no output port in the wiring")
 
     def link_at(self, dpid: int, port: int) -> tuple[str, str] | None:
@@ -189,7 +190,7 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
     A switch from which a host's switch is unreachable gets no rule for that host
     (its packets go to the controller via the table-miss rule).
     """
-    wiring.check(state)
+    wiring.check(state, down)
     unknown = set(down) - set(state.link_index)
     if unknown:
         src, dst = sorted(unknown)[0]

@@ -2,7 +2,8 @@
 
 JSON: ``{"dpids": {"s1": 1, ...}, "ports": {"s1->s2": 2, ...}}``. ``dpids`` may be left
 out when every node name ends in its datapath id (Mininet's ``s1`` → 1). Every link of
-the state needs its output port. Errors name the file and the bad key.
+the state needs its output port, unless ``discover`` is set: then the ports come from LLDP
+and the file (or no file at all) may give only dpids. Errors name the file and the bad key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from controller.routing_rules import RuleError, Wiring
 from twin.state import NetworkState
 
 
-def wiring_from_dict(data, state: NetworkState, where: str = "wiring") -> Wiring:
+def wiring_from_dict(data, state: NetworkState, where: str = "wiring", discover: bool = False) -> Wiring:
     """Build and check a :class:`Wiring` for ``state`` from the parsed JSON object."""
     if not isinstance(data, dict):
         raise RuleError(f"{where}: expected an object with 'dpids' and 'ports'")
@@ -30,7 +31,7 @@ def wiring_from_dict(data, state: NetworkState, where: str = "wiring") -> Wiring
     for name, dpid in dpids.items():
         if isinstance(dpid, bool) or not isinstance(dpid, int) or dpid < 0:
             raise RuleError(f"{where}: dpids[{name!r}] must be a non-negative integer, got {dpid!r}")
-    raw_ports = data.get("ports")
+    raw_ports = data.get("ports", {} if discover else None)
     if not isinstance(raw_ports, dict):
         raise RuleError(f"{where}: 'ports' must map 'src->dst' to the output port on src")
     ports = {}
@@ -43,7 +44,7 @@ def wiring_from_dict(data, state: NetworkState, where: str = "wiring") -> Wiring
         ports[(parts[0], parts[1])] = port
     wiring = Wiring(dpids=dict(dpids), ports=ports)
     try:
-        wiring.check(state)
+        wiring.check(state, frozenset(state.link_index) if discover else frozenset())
     except RuleError as exc:
         raise RuleError(f"{where}: {exc}") from None
     for (src, dst) in ports:
@@ -52,7 +53,12 @@ def wiring_from_dict(data, state: NetworkState, where: str = "wiring") -> Wiring
     return wiring
 
 
-def load_wiring(path, state: NetworkState) -> Wiring:
+def load_wiring(path, state: NetworkState, discover: bool = False) -> Wiring:
+    """The wiring from a file; with ``discover`` and no file, dpids from the node names and no ports."""
+    if path is None:
+        if not discover:
+            raise RuleError("a wiring file is needed unless links are discovered (LLDP)")
+        return wiring_from_dict({}, state, "wiring", discover=True)
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -60,7 +66,7 @@ def load_wiring(path, state: NetworkState) -> Wiring:
         raise RuleError(f"{path}: cannot read the wiring file ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise RuleError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return wiring_from_dict(data, state, str(path))
+    return wiring_from_dict(data, state, str(path), discover)
 
 
 def _trailing_int(name: str, where: str) -> int:

@@ -13,15 +13,18 @@ def register(subparsers) -> None:
         help="run the OpenFlow 1.3 controller: routes from OSPF weights, statistics, metrics",
         description=(
             "Run ndt's os-ken OpenFlow 1.3 app. Switches and links come from the state file (nodes, links, "
-            "capacities, OSPF weights) and the wiring file (datapath ids, output port of every link). Hosts are "
+            "capacities, OSPF weights) and the wiring file (datapath ids, output port of every link) or, with "
+            "--discover, from LLDP (datapath ids default to the number ending each switch name). Hosts are "
             "learned from ARP. Routes are installed make-before-break; port and flow statistics go to the "
             "SQLite telemetry store and the Prometheus endpoint. Send SIGHUP to re-read the state file and "
             "apply its weights."
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (weights, capacities)")
-    p.add_argument("--wiring", type=Path, required=True, metavar="FILE",
-                   help='wiring JSON: {"dpids": {"s1": 1}, "ports": {"s1->s2": 2}}')
+    p.add_argument("--wiring", type=Path, metavar="FILE",
+                   help='wiring JSON: {"dpids": {"s1": 1}, "ports": {"s1->s2": 2}} (ports optional with --discover)')
+    p.add_argument("--discover", action="store_true",
+                   help="discover link ports with LLDP instead of reading them from the wiring file")
     p.add_argument("--ofp-host", default="127.0.0.1", help="OpenFlow listen address (default: 127.0.0.1)")
     p.add_argument("--ofp-port", type=int, default=6653, help="OpenFlow listen port (default: 6653)")
     p.add_argument("--metrics-addr", default="127.0.0.1", help="Prometheus endpoint address (default: 127.0.0.1)")
@@ -46,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.poll_interval > 0:
         raise RuleError(f"--poll-interval must be positive, got {args.poll_interval}")
     state = NetworkState.load(args.state)
-    wiring = load_wiring(args.wiring, state)
+    wiring = load_wiring(args.wiring, state, discover=args.discover)
     config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
-                              poll_interval=args.poll_interval, state_path=args.state)
+                              poll_interval=args.poll_interval, state_path=args.state, discover=args.discover)
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port)
     return 0

@@ -57,7 +57,8 @@ def free_port() -> int:
 class Emulation:
     """A Mininet network of userspace OVS switches, its state/wiring files, and ``ndt controller``."""
 
-    def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]], poll_interval: float = 0.5):
+    def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]], poll_interval: float = 0.5,
+                 discover: bool = False):
         from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
         from mininet.topo import Topo
@@ -91,10 +92,11 @@ class Emulation:
         (tmp / "wiring.json").write_text(json.dumps({"ports": {f"{s}->{d}": p for (s, d), p in self.ports.items()}}))
         self.store_path = tmp / "telemetry.db"
         self.log = open(tmp / "controller.log", "w")
+        topology = ["--discover"] if discover else ["--wiring", str(tmp / "wiring.json")]
         self.controller = subprocess.Popen(
-            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path),
-             "--wiring", str(tmp / "wiring.json"), "--ofp-port", str(self.ofp_port),
-             "--metrics-port", str(self.metrics_port), "--store", str(self.store_path), "--poll-interval", str(poll_interval)],
+            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path), *topology,
+             "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
+             "--store", str(self.store_path), "--poll-interval", str(poll_interval)],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.metrics() is not None, 20, "the controller's metrics endpoint")
         self.net.start()
@@ -265,6 +267,22 @@ def test_reconnecting_switch_gets_its_rules_back(square):
     before = square.tx_bytes("s1", "s2")
     assert square.ping(1, 3, 20) == (20, 20)
     assert square.tx_bytes("s1", "s2") - before >= 20 * 98, "s1 routes through s2 again"
+
+
+def test_lldp_discovery_finds_the_wiring(tmp_path):
+    """With --discover and no wiring file, LLDP finds every link's port and hosts can talk."""
+    bed = Emulation(tmp_path, 4, SQUARE, discover=True)
+    try:
+        wait_for(lambda: bed.log_text().count("discovered link") >= 8, 20, "LLDP to find all 8 directed links")
+        for (src, dst), port in bed.ports.items():
+            assert f"discovered link {src}->{dst} on port {port}" in bed.log_text()
+        for src, dst in ((1, 3), (2, 4), (4, 1)):
+            assert bed.ping(src, dst, 5, 0.05)[1] == 5, f"h{src} -> h{dst}"
+        before = bed.tx_bytes("s1", "s2")
+        assert bed.ping(1, 3, 30) == (30, 30)
+        assert bed.tx_bytes("s1", "s2") - before >= 30 * 98
+    finally:
+        bed.stop()
 
 
 GRID = [(5 * r + c + 1, 5 * r + c + 2) for r in range(5) for c in range(4)] + \
