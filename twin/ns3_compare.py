@@ -349,7 +349,10 @@ def _fixed_delay(state: NetworkState) -> np.ndarray:
     """Per flow, s: transmission + propagation along the path (the delay with empty queues)."""
     la = state.link_arrays
     return np.array(
-        [np.sum(f.packet_size / la["capacity"][links] + la["prop_delay"][links]) for f, links in zip(state.flows, state.flow_links)]
+        [
+            np.sum(flow.packet_size / la["capacity"][links] + la["prop_delay"][links])
+            for flow, links in zip(state.flows, state.flow_links)
+        ]
     )
 
 
@@ -357,6 +360,37 @@ def _mape(ours: np.ndarray, reference: np.ndarray) -> float:
     """Mean over flows with a positive reference of |ours - reference| / reference (a fraction)."""
     keep = np.isfinite(ours) & np.isfinite(reference) & (reference > 0)
     return float(np.mean(np.abs(ours[keep] - reference[keep]) / reference[keep]))
+
+
+def _num(x) -> float | None:
+    """A JSON-safe float: None for nan or infinity."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _flow_rows(state: NetworkState, ns3: dict, ours, fixed: np.ndarray) -> list[dict]:
+    """Per flow, side by side: delays and queueing parts (s), relative error, loss, packets sent."""
+    utilization = state.utilization()
+    rows = []
+    for i, flow in enumerate(state.flows):
+        ref = ns3["delay"][i]
+        rows.append(
+            {
+                "src": flow.src,
+                "dst": flow.dst,
+                "path": "-".join(state.flow_path(i)),
+                "max_utilization": round(float(utilization[state.flow_links[i]].max()), 3),
+                "delay_ns3": _num(ref),
+                "delay": _num(ours.delay[i]),
+                "rel_error": _num(ours.delay[i] / ref - 1),
+                "queueing_ns3": _num(ref - fixed[i]),
+                "queueing": _num(ours.delay[i] - fixed[i]),
+                "loss_ns3": _num(ns3["loss"][i]),
+                "loss": _num(ours.loss[i]),
+                "sent_ns3": ns3["sent"][i],
+                "sent": int(ours.sent[i]),
+            }
+        )
+    return rows
 
 
 def compare_with_ns3(duration: float = 300.0, seed: int = 0, state: NetworkState | None = None) -> dict:
@@ -369,38 +403,19 @@ def compare_with_ns3(duration: float = 300.0, seed: int = 0, state: NetworkState
     ``simulate`` call), which a busy machine disturbs less.
     ``delay_mape_vs_ns3`` is over the flows' mean one-way delays;
     ``queueing_mape_vs_ns3`` is the same on the queueing part (delay minus
-    transmission and propagation), a stricter check.
+    transmission and propagation), a stricter check. Raises NdtError when
+    ns-3 is not installed.
     """
     state = ns3_scenario() if state is None else state
     ns3 = run_ns3(state, duration, seed)
     simulate(state, duration=1e-3 * duration, seed=seed)  # loads the compiled loop before timing
     cpu = time.process_time()
     ours = simulate(state, duration=duration, seed=seed)
-    ours_cpu_s = time.process_time() - cpu
+    ours_cpu_s = max(time.process_time() - cpu, 1e-9)
     fixed = _fixed_delay(state)
     ref_delay = np.array(ns3["delay"])
     ours_per_s = ours.packet_hops / max(ours.wall_s, 1e-9)
-    utilization = state.utilization()
-    flows = []
-    for i, flow in enumerate(state.flows):
-        links = state.flow_links[i]
-        flows.append(
-            {
-                "src": flow.src,
-                "dst": flow.dst,
-                "path": "-".join(state.flow_path(i)),
-                "max_utilization": round(float(utilization[links].max()), 3),
-                "delay_ns3": ref_delay[i],
-                "delay": float(ours.delay[i]),
-                "rel_error": float(ours.delay[i] / ref_delay[i] - 1),
-                "queueing_ns3": ref_delay[i] - fixed[i],
-                "queueing": float(ours.delay[i] - fixed[i]),
-                "loss_ns3": ns3["loss"][i],
-                "loss": float(ours.loss[i]),
-                "sent_ns3": ns3["sent"][i],
-                "sent": int(ours.sent[i]),
-            }
-        )
+    ns3_per_cpu_s = ns3["packet_hops"] / max(ns3["run_cpu_s"], 1e-9)
     return {
         "scenario": state.name,
         "duration_s": duration,
@@ -414,8 +429,8 @@ def compare_with_ns3(duration: float = 300.0, seed: int = 0, state: NetworkState
         "speedup_vs_ns3": ours_per_s / ns3["ns3_packet_hops_per_s"],
         "ns3_run_cpu_s": ns3["run_cpu_s"],
         "sim_cpu_s": ours_cpu_s,
-        "speedup_vs_ns3_cpu": (ours.packet_hops / ours_cpu_s) / (ns3["packet_hops"] / ns3["run_cpu_s"]),
+        "speedup_vs_ns3_cpu": (ours.packet_hops / ours_cpu_s) / ns3_per_cpu_s,
         "delay_mape_vs_ns3": _mape(ours.delay, ref_delay),
         "queueing_mape_vs_ns3": _mape(ours.delay - fixed, ref_delay - fixed),
-        "flows": flows,
+        "flows": _flow_rows(state, ns3, ours, fixed),
     }
