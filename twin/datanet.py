@@ -49,7 +49,7 @@ IN_SERVICE = 1  # packets the reference queue counts beyond ndt's waiting room (
 NO_TRAFFIC = "-1,0,-1,0,0"
 NO_RESULT = "0,0,0,-1,-1,-1,-1,-1,-1,-1,-1"
 NOT_MEASURED = "-1"  # the format's "no value", as on the diagonal
-PACKETS_PER_FLOW = 5000.0  # default simulation length for the comparison: ~1 % MAPE noise, ~2 s per 30-node sample
+PACKETS_PER_FLOW = 5000.0  # default comparison length: ~1 % MAPE noise, a few s per 30-node sample
 
 
 @dataclass
@@ -236,14 +236,14 @@ def _topology(directory: Path, graph_file: str, links_bw_file: str, cache: dict)
     """The parsed graph of a sample, with the optional links_bw/ bandwidth overrides applied."""
     key = f"{graph_file};{links_bw_file}"
     if key not in cache:
-        topo = read_graph(directory / "graphs" / graph_file)
+        topo = _read_graph(directory / "graphs" / graph_file)
         if links_bw_file:
             topo = _apply_links_bw(topo, directory / "links_bw" / links_bw_file)
         cache[key] = topo
     return cache[key]
 
 
-def read_graph(path) -> _Topology:
+def _read_graph(path) -> _Topology:
     """Parse a datanet GML graph: links with capacity = bandwidth (bit/s), buffer from queueSizes (packets).
 
     Links are ordered by source node, then output port.
@@ -503,7 +503,8 @@ def write_datanet(directory, samples: Iterable, tag: str = "ndt") -> Path:
     samples: ``(state, result)`` pairs with ``result`` a :class:`twin.sim.SimResult`
     of ``state``. Graphs and routings shared by several samples are written once
     (``graphs/graph-<N>-<k>.txt``, ``routings/Routing-<N>-<k>.txt``, paths as
-    ``src;hop;...;dst`` over node indices in ``state.nodes`` order); the results go
+    ``src;hop;...;dst`` over node indices in ``state.nodes`` order, the names kept as
+    GML labels; read back, nodes are named by index); the results go
     to one ``results_<tag>_<lo>-<hi>_0_<n-1>.tar.gz``. The datanet format has no
     propagation delay, one queue size per node and no exponential packet sizes:
     states using them raise :class:`StateError`. Fields ndt does not measure
