@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "ndt.cmd_bench",
     "ndt.cmd_optimize",
     "ndt.cmd_demo",
+    "ndt.cmd_train",
     "ndt.cmd_controller",
 )
 

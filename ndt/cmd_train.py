@@ -1,0 +1,68 @@
+"""``ndt train``: train RouteNet-E (or the RNN baseline) on a dataset directory, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from ndt.output import print_json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the twin (RouteNet-E) on a simulated dataset",
+        description=(
+            "Train RouteNet-E or the RNN baseline on the output of 'ndt dataset generate'. Every tenth "
+            "sample (by index) is held out for validation; the loss is the relative error of per-path mean "
+            "delay. Each epoch checkpoints to --out, so rerunning the same command resumes; the best model "
+            "is kept as OUT/best.weights.h5 + OUT/best.json, and --export copies it into the package as the "
+            "default twin."
+        ),
+    )
+    p.add_argument("--data", type=Path, default=Path("data/train"), metavar="DIR",
+                   help="dataset directory (default: data/train); shards added while training join at the next epoch")
+    p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/MODEL)")
+    p.add_argument("--model", choices=("routenet_e", "rnn"), default="routenet_e", help="which network (default: routenet_e)")
+    p.add_argument("--epochs", type=int, default=40, help="most epochs (default: 40)")
+    p.add_argument("--batch-size", type=int, default=4, help="samples per gradient step (default: 4)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate; halved after 2 epochs without progress")
+    p.add_argument("--patience", type=int, default=6, help="epochs without validation progress before stopping (default: 6)")
+    p.add_argument("--max-minutes", type=float, metavar="M", help="stop after this much training time")
+    p.add_argument("--state-dim", type=int, default=32, help="hidden state size (default: 32)")
+    p.add_argument("--iterations", type=int, default=8, help="message-passing iterations (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--export", action="store_true", help="copy the best model into twin/models/ (the default twin)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from twin.routenet import MODELS_DIR
+    from twin.state import StateError
+    from twin.train import TrainConfig, Trainer
+
+    for name in ("epochs", "batch_size", "state_dim", "iterations", "patience"):
+        if getattr(args, name) < 1:
+            raise StateError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise StateError(f"--lr must be positive, got {args.lr}")
+    config = TrainConfig(kind=args.model, state_dim=args.state_dim, iterations=args.iterations, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                         max_minutes=args.max_minutes, seed=args.seed)
+    out = args.out or Path("runs") / args.model
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    summary = Trainer(args.data, out, config, progress=not args.no_progress, log=log).run()
+    if args.export:
+        for suffix in (".weights.h5", ".json"):
+            shutil.copyfile(out / f"best{suffix}", MODELS_DIR / f"{args.model}{suffix}")
+        summary["exported"] = str(MODELS_DIR / args.model)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"best validation MAPE {summary['best_val_mape']:.4f} after {summary['epochs']} epochs "
+              f"({summary['train_s']:.0f} s of training, stopped by {summary['stopped']}); model in {out}/best.*")
+    return 0
