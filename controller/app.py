@@ -56,6 +56,20 @@ class ControllerConfig:
     discover: bool = False
 
 
+@dataclass(frozen=True)
+class NetworkView:
+    """The controller's knowledge at one instant: the state (current weights), link output ports,
+    learned hosts, links out of service, the installed route version and connected switches."""
+
+    state: NetworkState
+    ports: dict[tuple[str, str], int]
+    hosts: tuple[Host, ...]
+    down: frozenset[tuple[str, str]]
+    route_version: int
+    switches_connected: int
+    last_switch_over_s: float
+
+
 class NdtController(app_manager.OSKenApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
@@ -71,6 +85,8 @@ class NdtController(app_manager.OSKenApp):
         self._hosts: dict[str, Host] = {}
         self._ports_down: set[tuple[str, str]] = set()
         self._installed: RouteSet | None = None
+        self._routes_installed = threading.Condition()
+        self._last_switch_over_s = 0.0
         self._barriers: dict[tuple[int, int], threading.Event] = {}
         self._reroute = threading.Event()
         self._reroute_reasons: list[str] = []
@@ -128,6 +144,21 @@ class NdtController(app_manager.OSKenApp):
     @property
     def route_version(self) -> int:
         return 0 if self._installed is None else self._installed.version
+
+    def wait_for_routes(self, after_version: int, timeout: float) -> int:
+        """Block until a route set newer than ``after_version`` is installed (or ``timeout`` s pass);
+        returns the installed version."""
+        with self._routes_installed:
+            self._routes_installed.wait_for(lambda: self.route_version > after_version, timeout)
+            return self.route_version
+
+    def snapshot(self) -> "NetworkView":
+        """A consistent copy of what the controller knows, for the API."""
+        with self._lock:
+            return NetworkView(
+                state=self.state, ports=dict(self.wiring.ports), hosts=tuple(self._hosts.values()),
+                down=self._down_links(), route_version=self.route_version,
+                switches_connected=len(self._datapaths), last_switch_over_s=self._last_switch_over_s)
 
     # ------------------------------------------------------------------ switch lifecycle
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
@@ -273,7 +304,10 @@ class NdtController(app_manager.OSKenApp):
         for batch in plan_update(self._installed, new):
             self._send_batch(batch)
         elapsed = time.monotonic() - started
-        self._installed = new
+        with self._routes_installed:
+            self._installed = new
+            self._last_switch_over_s = elapsed
+            self._routes_installed.notify_all()
         self.metrics.inc("routing_changes")
         self.metrics.set_gauge("route_version", version)
         self.metrics.set_gauge("routing_switch_over_seconds", elapsed)

@@ -23,8 +23,10 @@ SIGNAL_POLL_S = 0.2
 
 
 def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6653,
-        metrics_addr: str = "127.0.0.1", metrics_port: int = 9108) -> None:
-    """Serve OpenFlow on ofp_host:ofp_port and metrics on metrics_addr:metrics_port until a signal."""
+        metrics_addr: str = "127.0.0.1", metrics_port: int = 9108, grpc_address: str | None = "127.0.0.1:50051",
+        grpc_token: str | None = None, tls_cert=None, tls_key=None) -> None:
+    """Serve OpenFlow on ofp_host:ofp_port, metrics on metrics_addr:metrics_port and the gRPC API on
+    ``grpc_address`` (None: no API) until a signal."""
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
@@ -43,6 +45,12 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     app = next(a for a in manager.applications.values() if isinstance(a, NdtController))
     LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
              ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
+    if grpc_address is not None:
+        from controller.api.server import NdtService, serve
+
+        _, grpc_port = serve(NdtService(app, config.store, config.metrics), grpc_address, grpc_token, tls_cert, tls_key)
+        LOG.info("gRPC API on %s (port %d)%s%s", grpc_address, grpc_port, ", TLS" if tls_cert else "",
+                 ", bearer token required" if grpc_token else "")
 
     def stop(signum, _frame):
         LOG.info("signal %d: stopping", signum)

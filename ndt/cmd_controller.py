@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 
@@ -29,6 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--ofp-port", type=int, default=6653, help="OpenFlow listen port (default: 6653)")
     p.add_argument("--metrics-addr", default="127.0.0.1", help="Prometheus endpoint address (default: 127.0.0.1)")
     p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus endpoint port (default: 9108)")
+    p.add_argument("--grpc", default="127.0.0.1:50051", metavar="ADDR",
+                   help="gRPC API address host:port, or 'off' (default: 127.0.0.1:50051); with the environment "
+                        "variable NDT_API_TOKEN set, clients must send 'authorization: Bearer <token>'")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate: serve the gRPC API over TLS")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
     p.add_argument("--store", type=Path, default=Path("ndt-telemetry.db"), metavar="FILE",
                    help="SQLite telemetry store (default: ndt-telemetry.db)")
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="statistics interval, s (default: 1)")
@@ -48,9 +54,16 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.poll_interval > 0:
         raise RuleError(f"--poll-interval must be positive, got {args.poll_interval}")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise RuleError("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            raise RuleError(f"{flag} {path}: no such file")
     state = NetworkState.load(args.state)
     wiring = load_wiring(args.wiring, state, discover=args.discover)
     config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover)
-    run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port)
+    run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port,
+                   None if args.grpc == "off" else args.grpc, os.environ.get("NDT_API_TOKEN") or None,
+                   args.tls_cert, args.tls_key)
     return 0

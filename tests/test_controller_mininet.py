@@ -73,7 +73,7 @@ class Emulation:
                     self.addLink(f"s{a}", f"s{b}")
 
         self.tmp = tmp
-        self.ofp_port, self.metrics_port = free_port(), free_port()
+        self.ofp_port, self.metrics_port, self.grpc_port = free_port(), free_port(), free_port()
         self.net = Mininet(
             topo=Net(), autoSetMacs=False, waitConnected=False,
             switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure", **kw),
@@ -96,7 +96,8 @@ class Emulation:
         self.controller = subprocess.Popen(
             [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path), *topology,
              "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
-             "--store", str(self.store_path), "--poll-interval", str(poll_interval)],
+             "--store", str(self.store_path), "--poll-interval", str(poll_interval),
+             "--grpc", f"127.0.0.1:{self.grpc_port}"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.metrics() is not None, 20, "the controller's metrics endpoint")
         self.net.start()
@@ -251,6 +252,30 @@ def test_link_down_is_routed_around_and_back(square):
     before = square.tx_bytes("s1", "s2")
     assert square.ping(1, 3, 50) == (50, 50)
     assert square.tx_bytes("s1", "s2") - before >= 50 * 98
+
+
+def test_grpc_client_reads_the_network_and_applies_weights(square):
+    import grpc
+
+    from controller.api.server import pb, services
+
+    warm_up(square, 4)
+    with grpc.insecure_channel(f"127.0.0.1:{square.grpc_port}") as channel:
+        stub = services.NdtStub(channel)
+        status = stub.GetStatus(pb.Empty(), timeout=5)
+        assert (status.switches_connected, status.hosts, status.links_down) == (4, 4, 0)
+        topo = stub.GetTopology(pb.Empty(), timeout=5)
+        assert {(lk.src, lk.dst): lk.port for lk in topo.links} == square.ports
+        reply = stub.Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=10)], who="pytest"),
+                           timeout=10)
+        assert reply.route_version > status.route_version
+        before = square.tx_bytes("s1", "s4")
+        assert square.ping(1, 3, 50) == (50, 50)
+        assert square.tx_bytes("s1", "s4") - before >= 50 * 98, "Apply moved s1->s3 traffic onto s1->s4"
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s3", weight=1)]), timeout=5)
+        assert bad.value.code() == grpc.StatusCode.NOT_FOUND and "s1->s3" in bad.value.details()
+        assert stub.GetStatus(pb.Empty(), timeout=5).route_version == reply.route_version
 
 
 def test_reconnecting_switch_gets_its_rules_back(square):
