@@ -93,6 +93,7 @@ class NdtController(app_manager.OSKenApp):
         self._link_rates = CounterRates()
         self._traffic_rates = CounterRates()
         self._traffic_totals: dict[tuple[str, str], int] = {}
+        self._flow_parts: dict[int, list] = {}  # flow-stats reply parts per switch until the last one
         self._discovered: set[tuple[str, str]] = set()
         self._topology_changed = time.monotonic()
         self._poll_outstanding = 0
@@ -483,8 +484,13 @@ class NdtController(app_manager.OSKenApp):
     def _on_flow_stats(self, ev):
         msg = ev.msg
         now = time.time()
+        parts = self._flow_parts.setdefault(msg.datapath.id, [])
+        parts.extend(msg.body)
+        if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+            return
+        del self._flow_parts[msg.datapath.id]
         totals: dict[tuple[str, str], int] = {}
-        for stat in msg.body:
+        for stat in parts:
             src, dst = self._hosts.get(stat.match.get("ipv4_src")), self._hosts.get(stat.match.get("ipv4_dst"))
             if src is None or dst is None or src.switch == dst.switch:
                 continue

@@ -72,11 +72,17 @@ class Wiring:
     dpids: dict[str, int]
     ports: dict[tuple[str, str], int]
     names: dict[int, str] = field(init=False, compare=False, repr=False)
+    _links_by_port: dict[tuple[int, int], tuple[str, str]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "names", {dpid: name for name, dpid in self.dpids.items()})
         if len(self.names) != len(self.dpids):
             raise RuleError("two switches share one datapath id in the wiring")
+        by_port = {}
+        for (src, dst), port in self.ports.items():
+            if src in self.dpids:
+                by_port[(self.dpids[src], port)] = (src, dst)
+        object.__setattr__(self, "_links_by_port", by_port)
 
     def check(self, state: NetworkState, down: frozenset[tuple[str, str]] = frozenset()) -> None:
         """Raise :class:`RuleError` unless every node has a dpid and every link not ``down`` an output port."""
@@ -89,11 +95,7 @@ class Wiring:
 
     def link_at(self, dpid: int, port: int) -> tuple[str, str] | None:
         """The directed link leaving switch ``dpid`` through ``port``, or None for a host (edge) port."""
-        name = self.names.get(dpid)
-        for (src, dst), p in self.ports.items():
-            if src == name and p == port:
-                return (src, dst)
-        return None
+        return self._links_by_port.get((dpid, port))
 
     def is_edge_port(self, dpid: int, port: int) -> bool:
         """True when ``port`` of switch ``dpid`` does not lead to another switch of the wiring."""

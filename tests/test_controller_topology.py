@@ -69,3 +69,49 @@ def test_launcher_reports_bad_files_in_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().endswith("wiring.json: link s2->s1: no output port in the wiring")
     assert "Traceback" not in run.stderr
+
+
+def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def log_has(text, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in (tmp_path / "log").read_text():
+                return True
+            time.sleep(0.1)
+        return False
+
+    STATE.save(tmp_path / "state.json")
+    (tmp_path / "wiring.json").write_text(json.dumps({"ports": PORTS}))
+    metrics_port = free_port()
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(tmp_path / "state.json"),
+             "--wiring", str(tmp_path / "wiring.json"), "--store", str(tmp_path / "t.db"),
+             "--ofp-port", str(free_port()), "--metrics-port", str(metrics_port), "--grpc", "off"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            assert log_has("metrics on http"), (tmp_path / "log").read_text()
+            (tmp_path / "state.json").write_text('{"nodes": ["s1", "s2"], "links": [{"src": "s1", "dst": "s2", '
+                                                 '"capacity": 1e7, "weight": -3}]}')
+            proc.send_signal(signal.SIGHUP)
+            assert log_has("state reload rejected"), (tmp_path / "log").read_text()
+            assert "link s1->s2: weight must be positive" in (tmp_path / "log").read_text()
+            STATE.with_weights([2.0, 2.0]).save(tmp_path / "state.json")
+            proc.send_signal(signal.SIGHUP)
+            assert log_has("weights from state file")
+            assert proc.poll() is None
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+                assert b"ndt_routing_changes_total" in resp.read()
+        finally:
+            proc.terminate()
+            proc.wait(10)
