@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ndt.cmd_optimize",
     "ndt.cmd_demo",
     "ndt.cmd_train",
+    "ndt.cmd_predict",
     "ndt.cmd_controller",
 )
 
