@@ -27,8 +27,8 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
 from controller.routing_rules import (
-    BASE_COOKIE, CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, NDT_COOKIE_MASK, FlowOp, FlowRule, Host, RouteSet, RuleError, Wiring,
-    base_rules, counter_rules, plan_update, route_rules,
+    BASE_COOKIE, CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, NDT_COOKIE_MASK, FlowOp, FlowRule, Host,
+    RouteSet, RuleError, Wiring, base_rules, counter_rules, plan_update, route_rules,
 )
 from ndt.errors import NdtError
 from telemetry.exporter import Metrics
@@ -38,6 +38,7 @@ from twin.state import NetworkState
 
 LOG = logging.getLogger("ndt.controller")
 BARRIER_TIMEOUT_S = 5.0
+STORE_MAINTENANCE_S = 300.0  # retention and downsampling of the telemetry store this often
 DISCOVERY_SETTLE_S = 5.0  # with LLDP: handle ARP once every expected link is seen, or this long after the last change
 
 
@@ -71,6 +72,8 @@ class NetworkView:
 
 
 class NdtController(app_manager.OSKenApp):
+    """ndt's OpenFlow 1.3 app; started by :mod:`controller.launcher` with ``ndt_config``."""
+
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
     def __init__(self, *args, ndt_config: ControllerConfig, **kwargs):
@@ -444,8 +447,12 @@ class NdtController(app_manager.OSKenApp):
 
     # ------------------------------------------------------------------ statistics
     def _poller(self):
+        maintained = time.monotonic()
         while True:
             time.sleep(self.config.poll_interval)
+            if time.monotonic() - maintained >= STORE_MAINTENANCE_S:
+                maintained = time.monotonic()
+                LOG.info("telemetry store maintenance: %s", self.store.maintain())
             datapaths = list(self._datapaths.values())
             self._poll_started = time.monotonic()
             self._poll_outstanding = 2 * len(datapaths)

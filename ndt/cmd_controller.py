@@ -17,8 +17,9 @@ def register(subparsers) -> None:
             "capacities, OSPF weights) and the wiring file (datapath ids, output port of every link) or, with "
             "--discover, from LLDP (datapath ids default to the number ending each switch name). Hosts are "
             "learned from ARP. Routes are installed make-before-break; port and flow statistics go to the "
-            "SQLite telemetry store and the Prometheus endpoint. Send SIGHUP to re-read the state file and "
-            "apply its weights."
+            "SQLite telemetry store and the Prometheus endpoint; the gRPC API (controller/api/ndt_api.proto) "
+            "serves topology, telemetry, twin predictions, what-if, optimization and weight changes. Send SIGHUP "
+            "to re-read the state file and apply its weights."
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (weights, capacities)")

@@ -84,6 +84,7 @@ def test_predict_and_what_if(api):
     assert all(p.delay_s > 0 for p in reply.paths) and reply.model == "qt"
     running = stub.Predict(pb.PredictRequest())  # the running network: s3-s4 is down
     assert len(running.paths) == 2
+    assert api[3]._delays["predicted"][("s1", "s3")] == running.paths[0].delay_s  # exported as telemetry
     what = stub.WhatIf(pb.WhatIfRequest(traffic_scale=3.0, failed_links=[pb.LinkRef(src="s1", dst="s2")]))
     assert what.after[0].delay_s > what.before[0].delay_s
 

@@ -92,6 +92,10 @@ class NdtService(services.NdtServicer):
         model, predictor = self._predictor(request.model)
         started = time.perf_counter()
         delays = self._predict(predictor, [state])[0]
+        if not request.state_json:  # a prediction for the running network is telemetry too
+            predicted = {(f.src, f.dst): float(d) for f, d in zip(state.flows, delays) if math.isfinite(d)}
+            self.store.add_path_delays(time.time(), "predicted", predicted)
+            self.metrics.set_path_delays("predicted", predicted)
         return pb.PredictReply(paths=_paths(state, delays), infer_s=time.perf_counter() - started, model=model)
 
     def WhatIf(self, request, context):
