@@ -29,4 +29,4 @@ if ! /usr/share/openvswitch/scripts/ovs-ctl status >/dev/null 2>&1; then
     /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random
 fi
 ovs-vsctl --timeout=10 show >/dev/null
-echo "install-system-deps.sh: openvswitch $(ovs-vsctl --version | head -1 | awk '{print $NF}') running;$missing installed"
+echo "install-system-deps.sh: openvswitch $(ovs-vsctl --version | head -1 | awk '{print $NF}') running; newly installed:${missing:- nothing}"
