@@ -7,6 +7,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -225,7 +226,10 @@ def test_write_then_read_round_trip(tmp_path):
     write_datanet(tmp_path / "out", [(state, results[0]), (heavy, results[1])])
     back = list(read_datanet(tmp_path / "out"))
     assert len(back) == 2
-    assert len(list((tmp_path / "out/graphs").iterdir())) == 1, "the shared topology is written once"
+    graphs = list((tmp_path / "out/graphs").iterdir())
+    assert len(graphs) == 1, "the shared topology is written once"
+    # BNN-UPC's reader keys nodes by integer label
+    assert sorted(nx.read_gml(graphs[0], destringizer=int).nodes) == list(range(5))
     for original, result, sample in zip((state, heavy), results, back):
         got = sample.state
         assert got.nodes == original.nodes

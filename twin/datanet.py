@@ -503,8 +503,8 @@ def write_datanet(directory, samples: Iterable, tag: str = "ndt") -> Path:
     samples: ``(state, result)`` pairs with ``result`` a :class:`twin.sim.SimResult`
     of ``state``. Graphs and routings shared by several samples are written once
     (``graphs/graph-<N>-<k>.txt``, ``routings/Routing-<N>-<k>.txt``, paths as
-    ``src;hop;...;dst`` over node indices in ``state.nodes`` order, the names kept as
-    GML labels; read back, nodes are named by index); the results go
+    ``src;hop;...;dst`` over node indices in ``state.nodes`` order, the names kept in
+    a GML ``name`` attribute; read back, nodes are named by index); the results go
     to one ``results_<tag>_<lo>-<hi>_0_<n-1>.tar.gz``. The datanet format has no
     propagation delay, one queue size per node and no exponential packet sizes:
     states using them raise :class:`StateError`. Fields ndt does not measure
@@ -573,13 +573,14 @@ def _register(texts: dict, text: str, pattern: str) -> str:
 
 
 def _graph_text(state: NetworkState) -> str:
-    """A datanet GML graph: node ids are indices in ``state.nodes``, labels the node names."""
+    """A datanet GML graph: node ids and labels are indices in ``state.nodes`` (as BNN-UPC's reader
+    expects); the node names are kept in a ``name`` attribute."""
     idx = state.node_index
     buffers = {lk.src: lk.buffer for lk in state.links}
     out = ["graph [", "  directed 1", "  multigraph 1"]
     for i, node in enumerate(state.nodes):
         size = buffers.get(node, 32 - IN_SERVICE) + IN_SERVICE
-        out += ["  node [", f"    id {i}", f'    label "{node}"', f'    queueSizes "{size}"',
+        out += ["  node [", f"    id {i}", f'    label "{i}"', f'    name "{node}"', f'    queueSizes "{size}"',
                 '    schedulingPolicy "FIFO"', "    levelsQoS 1", "  ]"]
     ports: dict[str, int] = {}
     for lk in state.links:
