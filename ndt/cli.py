@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ndt.cmd_demo",
     "ndt.cmd_train",
     "ndt.cmd_predict",
+    "ndt.cmd_eval",
     "ndt.cmd_controller",
 )
 

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                          max_minutes=args.max_minutes, seed=args.seed)
     out = args.out or Path("runs") / args.model
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    stream = sys.stderr if args.json else sys.stdout
+    log = lambda msg: print(msg, file=stream, flush=True)  # noqa: E731
     summary = Trainer(args.data, out, config, progress=not args.no_progress, log=log).run()
     if args.export:
         for suffix in (".weights.h5", ".json"):

@@ -1,0 +1,75 @@
+"""``ndt eval``: Figure 3 of the paper (delay error by topology size) and zero-shot on a datanet."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ndt.output import print_json, print_table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate RouteNet-E, RNN and QT against the simulator (Figure 3)",
+        description=(
+            "Compare the per-path mean delay predicted by RouteNet-E, the RNN baseline and the queueing-theory "
+            "baseline with simulator labels, by topology size: 25-50 nodes (the training distribution) and "
+            "larger topologies never trained on. The evaluation set is fixed and seeded, generated on first "
+            "use into $NDT_CACHE/eval (default ~/.cache/ndt/eval). Writes JSON and a PNG plot. With --datanet, "
+            "evaluate RouteNet-E and QT zero-shot on a BNN-UPC datanet directory instead."
+        ),
+    )
+    p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")
+    p.add_argument("--data", type=Path, action="append", metavar="DIR",
+                   help="evaluate these dataset directories instead of the seeded set (repeatable)")
+    p.add_argument("--limit", type=int, metavar="N", help="with --datanet: only the first N samples")
+    p.add_argument("--weights", type=Path, metavar="DIR", help="directory with the models (default: the shipped ones)")
+    p.add_argument("--out", type=Path, default=Path("eval"), metavar="DIR",
+                   help="where figure3.json/.png or datanet.json go (default: ./eval)")
+    p.add_argument("--workers", type=int, help="processes for generating the evaluation set (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print JSON (the command contract) instead of tables")
+    p.set_defaults(handler=run)
+
+
+def _models(names, weights):
+    from ndt.cmd_predict import load_model
+
+    return {name.replace("routenet_e", "routenet"): load_model(name, weights) for name in names}
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from twin import evaluate
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.datanet is not None:
+        models = _models(("routenet_e", "qt"), args.weights)
+        report = evaluate.zero_shot(models, args.datanet, limit=args.limit)
+        (args.out / "datanet.json").write_text(json.dumps(report, indent=1))
+        if args.json:
+            print_json(report)
+        else:
+            print(f"{report['samples']} samples of {args.datanet}, nothing trained on them: delay MAPE "
+                  f"RouteNet-E {100 * report['routenet_mape']:.2f} %, QT {100 * report['qt_mape']:.2f} %")
+        return 0
+    models = _models(("routenet_e", "rnn", "qt"), args.weights)
+    if args.data:
+        sets = {path.name: path for path in args.data}
+    else:
+        sets = evaluate.ensure_eval_sets(workers=args.workers, progress=not args.json)
+    report = evaluate.figure3(models, sets, warm=evaluate.warm_states())
+    report["png"] = str(evaluate.plot_figure3(report, list(models), args.out / "figure3.png"))
+    (args.out / "figure3.json").write_text(json.dumps(report, indent=1))
+    if args.json:
+        print_json(report)
+        return 0
+    rows = [{k: (100 * v if k.endswith(("mape", "p15", "p85")) and v is not None else v) for k, v in b.items()}
+            for b in report["buckets"]]
+    print_table(rows, [("nodes", "nodes", ""), ("samples", "samples", "d"), ("routenet_mape", "RouteNet-E %", ".2f"),
+                       ("routenet_p15", "p15", ".2f"), ("routenet_p85", "p85", ".2f"), ("rnn_mape", "RNN %", ".2f"),
+                       ("qt_mape", "QT %", ".2f")])
+    print("seconds per sample: " + ", ".join(f"{k} {v:.3g}" for k, v in report["infer_s"].items()))
+    print(f"plot: {report['png']}")
+    return 0
