@@ -26,7 +26,6 @@ from twin.state import Flow, NetworkState
 PROTO = "controller/api/ndt_api.proto"
 pb, services = grpc.protos_and_services(PROTO)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Ndt"].full_name
-DEFAULT_MODEL = "qt"
 APPLY_WAIT_S = 5.0
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
 
@@ -43,13 +42,19 @@ class NdtService(services.NdtServicer):
     """Serves the RPCs from a running controller (``snapshot()``, ``apply_weights()``,
     ``wait_for_routes()``), the telemetry store and the metrics snapshot."""
 
-    def __init__(self, controller, store: TelemetryStore, metrics: Metrics, predictor_factory=None):
+    def __init__(self, controller, store: TelemetryStore, metrics: Metrics, predictor_factory=None,
+                 default_model: str | None = None):
+        """``predictor_factory(name)`` returns an object with ``predict_delays(states)`` (default:
+        ``twin.predictors.get_predictor``, whose last listed model is then the default)."""
         self.controller = controller
         self.store = store
         self.metrics = metrics
         if predictor_factory is None:
-            from twin.predictors import get_predictor as predictor_factory
+            from twin.predictors import PREDICTORS, get_predictor as predictor_factory
+
+            default_model = default_model or PREDICTORS[-1]
         self.predictor_factory = predictor_factory
+        self.default_model = default_model
 
     # ------------------------------------------------------------------ read side
     def GetTopology(self, request, context):
@@ -192,7 +197,7 @@ class NdtService(services.NdtServicer):
         return latest
 
     def _predictor(self, name: str):
-        name = name or DEFAULT_MODEL
+        name = name or self.default_model
         try:
             return name, self.predictor_factory(name)
         except NdtError as exc:
