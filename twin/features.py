@@ -14,6 +14,10 @@ delay decomposition every model uses:
 where a model predicts waiting(hop) = occupancy × mean_size(link) / C(link),
 occupancy in packets (0..buffer).
 
+Besides the raw descriptors, links, queues and paths carry the answer of the
+queueing-theory baseline (:mod:`twin.qt`: load after upstream losses, loss,
+waiting time in units of the service time), which the learned models correct.
+
 Paths are sorted by hop count, longest first, so a recurrent pass over hop
 position ``k`` only touches the prefix of ``count[k]`` paths still active.
 """
@@ -24,16 +28,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from twin.qt import solve
 from twin.state import NetworkState, StateError
 
 TIME_CODES = ("poisson", "cbr", "onoff")
 SIZE_CODES = ("deterministic", "exponential", "binomial")
-LINK_FEATURES = ("load", "log_flows", "poisson_share", "cbr_share", "onoff_share", "size_scv")
-QUEUE_FEATURES = ("log2_buffer", "load")
-PATH_FEATURES = (
+BASE_LINK_FEATURES = ("load", "log_flows", "poisson_share", "cbr_share", "onoff_share", "size_scv")
+BASE_QUEUE_FEATURES = ("log2_buffer", "load")
+BASE_PATH_FEATURES = (
     "bottleneck_share", "log_bottleneck_share", "poisson", "cbr", "onoff", "on_fraction", "log_cycle_packets",
     "deterministic", "exponential", "binomial", "size_scv", "log_rel_size", "hops", "max_load",
 )
+# the M/M/1/b fixed point of twin.qt, as hints: load after upstream losses, loss, waiting time in service times
+LINK_FEATURES = BASE_LINK_FEATURES + ("qt_rho", "qt_loss", "qt_log_wait")
+QUEUE_FEATURES = BASE_QUEUE_FEATURES + ("qt_wait_per_buffer",)
+PATH_FEATURES = BASE_PATH_FEATURES + ("qt_path_loss", "qt_log_wait_share")
 
 
 @dataclass
@@ -190,8 +199,8 @@ def state_graph(state: NetworkState) -> StateGraph:
     )
 
 
-def batch_graphs(graphs: list[StateGraph]) -> GraphBatch:
-    """Join per-state graphs into one disjoint union with paths sorted by length."""
+def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBatch:
+    """Join per-state graphs into one disjoint union with paths sorted by length (and the QT hints, by default)."""
     if not graphs:
         raise StateError("no states to batch")
     link_offsets = np.concatenate([[0], np.cumsum([len(g.link_buffer) for g in graphs])])
@@ -209,10 +218,10 @@ def batch_graphs(graphs: list[StateGraph]) -> GraphBatch:
     hop_path = np.concatenate([np.arange(counts[k]) for k in range(max_hops)])
     capacity = np.concatenate([g.link_capacity for g in graphs])
     size = np.concatenate([g.path_size for g in graphs])[order]
-    return GraphBatch(
-        link_x=np.concatenate([g.link_x for g in graphs]).astype(np.float32),
-        queue_x=np.concatenate([g.queue_x for g in graphs]).astype(np.float32),
-        path_x=np.concatenate([g.path_x for g in graphs])[order].astype(np.float32),
+    batch = GraphBatch(
+        link_x=np.concatenate([g.link_x for g in graphs]),
+        queue_x=np.concatenate([g.queue_x for g in graphs]),
+        path_x=np.concatenate([g.path_x for g in graphs])[order],
         hop_link=hop_link,
         hop_path=hop_path,
         counts=counts,
@@ -228,8 +237,23 @@ def batch_graphs(graphs: list[StateGraph]) -> GraphBatch:
         flow_offsets=flow_offsets,
         link_offsets=link_offsets,
     )
+    if qt_features:
+        _add_qt_features(batch)
+    return batch
 
 
-def build_batch(states: list[NetworkState]) -> GraphBatch:
+def _add_qt_features(batch: GraphBatch) -> None:
+    """Append the QT fixed point's dimensionless answers to the feature matrices (float32)."""
+    qt = solve(batch)
+    wait_units = np.maximum(qt["sojourn"] / batch.link_service - 1.0, 0.0)  # mean wait / mean service time
+    transmit = np.bincount(batch.hop_path, weights=batch.hop_transmit, minlength=batch.n_paths)
+    wait = np.bincount(batch.hop_path, weights=(wait_units * batch.link_service)[batch.hop_link],
+                       minlength=batch.n_paths)
+    batch.link_x = np.column_stack([batch.link_x, qt["rho"], qt["link_loss"], np.log1p(wait_units)]).astype(np.float32)
+    batch.queue_x = np.column_stack([batch.queue_x, wait_units / batch.link_buffer]).astype(np.float32)
+    batch.path_x = np.column_stack([batch.path_x, qt["loss"], np.log1p(wait / transmit)]).astype(np.float32)
+
+
+def build_batch(states: list[NetworkState], qt_features: bool = True) -> GraphBatch:
     """Features of ``states`` as one batched graph."""
-    return batch_graphs([state_graph(s) for s in states])
+    return batch_graphs([state_graph(s) for s in states], qt_features)

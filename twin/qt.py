@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from twin.features import GraphBatch, build_batch
 from twin.state import NetworkState
 
 
@@ -35,8 +34,8 @@ def mm1b(rho: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return blocking, mean
 
 
-def solve(batch: GraphBatch, iterations: int = 100, tol: float = 1e-9) -> dict[str, np.ndarray]:
-    """Fixed point of the loss-thinned loads of a batched graph.
+def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarray]:
+    """Fixed point of the loss-thinned loads of a batched graph (a :class:`twin.features.GraphBatch`).
 
     Returns per sorted path ``delay`` (s) and ``loss``, per link ``sojourn`` (s),
     ``loss`` and ``rho`` (offered load after upstream losses).
@@ -73,10 +72,12 @@ class QueueingModel:
 
     name = "qt"
 
-    def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
+    def predict_batch(self, batch) -> list[np.ndarray]:
         """Per-flow mean delay (s) of every state in the batch."""
         return batch.unsort(solve(batch)["delay"])
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         """Per-flow mean delay (s), one array per state in flow order."""
-        return self.predict_batch(build_batch(states))
+        from twin.features import build_batch
+
+        return self.predict_batch(build_batch(states, qt_features=False))
