@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from ndt.output import print_json
 
@@ -24,6 +27,29 @@ def register(subparsers) -> None:
     sim.add_argument("--json", action="store_true", help="print JSON (the command contract)")
     sim.set_defaults(handler=run_sim)
 
+    from twin.predictors import PREDICTORS
+
+    opt = sub.add_parser(
+        "optimize",
+        help="Figure 4: simulated mean delay of each routing method as traffic grows",
+        description=(
+            "On a synthetic 25-node topology and SNDlib Abilene, at busiest-link loads from 0.5 to 1.15 under "
+            "shortest path, compute weights by shortest path, inverse capacity, Fortz-Thorup, NES scored by QT "
+            "and NES scored by the twin; simulate each routing and report its mean delay. Writes JSON and a PNG."
+        ),
+    )
+    opt.add_argument("--twin", choices=PREDICTORS, default=PREDICTORS[-1],
+                     help=f"model driving 'NES + twin' (default: {PREDICTORS[-1]})")
+    opt.add_argument("--topologies", default="synthetic-25,sndlib/abilene",
+                     help="comma-separated: synthetic-25 and/or topohub keys (default: synthetic-25,sndlib/abilene)")
+    opt.add_argument("--intensities", default="0.5,0.7,0.85,1.0,1.15", help="comma-separated busiest-link loads")
+    opt.add_argument("--budget", type=int, default=1500, help="candidates per optimization (default: 1500)")
+    opt.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    opt.add_argument("--out", type=Path, default=Path("docs/figures/optimizer"),
+                     help="prefix of the .json and .png written (default: docs/figures/optimizer)")
+    opt.add_argument("--json", action="store_true", help="print JSON (the command contract)")
+    opt.set_defaults(handler=run_optimize)
+
 
 def run_sim(args: argparse.Namespace) -> int:
     from twin.bench import bench_sim
@@ -37,6 +63,40 @@ def run_sim(args: argparse.Namespace) -> int:
           f"({report['packet_hops']:,} in {report['wall_s']} s, one core)")
     print(f"M/M/1 at load 0.8: mean delay off by {100 * report['mm1_rel_error']:+.2f} % from 1/(mu-lambda)")
     if "speedup_vs_ns3" in report:
-        print(f"ns-3: {report['ns3_packet_hops_per_s']:,} packet-hops/s; ndt is {report['speedup_vs_ns3']:.0f}x faster; "
-              f"mean delay MAPE vs ns-3 {100 * report['delay_mape_vs_ns3']:.2f} %")
+        print(f"ns-3 scenario ({report['ns3']['scenario']}): ns-3 {report['ns3_packet_hops_per_s']:,.0f} packet-hops/s, "
+              f"ndt {report['ns3']['packet_hops_per_s']:,.0f}; ndt is {report['speedup_vs_ns3']:.0f}x faster "
+              f"({report['speedup_vs_ns3_cpu']:.0f}x in CPU time); mean delay MAPE vs ns-3 "
+              f"{100 * report['delay_mape_vs_ns3']:.2f} %")
+    return 0
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from ndt.errors import NdtError
+    from optimizer.bench import bench_optimize, plot
+
+    try:
+        intensities = [float(x) for x in args.intensities.split(",")]
+    except ValueError:
+        raise NdtError(f"--intensities takes comma-separated numbers, got {args.intensities!r}") from None
+
+    def progress(row):
+        print(f"{row['topology']} load {row['load']:.2f}: sp {1e3 * row['sp_delay']:.3f} ms, "
+              f"nes_twin {1e3 * row['nes_twin_delay']:.3f} ms ({100 * row['nes_twin_gain']:+.1f} %)", file=sys.stderr)
+
+    report = bench_optimize(topologies=args.topologies.split(","), intensities=intensities, twin_name=args.twin,
+                            budget=args.budget, seed=args.seed, progress=progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    plot(report, args.out.with_suffix(".png"))
+    if args.json:
+        print_json(report)
+        return 0
+    from ndt.output import print_table
+
+    rows = [dict(r, **{f"{m}_ms": 1e3 * r[f"{m}_delay"] for m in ("sp", "invcap", "fortz_thorup", "nes_qt", "nes_twin")})
+            for r in report["intensities"]]
+    print_table(rows, [("topology", "topology", ""), ("load", "load", ".2f"), ("sp_ms", "SP ms", ".3f"),
+                       ("invcap_ms", "invcap ms", ".3f"), ("fortz_thorup_ms", "FT ms", ".3f"),
+                       ("nes_qt_ms", "NES+QT ms", ".3f"), ("nes_twin_ms", f"NES+{args.twin} ms", ".3f")])
+    print(f"written: {args.out.with_suffix('.json')}, {args.out.with_suffix('.png')}")
     return 0

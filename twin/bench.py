@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from twin.sim import simulate
@@ -31,7 +33,11 @@ def mm1_relative_error(rho: float = 0.8, packets: int = 2_000_000, seed: int = 1
 
 
 def bench_sim(seed: int = 0) -> dict:
-    """Packet-hops per second on a 50-node, all-pairs state at moderate load (compilation excluded)."""
+    """Packet-hops per second on a 50-node, all-pairs state at moderate load (compilation excluded).
+
+    With the optional ns3 package installed, also the ns-3 comparison of
+    :func:`twin.ns3_compare.compare_with_ns3`, measured in the same run.
+    """
     from twin.dataset import DatasetConfig, make_state
 
     config = DatasetConfig(min_nodes=50, max_nodes=50, min_load=0.7, max_load=0.7, real_fraction=0.0,
@@ -48,10 +54,11 @@ def bench_sim(seed: int = 0) -> dict:
         "mm1_rel_error": round(mm1_relative_error(), 5),
         "delivered_ratio": float(np.sum(result.delivered) / np.sum(result.sent)),
     }
-    try:
-        from twin.ns3_compare import compare_with_ns3, ns3_available
-    except ImportError:
-        return report
-    if ns3_available():
-        report.update(compare_with_ns3())
+    if importlib.util.find_spec("ns3") is not None:
+        from twin.ns3_compare import compare_with_ns3
+
+        comparison = compare_with_ns3(seed=seed)
+        report["ns3"] = comparison
+        for key in ("ns3_packet_hops_per_s", "speedup_vs_ns3", "speedup_vs_ns3_cpu", "delay_mape_vs_ns3"):
+            report[key] = comparison[key]
     return report

@@ -49,6 +49,8 @@ class SimResult:
     link_arrivals: np.ndarray
     packet_hops: int
     wall_s: float
+    duration: float  # s of traffic generation
+    warmup: float  # s discarded at the start
 
     def to_dict(self) -> dict:
         """The shared result shape of DESIGN.md §3."""
@@ -85,6 +87,8 @@ class SimResult:
             "links": links,
             "packet_hops": int(self.packet_hops),
             "wall_s": round(self.wall_s, 4),
+            "duration": self.duration,
+            "warmup": self.warmup,
             "packet_hops_per_s": round(self.packet_hops / max(self.wall_s, 1e-9)),
         }
 
@@ -142,7 +146,7 @@ def simulate(
         state=state, delay=delay, jitter=jitter, loss=loss, p50=p50, p90=p90, p99=p99,
         sent=sent, delivered=delivered, dropped=dropped,
         utilization=busy / window, occupancy=wait_sum / window, link_drops=link_drops,
-        link_arrivals=arrivals, packet_hops=int(hops), wall_s=wall,
+        link_arrivals=arrivals, packet_hops=int(hops), wall_s=wall, duration=float(duration), warmup=float(warmup),
     )
 
 

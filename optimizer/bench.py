@@ -1,0 +1,105 @@
+"""Figure 4 of the paper: simulator-measured mean delay of each routing method across traffic intensities."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from optimizer.baselines import fortz_thorup, inverse_capacity_weights, unit_weights
+from optimizer.intent import Intent
+from optimizer.objective import mean_delay
+from optimizer.search import optimize
+from twin.predictors import SimulatorPredictor, get_predictor
+from twin.state import NetworkState
+from twin.traffic import scale_to_utilization
+
+INTENSITIES = (0.5, 0.7, 0.85, 1.0, 1.15)  # busiest-link utilization under shortest-path routing
+METHODS = ("sp", "invcap", "fortz_thorup", "nes_qt", "nes_twin")
+
+
+def synthetic_state(nodes: int = 25, seed: int = 0) -> NetworkState:
+    """A power-law topology with mixed capacities, Poisson all-pairs traffic and unit OSPF weights."""
+    from twin.dataset import DatasetConfig, make_state
+
+    config = DatasetConfig(min_nodes=nodes, max_nodes=nodes, real_fraction=0.0, failure_fraction=0.0,
+                           perturbed_fraction=0.0, traffic="poisson", seed=seed)
+    state, _ = make_state(config, 0)
+    return state.with_weights(np.ones(len(state.links)))
+
+
+def real_state(key: str = "sndlib/abilene") -> NetworkState:
+    """A topohub topology with its demand matrix (random traffic when it has none), 100 Mbit/s links."""
+    from twin.topologies import load_topology
+    from twin.traffic import random_flows
+
+    state = load_topology(key, capacity=100e6, buffer=64)
+    if not state.flows:
+        state = state.with_flows(random_flows(state.nodes, np.random.default_rng(0), mixed=False))
+    return state
+
+
+def routings(state: NetworkState, twin_name: str, budget: int, time_limit_s: float, seed: int) -> dict:
+    """Weights of every method for one state (NES minimises the predicted mean delay)."""
+    intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=budget, time_limit_s=time_limit_s)
+    out = {"sp": unit_weights(state), "invcap": inverse_capacity_weights(state, high=20),
+           "fortz_thorup": fortz_thorup(state, 1, 20, max_evaluations=budget, time_limit_s=time_limit_s, seed=seed)}
+    timing = {}
+    for method, name in (("nes_qt", "qt"), ("nes_twin", twin_name)):
+        started = time.perf_counter()
+        out[method] = optimize(state, intent, get_predictor(name), seed=seed).weights
+        timing[method] = round(time.perf_counter() - started, 2)
+    return out, timing
+
+
+def bench_optimize(topologies=("synthetic-25", "sndlib/abilene"), intensities=INTENSITIES, twin_name: str = "qt",
+                   budget: int = 1500, time_limit_s: float = 60.0, seed: int = 0, progress=None) -> dict:
+    """For each topology and intensity: the simulated mean delay (s) of every method's routing."""
+    simulator = SimulatorPredictor(packets_per_flow=2000, seed=seed + 1)
+    results = []
+    for topology in topologies:
+        base = synthetic_state(seed=seed) if topology == "synthetic-25" else real_state(topology)
+        base = base.with_weights(np.ones(len(base.links)))
+        for load in intensities:
+            state = scale_to_utilization(base, load)
+            weights, timing = routings(state, twin_name, budget, time_limit_s, seed)
+            candidates = [state.with_weights(weights[m]) for m in METHODS]
+            delays = simulator.predict_delays(candidates)
+            row = {"topology": topology, "load": load, "twin": twin_name, "optimize_s": timing}
+            for method, candidate, delay in zip(METHODS, candidates, delays):
+                row[f"{method}_delay"] = mean_delay(candidate, delay)
+                row[f"{method}_max_util"] = float(candidate.utilization().max())
+            row["nes_twin_gain"] = 1.0 - row["nes_twin_delay"] / row["sp_delay"]
+            results.append(row)
+            if progress is not None:
+                progress(row)
+    return {"intensities": results}
+
+
+def plot(report: dict, path: Path) -> None:
+    """Mean delay against intensity, one panel per topology, one line per method (Figure 4's style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["intensities"]
+    topologies = list(dict.fromkeys(r["topology"] for r in rows))
+    fig, axes = plt.subplots(1, len(topologies), figsize=(5.5 * len(topologies), 4), squeeze=False)
+    labels = {"sp": "shortest path", "invcap": "inverse capacity", "fortz_thorup": "Fortz–Thorup",
+              "nes_qt": "NES + QT", "nes_twin": f"NES + twin ({rows[0]['twin']})"}
+    styles = {"sp": "k--o", "invcap": "c-.s", "fortz_thorup": "g-^", "nes_qt": "b-v", "nes_twin": "r-D"}
+    for ax, topology in zip(axes[0], topologies):
+        mine = [r for r in rows if r["topology"] == topology]
+        loads = [r["load"] for r in mine]
+        for method in METHODS:
+            ax.plot(loads, [1e3 * r[f"{method}_delay"] for r in mine], styles[method], label=labels[method])
+        ax.set_title(topology)
+        ax.set_xlabel("traffic intensity (busiest-link load under shortest path)")
+        ax.set_ylabel("simulated mean delay (ms)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
