@@ -280,8 +280,10 @@ def test_grpc_client_reads_the_network_and_applies_weights(square):
 
 def test_reconnecting_switch_gets_its_rules_back(square):
     warm_up(square, 4)
+    version = square.metric("ndt_route_version")
     subprocess.run(["ovs-vsctl", "del-controller", "s2"], check=True)
     wait_for(lambda: square.metric("ndt_switches_connected") == 3, 10, "s2 to disconnect")
+    wait_for(lambda: square.metric("ndt_route_version") > version, 10, "routes around s2")
     subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", "s2"], check=True)
     assert square.ping(1, 3, 20) == (20, 20), "s2 is out of service: the controller routes s1->s3 through s4"
     subprocess.run(["ovs-vsctl", "set-controller", "s2", f"tcp:127.0.0.1:{square.ofp_port}"], check=True)
