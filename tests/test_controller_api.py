@@ -123,6 +123,16 @@ def test_optimize_and_apply(api):
     assert controller.applied[-1] == ({("s1", "s2"): 5.0}, "test")
 
 
+def test_report_measured_delays_sets_the_twin_error(api):
+    stub, _, _, metrics = api
+    predicted = {(p.src, p.dst): p.delay_s for p in stub.Predict(pb.PredictRequest()).paths}
+    measured = [pb.PathDelay(src=s, dst=d, delay_s=1.25 * v) for (s, d), v in predicted.items()]
+    reply = stub.ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest"))
+    assert reply.has_twin_error and reply.twin_error_ratio == pytest.approx(0.2)
+    assert metrics._gauges["twin_error_ratio"] == pytest.approx(0.2)
+    assert metrics._delays["measured"][("s1", "s3")] == measured[0].delay_s
+
+
 def test_stream_telemetry(api):
     stub, *_ = api
     stream = stub.StreamTelemetry(pb.StreamRequest(interval_s=0.1))
@@ -146,6 +156,11 @@ def test_stream_telemetry(api):
      "weights[0]: link s2->s4"),
     ("Apply", pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=-2)]),
      grpc.StatusCode.INVALID_ARGUMENT, "weights[0]: link s1->s2 weight must be positive"),
+    ("ReportMeasured", pb.MeasuredDelays(), grpc.StatusCode.INVALID_ARGUMENT, "paths: give at least one"),
+    ("ReportMeasured", pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s7", delay_s=0.1)]),
+     grpc.StatusCode.NOT_FOUND, "paths[0]: node 's7'"),
+    ("ReportMeasured", pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=float("nan"))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "paths[0]: s1->s2 delay_s must be finite"),
     ("Optimize", pb.OptimizeRequest(intent_yaml="objective: [oops"), grpc.StatusCode.INVALID_ARGUMENT, "not valid YAML"),
     ("Optimize", pb.OptimizeRequest(intent_yaml="objective: {minimize: happiness}"), grpc.StatusCode.INVALID_ARGUMENT,
      "happiness"),

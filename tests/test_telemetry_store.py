@@ -77,3 +77,12 @@ def test_bad_parameters():
         TelemetryStore(retention_s=10, raw_s=100)
     with pytest.raises(StoreError, match="/nonexistent/dir/t.db"):
         TelemetryStore("/nonexistent/dir/t.db")
+
+
+def test_delay_mape():
+    from telemetry.accuracy import delay_mape
+
+    predicted = {("a", "b"): 1.1, ("b", "a"): 0.5, ("a", "c"): 3.0}
+    measured = {("a", "b"): 1.0, ("b", "a"): 1.0, ("c", "a"): 2.0, ("b", "c"): 0.0}
+    assert delay_mape(predicted, measured) == pytest.approx((0.1 + 0.5) / 2)
+    assert delay_mape(predicted, {("c", "a"): 1.0}) is None

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ndt.errors import NdtError
+from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
 from twin.state import Flow, NetworkState
@@ -28,6 +29,7 @@ pb, services = grpc.protos_and_services(PROTO)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Ndt"].full_name
 APPLY_WAIT_S = 5.0
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
+PREDICTION_WINDOW_S = 600.0  # measurements are compared with predictions made at most this long before
 
 
 class ApiError(Exception):
@@ -173,6 +175,30 @@ class NdtService(services.NdtServicer):
         config_id = self.controller.apply_weights(weights, who=request.who or f"gRPC {context.peer()}")
         version = self.controller.wait_for_routes(view.route_version, APPLY_WAIT_S)
         return pb.ApplyReply(config_id=config_id, route_version=version)
+
+    def ReportMeasured(self, request, context):
+        if not request.paths:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "paths: give at least one measured path delay")
+        nodes = set(self.controller.snapshot().state.nodes)
+        measured = {}
+        for i, path in enumerate(request.paths):
+            for end in (path.src, path.dst):
+                if end not in nodes:
+                    raise ApiError(grpc.StatusCode.NOT_FOUND, f"paths[{i}]: node {end!r} is not in the topology")
+            if not (math.isfinite(path.delay_s) and path.delay_s >= 0):
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"paths[{i}]: {path.src}->{path.dst} delay_s must be finite and >= 0, got {path.delay_s}")
+            measured[(path.src, path.dst)] = path.delay_s
+        now = time.time()
+        self.store.add_path_delays(now, "measured", measured)
+        self.metrics.set_path_delays("measured", measured)
+        predicted = {(p.src, p.dst): p.value
+                     for p in self.store.path_delays("predicted", now - PREDICTION_WINDOW_S, now + 1.0)}
+        error = delay_mape(predicted, measured)
+        if error is None:
+            return pb.ReportReply(has_twin_error=False)
+        self.metrics.set_gauge("twin_error_ratio", error)
+        return pb.ReportReply(has_twin_error=True, twin_error_ratio=error)
 
     # ------------------------------------------------------------------ helpers
     def _running_state(self) -> NetworkState:
