@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         description=(
             "Train RouteNet-E or the RNN baseline on the output of 'ndt dataset generate'. Every tenth "
             "sample (by index) is held out for validation; the loss is the relative error of per-path mean "
-            "delay. Each epoch checkpoints to --out, so rerunning the same command resumes; the best model "
+            "delay, by default of its part beyond the exactly known propagation delay. Each epoch checkpoints to --out, so rerunning the same command resumes; the best model "
             "is kept as OUT/best.weights.h5 + OUT/best.json, and --export copies it into the package as the "
             "default twin."
         ),
@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop after this much training time")
     p.add_argument("--state-dim", type=int, default=32, help="hidden state size (default: 32)")
     p.add_argument("--iterations", type=int, default=8, help="message-passing iterations (default: 8)")
+    p.add_argument("--target", choices=("queueing", "delay"), default="queueing",
+                   help="loss: relative error of the delay minus propagation (default), or of the whole delay")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--export", action="store_true", help="copy the best model into twin/models/ (the default twin)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise StateError(f"--lr must be positive, got {args.lr}")
     config = TrainConfig(kind=args.model, state_dim=args.state_dim, iterations=args.iterations, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                         max_minutes=args.max_minutes, seed=args.seed)
+                         max_minutes=args.max_minutes, target=args.target, seed=args.seed)
     out = args.out or Path("runs") / args.model
     stream = sys.stderr if args.json else sys.stdout
     log = lambda msg: print(msg, file=stream, flush=True)  # noqa: E731
@@ -64,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"best validation MAPE {summary['best_val_mape']:.4f} after {summary['epochs']} epochs "
+        print(f"best validation MAPE ({summary['target']}) {summary['best_val_mape']:.4f} after {summary['epochs']} epochs "
               f"({summary['train_s']:.0f} s of training, stopped by {summary['stopped']}); model in {out}/best.*")
     return 0

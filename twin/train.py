@@ -41,6 +41,7 @@ class TrainConfig:
     patience: int = 6
     max_minutes: float | None = None
     val_every: int = 10
+    target: str = "queueing"
     seed: int = 0
 
 
@@ -101,16 +102,17 @@ def batch_inputs(items: list[Item], norm: Normalizer):
     return batch_tensors(batch, norm), tf.constant(labels, tf.float32), padded_hops(batch)
 
 
-def relative_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> np.ndarray:
-    """|predicted − label| / label of every flow with a positive label."""
-    errors = []
+def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Relative errors of every flow with a positive label: of the delay, and of the delay minus propagation."""
+    errors = {"delay": [], "queueing": []}
     for start in range(0, len(items), batch_size):
         group = items[start:start + batch_size]
         batch = batch_graphs([it.graph for it in group])
-        for pred, it in zip(twin.predict_batch(batch), group):
-            ok = np.isfinite(it.delay) & (it.delay > 0)
-            errors.append(np.abs(pred[ok] - it.delay[ok]) / it.delay[ok])
-    return np.concatenate(errors) if errors else np.zeros(0)
+        for pred, prop, it in zip(twin.predict_batch(batch), batch.unsort(batch.path_prop), group):
+            ok = np.isfinite(it.delay) & (it.delay > prop)
+            errors["delay"].append(np.abs(pred[ok] - it.delay[ok]) / it.delay[ok])
+            errors["queueing"].append(np.abs(pred[ok] - it.delay[ok]) / (it.delay[ok] - prop[ok]))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in errors.items()}
 
 
 class Trainer:
@@ -158,12 +160,14 @@ class Trainer:
         import tensorflow as tf
 
         net, optimizer = self.net, self.optimizer
+        queueing = self.config.target == "queueing"
 
         def step(x, labels, max_hops):
             with tf.GradientTape() as tape:
                 pred = net(x, max_hops=max_hops, training=True)
-                valid = tf.cast(labels > 0, tf.float32)
-                error = tf.abs(pred - labels) / tf.where(labels > 0, labels, 1.0)
+                scale = labels - x["path_prop"] if queueing else labels
+                valid = tf.cast((labels > 0) & (scale > 0), tf.float32)
+                error = tf.abs(pred - labels) / tf.where(scale > 0, scale, 1.0)
                 loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
             grads = tape.gradient(loss, net.trainable_variables)
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
@@ -201,22 +205,28 @@ class Trainer:
                     out_of_time = True
                     break
             bar.close()
-            val_mape = float(np.mean(relative_errors(self.twin, val))) if val else float(np.mean(losses))
+            if val:
+                errors = validation_errors(self.twin, val)
+                val_mape = {k: float(np.mean(v)) for k, v in errors.items()}
+            else:
+                val_mape = {"delay": float("nan"), cfg.target: float(np.mean(losses))}
             self.state["train_s"] += time.perf_counter() - epoch_start
             self._end_epoch(epoch, float(np.mean(losses)), val_mape, len(train), len(val), added)
             if out_of_time:
                 stop_reason = "time budget"
                 break
-        return {"out": str(self.out), "epochs": self.state["epoch"], "best_val_mape": self.state["best"],
+        return {"out": str(self.out), "epochs": self.state["epoch"], "target": cfg.target,
+                "best_val_mape": self.state["best"],
                 "stopped": stop_reason, "train_s": round(self.state["train_s"], 1),
                 "train_samples": len(self.data.split(cfg.val_every)[0]),
                 "val_samples": len(self.data.split(cfg.val_every)[1]), "history": self.state["history"]}
 
-    def _end_epoch(self, epoch: int, train_mape: float, val_mape: float, n_train: int, n_val: int, added: int):
+    def _end_epoch(self, epoch: int, train_loss: float, val_mape: dict, n_train: int, n_val: int, added: int):
         cfg = self.config
-        improved = self.state["best"] is None or val_mape < self.state["best"]
+        score = val_mape[cfg.target]
+        improved = self.state["best"] is None or score < self.state["best"]
         if improved:
-            self.state["best"] = val_mape
+            self.state["best"] = score
             self.state["bad_epochs"] = 0
             self.twin.info = {"val_mape": val_mape, "epoch": epoch + 1, "train_samples": n_train,
                               "val_samples": n_val, "config": asdict(cfg), "train_s": round(self.state["train_s"], 1)}
@@ -227,11 +237,14 @@ class Trainer:
                 self.state["lr"] *= 0.5
                 self.optimizer.learning_rate.assign(self.state["lr"])
         self.state["epoch"] = epoch + 1
-        self.state["history"].append({"epoch": epoch + 1, "train_mape": round(train_mape, 5),
-                                      "val_mape": round(val_mape, 5), "train_samples": n_train,
+        self.state["history"].append({"epoch": epoch + 1, "train_loss": round(train_loss, 5),
+                                      "val_mape": round(val_mape["delay"], 5),
+                                      "val_mape_queueing": round(val_mape.get("queueing", float("nan")), 5),
+                                      "train_samples": n_train,
                                       "val_samples": n_val, "lr": self.state["lr"],
                                       "train_s": round(self.state["train_s"], 1)})
-        self.log(f"epoch {epoch + 1}: train MAPE {train_mape:.4f}, validation MAPE {val_mape:.4f} "
+        self.log(f"epoch {epoch + 1}: train loss ({cfg.target}) {train_loss:.4f}, validation MAPE delay "
+                 f"{val_mape['delay']:.4f}, without propagation {val_mape.get('queueing', float('nan')):.4f} "
                  f"({n_train} train / {n_val} validation samples, {added} new){' *' if improved else ''}")
         self._checkpoint()
 
