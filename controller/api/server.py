@@ -1,7 +1,7 @@
 """The gRPC API (``ndt.v1.Ndt`` in ``ndt_api.proto``), with server reflection and the standard health service.
 
-Messages and stubs are generated from the .proto when this module is imported
-(``grpc.protos_and_services``, grpcio-tools), so they always match the file in the repository.
+Messages and stubs are generated from the .proto at install (``make install`` runs
+grpcio-tools' protoc into ``controller/api/ndt_api_pb2*.py``).
 Bad requests end with INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION and a message naming
 the field; the server keeps serving. Listens on localhost unless told otherwise; TLS and a
 bearer token when configured (the health service stays open for probes).
@@ -24,8 +24,11 @@ from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
 from twin.state import Flow, NetworkState
 
-PROTO = "controller/api/ndt_api.proto"
-pb, services = grpc.protos_and_services(PROTO)
+try:
+    from controller.api import ndt_api_pb2 as pb
+    from controller.api import ndt_api_pb2_grpc as services
+except ModuleNotFoundError:
+    raise NdtError("the gRPC code has not been generated from controller/api/ndt_api.proto: run 'make install'") from None
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Ndt"].full_name
 APPLY_WAIT_S = 5.0
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
