@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.api.server import NdtService, pb, serve, services
+from twin.predictors import get_predictor
 from controller.app import NetworkView
 from controller.routing_rules import Host
-from ndt.errors import NdtError
 from telemetry.exporter import Metrics
 from telemetry.store import LinkSample, TelemetryStore
 from twin.state import Flow, Link, NetworkState
@@ -28,25 +27,8 @@ def square_state() -> NetworkState:
                         flows=(Flow("s1", "s3", 2e6), Flow("s2", "s4", 1e6)))
 
 
-class LoadPredictor:
-    """A stand-in twin: per path, the sum over its links of 1 / (capacity - load) (M/M/1 sojourn, bits)."""
-
-    def predict_delays(self, states):
-        out = []
-        for state in states:
-            spare = state.link_arrays["capacity"] - state.link_loads()
-            out.append(np.array([np.sum(8000.0 / spare[links]) for links in state.flow_links]))
-        return out
-
-
-def predictor_factory(name):
-    if name != "load":
-        raise NdtError(f"unknown model {name!r}; choose one of load")
-    return LoadPredictor()
-
-
 def service(controller=None) -> NdtService:
-    return NdtService(controller or StandIn(), TelemetryStore(), Metrics(), predictor_factory, "load")
+    return NdtService(controller or StandIn(), TelemetryStore(), Metrics(), get_predictor, "qt")
 
 
 class StandIn:
@@ -75,7 +57,7 @@ class StandIn:
 def api():
     controller, store, metrics = StandIn(), TelemetryStore(), Metrics()
     store.add_link_samples([LinkSample(1e12, "s1", "s2", 1000, 10, 0, 0.5)])
-    server, port = serve(NdtService(controller, store, metrics, predictor_factory, "load"), "127.0.0.1:0")
+    server, port = serve(NdtService(controller, store, metrics, get_predictor, "qt"), "127.0.0.1:0")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield services.NdtStub(channel), channel, controller, metrics
     channel.close()
@@ -102,9 +84,9 @@ def test_topology_and_status(api):
 
 def test_predict_and_what_if(api):
     stub, *_ = api
-    reply = stub.Predict(pb.PredictRequest(state_json=json.dumps(square_state().to_dict()), model="load"))
+    reply = stub.Predict(pb.PredictRequest(state_json=json.dumps(square_state().to_dict()), model="qt"))
     assert [(p.src, p.dst) for p in reply.paths] == [("s1", "s3"), ("s2", "s4")]
-    assert all(p.delay_s > 0 for p in reply.paths) and reply.model == "load"
+    assert all(p.delay_s > 0 for p in reply.paths) and reply.model == "qt"
     running = stub.Predict(pb.PredictRequest())  # the running network: s3-s4 is down
     assert len(running.paths) == 2
     assert api[3]._delays["predicted"][("s1", "s3")] == running.paths[0].delay_s  # exported as telemetry
