@@ -26,11 +26,15 @@ class SimulatorPredictor:
         return [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow).delay for s in states]
 
 
-PREDICTORS = ("sim",)
+PREDICTORS = ("sim", "qt")
 
 
 def get_predictor(name: str):
     """The predictor called ``name`` (one of PREDICTORS)."""
     if name == "sim":
         return SimulatorPredictor()
+    if name == "qt":
+        from twin.qt import QueueingModel
+
+        return QueueingModel()
     raise NdtError(f"unknown model {name!r}; choose one of {', '.join(PREDICTORS)}")
