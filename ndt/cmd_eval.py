@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")
     p.add_argument("--data", type=Path, action="append", metavar="DIR",
                    help="evaluate these dataset directories instead of the seeded set (repeatable)")
+    p.add_argument("--speed", action="store_true",
+                   help="time inference instead: one 300-node all-pairs state, and candidate routings per second "
+                        "of a 25-node state in batches of 64")
     p.add_argument("--limit", type=int, metavar="N", help="with --datanet: only the first N samples")
     p.add_argument("--weights", type=Path, metavar="DIR", help="directory with the models (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=Path("eval"), metavar="DIR",
@@ -44,6 +47,15 @@ def run(args: argparse.Namespace) -> int:
     from twin import evaluate
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed:
+        report = evaluate.speed(_models(("routenet_e", "rnn", "qt"), args.weights))
+        (args.out / "speed.json").write_text(json.dumps(report, indent=1))
+        if args.json:
+            print_json(report)
+        else:
+            for key, value in report.items():
+                print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        return 0
     if args.datanet is not None:
         models = _models(("routenet_e", "qt"), args.weights)
         report = evaluate.zero_shot(models, args.datanet, limit=args.limit)

@@ -172,7 +172,7 @@ def plot_figure3(report: dict, models: list[str], path) -> Path:
                yerr=[np.maximum(mape - low, 0), np.maximum(high - mape, 0)], capsize=3)
     ax.set_xticks(x, [f"{b['nodes']}\n({b['samples']} samples)" for b in buckets])
     ax.set_xlabel("topology size (nodes); trained on 25-50")
-    ax.set_ylabel("delay relative error, % (bar: mean; whiskers: p15-p85)")
+    ax.set_ylabel("delay relative error, %\n(bar: mean, whiskers: p15-p85)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -187,3 +187,34 @@ def warm_states() -> list:
     """Two small seeded states every model runs before timing, so graph tracing is not counted."""
     config = DatasetConfig(samples=2, min_nodes=25, max_nodes=40, real_fraction=0.0, seed=EVAL_SEED)
     return [make_state(config, i)[0] for i in range(2)]
+
+
+def speed(models: dict, nodes: int = 300, candidate_nodes: int = 25, candidates: int = 64, repeats: int = 3) -> dict:
+    """Inference speed (s): one all-pairs state of ``nodes`` nodes, and candidate routings per second of a
+    ``candidate_nodes`` state (random OSPF weight vectors predicted as one batch, features and routing included).
+
+    Each figure is the best of ``repeats`` timed runs after one untimed run (graph tracing).
+    """
+    big = make_state(DatasetConfig(samples=1, min_nodes=nodes, max_nodes=nodes, real_fraction=0.0,
+                                   seed=EVAL_SEED), 0)[0]
+    small = make_state(DatasetConfig(samples=1, min_nodes=candidate_nodes, max_nodes=candidate_nodes,
+                                     real_fraction=0.0, seed=EVAL_SEED), 0)[0]
+    rng = np.random.default_rng(EVAL_SEED)
+    variants = [small.with_weights(rng.integers(1, 10, len(small.links))) for _ in range(candidates)]
+    report = {"nodes": nodes, "paths": len(big.flows), "candidate_nodes": candidate_nodes,
+              "candidates_per_batch": candidates}
+    for name, model in models.items():
+        report[f"{name}_infer_s"] = _best_time(lambda: model.predict_delays([big]), repeats)
+        batch_s = _best_time(lambda: model.predict_delays(variants), repeats)
+        report[f"{name}_candidates_per_s"] = candidates / batch_s
+    return report
+
+
+def _best_time(run, repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
