@@ -141,7 +141,7 @@ def simulate(
         delay = arrays["hist_base"] + mean_excess
         jitter = np.maximum(sum_d2 / delivered - mean_excess**2, 0.0)
         loss = np.where(sent > 0, dropped / np.maximum(sent, 1), np.nan)
-    p50, p90, p99 = (_percentile(hist, arrays["hist_base"], q) for q in (0.5, 0.9, 0.99))
+    p50, p90, p99 = _percentiles(hist, arrays["hist_base"], (0.5, 0.9, 0.99))
     return SimResult(
         state=state, delay=delay, jitter=jitter, loss=loss, p50=p50, p90=p90, p99=p99,
         sent=sent, delivered=delivered, dropped=dropped,
@@ -150,12 +150,15 @@ def simulate(
     )
 
 
-def _percentile(hist: np.ndarray, base: np.ndarray, q: float) -> np.ndarray:
+def _percentiles(hist: np.ndarray, base: np.ndarray, quantiles) -> list[np.ndarray]:
+    """Per-flow delay quantiles (s) from the log-binned histograms (bin centres; nan without packets)."""
     total = hist.sum(axis=1)
     cum = np.cumsum(hist, axis=1)
-    k = np.argmax(cum >= np.ceil(q * total)[:, None], axis=1)
-    value = base * BIN_RATIO ** (k + 0.5)
-    return np.where(total > 0, value, np.nan)
+    out = []
+    for q in quantiles:
+        k = np.argmax(cum >= np.ceil(q * total)[:, None], axis=1)
+        out.append(np.where(total > 0, base * BIN_RATIO ** (k + 0.5), np.nan))
+    return out
 
 
 def _compile(state: NetworkState) -> dict[str, np.ndarray]:
