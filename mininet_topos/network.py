@@ -1,0 +1,314 @@
+"""A NetworkState brought up in Mininet, with ``ndt controller`` routing it.
+
+One host per switch (host ``i`` is 10.0.0.i on port 1 of switch ``i``); Open vSwitch with the
+userspace datapath (the kernel has no openvswitch module); every directed link shaped on its
+egress interface with HTB at the link's capacity and a ``pfifo`` child of ``buffer`` packets (no
+netem on this kernel: no propagation delay, no random loss). Switch and host names carry a
+prefix so a sandbox network can run beside the live one. The controller is the real one
+(``ndt controller`` in a subprocess) with a wiring file written here; it is driven over gRPC.
+Never calls Mininet's global cleanup (it kills other people's processes); only its own
+bridges and links are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ndt.errors import NdtError
+from twin.state import NetworkState
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_DIR = REPO / "data" / "logs"
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+MTU_BYTES = 1514  # HTB burst: one full Ethernet frame
+
+
+class EmulationError(NdtError, RuntimeError):
+    """The emulated network could not be built or driven; the message says which step failed."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """Mininet names of a state's nodes: switch ``{switch}{i}``, host ``{host}{i}`` at 10.0.0.i (i from 1)."""
+
+    nodes: tuple[str, ...]
+    switch: str = "s"
+    host: str = "h"
+
+    def index(self, node: str) -> int:
+        return self.nodes.index(node) + 1
+
+    def switch_of(self, node: str) -> str:
+        return f"{self.switch}{self.index(node)}"
+
+    def host_of(self, node: str) -> str:
+        return f"{self.host}{self.index(node)}"
+
+    def ip_of(self, node: str) -> str:
+        return f"10.0.0.{self.index(node)}"
+
+
+def shaping_commands(intf: str, capacity_bps: float, buffer_pkts: int) -> list[str]:
+    """``tc -batch`` lines shaping ``intf`` to ``capacity_bps`` (HTB, burst one frame) with a FIFO of
+    ``buffer_pkts`` packets behind the shaper."""
+    rate = int(round(capacity_bps))
+    return [
+        f"qdisc replace dev {intf} root handle 1: htb default 1",
+        f"class add dev {intf} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit "
+        f"burst {MTU_BYTES}b cburst {MTU_BYTES}b",
+        f"qdisc add dev {intf} parent 1:1 handle 10: pfifo limit {int(buffer_pkts)}",
+    ]
+
+
+def ensure_open_vswitch() -> None:
+    """Start Open vSwitch if it is not running; raise EmulationError if the tools are missing."""
+    for tool in ("ovs-vsctl", "mnexec", "tc"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            raise EmulationError(f"{tool} not found: run scripts/install-system-deps.sh")
+    if os.geteuid() != 0:
+        raise EmulationError("the emulation needs root (network namespaces, Open vSwitch)")
+    if subprocess.run([OVS_CTL, "status"], capture_output=True).returncode != 0:
+        subprocess.run([OVS_CTL, "start", "--system-id=random"], check=True, capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmulatedNetwork:
+    """``state`` running in Mininet under ``ndt controller``; use as a context manager.
+
+    ``store``: the controller's telemetry store file; ``metrics_port``: its Prometheus endpoint
+    (0 = any free port). Routes start from the state's weights.
+    """
+
+    def __init__(self, state: NetworkState, switch_prefix: str = "s", host_prefix: str = "h",
+                 store: Path | None = None, metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0):
+        self.state = state
+        self.names = Names(state.nodes, switch_prefix, host_prefix)
+        self.tag = tag
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.workdir = LOG_DIR / tag
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.store_path = Path(store) if store else self.workdir / "telemetry.db"
+        self.metrics_port = metrics_port or free_port()
+        self.ofp_port, self.grpc_port = free_port(), free_port()
+        self.poll_interval = poll_interval
+        self.net = None
+        self.controller = None
+        self._channel = None
+        self.stub = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "EmulatedNetwork":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+
+        ensure_open_vswitch()
+        setLogLevel("error")
+        self._remove_leftovers()
+        topo = self._topo()
+        self.net = Mininet(
+            topo=topo, autoSetMacs=False, waitConnected=False, build=True,
+            switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure", **kw),
+            controller=lambda name: RemoteController(f"{self.tag}-c0", ip="127.0.0.1", port=self.ofp_port))
+        ports = self._link_ports()
+        self._start_controller(ports)
+        self.net.start()
+        for host in self.net.hosts:
+            host.cmd(f"ethtool -K {host.defaultIntf()} tx off")
+        self._shape(ports)
+        self._connect_grpc()
+        self._wait(lambda: self.status().switches_connected == len(self.state.nodes), 30, "all switches to connect")
+        self._learn_hosts()
+
+    def stop(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        if self.controller is not None:
+            self.controller.send_signal(signal.SIGTERM)
+            try:
+                self.controller.wait(10)
+            except subprocess.TimeoutExpired:
+                self.controller.kill()
+            self.controller = None
+        self._remove_leftovers()
+
+    def _topo(self):
+        from mininet.topo import Topo
+
+        names, state = self.names, self.state
+
+        class StateTopo(Topo):
+            def build(self):
+                for node in state.nodes:
+                    i = names.index(node)
+                    self.addSwitch(names.switch_of(node), dpid=f"{i:016x}")
+                    self.addHost(names.host_of(node), ip=f"{names.ip_of(node)}/24", mac=f"00:00:00:00:{i >> 8:02x}:{i & 255:02x}")
+                    self.addLink(names.host_of(node), names.switch_of(node), port2=1)
+                done = set()
+                for link in state.links:
+                    pair = frozenset((link.src, link.dst))
+                    if pair not in done:
+                        done.add(pair)
+                        self.addLink(names.switch_of(link.src), names.switch_of(link.dst))
+
+        return StateTopo()
+
+    def _link_ports(self) -> dict[tuple[str, str], tuple[int, str]]:
+        """(src node, dst node) → (output port on src's switch, its interface name)."""
+        by_switch = {self.names.switch_of(n): n for n in self.state.nodes}
+        ports = {}
+        for link in self.net.links:
+            a, b = link.intf1, link.intf2
+            if a.node.name in by_switch and b.node.name in by_switch:
+                for x, y in ((a, b), (b, a)):
+                    ports[(by_switch[x.node.name], by_switch[y.node.name])] = (x.node.ports[x], x.name)
+        return ports
+
+    def _start_controller(self, ports) -> None:
+        state_path, wiring_path = self.workdir / "state.json", self.workdir / "wiring.json"
+        self.state.save(state_path)
+        wiring = {"dpids": {n: self.names.index(n) for n in self.state.nodes},
+                  "ports": {f"{s}->{d}": p for (s, d), (p, _) in ports.items()}}
+        wiring_path.write_text(json.dumps(wiring))
+        if self.store_path.exists():
+            self.store_path.unlink()
+        self.log_path = self.workdir / "controller.log"
+        log = open(self.log_path, "w")
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(state_path), "--wiring", str(wiring_path),
+             "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port), "--store", str(self.store_path),
+             "--poll-interval", str(self.poll_interval), "--grpc", f"127.0.0.1:{self.grpc_port}"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self._wait(self._metrics_up, 30, "the controller's metrics endpoint")
+
+    def _metrics_up(self) -> bool:
+        if self.controller.poll() is not None:
+            raise EmulationError(f"ndt controller exited with code {self.controller.returncode}; see {self.log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def _shape(self, ports) -> None:
+        lines = []
+        for link in self.state.links:
+            lines += shaping_commands(ports[(link.src, link.dst)][1], link.capacity, link.buffer)
+        result = subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmulationError(f"tc could not shape the links: {result.stderr.strip()}")
+
+    def _connect_grpc(self) -> None:
+        import grpc
+
+        from controller.api.server import services
+
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        grpc.channel_ready_future(self._channel).result(timeout=20)
+        self.stub = services.NdtStub(self._channel)
+
+    def _learn_hosts(self) -> None:
+        """Every host ARPs once (a ping to the next host) so the controller learns them all; then routes."""
+        hosts = [self.net.get(self.names.host_of(n)) for n in self.state.nodes]
+        ips = [self.names.ip_of(n) for n in self.state.nodes]
+        for attempt in range(3):
+            pings = [h.popen(["ping", "-n", "-q", "-c", "1", "-W", "1", ips[(i + 1) % len(ips)]],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, h in enumerate(hosts)]
+            for p in pings:
+                p.wait()
+            if self.status().hosts == len(hosts):
+                break
+        self._wait(lambda: self.status().hosts == len(hosts), 10, f"the controller to learn {len(hosts)} hosts")
+        self.apply({(lk.src, lk.dst): lk.weight for lk in self.state.links}, who=f"{self.tag}: initial routes")
+
+    def _remove_leftovers(self) -> None:
+        """Delete this network's bridges if a previous run left them (and only those)."""
+        bridges = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True).stdout.split()
+        mine = {self.names.switch_of(n) for n in self.state.nodes}
+        stale = [b for b in bridges if b in mine]
+        if stale:
+            subprocess.run(["ovs-vsctl", "--timeout=10"] + [a for b in stale for a in ("--", "--if-exists", "del-br", b)],
+                           capture_output=True)
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        for line in links.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.split("-eth")[0] in mine | {self.names.host_of(n) for n in self.state.nodes} and "-eth" in name:
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+    @staticmethod
+    def _wait(condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.2)
+        raise EmulationError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    # ------------------------------------------------------------------ the controller's API
+    def status(self):
+        from controller.api.server import pb
+
+        return self.stub.GetStatus(pb.Empty(), timeout=10)
+
+    def apply(self, weights: dict[tuple[str, str], float], who: str) -> int:
+        """Push OSPF weights through gRPC Apply; returns the route version installed."""
+        from controller.api.server import pb
+
+        changes = [pb.WeightChange(src=s, dst=d, weight=float(w)) for (s, d), w in weights.items()]
+        return self.stub.Apply(pb.ApplyRequest(weights=changes, who=who), timeout=30).route_version
+
+    def weights(self) -> dict[tuple[str, str], float]:
+        """The weights the controller routes by now."""
+        from controller.api.server import pb
+
+        return {(lk.src, lk.dst): lk.weight for lk in self.stub.GetTopology(pb.Empty(), timeout=10).links}
+
+    def report_measured(self, delays: dict[tuple[str, str], float], source: str):
+        """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured)."""
+        from controller.api.server import pb
+
+        paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v)) for (s, d), v in delays.items()]
+        return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source), timeout=10)
+
+    def predict_running(self, model: str = ""):
+        """Ask the controller to predict the running network (records the predictions in its store)."""
+        from controller.api.server import pb
+
+        return self.stub.Predict(pb.PredictRequest(model=model), timeout=60)
+
+    def host(self, node: str):
+        return self.net.get(self.names.host_of(node))
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
