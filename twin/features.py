@@ -102,7 +102,8 @@ class StateGraph:
     link_x: np.ndarray
     queue_x: np.ndarray
     path_x: np.ndarray
-    path_links: list[np.ndarray]
+    hop_link: np.ndarray
+    path_len: np.ndarray
     link_buffer: np.ndarray
     link_service: np.ndarray
     path_size: np.ndarray
@@ -114,32 +115,25 @@ class StateGraph:
 def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
     """Per-flow arrays: rate (bit/s), size (mean bits), size_scv (packet-size variance / mean²),
     time (index into TIME_CODES), size_code (index into SIZE_CODES), on_fraction, cycle (s, ON+OFF; 0 if not ON/OFF)."""
-    flows = state.flows
-    rate = np.array([f.rate for f in flows], dtype=np.float64)
-    size = np.array([f.packet_size for f in flows], dtype=np.float64)
-    scv = np.zeros(len(flows))
-    on_fraction = np.ones(len(flows))
-    cycle = np.zeros(len(flows))
-    for i, f in enumerate(flows):
-        if f.size_dist == "exponential":
-            scv[i] = 1.0
-        elif f.size_dist == "binomial":
-            small, large = f.packet_sizes
-            p_small = (large - f.packet_size) / (large - small)
-            second = p_small * small**2 + (1 - p_small) * large**2
-            scv[i] = second / f.packet_size**2 - 1.0
-        if f.time_dist == "onoff":
-            cycle[i] = f.on_time + f.off_time
-            on_fraction[i] = f.on_time / cycle[i]
-    return {
-        "rate": rate,
-        "size": size,
-        "size_scv": scv,
-        "time": np.array([TIME_CODES.index(f.time_dist) for f in flows], dtype=np.int64),
-        "size_code": np.array([SIZE_CODES.index(f.size_dist) for f in flows], dtype=np.int64),
-        "on_fraction": on_fraction,
-        "cycle": cycle,
-    }
+    time_index = {name: i for i, name in enumerate(TIME_CODES)}
+    size_index = {name: i for i, name in enumerate(SIZE_CODES)}
+    rows = np.array([
+        (f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist], f.on_time or 0.0,
+         f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
+        for f in state.flows
+    ], dtype=np.float64).reshape(-1, 8)
+    rate, size, time, size_code, on, off, small, large = rows.T
+    binomial = size_code == SIZE_CODES.index("binomial")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_small = np.where(binomial, (large - size) / (large - small), 1.0)
+        second = p_small * small**2 + (1 - p_small) * large**2
+    scv = np.where(binomial, second / size**2 - 1.0, (size_code == SIZE_CODES.index("exponential")).astype(float))
+    onoff = time == TIME_CODES.index("onoff")
+    cycle = np.where(onoff, on + off, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        on_fraction = np.where(onoff, on / cycle, 1.0)
+    return {"rate": rate, "size": size, "size_scv": scv, "time": time.astype(np.int64),
+            "size_code": size_code.astype(np.int64), "on_fraction": on_fraction, "cycle": cycle}
 
 
 def state_graph(state: NetworkState) -> StateGraph:
@@ -192,7 +186,7 @@ def state_graph(state: NetworkState) -> StateGraph:
         max_load,
     ])
     return StateGraph(
-        link_x=link_x, queue_x=queue_x, path_x=path_x, path_links=paths,
+        link_x=link_x, queue_x=queue_x, path_x=path_x, hop_link=hop_link, path_len=lengths,
         link_buffer=la["buffer"].astype(np.float64), link_service=mean_size / capacity,
         path_size=size, path_rate=rate, link_capacity=capacity,
         path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts),
@@ -204,18 +198,20 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
     if not graphs:
         raise StateError("no states to batch")
     link_offsets = np.concatenate([[0], np.cumsum([len(g.link_buffer) for g in graphs])])
-    flow_offsets = np.concatenate([[0], np.cumsum([len(g.path_links) for g in graphs])])
-    paths = [p + off for g, off in zip(graphs, link_offsets) for p in g.path_links]
-    lengths = np.array([len(p) for p in paths], dtype=np.int64)
+    flow_offsets = np.concatenate([[0], np.cumsum([len(g.path_len) for g in graphs])])
+    lengths = np.concatenate([g.path_len for g in graphs])
+    flat_links = np.concatenate([g.hop_link + off for g, off in zip(graphs, link_offsets)])
     order = np.argsort(-lengths, kind="stable")
-    max_hops = int(lengths.max())
-    padded = np.full((len(paths), max_hops), -1, dtype=np.int64)
-    for i, j in enumerate(order):
-        padded[i, : lengths[j]] = paths[j]
-    counts = np.array([(lengths > k).sum() for k in range(max_hops)], dtype=np.int64)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat_path = np.repeat(rank, lengths)  # sorted rank of each hop's path
+    position = np.arange(len(flat_links)) - np.repeat(starts, lengths)
+    by_position = np.lexsort((flat_path, position))
+    hop_link = flat_links[by_position]
+    hop_path = flat_path[by_position]
+    counts = np.bincount(position)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    hop_link = np.concatenate([padded[: counts[k], k] for k in range(max_hops)])
-    hop_path = np.concatenate([np.arange(counts[k]) for k in range(max_hops)])
     capacity = np.concatenate([g.link_capacity for g in graphs])
     size = np.concatenate([g.path_size for g in graphs])[order]
     batch = GraphBatch(
