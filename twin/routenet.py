@@ -173,6 +173,7 @@ class Normalizer:
 
 
 def padded_hops(batch: GraphBatch) -> int:
+    """The batch's longest path rounded up to HOP_BUCKET hops (positions past it are empty)."""
     return -(-batch.max_hops // HOP_BUCKET) * HOP_BUCKET
 
 
