@@ -4,7 +4,8 @@ One host per switch (host ``i`` is 10.0.0.i on port 1 of switch ``i``); Open vSw
 userspace datapath (the kernel has no openvswitch module); every directed link shaped on its
 egress interface with HTB at the link's capacity and a ``pfifo`` child of ``buffer`` packets (no
 netem on this kernel: no propagation delay, no random loss). Switch and host names carry a
-prefix so a sandbox network can run beside the live one. The controller is the real one
+prefix (live ``ls1``/``lh1``, sandbox ``vs1``/``vh1``) so a sandbox network can run beside the live
+one and neither collides with the controller tests' ``s1``/``h1``. The controller is the real one
 (``ndt controller`` in a subprocess) with a wiring file written here; it is driven over gRPC.
 Never calls Mininet's global cleanup (it kills other people's processes); only its own
 bridges and links are removed.
@@ -41,8 +42,8 @@ class Names:
     """Mininet names of a state's nodes: switch ``{switch}{i}``, host ``{host}{i}`` at 10.0.0.i (i from 1)."""
 
     nodes: tuple[str, ...]
-    switch: str = "s"
-    host: str = "h"
+    switch: str = "ls"
+    host: str = "lh"
 
     def index(self, node: str) -> int:
         return self.nodes.index(node) + 1
@@ -93,7 +94,7 @@ class EmulatedNetwork:
     (0 = any free port). Routes start from the state's weights.
     """
 
-    def __init__(self, state: NetworkState, switch_prefix: str = "s", host_prefix: str = "h",
+    def __init__(self, state: NetworkState, switch_prefix: str = "ls", host_prefix: str = "lh",
                  store: Path | None = None, metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0):
         self.state = state
         self.names = Names(state.nodes, switch_prefix, host_prefix)
@@ -149,17 +150,19 @@ class EmulatedNetwork:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self.net is not None:
-            self.net.stop()
-            self.net = None
-        if self.controller is not None:
-            self.controller.send_signal(signal.SIGTERM)
-            try:
-                self.controller.wait(10)
-            except subprocess.TimeoutExpired:
-                self.controller.kill()
-            self.controller = None
-        self._remove_leftovers()
+        try:
+            if self.net is not None:
+                self.net.stop()
+                self.net = None
+        finally:
+            if self.controller is not None:
+                self.controller.send_signal(signal.SIGTERM)
+                try:
+                    self.controller.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.controller.kill()
+                self.controller = None
+            self._remove_leftovers()
 
     def _topo(self):
         from mininet.topo import Topo

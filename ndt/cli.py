@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "ndt.cmd_predict",
     "ndt.cmd_eval",
     "ndt.cmd_controller",
+    "ndt.cmd_calibrate",
+    "ndt.cmd_loop",
 )
 
 

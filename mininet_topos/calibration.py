@@ -1,0 +1,114 @@
+"""What the twin's delays mean in this emulation, and a correction fitted to measurements.
+
+The twin predicts per-path delay = queueing + transmission + propagation (s). HTB over veth
+holds a packet until it has tokens but never serializes it, and netem (propagation) is missing,
+so an emulated path's delay is its queueing wait plus OVS userspace forwarding at every switch
+plus the hosts' stacks. The correction keeps that structure:
+
+    emulated = queue_scale · queueing + per_hop_s · switches + base_s
+
+``queueing`` is the twin's prediction minus the path's transmission (mean packet / capacity per
+link) and propagation; ``switches`` = links on the path + 1. All pure functions; JSON on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+from ndt.errors import NdtError
+from twin.state import NetworkState
+
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "data" / "calibration.json"
+
+
+class CalibrationError(NdtError, ValueError):
+    """A calibration file is unreadable or malformed; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class Correction:
+    """queue_scale: multiplies the twin's queueing wait; per_hop_s: forwarding cost per switch, s;
+    base_s: per-path constant (host stacks), s. The default is the uncorrected structural model."""
+
+    queue_scale: float = 1.0
+    per_hop_s: float = 0.0
+    base_s: float = 0.0
+
+
+def path_components(state: NetworkState, delays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(queueing wait, s; switches traversed) per flow, from the twin's per-flow ``delays`` (s)."""
+    arrays = state.link_arrays
+    queueing = np.empty(len(state.flows))
+    switches = np.empty(len(state.flows))
+    for i, (flow, links) in enumerate(zip(state.flows, state.flow_links)):
+        fixed = np.sum(flow.packet_size / arrays["capacity"][links] + arrays["prop_delay"][links])
+        queueing[i] = max(float(delays[i]) - fixed, 0.0)
+        switches[i] = len(links) + 1
+    return queueing, switches
+
+
+def emulated_delays(state: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:
+    """The twin's per-flow ``delays`` (s) turned into what the emulation should measure (s)."""
+    queueing, switches = path_components(state, delays)
+    return correction.queue_scale * queueing + correction.per_hop_s * switches + correction.base_s
+
+
+def fit(samples: list[tuple[NetworkState, np.ndarray, np.ndarray]]) -> Correction:
+    """Least relative squared error (non-negative coefficients) over (state, twin delays, measured
+    delays) samples; flows without a positive measurement are left out."""
+    rows, targets = [], []
+    for state, predicted, measured in samples:
+        queueing, switches = path_components(state, predicted)
+        ok = np.isfinite(measured) & (measured > 0)
+        rows.append(np.column_stack([queueing, switches, np.ones(len(queueing))])[ok] / measured[ok, None])
+        targets.append(np.ones(int(ok.sum())))
+    coef, _ = nnls(np.concatenate(rows), np.concatenate(targets))
+    return Correction(queue_scale=float(coef[0]), per_hop_s=float(coef[1]), base_s=float(coef[2]))
+
+
+def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean absolute percentage error (fraction) over flows with a positive measured delay."""
+    ok = np.isfinite(measured) & (measured > 0) & np.isfinite(predicted)
+    return float(np.mean(np.abs(predicted[ok] - measured[ok]) / measured[ok]))
+
+
+class CalibratedPredictor:
+    """A predictor whose delays are those the emulation should measure (``predict_delays`` in s)."""
+
+    def __init__(self, predictor, correction: Correction):
+        self.predictor = predictor
+        self.correction = correction
+        self.name = f"{getattr(predictor, 'name', 'model')}+emulation"
+
+    def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
+        raw = self.predictor.predict_delays(states)
+        return [emulated_delays(s, d, self.correction) for s, d in zip(states, raw)]
+
+
+def save(path: Path, correction: Correction, info: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**asdict(correction), **info}, indent=1))
+
+
+def load(path: Path = DEFAULT_PATH) -> tuple[Correction, dict]:
+    """The correction and its fit report from a calibration JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read the calibration ({exc.strerror}); run 'ndt calibrate'") from None
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    values = {}
+    for key in ("queue_scale", "per_hop_s", "base_s"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise CalibrationError(f"{path}: {key} must be a number >= 0, got {value!r}")
+        values[key] = float(value)
+    return Correction(**values), {k: v for k, v in data.items() if k not in values}

@@ -1,0 +1,107 @@
+"""``ndt calibrate``: measure a handful of states in the emulation and fit the twin's correction to them."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ndt.errors import NdtError
+from ndt.output import print_json, print_table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit the twin to the Mininet emulation (per-hop forwarding cost, queueing scale); needs root",
+        description=(
+            "Bring the topology up in Mininet (userspace OVS, HTB-shaped links, the ndt controller), play its "
+            "traffic at several loads under shortest-path and random OSPF weights, measure every path's one-way "
+            "delay and fit emulated = queue_scale x (twin queueing wait) + per_hop_s x switches + base_s. "
+            "Prints the twin-vs-emulation MAPE before and after (in-sample and leave-one-load-out) and writes "
+            "the correction as JSON for 'ndt loop' and 'ndt demo'."
+        ),
+    )
+    p.add_argument("--topology", default="sndlib/abilene",
+                   help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
+    p.add_argument("--loads", default="0.5,0.7,0.9",
+                   help="busiest-link loads under shortest paths, comma-separated (default: 0.5,0.7,0.9)")
+    p.add_argument("--routings", type=int, default=2, help="routings per load: shortest path + random weights (default: 2)")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S", help="traffic per measurement, s (default: 10)")
+    p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="correction JSON (default: data/calibration.json in the repository)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run)
+
+
+def parse_loads(text: str) -> list[float]:
+    try:
+        loads = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise NdtError(f"--loads {text!r}: expected comma-separated numbers such as 0.5,0.8") from None
+    if not loads or not all(0 < x < 2 for x in loads):
+        raise NdtError(f"--loads {text!r}: every load must lie in (0, 2)")
+    return loads
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mininet_topos import calibration as cal
+    from mininet_topos.network import EmulatedNetwork
+    from mininet_topos.topologies import emulation_state
+    from mininet_topos.validate import validate
+    from twin.predictors import PREDICTORS, get_predictor
+
+    loads = parse_loads(args.loads)
+    out = args.out or cal.DEFAULT_PATH
+    if args.routings < 1:
+        raise NdtError(f"--routings must be >= 1, got {args.routings}")
+    model = args.model or PREDICTORS[-1]
+    predictor = get_predictor(model)
+    base = emulation_state(args.topology, 1.0, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    weight_sets = [np.ones(len(base.links))] + [rng.integers(1, 6, len(base.links)).astype(float)
+                                                for _ in range(args.routings - 1)]
+    started = time.monotonic()
+    samples = []  # (load, state, raw prediction, measured)
+    with EmulatedNetwork(base, switch_prefix="cs", host_prefix="ch", tag="calibrate") as net:
+        for load in loads:
+            state = base.scaled(load)
+            for v in validate(state, weight_sets, predictor, duration=args.duration, seed=args.seed, net=net):
+                samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
+    fit_samples = [(s, p, m.delay) for _, s, p, m in samples]
+    correction = cal.fit(fit_samples)
+    raw = [cal.mape(p, m) for s, p, m in fit_samples]
+    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in fit_samples]
+    after = [cal.mape(cal.emulated_delays(s, p, correction), m) for s, p, m in fit_samples]
+    held_out = []
+    for load in loads:
+        train = [(s, p, m.delay) for l, s, p, m in samples if l != load] or fit_samples
+        corr = cal.fit(train)
+        held_out += [cal.mape(cal.emulated_delays(s, p, corr), m.delay) for l, s, p, m in samples if l == load]
+    rows = [{"load": l, "mean_measured_ms": 1e3 * m.mean_delay(s), "raw_mape": r, "structural_mape": st,
+             "after_mape": a, "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy,
+             "load_average": m.load_average}
+            for (l, s, p, m), r, st, a in zip(samples, raw, structural, after)]
+    report = {"topology": args.topology, "model": model, "states": len(samples), "loads": loads,
+              "correction": {"queue_scale": correction.queue_scale, "per_hop_s": correction.per_hop_s,
+                             "base_s": correction.base_s},
+              "mape_before": float(np.mean(raw)), "mape_structural": float(np.mean(structural)),
+              "mape_after": float(np.mean(after)), "mape_after_held_out": float(np.mean(held_out)),
+              "wall_s": time.monotonic() - started, "measurements": rows, "out": str(out)}
+    cal.save(out, correction, {k: report[k] for k in ("topology", "model", "states", "loads", "mape_before",
+                                                           "mape_structural", "mape_after", "mape_after_held_out")})
+    if args.json:
+        print_json(report)
+        return 0
+    print_table(rows, [("load", "load", ".2f"), ("mean_measured_ms", "measured ms", ".3f"), ("raw_mape", "twin MAPE", ".3f"),
+                       ("structural_mape", "queueing-only MAPE", ".3f"), ("after_mape", "calibrated MAPE", ".3f"),
+                       ("sender_late_p99_ms", "send late p99 ms", ".2f"), ("load_average", "load avg", ".1f")])
+    c = correction
+    print(f"{model} vs emulation, {len(samples)} states: MAPE {report['mape_before']:.3f} raw -> "
+          f"{report['mape_after']:.3f} calibrated ({report['mape_after_held_out']:.3f} leave-one-load-out); "
+          f"queue_scale {c.queue_scale:.3f}, per_hop {1e6 * c.per_hop_s:.1f} us, base {1e6 * c.base_s:.1f} us -> {out}")
+    return 0

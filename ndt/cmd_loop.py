@@ -1,0 +1,99 @@
+"""``ndt loop``: the closed loop in live emulation (telemetry → twin + NES → sandbox validation → push)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ndt.errors import NdtError
+
+
+def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> None:
+    """Options shared by ``ndt loop`` and ``ndt demo``."""
+    p.add_argument("--topology", default="sndlib/abilene",
+                   help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
+    p.add_argument("--load", type=float, default=load,
+                   help=f"busiest-link load under shortest paths (default: {load})")
+    p.add_argument("--duration", type=float, default=duration, metavar="S",
+                   help=f"live traffic per measurement, s (default: {duration:g})")
+    p.add_argument("--validate-s", type=float, default=validate_s, metavar="S",
+                   help=f"sandbox traffic per candidate, s (default: {validate_s:g})")
+    p.add_argument("--candidates", type=int, default=2, help="routings validated besides the current one (default: 2)")
+    p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
+    p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                   help="correction from 'ndt calibrate' (default: data/calibration.json, else uncorrected)")
+    p.add_argument("--metrics-port", type=int, default=9108, help="the live controller's Prometheus port (default: 9108)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "loop",
+        help="the closed loop on a live Mininet network: measure, optimize, validate, push, verify; needs root",
+        description=(
+            "Bring the topology up in Mininet with the ndt controller and play its traffic; read the traffic matrix "
+            "from the controller's telemetry; search OSPF weights with NES scored by the twin (calibrated to the "
+            "emulation); validate the best routings and the current one in a sandbox network; push the winner "
+            "with gRPC Apply only if it measured better; measure again and roll back if delay got worse. Writes "
+            "report.json and report.png."
+        ),
+    )
+    add_loop_arguments(p, load=0.9, duration=10.0, validate_s=8.0)
+    p.set_defaults(handler=run)
+
+
+def execute(args: argparse.Namespace, log) -> dict:
+    """Run one loop iteration from parsed options; returns the report."""
+    from mininet_topos import calibration as cal
+    from mininet_topos.loop import DEFAULT_OUT, LoopSettings, run_loop
+    from mininet_topos.topologies import emulation_state
+    from twin.predictors import PREDICTORS, get_predictor
+
+    if not 0 < args.load < 2:
+        raise NdtError(f"--load must lie in (0, 2), got {args.load}")
+    for flag, value in (("--duration", args.duration), ("--validate-s", args.validate_s)):
+        if not value > 3:
+            raise NdtError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
+    if args.candidates < 1:
+        raise NdtError(f"--candidates must be >= 1, got {args.candidates}")
+    path = args.calibration or cal.DEFAULT_PATH
+    if args.calibration is None and not path.exists():
+        correction, info = cal.Correction(), {"note": "no calibration: run 'ndt calibrate'"}
+    else:
+        correction, info = cal.load(path)
+    model = args.model or PREDICTORS[-1]
+    state = emulation_state(args.topology, args.load, seed=args.seed)
+    settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, candidates=args.candidates,
+                            seed=args.seed)
+    report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
+                      args.metrics_port, log)
+    report.update(model=model, calibration={"file": str(path), **info}, load=args.load)
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ndt.output import print_json
+
+    report = execute(args, (lambda msg: print(msg, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print_json(report)
+    else:
+        print_summary(report)
+    return 0
+
+
+def print_summary(report: dict) -> None:
+    m = report["measured"]
+    action = "no push (validation showed no gain)"
+    if report["pushed"]:
+        action = "winner pushed, then ROLLED BACK (measured worse)" if report["rolled_back"] else "winner pushed"
+    print(f"{report['topology']} at load {report['load']}: measured mean delay {1e3 * m['before']:.3f} ms -> "
+          f"{1e3 * m['after']:.3f} ms ({100 * report['improvement']:.1f} % lower); {action}")
+    print(f"loop (telemetry -> flow rules): {report['loop_s']:.1f} s; twin ({report['model']}, calibrated) vs "
+          f"emulation MAPE {report['twin_vs_emulation_mape']:.3f}")
+    print(f"report: {report['report_json']} and {report['report_png']}; telemetry store: {report['store']}")
+    print(f"Prometheus metrics (while it ran): {report['metrics_url']}")
