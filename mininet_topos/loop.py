@@ -21,7 +21,7 @@ import numpy as np
 from mininet_topos.calibration import CalibratedPredictor, Correction, emulated_delays, mape
 from mininet_topos.network import REPO, EmulatedNetwork, EmulationError
 from mininet_topos.topologies import EMU_PACKET
-from mininet_topos.traffic import Measurement, play
+from mininet_topos.traffic import DRAIN_S, START_LEAD_S, Measurement, play
 from mininet_topos.validate import Validation, validate
 from optimizer.intent import Intent
 from optimizer.objective import mean_delay
@@ -161,13 +161,15 @@ def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, 
 
 
 def run_loop(state: NetworkState, predictor, correction: Correction, settings: LoopSettings,
-             out_dir: Path = DEFAULT_OUT, metrics_port: int = 0, log=print) -> dict:
+             out_dir: Path = DEFAULT_OUT, metrics_port: int = 0, log=print, prefixes: tuple[str, str] = ("l", "v"),
+             tag: str = "live") -> dict:
     """One iteration of the loop on ``state`` (topology, its traffic, initial weights). Returns the
-    report (also written as JSON + PNG in ``out_dir``)."""
+    report (also written as JSON + PNG in ``out_dir``). ``prefixes``: Mininet name prefixes of the live
+    and the sandbox network; ``tag``: the live network's directory under data/logs."""
     timeline = Timeline()
     calibrated = CalibratedPredictor(predictor, correction)
     current = state.link_arrays["weight"].copy()
-    with timeline.phase("live network up"), EmulatedNetwork(state, tag="live", metrics_port=metrics_port) as live:
+    with timeline.phase("live network up"), EmulatedNetwork(state, prefixes[0], tag=tag, metrics_port=metrics_port) as live:
         log(f"live network: {len(state.nodes)} switches, {len(state.flows)} flows; metrics {live.metrics_url}")
         with timeline.phase("measure before"):
             started = time.time()
@@ -179,7 +181,8 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
             from telemetry.store import TelemetryStore
 
             store = TelemetryStore(live.store_path)
-            rates = traffic_matrix(store.traffic_matrices(started, ended), started + settings.warmup, ended)
+            window = (started + START_LEAD_S + settings.warmup + 1.0, ended - DRAIN_S)
+            rates = traffic_matrix(store.traffic_matrices(started, ended), *window)
             store.close()
             estimated = estimated_state(state, rates)
         with timeline.phase("optimize"):
@@ -189,7 +192,7 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
             f"{len(candidates)} distinct routings to validate")
         with timeline.phase("validate"):
             validations = validate(estimated, [current] + candidates, predictor, correction, settings.validate_s,
-                                   settings.warmup, settings.seed)
+                                   settings.warmup, settings.seed, tag=f"{tag}-sandbox", prefix=prefixes[1])
         means = [v.mean_measured(estimated) for v in validations]
         winner = choose(means, settings.margin)
         log("validated (mean ms, current first): " + ", ".join(f"{1e3 * m:.3f}" for m in means) + f"; winner {winner}")

@@ -90,14 +90,15 @@ def free_port() -> int:
 class EmulatedNetwork:
     """``state`` running in Mininet under ``ndt controller``; use as a context manager.
 
-    ``store``: the controller's telemetry store file; ``metrics_port``: its Prometheus endpoint
+    ``prefix``: names switches ``{prefix}s1``… and hosts ``{prefix}h1``…; ``tag``: its directory under
+    data/logs; ``store``: the controller's telemetry store file; ``metrics_port``: its Prometheus endpoint
     (0 = any free port). Routes start from the state's weights.
     """
 
-    def __init__(self, state: NetworkState, switch_prefix: str = "ls", host_prefix: str = "lh",
-                 store: Path | None = None, metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0):
+    def __init__(self, state: NetworkState, prefix: str = "l", store: Path | None = None, metrics_port: int = 0,
+                 tag: str = "emu", poll_interval: float = 1.0):
         self.state = state
-        self.names = Names(state.nodes, switch_prefix, host_prefix)
+        self.names = Names(state.nodes, f"{prefix}s", f"{prefix}h")
         self.tag = tag
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.workdir = LOG_DIR / tag

@@ -55,13 +55,13 @@ class Validation:
 
 def validate(state: NetworkState, candidates: list[np.ndarray], predictor, correction: Correction = Correction(),
              duration: float = 10.0, warmup: float = 2.0, seed: int = 0, tag: str = "sandbox",
-             net: EmulatedNetwork | None = None) -> list[Validation]:
+             prefix: str = "v", net: EmulatedNetwork | None = None) -> list[Validation]:
     """Measure each candidate weight vector (one weight per link of ``state``) in a sandbox network
     (brought up here unless ``net`` is given) with the same traffic; same order as ``candidates``."""
     routed = [state.with_weights(w) for w in candidates]
     predicted = predictor.predict_delays(routed)
     if net is None:
-        with EmulatedNetwork(state, switch_prefix="vs", host_prefix="vh", tag=tag) as sandbox:
+        with EmulatedNetwork(state, prefix=prefix, tag=tag) as sandbox:
             return _measure(sandbox, state, candidates, routed, predicted, correction, duration, warmup, seed)
     return _measure(net, state, candidates, routed, predicted, correction, duration, warmup, seed)
 

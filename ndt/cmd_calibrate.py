@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                                                 for _ in range(args.routings - 1)]
     started = time.monotonic()
     samples = []  # (load, state, raw prediction, measured)
-    with EmulatedNetwork(base, switch_prefix="cs", host_prefix="ch", tag="calibrate") as net:
+    with EmulatedNetwork(base, prefix="c", tag="calibrate") as net:
         for load in loads:
             state = base.scaled(load)
             for v in validate(state, weight_sets, predictor, duration=args.duration, seed=args.seed, net=net):
