@@ -220,7 +220,7 @@ def _report(state, before, final, outcome, validations: list[Validation], estima
         "topology": state.name, "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows),
         "measured": {"before": before.mean_delay(state), "after": final.mean_delay(state)},
         "improvement": 1.0 - final.mean_delay(state) / before.mean_delay(state),
-        "twin_vs_emulation_mape": mape(expected, final.delay),
+        "twin_vs_emulation_mape": mape(expected, final.reliable_delay()),
         "loop_s": loop_s,
         "pushed": bool(winner), "rolled_back": outcome["rolled_back"],
         "pushed_weights": [float(w) for w in validations[winner].weights] if winner else None,

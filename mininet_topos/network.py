@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOG_DIR = REPO / "data" / "logs"
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 MTU_BYTES = 1514  # HTB burst: one full Ethernet frame
+OVS_RT_PRIORITY = 5  # below the traffic generator's (10)
 
 
 class EmulationError(NdtError, RuntimeError):
@@ -81,6 +82,32 @@ def ensure_open_vswitch() -> None:
         subprocess.run([OVS_CTL, "start", "--system-id=random"], check=True, capture_output=True)
 
 
+def ovs_threads() -> list[int]:
+    """Thread ids of the running ovs-vswitchd."""
+    pid = Path("/var/run/openvswitch/ovs-vswitchd.pid").read_text().strip()
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def make_ovs_realtime() -> bool:
+    """Run ovs-vswitchd's threads SCHED_FIFO (priority OVS_RT_PRIORITY) unless they already are; True
+    if this call changed them (its caller then restores them with :func:`restore_ovs`)."""
+    threads = ovs_threads()
+    if all(os.sched_getscheduler(t) == os.SCHED_FIFO for t in threads):
+        return False
+    for t in threads:
+        os.sched_setscheduler(t, os.SCHED_FIFO, os.sched_param(OVS_RT_PRIORITY))
+    return True
+
+
+def restore_ovs() -> None:
+    """ovs-vswitchd's threads back to the normal time-sharing policy (their nice value is kept)."""
+    for t in ovs_threads():
+        try:
+            os.sched_setscheduler(t, os.SCHED_OTHER, os.sched_param(0))
+        except ProcessLookupError:
+            continue
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,11 +119,13 @@ class EmulatedNetwork:
 
     ``prefix``: names switches ``{prefix}s1``… and hosts ``{prefix}h1``…; ``tag``: its directory under
     data/logs; ``store``: the controller's telemetry store file; ``metrics_port``: its Prometheus endpoint
-    (0 = any free port). Routes start from the state's weights.
+    (0 = any free port). Routes start from the state's weights. ``realtime_ovs``: while the network
+    runs, ovs-vswitchd is SCHED_FIFO (restored after), because on a machine busy with other jobs its
+    forwarding otherwise stalls for tens of ms now and then (docs/emulation.md).
     """
 
     def __init__(self, state: NetworkState, prefix: str = "l", store: Path | None = None, metrics_port: int = 0,
-                 tag: str = "emu", poll_interval: float = 1.0):
+                 tag: str = "emu", poll_interval: float = 1.0, realtime_ovs: bool = True):
         self.state = state
         self.names = Names(state.nodes, f"{prefix}s", f"{prefix}h")
         self.tag = tag
@@ -107,6 +136,8 @@ class EmulatedNetwork:
         self.metrics_port = metrics_port or free_port()
         self.ofp_port, self.grpc_port = free_port(), free_port()
         self.poll_interval = poll_interval
+        self.realtime_ovs = realtime_ovs
+        self._restore_ovs = False
         self.net = None
         self.controller = None
         self._channel = None
@@ -130,6 +161,8 @@ class EmulatedNetwork:
         from mininet.node import OVSSwitch, RemoteController
 
         ensure_open_vswitch()
+        if self.realtime_ovs:
+            self._restore_ovs = make_ovs_realtime()
         setLogLevel("error")
         self._remove_leftovers()
         topo = self._topo()
@@ -164,6 +197,9 @@ class EmulatedNetwork:
                     self.controller.kill()
                 self.controller = None
             self._remove_leftovers()
+            if self._restore_ovs:
+                restore_ovs()
+                self._restore_ovs = False
 
     def _topo(self):
         from mininet.topo import Topo

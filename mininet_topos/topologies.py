@@ -18,7 +18,7 @@ from twin.topologies import from_graph, load_topology, powerlaw_graph
 from twin.traffic import scale_to_utilization
 
 SYNTHETIC = ("line", "ring", "grid", "powerlaw")
-EMU_CAPACITY = 4e6  # bit/s per link
+EMU_CAPACITY = 2e6  # bit/s per link (docs/emulation.md: well inside what the machine emulates faithfully)
 EMU_BUFFER = 32  # packets
 EMU_PACKET = 8000.0  # bits on the wire (1000-byte Ethernet frames)
 

@@ -47,7 +47,7 @@ class Validation:
                           "expected": float(self.expected[i]), "predicted": float(self.predicted[i]),
                           "loss": float(self.measured.loss[i]) if np.isfinite(self.measured.loss[i]) else None})
         return {"weights": [float(w) for w in self.weights], "mean_measured": self.mean_measured(state),
-                "mean_expected": self.mean_expected(state), "mape": mape(self.expected, self.measured.delay),
+                "mean_expected": self.mean_expected(state), "mape": mape(self.expected, self.measured.reliable_delay()),
                 "route_version": self.route_version, "wall_s": self.wall_s,
                 "sender_late_p99": self.measured.sender_late_p99, "cpu_busy": self.measured.cpu_busy,
                 "load_average": self.measured.load_average, "paths": paths}

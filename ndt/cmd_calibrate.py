@@ -72,16 +72,16 @@ def run(args: argparse.Namespace) -> int:
             state = base.scaled(load)
             for v in validate(state, weight_sets, predictor, duration=args.duration, seed=args.seed, net=net):
                 samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
-    fit_samples = [(s, p, m.delay) for _, s, p, m in samples]
+    fit_samples = [(s, p, m.reliable_delay()) for _, s, p, m in samples]
     correction = cal.fit(fit_samples)
     raw = [cal.mape(p, m) for s, p, m in fit_samples]
     structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in fit_samples]
     after = [cal.mape(cal.emulated_delays(s, p, correction), m) for s, p, m in fit_samples]
     held_out = []
     for load in loads:
-        train = [(s, p, m.delay) for l, s, p, m in samples if l != load] or fit_samples
+        train = [(s, p, m.reliable_delay()) for l, s, p, m in samples if l != load] or fit_samples
         corr = cal.fit(train)
-        held_out += [cal.mape(cal.emulated_delays(s, p, corr), m.delay) for l, s, p, m in samples if l == load]
+        held_out += [cal.mape(cal.emulated_delays(s, p, corr), m.reliable_delay()) for l, s, p, m in samples if l == load]
     rows = [{"load": l, "mean_measured_ms": 1e3 * m.mean_delay(s), "raw_mape": r, "structural_mape": st,
              "after_mape": a, "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy,
              "load_average": m.load_average}

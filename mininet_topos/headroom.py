@@ -1,0 +1,48 @@
+"""How much traffic the machine emulates faithfully: ``python -m mininet_topos.headroom`` (root).
+
+The same topology and busiest-link load are played at growing link capacities, so the packet rate
+grows while the queueing, measured in service times (frame / capacity), should stay the same.
+For each rate it prints JSON lines: packets/s offered, packet-hops/s through OVS, the CPU busy
+fraction and 1-min load average (other people's jobs included), the generator's 99th-percentile
+lateness, the overall loss, and the traffic-weighted mean delay in service times. Where lateness
+grows past a service time, or the normalised delay departs from the low-rate runs, CPU saturation
+is distorting the delays.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from mininet_topos.network import EmulatedNetwork
+from mininet_topos.topologies import EMU_PACKET, emulation_state
+from mininet_topos.traffic import play
+
+
+def scan(source: str, load: float, capacities: list[float], duration: float) -> list[dict]:
+    rows = []
+    for capacity in capacities:
+        state = emulation_state(source, load, capacity=capacity)
+        with EmulatedNetwork(state, prefix="c", tag="headroom") as net:
+            m = play(net, state, duration)
+        service = EMU_PACKET / capacity
+        sent = np.array([f.rate for f in state.flows]) / EMU_PACKET
+        rows.append({
+            "capacity_bps": capacity, "packets_per_s": float(sent.sum()),
+            "packet_hops_per_s": float(state.link_loads().sum() / EMU_PACKET),
+            "cpu_busy": m.cpu_busy, "load_average": m.load_average, "sender_late_p99_s": m.sender_late_p99,
+            "late_p99_in_service_times": m.sender_late_p99 / service,
+            "loss": float(np.nansum(m.loss * sent) / sent.sum()),
+            "mean_delay_s": m.mean_delay(state), "mean_delay_in_service_times": m.mean_delay(state) / service,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    scan(args[0] if args else "sndlib/abilene", float(args[1]) if len(args) > 1 else 0.7,
+         [float(c) for c in (args[2] if len(args) > 2 else "1e6,2e6,4e6,8e6,16e6").split(",")],
+         float(args[3]) if len(args) > 3 else 12.0)
