@@ -23,7 +23,8 @@ from scipy.optimize import nnls
 from ndt.errors import NdtError
 from twin.state import NetworkState
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "data" / "calibration.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "data" / "calibration.json"  # written by ndt calibrate
+SHIPPED_PATH = Path(__file__).resolve().with_name("calibration.json")  # fitted on this machine (docs/emulation.md)
 
 
 class CalibrationError(NdtError, ValueError):

@@ -13,6 +13,7 @@ Decisions (traffic-matrix averaging, candidate choice, push and rollback rules) 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
     timeline = Timeline()
     calibrated = CalibratedPredictor(predictor, correction)
     current = state.link_arrays["weight"].copy()
-    with timeline.phase("live network up"), EmulatedNetwork(state, prefixes[0], tag=tag, metrics_port=metrics_port) as live:
+    with ExitStack() as stack:
+        with timeline.phase("live network up"):
+            live = stack.enter_context(EmulatedNetwork(state, prefixes[0], tag=tag, metrics_port=metrics_port))
         log(f"live network: {len(state.nodes)} switches, {len(state.flows)} flows; metrics {live.metrics_url}")
         with timeline.phase("measure before"):
             started = time.time()

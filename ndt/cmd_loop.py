@@ -21,7 +21,8 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> No
     p.add_argument("--candidates", type=int, default=2, help="routings validated besides the current one (default: 2)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
-                   help="correction from 'ndt calibrate' (default: data/calibration.json, else uncorrected)")
+                   help="correction from 'ndt calibrate' (default: data/calibration.json, else the one shipped in "
+                        "mininet_topos/calibration.json)")
     p.add_argument("--metrics-port", type=int, default=9108, help="the live controller's Prometheus port (default: 9108)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
     p.add_argument("--seed", type=int, default=0)
@@ -58,11 +59,8 @@ def execute(args: argparse.Namespace, log) -> dict:
             raise NdtError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
     if args.candidates < 1:
         raise NdtError(f"--candidates must be >= 1, got {args.candidates}")
-    path = args.calibration or cal.DEFAULT_PATH
-    if args.calibration is None and not path.exists():
-        correction, info = cal.Correction(), {"note": "no calibration: run 'ndt calibrate'"}
-    else:
-        correction, info = cal.load(path)
+    path = args.calibration or (cal.DEFAULT_PATH if cal.DEFAULT_PATH.exists() else cal.SHIPPED_PATH)
+    correction, info = cal.load(path)
     model = args.model or PREDICTORS[-1]
     state = emulation_state(args.topology, args.load, seed=args.seed)
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, candidates=args.candidates,

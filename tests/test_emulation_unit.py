@@ -1,0 +1,97 @@
+"""The emulation's pure parts, without Mininet: traffic plans, per-flow statistics, the delay model and
+its fit, the loop's decisions, the tc commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mininet_topos.calibration import Correction, emulated_delays, fit, mape, path_components
+from mininet_topos.loop import choose, estimated_state, should_roll_back, traffic_matrix
+from mininet_topos.network import EmulationError, shaping_commands
+from mininet_topos.topologies import TopologyError, emulation_state
+from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, flow_stats, plan_packets
+from telemetry.store import PairValue
+from twin.state import Flow, Link, NetworkState
+
+
+def line(flows) -> NetworkState:
+    links = (Link("a", "b", capacity=2e6), Link("b", "a", capacity=2e6), Link("b", "c", capacity=2e6),
+             Link("c", "b", capacity=2e6))
+    return NetworkState(nodes=("a", "b", "c"), links=links, flows=tuple(flows))
+
+
+def test_plans_follow_rates_time_and_size_models():
+    state = line([Flow("a", "c", rate=1e6, time_dist="poisson"), Flow("a", "b", rate=0.4e6, time_dist="cbr"),
+                  Flow("c", "a", rate=0.8e6, time_dist="onoff", on_time=0.05, off_time=0.05, size_dist="binomial",
+                       packet_sizes=(2400.0, 12000.0))])
+    plans = plan_packets(state, duration=200.0, seed=1)
+    assert set(plans) == {1, 3}
+    a = plans[1]
+    assert np.all(np.diff(a["t"]) >= 0) and a["t"].max() < 200.0
+    poisson, cbr = a["flow"] == 0, a["flow"] == 1
+    assert poisson.sum() / 200.0 == pytest.approx(1e6 / 8000, rel=0.03)
+    assert np.ptp(np.diff(a["t"][cbr])) < 1e-9 and cbr.sum() == pytest.approx(0.4e6 / 8000 * 200, abs=1)
+    assert np.all(a["size"] == 1000 - FRAME_OVERHEAD_BYTES) and np.all(a["dst"][poisson] == 3)
+    c = plans[3]
+    frames = c["size"] + FRAME_OVERHEAD_BYTES
+    assert set(np.unique(frames)) == {300, 1500}
+    assert np.sum(frames * 8) / 200.0 == pytest.approx(0.8e6, rel=0.1)
+    assert np.array_equal(np.sort(c["seq"]), np.arange(len(c["seq"])))
+
+
+def test_flow_stats_count_only_the_window_and_the_losses():
+    start = 1000.0
+    rows = np.array([[0, 0, start + 0.5, start + 0.6],  # warm-up: ignored
+                     [0, 1, start + 2.0, start + 2.010], [0, 2, start + 3.0, start + 3.030],
+                     [1, 0, start + 2.5, start + 2.501]])
+    stats = flow_stats(rows, planned=np.array([4, 1, 2]), start=start, warmup=1.0, n_flows=3)
+    assert stats["delay"][0] == pytest.approx(0.020) and stats["jitter"][0] == pytest.approx(1e-4)
+    assert stats["loss"][0] == pytest.approx(0.5) and stats["loss"][1] == 0.0
+    assert stats["received"].tolist() == [2, 1, 0] and np.isnan(stats["delay"][2]) and stats["loss"][2] == 1.0
+
+
+def test_delay_model_drops_transmission_and_propagation_and_fit_recovers_a_known_correction():
+    state = line([Flow("a", "c", rate=1e6), Flow("a", "b", rate=0.5e6), Flow("c", "b", rate=0.2e6)])
+    fixed = np.array([2 * 8000 / 2e6, 8000 / 2e6, 8000 / 2e6])
+    queueing = np.array([0.010, 0.004, 0.001])
+    queue, switches = path_components(state, fixed + queueing)
+    assert queue == pytest.approx(queueing) and switches.tolist() == [3, 2, 2]
+    truth = Correction(queue_scale=0.3, per_hop_s=150e-6, base_s=200e-6)
+    samples = []
+    for scale in (0.5, 1.0, 2.0):
+        predicted = fixed + scale * queueing
+        samples.append((state, predicted, emulated_delays(state, predicted, truth)))
+    fitted = fit(samples)
+    assert fitted.queue_scale == pytest.approx(0.3, rel=1e-6) and fitted.per_hop_s == pytest.approx(150e-6, rel=1e-6)
+    assert mape(emulated_delays(state, samples[0][1], fitted), samples[0][2]) < 1e-9
+
+
+def test_loop_decisions():
+    assert choose([5.0, 4.9, 6.0], margin=0.05) == 0, "2 % better is within the margin: keep the routing"
+    assert choose([5.0, 3.0, 2.0], margin=0.05) == 2
+    assert choose([5.0, float("nan"), 4.0], margin=0.05) == 2
+    assert should_roll_back(before=2.0, after=2.2, tolerance=0.05)
+    assert not should_roll_back(before=2.0, after=2.05, tolerance=0.05)
+    samples = [PairValue(10.0, "a", "c", 0.0), PairValue(11.0, "a", "c", 1e6), PairValue(12.0, "a", "c", 3e6),
+               PairValue(30.0, "a", "c", 9e9), PairValue(11.0, "c", "a", 5e5)]
+    rates = traffic_matrix(samples, 10.0, 20.0)
+    assert rates == {("a", "c"): 2e6, ("c", "a"): 5e5}
+    state = estimated_state(line([]), rates)
+    assert [(f.src, f.dst, f.rate, f.packet_size) for f in state.flows] == [("a", "c", 2e6, 8000.0), ("c", "a", 5e5, 8000.0)]
+    with pytest.raises(EmulationError, match="no traffic matrix"):
+        estimated_state(line([]), {})
+
+
+def test_shaping_and_states():
+    cmds = shaping_commands("ls1-eth2", 2e6, 32)
+    assert cmds[0] == "qdisc replace dev ls1-eth2 root handle 1: htb default 1"
+    assert "rate 2000000bit ceil 2000000bit burst 1514b cburst 1514b" in cmds[1]
+    assert cmds[2].endswith("pfifo limit 32")
+    ring = emulation_state("ring:5", 0.8)
+    assert len(ring.nodes) == 5 and len(ring.flows) == 20 and ring.utilization().max() == pytest.approx(0.8)
+    assert {lk.capacity for lk in ring.links} == {2e6}
+    with pytest.raises(TopologyError, match="grid: 5 switches"):
+        emulation_state("grid:5", 0.5)
+    with pytest.raises(TopologyError, match="ring:x"):
+        emulation_state("ring:x", 0.5)
