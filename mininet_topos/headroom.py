@@ -1,4 +1,7 @@
-"""How much traffic the machine emulates faithfully: ``python -m mininet_topos.headroom`` (root).
+"""How much traffic the machine emulates faithfully, and how well a measurement repeats (root).
+
+``python -m mininet_topos.headroom scan [SOURCE LOAD CAPACITIES DURATION]`` and
+``python -m mininet_topos.headroom repeat [SOURCE LOAD DURATIONS]``.
 
 The same topology and busiest-link load are played at growing link capacities, so the packet rate
 grows while the queueing, measured in service times (frame / capacity), should stay the same.
@@ -6,7 +9,8 @@ For each rate it prints JSON lines: packets/s offered, packet-hops/s through OVS
 fraction and 1-min load average (other people's jobs included), the generator's 99th-percentile
 lateness, the overall loss, and the traffic-weighted mean delay in service times. Where lateness
 grows past a service time, or the normalised delay departs from the low-rate runs, CPU saturation
-is distorting the delays.
+is distorting the delays. ``repeat`` plays one state twice per window length (different Poisson
+seeds) and prints the MAPE between the two measurements: the floor any model's error meets.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 
 import numpy as np
 
+from mininet_topos.calibration import mape
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.topologies import EMU_PACKET, emulation_state
 from mininet_topos.traffic import play
@@ -41,8 +46,26 @@ def scan(source: str, load: float, capacities: list[float], duration: float) -> 
     return rows
 
 
+def repeat(source: str, load: float, durations: list[float]) -> list[dict]:
+    state = emulation_state(source, load)
+    rows = []
+    with EmulatedNetwork(state, prefix="c", tag="repeat") as net:
+        for duration in durations:
+            a, b = play(net, state, duration, seed=1), play(net, state, duration, seed=2)
+            rows.append({"duration_s": duration, "mape_a_vs_b": mape(a.reliable_delay(), b.reliable_delay()),
+                         "flows": int(np.isfinite(a.reliable_delay()).sum()), "mean_delay_s": [a.mean_delay(state),
+                         b.mean_delay(state)], "load_average": [a.load_average, b.load_average]})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    scan(args[0] if args else "sndlib/abilene", float(args[1]) if len(args) > 1 else 0.7,
-         [float(c) for c in (args[2] if len(args) > 2 else "1e6,2e6,4e6,8e6,16e6").split(",")],
-         float(args[3]) if len(args) > 3 else 12.0)
+    mode, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("scan", [])
+    source = args[0] if args else "sndlib/abilene"
+    if mode == "repeat":
+        repeat(source, float(args[1]) if len(args) > 1 else 0.9,
+               [float(d) for d in (args[2] if len(args) > 2 else "12,36").split(",")])
+    else:
+        scan(source, float(args[1]) if len(args) > 1 else 0.7,
+             [float(c) for c in (args[2] if len(args) > 2 else "1e6,2e6,4e6,8e6,16e6").split(",")],
+             float(args[3]) if len(args) > 3 else 12.0)

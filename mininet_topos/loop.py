@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mininet_topos.calibration import CalibratedPredictor, Correction, emulated_delays, mape
+from mininet_topos.calibration import (
+    CalibratedPredictor,
+    Correction,
+    emulated_delays,
+    mape,
+)
 from mininet_topos.network import REPO, EmulatedNetwork, EmulationError
 from mininet_topos.topologies import EMU_PACKET
 from mininet_topos.traffic import DRAIN_S, START_LEAD_S, Measurement, play
@@ -146,15 +151,14 @@ def measure(net: EmulatedNetwork, state: NetworkState, settings: LoopSettings, s
 def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, new: np.ndarray,
                     before: Measurement, settings: LoopSettings, timeline: Timeline, seed: int) -> dict:
     """Push ``new`` weights, measure; roll back to ``old`` if delay got worse. Returns what happened."""
-    weights = lambda w: {(lk.src, lk.dst): float(x) for lk, x in zip(state.links, w)}
     with timeline.phase("push"):
-        net.apply(weights(new), who="ndt loop: validated winner")
+        net.apply_vector(new, who="ndt loop: validated winner")
     with timeline.phase("measure after"):
         after = measure(net, state.with_weights(new), settings, seed, "after")
     out = {"after": after, "rolled_back": False, "final_weights": new}
     if should_roll_back(before.mean_delay(state), after.mean_delay(state), settings.rollback_tolerance):
         with timeline.phase("rollback"):
-            net.apply(weights(old), who="ndt loop: rollback")
+            net.apply_vector(old, who="ndt loop: rollback")
         with timeline.phase("measure after rollback"):
             out["after_rollback"] = measure(net, state.with_weights(old), settings, seed + 1, "after-rollback")
         out.update(rolled_back=True, final_weights=old)

@@ -144,7 +144,7 @@ class EmulatedNetwork:
         self.stub = None
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "EmulatedNetwork":
+    def __enter__(self) -> EmulatedNetwork:
         try:
             self.start()
         except BaseException:
@@ -320,6 +320,10 @@ class EmulatedNetwork:
 
         return self.stub.GetStatus(pb.Empty(), timeout=10)
 
+    def apply_vector(self, weights, who: str) -> int:
+        """Push one weight per link of the state, in link order; returns the route version installed."""
+        return self.apply({(lk.src, lk.dst): float(w) for lk, w in zip(self.state.links, weights)}, who)
+
     def apply(self, weights: dict[tuple[str, str], float], who: str) -> int:
         """Push OSPF weights through gRPC Apply; returns the route version installed."""
         from controller.api.server import pb
@@ -339,12 +343,6 @@ class EmulatedNetwork:
 
         paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v)) for (s, d), v in delays.items()]
         return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source), timeout=10)
-
-    def predict_running(self, model: str = ""):
-        """Ask the controller to predict the running network (records the predictions in its store)."""
-        from controller.api.server import pb
-
-        return self.stub.Predict(pb.PredictRequest(model=model), timeout=60)
 
     def host(self, node: str):
         return self.net.get(self.names.host_of(node))

@@ -67,7 +67,7 @@ def receive(port: int, until: float, out_path: str) -> None:
         sock.settimeout(left)
         try:
             data, ancillary, _flags, _addr = sock.recvmsg(2048, 64)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             break
         received = time.time()
         for level, kind, value in ancillary:

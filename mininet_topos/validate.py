@@ -53,11 +53,12 @@ class Validation:
                 "load_average": self.measured.load_average, "paths": paths}
 
 
-def validate(state: NetworkState, candidates: list[np.ndarray], predictor, correction: Correction = Correction(),
+def validate(state: NetworkState, candidates: list[np.ndarray], predictor, correction: Correction | None = None,
              duration: float = 10.0, warmup: float = 2.0, seed: int = 0, tag: str = "sandbox",
              prefix: str = "v", net: EmulatedNetwork | None = None) -> list[Validation]:
     """Measure each candidate weight vector (one weight per link of ``state``) in a sandbox network
     (brought up here unless ``net`` is given) with the same traffic; same order as ``candidates``."""
+    correction = correction or Correction()
     routed = [state.with_weights(w) for w in candidates]
     predicted = predictor.predict_delays(routed)
     if net is None:
@@ -70,7 +71,7 @@ def _measure(net, state, candidates, routed, predicted, correction, duration, wa
     out = []
     for weights, candidate, delays in zip(candidates, routed, predicted):
         started = time.monotonic()
-        version = net.apply({(lk.src, lk.dst): float(w) for lk, w in zip(state.links, weights)}, who=f"{net.tag}: candidate")
+        version = net.apply_vector(weights, who=f"{net.tag}: candidate")
         measured = play(net, candidate, duration, warmup, seed)
         out.append(Validation(weights=np.asarray(weights, dtype=float), predicted=np.asarray(delays),
                               expected=emulated_delays(candidate, delays, correction), measured=measured,

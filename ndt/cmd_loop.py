@@ -8,6 +8,10 @@ from pathlib import Path
 from ndt.errors import NdtError
 
 
+class OptionError(NdtError, ValueError):
+    """An option of ndt loop, demo or calibrate is out of range; the message names the option."""
+
+
 def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> None:
     """Options shared by ``ndt loop`` and ``ndt demo``."""
     p.add_argument("--topology", default="sndlib/abilene",
@@ -53,12 +57,12 @@ def execute(args: argparse.Namespace, log) -> dict:
     from twin.predictors import PREDICTORS, get_predictor
 
     if not 0 < args.load < 2:
-        raise NdtError(f"--load must lie in (0, 2), got {args.load}")
+        raise OptionError(f"--load must lie in (0, 2), got {args.load}")
     for flag, value in (("--duration", args.duration), ("--validate-s", args.validate_s)):
         if not value > 3:
-            raise NdtError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
+            raise OptionError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
     if args.candidates < 1:
-        raise NdtError(f"--candidates must be >= 1, got {args.candidates}")
+        raise OptionError(f"--candidates must be >= 1, got {args.candidates}")
     path = args.calibration or (cal.DEFAULT_PATH if cal.DEFAULT_PATH.exists() else cal.SHIPPED_PATH)
     correction, info = cal.load(path)
     model = args.model or PREDICTORS[-1]

@@ -8,13 +8,20 @@ the lowest index) send both over 1→2 (120 % load, a full queue), while 1→3 v
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
 import pytest
 
 from mininet_topos.calibration import Correction
-from mininet_topos.loop import LoopSettings, Timeline, measure, push_and_verify, run_loop
+from mininet_topos.loop import (
+    LoopSettings,
+    Timeline,
+    measure,
+    push_and_verify,
+    run_loop,
+)
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.traffic import play
 from optimizer.intent import Intent
@@ -71,8 +78,6 @@ def test_loop_pushes_the_routing_it_validated(tmp_path):
     config = sqlite3.connect(f"file:{report['store']}?mode=ro", uri=True).execute(
         "SELECT who, payload FROM config WHERE who LIKE 'ndt loop%' ORDER BY id DESC LIMIT 1").fetchone()
     assert config[0] == "ndt loop: validated winner"
-    import json
-
     pushed = json.loads(config[1])
     assert [pushed[f"{lk.src}->{lk.dst}"] for lk in state.links] == report["pushed_weights"]
     assert report["measured"]["after"] < 0.5 * report["measured"]["before"]
@@ -80,14 +85,13 @@ def test_loop_pushes_the_routing_it_validated(tmp_path):
 
 
 def test_worse_routing_after_a_push_is_rolled_back():
-    good = square(rate=0.6e6)
-    good = good.with_weights([1, 1, 1, 1, 1, 1, 1, 1])
-    links = {(lk.src, lk.dst): i for i, lk in enumerate(good.links)}
-    bad = np.ones(len(good.links))
-    bad[links[("s1", "s4")]] = 10.0  # 1->4 disabled in effect: traffic of 1->3 stays on 1->2 ...
-    heavy = good.with_flows(list(good.flows) + [Flow("s1", "s4", rate=1.0e6, packet_size=FRAME)])
-    # ... and 1->4 goes round 1-2-3-4, so link 1->2 carries 0.6 + 0.6 + 1.0 Mbit/s on 2 Mbit/s.
+    """Flows 1->2, 1->3 (0.6 Mbit/s) and 1->4 (1 Mbit/s): unit weights load link 1->2 to 60 %; a heavy
+    weight on 1->4 sends 1->4 round 1-2-3-4, so 1->2 carries 2.2 Mbit/s on 2 Mbit/s."""
+    light = square(rate=0.6e6)
+    heavy = light.with_flows(list(light.flows) + [Flow("s1", "s4", rate=1.0e6, packet_size=FRAME)])
     old = heavy.link_arrays["weight"].copy()
+    bad = old.copy()
+    bad[heavy.link_index[("s1", "s4")]] = 10.0
     settings = LoopSettings(duration=6.0)
     with EmulatedNetwork(heavy, prefix="t", tag="test-rollback") as net:
         before = measure(net, heavy, settings, 0, "before")

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mininet_topos.calibration import Correction, emulated_delays, fit, mape, path_components
+from mininet_topos.calibration import (
+    Correction,
+    emulated_delays,
+    fit,
+    mape,
+    path_components,
+)
 from mininet_topos.loop import choose, estimated_state, should_roll_back, traffic_matrix
 from mininet_topos.network import EmulationError, shaping_commands
 from mininet_topos.topologies import TopologyError, emulation_state
