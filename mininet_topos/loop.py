@@ -4,7 +4,8 @@ live Mininet network under load with the ndt controller → telemetry (the contr
 matrix) → NES + twin (calibrated to the emulation) proposes weights → the top candidates and the
 current routing validated in a sandbox network → the winner pushed with gRPC Apply only if its
 measured delay beats the current routing's → delays measured after, reported to the controller
-(store, Prometheus) → rolled back if worse than before.
+(store, Prometheus) → rolled back if worse than before. With traffic shifts the loop runs again on
+the same live network, re-optimizing only when the measured traffic matrix moved.
 
 Decisions (traffic-matrix averaging, candidate choice, push and rollback rules) are pure functions;
 ``run_loop`` does the I/O. Delays in s, rates in bit/s.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from mininet_topos.calibration import (
 from mininet_topos.network import REPO, EmulatedNetwork, EmulationError
 from mininet_topos.topologies import EMU_PACKET
 from mininet_topos.traffic import DRAIN_S, START_LEAD_S, Measurement, play
-from mininet_topos.validate import Validation, validate
+from mininet_topos.validate import validate
 from optimizer.intent import Intent
 from optimizer.objective import mean_delay
 from optimizer.search import optimize
@@ -128,6 +129,22 @@ def top_candidates(state: NetworkState, intent: Intent, predictor, k: int, seed:
     return out, result
 
 
+def traffic_shifted(old: dict, new: dict, threshold: float = 0.15) -> bool:
+    """True when the traffic matrix moved: Σ|new − old| over pairs > ``threshold`` × Σ old (bit/s)."""
+    pairs = set(old) | set(new)
+    moved = sum(abs(new.get(p, 0.0) - old.get(p, 0.0)) for p in pairs)
+    return moved > threshold * max(sum(old.values()), 1e-12)
+
+
+def shift_traffic(state: NetworkState, destination: str, factor: float) -> NetworkState:
+    """The traffic shifted towards ``destination``: every flow to it multiplied by ``factor``."""
+    if destination not in state.node_index:
+        raise EmulationError(f"traffic shift: node {destination!r} is not in the topology")
+    if not factor > 0:
+        raise EmulationError(f"traffic shift towards {destination}: factor must be positive, got {factor}")
+    return state.with_flows(replace(f, rate=f.rate * factor) if f.dst == destination else f for f in state.flows)
+
+
 def choose(means: list[float], margin: float) -> int:
     """Index of the routing to run: the measured best of ``means`` (index 0 = the current routing)
     if it beats the current one by more than ``margin`` (relative), else 0."""
@@ -149,17 +166,19 @@ def measure(net: EmulatedNetwork, state: NetworkState, settings: LoopSettings, s
 
 
 def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, new: np.ndarray,
-                    before: Measurement, settings: LoopSettings, timeline: Timeline, seed: int) -> dict:
-    """Push ``new`` weights, measure; roll back to ``old`` if delay got worse. Returns what happened."""
-    with timeline.phase("push"):
+                    before: Measurement, settings: LoopSettings, timeline: Timeline, seed: int,
+                    name=lambda phase: phase) -> dict:
+    """Push ``new`` weights, measure; roll back to ``old`` if delay got worse. Returns what happened
+    (``pushed_at``: monotonic time the new flow rules were installed)."""
+    with timeline.phase(name("push")):
         net.apply_vector(new, who="ndt loop: validated winner")
-    with timeline.phase("measure after"):
-        after = measure(net, state.with_weights(new), settings, seed, "after")
-    out = {"after": after, "rolled_back": False, "final_weights": new}
+    out = {"pushed_at": time.monotonic(), "rolled_back": False, "final_weights": new}
+    with timeline.phase(name("measure after")):
+        out["after"] = after = measure(net, state.with_weights(new), settings, seed, "after")
     if should_roll_back(before.mean_delay(state), after.mean_delay(state), settings.rollback_tolerance):
-        with timeline.phase("rollback"):
+        with timeline.phase(name("rollback")):
             net.apply_vector(old, who="ndt loop: rollback")
-        with timeline.phase("measure after rollback"):
+        with timeline.phase(name("measure after rollback")):
             out["after_rollback"] = measure(net, state.with_weights(old), settings, seed + 1, "after-rollback")
         out.update(rolled_back=True, final_weights=old)
     return out
@@ -167,77 +186,118 @@ def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, 
 
 def run_loop(state: NetworkState, predictor, correction: Correction, settings: LoopSettings,
              out_dir: Path = DEFAULT_OUT, metrics_port: int = 0, log=print, prefixes: tuple[str, str] = ("l", "v"),
-             tag: str = "live") -> dict:
-    """One iteration of the loop on ``state`` (topology, its traffic, initial weights). Returns the
-    report (also written as JSON + PNG in ``out_dir``). ``prefixes``: Mininet name prefixes of the live
-    and the sandbox network; ``tag``: the live network's directory under data/logs."""
+             tag: str = "live", shifts: tuple[NetworkState, ...] = ()) -> dict:
+    """The loop on ``state`` (topology, its traffic, initial weights), then once more for each state
+    in ``shifts`` (the same topology with shifted traffic), re-optimizing only when the measured
+    traffic matrix moved. Returns the report of the first iteration with every iteration's summary
+    (also written as JSON + PNG in ``out_dir``). ``prefixes``: Mininet name prefixes of the live and
+    the sandbox network; ``tag``: the live network's directory under data/logs."""
     timeline = Timeline()
-    calibrated = CalibratedPredictor(predictor, correction)
     current = state.link_arrays["weight"].copy()
+    iterations = []
     with ExitStack() as stack:
         with timeline.phase("live network up"):
             live = stack.enter_context(EmulatedNetwork(state, prefixes[0], tag=tag, metrics_port=metrics_port))
         log(f"live network: {len(state.nodes)} switches, {len(state.flows)} flows; metrics {live.metrics_url}")
-        with timeline.phase("measure before"):
-            started = time.time()
-            before = measure(live, state, settings, settings.seed, "before")
-            ended = time.time()
-        log(f"measured before: mean delay {1e3 * before.mean_delay(state):.3f} ms")
-        loop_started = time.monotonic()
-        with timeline.phase("telemetry"):
-            from telemetry.store import TelemetryStore
-
-            store = TelemetryStore(live.store_path)
-            window = (started + START_LEAD_S + settings.warmup + 1.0, ended - DRAIN_S)
-            rates = traffic_matrix(store.traffic_matrices(started, ended), *window)
-            store.close()
-            estimated = estimated_state(state, rates)
-        with timeline.phase("optimize"):
-            candidates, optimization = top_candidates(estimated, settings.intent, calibrated, settings.candidates,
-                                                      settings.seed)
-        log(f"optimizer: {optimization.evaluations} candidates in {optimization.wall_s:.1f} s, "
-            f"{len(candidates)} distinct routings to validate")
-        with timeline.phase("validate"):
-            validations = validate(estimated, [current] + candidates, predictor, correction, settings.validate_s,
-                                   settings.warmup, settings.seed, tag=f"{tag}-sandbox", prefix=prefixes[1])
-        means = [v.mean_measured(estimated) for v in validations]
-        winner = choose(means, settings.margin)
-        log("validated (mean ms, current first): " + ", ".join(f"{1e3 * m:.3f}" for m in means) + f"; winner {winner}")
-        outcome = {"after": None, "rolled_back": False, "final_weights": current}
-        if winner:
-            outcome = push_and_verify(live, state, current, validations[winner].weights, before, settings, timeline,
-                                      settings.seed + 1)
-            loop_s = timeline.phases[[p[0] for p in timeline.phases].index("push")][2] - (loop_started - timeline.t0)
-        else:
-            loop_s = time.monotonic() - loop_started
-            with timeline.phase("measure after"):
-                outcome["after"] = measure(live, state, settings, settings.seed + 1, "after")
-        final_state = state.with_weights(outcome["final_weights"])
-        final = outcome.get("after_rollback") or outcome["after"]
-        expected = emulated_delays(final_state, predictor.predict_delays([final_state])[0], correction)
-        report = _report(state, before, final, outcome, validations, estimated, winner, expected, loop_s, timeline,
-                         live, optimization)
-    write_report(report, state, before, final, timeline, out_dir)
+        last_rates = None
+        for k, traffic in enumerate((state, *shifts)):
+            result = _iteration(live, traffic.with_weights(current), predictor, correction, settings, timeline,
+                                log, prefixes[1], tag, k, last_rates)
+            iterations.append(result)
+            current, last_rates = result["final_weights"], result["rates"]
+        report = _report(iterations[0], timeline, live)
+    report["iterations"] = [_summary(it) for it in iterations]
+    first = iterations[0]
+    write_report(report, first["state"], first["before"], first["final"], timeline, out_dir)
     return report
 
 
-def _report(state, before, final, outcome, validations: list[Validation], estimated, winner, expected, loop_s,
-            timeline, live, optimization) -> dict:
+def _iteration(live, state, predictor, correction, settings, timeline, log, sandbox_prefix, tag, k, last_rates) -> dict:
+    """Measure, read the traffic matrix, and unless it barely moved since ``last_rates``: optimize,
+    validate, push the validated winner, verify (rollback)."""
+    name = (lambda phase: phase) if k == 0 else (lambda phase: f"{phase} #{k + 1}")
+    current = state.link_arrays["weight"].copy()
+    seed = settings.seed + 10 * k
+    with timeline.phase(name("measure before")):
+        started = time.time()
+        before = measure(live, state, settings, seed, f"before-{k + 1}")
+        ended = time.time()
+    log(f"iteration {k + 1}: measured mean delay {1e3 * before.mean_delay(state):.3f} ms")
+    loop_started = time.monotonic()
+    with timeline.phase(name("telemetry")):
+        from telemetry.store import TelemetryStore
+
+        store = TelemetryStore(live.store_path)
+        window = (started + START_LEAD_S + settings.warmup + 1.0, ended - DRAIN_S)
+        rates = traffic_matrix(store.traffic_matrices(started, ended), *window)
+        store.close()
+        estimated = estimated_state(state, rates)
+    out = {"k": k, "state": state, "before": before, "final": before, "rates": rates, "estimated": estimated,
+           "validations": [], "winner": 0, "rolled_back": False, "final_weights": current, "optimization": None,
+           "loop_s": None, "reoptimized": last_rates is None or traffic_shifted(last_rates, rates)}
+    if not out["reoptimized"]:
+        log(f"iteration {k + 1}: the traffic matrix did not move; routing kept")
+        return _finish(out, predictor, correction)
+    with timeline.phase(name("optimize")):
+        candidates, out["optimization"] = top_candidates(estimated, settings.intent,
+                                                         CalibratedPredictor(predictor, correction),
+                                                         settings.candidates, seed)
+    log(f"optimizer: {out['optimization'].evaluations} candidates in {out['optimization'].wall_s:.1f} s, "
+        f"{len(candidates)} distinct routings to validate")
+    with timeline.phase(name("validate")):
+        out["validations"] = validate(estimated, [current] + candidates, predictor, correction, settings.validate_s,
+                                      settings.warmup, seed, tag=f"{tag}-sandbox", prefix=sandbox_prefix)
+    means = [v.mean_measured(estimated) for v in out["validations"]]
+    out["winner"] = winner = choose(means, settings.margin)
+    log("validated (mean ms, current first): " + ", ".join(f"{1e3 * m:.3f}" for m in means) + f"; winner {winner}")
+    if winner:
+        pushed = push_and_verify(live, state, current, out["validations"][winner].weights, before, settings, timeline,
+                                 seed + 1, name)
+        out["loop_s"] = pushed["pushed_at"] - loop_started
+        out.update(rolled_back=pushed["rolled_back"], final_weights=pushed["final_weights"],
+                   final=pushed.get("after_rollback") or pushed["after"])
+    else:
+        out["loop_s"] = time.monotonic() - loop_started
+        with timeline.phase(name("measure after")):
+            out["final"] = measure(live, state, settings, seed + 1, f"after-{k + 1}")
+    return _finish(out, predictor, correction)
+
+
+def _finish(out: dict, predictor, correction: Correction) -> dict:
+    """Add the calibrated twin's delays for the routing the iteration ended with."""
+    final_state = out["state"].with_weights(out["final_weights"])
+    out["expected"] = emulated_delays(final_state, predictor.predict_delays([final_state])[0], correction)
+    return out
+
+
+def _report(it: dict, timeline: Timeline, live) -> dict:
+    state, before, final, winner = it["state"], it["before"], it["final"], it["winner"]
+    optimization = it["optimization"]
     return {
         "topology": state.name, "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows),
         "measured": {"before": before.mean_delay(state), "after": final.mean_delay(state)},
         "improvement": 1.0 - final.mean_delay(state) / before.mean_delay(state),
-        "twin_vs_emulation_mape": mape(expected, final.reliable_delay()),
-        "loop_s": loop_s,
-        "pushed": bool(winner), "rolled_back": outcome["rolled_back"],
-        "pushed_weights": [float(w) for w in validations[winner].weights] if winner else None,
-        "final_weights": [float(w) for w in outcome["final_weights"]],
-        "validated": [v.to_dict(estimated) for v in validations],
+        "twin_vs_emulation_mape": mape(it["expected"], final.reliable_delay()),
+        "loop_s": it["loop_s"],
+        "pushed": bool(winner), "rolled_back": it["rolled_back"],
+        "pushed_weights": [float(w) for w in it["validations"][winner].weights] if winner else None,
+        "final_weights": [float(w) for w in it["final_weights"]],
+        "validated": [v.to_dict(it["estimated"]) for v in it["validations"]],
         "optimizer": {"evaluations": optimization.evaluations, "wall_s": optimization.wall_s},
         "before": before.to_dict(state), "after": final.to_dict(state),
         "timeline": [{"phase": n, "start_s": a, "end_s": b} for n, a, b in timeline.phases],
         "metrics_url": live.metrics_url, "store": str(live.store_path),
     }
+
+
+def _summary(it: dict) -> dict:
+    """One iteration in a few numbers (delays s)."""
+    state = it["state"]
+    return {"iteration": it["k"] + 1, "reoptimized": it["reoptimized"], "pushed": bool(it["winner"]),
+            "rolled_back": it["rolled_back"], "before": it["before"].mean_delay(state),
+            "after": it["final"].mean_delay(state), "loop_s": it["loop_s"],
+            "twin_vs_emulation_mape": mape(it["expected"], it["final"].reliable_delay()),
+            "final_weights": [float(w) for w in it["final_weights"]]}
 
 
 def write_report(report: dict, state: NetworkState, before: Measurement, after: Measurement, timeline: Timeline,

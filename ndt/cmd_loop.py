@@ -29,6 +29,9 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> No
                         "mininet_topos/calibration.json)")
     p.add_argument("--metrics-port", type=int, default=9108, help="the live controller's Prometheus port (default: 9108)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
+    p.add_argument("--shift", action="append", default=[], metavar="NODE:FACTOR",
+                   help="after the first iteration, multiply the traffic towards NODE by FACTOR and run the loop "
+                        "again (repeatable, cumulative; e.g. --shift KSCYng:2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -52,7 +55,7 @@ def register(subparsers) -> None:
 def execute(args: argparse.Namespace, log) -> dict:
     """Run one loop iteration from parsed options; returns the report."""
     from mininet_topos import calibration as cal
-    from mininet_topos.loop import DEFAULT_OUT, LoopSettings, run_loop
+    from mininet_topos.loop import DEFAULT_OUT, LoopSettings, run_loop, shift_traffic
     from mininet_topos.topologies import emulation_state
     from twin.predictors import PREDICTORS, get_predictor
 
@@ -67,10 +70,18 @@ def execute(args: argparse.Namespace, log) -> dict:
     correction, info = cal.load(path)
     model = args.model or PREDICTORS[-1]
     state = emulation_state(args.topology, args.load, seed=args.seed)
+    shifts, traffic = [], state
+    for spec in args.shift:
+        node, _, factor = spec.rpartition(":")
+        try:
+            traffic = shift_traffic(traffic, node, float(factor))
+        except ValueError:
+            raise OptionError(f"--shift {spec!r}: expected NODE:FACTOR such as KSCYng:2") from None
+        shifts.append(traffic)
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, candidates=args.candidates,
                             seed=args.seed)
     report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
-                      args.metrics_port, log)
+                      args.metrics_port, log, shifts=tuple(shifts))
     report.update(model=model, calibration={"file": str(path), **info}, load=args.load)
     return report
 
@@ -97,5 +108,9 @@ def print_summary(report: dict) -> None:
           f"{1e3 * m['after']:.3f} ms ({100 * report['improvement']:.1f} % lower); {action}")
     print(f"loop (telemetry -> flow rules): {report['loop_s']:.1f} s; twin ({report['model']}, calibrated) vs "
           f"emulation MAPE {report['twin_vs_emulation_mape']:.3f}")
+    for it in report["iterations"][1:]:
+        what = "pushed" if it["pushed"] else ("kept the routing" if it["reoptimized"] else "traffic unchanged")
+        print(f"iteration {it['iteration']} (traffic shifted): {1e3 * it['before']:.3f} ms -> "
+              f"{1e3 * it['after']:.3f} ms, {what}{', rolled back' if it['rolled_back'] else ''}")
     print(f"report: {report['report_json']} and {report['report_png']}; telemetry store: {report['store']}")
     print(f"Prometheus metrics (while it ran): {report['metrics_url']}")

@@ -13,7 +13,14 @@ from mininet_topos.calibration import (
     mape,
     path_components,
 )
-from mininet_topos.loop import choose, estimated_state, should_roll_back, traffic_matrix
+from mininet_topos.loop import (
+    choose,
+    estimated_state,
+    shift_traffic,
+    should_roll_back,
+    traffic_matrix,
+    traffic_shifted,
+)
 from mininet_topos.network import EmulationError, shaping_commands
 from mininet_topos.topologies import TopologyError, emulation_state
 from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, flow_stats, plan_packets
@@ -87,6 +94,18 @@ def test_loop_decisions():
     assert [(f.src, f.dst, f.rate, f.packet_size) for f in state.flows] == [("a", "c", 2e6, 8000.0), ("c", "a", 5e5, 8000.0)]
     with pytest.raises(EmulationError, match="no traffic matrix"):
         estimated_state(line([]), {})
+
+
+def test_traffic_shifts():
+    old = {("a", "c"): 1e6, ("c", "a"): 1e6}
+    assert not traffic_shifted(old, {("a", "c"): 1.1e6, ("c", "a"): 0.95e6})
+    assert traffic_shifted(old, {("a", "c"): 1.5e6, ("c", "a"): 1e6})
+    assert traffic_shifted(old, {("a", "c"): 1e6})
+    state = line([Flow("a", "c", rate=1e6), Flow("b", "c", rate=2e6), Flow("c", "a", rate=1e6)])
+    shifted = shift_traffic(state, "c", 1.5)
+    assert [f.rate for f in shifted.flows] == [1.5e6, 3e6, 1e6]
+    with pytest.raises(EmulationError, match="'x' is not in the topology"):
+        shift_traffic(state, "x", 2.0)
 
 
 def test_shaping_and_states():
