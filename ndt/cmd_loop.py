@@ -69,6 +69,9 @@ def execute(args: argparse.Namespace, log) -> dict:
     path = args.calibration or (cal.DEFAULT_PATH if cal.DEFAULT_PATH.exists() else cal.SHIPPED_PATH)
     correction, info = cal.load(path)
     model = args.model or PREDICTORS[-1]
+    if info.get("model") not in (None, model):
+        log(f"warning: {path} was fitted for model {info['model']!r}, not {model!r}; "
+            f"run 'ndt calibrate --model {model}' for an honest twin-vs-emulation error")
     state = emulation_state(args.topology, args.load, seed=args.seed)
     shifts, traffic = [], state
     for spec in args.shift:
