@@ -17,7 +17,7 @@ def register(subparsers) -> None:
             "baseline with simulator labels, by topology size: 25-50 nodes (the training distribution) and "
             "larger topologies never trained on. The evaluation set is fixed and seeded, generated on first "
             "use into $NDT_CACHE/eval (default ~/.cache/ndt/eval). Writes JSON and a PNG plot. With --datanet, "
-            "evaluate RouteNet-E and QT zero-shot on a BNN-UPC datanet directory instead."
+            "evaluate the three zero-shot on a BNN-UPC datanet directory instead."
         ),
     )
     p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")
@@ -57,14 +57,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
         return 0
     if args.datanet is not None:
-        models = _models(("routenet_e", "qt"), args.weights)
+        models = _models(("routenet_e", "rnn", "qt"), args.weights)
         report = evaluate.zero_shot(models, args.datanet, limit=args.limit)
         (args.out / "datanet.json").write_text(json.dumps(report, indent=1))
         if args.json:
             print_json(report)
         else:
             print(f"{report['samples']} samples of {args.datanet}, nothing trained on them: delay MAPE "
-                  f"RouteNet-E {100 * report['routenet_mape']:.2f} %, QT {100 * report['qt_mape']:.2f} %")
+                  f"RouteNet-E {100 * report['routenet_mape']:.2f} %, RNN {100 * report['rnn_mape']:.2f} %, "
+                  f"QT {100 * report['qt_mape']:.2f} %")
         return 0
     models = _models(("routenet_e", "rnn", "qt"), args.weights)
     if args.data:
