@@ -26,7 +26,7 @@ from mininet_topos.calibration import (
     emulated_delays,
     mape,
 )
-from mininet_topos.network import REPO, EmulatedNetwork, EmulationError
+from mininet_topos.network import REPO, EmulatedNetwork, EmulationError, free_port
 from mininet_topos.topologies import EMU_PACKET
 from mininet_topos.traffic import DRAIN_S, START_LEAD_S, Measurement, play
 from mininet_topos.validate import validate
@@ -186,12 +186,13 @@ def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, 
 
 def run_loop(state: NetworkState, predictor, correction: Correction, settings: LoopSettings,
              out_dir: Path = DEFAULT_OUT, metrics_port: int = 0, log=print, prefixes: tuple[str, str] = ("l", "v"),
-             tag: str = "live", shifts: tuple[NetworkState, ...] = ()) -> dict:
+             tag: str = "live", shifts: tuple[NetworkState, ...] = (), prometheus: bool = False) -> dict:
     """The loop on ``state`` (topology, its traffic, initial weights), then once more for each state
     in ``shifts`` (the same topology with shifted traffic), re-optimizing only when the measured
     traffic matrix moved. Returns the report of the first iteration with every iteration's summary
     (also written as JSON + PNG in ``out_dir``). ``prefixes``: Mininet name prefixes of the live and
-    the sandbox network; ``tag``: the live network's directory under data/logs."""
+    the sandbox network; ``tag``: the live network's directory under data/logs; ``prometheus``: a
+    Prometheus server scrapes the live controller, its database kept in ``out_dir``/prometheus."""
     timeline = Timeline()
     current = state.link_arrays["weight"].copy()
     iterations = []
@@ -199,6 +200,13 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
         with timeline.phase("live network up"):
             live = stack.enter_context(EmulatedNetwork(state, prefixes[0], tag=tag, metrics_port=metrics_port))
         log(f"live network: {len(state.nodes)} switches, {len(state.flows)} flows; metrics {live.metrics_url}")
+        prom = None
+        if prometheus:
+            from mininet_topos.prometheus import PrometheusServer
+
+            prom = stack.enter_context(PrometheusServer(Path(out_dir) / "prometheus", free_port(),
+                                                        f"127.0.0.1:{live.metrics_port}"))
+            log(f"Prometheus scraping it: {prom.url}")
         last_rates = None
         for k, traffic in enumerate((state, *shifts)):
             result = _iteration(live, traffic.with_weights(current), predictor, correction, settings, timeline,
@@ -206,6 +214,8 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
             iterations.append(result)
             current, last_rates = result["final_weights"], result["rates"]
         report = _report(iterations[0], timeline, live)
+        if prom is not None:
+            report["prometheus"] = _prometheus_check(prom, Path(out_dir) / "prometheus")
     report["iterations"] = [_summary(it) for it in iterations]
     first = iterations[0]
     write_report(report, first["state"], first["before"], first["final"], timeline, out_dir)
@@ -288,6 +298,18 @@ def _report(it: dict, timeline: Timeline, live) -> dict:
         "timeline": [{"phase": n, "start_s": a, "end_s": b} for n, a, b in timeline.phases],
         "metrics_url": live.metrics_url, "store": str(live.store_path),
     }
+
+
+def _prometheus_check(prom, directory: Path) -> dict:
+    """What the Prometheus server recorded of the run (after one more scrape), and how to browse it."""
+    from mininet_topos.prometheus import browse_command
+
+    time.sleep(2.0)
+    measured = prom.query("count(ndt_path_delay_measured_seconds)")
+    changes = prom.query("max_over_time(ndt_routing_changes_total[1h])")
+    return {"measured_delay_series": int(float(measured[0]["value"][1])) if measured else 0,
+            "routing_changes": int(float(changes[0]["value"][1])) if changes else 0,
+            "browse": browse_command(directory, 9090), "browse_url": "http://127.0.0.1:9090"}
 
 
 def _summary(it: dict) -> dict:

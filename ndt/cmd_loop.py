@@ -29,6 +29,8 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> No
                         "mininet_topos/calibration.json)")
     p.add_argument("--metrics-port", type=int, default=9108, help="the live controller's Prometheus port (default: 9108)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
+    p.add_argument("--no-prometheus", action="store_true",
+                   help="do not run a Prometheus server (Debian prometheus) scraping the live controller")
     p.add_argument("--shift", action="append", default=[], metavar="NODE:FACTOR",
                    help="after the first iteration, multiply the traffic towards NODE by FACTOR and run the loop "
                         "again (repeatable, cumulative; e.g. --shift KSCYng:2)")
@@ -84,7 +86,7 @@ def execute(args: argparse.Namespace, log) -> dict:
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, candidates=args.candidates,
                             seed=args.seed)
     report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
-                      args.metrics_port, log, shifts=tuple(shifts))
+                      args.metrics_port, log, shifts=tuple(shifts), prometheus=not args.no_prometheus)
     report.update(model=model, calibration={"file": str(path), **info}, load=args.load)
     return report
 
@@ -116,4 +118,9 @@ def print_summary(report: dict) -> None:
         print(f"iteration {it['iteration']} (traffic shifted): {1e3 * it['before']:.3f} ms -> "
               f"{1e3 * it['after']:.3f} ms, {what}{', rolled back' if it['rolled_back'] else ''}")
     print(f"report: {report['report_json']} and {report['report_png']}; telemetry store: {report['store']}")
-    print(f"Prometheus metrics (while it ran): {report['metrics_url']}")
+    prom = report.get("prometheus")
+    if prom:
+        print(f"Prometheus recorded {prom['measured_delay_series']} measured path-delay series and "
+              f"{prom['routing_changes']} routing changes; browse them: {prom['browse']} -> {prom['browse_url']}")
+    else:
+        print(f"controller metrics (while it ran): {report['metrics_url']}")
