@@ -171,13 +171,13 @@ def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, 
     """Push ``new`` weights, measure; roll back to ``old`` if delay got worse. Returns what happened
     (``pushed_at``: monotonic time the new flow rules were installed)."""
     with timeline.phase(name("push")):
-        net.apply_vector(new, who="ndt loop: validated winner")
+        net.apply_vector(new, who="ndt loop: validated winner", links=state.links)
     out = {"pushed_at": time.monotonic(), "rolled_back": False, "final_weights": new}
     with timeline.phase(name("measure after")):
         out["after"] = after = measure(net, state.with_weights(new), settings, seed, "after")
     if should_roll_back(before.mean_delay(state), after.mean_delay(state), settings.rollback_tolerance):
         with timeline.phase(name("rollback")):
-            net.apply_vector(old, who="ndt loop: rollback")
+            net.apply_vector(old, who="ndt loop: rollback", links=state.links)
         with timeline.phase(name("measure after rollback")):
             out["after_rollback"] = measure(net, state.with_weights(old), settings, seed + 1, "after-rollback")
         out.update(rolled_back=True, final_weights=old)
@@ -186,14 +186,18 @@ def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, 
 
 def run_loop(state: NetworkState, predictor, correction: Correction, settings: LoopSettings,
              out_dir: Path = DEFAULT_OUT, metrics_port: int = 0, log=print, prefixes: tuple[str, str] = ("l", "v"),
-             tag: str = "live", shifts: tuple[NetworkState, ...] = (), prometheus: bool = False) -> dict:
+             tag: str = "live", shifts: tuple[NetworkState, ...] = (), failures: tuple[tuple[str, str], ...] = (),
+             prometheus: bool = False) -> dict:
     """The loop on ``state`` (topology, its traffic, initial weights), then once more for each state
     in ``shifts`` (the same topology with shifted traffic), re-optimizing only when the measured
     traffic matrix moved. Returns the report of the first iteration with every iteration's summary
     (also written as JSON + PNG in ``out_dir``). ``prefixes``: Mininet name prefixes of the live and
-    the sandbox network; ``tag``: the live network's directory under data/logs; ``prometheus``: a
+    the sandbox network; ``tag``: the live network's directory under data/logs; ``failures``: after
+    the shifts, links (a, b) taken down one by one in the live network, each followed by an
+    iteration on the remaining topology (the sandbox lacks the link too); ``prometheus``: a
     Prometheus server scrapes the live controller, its database kept in ``out_dir``/prometheus."""
     timeline = Timeline()
+    out_dir = Path(out_dir).resolve()
     current = state.link_arrays["weight"].copy()
     iterations = []
     with ExitStack() as stack:
@@ -204,18 +208,31 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
         if prometheus:
             from mininet_topos.prometheus import PrometheusServer
 
-            prom = stack.enter_context(PrometheusServer(Path(out_dir) / "prometheus", free_port(),
+            prom = stack.enter_context(PrometheusServer(out_dir / "prometheus", free_port(),
                                                         f"127.0.0.1:{live.metrics_port}"))
             log(f"Prometheus scraping it: {prom.url}")
-        last_rates = None
-        for k, traffic in enumerate((state, *shifts)):
-            result = _iteration(live, traffic.with_weights(current), predictor, correction, settings, timeline,
-                                log, prefixes[1], tag, k, last_rates)
+        last_rates, traffic, down = None, state, []
+        events = [("start", None)] + [("shift", s) for s in shifts] + [("fail", pair) for pair in failures]
+        for k, (event, detail) in enumerate(events):
+            if event == "shift":
+                traffic = detail
+            elif event == "fail":
+                live.fail_link(*detail)
+                down += [detail, detail[::-1]]
+                last_rates = None  # a new topology: always re-optimize
+                log(f"link {detail[0]}-{detail[1]} failed")
+            routed = traffic.with_weights(current)
+            routed = routed.without_links(down) if down else routed
+            result = _iteration(live, routed, predictor, correction, settings, timeline, log, prefixes[1], tag, k,
+                                last_rates)
+            result["event"] = f"{event} {detail[0]}-{detail[1]}" if event == "fail" else event
             iterations.append(result)
-            current, last_rates = result["final_weights"], result["rates"]
+            final = dict(zip(routed.link_index, result["final_weights"]))
+            current = np.array([final.get((lk.src, lk.dst), w) for lk, w in zip(state.links, current)])
+            last_rates = result["rates"]
         report = _report(iterations[0], timeline, live)
         if prom is not None:
-            report["prometheus"] = _prometheus_check(prom, Path(out_dir) / "prometheus")
+            report["prometheus"] = _prometheus_check(prom, out_dir / "prometheus")
     report["iterations"] = [_summary(it) for it in iterations]
     first = iterations[0]
     write_report(report, first["state"], first["before"], first["final"], timeline, out_dir)
@@ -254,12 +271,15 @@ def _iteration(live, state, predictor, correction, settings, timeline, log, sand
                                                          settings.candidates, seed)
     log(f"optimizer: {out['optimization'].evaluations} candidates in {out['optimization'].wall_s:.1f} s, "
         f"{len(candidates)} distinct routings to validate")
-    with timeline.phase(name("validate")):
-        out["validations"] = validate(estimated, [current] + candidates, predictor, correction, settings.validate_s,
-                                      settings.warmup, seed, tag=f"{tag}-sandbox", prefix=sandbox_prefix)
-    means = [v.mean_measured(estimated) for v in out["validations"]]
-    out["winner"] = winner = choose(means, settings.margin)
-    log("validated (mean ms, current first): " + ", ".join(f"{1e3 * m:.3f}" for m in means) + f"; winner {winner}")
+    winner = 0
+    if candidates:
+        with timeline.phase(name("validate")):
+            out["validations"] = validate(estimated, [current] + candidates, predictor, correction,
+                                          settings.validate_s, settings.warmup, seed, tag=f"{tag}-sandbox",
+                                          prefix=sandbox_prefix)
+        means = [v.mean_measured(estimated) for v in out["validations"]]
+        out["winner"] = winner = choose(means, settings.margin)
+        log("validated (mean ms, current first): " + ", ".join(f"{1e3 * m:.3f}" for m in means) + f"; winner {winner}")
     if winner:
         pushed = push_and_verify(live, state, current, out["validations"][winner].weights, before, settings, timeline,
                                  seed + 1, name)
@@ -315,7 +335,7 @@ def _prometheus_check(prom, directory: Path) -> dict:
 def _summary(it: dict) -> dict:
     """One iteration in a few numbers (delays s)."""
     state = it["state"]
-    return {"iteration": it["k"] + 1, "reoptimized": it["reoptimized"], "pushed": bool(it["winner"]),
+    return {"iteration": it["k"] + 1, "event": it["event"], "reoptimized": it["reoptimized"], "pushed": bool(it["winner"]),
             "rolled_back": it["rolled_back"], "before": it["before"].mean_delay(state),
             "after": it["final"].mean_delay(state), "loop_s": it["loop_s"],
             "twin_vs_emulation_mape": mape(it["expected"], it["final"].reliable_delay()),

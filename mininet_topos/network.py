@@ -320,9 +320,18 @@ class EmulatedNetwork:
 
         return self.stub.GetStatus(pb.Empty(), timeout=10)
 
-    def apply_vector(self, weights, who: str) -> int:
-        """Push one weight per link of the state, in link order; returns the route version installed."""
-        return self.apply({(lk.src, lk.dst): float(w) for lk, w in zip(self.state.links, weights)}, who)
+    def apply_vector(self, weights, who: str, links=None) -> int:
+        """Push one weight per link of ``links`` (default: the state's), in order; returns the route
+        version installed. Links not named keep their weight."""
+        links = self.state.links if links is None else links
+        return self.apply({(lk.src, lk.dst): float(w) for lk, w in zip(links, weights)}, who)
+
+    def fail_link(self, a: str, b: str) -> None:
+        """Take the link between nodes ``a`` and ``b`` down (both directions) and wait until the
+        controller has seen it."""
+        down = self.status().links_down
+        self.net.configLinkStatus(self.names.switch_of(a), self.names.switch_of(b), "down")
+        self._wait(lambda: self.status().links_down >= down + 2, 15, f"the controller to see {a}-{b} down")
 
     def apply(self, weights: dict[tuple[str, str], float], who: str) -> int:
         """Push OSPF weights through gRPC Apply; returns the route version installed."""

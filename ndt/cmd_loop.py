@@ -34,6 +34,9 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> No
     p.add_argument("--shift", action="append", default=[], metavar="NODE:FACTOR",
                    help="after the first iteration, multiply the traffic towards NODE by FACTOR and run the loop "
                         "again (repeatable, cumulative; e.g. --shift KSCYng:2)")
+    p.add_argument("--fail", action="append", default=[], metavar="NODE,NODE",
+                   help="after the shifts, take this link down in the live network and run the loop again "
+                        "(repeatable; e.g. --fail KSCYng,IPLSng)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -83,10 +86,17 @@ def execute(args: argparse.Namespace, log) -> dict:
         except ValueError:
             raise OptionError(f"--shift {spec!r}: expected NODE:FACTOR such as KSCYng:2") from None
         shifts.append(traffic)
+    failures = []
+    for spec in args.fail:
+        pair = tuple(spec.split(","))
+        if len(pair) != 2 or (pair[0], pair[1]) not in state.link_index:
+            raise OptionError(f"--fail {spec!r}: expected NODE,NODE naming a link of {args.topology}")
+        failures.append(pair)
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, candidates=args.candidates,
                             seed=args.seed)
     report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
-                      args.metrics_port, log, shifts=tuple(shifts), prometheus=not args.no_prometheus)
+                      args.metrics_port, log, shifts=tuple(shifts), failures=tuple(failures),
+                      prometheus=not args.no_prometheus)
     report.update(model=model, calibration={"file": str(path), **info}, load=args.load)
     return report
 
@@ -115,7 +125,7 @@ def print_summary(report: dict) -> None:
           f"emulation MAPE {report['twin_vs_emulation_mape']:.3f}")
     for it in report["iterations"][1:]:
         what = "pushed" if it["pushed"] else ("kept the routing" if it["reoptimized"] else "traffic unchanged")
-        print(f"iteration {it['iteration']} (traffic shifted): {1e3 * it['before']:.3f} ms -> "
+        print(f"iteration {it['iteration']} ({it['event']}): {1e3 * it['before']:.3f} ms -> "
               f"{1e3 * it['after']:.3f} ms, {what}{', rolled back' if it['rolled_back'] else ''}")
     print(f"report: {report['report_json']} and {report['report_png']}; telemetry store: {report['store']}")
     prom = report.get("prometheus")
