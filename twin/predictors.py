@@ -6,6 +6,8 @@ packet-level simulator is one too (slow, but the ground truth).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ndt.errors import NdtError
@@ -26,15 +28,24 @@ class SimulatorPredictor:
         return [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow).delay for s in states]
 
 
-PREDICTORS = ("sim", "qt")
+PREDICTORS = ("sim", "qt", "routenet")  # the last is the default twin
 
 
 def get_predictor(name: str):
-    """The predictor called ``name`` (one of PREDICTORS)."""
+    """The predictor called ``name`` (one of PREDICTORS); the learned twin is loaded once per process."""
     if name == "sim":
         return SimulatorPredictor()
     if name == "qt":
         from twin.qt import QueueingModel
 
         return QueueingModel()
+    if name == "routenet":
+        return _shipped_twin("routenet_e")
     raise NdtError(f"unknown model {name!r}; choose one of {', '.join(PREDICTORS)}")
+
+
+@lru_cache(maxsize=None)
+def _shipped_twin(stem: str):
+    from twin.routenet import load_twin
+
+    return load_twin(stem)
