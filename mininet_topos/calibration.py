@@ -23,8 +23,8 @@ from scipy.optimize import nnls
 from ndt.errors import NdtError
 from twin.state import NetworkState
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "data" / "calibration.json"  # written by ndt calibrate
-SHIPPED_PATH = Path(__file__).resolve().with_name("calibration.json")  # fitted on this machine (docs/emulation.md)
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # where ndt calibrate writes calibration-<model>.json
+SHIPPED_DIR = Path(__file__).resolve().parent  # calibrations fitted on this machine (docs/emulation.md)
 
 
 class CalibrationError(NdtError, ValueError):
@@ -97,7 +97,20 @@ def save(path: Path, correction: Correction, info: dict) -> None:
     path.write_text(json.dumps({**asdict(correction), **info}, indent=1))
 
 
-def load(path: Path = DEFAULT_PATH) -> tuple[Correction, dict]:
+def default_path(model: str) -> Path:
+    """Where ``ndt calibrate`` writes the correction of ``model``."""
+    return DATA_DIR / f"calibration-{model}.json"
+
+
+def find(model: str) -> Path | None:
+    """The correction file for ``model``: the one ``ndt calibrate`` wrote, else the shipped one, else None."""
+    for path in (default_path(model), SHIPPED_DIR / f"calibration-{model}.json"):
+        if path.exists():
+            return path
+    return None
+
+
+def load(path: Path) -> tuple[Correction, dict]:
     """The correction and its fit report from a calibration JSON file."""
     path = Path(path)
     try:

@@ -77,3 +77,44 @@ def _measure(net, state, candidates, routed, predicted, correction, duration, wa
                               expected=emulated_delays(candidate, delays, correction), measured=measured,
                               route_version=version, wall_s=time.monotonic() - started))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mininet_topos.validate STATE [CANDIDATE ...]`` (root): the state's own weights, then
+    each candidate's (a state file with the same links), validated in a sandbox network. Prints JSON:
+    per routing, per path the measured delay beside the model's raw and calibrated predictions (s)."""
+    import argparse
+    import sys
+
+    from mininet_topos import calibration as cal
+    from ndt.errors import NdtError
+    from ndt.output import print_json
+    from twin.predictors import PREDICTORS, get_predictor
+    from twin.state import StateError
+
+    p = argparse.ArgumentParser(prog="python -m mininet_topos.validate", description=main.__doc__)
+    p.add_argument("state", help="network state JSON (topology, traffic, current weights)")
+    p.add_argument("candidates", nargs="*", help="state files whose link weights are the candidates")
+    p.add_argument("--model", default=PREDICTORS[-1])
+    p.add_argument("--calibration", default=None, help="correction JSON (default: the model's, from data/ or shipped)")
+    p.add_argument("--duration", type=float, default=10.0)
+    args = p.parse_args(argv)
+    try:
+        state = NetworkState.load(args.state)
+        weights = [state.link_arrays["weight"]]
+        for path in args.candidates:
+            other = NetworkState.load(path)
+            if [(lk.src, lk.dst) for lk in other.links] != [(lk.src, lk.dst) for lk in state.links]:
+                raise StateError(f"{path}: its links differ from {args.state}'s; only weights may change")
+            weights.append(other.link_arrays["weight"])
+        source = args.calibration or cal.find(args.model)
+        correction = cal.load(source)[0] if source else cal.Correction()
+        results = validate(state, weights, get_predictor(args.model), correction, args.duration)
+    except NdtError as exc:
+        print(f"validate: error: {exc}", file=sys.stderr)
+        return 2
+    print_json({"model": args.model, "calibration": str(source), "candidates": [v.to_dict(state) for v in results]})
+    return 0
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, default=10.0, metavar="S", help="traffic per measurement, s (default: 10)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
-                   help="correction JSON (default: data/calibration.json in the repository)")
+                   help="correction JSON (default: data/calibration-<model>.json in the repository)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run)
@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from twin.predictors import PREDICTORS, get_predictor
 
     loads = parse_loads(args.loads)
-    out = args.out or cal.DEFAULT_PATH
+    model = args.model or PREDICTORS[-1]
+    out = args.out or cal.default_path(model)
     if args.routings < 1:
         raise OptionError(f"--routings must be >= 1, got {args.routings}")
-    model = args.model or PREDICTORS[-1]
     predictor = get_predictor(model)
     base = emulation_state(args.topology, 1.0, seed=args.seed)
     rng = np.random.default_rng(args.seed)

@@ -25,8 +25,8 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> No
     p.add_argument("--candidates", type=int, default=2, help="routings validated besides the current one (default: 2)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
-                   help="correction from 'ndt calibrate' (default: data/calibration.json, else the one shipped in "
-                        "mininet_topos/calibration.json)")
+                   help="correction from 'ndt calibrate' (default: the model's data/calibration-<model>.json, else "
+                        "the one shipped as mininet_topos/calibration-<model>.json)")
     p.add_argument("--metrics-port", type=int, default=9108, help="the live controller's Prometheus port (default: 9108)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
     p.add_argument("--no-prometheus", action="store_true",
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
 
 
 def execute(args: argparse.Namespace, log) -> dict:
-    """Run one loop iteration from parsed options; returns the report."""
+    """Run the loop from parsed options; returns the report."""
     from mininet_topos import calibration as cal
     from mininet_topos.loop import DEFAULT_OUT, LoopSettings, run_loop, shift_traffic
     from mininet_topos.topologies import emulation_state
@@ -71,9 +71,14 @@ def execute(args: argparse.Namespace, log) -> dict:
             raise OptionError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
     if args.candidates < 1:
         raise OptionError(f"--candidates must be >= 1, got {args.candidates}")
-    path = args.calibration or (cal.DEFAULT_PATH if cal.DEFAULT_PATH.exists() else cal.SHIPPED_PATH)
-    correction, info = cal.load(path)
     model = args.model or PREDICTORS[-1]
+    path = args.calibration or cal.find(model)
+    if path is None:
+        correction, info = cal.Correction(), {}
+        log(f"warning: no calibration for model {model!r}: run 'ndt calibrate --model {model}'; "
+            "using the uncorrected queueing-only model")
+    else:
+        correction, info = cal.load(path)
     if info.get("model") not in (None, model):
         log(f"warning: {path} was fitted for model {info['model']!r}, not {model!r}; "
             f"run 'ndt calibrate --model {model}' for an honest twin-vs-emulation error")
@@ -97,7 +102,7 @@ def execute(args: argparse.Namespace, log) -> dict:
     report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
                       args.metrics_port, log, shifts=tuple(shifts), failures=tuple(failures),
                       prometheus=not args.no_prometheus)
-    report.update(model=model, calibration={"file": str(path), **info}, load=args.load)
+    report.update(model=model, calibration={"file": str(path) if path else None, **info}, load=args.load)
     return report
 
 
