@@ -37,7 +37,8 @@ from twin.features import GraphBatch, build_batch  # noqa: E402
 from twin.state import NetworkState  # noqa: E402
 
 MODELS_DIR = Path(__file__).parent / "models"
-HOP_BUCKET = 4  # hop counts are padded to a multiple of this, so few graphs get traced
+MIN_HOPS = 16  # the recurrent pass always spans at least this many hop positions (empty ones cost ~nothing),
+HOP_BUCKET = 8  # and longer paths round up to a multiple of this: one traced graph serves almost every state
 
 
 class ModelFileError(NdtError):
@@ -173,8 +174,8 @@ class Normalizer:
 
 
 def padded_hops(batch: GraphBatch) -> int:
-    """The batch's longest path rounded up to HOP_BUCKET hops (positions past it are empty)."""
-    return -(-batch.max_hops // HOP_BUCKET) * HOP_BUCKET
+    """Hop positions the recurrent pass spans: MIN_HOPS, or the longest path rounded up to HOP_BUCKET."""
+    return max(MIN_HOPS, -(-batch.max_hops // HOP_BUCKET) * HOP_BUCKET)
 
 
 def batch_tensors(batch: GraphBatch, norm: Normalizer) -> dict[str, tf.Tensor]:
