@@ -156,13 +156,16 @@ class Emulation:
         return wait_for(lambda: (v := self.metric("ndt_route_version") or 0) > before and v, 10, "the new routes")
 
 
-def wait_for(condition, timeout: float, what: str):
+def wait_for(condition, timeout: float, what: str, check: bool = True):
+    """Poll ``condition`` until it is truthy; on timeout raise (or, with check=False, return False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
+    if not check:
+        return False
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -300,7 +303,9 @@ def test_lldp_discovery_finds_the_wiring(tmp_path):
     """With --discover and no wiring file, LLDP finds every link's port and hosts can talk."""
     bed = Emulation(tmp_path, 4, SQUARE, discover=True)
     try:
-        wait_for(lambda: bed.log_text().count("discovered link") >= 8, 90, "LLDP to find all 8 directed links")
+        found = wait_for(lambda: bed.log_text().count("discovered link") >= 8, 90, "LLDP to find all 8 directed links",
+                         check=False)
+        assert found, "LLDP did not find all 8 links; controller log ends:\n" + bed.log_text()[-3000:]
         for (src, dst), port in bed.ports.items():
             assert f"discovered link {src}->{dst} on port {port}" in bed.log_text()
         for src, dst in ((1, 3), (2, 4), (4, 1)):
