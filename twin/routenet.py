@@ -95,13 +95,14 @@ def path_recurrence(cell: HopGRU, h: tf.Tensor, hop_inputs: tf.Tensor, counts: t
     projected inputs ordered by hop position then path. Returns the final path
     states (P, d) and the state after each hop (H, d), in the order of ``hop_inputs``.
     """
-    outputs = []
+    outputs, finished = [], [h[counts[0]:]]  # paths with no hop keep their state
     for k in range(max_hops):
         n, start = counts[k], offsets[k]
-        new = cell.step(hop_inputs[start:start + n], h[:n])
-        outputs.append(new)
-        h = tf.concat([new, h[n:]], axis=0)
-    return h, tf.concat(outputs, axis=0)
+        h = cell.step(hop_inputs[start:start + n], h[:n])
+        outputs.append(h)
+        following = counts[k + 1] if k + 1 < max_hops else 0
+        finished.append(h[following:])  # paths whose last hop is k
+    return tf.concat(finished[::-1], axis=0), tf.concat(outputs, axis=0)
 
 
 def hop_delays(occupancy: tf.Tensor, x: dict) -> tf.Tensor:
