@@ -225,12 +225,16 @@ def iter_samples(directory) -> Iterator[Sample]:
     if not shards:
         raise StateError(f"{directory}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
     for path in shards:
-        try:
-            with gzip.open(path, "rt") as lines:
-                for number, line in enumerate(lines, 1):
-                    yield _sample_from_record(json.loads(line))
-        except (OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
-            raise StateError(f"{path}: unreadable shard ({exc})") from None
+        yield from read_shard(path)
+
+
+def read_shard(path) -> list[Sample]:
+    """The samples of one shard file; a damaged file raises StateError naming it."""
+    try:
+        with gzip.open(path, "rt") as lines:
+            return [_sample_from_record(json.loads(line)) for line in lines]
+    except (OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
+        raise StateError(f"{path}: unreadable shard ({exc})") from None
 
 
 def _sample_record(sample: Sample) -> dict:

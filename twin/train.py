@@ -12,7 +12,6 @@ same command resumes from the checkpoint.
 
 from __future__ import annotations
 
-import gzip
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.dataset import _sample_from_record
+from twin.dataset import read_shard
 from twin.features import StateGraph, batch_graphs, state_graph
 from twin.routenet import (LearnedTwin, ModelFileError, Normalizer, batch_tensors, build, make_network,
                            padded_hops)
@@ -71,13 +70,7 @@ class DatasetCache:
         for path in sorted(self.directory.glob("shard-*.jsonl.gz")):
             if path.name in self.seen:
                 continue
-            try:
-                with gzip.open(path, "rt") as lines:
-                    records = [json.loads(line) for line in lines]
-            except (OSError, EOFError, json.JSONDecodeError) as exc:
-                raise StateError(f"{path}: unreadable shard ({exc})") from None
-            for record in records:
-                sample = _sample_from_record(record)
+            for sample in read_shard(path):
                 self.items.append(Item(state_graph(sample.state), sample.labels["delay"],
                                        len(sample.state.nodes), int(sample.meta["index"])))
                 added += 1
