@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 def _models(names, weights):
     from ndt.cmd_predict import load_model
 
-    return {name.replace("routenet_e", "routenet"): load_model(name, weights) for name in names}
+    return {name: load_model(name, weights) for name in names}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed:
-        report = evaluate.speed(_models(("routenet_e", "rnn", "qt"), args.weights))
+        report = evaluate.speed(_models(("routenet", "rnn", "qt"), args.weights))
         (args.out / "speed.json").write_text(json.dumps(report, indent=1))
         if args.json:
             print_json(report)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
         return 0
     if args.datanet is not None:
-        models = _models(("routenet_e", "rnn", "qt"), args.weights)
+        models = _models(("routenet", "rnn", "qt"), args.weights)
         report = evaluate.zero_shot(models, args.datanet, limit=args.limit)
         (args.out / "datanet.json").write_text(json.dumps(report, indent=1))
         if args.json:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                   f"RouteNet-E {100 * report['routenet_mape']:.2f} %, RNN {100 * report['rnn_mape']:.2f} %, "
                   f"QT {100 * report['qt_mape']:.2f} %")
         return 0
-    models = _models(("routenet_e", "rnn", "qt"), args.weights)
+    models = _models(("routenet", "rnn", "qt"), args.weights)
     if args.data:
         sets = {path.name: path for path in args.data}
     else:

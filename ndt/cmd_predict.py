@@ -10,6 +10,8 @@ from ndt.output import print_json, print_table
 
 
 def register(subparsers) -> None:
+    from twin.predictors import PREDICTORS
+
     p = subparsers.add_parser(
         "predict",
         help="predict per-path delays of a network state with the twin",
@@ -19,8 +21,8 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (see docs/state.md)")
-    p.add_argument("--model", choices=("routenet_e", "rnn", "qt"), default="routenet_e",
-                   help="which model (default: routenet_e)")
+    p.add_argument("--model", choices=PREDICTORS, default=PREDICTORS[-1],
+                   help=f"which model (default: {PREDICTORS[-1]}; sim runs the packet simulator)")
     p.add_argument("--weights", type=Path, metavar="DIR",
                    help="directory holding MODEL.weights.h5 and MODEL.json (default: the shipped twin/models)")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract) instead of a table")
@@ -28,14 +30,10 @@ def register(subparsers) -> None:
 
 
 def load_model(name: str, weights: Path | None = None):
-    """A model with ``predict_delays``: the QT baseline or a learned twin from ``weights`` (default: shipped)."""
-    if name == "qt":
-        from twin.qt import QueueingModel
+    """A model with ``predict_delays``: a baseline, or a learned twin from ``weights`` (default: shipped)."""
+    from twin.predictors import get_predictor
 
-        return QueueingModel()
-    from twin.routenet import load_twin
-
-    return load_twin(name, weights)
+    return get_predictor(name, weights)
 
 
 def run(args: argparse.Namespace) -> int:

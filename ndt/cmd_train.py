@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", type=Path, default=Path("data/train"), metavar="DIR",
                    help="dataset directory (default: data/train); shards added while training join at the next epoch")
     p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/MODEL)")
-    p.add_argument("--model", choices=("routenet_e", "rnn"), default="routenet_e", help="which network (default: routenet_e)")
+    p.add_argument("--model", choices=("routenet", "rnn"), default="routenet", help="which network (default: routenet)")
     p.add_argument("--epochs", type=int, default=40, help="most epochs (default: 40)")
     p.add_argument("--batch-size", type=int, default=4, help="samples per gradient step (default: 4)")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate; halved after 2 epochs without progress")
@@ -52,17 +52,20 @@ def run(args: argparse.Namespace) -> int:
             raise StateError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.lr <= 0:
         raise StateError(f"--lr must be positive, got {args.lr}")
-    config = TrainConfig(kind=args.model, state_dim=args.state_dim, iterations=args.iterations, epochs=args.epochs,
+    from twin.predictors import LEARNED
+
+    stem = LEARNED[args.model]
+    config = TrainConfig(kind=stem, state_dim=args.state_dim, iterations=args.iterations, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                          max_minutes=args.max_minutes, target=args.target, seed=args.seed)
-    out = args.out or Path("runs") / args.model
+    out = args.out or Path("runs") / stem
     stream = sys.stderr if args.json else sys.stdout
     log = lambda msg: print(msg, file=stream, flush=True)  # noqa: E731
     summary = Trainer(args.data, out, config, progress=not args.no_progress, log=log).run()
     if args.export:
         for suffix in (".weights.h5", ".json"):
-            shutil.copyfile(out / f"best{suffix}", MODELS_DIR / f"{args.model}{suffix}")
-        summary["exported"] = str(MODELS_DIR / args.model)
+            shutil.copyfile(out / f"best{suffix}", MODELS_DIR / f"{stem}{suffix}")
+        summary["exported"] = str(MODELS_DIR / stem)
     if args.json:
         print_json(summary)
     else:

@@ -28,24 +28,29 @@ class SimulatorPredictor:
         return [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow).delay for s in states]
 
 
-PREDICTORS = ("sim", "qt", "routenet")  # the last is the default twin
+PREDICTORS = ("sim", "qt", "rnn", "routenet")  # the last is the default twin
+LEARNED = {"routenet": "routenet_e", "rnn": "rnn"}  # name → file stem of the weights in twin/models
 
 
-def get_predictor(name: str):
-    """The predictor called ``name`` (one of PREDICTORS); the learned twin is loaded once per process."""
+def get_predictor(name: str, weights_dir=None):
+    """The predictor called ``name`` (one of PREDICTORS).
+
+    Learned models come from ``weights_dir`` (default: the weights shipped in
+    twin/models, loaded once per process).
+    """
     if name == "sim":
         return SimulatorPredictor()
     if name == "qt":
         from twin.qt import QueueingModel
 
         return QueueingModel()
-    if name == "routenet":
-        return _shipped_twin("routenet_e")
+    if name in LEARNED:
+        return _load_twin(LEARNED[name], None if weights_dir is None else str(weights_dir))
     raise NdtError(f"unknown model {name!r}; choose one of {', '.join(PREDICTORS)}")
 
 
 @lru_cache(maxsize=None)
-def _shipped_twin(stem: str):
+def _load_twin(stem: str, directory: str | None):
     from twin.routenet import load_twin
 
-    return load_twin(stem)
+    return load_twin(stem, directory)
