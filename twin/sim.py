@@ -220,11 +220,8 @@ def _heap_push(h_time, h_slot, n, t, slot):
 
 
 @numba.njit(cache=True, inline="always")
-def _heap_pop(h_time, h_slot, n):
-    """Remove the root of a 4-ary heap of size n (the caller reads it first)."""
-    n -= 1
-    t = h_time[n]
-    slot = h_slot[n]
+def _heap_replace_top(h_time, h_slot, n, t, slot):
+    """Put (t, slot) in place of the root of a 4-ary heap of size n and restore the order."""
     i = 0
     while True:
         first = 4 * i + 1
@@ -244,6 +241,12 @@ def _heap_pop(h_time, h_slot, n):
         i = best
     h_time[i] = t
     h_slot[i] = slot
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_pop(h_time, h_slot, n):
+    """Remove the root of a 4-ary heap of size n (the caller reads it first)."""
+    _heap_replace_top(h_time, h_slot, n - 1, h_time[n - 1], h_slot[n - 1])
 
 
 @numba.njit(cache=True)
@@ -340,22 +343,25 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
         _heap_push(h_time, h_slot, n_heap, t0, slot)
         n_heap += 1
 
+    # The root event is handled in place: an event that continues (the next creation of a
+    # flow, a packet's next hop) replaces the root with one sift-down instead of a pop and a push.
     while n_heap > 0:
         t = h_time[0]
         slot = h_slot[0]
-        _heap_pop(h_time, h_slot, n_heap)
-        n_heap -= 1
         f = s_flow[slot]
         hop = s_hop[slot]
+        at_root = True  # the packet handled below is still the heap's root
         if hop == -1:
             # a packet is created now; the creation event is rescheduled in the same slot
             nxt = _next_departure(t, time_code[f], rate[f], mean_size[f], on_time[f], off_time[f], on_end, f)
             if nxt <= duration:
-                _heap_push(h_time, h_slot, n_heap, nxt, slot)
-                n_heap += 1
+                _heap_replace_top(h_time, h_slot, n_heap, nxt, slot)
             else:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
                 free[n_free] = slot
                 n_free += 1
+            at_root = False
             if n_free == 0:
                 grow = cap
                 h_time = np.concatenate((h_time, np.empty(grow)))
@@ -399,6 +405,9 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
                 link_drops[l] += 1
             if counted:
                 dropped[f] += 1
+            if at_root:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
             free[n_free] = slot
             n_free += 1
             continue
@@ -429,10 +438,16 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
                     if k > N_BINS - 1:
                         k = N_BINS - 1
                 hist[f, k] += 1
+            if at_root:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
             free[n_free] = slot
             n_free += 1
         else:
             s_hop[slot] = hop + 1
-            _heap_push(h_time, h_slot, n_heap, arrive, slot)
-            n_heap += 1
+            if at_root:
+                _heap_replace_top(h_time, h_slot, n_heap, arrive, slot)
+            else:
+                _heap_push(h_time, h_slot, n_heap, arrive, slot)
+                n_heap += 1
     return sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops
