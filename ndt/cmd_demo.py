@@ -8,9 +8,7 @@ happened and where to look in a few lines; ``--json`` gives ``measured: {before,
 
 from __future__ import annotations
 
-import argparse
-
-from ndt.cmd_loop import add_loop_arguments, execute, print_summary
+from ndt.cmd_loop import add_loop_arguments, run
 
 
 def register(subparsers) -> None:
@@ -25,16 +23,3 @@ def register(subparsers) -> None:
     )
     add_loop_arguments(p, load=0.9, duration=10.0, validate_s=8.0)
     p.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ndt.output import print_json
-
-    report = execute(args, (lambda msg: print(msg, file=sys.stderr)) if args.json else print)
-    if args.json:
-        print_json(report)
-    else:
-        print_summary(report)
-    return 0
