@@ -249,7 +249,7 @@ def _heap_pop(h_time, h_slot, n):
     _heap_replace_top(h_time, h_slot, n - 1, h_time[n - 1], h_slot[n - 1])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _packet_size(code, mean, small, large, p_small):
     if code == 0:
         return mean
@@ -258,7 +258,7 @@ def _packet_size(code, mean, small, large, p_small):
     return small if np.random.random() < p_small else large
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _next_departure(t, code, rate, mean_size, on_time, off_time, on_end, flow):
     """Next packet creation time of a flow after one at ``t`` (updates on_end for ON/OFF)."""
     iat = mean_size / rate
@@ -281,7 +281,7 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
     np.random.seed(seed)
     n_links = capacity.shape[0]
     n_flows = rate.shape[0]
-    log_ratio = math.log(BIN_RATIO)
+    bins_per_e = 1.0 / math.log(BIN_RATIO)  # histogram bins per factor e of delay
     # per-link ring of departure times of the packets in the system (waiting + transmitting)
     ring_cap = buffer + 1
     ring_off = np.zeros(n_links + 1, dtype=np.int64)
@@ -392,15 +392,19 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
         # discard departures that already happened
         base = ring_off[l]
         rc = ring_cap[l]
-        while ring_count[l] > 0 and ring[base + ring_head[l]] <= t:
-            ring_head[l] += 1
-            if ring_head[l] == rc:
-                ring_head[l] = 0
-            ring_count[l] -= 1
+        head = ring_head[l]
+        count = ring_count[l]
+        while count > 0 and ring[base + head] <= t:
+            head += 1
+            if head == rc:
+                head = 0
+            count -= 1
+        ring_head[l] = head
         in_window = warmup <= t <= duration
         if in_window:
             arrivals[l] += 1
-        if ring_count[l] >= rc:
+        if count >= rc:
+            ring_count[l] = count
             if in_window:
                 link_drops[l] += 1
             if counted:
@@ -415,11 +419,11 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
         service = size / capacity[l]
         dep = start + service
         last_dep[l] = dep
-        tail = ring_head[l] + ring_count[l]
+        tail = head + count
         if tail >= rc:
             tail -= rc
         ring[base + tail] = dep
-        ring_count[l] += 1
+        ring_count[l] = count + 1
         if in_window:
             busy[l] += service
             wait_sum[l] += start - t
@@ -434,7 +438,7 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
                 ratio = d / hist_base[f]
                 k = 0
                 if ratio > 1.0:
-                    k = int(math.log(ratio) / log_ratio)
+                    k = int(math.log(ratio) * bins_per_e)
                     if k > N_BINS - 1:
                         k = N_BINS - 1
                 hist[f, k] += 1
