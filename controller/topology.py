@@ -8,11 +8,10 @@ and the file (or no file at all) may give only dpids. Errors name the file and t
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 from controller.routing_rules import RuleError, Wiring
+from ndt.files import read_json
 from twin.state import NetworkState
 
 
@@ -59,13 +58,7 @@ def load_wiring(path, state: NetworkState, discover: bool = False) -> Wiring:
         if not discover:
             raise RuleError("a wiring file is needed unless links are discovered (LLDP)")
         return wiring_from_dict({}, state, "wiring", discover=True)
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise RuleError(f"{path}: cannot read the wiring file ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise RuleError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    data = read_json(path, "the wiring file", RuleError)
     return wiring_from_dict(data, state, str(path), discover)
 
 

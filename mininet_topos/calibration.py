@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from ndt.errors import NdtError
+from ndt.files import read_json
 from twin.state import NetworkState
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # where ndt calibrate writes calibration-<model>.json
@@ -113,12 +114,7 @@ def find(model: str) -> Path | None:
 def load(path: Path) -> tuple[Correction, dict]:
     """The correction and its fit report from a calibration JSON file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read the calibration ({exc.strerror}); run 'ndt calibrate'") from None
-    except json.JSONDecodeError as exc:
-        raise CalibrationError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json(path, "the calibration", CalibrationError, hint="; run 'ndt calibrate'")
     values = {}
     for key in ("queue_scale", "per_hop_s", "base_s"):
         value = data.get(key) if isinstance(data, dict) else None

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ndt.errors import NdtError
+from ndt.files import read_json
 
 TIME_DISTS = ("poisson", "cbr", "onoff")
 SIZE_DISTS = ("deterministic", "exponential", "binomial")
@@ -286,15 +287,7 @@ class NetworkState:
 
     @classmethod
     def load(cls, path) -> "NetworkState":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise StateError(f"{path}: cannot read the state file ({exc.strerror})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StateError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        data = read_json(path, "the state file", StateError)
         try:
             return cls.from_dict(data)
         except StateError as exc:
