@@ -106,21 +106,16 @@ class _Recorder:
         return delays
 
 
-def routing_key(state: NetworkState) -> tuple:
-    """Identifies a routing by the paths it gives the flows (different weights may route alike)."""
-    return tuple(tuple(links.tolist()) for links in state.flow_links)
-
-
 def top_candidates(state: NetworkState, intent: Intent, predictor, k: int, seed: int = 0):
     """Up to ``k`` weight vectors from one NES run, best predicted first, each routing the flows
     differently from the current weights and from each other; plus the optimizer's result."""
     recorder = _Recorder(predictor)
     result = optimize(state, intent, recorder, seed=seed, allow_infeasible=True)
-    keys = {routing_key(state)}
+    keys = {state.routing_key}
     out = []
     for weights, _ in sorted(recorder.seen.items(), key=lambda item: item[1]):
         routed = state.with_weights(np.array(weights))
-        key = routing_key(routed)
+        key = routed.routing_key
         if key not in keys:
             keys.add(key)
             out.append(np.array(weights))

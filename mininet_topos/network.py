@@ -30,7 +30,7 @@ from twin.state import NetworkState
 REPO = Path(__file__).resolve().parents[1]
 LOG_DIR = REPO / "data" / "logs"
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
-MTU_BYTES = 1514  # HTB burst: one full Ethernet frame
+SHAPER_SLACK_S = 100e-6  # HTB token bucket depth, s of link time: absorbs timer lateness, no more
 OVS_RT_PRIORITY = 5  # below the traffic generator's (10)
 
 
@@ -60,13 +60,19 @@ class Names:
 
 
 def shaping_commands(intf: str, capacity_bps: float, buffer_pkts: int) -> list[str]:
-    """``tc -batch`` lines shaping ``intf`` to ``capacity_bps`` (HTB, burst one frame) with a FIFO of
-    ``buffer_pkts`` packets behind the shaper."""
+    """``tc -batch`` lines shaping ``intf`` to ``capacity_bps`` with a FIFO of ``buffer_pkts`` packets.
+
+    HTB sends while its bucket holds tokens and then charges the packet, so with a bucket of
+    ``SHAPER_SLACK_S`` a packet leaves one frame time after the previous one: a FIFO server of the
+    link's capacity (docs/emulation.md). A deeper bucket (e.g. one frame) lets packets skip part
+    of their wait after every idle spell.
+    """
     rate = int(round(capacity_bps))
+    burst = max(1, int(round(capacity_bps * SHAPER_SLACK_S / 8)))
     return [
         f"qdisc replace dev {intf} root handle 1: htb default 1",
         f"class add dev {intf} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit "
-        f"burst {MTU_BYTES}b cburst {MTU_BYTES}b",
+        f"burst {burst}b cburst {burst}b",
         f"qdisc add dev {intf} parent 1:1 handle 10: pfifo limit {int(buffer_pkts)}",
     ]
 

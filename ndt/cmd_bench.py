@@ -44,6 +44,8 @@ def register(subparsers) -> None:
                      help="comma-separated: synthetic-25 and/or topohub keys (default: synthetic-25,sndlib/abilene)")
     opt.add_argument("--intensities", default="0.5,0.7,0.85,1.0,1.15", help="comma-separated busiest-link loads")
     opt.add_argument("--budget", type=int, default=1500, help="candidates per optimization (default: 1500)")
+    opt.add_argument("--sim-runs", type=int, default=3,
+                     help="simulations per routing, averaged; every method sees the same seeds (default: 3)")
     opt.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     opt.add_argument("--out", type=Path, default=Path("docs/figures/optimizer"),
                      help="prefix of the .json and .png written (default: docs/figures/optimizer)")
@@ -78,13 +80,17 @@ def run_optimize(args: argparse.Namespace) -> int:
         intensities = [float(x) for x in args.intensities.split(",")]
     except ValueError:
         raise NdtError(f"--intensities takes comma-separated numbers, got {args.intensities!r}") from None
+    if args.sim_runs < 1 or args.budget < 1:
+        raise NdtError(f"--sim-runs and --budget must be >= 1, got {args.sim_runs} and {args.budget}")
 
     def progress(row):
         print(f"{row['topology']} load {row['load']:.2f}: sp {1e3 * row['sp_delay']:.3f} ms, "
-              f"nes_twin {1e3 * row['nes_twin_delay']:.3f} ms ({100 * row['nes_twin_gain']:+.1f} %)", file=sys.stderr)
+              f"nes_twin {1e3 * row['nes_twin_delay']:.3f} ms ({100 * row['nes_twin_gain']:+.1f} %), "
+              f"best: {row['best_method']}", file=sys.stderr)
 
     report = bench_optimize(topologies=args.topologies.split(","), intensities=intensities, twin_name=args.twin,
-                            budget=args.budget, seed=args.seed, progress=progress)
+                            budget=args.budget, seed=args.seed, sim_runs=args.sim_runs,
+                            progress=progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     plot(report, args.out.with_suffix(".png"))
@@ -97,6 +103,7 @@ def run_optimize(args: argparse.Namespace) -> int:
             for r in report["intensities"]]
     print_table(rows, [("topology", "topology", ""), ("load", "load", ".2f"), ("sp_ms", "SP ms", ".3f"),
                        ("invcap_ms", "invcap ms", ".3f"), ("fortz_thorup_ms", "FT ms", ".3f"),
-                       ("nes_qt_ms", "NES+QT ms", ".3f"), ("nes_twin_ms", f"NES+{args.twin} ms", ".3f")])
+                       ("nes_qt_ms", "NES+QT ms", ".3f"), ("nes_twin_ms", f"NES+{args.twin} ms", ".3f"),
+                       ("best_method", "best", "")])
     print(f"written: {args.out.with_suffix('.json')}, {args.out.with_suffix('.png')}")
     return 0

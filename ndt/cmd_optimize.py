@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
                             "after": float(final.utilization().max())},
         "model": args.model,
         "evaluations": result.evaluations,
+        "distinct_routings": result.predicted,
+        "refinement_evaluations": result.refined,
         "generations": result.generations,
         "stopped_by": result.stopped_by,
         "wall_s": round(result.wall_s, 3),
@@ -107,7 +109,8 @@ def _paths(state, delays) -> list[dict]:
 def _print_summary(report: dict, args) -> None:
     before, after = report["predicted"]["before"], report["predicted"]["after"]
     status = "meets the intent" if report["feasible"] else "does NOT meet the intent (least violating shown)"
-    print(f"{report['evaluations']} candidates in {report['wall_s']} s ({report['stopped_by']}); the chosen routing {status}")
+    print(f"{report['evaluations']} candidates ({report['distinct_routings']} distinct routings) in {report['wall_s']} s "
+          f"(NES: {report['stopped_by']}, then {report['refinement_evaluations']} in refinement); the chosen routing {status}")
     rows = [{"what": f"predicted ({args.model})", "before": 1e3 * before["mean_delay"], "after": 1e3 * after["mean_delay"]}]
     if "simulated" in report:
         rows.append({"what": "simulated", "before": 1e3 * report["simulated"]["before"]["mean_delay"],

@@ -22,8 +22,9 @@ def register(subparsers) -> None:
             "default twin."
         ),
     )
-    p.add_argument("--data", type=Path, default=Path("data/train"), metavar="DIR",
-                   help="dataset directory (default: data/train); shards added while training join at the next epoch")
+    p.add_argument("--data", type=Path, action="append", metavar="DIR",
+                   help="dataset directory, repeatable to train on several (default: data/train); shards added "
+                        "while training join at the next epoch")
     p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/MODEL)")
     p.add_argument("--model", choices=("routenet", "rnn"), default="routenet", help="which network (default: routenet)")
     p.add_argument("--epochs", type=int, default=40, help="most epochs (default: 40)")
@@ -36,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--target", choices=("queueing", "delay"), default="queueing",
                    help="loss: relative error of the delay minus propagation (default), or of the whole delay")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="fine-tune a trained model instead of starting afresh: its path without suffix, e.g. "
+                        "twin/models/routenet_e (its normalisation is kept; --state-dim/--iterations must match)")
     p.add_argument("--export", action="store_true", help="copy the best model into twin/models/ (the default twin)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -57,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
     stem = LEARNED[args.model]
     config = TrainConfig(kind=stem, state_dim=args.state_dim, iterations=args.iterations, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                         max_minutes=args.max_minutes, target=args.target, seed=args.seed)
+                         max_minutes=args.max_minutes, target=args.target, seed=args.seed,
+                         init_from=args.init_from)
     out = args.out or Path("runs") / stem
     stream = sys.stderr if args.json else sys.stdout
     log = lambda msg: print(msg, file=stream, flush=True)  # noqa: E731
-    summary = Trainer(args.data, out, config, progress=not args.no_progress, log=log).run()
+    summary = Trainer(args.data or [Path("data/train")], out, config, progress=not args.no_progress, log=log).run()
     if args.export:
         for suffix in (".weights.h5", ".json"):
             shutil.copyfile(out / f"best{suffix}", MODELS_DIR / f"{stem}{suffix}")

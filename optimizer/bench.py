@@ -54,9 +54,11 @@ def routings(state: NetworkState, twin_name: str, budget: int, time_limit_s: flo
 
 
 def bench_optimize(topologies=("synthetic-25", "sndlib/abilene"), intensities=INTENSITIES, twin_name: str = "qt",
-                   budget: int = 1500, time_limit_s: float = 60.0, seed: int = 0, progress=None) -> dict:
-    """For each topology and intensity: the simulated mean delay (s) of every method's routing."""
-    simulator = SimulatorPredictor(packets_per_flow=2000, seed=seed + 1)
+                   budget: int = 1500, time_limit_s: float = 60.0, seed: int = 0, sim_runs: int = 3,
+                   progress=None) -> dict:
+    """For each topology and intensity: the simulated mean delay (s) of every method's routing,
+    averaged over ``sim_runs`` simulations (every method sees the same seeds)."""
+    simulators = [SimulatorPredictor(packets_per_flow=2000, seed=seed + 1 + run) for run in range(sim_runs)]
     results = []
     for topology in topologies:
         base = synthetic_state(seed=seed) if topology == "synthetic-25" else real_state(topology)
@@ -65,12 +67,15 @@ def bench_optimize(topologies=("synthetic-25", "sndlib/abilene"), intensities=IN
             state = scale_to_utilization(base, load)
             weights, timing = routings(state, twin_name, budget, time_limit_s, seed)
             candidates = [state.with_weights(weights[m]) for m in METHODS]
-            delays = simulator.predict_delays(candidates)
-            row = {"topology": topology, "load": load, "twin": twin_name, "optimize_s": timing}
-            for method, candidate, delay in zip(METHODS, candidates, delays):
-                row[f"{method}_delay"] = mean_delay(candidate, delay)
+            runs = [simulator.predict_delays(candidates) for simulator in simulators]
+            row = {"topology": topology, "load": load, "twin": twin_name, "optimize_s": timing, "sim_runs": sim_runs}
+            for i, (method, candidate) in enumerate(zip(METHODS, candidates)):
+                per_run = [mean_delay(candidate, delays[i]) for delays in runs]
+                row[f"{method}_delay"] = float(np.mean(per_run))
+                row[f"{method}_delay_runs"] = per_run
                 row[f"{method}_max_util"] = float(candidate.utilization().max())
             row["nes_twin_gain"] = 1.0 - row["nes_twin_delay"] / row["sp_delay"]
+            row["best_method"] = min(METHODS, key=lambda m: row[f"{m}_delay"])
             results.append(row)
             if progress is not None:
                 progress(row)

@@ -84,7 +84,7 @@ def snes(
         order = np.lexsort((np.where(violation > 0, violation, objective), violation > 0))
         top = order[0]
         key = (float(violation[top]), float(objective[top]))
-        if _better(key, best_key):
+        if better(key, best_key):
             best, best_key, stale = candidates[top].copy(), key, 0
         else:
             stale += 1
@@ -113,8 +113,10 @@ def _utilities(size: int) -> np.ndarray:
     return raw / raw.sum() - 1.0 / size
 
 
-def _better(a: tuple, b: tuple) -> bool:
-    """Lexicographic on (infeasible?, violation or objective)."""
-    key_a = (a[0] > 0, a[0] if a[0] > 0 else a[1])
-    key_b = (b[0] > 0, b[0] if b[0] > 0 else b[1])
-    return key_a < key_b
+def better(a: tuple, b: tuple, tolerance: float = 0.0) -> bool:
+    """Whether (violation, objective) ``a`` ranks above ``b``: feasible first, then the lower violation
+    or objective, by more than ``tolerance`` (relative) when both sit on the same side."""
+    if (a[0] > 0) != (b[0] > 0):
+        return b[0] > 0
+    key_a, key_b = (a[0], b[0]) if a[0] > 0 else (a[1], b[1])
+    return key_a < key_b * (1 - tolerance)

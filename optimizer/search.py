@@ -9,6 +9,7 @@ import numpy as np
 
 from ndt.errors import NdtError
 from optimizer.intent import Intent
+from optimizer.local import descend
 from optimizer.nes import snes
 from optimizer.objective import Score, score
 from twin.state import NetworkState
@@ -32,7 +33,9 @@ class Optimization:
     after: Score
     delays_before: np.ndarray  # predicted, s per flow
     delays_after: np.ndarray
-    evaluations: int
+    evaluations: int  # candidates scored (NES + refinement), repeats of a routing included
+    predicted: int  # distinct routings the predictor was asked about
+    refined: int  # of the evaluations, those of the steepest descent after NES
     generations: int
     stopped_by: str
     wall_s: float
@@ -62,9 +65,36 @@ def limit_changes(start: np.ndarray, max_changed: int | None, rng: np.random.Gen
     return repair
 
 
+class RoutingScores:
+    """Scores candidate weight vectors in one batched predictor call, each distinct routing once.
+
+    Weight vectors that give every flow the same path share a score: NES samples many of them."""
+
+    def __init__(self, state: NetworkState, intent: Intent, predictor):
+        self.state, self.intent, self.predictor = state, intent, predictor
+        self.known: dict[tuple, Score] = {}
+
+    def __call__(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        states = [self.state.with_weights(w) for w in candidates]
+        new = {}
+        for s in states:
+            if s.routing_key not in self.known:
+                new.setdefault(s.routing_key, s)
+        if new:
+            delays = self.predictor.predict_delays(list(new.values()))
+            for (key, s), d in zip(new.items(), delays):
+                self.known[key] = score(s, self.intent, d)
+        scores = [self.known[s.routing_key] for s in states]
+        return np.array([s.violation for s in scores]), np.array([s.objective for s in scores])
+
+
+NES_SHARE = 0.7  # of the evaluation budget; steepest descent from NES's best gets the rest
+
+
 def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, population: int | None = None,
              on_generation=None, allow_infeasible: bool = False) -> Optimization:
-    """Search OSPF weights with separable NES, each generation scored in one batched predictor call.
+    """Search OSPF weights with separable NES, then refine its best by steepest descent over
+    single-weight moves; every generation or step is scored in one batched predictor call.
 
     Raises :class:`InfeasibleIntent` when no feasible routing was found, unless
     ``allow_infeasible`` (then the least-violating one is returned).
@@ -73,27 +103,24 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     low, high = intent.weight_bounds
     start = np.clip(np.rint(state.link_arrays["weight"]), low, high).astype(np.int64)
     started = time.perf_counter()
-
-    def score_batch(candidates: np.ndarray):
-        states = [state.with_weights(w) for w in candidates]
-        delays = predictor.predict_delays(states)
-        scores = [score(s, intent, d) for s, d in zip(states, delays)]
-        return np.array([s.violation for s in scores]), np.array([s.objective for s in scores])
-
-    result = snes(score_batch, start, low, high, max_evaluations=intent.max_evaluations,
-                  time_limit_s=intent.time_limit_s, seed=seed, population=population,
-                  repair=limit_changes(start, intent.max_changed_weights, np.random.default_rng(seed)),
-                  on_generation=on_generation)
-    initial, final = state.with_weights(start), state.with_weights(result.best)
+    score_batch = RoutingScores(state, intent, predictor)
+    repair = limit_changes(start, intent.max_changed_weights, np.random.default_rng(seed))
+    result = snes(score_batch, start, low, high, max_evaluations=max(1, int(NES_SHARE * intent.max_evaluations)),
+                  time_limit_s=NES_SHARE * intent.time_limit_s, seed=seed, population=population,
+                  repair=repair, on_generation=on_generation)
+    best, _, refined = descend(score_batch, result.best, result.best_rank_key, low, high,
+                               max_evaluations=intent.max_evaluations - result.evaluations,
+                               deadline=started + intent.time_limit_s, repair=repair)
+    initial, final = state.with_weights(start), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])
     outcome = Optimization(
-        state=state, weights=result.best, before=score(initial, intent, delays_before),
+        state=state, weights=best, before=score(initial, intent, delays_before),
         after=score(final, intent, delays_after), delays_before=delays_before, delays_after=delays_after,
-        evaluations=result.evaluations, generations=result.generations, stopped_by=result.stopped_by,
+        evaluations=result.evaluations + refined, predicted=len(score_batch.known), refined=refined, generations=result.generations, stopped_by=result.stopped_by,
         wall_s=time.perf_counter() - started,
     )
     if not outcome.after.feasible and not allow_infeasible:
         raise InfeasibleIntent(
-            f"no routing found that meets the intent after {result.evaluations} candidates "
+            f"no routing found that meets the intent after {outcome.evaluations} candidates "
             f"(least violation {outcome.after.violation:.3g}); rerun with --allow-infeasible to see it", outcome)
     return outcome

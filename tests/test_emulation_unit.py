@@ -111,7 +111,7 @@ def test_traffic_shifts():
 def test_shaping_and_states():
     cmds = shaping_commands("ls1-eth2", 2e6, 32)
     assert cmds[0] == "qdisc replace dev ls1-eth2 root handle 1: htb default 1"
-    assert "rate 2000000bit ceil 2000000bit burst 1514b cburst 1514b" in cmds[1]
+    assert "rate 2000000bit ceil 2000000bit burst 25b cburst 25b" in cmds[1]
     assert cmds[2].endswith("pfifo limit 32")
     ring = emulation_state("ring:5", 0.8)
     assert len(ring.nodes) == 5 and len(ring.flows) == 20 and ring.utilization().max() == pytest.approx(0.8)

@@ -122,3 +122,37 @@ def test_score_counts_avoided_traffic():
     intent = parse_intent({"constraints": {"avoid_links": [["a", "b"]]}})
     delays = np.array([0.01, 0.01])
     assert score(state, intent, delays).violation == pytest.approx(0.6)
+
+
+def test_descent_reaches_a_single_move_optimum_and_respects_repair():
+    from optimizer.local import descend, neighbours
+
+    assert len(neighbours(np.array([1, 5]), 1, 20)) == 1 + 1 + 3 + 1  # 1 -> {2, 20}; 5 -> {1, 4, 6, 20}
+    target = np.array([4, 1, 20, 7])
+
+    def score_batch(candidates):
+        return np.zeros(len(candidates)), np.abs(candidates - target).sum(axis=1).astype(float)
+
+    start = np.array([1, 1, 1, 1])
+    best, key, used = descend(score_batch, start, (0.0, 28.0), 1, 20, max_evaluations=10_000, deadline=1e18)
+    assert best.tolist() == target.tolist() and key == (0.0, 0.0) and used > 0
+    repair = limit_changes(start, 1, np.random.default_rng(0))
+    best, key, _ = descend(score_batch, start, (0.0, 28.0), 1, 20, 10_000, 1e18, repair=repair)
+    assert np.sum(best != start) == 1 and key == (0.0, 9.0)  # the best single change: link 2 to 20
+
+
+def test_each_distinct_routing_reaches_the_predictor_once():
+    from optimizer.search import RoutingScores
+
+    calls = []
+
+    class Counting:
+        def predict_delays(self, states):
+            calls.append(len(states))
+            return [np.full(len(s.flows), 1e-3) for s in states]
+
+    scores = RoutingScores(two_route_state(), parse_intent({}), Counting())
+    alike = np.array([[1] * 8, [2] * 8, [1, 5, 1, 5, 1, 1, 1, 1]])  # three vectors, one routing
+    scores(alike)
+    scores(np.array([[5, 1, 1, 1, 1, 1, 1, 1], [1] * 8]))  # one new routing (a->d over c), one known
+    assert calls == [1, 1] and len(scores.known) == 2

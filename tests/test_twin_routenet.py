@@ -70,6 +70,18 @@ def test_training_loss_decreases_and_resumes(tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
     assert (tmp_path / "run" / "best.weights.h5").exists()
 
+    more = tmp_path / "more"
+    generate(DatasetConfig(samples=3, min_nodes=5, max_nodes=6, packets_per_flow=300, shard_size=3,
+                           real_fraction=0.0, traffic="poisson", seed=6), more, workers=1, progress=False)
+    tuned = Trainer([data, more], tmp_path / "tuned", TrainConfig(**{**config.__dict__, "epochs": 1,
+                    "init_from": str(tmp_path / "run" / "best")}), progress=False, log=lambda m: None)
+    assert len(tuned.data.items) == 9
+    start = load_twin("best", tmp_path / "run")
+    np.testing.assert_allclose(tuned.twin.predict_delays(_states())[0], start.predict_delays(_states())[0], rtol=1e-6)
+    with pytest.raises(ModelFileError, match="cannot start"):
+        Trainer(data, tmp_path / "other", TrainConfig(**{**config.__dict__, "state_dim": 8,
+                "init_from": str(tmp_path / "run" / "best")}), progress=False, log=lambda m: None)
+
 
 @pytest.mark.skipif(not (MODELS_DIR / "routenet_e.weights.h5").exists(), reason="no shipped weights yet")
 def test_shipped_weights_beat_qt_on_fresh_states():

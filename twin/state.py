@@ -201,6 +201,11 @@ class NetworkState:
             out.append(np.array([index[(a, b)] for a, b in zip(path, path[1:])], dtype=np.int64))
         return out
 
+    @cached_property
+    def routing_key(self) -> tuple:
+        """Identifies the routing by the paths it gives the flows (different weights may route alike)."""
+        return tuple(links.tobytes() for links in self.flow_links)
+
     def flow_path(self, i: int) -> list[str]:
         """Node names along flow ``i``'s path."""
         links = self.flow_links[i]

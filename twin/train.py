@@ -21,7 +21,7 @@ import numpy as np
 
 from twin.dataset import read_shard
 from twin.features import StateGraph, batch_graphs, state_graph
-from twin.routenet import (LearnedTwin, ModelFileError, Normalizer, batch_tensors, build, make_network,
+from twin.routenet import (LearnedTwin, ModelFileError, Normalizer, batch_tensors, build, load_twin, make_network,
                            padded_hops)
 from twin.state import StateError
 
@@ -42,6 +42,7 @@ class TrainConfig:
     val_every: int = 10
     target: str = "queueing"
     seed: int = 0
+    init_from: str | None = None  # a trained model (path without suffix) to fine-tune instead of starting afresh
 
 
 @dataclass
@@ -55,28 +56,31 @@ class Item:
 
 
 class DatasetCache:
-    """The samples of a dataset directory, read shard by shard; ``refresh`` picks up new shards."""
+    """The samples of one or more dataset directories, read shard by shard; ``refresh`` picks up new shards."""
 
-    def __init__(self, directory):
-        self.directory = Path(directory)
-        self.seen: set[str] = set()
+    def __init__(self, directories):
+        self.directories = [Path(d) for d in ([directories] if isinstance(directories, (str, Path)) else directories)]
+        self.seen: set[Path] = set()
         self.items: list[Item] = []
-        if not self.directory.is_dir():
-            raise StateError(f"{self.directory}: no such dataset directory")
+        for directory in self.directories:
+            if not directory.is_dir():
+                raise StateError(f"{directory}: no such dataset directory")
 
     def refresh(self) -> int:
         """Read shards not read yet; returns how many samples were added."""
         added = 0
-        for path in sorted(self.directory.glob("shard-*.jsonl.gz")):
-            if path.name in self.seen:
-                continue
-            for sample in read_shard(path):
-                self.items.append(Item(state_graph(sample.state), sample.labels["delay"],
-                                       len(sample.state.nodes), int(sample.meta["index"])))
-                added += 1
-            self.seen.add(path.name)
+        for directory in self.directories:
+            for path in sorted(directory.glob("shard-*.jsonl.gz")):
+                if path in self.seen:
+                    continue
+                for sample in read_shard(path):
+                    self.items.append(Item(state_graph(sample.state), sample.labels["delay"],
+                                           len(sample.state.nodes), int(sample.meta["index"])))
+                    added += 1
+                self.seen.add(path)
         if not self.items:
-            raise StateError(f"{self.directory}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
+            names = ", ".join(str(d) for d in self.directories)
+            raise StateError(f"{names}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
         return added
 
     def split(self, val_every: int) -> tuple[list[Item], list[Item]]:
@@ -124,6 +128,7 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         self.state = {"epoch": 0, "best": None, "bad_epochs": 0, "lr": config.lr, "history": [], "train_s": 0.0}
         checkpoint = self.out / "checkpoint.json"
+        start = self._start_model(config) if config.init_from and not checkpoint.exists() else None
         if checkpoint.exists():
             saved = json.loads(checkpoint.read_text())
             if saved["config"] != _comparable(config):
@@ -131,6 +136,8 @@ class Trainer:
                                      "use another --out directory or the same settings to resume")
             self.norm = Normalizer(saved["norm"])
             self.state = saved["state"]
+        elif start is not None:
+            self.norm = start.norm
         else:
             train, _ = self.data.split(config.val_every)
             if not train:
@@ -138,6 +145,8 @@ class Trainer:
             self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]))
         self.net = make_network(config.kind, {"state_dim": config.state_dim, "iterations": config.iterations})
         build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
+        if start is not None:
+            self.net.set_weights(start.net.get_weights())
         self.optimizer = keras.optimizers.Adam(learning_rate=self.state["lr"], clipnorm=1.0)
         self.optimizer.build(self.net.trainable_variables)
         if checkpoint.exists():
@@ -148,6 +157,17 @@ class Trainer:
             self.optimizer.learning_rate.assign(self.state["lr"])
         self.twin = LearnedTwin(self.net, self.norm, config.kind)
         self._step = self._make_step()
+
+    @staticmethod
+    def _start_model(config: TrainConfig) -> LearnedTwin:
+        """The model ``config.init_from`` names, checked to be of the configured kind and size."""
+        path = Path(config.init_from)
+        twin = load_twin(path.name, path.parent)
+        wanted = {"kind": config.kind, "state_dim": config.state_dim, "iterations": config.iterations}
+        have = {"kind": twin.kind, **{k: twin.net.get_config().get(k) for k in ("state_dim", "iterations")}}
+        if have != wanted:
+            raise ModelFileError(f"{config.init_from}: a {have} model cannot start a {wanted} training run")
+        return twin
 
     def _make_step(self):
         import tensorflow as tf
