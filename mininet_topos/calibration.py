@@ -73,6 +73,28 @@ def fit(samples: list[tuple[NetworkState, np.ndarray, np.ndarray]]) -> Correctio
     return Correction(queue_scale=float(coef[0]), per_hop_s=float(coef[1]), base_s=float(coef[2]))
 
 
+def measurement_noise(state: NetworkState, correction: Correction, duration: float, warmup: float,
+                      min_packets: int, runs: int = 4, seed: int = 0) -> float:
+    """The MAPE a perfect model would score against one emulation measurement of ``duration`` s
+    (``warmup`` s of it not counted).
+
+    The emulated links are FIFO servers without serialization, so the simulator (minus transmission
+    and propagation, through ``correction``) is the emulation's own model: its long-run per-path
+    delays are compared with ``runs`` simulated windows of the measurement's length, over flows
+    with at least ``min_packets`` packets in the window, as the twin is compared with a measurement.
+    """
+    from twin.sim import simulate
+
+    reference = emulated_delays(state, simulate(state, duration=200 * duration, warmup=warmup, seed=seed).delay,
+                                correction)
+    errors = []
+    for run in range(runs):
+        window = simulate(state, duration=duration, warmup=warmup, seed=seed + 1 + run)
+        measured = emulated_delays(state, window.delay, correction)
+        errors.append(mape(reference, np.where(window.delivered >= min_packets, measured, np.nan)))
+    return float(np.mean(errors))
+
+
 def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
     """Mean absolute percentage error (fraction) over flows with a positive measured delay."""
     ok = np.isfinite(measured) & (measured > 0) & np.isfinite(predicted)

@@ -25,10 +25,11 @@ from mininet_topos.calibration import (
     Correction,
     emulated_delays,
     mape,
+    measurement_noise,
 )
 from mininet_topos.network import REPO, EmulatedNetwork, EmulationError, free_port
 from mininet_topos.topologies import EMU_PACKET
-from mininet_topos.traffic import DRAIN_S, START_LEAD_S, Measurement, play
+from mininet_topos.traffic import DRAIN_S, MIN_PACKETS, START_LEAD_S, Measurement, play
 from mininet_topos.validate import validate
 from optimizer.intent import Intent
 from optimizer.objective import mean_delay
@@ -40,11 +41,14 @@ DEFAULT_OUT = REPO / "data" / "loop"
 
 @dataclass
 class LoopSettings:
-    """duration/validate_s: traffic per live/sandbox measurement, s; margin: the validated relative
-    improvement needed to push; rollback_tolerance: relative worsening after a push that rolls back."""
+    """duration/validate_s/verify_s: traffic per live measurement before optimizing, per sandbox
+    measurement, per live measurement after the decision (longer: the twin is judged on it), s;
+    margin: the validated relative improvement needed to push; rollback_tolerance: relative
+    worsening after a push that rolls back."""
 
     duration: float = 10.0
     validate_s: float = 8.0
+    verify_s: float = 30.0
     warmup: float = 2.0
     candidates: int = 2
     margin: float = 0.05
@@ -153,9 +157,11 @@ def should_roll_back(before: float, after: float, tolerance: float) -> bool:
 
 
 # ---------------------------------------------------------------------- I/O
-def measure(net: EmulatedNetwork, state: NetworkState, settings: LoopSettings, seed: int, label: str) -> Measurement:
-    """Play the live traffic, report the measured path delays to the controller (store, Prometheus)."""
-    measured = play(net, state, settings.duration, settings.warmup, seed, net.workdir / label)
+def measure(net: EmulatedNetwork, state: NetworkState, settings: LoopSettings, seed: int, label: str,
+            duration: float | None = None) -> Measurement:
+    """Play the live traffic for ``duration`` s (default ``settings.duration``), report the measured
+    path delays to the controller (store, Prometheus)."""
+    measured = play(net, state, duration or settings.duration, settings.warmup, seed, net.workdir / label)
     net.report_measured(measured.by_pair(state), source=f"emulation: {label}")
     return measured
 
@@ -169,12 +175,13 @@ def push_and_verify(net: EmulatedNetwork, state: NetworkState, old: np.ndarray, 
         net.apply_vector(new, who="ndt loop: validated winner", links=state.links)
     out = {"pushed_at": time.monotonic(), "rolled_back": False, "final_weights": new}
     with timeline.phase(name("measure after")):
-        out["after"] = after = measure(net, state.with_weights(new), settings, seed, "after")
+        out["after"] = after = measure(net, state.with_weights(new), settings, seed, "after", settings.verify_s)
     if should_roll_back(before.mean_delay(state), after.mean_delay(state), settings.rollback_tolerance):
         with timeline.phase(name("rollback")):
             net.apply_vector(old, who="ndt loop: rollback", links=state.links)
         with timeline.phase(name("measure after rollback")):
-            out["after_rollback"] = measure(net, state.with_weights(old), settings, seed + 1, "after-rollback")
+            out["after_rollback"] = measure(net, state.with_weights(old), settings, seed + 1, "after-rollback",
+                                            settings.verify_s)
         out.update(rolled_back=True, final_weights=old)
     return out
 
@@ -284,14 +291,18 @@ def _iteration(live, state, predictor, correction, settings, timeline, log, sand
     else:
         out["loop_s"] = time.monotonic() - loop_started
         with timeline.phase(name("measure after")):
-            out["final"] = measure(live, state, settings, seed + 1, f"after-{k + 1}")
+            out["final"] = measure(live, state, settings, seed + 1, f"after-{k + 1}", settings.verify_s)
     return _finish(out, predictor, correction)
 
 
 def _finish(out: dict, predictor, correction: Correction) -> dict:
-    """Add the calibrated twin's delays for the routing the iteration ended with."""
+    """Add the calibrated twin's delays for the routing the iteration ended with, and the error a
+    perfect model would show against a measurement as long as the final one."""
     final_state = out["state"].with_weights(out["final_weights"])
     out["expected"] = emulated_delays(final_state, predictor.predict_delays([final_state])[0], correction)
+    final = out["final"]
+    out["noise_mape"] = measurement_noise(final_state, correction, final.duration, final.warmup, MIN_PACKETS,
+                                          seed=out["k"])
     return out
 
 
@@ -303,6 +314,7 @@ def _report(it: dict, timeline: Timeline, live) -> dict:
         "measured": {"before": before.mean_delay(state), "after": final.mean_delay(state)},
         "improvement": 1.0 - final.mean_delay(state) / before.mean_delay(state),
         "twin_vs_emulation_mape": mape(it["expected"], final.reliable_delay()),
+        "measurement_noise_mape": it["noise_mape"],
         "loop_s": it["loop_s"],
         "pushed": bool(winner), "rolled_back": it["rolled_back"],
         "pushed_weights": [float(w) for w in it["validations"][winner].weights] if winner else None,
@@ -334,7 +346,7 @@ def _summary(it: dict) -> dict:
             "rolled_back": it["rolled_back"], "before": it["before"].mean_delay(state),
             "after": it["final"].mean_delay(state), "loop_s": it["loop_s"],
             "twin_vs_emulation_mape": mape(it["expected"], it["final"].reliable_delay()),
-            "final_weights": [float(w) for w in it["final_weights"]]}
+            "measurement_noise_mape": it["noise_mape"], "final_weights": [float(w) for w in it["final_weights"]]}
 
 
 def write_report(report: dict, state: NetworkState, before: Measurement, after: Measurement, timeline: Timeline,

@@ -21,5 +21,5 @@ def register(subparsers) -> None:
             "measurement after, rollback if worse. Writes data/loop/report.json and report.png."
         ),
     )
-    add_loop_arguments(p, load=0.9, duration=10.0, validate_s=8.0)
+    add_loop_arguments(p, load=0.9, duration=10.0, validate_s=8.0, verify_s=30.0)
     p.set_defaults(handler=run)

@@ -12,7 +12,7 @@ class OptionError(NdtError, ValueError):
     """An option of ndt loop, demo or calibrate is out of range; the message names the option."""
 
 
-def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> None:
+def add_loop_arguments(p, load: float, duration: float, validate_s: float, verify_s: float) -> None:
     """Options shared by ``ndt loop`` and ``ndt demo``."""
     p.add_argument("--topology", default="sndlib/abilene",
                    help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
@@ -22,6 +22,10 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float) -> No
                    help=f"live traffic per measurement, s (default: {duration:g})")
     p.add_argument("--validate-s", type=float, default=validate_s, metavar="S",
                    help=f"sandbox traffic per candidate, s (default: {validate_s:g})")
+    p.add_argument("--verify-s", type=float, default=verify_s, metavar="S",
+                   help=f"live traffic measured after the decision (push, rollback or keep); the twin-vs-emulation "
+                        f"MAPE is taken on it, and the longer it is the less noise is in that figure "
+                        f"(default: {verify_s:g})")
     p.add_argument("--candidates", type=int, default=2, help="routings validated besides the current one (default: 2)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
@@ -53,7 +57,7 @@ def register(subparsers) -> None:
             "report.json and report.png."
         ),
     )
-    add_loop_arguments(p, load=0.9, duration=10.0, validate_s=8.0)
+    add_loop_arguments(p, load=0.9, duration=10.0, validate_s=8.0, verify_s=30.0)
     p.set_defaults(handler=run)
 
 
@@ -66,7 +70,7 @@ def execute(args: argparse.Namespace, log) -> dict:
 
     if not 0 < args.load < 2:
         raise OptionError(f"--load must lie in (0, 2), got {args.load}")
-    for flag, value in (("--duration", args.duration), ("--validate-s", args.validate_s)):
+    for flag, value in (("--duration", args.duration), ("--validate-s", args.validate_s), ("--verify-s", args.verify_s)):
         if not value > 3:
             raise OptionError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
     if args.candidates < 1:
@@ -97,7 +101,8 @@ def execute(args: argparse.Namespace, log) -> dict:
         if len(pair) != 2 or (pair[0], pair[1]) not in state.link_index:
             raise OptionError(f"--fail {spec!r}: expected NODE,NODE naming a link of {args.topology}")
         failures.append(pair)
-    settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, candidates=args.candidates,
+    settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, verify_s=args.verify_s,
+                            candidates=args.candidates,
                             seed=args.seed)
     report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
                       args.metrics_port, log, shifts=tuple(shifts), failures=tuple(failures),
@@ -127,7 +132,8 @@ def print_summary(report: dict) -> None:
     print(f"{report['topology']} at load {report['load']}: measured mean delay {1e3 * m['before']:.3f} ms -> "
           f"{1e3 * m['after']:.3f} ms ({100 * report['improvement']:.1f} % lower); {action}")
     print(f"loop (telemetry -> flow rules): {report['loop_s']:.1f} s; twin ({report['model']}, calibrated) vs "
-          f"emulation MAPE {report['twin_vs_emulation_mape']:.3f}")
+          f"emulation MAPE {report['twin_vs_emulation_mape']:.3f} (a perfect model: "
+          f"{report['measurement_noise_mape']:.3f} against a measurement this long)")
     for it in report["iterations"][1:]:
         what = "pushed" if it["pushed"] else ("kept the routing" if it["reoptimized"] else "traffic unchanged")
         print(f"iteration {it['iteration']} ({it['event']}): {1e3 * it['before']:.3f} ms -> "

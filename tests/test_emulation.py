@@ -65,7 +65,7 @@ def test_generator_measures_a_known_queue():
 
 def test_loop_pushes_the_routing_it_validated(tmp_path):
     state = square()
-    settings = LoopSettings(duration=6.0, validate_s=6.0, candidates=1,
+    settings = LoopSettings(duration=6.0, validate_s=6.0, verify_s=6.0, candidates=1,
                             intent=Intent(max_evaluations=300, time_limit_s=10.0))
     report = run_loop(state, get_predictor("qt"), Correction(), settings, tmp_path, log=lambda _msg: None,
                       prefixes=("t", "u"), tag="test-loop")
@@ -81,6 +81,7 @@ def test_loop_pushes_the_routing_it_validated(tmp_path):
     pushed = json.loads(config[1])
     assert [pushed[f"{lk.src}->{lk.dst}"] for lk in state.links] == report["pushed_weights"]
     assert report["measured"]["after"] < 0.5 * report["measured"]["before"]
+    assert 0 < report["measurement_noise_mape"] < 1
     assert (tmp_path / "report.json").exists() and (tmp_path / "report.png").stat().st_size > 10_000
 
 
@@ -92,7 +93,7 @@ def test_worse_routing_after_a_push_is_rolled_back():
     old = heavy.link_arrays["weight"].copy()
     bad = old.copy()
     bad[heavy.link_index[("s1", "s4")]] = 10.0
-    settings = LoopSettings(duration=6.0)
+    settings = LoopSettings(duration=6.0, verify_s=6.0)
     with EmulatedNetwork(heavy, prefix="t", tag="test-rollback") as net:
         before = measure(net, heavy, settings, 0, "before")
         outcome = push_and_verify(net, heavy, old, bad, before, settings, Timeline(), 1)

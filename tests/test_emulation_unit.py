@@ -11,6 +11,7 @@ from mininet_topos.calibration import (
     emulated_delays,
     fit,
     mape,
+    measurement_noise,
     path_components,
 )
 from mininet_topos.loop import (
@@ -120,3 +121,10 @@ def test_shaping_and_states():
         emulation_state("grid:5", 0.5)
     with pytest.raises(TopologyError, match="ring:x"):
         emulation_state("ring:x", 0.5)
+
+
+def test_measurement_noise_falls_with_the_window():
+    """A perfect model's error against a measurement shrinks as the measurement grows."""
+    state = emulation_state("line:3", 0.8)
+    short, long = (measurement_noise(state, Correction(), d, 2.0, min_packets=20) for d in (6.0, 120.0))
+    assert 0 < long < short < 1
