@@ -63,6 +63,24 @@ def test_generator_measures_a_known_queue():
     assert m.delay[1] < 0.1 * full_queue and m.loss[1] < 0.02
 
 
+def test_a_shaped_link_is_a_fifo_server():
+    """Poisson arrivals of equal frames at half the capacity wait as in M/D/1 (Pollaczek–Khinchine:
+    ρ·S / (2(1 − ρ)) = 4 ms frame time → 2 ms) on top of the forwarding floor a light flow shows;
+    a shaper whose bucket holds a whole frame would let most packets skip the queue (≈ 0.4 ms)."""
+    rho, service = 0.5, FRAME / CAPACITY
+    links = (Link("a", "b", capacity=CAPACITY, buffer=64), Link("b", "a", capacity=CAPACITY, buffer=64))
+    flows = (Flow("a", "b", rate=rho * CAPACITY, packet_size=FRAME), Flow("b", "a", rate=0.1e6, packet_size=FRAME))
+    state = NetworkState(nodes=("a", "b"), links=links, flows=flows)
+    with EmulatedNetwork(state, prefix="t", tag="test-fifo") as net:
+        m = play(net, state, duration=22.0)
+    wait = rho * service / (2 * (1 - rho))
+    light_wait = 0.05 * service / (2 * 0.95)
+    floor = m.delay[1] - light_wait
+    print(f"M/D/1 at rho 0.5: measured {1e3 * m.delay[0]:.3f} ms, expected {1e3 * (wait + floor):.3f} ms "
+          f"(wait {1e3 * wait:.1f} + forwarding {1e3 * floor:.3f}); {int(m.received[0])} packets")
+    assert m.delay[0] == pytest.approx(wait + floor, rel=0.2)
+
+
 def test_loop_pushes_the_routing_it_validated(tmp_path):
     state = square()
     settings = LoopSettings(duration=6.0, validate_s=6.0, verify_s=6.0, candidates=1,
