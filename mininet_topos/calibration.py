@@ -96,8 +96,10 @@ def measurement_noise(state: NetworkState, correction: Correction, duration: flo
 
 
 def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
-    """Mean absolute percentage error (fraction) over flows with a positive measured delay."""
+    """Mean absolute percentage error (fraction) over flows with a positive measured delay; NaN if none."""
     ok = np.isfinite(measured) & (measured > 0) & np.isfinite(predicted)
+    if not ok.any():
+        return float("nan")
     return float(np.mean(np.abs(predicted[ok] - measured[ok]) / measured[ok]))
 
 

@@ -25,7 +25,7 @@ FRAME_OVERHEAD_BYTES = 42  # Ethernet 14 + IPv4 20 + UDP 8
 MIN_FRAME_BYTES, MAX_FRAME_BYTES = 64, 1514
 START_LEAD_S = 3.0  # senders start this long after launch (Python + numpy import on a busy machine)
 DRAIN_S = 1.0  # receivers keep listening this long after the last send
-MIN_PACKETS = 50  # flows with fewer measured packets are left out of model-vs-emulation errors
+MIN_PACKETS = 200  # flows with fewer measured packets are left out of model-vs-emulation errors (docs/emulation.md)
 
 
 @dataclass
@@ -53,8 +53,8 @@ class Measurement:
         return float(np.sum(rates[ok] * self.delay[ok]) / np.sum(rates[ok]))
 
     def reliable_delay(self, min_packets: int = MIN_PACKETS) -> np.ndarray:
-        """Per-flow mean delay, NaN where fewer than ``min_packets`` arrived (too few for a mean that
-        rare CPU stalls of tens of ms do not dominate); for comparing models with the emulation."""
+        """Per-flow mean delay, NaN where fewer than ``min_packets`` arrived: a queue's mean over fewer
+        packets is too uncertain to judge a model by; for comparing models with the emulation."""
         return np.where(self.received >= min_packets, self.delay, np.nan)
 
     def by_pair(self, state: NetworkState) -> dict[tuple[str, str], float]:
