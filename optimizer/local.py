@@ -30,18 +30,25 @@ def neighbours(weights: np.ndarray, low: int, high: int) -> np.ndarray:
 
 def descend(score_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], start: np.ndarray,
             start_key: tuple, low: int, high: int, max_evaluations: int, deadline: float,
-            repair: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, tuple, int]:
+            repair: Callable[[np.ndarray], np.ndarray] | None = None, spent: Callable[[], int] | None = None,
+            seed: int = 0) -> tuple[np.ndarray, tuple, int]:
     """(best weights, its (violation, objective), candidates scored) after steepest descent from ``start``.
 
-    ``deadline``: a ``time.perf_counter()`` value; ``repair`` as in :func:`optimizer.nes.snes`.
+    ``deadline``: a ``time.perf_counter()`` value; ``repair`` as in :func:`optimizer.nes.snes`;
+    ``spent()``: how much of ``max_evaluations`` is used (default: the candidates scored here; a
+    scorer that answers repeated routings from memory can count only what it had to predict).
+    When the budget cannot take a whole neighbourhood, a random part of it is scored.
     """
+    rng = np.random.default_rng(seed)
     best, best_key, evaluations = start.copy(), start_key, 0
-    while evaluations < max_evaluations and time.perf_counter() < deadline:
+    spent = spent or (lambda: evaluations)
+    while spent() < max_evaluations and time.perf_counter() < deadline:
         moves = neighbours(best, low, high)
         if repair is not None:
             moves = np.unique(np.stack([repair(m) for m in moves]), axis=0)
             moves = moves[np.any(moves != best, axis=1)]
-        moves = moves[: max_evaluations - evaluations]
+        if len(moves) > max_evaluations - spent():
+            moves = moves[rng.permutation(len(moves))[: max_evaluations - spent()]]
         if len(moves) == 0:
             break
         violation, objective = score_batch(moves)

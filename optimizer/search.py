@@ -88,7 +88,7 @@ class RoutingScores:
         return np.array([s.violation for s in scores]), np.array([s.objective for s in scores])
 
 
-NES_SHARE = 0.7  # of the evaluation budget; steepest descent from NES's best gets the rest
+NES_SHARE = 0.7  # of the budget; steepest descent from NES's best gets the rest (at least 30 % of the routings)
 
 
 def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, population: int | None = None,
@@ -109,8 +109,8 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
                   time_limit_s=NES_SHARE * intent.time_limit_s, seed=seed, population=population,
                   repair=repair, on_generation=on_generation)
     best, _, refined = descend(score_batch, result.best, result.best_rank_key, low, high,
-                               max_evaluations=intent.max_evaluations - result.evaluations,
-                               deadline=started + intent.time_limit_s, repair=repair)
+                               max_evaluations=intent.max_evaluations, deadline=started + intent.time_limit_s,
+                               repair=repair, spent=lambda: len(score_batch.known), seed=seed)
     initial, final = state.with_weights(start), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])
     outcome = Optimization(
