@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-minutes", type=float, metavar="M", help="stop after this much training time")
     p.add_argument("--state-dim", type=int, default=32, help="hidden state size (default: 32)")
     p.add_argument("--iterations", type=int, default=8, help="message-passing iterations (default: 8)")
-    p.add_argument("--target", choices=("queueing", "delay"), default="queueing",
-                   help="loss: relative error of the delay minus propagation (default), or of the whole delay")
+    p.add_argument("--target", choices=("queueing", "delay", "waiting"), default="queueing",
+                   help="loss: relative error of the delay minus propagation (default), of the whole delay, or "
+                        "of the waiting time plus a tenth of the transmission time (what the emulation measures)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="fine-tune a trained model instead of starting afresh: its path without suffix, e.g. "

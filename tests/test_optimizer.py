@@ -156,3 +156,19 @@ def test_each_distinct_routing_reaches_the_predictor_once():
     scores(alike)
     scores(np.array([[5, 1, 1, 1, 1, 1, 1, 1], [1] * 8]))  # one new routing (a->d over c), one known
     assert calls == [1, 1] and len(scores.known) == 2
+
+
+def test_figure4_bench_runs_every_method_and_plots(tmp_path):
+    from optimizer.bench import METHODS, bench_optimize, plot
+
+    report = bench_optimize(topologies=("sndlib/abilene",), intensities=(1.1,), twin_name="qt", budget=120,
+                            time_limit_s=20.0, sim_runs=2)
+    (row,) = report["intensities"]
+    for method in METHODS:
+        assert len(row[f"{method}_delay_runs"]) == 2
+        assert row[f"{method}_delay"] == pytest.approx(np.mean(row[f"{method}_delay_runs"]))
+    assert row["sp_max_util"] == pytest.approx(1.1)
+    assert row["nes_twin_delay"] < row["sp_delay"], "above capacity, any delay-aware search beats shortest path"
+    assert row["best_method"] == min(METHODS, key=lambda m: row[f"{m}_delay"])
+    plot(report, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

@@ -26,6 +26,10 @@ from twin.routenet import (LearnedTwin, ModelFileError, Normalizer, batch_tensor
 from twin.state import StateError
 
 
+TARGETS = ("delay", "queueing", "waiting")
+TRANSMIT_SHARE = 0.1  # of the path's transmission time kept in the ``waiting`` target's scale
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training run (batch_size in samples, lr for Adam, times in minutes)."""
@@ -99,16 +103,30 @@ def batch_inputs(items: list[Item], norm: Normalizer):
     return batch_tensors(batch, norm), tf.constant(labels, tf.float32), padded_hops(batch)
 
 
+def error_scales(label, prop, transmit, target: str):
+    """What a prediction's error is relative to (s; numpy or TensorFlow): the delay (``delay``), the
+    delay minus propagation (``queueing``), or the waiting time plus TRANSMIT_SHARE of the
+    transmission (``waiting``: what the emulation measures, docs/emulation.md)."""
+    if target == "delay":
+        return label
+    if target == "queueing":
+        return label - prop
+    return label - prop - (1.0 - TRANSMIT_SHARE) * transmit
+
+
 def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Relative errors of every flow with a positive label: of the delay, and of the delay minus propagation."""
-    errors = {"delay": [], "queueing": []}
+    """Relative errors of every flow with a positive label, for each of TARGETS."""
+    errors = {target: [] for target in TARGETS}
     for start in range(0, len(items), batch_size):
         group = items[start:start + batch_size]
         batch = batch_graphs([it.graph for it in group])
-        for pred, prop, it in zip(twin.predict_batch(batch), batch.unsort(batch.path_prop), group):
+        transmit = np.bincount(batch.hop_path, weights=batch.hop_transmit, minlength=batch.n_paths)
+        for pred, prop, tx, it in zip(twin.predict_batch(batch), batch.unsort(batch.path_prop),
+                                      batch.unsort(transmit), group):
             ok = np.isfinite(it.delay) & (it.delay > prop)
-            errors["delay"].append(np.abs(pred[ok] - it.delay[ok]) / it.delay[ok])
-            errors["queueing"].append(np.abs(pred[ok] - it.delay[ok]) / (it.delay[ok] - prop[ok]))
+            for target in TARGETS:
+                scale = error_scales(it.delay[ok], prop[ok], tx[ok], target)
+                errors[target].append(np.abs(pred[ok] - it.delay[ok]) / np.maximum(scale, 1e-12))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in errors.items()}
 
 
@@ -173,12 +191,13 @@ class Trainer:
         import tensorflow as tf
 
         net, optimizer = self.net, self.optimizer
-        queueing = self.config.target == "queueing"
+        target = self.config.target
 
         def step(x, labels, max_hops):
             with tf.GradientTape() as tape:
                 pred = net(x, max_hops=max_hops, training=True)
-                scale = labels - x["path_prop"] if queueing else labels
+                transmit = tf.math.unsorted_segment_sum(x["hop_transmit"], x["hop_path"], tf.shape(labels)[0])
+                scale = error_scales(labels, x["path_prop"], transmit, target)
                 valid = tf.cast((labels > 0) & (scale > 0), tf.float32)
                 error = tf.abs(pred - labels) / tf.where(scale > 0, scale, 1.0)
                 loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
@@ -253,11 +272,13 @@ class Trainer:
         self.state["history"].append({"epoch": epoch + 1, "train_loss": round(train_loss, 5),
                                       "val_mape": round(val_mape["delay"], 5),
                                       "val_mape_queueing": round(val_mape.get("queueing", float("nan")), 5),
+                                      "val_mape_waiting": round(val_mape.get("waiting", float("nan")), 5),
                                       "train_samples": n_train,
                                       "val_samples": n_val, "lr": self.state["lr"],
                                       "train_s": round(self.state["train_s"], 1)})
         self.log(f"epoch {epoch + 1}: train loss ({cfg.target}) {train_loss:.4f}, validation MAPE delay "
-                 f"{val_mape['delay']:.4f}, without propagation {val_mape.get('queueing', float('nan')):.4f} "
+                 f"{val_mape['delay']:.4f}, without propagation {val_mape.get('queueing', float('nan')):.4f}, "
+                 f"waiting {val_mape.get('waiting', float('nan')):.4f} "
                  f"({n_train} train / {n_val} validation samples, {added} new){' *' if improved else ''}")
         self._checkpoint()
 
