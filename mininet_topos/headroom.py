@@ -1,7 +1,8 @@
 """How much traffic the machine emulates faithfully, and how well a measurement repeats (root).
 
-``python -m mininet_topos.headroom scan [SOURCE LOAD CAPACITIES DURATION]`` and
-``python -m mininet_topos.headroom repeat [SOURCE LOAD DURATIONS]``.
+``python -m mininet_topos.headroom scan [SOURCE LOAD CAPACITIES DURATION]``,
+``python -m mininet_topos.headroom repeat [SOURCE LOAD DURATIONS]`` and
+``python -m mininet_topos.headroom md1 [LOADS DURATION]``.
 
 The same topology and busiest-link load are played at growing link capacities, so the packet rate
 grows while the queueing, measured in service times (frame / capacity), should stay the same.
@@ -11,6 +12,9 @@ lateness, the overall loss, and the traffic-weighted mean delay in service times
 grows past a service time, or the normalised delay departs from the low-rate runs, CPU saturation
 is distorting the delays. ``repeat`` plays one state twice per window length (different Poisson
 seeds) and prints the MAPE between the two measurements: the floor any model's error meets.
+``md1`` plays Poisson traffic of equal frames over one shaped link at each load beside a light
+reverse flow and prints the measured mean delay against M/D/1's wait plus the light flow's delay
+(the forwarding floor): whether a shaped link is the FIFO server the twin assumes.
 """
 
 from __future__ import annotations
@@ -59,10 +63,30 @@ def repeat(source: str, load: float, durations: list[float]) -> list[dict]:
     return rows
 
 
+def md1(loads: list[float], duration: float) -> list[dict]:
+    rows = []
+    for load in loads:
+        state = emulation_state("line:2", load)
+        busy, light = sorted(range(2), key=lambda i: -state.flows[i].rate)
+        with EmulatedNetwork(state, prefix="c", tag="md1") as net:
+            m = play(net, state, duration)
+        service = EMU_PACKET / state.links[0].capacity
+        rho_light = state.flows[light].rate / state.links[0].capacity
+        floor = m.delay[light] - rho_light * service / (2 * (1 - rho_light))
+        wait = load * service / (2 * (1 - load))
+        rows.append({"load": load, "measured_s": float(m.delay[busy]), "md1_wait_s": wait, "floor_s": float(floor),
+                     "expected_s": wait + float(floor), "packets": int(m.received[busy]),
+                     "load_average": m.load_average})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 if __name__ == "__main__":
     mode, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("scan", [])
     source = args[0] if args else "sndlib/abilene"
-    if mode == "repeat":
+    if mode == "md1":
+        md1([float(x) for x in (args[0] if args else "0.5,0.8,0.9").split(",")], float(args[1]) if len(args) > 1 else 32.0)
+    elif mode == "repeat":
         repeat(source, float(args[1]) if len(args) > 1 else 0.9,
                [float(d) for d in (args[2] if len(args) > 2 else "12,36").split(",")])
     else:
