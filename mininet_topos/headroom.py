@@ -2,7 +2,8 @@
 
 ``python -m mininet_topos.headroom scan [SOURCE LOAD CAPACITIES DURATION]``,
 ``python -m mininet_topos.headroom repeat [SOURCE LOAD DURATIONS]`` and
-``python -m mininet_topos.headroom md1 [LOADS DURATION]``.
+``python -m mininet_topos.headroom md1 [LOADS DURATION]`` and
+``python -m mininet_topos.headroom noise [SOURCE LOAD DURATIONS MIN_PACKETS]`` (no root).
 
 The same topology and busiest-link load are played at growing link capacities, so the packet rate
 grows while the queueing, measured in service times (frame / capacity), should stay the same.
@@ -14,7 +15,10 @@ is distorting the delays. ``repeat`` plays one state twice per window length (di
 seeds) and prints the MAPE between the two measurements: the floor any model's error meets.
 ``md1`` plays Poisson traffic of equal frames over one shaped link at each load beside a light
 reverse flow and prints the measured mean delay against M/D/1's wait plus the light flow's delay
-(the forwarding floor): whether a shaped link is the FIFO server the twin assumes.
+(the forwarding floor): whether a shaped link is the FIFO server the twin assumes. ``noise``
+simulates instead of emulating: the MAPE a perfect model scores against one measurement of each
+window length, over flows with at least each number of packets (shortest-path routing, the
+calibration shipped for RouteNet-E adding forwarding).
 """
 
 from __future__ import annotations
@@ -81,10 +85,30 @@ def md1(loads: list[float], duration: float) -> list[dict]:
     return rows
 
 
+def noise(source: str, load: float, durations: list[float], min_packets: list[int]) -> list[dict]:
+    from mininet_topos.calibration import Correction, find, measurement_noise
+    from mininet_topos.calibration import load as load_correction
+
+    path = find("routenet")
+    correction = load_correction(path)[0] if path else Correction()
+    state = emulation_state(source, load)
+    rows = []
+    for duration in durations:
+        for k in min_packets:
+            rows.append({"duration_s": duration, "min_packets": k,
+                         "perfect_model_mape": measurement_noise(state, correction, duration, 2.0, k, runs=6)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 if __name__ == "__main__":
     mode, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("scan", [])
     source = args[0] if args else "sndlib/abilene"
-    if mode == "md1":
+    if mode == "noise":
+        noise(source, float(args[1]) if len(args) > 1 else 0.9,
+              [float(d) for d in (args[2] if len(args) > 2 else "12,32,62").split(",")],
+              [int(k) for k in (args[3] if len(args) > 3 else "50,200").split(",")])
+    elif mode == "md1":
         md1([float(x) for x in (args[0] if args else "0.5,0.8,0.9").split(",")], float(args[1]) if len(args) > 1 else 32.0)
     elif mode == "repeat":
         repeat(source, float(args[1]) if len(args) > 1 else 0.9,
