@@ -103,15 +103,16 @@ def batch_inputs(items: list[Item], norm: Normalizer):
     return batch_tensors(batch, norm), tf.constant(labels, tf.float32), padded_hops(batch)
 
 
-def error_scales(label, prop, transmit, target: str):
-    """What a prediction's error is relative to (s; numpy or TensorFlow): the delay (``delay``), the
-    delay minus propagation (``queueing``), or the waiting time plus TRANSMIT_SHARE of the
-    transmission (``waiting``: what the emulation measures, docs/emulation.md)."""
+def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
+    """What a prediction's error is relative to (s): the delay (``delay``), the delay minus propagation
+    (``queueing``), or the waiting time plus TRANSMIT_SHARE of the transmission (``waiting``: what the
+    emulation measures, docs/emulation.md), at least that share of the transmission (a flow of
+    mixed sizes may deliver smaller packets than its mean). ``maximum``: np.maximum or tf.maximum."""
     if target == "delay":
         return label
     if target == "queueing":
         return label - prop
-    return label - prop - (1.0 - TRANSMIT_SHARE) * transmit
+    return maximum(label - prop - (1.0 - TRANSMIT_SHARE) * transmit, TRANSMIT_SHARE * transmit)
 
 
 def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -197,7 +198,7 @@ class Trainer:
             with tf.GradientTape() as tape:
                 pred = net(x, max_hops=max_hops, training=True)
                 transmit = tf.math.unsorted_segment_sum(x["hop_transmit"], x["hop_path"], tf.shape(labels)[0])
-                scale = error_scales(labels, x["path_prop"], transmit, target)
+                scale = error_scales(labels, x["path_prop"], transmit, target, tf.maximum)
                 valid = tf.cast((labels > 0) & (scale > 0), tf.float32)
                 error = tf.abs(pred - labels) / tf.where(scale > 0, scale, 1.0)
                 loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
