@@ -22,6 +22,7 @@ from scipy.optimize import nnls
 
 from ndt.errors import NdtError
 from ndt.files import read_json
+from twin.features import fixed_delays
 from twin.state import NetworkState
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # where ndt calibrate writes calibration-<model>.json
@@ -44,14 +45,9 @@ class Correction:
 
 def path_components(state: NetworkState, delays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(queueing wait, s; switches traversed) per flow, from the twin's per-flow ``delays`` (s)."""
-    arrays = state.link_arrays
-    queueing = np.empty(len(state.flows))
-    switches = np.empty(len(state.flows))
-    for i, (flow, links) in enumerate(zip(state.flows, state.flow_links)):
-        fixed = np.sum(flow.packet_size / arrays["capacity"][links] + arrays["prop_delay"][links])
-        queueing[i] = max(float(delays[i]) - fixed, 0.0)
-        switches[i] = len(links) + 1
-    return queueing, switches
+    prop, transmit = fixed_delays(state)
+    switches = np.array([len(links) + 1 for links in state.flow_links], dtype=float)
+    return np.maximum(np.asarray(delays, dtype=float) - prop - transmit, 0.0), switches
 
 
 def emulated_delays(state: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:

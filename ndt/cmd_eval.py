@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
             for b in report["buckets"]]
     print_table(rows, [("nodes", "nodes", ""), ("samples", "samples", "d"), ("routenet_mape", "RouteNet-E %", ".2f"),
                        ("routenet_p15", "p15", ".2f"), ("routenet_p85", "p85", ".2f"), ("rnn_mape", "RNN %", ".2f"),
-                       ("qt_mape", "QT %", ".2f")])
+                       ("qt_mape", "QT %", ".2f"), ("routenet_waiting_mape", "RouteNet-E waiting %", ".1f"),
+                       ("rnn_waiting_mape", "RNN waiting %", ".1f"), ("qt_waiting_mape", "QT waiting %", ".1f")])
+    print("waiting %: the error relative to the waiting time plus a tenth of the transmission (docs/twin.md)")
     print("seconds per sample: " + ", ".join(f"{k} {v:.3g}" for k, v in report["infer_s"].items()))
     print(f"plot: {report['png']}")
     return 0

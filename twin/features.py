@@ -253,3 +253,27 @@ def _add_qt_features(batch: GraphBatch) -> None:
 def build_batch(states: list[NetworkState], qt_features: bool = True) -> GraphBatch:
     """Features of ``states`` as one batched graph."""
     return batch_graphs([state_graph(s) for s in states], qt_features)
+
+
+TARGETS = ("delay", "queueing", "waiting")  # what a delay error can be relative to
+TRANSMIT_SHARE = 0.1  # of the path's transmission time kept in the ``waiting`` scale
+
+
+def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
+    """What a prediction's error is relative to (s): the delay (``delay``), the delay minus propagation
+    (``queueing``), or the waiting time plus TRANSMIT_SHARE of the transmission (``waiting``: what the
+    emulation measures, docs/emulation.md), at least that share of the transmission (a flow of
+    mixed sizes may deliver smaller packets than its mean). ``maximum``: np.maximum or tf.maximum."""
+    if target == "delay":
+        return label
+    if target == "queueing":
+        return label - prop
+    return maximum(label - prop - (1.0 - TRANSMIT_SHARE) * transmit, TRANSMIT_SHARE * transmit)
+
+
+def fixed_delays(state: NetworkState) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow (state order): propagation and transmission (mean packet / capacity) along its path, s."""
+    arrays = state.link_arrays
+    prop = np.array([arrays["prop_delay"][links].sum() for links in state.flow_links])
+    transmit = np.array([np.sum(f.packet_size / arrays["capacity"][links]) for f, links in zip(state.flows, state.flow_links)])
+    return prop, transmit

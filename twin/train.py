@@ -20,14 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from twin.dataset import read_shard
-from twin.features import StateGraph, batch_graphs, state_graph
+from twin.features import TARGETS, StateGraph, batch_graphs, error_scales, state_graph
 from twin.routenet import (LearnedTwin, ModelFileError, Normalizer, batch_tensors, build, load_twin, make_network,
                            padded_hops)
 from twin.state import StateError
-
-
-TARGETS = ("delay", "queueing", "waiting")
-TRANSMIT_SHARE = 0.1  # of the path's transmission time kept in the ``waiting`` target's scale
 
 
 @dataclass(frozen=True)
@@ -101,18 +97,6 @@ def batch_inputs(items: list[Item], norm: Normalizer):
     labels = np.concatenate([it.delay for it in items])[batch.order]
     labels = np.where(np.isfinite(labels) & (labels > 0), labels, 0.0)
     return batch_tensors(batch, norm), tf.constant(labels, tf.float32), padded_hops(batch)
-
-
-def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
-    """What a prediction's error is relative to (s): the delay (``delay``), the delay minus propagation
-    (``queueing``), or the waiting time plus TRANSMIT_SHARE of the transmission (``waiting``: what the
-    emulation measures, docs/emulation.md), at least that share of the transmission (a flow of
-    mixed sizes may deliver smaller packets than its mean). ``maximum``: np.maximum or tf.maximum."""
-    if target == "delay":
-        return label
-    if target == "queueing":
-        return label - prop
-    return maximum(label - prop - (1.0 - TRANSMIT_SHARE) * transmit, TRANSMIT_SHARE * transmit)
 
 
 def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
