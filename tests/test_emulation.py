@@ -21,6 +21,7 @@ from mininet_topos.loop import (
     measure,
     push_and_verify,
     run_loop,
+    shift_traffic,
 )
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.traffic import play
@@ -121,3 +122,20 @@ def test_worse_routing_after_a_push_is_rolled_back():
     print(f"before {1e3 * before.mean_delay(heavy):.2f} ms, pushed {1e3 * outcome['after'].mean_delay(heavy):.2f} ms, "
           f"rolled back {1e3 * restored:.2f} ms")
     assert outcome["after"].mean_delay(heavy) > 2 * before.mean_delay(heavy)
+
+
+def test_loop_follows_a_traffic_shift_and_a_link_failure(tmp_path):
+    """After the first push (1->3 round by 4), the traffic to 3 halves (a 25 % move: re-optimize),
+    then link 1-4 fails: the controller reroutes 1->3 by 2 at once, and the loop, left with six
+    directed links and one routing, keeps it and keeps delivering."""
+    state = square()
+    settings = LoopSettings(duration=6.0, validate_s=5.0, verify_s=6.0, candidates=1,
+                            intent=Intent(max_evaluations=300, time_limit_s=10.0))
+    report = run_loop(state, get_predictor("qt"), Correction(), settings, tmp_path, log=lambda _msg: None,
+                      prefixes=("t", "u"), tag="test-events", shifts=(shift_traffic(state, "s3", 0.5),),
+                      failures=(("s1", "s4"),))
+    first, shifted, failed = report["iterations"]
+    assert [it["event"] for it in report["iterations"]] == ["start", "shift", "fail s1-s4"]
+    assert first["pushed"] and shifted["reoptimized"] and failed["reoptimized"]
+    assert len(failed["final_weights"]) == len(state.links) - 2
+    assert np.isfinite(failed["after"]) and failed["after"] < 0.05, "traffic still delivered, queues bounded"
