@@ -131,6 +131,23 @@ def find(model: str) -> Path | None:
     return None
 
 
+def tuned_model_stem(path: Path) -> Path:
+    """Where the twin fine-tuned with the correction at ``path`` lives (``load_twin(stem.name, stem.parent)``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-twin")
+
+
+def tuned_predictor(path: Path, info: dict, topology: str):
+    """The twin ``ndt calibrate`` fine-tuned for ``topology`` alongside the correction at ``path``, or
+    None when it tuned none or tuned it for another topology."""
+    stem = tuned_model_stem(path)
+    if not info.get("tuned") or info.get("topology") != topology:
+        return None
+    from twin.routenet import load_twin
+
+    return load_twin(stem.name, stem.parent)
+
+
 def load(path: Path) -> tuple[Correction, dict]:
     """The correction and its fit report from a calibration JSON file."""
     path = Path(path)
@@ -142,3 +159,47 @@ def load(path: Path) -> tuple[Correction, dict]:
             raise CalibrationError(f"{path}: {key} must be a number >= 0, got {value!r}")
         values[key] = float(value)
     return Correction(**values), {k: v for k, v in data.items() if k not in values}
+
+
+def tuning_states(base: NetworkState, samples: int, seed: int = 0, loads=(0.2, 1.0),
+                  weight_bounds=(1, 20)) -> list[NetworkState]:
+    """States of the emulated network the optimizer will ask the twin about: ``base``'s topology and
+    traffic matrix scaled so the busiest link runs at a load drawn from ``loads`` under shortest
+    paths, routed by unit weights (one in five) or random weights in ``weight_bounds``."""
+    rng = np.random.default_rng(seed)
+    unit = base.with_weights(np.ones(len(base.links)))
+    peak = float(unit.utilization().max())
+    states = []
+    for _ in range(samples):
+        scaled = unit.scaled(float(rng.uniform(*loads)) / peak)
+        if rng.random() < 0.8:
+            scaled = scaled.with_weights(rng.integers(weight_bounds[0], weight_bounds[1] + 1, len(base.links)))
+        states.append(scaled)
+    return states
+
+
+def fine_tune(base: NetworkState, model: str, out_dir: Path, samples: int = 300, minutes: float = 8.0,
+              seed: int = 0, log=print) -> Path:
+    """Fine-tune the learned twin ``model`` on simulator-labelled :func:`tuning_states` of ``base``
+    (the emulated links are FIFO servers, so the simulator is the emulation's queueing) with the
+    ``waiting`` loss; returns the path stem of the tuned model (``out_dir``/best) for ``load_twin``."""
+    from twin.dataset import label_state, write_samples
+    from twin.predictors import LEARNED
+    from twin.routenet import MODELS_DIR, load_twin
+    from twin.train import TrainConfig, Trainer
+
+    stem = LEARNED[model]
+    start = load_twin(stem)
+    config = start.net.get_config()
+    rng = np.random.default_rng(seed)
+    labelled = [label_state(state, {"index": i, "sim_seed": int(rng.integers(2**31))}, 2500.0)
+                for i, state in enumerate(tuning_states(base, samples, seed))]
+    data = Path(out_dir) / "data"
+    write_samples(data, labelled)
+    train = TrainConfig(kind=stem, state_dim=config["state_dim"], iterations=config["iterations"], epochs=200,
+                        lr=5e-4, patience=6, max_minutes=minutes, target="waiting", seed=seed,
+                        init_from=str(MODELS_DIR / stem))
+    summary = Trainer(data, Path(out_dir) / "run", train, progress=False, log=log).run()
+    log(f"fine-tuned {stem} on {samples} simulated states of {base.name}: validation MAPE (waiting) "
+        f"{summary['best_val_mape']:.4f} after {summary['epochs']} epochs")
+    return Path(out_dir) / "run" / "best"

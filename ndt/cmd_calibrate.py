@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -15,11 +16,14 @@ def register(subparsers) -> None:
         "calibrate",
         help="fit the twin to the Mininet emulation (per-hop forwarding cost, queueing scale); needs root",
         description=(
-            "Bring the topology up in Mininet (userspace OVS, HTB-shaped links, the ndt controller), play its "
+            "First fine-tune the learned twin on simulated states of the topology (--tune-samples; written beside "
+            "the correction as <out>-twin.*). Then bring the topology up in Mininet (userspace OVS, HTB-shaped "
+            "links, the ndt controller), play its "
             "traffic at several loads under shortest-path and random OSPF weights, measure every path's one-way "
             "delay and fit emulated = queue_scale x (twin queueing wait) + per_hop_s x switches + base_s "
             "(errors over flows with at least 200 measured packets). "
-            "Prints the twin-vs-emulation MAPE before and after (in-sample and leave-one-load-out) and writes "
+            "Prints the twin-vs-emulation MAPE before (the general twin, no correction) and after (in-sample and "
+            "leave-one-load-out) and writes "
             "the correction as JSON for 'ndt loop' and 'ndt demo'."
         ),
     )
@@ -34,6 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="correction JSON (default: data/calibration-<model>.json in the repository)")
+    p.add_argument("--tune-samples", type=int, default=300, metavar="N",
+                   help="before measuring, fine-tune a learned twin on N simulated states of this topology "
+                        "(random weights and loads; the emulated links are FIFO servers, so the simulator is "
+                        "their queueing); 0: no fine-tuning (default: 300)")
+    p.add_argument("--tune-minutes", type=float, default=8.0, metavar="M",
+                   help="training time of the fine-tuning (default: 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run)
@@ -54,22 +64,40 @@ def run(args: argparse.Namespace) -> int:
 
     from mininet_topos import calibration as cal
     from mininet_topos.network import EmulatedNetwork
-    from mininet_topos.traffic import MIN_PACKETS
     from mininet_topos.topologies import emulation_state
+    from mininet_topos.traffic import MIN_PACKETS
     from mininet_topos.validate import validate
-    from twin.predictors import PREDICTORS, get_predictor
+    from twin.predictors import LEARNED, PREDICTORS, get_predictor
 
     loads = parse_loads(args.loads)
     model = args.model or PREDICTORS[-1]
     out = args.out or cal.default_path(model)
     if args.routings < 1:
         raise OptionError(f"--routings must be >= 1, got {args.routings}")
-    predictor = get_predictor(model)
+    if args.tune_samples < 0 or args.tune_minutes <= 0:
+        raise OptionError("--tune-samples must be >= 0 and --tune-minutes positive")
+    general = get_predictor(model)
     base = emulation_state(args.topology, 1.0, seed=args.seed)
+    started = time.monotonic()
+    tuned = args.tune_samples > 0 and model in LEARNED
+    predictor = general
+    if tuned:
+        import shutil
+        import tempfile
+
+        from twin.routenet import load_twin
+
+        with tempfile.TemporaryDirectory(prefix="ndt-tune-") as work:
+            best = cal.fine_tune(base, model, Path(work), args.tune_samples, args.tune_minutes, args.seed,
+                                 log=lambda msg: print(msg, file=sys.stderr))
+            stem = cal.tuned_model_stem(out)
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            for suffix in (".weights.h5", ".json"):
+                shutil.copyfile(f"{best}{suffix}", f"{stem}{suffix}")
+        predictor = load_twin(stem.name, stem.parent)
     rng = np.random.default_rng(args.seed)
     weight_sets = [np.ones(len(base.links))] + [rng.integers(1, 6, len(base.links)).astype(float)
                                                 for _ in range(args.routings - 1)]
-    started = time.monotonic()
     samples = []  # (load, state, raw prediction, measured)
     with EmulatedNetwork(base, prefix="c", tag="calibrate") as net:
         for load in loads:
@@ -78,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
                 samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
     fit_samples = [(s, p, m.reliable_delay()) for _, s, p, m in samples]
     correction = cal.fit(fit_samples)
+    general_predictions = general.predict_delays([s for _, s, _, _ in samples]) if tuned else [p for _, _, p, _ in samples]
+    general_structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m.reliable_delay())
+                          for (_, s, _, m), p in zip(samples, general_predictions)]
     raw = [cal.mape(p, m) for s, p, m in fit_samples]
     structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in fit_samples]
     after = [cal.mape(cal.emulated_delays(s, p, correction), m) for s, p, m in fit_samples]
@@ -94,11 +125,14 @@ def run(args: argparse.Namespace) -> int:
     report = {"topology": args.topology, "model": model, "states": len(samples), "loads": loads,
               "correction": {"queue_scale": correction.queue_scale, "per_hop_s": correction.per_hop_s,
                              "base_s": correction.base_s},
+              "tuned": tuned, "tune_samples": args.tune_samples if tuned else 0,
+              "mape_general_structural": float(np.mean(general_structural)),
               "mape_before": float(np.mean(raw)), "mape_structural": float(np.mean(structural)),
               "mape_after": float(np.mean(after)), "mape_after_held_out": float(np.mean(held_out)),
               "mape_perfect_model": float(np.mean(noise)),
               "wall_s": time.monotonic() - started, "measurements": rows, "out": str(out)}
-    cal.save(out, correction, {k: report[k] for k in ("topology", "model", "states", "loads", "mape_before",
+    cal.save(out, correction, {k: report[k] for k in ("topology", "model", "tuned", "states", "loads",
+                                                           "mape_general_structural", "mape_before",
                                                            "mape_structural", "mape_after", "mape_after_held_out",
                                                            "mape_perfect_model")})
     if args.json:
@@ -110,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
                        ("noise_mape", "perfect-model MAPE", ".3f"),
                        ("sender_late_p99_ms", "send late p99 ms", ".2f"), ("load_average", "load avg", ".1f")])
     c = correction
-    print(f"{model} vs emulation, {len(samples)} states: MAPE {report['mape_before']:.3f} raw -> "
+    print(f"{model} vs emulation, {len(samples)} states: general twin, queueing only: "
+          f"{report['mape_general_structural']:.3f}; {'tuned' if tuned else 'general'} twin MAPE "
+          f"{report['mape_before']:.3f} raw -> "
           f"{report['mape_after']:.3f} calibrated ({report['mape_after_held_out']:.3f} leave-one-load-out; a perfect "
           f"model {report['mape_perfect_model']:.3f} against measurements this long); "
           f"queue_scale {c.queue_scale:.3f}, per_hop {1e6 * c.per_hop_s:.1f} us, base {1e6 * c.base_s:.1f} us -> {out}")

@@ -104,10 +104,13 @@ def execute(args: argparse.Namespace, log) -> dict:
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, verify_s=args.verify_s,
                             candidates=args.candidates,
                             seed=args.seed)
-    report = run_loop(state, get_predictor(model), correction, settings, args.out or DEFAULT_OUT,
+    tuned = cal.tuned_predictor(path, info, args.topology) if path is not None and info.get("model") == model else None
+    predictor = tuned or get_predictor(model)
+    report = run_loop(state, predictor, correction, settings, args.out or DEFAULT_OUT,
                       args.metrics_port, log, shifts=tuple(shifts), failures=tuple(failures),
                       prometheus=not args.no_prometheus)
-    report.update(model=model, calibration={"file": str(path) if path else None, **info}, load=args.load)
+    report.update(model=model, twin_tuned_for_topology=tuned is not None,
+                  calibration={"file": str(path) if path else None, **info}, load=args.load)
     return report
 
 

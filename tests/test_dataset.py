@@ -78,3 +78,15 @@ def _records(directory):
         del record["meta"]["sim_wall_s"]
         out.append(record)
     return out
+
+
+def test_labelled_states_written_as_a_dataset_read_back(tmp_path):
+    from twin.dataset import label_state, write_samples
+
+    config = DatasetConfig(samples=3, min_nodes=4, max_nodes=5, real_fraction=0.0, packets_per_flow=200, seed=4)
+    samples = [label_state(*make_state(config, i), packets_per_flow=200) for i in range(3)]
+    write_samples(tmp_path, samples, shard_size=2)
+    again = list(iter_samples(tmp_path))
+    assert len(list(tmp_path.glob("shard-*.jsonl.gz"))) == 2 and [s.meta["index"] for s in again] == [0, 1, 2]
+    np.testing.assert_allclose(again[2].labels["delay"], samples[2].labels["delay"])
+    assert again[1].state == samples[1].state

@@ -3,6 +3,8 @@ its fit, the loop's decisions, the tc commands."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,19 @@ def test_measurement_noise_falls_with_the_window():
     state = emulation_state("line:3", 0.8)
     short, long = (measurement_noise(state, Correction(), d, 2.0, min_packets=20) for d in (6.0, 120.0))
     assert 0 < long < short < 1
+
+
+def test_tuning_states_span_loads_and_routings():
+    from mininet_topos.calibration import tuned_model_stem, tuned_predictor, tuning_states
+
+    base = emulation_state("ring:5", 1.0)
+    states = tuning_states(base, 40, seed=1, loads=(0.3, 0.9))
+    sp_peaks = [float(s.with_weights(np.ones(len(base.links))).utilization().max()) for s in states]
+    assert min(sp_peaks) >= 0.3 - 1e-9 and max(sp_peaks) <= 0.9 + 1e-9
+    weights = [s.link_arrays["weight"] for s in states]
+    unit = sum(bool(np.all(w == 1)) for w in weights)
+    assert 0 < unit < 20 and all(1 <= w.min() and w.max() <= 20 for w in weights)
+    assert [f.dst for f in states[0].flows] == [f.dst for f in base.flows]
+    assert tuned_model_stem(Path("/x/calibration-routenet.json")) == Path("/x/calibration-routenet-twin")
+    assert tuned_predictor(Path("/x/c.json"), {"tuned": True, "topology": "ring:5"}, "ring:6") is None
+    assert tuned_predictor(Path("/x/c.json"), {"tuned": False, "topology": "ring:5"}, "ring:5") is None

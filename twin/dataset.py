@@ -126,12 +126,27 @@ def make_state(config: DatasetConfig, index: int) -> tuple[NetworkState, dict]:
 def make_sample(config: DatasetConfig, index: int) -> Sample:
     """Draw state ``index`` and label it with the simulator."""
     state, meta = make_state(config, index)
-    result = simulate(state, seed=meta["sim_seed"], packets_per_flow=config.packets_per_flow)
+    return label_state(state, meta, config.packets_per_flow)
+
+
+def label_state(state: NetworkState, meta: dict, packets_per_flow: float) -> Sample:
+    """``state`` labelled by the simulator (seed ``meta["sim_seed"]``); ``meta`` gains its timing."""
+    result = simulate(state, seed=meta["sim_seed"], packets_per_flow=packets_per_flow)
     labels = {name: getattr(result, name) for name in LABELS}
     labels.update({"utilization": result.utilization, "occupancy": result.occupancy, "link_drops": result.link_drops})
     meta["sim_wall_s"] = round(result.wall_s, 3)
     meta["packet_hops"] = result.packet_hops
     return Sample(state, labels, meta)
+
+
+def write_samples(directory, samples: list[Sample], shard_size: int = 10) -> None:
+    """Write ``samples`` as a dataset directory (shards only, no manifest) that training can read;
+    each sample's ``meta["index"]`` decides whether it is held out for validation."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard, first in enumerate(range(0, len(samples), shard_size)):
+        lines = [json.dumps(_sample_record(sample)) + "\n" for sample in samples[first:first + shard_size]]
+        _write_shard(shard_path(directory, shard), lines)
 
 
 def shard_path(directory: Path, shard: int) -> Path:
