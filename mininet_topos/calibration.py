@@ -1,20 +1,21 @@
 """What the twin's delays mean in this emulation, and a correction fitted to measurements.
 
-The twin predicts per-path delay = queueing + transmission + propagation (s). HTB over veth
-holds a packet until it has tokens but never serializes it, and netem (propagation) is missing,
-so an emulated path's delay is its queueing wait plus OVS userspace forwarding at every switch
-plus the hosts' stacks. The correction keeps that structure:
+The twin predicts per-path delay = queueing + transmission + propagation (s). An emulated link
+is a FIFO server that never serializes (HTB over veth, docs/emulation.md), and netem (propagation)
+is missing, so an emulated path's delay is its queueing wait plus OVS userspace forwarding at
+every switch plus the hosts' stacks. The correction keeps that structure:
 
-    emulated = queue_scale · queueing + per_hop_s · switches + base_s
+    emulated = queue_scale · queueing(twin at capacity_scale × capacity) + per_hop_s · switches + base_s
 
 ``queueing`` is the twin's prediction minus the path's transmission (mean packet / capacity per
-link) and propagation; ``switches`` = links on the path + 1. All pure functions; JSON on disk.
+link) and propagation; ``switches`` = links on the path + 1. Pure functions except ``fine_tune``
+(simulator and training) and the JSON on disk.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,26 @@ class CalibrationError(NdtError, ValueError):
 
 @dataclass(frozen=True)
 class Correction:
-    """queue_scale: multiplies the twin's queueing wait; per_hop_s: forwarding cost per switch, s;
-    base_s: per-path constant (host stacks), s. The default is the uncorrected structural model."""
+    """capacity_scale: the emulated links' effective rate / their nominal capacity (HTB loses a
+    little to timer lateness; at 90 % load 1 % of rate is 10 % of waiting); queue_scale: multiplies
+    the twin's queueing wait; per_hop_s: forwarding cost per switch, s; base_s: per-path constant
+    (host stacks), s. The default is the uncorrected structural model."""
 
     queue_scale: float = 1.0
     per_hop_s: float = 0.0
     base_s: float = 0.0
+    capacity_scale: float = 1.0
+
+
+CAPACITY_SCALES = np.round(np.arange(0.96, 1.0201, 0.0025), 4)  # the grid ``fit`` searches
+
+
+def effective_state(state: NetworkState, correction: Correction) -> NetworkState:
+    """``state`` with every link at its effective rate: what the twin is asked about."""
+    if correction.capacity_scale == 1.0:
+        return state
+    links = tuple(replace(lk, capacity=lk.capacity * correction.capacity_scale) for lk in state.links)
+    return replace(state, links=links)
 
 
 def path_components(state: NetworkState, delays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,22 +66,35 @@ def path_components(state: NetworkState, delays: np.ndarray) -> tuple[np.ndarray
 
 
 def emulated_delays(state: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:
-    """The twin's per-flow ``delays`` (s) turned into what the emulation should measure (s)."""
-    queueing, switches = path_components(state, delays)
+    """What the emulation should measure (s) for ``state``, from the twin's per-flow ``delays`` (s)
+    for ``effective_state(state, correction)``."""
+    queueing, switches = path_components(effective_state(state, correction), delays)
     return correction.queue_scale * queueing + correction.per_hop_s * switches + correction.base_s
 
 
-def fit(samples: list[tuple[NetworkState, np.ndarray, np.ndarray]]) -> Correction:
-    """Least relative squared error (non-negative coefficients) over (state, twin delays, measured
-    delays) samples; flows without a positive measurement are left out."""
-    rows, targets = [], []
-    for state, predicted, measured in samples:
-        queueing, switches = path_components(state, predicted)
-        ok = np.isfinite(measured) & (measured > 0)
-        rows.append(np.column_stack([queueing, switches, np.ones(len(queueing))])[ok] / measured[ok, None])
-        targets.append(np.ones(int(ok.sum())))
-    coef, _ = nnls(np.concatenate(rows), np.concatenate(targets))
-    return Correction(queue_scale=float(coef[0]), per_hop_s=float(coef[1]), base_s=float(coef[2]))
+def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
+        capacity_scales=CAPACITY_SCALES) -> Correction:
+    """The correction with the least mean MAPE over ``states`` and their ``measured`` per-flow
+    delays (NaN where unmeasured): for each capacity scale of the grid, the twin (``predictor``)
+    predicts the states at that rate and the other three coefficients are fitted by non-negative
+    least relative squares."""
+    best, best_error = Correction(), np.inf
+    for scale in capacity_scales:
+        trial = Correction(capacity_scale=float(scale))
+        effective = [effective_state(s, trial) for s in states]
+        predicted = predictor.predict_delays(effective)
+        rows, targets = [], []
+        for state, delays, values in zip(effective, predicted, measured):
+            queueing, switches = path_components(state, delays)
+            ok = np.isfinite(values) & (values > 0)
+            rows.append(np.column_stack([queueing, switches, np.ones(len(queueing))])[ok] / values[ok, None])
+            targets.append(np.ones(int(ok.sum())))
+        coef, _ = nnls(np.concatenate(rows), np.concatenate(targets))
+        candidate = Correction(float(coef[0]), float(coef[1]), float(coef[2]), float(scale))
+        error = np.mean([mape(emulated_delays(s, d, candidate), m) for s, d, m in zip(states, predicted, measured)])
+        if error < best_error:
+            best, best_error = candidate, error
+    return best
 
 
 def measurement_noise(state: NetworkState, correction: Correction, duration: float, warmup: float,
@@ -81,11 +109,12 @@ def measurement_noise(state: NetworkState, correction: Correction, duration: flo
     """
     from twin.sim import simulate
 
-    reference = emulated_delays(state, simulate(state, duration=200 * duration, warmup=warmup, seed=seed).delay,
+    effective = effective_state(state, correction)
+    reference = emulated_delays(state, simulate(effective, duration=200 * duration, warmup=warmup, seed=seed).delay,
                                 correction)
     errors = []
     for run in range(runs):
-        window = simulate(state, duration=duration, warmup=warmup, seed=seed + 1 + run)
+        window = simulate(effective, duration=duration, warmup=warmup, seed=seed + 1 + run)
         measured = emulated_delays(state, window.delay, correction)
         errors.append(mape(reference, np.where(window.delivered >= min_packets, measured, np.nan)))
     return float(np.mean(errors))
@@ -108,7 +137,7 @@ class CalibratedPredictor:
         self.name = f"{getattr(predictor, 'name', 'model')}+emulation"
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
-        raw = self.predictor.predict_delays(states)
+        raw = self.predictor.predict_delays([effective_state(s, self.correction) for s in states])
         return [emulated_delays(s, d, self.correction) for s, d in zip(states, raw)]
 
 
@@ -153,10 +182,12 @@ def load(path: Path) -> tuple[Correction, dict]:
     path = Path(path)
     data = read_json(path, "the calibration", CalibrationError, hint="; run 'ndt calibrate'")
     values = {}
-    for key in ("queue_scale", "per_hop_s", "base_s"):
-        value = data.get(key) if isinstance(data, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-            raise CalibrationError(f"{path}: {key} must be a number >= 0, got {value!r}")
+    for key in ("queue_scale", "per_hop_s", "base_s", "capacity_scale"):
+        value = data.get(key, 1.0 if key == "capacity_scale" else None) if isinstance(data, dict) else None
+        positive = key == "capacity_scale"
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
+        if not number or value < 0 or (positive and value == 0):
+            raise CalibrationError(f"{path}: {key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
         values[key] = float(value)
     return Correction(**values), {k: v for k, v in data.items() if k not in values}
 

@@ -23,7 +23,6 @@ import numpy as np
 from mininet_topos.calibration import (
     CalibratedPredictor,
     Correction,
-    emulated_delays,
     mape,
     measurement_noise,
 )
@@ -299,7 +298,7 @@ def _finish(out: dict, predictor, correction: Correction) -> dict:
     """Add the calibrated twin's delays for the routing the iteration ended with, and the error a
     perfect model would show against a measurement as long as the final one."""
     final_state = out["state"].with_weights(out["final_weights"])
-    out["expected"] = emulated_delays(final_state, predictor.predict_delays([final_state])[0], correction)
+    out["expected"] = CalibratedPredictor(predictor, correction).predict_delays([final_state])[0]
     final = out["final"]
     out["noise_mape"] = measurement_noise(final_state, correction, final.duration, final.warmup, MIN_PACKETS,
                                           seed=out["k"])

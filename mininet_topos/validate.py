@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mininet_topos.calibration import Correction, emulated_delays, mape
+from mininet_topos.calibration import CalibratedPredictor, Correction, mape
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.traffic import Measurement, play
 from twin.state import NetworkState
@@ -61,20 +61,21 @@ def validate(state: NetworkState, candidates: list[np.ndarray], predictor, corre
     correction = correction or Correction()
     routed = [state.with_weights(w) for w in candidates]
     predicted = predictor.predict_delays(routed)
+    expected = CalibratedPredictor(predictor, correction).predict_delays(routed)
     if net is None:
         with EmulatedNetwork(state, prefix=prefix, tag=tag) as sandbox:
-            return _measure(sandbox, state, candidates, routed, predicted, correction, duration, warmup, seed)
-    return _measure(net, state, candidates, routed, predicted, correction, duration, warmup, seed)
+            return _measure(sandbox, state, candidates, routed, predicted, expected, duration, warmup, seed)
+    return _measure(net, state, candidates, routed, predicted, expected, duration, warmup, seed)
 
 
-def _measure(net, state, candidates, routed, predicted, correction, duration, warmup, seed) -> list[Validation]:
+def _measure(net, state, candidates, routed, predicted, expected, duration, warmup, seed) -> list[Validation]:
     out = []
-    for weights, candidate, delays in zip(candidates, routed, predicted):
+    for weights, candidate, delays, emulated in zip(candidates, routed, predicted, expected):
         started = time.monotonic()
         version = net.apply_vector(weights, who=f"{net.tag}: candidate")
         measured = play(net, candidate, duration, warmup, seed)
         out.append(Validation(weights=np.asarray(weights, dtype=float), predicted=np.asarray(delays),
-                              expected=emulated_delays(candidate, delays, correction), measured=measured,
+                              expected=emulated, measured=measured,
                               route_version=version, wall_s=time.monotonic() - started))
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ndt.cmd_loop import OptionError
@@ -20,7 +21,8 @@ def register(subparsers) -> None:
             "the correction as <out>-twin.*). Then bring the topology up in Mininet (userspace OVS, HTB-shaped "
             "links, the ndt controller), play its "
             "traffic at several loads under shortest-path and random OSPF weights, measure every path's one-way "
-            "delay and fit emulated = queue_scale x (twin queueing wait) + per_hop_s x switches + base_s "
+            "delay and fit emulated = queue_scale x (twin queueing wait at capacity_scale x capacity) + "
+            "per_hop_s x switches + base_s "
             "(errors over flows with at least 200 measured packets). "
             "Prints the twin-vs-emulation MAPE before (the general twin, no correction) and after (in-sample and "
             "leave-one-load-out) and writes "
@@ -104,27 +106,30 @@ def run(args: argparse.Namespace) -> int:
             state = base.scaled(load)
             for v in validate(state, weight_sets, predictor, duration=args.duration, seed=args.seed, net=net):
                 samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
-    fit_samples = [(s, p, m.reliable_delay()) for _, s, p, m in samples]
-    correction = cal.fit(fit_samples)
-    general_predictions = general.predict_delays([s for _, s, _, _ in samples]) if tuned else [p for _, _, p, _ in samples]
-    general_structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m.reliable_delay())
-                          for (_, s, _, m), p in zip(samples, general_predictions)]
-    raw = [cal.mape(p, m) for s, p, m in fit_samples]
-    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in fit_samples]
-    after = [cal.mape(cal.emulated_delays(s, p, correction), m) for s, p, m in fit_samples]
+    states = [s for _, s, _, _ in samples]
+    measured = [m.reliable_delay() for _, _, _, m in samples]
+    correction = cal.fit(states, measured, predictor)
+    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, (_, _, p, _), m in
+                  zip(states, samples, measured)]
+    general_structural = ([cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in
+                           zip(states, general.predict_delays(states), measured)] if tuned else structural)
+    raw = [cal.mape(p, m) for (_, _, p, _), m in zip(samples, measured)]
+    after = [cal.mape(e, m) for e, m in zip(cal.CalibratedPredictor(predictor, correction).predict_delays(states),
+                                            measured)]
     held_out = []
     for load in loads:
-        train = [(s, p, m.reliable_delay()) for l, s, p, m in samples if l != load] or fit_samples
-        corr = cal.fit(train)
-        held_out += [cal.mape(cal.emulated_delays(s, p, corr), m.reliable_delay()) for l, s, p, m in samples if l == load]
+        train = [i for i, (l, *_) in enumerate(samples) if l != load] or list(range(len(samples)))
+        test = [i for i, (l, *_) in enumerate(samples) if l == load]
+        corr = cal.fit([states[i] for i in train], [measured[i] for i in train], predictor)
+        expected = cal.CalibratedPredictor(predictor, corr).predict_delays([states[i] for i in test])
+        held_out += [cal.mape(e, measured[i]) for e, i in zip(expected, test)]
     noise = [cal.measurement_noise(s, correction, m.duration, m.warmup, MIN_PACKETS) for _, s, _, m in samples]
     rows = [{"load": l, "mean_measured_ms": 1e3 * m.mean_delay(s), "flows": int(np.isfinite(m.reliable_delay()).sum()),
              "raw_mape": r, "structural_mape": st, "after_mape": a, "noise_mape": n,
              "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy, "load_average": m.load_average}
             for (l, s, p, m), r, st, a, n in zip(samples, raw, structural, after, noise)]
     report = {"topology": args.topology, "model": model, "states": len(samples), "loads": loads,
-              "correction": {"queue_scale": correction.queue_scale, "per_hop_s": correction.per_hop_s,
-                             "base_s": correction.base_s},
+              "correction": asdict(correction),
               "tuned": tuned, "tune_samples": args.tune_samples if tuned else 0,
               "mape_general_structural": float(np.mean(general_structural)),
               "mape_before": float(np.mean(raw)), "mape_structural": float(np.mean(structural)),
@@ -149,5 +154,6 @@ def run(args: argparse.Namespace) -> int:
           f"{report['mape_before']:.3f} raw -> "
           f"{report['mape_after']:.3f} calibrated ({report['mape_after_held_out']:.3f} leave-one-load-out; a perfect "
           f"model {report['mape_perfect_model']:.3f} against measurements this long); "
-          f"queue_scale {c.queue_scale:.3f}, per_hop {1e6 * c.per_hop_s:.1f} us, base {1e6 * c.base_s:.1f} us -> {out}")
+          f"capacity_scale {c.capacity_scale:.4f}, queue_scale {c.queue_scale:.3f}, per_hop {1e6 * c.per_hop_s:.1f} us, "
+          f"base {1e6 * c.base_s:.1f} us -> {out}")
     return 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mininet_topos.calibration import (
+    CalibratedPredictor,
     Correction,
     emulated_delays,
     fit,
@@ -68,19 +69,23 @@ def test_flow_stats_count_only_the_window_and_the_losses():
 
 
 def test_delay_model_drops_transmission_and_propagation_and_fit_recovers_a_known_correction():
+    from twin.qt import QueueingModel
+
     state = line([Flow("a", "c", rate=1e6), Flow("a", "b", rate=0.5e6), Flow("c", "b", rate=0.2e6)])
     fixed = np.array([2 * 8000 / 2e6, 8000 / 2e6, 8000 / 2e6])
     queueing = np.array([0.010, 0.004, 0.001])
     queue, switches = path_components(state, fixed + queueing)
     assert queue == pytest.approx(queueing) and switches.tolist() == [3, 2, 2]
-    truth = Correction(queue_scale=0.3, per_hop_s=150e-6, base_s=200e-6)
-    samples = []
-    for scale in (0.5, 1.0, 2.0):
-        predicted = fixed + scale * queueing
-        samples.append((state, predicted, emulated_delays(state, predicted, truth)))
-    fitted = fit(samples)
-    assert fitted.queue_scale == pytest.approx(0.3, rel=1e-6) and fitted.per_hop_s == pytest.approx(150e-6, rel=1e-6)
-    assert mape(emulated_delays(state, samples[0][1], fitted), samples[0][2]) < 1e-9
+    truth = Correction(queue_scale=0.8, per_hop_s=150e-6, base_s=200e-6, capacity_scale=0.99)
+    model = QueueingModel()
+    states = [state.scaled(k) for k in (0.6, 1.2, 1.7)]
+    measured = CalibratedPredictor(model, truth).predict_delays(states)
+    assert measured[2][0] > emulated_delays(states[2], model.predict_delays(states)[2:][0], truth)[0], \
+        "a slower link queues more"
+    fitted = fit(states, measured, model)
+    assert fitted.capacity_scale == pytest.approx(0.99) and fitted.queue_scale == pytest.approx(0.8, rel=1e-6)
+    assert fitted.per_hop_s == pytest.approx(150e-6, rel=1e-6) and fitted.base_s == pytest.approx(200e-6, rel=1e-6)
+    assert mape(CalibratedPredictor(model, fitted).predict_delays(states)[1], measured[1]) < 1e-9
 
 
 def test_loop_decisions():
@@ -146,3 +151,19 @@ def test_tuning_states_span_loads_and_routings():
     assert tuned_model_stem(Path("/x/calibration-routenet.json")) == Path("/x/calibration-routenet-twin")
     assert tuned_predictor(Path("/x/c.json"), {"tuned": True, "topology": "ring:5"}, "ring:6") is None
     assert tuned_predictor(Path("/x/c.json"), {"tuned": False, "topology": "ring:5"}, "ring:5") is None
+
+
+def test_calibration_files_round_trip_and_errors_name_the_field(tmp_path):
+    from mininet_topos.calibration import CalibrationError, load, save
+
+    path = tmp_path / "c.json"
+    save(path, Correction(0.9, 1e-4, 2e-4, 0.99), {"model": "qt"})
+    assert load(path) == (Correction(0.9, 1e-4, 2e-4, 0.99), {"model": "qt"})
+    path.write_text('{"queue_scale": 1, "per_hop_s": 0, "base_s": 0}')
+    assert load(path)[0].capacity_scale == 1.0, "files from before the capacity scale still load"
+    path.write_text('{"queue_scale": 1, "per_hop_s": 0, "base_s": 0, "capacity_scale": 0}')
+    with pytest.raises(CalibrationError, match="capacity_scale must be a number > 0"):
+        load(path)
+    path.write_text('{"queue_scale": "x", "per_hop_s": 0, "base_s": 0}')
+    with pytest.raises(CalibrationError, match="queue_scale must be a number >= 0, got 'x'"):
+        load(path)
