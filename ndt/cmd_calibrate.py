@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     noise = [cal.measurement_noise(s, correction, m.duration, m.warmup, MIN_PACKETS) for _, s, _, m in samples]
     rows = [{"load": l, "mean_measured_ms": 1e3 * m.mean_delay(s), "flows": int(np.isfinite(m.reliable_delay()).sum()),
              "raw_mape": r, "structural_mape": st, "after_mape": a, "noise_mape": n,
-             "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy, "load_average": m.load_average}
+             "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy, "load_average": m.load_average,
+             "weights": s.link_arrays["weight"].tolist(), "measured_s": m.delay.tolist(), "received": m.received.tolist()}
             for (l, s, p, m), r, st, a, n in zip(samples, raw, structural, after, noise)]
     report = {"topology": args.topology, "model": model, "states": len(samples), "loads": loads,
               "correction": asdict(correction),
