@@ -15,6 +15,7 @@ link) and propagation; ``switches`` = links on the path + 1. Pure functions exce
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -214,6 +215,8 @@ def fine_tune(base: NetworkState, model: str, out_dir: Path, samples: int = 300,
     """Fine-tune the learned twin ``model`` on simulator-labelled :func:`tuning_states` of ``base``
     (the emulated links are FIFO servers, so the simulator is the emulation's queueing) with the
     ``waiting`` loss; returns the path stem of the tuned model (``out_dir``/best) for ``load_twin``."""
+    from tqdm import tqdm
+
     from twin.dataset import label_state, write_samples
     from twin.predictors import LEARNED
     from twin.routenet import MODELS_DIR, load_twin
@@ -223,11 +226,14 @@ def fine_tune(base: NetworkState, model: str, out_dir: Path, samples: int = 300,
     start = load_twin(stem)
     config = start.net.get_config()
     rng = np.random.default_rng(seed)
+    states = tqdm(tuning_states(base, samples, seed), desc="simulating tuning states", unit="state",
+                  file=sys.stderr, leave=False)
     labelled = [label_state(state, {"index": i, "sim_seed": int(rng.integers(2**31))}, 2500.0)
-                for i, state in enumerate(tuning_states(base, samples, seed))]
+                for i, state in enumerate(states)]
     data = Path(out_dir) / "data"
     write_samples(data, labelled)
-    train = TrainConfig(kind=stem, state_dim=config["state_dim"], iterations=config["iterations"], epochs=200,
+    train = TrainConfig(kind=stem, state_dim=config["state_dim"],
+                        iterations=config.get("iterations", TrainConfig.iterations), epochs=200,
                         lr=5e-4, patience=6, max_minutes=minutes, target="waiting", seed=seed,
                         init_from=str(MODELS_DIR / stem))
     summary = Trainer(data, Path(out_dir) / "run", train, progress=False, log=log).run()

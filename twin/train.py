@@ -167,7 +167,7 @@ class Trainer:
         path = Path(config.init_from)
         twin = load_twin(path.name, path.parent)
         wanted = {"kind": config.kind, "state_dim": config.state_dim, "iterations": config.iterations}
-        have = {"kind": twin.kind, **{k: twin.net.get_config().get(k) for k in ("state_dim", "iterations")}}
+        have = {"kind": twin.kind, **{k: twin.net.get_config().get(k, wanted[k]) for k in ("state_dim", "iterations")}}
         if have != wanted:
             raise ModelFileError(f"{config.init_from}: a {have} model cannot start a {wanted} training run")
         return twin
