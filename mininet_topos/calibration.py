@@ -69,7 +69,12 @@ def path_components(state: NetworkState, delays: np.ndarray) -> tuple[np.ndarray
 def emulated_delays(state: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:
     """What the emulation should measure (s) for ``state``, from the twin's per-flow ``delays`` (s)
     for ``effective_state(state, correction)``."""
-    queueing, switches = path_components(effective_state(state, correction), delays)
+    return _emulated(effective_state(state, correction), delays, correction)
+
+
+def _emulated(effective: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:
+    """:func:`emulated_delays` for a state already at its effective rate."""
+    queueing, switches = path_components(effective, delays)
     return correction.queue_scale * queueing + correction.per_hop_s * switches + correction.base_s
 
 
@@ -83,16 +88,15 @@ def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
     for scale in capacity_scales:
         trial = Correction(capacity_scale=float(scale))
         effective = [effective_state(s, trial) for s in states]
-        predicted = predictor.predict_delays(effective)
-        rows, targets = [], []
-        for state, delays, values in zip(effective, predicted, measured):
+        designs, oks = [], []
+        for state, delays, values in zip(effective, predictor.predict_delays(effective), measured):
             queueing, switches = path_components(state, delays)
-            ok = np.isfinite(values) & (values > 0)
-            rows.append(np.column_stack([queueing, switches, np.ones(len(queueing))])[ok] / values[ok, None])
-            targets.append(np.ones(int(ok.sum())))
-        coef, _ = nnls(np.concatenate(rows), np.concatenate(targets))
+            designs.append(np.column_stack([queueing, switches, np.ones(len(queueing))]))
+            oks.append(np.isfinite(values) & (values > 0))
+        relative = np.concatenate([x[ok] / m[ok, None] for x, ok, m in zip(designs, oks, measured)])
+        coef, _ = nnls(relative, np.ones(len(relative)))
         candidate = Correction(float(coef[0]), float(coef[1]), float(coef[2]), float(scale))
-        error = np.mean([mape(emulated_delays(s, d, candidate), m) for s, d, m in zip(states, predicted, measured)])
+        error = np.mean([mape(x @ coef, m) for x, m in zip(designs, measured)])
         if error < best_error:
             best, best_error = candidate, error
     return best
@@ -111,12 +115,12 @@ def measurement_noise(state: NetworkState, correction: Correction, duration: flo
     from twin.sim import simulate
 
     effective = effective_state(state, correction)
-    reference = emulated_delays(state, simulate(effective, duration=200 * duration, warmup=warmup, seed=seed).delay,
-                                correction)
+    reference = _emulated(effective, simulate(effective, duration=200 * duration, warmup=warmup, seed=seed).delay,
+                          correction)
     errors = []
     for run in range(runs):
         window = simulate(effective, duration=duration, warmup=warmup, seed=seed + 1 + run)
-        measured = emulated_delays(state, window.delay, correction)
+        measured = _emulated(effective, window.delay, correction)
         errors.append(mape(reference, np.where(window.delivered >= min_packets, measured, np.nan)))
     return float(np.mean(errors))
 

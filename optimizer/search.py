@@ -116,7 +116,8 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     outcome = Optimization(
         state=state, weights=best, before=score(initial, intent, delays_before),
         after=score(final, intent, delays_after), delays_before=delays_before, delays_after=delays_after,
-        evaluations=result.evaluations + refined, predicted=len(score_batch.known), refined=refined, generations=result.generations, stopped_by=result.stopped_by,
+        evaluations=result.evaluations + refined, predicted=len(score_batch.known), refined=refined,
+        generations=result.generations, stopped_by=result.stopped_by,
         wall_s=time.perf_counter() - started,
     )
     if not outcome.after.feasible and not allow_infeasible:

@@ -88,6 +88,11 @@ class GraphBatch:
     def max_hops(self) -> int:
         return len(self.counts)
 
+    @property
+    def path_transmit(self) -> np.ndarray:
+        """Per sorted path: the sum of its hops' transmission times, s."""
+        return np.bincount(self.hop_path, weights=self.hop_transmit, minlength=self.n_paths)
+
     def unsort(self, per_path_sorted: np.ndarray) -> list[np.ndarray]:
         """Per-sorted-path values → one array per state, in each state's flow order."""
         out = np.empty(len(self.order), dtype=per_path_sorted.dtype)
@@ -242,7 +247,7 @@ def _add_qt_features(batch: GraphBatch) -> None:
     """Append the QT fixed point's dimensionless answers to the feature matrices (float32)."""
     qt = solve(batch)
     wait_units = np.maximum(qt["sojourn"] / batch.link_service - 1.0, 0.0)  # mean wait / mean service time
-    transmit = np.bincount(batch.hop_path, weights=batch.hop_transmit, minlength=batch.n_paths)
+    transmit = batch.path_transmit
     wait = np.bincount(batch.hop_path, weights=(wait_units * batch.link_service)[batch.hop_link],
                        minlength=batch.n_paths)
     batch.link_x = np.column_stack([batch.link_x, qt["rho"], qt["link_loss"], np.log1p(wait_units)]).astype(np.float32)

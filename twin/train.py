@@ -105,9 +105,8 @@ def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8)
     for start in range(0, len(items), batch_size):
         group = items[start:start + batch_size]
         batch = batch_graphs([it.graph for it in group])
-        transmit = np.bincount(batch.hop_path, weights=batch.hop_transmit, minlength=batch.n_paths)
         for pred, prop, tx, it in zip(twin.predict_batch(batch), batch.unsort(batch.path_prop),
-                                      batch.unsort(transmit), group):
+                                      batch.unsort(batch.path_transmit), group):
             ok = np.isfinite(it.delay) & (it.delay > prop)
             for target in TARGETS:
                 scale = error_scales(it.delay[ok], prop[ok], tx[ok], target)
