@@ -33,6 +33,7 @@ from mininet_topos.validate import validate
 from optimizer.intent import Intent
 from optimizer.objective import mean_delay
 from optimizer.search import optimize
+from twin.predictors import get_predictor
 from twin.state import Flow, NetworkState
 
 DEFAULT_OUT = REPO / "data" / "loop"
@@ -113,7 +114,7 @@ def top_candidates(state: NetworkState, intent: Intent, predictor, k: int, seed:
     """Up to ``k`` weight vectors from one NES run, best predicted first, each routing the flows
     differently from the current weights and from each other; plus the optimizer's result."""
     recorder = _Recorder(predictor)
-    result = optimize(state, intent, recorder, seed=seed, allow_infeasible=True)
+    result = optimize(state, intent, recorder, seed=seed, allow_infeasible=True, screen=get_predictor("qt"))
     keys = {state.routing_key}
     out = []
     for weights, _ in sorted(recorder.seen.items(), key=lambda item: item[1]):

@@ -18,14 +18,19 @@ def register(subparsers) -> None:
         description=(
             "Search OSPF link weights with separable Natural Evolution Strategies, starting from the state's "
             "current weights; every generation of candidate routings is scored by the model in one batched "
-            "call. The intent (YAML, see examples/) declares the objective and the constraints. With --verify "
-            "the packet-level simulator measures the initial and the chosen routing."
+            "call. By default the queueing-theory model screens first: its own NES (fast) finds a region, and the "
+            "twin's search starts there when the twin rates it better than the current weights (--screen none: "
+            "the twin alone). The intent (YAML, see examples/) declares the objective and the constraints. With "
+            "--verify the packet-level simulator measures the initial and the chosen routing."
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON")
     p.add_argument("--intent", type=Path, required=True, metavar="FILE", help="intent YAML (examples/*.yaml)")
     p.add_argument("--model", choices=PREDICTORS, default=PREDICTORS[-1],
                    help=f"delay model scoring the candidates (default: {PREDICTORS[-1]})")
+    p.add_argument("--screen", choices=("qt", "none"), default="qt",
+                   help="cheap model whose NES runs first to find a starting region (default: qt; "
+                        "ignored when --model is qt)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
     p.add_argument("--verify", action="store_true", help="also simulate the initial and the chosen routing")
     p.add_argument("--allow-infeasible", action="store_true",
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     state = NetworkState.load(args.state)
     intent = load_intent(args.intent)
     predictor = get_predictor(args.model)
+    screen = get_predictor(args.screen) if args.screen != "none" and args.screen != args.model else None
     bar = tqdm(total=intent.max_evaluations, unit="candidate", desc="optimize", file=sys.stderr, leave=False)
 
     def on_generation(generation, evaluations, best):
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = optimize(state, intent, predictor, seed=args.seed, on_generation=on_generation,
-                          allow_infeasible=args.allow_infeasible)
+                          allow_infeasible=args.allow_infeasible, screen=screen)
     except InfeasibleIntent:
         bar.close()
         raise
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "max_utilization": {"before": float(state.with_weights(np.rint(state.link_arrays["weight"])).utilization().max()),
                             "after": float(final.utilization().max())},
         "model": args.model,
+        "screen": {"model": args.screen if screen is not None else None, "distinct_routings": result.screened,
+                   "started_from_screen": result.started_from_screen},
         "evaluations": result.evaluations,
         "distinct_routings": result.predicted,
         "refinement_evaluations": result.refined,

@@ -16,7 +16,7 @@ from twin.state import NetworkState
 from twin.traffic import scale_to_utilization
 
 INTENSITIES = (0.5, 0.7, 0.85, 1.0, 1.15)  # busiest-link utilization under shortest-path routing
-METHODS = ("sp", "invcap", "fortz_thorup", "nes_qt", "nes_twin")
+METHODS = ("sp", "invcap", "fortz_thorup", "nes_qt", "nes_twin_unscreened", "nes_twin")
 
 
 def synthetic_state(nodes: int = 25, seed: int = 0) -> NetworkState:
@@ -41,14 +41,17 @@ def real_state(key: str = "sndlib/abilene") -> NetworkState:
 
 
 def routings(state: NetworkState, twin_name: str, budget: int, time_limit_s: float, seed: int) -> dict:
-    """Weights of every method for one state (NES minimises the predicted mean delay)."""
+    """Weights of every method for one state (NES minimises the predicted mean delay). ``nes_twin`` is
+    the optimizer as ``ndt optimize`` runs it (QT screens first); ``nes_twin_unscreened`` the twin alone."""
     intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=budget, time_limit_s=time_limit_s)
     out = {"sp": unit_weights(state), "invcap": inverse_capacity_weights(state, high=20),
            "fortz_thorup": fortz_thorup(state, 1, 20, max_evaluations=budget, time_limit_s=time_limit_s, seed=seed)}
     timing = {}
-    for method, name in (("nes_qt", "qt"), ("nes_twin", twin_name)):
+    qt = get_predictor("qt")
+    for method, name, screen in (("nes_qt", "qt", None), ("nes_twin_unscreened", twin_name, None),
+                                 ("nes_twin", twin_name, qt)):
         started = time.perf_counter()
-        out[method] = optimize(state, intent, get_predictor(name), seed=seed).weights
+        out[method] = optimize(state, intent, get_predictor(name), seed=seed, screen=screen).weights
         timing[method] = round(time.perf_counter() - started, 2)
     return out, timing
 
@@ -93,12 +96,14 @@ def plot(report: dict, path: Path) -> None:
     topologies = list(dict.fromkeys(r["topology"] for r in rows))
     fig, axes = plt.subplots(1, len(topologies), figsize=(5.5 * len(topologies), 4), squeeze=False)
     labels = {"sp": "shortest path", "invcap": "inverse capacity", "fortz_thorup": "Fortz–Thorup",
-              "nes_qt": "NES + QT", "nes_twin": f"NES + twin ({rows[0]['twin']})"}
-    styles = {"sp": "k--o", "invcap": "c-.s", "fortz_thorup": "g-^", "nes_qt": "b-v", "nes_twin": "r-D"}
+              "nes_qt": "NES + QT", "nes_twin_unscreened": f"NES + twin ({rows[0]['twin']}), no screening",
+              "nes_twin": f"NES + twin ({rows[0]['twin']}), QT screening"}
+    styles = {"sp": "k--o", "invcap": "c-.s", "fortz_thorup": "g-^", "nes_qt": "b-v", "nes_twin_unscreened": "m:x",
+              "nes_twin": "r-D"}
     for ax, topology in zip(axes[0], topologies):
         mine = [r for r in rows if r["topology"] == topology]
         loads = [r["load"] for r in mine]
-        for method in METHODS:
+        for method in (m for m in METHODS if f"{m}_delay" in mine[0]):
             ax.plot(loads, [1e3 * r[f"{method}_delay"] for r in mine], styles[method], label=labels[method])
         ax.set_title(topology)
         ax.set_xlabel("traffic intensity (busiest-link load under shortest path)")

@@ -1,4 +1,10 @@
-"""Optimizing OSPF weights for an intent with NES, any predictor scoring the candidates."""
+"""Optimizing OSPF weights for an intent with NES, any predictor scoring the candidates.
+
+Optionally a cheap model screens first (multi-fidelity search): NES over the cheap model's scores
+finds a region, and the twin's own search starts from there when the twin rates it better than the
+current weights. docs/optimizer.md measures why: the analytical model's landscape leads NES to
+better basins than the twin's, and the twin then refines what the analytical model cannot see.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import numpy as np
 from ndt.errors import NdtError
 from optimizer.intent import Intent
 from optimizer.local import descend
-from optimizer.nes import snes
+from optimizer.nes import better, snes
 from optimizer.objective import Score, score
 from twin.state import NetworkState
 
@@ -39,6 +45,8 @@ class Optimization:
     generations: int
     stopped_by: str
     wall_s: float
+    screened: int = 0  # distinct routings the screening model was asked about (0: no screening)
+    started_from_screen: bool = False  # the twin's search started from the screening model's best
 
     @property
     def changed_links(self) -> list[dict]:
@@ -89,36 +97,51 @@ class RoutingScores:
 
 
 NES_SHARE = 0.7  # of the budget; steepest descent from NES's best gets the rest (at least 30 % of the routings)
+SCREEN_SHARE = 0.3  # of the time limit, at most, for the screening model's NES
 
 
 def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, population: int | None = None,
-             on_generation=None, allow_infeasible: bool = False) -> Optimization:
+             on_generation=None, allow_infeasible: bool = False, screen=None) -> Optimization:
     """Search OSPF weights with separable NES, then refine its best by steepest descent over
     single-weight moves; every generation or step is scored in one batched predictor call.
 
-    Raises :class:`InfeasibleIntent` when no feasible routing was found, unless
-    ``allow_infeasible`` (then the least-violating one is returned).
+    ``screen``: a cheap predictor (e.g. QT) whose own NES runs first, on as many candidates as the
+    intent allows the predictor; the predictor's NES then starts from the better, by the predictor,
+    of the current weights and the screen's best. Constraints (at most k changed weights) always
+    count from the current weights. Raises :class:`InfeasibleIntent` when no feasible routing was
+    found, unless ``allow_infeasible`` (then the least-violating one is returned).
     """
     intent.check_against(state)
     low, high = intent.weight_bounds
-    start = np.clip(np.rint(state.link_arrays["weight"]), low, high).astype(np.int64)
+    current = np.clip(np.rint(state.link_arrays["weight"]), low, high).astype(np.int64)
     started = time.perf_counter()
     score_batch = RoutingScores(state, intent, predictor)
-    repair = limit_changes(start, intent.max_changed_weights, np.random.default_rng(seed))
+    repair = limit_changes(current, intent.max_changed_weights, np.random.default_rng(seed))
+    start, screened, from_screen = current, 0, False
+    if screen is not None:
+        screen_scores = RoutingScores(state, intent, screen)
+        coarse = snes(screen_scores, current, low, high, max_evaluations=intent.max_evaluations,
+                      time_limit_s=SCREEN_SHARE * intent.time_limit_s, seed=seed, population=population,
+                      repair=repair)
+        screened = len(screen_scores.known)
+        violation, objective = score_batch(np.stack([current, coarse.best]))
+        if better((violation[1], objective[1]), (violation[0], objective[0])):
+            start, from_screen = coarse.best, True
+    remaining_s = intent.time_limit_s - (time.perf_counter() - started)
     result = snes(score_batch, start, low, high, max_evaluations=max(1, int(NES_SHARE * intent.max_evaluations)),
-                  time_limit_s=NES_SHARE * intent.time_limit_s, seed=seed, population=population,
+                  time_limit_s=NES_SHARE * remaining_s, seed=seed, population=population,
                   repair=repair, on_generation=on_generation)
     best, _, refined = descend(score_batch, result.best, result.best_rank_key, low, high,
                                max_evaluations=intent.max_evaluations, deadline=started + intent.time_limit_s,
                                repair=repair, spent=lambda: len(score_batch.known), seed=seed)
-    initial, final = state.with_weights(start), state.with_weights(best)
+    initial, final = state.with_weights(current), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])
     outcome = Optimization(
         state=state, weights=best, before=score(initial, intent, delays_before),
         after=score(final, intent, delays_after), delays_before=delays_before, delays_after=delays_after,
         evaluations=result.evaluations + refined, predicted=len(score_batch.known), refined=refined,
         generations=result.generations, stopped_by=result.stopped_by,
-        wall_s=time.perf_counter() - started,
+        wall_s=time.perf_counter() - started, screened=screened, started_from_screen=from_screen,
     )
     if not outcome.after.feasible and not allow_infeasible:
         raise InfeasibleIntent(

@@ -73,6 +73,7 @@ def test_optimize_json_contract(tmp_path):
     assert report["feasible"] and report["changed_links"]
     assert {"before", "after"} <= set(report["predicted"]) and {"before", "after"} <= set(report["simulated"])
     assert len(report["weights"]) == 8
+    assert report["screen"]["model"] == "qt" and report["screen"]["distinct_routings"] > 0
     intent.write_text("constraints: {max_utilization: 0.05}\nsearch: {max_evaluations: 30}\n")
     proc = ndt("optimize", "--state", str(state), "--intent", str(intent), "--model", "sim", check=False)
     assert proc.returncode == 2 and "no routing found" in proc.stderr and "Traceback" not in proc.stderr

@@ -108,6 +108,36 @@ def test_optimize_with_the_simulator_meets_the_intent():
     assert result.changed_links
 
 
+class RouteTaste:
+    """A model that only cares whether a->d leaves a towards ``prefer``: 1 ms then, 2 ms otherwise."""
+
+    def __init__(self, prefer: str):
+        self.prefer, self.asked = prefer, 0
+
+    def predict_delays(self, states):
+        self.asked += len(states)
+        return [np.array([1e-3 if s.links[s.flow_links[0][0]].dst == self.prefer else 2e-3, 1e-3]) for s in states]
+
+
+def first_hop_of_a_to_d(state, weights):
+    routed = state.with_weights(weights)
+    return routed.links[routed.flow_links[0][0]].dst
+
+
+def test_screening_starts_the_twin_where_the_cheap_model_points_and_only_if_the_twin_agrees():
+    state = two_route_state()
+    intent = parse_intent({"constraints": {"weight_bounds": [1, 10], "max_changed_weights": 1},
+                           "search": {"max_evaluations": 60}})
+    screen = RouteTaste("c")
+    result = optimize(state, intent, RouteTaste("c"), seed=0, screen=screen)
+    assert screen.asked > 0 and result.screened > 0 and result.started_from_screen
+    assert first_hop_of_a_to_d(state, result.weights) == "c"
+    assert np.count_nonzero(result.weights != 1) <= 1, "changed weights count from the current ones"
+    misled = optimize(state, intent, RouteTaste("c"), seed=0, screen=RouteTaste("b"))
+    assert misled.screened > 0 and not misled.started_from_screen
+    assert first_hop_of_a_to_d(state, misled.weights) == "c", "the twin's own search still finds its optimum"
+
+
 def test_infeasible_intent_is_reported():
     state = two_route_state(load=0.95)
     intent = parse_intent({"constraints": {"max_utilization": 0.1}, "search": {"max_evaluations": 40}})
