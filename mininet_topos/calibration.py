@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import linprog
 
 from ndt.errors import NdtError
 from ndt.files import read_json
@@ -82,8 +82,8 @@ def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
         capacity_scales=CAPACITY_SCALES) -> Correction:
     """The correction with the least mean MAPE over ``states`` and their ``measured`` per-flow
     delays (NaN where unmeasured): for each capacity scale of the grid, the twin (``predictor``)
-    predicts the states at that rate and the other three coefficients are fitted by non-negative
-    least relative squares."""
+    predicts the states at that rate and the other three coefficients are those of least MAPE
+    (:func:`least_relative_deviation`)."""
     best, best_error = Correction(), np.inf
     for scale in capacity_scales:
         trial = Correction(capacity_scale=float(scale))
@@ -94,12 +94,27 @@ def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
             designs.append(np.column_stack([queueing, switches, np.ones(len(queueing))]))
             oks.append(np.isfinite(values) & (values > 0))
         relative = np.concatenate([x[ok] / m[ok, None] for x, ok, m in zip(designs, oks, measured)])
-        coef, _ = nnls(relative, np.ones(len(relative)))
+        coef = least_relative_deviation(relative)
         candidate = Correction(float(coef[0]), float(coef[1]), float(coef[2]), float(scale))
         error = np.mean([mape(x @ coef, m) for x, m in zip(designs, measured)])
         if error < best_error:
             best, best_error = candidate, error
     return best
+
+
+def least_relative_deviation(relative: np.ndarray) -> np.ndarray:
+    """Non-negative ``c`` minimising mean |relative @ c − 1|: the coefficients of least MAPE when each
+    row is a flow's design row divided by its measured delay. A linear program (c, then one bound
+    per row on the absolute deviation); least squares would let a few short paths pull the split
+    between per-switch and per-path costs."""
+    rows, columns = relative.shape
+    cost = np.concatenate([np.zeros(columns), np.full(rows, 1.0 / rows)])
+    bounds_upper = np.block([[relative, -np.eye(rows)], [-relative, -np.eye(rows)]])
+    limits = np.concatenate([np.ones(rows), -np.ones(rows)])
+    solved = linprog(cost, A_ub=bounds_upper, b_ub=limits, bounds=[(0, None)] * (columns + rows), method="highs")
+    if not solved.success:
+        raise CalibrationError(f"the calibration fit failed: {solved.message}")
+    return solved.x[:columns]
 
 
 def measurement_noise(state: NetworkState, correction: Correction, duration: float, warmup: float,

@@ -3,7 +3,8 @@
 ``python -m mininet_topos.headroom scan [SOURCE LOAD CAPACITIES DURATION]``,
 ``python -m mininet_topos.headroom repeat [SOURCE LOAD DURATIONS]`` and
 ``python -m mininet_topos.headroom md1 [LOADS DURATION]`` and
-``python -m mininet_topos.headroom noise [SOURCE LOAD DURATIONS MIN_PACKETS]`` (no root).
+``python -m mininet_topos.headroom noise [SOURCE LOAD DURATIONS MIN_PACKETS]`` (no root) and
+``python -m mininet_topos.headroom replay REPORT [RUNS SEED]``.
 
 The same topology and busiest-link load are played at growing link capacities, so the packet rate
 grows while the queueing, measured in service times (frame / capacity), should stay the same.
@@ -18,7 +19,12 @@ reverse flow and prints the measured mean delay against M/D/1's wait plus the li
 (the forwarding floor): whether a shaped link is the FIFO server the twin assumes. ``noise``
 simulates instead of emulating: the MAPE a perfect model scores against one measurement of each
 window length, over flows with at least each number of packets (shortest-path routing, the
-calibration shipped for RouteNet-E adding forwarding).
+calibration shipped for RouteNet-E adding forwarding). ``replay`` takes an ``ndt loop``/``ndt demo``
+JSON report and plays its final routing with the very packets of its after-measurement (the same
+plan seed, 1 for the first iteration) RUNS times in a fresh network: the MAPE between the runs is
+the emulation's own non-determinism, the MAPE of each run against the live measurement says
+whether the live network behaved like a fresh one, and the calibrated twin's MAPE against each run
+is the demo's figure without the live network.
 """
 
 from __future__ import annotations
@@ -101,6 +107,35 @@ def noise(source: str, load: float, durations: list[float], min_packets: list[in
     return rows
 
 
+def replay(report_path: str, runs: int, seed: int) -> dict:
+    from itertools import combinations
+
+    from mininet_topos.calibration import CalibratedPredictor, find, load, tuned_predictor
+    from mininet_topos.traffic import MIN_PACKETS
+    from twin.predictors import get_predictor
+
+    report = json.loads(open(report_path).read())
+    state = emulation_state(report["topology"], report["load"]).with_weights(np.array(report["final_weights"]))
+    live = np.array([p["delay"] if p["delay"] is not None and p["received"] >= MIN_PACKETS else np.nan
+                     for p in report["after"]["paths"]])
+    path = find(report["model"])
+    correction, info = load(path)
+    twin = tuned_predictor(path, info, report["topology"]) or get_predictor(report["model"])
+    expected = CalibratedPredictor(twin, correction).predict_delays([state])[0]
+    measured = []
+    with EmulatedNetwork(state, prefix="c", tag="replay") as net:
+        for _ in range(runs):
+            m = play(net, state, report["after"]["duration"], report["after"]["warmup"], seed=seed)
+            measured.append(m.reliable_delay())
+            print(json.dumps({"mean_delay_s": m.mean_delay(state), "twin_mape": mape(expected, measured[-1]),
+                              "live_vs_this_mape": mape(live, measured[-1]), "load_average": m.load_average}),
+                  flush=True)
+    out = {"runs_pairwise_mape": [mape(measured[a], measured[b]) for a, b in combinations(range(runs), 2)],
+           "twin_vs_live_mape": mape(expected, live), "live_mean_delay_s": report["measured"]["after"]}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 if __name__ == "__main__":
     mode, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("scan", [])
     source = args[0] if args else "sndlib/abilene"
@@ -108,6 +143,10 @@ if __name__ == "__main__":
         noise(source, float(args[1]) if len(args) > 1 else 0.9,
               [float(d) for d in (args[2] if len(args) > 2 else "12,32,62").split(",")],
               [int(k) for k in (args[3] if len(args) > 3 else "50,200").split(",")])
+    elif mode == "replay":
+        if not args:
+            raise SystemExit("replay needs the JSON report of ndt loop or ndt demo (e.g. data/loop/report.json)")
+        replay(args[0], int(args[1]) if len(args) > 1 else 3, int(args[2]) if len(args) > 2 else 1)
     elif mode == "md1":
         md1([float(x) for x in (args[0] if args else "0.5,0.8,0.9").split(",")], float(args[1]) if len(args) > 1 else 32.0)
     elif mode == "repeat":

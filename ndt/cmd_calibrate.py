@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--topology", default="sndlib/abilene",
                    help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
-    p.add_argument("--loads", default="0.5,0.7,0.9",
-                   help="busiest-link loads under shortest paths, comma-separated (default: 0.5,0.7,0.9)")
+    p.add_argument("--loads", default="0.2,0.5,0.7,0.9",
+                   help="busiest-link loads under shortest paths, comma-separated; a light one separates the per-switch "
+                        "from the per-path cost (default: 0.2,0.5,0.7,0.9)")
     p.add_argument("--routings", type=int, default=2, help="routings per load: shortest path + random weights (default: 2)")
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="traffic per measurement, s; shorter windows leave fewer flows with enough packets and "

@@ -13,6 +13,7 @@ from mininet_topos.calibration import (
     Correction,
     emulated_delays,
     fit,
+    least_relative_deviation,
     mape,
     measurement_noise,
     path_components,
@@ -86,6 +87,19 @@ def test_delay_model_drops_transmission_and_propagation_and_fit_recovers_a_known
     assert fitted.capacity_scale == pytest.approx(0.99) and fitted.queue_scale == pytest.approx(0.8, rel=1e-6)
     assert fitted.per_hop_s == pytest.approx(150e-6, rel=1e-6) and fitted.base_s == pytest.approx(200e-6, rel=1e-6)
     assert mape(CalibratedPredictor(model, fitted).predict_delays(states)[1], measured[1]) < 1e-9
+
+
+def test_least_mape_fit_ignores_an_outlier_that_pulls_least_squares():
+    rng = np.random.default_rng(0)
+    design = np.column_stack([rng.uniform(1e-3, 8e-3, 40), rng.integers(2, 7, 40), np.ones(40)])
+    truth = np.array([0.9, 250e-6, 100e-6])
+    measured = design @ truth
+    measured[0] *= 3.0  # one flow measured three times too slow
+    coef = least_relative_deviation(design / measured[:, None])
+    assert coef == pytest.approx(truth, rel=1e-6)
+    squares, *_ = np.linalg.lstsq(design / measured[:, None], np.ones(40), rcond=None)
+    assert not np.allclose(squares, truth, rtol=1e-3), "least squares is pulled by the outlier"
+    assert np.all(least_relative_deviation(-design / measured[:, None]) >= 0), "coefficients stay non-negative"
 
 
 def test_loop_decisions():
