@@ -40,6 +40,7 @@ LOG = logging.getLogger("ndt.controller")
 BARRIER_TIMEOUT_S = 5.0
 STORE_MAINTENANCE_S = 300.0  # retention and downsampling of the telemetry store this often
 DISCOVERY_SETTLE_S = 5.0  # with LLDP: handle ARP once every expected link is seen, or this long after the last change
+LLDP_NUDGE_S = 1.0  # with LLDP: wake os-ken's probe loop this often (see _nudge_lldp)
 
 
 @dataclass
@@ -109,6 +110,8 @@ class NdtController(app_manager.OSKenApp):
         thread = super().start()
         hub.spawn(self._route_worker)
         hub.spawn(self._poller)
+        if self.config.discover:
+            hub.spawn(self._nudge_lldp)
         return thread
 
     # ------------------------------------------------------------------ public API
@@ -236,6 +239,20 @@ class NdtController(app_manager.OSKenApp):
             self._topology_changed = time.monotonic()
         LOG.warning("link %s->%s lost (LLDP)", link[0], link[1])
         self.request_reroute(f"link {link[0]}->{link[1]} lost")
+
+    def _nudge_lldp(self):
+        """Keep os-ken's LLDP probes periodic.
+
+        Its topology app sleeps between probe rounds with ``Event.wait(timeout)``, a timeout os-ken's
+        native hub cannot enforce, so the app probed only when a port or link changed: one probe lost
+        while the neighbour switch was still connecting hid that link for good (1 run in ~6 of
+        tests/test_controller_mininet.py). Setting its event every ``LLDP_NUDGE_S`` lets it probe every
+        port whose period is up, as designed."""
+        while True:
+            time.sleep(LLDP_NUDGE_S)
+            topology = app_manager.lookup_service_brick("switches")
+            if topology is not None:
+                topology.lldp_event.set()
 
     def _named_link(self, link) -> tuple[str, str] | None:
         """The state's (src, dst) for an LLDP-discovered link, or None (logged) if the state lacks it."""

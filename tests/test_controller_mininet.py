@@ -313,8 +313,19 @@ def test_lldp_discovery_finds_the_wiring(tmp_path):
         before = bed.tx_bytes("s1", "s2")
         assert bed.ping(1, 3, 30) == (30, 30)
         assert bed.tx_bytes("s1", "s2") - before >= 30 * 98
+        probes = lldp_probes_received(bed, "s1")
+        time.sleep(4)
+        assert lldp_probes_received(bed, "s1") - probes >= 4, \
+            "LLDP probes keep coming after discovery (a lost probe is sent again)"
     finally:
         bed.stop()
+
+
+def lldp_probes_received(bed, switch: str) -> int:
+    """LLDP frames ``switch`` has sent to the controller so far (its LLDP rule's packet count)."""
+    rules = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch, "dl_type=0x88cc"],
+                           capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split("n_packets=")[1].split(",")[0]) for line in rules.splitlines() if "n_packets=" in line)
 
 
 GRID = [(5 * r + c + 1, 5 * r + c + 2) for r in range(5) for c in range(4)] + \
