@@ -32,7 +32,7 @@ from mininet_topos.traffic import DRAIN_S, MIN_PACKETS, START_LEAD_S, Measuremen
 from mininet_topos.validate import validate
 from optimizer.intent import Intent
 from optimizer.objective import mean_delay
-from optimizer.search import optimize
+from optimizer.search import optimize, undo_idle_changes
 from twin.predictors import get_predictor
 from twin.state import Flow, NetworkState
 
@@ -122,7 +122,7 @@ def top_candidates(state: NetworkState, intent: Intent, predictor, k: int, seed:
         key = routed.routing_key
         if key not in keys:
             keys.add(key)
-            out.append(np.array(weights))
+            out.append(undo_idle_changes(state, state.link_arrays["weight"], np.array(weights)))
         if len(out) == k:
             break
     return out, result

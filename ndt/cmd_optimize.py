@@ -117,8 +117,13 @@ def _paths(state, delays) -> list[dict]:
 def _print_summary(report: dict, args) -> None:
     before, after = report["predicted"]["before"], report["predicted"]["after"]
     status = "meets the intent" if report["feasible"] else "does NOT meet the intent (least violating shown)"
-    print(f"{report['evaluations']} candidates ({report['distinct_routings']} distinct routings) in {report['wall_s']} s "
-          f"(NES: {report['stopped_by']}, then {report['refinement_evaluations']} in refinement); the chosen routing {status}")
+    screen = report["screen"]
+    screened = (f"{screen['model'].upper()} screened {screen['distinct_routings']} routings"
+                f"{', the search started from its best' if screen['started_from_screen'] else ''}; "
+                if screen["model"] else "")
+    print(f"{screened}{report['evaluations']} candidates ({report['distinct_routings']} distinct routings) in "
+          f"{report['wall_s']} s (NES: {report['stopped_by']}, then {report['refinement_evaluations']} in refinement); "
+          f"the chosen routing {status}")
     rows = [{"what": f"predicted ({args.model})", "before": 1e3 * before["mean_delay"], "after": 1e3 * after["mean_delay"]}]
     if "simulated" in report:
         rows.append({"what": "simulated", "before": 1e3 * report["simulated"]["before"]["mean_delay"],
@@ -127,7 +132,8 @@ def _print_summary(report: dict, args) -> None:
                  "after": 100 * report["max_utilization"]["after"]})
     print_table(rows, [("what", "mean delay ms", ""), ("before", "before", ".3f"), ("after", "after", ".3f")])
     if report["changed_links"]:
-        print(f"\n{len(report['changed_links'])} weights changed:")
+        count = len(report["changed_links"])
+        print(f"\n{count} weight{'s' if count != 1 else ''} changed:")
         print_table(report["changed_links"], [("src", "src", ""), ("dst", "dst", ""), ("old", "old", ".0f"),
                                               ("new", "new", "d")])
     else:

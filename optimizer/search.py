@@ -73,6 +73,22 @@ def limit_changes(start: np.ndarray, max_changed: int | None, rng: np.random.Gen
     return repair
 
 
+def undo_idle_changes(state: NetworkState, current: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """``chosen`` with every changed weight that does not alter the routing set back to ``current``.
+
+    Searches leave such changes behind (a link no path uses, a tie that breaks the same way); each
+    would still be pushed to the switches for nothing. Tried one link at a time, in link order.
+    """
+    target = state.with_weights(chosen).routing_key
+    out = chosen.astype(np.result_type(chosen, current))
+    for link in np.flatnonzero(out != current):
+        trial = out.copy()
+        trial[link] = current[link]
+        if state.with_weights(trial).routing_key == target:
+            out = trial
+    return out
+
+
 class RoutingScores:
     """Scores candidate weight vectors in one batched predictor call, each distinct routing once.
 
@@ -134,6 +150,7 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     best, _, refined = descend(score_batch, result.best, result.best_rank_key, low, high,
                                max_evaluations=intent.max_evaluations, deadline=started + intent.time_limit_s,
                                repair=repair, spent=lambda: len(score_batch.known), seed=seed)
+    best = undo_idle_changes(state, current, best)
     initial, final = state.with_weights(current), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])
     outcome = Optimization(

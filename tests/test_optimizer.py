@@ -9,7 +9,7 @@ from optimizer.baselines import LoadModel, fortz_thorup, fortz_thorup_cost, inve
 from optimizer.intent import IntentError, load_intent, parse_intent, parse_duration
 from optimizer.nes import snes
 from optimizer.objective import score
-from optimizer.search import InfeasibleIntent, limit_changes, optimize
+from optimizer.search import InfeasibleIntent, limit_changes, optimize, undo_idle_changes
 from twin.predictors import SimulatorPredictor
 from twin.state import Flow, Link, NetworkState
 
@@ -136,6 +136,23 @@ def test_screening_starts_the_twin_where_the_cheap_model_points_and_only_if_the_
     misled = optimize(state, intent, RouteTaste("c"), seed=0, screen=RouteTaste("b"))
     assert misled.screened > 0 and not misled.started_from_screen
     assert first_hop_of_a_to_d(state, misled.weights) == "c", "the twin's own search still finds its optimum"
+
+
+def test_weight_changes_that_do_not_alter_the_routing_are_undone():
+    state = two_route_state()
+    current = np.ones(8, dtype=np.int64)
+    chosen = current.copy()
+    chosen[[0, 5, 7]] = [3, 4, 2]  # a->b (moves a->d to c), c->a and d->c (no path uses them)
+    kept = undo_idle_changes(state, current, chosen)
+    assert kept.tolist() == [3, 1, 1, 1, 1, 1, 1, 1]
+    assert state.with_weights(kept).routing_key == state.with_weights(chosen).routing_key
+    result = optimize(state.scaled(0.95 / 0.9), parse_intent({"search": {"max_evaluations": 60}}),
+                      RouteTaste("c"), seed=0, screen=RouteTaste("c"))
+    for link in np.flatnonzero(result.weights != 1):
+        undone = result.weights.copy()
+        undone[link] = 1
+        assert state.with_weights(undone).routing_key != state.with_weights(result.weights).routing_key, \
+            f"link {link}'s new weight changes nothing"
 
 
 def test_infeasible_intent_is_reported():
