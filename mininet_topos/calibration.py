@@ -85,14 +85,9 @@ def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
     predicts the states at that rate and the other three coefficients are those of least MAPE
     (:func:`least_relative_deviation`)."""
     best, best_error = Correction(), np.inf
+    oks = [np.isfinite(values) & (values > 0) for values in measured]
     for scale in capacity_scales:
-        trial = Correction(capacity_scale=float(scale))
-        effective = [effective_state(s, trial) for s in states]
-        designs, oks = [], []
-        for state, delays, values in zip(effective, predictor.predict_delays(effective), measured):
-            queueing, switches = path_components(state, delays)
-            designs.append(np.column_stack([queueing, switches, np.ones(len(queueing))]))
-            oks.append(np.isfinite(values) & (values > 0))
+        designs = design_matrices(states, predictor, float(scale))
         relative = np.concatenate([x[ok] / m[ok, None] for x, ok, m in zip(designs, oks, measured)])
         coef = least_relative_deviation(relative)
         candidate = Correction(float(coef[0]), float(coef[1]), float(coef[2]), float(scale))
@@ -100,6 +95,17 @@ def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
         if error < best_error:
             best, best_error = candidate, error
     return best
+
+
+def design_matrices(states: list[NetworkState], predictor, capacity_scale: float) -> list[np.ndarray]:
+    """Per state, one row per flow: the twin's queueing wait (s) with every link at ``capacity_scale``
+    × its capacity, the switches on the path, 1 — the columns the correction's coefficients multiply."""
+    effective = [effective_state(s, Correction(capacity_scale=capacity_scale)) for s in states]
+    designs = []
+    for state, delays in zip(effective, predictor.predict_delays(effective)):
+        queueing, switches = path_components(state, delays)
+        designs.append(np.column_stack([queueing, switches, np.ones(len(queueing))]))
+    return designs
 
 
 def least_relative_deviation(relative: np.ndarray) -> np.ndarray:

@@ -111,13 +111,12 @@ def replay(report_path: str, runs: int, seed: int) -> dict:
     from itertools import combinations
 
     from mininet_topos.calibration import CalibratedPredictor, find, load, tuned_predictor
-    from mininet_topos.traffic import MIN_PACKETS
+    from mininet_topos.traffic import reliable_from_report
     from twin.predictors import get_predictor
 
     report = json.loads(open(report_path).read())
     state = emulation_state(report["topology"], report["load"]).with_weights(np.array(report["final_weights"]))
-    live = np.array([p["delay"] if p["delay"] is not None and p["received"] >= MIN_PACKETS else np.nan
-                     for p in report["after"]["paths"]])
+    live = reliable_from_report(report["after"]["paths"])
     path = find(report["model"])
     correction, info = load(path)
     twin = tuned_predictor(path, info, report["topology"]) or get_predictor(report["model"])

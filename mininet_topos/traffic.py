@@ -69,6 +69,13 @@ class Measurement:
                 **self.extra}
 
 
+def reliable_from_report(paths: list[dict]) -> np.ndarray:
+    """Per-flow mean delay (s) from a report's ``paths`` (:meth:`Measurement.to_dict`), NaN where fewer
+    than ``MIN_PACKETS`` arrived, as :meth:`Measurement.reliable_delay`."""
+    return np.array([p["delay"] if p["delay"] is not None and p["received"] >= MIN_PACKETS else np.nan
+                     for p in paths], dtype=float)
+
+
 def _num(x) -> float | None:
     return float(x) if np.isfinite(x) else None
 

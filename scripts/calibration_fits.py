@@ -18,28 +18,14 @@ from scipy.optimize import nnls
 
 from mininet_topos import calibration as cal
 from mininet_topos.topologies import emulation_state
-from mininet_topos.traffic import MIN_PACKETS
+from mininet_topos.traffic import MIN_PACKETS, reliable_from_report
 from twin.routenet import load_twin
-
-
-def reliable(delays, received) -> np.ndarray:
-    return np.where(np.asarray(received) >= MIN_PACKETS, np.asarray(delays, dtype=float), np.nan)
-
-
-def designs(twin, states, scale):
-    trial = cal.Correction(capacity_scale=float(scale))
-    effective = [cal.effective_state(s, trial) for s in states]
-    out = []
-    for state, delays in zip(effective, twin.predict_delays(effective)):
-        queueing, switches = cal.path_components(state, delays)
-        out.append(np.column_stack([queueing, switches, np.ones(len(queueing))]))
-    return out
 
 
 def fit(twin, states, measured, method, columns):
     best = (np.inf, None)
     for scale in cal.CAPACITY_SCALES:
-        matrices = designs(twin, states, scale)
+        matrices = cal.design_matrices(states, twin, float(scale))
         relative = np.concatenate([x[np.isfinite(m)] / m[np.isfinite(m), None] for x, m in zip(matrices, measured)])
         coef = np.zeros(3)
         if method == "least squares":
@@ -54,7 +40,7 @@ def fit(twin, states, measured, method, columns):
 
 def errors(twin, states, measured, params):
     scale, coef = params
-    return [cal.mape(x @ coef, m) for x, m in zip(designs(twin, states, scale), measured)]
+    return [cal.mape(x @ coef, m) for x, m in zip(cal.design_matrices(states, twin, float(scale)), measured)]
 
 
 def main(calibration_json: str, demo_jsons: list[str]) -> None:
@@ -64,15 +50,14 @@ def main(calibration_json: str, demo_jsons: list[str]) -> None:
     base = emulation_state(report["topology"], 1.0, seed=0)
     rows = report["measurements"]
     states = [base.scaled(r["load"]).with_weights(np.array(r["weights"])) for r in rows]
-    measured = [reliable(r["measured_s"], r["received"]) for r in rows]
+    measured = [np.where(np.array(r["received"]) >= MIN_PACKETS, np.array(r["measured_s"], dtype=float), np.nan)
+                for r in rows]
     loads = [r["load"] for r in rows]
     demos = []
     for path in demo_jsons:
         demo = json.load(open(path))
         state = emulation_state(demo["topology"], demo["load"], seed=0).with_weights(np.array(demo["final_weights"]))
-        paths = demo["after"]["paths"]
-        demos.append((state, reliable([np.nan if p["delay"] is None else p["delay"] for p in paths],
-                                      [p["received"] for p in paths])))
+        demos.append((state, reliable_from_report(demo["after"]["paths"])))
     for method in ("least squares", "least MAPE"):
         for columns, label in (([0, 1, 2], "per switch + per path"), ([0, 1], "per switch only")):
             params = fit(twin, states, measured, method, columns)
