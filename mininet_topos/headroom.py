@@ -24,7 +24,10 @@ JSON report and plays its final routing with the very packets of its after-measu
 plan seed, 1 for the first iteration) RUNS times in a fresh network: the MAPE between the runs is
 the emulation's own non-determinism, the MAPE of each run against the live measurement says
 whether the live network behaved like a fresh one, and the calibrated twin's MAPE against each run
-is the demo's figure without the live network.
+is the demo's figure without the live network; each run is also compared packet by packet with an
+ideal FIFO network fed the same packets (``ideal_fifo_*``): what OVS adds per switch, and the error
+left for a model that knew every packet's queueing wait and fitted forwarding per switch to this
+very run.
 """
 
 from __future__ import annotations
@@ -127,12 +130,44 @@ def replay(report_path: str, runs: int, seed: int) -> dict:
             m = play(net, state, report["after"]["duration"], report["after"]["warmup"], seed=seed)
             measured.append(m.reliable_delay())
             print(json.dumps({"mean_delay_s": m.mean_delay(state), "twin_mape": mape(expected, measured[-1]),
-                              "live_vs_this_mape": mape(live, measured[-1]), "load_average": m.load_average}),
+                              "live_vs_this_mape": mape(live, measured[-1]), "load_average": m.load_average,
+                              **ideal_fifo_comparison(net.workdir / f"traffic-{seed}", state, seed, m.duration,
+                                                      m.warmup, correction.capacity_scale)}),
                   flush=True)
     out = {"runs_pairwise_mape": [mape(measured[a], measured[b]) for a, b in combinations(range(runs), 2)],
            "twin_vs_live_mape": mape(expected, live), "live_mean_delay_s": report["measured"]["after"]}
     print(json.dumps(out), flush=True)
     return out
+
+
+def ideal_fifo_comparison(workdir, state, seed: int, duration: float, warmup: float, capacity_scale: float) -> dict:
+    """The packets of one :func:`play` (its ``workdir``) against the waits the very same packets meet
+    in an ideal FIFO network (:func:`~mininet_topos.traffic.fifo_waits`), per flow with at least
+    ``MIN_PACKETS`` packets: what the emulation adds per switch (µs: least, median, most), and the
+    MAPE left when the ideal waits plus the best per-switch + per-path cost for this very
+    measurement (least squares, in-sample) stand in for a model — the floor of a model that knows
+    every packet's queueing exactly and forwarding as a per-switch cost."""
+    from mininet_topos.traffic import MIN_PACKETS, fifo_waits, plan_packets, received_rows
+
+    plans = plan_packets(state, duration, seed)
+    waits = fifo_waits(state, plans, capacity_scale)
+    sent_at = {(int(f), int(q)): t for plan in plans.values() for t, f, q in zip(plan["t"], plan["flow"], plan["seq"])}
+    rows = [(int(f), r - s, waits[(int(f), int(q))]) for f, q, s, r in received_rows(workdir, len(state.nodes))
+            if sent_at[(int(f), int(q))] >= warmup]
+    per_flow = {}
+    for flow, delay, wait in rows:
+        per_flow.setdefault(flow, []).append((delay, wait))
+    flows = sorted(k for k, v in per_flow.items() if len(v) >= MIN_PACKETS)
+    measured = np.array([np.mean([d for d, _ in per_flow[k]]) for k in flows])
+    ideal = np.array([np.mean([w for _, w in per_flow[k]]) for k in flows])
+    switches = np.array([len(state.flow_links[k]) + 1 for k in flows], dtype=float)
+    design = np.column_stack([switches, np.ones(len(flows))])
+    forwarding = np.linalg.lstsq(design, measured - ideal, rcond=None)[0]
+    per_switch = 1e6 * (measured - ideal) / switches
+    return {"ideal_fifo_flows": len(flows),
+            "ideal_fifo_added_us_per_switch": [round(float(np.min(per_switch))), round(float(np.median(per_switch))),
+                                               round(float(np.max(per_switch)))],
+            "ideal_fifo_best_fit_mape": mape(ideal + design @ forwarding, measured)}
 
 
 if __name__ == "__main__":

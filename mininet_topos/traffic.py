@@ -157,6 +157,40 @@ def flow_stats(rows: np.ndarray, planned: np.ndarray, start: float, warmup: floa
     return out
 
 
+def received_rows(workdir: Path, hosts: int) -> np.ndarray:
+    """What the receivers of a :func:`play` in ``workdir`` recorded: rows (flow, seq, send epoch,
+    receive epoch), s."""
+    rows = [np.load(Path(workdir) / f"recv-{i}.npy") for i in range(1, hosts + 1)]
+    return np.concatenate([r for r in rows if len(r)]) if any(len(r) for r in rows) else np.zeros((0, 4))
+
+
+def fifo_waits(state: NetworkState, plans: dict[int, dict[str, np.ndarray]], capacity_scale: float = 1.0) -> dict:
+    """The queueing wait (s) each planned packet would meet in an ideal network of ``state``'s links:
+    FIFO servers of ``capacity_scale`` × capacity with a frame's service time, store-and-forward,
+    no buffer limit and no forwarding cost. Keyed by (flow, seq); ``plans`` as :func:`plan_packets`."""
+    import heapq
+
+    capacity = np.array([lk.capacity for lk in state.links]) * capacity_scale
+    paths = state.flow_links
+    packets = [(float(t), int(f), int(q), (int(size) + FRAME_OVERHEAD_BYTES) * 8.0)
+               for plan in plans.values() for t, f, q, size in zip(plan["t"], plan["flow"], plan["seq"], plan["size"])]
+    events = [(t, i, 0) for i, (t, *_) in enumerate(packets)]
+    heapq.heapify(events)
+    free_at = np.zeros(len(capacity))
+    waits = np.zeros(len(packets))
+    while events:
+        arrival, i, hop = heapq.heappop(events)
+        links = paths[packets[i][1]]
+        if hop == len(links):
+            continue
+        link = links[hop]
+        start = max(arrival, free_at[link])
+        free_at[link] = start + packets[i][3] / capacity[link]
+        waits[i] += start - arrival
+        heapq.heappush(events, (free_at[link], i, hop + 1))
+    return {(f, q): w for (_, f, q, _), w in zip(packets, waits)}
+
+
 def _cpu_times() -> tuple[float, float]:
     fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
@@ -186,8 +220,7 @@ def play(net, state: NetworkState, duration: float = 10.0, warmup: float = 2.0, 
     for proc in procs:
         proc.wait(timeout=START_LEAD_S + duration + DRAIN_S + 60)
     busy1, total1 = _cpu_times()
-    rows = [np.load(workdir / f"recv-{i}.npy") for i in range(1, len(state.nodes) + 1)]
-    rows = np.concatenate([r for r in rows if len(r)]) if any(len(r) for r in rows) else np.zeros((0, 4))
+    rows = received_rows(workdir, len(state.nodes))
     planned = np.zeros(len(state.flows))
     for plan in plans.values():
         np.add.at(planned, plan["flow"][plan["t"] >= warmup], 1)

@@ -28,7 +28,7 @@ from mininet_topos.loop import (
 )
 from mininet_topos.network import EmulationError, shaping_commands
 from mininet_topos.topologies import TopologyError, emulation_state
-from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, flow_stats, plan_packets
+from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, fifo_waits, flow_stats, plan_packets
 from telemetry.store import PairValue
 from twin.state import Flow, Link, NetworkState
 
@@ -67,6 +67,19 @@ def test_flow_stats_count_only_the_window_and_the_losses():
     assert stats["delay"][0] == pytest.approx(0.020) and stats["jitter"][0] == pytest.approx(1e-4)
     assert stats["loss"][0] == pytest.approx(0.5) and stats["loss"][1] == 0.0
     assert stats["received"].tolist() == [2, 1, 0] and np.isnan(stats["delay"][2]) and stats["loss"][2] == 1.0
+
+
+def test_fifo_waits_queue_exact_packets_hop_by_hop():
+    state = line([Flow("a", "c", rate=1.0), Flow("a", "b", rate=1.0)])
+    state = NetworkState(nodes=state.nodes, links=tuple(Link(lk.src, lk.dst, capacity=8000.0) for lk in state.links),
+                         flows=state.flows)
+    payload = 1000 - FRAME_OVERHEAD_BYTES  # 1 s of service per frame at 8 kbit/s
+    plans = {1: {"t": np.array([0.0, 0.5, 1.2]), "flow": np.array([0, 1, 0]), "seq": np.array([0, 0, 1]),
+                 "size": np.full(3, payload)}}
+    waits = fifo_waits(state, plans)
+    # a->b serves flow 0 in [0, 1], flow 1 in [1, 2], flow 0's second packet in [2, 3]; b->c is never busy
+    assert waits == pytest.approx({(0, 0): 0.0, (1, 0): 0.5, (0, 1): 0.8})
+    assert fifo_waits(state, plans, capacity_scale=0.5)[(1, 0)] == pytest.approx(1.5)
 
 
 def test_delay_model_drops_transmission_and_propagation_and_fit_recovers_a_known_correction():
