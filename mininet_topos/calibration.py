@@ -235,6 +235,25 @@ def tuning_states(base: NetworkState, samples: int, seed: int = 0, loads=(0.2, 1
     return states
 
 
+def calibration_weights(state: NetworkState, routings: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(label, weights) of the routings ``ndt calibrate`` measures ``state`` under: shortest path; the
+    routing the queueing-theory model's NES picks (the kind of routing the loop validates and pushes:
+    load spread, long detours); then random weights 1–5, ``routings`` in all."""
+    from optimizer.intent import Intent
+    from optimizer.search import optimize
+    from twin.predictors import get_predictor
+
+    unit = np.ones(len(state.links))
+    out = [("shortest path", unit)]
+    if routings > 1:
+        found = optimize(state.with_weights(unit), Intent(max_evaluations=1500, time_limit_s=10.0),
+                         get_predictor("qt"), seed=seed, allow_infeasible=True)
+        out.append(("optimized (QT)", np.asarray(found.weights, dtype=float)))
+    rng = np.random.default_rng(seed)
+    out += [("random weights", rng.integers(1, 6, len(state.links)).astype(float)) for _ in range(routings - 2)]
+    return out
+
+
 def fine_tune(base: NetworkState, model: str, out_dir: Path, samples: int = 300, minutes: float = 8.0,
               seed: int = 0, log=print) -> Path:
     """Fine-tune the learned twin ``model`` on simulator-labelled :func:`tuning_states` of ``base``

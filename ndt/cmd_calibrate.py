@@ -20,7 +20,9 @@ def register(subparsers) -> None:
             "First fine-tune the learned twin on simulated states of the topology (--tune-samples; written beside "
             "the correction as <out>-twin.*). Then bring the topology up in Mininet (userspace OVS, HTB-shaped "
             "links, the ndt controller), play its "
-            "traffic at several loads under shortest-path and random OSPF weights, measure every path's one-way "
+            "traffic at several loads under shortest-path, optimized and random OSPF weights, each state in a "
+            "freshly brought-up network (ovs-vswitchd numbers its ports differently every time, and how long "
+            "it takes to forward depends on it: the fit is for the average bring-up), measure every path's one-way "
             "delay and fit emulated = queue_scale x (twin queueing wait at capacity_scale x capacity) + "
             "per_hop_s x switches + base_s "
             "(errors over flows with at least 200 measured packets). "
@@ -34,7 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--loads", default="0.2,0.5,0.7,0.9",
                    help="busiest-link loads under shortest paths, comma-separated; a light one separates the per-switch "
                         "from the per-path cost (default: 0.2,0.5,0.7,0.9)")
-    p.add_argument("--routings", type=int, default=2, help="routings per load: shortest path + random weights (default: 2)")
+    p.add_argument("--routings", type=int, default=3,
+                   help="routings per load: shortest path, the routing QT's NES picks, then random weights "
+                        "(default: 3)")
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="traffic per measurement, s; shorter windows leave fewer flows with enough packets and "
                         "noisier means (default: 30)")
@@ -66,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mininet_topos import calibration as cal
-    from mininet_topos.network import EmulatedNetwork
     from mininet_topos.topologies import emulation_state
     from mininet_topos.traffic import MIN_PACKETS
     from mininet_topos.validate import validate
@@ -98,15 +101,16 @@ def run(args: argparse.Namespace) -> int:
             for suffix in (".weights.h5", ".json"):
                 shutil.copyfile(f"{best}{suffix}", f"{stem}{suffix}")
         predictor = load_twin(stem.name, stem.parent)
-    rng = np.random.default_rng(args.seed)
-    weight_sets = [np.ones(len(base.links))] + [rng.integers(1, 6, len(base.links)).astype(float)
-                                                for _ in range(args.routings - 1)]
     samples = []  # (load, state, raw prediction, measured)
-    with EmulatedNetwork(base, prefix="c", tag="calibrate") as net:
-        for load in loads:
-            state = base.scaled(load)
-            for v in validate(state, weight_sets, predictor, duration=args.duration, seed=args.seed, net=net):
-                samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
+    total = len(loads) * args.routings
+    for load in loads:
+        state = base.scaled(load)
+        for label, weights in cal.calibration_weights(state, args.routings, args.seed):
+            print(f"calibrate: state {len(samples) + 1}/{total}: load {load:g}, {label}, {args.duration:g} s "
+                  f"in a fresh network", file=sys.stderr, flush=True)
+            v = validate(state, [weights], predictor, duration=args.duration, seed=args.seed, prefix="c",
+                         tag="calibrate")[0]
+            samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
     states = [s for _, s, _, _ in samples]
     measured = [m.reliable_delay() for _, _, _, m in samples]
     correction = cal.fit(states, measured, predictor)

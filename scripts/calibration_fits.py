@@ -7,7 +7,9 @@ measured delays); DEMO_JSON files are ``ndt demo --json`` reports of the same to
 fit — least relative squares or least MAPE, with or without the per-path constant — prints the
 in-sample and leave-one-load-out MAPE on the calibration states and the MAPE on each demo's final
 measurement, using the twin ``ndt calibrate`` tuned (its files beside the shipped or written
-correction).
+correction). With two demos or more, also the correction fitted to each demo alone (the best this
+correction can do on that measurement) and to the other demos (fitted on other bring-ups of the
+live network).
 """
 
 import json
@@ -75,6 +77,17 @@ def main(calibration_json: str, demo_jsons: list[str]) -> None:
                               "mape_in_sample": round(float(np.mean(errors(twin, states, measured, params))), 3),
                               "mape_leave_one_load_out": round(float(np.mean(held_out)), 3),
                               "mape_demos": [round(float(e), 3) for e in demo_errors]}), flush=True)
+    if len(demos) > 1:
+        states_d, measured_d = [s for s, _ in demos], [m for _, m in demos]
+        own = [errors(twin, [s], [m], fit(twin, [s], [m], "least MAPE", [0, 1, 2]))[0] for s, m in demos]
+        others = []
+        for i in range(len(demos)):
+            rest = [j for j in range(len(demos)) if j != i]
+            params = fit(twin, [states_d[j] for j in rest], [measured_d[j] for j in rest], "least MAPE", [0, 1, 2])
+            others.append(errors(twin, [states_d[i]], [measured_d[i]], params)[0])
+        print(json.dumps({"fit": "least MAPE on the demos themselves", "terms": "per switch + per path",
+                          "mape_demos_each_fitted_to_itself": [round(float(e), 3) for e in own],
+                          "mape_demos_fitted_to_the_other_demos": [round(float(e), 3) for e in others]}), flush=True)
 
 
 if __name__ == "__main__":

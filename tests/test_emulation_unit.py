@@ -180,6 +180,23 @@ def test_tuning_states_span_loads_and_routings():
     assert tuned_predictor(Path("/x/c.json"), {"tuned": False, "topology": "ring:5"}, "ring:5") is None
 
 
+def test_calibration_measures_shortest_path_an_optimized_and_random_routings():
+    from mininet_topos.calibration import calibration_weights
+    from twin.qt import QueueingModel
+
+    state = emulation_state("ring:6", 0.95)
+    routings = calibration_weights(state, 4, seed=2)
+    labels = [label for label, _ in routings]
+    assert labels == ["shortest path", "optimized (QT)", "random weights", "random weights"]
+    unit, optimized = routings[0][1], routings[1][1]
+    assert np.all(unit == 1)
+    mean = [float(np.average(QueueingModel().predict_delays([state.with_weights(w)])[0],
+                             weights=[f.rate for f in state.flows])) for w in (unit, optimized)]
+    assert mean[1] < mean[0]
+    assert all(np.all((1 <= w) & (w <= 5)) for _, w in routings[2:])
+    assert [label for label, _ in calibration_weights(state, 1)] == ["shortest path"]
+
+
 def test_calibration_files_round_trip_and_errors_name_the_field(tmp_path):
     from mininet_topos.calibration import CalibrationError, load, save
 
