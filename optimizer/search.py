@@ -113,7 +113,22 @@ class RoutingScores:
 
 
 NES_SHARE = 0.7  # of the budget; steepest descent from NES's best gets the rest (at least 30 % of the routings)
-SCREEN_SHARE = 0.3  # of the time limit, at most, for the screening model's NES
+SCREEN_SHARE = 0.3  # of the time limit, at most, for the screening model's search
+
+
+def _nes_then_descent(score_batch: RoutingScores, start: np.ndarray, intent: Intent, time_limit_s: float, seed: int,
+                      population: int | None, repair, on_generation=None):
+    """(best weights, the NES result, routings the descent scored): NES from ``start`` on ``NES_SHARE``
+    of the budget and of ``time_limit_s`` (s), then steepest descent from its best on the rest."""
+    started = time.perf_counter()
+    low, high = intent.weight_bounds
+    result = snes(score_batch, start, low, high, max_evaluations=max(1, int(NES_SHARE * intent.max_evaluations)),
+                  time_limit_s=NES_SHARE * time_limit_s, seed=seed, population=population,
+                  repair=repair, on_generation=on_generation)
+    best, _, refined = descend(score_batch, result.best, result.best_rank_key, low, high,
+                               max_evaluations=intent.max_evaluations, deadline=started + time_limit_s,
+                               repair=repair, spent=lambda: len(score_batch.known), seed=seed)
+    return best, result, refined
 
 
 def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, population: int | None = None,
@@ -121,10 +136,11 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     """Search OSPF weights with separable NES, then refine its best by steepest descent over
     single-weight moves; every generation or step is scored in one batched predictor call.
 
-    ``screen``: a cheap predictor (e.g. QT) whose own NES runs first, on as many candidates as the
-    intent allows the predictor; the predictor's NES then starts from the better, by the predictor,
-    of the current weights and the screen's best. Constraints (at most k changed weights) always
-    count from the current weights. Raises :class:`InfeasibleIntent` when no feasible routing was
+    ``screen``: a cheap predictor (e.g. QT) whose own search (NES, then descent) runs first, on as
+    many candidates as the intent allows the predictor and at most ``SCREEN_SHARE`` of the time; the
+    predictor's search then starts from the better, by the predictor, of the current weights and
+    the screen's answer, so it never returns a routing it rates below that answer. Constraints (at
+    most k changed weights) always count from the current weights. Raises :class:`InfeasibleIntent` when no feasible routing was
     found, unless ``allow_infeasible`` (then the least-violating one is returned).
     """
     intent.check_against(state)
@@ -136,20 +152,15 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     start, screened, from_screen = current, 0, False
     if screen is not None:
         screen_scores = RoutingScores(state, intent, screen)
-        coarse = snes(screen_scores, current, low, high, max_evaluations=intent.max_evaluations,
-                      time_limit_s=SCREEN_SHARE * intent.time_limit_s, seed=seed, population=population,
-                      repair=repair)
+        coarse, _, _ = _nes_then_descent(screen_scores, current, intent, SCREEN_SHARE * intent.time_limit_s,
+                                         seed, population, repair)
         screened = len(screen_scores.known)
-        violation, objective = score_batch(np.stack([current, coarse.best]))
+        violation, objective = score_batch(np.stack([current, coarse]))
         if better((violation[1], objective[1]), (violation[0], objective[0])):
-            start, from_screen = coarse.best, True
+            start, from_screen = coarse, True
     remaining_s = intent.time_limit_s - (time.perf_counter() - started)
-    result = snes(score_batch, start, low, high, max_evaluations=max(1, int(NES_SHARE * intent.max_evaluations)),
-                  time_limit_s=NES_SHARE * remaining_s, seed=seed, population=population,
-                  repair=repair, on_generation=on_generation)
-    best, _, refined = descend(score_batch, result.best, result.best_rank_key, low, high,
-                               max_evaluations=intent.max_evaluations, deadline=started + intent.time_limit_s,
-                               repair=repair, spent=lambda: len(score_batch.known), seed=seed)
+    best, result, refined = _nes_then_descent(score_batch, start, intent, remaining_s, seed, population, repair,
+                                              on_generation)
     best = undo_idle_changes(state, current, best)
     initial, final = state.with_weights(current), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])

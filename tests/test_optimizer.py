@@ -124,6 +124,23 @@ def first_hop_of_a_to_d(state, weights):
     return routed.links[routed.flow_links[0][0]].dst
 
 
+def test_screening_hands_over_the_screens_final_answer():
+    """With the screen's own model as the twin, screening can only add to a plain search: the screen
+    runs the same NES and descent, and the twin's search starts from its answer."""
+    from optimizer.bench import synthetic_state
+    from twin.predictors import get_predictor
+    from twin.traffic import scale_to_utilization
+
+    qt = get_predictor("qt")
+    base = synthetic_state(10, seed=1)
+    state = scale_to_utilization(base.with_weights(np.ones(len(base.links))), 1.0)
+    intent = parse_intent({"search": {"max_evaluations": 400, "time_limit_s": 600}})
+    plain = optimize(state, intent, qt, seed=1)
+    screened = optimize(state, intent, qt, seed=1, screen=qt)
+    assert screened.started_from_screen and plain.after.objective < plain.before.objective
+    assert screened.after.objective <= plain.after.objective * (1 + 1e-12)
+
+
 def test_screening_starts_the_twin_where_the_cheap_model_points_and_only_if_the_twin_agrees():
     state = two_route_state()
     intent = parse_intent({"constraints": {"weight_bounds": [1, 10], "max_changed_weights": 1},
