@@ -137,10 +137,11 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     single-weight moves; every generation or step is scored in one batched predictor call.
 
     ``screen``: a cheap predictor (e.g. QT) whose own search (NES, then descent) runs first, on as
-    many candidates as the intent allows the predictor and at most ``SCREEN_SHARE`` of the time; the
-    predictor's search then starts from the better, by the predictor, of the current weights and
-    the screen's answer, so it never returns a routing it rates below that answer. Constraints (at
-    most k changed weights) always count from the current weights. Raises :class:`InfeasibleIntent` when no feasible routing was
+    many candidates as the intent allows the predictor and at most ``SCREEN_SHARE`` of the time. The
+    predictor's search starts from the better, by the predictor, of the current weights and the
+    screen's NES answer (a descended local optimum leaves NES less room), and the screen's final
+    answer stays in the running: the predictor never returns a routing it rates below it.
+    Constraints (at most k changed weights) always count from the current weights. Raises :class:`InfeasibleIntent` when no feasible routing was
     found, unless ``allow_infeasible`` (then the least-violating one is returned).
     """
     intent.check_against(state)
@@ -149,18 +150,22 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     started = time.perf_counter()
     score_batch = RoutingScores(state, intent, predictor)
     repair = limit_changes(current, intent.max_changed_weights, np.random.default_rng(seed))
-    start, screened, from_screen = current, 0, False
+    start, screened, from_screen, screen_answer = current, 0, False, None
     if screen is not None:
         screen_scores = RoutingScores(state, intent, screen)
-        coarse, _, _ = _nes_then_descent(screen_scores, current, intent, SCREEN_SHARE * intent.time_limit_s,
-                                         seed, population, repair)
+        screen_answer, screen_nes, _ = _nes_then_descent(screen_scores, current, intent,
+                                                         SCREEN_SHARE * intent.time_limit_s, seed, population, repair)
         screened = len(screen_scores.known)
-        violation, objective = score_batch(np.stack([current, coarse]))
+        violation, objective = score_batch(np.stack([current, screen_nes.best]))
         if better((violation[1], objective[1]), (violation[0], objective[0])):
-            start, from_screen = coarse, True
+            start, from_screen = screen_nes.best, True
     remaining_s = intent.time_limit_s - (time.perf_counter() - started)
     best, result, refined = _nes_then_descent(score_batch, start, intent, remaining_s, seed, population, repair,
                                               on_generation)
+    if screen_answer is not None:
+        violation, objective = score_batch(np.stack([best, screen_answer]))
+        if better((violation[1], objective[1]), (violation[0], objective[0])):
+            best = screen_answer
     best = undo_idle_changes(state, current, best)
     initial, final = state.with_weights(current), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])
