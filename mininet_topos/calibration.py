@@ -237,8 +237,8 @@ def tuning_states(base: NetworkState, samples: int, seed: int = 0, loads=(0.2, 1
 
 def calibration_weights(state: NetworkState, routings: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """(label, weights) of the routings ``ndt calibrate`` measures ``state`` under: shortest path; the
-    routing the queueing-theory model's NES picks (the kind of routing the loop validates and pushes:
-    load spread, long detours); then random weights 1–5, ``routings`` in all."""
+    routing the optimizer picks with the queueing-theory model (the kind of routing the loop
+    validates and pushes: load spread, long detours); then random weights 1–5, ``routings`` in all."""
     from optimizer.intent import Intent
     from optimizer.search import optimize
     from twin.predictors import get_predictor

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                    help="busiest-link loads under shortest paths, comma-separated; a light one separates the per-switch "
                         "from the per-path cost (default: 0.2,0.5,0.7,0.9)")
     p.add_argument("--routings", type=int, default=3,
-                   help="routings per load: shortest path, the routing QT's NES picks, then random weights "
+                   help="routings per load: shortest path, the routing the optimizer picks with QT, then random weights "
                         "(default: 3)")
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="traffic per measurement, s; shorter windows leave fewer flows with enough packets and "

@@ -141,8 +141,9 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     predictor's search starts from the better, by the predictor, of the current weights and the
     screen's NES answer (a descended local optimum leaves NES less room), and the screen's final
     answer stays in the running: the predictor never returns a routing it rates below it.
-    Constraints (at most k changed weights) always count from the current weights. Raises :class:`InfeasibleIntent` when no feasible routing was
-    found, unless ``allow_infeasible`` (then the least-violating one is returned).
+    Constraints (at most k changed weights) always count from the current weights. Raises
+    :class:`InfeasibleIntent` when no feasible routing was found, unless ``allow_infeasible`` (then
+    the least-violating one is returned).
     """
     intent.check_against(state)
     low, high = intent.weight_bounds
