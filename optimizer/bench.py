@@ -40,10 +40,16 @@ def real_state(key: str = "sndlib/abilene") -> NetworkState:
     return state
 
 
+def bench_intent(budget: int = 1500, time_limit_s: float = 60.0) -> Intent:
+    """What every NES method of Figure 4 is asked: least mean delay, weights 1–20, ``budget``
+    distinct routings and ``time_limit_s`` s at most."""
+    return Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=budget, time_limit_s=time_limit_s)
+
+
 def routings(state: NetworkState, twin_name: str, budget: int, time_limit_s: float, seed: int) -> dict:
     """Weights of every method for one state (NES minimises the predicted mean delay). ``nes_twin`` is
     the optimizer as ``ndt optimize`` runs it (QT screens first); ``nes_twin_unscreened`` the twin alone."""
-    intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=budget, time_limit_s=time_limit_s)
+    intent = bench_intent(budget, time_limit_s)
     out = {"sp": unit_weights(state), "invcap": inverse_capacity_weights(state, high=20),
            "fortz_thorup": fortz_thorup(state, 1, 20, max_evaluations=budget, time_limit_s=time_limit_s, seed=seed)}
     timing = {}

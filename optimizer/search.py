@@ -131,6 +131,12 @@ def _nes_then_descent(score_batch: RoutingScores, start: np.ndarray, intent: Int
     return best, result, refined
 
 
+def _better_of(score_batch: RoutingScores, incumbent: np.ndarray, challenger: np.ndarray) -> np.ndarray:
+    """``challenger`` if ``score_batch`` ranks it strictly better than ``incumbent``, else ``incumbent``."""
+    violation, objective = score_batch(np.stack([incumbent, challenger]))
+    return challenger if better((violation[1], objective[1]), (violation[0], objective[0])) else incumbent
+
+
 def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, population: int | None = None,
              on_generation=None, allow_infeasible: bool = False, screen=None) -> Optimization:
     """Search OSPF weights with separable NES, then refine its best by steepest descent over
@@ -157,16 +163,13 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
         screen_answer, screen_nes, _ = _nes_then_descent(screen_scores, current, intent,
                                                          SCREEN_SHARE * intent.time_limit_s, seed, population, repair)
         screened = len(screen_scores.known)
-        violation, objective = score_batch(np.stack([current, screen_nes.best]))
-        if better((violation[1], objective[1]), (violation[0], objective[0])):
-            start, from_screen = screen_nes.best, True
+        start = _better_of(score_batch, current, screen_nes.best)
+        from_screen = start is screen_nes.best
     remaining_s = intent.time_limit_s - (time.perf_counter() - started)
     best, result, refined = _nes_then_descent(score_batch, start, intent, remaining_s, seed, population, repair,
                                               on_generation)
     if screen_answer is not None:
-        violation, objective = score_batch(np.stack([best, screen_answer]))
-        if better((violation[1], objective[1]), (violation[0], objective[0])):
-            best = screen_answer
+        best = _better_of(score_batch, best, screen_answer)
     best = undo_idle_changes(state, current, best)
     initial, final = state.with_weights(current), state.with_weights(best)
     delays_before, delays_after = predictor.predict_delays([initial, final])

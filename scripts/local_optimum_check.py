@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 
-from optimizer.bench import real_state
-from optimizer.intent import Intent
+from optimizer.bench import bench_intent, real_state
 from optimizer.local import neighbours
 from optimizer.objective import mean_delay
 from optimizer.search import optimize
@@ -29,7 +28,7 @@ def main(loads: list[float]) -> None:
     qt, twin = get_predictor("qt"), get_predictor("routenet")
     base = real_state("sndlib/abilene")
     base = base.with_weights(np.ones(len(base.links)))
-    intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=1500, time_limit_s=60)
+    intent = bench_intent()
     for load in loads:
         state = scale_to_utilization(base, load)
         by_qt = optimize(state, intent, qt, seed=0).weights

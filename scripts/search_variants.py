@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 
-from optimizer.bench import real_state, synthetic_state
-from optimizer.intent import Intent
+from optimizer.bench import bench_intent, real_state, synthetic_state
 from optimizer.nes import default_population
 from optimizer.objective import mean_delay
 from optimizer.search import optimize
@@ -26,7 +25,7 @@ from twin.traffic import scale_to_utilization
 
 def main(variants: list[str]) -> None:
     qt, twin = get_predictor("qt"), get_predictor("routenet")
-    intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=1500, time_limit_s=60)
+    intent = bench_intent()
     for topology in ("synthetic-25", "sndlib/abilene"):
         base = synthetic_state() if topology == "synthetic-25" else real_state(topology)
         state = scale_to_utilization(base.with_weights(np.ones(len(base.links))), 1.0)

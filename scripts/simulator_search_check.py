@@ -7,8 +7,7 @@ NES + QT's weights (seed 0), then the same optimizer (NES, then descent) driven 
 simulator itself — ground truth instead of a model, seed 1, 2,000 packets per average flow —
 starting from those weights and, separately, from shortest path, on at most EVALUATIONS distinct
 routings each (default 400). The answers are then simulated with fresh seeds (4–6), so that the
-search's own noise-fitting does not count. Prints
-one JSON line per load (delays in ms).
+search's own noise-fitting does not count. Prints one JSON line per load (delays in ms).
 """
 
 import json
@@ -17,8 +16,7 @@ import time
 
 import numpy as np
 
-from optimizer.bench import real_state
-from optimizer.intent import Intent
+from optimizer.bench import bench_intent, real_state
 from optimizer.objective import mean_delay
 from optimizer.search import optimize
 from twin.predictors import SimulatorPredictor, get_predictor
@@ -29,9 +27,8 @@ def main(evaluations: int, loads: list[float]) -> None:
     judges = [SimulatorPredictor(packets_per_flow=2000, seed=4 + run) for run in range(3)]
     base = real_state("sndlib/abilene")
     base = base.with_weights(np.ones(len(base.links)))
-    intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=1500, time_limit_s=60)
-    oracle_intent = Intent(objective="mean_delay", weight_bounds=(1, 20), max_evaluations=evaluations,
-                           time_limit_s=3600)
+    intent = bench_intent()
+    oracle_intent = bench_intent(evaluations, time_limit_s=3600)
     for load in loads:
         state = scale_to_utilization(base, load)
         by_qt = optimize(state, intent, get_predictor("qt"), seed=0).weights
