@@ -6,10 +6,13 @@ is missing, so an emulated path's delay is its queueing wait plus OVS userspace 
 every switch plus the hosts' stacks. The correction keeps that structure:
 
     emulated = queue_scale · queueing(twin at capacity_scale × capacity) + per_hop_s · switches + base_s
+               + random_hop_s · random hops + port_s · ports walked + wrap_s · wraps
 
 ``queueing`` is the twin's prediction minus the path's transmission (mean packet / capacity per
-link) and propagation; ``switches`` = links on the path + 1. Pure functions except ``fine_tune``
-(simulator and training) and the JSON on disk.
+link) and propagation; ``switches`` = links on the path + 1; the last three terms are OVS's
+forwarding as its thread walks the ports (:mod:`mininet_topos.forwarding`), from the network's
+measured walk or, unknown, averaged over random walks of ``walk_ports`` ports. Pure functions
+except ``fine_tune`` (simulator and training) and the JSON on disk.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from ndt.errors import NdtError
+from mininet_topos.forwarding import Walk, walk_features
 from ndt.files import read_json
 from twin.features import fixed_delays
 from twin.state import NetworkState
@@ -40,12 +44,23 @@ class Correction:
     """capacity_scale: the emulated links' effective rate / their nominal capacity (HTB loses a
     little to timer lateness; at 90 % load 1 % of rate is 10 % of waiting); queue_scale: multiplies
     the twin's queueing wait; per_hop_s: forwarding cost per switch, s; base_s: per-path constant
-    (host stacks), s. The default is the uncorrected structural model."""
+    (host stacks), s; random_hop_s, port_s, wrap_s: per random-phase hop, per port the thread
+    walks, per main-loop round (:mod:`mininet_topos.forwarding`), s; walk_ports: ports per round
+    when the walk is unknown. The default is the uncorrected structural model."""
 
     queue_scale: float = 1.0
     per_hop_s: float = 0.0
     base_s: float = 0.0
     capacity_scale: float = 1.0
+    random_hop_s: float = 0.0
+    port_s: float = 0.0
+    wrap_s: float = 0.0
+    walk_ports: int = 0
+
+    @property
+    def coefficients(self) -> np.ndarray:
+        """The coefficients of :func:`design_matrices`' columns, in order."""
+        return np.array([self.queue_scale, self.per_hop_s, self.base_s, self.random_hop_s, self.port_s, self.wrap_s])
 
 
 CAPACITY_SCALES = np.round(np.arange(0.96, 1.0201, 0.0025), 4)  # the grid ``fit`` searches
@@ -66,46 +81,60 @@ def path_components(state: NetworkState, delays: np.ndarray) -> tuple[np.ndarray
     return np.maximum(np.asarray(delays, dtype=float) - prop - transmit, 0.0), switches
 
 
-def emulated_delays(state: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:
+def emulated_delays(state: NetworkState, delays: np.ndarray, correction: Correction,
+                    walk: Walk | None = None) -> np.ndarray:
     """What the emulation should measure (s) for ``state``, from the twin's per-flow ``delays`` (s)
-    for ``effective_state(state, correction)``."""
-    return _emulated(effective_state(state, correction), delays, correction)
+    for ``effective_state(state, correction)``; ``walk``: the network's measured walk, if known."""
+    return _emulated(effective_state(state, correction), delays, correction, walk)
 
 
-def _emulated(effective: NetworkState, delays: np.ndarray, correction: Correction) -> np.ndarray:
+def _emulated(effective: NetworkState, delays: np.ndarray, correction: Correction,
+              walk: Walk | None = None) -> np.ndarray:
     """:func:`emulated_delays` for a state already at its effective rate."""
+    return design_matrix(effective, delays, walk, correction.walk_ports) @ correction.coefficients
+
+
+def design_matrix(effective: NetworkState, delays: np.ndarray, walk: Walk | None, walk_ports: int) -> np.ndarray:
+    """One row per flow: the twin's queueing wait (s), the switches on the path, 1, then the walk's
+    random hops, ports walked and wraps (:func:`~mininet_topos.forwarding.walk_features`) — the
+    columns :attr:`Correction.coefficients` multiply."""
     queueing, switches = path_components(effective, delays)
-    return correction.queue_scale * queueing + correction.per_hop_s * switches + correction.base_s
+    return np.column_stack([queueing, switches, np.ones(len(queueing)), walk_features(effective, walk, walk_ports)])
 
 
-def fit(states: list[NetworkState], measured: list[np.ndarray], predictor,
+def fit(states: list[NetworkState], measured: list[np.ndarray], predictor, walks: list[Walk | None] | None = None,
         capacity_scales=CAPACITY_SCALES) -> Correction:
     """The correction with the least mean MAPE over ``states`` and their ``measured`` per-flow
     delays (NaN where unmeasured): for each capacity scale of the grid, the twin (``predictor``)
-    predicts the states at that rate and the other three coefficients are those of least MAPE
-    (:func:`least_relative_deviation`)."""
+    predicts the states at that rate and the other coefficients are those of least MAPE
+    (:func:`least_relative_deviation`). With the ``walks`` the states were measured under (all
+    known), the walk's three coefficients are fitted too and ``walk_ports`` is their median round."""
+    known = walks is not None and all(w is not None for w in walks)
+    columns = 6 if known else 3
+    walk_ports = int(np.median([w.ports for w in walks])) if known else 0
     best, best_error = Correction(), np.inf
     oks = [np.isfinite(values) & (values > 0) for values in measured]
     for scale in capacity_scales:
-        designs = design_matrices(states, predictor, float(scale))
+        designs = [x[:, :columns] for x in design_matrices(states, predictor, float(scale), walks if known else None)]
         relative = np.concatenate([x[ok] / m[ok, None] for x, ok, m in zip(designs, oks, measured)])
         coef = least_relative_deviation(relative)
-        candidate = Correction(float(coef[0]), float(coef[1]), float(coef[2]), float(scale))
         error = np.mean([mape(x @ coef, m) for x, m in zip(designs, measured)])
         if error < best_error:
-            best, best_error = candidate, error
+            coefficients = dict(zip(("queue_scale", "per_hop_s", "base_s", "random_hop_s", "port_s", "wrap_s"),
+                                    map(float, coef)))
+            best = Correction(**coefficients, capacity_scale=float(scale), walk_ports=walk_ports)
+            best_error = error
     return best
 
 
-def design_matrices(states: list[NetworkState], predictor, capacity_scale: float) -> list[np.ndarray]:
-    """Per state, one row per flow: the twin's queueing wait (s) with every link at ``capacity_scale``
-    × its capacity, the switches on the path, 1 — the columns the correction's coefficients multiply."""
+def design_matrices(states: list[NetworkState], predictor, capacity_scale: float,
+                    walks: list[Walk | None] | None = None) -> list[np.ndarray]:
+    """Per state, :func:`design_matrix` with every link at ``capacity_scale`` × its capacity (the
+    walk columns zero where ``walks`` is None or holds None)."""
     effective = [effective_state(s, Correction(capacity_scale=capacity_scale)) for s in states]
-    designs = []
-    for state, delays in zip(effective, predictor.predict_delays(effective)):
-        queueing, switches = path_components(state, delays)
-        designs.append(np.column_stack([queueing, switches, np.ones(len(queueing))]))
-    return designs
+    walks = walks or [None] * len(states)
+    return [design_matrix(state, delays, walk, 0) for state, delays, walk in
+            zip(effective, predictor.predict_delays(effective), walks)]
 
 
 def least_relative_deviation(relative: np.ndarray) -> np.ndarray:
@@ -155,16 +184,18 @@ def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
 
 
 class CalibratedPredictor:
-    """A predictor whose delays are those the emulation should measure (``predict_delays`` in s)."""
+    """A predictor whose delays are those the emulation should measure (``predict_delays`` in s);
+    ``walk``: the emulated network's measured walk (:mod:`mininet_topos.forwarding`), if known."""
 
-    def __init__(self, predictor, correction: Correction):
+    def __init__(self, predictor, correction: Correction, walk: Walk | None = None):
         self.predictor = predictor
         self.correction = correction
+        self.walk = walk
         self.name = f"{getattr(predictor, 'name', 'model')}+emulation"
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         raw = self.predictor.predict_delays([effective_state(s, self.correction) for s in states])
-        return [emulated_delays(s, d, self.correction) for s, d in zip(states, raw)]
+        return [emulated_delays(s, d, self.correction, self.walk) for s, d in zip(states, raw)]
 
 
 def save(path: Path, correction: Correction, info: dict) -> None:
@@ -208,13 +239,14 @@ def load(path: Path) -> tuple[Correction, dict]:
     path = Path(path)
     data = read_json(path, "the calibration", CalibrationError, hint="; run 'ndt calibrate'")
     values = {}
-    for key in ("queue_scale", "per_hop_s", "base_s", "capacity_scale"):
-        value = data.get(key, 1.0 if key == "capacity_scale" else None) if isinstance(data, dict) else None
+    defaults = {"capacity_scale": 1.0, "random_hop_s": 0.0, "port_s": 0.0, "wrap_s": 0.0, "walk_ports": 0}
+    for key in ("queue_scale", "per_hop_s", "base_s", *defaults):
+        value = data.get(key, defaults.get(key)) if isinstance(data, dict) else None
         positive = key == "capacity_scale"
         number = not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
         if not number or value < 0 or (positive and value == 0):
             raise CalibrationError(f"{path}: {key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
-        values[key] = float(value)
+        values[key] = int(value) if key == "walk_ports" else float(value)
     return Correction(**values), {k: v for k, v in data.items() if k not in values}
 
 

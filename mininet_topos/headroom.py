@@ -24,7 +24,7 @@ JSON report and plays its final routing with the very packets of its after-measu
 plan seed, 1 for the first iteration) RUNS times in a fresh network: the MAPE between the runs is
 the emulation's own non-determinism, the MAPE of each run against the live measurement says
 whether the live network behaved like a fresh one, and the calibrated twin's MAPE against each run
-is the demo's figure without the live network; each run is also compared packet by packet with an
+(knowing the fresh network's port walk, and not) is the demo's figure without the live network; each run is also compared packet by packet with an
 ideal FIFO network fed the same packets (``ideal_fifo_*``): what OVS adds per switch, and the error
 left for a model that knew every packet's queueing wait and fitted forwarding per switch to this
 very run.
@@ -126,16 +126,23 @@ def replay(report_path: str, runs: int, seed: int) -> dict:
     expected = CalibratedPredictor(twin, correction).predict_delays([state])[0]
     measured = []
     with EmulatedNetwork(state, prefix="c", tag="replay") as net:
+        knowing = CalibratedPredictor(twin, correction, net.walk()).predict_delays([state])[0]
         for _ in range(runs):
             m = play(net, state, report["after"]["duration"], report["after"]["warmup"], seed=seed)
             measured.append(m.reliable_delay())
-            print(json.dumps({"mean_delay_s": m.mean_delay(state), "twin_mape": mape(expected, measured[-1]),
+            print(json.dumps({"mean_delay_s": m.mean_delay(state), "twin_mape_walk_unknown": mape(expected, measured[-1]),
+                              "twin_mape": mape(knowing, measured[-1]),
                               "live_vs_this_mape": mape(live, measured[-1]), "load_average": m.load_average,
                               **ideal_fifo_comparison(net.workdir / f"traffic-{seed}", state, seed, m.duration,
                                                       m.warmup, correction.capacity_scale)}),
                   flush=True)
     out = {"runs_pairwise_mape": [mape(measured[a], measured[b]) for a, b in combinations(range(runs), 2)],
-           "twin_vs_live_mape": mape(expected, live), "live_mean_delay_s": report["measured"]["after"]}
+           "twin_vs_live_mape_walk_unknown": mape(expected, live), "live_mean_delay_s": report["measured"]["after"]}
+    if report.get("walk"):
+        from mininet_topos.forwarding import Walk
+
+        live_walk = Walk.from_dict(report["walk"])
+        out["twin_vs_live_mape"] = mape(CalibratedPredictor(twin, correction, live_walk).predict_delays([state])[0], live)
     print(json.dumps(out), flush=True)
     return out
 

@@ -266,7 +266,7 @@ def _iteration(live, state, predictor, correction, settings, timeline, log, sand
            "loop_s": None, "reoptimized": last_rates is None or traffic_shifted(last_rates, rates)}
     if not out["reoptimized"]:
         log(f"iteration {k + 1}: the traffic matrix did not move; routing kept")
-        return _finish(out, predictor, correction)
+        return _finish(out, live, predictor, correction)
     with timeline.phase(name("optimize")):
         candidates, out["optimization"] = top_candidates(estimated, settings.intent,
                                                          CalibratedPredictor(predictor, correction),
@@ -292,16 +292,20 @@ def _iteration(live, state, predictor, correction, settings, timeline, log, sand
         out["loop_s"] = time.monotonic() - loop_started
         with timeline.phase(name("measure after")):
             out["final"] = measure(live, state, settings, seed + 1, f"after-{k + 1}", settings.verify_s)
-    return _finish(out, predictor, correction)
+    return _finish(out, live, predictor, correction)
 
 
-def _finish(out: dict, predictor, correction: Correction) -> dict:
-    """Add the calibrated twin's delays for the routing the iteration ended with, and the error a
-    perfect model would show against a measurement as long as the final one."""
+def _finish(out: dict, live: EmulatedNetwork, predictor, correction: Correction) -> dict:
+    """Add the calibrated twin's delays for the routing the iteration ended with, knowing the live
+    network's walk (read now: no port has come or gone since the final measurement) and not knowing
+    it, and the error a perfect model would show against a measurement as long as the final one."""
     final_state = out["state"].with_weights(out["final_weights"])
-    out["expected"] = CalibratedPredictor(predictor, correction).predict_delays([final_state])[0]
+    out["walk"] = live.walk(final_state)
+    out["expected"] = CalibratedPredictor(predictor, correction, out["walk"]).predict_delays([final_state])[0]
     final = out["final"]
     out["twin_mape"] = mape(out["expected"], final.reliable_delay())
+    unknown = CalibratedPredictor(predictor, correction).predict_delays([final_state])[0]
+    out["twin_mape_walk_unknown"] = mape(unknown, final.reliable_delay())
     out["noise_mape"] = measurement_noise(final_state, correction, final.duration, final.warmup, MIN_PACKETS,
                                           seed=out["k"])
     return out
@@ -315,6 +319,8 @@ def _report(it: dict, timeline: Timeline, live) -> dict:
         "measured": {"before": before.mean_delay(state), "after": final.mean_delay(state)},
         "improvement": 1.0 - final.mean_delay(state) / before.mean_delay(state),
         "twin_vs_emulation_mape": it["twin_mape"],
+        "twin_vs_emulation_mape_walk_unknown": it["twin_mape_walk_unknown"],
+        "walk": it["walk"].to_dict() if it["walk"] else None,
         "measurement_noise_mape": it["noise_mape"],
         "loop_s": it["loop_s"],
         "pushed": bool(winner), "rolled_back": it["rolled_back"],
@@ -346,7 +352,7 @@ def _summary(it: dict) -> dict:
     return {"iteration": it["k"] + 1, "event": it["event"], "reoptimized": it["reoptimized"], "pushed": bool(it["winner"]),
             "rolled_back": it["rolled_back"], "before": it["before"].mean_delay(state),
             "after": it["final"].mean_delay(state), "loop_s": it["loop_s"],
-            "twin_vs_emulation_mape": it["twin_mape"],
+            "twin_vs_emulation_mape": it["twin_mape"], "twin_vs_emulation_mape_walk_unknown": it["twin_mape_walk_unknown"],
             "measurement_noise_mape": it["noise_mape"], "final_weights": [float(w) for w in it["final_weights"]]}
 
 

@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mininet_topos.forwarding import Walk, probe_walk, walk_of
 from ndt.errors import NdtError
 from twin.state import NetworkState
 
@@ -361,6 +362,22 @@ class EmulatedNetwork:
 
     def host(self, node: str):
         return self.net.get(self.names.host_of(node))
+
+    def walk(self, state: NetworkState | None = None, attempts: int = 3) -> Walk | None:
+        """Where the input ports of ``state``'s links (default: this network's) and of the hosts sit
+        in ovs-vswitchd's walk now (:mod:`mininet_topos.forwarding`); None if it could not be read."""
+        state = state or self.state
+        by_switch = {self.names.switch_of(n): n for n in self.state.nodes}
+        hosts = {by_switch[b.node.name]: b.name for link in self.net.links
+                 for a, b in ((link.intf1, link.intf2), (link.intf2, link.intf1))
+                 if b.node.name in by_switch and a.node.name not in by_switch}
+        ports = self._link_ports()
+        links = {(lk.src, lk.dst): ports[(lk.dst, lk.src)][1] for lk in state.links}
+        for _ in range(attempts):
+            walk = walk_of(probe_walk(), hosts, links)
+            if walk is not None:
+                return walk
+        return None
 
     @property
     def metrics_url(self) -> str:

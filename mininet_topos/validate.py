@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mininet_topos.calibration import CalibratedPredictor, Correction, mape
+from mininet_topos.forwarding import Walk
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.traffic import Measurement, play
 from twin.state import NetworkState
@@ -29,6 +30,7 @@ class Validation:
     measured: Measurement
     route_version: int
     wall_s: float
+    walk: Walk | None = None  # the sandbox's, when the candidate was measured
 
     def mean_measured(self, state: NetworkState) -> float:
         return self.measured.mean_delay(state)
@@ -50,7 +52,8 @@ class Validation:
                 "mean_expected": self.mean_expected(state), "mape": mape(self.expected, self.measured.reliable_delay()),
                 "route_version": self.route_version, "wall_s": self.wall_s,
                 "sender_late_p99": self.measured.sender_late_p99, "cpu_busy": self.measured.cpu_busy,
-                "load_average": self.measured.load_average, "paths": paths}
+                "load_average": self.measured.load_average, "paths": paths,
+                "walk": self.walk.to_dict() if self.walk else None}
 
 
 def validate(state: NetworkState, candidates: list[np.ndarray], predictor, correction: Correction | None = None,
@@ -61,14 +64,15 @@ def validate(state: NetworkState, candidates: list[np.ndarray], predictor, corre
     correction = correction or Correction()
     routed = [state.with_weights(w) for w in candidates]
     predicted = predictor.predict_delays(routed)
-    expected = CalibratedPredictor(predictor, correction).predict_delays(routed)
     if net is None:
         with EmulatedNetwork(state, prefix=prefix, tag=tag) as sandbox:
-            return _measure(sandbox, state, candidates, routed, predicted, expected, duration, warmup, seed)
-    return _measure(net, state, candidates, routed, predicted, expected, duration, warmup, seed)
+            return _measure(sandbox, candidates, routed, predicted, predictor, correction, duration, warmup, seed)
+    return _measure(net, candidates, routed, predicted, predictor, correction, duration, warmup, seed)
 
 
-def _measure(net, state, candidates, routed, predicted, expected, duration, warmup, seed) -> list[Validation]:
+def _measure(net, candidates, routed, predicted, predictor, correction, duration, warmup, seed) -> list[Validation]:
+    walk = net.walk()
+    expected = CalibratedPredictor(predictor, correction, walk).predict_delays(routed)
     out = []
     for weights, candidate, delays, emulated in zip(candidates, routed, predicted, expected):
         started = time.monotonic()
@@ -76,7 +80,7 @@ def _measure(net, state, candidates, routed, predicted, expected, duration, warm
         measured = play(net, candidate, duration, warmup, seed)
         out.append(Validation(weights=np.asarray(weights, dtype=float), predicted=np.asarray(delays),
                               expected=emulated, measured=measured,
-                              route_version=version, wall_s=time.monotonic() - started))
+                              route_version=version, wall_s=time.monotonic() - started, walk=walk))
     return out
 
 

@@ -21,13 +21,14 @@ def register(subparsers) -> None:
             "the correction as <out>-twin.*). Then bring the topology up in Mininet (userspace OVS, HTB-shaped "
             "links, the ndt controller), play its "
             "traffic at several loads under shortest-path, optimized and random OSPF weights, each state in a "
-            "freshly brought-up network (ovs-vswitchd numbers its ports differently every time, and how long "
-            "it takes to forward depends on it: the fit is for the average bring-up), measure every path's one-way "
-            "delay and fit emulated = queue_scale x (twin queueing wait at capacity_scale x capacity) + "
-            "per_hop_s x switches + base_s "
+            "freshly brought-up network (ovs-vswitchd's thread serves the ports in an order that changes with every "
+            "bring-up, and forwarding time depends on it; the order is read with strace), measure every path's "
+            "one-way delay and fit emulated = queue_scale x (twin queueing wait at capacity_scale x capacity) + "
+            "per_hop_s x switches + base_s + random_hop_s x random-phase hops + port_s x ports walked + "
+            "wrap_s x main-loop rounds "
             "(errors over flows with at least 200 measured packets). "
             "Prints the twin-vs-emulation MAPE before (the general twin, no correction) and after (in-sample and "
-            "leave-one-load-out) and writes "
+            "leave-one-load-out, with and without the walk) and writes "
             "the correction as JSON for 'ndt loop' and 'ndt demo'."
         ),
     )
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             for suffix in (".weights.h5", ".json"):
                 shutil.copyfile(f"{best}{suffix}", f"{stem}{suffix}")
         predictor = load_twin(stem.name, stem.parent)
-    samples = []  # (load, state, raw prediction, measured)
+    samples = []  # (load, state, raw prediction, measured, walk)
     total = len(loads) * args.routings
     for load in loads:
         state = base.scaled(load)
@@ -110,41 +111,56 @@ def run(args: argparse.Namespace) -> int:
                   f"in a fresh network", file=sys.stderr, flush=True)
             v = validate(state, [weights], predictor, duration=args.duration, seed=args.seed, prefix="c",
                          tag="calibrate")[0]
-            samples.append((load, state.with_weights(v.weights), v.predicted, v.measured))
-    states = [s for _, s, _, _ in samples]
-    measured = [m.reliable_delay() for _, _, _, m in samples]
-    correction = cal.fit(states, measured, predictor)
-    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, (_, _, p, _), m in
+            samples.append((load, state.with_weights(v.weights), v.predicted, v.measured, v.walk))
+    states = [s for _, s, *_ in samples]
+    measured = [m.reliable_delay() for _, _, _, m, _ in samples]
+    walks = [w for *_, w in samples]
+    if any(w is None for w in walks):
+        print("calibrate: ovs-vswitchd's port walk could not be read for every state (is strace installed?): "
+              "fitting without it", file=sys.stderr)
+
+    def errors(correction, indices, known=True):
+        """MAPE per state of ``indices`` under ``correction``, with each state's walk or without."""
+        return [cal.mape(cal.CalibratedPredictor(predictor, correction, walks[i] if known else None)
+                         .predict_delays([states[i]])[0], measured[i]) for i in indices]
+
+    everything = list(range(len(samples)))
+    correction = cal.fit(states, measured, predictor, walks)
+    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, (_, _, p, _, _), m in
                   zip(states, samples, measured)]
     general_structural = ([cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in
                            zip(states, general.predict_delays(states), measured)] if tuned else structural)
-    raw = [cal.mape(p, m) for (_, _, p, _), m in zip(samples, measured)]
-    after = [cal.mape(e, m) for e, m in zip(cal.CalibratedPredictor(predictor, correction).predict_delays(states),
-                                            measured)]
-    held_out = []
+    raw = [cal.mape(p, m) for (_, _, p, _, _), m in zip(samples, measured)]
+    after, after_unknown = errors(correction, everything), errors(correction, everything, known=False)
+    held_out, held_out_unknown = [], []
     for load in loads:
-        train = [i for i, (l, *_) in enumerate(samples) if l != load] or list(range(len(samples)))
+        train = [i for i, (l, *_) in enumerate(samples) if l != load] or everything
         test = [i for i, (l, *_) in enumerate(samples) if l == load]
-        corr = cal.fit([states[i] for i in train], [measured[i] for i in train], predictor)
-        expected = cal.CalibratedPredictor(predictor, corr).predict_delays([states[i] for i in test])
-        held_out += [cal.mape(e, measured[i]) for e, i in zip(expected, test)]
-    noise = [cal.measurement_noise(s, correction, m.duration, m.warmup, MIN_PACKETS) for _, s, _, m in samples]
+        corr = cal.fit([states[i] for i in train], [measured[i] for i in train], predictor, [walks[i] for i in train])
+        held_out += errors(corr, test)
+        held_out_unknown += errors(corr, test, known=False)
+    noise = [cal.measurement_noise(s, correction, m.duration, m.warmup, MIN_PACKETS) for _, s, _, m, _ in samples]
     rows = [{"load": l, "mean_measured_ms": 1e3 * m.mean_delay(s), "flows": int(np.isfinite(m.reliable_delay()).sum()),
-             "raw_mape": r, "structural_mape": st, "after_mape": a, "noise_mape": n,
+             "raw_mape": r, "structural_mape": st, "after_mape": a, "after_walk_unknown_mape": u, "noise_mape": n,
              "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy, "load_average": m.load_average,
-             "weights": s.link_arrays["weight"].tolist(), "measured_s": m.delay.tolist(), "received": m.received.tolist()}
-            for (l, s, p, m), r, st, a, n in zip(samples, raw, structural, after, noise)]
+             "weights": s.link_arrays["weight"].tolist(), "measured_s": m.delay.tolist(), "received": m.received.tolist(),
+             "walk": w.to_dict() if w else None}
+            for (l, s, p, m, w), r, st, a, u, n in zip(samples, raw, structural, after, after_unknown, noise)]
     report = {"topology": args.topology, "model": model, "states": len(samples), "loads": loads,
               "correction": asdict(correction),
               "tuned": tuned, "tune_samples": args.tune_samples if tuned else 0,
               "mape_general_structural": float(np.mean(general_structural)),
               "mape_before": float(np.mean(raw)), "mape_structural": float(np.mean(structural)),
               "mape_after": float(np.mean(after)), "mape_after_held_out": float(np.mean(held_out)),
+              "mape_after_walk_unknown": float(np.mean(after_unknown)),
+              "mape_after_held_out_walk_unknown": float(np.mean(held_out_unknown)),
               "mape_perfect_model": float(np.mean(noise)),
               "wall_s": time.monotonic() - started, "measurements": rows, "out": str(out)}
     cal.save(out, correction, {k: report[k] for k in ("topology", "model", "tuned", "states", "loads",
                                                            "mape_general_structural", "mape_before",
                                                            "mape_structural", "mape_after", "mape_after_held_out",
+                                                           "mape_after_walk_unknown",
+                                                           "mape_after_held_out_walk_unknown",
                                                            "mape_perfect_model")})
     if args.json:
         print_json(report)
@@ -152,14 +168,18 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows, [("load", "load", ".2f"), ("mean_measured_ms", "measured ms", ".3f"), ("flows", "flows", "d"),
                        ("raw_mape", "twin MAPE", ".3f"),
                        ("structural_mape", "queueing-only MAPE", ".3f"), ("after_mape", "calibrated MAPE", ".3f"),
+                       ("after_walk_unknown_mape", "walk unknown", ".3f"),
                        ("noise_mape", "perfect-model MAPE", ".3f"),
                        ("sender_late_p99_ms", "send late p99 ms", ".2f"), ("load_average", "load avg", ".1f")])
     c = correction
     print(f"{model} vs emulation, {len(samples)} states: general twin, queueing only: "
           f"{report['mape_general_structural']:.3f}; {'tuned' if tuned else 'general'} twin MAPE "
           f"{report['mape_before']:.3f} raw -> "
-          f"{report['mape_after']:.3f} calibrated ({report['mape_after_held_out']:.3f} leave-one-load-out; a perfect "
+          f"{report['mape_after']:.3f} calibrated ({report['mape_after_held_out']:.3f} leave-one-load-out; "
+          f"OVS's port walk unknown: {report['mape_after_walk_unknown']:.3f} and "
+          f"{report['mape_after_held_out_walk_unknown']:.3f}; a perfect "
           f"model {report['mape_perfect_model']:.3f} against measurements this long); "
           f"capacity_scale {c.capacity_scale:.4f}, queue_scale {c.queue_scale:.3f}, per_hop {1e6 * c.per_hop_s:.1f} us, "
-          f"base {1e6 * c.base_s:.1f} us -> {out}")
+          f"base {1e6 * c.base_s:.1f} us, random hop {1e6 * c.random_hop_s:.1f} us, port walked {1e6 * c.port_s:.2f} us, "
+          f"wrap {1e6 * c.wrap_s:.1f} us ({c.walk_ports} ports) -> {out}")
     return 0

@@ -135,7 +135,8 @@ def print_summary(report: dict) -> None:
     print(f"{report['topology']} at load {report['load']}: measured mean delay {1e3 * m['before']:.3f} ms -> "
           f"{1e3 * m['after']:.3f} ms ({100 * report['improvement']:.1f} % lower); {action}")
     print(f"loop (telemetry -> flow rules): {report['loop_s']:.1f} s; twin ({report['model']}, calibrated) vs "
-          f"emulation MAPE {report['twin_vs_emulation_mape']:.3f} (a perfect model: "
+          f"emulation MAPE {report['twin_vs_emulation_mape']:.3f} knowing OVS's port walk, "
+          f"{report['twin_vs_emulation_mape_walk_unknown']:.3f} not knowing it (a perfect model: "
           f"{report['measurement_noise_mape']:.3f} against a measurement this long)")
     for it in report["iterations"][1:]:
         what = "pushed" if it["pushed"] else ("kept the routing" if it["reoptimized"] else "traffic unchanged")

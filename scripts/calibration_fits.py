@@ -4,7 +4,8 @@
 
 CALIBRATE_JSON is what ``ndt calibrate --json`` printed (it keeps every state's weights and per-flow
 measured delays); DEMO_JSON files are ``ndt demo --json`` reports of the same topology. For each
-fit — least relative squares or least MAPE, with or without the per-path constant — prints the
+fit of the walk-free correction (queueing, per switch, per path; the walk's columns are left out)
+— least relative squares or least MAPE, with or without the per-path constant — prints the
 in-sample and leave-one-load-out MAPE on the calibration states and the MAPE on each demo's final
 measurement, using the twin ``ndt calibrate`` tuned (its files beside the shipped or written
 correction). With two demos or more, also the correction fitted to each demo alone (the best this
@@ -27,7 +28,7 @@ from twin.routenet import load_twin
 def fit(twin, states, measured, method, columns):
     best = (np.inf, None)
     for scale in cal.CAPACITY_SCALES:
-        matrices = cal.design_matrices(states, twin, float(scale))
+        matrices = [x[:, :3] for x in cal.design_matrices(states, twin, float(scale))]
         relative = np.concatenate([x[np.isfinite(m)] / m[np.isfinite(m), None] for x, m in zip(matrices, measured)])
         coef = np.zeros(3)
         if method == "least squares":
@@ -42,7 +43,7 @@ def fit(twin, states, measured, method, columns):
 
 def errors(twin, states, measured, params):
     scale, coef = params
-    return [cal.mape(x @ coef, m) for x, m in zip(cal.design_matrices(states, twin, float(scale)), measured)]
+    return [cal.mape(x[:, :3] @ coef, m) for x, m in zip(cal.design_matrices(states, twin, float(scale)), measured)]
 
 
 def main(calibration_json: str, demo_jsons: list[str]) -> None:

@@ -101,6 +101,10 @@ def test_loop_pushes_the_routing_it_validated(tmp_path):
     assert [pushed[f"{lk.src}->{lk.dst}"] for lk in state.links] == report["pushed_weights"]
     assert report["measured"]["after"] < 0.5 * report["measured"]["before"]
     assert 0 < report["measurement_noise_mape"] < 1
+    for walk in (report["walk"], winner["walk"]):  # ovs-vswitchd's walk, read with strace (live, sandbox)
+        positions = [*walk["host"].values(), *walk["link"].values()]
+        assert len(positions) == 4 + 8 and len(set(positions)) == 12 and max(positions) < walk["ports"]
+    assert report["walk"]["ports"] < winner["walk"]["ports"], "the sandbox's walk serves the live network's ports too"
     assert (tmp_path / "report.json").exists() and (tmp_path / "report.png").stat().st_size > 10_000
 
 
