@@ -117,8 +117,11 @@ def fit(states: list[NetworkState], measured: list[np.ndarray], predictor, walks
     for scale in capacity_scales:
         designs = [x[:, :columns] for x in design_matrices(states, predictor, float(scale), walks if known else None)]
         relative = np.concatenate([x[ok] / m[ok, None] for x, ok, m in zip(designs, oks, measured)])
+        if not len(relative):
+            raise CalibrationError("the calibration fit has no measured flow to fit (each state's flows with "
+                                   "enough packets)")
         coef = least_relative_deviation(relative)
-        error = np.mean([mape(x @ coef, m) for x, m in zip(designs, measured)])
+        error = np.nanmean([mape(x @ coef, m) for x, m in zip(designs, measured)])
         if error < best_error:
             coefficients = dict(zip(("queue_scale", "per_hop_s", "base_s", "random_hop_s", "port_s", "wrap_s"),
                                     map(float, coef)))

@@ -134,9 +134,9 @@ def walk_features(state: NetworkState, walk: Walk | None, ports: int) -> np.ndar
     for k, (flow, links) in enumerate(zip(state.flows, state.flow_links)):
         queued = rho[links]
         if walk is None:
-            if ports:
-                out[k] = 1 + queued.sum(), (ports - 1) / 2 * (1 + queued.sum()) + ports / 2 * (1 - queued).sum(), \
-                    0.5 * (1 - queued).sum()
+            if ports:  # a random port sits at (ports - 1) / 2 on average; the next one, ports / 2 ahead
+                random_hops, straight = 1 + queued.sum(), (1 - queued).sum()
+                out[k] = random_hops, (ports - 1) / 2 * random_hops + ports / 2 * straight, straight / 2
             continue
         arrival = [walk.host[flow.src]] + [walk.link[(state.links[i].src, state.links[i].dst)] for i in links]
         walked, wraps = float(arrival[0]), 0.0

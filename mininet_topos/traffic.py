@@ -226,10 +226,17 @@ def play(net, state: NetworkState, duration: float = 10.0, warmup: float = 2.0, 
         np.add.at(planned, plan["flow"][plan["t"] >= warmup], 1)
     sends = [json.loads((workdir / f"send-{i}.json").read_text()) for i in plans]
     stats = flow_stats(rows, planned, start, warmup, len(state.flows))
+    sent = sum(s["packets"] for s in sends)
+    if sent and not len(rows):
+        from mininet_topos.network import EmulationError
+
+        raise EmulationError(f"no packet arrived: the hosts sent {sent} ({sum(s['failed'] for s in sends)} send "
+                             f"failures) and the network forwarded none; see {workdir} and "
+                             f"{Path(net.workdir) / 'controller.log'}")
     return Measurement(
         delay=stats["delay"], jitter=stats["jitter"], loss=stats["loss"], p50=stats["p50"], p90=stats["p90"],
         p99=stats["p99"], received=stats["received"], duration=duration, warmup=warmup,
         sender_late_p99=max((s["late_p99"] for s in sends), default=0.0),
         cpu_busy=(busy1 - busy0) / max(total1 - total0, 1e-9), load_average=os.getloadavg()[0],
-        extra={"send_failures": sum(s["failed"] for s in sends), "packets_sent": sum(s["packets"] for s in sends)})
+        extra={"send_failures": sum(s["failed"] for s in sends), "packets_sent": sent})
 

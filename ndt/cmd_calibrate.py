@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mininet_topos import calibration as cal
+    from mininet_topos.network import EmulationError
     from mininet_topos.topologies import emulation_state
     from mininet_topos.traffic import MIN_PACKETS
     from mininet_topos.validate import validate
@@ -109,8 +110,16 @@ def run(args: argparse.Namespace) -> int:
         for label, weights in cal.calibration_weights(state, args.routings, args.seed):
             print(f"calibrate: state {len(samples) + 1}/{total}: load {load:g}, {label}, {args.duration:g} s "
                   f"in a fresh network", file=sys.stderr, flush=True)
-            v = validate(state, [weights], predictor, duration=args.duration, seed=args.seed, prefix="c",
-                         tag="calibrate")[0]
+            for attempt in (1, 2):
+                try:
+                    v = validate(state, [weights], predictor, duration=args.duration, seed=args.seed, prefix="c",
+                                 tag=f"calibrate-{len(samples) + 1}")[0]
+                    break
+                except EmulationError as exc:
+                    if attempt == 2:
+                        raise
+                    print(f"calibrate: state {len(samples) + 1}: {exc}; measuring it again in a fresh network",
+                          file=sys.stderr, flush=True)
             samples.append((load, state.with_weights(v.weights), v.predicted, v.measured, v.walk))
     states = [s for _, s, *_ in samples]
     measured = [m.reliable_delay() for _, _, _, m, _ in samples]

@@ -10,6 +10,7 @@ import pytest
 
 from mininet_topos.calibration import (
     CalibratedPredictor,
+    CalibrationError,
     Correction,
     emulated_delays,
     fit,
@@ -100,6 +101,10 @@ def test_delay_model_drops_transmission_and_propagation_and_fit_recovers_a_known
     assert fitted.capacity_scale == pytest.approx(0.99) and fitted.queue_scale == pytest.approx(0.8, rel=1e-6)
     assert fitted.per_hop_s == pytest.approx(150e-6, rel=1e-6) and fitted.base_s == pytest.approx(200e-6, rel=1e-6)
     assert mape(CalibratedPredictor(model, fitted).predict_delays(states)[1], measured[1]) < 1e-9
+    unmeasured = [np.full(len(state.flows), np.nan)]
+    assert fit(states + [state], measured + unmeasured, model) == fitted, "a state measured nothing: left out"
+    with pytest.raises(CalibrationError, match="no measured flow"):
+        fit([state], unmeasured, model)
 
 
 def test_least_mape_fit_ignores_an_outlier_that_pulls_least_squares():
