@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             for attempt in (1, 2):
                 try:
                     v = validate(state, [weights], predictor, duration=args.duration, seed=args.seed, prefix="c",
-                                 tag=f"calibrate-{len(samples) + 1}")[0]
+                                 tag=f"calibrate-{len(samples) + 1}-{attempt}")[0]
                     break
                 except EmulationError as exc:
                     if attempt == 2:
