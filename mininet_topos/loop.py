@@ -23,6 +23,8 @@ import numpy as np
 from mininet_topos.calibration import (
     CalibratedPredictor,
     Correction,
+    effective_state,
+    emulated_delays,
     mape,
     measurement_noise,
 )
@@ -301,11 +303,11 @@ def _finish(out: dict, live: EmulatedNetwork, predictor, correction: Correction)
     it, and the error a perfect model would show against a measurement as long as the final one."""
     final_state = out["state"].with_weights(out["final_weights"])
     out["walk"] = live.walk(final_state)
-    out["expected"] = CalibratedPredictor(predictor, correction, out["walk"]).predict_delays([final_state])[0]
+    raw = predictor.predict_delays([effective_state(final_state, correction)])[0]
+    out["expected"] = emulated_delays(final_state, raw, correction, out["walk"])
     final = out["final"]
     out["twin_mape"] = mape(out["expected"], final.reliable_delay())
-    unknown = CalibratedPredictor(predictor, correction).predict_delays([final_state])[0]
-    out["twin_mape_walk_unknown"] = mape(unknown, final.reliable_delay())
+    out["twin_mape_walk_unknown"] = mape(emulated_delays(final_state, raw, correction), final.reliable_delay())
     out["noise_mape"] = measurement_noise(final_state, correction, final.duration, final.warmup, MIN_PACKETS,
                                           seed=out["k"])
     return out
