@@ -30,11 +30,11 @@ from controller.routing_rules import (
     BASE_COOKIE, CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, NDT_COOKIE_MASK, FlowOp, FlowRule, Host,
     RouteSet, RuleError, Wiring, base_rules, counter_rules, plan_update, route_rules,
 )
-from ndt.errors import NdtError
+from twin.state.errors import NdtError
 from telemetry.exporter import Metrics
 from telemetry.rates import CounterRates
 from telemetry.store import LinkSample, TelemetryStore
-from twin.state import NetworkState
+from twin.state.model import NetworkState
 
 LOG = logging.getLogger("ndt.controller")
 BARRIER_TIMEOUT_S = 5.0

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ndt.errors import NdtError
-from twin.routing import next_hop_links
-from twin.state import NetworkState
+from twin.state.errors import NdtError
+from twin.state.routing import next_hop_links
+from twin.state.model import NetworkState
 
 CLASSIFIER_TABLE = 0
 ROUTE_TABLE = 1

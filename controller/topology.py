@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 
 from controller.routing_rules import RuleError, Wiring
-from ndt.files import read_json
-from twin.state import NetworkState
+from twin.state.files import read_json
+from twin.state.model import NetworkState
 
 
 def wiring_from_dict(data, state: NetworkState, where: str = "wiring", discover: bool = False) -> Wiring:

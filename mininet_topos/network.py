@@ -6,7 +6,9 @@ egress interface with HTB at the link's capacity and a ``pfifo`` child of ``buff
 netem on this kernel: no propagation delay, no random loss). Switch and host names carry a
 prefix (live ``ls1``/``lh1``, sandbox ``vs1``/``vh1``) so a sandbox network can run beside the live
 one and neither collides with the controller tests' ``s1``/``h1``. The controller is the real one
-(``ndt controller`` in a subprocess) with a wiring file written here; it is driven over gRPC.
+(``ndt controller`` in a subprocess) with a wiring file written here; it is driven through the
+client ``connect(address)`` returns for its gRPC address (``controller.api.client.ControllerClient``:
+``status``, ``apply``, ``weights``, ``report_measured``, ``close``).
 Never calls Mininet's global cleanup (it kills other people's processes); only its own
 bridges and links are removed.
 """
@@ -24,9 +26,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mininet_topos.forwarding import Walk, probe_walk, walk_of
-from ndt.errors import NdtError
-from twin.state import NetworkState
+from twin.calibration.port_walk import Walk
+from mininet_topos.forwarding import probe_walk, walk_of
+from twin.state.errors import NdtError
+from twin.state.model import NetworkState
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_DIR = REPO / "data" / "logs"
@@ -131,8 +134,8 @@ class EmulatedNetwork:
     forwarding otherwise stalls for tens of ms now and then (docs/emulation.md).
     """
 
-    def __init__(self, state: NetworkState, prefix: str = "l", store: Path | None = None, metrics_port: int = 0,
-                 tag: str = "emu", poll_interval: float = 1.0, realtime_ovs: bool = True):
+    def __init__(self, state: NetworkState, connect, prefix: str = "l", store: Path | None = None,
+                 metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0, realtime_ovs: bool = True):
         self.state = state
         self.names = Names(state.nodes, f"{prefix}s", f"{prefix}h")
         self.tag = tag
@@ -147,8 +150,8 @@ class EmulatedNetwork:
         self._restore_ovs = False
         self.net = None
         self.controller = None
-        self._channel = None
-        self.stub = None
+        self.connect = connect
+        self.client = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> EmulatedNetwork:
@@ -183,14 +186,14 @@ class EmulatedNetwork:
         for host in self.net.hosts:
             host.cmd(f"ethtool -K {host.defaultIntf()} tx off")
         self._shape(ports)
-        self._connect_grpc()
+        self.client = self.connect(f"127.0.0.1:{self.grpc_port}")
         self._wait(lambda: self.status().switches_connected == len(self.state.nodes), 30, "all switches to connect")
         self._learn_hosts()
 
     def stop(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
         try:
             if self.net is not None:
                 self.net.stop()
@@ -275,15 +278,6 @@ class EmulatedNetwork:
         if result.returncode != 0:
             raise EmulationError(f"tc could not shape the links: {result.stderr.strip()}")
 
-    def _connect_grpc(self) -> None:
-        import grpc
-
-        from controller.api.server import services
-
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        grpc.channel_ready_future(self._channel).result(timeout=20)
-        self.stub = services.NdtStub(self._channel)
-
     def _learn_hosts(self) -> None:
         """Every host ARPs once (a ping to the next host) so the controller learns them all; then routes."""
         hosts = [self.net.get(self.names.host_of(n)) for n in self.state.nodes]
@@ -323,9 +317,7 @@ class EmulatedNetwork:
 
     # ------------------------------------------------------------------ the controller's API
     def status(self):
-        from controller.api.server import pb
-
-        return self.stub.GetStatus(pb.Empty(), timeout=10)
+        return self.client.status()
 
     def apply_vector(self, weights, who: str, links=None) -> int:
         """Push one weight per link of ``links`` (default: the state's), in order; returns the route
@@ -341,24 +333,16 @@ class EmulatedNetwork:
         self._wait(lambda: self.status().links_down >= down + 2, 15, f"the controller to see {a}-{b} down")
 
     def apply(self, weights: dict[tuple[str, str], float], who: str) -> int:
-        """Push OSPF weights through gRPC Apply; returns the route version installed."""
-        from controller.api.server import pb
-
-        changes = [pb.WeightChange(src=s, dst=d, weight=float(w)) for (s, d), w in weights.items()]
-        return self.stub.Apply(pb.ApplyRequest(weights=changes, who=who), timeout=30).route_version
+        """Push OSPF weights to the controller; returns the route version installed."""
+        return self.client.apply(weights, who)
 
     def weights(self) -> dict[tuple[str, str], float]:
         """The weights the controller routes by now."""
-        from controller.api.server import pb
-
-        return {(lk.src, lk.dst): lk.weight for lk in self.stub.GetTopology(pb.Empty(), timeout=10).links}
+        return self.client.weights()
 
     def report_measured(self, delays: dict[tuple[str, str], float], source: str):
-        """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured)."""
-        from controller.api.server import pb
-
-        paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v)) for (s, d), v in delays.items()]
-        return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source), timeout=10)
+        """Measured mean path delays (s) to the controller's store and exporter."""
+        return self.client.report_measured(delays, source)
 
     def host(self, node: str):
         return self.net.get(self.names.host_of(node))

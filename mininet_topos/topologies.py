@@ -2,7 +2,7 @@
 
 Capacities are small on purpose (a few Mbit/s): the 2-core machine forwards every packet in
 OVS userspace, so the emulation keeps packet rates low and queueing (ms) large against the
-forwarding cost (tens of µs). Units as in :mod:`twin.state`: bit/s, bits, packets, s.
+forwarding cost (tens of µs). Units as in :mod:`twin.state.model`: bit/s, bits, packets, s.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import replace
 import networkx as nx
 import numpy as np
 
-from ndt.errors import NdtError
-from twin.state import Flow, NetworkState
-from twin.topologies import from_graph, load_topology, powerlaw_graph
-from twin.traffic import scale_to_utilization
+from twin.state.errors import NdtError
+from twin.state.model import Flow, NetworkState
+from twin.state.topologies import from_graph, load_topology, powerlaw_graph
+from twin.state.traffic import scale_to_utilization
 
 SYNTHETIC = ("line", "ring", "grid", "powerlaw")
 EMU_CAPACITY = 2e6  # bit/s per link (docs/emulation.md: well inside what the machine emulates faithfully)

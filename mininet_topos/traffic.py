@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mininet_topos.udpgen import PORT
-from twin.state import NetworkState
+from twin.state.model import NetworkState
 
 FRAME_OVERHEAD_BYTES = 42  # Ethernet 14 + IPv4 20 + UDP 8
 MIN_FRAME_BYTES, MAX_FRAME_BYTES = 64, 1514

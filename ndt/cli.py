@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from ndt import __version__
-from ndt.errors import NdtError
+from twin.state.errors import NdtError
 
 COMMAND_MODULES = (
     "ndt.cmd_state",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 from ndt.output import print_json
+from twin.state.errors import NdtError
 
 
 def register(subparsers) -> None:
@@ -27,7 +30,7 @@ def register(subparsers) -> None:
     sim.add_argument("--json", action="store_true", help="print JSON (the command contract)")
     sim.set_defaults(handler=run_sim)
 
-    from twin.predictors import PREDICTORS
+    from twin.models.registry import PREDICTORS
 
     opt = sub.add_parser(
         "optimize",
@@ -54,9 +57,14 @@ def register(subparsers) -> None:
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    from twin.bench import bench_sim
+    from twin.sim.bench import bench_sim
 
     report = bench_sim(seed=args.seed)
+    if importlib.util.find_spec("ns3") is not None:
+        comparison = _ns3_comparison(args.seed)
+        report["ns3"] = comparison
+        for key in ("ns3_packet_hops_per_s", "speedup_vs_ns3", "speedup_vs_ns3_cpu", "delay_mape_vs_ns3"):
+            report[key] = comparison[key]
     if args.json:
         print_json(report)
         return 0
@@ -72,8 +80,17 @@ def run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ns3_comparison(seed: int) -> dict:
+    """The ns-3 comparison of the source checkout's benchmarks/ns3_compare.py, run in the same session
+    as the simulator's own figures."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ns3_compare.py"
+    done = subprocess.run([sys.executable, str(script), "--seed", str(seed)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NdtError(f"{script} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return json.loads(done.stdout)
+
+
 def run_optimize(args: argparse.Namespace) -> int:
-    from ndt.errors import NdtError
     from optimizer.bench import bench_optimize, plot
 
     try:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import asdict
+from types import SimpleNamespace
 from pathlib import Path
 
 from ndt.cmd_loop import OptionError
@@ -43,7 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, default=30.0, metavar="S",
                    help="traffic per measurement, s; shorter windows leave fewer flows with enough packets and "
                         "noisier means (default: 30)")
-    p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
+    p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="correction JSON (default: data/calibration-<model>.json in the repository)")
     p.add_argument("--tune-samples", type=int, default=300, metavar="N",
@@ -68,109 +67,20 @@ def parse_loads(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from mininet_topos import calibration as cal
-    from mininet_topos.network import EmulationError
-    from mininet_topos.topologies import emulation_state
-    from mininet_topos.traffic import MIN_PACKETS
-    from mininet_topos.validate import validate
-    from twin.predictors import LEARNED, PREDICTORS, get_predictor
+    from controller.calibration import calibrate
+    from twin.calibration.correction import default_path
+    from twin.models.registry import PREDICTORS
 
     loads = parse_loads(args.loads)
     model = args.model or PREDICTORS[-1]
-    out = args.out or cal.default_path(model)
+    out = args.out or default_path(model)
     if args.routings < 1:
         raise OptionError(f"--routings must be >= 1, got {args.routings}")
     if args.tune_samples < 0 or args.tune_minutes <= 0:
         raise OptionError("--tune-samples must be >= 0 and --tune-minutes positive")
-    general = get_predictor(model)
-    base = emulation_state(args.topology, 1.0, seed=args.seed)
-    started = time.monotonic()
-    tuned = args.tune_samples > 0 and model in LEARNED
-    predictor = general
-    if tuned:
-        import shutil
-        import tempfile
-
-        from twin.routenet import load_twin
-
-        with tempfile.TemporaryDirectory(prefix="ndt-tune-") as work:
-            best = cal.fine_tune(base, model, Path(work), args.tune_samples, args.tune_minutes, args.seed,
-                                 log=lambda msg: print(msg, file=sys.stderr))
-            stem = cal.tuned_model_stem(out)
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            for suffix in (".weights.h5", ".json"):
-                shutil.copyfile(f"{best}{suffix}", f"{stem}{suffix}")
-        predictor = load_twin(stem.name, stem.parent)
-    samples = []  # (load, state, raw prediction, measured, walk)
-    total = len(loads) * args.routings
-    for load in loads:
-        state = base.scaled(load)
-        for label, weights in cal.calibration_weights(state, args.routings, args.seed):
-            print(f"calibrate: state {len(samples) + 1}/{total}: load {load:g}, {label}, {args.duration:g} s "
-                  f"in a fresh network", file=sys.stderr, flush=True)
-            for attempt in (1, 2):
-                try:
-                    v = validate(state, [weights], predictor, duration=args.duration, seed=args.seed, prefix="c",
-                                 tag=f"calibrate-{len(samples) + 1}-{attempt}")[0]
-                    break
-                except EmulationError as exc:
-                    if attempt == 2:
-                        raise
-                    print(f"calibrate: state {len(samples) + 1}: {exc}; measuring it again in a fresh network",
-                          file=sys.stderr, flush=True)
-            samples.append((load, state.with_weights(v.weights), v.predicted, v.measured, v.walk))
-    states = [s for _, s, *_ in samples]
-    measured = [m.reliable_delay() for _, _, _, m, _ in samples]
-    walks = [w for *_, w in samples]
-    if any(w is None for w in walks):
-        print("calibrate: ovs-vswitchd's port walk could not be read for every state (is strace installed?): "
-              "fitting without it", file=sys.stderr)
-
-    def errors(correction, indices, known=True):
-        """MAPE per state of ``indices`` under ``correction``, with each state's walk or without."""
-        return [cal.mape(cal.CalibratedPredictor(predictor, correction, walks[i] if known else None)
-                         .predict_delays([states[i]])[0], measured[i]) for i in indices]
-
-    everything = list(range(len(samples)))
-    correction = cal.fit(states, measured, predictor, walks)
-    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, (_, _, p, _, _), m in
-                  zip(states, samples, measured)]
-    general_structural = ([cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in
-                           zip(states, general.predict_delays(states), measured)] if tuned else structural)
-    raw = [cal.mape(p, m) for (_, _, p, _, _), m in zip(samples, measured)]
-    after, after_unknown = errors(correction, everything), errors(correction, everything, known=False)
-    held_out, held_out_unknown = [], []
-    for load in loads:
-        train = [i for i, (l, *_) in enumerate(samples) if l != load] or everything
-        test = [i for i, (l, *_) in enumerate(samples) if l == load]
-        corr = cal.fit([states[i] for i in train], [measured[i] for i in train], predictor, [walks[i] for i in train])
-        held_out += errors(corr, test)
-        held_out_unknown += errors(corr, test, known=False)
-    noise = [cal.measurement_noise(s, correction, m.duration, m.warmup, MIN_PACKETS) for _, s, _, m, _ in samples]
-    rows = [{"load": l, "mean_measured_ms": 1e3 * m.mean_delay(s), "flows": int(np.isfinite(m.reliable_delay()).sum()),
-             "raw_mape": r, "structural_mape": st, "after_mape": a, "after_walk_unknown_mape": u, "noise_mape": n,
-             "sender_late_p99_ms": 1e3 * m.sender_late_p99, "cpu_busy": m.cpu_busy, "load_average": m.load_average,
-             "weights": s.link_arrays["weight"].tolist(), "measured_s": m.delay.tolist(), "received": m.received.tolist(),
-             "walk": w.to_dict() if w else None}
-            for (l, s, p, m, w), r, st, a, u, n in zip(samples, raw, structural, after, after_unknown, noise)]
-    report = {"topology": args.topology, "model": model, "states": len(samples), "loads": loads,
-              "correction": asdict(correction),
-              "tuned": tuned, "tune_samples": args.tune_samples if tuned else 0,
-              "mape_general_structural": float(np.mean(general_structural)),
-              "mape_before": float(np.mean(raw)), "mape_structural": float(np.mean(structural)),
-              "mape_after": float(np.mean(after)), "mape_after_held_out": float(np.mean(held_out)),
-              "mape_after_walk_unknown": float(np.mean(after_unknown)),
-              "mape_after_held_out_walk_unknown": float(np.mean(held_out_unknown)),
-              "mape_perfect_model": float(np.mean(noise)),
-              "wall_s": time.monotonic() - started, "measurements": rows, "out": str(out)}
-    cal.save(out, correction, {k: report[k] for k in ("topology", "model", "tuned", "states", "loads",
-                                                           "mape_general_structural", "mape_before",
-                                                           "mape_structural", "mape_after", "mape_after_held_out",
-                                                           "mape_after_walk_unknown",
-                                                           "mape_after_held_out_walk_unknown",
-                                                           "mape_perfect_model")})
+    report = calibrate(args.topology, loads, args.routings, args.duration, model, out, args.tune_samples,
+                       args.tune_minutes, args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows = report["measurements"]
     if args.json:
         print_json(report)
         return 0
@@ -180,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
                        ("after_walk_unknown_mape", "walk unknown", ".3f"),
                        ("noise_mape", "perfect-model MAPE", ".3f"),
                        ("sender_late_p99_ms", "send late p99 ms", ".2f"), ("load_average", "load avg", ".1f")])
-    c = correction
-    print(f"{model} vs emulation, {len(samples)} states: general twin, queueing only: "
-          f"{report['mape_general_structural']:.3f}; {'tuned' if tuned else 'general'} twin MAPE "
+    c = SimpleNamespace(**report["correction"])
+    print(f"{model} vs emulation, {report['states']} states: general twin, queueing only: "
+          f"{report['mape_general_structural']:.3f}; {'tuned' if report['tuned'] else 'general'} twin MAPE "
           f"{report['mape_before']:.3f} raw -> "
           f"{report['mape_after']:.3f} calibrated ({report['mape_after_held_out']:.3f} leave-one-load-out; "
           f"OVS's port walk unknown: {report['mape_after_walk_unknown']:.3f} and "

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from controller.topology import load_wiring
     from telemetry.exporter import Metrics
     from telemetry.store import TelemetryStore
-    from twin.state import NetworkState
+    from twin.state.model import NetworkState
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.poll_interval > 0:

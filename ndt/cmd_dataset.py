@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from twin.dataset import DatasetConfig, generate
+    from twin.data.dataset import DatasetConfig, generate
 
     min_nodes, max_nodes = _range(args.nodes, int, "--nodes")
     min_load, max_load = _range(args.load, float, "--load")
@@ -64,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from twin.dataset import iter_samples
+    from twin.data.dataset import iter_samples
 
     nodes, paths, loads, delays, losses = [], 0, [], [], []
     for sample in iter_samples(args.directory):
@@ -91,7 +91,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def _range(text: str, kind, flag: str):
-    from ndt.errors import NdtError
+    from twin.state.errors import NdtError
 
     try:
         low, high = (kind(x) for x in text.split("-", 1))

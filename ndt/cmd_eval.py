@@ -44,7 +44,7 @@ def _models(names, weights):
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from twin import evaluate
+    from twin.models import evaluate
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ndt.errors import NdtError
+from ndt.output import print_json
+from twin.state.errors import NdtError
 
 
 class OptionError(NdtError, ValueError):
@@ -27,7 +28,7 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float, verif
                         f"MAPE is taken on it, and the longer it is the less noise is in that figure "
                         f"(default: {verify_s:g})")
     p.add_argument("--candidates", type=int, default=2, help="routings validated besides the current one (default: 2)")
-    p.add_argument("--model", default=None, help="twin model (default: the newest in twin.predictors)")
+    p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="correction from 'ndt calibrate' (default: the model's data/calibration-<model>.json, else "
                         "the one shipped as mininet_topos/calibration-<model>.json)")
@@ -63,10 +64,12 @@ def register(subparsers) -> None:
 
 def execute(args: argparse.Namespace, log) -> dict:
     """Run the loop from parsed options; returns the report."""
-    from mininet_topos import calibration as cal
-    from mininet_topos.loop import DEFAULT_OUT, LoopSettings, run_loop, shift_traffic
+    from controller.loop.closed_loop import LoopSettings
+    from controller.loop.emulated import DEFAULT_OUT, run_loop
     from mininet_topos.topologies import emulation_state
-    from twin.predictors import PREDICTORS, get_predictor
+    from twin.calibration.correction import calibrated_twin
+    from twin.models.registry import PREDICTORS
+    from twin.state.traffic import shift_traffic
 
     if not 0 < args.load < 2:
         raise OptionError(f"--load must lie in (0, 2), got {args.load}")
@@ -75,25 +78,16 @@ def execute(args: argparse.Namespace, log) -> dict:
             raise OptionError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
     if args.candidates < 1:
         raise OptionError(f"--candidates must be >= 1, got {args.candidates}")
-    model = args.model or PREDICTORS[-1]
-    path = args.calibration or cal.find(model)
-    if path is None:
-        correction, info = cal.Correction(), {}
-        log(f"warning: no calibration for model {model!r}: run 'ndt calibrate --model {model}'; "
-            "using the uncorrected queueing-only model")
-    else:
-        correction, info = cal.load(path)
-    if info.get("model") not in (None, model):
-        log(f"warning: {path} was fitted for model {info['model']!r}, not {model!r}; "
-            f"run 'ndt calibrate --model {model}' for an honest twin-vs-emulation error")
+    twin = calibrated_twin(args.model or PREDICTORS[-1], args.calibration, args.topology, log)
     state = emulation_state(args.topology, args.load, seed=args.seed)
     shifts, traffic = [], state
     for spec in args.shift:
         node, _, factor = spec.rpartition(":")
         try:
-            traffic = shift_traffic(traffic, node, float(factor))
+            value = float(factor)
         except ValueError:
             raise OptionError(f"--shift {spec!r}: expected NODE:FACTOR such as KSCYng:2") from None
+        traffic = shift_traffic(traffic, node, value)
         shifts.append(traffic)
     failures = []
     for spec in args.fail:
@@ -102,22 +96,17 @@ def execute(args: argparse.Namespace, log) -> dict:
             raise OptionError(f"--fail {spec!r}: expected NODE,NODE naming a link of {args.topology}")
         failures.append(pair)
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, verify_s=args.verify_s,
-                            candidates=args.candidates,
-                            seed=args.seed)
-    tuned = cal.tuned_predictor(path, info, args.topology) if path is not None and info.get("model") == model else None
-    predictor = tuned or get_predictor(model)
-    report = run_loop(state, predictor, correction, settings, args.out or DEFAULT_OUT,
+                            candidates=args.candidates, seed=args.seed)
+    report = run_loop(state, twin.predictor, twin.correction, settings, args.out or DEFAULT_OUT,
                       args.metrics_port, log, shifts=tuple(shifts), failures=tuple(failures),
                       prometheus=not args.no_prometheus)
-    report.update(model=model, twin_tuned_for_topology=tuned is not None,
-                  calibration={"file": str(path) if path else None, **info}, load=args.load)
+    report.update(model=twin.model, twin_tuned_for_topology=twin.tuned,
+                  calibration={"file": str(twin.path) if twin.path else None, **twin.info}, load=args.load)
     return report
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
-
-    from ndt.output import print_json
 
     report = execute(args, (lambda msg: print(msg, file=sys.stderr)) if args.json else print)
     if args.json:

@@ -10,7 +10,7 @@ from ndt.output import print_json, print_table
 
 
 def register(subparsers) -> None:
-    from twin.predictors import PREDICTORS
+    from twin.models.registry import PREDICTORS
 
     p = subparsers.add_parser(
         "optimize",
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from optimizer.intent import load_intent
     from optimizer.objective import mean_delay
     from optimizer.search import InfeasibleIntent, optimize
-    from twin.predictors import SimulatorPredictor, get_predictor
-    from twin.state import NetworkState
+    from twin.models.registry import SimulatorPredictor, get_predictor
+    from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)
     intent = load_intent(args.intent)

@@ -10,7 +10,7 @@ from ndt.output import print_json, print_table
 
 
 def register(subparsers) -> None:
-    from twin.predictors import PREDICTORS
+    from twin.models.registry import PREDICTORS
 
     p = subparsers.add_parser(
         "predict",
@@ -31,13 +31,13 @@ def register(subparsers) -> None:
 
 def load_model(name: str, weights: Path | None = None):
     """A model with ``predict_delays``: a baseline, or a learned twin from ``weights`` (default: shipped)."""
-    from twin.predictors import get_predictor
+    from twin.models.registry import get_predictor
 
     return get_predictor(name, weights)
 
 
 def run(args: argparse.Namespace) -> int:
-    from twin.state import NetworkState
+    from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)
     model = load_model(args.model, args.weights)

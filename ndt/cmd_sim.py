@@ -34,8 +34,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.datanet is not None:
         return _run_datanet(args)
-    from twin.sim import simulate
-    from twin.state import NetworkState
+    from twin.sim.simulator import simulate
+    from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)
     result = simulate(state, duration=args.duration, warmup=args.warmup, seed=args.seed)
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_datanet(args: argparse.Namespace) -> int:
-    from twin import datanet
+    from twin.data import reference
 
-    report = datanet.compare_with_reference(args.datanet, limit=args.limit, seed=args.seed, duration=args.duration,
+    report = reference.compare_with_reference(args.datanet, limit=args.limit, seed=args.seed, duration=args.duration,
                                             warmup=args.warmup, progress=True)
     if args.json:
         print_json(report)

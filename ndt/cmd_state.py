@@ -40,8 +40,8 @@ def run_import(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from twin.topologies import load_topology
-    from twin.traffic import random_flows, scale_to_utilization
+    from twin.state.topologies import load_topology
+    from twin.state.traffic import random_flows, scale_to_utilization
 
     state = load_topology(args.source, capacity=args.capacity, buffer=args.buffer)
     if args.random_traffic or not state.flows:
@@ -57,7 +57,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from twin.state import NetworkState
+    from twin.state.model import NetworkState
 
     state = NetworkState.load(args.file)
     util = state.utilization()

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return _clean(value.item())
-    return value
+from twin.state.files import jsonable
 
 
 def print_json(data) -> None:
     """One JSON document on stdout; NaN and infinities become null."""
-    json.dump(_clean(data), sys.stdout, indent=1)
+    json.dump(jsonable(data), sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 

@@ -11,9 +11,9 @@ from optimizer.baselines import fortz_thorup, inverse_capacity_weights, unit_wei
 from optimizer.intent import Intent
 from optimizer.objective import mean_delay
 from optimizer.search import optimize
-from twin.predictors import SimulatorPredictor, get_predictor
-from twin.state import NetworkState
-from twin.traffic import scale_to_utilization
+from twin.models.registry import SimulatorPredictor, get_predictor
+from twin.state.model import NetworkState
+from twin.state.traffic import scale_to_utilization
 
 INTENSITIES = (0.5, 0.7, 0.85, 1.0, 1.15)  # busiest-link utilization under shortest-path routing
 METHODS = ("sp", "invcap", "fortz_thorup", "nes_qt", "nes_twin_unscreened", "nes_twin")
@@ -21,7 +21,7 @@ METHODS = ("sp", "invcap", "fortz_thorup", "nes_qt", "nes_twin_unscreened", "nes
 
 def synthetic_state(nodes: int = 25, seed: int = 0) -> NetworkState:
     """A power-law topology with mixed capacities, Poisson all-pairs traffic and unit OSPF weights."""
-    from twin.dataset import DatasetConfig, make_state
+    from twin.data.dataset import DatasetConfig, make_state
 
     config = DatasetConfig(min_nodes=nodes, max_nodes=nodes, real_fraction=0.0, failure_fraction=0.0,
                            perturbed_fraction=0.0, traffic="poisson", seed=seed)
@@ -31,8 +31,8 @@ def synthetic_state(nodes: int = 25, seed: int = 0) -> NetworkState:
 
 def real_state(key: str = "sndlib/abilene") -> NetworkState:
     """A topohub topology with its demand matrix (random traffic when it has none), 100 Mbit/s links."""
-    from twin.topologies import load_topology
-    from twin.traffic import random_flows
+    from twin.state.topologies import load_topology
+    from twin.state.traffic import random_flows
 
     state = load_topology(key, capacity=100e6, buffer=64)
     if not state.flows:

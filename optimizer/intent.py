@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ndt.errors import NdtError
+from twin.state.errors import NdtError
 
 OBJECTIVES = ("mean_delay", "delay_percentile", "max_utilization")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*$")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.intent import Intent
-from twin.state import NetworkState
+from twin.state.model import NetworkState
 
 
 @dataclass(frozen=True)

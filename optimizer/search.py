@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ndt.errors import NdtError
+from twin.state.errors import NdtError
 from optimizer.intent import Intent
 from optimizer.local import descend
 from optimizer.nes import better, snes
 from optimizer.objective import Score, score
-from twin.state import NetworkState
+from twin.state.model import NetworkState
 
 
 class InfeasibleIntent(NdtError):

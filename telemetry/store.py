@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ndt.errors import NdtError
+from twin.state.errors import NdtError
 
 DELAY_KINDS = ("predicted", "measured")
 

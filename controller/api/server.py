@@ -18,11 +18,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ndt.errors import NdtError
+from twin.state.errors import NdtError
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
-from twin.state import Flow, NetworkState
+from twin.state.model import Flow, NetworkState
 
 try:
     from controller.api import ndt_api_pb2 as pb
@@ -50,12 +50,12 @@ class NdtService(services.NdtServicer):
     def __init__(self, controller, store: TelemetryStore, metrics: Metrics, predictor_factory=None,
                  default_model: str | None = None):
         """``predictor_factory(name)`` returns an object with ``predict_delays(states)`` (default:
-        ``twin.predictors.get_predictor``, whose last listed model is then the default)."""
+        ``twin.models.registry.get_predictor``, whose last listed model is then the default)."""
         self.controller = controller
         self.store = store
         self.metrics = metrics
         if predictor_factory is None:
-            from twin.predictors import PREDICTORS, get_predictor as predictor_factory
+            from twin.models.registry import PREDICTORS, get_predictor as predictor_factory
 
             default_model = default_model or PREDICTORS[-1]
         self.predictor_factory = predictor_factory

@@ -1,0 +1,31 @@
+"""Telemetry → network state: the traffic matrix from the controller's edge counters, and the
+state the twin is asked about (the known topology and routing carrying the measured traffic).
+Rates in bit/s, packet sizes in bits, times in s (Unix)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twin.state.errors import NdtError
+from twin.state.model import Flow, NetworkState
+
+
+class TrafficMatrixError(NdtError, ValueError):
+    """The telemetry holds no traffic matrix to build a state from."""
+
+
+def traffic_matrix(samples, start: float, end: float) -> dict[tuple[str, str], float]:
+    """Mean of the positive rate samples (bit/s) per pair with ``start <= ts <= end``
+    (``samples``: :class:`telemetry.store.PairValue` rows)."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for s in samples:
+        if start <= s.ts <= end and s.value > 0:
+            sums.setdefault((s.src, s.dst), []).append(s.value)
+    return {pair: float(np.mean(v)) for pair, v in sums.items()}
+
+
+def estimated_state(state: NetworkState, rates: dict[tuple[str, str], float], packet_size: float) -> NetworkState:
+    """``state``'s topology and routing with the measured traffic matrix (Poisson, ``packet_size`` bits)."""
+    if not rates:
+        raise TrafficMatrixError("the controller measured no traffic: the telemetry has no traffic matrix yet")
+    return state.with_flows(Flow(s, d, rate=r, packet_size=packet_size) for (s, d), r in sorted(rates.items()))

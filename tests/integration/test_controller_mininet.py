@@ -1,0 +1,365 @@
+"""The controller against the real stack: Open vSwitch (userspace datapath) in Mininet, ``ndt controller``
+in a subprocess, pings between hosts, the switches' own port counters, the store file and the metrics
+endpoint. Needs root (network namespaces, OVS); skipped otherwise.
+
+Topology: a square s1-s2-s3-s4-s1, host hN (10.0.0.N) on port 1 of sN, 10 Mbit/s links in the state.
+With equal weights s1 reaches s3 through s2 (ties go to the lowest node index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+if os.geteuid() != 0:
+    pytest.skip("needs root: Mininet creates network namespaces and Open vSwitch bridges", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[2]
+SQUARE = [(1, 2), (2, 3), (3, 4), (4, 1)]
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def open_vswitch():
+    """Open vSwitch running and no Mininet leftovers, before and after the module."""
+    for tool in ("ovs-vsctl", "ovs-ofctl", "mnexec", "ethtool"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found: run scripts/install-system-deps.sh")
+    if subprocess.run([OVS_CTL, "status"], capture_output=True).returncode != 0:
+        subprocess.run([OVS_CTL, "start", "--system-id=random"], check=True, capture_output=True)
+    from mininet.clean import cleanup
+    from mininet.log import setLogLevel
+
+    setLogLevel("error")
+    cleanup()
+    yield
+    cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Emulation:
+    """A Mininet network of userspace OVS switches, its state/wiring files, and ``ndt controller``."""
+
+    def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]], poll_interval: float = 0.5,
+                 discover: bool = False):
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+        from mininet.topo import Topo
+
+        class Net(Topo):
+            def build(self):
+                for i in range(1, n + 1):
+                    self.addSwitch(f"s{i}", dpid=f"{i:016x}")
+                    self.addHost(f"h{i}", ip=f"10.0.0.{i}/24", mac=f"00:00:00:00:00:{i:02x}")
+                    self.addLink(f"h{i}", f"s{i}")
+                for a, b in edges:
+                    self.addLink(f"s{a}", f"s{b}")
+
+        self.tmp = tmp
+        self.ofp_port, self.metrics_port, self.grpc_port = free_port(), free_port(), free_port()
+        self.net = Mininet(
+            topo=Net(), autoSetMacs=False, waitConnected=False,
+            switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure", **kw),
+            controller=lambda name: RemoteController(name, ip="127.0.0.1", port=self.ofp_port))
+        self.ports: dict[tuple[str, str], int] = {}
+        links = []
+        for link in self.net.links:
+            a, b = link.intf1, link.intf2
+            if a.node.name.startswith("s") and b.node.name.startswith("s"):
+                for x, y in ((a, b), (b, a)):
+                    self.ports[(x.node.name, y.node.name)] = x.node.ports[x]
+                    links.append({"src": x.node.name, "dst": y.node.name, "capacity": 1e7, "weight": 1.0})
+        self.state = {"name": f"{n} switches", "nodes": [f"s{i}" for i in range(1, n + 1)], "links": links}
+        self.state_path = tmp / "state.json"
+        self.state_path.write_text(json.dumps(self.state))
+        (tmp / "wiring.json").write_text(json.dumps({"ports": {f"{s}->{d}": p for (s, d), p in self.ports.items()}}))
+        self.store_path = tmp / "telemetry.db"
+        self.log = open(tmp / "controller.log", "w")
+        topology = ["--discover"] if discover else ["--wiring", str(tmp / "wiring.json")]
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path), *topology,
+             "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
+             "--store", str(self.store_path), "--poll-interval", str(poll_interval),
+             "--grpc", f"127.0.0.1:{self.grpc_port}"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.metrics() is not None, 20, "the controller's metrics endpoint")
+        self.net.start()
+        for host in self.net.hosts:
+            host.cmd(f"ethtool -K {host.defaultIntf()} tx off")
+        wait_for(lambda: self.metric("ndt_switches_connected") == n, 20, f"{n} switches to connect")
+
+    def stop(self):
+        self.net.stop()
+        self.controller.send_signal(signal.SIGTERM)
+        try:
+            self.controller.wait(10)
+        except subprocess.TimeoutExpired:
+            self.controller.kill()
+        self.log.close()
+
+    def log_text(self) -> str:
+        return (self.tmp / "controller.log").read_text()
+
+    # ------------------------------------------------------------ observations
+    def metrics(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+                return resp.read().decode()
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels) -> float | None:
+        text = self.metrics() or ""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        pattern = rf"^{re.escape(name)}(?:\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$"
+        match = re.search(pattern, text, re.M)
+        return None if match is None else float(match.group(1))
+
+    def tx_bytes(self, src: str, dst: str) -> int:
+        """Bytes sent by src's port towards dst, read from the switch itself (not the controller)."""
+        out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", src, str(self.ports[(src, dst)])],
+                             capture_output=True, text=True, check=True).stdout
+        return int(re.search(r"tx pkts=\d+, bytes=(\d+)", out).group(1))
+
+    def ping(self, src: int, dst: int, count: int, interval: float = 0.01) -> tuple[int, int]:
+        """(sent, received) of ``count`` pings from h{src} to h{dst}."""
+        out = self.net.get(f"h{src}").cmd(f"ping -n -q -i {interval} -W 1 -c {count} 10.0.0.{dst}")
+        match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert match, out
+        return int(match.group(1)), int(match.group(2))
+
+    # ------------------------------------------------------------ actions
+    def push_weights(self, weights: dict[tuple[str, str], float]) -> float:
+        """Rewrite the state file's weights and SIGHUP the controller; returns the new route version."""
+        before = self.metric("ndt_route_version") or 0
+        for link in self.state["links"]:
+            link["weight"] = weights.get((link["src"], link["dst"]), 1.0)
+        self.state_path.write_text(json.dumps(self.state))
+        self.controller.send_signal(signal.SIGHUP)
+        return wait_for(lambda: (v := self.metric("ndt_route_version") or 0) > before and v, 10, "the new routes")
+
+
+def wait_for(condition, timeout: float, what: str, check: bool = True):
+    """Poll ``condition`` until it is truthy; on timeout raise (or, with check=False, return False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    if not check:
+        return False
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def square(tmp_path):
+    bed = Emulation(tmp_path, 4, SQUARE)
+    yield bed
+    bed.stop()
+    from mininet.clean import cleanup
+
+    cleanup()
+
+
+def warm_up(bed: Emulation, n: int) -> None:
+    """Every host pings every other once, so the controller has learned them all and installed routes."""
+    for src in range(1, n + 1):
+        for dst in range(1, n + 1):
+            if src != dst:
+                bed.ping(src, dst, 1, 0.2)
+    wait_for(lambda: bed.metric("ndt_route_version") and "16 rules" in bed.log_text(), 10, "routes for 4 hosts")
+
+
+def test_hosts_ping_and_stats_reach_store_and_exporter(square):
+    for src in range(1, 5):
+        for dst in range(1, 5):
+            if src != dst:
+                assert square.ping(src, dst, 3, 0.05)[1] == 3, f"h{src} -> h{dst}"
+    polls = square.metric("ndt_stats_polls_total") or 0
+    wait_for(lambda: (square.metric("ndt_stats_polls_total") or 0) >= polls + 2, 10, "two more statistics polls")
+    for (src, dst) in square.ports:
+        assert square.metric("ndt_link_transmit_bytes_total", src=src, dst=dst) > 0, f"{src}->{dst}"
+        assert square.metric("ndt_link_up", src=src, dst=dst) == 1
+        assert square.metric("ndt_link_utilization_ratio", src=src, dst=dst) is not None
+    assert square.metric("ndt_traffic_bytes_total", src="s1", dst="s3") >= 3 * 98
+    assert 0 < square.metric("ndt_stats_poll_duration_seconds") < 0.5
+    db = sqlite3.connect(f"file:{square.store_path}?mode=ro", uri=True)
+    links = db.execute("SELECT COUNT(DISTINCT src || dst), MAX(tx_bytes) FROM link_stats").fetchone()
+    assert links[0] == 8 and links[1] > 0
+    assert db.execute("SELECT COUNT(*) FROM traffic WHERE src = 's1' AND dst = 's3'").fetchone()[0] > 0
+
+
+def test_pushed_weights_move_traffic_without_losing_pings(square):
+    warm_up(square, 4)
+
+    def carried(count=100):
+        before = square.tx_bytes("s1", "s2"), square.tx_bytes("s1", "s4")
+        assert square.ping(1, 3, count) == (count, count)
+        return square.tx_bytes("s1", "s2") - before[0], square.tx_bytes("s1", "s4") - before[1]
+
+    via_s2, via_s4 = carried()
+    assert via_s2 >= 100 * 98 and via_s4 < 10 * 98, "equal weights: s1 reaches s3 through s2"
+    square.push_weights({("s1", "s2"): 10.0})
+    via_s2, via_s4 = carried()
+    assert via_s4 >= 100 * 98 and via_s2 < 10 * 98, "heavy s1->s2: s1 reaches s3 through s4"
+    config = sqlite3.connect(f"file:{square.store_path}?mode=ro", uri=True).execute(
+        "SELECT who, kind, payload FROM config ORDER BY id DESC LIMIT 1").fetchone()
+    assert config[1] == "weights" and json.loads(config[2])["s1->s2"] == 10.0 and "state.json" in config[0]
+
+    # Flip the weights back and forth while h1 pings h3 every 10 ms: not one ping may be lost.
+    pinger = square.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "500", "10.0.0.3"],
+                                        stdout=subprocess.PIPE, text=True)
+    switch_overs = []
+    for weights in ({}, {("s1", "s2"): 10.0}, {("s1", "s4"): 10.0, ("s3", "s2"): 10.0}, {}):
+        time.sleep(0.6)
+        square.push_weights(weights)
+        switch_overs.append(square.metric("ndt_routing_switch_over_seconds"))
+    out, _ = pinger.communicate(timeout=30)
+    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    assert (sent, received) == (500, 500), out
+    assert max(switch_overs) < 2.0, switch_overs
+    print(f"switch-over seconds: {switch_overs}; pings {received}/{sent}")
+
+
+def test_link_down_is_routed_around_and_back(square):
+    warm_up(square, 4)
+    version = square.metric("ndt_route_version")
+    square.net.configLinkStatus("s1", "s2", "down")
+    wait_for(lambda: square.metric("ndt_route_version") > version, 10, "routes after the link went down")
+    assert square.metric("ndt_link_up", src="s1", dst="s2") == 0
+    before = square.tx_bytes("s1", "s4")
+    assert square.ping(1, 3, 50) == (50, 50)
+    assert square.ping(2, 1, 20) == (20, 20)  # s2 -> s1 now goes the long way round
+    assert square.tx_bytes("s1", "s4") - before >= 50 * 98
+    version = square.metric("ndt_route_version")
+    square.net.configLinkStatus("s1", "s2", "up")
+    wait_for(lambda: square.metric("ndt_route_version") > version, 10, "routes after the link came back")
+    before = square.tx_bytes("s1", "s2")
+    assert square.ping(1, 3, 50) == (50, 50)
+    assert square.tx_bytes("s1", "s2") - before >= 50 * 98
+
+
+def test_grpc_client_reads_the_network_and_applies_weights(square):
+    import grpc
+
+    from controller.api.server import pb, services
+
+    warm_up(square, 4)
+    with grpc.insecure_channel(f"127.0.0.1:{square.grpc_port}") as channel:
+        stub = services.NdtStub(channel)
+        status = stub.GetStatus(pb.Empty(), timeout=5)
+        assert (status.switches_connected, status.hosts, status.links_down) == (4, 4, 0)
+        topo = stub.GetTopology(pb.Empty(), timeout=5)
+        assert {(lk.src, lk.dst): lk.port for lk in topo.links} == square.ports
+        reply = stub.Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=10)], who="pytest"),
+                           timeout=10)
+        assert reply.route_version > status.route_version
+        before = square.tx_bytes("s1", "s4")
+        assert square.ping(1, 3, 50) == (50, 50)
+        assert square.tx_bytes("s1", "s4") - before >= 50 * 98, "Apply moved s1->s3 traffic onto s1->s4"
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s3", weight=1)]), timeout=5)
+        assert bad.value.code() == grpc.StatusCode.NOT_FOUND and "s1->s3" in bad.value.details()
+        assert stub.GetStatus(pb.Empty(), timeout=5).route_version == reply.route_version
+
+
+def test_reconnecting_switch_gets_its_rules_back(square):
+    warm_up(square, 4)
+    version = square.metric("ndt_route_version")
+    subprocess.run(["ovs-vsctl", "del-controller", "s2"], check=True)
+    wait_for(lambda: square.metric("ndt_switches_connected") == 3, 10, "s2 to disconnect")
+    wait_for(lambda: square.metric("ndt_route_version") > version, 10, "routes around s2")
+    subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", "s2"], check=True)
+    assert square.ping(1, 3, 20) == (20, 20), "s2 is out of service: the controller routes s1->s3 through s4"
+    subprocess.run(["ovs-vsctl", "set-controller", "s2", f"tcp:127.0.0.1:{square.ofp_port}"], check=True)
+    wait_for(lambda: square.metric("ndt_switches_connected") == 4, 10, "s2 to reconnect")
+    wait_for(lambda: "10.0.0.3" in subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "s2", "table=1"],
+                                                   capture_output=True, text=True).stdout, 10, "s2's routes")
+    assert square.ping(2, 3, 20) == (20, 20)
+    before = square.tx_bytes("s1", "s2")
+    assert square.ping(1, 3, 20) == (20, 20)
+    assert square.tx_bytes("s1", "s2") - before >= 20 * 98, "s1 routes through s2 again"
+
+
+def test_lldp_discovery_finds_the_wiring(tmp_path):
+    """With --discover and no wiring file, LLDP finds every link's port and hosts can talk."""
+    bed = Emulation(tmp_path, 4, SQUARE, discover=True)
+    try:
+        found = wait_for(lambda: bed.log_text().count("discovered link") >= 8, 90, "LLDP to find all 8 directed links",
+                         check=False)
+        assert found, "LLDP did not find all 8 links; controller log ends:\n" + bed.log_text()[-3000:]
+        for (src, dst), port in bed.ports.items():
+            assert f"discovered link {src}->{dst} on port {port}" in bed.log_text()
+        for src, dst in ((1, 3), (2, 4), (4, 1)):
+            assert bed.ping(src, dst, 5, 0.05)[1] == 5, f"h{src} -> h{dst}"
+        before = bed.tx_bytes("s1", "s2")
+        assert bed.ping(1, 3, 30) == (30, 30)
+        assert bed.tx_bytes("s1", "s2") - before >= 30 * 98
+        probes = lldp_probes_received(bed, "s1")
+        time.sleep(4)
+        assert lldp_probes_received(bed, "s1") - probes >= 4, \
+            "LLDP probes keep coming after discovery (a lost probe is sent again)"
+    finally:
+        bed.stop()
+
+
+def lldp_probes_received(bed, switch: str) -> int:
+    """LLDP frames ``switch`` has sent to the controller so far (its LLDP rule's packet count)."""
+    rules = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch, "dl_type=0x88cc"],
+                           capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split("n_packets=")[1].split(",")[0]) for line in rules.splitlines() if "n_packets=" in line)
+
+
+GRID = [(5 * r + c + 1, 5 * r + c + 2) for r in range(5) for c in range(4)] + \
+       [(5 * r + c + 1, 5 * r + c + 6) for r in range(4) for c in range(5)]
+
+
+def test_grid_of_25_switches_polls_and_switches_over_without_loss(tmp_path):
+    """25 switches polled every second keep being polled; network-wide weight changes lose no ping.
+
+    The durations (poll rounds, switch-over seconds) are printed, not asserted: timing targets
+    belong in benchmarks on a shared 2-core machine."""
+    bed = Emulation(tmp_path, 25, GRID, poll_interval=1.0)
+    try:
+        for src in range(2, 26):
+            assert bed.ping(src, 1, 1, 0.2)[1] == 1, f"h{src} -> h1"
+        wait_for(lambda: "(625 rules)" in bed.log_text(), 15,
+                 "routes for 25 hosts")
+        polls = bed.metric("ndt_stats_polls_total")
+        time.sleep(5.0)
+        done = bed.metric("ndt_stats_polls_total") - polls
+        assert done >= 1, "no statistics round completed in 5 s at 1 s polling"
+        poll_s = bed.metric("ndt_stats_poll_duration_seconds")
+        pinger = bed.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "400", "10.0.0.25"],
+                                         stdout=subprocess.PIPE, text=True)
+        corner_paths = [{("s1", "s2"): 10.0, ("s2", "s1"): 10.0}, {("s1", "s6"): 10.0, ("s6", "s1"): 10.0}, {}]
+        switch_overs = []
+        for weights in corner_paths:
+            time.sleep(0.8)
+            bed.push_weights(weights)
+            switch_overs.append(bed.metric("ndt_routing_switch_over_seconds"))
+        out, _ = pinger.communicate(timeout=30)
+        sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+        print(f"25 switches: {done} polls in 5 s, last poll {poll_s:.3f} s; switch-overs {switch_overs} s; "
+              f"pings {received}/{sent}")
+        assert (sent, received) == (400, 400), out
+    finally:
+        bed.stop()

@@ -1,0 +1,150 @@
+"""A real Prometheus server (Debian ``prometheus``) scrapes the exporter; every PromQL expression of
+the Grafana dashboard and of the alert rules must return data. The exporter is fed values that make
+every alert condition true, so the rules are checked to fire, not only to parse."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from telemetry.exporter import Exporter, Metrics
+from telemetry.store import LinkSample
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "telemetry" / "dashboards"
+PROMETHEUS = shutil.which("prometheus")
+
+if PROMETHEUS is None and os.geteuid() != 0:
+    pytest.skip("the prometheus server is not installed (scripts/install-system-deps.sh installs it as root)",
+                allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expressions() -> list[str]:
+    dashboard = json.loads((DASHBOARDS / "ndt-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = yaml.safe_load((DASHBOARDS / "ndt-alerts.yml").read_text())
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    return exprs
+
+
+def query(base: str, expr: str) -> list:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+@pytest.fixture(scope="module")
+def fed_exporter():
+    """An exporter whose values trip every alert; byte and drop counters keep growing."""
+    metrics = Metrics()
+    metrics.set_link_up("s1", "s2", True)
+    metrics.set_link_up("s2", "s1", False)
+    metrics.set_path_delays("predicted", {("s1", "s2"): 0.001})
+    metrics.set_path_delays("measured", {("s1", "s2"): 0.002})
+    metrics.set_gauge("twin_error_ratio", 0.2)
+    metrics.set_gauge("switches_connected", 2)
+    metrics.set_gauge("route_version", 3)
+    metrics.set_gauge("routing_switch_over_seconds", 2.5)
+    metrics.set_gauge("stats_poll_duration_seconds", 0.01)
+    metrics.inc("routing_changes", 3)
+    metrics.inc("optimizer_runs")
+    stop = threading.Event()
+
+    def feed():
+        tick = 0
+        while not stop.is_set():
+            tick += 1
+            metrics.update_links([LinkSample(time.time(), "s1", "s2", 125_000 * tick, 100 * tick, tick, 0.95)])
+            metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
+            stop.wait(0.25)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    exporter = Exporter(metrics)
+    port = exporter.serve(port=0)
+    yield port
+    stop.set()
+    exporter.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory, fed_exporter):
+    tmp_path = tmp_path_factory.mktemp("prometheus")
+    if PROMETHEUS is None:
+        pytest.fail("prometheus not found: run scripts/install-system-deps.sh")
+    web = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DASHBOARDS / "ndt-alerts.yml")],
+        "scrape_configs": [{"job_name": "ndt", "static_configs": [{"targets": [f"127.0.0.1:{fed_exporter}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = open(tmp_path / "prometheus.log", "w")
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{web}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            try:
+                if query(base, 'count_over_time(up{job="ndt"}[1m]) >= 4'):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not scrape the exporter 4 times in 30 s"
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_rule_file_is_valid():
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian prometheus) not installed")
+    run = subprocess.run(["promtool", "check", "rules", str(DASHBOARDS / "ndt-alerts.yml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_every_dashboard_and_alert_expression_returns_data(prometheus):
+    assert query(prometheus, 'up{job="ndt"}')[0]["value"][1] == "1"
+    empty = [expr for expr in expressions() if not query(prometheus, expr)]
+    assert not empty, f"no data for: {empty}"
+
+
+def test_prometheus_serves_the_store_read_side(prometheus):
+    from telemetry.prometheus_reader import PrometheusReader
+    from telemetry.store import StoreError
+
+    reader = PrometheusReader(prometheus, step_s=1.0)
+    now = time.time()
+    links = reader.link_samples(now - 60, now + 1, "s1", "s2")
+    assert len(links) >= 3 and all(s.utilization == 0.95 for s in links)
+    assert [s.tx_bytes for s in links] == sorted(s.tx_bytes for s in links) and links[-1].tx_bytes > links[0].tx_bytes
+    assert reader.path_delays("measured", now - 60, now + 1)[-1].value == 0.002
+    traffic = reader.traffic_matrices(now - 60, now + 1)
+    assert traffic and traffic[-1].value == pytest.approx(8 * 100_000 / 0.25, rel=0.3)
+    with pytest.raises(StoreError, match="Prometheus at http://127.0.0.1:9: query"):
+        PrometheusReader("http://127.0.0.1:9", timeout_s=1).link_samples(0, 1)

@@ -1,0 +1,79 @@
+"""The ndt command line: JSON contract fields, helpful errors, no tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from twin.sim.bench import mm1_state
+
+
+def ndt(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "ndt.cli", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_lists_commands():
+    out = ndt("--help").stdout
+    for command in ("sim", "dataset", "bench", "state", "demo"):
+        assert command in out
+
+
+def test_sim_json_contract(tmp_path):
+    path = tmp_path / "s.json"
+    mm1_state(0.5).save(path)
+    report = json.loads(ndt("sim", "--state", str(path), "--duration", "20", "--seed", "1", "--json").stdout)
+    path0 = report["paths"][0]
+    assert {"src", "dst", "delay", "jitter", "loss", "p50", "p90", "p99"} <= set(path0)
+    assert path0["delay"] == pytest.approx(1 / (1250 - 625), rel=0.05)
+    assert {"src", "dst", "utilization", "occupancy", "drops"} <= set(report["links"][0])
+
+
+def test_bad_state_is_one_clear_line(tmp_path):
+    path = tmp_path / "bad.json"
+    data = mm1_state(0.5).to_dict()
+    data["links"][0]["capacity"] = -5
+    path.write_text(json.dumps(data))
+    proc = ndt("sim", "--state", str(path), check=False)
+    assert proc.returncode == 2
+    assert "link a->b: capacity must be positive" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_state_import_topohub_and_check(tmp_path):
+    out = tmp_path / "abilene.json"
+    ndt("state", "import", "sndlib/abilene", "-o", str(out), "--load", "0.6")
+    assert "12 nodes" in ndt("state", "check", str(out)).stdout
+    proc = ndt("state", "import", "nosuch/topology", "-o", str(out), check=False)
+    assert proc.returncode == 2 and "topohub key" in proc.stderr
+
+
+def test_import_gml(tmp_path):
+    gml = tmp_path / "tiny.gml"
+    gml.write_text('graph [ node [ id 0 label "x" Latitude 0 Longitude 0 ] node [ id 1 label "y" Latitude 0 Longitude 1 ]'
+                   ' edge [ source 0 target 1 LinkSpeedRaw 1000000000 ] ]')
+    from twin.state.topologies import load_topology
+
+    state = load_topology(str(gml))
+    assert state.nodes == ("x", "y") and state.links[0].capacity == 1e9
+    assert state.links[0].prop_delay == pytest.approx(111.19e3 / 2e8, rel=1e-3)
+
+
+def test_optimize_json_contract(tmp_path):
+    from tests.unit.test_optimizer import two_route_state
+
+    state, intent = tmp_path / "s.json", tmp_path / "i.yaml"
+    two_route_state(load=0.95).save(state)
+    intent.write_text("constraints: {max_utilization: 0.8, weight_bounds: [1, 10]}\nsearch: {max_evaluations: 60}\n")
+    report = json.loads(ndt("optimize", "--state", str(state), "--intent", str(intent), "--model", "sim",
+                            "--verify", "--json").stdout)
+    assert report["feasible"] and report["changed_links"]
+    assert {"before", "after"} <= set(report["predicted"]) and {"before", "after"} <= set(report["simulated"])
+    assert len(report["weights"]) == 8
+    assert report["screen"]["model"] == "qt" and report["screen"]["distinct_routings"] > 0
+    intent.write_text("constraints: {max_utilization: 0.05}\nsearch: {max_evaluations: 30}\n")
+    proc = ndt("optimize", "--state", str(state), "--intent", str(intent), "--model", "sim", check=False)
+    assert proc.returncode == 2 and "no routing found" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,220 @@
+"""The gRPC API over a real channel, against a stand-in controller (no switches): every RPC, the status
+codes and messages of bad requests, health, reflection, the bearer token, and that it keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from controller.api.server import NdtService, pb, serve, services
+from twin.models.registry import get_predictor
+from controller.app import NetworkView
+from controller.routing_rules import Host
+from telemetry.exporter import Metrics
+from telemetry.store import LinkSample, TelemetryStore
+from twin.state.model import Flow, Link, NetworkState
+
+SQUARE = [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s1"), ("s1", "s3")]  # a square and a diagonal
+
+
+def square_state() -> NetworkState:
+    links = [Link(a, b, 1e7) for x, y in SQUARE for a, b in ((x, y), (y, x))]
+    return NetworkState(nodes=("s1", "s2", "s3", "s4"), links=tuple(links),
+                        flows=(Flow("s1", "s3", 2e6), Flow("s2", "s4", 1e6)))
+
+
+def service(controller=None) -> NdtService:
+    return NdtService(controller or StandIn(), TelemetryStore(), Metrics(), get_predictor, "qt")
+
+
+class StandIn:
+    """The part of NdtController the API uses."""
+
+    def __init__(self):
+        self.state = square_state()
+        self.route_version = 7
+        self.applied = []
+
+    def snapshot(self) -> NetworkView:
+        return NetworkView(state=self.state, ports={("s1", "s2"): 2}, hosts=(Host("10.0.0.1", "00:00:00:00:00:01", "s1", 1),),
+                           down=frozenset({("s3", "s4"), ("s4", "s3")}), route_version=self.route_version,
+                           switches_connected=4, last_switch_over_s=0.01)
+
+    def apply_weights(self, weights, who):
+        self.applied.append((weights, who))
+        self.route_version += 1
+        return 42
+
+    def wait_for_routes(self, after_version, timeout):
+        return self.route_version
+
+
+@pytest.fixture(scope="module")
+def api():
+    controller, store, metrics = StandIn(), TelemetryStore(), Metrics()
+    store.add_link_samples([LinkSample(1e12, "s1", "s2", 1000, 10, 0, 0.5)])
+    server, port = serve(NdtService(controller, store, metrics, get_predictor, "qt"), "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield services.NdtStub(channel), channel, controller, metrics
+    channel.close()
+    server.stop(None)
+
+
+def error(call, *args) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    return info.value.code(), info.value.details()
+
+
+def test_topology_and_status(api):
+    stub, *_ = api
+    topo = stub.GetTopology(pb.Empty())
+    assert list(topo.nodes) == ["s1", "s2", "s3", "s4"] and len(topo.links) == 10 and topo.route_version == 7
+    s12 = next(lk for lk in topo.links if (lk.src, lk.dst) == ("s1", "s2"))
+    assert (s12.port, s12.up, s12.capacity_bps) == (2, True, 1e7)
+    assert not next(lk for lk in topo.links if (lk.src, lk.dst) == ("s3", "s4")).up
+    assert topo.hosts[0].ip == "10.0.0.1"
+    status = stub.GetStatus(pb.Empty())
+    assert (status.switches_connected, status.switches_total, status.links_down, status.hosts) == (4, 4, 2, 1)
+
+
+def test_predict_and_what_if(api):
+    stub, *_ = api
+    reply = stub.Predict(pb.PredictRequest(state_json=json.dumps(square_state().to_dict()), model="qt"))
+    assert [(p.src, p.dst) for p in reply.paths] == [("s1", "s3"), ("s2", "s4")]
+    assert all(p.delay_s > 0 for p in reply.paths) and reply.model == "qt"
+    running = stub.Predict(pb.PredictRequest())  # the running network: s3-s4 is down
+    assert len(running.paths) == 2
+    assert api[3]._delays["predicted"][("s1", "s3")] == running.paths[0].delay_s  # exported as telemetry
+    what = stub.WhatIf(pb.WhatIfRequest(traffic_scale=3.0, failed_links=[pb.LinkRef(src="s1", dst="s2")]))
+    assert what.after[0].delay_s > what.before[0].delay_s
+
+
+def test_optimize_and_apply(api):
+    stub, _, controller, metrics = api
+    intent = "objective: {minimize: max_utilization}\nsearch: {max_evaluations: 40}\n"
+    reply = stub.Optimize(pb.OptimizeRequest(intent_yaml=intent, seed=1))
+    assert len(reply.weights) == 8 and reply.feasible  # the links in service (s3-s4 is down)
+    assert metrics._counters["optimizer_runs"] == 1
+    applied = stub.Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=5)], who="test"))
+    assert (applied.config_id, applied.route_version) == (42, 8)
+    assert controller.applied[-1] == ({("s1", "s2"): 5.0}, "test")
+
+
+def test_report_measured_delays_sets_the_twin_error(api):
+    stub, _, _, metrics = api
+    predicted = {(p.src, p.dst): p.delay_s for p in stub.Predict(pb.PredictRequest()).paths}
+    measured = [pb.PathDelay(src=s, dst=d, delay_s=1.25 * v) for (s, d), v in predicted.items()]
+    reply = stub.ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest"))
+    assert reply.has_twin_error and reply.twin_error_ratio == pytest.approx(0.2)
+    assert metrics._gauges["twin_error_ratio"] == pytest.approx(0.2)
+    assert metrics._delays["measured"][("s1", "s3")] == measured[0].delay_s
+
+
+def test_stream_telemetry(api):
+    stub, *_ = api
+    stream = stub.StreamTelemetry(pb.StreamRequest(interval_s=0.1))
+    first, second = next(stream), next(stream)
+    stream.cancel()
+    assert second.ts > first.ts and first.links[0].tx_bytes == 1000 and first.links[0].has_utilization
+
+
+@pytest.mark.parametrize("rpc, request_, code, words", [
+    ("Predict", pb.PredictRequest(state_json="{nope"), grpc.StatusCode.INVALID_ARGUMENT, "state_json: not valid JSON"),
+    ("Predict", pb.PredictRequest(state_json='{"nodes": ["a"], "links": [], "bogus": 1}'),
+     grpc.StatusCode.INVALID_ARGUMENT, "state_json: unknown top-level field 'bogus'"),
+    ("Predict", pb.PredictRequest(model="oracle"), grpc.StatusCode.INVALID_ARGUMENT, "model: unknown model 'oracle'"),
+    ("WhatIf", pb.WhatIfRequest(failed_links=[pb.LinkRef(src="s1", dst="s9")]), grpc.StatusCode.NOT_FOUND,
+     "failed_links[0]: link s1->s9"),
+    ("WhatIf", pb.WhatIfRequest(traffic_scale=-1), grpc.StatusCode.INVALID_ARGUMENT, "traffic_scale"),
+    ("WhatIf", pb.WhatIfRequest(failed_links=[pb.LinkRef(src="s1", dst="s3"), pb.LinkRef(src="s2", dst="s3")]),
+     grpc.StatusCode.FAILED_PRECONDITION, "unreachable"),
+    ("Apply", pb.ApplyRequest(), grpc.StatusCode.INVALID_ARGUMENT, "weights: give at least one"),
+    ("Apply", pb.ApplyRequest(weights=[pb.WeightChange(src="s2", dst="s4", weight=1)]), grpc.StatusCode.NOT_FOUND,
+     "weights[0]: link s2->s4"),
+    ("Apply", pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=-2)]),
+     grpc.StatusCode.INVALID_ARGUMENT, "weights[0]: link s1->s2 weight must be positive"),
+    ("ReportMeasured", pb.MeasuredDelays(), grpc.StatusCode.INVALID_ARGUMENT, "paths: give at least one"),
+    ("ReportMeasured", pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s7", delay_s=0.1)]),
+     grpc.StatusCode.NOT_FOUND, "paths[0]: node 's7'"),
+    ("ReportMeasured", pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=float("nan"))]),
+     grpc.StatusCode.INVALID_ARGUMENT, "paths[0]: s1->s2 delay_s must be finite"),
+    ("Optimize", pb.OptimizeRequest(intent_yaml="objective: [oops"), grpc.StatusCode.INVALID_ARGUMENT, "not valid YAML"),
+    ("Optimize", pb.OptimizeRequest(intent_yaml="objective: {minimize: happiness}"), grpc.StatusCode.INVALID_ARGUMENT,
+     "happiness"),
+])
+def test_bad_requests_name_the_field_and_the_server_keeps_serving(api, rpc, request_, code, words):
+    stub, *_ = api
+    got_code, details = error(getattr(stub, rpc), request_)
+    assert got_code == code and words in details, details
+    assert "Traceback" not in details
+    assert stub.GetStatus(pb.Empty()).switches_total == 4
+
+
+def test_bad_stream_interval(api):
+    stub, *_ = api
+    code, details = error(lambda r: next(stub.StreamTelemetry(r)), pb.StreamRequest(interval_s=0.01))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "interval_s" in details
+
+
+def test_health_and_reflection(api):
+    _, channel, *_ = api
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="ndt.v1.Ndt")).status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in next(replies).list_services_response.service}
+    assert {"ndt.v1.Ndt", "grpc.health.v1.Health"} <= names
+
+
+def test_bearer_token():
+    server, port = serve(service(), "127.0.0.1:0", token="s3cret")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = services.NdtStub(channel)
+            code, details = error(stub.GetStatus, pb.Empty())
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in details
+            wrong = error(lambda r: stub.GetStatus(r, metadata=[("authorization", "Bearer nope")]), pb.Empty())
+            assert wrong[0] == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.GetStatus(pb.Empty(), metadata=[("authorization", "Bearer s3cret")]).switches_total == 4
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(None)
+
+
+def test_tls(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    server, port = serve(service(), "127.0.0.1:0",
+                         tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem")
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+        with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+            assert services.NdtStub(channel).GetStatus(pb.Empty(), timeout=5).switches_total == 4
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain:
+            with pytest.raises(grpc.RpcError):
+                services.NdtStub(plain).GetStatus(pb.Empty(), timeout=2)
+    finally:
+        server.stop(None)

@@ -1,0 +1,214 @@
+"""Route rules and the make-before-break switch-over, checked without a switch.
+
+A tiny model of the route table (highest priority wins) replays the planned flow-mods
+one at a time, in random order within each batch, and walks every (switch, host) pair
+after each step.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from controller.routing_rules import (
+    COUNTER_PRIORITY, ROUTE_TABLE, Host, RuleError, Wiring, base_rules, counter_rules, plan_update,
+    route_cookie, route_rules,
+)
+from twin.state.model import Link, NetworkState
+
+
+def make_net(n: int, edges: list[tuple[int, int]], weights: list[float]):
+    """State, wiring and one host per switch (port 1; link ports from 2 up)."""
+    nodes = tuple(f"s{i + 1}" for i in range(n))
+    links, ports, next_port = [], {}, {node: 2 for node in nodes}
+    for k, (a, b) in enumerate(edges):
+        for j, (u, v) in enumerate(((nodes[a], nodes[b]), (nodes[b], nodes[a]))):
+            links.append(Link(u, v, capacity=1e7, weight=weights[2 * k + j]))
+            ports[(u, v)] = next_port[u]
+            next_port[u] += 1
+    state = NetworkState(nodes=nodes, links=tuple(links))
+    wiring = Wiring(dpids={node: i + 1 for i, node in enumerate(nodes)}, ports=ports)
+    hosts = [Host(f"10.0.0.{i + 1}", f"00:00:00:00:00:{i + 1:02x}", node, 1) for i, node in enumerate(nodes)]
+    return state, wiring, hosts
+
+
+class Tables:
+    """Route tables of every switch: the highest-priority rule matching ipv4_dst decides."""
+
+    def __init__(self):
+        self.entries: dict[tuple, object] = {}
+
+    def apply(self, op) -> None:
+        if op.kind == "add":
+            self.entries[op.rule.key] = op.rule
+        elif op.kind == "delete_strict":
+            self.entries.pop(op.rule.key, None)
+        elif op.kind == "delete_cookie":
+            for key, rule in list(self.entries.items()):
+                if rule.dpid == op.dpid and rule.table == op.table and rule.cookie == op.cookie:
+                    del self.entries[key]
+        else:
+            raise AssertionError(op.kind)
+
+    def output(self, dpid: int, ip: str):
+        best = None
+        for rule in self.entries.values():
+            if rule.dpid == dpid and rule.table == ROUTE_TABLE and dict(rule.match)["ipv4_dst"] == ip:
+                if best is None or rule.priority > best.priority:
+                    best = rule
+        return None if best is None else best.actions[0][1]
+
+
+def walk(tables: Tables, wiring: Wiring, hosts: list[Host], start: str, host: Host, down=frozenset()) -> str:
+    """'delivered', 'loop', 'no rule' or 'dead link' for a packet entering ``start`` towards ``host``."""
+    node, visited = start, set()
+    while True:
+        if node in visited:
+            return "loop"
+        visited.add(node)
+        port = tables.output(wiring.dpids[node], host.ip)
+        if port is None:
+            return "no rule"
+        if node == host.switch and port == host.port:
+            return "delivered"
+        link = wiring.link_at(wiring.dpids[node], port)
+        assert link is not None, f"{node} outputs {host.ip} to edge port {port}"
+        if link in down:
+            return "dead link"
+        node = link[1]
+
+
+def install(plan) -> Tables:
+    tables = Tables()
+    for batch in plan:
+        for op in batch:
+            tables.apply(op)
+    return tables
+
+
+def replay_checked(tables, plan, wiring, hosts, nodes, down=frozenset(), allowed=("delivered",), seed=0):
+    """Apply ``plan`` op by op (shuffled within batches), asserting every walk's outcome is allowed."""
+    rng = random.Random(seed)
+    for batch in plan:
+        ops = list(batch)
+        rng.shuffle(ops)
+        for op in ops:
+            tables.apply(op)
+            for start in nodes:
+                for host in hosts:
+                    outcome = walk(tables, wiring, hosts, start, host, down)
+                    assert outcome in allowed, f"{start}->{host.ip}: {outcome} after {op}"
+
+
+# --------------------------------------------------------------------- fixed examples
+SQUARE = [(0, 1), (1, 2), (2, 3), (3, 0)]
+
+
+def test_square_routes_follow_weights():
+    state, wiring, hosts = make_net(4, SQUARE, [1] * 8)
+    routes = route_rules(state, wiring, hosts, version=1)
+    tables = install(plan_update(None, routes))
+    # s1 -> s3: two equal-cost paths, the tie goes to the lowest node index (s2).
+    assert tables.output(1, "10.0.0.3") == wiring.ports[("s1", "s2")]
+    heavy = state.with_weights([10 if (lk.src, lk.dst) == ("s1", "s2") else 1 for lk in state.links])
+    routes2 = route_rules(heavy, wiring, hosts, version=2)
+    replay_checked(tables, plan_update(routes, routes2), wiring, hosts, state.nodes)
+    assert tables.output(1, "10.0.0.3") == wiring.ports[("s1", "s4")]
+    assert {r.cookie for r in tables.entries.values()} == {route_cookie(2)}
+    assert len(tables.entries) == 16
+
+
+def test_every_pair_reachable_and_host_port_last():
+    state, wiring, hosts = make_net(5, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2)], list(range(1, 13)))
+    routes = route_rules(state, wiring, hosts, version=1)
+    tables = install(plan_update(None, routes))
+    for host in hosts:
+        assert tables.output(wiring.dpids[host.switch], host.ip) == host.port
+        for start in state.nodes:
+            assert walk(tables, wiring, hosts, start, host) == "delivered"
+    assert all(routes.hops[(wiring.dpids[h.switch], h.ip)] == 0 for h in hosts)
+
+
+def test_link_down_routes_around_and_never_loops():
+    state, wiring, hosts = make_net(4, SQUARE, [1] * 8)
+    old = route_rules(state, wiring, hosts, version=1)
+    tables = install(plan_update(None, old))
+    down = frozenset({("s1", "s2"), ("s2", "s1")})
+    new = route_rules(state, wiring, hosts, version=2, down=down)
+    assert all(wiring.link_at(r.dpid, r.actions[0][1]) not in down for r in new.rules.values())
+    replay_checked(tables, plan_update(old, new), wiring, hosts, state.nodes, down,
+                   allowed=("delivered", "dead link"))
+    for host in hosts:
+        for start in state.nodes:
+            assert walk(tables, wiring, hosts, start, host, down) == "delivered"
+
+
+def test_partition_drops_unreachable_rules():
+    state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
+    down = frozenset({("s2", "s3"), ("s3", "s2")})
+    routes = route_rules(state, wiring, hosts, version=1, down=down)
+    assert (1, "10.0.0.3") not in routes.rules and (3, "10.0.0.1") not in routes.rules
+    assert (3, "10.0.0.3") in routes.rules
+
+
+def test_alternating_priorities_and_cookies():
+    state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
+    r1, r2 = (route_rules(state, wiring, hosts, version=v) for v in (1, 2))
+    assert {r.priority for r in r1.rules.values()} != {r.priority for r in r2.rules.values()}
+    with pytest.raises(RuleError, match="parity"):
+        plan_update(r1, route_rules(state, wiring, hosts, version=3))
+    plan = plan_update(r1, r2)  # nothing changes: one prepare batch, one cleanup batch
+    assert len(plan) == 2 and {op.kind for op in plan[-1]} == {"delete_cookie"}
+
+
+def test_base_and_counter_rules():
+    state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
+    assert {(r.table, r.priority) for r in base_rules(7)} == {(0, 0), (0, 100), (1, 0)}
+    counters = counter_rules(hosts, wiring)
+    assert len(counters) == 6 and all(r.priority == COUNTER_PRIORITY for r in counters)
+    assert all(dict(r.match)["in_port"] == 1 for r in counters)
+
+
+def test_errors_name_the_bad_element():
+    state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
+    partial = Wiring(dpids=wiring.dpids, ports={k: v for k, v in wiring.ports.items() if k != ("s2", "s3")})
+    with pytest.raises(RuleError, match="link s2->s3"):
+        route_rules(state, partial, hosts, version=1)
+    with pytest.raises(RuleError, match="switch 's3'"):
+        route_rules(state, Wiring(dpids={"s1": 1, "s2": 2}, ports=wiring.ports), hosts, version=1)
+    with pytest.raises(RuleError, match="host 10.0.0.9: switch 's9'"):
+        route_rules(state, wiring, [Host("10.0.0.9", "00:00:00:00:00:09", "s9", 1)], version=1)
+    with pytest.raises(RuleError, match="link s1->s3"):
+        route_rules(state, wiring, hosts, version=1, down=frozenset({("s1", "s3")}))
+    with pytest.raises(RuleError, match="host 10.0.0.1: attached twice"):
+        route_rules(state, wiring, hosts + [Host("10.0.0.1", "aa:00:00:00:00:01", "s2", 1)], version=1)
+
+
+# --------------------------------------------------------------------- property test
+@st.composite
+def networks(draw):
+    n = draw(st.integers(3, 7))
+    edges = [(draw(st.integers(0, i - 1)), i) for i in range(1, n)]  # a spanning tree: connected
+    extra = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=n))
+    for a, b in extra:
+        if a != b and (a, b) not in edges and (b, a) not in edges:
+            edges.append((a, b))
+    w = st.lists(st.integers(1, 9), min_size=2 * len(edges), max_size=2 * len(edges))
+    return n, edges, draw(w), draw(w), draw(st.integers(1, 1000)), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=60, deadline=None)
+@given(networks())
+def test_switch_over_never_loops_or_blackholes(net):
+    n, edges, w_old, w_new, version, seed = net
+    state, wiring, hosts = make_net(n, edges, w_old)
+    old = route_rules(state, wiring, hosts, version=version)
+    tables = install(plan_update(None, old))
+    new_state = state.with_weights(w_new)
+    new = route_rules(new_state, wiring, hosts, version=version + 1)
+    replay_checked(tables, plan_update(old, new), wiring, hosts, state.nodes, seed=seed)
+    for (dpid, ip), rule in new.rules.items():  # final tables are exactly the new version
+        assert tables.output(dpid, ip) == rule.actions[0][1]
+    assert {r.cookie for r in tables.entries.values()} == {route_cookie(version + 1)}

@@ -1,0 +1,117 @@
+"""The wiring file and the ``ndt controller`` launcher's input errors (no switch needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.routing_rules import RuleError
+from controller.topology import load_wiring, wiring_from_dict
+from telemetry.rates import CounterRates
+from twin.state.model import Link, NetworkState
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = NetworkState(nodes=("s1", "s2"), links=(Link("s1", "s2", 1e7), Link("s2", "s1", 1e7)))
+PORTS = {"s1->s2": 2, "s2->s1": 2}
+
+
+def test_dpids_default_to_the_trailing_number():
+    wiring = wiring_from_dict({"ports": PORTS}, STATE)
+    assert wiring.dpids == {"s1": 1, "s2": 2}
+    assert wiring.link_at(1, 2) == ("s1", "s2") and wiring.is_edge_port(1, 1)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"ports": {"s1->s2": 2}}, "link s2->s1: no output port"),
+    ({"ports": {**PORTS, "s1-s2": 3}}, "'s1-s2' is not of the form"),
+    ({"ports": {**PORTS, "s1->s3": 3}}, "link s1->s3, which is not in the state"),
+    ({"ports": {"s1->s2": 0, "s2->s1": 2}}, r"ports\['s1->s2'\] must be an OpenFlow port"),
+    ({"ports": PORTS, "dpids": {"s1": 1}}, "switch 's2': no datapath id"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "x"}}, r"dpids\['s2'\] must be a non-negative integer"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": 1}}, "share one datapath id"),
+    ({"ports": PORTS, "hosts": []}, "unknown field 'hosts'"),
+    ([], "expected an object"),
+])
+def test_wiring_errors_name_the_key(data, message):
+    with pytest.raises(RuleError, match=message):
+        wiring_from_dict(data, STATE)
+
+
+def test_unnumbered_switch_needs_a_dpid(tmp_path):
+    state = NetworkState(nodes=("a", "b"), links=(Link("a", "b", 1e7),))
+    with pytest.raises(RuleError, match="switch 'a' has no trailing number"):
+        wiring_from_dict({"ports": {"a->b": 1}}, state)
+    (tmp_path / "w.json").write_text("{oops")
+    with pytest.raises(RuleError, match=r"w.json: not valid JSON \(line 1"):
+        load_wiring(tmp_path / "w.json", state)
+
+
+def test_counter_rates():
+    rates = CounterRates()
+    assert rates.update("a", 0.0, 100) is None
+    assert rates.update("a", 2.0, 300) == 100.0
+    assert rates.update("a", 3.0, 50) is None  # counter reset
+    assert rates.update("a", 4.0, 150) == 100.0
+    rates.forget(lambda key: key == "a")
+    assert rates.update("a", 5.0, 500) is None
+
+
+def test_launcher_reports_bad_files_in_one_line(tmp_path):
+    STATE.save(tmp_path / "state.json")
+    (tmp_path / "wiring.json").write_text(json.dumps({"ports": {"s1->s2": 2}}))
+    run = subprocess.run([sys.executable, "-m", "ndt.cli", "controller", "--state", str(tmp_path / "state.json"),
+                          "--wiring", str(tmp_path / "wiring.json"), "--store", str(tmp_path / "t.db")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().endswith("wiring.json: link s2->s1: no output port in the wiring")
+    assert "Traceback" not in run.stderr
+
+
+def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def log_has(text, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in (tmp_path / "log").read_text():
+                return True
+            time.sleep(0.1)
+        return False
+
+    STATE.save(tmp_path / "state.json")
+    (tmp_path / "wiring.json").write_text(json.dumps({"ports": PORTS}))
+    metrics_port = free_port()
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(tmp_path / "state.json"),
+             "--wiring", str(tmp_path / "wiring.json"), "--store", str(tmp_path / "t.db"),
+             "--ofp-port", str(free_port()), "--metrics-port", str(metrics_port), "--grpc", "off"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            assert log_has("metrics on http"), (tmp_path / "log").read_text()
+            (tmp_path / "state.json").write_text('{"nodes": ["s1", "s2"], "links": [{"src": "s1", "dst": "s2", '
+                                                 '"capacity": 1e7, "weight": -3}]}')
+            proc.send_signal(signal.SIGHUP)
+            assert log_has("state reload rejected"), (tmp_path / "log").read_text()
+            assert "link s1->s2: weight must be positive" in (tmp_path / "log").read_text()
+            STATE.with_weights([2.0, 2.0]).save(tmp_path / "state.json")
+            proc.send_signal(signal.SIGHUP)
+            assert log_has("weights from state file")
+            assert proc.poll() is None
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+                assert b"ndt_routing_changes_total" in resp.read()
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -1,0 +1,238 @@
+"""The optimizer: intents are checked, NES finds known optima, baselines behave, constraints hold."""
+
+import re
+
+import numpy as np
+import pytest
+
+from optimizer.baselines import LoadModel, fortz_thorup, fortz_thorup_cost, inverse_capacity_weights
+from optimizer.intent import IntentError, load_intent, parse_intent, parse_duration
+from optimizer.nes import snes
+from optimizer.objective import score
+from optimizer.search import InfeasibleIntent, limit_changes, optimize, undo_idle_changes
+from twin.models.registry import SimulatorPredictor
+from twin.state.model import Flow, Link, NetworkState
+
+
+def two_route_state(load=0.9):
+    """a->d over b (fast pair of links) or c (slow); every link starts at weight 1, so ties go via b."""
+    links = []
+    for u, v, cap in (("a", "b", 10e6), ("b", "d", 10e6), ("a", "c", 10e6), ("c", "d", 10e6)):
+        links += [Link(u, v, cap, buffer=64), Link(v, u, cap, buffer=64)]
+    flows = (Flow("a", "d", load * 10e6 * 0.6), Flow("b", "d", load * 10e6 * 0.4))
+    return NetworkState(nodes=tuple("abcd"), links=tuple(links), flows=flows)
+
+
+def test_intent_parsing_and_errors(tmp_path):
+    intent = parse_intent({"objective": {"minimize": "delay_percentile", "percentile": 99},
+                           "constraints": {"max_utilization": 0.8, "avoid_links": [["a", "b"]],
+                                           "delay_bounds": [{"src": "a", "dst": "d", "max_delay": "10ms"},
+                                                            {"name": "gold", "pairs": [["b", "d"]], "max_delay": 0.02}],
+                                           "max_changed_weights": 2}})
+    assert intent.delay_bounds[0].max_delay == pytest.approx(0.01)
+    assert intent.delay_bounds[1].name == "gold"
+    assert parse_duration("250us", "x") == pytest.approx(250e-6)
+    for bad, message in [
+        ({"objective": {"minimize": "speed"}}, "objective.minimize: 'speed' is not one of"),
+        ({"constraints": {"max_utilization": -1}}, "constraints.max_utilization: must be > 0"),
+        ({"constraints": {"weight_bounds": [5, 2]}}, "constraints.weight_bounds"),
+        ({"constraints": {"delay_bounds": [{"src": "a", "dst": "d", "max_delay": "fast"}]}},
+         "constraints.delay_bounds[0].max_delay: expected a delay"),
+        ({"constraints": {"max_changed": 3}}, "constraints.max_changed: unknown field"),
+        ({"search": {"max_evaluations": "many"}}, "search.max_evaluations: expected a number"),
+    ]:
+        with pytest.raises(IntentError, match=re.escape(message)):
+            parse_intent(bad)
+    path = tmp_path / "bad.yaml"
+    path.write_text("objective: [unclosed\n")
+    with pytest.raises(IntentError, match="not valid YAML at line"):
+        load_intent(path)
+    with pytest.raises(IntentError, match="pair a->z: unknown node 'z'"):
+        parse_intent({"constraints": {"delay_bounds": [{"src": "a", "dst": "z", "max_delay": 1}]}}).check_against(
+            two_route_state())
+
+
+def test_snes_finds_the_integer_optimum():
+    target = np.array([3, 17, 9, 1, 12, 5, 20, 8])
+
+    def score_batch(candidates):
+        return np.zeros(len(candidates)), np.sum((candidates - target) ** 2, axis=1).astype(float)
+
+    result = snes(score_batch, np.full(8, 10), 1, 20, max_evaluations=4000, time_limit_s=30, seed=1)
+    np.testing.assert_array_equal(result.best, target)
+
+
+def test_snes_prefers_feasible_and_respects_repair():
+    start = np.full(6, 5)
+    repair = limit_changes(start, 2, np.random.default_rng(0))
+
+    def score_batch(candidates):
+        violation = np.maximum(8 - candidates[:, 0], 0).astype(float)  # feasible only when x0 >= 8
+        return violation, candidates.sum(axis=1).astype(float)
+
+    result = snes(score_batch, start, 1, 10, max_evaluations=3000, seed=2, repair=repair)
+    assert result.best[0] >= 8
+    assert np.sum(result.best != start) <= 2
+    assert result.best_rank_key[0] == 0
+
+
+def test_fortz_thorup_cost_is_the_integral():
+    capacity = np.array([3.0])
+    assert fortz_thorup_cost(np.array([1.0]), capacity) == pytest.approx(1.0)  # u = 1/3: slope 1 all the way
+    assert fortz_thorup_cost(np.array([2.0]), capacity) == pytest.approx(1.0 + 3.0)  # u = 2/3
+    assert fortz_thorup_cost(np.array([3.0]), capacity) == pytest.approx(1 + 3 + 10 * 0.7 + 70 * 0.3)
+
+
+def test_fortz_thorup_moves_load_off_the_hot_path():
+    state = two_route_state(load=1.2)
+    model = LoadModel(state)
+    start_cost = model.cost(np.ones(len(state.links), dtype=np.int64))
+    weights = fortz_thorup(state, seed=0)
+    assert model.cost(weights) < 0.5 * start_cost
+    assert state.with_weights(weights).utilization().max() < 1.0
+
+
+def test_inverse_capacity():
+    state = two_route_state()
+    assert set(inverse_capacity_weights(state)) == {1}
+
+
+def test_optimize_with_the_simulator_meets_the_intent():
+    state = two_route_state(load=0.95)
+    intent = parse_intent({"constraints": {"max_utilization": 0.8, "weight_bounds": [1, 10]},
+                           "search": {"max_evaluations": 120}})
+    result = optimize(state, intent, SimulatorPredictor(packets_per_flow=300), seed=0)
+    assert result.after.feasible and not result.before.feasible
+    assert result.after.objective < result.before.objective
+    assert state.with_weights(result.weights).utilization().max() <= 0.8
+    assert result.changed_links
+
+
+class RouteTaste:
+    """A model that only cares whether a->d leaves a towards ``prefer``: 1 ms then, 2 ms otherwise."""
+
+    def __init__(self, prefer: str):
+        self.prefer, self.asked = prefer, 0
+
+    def predict_delays(self, states):
+        self.asked += len(states)
+        return [np.array([1e-3 if s.links[s.flow_links[0][0]].dst == self.prefer else 2e-3, 1e-3]) for s in states]
+
+
+def first_hop_of_a_to_d(state, weights):
+    routed = state.with_weights(weights)
+    return routed.links[routed.flow_links[0][0]].dst
+
+
+def test_screening_hands_over_the_screens_final_answer():
+    """With the screen's own model as the twin, screening can only add to a plain search: the screen
+    runs the same NES and descent, and the twin's search starts from its answer."""
+    from optimizer.bench import synthetic_state
+    from twin.models.registry import get_predictor
+    from twin.state.traffic import scale_to_utilization
+
+    qt = get_predictor("qt")
+    base = synthetic_state(10, seed=1)
+    state = scale_to_utilization(base.with_weights(np.ones(len(base.links))), 1.0)
+    intent = parse_intent({"search": {"max_evaluations": 400, "time_limit_s": 600}})
+    plain = optimize(state, intent, qt, seed=1)
+    screened = optimize(state, intent, qt, seed=1, screen=qt)
+    assert screened.started_from_screen and plain.after.objective < plain.before.objective
+    assert screened.after.objective <= plain.after.objective * (1 + 1e-12)
+
+
+def test_screening_starts_the_twin_where_the_cheap_model_points_and_only_if_the_twin_agrees():
+    state = two_route_state()
+    intent = parse_intent({"constraints": {"weight_bounds": [1, 10], "max_changed_weights": 1},
+                           "search": {"max_evaluations": 60}})
+    screen = RouteTaste("c")
+    result = optimize(state, intent, RouteTaste("c"), seed=0, screen=screen)
+    assert screen.asked > 0 and result.screened > 0 and result.started_from_screen
+    assert first_hop_of_a_to_d(state, result.weights) == "c"
+    assert np.count_nonzero(result.weights != 1) <= 1, "changed weights count from the current ones"
+    misled = optimize(state, intent, RouteTaste("c"), seed=0, screen=RouteTaste("b"))
+    assert misled.screened > 0 and not misled.started_from_screen
+    assert first_hop_of_a_to_d(state, misled.weights) == "c", "the twin's own search still finds its optimum"
+
+
+def test_weight_changes_that_do_not_alter_the_routing_are_undone():
+    state = two_route_state()
+    current = np.ones(8, dtype=np.int64)
+    chosen = current.copy()
+    chosen[[0, 5, 7]] = [3, 4, 2]  # a->b (moves a->d to c), c->a and d->c (no path uses them)
+    kept = undo_idle_changes(state, current, chosen)
+    assert kept.tolist() == [3, 1, 1, 1, 1, 1, 1, 1]
+    assert state.with_weights(kept).routing_key == state.with_weights(chosen).routing_key
+    result = optimize(state.scaled(0.95 / 0.9), parse_intent({"search": {"max_evaluations": 60}}),
+                      RouteTaste("c"), seed=0, screen=RouteTaste("c"))
+    for link in np.flatnonzero(result.weights != 1):
+        undone = result.weights.copy()
+        undone[link] = 1
+        assert state.with_weights(undone).routing_key != state.with_weights(result.weights).routing_key, \
+            f"link {link}'s new weight changes nothing"
+
+
+def test_infeasible_intent_is_reported():
+    state = two_route_state(load=0.95)
+    intent = parse_intent({"constraints": {"max_utilization": 0.1}, "search": {"max_evaluations": 40}})
+    with pytest.raises(InfeasibleIntent, match="no routing found"):
+        optimize(state, intent, SimulatorPredictor(packets_per_flow=200), seed=0)
+    result = optimize(state, intent, SimulatorPredictor(packets_per_flow=200), seed=0, allow_infeasible=True)
+    assert not result.after.feasible
+
+
+def test_score_counts_avoided_traffic():
+    state = two_route_state()
+    intent = parse_intent({"constraints": {"avoid_links": [["a", "b"]]}})
+    delays = np.array([0.01, 0.01])
+    assert score(state, intent, delays).violation == pytest.approx(0.6)
+
+
+def test_descent_reaches_a_single_move_optimum_and_respects_repair():
+    from optimizer.local import descend, neighbours
+
+    assert len(neighbours(np.array([1, 5]), 1, 20)) == 1 + 1 + 3 + 1  # 1 -> {2, 20}; 5 -> {1, 4, 6, 20}
+    target = np.array([4, 1, 20, 7])
+
+    def score_batch(candidates):
+        return np.zeros(len(candidates)), np.abs(candidates - target).sum(axis=1).astype(float)
+
+    start = np.array([1, 1, 1, 1])
+    best, key, used = descend(score_batch, start, (0.0, 28.0), 1, 20, max_evaluations=10_000, deadline=1e18)
+    assert best.tolist() == target.tolist() and key == (0.0, 0.0) and used > 0
+    repair = limit_changes(start, 1, np.random.default_rng(0))
+    best, key, _ = descend(score_batch, start, (0.0, 28.0), 1, 20, 10_000, 1e18, repair=repair)
+    assert np.sum(best != start) == 1 and key == (0.0, 9.0)  # the best single change: link 2 to 20
+
+
+def test_each_distinct_routing_reaches_the_predictor_once():
+    from optimizer.search import RoutingScores
+
+    calls = []
+
+    class Counting:
+        def predict_delays(self, states):
+            calls.append(len(states))
+            return [np.full(len(s.flows), 1e-3) for s in states]
+
+    scores = RoutingScores(two_route_state(), parse_intent({}), Counting())
+    alike = np.array([[1] * 8, [2] * 8, [1, 5, 1, 5, 1, 1, 1, 1]])  # three vectors, one routing
+    scores(alike)
+    scores(np.array([[5, 1, 1, 1, 1, 1, 1, 1], [1] * 8]))  # one new routing (a->d over c), one known
+    assert calls == [1, 1] and len(scores.known) == 2
+
+
+def test_figure4_bench_runs_every_method_and_plots(tmp_path):
+    from optimizer.bench import METHODS, bench_optimize, plot
+
+    report = bench_optimize(topologies=("sndlib/abilene",), intensities=(1.1,), twin_name="qt", budget=120,
+                            time_limit_s=20.0, sim_runs=2)
+    (row,) = report["intensities"]
+    for method in METHODS:
+        assert len(row[f"{method}_delay_runs"]) == 2
+        assert row[f"{method}_delay"] == pytest.approx(np.mean(row[f"{method}_delay_runs"]))
+    assert row["sp_max_util"] == pytest.approx(1.1)
+    assert row["nes_twin_delay"] < row["sp_delay"], "above capacity, any delay-aware search beats shortest path"
+    assert row["best_method"] == min(METHODS, key=lambda m: row[f"{m}_delay"])
+    plot(report, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 10_000

@@ -1,0 +1,96 @@
+"""The packet-level simulator against queueing theory, and its bookkeeping."""
+
+import math
+
+import numpy as np
+import pytest
+
+from twin.sim.bench import mm1_state
+from twin.sim.simulator import simulate
+from twin.state.model import Flow, Link, NetworkState
+from twin.state.errors import StateError
+
+C = 10e6  # bit/s
+SIZE = 8000.0  # bits
+MU = C / SIZE  # packets/s
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_mm1_mean_delay(rho):
+    result = simulate(mm1_state(rho), duration=2_000_000 / (rho * MU), seed=3)
+    expected = 1 / (MU - rho * MU)
+    assert result.delay[0] == pytest.approx(expected, rel=0.02)
+    # sojourn time of M/M/1 is exponential: median ln2/(mu - lambda), p90 ln10/(mu - lambda)
+    assert result.p50[0] == pytest.approx(math.log(2) * expected, rel=0.03)
+    assert result.p90[0] == pytest.approx(math.log(10) * expected, rel=0.03)
+    assert result.utilization[0] == pytest.approx(rho, rel=0.01)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_md1_pollaczek_khinchine(rho):
+    state = NetworkState(nodes=("a", "b"), links=(Link("a", "b", C, buffer=10**6),),
+                         flows=(Flow("a", "b", rho * C, size_dist="deterministic", packet_size=SIZE),))
+    result = simulate(state, duration=1_500_000 / (rho * MU), seed=4)
+    expected = 1 / MU + rho / (2 * MU * (1 - rho))
+    assert result.delay[0] == pytest.approx(expected, rel=0.02)
+    # mean number waiting (Little): lambda * Wq
+    assert result.occupancy[0] == pytest.approx(rho * MU * rho / (2 * MU * (1 - rho)), rel=0.03)
+
+
+def test_mm1k_loss():
+    rho, system = 0.9, 10  # K = 10 packets in the system: 9 waiting + 1 in transmission
+    state = NetworkState(nodes=("a", "b"), links=(Link("a", "b", C, buffer=system - 1),),
+                         flows=(Flow("a", "b", rho * C, size_dist="exponential", packet_size=SIZE),))
+    result = simulate(state, duration=1_000_000 / (rho * MU), seed=5)
+    expected = (1 - rho) * rho**system / (1 - rho ** (system + 1))
+    assert result.loss[0] == pytest.approx(expected, rel=0.10)
+
+
+def test_tandem_deterministic_sizes():
+    """Poisson arrivals, fixed sizes, two equal links: only the first hop queues (M/D/1), then fixed costs."""
+    rho, prop = 0.7, 0.002
+    links = (Link("a", "b", C, buffer=10**6, prop_delay=prop), Link("b", "c", C, buffer=10**6, prop_delay=prop))
+    state = NetworkState(nodes=("a", "b", "c"), links=links, flows=(Flow("a", "c", rho * C, packet_size=SIZE),))
+    result = simulate(state, duration=1_000_000 / (rho * MU), seed=6)
+    expected = (1 / MU + rho / (2 * MU * (1 - rho))) + 1 / MU + 2 * prop
+    assert result.delay[0] == pytest.approx(expected, rel=0.02)
+    assert result.occupancy[1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_conservation_and_determinism():
+    links = (Link("a", "b", C, buffer=4), Link("b", "c", C / 2, buffer=3), Link("a", "c", C, buffer=2))
+    flows = (Flow("a", "c", 0.6 * C, time_dist="onoff", on_time=0.01, off_time=0.02, size_dist="binomial",
+                  packet_sizes=(2000.0, 12000.0)),
+             Flow("b", "c", 0.4 * C, time_dist="cbr", size_dist="exponential"),
+             Flow("a", "b", 0.5 * C))
+    state = NetworkState(nodes=("a", "b", "c"), links=links, flows=flows, routing_kind="paths",
+                         paths={("a", "c"): ("a", "b", "c"), ("b", "c"): ("b", "c"), ("a", "b"): ("a", "b")})
+    one = simulate(state, duration=5.0, seed=7)
+    two = simulate(state, duration=5.0, seed=7)
+    other = simulate(state, duration=5.0, seed=8)
+    np.testing.assert_array_equal(one.sent, one.delivered + one.dropped)
+    assert one.dropped.sum() > 0  # the b->c bottleneck is overloaded
+    np.testing.assert_array_equal(one.delay, two.delay)
+    assert not np.array_equal(one.delay, other.delay)
+    # the overloaded link is busy most of the time, never more than all of it
+    assert 0.85 < one.utilization[1] <= 1.01
+    assert one.link_drops[1] > 0 and one.link_drops[2] == 0
+
+
+def test_rates_follow_traffic_models():
+    for kw in ({"time_dist": "cbr"}, {"time_dist": "onoff", "on_time": 0.05, "off_time": 0.15},
+               {"size_dist": "binomial", "packet_sizes": (2000.0, 10000.0)}, {"size_dist": "exponential"}):
+        state = NetworkState(nodes=("a", "b"), links=(Link("a", "b", C, buffer=10**6),),
+                             flows=(Flow("a", "b", 0.3 * C, **kw),))
+        result = simulate(state, duration=200.0, warmup=0.0, seed=9)
+        assert result.utilization[0] == pytest.approx(0.3, rel=0.03), kw
+
+
+def test_bad_simulation_requests():
+    state = mm1_state(0.5)
+    with pytest.raises(StateError, match="warmup"):
+        simulate(state, duration=1.0, warmup=2.0)
+    with pytest.raises(StateError, match="no traffic"):
+        simulate(state.with_flows([]))
+    with pytest.raises(StateError, match="rate 0"):
+        simulate(state.scaled(0.0))

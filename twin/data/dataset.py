@@ -1,0 +1,321 @@
+"""Training data for the twin: random network states labelled by the packet-level simulator.
+
+A dataset is a directory of shards ``shard-NNNNN.jsonl.gz``; each line is one
+sample ``{"state": ..., "labels": ..., "meta": ...}``. Sample ``i`` depends only
+on ``(seed, i)``, and a shard only on its index, so ``generate_shard`` can run
+anywhere (a process pool here; Ray or Dask tasks on a cluster) and an
+interrupted run resumes by skipping the shards already written. ``dataset.json``
+records the configuration; resuming with a different one is refused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterator
+
+import networkx as nx
+import numpy as np
+
+from twin.sim.simulator import simulate
+from twin.state.model import NetworkState
+from twin.state.errors import StateError
+from twin.state.topologies import from_graph, powerlaw_graph
+from twin.state.traffic import random_flows, scale_to_utilization, set_onoff_cycles
+
+CAPACITIES = (10e6, 25e6, 40e6, 100e6)  # bit/s
+BUFFERS = (16, 32, 64, 128)  # packets
+LABELS = ("delay", "jitter", "loss", "p50", "p90", "p99", "sent", "delivered")
+LINK_LABELS = ("utilization", "occupancy", "link_drops")
+MANIFEST = "dataset.json"
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What a dataset holds. Loads are the utilization of the busiest link (offered/capacity)."""
+
+    samples: int = 1000
+    min_nodes: int = 25
+    max_nodes: int = 50
+    min_load: float = 0.2
+    max_load: float = 1.0
+    real_fraction: float = 0.25  # share of samples drawn from topohub's real topologies of that size
+    failure_fraction: float = 0.1  # share of samples with one or two failed links
+    perturbed_fraction: float = 0.6  # share of samples whose OSPF weights are randomly perturbed
+    traffic: str = "mixed"  # "mixed" (Poisson, CBR, ON/OFF; three size models) or "poisson"
+    packets_per_flow: float = 2500.0
+    shard_size: int = 10
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.samples < 1:
+            raise StateError(f"samples must be >= 1, got {self.samples}")
+        if not 3 <= self.min_nodes <= self.max_nodes:
+            raise StateError(f"node range {self.min_nodes}-{self.max_nodes} must satisfy 3 <= min <= max")
+        if not 0 < self.min_load <= self.max_load:
+            raise StateError(f"load range {self.min_load}-{self.max_load} must satisfy 0 < min <= max")
+        if self.traffic not in ("mixed", "poisson"):
+            raise StateError(f"traffic must be 'mixed' or 'poisson', got {self.traffic!r}")
+        if self.shard_size < 1:
+            raise StateError(f"shard_size must be >= 1, got {self.shard_size}")
+        for name in ("real_fraction", "failure_fraction", "perturbed_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise StateError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def shards(self) -> int:
+        return -(-self.samples // self.shard_size)
+
+
+@dataclass
+class Sample:
+    """A state with its simulator labels (per flow: LABELS, per link: LINK_LABELS) and how it was made."""
+
+    state: NetworkState
+    labels: dict[str, np.ndarray]
+    meta: dict
+
+
+def make_state(config: DatasetConfig, index: int) -> tuple[NetworkState, dict]:
+    """The ``index``-th random state of a dataset, and a description of how it was drawn."""
+    rng = np.random.default_rng([config.seed, index])
+    n_nodes = int(rng.integers(config.min_nodes, config.max_nodes + 1))
+    real = _real_topologies(config.min_nodes, config.max_nodes)
+    if real and rng.random() < config.real_fraction:
+        key = real[int(rng.integers(len(real)))]
+        graph = _topohub_graph(key)
+    else:
+        key = f"powerlaw/{n_nodes}"
+        graph = powerlaw_graph(n_nodes, rng)
+    graph = nx.convert_node_labels_to_integers(graph)
+    failed = []
+    if rng.random() < config.failure_fraction:
+        failed = _fail_links(graph, int(rng.integers(1, 3)), rng)
+    for u, v in graph.edges:
+        graph.edges[u, v]["capacity"] = float(CAPACITIES[rng.integers(len(CAPACITIES))])
+        if "dist" not in graph.edges[u, v]:
+            graph.edges[u, v]["dist"] = float(rng.uniform(0, 400))  # km: 0–2 ms of fibre
+    base = from_graph(graph, name=key)
+    buffers = {node: int(BUFFERS[rng.integers(len(BUFFERS))]) for node in base.nodes}
+    capacity = base.link_arrays["capacity"]
+    weighting = "unit" if rng.random() < 0.5 else "inverse_capacity"
+    weights = np.ones(len(base.links)) if weighting == "unit" else np.round(100e6 / capacity)
+    perturbed = rng.random() < config.perturbed_fraction
+    if perturbed:
+        change = rng.random(len(weights)) < rng.uniform(0.1, 0.5)
+        weights = np.where(change, rng.integers(1, 2 * int(weights.max()) + 2, len(weights)), weights)
+    links = tuple(
+        type(link)(link.src, link.dst, link.capacity, buffers[link.src], link.prop_delay, float(w))
+        for link, w in zip(base.links, weights)
+    )
+    flows = random_flows(base.nodes, rng, mixed=config.traffic == "mixed")
+    load = float(rng.uniform(config.min_load, config.max_load))
+    state = NetworkState(nodes=base.nodes, links=links, flows=tuple(flows), name=key)
+    state = set_onoff_cycles(scale_to_utilization(state, load))
+    meta = {"index": index, "topology": key, "nodes": len(state.nodes), "load": load,
+            "weighting": weighting, "perturbed": bool(perturbed), "failed_links": failed,
+            "sim_seed": int(rng.integers(2**31))}
+    return state, meta
+
+
+def make_sample(config: DatasetConfig, index: int) -> Sample:
+    """Draw state ``index`` and label it with the simulator."""
+    state, meta = make_state(config, index)
+    return label_state(state, meta, config.packets_per_flow)
+
+
+def label_state(state: NetworkState, meta: dict, packets_per_flow: float) -> Sample:
+    """``state`` labelled by the simulator (seed ``meta["sim_seed"]``); ``meta`` gains its timing."""
+    result = simulate(state, seed=meta["sim_seed"], packets_per_flow=packets_per_flow)
+    labels = {name: getattr(result, name) for name in LABELS}
+    labels.update({"utilization": result.utilization, "occupancy": result.occupancy, "link_drops": result.link_drops})
+    meta["sim_wall_s"] = round(result.wall_s, 3)
+    meta["packet_hops"] = result.packet_hops
+    return Sample(state, labels, meta)
+
+
+def write_samples(directory, samples: list[Sample], shard_size: int = 10) -> None:
+    """Write ``samples`` as a dataset directory (shards only, no manifest) that training can read;
+    each sample's ``meta["index"]`` decides whether it is held out for validation."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard, first in enumerate(range(0, len(samples), shard_size)):
+        lines = [json.dumps(_sample_record(sample)) + "\n" for sample in samples[first:first + shard_size]]
+        _write_shard(shard_path(directory, shard), lines)
+
+
+def shard_path(directory: Path, shard: int) -> Path:
+    return Path(directory) / f"shard-{shard:05d}.jsonl.gz"
+
+
+def generate_shard(config: DatasetConfig, shard: int, directory: Path) -> int:
+    """Write shard ``shard`` of the dataset; returns the number of samples in it.
+
+    The unit of work for a distributed engine (Ray, Dask): it depends only on its arguments.
+    """
+    lines = [sample_line(config, index) for index in shard_indices(config, shard)]
+    _write_shard(shard_path(directory, shard), lines)
+    return len(lines)
+
+
+def shard_indices(config: DatasetConfig, shard: int) -> range:
+    first = shard * config.shard_size
+    return range(first, min(first + config.shard_size, config.samples))
+
+
+def sample_line(config: DatasetConfig, index: int) -> str:
+    """Sample ``index`` as one JSON line of a shard."""
+    return json.dumps(_sample_record(make_sample(config, index))) + "\n"
+
+
+def _write_shard(target: Path, lines: list[str]) -> None:
+    """Write a shard atomically: readers and resumed runs never see half a file."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt") as out:
+        out.writelines(lines)
+    tmp.replace(target)
+
+
+def generate(config: DatasetConfig, directory, workers: int | None = None, progress: bool = True) -> dict:
+    """Generate (or resume) a dataset in ``directory`` on ``workers`` processes (default: all cores).
+
+    Samples are farmed out one by one (so the progress bar moves per sample) and
+    each shard is written as soon as all its samples are in.
+    """
+    config.check()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _check_manifest(directory, config)
+    todo = [s for s in range(config.shards) if not shard_path(directory, s).exists()]
+    indices = [i for s in todo for i in shard_indices(config, s)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(indices) or 1))
+    started = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.samples, initial=config.samples - len(indices), unit="sample",
+               disable=not progress, desc=f"dataset {directory.name}")
+    pending: dict[int, list[str]] = {}
+    tasks = [(config, i) for i in indices]
+    with get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
+        for index, line in zip(indices, pool.imap(_sample_line_task, tasks)):
+            shard = index // config.shard_size
+            pending.setdefault(shard, []).append(line)
+            if len(pending[shard]) == len(shard_indices(config, shard)):
+                _write_shard(shard_path(directory, shard), pending.pop(shard))
+            bar.update(1)
+    bar.close()
+    wall = time.perf_counter() - started
+    return {"directory": str(directory), "samples": config.samples, "written": len(indices),
+            "skipped": config.samples - len(indices), "wall_s": round(wall, 2),
+            "samples_per_hour": round(3600 * len(indices) / wall) if indices else None}
+
+
+class _Serial:
+    """The in-process stand-in for a pool of one worker."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap(function, items):
+        return map(function, items)
+
+
+def _sample_line_task(args) -> str:
+    return sample_line(*args)
+
+
+def iter_samples(directory) -> Iterator[Sample]:
+    """Every sample of a dataset directory, shard by shard."""
+    directory = Path(directory)
+    shards = sorted(directory.glob("shard-*.jsonl.gz"))
+    if not shards:
+        raise StateError(f"{directory}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
+    for path in shards:
+        yield from read_shard(path)
+
+
+def read_shard(path) -> list[Sample]:
+    """The samples of one shard file; a damaged file raises StateError naming it."""
+    try:
+        with gzip.open(path, "rt") as lines:
+            return [_sample_from_record(json.loads(line)) for line in lines]
+    except (OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
+        raise StateError(f"{path}: unreadable shard ({exc})") from None
+
+
+def _sample_record(sample: Sample) -> dict:
+    labels = {k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in sample.labels.items()}
+    return {"state": sample.state.to_dict(), "labels": labels, "meta": sample.meta}
+
+
+def _sample_from_record(record: dict) -> Sample:
+    labels = {k: np.array([np.nan if x is None else x for x in v], dtype=float) for k, v in record["labels"].items()}
+    return Sample(NetworkState.from_dict(record["state"]), labels, record["meta"])
+
+
+def _check_manifest(directory: Path, config: DatasetConfig) -> None:
+    manifest = directory / MANIFEST
+    wanted = asdict(config)
+    if manifest.exists():
+        existing = json.loads(manifest.read_text())
+        diff = [f.name for f in fields(config) if existing.get(f.name) != wanted[f.name]]
+        if diff:
+            raise StateError(
+                f"{directory} holds a dataset made with other settings ({', '.join(diff)} differ); "
+                "use another directory or the same settings to resume"
+            )
+    else:
+        manifest.write_text(json.dumps(wanted, indent=1))
+
+
+@lru_cache(maxsize=4)
+def _real_topologies(min_nodes: int, max_nodes: int) -> tuple[str, ...]:
+    """topohub keys (Topology Zoo, SNDlib) of connected topologies with a node count in range."""
+    import importlib.resources
+
+    import topohub.data
+
+    keys = []
+    root = importlib.resources.files(topohub.data)
+    for group in ("sndlib", "topozoo"):
+        for entry in sorted(root.joinpath(group).iterdir(), key=lambda e: e.name):
+            if not entry.name.endswith(".json"):
+                continue
+            key = f"{group}/{entry.name[:-5]}"
+            graph = _topohub_graph(key)
+            if min_nodes <= graph.number_of_nodes() <= max_nodes and nx.is_connected(graph):
+                keys.append(key)
+    return tuple(keys)
+
+
+@lru_cache(maxsize=256)
+def _topohub_graph(key: str) -> nx.Graph:
+    import topohub
+
+    graph = nx.Graph(nx.node_link_graph(topohub.get(key), edges="edges"))
+    graph.remove_edges_from(nx.selfloop_edges(graph))
+    return graph
+
+
+def _fail_links(graph: nx.Graph, count: int, rng: np.random.Generator) -> list[list[int]]:
+    """Remove up to ``count`` edges that are not bridges (the graph stays connected)."""
+    failed = []
+    for _ in range(count):
+        candidates = sorted(set(graph.edges) - {tuple(sorted(e)) for e in nx.bridges(graph)}
+                            - {tuple(reversed(sorted(e))) for e in nx.bridges(graph)})
+        if not candidates:
+            break
+        u, v = candidates[int(rng.integers(len(candidates)))]
+        graph.remove_edge(u, v)
+        failed.append([int(u), int(v)])
+    return failed

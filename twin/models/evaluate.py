@@ -1,0 +1,228 @@
+"""Evaluation of the twin against simulator labels: the paper's Figure 3, and zero-shot on a datanet.
+
+Errors are per-path relative errors of the mean delay, |predicted − label| /
+label (fractions), over paths with a positive label. A bucket reports their
+mean (MAPE) and 15th/85th percentiles, per model, plus the time each model
+and the simulator spend per sample (s).
+
+The default evaluation set is fixed and seeded: one ``ndt dataset`` directory
+per topology-size bucket (25–50 nodes is the training distribution; the rest
+are sizes never trained on), generated on first use into a cache directory
+outside git and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
+from twin.models.features import error_scales, fixed_delays
+from twin.state.errors import StateError
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A topology-size range and how many seeded samples evaluate it (packets_per_flow: label accuracy)."""
+
+    min_nodes: int
+    max_nodes: int
+    samples: int
+    packets_per_flow: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.min_nodes}-{self.max_nodes}"
+
+    def config(self, seed: int) -> DatasetConfig:
+        return DatasetConfig(samples=self.samples, min_nodes=self.min_nodes, max_nodes=self.max_nodes,
+                             packets_per_flow=self.packets_per_flow, shard_size=1, seed=seed)
+
+
+BUCKETS = (
+    Bucket(25, 50, 20, 2500.0),
+    Bucket(51, 100, 6, 1500.0),
+    Bucket(101, 200, 3, 1000.0),
+    Bucket(201, 300, 2, 600.0),
+)
+EVAL_SEED = 7_000_003  # never a training seed
+
+
+def cache_dir() -> Path:
+    """Where generated evaluation sets live: $NDT_CACHE, else ~/.cache/ndt."""
+    return Path(os.environ.get("NDT_CACHE", Path.home() / ".cache" / "ndt")) / "eval"
+
+
+def ensure_eval_sets(buckets=BUCKETS, directory: Path | None = None, workers: int | None = None,
+                     progress: bool = True) -> dict[str, Path]:
+    """Generate (or resume) the seeded evaluation set of each bucket; returns bucket label → directory."""
+    root = directory or cache_dir()
+    out = {}
+    for k, bucket in enumerate(buckets):
+        path = root / bucket.label
+        generate(bucket.config(EVAL_SEED + k), path, workers=workers, progress=progress)
+        out[bucket.label] = path
+    return out
+
+
+def relative_errors(predicted: np.ndarray, labels: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """|predicted − label| / scale (default: the label) over paths with a positive label."""
+    scale = labels if scale is None else scale
+    ok = np.isfinite(labels) & (labels > 0)
+    return np.abs(predicted[ok] - labels[ok]) / scale[ok]
+
+
+def summarize(errors: list[np.ndarray]) -> dict:
+    """MAPE (mean), p15 and p85 of all paths' relative errors."""
+    flat = np.concatenate(errors) if errors else np.zeros(0)
+    if len(flat) == 0:
+        return {"mape": None, "p15": None, "p85": None}
+    return {"mape": float(flat.mean()), "p15": float(np.percentile(flat, 15)), "p85": float(np.percentile(flat, 85))}
+
+
+def evaluate_samples(models: dict, samples) -> dict:
+    """Run every model on each sample (one state per call); errors and seconds per sample per model."""
+    errors = {name: [] for name in models}
+    waiting = {name: [] for name in models}
+    seconds = {name: [] for name in models}
+    sim_s = []
+    nodes = []
+    for sample in samples:
+        nodes.append(len(sample.state.nodes))
+        sim_s.append(sample.meta.get("sim_wall_s", np.nan))
+        labels = sample.labels["delay"]
+        wait_scale = error_scales(labels, *fixed_delays(sample.state), "waiting")
+        for name, model in models.items():
+            started = time.perf_counter()
+            predicted = model.predict_delays([sample.state])[0]
+            seconds[name].append(time.perf_counter() - started)
+            errors[name].append(relative_errors(predicted, labels))
+            waiting[name].append(relative_errors(predicted, labels, wait_scale))
+    return {"errors": errors, "waiting": waiting, "seconds": seconds, "sim_s": sim_s, "nodes": nodes}
+
+
+def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
+    """The Figure 3 report over bucket label → dataset directory (see ``ndt eval``); ``warm``: states run untimed first."""
+    for state in warm:
+        for model in models.values():
+            model.predict_delays([state])
+    buckets = []
+    all_seconds = {name: [] for name in models}
+    all_sim = []
+    for label, path in sets.items():
+        run = evaluate_samples(models, iter_samples(path))
+        row = {"nodes": label, "samples": len(run["nodes"])}
+        for name in models:
+            stats = summarize(run["errors"][name])
+            row[f"{name}_mape"] = stats["mape"]
+            row[f"{name}_p15"] = stats["p15"]
+            row[f"{name}_p85"] = stats["p85"]
+            row[f"{name}_waiting_mape"] = summarize(run["waiting"][name])["mape"]
+            row[f"{name}_s_per_sample"] = float(np.mean(run["seconds"][name]))
+            all_seconds[name] += run["seconds"][name]
+        row["simulator_s_per_sample"] = float(np.nanmean(run["sim_s"]))
+        all_sim += run["sim_s"]
+        buckets.append(row)
+    infer = {name: float(np.mean(s)) for name, s in all_seconds.items()}
+    infer["simulator"] = float(np.nanmean(all_sim))
+    return {"buckets": buckets, "infer_s": infer}
+
+
+def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
+    """MAPE of each model on a BNN-UPC datanet directory, nothing trained on it."""
+    from twin.data.datanet_reader import read_datanet
+
+    if limit is not None and limit < 1:
+        raise StateError(f"limit must be at least 1, got {limit}")
+    errors = {name: [] for name in models}
+    seconds = {name: 0.0 for name in models}
+    count = 0
+    for sample in itertools.islice(read_datanet(directory), limit):
+        count += 1
+        for name, model in models.items():
+            started = time.perf_counter()
+            predicted = model.predict_delays([sample.state])[0]
+            seconds[name] += time.perf_counter() - started
+            errors[name].append(relative_errors(predicted, sample.delay))
+    if count == 0:
+        raise StateError(f"{directory}: no usable samples")
+    report = {"directory": str(directory), "samples": count}
+    for name in models:
+        stats = summarize(errors[name])
+        report[f"{name}_mape"] = stats["mape"]
+        report[f"{name}_p15"] = stats["p15"]
+        report[f"{name}_p85"] = stats["p85"]
+        report[f"{name}_s_per_sample"] = seconds[name] / count
+    return report
+
+
+def plot_figure3(report: dict, models: list[str], path) -> Path:
+    """Bars of MAPE per bucket and model with 15th–85th percentile whiskers, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = report["buckets"]
+    x = np.arange(len(buckets))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, name in enumerate(models):
+        mape = np.array([100 * (b[f"{name}_mape"] or 0) for b in buckets])
+        low = np.array([100 * (b[f"{name}_p15"] or 0) for b in buckets])
+        high = np.array([100 * (b[f"{name}_p85"] or 0) for b in buckets])
+        ax.bar(x + (k - (len(models) - 1) / 2) * width, mape, width, label=name,
+               yerr=[np.maximum(mape - low, 0), np.maximum(high - mape, 0)], capsize=3)
+    ax.set_xticks(x, [f"{b['nodes']}\n({b['samples']} samples)" for b in buckets])
+    ax.set_xlabel("topology size (nodes); trained on 25-50")
+    ax.set_ylabel("delay relative error, %\n(bar: mean, whiskers: p15-p85)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+
+def warm_states() -> list:
+    """Two small seeded states every model runs before timing, so graph tracing is not counted."""
+    config = DatasetConfig(samples=2, min_nodes=25, max_nodes=40, real_fraction=0.0, seed=EVAL_SEED)
+    return [make_state(config, i)[0] for i in range(2)]
+
+
+def speed(models: dict, nodes: int = 300, candidate_nodes: int = 25, candidates: int = 64, repeats: int = 3) -> dict:
+    """Inference speed (s): one all-pairs state of ``nodes`` nodes, and candidate routings per second of a
+    ``candidate_nodes`` state (random OSPF weight vectors predicted as one batch, features and routing included).
+
+    Each figure is the best of ``repeats`` timed runs after one untimed run (graph tracing).
+    """
+    big = make_state(DatasetConfig(samples=1, min_nodes=nodes, max_nodes=nodes, real_fraction=0.0,
+                                   seed=EVAL_SEED), 0)[0]
+    small = make_state(DatasetConfig(samples=1, min_nodes=candidate_nodes, max_nodes=candidate_nodes,
+                                     real_fraction=0.0, seed=EVAL_SEED), 0)[0]
+    rng = np.random.default_rng(EVAL_SEED)
+    variants = [small.with_weights(rng.integers(1, 10, len(small.links))) for _ in range(candidates)]
+    report = {"nodes": nodes, "paths": len(big.flows), "candidate_nodes": candidate_nodes,
+              "candidates_per_batch": candidates}
+    for name, model in models.items():
+        report[f"{name}_infer_s"] = _best_time(lambda: model.predict_delays([big]), repeats)
+        batch_s = _best_time(lambda: model.predict_delays(variants), repeats)
+        report[f"{name}_candidates_per_s"] = candidates / batch_s
+    return report
+
+
+def _best_time(run, repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)

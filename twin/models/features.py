@@ -1,0 +1,285 @@
+"""Scale-free graph features of network states, batched as one disjoint union.
+
+:func:`build_batch` turns a list of :class:`~twin.state.NetworkState` into a
+:class:`GraphBatch`: per-link, per-queue and per-path feature matrices plus the
+index tensors that say which link each path crosses at each hop.
+
+Every feature is dimensionless (loads, packet counts, ratios, one-hots), so a
+state in Mbit/s and the same state in bits per time unit give identical
+features. The physical scales sit beside the features, in seconds, for the
+delay decomposition every model uses:
+
+    delay(path) = Σ_hops [ waiting(hop) + size(path) / C(link) ] + Σ_hops prop(link)
+
+where a model predicts waiting(hop) = occupancy × mean_size(link) / C(link),
+occupancy in packets (0..buffer).
+
+Besides the raw descriptors, links, queues and paths carry the answer of the
+queueing-theory baseline (:mod:`twin.models.queueing`: load after upstream losses, loss,
+waiting time in units of the service time), which the learned models correct.
+
+Paths are sorted by hop count, longest first, so a recurrent pass over hop
+position ``k`` only touches the prefix of ``count[k]`` paths still active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.models.queueing import solve
+from twin.state.model import NetworkState
+from twin.state.errors import StateError
+
+TIME_CODES = ("poisson", "cbr", "onoff")
+SIZE_CODES = ("deterministic", "exponential", "binomial")
+BASE_LINK_FEATURES = ("load", "log_flows", "poisson_share", "cbr_share", "onoff_share", "size_scv")
+BASE_QUEUE_FEATURES = ("log2_buffer", "load")
+BASE_PATH_FEATURES = (
+    "bottleneck_share", "log_bottleneck_share", "poisson", "cbr", "onoff", "on_fraction", "log_cycle_packets",
+    "deterministic", "exponential", "binomial", "size_scv", "log_rel_size", "hops", "max_load",
+)
+# the M/M/1/b fixed point of twin.qt, as hints: load after upstream losses, loss, waiting time in service times
+LINK_FEATURES = BASE_LINK_FEATURES + ("qt_rho", "qt_loss", "qt_log_wait")
+QUEUE_FEATURES = BASE_QUEUE_FEATURES + ("qt_wait_per_buffer",)
+PATH_FEATURES = BASE_PATH_FEATURES + ("qt_path_loss", "qt_log_wait_share")
+
+
+@dataclass
+class GraphBatch:
+    """Several states as one graph (disjoint union), paths sorted by length (longest first).
+
+    Features (float32, dimensionless): ``link_x`` (L, len(LINK_FEATURES)),
+    ``queue_x`` (L, len(QUEUE_FEATURES)), ``path_x`` (P, len(PATH_FEATURES)).
+    Hops are listed by position, then sorted path: ``hop_link[i]`` is the link
+    crossed at hop ``i``, ``hop_path[i]`` its (sorted) path; position ``k``
+    occupies ``hop_link[offsets[k]:offsets[k] + counts[k]]`` and belongs to
+    paths ``0..counts[k]-1``. Scales (float64, SI units): ``link_buffer``
+    (packets), ``link_service`` (s, mean packet size of the link's traffic / C),
+    ``hop_transmit`` (s, the path's own mean size / C), ``path_prop`` (s).
+    ``link_capacity`` (bit/s), ``path_rate`` (bit/s), ``path_size`` (bits).
+    ``order[j]`` is the index, in the concatenated flows of all states, of
+    sorted path ``j``; ``flow_offsets``/``link_offsets`` delimit each state.
+    """
+
+    link_x: np.ndarray
+    queue_x: np.ndarray
+    path_x: np.ndarray
+    hop_link: np.ndarray
+    hop_path: np.ndarray
+    counts: np.ndarray
+    offsets: np.ndarray
+    link_buffer: np.ndarray
+    link_service: np.ndarray
+    hop_transmit: np.ndarray
+    path_prop: np.ndarray
+    link_capacity: np.ndarray
+    path_rate: np.ndarray
+    path_size: np.ndarray
+    order: np.ndarray
+    flow_offsets: np.ndarray
+    link_offsets: np.ndarray
+
+    @property
+    def n_paths(self) -> int:
+        return len(self.order)
+
+    @property
+    def max_hops(self) -> int:
+        return len(self.counts)
+
+    @property
+    def path_transmit(self) -> np.ndarray:
+        """Per sorted path: the sum of its hops' transmission times, s."""
+        return np.bincount(self.hop_path, weights=self.hop_transmit, minlength=self.n_paths)
+
+    def unsort(self, per_path_sorted: np.ndarray) -> list[np.ndarray]:
+        """Per-sorted-path values → one array per state, in each state's flow order."""
+        out = np.empty(len(self.order), dtype=per_path_sorted.dtype)
+        out[self.order] = per_path_sorted
+        return [out[a:b] for a, b in zip(self.flow_offsets[:-1], self.flow_offsets[1:])]
+
+
+@dataclass
+class StateGraph:
+    """One state's features in flow order, before batching (see :class:`GraphBatch` for fields)."""
+
+    link_x: np.ndarray
+    queue_x: np.ndarray
+    path_x: np.ndarray
+    hop_link: np.ndarray
+    path_len: np.ndarray
+    link_buffer: np.ndarray
+    link_service: np.ndarray
+    path_size: np.ndarray
+    path_rate: np.ndarray
+    link_capacity: np.ndarray
+    path_prop: np.ndarray
+
+
+def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
+    """Per-flow arrays: rate (bit/s), size (mean bits), size_scv (packet-size variance / mean²),
+    time (index into TIME_CODES), size_code (index into SIZE_CODES), on_fraction, cycle (s, ON+OFF; 0 if not ON/OFF)."""
+    time_index = {name: i for i, name in enumerate(TIME_CODES)}
+    size_index = {name: i for i, name in enumerate(SIZE_CODES)}
+    rows = np.array([
+        (f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist], f.on_time or 0.0,
+         f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
+        for f in state.flows
+    ], dtype=np.float64).reshape(-1, 8)
+    rate, size, time, size_code, on, off, small, large = rows.T
+    binomial = size_code == SIZE_CODES.index("binomial")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_small = np.where(binomial, (large - size) / (large - small), 1.0)
+        second = p_small * small**2 + (1 - p_small) * large**2
+    scv = np.where(binomial, second / size**2 - 1.0, (size_code == SIZE_CODES.index("exponential")).astype(float))
+    onoff = time == TIME_CODES.index("onoff")
+    cycle = np.where(onoff, on + off, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        on_fraction = np.where(onoff, on / cycle, 1.0)
+    return {"rate": rate, "size": size, "size_scv": scv, "time": time.astype(np.int64),
+            "size_code": size_code.astype(np.int64), "on_fraction": on_fraction, "cycle": cycle}
+
+
+def state_graph(state: NetworkState) -> StateGraph:
+    """The features of one state, flows in the state's order."""
+    if not state.flows:
+        raise StateError(f"state {state.name or '(unnamed)'}: no traffic, so no paths to predict")
+    la = state.link_arrays
+    capacity = la["capacity"]
+    n_links = len(capacity)
+    fa = flow_arrays(state)
+    paths = state.flow_links
+    lengths = np.array([len(p) for p in paths], dtype=np.int64)
+    hop_link = np.concatenate(paths)
+    hop_flow = np.repeat(np.arange(len(paths)), lengths)
+    rate, size = fa["rate"], fa["size"]
+
+    def per_link(values):
+        return np.bincount(hop_link, weights=values[hop_flow], minlength=n_links)
+
+    bits = per_link(rate)
+    packets = per_link(rate / size)
+    second = per_link(rate / size * size**2 * (1 + fa["size_scv"]))
+    n_flows = np.bincount(hop_link, minlength=n_links)
+    load = bits / capacity
+    default_size = float(np.sum(rate) / np.sum(rate / size)) if np.sum(rate) > 0 else float(np.mean(size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_size = np.where(packets > 0, bits / packets, default_size)
+        size_scv = np.where(packets > 0, second / packets / mean_size**2 - 1.0, 0.0)
+        shares = [np.where(bits > 0, per_link(rate * (fa["time"] == k)) / bits, 0.0) for k in range(len(TIME_CODES))]
+    link_x = np.stack([load, np.log1p(n_flows), *shares, size_scv], axis=1)
+    queue_x = np.stack([np.log2(la["buffer"].astype(np.float64)), load], axis=1)
+
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    bottleneck = np.minimum.reduceat(capacity[hop_link], starts)
+    max_load = np.maximum.reduceat(load[hop_link], starts)
+    share = rate / bottleneck
+    path_mean_size = np.add.reduceat(mean_size[hop_link], starts) / lengths
+    with np.errstate(divide="ignore"):
+        cycle_packets = np.where(fa["cycle"] > 0, fa["cycle"] * rate / size, 1.0)
+    path_x = np.column_stack([
+        share,
+        np.log10(np.maximum(share, 1e-6)),
+        np.eye(len(TIME_CODES))[fa["time"]],
+        fa["on_fraction"],
+        np.log10(np.maximum(cycle_packets, 1e-3)),
+        np.eye(len(SIZE_CODES))[fa["size_code"]],
+        fa["size_scv"],
+        np.log(size / path_mean_size),
+        lengths.astype(np.float64),
+        max_load,
+    ])
+    return StateGraph(
+        link_x=link_x, queue_x=queue_x, path_x=path_x, hop_link=hop_link, path_len=lengths,
+        link_buffer=la["buffer"].astype(np.float64), link_service=mean_size / capacity,
+        path_size=size, path_rate=rate, link_capacity=capacity,
+        path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts),
+    )
+
+
+def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBatch:
+    """Join per-state graphs into one disjoint union with paths sorted by length (and the QT hints, by default)."""
+    if not graphs:
+        raise StateError("no states to batch")
+    link_offsets = np.concatenate([[0], np.cumsum([len(g.link_buffer) for g in graphs])])
+    flow_offsets = np.concatenate([[0], np.cumsum([len(g.path_len) for g in graphs])])
+    lengths = np.concatenate([g.path_len for g in graphs])
+    flat_links = np.concatenate([g.hop_link + off for g, off in zip(graphs, link_offsets)])
+    order = np.argsort(-lengths, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat_path = np.repeat(rank, lengths)  # sorted rank of each hop's path
+    position = np.arange(len(flat_links)) - np.repeat(starts, lengths)
+    by_position = np.lexsort((flat_path, position))
+    hop_link = flat_links[by_position]
+    hop_path = flat_path[by_position]
+    counts = np.bincount(position)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    capacity = np.concatenate([g.link_capacity for g in graphs])
+    size = np.concatenate([g.path_size for g in graphs])[order]
+    batch = GraphBatch(
+        link_x=np.concatenate([g.link_x for g in graphs]),
+        queue_x=np.concatenate([g.queue_x for g in graphs]),
+        path_x=np.concatenate([g.path_x for g in graphs])[order],
+        hop_link=hop_link,
+        hop_path=hop_path,
+        counts=counts,
+        offsets=offsets,
+        link_buffer=np.concatenate([g.link_buffer for g in graphs]),
+        link_service=np.concatenate([g.link_service for g in graphs]),
+        hop_transmit=size[hop_path] / capacity[hop_link],
+        path_prop=np.concatenate([g.path_prop for g in graphs])[order],
+        link_capacity=capacity,
+        path_rate=np.concatenate([g.path_rate for g in graphs])[order],
+        path_size=size,
+        order=order,
+        flow_offsets=flow_offsets,
+        link_offsets=link_offsets,
+    )
+    if qt_features:
+        _add_qt_features(batch)
+    return batch
+
+
+def _add_qt_features(batch: GraphBatch) -> None:
+    """Append the QT fixed point's dimensionless answers to the feature matrices (float32)."""
+    qt = solve(batch)
+    wait_units = np.maximum(qt["sojourn"] / batch.link_service - 1.0, 0.0)  # mean wait / mean service time
+    transmit = batch.path_transmit
+    wait = np.bincount(batch.hop_path, weights=(wait_units * batch.link_service)[batch.hop_link],
+                       minlength=batch.n_paths)
+    batch.link_x = np.column_stack([batch.link_x, qt["rho"], qt["link_loss"], np.log1p(wait_units)]).astype(np.float32)
+    batch.queue_x = np.column_stack([batch.queue_x, wait_units / batch.link_buffer]).astype(np.float32)
+    batch.path_x = np.column_stack([batch.path_x, qt["loss"], np.log1p(wait / transmit)]).astype(np.float32)
+
+
+def build_batch(states: list[NetworkState], qt_features: bool = True) -> GraphBatch:
+    """Features of ``states`` as one batched graph."""
+    return batch_graphs([state_graph(s) for s in states], qt_features)
+
+
+TARGETS = ("delay", "queueing", "waiting")  # what a delay error can be relative to
+TRANSMIT_SHARE = 0.1  # of the path's transmission time kept in the ``waiting`` scale
+
+
+def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
+    """What a prediction's error is relative to (s): the delay (``delay``), the delay minus propagation
+    (``queueing``), or the waiting time plus TRANSMIT_SHARE of the transmission (``waiting``: what the
+    emulation measures, docs/emulation.md), at least that share of the transmission (a flow of
+    mixed sizes may deliver smaller packets than its mean). ``maximum``: np.maximum or tf.maximum."""
+    if target == "delay":
+        return label
+    if target == "queueing":
+        return label - prop
+    return maximum(label - prop - (1.0 - TRANSMIT_SHARE) * transmit, TRANSMIT_SHARE * transmit)
+
+
+def fixed_delays(state: NetworkState) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow (state order): propagation and transmission (mean packet / capacity) along its path, s."""
+    arrays = state.link_arrays
+    prop = np.array([arrays["prop_delay"][links].sum() for links in state.flow_links])
+    transmit = np.array([np.sum(f.packet_size / arrays["capacity"][links]) for f, links in zip(state.flows, state.flow_links)])
+    return prop, transmit

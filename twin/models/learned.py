@@ -1,0 +1,162 @@
+"""A trained network with its feature normalisation: the learned twin behind the one interface
+``predict_delays(states) -> list[np.ndarray]`` (s), saved and loaded as ``stem.weights.h5`` + ``stem.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from twin.models.features import GraphBatch, build_batch
+from twin.models.rnn import PathRNN
+from twin.models.routenet import RouteNetE
+from twin.state.errors import NdtError
+from twin.state.model import Flow, Link, NetworkState
+
+MODELS_DIR = Path(__file__).parent / "weights"
+MIN_HOPS = 16  # the recurrent pass always spans at least this many hop positions (empty ones cost ~nothing),
+HOP_BUCKET = 8  # and longer paths round up to a multiple of this: one traced graph serves almost every state
+
+
+class ModelFileError(NdtError):
+    """A model's weights or description file is missing or does not match the network."""
+
+
+class Normalizer:
+    """Per-feature standardisation of link, queue and path features (mean, std from a training set)."""
+
+    KEYS = ("link_x", "queue_x", "path_x")
+
+    def __init__(self, stats: dict[str, dict[str, list[float]]]):
+        self.stats = {k: {s: np.asarray(v[s], dtype=np.float32) for s in ("mean", "std")} for k, v in stats.items()}
+
+    @classmethod
+    def fit(cls, batch: GraphBatch) -> "Normalizer":
+        stats = {}
+        for key in cls.KEYS:
+            values = getattr(batch, key).astype(np.float64)
+            std = values.std(axis=0)
+            stats[key] = {"mean": values.mean(axis=0).tolist(), "std": np.where(std > 1e-6, std, 1.0).tolist()}
+        return cls(stats)
+
+    def to_dict(self) -> dict:
+        return {k: {s: v[s].tolist() for s in ("mean", "std")} for k, v in self.stats.items()}
+
+    def apply(self, key: str, values: np.ndarray) -> np.ndarray:
+        return (values - self.stats[key]["mean"]) / self.stats[key]["std"]
+
+
+def padded_hops(batch: GraphBatch) -> int:
+    """Hop positions the recurrent pass spans: MIN_HOPS, or the longest path rounded up to HOP_BUCKET."""
+    return max(MIN_HOPS, -(-batch.max_hops // HOP_BUCKET) * HOP_BUCKET)
+
+
+def batch_tensors(batch: GraphBatch, norm: Normalizer) -> dict[str, tf.Tensor]:
+    """The model inputs of a batch: normalised features, index tensors, per-hop scales (float32, s)."""
+    pad = padded_hops(batch) - batch.max_hops
+    counts = np.concatenate([batch.counts, np.zeros(pad, dtype=np.int64)])
+    offsets = np.concatenate([batch.offsets, np.full(pad, len(batch.hop_link), dtype=np.int64)])
+    hop_link = batch.hop_link
+    arrays = {
+        "link_x": norm.apply("link_x", batch.link_x),
+        "queue_x": norm.apply("queue_x", batch.queue_x),
+        "path_x": norm.apply("path_x", batch.path_x),
+        "hop_link": hop_link.astype(np.int32),
+        "hop_path": batch.hop_path.astype(np.int32),
+        "counts": counts.astype(np.int32),
+        "offsets": offsets.astype(np.int32),
+        "hop_buffer": batch.link_buffer[hop_link],
+        "hop_service": batch.link_service[hop_link],
+        "hop_transmit": batch.hop_transmit,
+        "hop_share": batch.path_rate[batch.hop_path] / batch.link_capacity[hop_link],
+        "path_prop": batch.path_prop,
+    }
+    return {k: tf.constant(v, dtype=tf.int32 if v.dtype.kind == "i" else tf.float32) for k, v in arrays.items()}
+
+
+class LearnedTwin:
+    """A trained network plus its normalisation: ``predict_delays(states)`` → per-flow delays, s."""
+
+    def __init__(self, net: keras.Model, norm: Normalizer, kind: str, info: dict | None = None):
+        self.net = net
+        self.norm = norm
+        self.kind = kind
+        self.name = kind
+        self.info = info or {}
+        self._forward = tf.function(self._call, reduce_retracing=True)
+
+    def _call(self, x, max_hops):
+        return self.net(x, max_hops=max_hops)
+
+    def forward(self, batch: GraphBatch) -> tf.Tensor:
+        """Per sorted path delay, s (a tensor)."""
+        return self._forward(batch_tensors(batch, self.norm), padded_hops(batch))
+
+    def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
+        return batch.unsort(self.forward(batch).numpy().astype(np.float64))
+
+    def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
+        """Per-flow mean delay (s), one array per state in flow order; the states run as one batch."""
+        return self.predict_batch(build_batch(states))
+
+    def save(self, directory, stem: str) -> tuple[Path, Path]:
+        """Write ``stem.weights.h5`` and ``stem.json`` (model kind, sizes, normalisation, training info)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / f"{stem}.weights.h5"
+        meta = directory / f"{stem}.json"
+        self.net.save_weights(weights)
+        description = {"kind": self.kind, "config": network_config(self.net), "norm": self.norm.to_dict(),
+                       "info": self.info}
+        meta.write_text(json.dumps(description, indent=1))
+        return weights, meta
+
+
+def network_config(net: keras.Model) -> dict:
+    return {"state_dim": net.state_dim, "iterations": getattr(net, "iterations", 0)}
+
+
+def make_network(kind: str, config: dict) -> keras.Model:
+    """A fresh network of ``kind`` (``routenet_e`` or ``rnn``)."""
+    if kind == "routenet_e":
+        return RouteNetE(state_dim=config.get("state_dim", 32), iterations=config.get("iterations", 8))
+    if kind == "rnn":
+        return PathRNN(state_dim=config.get("state_dim", 32))
+    raise ModelFileError(f"unknown model kind {kind!r} (known: routenet_e, rnn)")
+
+
+def build(net: keras.Model, norm: Normalizer, probe: GraphBatch) -> None:
+    """Create the network's variables by running it once on ``probe``."""
+    net(batch_tensors(probe, norm), max_hops=padded_hops(probe))
+
+
+def load_twin(stem: str = "routenet_e", directory=None) -> LearnedTwin:
+    """Load ``stem.weights.h5`` + ``stem.json`` from ``directory`` (default: the weights shipped in twin/models)."""
+    directory = Path(directory) if directory is not None else MODELS_DIR
+    meta_path = directory / f"{stem}.json"
+    weights = directory / f"{stem}.weights.h5"
+    for path in (meta_path, weights):
+        if not path.exists():
+            raise ModelFileError(f"{path}: no such model file; train one with 'ndt train' first")
+    try:
+        meta = json.loads(meta_path.read_text())
+        norm = Normalizer(meta["norm"])
+        net = make_network(meta["kind"], meta["config"])
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ModelFileError(f"{meta_path}: not a model description ({exc})") from None
+    build(net, norm, _probe_batch())
+    try:
+        net.load_weights(weights)
+    except (ValueError, OSError) as exc:
+        raise ModelFileError(f"{weights}: weights do not fit a {meta['kind']} network ({exc})") from None
+    return LearnedTwin(net, norm, meta["kind"], meta.get("info", {}))
+
+
+def _probe_batch() -> GraphBatch:
+    """A three-node state, enough to create every variable of a network."""
+    links = (Link("a", "b", 1e6), Link("b", "c", 1e6), Link("b", "a", 1e6), Link("c", "b", 1e6))
+    state = NetworkState(nodes=("a", "b", "c"), links=links, flows=(Flow("a", "c", 1e5),))
+    return build_batch([state])

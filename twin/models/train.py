@@ -1,0 +1,289 @@
+"""Training a learned twin (RouteNet-E or the RNN baseline) on a dataset directory.
+
+Samples whose index is a multiple of ``val_every`` form the validation set, so
+the split is stable while a dataset directory is still growing; shards that
+appear during training join the training set at the next epoch. The loss is
+the mean relative error of the per-flow mean delay (MAPE, a fraction) over
+flows with a positive delay label. Each epoch writes a checkpoint (weights,
+optimizer state, history) to the output directory and, when validation MAPE
+improves, the best model as ``best.weights.h5`` + ``best.json``; rerunning the
+same command resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from twin.data.dataset import read_shard
+from twin.models.features import TARGETS, StateGraph, batch_graphs, error_scales, state_graph
+from twin.models.learned import (
+    LearnedTwin,
+    ModelFileError,
+    Normalizer,
+    batch_tensors,
+    build,
+    load_twin,
+    make_network,
+    padded_hops,
+)
+from twin.state.errors import StateError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (batch_size in samples, lr for Adam, times in minutes)."""
+
+    kind: str = "routenet_e"
+    state_dim: int = 32
+    iterations: int = 8
+    epochs: int = 40
+    batch_size: int = 4
+    lr: float = 2e-3
+    lr_decay_patience: int = 2
+    patience: int = 6
+    max_minutes: float | None = None
+    val_every: int = 10
+    target: str = "queueing"
+    seed: int = 0
+    init_from: str | None = None  # a trained model (path without suffix) to fine-tune instead of starting afresh
+
+
+@dataclass
+class Item:
+    """One training sample: its graph, per-flow delay labels (s), node count and dataset index."""
+
+    graph: StateGraph
+    delay: np.ndarray
+    nodes: int
+    index: int
+
+
+class DatasetCache:
+    """The samples of one or more dataset directories, read shard by shard; ``refresh`` picks up new shards."""
+
+    def __init__(self, directories):
+        self.directories = [Path(d) for d in ([directories] if isinstance(directories, (str, Path)) else directories)]
+        self.seen: set[Path] = set()
+        self.items: list[Item] = []
+        for directory in self.directories:
+            if not directory.is_dir():
+                raise StateError(f"{directory}: no such dataset directory")
+
+    def refresh(self) -> int:
+        """Read shards not read yet; returns how many samples were added."""
+        added = 0
+        for directory in self.directories:
+            for path in sorted(directory.glob("shard-*.jsonl.gz")):
+                if path in self.seen:
+                    continue
+                for sample in read_shard(path):
+                    self.items.append(Item(state_graph(sample.state), sample.labels["delay"],
+                                           len(sample.state.nodes), int(sample.meta["index"])))
+                    added += 1
+                self.seen.add(path)
+        if not self.items:
+            names = ", ".join(str(d) for d in self.directories)
+            raise StateError(f"{names}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
+        return added
+
+    def split(self, val_every: int) -> tuple[list[Item], list[Item]]:
+        train = [it for it in self.items if it.index % val_every]
+        val = [it for it in self.items if not it.index % val_every]
+        return train, val
+
+
+def batch_inputs(items: list[Item], norm: Normalizer):
+    """Model inputs, sorted delay labels (float32, s) and max hops of a group of samples."""
+    import tensorflow as tf
+
+    batch = batch_graphs([it.graph for it in items])
+    labels = np.concatenate([it.delay for it in items])[batch.order]
+    labels = np.where(np.isfinite(labels) & (labels > 0), labels, 0.0)
+    return batch_tensors(batch, norm), tf.constant(labels, tf.float32), padded_hops(batch)
+
+
+def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Relative errors of every flow with a positive label, for each of TARGETS."""
+    errors = {target: [] for target in TARGETS}
+    for start in range(0, len(items), batch_size):
+        group = items[start:start + batch_size]
+        batch = batch_graphs([it.graph for it in group])
+        for pred, prop, tx, it in zip(twin.predict_batch(batch), batch.unsort(batch.path_prop),
+                                      batch.unsort(batch.path_transmit), group):
+            ok = np.isfinite(it.delay) & (it.delay > prop)
+            for target in TARGETS:
+                scale = error_scales(it.delay[ok], prop[ok], tx[ok], target)
+                errors[target].append(np.abs(pred[ok] - it.delay[ok]) / np.maximum(scale, 1e-12))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in errors.items()}
+
+
+class Trainer:
+    """Runs (or resumes) training into ``out`` and keeps the best model there."""
+
+    def __init__(self, dataset, out, config: TrainConfig, progress: bool = True, log=print):
+        import keras
+
+        self.config = config
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.log = log
+        self.data = DatasetCache(dataset)
+        self.data.refresh()
+        keras.utils.set_random_seed(config.seed)
+        self.state = {"epoch": 0, "best": None, "bad_epochs": 0, "lr": config.lr, "history": [], "train_s": 0.0}
+        checkpoint = self.out / "checkpoint.json"
+        start = self._start_model(config) if config.init_from and not checkpoint.exists() else None
+        if checkpoint.exists():
+            saved = json.loads(checkpoint.read_text())
+            if saved["config"] != _comparable(config):
+                raise ModelFileError(f"{checkpoint}: a checkpoint of another configuration is there; "
+                                     "use another --out directory or the same settings to resume")
+            self.norm = Normalizer(saved["norm"])
+            self.state = saved["state"]
+        elif start is not None:
+            self.norm = start.norm
+        else:
+            train, _ = self.data.split(config.val_every)
+            if not train:
+                raise StateError(f"{dataset}: no training samples (all {len(self.data.items)} are validation)")
+            self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]))
+        self.net = make_network(config.kind, {"state_dim": config.state_dim, "iterations": config.iterations})
+        build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
+        if start is not None:
+            self.net.set_weights(start.net.get_weights())
+        self.optimizer = keras.optimizers.Adam(learning_rate=self.state["lr"], clipnorm=1.0)
+        self.optimizer.build(self.net.trainable_variables)
+        if checkpoint.exists():
+            self.net.load_weights(self.out / "checkpoint.weights.h5")
+            with np.load(self.out / "checkpoint.optimizer.npz") as saved_opt:
+                for var, key in zip(self.optimizer.variables, sorted(saved_opt.files, key=lambda k: int(k[1:]))):
+                    var.assign(saved_opt[key])
+            self.optimizer.learning_rate.assign(self.state["lr"])
+        self.twin = LearnedTwin(self.net, self.norm, config.kind)
+        self._step = self._make_step()
+
+    @staticmethod
+    def _start_model(config: TrainConfig) -> LearnedTwin:
+        """The model ``config.init_from`` names, checked to be of the configured kind and size."""
+        path = Path(config.init_from)
+        twin = load_twin(path.name, path.parent)
+        wanted = {"kind": config.kind, "state_dim": config.state_dim, "iterations": config.iterations}
+        have = {"kind": twin.kind, **{k: twin.net.get_config().get(k, wanted[k]) for k in ("state_dim", "iterations")}}
+        if have != wanted:
+            raise ModelFileError(f"{config.init_from}: a {have} model cannot start a {wanted} training run")
+        return twin
+
+    def _make_step(self):
+        import tensorflow as tf
+
+        net, optimizer = self.net, self.optimizer
+        target = self.config.target
+
+        def step(x, labels, max_hops):
+            with tf.GradientTape() as tape:
+                pred = net(x, max_hops=max_hops, training=True)
+                transmit = tf.math.unsorted_segment_sum(x["hop_transmit"], x["hop_path"], tf.shape(labels)[0])
+                scale = error_scales(labels, x["path_prop"], transmit, target, tf.maximum)
+                valid = tf.cast((labels > 0) & (scale > 0), tf.float32)
+                error = tf.abs(pred - labels) / tf.where(scale > 0, scale, 1.0)
+                loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+            grads = tape.gradient(loss, net.trainable_variables)
+            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            return loss
+
+        return tf.function(step, reduce_retracing=True)
+
+    def run(self) -> dict:
+        """Train until the epoch limit, early stopping or the time budget; returns a summary."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        started = time.perf_counter()
+        budget = None if cfg.max_minutes is None else 60 * cfg.max_minutes
+        stop_reason = "epochs"
+        while self.state["epoch"] < cfg.epochs:
+            if self.state["bad_epochs"] >= cfg.patience:
+                stop_reason = "early stopping"
+                break
+            added = self.data.refresh()
+            train, val = self.data.split(cfg.val_every)
+            epoch = self.state["epoch"]
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = rng.permutation(len(train))
+            groups = [[train[i] for i in order[s:s + cfg.batch_size]] for s in range(0, len(order), cfg.batch_size)]
+            bar = tqdm(groups, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not self.progress)
+            losses = []
+            epoch_start = time.perf_counter()
+            out_of_time = False
+            for group in bar:
+                x, labels, max_hops = batch_inputs(group, self.norm)
+                losses.append(float(self._step(x, labels, max_hops)))
+                bar.set_postfix(mape=f"{np.mean(losses[-50:]):.4f}")
+                if budget is not None and time.perf_counter() - started > budget:
+                    out_of_time = True
+                    break
+            bar.close()
+            if val:
+                errors = validation_errors(self.twin, val)
+                val_mape = {k: float(np.mean(v)) for k, v in errors.items()}
+            else:
+                val_mape = {"delay": float("nan"), cfg.target: float(np.mean(losses))}
+            self.state["train_s"] += time.perf_counter() - epoch_start
+            self._end_epoch(epoch, float(np.mean(losses)), val_mape, len(train), len(val), added)
+            if out_of_time:
+                stop_reason = "time budget"
+                break
+        return {"out": str(self.out), "epochs": self.state["epoch"], "target": cfg.target,
+                "best_val_mape": self.state["best"],
+                "stopped": stop_reason, "train_s": round(self.state["train_s"], 1),
+                "train_samples": len(self.data.split(cfg.val_every)[0]),
+                "val_samples": len(self.data.split(cfg.val_every)[1]), "history": self.state["history"]}
+
+    def _end_epoch(self, epoch: int, train_loss: float, val_mape: dict, n_train: int, n_val: int, added: int):
+        cfg = self.config
+        score = val_mape[cfg.target]
+        improved = self.state["best"] is None or score < self.state["best"]
+        if improved:
+            self.state["best"] = score
+            self.state["bad_epochs"] = 0
+            self.twin.info = {"val_mape": val_mape, "epoch": epoch + 1, "train_samples": n_train,
+                              "val_samples": n_val, "config": asdict(cfg), "train_s": round(self.state["train_s"], 1)}
+            self.twin.save(self.out, "best")
+        else:
+            self.state["bad_epochs"] += 1
+            if self.state["bad_epochs"] % cfg.lr_decay_patience == 0:
+                self.state["lr"] *= 0.5
+                self.optimizer.learning_rate.assign(self.state["lr"])
+        self.state["epoch"] = epoch + 1
+        self.state["history"].append({"epoch": epoch + 1, "train_loss": round(train_loss, 5),
+                                      "val_mape": round(val_mape["delay"], 5),
+                                      "val_mape_queueing": round(val_mape.get("queueing", float("nan")), 5),
+                                      "val_mape_waiting": round(val_mape.get("waiting", float("nan")), 5),
+                                      "train_samples": n_train,
+                                      "val_samples": n_val, "lr": self.state["lr"],
+                                      "train_s": round(self.state["train_s"], 1)})
+        self.log(f"epoch {epoch + 1}: train loss ({cfg.target}) {train_loss:.4f}, validation MAPE delay "
+                 f"{val_mape['delay']:.4f}, without propagation {val_mape.get('queueing', float('nan')):.4f}, "
+                 f"waiting {val_mape.get('waiting', float('nan')):.4f} "
+                 f"({n_train} train / {n_val} validation samples, {added} new){' *' if improved else ''}")
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self.net.save_weights(self.out / "checkpoint.weights.h5")
+        np.savez(self.out / "checkpoint.optimizer.npz",
+                 **{f"v{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        saved = {"config": _comparable(self.config), "norm": self.norm.to_dict(), "state": self.state}
+        tmp = self.out / "checkpoint.json.tmp"
+        tmp.write_text(json.dumps(saved, indent=1))
+        tmp.replace(self.out / "checkpoint.json")
+
+
+def _comparable(config: TrainConfig) -> dict:
+    """The settings a resumed run must share with the checkpoint (budgets may change)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("epochs", "max_minutes", "patience")}

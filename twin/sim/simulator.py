@@ -1,0 +1,458 @@
+"""Packet-level discrete-event simulator: the ground truth ndt trains and judges against.
+
+Every directed link is a FIFO output queue with a finite buffer (tail drop), a
+transmitter of ``capacity`` bit/s and a wire of ``prop_delay`` s. Flows emit
+packets by their time and size distributions and follow their routed path.
+The event loop is compiled with numba: one 4-ary heap of packet events, one
+ring of departure times per link; no per-packet Python.
+
+Semantics: packets are generated during ``[0, duration]``, then the network is
+drained, so every packet sent is either delivered or dropped. Statistics count
+the packets born after ``warmup`` (per path) and the arrivals in
+``[warmup, duration]`` (per link). Delay is creation → arrival of the last bit at the destination.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from twin.state.model import NetworkState
+from twin.state.errors import StateError
+
+N_BINS = 1024
+BIN_RATIO = 1.02  # bins grow by 2 %: percentiles within ~1 %, from the minimum delay up to 6·10⁸ times it
+_TIME = {"poisson": 0, "cbr": 1, "onoff": 2}
+_SIZE = {"deterministic": 0, "exponential": 1, "binomial": 2}
+
+
+@dataclass
+class SimResult:
+    """Per-path and per-link statistics of one simulation run (units: s, s², packets, ratios)."""
+
+    state: NetworkState
+    delay: np.ndarray  # mean delay per flow, s (nan when nothing was delivered)
+    jitter: np.ndarray  # delay variance per flow, s²
+    loss: np.ndarray  # dropped / sent per flow
+    p50: np.ndarray
+    p90: np.ndarray
+    p99: np.ndarray
+    sent: np.ndarray
+    delivered: np.ndarray
+    dropped: np.ndarray
+    utilization: np.ndarray  # per link, busy time / measured window
+    occupancy: np.ndarray  # per link, mean packets waiting (excludes the one in transmission)
+    link_drops: np.ndarray
+    link_arrivals: np.ndarray
+    packet_hops: int
+    wall_s: float
+    duration: float  # s of traffic generation
+    warmup: float  # s discarded at the start
+
+    def to_dict(self) -> dict:
+        """The shared result shape of DESIGN.md §3."""
+        paths = []
+        for i, flow in enumerate(self.state.flows):
+            paths.append(
+                {
+                    "src": flow.src,
+                    "dst": flow.dst,
+                    "delay": _num(self.delay[i]),
+                    "jitter": _num(self.jitter[i]),
+                    "loss": _num(self.loss[i]),
+                    "p50": _num(self.p50[i]),
+                    "p90": _num(self.p90[i]),
+                    "p99": _num(self.p99[i]),
+                    "sent": int(self.sent[i]),
+                    "delivered": int(self.delivered[i]),
+                    "dropped": int(self.dropped[i]),
+                }
+            )
+        links = []
+        for j, link in enumerate(self.state.links):
+            links.append(
+                {
+                    "src": link.src,
+                    "dst": link.dst,
+                    "utilization": _num(self.utilization[j]),
+                    "occupancy": _num(self.occupancy[j]),
+                    "drops": int(self.link_drops[j]),
+                }
+            )
+        return {
+            "paths": paths,
+            "links": links,
+            "packet_hops": int(self.packet_hops),
+            "wall_s": round(self.wall_s, 4),
+            "duration": self.duration,
+            "warmup": self.warmup,
+            "packet_hops_per_s": round(self.packet_hops / max(self.wall_s, 1e-9)),
+        }
+
+
+def _num(x: float):
+    return None if not math.isfinite(x) else float(x)
+
+
+def simulate(
+    state: NetworkState,
+    duration: float | None = None,
+    warmup: float | None = None,
+    seed: int = 0,
+    packets_per_flow: float = 2000.0,
+) -> SimResult:
+    """Simulate ``state`` and return per-path and per-link statistics.
+
+    duration: generation time, s. When omitted it is chosen so the average flow
+    sends about ``packets_per_flow`` packets. warmup: s discarded at the start
+    (default 10 % of the duration).
+    """
+    if not state.flows:
+        raise StateError("the state has no traffic to simulate")
+    arrays = _compile(state)
+    if duration is None:
+        pkt_rates = arrays["rate"] / arrays["mean_size"]
+        active = pkt_rates[pkt_rates > 0]
+        if len(active) == 0:
+            raise StateError("every flow has rate 0: nothing to simulate")
+        duration = packets_per_flow / float(np.mean(active)) / 0.9
+    if not (duration > 0 and math.isfinite(duration)):
+        raise StateError(f"duration must be positive, got {duration!r}")
+    if warmup is None:
+        warmup = 0.1 * duration
+    if not 0 <= warmup < duration:
+        raise StateError(f"warmup must lie in [0, duration), got {warmup!r}")
+    started = time.perf_counter()
+    out = _run(
+        arrays["capacity"], arrays["buffer"], arrays["prop"],
+        arrays["rate"], arrays["time_code"], arrays["on_time"], arrays["off_time"],
+        arrays["size_code"], arrays["mean_size"], arrays["small"], arrays["large"], arrays["p_small"],
+        arrays["path"], arrays["path_len"], arrays["hist_base"],
+        float(duration), float(warmup), int(seed),
+    )
+    wall = time.perf_counter() - started
+    (sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops) = out
+    window = duration - warmup
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_excess = sum_d / delivered
+        delay = arrays["hist_base"] + mean_excess
+        jitter = np.maximum(sum_d2 / delivered - mean_excess**2, 0.0)
+        loss = np.where(sent > 0, dropped / np.maximum(sent, 1), np.nan)
+    p50, p90, p99 = _percentiles(hist, arrays["hist_base"], (0.5, 0.9, 0.99))
+    return SimResult(
+        state=state, delay=delay, jitter=jitter, loss=loss, p50=p50, p90=p90, p99=p99,
+        sent=sent, delivered=delivered, dropped=dropped,
+        utilization=busy / window, occupancy=wait_sum / window, link_drops=link_drops,
+        link_arrivals=arrivals, packet_hops=int(hops), wall_s=wall, duration=float(duration), warmup=float(warmup),
+    )
+
+
+def _percentiles(hist: np.ndarray, base: np.ndarray, quantiles) -> list[np.ndarray]:
+    """Per-flow delay quantiles (s) from the log-binned histograms (bin centres; nan without packets)."""
+    total = hist.sum(axis=1)
+    cum = np.cumsum(hist, axis=1)
+    out = []
+    for q in quantiles:
+        k = np.argmax(cum >= np.ceil(q * total)[:, None], axis=1)
+        out.append(np.where(total > 0, base * BIN_RATIO ** (k + 0.5), np.nan))
+    return out
+
+
+def _compile(state: NetworkState) -> dict[str, np.ndarray]:
+    """Flatten a state into the arrays the compiled event loop reads."""
+    la = state.link_arrays
+    n_flows = len(state.flows)
+    paths = state.flow_links
+    max_hops = max(len(p) for p in paths)
+    path = np.full((n_flows, max_hops), -1, dtype=np.int64)
+    path_len = np.zeros(n_flows, dtype=np.int64)
+    for i, links in enumerate(paths):
+        path[i, : len(links)] = links
+        path_len[i] = len(links)
+    flows = state.flows
+    mean_size = np.array([f.packet_size for f in flows])
+    small = np.array([f.packet_sizes[0] if f.packet_sizes else f.packet_size for f in flows])
+    large = np.array([f.packet_sizes[1] if f.packet_sizes else f.packet_size for f in flows])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_small = np.where(large > small, (large - mean_size) / (large - small), 1.0)
+    size_code = np.array([_SIZE[f.size_dist] for f in flows], dtype=np.int64)
+    min_size = np.where(size_code == 1, 0.0, small)
+    hist_base = np.empty(n_flows)
+    for i, links in enumerate(paths):
+        transmit_min = np.sum(min_size[i] / la["capacity"][links])
+        transmit_mean = np.sum(mean_size[i] / la["capacity"][links])
+        hist_base[i] = max(transmit_min + np.sum(la["prop_delay"][links]), 1e-3 * transmit_mean)
+    return {
+        "capacity": la["capacity"],
+        "buffer": la["buffer"],
+        "prop": la["prop_delay"],
+        "rate": np.array([f.rate for f in flows], dtype=np.float64),
+        "time_code": np.array([_TIME[f.time_dist] for f in flows], dtype=np.int64),
+        "on_time": np.array([f.on_time or 0.0 for f in flows]),
+        "off_time": np.array([f.off_time or 0.0 for f in flows]),
+        "size_code": size_code,
+        "mean_size": mean_size,
+        "small": small,
+        "large": large,
+        "p_small": p_small,
+        "path": path,
+        "path_len": path_len,
+        "hist_base": hist_base,
+    }
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_push(h_time, h_slot, n, t, slot):
+    """Insert (t, slot) into a 4-ary min-heap of size n (4 children per node: shallower than binary)."""
+    i = n
+    while i > 0:
+        parent = (i - 1) >> 2
+        if h_time[parent] <= t:
+            break
+        h_time[i] = h_time[parent]
+        h_slot[i] = h_slot[parent]
+        i = parent
+    h_time[i] = t
+    h_slot[i] = slot
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_replace_top(h_time, h_slot, n, t, slot):
+    """Put (t, slot) in place of the root of a 4-ary heap of size n and restore the order."""
+    i = 0
+    while True:
+        first = 4 * i + 1
+        if first >= n:
+            break
+        best = first
+        best_t = h_time[first]
+        last = first + 4 if first + 4 < n else n
+        for c in range(first + 1, last):
+            if h_time[c] < best_t:
+                best = c
+                best_t = h_time[c]
+        if best_t >= t:
+            break
+        h_time[i] = best_t
+        h_slot[i] = h_slot[best]
+        i = best
+    h_time[i] = t
+    h_slot[i] = slot
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_pop(h_time, h_slot, n):
+    """Remove the root of a 4-ary heap of size n (the caller reads it first)."""
+    _heap_replace_top(h_time, h_slot, n - 1, h_time[n - 1], h_slot[n - 1])
+
+
+@numba.njit(cache=True, inline="always")
+def _packet_size(code, mean, small, large, p_small):
+    if code == 0:
+        return mean
+    if code == 1:
+        return np.random.exponential(mean)
+    return small if np.random.random() < p_small else large
+
+
+@numba.njit(cache=True, inline="always")
+def _next_departure(t, code, rate, mean_size, on_time, off_time, on_end, flow):
+    """Next packet creation time of a flow after one at ``t`` (updates on_end for ON/OFF)."""
+    iat = mean_size / rate
+    if code == 1:
+        return t + iat
+    if code == 0:
+        return t + np.random.exponential(iat)
+    peak_iat = iat * on_time / (on_time + off_time)
+    nxt = t + np.random.exponential(peak_iat)
+    while nxt > on_end[flow]:
+        start = on_end[flow] + np.random.exponential(off_time)
+        on_end[flow] = start + np.random.exponential(on_time)
+        nxt = start + np.random.exponential(peak_iat)
+    return nxt
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, mean_size, small,
+         large, p_small, path, path_len, hist_base, duration, warmup, seed):
+    np.random.seed(seed)
+    n_links = capacity.shape[0]
+    n_flows = rate.shape[0]
+    bins_per_e = 1.0 / math.log(BIN_RATIO)  # histogram bins per factor e of delay
+    # per-link ring of departure times of the packets in the system (waiting + transmitting)
+    ring_cap = buffer + 1
+    ring_off = np.zeros(n_links + 1, dtype=np.int64)
+    for l in range(n_links):
+        ring_off[l + 1] = ring_off[l] + ring_cap[l]
+    ring = np.zeros(ring_off[n_links])
+    ring_head = np.zeros(n_links, dtype=np.int64)
+    ring_count = np.zeros(n_links, dtype=np.int64)
+    last_dep = np.zeros(n_links)
+    # statistics
+    sent = np.zeros(n_flows, dtype=np.int64)
+    delivered = np.zeros(n_flows, dtype=np.int64)
+    dropped = np.zeros(n_flows, dtype=np.int64)
+    sum_d = np.zeros(n_flows)
+    sum_d2 = np.zeros(n_flows)
+    hist = np.zeros((n_flows, N_BINS), dtype=np.uint32)
+    arrivals = np.zeros(n_links, dtype=np.int64)
+    link_drops = np.zeros(n_links, dtype=np.int64)
+    busy = np.zeros(n_links)
+    wait_sum = np.zeros(n_links)
+    hops = 0
+    # events: heap of (time, slot); a slot holds a packet (flow, hop, birth, size) or,
+    # with hop == -1, a flow's next packet creation
+    cap = 1024 + 4 * n_flows
+    for l in range(n_links):
+        cap += ring_cap[l]
+    h_time = np.empty(cap)
+    h_slot = np.empty(cap, dtype=np.int64)
+    s_flow = np.empty(cap, dtype=np.int64)
+    s_hop = np.empty(cap, dtype=np.int64)
+    s_birth = np.empty(cap)
+    s_size = np.empty(cap)
+    free = np.empty(cap, dtype=np.int64)
+    n_free = 0
+    for s in range(cap - 1, -1, -1):
+        free[n_free] = s
+        n_free += 1
+    n_heap = 0
+    on_end = np.zeros(n_flows)
+    for f in range(n_flows):
+        if rate[f] <= 0:
+            continue
+        iat = mean_size[f] / rate[f]
+        if time_code[f] == 1:
+            t0 = np.random.random() * iat
+        elif time_code[f] == 0:
+            t0 = np.random.exponential(iat)
+        else:
+            on_end[f] = np.random.exponential(on_time[f])
+            if np.random.random() >= on_time[f] / (on_time[f] + off_time[f]):
+                on_end[f] = 0.0
+            t0 = _next_departure(0.0, 2, rate[f], mean_size[f], on_time[f], off_time[f], on_end, f)
+        if t0 > duration:
+            continue
+        n_free -= 1
+        slot = free[n_free]
+        s_flow[slot] = f
+        s_hop[slot] = -1
+        _heap_push(h_time, h_slot, n_heap, t0, slot)
+        n_heap += 1
+
+    # The root event is handled in place: an event that continues (the next creation of a
+    # flow, a packet's next hop) replaces the root with one sift-down instead of a pop and a push.
+    while n_heap > 0:
+        t = h_time[0]
+        slot = h_slot[0]
+        f = s_flow[slot]
+        hop = s_hop[slot]
+        at_root = True  # the packet handled below is still the heap's root
+        if hop == -1:
+            # a packet is created now; the creation event is rescheduled in the same slot
+            nxt = _next_departure(t, time_code[f], rate[f], mean_size[f], on_time[f], off_time[f], on_end, f)
+            if nxt <= duration:
+                _heap_replace_top(h_time, h_slot, n_heap, nxt, slot)
+            else:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
+                free[n_free] = slot
+                n_free += 1
+            at_root = False
+            if n_free == 0:
+                grow = cap
+                h_time = np.concatenate((h_time, np.empty(grow)))
+                h_slot = np.concatenate((h_slot, np.empty(grow, dtype=np.int64)))
+                s_flow = np.concatenate((s_flow, np.empty(grow, dtype=np.int64)))
+                s_hop = np.concatenate((s_hop, np.empty(grow, dtype=np.int64)))
+                s_birth = np.concatenate((s_birth, np.empty(grow)))
+                s_size = np.concatenate((s_size, np.empty(grow)))
+                free = np.concatenate((free, np.empty(grow, dtype=np.int64)))
+                for s in range(cap + grow - 1, cap - 1, -1):
+                    free[n_free] = s
+                    n_free += 1
+                cap += grow
+            n_free -= 1
+            slot = free[n_free]
+            s_flow[slot] = f
+            s_hop[slot] = 0
+            s_birth[slot] = t
+            s_size[slot] = _packet_size(size_code[f], mean_size[f], small[f], large[f], p_small[f])
+            hop = 0
+            if t >= warmup:
+                sent[f] += 1
+        birth = s_birth[slot]
+        counted = birth >= warmup
+        size = s_size[slot]
+        l = path[f, hop]
+        hops += 1
+        # discard departures that already happened
+        base = ring_off[l]
+        rc = ring_cap[l]
+        head = ring_head[l]
+        count = ring_count[l]
+        while count > 0 and ring[base + head] <= t:
+            head += 1
+            if head == rc:
+                head = 0
+            count -= 1
+        ring_head[l] = head
+        in_window = warmup <= t <= duration
+        if in_window:
+            arrivals[l] += 1
+        if count >= rc:
+            ring_count[l] = count
+            if in_window:
+                link_drops[l] += 1
+            if counted:
+                dropped[f] += 1
+            if at_root:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
+            free[n_free] = slot
+            n_free += 1
+            continue
+        start = t if t > last_dep[l] else last_dep[l]
+        service = size / capacity[l]
+        dep = start + service
+        last_dep[l] = dep
+        tail = head + count
+        if tail >= rc:
+            tail -= rc
+        ring[base + tail] = dep
+        ring_count[l] = count + 1
+        if in_window:
+            busy[l] += service
+            wait_sum[l] += start - t
+        arrive = dep + prop[l]
+        if hop + 1 == path_len[f]:
+            if counted:
+                d = arrive - birth
+                delivered[f] += 1
+                excess = d - hist_base[f]
+                sum_d[f] += excess
+                sum_d2[f] += excess * excess
+                ratio = d / hist_base[f]
+                k = 0
+                if ratio > 1.0:
+                    k = int(math.log(ratio) * bins_per_e)
+                    if k > N_BINS - 1:
+                        k = N_BINS - 1
+                hist[f, k] += 1
+            if at_root:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
+            free[n_free] = slot
+            n_free += 1
+        else:
+            s_hop[slot] = hop + 1
+            if at_root:
+                _heap_replace_top(h_time, h_slot, n_heap, arrive, slot)
+            else:
+                _heap_push(h_time, h_slot, n_heap, arrive, slot)
+                n_heap += 1
+    return sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops

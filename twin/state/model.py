@@ -1,0 +1,375 @@
+"""The network state: the one input type of ndt (DESIGN.md §3).
+
+A state is a topology (nodes, directed links), a traffic matrix (one flow per
+source→destination pair) and a routing (explicit paths, or OSPF link weights
+resolved to destination-based shortest paths). Units: bit/s for capacities and
+rates, bits for packet sizes, packets for buffers, seconds for delays.
+
+Every check raises :class:`StateError` with a message naming the offending
+link, node pair or field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from twin.state.errors import StateError
+from twin.state.files import read_json
+from twin.state.routing import ospf_flow_links
+
+TIME_DISTS = ("poisson", "cbr", "onoff")
+SIZE_DISTS = ("deterministic", "exponential", "binomial")
+ROUTING_KINDS = ("ospf", "paths")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A directed link: a FIFO output queue at ``src`` feeding a wire to ``dst``.
+
+    capacity: bit/s; buffer: packets that can wait (the one in transmission not
+    counted); prop_delay: s; weight: OSPF cost (> 0).
+    """
+
+    src: str
+    dst: str
+    capacity: float
+    buffer: int = 32
+    prop_delay: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Traffic from ``src`` to ``dst``.
+
+    rate: mean offered load, bit/s. time_dist: inter-departure model
+    (``poisson``, ``cbr``, or ``onoff`` with exponential ON/OFF periods of mean
+    ``on_time``/``off_time`` s and Poisson departures while ON). packet_size:
+    mean size in bits; size_dist ``binomial`` draws one of ``packet_sizes``
+    (two sizes, bits) with the probability that gives the mean.
+    """
+
+    src: str
+    dst: str
+    rate: float
+    time_dist: str = "poisson"
+    packet_size: float = 8000.0
+    size_dist: str = "deterministic"
+    packet_sizes: tuple[float, float] | None = None
+    on_time: float | None = None
+    off_time: float | None = None
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    """Topology + traffic matrix + routing.
+
+    routing_kind ``ospf`` routes every flow on the destination-based shortest
+    path under the link weights (ties broken towards the lowest node index);
+    ``paths`` uses ``paths``: one node sequence per flow pair.
+    """
+
+    nodes: tuple[str, ...]
+    links: tuple[Link, ...]
+    flows: tuple[Flow, ...] = ()
+    routing_kind: str = "ospf"
+    paths: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False)
+    name: str = ""
+
+    def __post_init__(self):
+        self._validate()
+
+    # ----------------------------------------------------------- validation
+    def _validate(self) -> None:
+        if not self.nodes:
+            raise StateError("the state has no nodes")
+        seen = set()
+        for node in self.nodes:
+            if not isinstance(node, str) or not node:
+                raise StateError(f"node {node!r}: node names must be non-empty strings")
+            if node in seen:
+                raise StateError(f"node {node!r} is listed twice")
+            seen.add(node)
+        pairs = set()
+        for link in self.links:
+            tag = f"link {link.src}->{link.dst}"
+            for end in (link.src, link.dst):
+                if end not in seen:
+                    raise StateError(f"{tag}: unknown node {end!r}")
+            if link.src == link.dst:
+                raise StateError(f"{tag}: a link cannot loop back to its own node")
+            if (link.src, link.dst) in pairs:
+                raise StateError(f"{tag}: parallel links between the same nodes are not supported")
+            pairs.add((link.src, link.dst))
+            _positive(tag, "capacity", link.capacity)
+            if not isinstance(link.buffer, (int, np.integer)) or isinstance(link.buffer, bool) or link.buffer < 1:
+                raise StateError(f"{tag}: buffer must be a whole number of packets >= 1, got {link.buffer!r}")
+            _finite_nonneg(tag, "prop_delay", link.prop_delay)
+            _positive(tag, "weight", link.weight)
+        flow_pairs = set()
+        for flow in self.flows:
+            tag = f"flow {flow.src}->{flow.dst}"
+            for end in (flow.src, flow.dst):
+                if end not in seen:
+                    raise StateError(f"{tag}: unknown node {end!r} in the traffic matrix")
+            if flow.src == flow.dst:
+                raise StateError(f"{tag}: source and destination are the same node")
+            if (flow.src, flow.dst) in flow_pairs:
+                raise StateError(f"{tag}: the traffic matrix lists this pair twice")
+            flow_pairs.add((flow.src, flow.dst))
+            _finite_nonneg(tag, "rate", flow.rate)
+            _positive(tag, "packet_size", flow.packet_size)
+            if flow.time_dist not in TIME_DISTS:
+                raise StateError(f"{tag}: time_dist {flow.time_dist!r} is not one of {TIME_DISTS}")
+            if flow.size_dist not in SIZE_DISTS:
+                raise StateError(f"{tag}: size_dist {flow.size_dist!r} is not one of {SIZE_DISTS}")
+            if flow.time_dist == "onoff":
+                _positive(tag, "on_time", flow.on_time)
+                _positive(tag, "off_time", flow.off_time)
+            if flow.size_dist == "binomial":
+                sizes = flow.packet_sizes
+                if sizes is None or len(sizes) != 2:
+                    raise StateError(f"{tag}: size_dist binomial needs packet_sizes [small, large]")
+                small, large = sizes
+                _positive(tag, "packet_sizes", small)
+                if not small < flow.packet_size < large:
+                    raise StateError(
+                        f"{tag}: packet_size {flow.packet_size} must lie strictly between packet_sizes {list(sizes)}"
+                    )
+        if self.routing_kind not in ROUTING_KINDS:
+            raise StateError(f"routing kind {self.routing_kind!r} is not one of {ROUTING_KINDS}")
+        if self.routing_kind == "paths":
+            self._validate_paths(seen, pairs)
+        _ = self.flow_links  # resolves routes: unreachable pairs and loops raise here
+
+    def _validate_paths(self, nodes: set, pairs: set) -> None:
+        for flow in self.flows:
+            path = self.paths.get((flow.src, flow.dst))
+            tag = f"path {flow.src}->{flow.dst}"
+            if path is None:
+                raise StateError(f"{tag}: the routing has no path for this traffic pair")
+            if path[0] != flow.src or path[-1] != flow.dst:
+                raise StateError(f"{tag}: the path {'-'.join(path)} must start at {flow.src} and end at {flow.dst}")
+            if len(set(path)) != len(path):
+                raise StateError(f"{tag}: routing loop, the path {'-'.join(path)} visits a node twice")
+            for a, b in zip(path, path[1:]):
+                if (a, b) not in pairs:
+                    raise StateError(f"{tag}: hop {a}->{b} does not follow a link")
+
+    # ----------------------------------------------------------- derived views
+    @cached_property
+    def node_index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.nodes)}
+
+    @cached_property
+    def link_index(self) -> dict[tuple[str, str], int]:
+        return {(lk.src, lk.dst): i for i, lk in enumerate(self.links)}
+
+    @cached_property
+    def link_arrays(self) -> dict[str, np.ndarray]:
+        """Per-link arrays: src, dst (node indices), capacity, buffer, prop_delay, weight."""
+        idx = self.node_index
+        return {
+            "src": np.array([idx[lk.src] for lk in self.links], dtype=np.int64),
+            "dst": np.array([idx[lk.dst] for lk in self.links], dtype=np.int64),
+            "capacity": np.array([lk.capacity for lk in self.links], dtype=np.float64),
+            "buffer": np.array([lk.buffer for lk in self.links], dtype=np.int64),
+            "prop_delay": np.array([lk.prop_delay for lk in self.links], dtype=np.float64),
+            "weight": np.array([lk.weight for lk in self.links], dtype=np.float64),
+        }
+
+    @cached_property
+    def flow_links(self) -> list[np.ndarray]:
+        """For each flow, the link indices of its path in hop order."""
+        if self.routing_kind == "ospf":
+            return self._ospf_flow_links()
+        index = self.link_index
+        out = []
+        for flow in self.flows:
+            path = self.paths[(flow.src, flow.dst)]
+            out.append(np.array([index[(a, b)] for a, b in zip(path, path[1:])], dtype=np.int64))
+        return out
+
+    def _ospf_flow_links(self) -> list[np.ndarray]:
+        if not self.flows:
+            return []
+        arrays, idx = self.link_arrays, self.node_index
+        src = np.array([idx[f.src] for f in self.flows], dtype=np.int64)
+        dst = np.array([idx[f.dst] for f in self.flows], dtype=np.int64)
+        try:
+            return ospf_flow_links(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], src, dst)
+        except LookupError as exc:
+            flow = self.flows[exc.args[0]]
+            raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
+
+    @cached_property
+    def routing_key(self) -> tuple:
+        """Identifies the routing by the paths it gives the flows (different weights may route alike)."""
+        return tuple(links.tobytes() for links in self.flow_links)
+
+    def flow_path(self, i: int) -> list[str]:
+        """Node names along flow ``i``'s path."""
+        links = self.flow_links[i]
+        return [self.links[links[0]].src] + [self.links[l].dst for l in links]
+
+    def link_loads(self) -> np.ndarray:
+        """Offered load per link, bit/s (sum of the rates of the flows routed over it)."""
+        load = np.zeros(len(self.links))
+        for flow, links in zip(self.flows, self.flow_links):
+            load[links] += flow.rate
+        return load
+
+    def utilization(self) -> np.ndarray:
+        """Offered load / capacity per link (may exceed 1 under overload)."""
+        return self.link_loads() / self.link_arrays["capacity"]
+
+    # ----------------------------------------------------------- transformations
+    def with_weights(self, weights) -> "NetworkState":
+        """The same state routed by OSPF with new link weights (one per link, in link order)."""
+        weights = np.asarray(weights, dtype=float)
+        if weights.shape != (len(self.links),):
+            raise StateError(f"weights: expected {len(self.links)} values (one per link), got shape {weights.shape}")
+        links = tuple(replace(lk, weight=float(w)) for lk, w in zip(self.links, weights))
+        return replace(self, links=links, routing_kind="ospf", paths={})
+
+    def with_flows(self, flows) -> "NetworkState":
+        return replace(self, flows=tuple(flows))
+
+    def scaled(self, factor: float) -> "NetworkState":
+        """Every flow's rate multiplied by ``factor``."""
+        _finite_nonneg("traffic scaling", "factor", factor)
+        return self.with_flows(replace(f, rate=f.rate * factor) for f in self.flows)
+
+    def without_links(self, pairs) -> "NetworkState":
+        """The state after the given (src, dst) links fail (both directions must be named)."""
+        drop = set(map(tuple, pairs))
+        unknown = drop - set(self.link_index)
+        if unknown:
+            raise StateError(f"link {sorted(unknown)[0][0]}->{sorted(unknown)[0][1]} is not in the topology")
+        links = tuple(lk for lk in self.links if (lk.src, lk.dst) not in drop)
+        return replace(self, links=links, routing_kind="ospf", paths={})
+
+    # ----------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        out = {
+            "name": self.name,
+            "nodes": list(self.nodes),
+            "links": [_link_dict(lk) for lk in self.links],
+            "traffic": [_flow_dict(f) for f in self.flows],
+            "routing": {"kind": self.routing_kind},
+        }
+        if self.routing_kind == "paths":
+            out["routing"]["paths"] = [list(self.paths[(f.src, f.dst)]) for f in self.flows]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkState":
+        if not isinstance(data, dict):
+            raise StateError("a network state must be a JSON object with nodes, links, traffic, routing")
+        for key in ("nodes", "links"):
+            if key not in data:
+                raise StateError(f"the state has no {key!r} field")
+        unknown = set(data) - {"name", "nodes", "links", "traffic", "routing"}
+        if unknown:
+            raise StateError(f"unknown top-level field {sorted(unknown)[0]!r}")
+        nodes = tuple(str(n) for n in _list(data, "nodes"))
+        links = tuple(_build(Link, item, f"links[{i}]") for i, item in enumerate(_list(data, "links")))
+        flows = tuple(_build(Flow, item, f"traffic[{i}]") for i, item in enumerate(_list(data, "traffic", [])))
+        routing = data.get("routing", {"kind": "ospf"})
+        if not isinstance(routing, dict):
+            raise StateError("routing must be an object such as {\"kind\": \"ospf\"}")
+        kind = routing.get("kind", "ospf")
+        paths = {}
+        if kind == "paths":
+            for i, path in enumerate(_list(routing, "paths")):
+                if not isinstance(path, list) or len(path) < 2:
+                    raise StateError(f"routing.paths[{i}]: a path is a list of at least two node names")
+                path = tuple(str(n) for n in path)
+                paths[(path[0], path[-1])] = path
+        return cls(nodes=nodes, links=links, flows=flows, routing_kind=kind, paths=paths, name=str(data.get("name", "")))
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path) -> "NetworkState":
+        data = read_json(path, "the state file", StateError)
+        try:
+            return cls.from_dict(data)
+        except StateError as exc:
+            raise StateError(f"{path}: {exc}") from None
+
+
+def _positive(tag: str, name: str, value) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise StateError(f"{tag}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise StateError(f"{tag}: {name} must be positive and finite, got {value!r}")
+
+
+def _finite_nonneg(tag: str, name: str, value) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise StateError(f"{tag}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise StateError(f"{tag}: {name} must be finite and >= 0, got {value!r}")
+
+
+def _list(data: dict, key: str, default=None) -> list:
+    value = data.get(key, default)
+    if not isinstance(value, list):
+        raise StateError(f"{key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _build(cls, item, tag: str):
+    if not isinstance(item, dict):
+        raise StateError(f"{tag}: expected an object, got {type(item).__name__}")
+    names = set(cls.__dataclass_fields__)
+    unknown = set(item) - names
+    if unknown:
+        raise StateError(f"{tag}: unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = dict(item)
+    for end in ("src", "dst"):
+        if end not in kwargs:
+            raise StateError(f"{tag}: missing field {end!r}")
+        kwargs[end] = str(kwargs[end])
+    if cls is Flow and kwargs.get("packet_sizes") is not None:
+        kwargs["packet_sizes"] = tuple(kwargs["packet_sizes"])
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise StateError(f"{tag}: {exc}") from None
+
+
+def _link_dict(link: Link) -> dict:
+    return {
+        "src": link.src,
+        "dst": link.dst,
+        "capacity": link.capacity,
+        "buffer": int(link.buffer),
+        "prop_delay": link.prop_delay,
+        "weight": link.weight,
+    }
+
+
+def _flow_dict(flow: Flow) -> dict:
+    out = {
+        "src": flow.src,
+        "dst": flow.dst,
+        "rate": flow.rate,
+        "time_dist": flow.time_dist,
+        "packet_size": flow.packet_size,
+        "size_dist": flow.size_dist,
+    }
+    if flow.packet_sizes is not None:
+        out["packet_sizes"] = list(flow.packet_sizes)
+    if flow.time_dist == "onoff":
+        out["on_time"] = flow.on_time
+        out["off_time"] = flow.off_time
+    return out
