@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    from twin.sim.bench import bench_sim
+    from twin.data.sim_bench import bench_sim
 
     report = bench_sim(seed=args.seed)
     if importlib.util.find_spec("ns3") is not None:

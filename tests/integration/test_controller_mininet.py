@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-if os.geteuid() != 0:
-    pytest.skip("needs root: Mininet creates network namespaces and Open vSwitch bridges", allow_module_level=True)
+pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
 SQUARE = [(1, 2), (2, 3), (3, 4), (4, 1)]

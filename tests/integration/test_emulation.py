@@ -25,7 +25,7 @@ from twin.models.registry import get_predictor
 from twin.state.model import Flow, Link, NetworkState
 from twin.state.traffic import shift_traffic
 
-pytestmark = pytest.mark.usefixtures("open_vswitch_running")
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("open_vswitch_running")]
 
 CAPACITY = 2e6  # bit/s
 FRAME = 8000.0  # bits

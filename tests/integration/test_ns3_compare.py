@@ -30,8 +30,8 @@ def test_missing_ns3_says_how_to_install():
         run_ns3(ns3_scenario(), duration=1.0)
 
 
+@pytest.mark.ns3
 def test_delays_and_losses_agree_with_ns3():
-    pytest.importorskip("ns3")
     result = compare_with_ns3(duration=60.0, seed=1)
     assert result["delay_mape_vs_ns3"] < 0.04
     for flow in result["flows"]:

@@ -5,7 +5,6 @@ every alert condition true, so the rules are checked to fire, not only to parse.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -24,9 +23,7 @@ from telemetry.store import LinkSample
 DASHBOARDS = Path(__file__).resolve().parents[2] / "telemetry" / "dashboards"
 PROMETHEUS = shutil.which("prometheus")
 
-if PROMETHEUS is None and os.geteuid() != 0:
-    pytest.skip("the prometheus server is not installed (scripts/install-system-deps.sh installs it as root)",
-                allow_module_level=True)
+pytestmark = pytest.mark.prometheus
 
 
 def free_port() -> int:

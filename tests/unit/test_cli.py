@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from twin.sim.bench import mm1_state
+from twin.data.sim_bench import mm1_state
 
 
 def ndt(*args, check=True):

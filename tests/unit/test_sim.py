@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from twin.sim.bench import mm1_state
+from twin.data.sim_bench import mm1_state
 from twin.sim.simulator import simulate
 from twin.state.model import Flow, Link, NetworkState
 from twin.state.errors import StateError
