@@ -33,8 +33,9 @@ import time
 
 import numpy as np
 
-from twin.state.errors import NdtError
 from twin.sim.simulator import simulate
+from twin.state.errors import NdtError
+from twin.state.metrics import finite_or_none, mape
 from twin.state.model import Flow, Link, NetworkState
 
 HEADER_BYTES = 8 + 20 + 2  # UDP + IPv4 + PPP headers that ns-3 puts on the wire
@@ -356,17 +357,6 @@ def _fixed_delay(state: NetworkState) -> np.ndarray:
     )
 
 
-def _mape(ours: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over flows with a positive reference of |ours - reference| / reference (a fraction)."""
-    keep = np.isfinite(ours) & np.isfinite(reference) & (reference > 0)
-    return float(np.mean(np.abs(ours[keep] - reference[keep]) / reference[keep]))
-
-
-def _num(x) -> float | None:
-    """A JSON-safe float: None for nan or infinity."""
-    return float(x) if math.isfinite(x) else None
-
-
 def _flow_rows(state: NetworkState, ns3: dict, ours, fixed: np.ndarray) -> list[dict]:
     """Per flow, side by side: delays and queueing parts (s), relative error, loss, packets sent."""
     utilization = state.utilization()
@@ -379,13 +369,13 @@ def _flow_rows(state: NetworkState, ns3: dict, ours, fixed: np.ndarray) -> list[
                 "dst": flow.dst,
                 "path": "-".join(state.flow_path(i)),
                 "max_utilization": round(float(utilization[state.flow_links[i]].max()), 3),
-                "delay_ns3": _num(ref),
-                "delay": _num(ours.delay[i]),
-                "rel_error": _num(ours.delay[i] / ref - 1),
-                "queueing_ns3": _num(ref - fixed[i]),
-                "queueing": _num(ours.delay[i] - fixed[i]),
-                "loss_ns3": _num(ns3["loss"][i]),
-                "loss": _num(ours.loss[i]),
+                "delay_ns3": finite_or_none(ref),
+                "delay": finite_or_none(ours.delay[i]),
+                "rel_error": finite_or_none(ours.delay[i] / ref - 1),
+                "queueing_ns3": finite_or_none(ref - fixed[i]),
+                "queueing": finite_or_none(ours.delay[i] - fixed[i]),
+                "loss_ns3": finite_or_none(ns3["loss"][i]),
+                "loss": finite_or_none(ours.loss[i]),
                 "sent_ns3": ns3["sent"][i],
                 "sent": int(ours.sent[i]),
             }
@@ -430,8 +420,8 @@ def compare_with_ns3(duration: float = 300.0, seed: int = 0, state: NetworkState
         "ns3_run_cpu_s": ns3["run_cpu_s"],
         "sim_cpu_s": ours_cpu_s,
         "speedup_vs_ns3_cpu": (ours.packet_hops / ours_cpu_s) / ns3_per_cpu_s,
-        "delay_mape_vs_ns3": _mape(ours.delay, ref_delay),
-        "queueing_mape_vs_ns3": _mape(ours.delay - fixed, ref_delay - fixed),
+        "delay_mape_vs_ns3": mape(ours.delay, ref_delay),
+        "queueing_mape_vs_ns3": mape(ours.delay - fixed, ref_delay - fixed),
         "flows": _flow_rows(state, ns3, ours, fixed),
     }
 

@@ -27,13 +27,26 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
 from controller.routing_rules import (
-    BASE_COOKIE, CLASSIFIER_TABLE, COOKIE_KIND_MASK, COUNTER_COOKIE, NDT_COOKIE_MASK, FlowOp, FlowRule, Host,
-    RouteSet, RuleError, Wiring, base_rules, counter_rules, plan_update, route_rules,
+    BASE_COOKIE,
+    CLASSIFIER_TABLE,
+    COOKIE_KIND_MASK,
+    COUNTER_COOKIE,
+    NDT_COOKIE_MASK,
+    FlowOp,
+    FlowRule,
+    Host,
+    RouteSet,
+    RuleError,
+    Wiring,
+    base_rules,
+    counter_rules,
+    plan_update,
+    route_rules,
 )
-from twin.state.errors import NdtError
 from telemetry.exporter import Metrics
 from telemetry.rates import CounterRates
 from telemetry.store import LinkSample, TelemetryStore
+from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
 LOG = logging.getLogger("ndt.controller")

@@ -23,6 +23,7 @@ from twin.calibration import correction as cal
 from twin.calibration.finetune import fine_tune
 from twin.models.learned import load_twin
 from twin.models.registry import LEARNED, get_predictor
+from twin.state.metrics import mape
 from twin.state.model import NetworkState
 
 
@@ -88,16 +89,16 @@ def calibrate(topology: str, loads: list[float], routings: int, duration: float,
 
     def errors(correction, indices, known=True):
         """MAPE per state of ``indices`` under ``correction``, with each state's walk or without."""
-        return [cal.mape(cal.CalibratedPredictor(predictor, correction, walks[i] if known else None)
+        return [mape(cal.CalibratedPredictor(predictor, correction, walks[i] if known else None)
                          .predict_delays([states[i]])[0], measured[i]) for i in indices]
 
     everything = list(range(len(samples)))
     correction = cal.fit(states, measured, predictor, walks)
-    structural = [cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, (_, _, p, _, _), m in
+    structural = [mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, (_, _, p, _, _), m in
                   zip(states, samples, measured)]
-    general_structural = ([cal.mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in
+    general_structural = ([mape(cal.emulated_delays(s, p, cal.Correction()), m) for s, p, m in
                            zip(states, general.predict_delays(states), measured)] if tuned else structural)
-    raw = [cal.mape(p, m) for (_, _, p, _, _), m in zip(samples, measured)]
+    raw = [mape(p, m) for (_, _, p, _, _), m in zip(samples, measured)]
     after, after_unknown = errors(correction, everything), errors(correction, everything, known=False)
     held_out, held_out_unknown = [], []
     for load in loads:

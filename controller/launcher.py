@@ -27,10 +27,10 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
         grpc_token: str | None = None, tls_cert=None, tls_key=None) -> None:
     """Serve OpenFlow on ofp_host:ofp_port, metrics on metrics_addr:metrics_port and the gRPC API on
     ``grpc_address`` (None: no API) until a signal."""
-    from os_ken import cfg
-    from os_ken.base.app_manager import AppManager
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
     import os_ken.topology.switches  # noqa: F401  registers --observe-links (LLDP discovery)
+    from os_ken import cfg
+    from os_ken.base.app_manager import AppManager
 
     args = ["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)]
     if config.discover:

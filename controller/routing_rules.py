@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from twin.state.errors import NdtError
-from twin.state.routing import next_hop_links
 from twin.state.model import NetworkState
+from twin.state.routing import next_hop_links
 
 CLASSIFIER_TABLE = 0
 ROUTE_TABLE = 1

@@ -19,10 +19,11 @@ import sys
 import numpy as np
 from scipy.optimize import nnls
 
-from twin.calibration import correction as cal
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import MIN_PACKETS, reliable_from_report
+from twin.calibration import correction as cal
 from twin.models.learned import load_twin
+from twin.state.metrics import mape
 
 
 def fit(twin, states, measured, method, columns):
@@ -35,7 +36,7 @@ def fit(twin, states, measured, method, columns):
             coef[columns] = nnls(relative[:, columns], np.ones(len(relative)))[0]
         else:
             coef[columns] = cal.least_relative_deviation(relative[:, columns])
-        error = np.mean([cal.mape(x @ coef, m) for x, m in zip(matrices, measured)])
+        error = np.mean([mape(x @ coef, m) for x, m in zip(matrices, measured)])
         if error < best[0]:
             best = (error, (scale, coef))
     return best[1]
@@ -43,7 +44,7 @@ def fit(twin, states, measured, method, columns):
 
 def errors(twin, states, measured, params):
     scale, coef = params
-    return [cal.mape(x[:, :3] @ coef, m) for x, m in zip(cal.design_matrices(states, twin, float(scale)), measured)]
+    return [mape(x[:, :3] @ coef, m) for x, m in zip(cal.design_matrices(states, twin, float(scale)), measured)]
 
 
 def main(calibration_json: str, demo_jsons: list[str]) -> None:

@@ -37,10 +37,11 @@ import sys
 
 import numpy as np
 
-from twin.calibration.correction import mape
+from controller.api.client import ControllerClient
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.topologies import EMU_PACKET, emulation_state
 from mininet_topos.traffic import play
+from twin.state.metrics import mape
 
 
 def scan(source: str, load: float, capacities: list[float], duration: float) -> list[dict]:
@@ -95,8 +96,9 @@ def md1(loads: list[float], duration: float) -> list[dict]:
 
 
 def noise(source: str, load: float, durations: list[float], min_packets: list[int]) -> list[dict]:
-    from twin.calibration.correction import Correction, find, measurement_noise
+    from twin.calibration.correction import Correction, find
     from twin.calibration.correction import load as load_correction
+    from twin.calibration.correction import measurement_noise
 
     path = find("routenet")
     correction = load_correction(path)[0] if path else Correction()
@@ -113,8 +115,8 @@ def noise(source: str, load: float, durations: list[float], min_packets: list[in
 def replay(report_path: str, runs: int, seed: int) -> dict:
     from itertools import combinations
 
-    from twin.calibration.correction import CalibratedPredictor, find, load, tuned_predictor
     from mininet_topos.traffic import reliable_from_report
+    from twin.calibration.correction import CalibratedPredictor, find, load, tuned_predictor
     from twin.models.registry import get_predictor
 
     report = json.loads(open(report_path).read())

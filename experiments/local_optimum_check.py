@@ -17,9 +17,9 @@ import numpy as np
 
 from optimizer.bench import bench_intent, real_state
 from optimizer.local import neighbours
-from optimizer.objective import mean_delay
 from optimizer.search import optimize
 from twin.models.registry import SimulatorPredictor, get_predictor
+from twin.state.metrics import mean_delay
 from twin.state.traffic import scale_to_utilization
 
 

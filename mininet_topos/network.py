@@ -26,8 +26,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from twin.calibration.port_walk import Walk
 from mininet_topos.forwarding import probe_walk, walk_of
+from twin.calibration.port_walk import Walk
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.calibration.correction import CalibratedPredictor, Correction, mape
-from twin.calibration.port_walk import Walk
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.traffic import Measurement, play
+from twin.calibration.correction import CalibratedPredictor, Correction
+from twin.calibration.port_walk import Walk
+from twin.state.metrics import mape, mean_delay
 from twin.state.model import NetworkState
 
 
@@ -36,8 +37,7 @@ class Validation:
         return self.measured.mean_delay(state)
 
     def mean_expected(self, state: NetworkState) -> float:
-        rates = np.array([f.rate for f in state.flows])
-        return float(np.sum(rates * self.expected) / np.sum(rates))
+        return mean_delay(state, self.expected)
 
     def to_dict(self, state: NetworkState) -> dict:
         routed = state.with_weights(self.weights)

@@ -3,7 +3,7 @@
 ``plan_packets`` and ``flow_stats`` are pure; ``play`` runs :mod:`mininet_topos.udpgen` in every
 host (one sender, one receiver each) for ``duration`` s and summarises what arrived after
 ``warmup`` s. A flow's ``packet_size`` (bits) is the Ethernet frame on the wire, what HTB counts:
-UDP payload = size/8 − 42 bytes. Results follow DESIGN.md §3: delay (mean, s), jitter (variance,
+UDP payload = size/8 − 42 bytes. Results have the shape of every delay source (docs/state.md): delay (mean, s), jitter (variance,
 s²), loss (ratio), p50/p90/p99 (s).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mininet_topos.udpgen import PORT
+from twin.state.metrics import finite_or_none, mean_delay
 from twin.state.model import NetworkState
 
 FRAME_OVERHEAD_BYTES = 42  # Ethernet 14 + IPv4 20 + UDP 8
@@ -48,9 +49,7 @@ class Measurement:
 
     def mean_delay(self, state: NetworkState) -> float:
         """Traffic-weighted mean delay over flows that delivered packets, s."""
-        rates = np.array([f.rate for f in state.flows])
-        ok = np.isfinite(self.delay) & (rates > 0)
-        return float(np.sum(rates[ok] * self.delay[ok]) / np.sum(rates[ok]))
+        return mean_delay(state, self.delay)
 
     def reliable_delay(self, min_packets: int = MIN_PACKETS) -> np.ndarray:
         """Per-flow mean delay, NaN where fewer than ``min_packets`` arrived: a queue's mean over fewer
@@ -61,9 +60,9 @@ class Measurement:
         return {(f.src, f.dst): float(d) for f, d in zip(state.flows, self.delay) if np.isfinite(d)}
 
     def to_dict(self, state: NetworkState) -> dict:
-        paths = [{"src": f.src, "dst": f.dst, "delay": _num(self.delay[i]), "jitter": _num(self.jitter[i]),
-                  "loss": _num(self.loss[i]), "p50": _num(self.p50[i]), "p90": _num(self.p90[i]),
-                  "p99": _num(self.p99[i]), "received": int(self.received[i])} for i, f in enumerate(state.flows)]
+        paths = [{"src": f.src, "dst": f.dst, "delay": finite_or_none(self.delay[i]), "jitter": finite_or_none(self.jitter[i]),
+                  "loss": finite_or_none(self.loss[i]), "p50": finite_or_none(self.p50[i]), "p90": finite_or_none(self.p90[i]),
+                  "p99": finite_or_none(self.p99[i]), "received": int(self.received[i])} for i, f in enumerate(state.flows)]
         return {"paths": paths, "mean_delay": self.mean_delay(state), "duration": self.duration, "warmup": self.warmup,
                 "sender_late_p99": self.sender_late_p99, "cpu_busy": self.cpu_busy, "load_average": self.load_average,
                 **self.extra}
@@ -74,10 +73,6 @@ def reliable_from_report(paths: list[dict]) -> np.ndarray:
     than ``MIN_PACKETS`` arrived, as :meth:`Measurement.reliable_delay`."""
     return np.array([p["delay"] if p["delay"] is not None and p["received"] >= MIN_PACKETS else np.nan
                      for p in paths], dtype=float)
-
-
-def _num(x) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def plan_packets(state: NetworkState, duration: float, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:

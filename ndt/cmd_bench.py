@@ -115,7 +115,6 @@ def run_optimize(args: argparse.Namespace) -> int:
         print_json(report)
         return 0
     from ndt.output import print_table
-
     from optimizer.bench import METHODS
 
     rows = [dict(r, **{f"{m}_ms": 1e3 * r[f"{m}_delay"] for m in METHODS}) for r in report["intensities"]]

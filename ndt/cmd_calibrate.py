@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 from ndt.cmd_loop import OptionError
 from ndt.output import print_json, print_table

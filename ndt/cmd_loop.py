@@ -66,7 +66,7 @@ def execute(args: argparse.Namespace, log) -> dict:
     """Run the loop from parsed options; returns the report."""
     from controller.loop.closed_loop import LoopSettings
     from controller.loop.emulated import DEFAULT_OUT, run_loop
-    from mininet_topos.topologies import emulation_state
+    from mininet_topos.topologies import EMU_PACKET, emulation_state
     from twin.calibration.correction import calibrated_twin
     from twin.models.registry import PREDICTORS
     from twin.state.traffic import shift_traffic
@@ -96,7 +96,7 @@ def execute(args: argparse.Namespace, log) -> dict:
             raise OptionError(f"--fail {spec!r}: expected NODE,NODE naming a link of {args.topology}")
         failures.append(pair)
     settings = LoopSettings(duration=args.duration, validate_s=args.validate_s, verify_s=args.verify_s,
-                            candidates=args.candidates, seed=args.seed)
+                            candidates=args.candidates, seed=args.seed, packet_size=EMU_PACKET)
     report = run_loop(state, twin.predictor, twin.correction, settings, args.out or DEFAULT_OUT,
                       args.metrics_port, log, shifts=tuple(shifts), failures=tuple(failures),
                       prometheus=not args.no_prometheus)

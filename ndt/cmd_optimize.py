@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from optimizer.intent import load_intent
-    from optimizer.objective import mean_delay
     from optimizer.search import InfeasibleIntent, optimize
     from twin.models.registry import SimulatorPredictor, get_predictor
+    from twin.state.metrics import mean_delay
     from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)

@@ -49,8 +49,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from twin.models.learned import MODELS_DIR
-    from twin.state.errors import StateError
     from twin.models.train import TrainConfig, Trainer
+    from twin.state.errors import StateError
 
     for name in ("epochs", "batch_size", "state_dim", "iterations", "patience"):
         if getattr(args, name) < 1:

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from twin.state.routing import next_hop_links, paths_from_table
 from twin.state.model import NetworkState
+from twin.state.routing import next_hop_links, paths_from_table
 
 SLOPES = np.array([1.0, 3.0, 10.0, 70.0, 500.0, 5000.0])
 BREAKPOINTS = np.array([0.0, 1 / 3, 2 / 3, 0.9, 1.0, 1.1, np.inf])

@@ -9,9 +9,9 @@ import numpy as np
 
 from optimizer.baselines import fortz_thorup, inverse_capacity_weights, unit_weights
 from optimizer.intent import Intent
-from optimizer.objective import mean_delay
 from optimizer.search import optimize
 from twin.models.registry import SimulatorPredictor, get_predictor
+from twin.state.metrics import mean_delay
 from twin.state.model import NetworkState
 from twin.state.traffic import scale_to_utilization
 

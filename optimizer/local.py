@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from optimizer.nes import better
+from optimizer.nes import better, feasible_first
 
 
 def neighbours(weights: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def descend(score_batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], 
             break
         violation, objective = score_batch(moves)
         evaluations += len(moves)
-        order = np.lexsort((np.where(violation > 0, violation, objective), violation > 0))
+        order = feasible_first(violation, objective)
         key = (float(violation[order[0]]), float(objective[order[0]]))
         if not better(key, best_key, tolerance=1e-9):
             break

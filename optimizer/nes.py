@@ -81,7 +81,7 @@ def snes(
         violation, objective = score_batch(candidates)
         evaluations += size
         generation += 1
-        order = np.lexsort((np.where(violation > 0, violation, objective), violation > 0))
+        order = feasible_first(violation, objective)
         top = order[0]
         key = (float(violation[top]), float(objective[top]))
         if better(key, best_key):
@@ -111,6 +111,12 @@ def _utilities(size: int) -> np.ndarray:
     ranks = np.arange(1, size + 1)
     raw = np.maximum(0.0, math.log(size / 2 + 1) - np.log(ranks))
     return raw / raw.sum() - 1.0 / size
+
+
+def feasible_first(violation: np.ndarray, objective: np.ndarray) -> np.ndarray:
+    """Indices from best to worst: feasible candidates (violation 0) by objective, then the
+    infeasible ones by violation."""
+    return np.lexsort((np.where(violation > 0, violation, objective), violation > 0))
 
 
 def better(a: tuple, b: tuple, tolerance: float = 0.0) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.intent import Intent
+from twin.state.metrics import mean_delay
 from twin.state.model import NetworkState
 
 
@@ -24,13 +25,6 @@ class Score:
     @property
     def feasible(self) -> bool:
         return self.violation == 0.0
-
-
-def mean_delay(state: NetworkState, delays: np.ndarray) -> float:
-    """Traffic-weighted mean path delay, s (paths without a prediction are left out)."""
-    rates = np.array([f.rate for f in state.flows])
-    ok = np.isfinite(delays) & (rates > 0)
-    return float(np.sum(rates[ok] * delays[ok]) / np.sum(rates[ok]))
 
 
 def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
@@ -59,11 +53,3 @@ def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
         total = sum(f.rate for f in state.flows) or 1.0
         violation += sum(loads[state.link_index[link]] for link in intent.avoid_links) / total
     return Score(objective=objective, violation=violation)
-
-
-def rank(scores: list[Score]) -> np.ndarray:
-    """Indices from best to worst: feasible ones by objective, then infeasible ones by violation."""
-    violation = np.array([s.violation for s in scores])
-    objective = np.array([s.objective for s in scores])
-    key = np.where(violation > 0, violation, objective)
-    return np.lexsort((key, violation > 0))

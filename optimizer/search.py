@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.state.errors import NdtError
 from optimizer.intent import Intent
 from optimizer.local import descend
 from optimizer.nes import better, snes
 from optimizer.objective import Score, score
+from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
 

@@ -24,8 +24,11 @@ def traffic_matrix(samples, start: float, end: float) -> dict[tuple[str, str], f
     return {pair: float(np.mean(v)) for pair, v in sums.items()}
 
 
-def estimated_state(state: NetworkState, rates: dict[tuple[str, str], float], packet_size: float) -> NetworkState:
-    """``state``'s topology and routing with the measured traffic matrix (Poisson, ``packet_size`` bits)."""
+def estimated_state(state: NetworkState, rates: dict[tuple[str, str], float],
+                    packet_size: float | None = None) -> NetworkState:
+    """``state``'s topology and routing with the measured traffic matrix (Poisson, ``packet_size`` bits;
+    None: :class:`~twin.state.model.Flow`'s default)."""
     if not rates:
         raise TrafficMatrixError("the controller measured no traffic: the telemetry has no traffic matrix yet")
-    return state.with_flows(Flow(s, d, rate=r, packet_size=packet_size) for (s, d), r in sorted(rates.items()))
+    size = {} if packet_size is None else {"packet_size": packet_size}
+    return state.with_flows(Flow(s, d, rate=r, **size) for (s, d), r in sorted(rates.items()))

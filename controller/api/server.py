@@ -18,11 +18,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from twin.state.errors import NdtError
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
-from twin.state.model import Flow, NetworkState
+from telemetry.traffic_matrix import estimated_state
+from twin.state.errors import NdtError
+from twin.state.model import NetworkState
 
 try:
     from controller.api import ndt_api_pb2 as pb
@@ -55,7 +56,8 @@ class NdtService(services.NdtServicer):
         self.store = store
         self.metrics = metrics
         if predictor_factory is None:
-            from twin.models.registry import PREDICTORS, get_predictor as predictor_factory
+            from twin.models.registry import PREDICTORS
+            from twin.models.registry import get_predictor as predictor_factory
 
             default_model = default_model or PREDICTORS[-1]
         self.predictor_factory = predictor_factory
@@ -136,8 +138,8 @@ class NdtService(services.NdtServicer):
         import yaml
 
         from optimizer.intent import parse_intent
-        from optimizer.objective import mean_delay
         from optimizer.search import InfeasibleIntent, optimize
+        from twin.state.metrics import mean_delay
 
         try:
             intent = parse_intent(yaml.safe_load(request.intent_yaml or "{}") or {})
@@ -210,7 +212,7 @@ class NdtService(services.NdtServicer):
         state = view.state
         measured = self._measured_traffic(time.time())
         if measured:
-            state = state.with_flows(Flow(src, dst, rate) for (src, dst), rate in sorted(measured.items()))
+            state = estimated_state(state, measured)
         if not state.flows:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            "the running network has no traffic: none measured yet and none in the state file")

@@ -27,10 +27,10 @@ from twin.calibration.correction import (
     Correction,
     effective_state,
     emulated_delays,
-    mape,
     measurement_noise,
 )
 from twin.calibration.port_walk import Walk
+from twin.state.metrics import mape
 from twin.state.model import NetworkState
 
 

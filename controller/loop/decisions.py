@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer.intent import Intent
-from optimizer.objective import mean_delay
 from optimizer.search import Optimization, optimize, undo_idle_changes
 from twin.models.registry import get_predictor
+from twin.state.metrics import mean_delay
 from twin.state.model import NetworkState
 
 

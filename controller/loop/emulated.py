@@ -15,7 +15,6 @@ from controller.loop.report import build_report, prometheus_check, summary, writ
 from mininet_topos.network import REPO, EmulatedNetwork, free_port
 from mininet_topos.prometheus import PrometheusServer
 from mininet_topos.sandbox import Validation, validate
-from mininet_topos.topologies import EMU_PACKET
 from mininet_topos.traffic import Measurement, play
 from telemetry.store import TelemetryStore
 from telemetry.traffic_matrix import traffic_matrix
@@ -79,7 +78,6 @@ def run_loop(state: NetworkState, predictor, correction: Correction, settings: L
     Prometheus server scrapes the live controller, its database kept in ``out_dir``/prometheus."""
     timeline = Timeline()
     out_dir = Path(out_dir).resolve()
-    settings.packet_size = EMU_PACKET
     with ExitStack() as stack:
         with timeline.phase("live network up"):
             live = stack.enter_context(EmulatedNetwork(state, ControllerClient, prefixes[0], tag=tag,

@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from twin.state.errors import NdtError
 from benchmarks.ns3_compare import compare_with_ns3, ns3_scenario, run_ns3
+from twin.state.errors import NdtError
 
 
 def test_scenario_has_loaded_bottlenecks():

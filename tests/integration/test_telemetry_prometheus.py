@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mininet_topos.network import free_port
 from telemetry.exporter import Exporter, Metrics
 from telemetry.store import LinkSample
 
@@ -25,11 +25,6 @@ PROMETHEUS = shutil.which("prometheus")
 
 pytestmark = pytest.mark.prometheus
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expressions() -> list[str]:

@@ -97,3 +97,16 @@ def test_the_rules_catch_an_upward_import_a_peer_import_and_a_cycle():
     assert upward_imports(graph) == ["twin.state.model (floor 0) imports controller.app (floor 6)",
                                      "optimizer.search (floor 5) imports telemetry.store (floor 5)"]
     assert list(nx.simple_cycles(graph)) == [["twin.state.model", "controller.app"]]
+
+
+SHORT = {"calibration": "twin.calibration", "models": "twin.models", "data": "twin.data", "sim": "twin.sim",
+         "state": "twin.state"}
+
+
+def test_the_picture_in_docs_architecture_matches_the_imports():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    drawn = {tuple(SHORT.get(x.strip(), x.strip()) for x in line.split("-->")) for line in map(str.strip, block.splitlines())
+             if "-->" in line}
+    actual = {(owner(s), owner(t)) for s, t in import_graph().edges if owner(s) != owner(t)}
+    assert drawn == actual, f"missing from the picture: {sorted(actual - drawn)}; not in the code: {sorted(drawn - actual)}"

@@ -11,11 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.api.server import NdtService, pb, serve, services
-from twin.models.registry import get_predictor
 from controller.app import NetworkView
 from controller.routing_rules import Host
 from telemetry.exporter import Metrics
 from telemetry.store import LinkSample, TelemetryStore
+from twin.models.registry import get_predictor
 from twin.state.model import Flow, Link, NetworkState
 
 SQUARE = [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s1"), ("s1", "s3")]  # a square and a diagonal

@@ -10,11 +10,20 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.routing_rules import (
-    COUNTER_PRIORITY, ROUTE_TABLE, Host, RuleError, Wiring, base_rules, counter_rules, plan_update,
-    route_cookie, route_rules,
+    COUNTER_PRIORITY,
+    ROUTE_TABLE,
+    Host,
+    RuleError,
+    Wiring,
+    base_rules,
+    counter_rules,
+    plan_update,
+    route_cookie,
+    route_rules,
 )
 from twin.state.model import Link, NetworkState
 

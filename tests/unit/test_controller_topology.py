@@ -11,6 +11,7 @@ import pytest
 
 from controller.routing_rules import RuleError
 from controller.topology import load_wiring, wiring_from_dict
+from mininet_topos.network import free_port
 from telemetry.rates import CounterRates
 from twin.state.model import Link, NetworkState
 
@@ -73,14 +74,8 @@ def test_launcher_reports_bad_files_in_one_line(tmp_path):
 
 def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path):
     import signal
-    import socket
     import time
     import urllib.request
-
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     def log_has(text, timeout=20.0):
         deadline = time.monotonic() + timeout

@@ -11,12 +11,12 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from twin.data.reference import compare_with_reference
 from twin.data.datanet_reader import read_datanet
 from twin.data.datanet_writer import write_datanet
+from twin.data.reference import compare_with_reference
 from twin.sim.simulator import simulate
-from twin.state.model import Flow, Link, NetworkState
 from twin.state.errors import StateError
+from twin.state.model import Flow, Link, NetworkState
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared/datasets"
 GNNET = DATASETS / "gnnet2021"

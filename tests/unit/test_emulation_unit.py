@@ -8,6 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.loop.decisions import choose, should_roll_back, traffic_shifted
+from mininet_topos.network import shaping_commands
+from mininet_topos.topologies import TopologyError, emulation_state
+from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, fifo_waits, flow_stats, plan_packets
+from telemetry.store import PairValue
+from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffic_matrix
 from twin.calibration.correction import (
     CalibratedPredictor,
     CalibrationError,
@@ -15,17 +21,11 @@ from twin.calibration.correction import (
     emulated_delays,
     fit,
     least_relative_deviation,
-    mape,
     measurement_noise,
     path_components,
 )
-from controller.loop.decisions import choose, should_roll_back, traffic_shifted
-from mininet_topos.network import shaping_commands
-from mininet_topos.topologies import TopologyError, emulation_state
-from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, fifo_waits, flow_stats, plan_packets
-from telemetry.store import PairValue
-from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffic_matrix
 from twin.state.errors import StateError
+from twin.state.metrics import mape
 from twin.state.model import Flow, Link, NetworkState
 from twin.state.traffic import shift_traffic
 

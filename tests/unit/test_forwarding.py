@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twin.calibration.correction import CalibratedPredictor, Correction, fit, mape
-from twin.calibration.port_walk import Walk, walk_features
 from mininet_topos.forwarding import parse_walk, walk_of
+from twin.calibration.correction import CalibratedPredictor, Correction, fit
+from twin.calibration.port_walk import Walk, walk_features
+from twin.state.metrics import mape
 from twin.state.model import Flow, Link, NetworkState
 
 NAMES = {11: "s1-eth1", 12: "s1-eth2", 13: "s2-eth1", 14: "s2-eth2", 15: "s2-eth3", 16: "s3-eth1", 17: "s3-eth2"}

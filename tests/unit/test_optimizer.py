@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from optimizer.baselines import LoadModel, fortz_thorup, fortz_thorup_cost, inverse_capacity_weights
-from optimizer.intent import IntentError, load_intent, parse_intent, parse_duration
+from optimizer.intent import IntentError, load_intent, parse_duration, parse_intent
 from optimizer.nes import snes
 from optimizer.objective import score
 from optimizer.search import InfeasibleIntent, limit_changes, optimize, undo_idle_changes

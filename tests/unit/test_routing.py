@@ -5,8 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.state.routing import next_hop_links
 from twin.state.model import Flow, Link, NetworkState
+from twin.state.routing import next_hop_links
 
 
 def square(weights=None):

@@ -7,8 +7,8 @@ import pytest
 
 from twin.data.sim_bench import mm1_state
 from twin.sim.simulator import simulate
-from twin.state.model import Flow, Link, NetworkState
 from twin.state.errors import StateError
+from twin.state.model import Flow, Link, NetworkState
 
 C = 10e6  # bit/s
 SIZE = 8000.0  # bits

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from twin.state.model import Flow, Link, NetworkState
 from twin.state.errors import StateError
+from twin.state.model import Flow, Link, NetworkState
 
 
 def line_state(**flow_kw):

@@ -7,8 +7,8 @@ import pytest
 
 from twin.data.dataset import DatasetConfig, make_state
 from twin.models.features import build_batch, state_graph
-from twin.state.model import NetworkState
 from twin.state.errors import StateError
+from twin.state.model import NetworkState
 
 CONFIG = DatasetConfig(samples=2, min_nodes=6, max_nodes=9, real_fraction=0.0, seed=3)
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from twin.models.features import build_batch
 from twin.models.qt import QueueingModel
 from twin.models.queueing import mm1b, solve
-from twin.models.features import build_batch
 from twin.sim.simulator import simulate
 from twin.state.model import Flow, Link, NetworkState
 

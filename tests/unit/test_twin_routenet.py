@@ -5,10 +5,10 @@ import pytest
 
 from twin.data.dataset import DatasetConfig, generate, make_state
 from twin.models.features import build_batch
-from twin.models.qt import QueueingModel
 from twin.models.learned import MODELS_DIR, LearnedTwin, ModelFileError, Normalizer, build, load_twin, make_network
-from twin.sim.simulator import simulate
+from twin.models.qt import QueueingModel
 from twin.models.train import TrainConfig, Trainer
+from twin.sim.simulator import simulate
 
 SMALL = DatasetConfig(samples=2, min_nodes=5, max_nodes=12, real_fraction=0.0, seed=21)
 

@@ -29,6 +29,7 @@ from twin.models.features import fixed_delays
 from twin.sim.simulator import simulate
 from twin.state.errors import NdtError
 from twin.state.files import read_json
+from twin.state.metrics import mape
 from twin.state.model import NetworkState
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # where ndt calibrate writes calibration-<model>.json
@@ -175,14 +176,6 @@ def measurement_noise(state: NetworkState, correction: Correction, duration: flo
         measured = _emulated(effective, window.delay, correction)
         errors.append(mape(reference, np.where(window.delivered >= min_packets, measured, np.nan)))
     return float(np.mean(errors))
-
-
-def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
-    """Mean absolute percentage error (fraction) over flows with a positive measured delay; NaN if none."""
-    ok = np.isfinite(measured) & (measured > 0) & np.isfinite(predicted)
-    if not ok.any():
-        return float("nan")
-    return float(np.mean(np.abs(predicted[ok] - measured[ok]) / measured[ok]))
 
 
 class CalibratedPredictor:

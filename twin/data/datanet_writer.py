@@ -14,6 +14,7 @@ import numpy as np
 
 from twin.data.datanet_reader import IN_SERVICE, NO_RESULT, NO_TRAFFIC, NOT_MEASURED, RESULT_FILES
 from twin.state.errors import StateError
+from twin.state.metrics import finite_or_none
 from twin.state.model import Flow, NetworkState
 
 
@@ -175,7 +176,7 @@ def _results_line(result) -> str:
     def cell(i: int, flow: Flow) -> str:
         delay = result.delay[i] if result.delivered[i] > 0 else None
         values = [result.delivered[i] * sizes[i] / window / 1e3, result.sent[i] / window, result.dropped[i] / window,
-                  delay, None, None, None, _finite(result.p50[i]), None, _finite(result.p90[i]),
+                  delay, None, None, None, finite_or_none(result.p50[i]), None, finite_or_none(result.p90[i]),
                   result.jitter[i] if delay is not None else None]
         return ",".join(NOT_MEASURED if v is None else _fmt(v) for v in values)
 
@@ -207,11 +208,6 @@ def _link_usage_line(result) -> str:
         values = [util, loss, size, util, loss, result.occupancy[j] + util, None, size]
         cells[idx[lk.src] * n + idx[lk.dst]] = ",".join(NOT_MEASURED if v is None else _fmt(v) for v in values)
     return ";".join(cells) + ";"
-
-
-def _finite(x: float) -> float | None:
-    """``x`` or None when it is NaN or infinite."""
-    return float(x) if math.isfinite(x) else None
 
 
 def _fmt(x: float) -> str:

@@ -24,8 +24,8 @@ import networkx as nx
 import numpy as np
 
 from twin.sim.simulator import simulate
-from twin.state.model import NetworkState
 from twin.state.errors import StateError
+from twin.state.model import NetworkState
 from twin.state.topologies import from_graph, powerlaw_graph
 from twin.state.traffic import random_flows, scale_to_utilization, set_onoff_cycles
 

@@ -29,11 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from twin.models.queueing import solve
-from twin.state.model import NetworkState
 from twin.state.errors import StateError
+from twin.state.model import SIZE_DISTS, TIME_DISTS, NetworkState
 
-TIME_CODES = ("poisson", "cbr", "onoff")
-SIZE_CODES = ("deterministic", "exponential", "binomial")
 BASE_LINK_FEATURES = ("load", "log_flows", "poisson_share", "cbr_share", "onoff_share", "size_scv")
 BASE_QUEUE_FEATURES = ("log2_buffer", "load")
 BASE_PATH_FEATURES = (
@@ -120,21 +118,21 @@ class StateGraph:
 
 def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
     """Per-flow arrays: rate (bit/s), size (mean bits), size_scv (packet-size variance / mean²),
-    time (index into TIME_CODES), size_code (index into SIZE_CODES), on_fraction, cycle (s, ON+OFF; 0 if not ON/OFF)."""
-    time_index = {name: i for i, name in enumerate(TIME_CODES)}
-    size_index = {name: i for i, name in enumerate(SIZE_CODES)}
+    time (index into TIME_DISTS), size_code (index into SIZE_DISTS), on_fraction, cycle (s, ON+OFF; 0 if not ON/OFF)."""
+    time_index = {name: i for i, name in enumerate(TIME_DISTS)}
+    size_index = {name: i for i, name in enumerate(SIZE_DISTS)}
     rows = np.array([
         (f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist], f.on_time or 0.0,
          f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
         for f in state.flows
     ], dtype=np.float64).reshape(-1, 8)
     rate, size, time, size_code, on, off, small, large = rows.T
-    binomial = size_code == SIZE_CODES.index("binomial")
+    binomial = size_code == SIZE_DISTS.index("binomial")
     with np.errstate(invalid="ignore", divide="ignore"):
         p_small = np.where(binomial, (large - size) / (large - small), 1.0)
         second = p_small * small**2 + (1 - p_small) * large**2
-    scv = np.where(binomial, second / size**2 - 1.0, (size_code == SIZE_CODES.index("exponential")).astype(float))
-    onoff = time == TIME_CODES.index("onoff")
+    scv = np.where(binomial, second / size**2 - 1.0, (size_code == SIZE_DISTS.index("exponential")).astype(float))
+    onoff = time == TIME_DISTS.index("onoff")
     cycle = np.where(onoff, on + off, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         on_fraction = np.where(onoff, on / cycle, 1.0)
@@ -168,7 +166,7 @@ def state_graph(state: NetworkState) -> StateGraph:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_size = np.where(packets > 0, bits / packets, default_size)
         size_scv = np.where(packets > 0, second / packets / mean_size**2 - 1.0, 0.0)
-        shares = [np.where(bits > 0, per_link(rate * (fa["time"] == k)) / bits, 0.0) for k in range(len(TIME_CODES))]
+        shares = [np.where(bits > 0, per_link(rate * (fa["time"] == k)) / bits, 0.0) for k in range(len(TIME_DISTS))]
     link_x = np.stack([load, np.log1p(n_flows), *shares, size_scv], axis=1)
     queue_x = np.stack([np.log2(la["buffer"].astype(np.float64)), load], axis=1)
 
@@ -182,10 +180,10 @@ def state_graph(state: NetworkState) -> StateGraph:
     path_x = np.column_stack([
         share,
         np.log10(np.maximum(share, 1e-6)),
-        np.eye(len(TIME_CODES))[fa["time"]],
+        np.eye(len(TIME_DISTS))[fa["time"]],
         fa["on_fraction"],
         np.log10(np.maximum(cycle_packets, 1e-3)),
-        np.eye(len(SIZE_CODES))[fa["size_code"]],
+        np.eye(len(SIZE_DISTS))[fa["size_code"]],
         fa["size_scv"],
         np.log(size / path_mean_size),
         lengths.astype(np.float64),

@@ -10,8 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from twin.state.errors import NdtError
 from twin.sim.simulator import simulate
+from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
 

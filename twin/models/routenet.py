@@ -11,7 +11,7 @@ GRU-updated from its queue; then a per-hop readout of the queue occupancy
 
     delay(path) = Σ_hops occupancy × mean_size / C + size / C + propagation   (s).
 
-The recurrent pass is the fast form of DESIGN.md §5: paths sorted by length,
+The recurrent pass runs fast: paths sorted by length,
 one GRUCell step per hop position over the prefix of paths still active.
 """
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from twin.state.model import NetworkState
 from twin.state.errors import StateError
+from twin.state.metrics import finite_or_none
+from twin.state.model import NetworkState
 
 N_BINS = 1024
 BIN_RATIO = 1.02  # bins grow by 2 %: percentiles within ~1 %, from the minimum delay up to 6·10⁸ times it
@@ -54,19 +55,19 @@ class SimResult:
     warmup: float  # s discarded at the start
 
     def to_dict(self) -> dict:
-        """The shared result shape of DESIGN.md §3."""
+        """The result shape every delay source shares (docs/state.md)."""
         paths = []
         for i, flow in enumerate(self.state.flows):
             paths.append(
                 {
                     "src": flow.src,
                     "dst": flow.dst,
-                    "delay": _num(self.delay[i]),
-                    "jitter": _num(self.jitter[i]),
-                    "loss": _num(self.loss[i]),
-                    "p50": _num(self.p50[i]),
-                    "p90": _num(self.p90[i]),
-                    "p99": _num(self.p99[i]),
+                    "delay": finite_or_none(self.delay[i]),
+                    "jitter": finite_or_none(self.jitter[i]),
+                    "loss": finite_or_none(self.loss[i]),
+                    "p50": finite_or_none(self.p50[i]),
+                    "p90": finite_or_none(self.p90[i]),
+                    "p99": finite_or_none(self.p99[i]),
                     "sent": int(self.sent[i]),
                     "delivered": int(self.delivered[i]),
                     "dropped": int(self.dropped[i]),
@@ -78,8 +79,8 @@ class SimResult:
                 {
                     "src": link.src,
                     "dst": link.dst,
-                    "utilization": _num(self.utilization[j]),
-                    "occupancy": _num(self.occupancy[j]),
+                    "utilization": finite_or_none(self.utilization[j]),
+                    "occupancy": finite_or_none(self.occupancy[j]),
                     "drops": int(self.link_drops[j]),
                 }
             )
@@ -92,10 +93,6 @@ class SimResult:
             "warmup": self.warmup,
             "packet_hops_per_s": round(self.packet_hops / max(self.wall_s, 1e-9)),
         }
-
-
-def _num(x: float):
-    return None if not math.isfinite(x) else float(x)
 
 
 def simulate(

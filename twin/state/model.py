@@ -1,4 +1,4 @@
-"""The network state: the one input type of ndt (DESIGN.md §3).
+"""The network state: the one input type of ndt (docs/state.md).
 
 A state is a topology (nodes, directed links), a traffic matrix (one flow per
 source→destination pair) and a routing (explicit paths, or OSPF link weights

@@ -15,8 +15,8 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from twin.state.model import Flow, Link, NetworkState
 from twin.state.errors import StateError
+from twin.state.model import Flow, Link, NetworkState
 
 FIBRE_M_PER_S = 2e8
 DEFAULT_CAPACITY = 10e6  # bit/s

@@ -6,11 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from twin.state.model import Flow, NetworkState
 from twin.state.errors import StateError
-
-TIME_MIX = ("poisson", "cbr", "onoff")
-SIZE_MIX = ("deterministic", "exponential", "binomial")
+from twin.state.model import SIZE_DISTS, TIME_DISTS, Flow, NetworkState
 
 
 def random_flows(nodes, rng: np.random.Generator, mixed: bool = True, packet_size: float = 8000.0) -> list[Flow]:
@@ -29,8 +26,8 @@ def random_flows(nodes, rng: np.random.Generator, mixed: bool = True, packet_siz
             if not mixed:
                 flows.append(Flow(src, dst, rate=rate, packet_size=packet_size))
                 continue
-            time_dist = TIME_MIX[rng.integers(len(TIME_MIX))]
-            size_dist = SIZE_MIX[rng.integers(len(SIZE_MIX))]
+            time_dist = TIME_DISTS[rng.integers(len(TIME_DISTS))]
+            size_dist = SIZE_DISTS[rng.integers(len(SIZE_DISTS))]
             extra = {}
             if time_dist == "onoff":
                 extra = {"on_time": float(rng.uniform(0.5, 2.0)), "off_time": float(rng.uniform(0.5, 2.0))}

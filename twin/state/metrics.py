@@ -1,0 +1,34 @@
+"""The few numbers every part of ndt reports about per-flow delays: the traffic-weighted mean,
+the error of a prediction against a measurement, and JSON-safe floats. Delays in s, rates bit/s."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from twin.state.model import NetworkState
+
+
+def mean_delay(state: NetworkState, delays: np.ndarray) -> float:
+    """Traffic-weighted mean of the per-flow ``delays`` of ``state``, s (flows without a finite delay
+    or without traffic are left out)."""
+    rates = np.array([f.rate for f in state.flows])
+    delays = np.asarray(delays, dtype=float)
+    ok = np.isfinite(delays) & (rates > 0)
+    return float(np.sum(rates[ok] * delays[ok]) / np.sum(rates[ok]))
+
+
+def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean absolute percentage error (fraction) over flows with a positive measured delay and a
+    finite prediction; NaN if there is none."""
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    ok = np.isfinite(measured) & (measured > 0) & np.isfinite(predicted)
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(np.abs(predicted[ok] - measured[ok]) / measured[ok]))
+
+
+def finite_or_none(x) -> float | None:
+    """``x`` as a float, or None when it is NaN or infinite (JSON has neither)."""
+    return float(x) if math.isfinite(x) else None
