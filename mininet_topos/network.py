@@ -347,7 +347,7 @@ class EmulatedNetwork:
     def host(self, node: str):
         return self.net.get(self.names.host_of(node))
 
-    def walk(self, state: NetworkState | None = None, attempts: int = 3) -> Walk | None:
+    def walk(self, state: NetworkState | None = None, attempts: int = 6) -> Walk | None:
         """Where the input ports of ``state``'s links (default: this network's) and of the hosts sit
         in ovs-vswitchd's walk now (:mod:`mininet_topos.forwarding`); None if it could not be read."""
         state = state or self.state

@@ -124,19 +124,3 @@ def test_every_dashboard_and_alert_expression_returns_data(prometheus):
     assert query(prometheus, 'up{job="ndt"}')[0]["value"][1] == "1"
     empty = [expr for expr in expressions() if not query(prometheus, expr)]
     assert not empty, f"no data for: {empty}"
-
-
-def test_prometheus_serves_the_store_read_side(prometheus):
-    from telemetry.prometheus_reader import PrometheusReader
-    from telemetry.store import StoreError
-
-    reader = PrometheusReader(prometheus, step_s=1.0)
-    now = time.time()
-    links = reader.link_samples(now - 60, now + 1, "s1", "s2")
-    assert len(links) >= 3 and all(s.utilization == 0.95 for s in links)
-    assert [s.tx_bytes for s in links] == sorted(s.tx_bytes for s in links) and links[-1].tx_bytes > links[0].tx_bytes
-    assert reader.path_delays("measured", now - 60, now + 1)[-1].value == 0.002
-    traffic = reader.traffic_matrices(now - 60, now + 1)
-    assert traffic and traffic[-1].value == pytest.approx(8 * 100_000 / 0.25, rel=0.3)
-    with pytest.raises(StoreError, match="Prometheus at http://127.0.0.1:9: query"):
-        PrometheusReader("http://127.0.0.1:9", timeout_s=1).link_samples(0, 1)
