@@ -45,7 +45,7 @@ from controller.routing_rules import (
 )
 from telemetry.exporter import Metrics
 from telemetry.rates import CounterRates
-from telemetry.store import LinkSample, TelemetryStore
+from telemetry.store import LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
@@ -513,9 +513,17 @@ class NdtController(app_manager.OSKenApp):
             rate = self._link_rates.update(link, t, stat.tx_bytes)
             util = None if rate is None else 8.0 * rate / self.capacity[link]
             samples.append(LinkSample(now, link[0], link[1], stat.tx_bytes, stat.tx_packets, stat.tx_dropped, util))
-        self.store.add_link_samples(samples)
+        self._store(self.store.add_link_samples, samples)
         self.metrics.update_links(samples)
         self._poll_reply_done(msg)
+
+    @staticmethod
+    def _store(write, *args) -> None:
+        """One write to the telemetry store; a refused batch is logged and the polling goes on."""
+        try:
+            write(*args)
+        except StoreError as exc:
+            LOG.error("%s", exc)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _on_flow_stats(self, ev):
@@ -538,7 +546,7 @@ class NdtController(app_manager.OSKenApp):
             rate = self._traffic_rates.update(pair, now, count)
             if rate is not None:
                 rates[pair] = 8.0 * rate
-        self.store.add_traffic_matrix(now, rates)
+        self._store(self.store.add_traffic_matrix, now, rates)
         with self._lock:
             self._traffic_totals.update(totals)
             self.metrics.set_traffic_bytes(self._traffic_totals)

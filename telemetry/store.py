@@ -18,6 +18,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +141,26 @@ class TelemetryStore:
             return int(cur.lastrowid)
 
     def _write(self, sql: str, rows: list) -> None:
+        """Insert ``rows`` in one transaction: all of them or, on any error, none (the store stays
+        writable) and a :class:`StoreError` naming the table and the cause."""
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._lock, self._transaction(sql.split()[2]):
             self._db.executemany(sql, rows)
-            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _transaction(self, what: str):
+        """BEGIN … COMMIT, rolled back when the body raises (the caller holds the lock)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            self._db.execute("ROLLBACK")
+            raise StoreError(f"telemetry store: nothing written to {what}: {exc}") from None
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------ reads
     def link_samples(self, start: float, end: float, src: str | None = None, dst: str | None = None) -> list[LinkSample]:
@@ -191,8 +206,7 @@ class TelemetryStore:
         now = time.time() if now is None else now
         keep_after, raw_after, b = now - self.retention_s, now - self.raw_s, self.bucket_s
         report = {}
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._lock, self._transaction("the retention pass"):
             for table in ("link_stats", "traffic", "path_delay", "config"):
                 report[f"{table}_expired"] = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (keep_after,)).rowcount
             merges = {
@@ -213,7 +227,6 @@ class TelemetryStore:
                     f"GROUP BY CAST(ts / ? AS INTEGER), {keys}", (b, b, b, raw_after, b, b))
                 self._db.execute(f"DELETE FROM {table} WHERE {old}", (raw_after, b))
                 report[f"{table}_merged"] = count
-            self._db.execute("COMMIT")
         return report
 
 

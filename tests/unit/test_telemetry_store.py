@@ -86,3 +86,18 @@ def test_delay_mape():
     measured = {("a", "b"): 1.0, ("b", "a"): 1.0, ("c", "a"): 2.0, ("b", "c"): 0.0}
     assert delay_mape(predicted, measured) == pytest.approx((0.1 + 0.5) / 2)
     assert delay_mape(predicted, {("c", "a"): 1.0}) is None
+
+
+def test_a_refused_batch_writes_nothing_and_the_store_stays_writable(tmp_path):
+    """An OpenFlow counter the switch does not support reads all-ones (2**64 - 1), more than SQLite's
+    INTEGER holds: that batch is refused whole, with an error naming the table, and the next one lands."""
+    store = TelemetryStore(tmp_path / "t.db")
+    unsupported = LinkSample(1.0, "s1", "s2", 2**64 - 1, 0, 0, None)
+    with pytest.raises(StoreError, match="nothing written to link_stats"):
+        store.add_link_samples([sample(1.0, tx=100), unsupported])
+    assert store.link_samples(0.0, 10.0) == []
+    store.add_link_samples([sample(2.0, tx=200)])
+    store.add_traffic_matrix(2.0, {("s1", "s2"): 1e6})
+    assert [s.tx_bytes for s in store.link_samples(0.0, 10.0)] == [200]
+    assert len(store.traffic_matrices(0.0, 10.0)) == 1
+    assert store.maintain(now=3.0)["link_stats_expired"] == 0
