@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from ndt.cmd_loop import OptionError
 from ndt.output import print_json, print_table
@@ -68,7 +67,7 @@ def parse_loads(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from controller.calibration import calibrate
-    from twin.calibration.correction import default_path
+    from twin.calibration.correction import Correction, default_path
     from twin.models.registry import PREDICTORS
 
     loads = parse_loads(args.loads)
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                        ("after_walk_unknown_mape", "walk unknown", ".3f"),
                        ("noise_mape", "perfect-model MAPE", ".3f"),
                        ("sender_late_p99_ms", "send late p99 ms", ".2f"), ("load_average", "load avg", ".1f")])
-    c = SimpleNamespace(**report["correction"])
+    c = Correction(**report["correction"])
     print(f"{model} vs emulation, {report['states']} states: general twin, queueing only: "
           f"{report['mape_general_structural']:.3f}; {'tuned' if report['tuned'] else 'general'} twin MAPE "
           f"{report['mape_before']:.3f} raw -> "

@@ -114,18 +114,17 @@ class TelemetryStore:
     def add_link_samples(self, samples: list[LinkSample]) -> None:
         rows = [(s.ts, s.src, s.dst, int(s.tx_bytes), int(s.tx_packets), int(s.tx_dropped), s.utilization)
                 for s in samples]
-        self._write("INSERT INTO link_stats (ts, src, dst, tx_bytes, tx_packets, tx_dropped, utilization) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._write("link_stats", ("ts", "src", "dst", "tx_bytes", "tx_packets", "tx_dropped", "utilization"), rows)
 
     def add_traffic_matrix(self, ts: float, rates_bps: dict[tuple[str, str], float]) -> None:
         """One traffic-matrix snapshot: (src, dst) → mean rate in bit/s over the last interval."""
-        self._write("INSERT INTO traffic (ts, src, dst, rate_bps) VALUES (?, ?, ?, ?)",
+        self._write("traffic", ("ts", "src", "dst", "rate_bps"),
                     [(ts, s, d, float(r)) for (s, d), r in rates_bps.items()])
 
     def add_path_delays(self, ts: float, kind: str, delays_s: dict[tuple[str, str], float]) -> None:
         """Per-path mean delays (s); ``kind`` is ``predicted`` (the twin) or ``measured``."""
         _check_kind(kind)
-        self._write("INSERT INTO path_delay (ts, kind, src, dst, delay_s) VALUES (?, ?, ?, ?, ?)",
+        self._write("path_delay", ("ts", "kind", "src", "dst", "delay_s"),
                     [(ts, kind, s, d, float(v)) for (s, d), v in delays_s.items()])
 
     def add_config(self, ts: float, who: str, kind: str, payload: dict, predicted: dict | None = None) -> int:
@@ -140,12 +139,13 @@ class TelemetryStore:
             cur = self._db.execute("INSERT INTO config (ts, who, kind, payload, predicted) VALUES (?, ?, ?, ?, ?)", args)
             return int(cur.lastrowid)
 
-    def _write(self, sql: str, rows: list) -> None:
-        """Insert ``rows`` in one transaction: all of them or, on any error, none (the store stays
-        writable) and a :class:`StoreError` naming the table and the cause."""
+    def _write(self, table: str, columns: tuple[str, ...], rows: list) -> None:
+        """Insert ``rows`` (values of ``columns``) into ``table`` in one transaction: all of them or, on
+        any error, none (the store stays writable) and a :class:`StoreError` naming the table and the cause."""
         if not rows:
             return
-        with self._lock, self._transaction(sql.split()[2]):
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        with self._lock, self._transaction(table):
             self._db.executemany(sql, rows)
 
     @contextmanager

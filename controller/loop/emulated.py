@@ -40,7 +40,7 @@ class EmulatedLive:
     def traffic_matrix(self, start: float, end: float) -> dict[tuple[str, str], float]:
         store = TelemetryStore(self.net.store_path)
         try:
-            return traffic_matrix(store.traffic_matrices(start - 60.0, end + 60.0), start, end)
+            return traffic_matrix(store.traffic_matrices(start, end), start, end)
         finally:
             store.close()
 

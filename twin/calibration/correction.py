@@ -10,9 +10,9 @@ every switch plus the hosts' stacks. The correction keeps that structure:
 
 ``queueing`` is the twin's prediction minus the path's transmission (mean packet / capacity per
 link) and propagation; ``switches`` = links on the path + 1; the last three terms are OVS's
-forwarding as its thread walks the ports (:mod:`mininet_topos.forwarding`), from the network's
+forwarding as its thread walks the ports (:mod:`twin.calibration.port_walk`), from the network's
 measured walk or, unknown, averaged over random walks of ``walk_ports`` ports. Pure functions
-except ``fine_tune`` (simulator and training) and the JSON on disk.
+except the JSON on disk.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scipy.optimize import linprog
 
 from twin.calibration.port_walk import Walk, walk_features
 from twin.models.features import fixed_delays
+from twin.models.registry import get_predictor
 from twin.sim.simulator import simulate
 from twin.state.errors import NdtError
 from twin.state.files import read_json
@@ -34,7 +35,6 @@ from twin.state.model import NetworkState
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # where ndt calibrate writes calibration-<model>.json
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"  # calibrations fitted on one machine (docs/emulation.md)
-
 
 
 class CalibrationError(NdtError, ValueError):
@@ -47,7 +47,7 @@ class Correction:
     little to timer lateness; at 90 % load 1 % of rate is 10 % of waiting); queue_scale: multiplies
     the twin's queueing wait; per_hop_s: forwarding cost per switch, s; base_s: per-path constant
     (host stacks), s; random_hop_s, port_s, wrap_s: per random-phase hop, per port the thread
-    walks, per main-loop round (:mod:`mininet_topos.forwarding`), s; walk_ports: ports per round
+    walks, per main-loop round (:mod:`twin.calibration.port_walk`), s; walk_ports: ports per round
     when the walk is unknown. The default is the uncorrected structural model."""
 
     queue_scale: float = 1.0
@@ -98,7 +98,7 @@ def _emulated(effective: NetworkState, delays: np.ndarray, correction: Correctio
 
 def design_matrix(effective: NetworkState, delays: np.ndarray, walk: Walk | None, walk_ports: int) -> np.ndarray:
     """One row per flow: the twin's queueing wait (s), the switches on the path, 1, then the walk's
-    random hops, ports walked and wraps (:func:`~mininet_topos.forwarding.walk_features`) — the
+    random hops, ports walked and wraps (:func:`~twin.calibration.port_walk.walk_features`) — the
     columns :attr:`Correction.coefficients` multiply."""
     queueing, switches = path_components(effective, delays)
     return np.column_stack([queueing, switches, np.ones(len(queueing)), walk_features(effective, walk, walk_ports)])
@@ -180,7 +180,7 @@ def measurement_noise(state: NetworkState, correction: Correction, duration: flo
 
 class CalibratedPredictor:
     """A predictor whose delays are those the emulation should measure (``predict_delays`` in s);
-    ``walk``: the emulated network's measured walk (:mod:`mininet_topos.forwarding`), if known."""
+    ``walk``: the emulated network's measured walk (:mod:`twin.calibration.port_walk`), if known."""
 
     def __init__(self, predictor, correction: Correction, walk: Walk | None = None):
         self.predictor = predictor
@@ -261,8 +261,6 @@ class CalibratedTwin:
 def calibrated_twin(model: str, path: Path | None, topology: str, log=print) -> CalibratedTwin:
     """The twin ``model`` with the correction at ``path`` (default: :func:`find`), warning through
     ``log`` when there is none or it was fitted for another model."""
-    from twin.models.registry import get_predictor
-
     path = path or find(model)
     if path is None:
         correction, info = Correction(), {}
