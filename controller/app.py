@@ -44,7 +44,7 @@ from controller.routing_rules import (
     route_rules,
 )
 from telemetry.exporter import Metrics
-from telemetry.rates import CounterRates
+from telemetry.rates import CounterRates, supported_counter
 from telemetry.store import LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
@@ -108,6 +108,7 @@ class NdtController(app_manager.OSKenApp):
         self._reroute = threading.Event()
         self._reroute_reasons: list[str] = []
         self._link_rates = CounterRates()
+        self._unsupported_tx_bytes: set[tuple[str, str]] = set()  # links whose switch reports tx_bytes all-ones
         self._traffic_rates = CounterRates()
         self._traffic_totals: dict[tuple[str, str], int] = {}
         self._flow_parts: dict[int, list] = {}  # flow-stats reply parts per switch until the last one
@@ -509,10 +510,18 @@ class NdtController(app_manager.OSKenApp):
             link = self.wiring.link_at(msg.datapath.id, stat.port_no)
             if link is None:
                 continue
+            tx_bytes = supported_counter(stat.tx_bytes)
+            if tx_bytes is None:
+                if link not in self._unsupported_tx_bytes:
+                    self._unsupported_tx_bytes.add(link)
+                    LOG.warning("link %s->%s: the switch does not count transmitted bytes (all-ones): "
+                                "no utilization for this link", *link)
+                continue
             t = stat.duration_sec + stat.duration_nsec * 1e-9
-            rate = self._link_rates.update(link, t, stat.tx_bytes)
+            rate = self._link_rates.update(link, t, tx_bytes)
             util = None if rate is None else 8.0 * rate / self.capacity[link]
-            samples.append(LinkSample(now, link[0], link[1], stat.tx_bytes, stat.tx_packets, stat.tx_dropped, util))
+            samples.append(LinkSample(now, link[0], link[1], tx_bytes, supported_counter(stat.tx_packets),
+                                      supported_counter(stat.tx_dropped), util))
         self._store(self.store.add_link_samples, samples)
         self.metrics.update_links(samples)
         self._poll_reply_done(msg)

@@ -80,8 +80,10 @@ class Metrics:
         util = GaugeMetricFamily("ndt_link_utilization_ratio", "Sent bits / capacity over the last polling interval (0-1)", labels=pair)
         for (src, dst), s in sorted(links.items()):
             tx_bytes.add_metric([src, dst], s.tx_bytes)
-            tx_packets.add_metric([src, dst], s.tx_packets)
-            tx_dropped.add_metric([src, dst], s.tx_dropped)
+            if s.tx_packets is not None:
+                tx_packets.add_metric([src, dst], s.tx_packets)
+            if s.tx_dropped is not None:
+                tx_dropped.add_metric([src, dst], s.tx_dropped)
             if s.utilization is not None:
                 util.add_metric([src, dst], s.utilization)
         yield from (tx_bytes, tx_packets, tx_dropped, util)

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+UNSUPPORTED_COUNTER = 2**64 - 1  # OpenFlow 1.3: a counter the switch does not support reads all-ones
+
+
+def supported_counter(value: int) -> int | None:
+    """An OpenFlow counter's value, or None when the switch marks it unsupported (all-ones)."""
+    return None if value == UNSUPPORTED_COUNTER else value
+
 
 class CounterRates:
     """Remembers the last (time, value) of each counter and turns the next reading into a rate.

@@ -10,11 +10,19 @@ and its predicted effect. :meth:`TelemetryStore.maintain` applies retention (row
 than ``retention_s`` go) and downsampling (rows older than ``raw_s`` are merged into
 ``bucket_s`` buckets: counters keep the bucket's last value, rates and delays the mean).
 The store makes no decisions; a Prometheus server can serve the same read side.
+
+Durability: every ``add_*`` call is one transaction, written whole or not at all; a refused
+batch is named in a :class:`StoreError` and the store stays writable. ``synchronous=NORMAL``
+in WAL mode: a crash of the process loses nothing committed, a power loss may lose the last
+transactions before the WAL reached the disk, and neither corrupts the file. A file with
+corrupted pages is refused at open (``PRAGMA quick_check``), with the way forward in the message.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import sqlite3
 import threading
 import time
@@ -25,11 +33,12 @@ from pathlib import Path
 from twin.state.errors import NdtError
 
 DELAY_KINDS = ("predicted", "measured")
+MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS link_stats (
     ts REAL NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL,
-    tx_bytes INTEGER NOT NULL, tx_packets INTEGER NOT NULL, tx_dropped INTEGER NOT NULL,
+    tx_bytes INTEGER NOT NULL, tx_packets INTEGER, tx_dropped INTEGER,
     utilization REAL, bucket_s REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS link_stats_ts ON link_stats (ts);
 CREATE INDEX IF NOT EXISTS link_stats_pair ON link_stats (src, dst, ts);
@@ -56,14 +65,15 @@ class StoreError(NdtError, ValueError):
 
 @dataclass(frozen=True)
 class LinkSample:
-    """Counters of the directed link src→dst at ``ts`` (s); utilization 0–1 since the previous sample."""
+    """Counters of the directed link src→dst at ``ts`` (s); utilization 0–1 since the previous sample.
+    A counter the switch does not support is None (tx_bytes is required)."""
 
     ts: float
     src: str
     dst: str
     tx_bytes: int
-    tx_packets: int
-    tx_dropped: int
+    tx_packets: int | None
+    tx_dropped: int | None
     utilization: float | None
 
 
@@ -99,11 +109,17 @@ class TelemetryStore:
         self.retention_s, self.raw_s, self.bucket_s = retention_s, raw_s, bucket_s
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                problems = [line for line in verdict.splitlines() if not line.startswith("***")]
+                raise sqlite3.DatabaseError(f"integrity check failed ({problems[0] if problems else verdict})")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise StoreError(f"telemetry store {path}: {exc}") from None
+            advice = "" if str(path) == ":memory:" else (
+                f"; move it aside (mv {path} {path}.damaged) and start again with a fresh store")
+            raise StoreError(f"telemetry store {path}: cannot be used: {exc}{advice}") from None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -112,20 +128,21 @@ class TelemetryStore:
 
     # ------------------------------------------------------------------ writes
     def add_link_samples(self, samples: list[LinkSample]) -> None:
-        rows = [(s.ts, s.src, s.dst, int(s.tx_bytes), int(s.tx_packets), int(s.tx_dropped), s.utilization)
-                for s in samples]
+        """Link samples, all or none: a counter outside 0..2**63-1 or a non-finite value refuses the batch."""
+        rows = (_link_row(s) for s in samples)
         self._write("link_stats", ("ts", "src", "dst", "tx_bytes", "tx_packets", "tx_dropped", "utilization"), rows)
 
     def add_traffic_matrix(self, ts: float, rates_bps: dict[tuple[str, str], float]) -> None:
         """One traffic-matrix snapshot: (src, dst) → mean rate in bit/s over the last interval."""
         self._write("traffic", ("ts", "src", "dst", "rate_bps"),
-                    [(ts, s, d, float(r)) for (s, d), r in rates_bps.items()])
+                    ((_time(ts), s, d, _finite(f"traffic {s}->{d}", "rate_bps", r)) for (s, d), r in rates_bps.items()))
 
     def add_path_delays(self, ts: float, kind: str, delays_s: dict[tuple[str, str], float]) -> None:
         """Per-path mean delays (s); ``kind`` is ``predicted`` (the twin) or ``measured``."""
         _check_kind(kind)
         self._write("path_delay", ("ts", "kind", "src", "dst", "delay_s"),
-                    [(ts, kind, s, d, float(v)) for (s, d), v in delays_s.items()])
+                    ((_time(ts), kind, s, d, _finite(f"{kind} delay {s}->{d}", "delay_s", v))
+                     for (s, d), v in delays_s.items()))
 
     def add_config(self, ts: float, who: str, kind: str, payload: dict, predicted: dict | None = None) -> int:
         """Record an applied configuration; returns its id."""
@@ -139,11 +156,10 @@ class TelemetryStore:
             cur = self._db.execute("INSERT INTO config (ts, who, kind, payload, predicted) VALUES (?, ?, ?, ?, ?)", args)
             return int(cur.lastrowid)
 
-    def _write(self, table: str, columns: tuple[str, ...], rows: list) -> None:
-        """Insert ``rows`` (values of ``columns``) into ``table`` in one transaction: all of them or, on
-        any error, none (the store stays writable) and a :class:`StoreError` naming the table and the cause."""
-        if not rows:
-            return
+    def _write(self, table: str, columns: tuple[str, ...], rows) -> None:
+        """Insert ``rows`` (values of ``columns``, checked as they are produced) into ``table`` in one
+        transaction: all of them or, on any error, none (the store stays writable) and a
+        :class:`StoreError` naming the table and the cause."""
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         with self._lock, self._transaction(table):
             self._db.executemany(sql, rows)
@@ -228,6 +244,36 @@ class TelemetryStore:
                 self._db.execute(f"DELETE FROM {table} WHERE {old}", (raw_after, b))
                 report[f"{table}_merged"] = count
         return report
+
+
+def _link_row(sample: LinkSample) -> tuple:
+    tag = f"link {sample.src}->{sample.dst}"
+    counters = []
+    for name in ("tx_bytes", "tx_packets", "tx_dropped"):
+        value = getattr(sample, name)
+        if value is None and name != "tx_bytes":
+            counters.append(None)
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_COUNTER:
+            raise StoreError(f"{tag}: {name} must be a whole number from 0 to 2**63-1, got {value!r}")
+        counters.append(value)
+    utilization = None if sample.utilization is None else _finite(tag, "utilization", sample.utilization)
+    return (_time(sample.ts), sample.src, sample.dst, *counters, utilization)
+
+
+def _finite(tag: str, name: str, value) -> float:
+    """``value`` as a float when it is a finite number >= 0; otherwise a StoreError naming ``tag`` and ``name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise StoreError(f"{tag}: {name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _time(ts) -> float:
+    return _finite("sample", "ts", ts)
 
 
 def _check_kind(kind: str) -> None:

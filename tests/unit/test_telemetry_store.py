@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
+from telemetry.rates import UNSUPPORTED_COUNTER, supported_counter
 from telemetry.store import LinkSample, StoreError, TelemetryStore
 
 
@@ -101,3 +106,74 @@ def test_a_refused_batch_writes_nothing_and_the_store_stays_writable(tmp_path):
     assert [s.tx_bytes for s in store.link_samples(0.0, 10.0)] == [200]
     assert len(store.traffic_matrices(0.0, 10.0)) == 1
     assert store.maintain(now=3.0)["link_stats_expired"] == 0
+
+
+def test_counters_a_switch_does_not_support_are_stored_as_missing(tmp_path):
+    store = TelemetryStore(tmp_path / "t.db")
+    store.add_link_samples([LinkSample(1.0, "s1", "s2", 500, supported_counter(UNSUPPORTED_COUNTER),
+                                       supported_counter(UNSUPPORTED_COUNTER), None)])
+    (row,) = store.link_samples(0.0, 2.0)
+    assert (row.tx_bytes, row.tx_packets, row.tx_dropped) == (500, None, None)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (LinkSample(1.0, "s1", "s2", 10, 1, 0, float("nan")), "link s1->s2: utilization must be a finite number"),
+    (LinkSample(float("inf"), "s1", "s2", 10, 1, 0, None), "ts must be a finite number"),
+    (LinkSample(1.0, "s1", "s2", -1, 1, 0, None), "link s1->s2: tx_bytes must be a whole number"),
+    (LinkSample(1.0, "s1", "s2", 2.5, 1, 0, None), "link s1->s2: tx_bytes must be a whole number"),
+])
+def test_non_finite_or_out_of_range_values_are_refused_by_name(bad, words):
+    store = TelemetryStore()
+    with pytest.raises(StoreError, match=words):
+        store.add_link_samples([bad])
+    with pytest.raises(StoreError, match=r"traffic s1->s2: rate_bps must be a finite number >= 0, got nan"):
+        store.add_traffic_matrix(1.0, {("s1", "s2"): float("nan")})
+    with pytest.raises(StoreError, match=r"measured delay s1->s2: delay_s .* got -1"):
+        store.add_path_delays(1.0, "measured", {("s1", "s2"): -1})
+    store.add_link_samples([sample(3.0)])
+    assert len(store.link_samples(0.0, 10.0)) == 1
+
+
+def test_a_store_with_corrupted_pages_is_refused_at_open_with_the_way_forward(tmp_path):
+    path = tmp_path / "t.db"
+    store = TelemetryStore(path)
+    store.add_link_samples([sample(t, tx=t) for t in range(2000)])
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[2 * page + 16: 3 * page] = b"\xff" * (page - 16)  # wreck a b-tree page, keep the header intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=rf"cannot be used: .*move it aside \(mv {path} {path}.damaged\)"):
+        TelemetryStore(path)
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot be used"):
+        TelemetryStore(path)
+
+
+WRITER = """
+import sys
+from telemetry.store import LinkSample, TelemetryStore
+store = TelemetryStore(sys.argv[1])
+print("ready", flush=True)
+batch = 0
+while True:
+    store.add_link_samples([LinkSample(float(batch), "s1", f"n{i}", batch, 0, 0, None) for i in range(50)])
+    batch += 1
+"""
+
+
+def test_kill_9_under_load_loses_at_most_the_batch_in_flight(tmp_path):
+    """A writer killed with SIGKILL mid-stream leaves only whole batches of 50 rows, numbered without gaps."""
+    path = tmp_path / "t.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    writer.kill()
+    writer.wait()
+    rows = TelemetryStore(path).link_samples(-1.0, 1e9)
+    per_batch = collections.Counter(int(s.ts) for s in rows)
+    assert len(per_batch) > 10
+    assert set(per_batch.values()) == {50}
+    assert sorted(per_batch) == list(range(len(per_batch)))
