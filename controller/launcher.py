@@ -12,26 +12,31 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
+from controller.api.server import ApiServer, NdtService
 from controller.app import ControllerConfig, NdtController
 from telemetry.exporter import Exporter
+from twin.state.errors import NdtError
 
 LOG = logging.getLogger("ndt.controller")
 SIGNAL_POLL_S = 0.2
 
 
 def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6653,
-        metrics_addr: str = "127.0.0.1", metrics_port: int = 9108, grpc_address: str | None = "127.0.0.1:50051",
-        grpc_token: str | None = None, tls_cert=None, tls_key=None) -> None:
+        metrics_addr: str = "127.0.0.1", metrics_port: int = 9108, api: ApiServer | None = None,
+        max_predict_flows: int = 20_000) -> None:
     """Serve OpenFlow on ofp_host:ofp_port, metrics on metrics_addr:metrics_port and the gRPC API on
-    ``grpc_address`` (None: no API) until a signal."""
+    ``api`` (bound beforehand, so a bad address or certificate stops the controller before it starts;
+    None: no API) until a signal."""
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
     import os_ken.topology.switches  # noqa: F401  registers --observe-links (LLDP discovery)
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
 
+    _check_can_listen(ofp_host, ofp_port)
     args = ["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)]
     if config.discover:
         args.append("--observe-links")
@@ -45,12 +50,9 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     app = next(a for a in manager.applications.values() if isinstance(a, NdtController))
     LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
              ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
-    if grpc_address is not None:
-        from controller.api.server import NdtService, serve
-
-        _, grpc_port = serve(NdtService(app, config.store, config.metrics), grpc_address, grpc_token, tls_cert, tls_key)
-        LOG.info("gRPC API on %s (port %d)%s%s", grpc_address, grpc_port, ", TLS" if tls_cert else "",
-                 ", bearer token required" if grpc_token else "")
+    if api is not None:
+        api.start(NdtService(app, config.store, config.metrics, max_flows=max_predict_flows))
+        LOG.info("gRPC API on %s (port %d)%s", api.address, api.port, "".join(api.describe()))
 
     def stop(signum, _frame):
         LOG.info("signal %d: stopping", signum)
@@ -65,3 +67,14 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     signal.signal(signal.SIGHUP, lambda _signum, _frame: app.reload_state())
     while True:
         time.sleep(SIGNAL_POLL_S)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Refuse an OpenFlow address this host cannot listen on, before anything starts."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        raise NdtError(f"OpenFlow {host}:{port}: cannot listen ({getattr(exc, 'strerror', None) or exc})") from None

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from ndt.options import ip_address, number, port
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -27,23 +29,36 @@ def register(subparsers) -> None:
                    help='wiring JSON: {"dpids": {"s1": 1}, "ports": {"s1->s2": 2}} (ports optional with --discover)')
     p.add_argument("--discover", action="store_true",
                    help="discover link ports with LLDP instead of reading them from the wiring file")
-    p.add_argument("--ofp-host", default="127.0.0.1", help="OpenFlow listen address (default: 127.0.0.1)")
-    p.add_argument("--ofp-port", type=int, default=6653, help="OpenFlow listen port (default: 6653)")
-    p.add_argument("--metrics-addr", default="127.0.0.1", help="Prometheus endpoint address (default: 127.0.0.1)")
-    p.add_argument("--metrics-port", type=int, default=9108, help="Prometheus endpoint port (default: 9108)")
+    p.add_argument("--ofp-host", type=ip_address, default="127.0.0.1",
+                   help="OpenFlow listen address (default: 127.0.0.1)")
+    p.add_argument("--ofp-port", type=port(), default=6653, help="OpenFlow listen port (default: 6653)")
+    p.add_argument("--metrics-addr", type=ip_address, default="127.0.0.1",
+                   help="Prometheus endpoint address (default: 127.0.0.1)")
+    p.add_argument("--metrics-port", type=port(allow_zero=True), default=9108,
+                   help="Prometheus endpoint port (default: 9108)")
     p.add_argument("--grpc", default="127.0.0.1:50051", metavar="ADDR",
                    help="gRPC API address host:port, or 'off' (default: 127.0.0.1:50051); with the environment "
-                        "variable NDT_API_TOKEN set, clients must send 'authorization: Bearer <token>'")
+                        "variable NDT_API_TOKEN set, clients must send 'authorization: Bearer <token>'. Beyond "
+                        "loopback the API needs the token and TLS (docs/operations.md)")
     p.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate: serve the gRPC API over TLS")
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, metavar="FILE",
+                   help="PEM CA certificate: clients must present a certificate it signed (mutual TLS)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve the API beyond loopback without a token or TLS (anyone who reaches it can change "
+                        "the routing; logged as a warning)")
+    p.add_argument("--max-predict-flows", type=number(1, 10**7, integer=True), default=20_000, metavar="N",
+                   help="largest state (flows) a gRPC Predict accepts (default: 20000)")
     p.add_argument("--store", type=Path, default=Path("ndt-telemetry.db"), metavar="FILE",
                    help="SQLite telemetry store (default: ndt-telemetry.db)")
-    p.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="statistics interval, s (default: 1)")
+    p.add_argument("--poll-interval", type=number(0.05, 3600, unit=" s"), default=1.0, metavar="S",
+                   help="statistics interval, s (default: 1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from controller.api.server import ApiServer
     from controller.app import ControllerConfig
     from controller.launcher import run as run_controller
     from controller.routing_rules import RuleError
@@ -53,18 +68,18 @@ def run(args: argparse.Namespace) -> int:
     from twin.state.model import NetworkState
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.poll_interval > 0:
-        raise RuleError(f"--poll-interval must be positive, got {args.poll_interval}")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise RuleError("--tls-cert and --tls-key go together")
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
         if path is not None and not path.is_file():
             raise RuleError(f"{flag} {path}: no such file")
     state = NetworkState.load(args.state)
     wiring = load_wiring(args.wiring, state, discover=args.discover)
+    api = None if args.grpc == "off" else ApiServer(
+        args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
+        args.insecure)
     config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover)
-    run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port,
-                   None if args.grpc == "off" else args.grpc, os.environ.get("NDT_API_TOKEN") or None,
-                   args.tls_cert, args.tls_key)
+    run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
+                   args.max_predict_flows)
     return 0

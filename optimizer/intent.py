@@ -22,15 +22,22 @@ Every field is checked when the file is read; an error names the field and value
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from twin.state.errors import NdtError
+from twin.state.files import read_text
 
 OBJECTIVES = ("mean_delay", "delay_percentile", "max_utilization")
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*$")
+MAX_INTENT_BYTES = 2**20  # an intent is a few lines; a larger file or request is refused unread
+MAX_DURATION_CHARS = 40
+_DURATION = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*$")
+_SHOWN = reprlib.Repr()  # values in messages: a few elements, a few levels, 40 characters of a string
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 4, 4, 40, 40, 40
 _UNIT = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
 
@@ -83,21 +90,56 @@ class Intent:
 
 def load_intent(path) -> Intent:
     """Read and check an intent YAML file."""
+    text = read_text(path, "the intent", IntentError, max_bytes=MAX_INTENT_BYTES)
+    try:
+        return parse_intent_text(text)
+    except IntentError as exc:
+        raise IntentError(f"{path}: {exc}") from None
+
+
+def parse_intent_text(text: str) -> Intent:
+    """An :class:`Intent` from YAML text. Aliases, duplicate keys, tags beyond plain YAML and texts over
+    ``MAX_INTENT_BYTES`` are refused, each with the line at fault."""
     import yaml
 
-    path = Path(path)
+    if len(text) > MAX_INTENT_BYTES:
+        raise IntentError(f"{len(text)} characters, more than an intent may have ({MAX_INTENT_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise IntentError(f"{path}: cannot read the intent ({exc.strerror})") from None
+        data = yaml.load(text or "{}", Loader=_strict_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise IntentError(f"{path}: not valid YAML{where}") from None
-    try:
-        return parse_intent(data)
-    except IntentError as exc:
-        raise IntentError(f"{path}: {exc}") from None
+        problem = getattr(exc, "problem", None)
+        raise IntentError(f"not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
+    except RecursionError:
+        raise IntentError("YAML nested too deeply") from None
+    except ValueError as exc:  # Python refuses integers of more than 4,300 digits
+        raise IntentError(f"a number ndt cannot read ({exc})") from None
+    return parse_intent(data)
+
+
+@functools.cache
+def _strict_loader():
+    """PyYAML's safe loader, refusing aliases (no expansion bombs) and keys given twice."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise IntentError(f"line {mark.line + 1}: YAML aliases (*name) are not allowed in an intent")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                if key in seen:
+                    raise IntentError(f"line {key_node.start_mark.line + 1}: key {_SHOWN.repr(key)} is given twice")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def parse_intent(data) -> Intent:
@@ -110,7 +152,7 @@ def parse_intent(data) -> Intent:
     _only(objective, ("minimize", "percentile"), "objective.")
     kind = objective.get("minimize", "mean_delay")
     if kind not in OBJECTIVES:
-        raise IntentError(f"objective.minimize: {kind!r} is not one of {', '.join(OBJECTIVES)}")
+        raise IntentError(f"objective.minimize: {_SHOWN.repr(kind)} is not one of {', '.join(OBJECTIVES)}")
     percentile = _number(objective.get("percentile", 95), "objective.percentile", 0, 100)
     constraints = data.get("constraints", {}) or {}
     _mapping(constraints, "constraints")
@@ -126,10 +168,10 @@ def parse_intent(data) -> Intent:
             or not all(isinstance(w, int) and not isinstance(w, bool) for w in weight_bounds)
             or not 1 <= weight_bounds[0] < weight_bounds[1] <= 65535):
         raise IntentError(f"constraints.weight_bounds: expected [low, high] integers with 1 <= low < high <= 65535, "
-                          f"got {weight_bounds!r}")
+                          f"got {_SHOWN.repr(weight_bounds)}")
     changed = constraints.get("max_changed_weights")
     if changed is not None and (not isinstance(changed, int) or isinstance(changed, bool) or changed < 1):
-        raise IntentError(f"constraints.max_changed_weights: expected a whole number >= 1, got {changed!r}")
+        raise IntentError(f"constraints.max_changed_weights: expected a whole number >= 1, got {_SHOWN.repr(changed)}")
     search = data.get("search", {}) or {}
     _mapping(search, "search")
     _only(search, ("max_evaluations", "time_limit_s"), "search.")
@@ -144,12 +186,12 @@ def parse_duration(value, where: str) -> float:
     """Seconds from a number (s) or a string with a unit: '10ms', '250us', '0.5s'."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif isinstance(value, str) and len(value) <= MAX_DURATION_CHARS and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT[match.group(2)]
     else:
-        raise IntentError(f"{where}: expected a delay such as 10ms, 250us or 0.01 (seconds), got {value!r}")
+        raise IntentError(f"{where}: expected a delay such as 10ms, 250us or 0.01 (seconds), got {_SHOWN.repr(value)}")
     if not seconds > 0 or not math.isfinite(seconds):
-        raise IntentError(f"{where}: a delay bound must be positive, got {value!r}")
+        raise IntentError(f"{where}: a delay bound must be positive, got {_SHOWN.repr(value)}")
     return seconds
 
 
@@ -175,7 +217,7 @@ def _delay_bound(item, i: int) -> DelayBound:
 
 def _pair(item, where: str) -> tuple[str, str]:
     if not isinstance(item, list) or len(item) != 2:
-        raise IntentError(f"{where}: expected [src, dst], got {item!r}")
+        raise IntentError(f"{where}: expected [src, dst], got {_SHOWN.repr(item)}")
     return str(item[0]), str(item[1])
 
 
@@ -199,8 +241,8 @@ def _list(data: dict, key: str, where: str = "constraints") -> list:
 
 def _number(value, where: str, low, high, open_low: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise IntentError(f"{where}: expected a number, got {value!r}")
+        raise IntentError(f"{where}: expected a number, got {_SHOWN.repr(value)}")
     if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
         bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise IntentError(f"{where}: must be {bounds}, got {value!r}")
+        raise IntentError(f"{where}: must be {bounds}, got {_SHOWN.repr(value)}")
     return float(value)

@@ -14,6 +14,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.exposition import start_http_server
 
 from telemetry.store import DELAY_KINDS, LinkSample
+from twin.state.errors import NdtError
 
 Pair = tuple[str, str]
 
@@ -131,8 +132,13 @@ class Exporter:
         self._server = None
 
     def serve(self, port: int = 9108, addr: str = "127.0.0.1") -> int:
-        """Start the HTTP server in a daemon thread; returns the bound port (``port=0`` picks one)."""
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        """Start the HTTP server in a daemon thread; returns the bound port (``port=0`` picks one).
+        An address or port that cannot be bound raises :class:`NdtError` naming it."""
+        try:
+            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        except (OSError, OverflowError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise NdtError(f"metrics endpoint {addr}:{port}: cannot listen ({reason})") from None
         return self._server.server_port
 
     def stop(self) -> None:

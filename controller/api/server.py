@@ -3,15 +3,28 @@
 Messages and stubs are generated from the .proto at install (``make install`` runs
 grpcio-tools' protoc into ``controller/api/ndt_api_pb2*.py``).
 Bad requests end with INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION and a message naming
-the field; the server keeps serving. Listens on localhost unless told otherwise; TLS and a
-bearer token when configured (the health service stays open for probes).
+the field; the server keeps serving. Listens on localhost unless told otherwise; TLS, client
+certificates (mTLS) and a bearer token when configured (the health service and reflection stay
+open for probes). Beyond loopback it refuses to listen without a token and TLS unless told
+``insecure`` (docs/operations.md).
+
+Budgets keep control answering under abuse: at most ``max_streams`` telemetry streams and
+``max_twin_calls`` twin calls (Predict, WhatIf, Optimize) run at once, further ones end at once
+with RESOURCE_EXHAUSTED, so health, GetStatus and Apply always find a worker; a stream wakes as
+soon as its client goes; a state to predict has at most ``max_flows`` flows.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
+import socket
+import ssl
+import threading
 import time
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -23,6 +36,7 @@ from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
 from telemetry.traffic_matrix import estimated_state
 from twin.state.errors import NdtError
+from twin.state.files import parse_json
 from twin.state.model import NetworkState
 
 try:
@@ -31,7 +45,14 @@ try:
 except ModuleNotFoundError:
     raise NdtError("the gRPC code has not been generated from controller/api/ndt_api.proto: run 'make install'") from None
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Ndt"].full_name
+LOG = logging.getLogger("ndt.api")
 APPLY_WAIT_S = 5.0
+STREAM_INTERVAL_S = (0.1, 60.0)  # allowed telemetry stream interval, s
+MAX_WEIGHT = 65535  # OSPF link weights are whole numbers 1..65535
+MAX_WHO_CHARS = 64
+MAX_DELAY_S = 60.0  # a measured path delay above this is a measurement error
+MAX_TRAFFIC_SCALE = 100.0
+MAX_MESSAGE_CHARS = 400  # status messages are cut here (gRPC metadata is limited)
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
 PREDICTION_WINDOW_S = 600.0  # measurements are compared with predictions made at most this long before
 
@@ -49,9 +70,13 @@ class NdtService(services.NdtServicer):
     ``wait_for_routes()``), the telemetry store and the metrics snapshot."""
 
     def __init__(self, controller, store: TelemetryStore, metrics: Metrics, predictor_factory=None,
-                 default_model: str | None = None):
+                 default_model: str | None = None, max_streams: int = 4, max_twin_calls: int = 2,
+                 max_flows: int = 20_000):
         """``predictor_factory(name)`` returns an object with ``predict_delays(states)`` (default:
         ``twin.models.registry.get_predictor``, whose last listed model is then the default)."""
+        self._streams = _Budget(max_streams, "telemetry streams")
+        self._twin_calls = _Budget(max_twin_calls, "twin calls (Predict, WhatIf, Optimize)")
+        self.max_flows = max_flows
         self.controller = controller
         self.store = store
         self.metrics = metrics
@@ -80,15 +105,21 @@ class NdtService(services.NdtServicer):
 
     def StreamTelemetry(self, request, context):
         interval = request.interval_s or 1.0
-        if not (math.isfinite(interval) and interval >= 0.1):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"interval_s must be >= 0.1 s, got {interval}")
-        while context.is_active():
-            now = time.time()
-            links = [pb.LinkStats(src=s.src, dst=s.dst, tx_bytes=s.tx_bytes, utilization=s.utilization or 0.0,
-                                  has_utilization=s.utilization is not None) for s in self.store.latest_link_samples()]
-            traffic = [pb.TrafficRate(src=s, dst=d, rate_bps=r) for (s, d), r in self._measured_traffic(now).items()]
-            yield pb.Telemetry(ts=now, links=links, traffic=traffic, route_version=self.controller.route_version)
-            time.sleep(interval)
+        low, high = STREAM_INTERVAL_S
+        if not (math.isfinite(interval) and low <= interval <= high):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"interval_s must be from {low} to {high} s, got {interval}")
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        with self._streams.held():
+            while context.is_active():
+                now = time.time()
+                links = [pb.LinkStats(src=s.src, dst=s.dst, tx_bytes=s.tx_bytes, utilization=s.utilization or 0.0,
+                                      has_utilization=s.utilization is not None)
+                         for s in self.store.latest_link_samples()]
+                traffic = [pb.TrafficRate(src=s, dst=d, rate_bps=r) for (s, d), r in self._measured_traffic(now).items()]
+                yield pb.Telemetry(ts=now, links=links, traffic=traffic, route_version=self.controller.route_version)
+                if gone.wait(interval):
+                    return
 
     # ------------------------------------------------------------------ the twin
     def Predict(self, request, context):
@@ -99,6 +130,10 @@ class NdtService(services.NdtServicer):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"state_json: {exc}") from None
             if not state.flows:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "state_json: the state has no traffic to predict")
+            if len(state.flows) > self.max_flows:
+                raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"state_json: {len(state.flows)} flows, more than this controller predicts in one call "
+                               f"({self.max_flows}, --max-predict-flows); use 'ndt predict' for large states")
         else:
             state = self._running_state()
         model, predictor = self._predictor(request.model)
@@ -116,9 +151,9 @@ class NdtService(services.NdtServicer):
         if request.weights:
             after = after.with_weights(self._weights(after, request.weights))
         if request.traffic_scale:
-            if not (math.isfinite(request.traffic_scale) and request.traffic_scale > 0):
+            if not (math.isfinite(request.traffic_scale) and 0 < request.traffic_scale <= MAX_TRAFFIC_SCALE):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"traffic_scale must be positive, got {request.traffic_scale}")
+                               f"traffic_scale must be > 0 and <= {MAX_TRAFFIC_SCALE:g}, got {request.traffic_scale}")
             after = after.scaled(request.traffic_scale)
         if request.failed_links:
             failed = set()
@@ -135,16 +170,12 @@ class NdtService(services.NdtServicer):
         return pb.WhatIfReply(before=_paths(before, delays_before), after=_paths(after, delays_after), model=model)
 
     def Optimize(self, request, context):
-        import yaml
-
-        from optimizer.intent import parse_intent
+        from optimizer.intent import parse_intent_text
         from optimizer.search import InfeasibleIntent, optimize
         from twin.state.metrics import mean_delay
 
         try:
-            intent = parse_intent(yaml.safe_load(request.intent_yaml or "{}") or {})
-        except yaml.YAMLError as exc:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"intent_yaml: not valid YAML ({exc})") from None
+            intent = parse_intent_text(request.intent_yaml)
         except NdtError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"intent_yaml: {exc}") from None
         state = self._running_state()
@@ -169,15 +200,12 @@ class NdtService(services.NdtServicer):
         if not request.weights:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "weights: give at least one link weight")
         view = self.controller.snapshot()
-        weights = {}
-        for i, change in enumerate(request.weights):
-            if (change.src, change.dst) not in view.state.link_index:
-                raise ApiError(grpc.StatusCode.NOT_FOUND, f"weights[{i}]: link {change.src}->{change.dst} is not in the topology")
-            if not (math.isfinite(change.weight) and change.weight > 0):
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"weights[{i}]: link {change.src}->{change.dst} weight must be positive, got {change.weight}")
-            weights[(change.src, change.dst)] = change.weight
-        config_id = self.controller.apply_weights(weights, who=request.who or f"gRPC {context.peer()}")
+        weights = _weight_changes(view.state, request.weights)
+        who = request.who or f"gRPC {context.peer()}"
+        if len(who) > MAX_WHO_CHARS or not who.isprintable():
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"who: at most {MAX_WHO_CHARS} printable characters (no newlines or control characters)")
+        config_id = self.controller.apply_weights(weights, who=who)
         version = self.controller.wait_for_routes(view.route_version, APPLY_WAIT_S)
         return pb.ApplyReply(config_id=config_id, route_version=version)
 
@@ -189,10 +217,13 @@ class NdtService(services.NdtServicer):
         for i, path in enumerate(request.paths):
             for end in (path.src, path.dst):
                 if end not in nodes:
-                    raise ApiError(grpc.StatusCode.NOT_FOUND, f"paths[{i}]: node {end!r} is not in the topology")
-            if not (math.isfinite(path.delay_s) and path.delay_s >= 0):
+                    raise ApiError(grpc.StatusCode.NOT_FOUND, f"paths[{i}]: node {_shown(end)} is not in the topology")
+            if path.src == path.dst:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"paths[{i}]: src and dst are the same node {path.src!r}")
+            if not (math.isfinite(path.delay_s) and 0 <= path.delay_s <= MAX_DELAY_S):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"paths[{i}]: {path.src}->{path.dst} delay_s must be finite and >= 0, got {path.delay_s}")
+                               f"paths[{i}]: {path.src}->{path.dst} delay_s must be finite, >= 0 and <= {MAX_DELAY_S:g} s, "
+                               f"got {path.delay_s}")
             measured[(path.src, path.dst)] = path.delay_s
         now = time.time()
         self.store.add_path_delays(now, "measured", measured)
@@ -234,34 +265,66 @@ class NdtService(services.NdtServicer):
         except NdtError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"model: {exc}") from None
 
-    @staticmethod
-    def _predict(predictor, states):
-        try:
-            return predictor.predict_delays(states)
-        except NdtError as exc:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"prediction failed: {exc}") from None
+    def _predict(self, predictor, states):
+        with self._twin_calls.held():
+            try:
+                return predictor.predict_delays(states)
+            except NdtError as exc:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"prediction failed: {exc}") from None
 
     @staticmethod
     def _weights(state: NetworkState, changes) -> list[float]:
         current = {(lk.src, lk.dst): lk.weight for lk in state.links}
-        for i, change in enumerate(changes):
-            if (change.src, change.dst) not in current:
-                raise ApiError(grpc.StatusCode.NOT_FOUND, f"weights[{i}]: link {change.src}->{change.dst} is not in the topology")
-            if not (math.isfinite(change.weight) and change.weight > 0):
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"weights[{i}]: link {change.src}->{change.dst} weight must be positive, got {change.weight}")
-            current[(change.src, change.dst)] = change.weight
+        current.update(_weight_changes(state, changes))
         return [current[(lk.src, lk.dst)] for lk in state.links]
 
 
-def _json(text: str, field: str):
-    import json
+class _Budget:
+    """At most ``limit`` holders at once; one more ends its RPC with RESOURCE_EXHAUSTED instead of waiting."""
 
+    def __init__(self, limit: int, what: str):
+        self.limit, self.what = limit, what
+        self._slots = threading.BoundedSemaphore(limit)
+
+    @contextmanager
+    def held(self):
+        if not self._slots.acquire(blocking=False):
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{self.limit} {self.what} are already running; retry when one has finished")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+def _weight_changes(state: NetworkState, changes) -> dict[tuple[str, str], float]:
+    """The requested weight per link; unknown links, and weights that are not whole numbers 1..65535, refused."""
+    weights = {}
+    for i, change in enumerate(changes):
+        tag = f"weights[{i}]: link {_short(change.src)}->{_short(change.dst)}"
+        if (change.src, change.dst) not in state.link_index:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"{tag} is not in the topology")
+        if not (math.isfinite(change.weight) and change.weight == int(change.weight) and 1 <= change.weight <= MAX_WEIGHT):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{tag} weight must be a whole number from 1 to {MAX_WEIGHT}, got {change.weight}")
+        weights[(change.src, change.dst)] = float(change.weight)
+    return weights
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _shown(text: str) -> str:
+    return repr(_short(text))
+
+
+def _json(text: str, field: str):
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"{field}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        return parse_json(text)
+    except NdtError as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {exc}") from None
 
 
 def _paths(state: NetworkState, delays) -> list:
@@ -269,8 +332,9 @@ def _paths(state: NetworkState, delays) -> list:
 
 
 class _Guard(grpc.ServerInterceptor):
-    """Turns ApiError into its status and any other exception into INTERNAL without a stack trace;
-    checks the bearer token when one is configured (not for the health service)."""
+    """Turns ApiError into its status and any other exception into INTERNAL without a stack trace
+    (logged on the controller); checks the bearer token when one is configured (not for the
+    health service or reflection)."""
 
     def __init__(self, token: str | None):
         self.token = token
@@ -281,25 +345,30 @@ class _Guard(grpc.ServerInterceptor):
             return handler
         metadata = dict(details.invocation_metadata or ())
         authorized = self.token is None or metadata.get("authorization") == f"Bearer {self.token}"
+        method = details.method.rsplit("/", 1)[-1]
+
+        @contextmanager
+        def statuses(context):
+            try:
+                yield
+            except ApiError as exc:
+                context.abort(exc.code, _cut(str(exc)))
+            except NdtError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _cut(str(exc)))
+            except Exception:
+                LOG.exception("gRPC %s failed", method)
+                context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error, see the controller's log")
 
         def guard(behaviour, streaming: bool):
             def unary(request, context):
                 _check(authorized, context)
-                try:
+                with statuses(context):
                     return behaviour(request, context)
-                except ApiError as exc:
-                    context.abort(exc.code, str(exc))
-                except NdtError as exc:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
             def stream(request, context):
                 _check(authorized, context)
-                try:
+                with statuses(context):
                     yield from behaviour(request, context)
-                except ApiError as exc:
-                    context.abort(exc.code, str(exc))
-                except NdtError as exc:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
             return stream if streaming else unary
 
@@ -310,27 +379,122 @@ class _Guard(grpc.ServerInterceptor):
         return handler
 
 
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
+
+
 def _check(authorized: bool, context) -> None:
     if not authorized:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: a valid 'Bearer <token>' is required")
 
 
-def serve(service: NdtService, address: str = "127.0.0.1:50051", token: str | None = None,
-          tls_cert: Path | None = None, tls_key: Path | None = None, workers: int = 8) -> tuple[grpc.Server, int]:
-    """Start the server (non-blocking); returns it and the bound port (``address`` may end in ``:0``)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_Guard(token)])
-    services.add_NdtServicer_to_server(service, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if tls_cert is not None:
-        credentials = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
-        port = server.add_secure_port(address, credentials)
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise NdtError(f"gRPC: cannot listen on {address}")
-    server.start()
-    return server, port
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of 'host:port' or '[v6]:port'; port 0..65535 (0: any free port)."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise NdtError(f"gRPC address {address!r}: expected host:port with a port from 0 to 65535, "
+                       "e.g. 127.0.0.1:50051 or [::1]:50051")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback address (a name that does not resolve is refused)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise NdtError(f"gRPC address: host {host!r} is neither an IP address nor a name that resolves") from None
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def exposure_warnings(host: str, token: str | None, tls: bool, insecure: bool) -> list[str]:
+    """Refuse an API that anyone on the network could use to change routing; the warnings to log otherwise.
+
+    Beyond loopback the API needs a bearer token and TLS, unless ``insecure`` is given (then it warns).
+    """
+    if is_loopback(host):
+        return [] if tls or token is None else [
+            "the bearer token travels in clear text on loopback (no TLS); local users can read it"]
+    missing = [(what, how) for what, how, have in (("bearer token", "NDT_API_TOKEN", token),
+                                                   ("TLS", "--tls-cert/--tls-key", tls)) if not have]
+    if not missing:
+        return []
+    if not insecure:
+        needs = " and ".join(f"{what} ({how})" for what, how in missing)
+        raise NdtError(f"gRPC address {host}: beyond loopback the API needs a {needs}, or --insecure "
+                       "to serve it anyway (anyone who reaches it could change the routing)")
+    return [f"--insecure: the API on {host} has no {' and no '.join(what for what, _ in missing)}; anyone "
+            "who reaches it can change the routing"]
+
+
+def _credentials(tls_cert: Path, tls_key: Path, tls_client_ca: Path | None):
+    """Server credentials, after checking that the files are PEM and the key matches the certificate."""
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        check.load_cert_chain(tls_cert, tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise NdtError(f"--tls-cert {tls_cert} / --tls-key {tls_key}: not a PEM certificate and its private key "
+                       f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+    client_ca = None
+    if tls_client_ca is not None:
+        try:
+            check.load_verify_locations(tls_client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise NdtError(f"--tls-client-ca {tls_client_ca}: not a PEM CA certificate "
+                           f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+        client_ca = Path(tls_client_ca).read_bytes()
+    return grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+class ApiServer:
+    """A bound, not yet serving gRPC server: binding first lets a bad address or certificate stop the
+    controller before it serves OpenFlow."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", token: str | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None, tls_client_ca: Path | None = None, insecure: bool = False,
+                 workers: int = 16):
+        host, _ = split_address(address)
+        if tls_client_ca is not None and tls_cert is None:
+            raise NdtError("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")
+        self.warnings = exposure_warnings(host, token, tls_cert is not None, insecure)
+        self.address, self.tls, self.mtls, self.token_required = address, tls_cert is not None, tls_client_ca is not None, token is not None
+        credentials = None if tls_cert is None else _credentials(tls_cert, tls_key, tls_client_ca)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_Guard(token)])
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise NdtError(f"gRPC: cannot listen on {address} (address in use, or not an address of this host)")
+
+    def describe(self) -> list[str]:
+        """What protects the API, for the log line: ', TLS', ', client certificates', ', bearer token'."""
+        return [text for text, on in ((", TLS", self.tls), (", client certificates required", self.mtls),
+                                      (", bearer token required", self.token_required)) if on]
+
+    def start(self, service: NdtService) -> grpc.Server:
+        services.add_NdtServicer_to_server(service, self.server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        for warning in self.warnings:
+            LOG.warning("%s", warning)
+        self.server.start()
+        return self.server
+
+
+def serve(service: NdtService, address: str = "127.0.0.1:50051", **options) -> tuple[grpc.Server, int]:
+    """Bind and start (non-blocking); returns the server and the bound port (``address`` may end in ``:0``).
+    ``options`` are those of :class:`ApiServer`."""
+    api = ApiServer(address, **options)
+    return api.start(service), api.port

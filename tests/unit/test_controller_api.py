@@ -4,18 +4,21 @@ codes and messages of bad requests, health, reflection, the bearer token, and th
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from controller.api.server import NdtService, pb, serve, services
+from controller.api.server import NdtService, exposure_warnings, pb, serve, services
 from controller.app import NetworkView
 from controller.routing_rules import Host
 from telemetry.exporter import Metrics
 from telemetry.store import LinkSample, TelemetryStore
 from twin.models.registry import get_predictor
+from twin.state.errors import NdtError
 from twin.state.model import Flow, Link, NetworkState
 
 SQUARE = [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s1"), ("s1", "s3")]  # a square and a diagonal
@@ -137,7 +140,7 @@ def test_stream_telemetry(api):
     ("Apply", pb.ApplyRequest(weights=[pb.WeightChange(src="s2", dst="s4", weight=1)]), grpc.StatusCode.NOT_FOUND,
      "weights[0]: link s2->s4"),
     ("Apply", pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=-2)]),
-     grpc.StatusCode.INVALID_ARGUMENT, "weights[0]: link s1->s2 weight must be positive"),
+     grpc.StatusCode.INVALID_ARGUMENT, "weights[0]: link s1->s2 weight must be a whole number from 1 to 65535"),
     ("ReportMeasured", pb.MeasuredDelays(), grpc.StatusCode.INVALID_ARGUMENT, "paths: give at least one"),
     ("ReportMeasured", pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s7", delay_s=0.1)]),
      grpc.StatusCode.NOT_FOUND, "paths[0]: node 's7'"),
@@ -187,7 +190,8 @@ def test_bearer_token():
         server.stop(None)
 
 
-def test_tls(tmp_path):
+def self_signed(tmp_path, name: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for localhost (it is its own CA) and its key, PEM, also written to tmp_path."""
     import datetime
 
     from cryptography import x509
@@ -196,19 +200,25 @@ def test_tls(tmp_path):
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    (tmp_path / "cert.pem").write_bytes(cert_pem)
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
-    server, port = serve(service(), "127.0.0.1:0",
-                         tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem")
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    (tmp_path / f"{name}.pem").write_bytes(cert_pem)
+    (tmp_path / f"{name}-key.pem").write_bytes(key_pem)
+    return cert_pem, key_pem
+
+
+def test_tls(tmp_path):
+    cert_pem, _ = self_signed(tmp_path, "server")
+    server, port = serve(service(), "127.0.0.1:0", tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server-key.pem")
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert_pem)
         with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
@@ -218,3 +228,146 @@ def test_tls(tmp_path):
                 services.NdtStub(plain).GetStatus(pb.Empty(), timeout=2)
     finally:
         server.stop(None)
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path):
+    server_pem, _ = self_signed(tmp_path, "server")
+    client_pem, client_key = self_signed(tmp_path, "client")
+    stranger_pem, stranger_key = self_signed(tmp_path, "stranger")
+    server, port = serve(service(), "127.0.0.1:0", tls_cert=tmp_path / "server.pem",
+                         tls_key=tmp_path / "server-key.pem", tls_client_ca=tmp_path / "client.pem")
+    try:
+        def status(chain=None, key=None):
+            credentials = grpc.ssl_channel_credentials(server_pem, private_key=key, certificate_chain=chain)
+            with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+                return services.NdtStub(channel).GetStatus(pb.Empty(), timeout=3).switches_total
+
+        assert status(client_pem, client_key) == 4
+        for chain, key in ((None, None), (stranger_pem, stranger_key)):
+            with pytest.raises(grpc.RpcError):
+                status(chain, key)
+    finally:
+        server.stop(None)
+
+
+def test_bad_tls_material_is_refused_before_serving(tmp_path):
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    self_signed(tmp_path, "server")
+    with pytest.raises(NdtError, match="not a PEM certificate and its private key"):
+        serve(service(), "127.0.0.1:0", tls_cert=tmp_path / "junk.pem", tls_key=tmp_path / "junk.pem")
+    with pytest.raises(NdtError, match="--tls-client-ca .*not a PEM CA certificate"):
+        serve(service(), "127.0.0.1:0", tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server-key.pem",
+              tls_client_ca=tmp_path / "junk.pem")
+
+
+@pytest.mark.parametrize("request_, code, words", [
+    (pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=70000)]), grpc.StatusCode.INVALID_ARGUMENT,
+     "weight must be a whole number from 1 to 65535, got 70000"),
+    (pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=2.5)]), grpc.StatusCode.INVALID_ARGUMENT,
+     "got 2.5"),
+    (pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=3)], who="ops\nFORGED log line"),
+     grpc.StatusCode.INVALID_ARGUMENT, "who: at most 64 printable characters"),
+    (pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s1", delay_s=0.1)]), grpc.StatusCode.INVALID_ARGUMENT,
+     "src and dst are the same node"),
+    (pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=1e300)]), grpc.StatusCode.INVALID_ARGUMENT,
+     "<= 60 s"),
+    (pb.WhatIfRequest(traffic_scale=1e300), grpc.StatusCode.INVALID_ARGUMENT, "traffic_scale must be > 0 and <= 100"),
+    (pb.PredictRequest(state_json="[" * 100_000 + "]" * 100_000), grpc.StatusCode.INVALID_ARGUMENT,
+     "state_json: JSON nested too deeply"),
+    (pb.PredictRequest(state_json='{"nodes": [' + "9" * 5000 + "]}"), grpc.StatusCode.INVALID_ARGUMENT,
+     "state_json: JSON holds a number ndt cannot read"),
+    (pb.OptimizeRequest(intent_yaml="a: &x [1, 2]\nb: *x\n"), grpc.StatusCode.INVALID_ARGUMENT, "aliases"),
+])
+def test_out_of_range_requests_are_refused_and_nothing_is_applied(api, request_, code, words):
+    stub, _, controller, _ = api
+    applied = len(controller.applied)
+    rpc = {pb.ApplyRequest: stub.Apply, pb.MeasuredDelays: stub.ReportMeasured, pb.WhatIfRequest: stub.WhatIf,
+           pb.PredictRequest: stub.Predict, pb.OptimizeRequest: stub.Optimize}[type(request_)]
+    got_code, details = error(rpc, request_)
+    assert got_code == code and words in details, details
+    assert len(controller.applied) == applied
+
+
+def test_a_state_larger_than_the_bound_is_refused_before_prediction():
+    server, port = serve(NdtService(StandIn(), TelemetryStore(), Metrics(), get_predictor, "qt", max_flows=1),
+                         "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            code, details = error(services.NdtStub(channel).Predict,
+                                  pb.PredictRequest(state_json=json.dumps(square_state().to_dict())))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 flows" in details and "--max-predict-flows" in details
+    finally:
+        server.stop(None)
+
+
+class Broken(StandIn):
+    def snapshot(self):
+        raise KeyError("secret internals")
+
+
+def test_an_unexpected_failure_is_internal_and_leaks_nothing():
+    server, port = serve(service(Broken()), "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            code, details = error(services.NdtStub(channel).GetStatus, pb.Empty())
+        assert code == grpc.StatusCode.INTERNAL and "secret" not in details and "GetStatus" in details
+    finally:
+        server.stop(None)
+
+
+def test_64_abusive_streams_leave_health_status_and_apply_answering():
+    """Streams beyond the budget end at once with RESOURCE_EXHAUSTED; those admitted hold a worker, yet
+    health, GetStatus and Apply still answer; a cancelled stream frees its slot at once."""
+    controller = StandIn()
+    server, port = serve(NdtService(controller, TelemetryStore(), Metrics(), get_predictor, "qt", max_streams=4),
+                         "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = services.NdtStub(channel)
+            streams = [stub.StreamTelemetry(pb.StreamRequest(interval_s=60)) for _ in range(64)]
+            outcomes = []
+            for stream in streams:
+                try:
+                    next(stream)
+                    outcomes.append("open")
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code())
+            assert outcomes.count("open") == 4
+            assert outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 60
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+            assert stub.GetStatus(pb.Empty(), timeout=1).switches_total == 4
+            stub.Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=3)]), timeout=1)
+            for stream in streams:
+                stream.cancel()
+            again = stub.StreamTelemetry(pb.StreamRequest(interval_s=60))
+            for _ in range(50):  # the server learns of the cancellations within moments
+                try:
+                    next(again)
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+                    again = stub.StreamTelemetry(pb.StreamRequest(interval_s=60))
+            else:
+                pytest.fail("cancelled streams kept their slots")
+            again.cancel()
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("host, token, tls, insecure, outcome", [
+    ("127.0.0.1", None, False, False, []),
+    ("::1", "t", True, False, []),
+    ("127.0.0.1", "t", False, False, ["clear text"]),
+    ("0.0.0.0", None, False, False, "needs a bearer token (NDT_API_TOKEN) and TLS"),
+    ("0.0.0.0", "t", False, False, "needs a TLS"),
+    ("0.0.0.0", "t", True, False, []),
+    ("0.0.0.0", None, False, True, ["--insecure: the API on 0.0.0.0 has no bearer token and no TLS"]),
+])
+def test_beyond_loopback_the_api_needs_a_token_and_tls_or_an_explicit_insecure(host, token, tls, insecure, outcome):
+    if isinstance(outcome, str):
+        with pytest.raises(NdtError, match=re.escape(outcome)):
+            exposure_warnings(host, token, tls, insecure)
+    else:
+        warnings = exposure_warnings(host, token, tls, insecure)
+        assert len(warnings) == len(outcome) and all(w in got for w, got in zip(outcome, warnings))

@@ -7,6 +7,47 @@ import json
 import math
 from pathlib import Path
 
+from twin.state.errors import NdtError
+
+
+MAX_FILE_BYTES = 512 * 2**20  # an input file larger than this is refused before it is read
+
+
+def read_text(path, what: str, error: type[Exception] = NdtError, hint: str = "",
+              max_bytes: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable, oversized or non-UTF-8 file raises ``error``
+    naming the file (``what``: how the message calls it; ``hint``: appended when it cannot be read)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise error(f"{path}: is a directory, not {what}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path}: {size / 2**20:.0f} MiB, larger than {what} may be ({max_bytes / 2**20:.0f} MiB)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror}){hint}") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise error(f"{path}: {what} is UTF-16; ndt reads UTF-8 (convert it: iconv -f UTF-16 -t UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}, line {line})") from None
+
+
+def parse_json(text: str, error: type[Exception] = NdtError):
+    """Parsed JSON; malformed text, nesting deeper than Python's recursion limit or an integer of more than
+    4,300 digits raise ``error`` saying where."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise error("JSON nested too deeply (more than about 1,000 levels)") from None
+    except ValueError as exc:  # Python refuses integers of more than 4,300 digits
+        raise error(f"JSON holds a number ndt cannot read ({exc})") from None
+
 
 def read_json(path, what: str, error: type[Exception], hint: str = ""):
     """The parsed content of ``path``; an unreadable or malformed file raises ``error``.
@@ -14,15 +55,11 @@ def read_json(path, what: str, error: type[Exception], hint: str = ""):
     what: how the message calls the file ("the state file"); hint: appended to the
     message when the file cannot be read (e.g. how to create it).
     """
-    path = Path(path)
+    text = read_text(path, what, error, hint)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror}){hint}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        return parse_json(text, error)
+    except error as exc:
+        raise error(f"{path}: {exc}") from None
 
 
 def jsonable(value):

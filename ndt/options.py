@@ -1,0 +1,57 @@
+"""Command-line option types that refuse what no run can use: argparse then prints one line naming
+the option and the allowed range, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def number(low: float | None = None, high: float | None = None, integer: bool = False, open_low: bool = False,
+           unit: str = ""):
+    """An argparse ``type``: a finite number (a whole one with ``integer``) within [low, high]
+    (``open_low``: low itself excluded)."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if integer else 'a number'}, "
+                                             f"got {text[:40]!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
+        too_low = low is not None and (value <= low if open_low else value < low)
+        if too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(low, high, open_low)}{unit}, got {text[:40]}")
+        return value
+
+    return parse
+
+
+def _bounds(low, high, open_low: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if open_low else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"<= {high:g}")
+    return " and ".join(parts)
+
+
+def port(allow_zero: bool = False):
+    """A TCP port 1..65535 (0 too with ``allow_zero``: any free port)."""
+    return number(0 if allow_zero else 1, 65535, integer=True)
+
+
+seed = number(0, MAX_SEED, integer=True)
+workers = number(1, 1024, integer=True)
+
+
+def ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address literal (a listen address)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address such as 127.0.0.1 or ::1, got {text[:40]!r}") from None
