@@ -2,13 +2,16 @@
 
 Each subcommand lives in its own ``ndt.cmd_*`` module exposing ``register(subparsers)``;
 heavy libraries are imported inside the handlers so ``ndt --help`` stays fast.
-Errors a user can fix (:class:`ndt.errors.NdtError`) are printed as one line, exit code 2.
+Errors a user can fix (:class:`ndt.errors.NdtError`, a file that cannot be read or written) are printed
+as one line, exit code 2; anything else is a bug in ndt: one line too, exit code 1, and the traceback
+with ``NDT_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ndt import __version__
@@ -57,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ndt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ndt {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if os.environ.get("NDT_DEBUG"):
+            raise
+        print(f"ndt {args.command}: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it, "
+              "NDT_DEBUG=1 shows the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ndt.options import number, seed
 from ndt.output import print_json
 from twin.state.errors import NdtError
 
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
             "is installed (pip install 'ndt[ns3]'), run the same multi-hop scenario in ns-3 and ndt."
         ),
     )
-    sim.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    sim.add_argument("--seed", type=seed, default=0, help="seed (default: 0)")
     sim.add_argument("--json", action="store_true", help="print JSON (the command contract)")
     sim.set_defaults(handler=run_sim)
 
@@ -46,10 +47,10 @@ def register(subparsers) -> None:
     opt.add_argument("--topologies", default="synthetic-25,sndlib/abilene",
                      help="comma-separated: synthetic-25 and/or topohub keys (default: synthetic-25,sndlib/abilene)")
     opt.add_argument("--intensities", default="0.5,0.7,0.85,1.0,1.15", help="comma-separated busiest-link loads")
-    opt.add_argument("--budget", type=int, default=1500, help="candidates per optimization (default: 1500)")
-    opt.add_argument("--sim-runs", type=int, default=3,
+    opt.add_argument("--budget", type=number(1, 10**7, integer=True), default=1500, help="candidates per optimization (default: 1500)")
+    opt.add_argument("--sim-runs", type=number(1, 1000, integer=True), default=3,
                      help="simulations per routing, averaged; every method sees the same seeds (default: 3)")
-    opt.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    opt.add_argument("--seed", type=seed, default=0, help="seed (default: 0)")
     opt.add_argument("--out", type=Path, default=Path("docs/figures/optimizer"),
                      help="prefix of the .json and .png written (default: docs/figures/optimizer)")
     opt.add_argument("--json", action="store_true", help="print JSON (the command contract)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ndt.cmd_loop import OptionError
+from ndt.options import number, seed
 from ndt.output import print_json, print_table
 
 
@@ -35,22 +36,22 @@ def register(subparsers) -> None:
     p.add_argument("--loads", default="0.2,0.5,0.7,0.9",
                    help="busiest-link loads under shortest paths, comma-separated; a light one separates the per-switch "
                         "from the per-path cost (default: 0.2,0.5,0.7,0.9)")
-    p.add_argument("--routings", type=int, default=3,
+    p.add_argument("--routings", type=number(1, 1000, integer=True), default=3,
                    help="routings per load: shortest path, the routing the optimizer picks with QT, then random weights "
                         "(default: 3)")
-    p.add_argument("--duration", type=float, default=30.0, metavar="S",
+    p.add_argument("--duration", type=number(0, 86400, open_low=True, unit=' s'), default=30.0, metavar="S",
                    help="traffic per measurement, s; shorter windows leave fewer flows with enough packets and "
                         "noisier means (default: 30)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="correction JSON (default: data/calibration-<model>.json in the repository)")
-    p.add_argument("--tune-samples", type=int, default=300, metavar="N",
+    p.add_argument("--tune-samples", type=number(1, 10**7, integer=True), default=300, metavar="N",
                    help="before measuring, fine-tune a learned twin on N simulated states of this topology "
                         "(random weights and loads; the emulated links are FIFO servers, so the simulator is "
                         "their queueing); 0: no fine-tuning (default: 300)")
-    p.add_argument("--tune-minutes", type=float, default=8.0, metavar="M",
+    p.add_argument("--tune-minutes", type=number(0, 10080, unit=' min'), default=8.0, metavar="M",
                    help="training time of the fine-tuning (default: 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run)
 

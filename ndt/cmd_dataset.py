@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ndt.options import number, seed, workers
 from ndt.output import print_json
 
 
@@ -23,17 +24,17 @@ def register(subparsers) -> None:
         ),
     )
     gen.add_argument("--out", type=Path, default=Path("data/train"), help="output directory (default: data/train)")
-    gen.add_argument("--samples", type=int, default=1000, help="number of samples (default: 1000)")
+    gen.add_argument("--samples", type=number(1, 10**8, integer=True), default=1000, help="number of samples (default: 1000)")
     gen.add_argument("--nodes", default="25-50", metavar="MIN-MAX", help="topology sizes (default: 25-50)")
     gen.add_argument("--load", default="0.2-1.0", metavar="MIN-MAX",
                      help="utilization of the busiest link, drawn uniformly (default: 0.2-1.0)")
     gen.add_argument("--traffic", choices=("mixed", "poisson"), default="mixed",
                      help="traffic models: mixed Poisson/CBR/ON-OFF with three size models, or Poisson only")
-    gen.add_argument("--packets-per-flow", type=float, default=2500.0,
+    gen.add_argument("--packets-per-flow", type=number(1, 10**8), default=2500.0,
                      help="simulated packets of the average flow (label accuracy vs time; default: 2500)")
-    gen.add_argument("--shard-size", type=int, default=10, help="samples per shard file (default: 10)")
-    gen.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
-    gen.add_argument("--workers", type=int, help="processes (default: all cores)")
+    gen.add_argument("--shard-size", type=number(1, 10**6, integer=True), default=10, help="samples per shard file (default: 10)")
+    gen.add_argument("--seed", type=seed, default=0, help="dataset seed (default: 0)")
+    gen.add_argument("--workers", type=workers, help="processes (default: all cores)")
     gen.add_argument("--json", action="store_true", help="print a JSON summary")
     gen.set_defaults(handler=run_generate)
 

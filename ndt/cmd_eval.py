@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ndt.options import number, workers
 from ndt.output import print_json, print_table
 
 
@@ -26,11 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("--speed", action="store_true",
                    help="time inference instead: one 300-node all-pairs state, and candidate routings per second "
                         "of a 25-node state in batches of 64")
-    p.add_argument("--limit", type=int, metavar="N", help="with --datanet: only the first N samples")
+    p.add_argument("--limit", type=number(1, 10**8, integer=True), metavar="N", help="with --datanet: only the first N samples")
     p.add_argument("--weights", type=Path, metavar="DIR", help="directory with the models (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=Path("eval"), metavar="DIR",
                    help="where figure3.json/.png or datanet.json go (default: ./eval)")
-    p.add_argument("--workers", type=int, help="processes for generating the evaluation set (default: all cores)")
+    p.add_argument("--workers", type=workers, help="processes for generating the evaluation set (default: all cores)")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract) instead of tables")
     p.set_defaults(handler=run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ndt.options import number, port, seed
 from ndt.output import print_json
 from twin.state.errors import NdtError
 
@@ -17,22 +18,22 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float, verif
     """Options shared by ``ndt loop`` and ``ndt demo``."""
     p.add_argument("--topology", default="sndlib/abilene",
                    help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
-    p.add_argument("--load", type=float, default=load,
+    p.add_argument("--load", type=number(0, 100, open_low=True), default=load,
                    help=f"busiest-link load under shortest paths (default: {load})")
-    p.add_argument("--duration", type=float, default=duration, metavar="S",
+    p.add_argument("--duration", type=number(0, 86400, open_low=True, unit=' s'), default=duration, metavar="S",
                    help=f"live traffic per measurement, s (default: {duration:g})")
-    p.add_argument("--validate-s", type=float, default=validate_s, metavar="S",
+    p.add_argument("--validate-s", type=number(0, 86400, open_low=True, unit=' s'), default=validate_s, metavar="S",
                    help=f"sandbox traffic per candidate, s (default: {validate_s:g})")
-    p.add_argument("--verify-s", type=float, default=verify_s, metavar="S",
+    p.add_argument("--verify-s", type=number(0, 86400, open_low=True, unit=' s'), default=verify_s, metavar="S",
                    help=f"live traffic measured after the decision (push, rollback or keep); the twin-vs-emulation "
                         f"MAPE is taken on it, and the longer it is the less noise is in that figure "
                         f"(default: {verify_s:g})")
-    p.add_argument("--candidates", type=int, default=2, help="routings validated besides the current one (default: 2)")
+    p.add_argument("--candidates", type=number(0, 100, integer=True), default=2, help="routings validated besides the current one (default: 2)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="correction from 'ndt calibrate' (default: the model's data/calibration-<model>.json, else "
                         "the one shipped as mininet_topos/calibration-<model>.json)")
-    p.add_argument("--metrics-port", type=int, default=9108, help="the live controller's Prometheus port (default: 9108)")
+    p.add_argument("--metrics-port", type=port(), default=9108, help="the live controller's Prometheus port (default: 9108)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
     p.add_argument("--no-prometheus", action="store_true",
                    help="do not run a Prometheus server (Debian prometheus) scraping the live controller")
@@ -42,7 +43,7 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float, verif
     p.add_argument("--fail", action="append", default=[], metavar="NODE,NODE",
                    help="after the shifts, take this link down in the live network and run the loop again "
                         "(repeatable; e.g. --fail KSCYng,IPLSng)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

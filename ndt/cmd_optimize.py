@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ndt.options import seed
 from ndt.output import print_json, print_table
 
 
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--screen", choices=("qt", "none"), default="qt",
                    help="cheap model whose NES runs first to find a starting region (default: qt; "
                         "ignored when --model is qt)")
-    p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="search seed (default: 0)")
     p.add_argument("--verify", action="store_true", help="also simulate the initial and the chosen routing")
     p.add_argument("--allow-infeasible", action="store_true",
                    help="when no routing meets the constraints, return the least violating one")

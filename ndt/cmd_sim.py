@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ndt.options import number, seed
 from ndt.output import print_json, print_table
 
 
@@ -22,11 +23,11 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--state", type=Path, metavar="FILE", help="network state JSON (see docs/state.md)")
     source.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (graphs/, routings/, results_*.tar.gz)")
-    p.add_argument("--duration", type=float, metavar="S",
+    p.add_argument("--duration", type=number(0, 86400, open_low=True, unit=' s'), metavar="S",
                    help="traffic generation time in seconds (default: long enough for ~2000 packets per flow)")
-    p.add_argument("--warmup", type=float, metavar="S", help="seconds discarded at the start (default: 10%% of the duration)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--limit", type=int, metavar="N", help="with --datanet: simulate only the first N samples")
+    p.add_argument("--warmup", type=number(0, 86400, unit=' s'), metavar="S", help="seconds discarded at the start (default: 10%% of the duration)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
+    p.add_argument("--limit", type=number(1, 10**8, integer=True), metavar="N", help="with --datanet: simulate only the first N samples")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract) instead of tables")
     p.set_defaults(handler=run)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ndt.options import number, seed
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("state", help="import, scale and check network-state files",
@@ -22,12 +24,12 @@ def register(subparsers) -> None:
     )
     imp.add_argument("source", help="a .gml/.graphml/.json file or a topohub key")
     imp.add_argument("-o", "--out", type=Path, required=True, help="where to write the state JSON")
-    imp.add_argument("--capacity", type=float, default=10e6, help="link capacity when the source has none, bit/s (default: 10e6)")
-    imp.add_argument("--buffer", type=int, default=32, help="output buffer per link, packets (default: 32)")
-    imp.add_argument("--load", type=float, default=0.7, help="utilization of the busiest link (default: 0.7)")
-    imp.add_argument("--packet-size", type=float, default=8000.0, help="mean packet size, bits (default: 8000)")
+    imp.add_argument("--capacity", type=number(1, 1e15, unit=' bit/s'), default=10e6, help="link capacity when the source has none, bit/s (default: 10e6)")
+    imp.add_argument("--buffer", type=number(1, 10**6, integer=True), default=32, help="output buffer per link, packets (default: 32)")
+    imp.add_argument("--load", type=number(0, 100, open_low=True), default=0.7, help="utilization of the busiest link (default: 0.7)")
+    imp.add_argument("--packet-size", type=number(1, 1e9, unit=' bits'), default=8000.0, help="mean packet size, bits (default: 8000)")
     imp.add_argument("--random-traffic", action="store_true", help="ignore the source's demands; random all-pairs traffic")
-    imp.add_argument("--seed", type=int, default=0, help="seed for random traffic (default: 0)")
+    imp.add_argument("--seed", type=seed, default=0, help="seed for random traffic (default: 0)")
     imp.set_defaults(handler=run_import)
 
     check = sub.add_parser("check", help="validate a state file and summarise it")

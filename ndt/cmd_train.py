@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ndt.options import number, seed
 from ndt.output import print_json
 
 
@@ -27,17 +28,17 @@ def register(subparsers) -> None:
                         "while training join at the next epoch")
     p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/MODEL)")
     p.add_argument("--model", choices=("routenet", "rnn"), default="routenet", help="which network (default: routenet)")
-    p.add_argument("--epochs", type=int, default=40, help="most epochs (default: 40)")
-    p.add_argument("--batch-size", type=int, default=4, help="samples per gradient step (default: 4)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate; halved after 2 epochs without progress")
-    p.add_argument("--patience", type=int, default=6, help="epochs without validation progress before stopping (default: 6)")
-    p.add_argument("--max-minutes", type=float, metavar="M", help="stop after this much training time")
-    p.add_argument("--state-dim", type=int, default=32, help="hidden state size (default: 32)")
-    p.add_argument("--iterations", type=int, default=8, help="message-passing iterations (default: 8)")
+    p.add_argument("--epochs", type=number(1, 10**5, integer=True), default=40, help="most epochs (default: 40)")
+    p.add_argument("--batch-size", type=number(1, 10**5, integer=True), default=4, help="samples per gradient step (default: 4)")
+    p.add_argument("--lr", type=number(0, 10, open_low=True), default=2e-3, help="Adam learning rate; halved after 2 epochs without progress")
+    p.add_argument("--patience", type=number(1, 10**5, integer=True), default=6, help="epochs without validation progress before stopping (default: 6)")
+    p.add_argument("--max-minutes", type=number(0, 10**6, open_low=True, unit=' min'), metavar="M", help="stop after this much training time")
+    p.add_argument("--state-dim", type=number(1, 4096, integer=True), default=32, help="hidden state size (default: 32)")
+    p.add_argument("--iterations", type=number(1, 100, integer=True), default=8, help="message-passing iterations (default: 8)")
     p.add_argument("--target", choices=("queueing", "delay", "waiting"), default="queueing",
                    help="loss: relative error of the delay minus propagation (default), of the whole delay, or "
                         "of the waiting time plus a tenth of the transmission time (what the emulation measures)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="fine-tune a trained model instead of starting afresh: its path without suffix, e.g. "
                         "twin/models/routenet_e (its normalisation is kept; --state-dim/--iterations must match)")

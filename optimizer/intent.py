@@ -27,7 +27,6 @@ import math
 import re
 import reprlib
 from dataclasses import dataclass
-from pathlib import Path
 
 from twin.state.errors import NdtError
 from twin.state.files import read_text

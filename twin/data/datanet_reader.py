@@ -33,6 +33,7 @@ import networkx as nx
 import numpy as np
 
 from twin.state.errors import StateError
+from twin.state.files import read_text
 from twin.state.model import Flow, Link, NetworkState
 
 RESULT_FILES = ("input_files.txt", "traffic.txt", "simulationResults.txt", "linkUsage.txt", "stability.txt")
@@ -43,6 +44,7 @@ TIME_PARAMS = {0: 4, 1: 3, 4: 6}  # fields up to the size distribution, the code
 SIZE_CODES = {0: "deterministic", 2: "binomial"}
 SIZE_NAMES = {0: "deterministic", 1: "uniform", 2: "binomial", 3: "generic"}
 RESULT_FIELDS = 11  # AvgBw, PktsGen, PktsDrop, AvgDelay, AvgLnDelay, p10, p20, p50, p80, p90, Jitter
+MAX_RESULT_FILE_BYTES = 256 * 2**20  # one sample file of a few hundred nodes is a few MiB
 IN_SERVICE = 1  # packets the reference queue counts beyond ndt's waiting room (the one in transmission)
 NO_TRAFFIC = "-1,0,-1,0,0"
 NO_RESULT = "0,0,0,-1,-1,-1,-1,-1,-1,-1,-1"
@@ -147,6 +149,9 @@ def _archive_files(archive: Path) -> dict[str, bytes]:
             for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and name in RESULT_FILES:
+                    if member.size > MAX_RESULT_FILE_BYTES:
+                        raise StateError(f"{archive}: {name} unpacks to {member.size / 2**20:.0f} MiB, more than a "
+                                         f"datanet result file may be ({MAX_RESULT_FILE_BYTES / 2**20:.0f} MiB)")
                     contents[name] = tar.extractfile(member).read()
                     if len(contents[name]) != member.size:
                         raise EOFError(f"{name} holds {len(contents[name])} of its {member.size} bytes")
@@ -247,12 +252,13 @@ def _read_graph(path) -> _Topology:
     Links are ordered by source node, then output port.
     """
     path = Path(path)
+    text = read_text(path, "the graph file", StateError)
     try:
-        graph = nx.read_gml(path, label="id")
-    except OSError as exc:
-        raise StateError(f"{path}: cannot read the graph file ({exc.strerror or exc})") from None
-    except (nx.NetworkXError, ValueError, KeyError) as exc:
-        raise StateError(f"{path}: not a valid GML graph ({exc})") from None
+        graph = nx.parse_gml(text, label="id")
+    except (nx.NetworkXError, ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"{path}: not a valid GML graph ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise StateError(f"{path}: GML nested too deeply") from None
     n = graph.number_of_nodes()
     if sorted(graph.nodes) != list(range(n)):
         raise StateError(f"{path}: node ids must be 0..{n - 1}")
@@ -306,10 +312,7 @@ def _bandwidth(raw, tag: str) -> float:
 
 def _apply_links_bw(topo: _Topology, path: Path) -> _Topology:
     """The topology with capacities overridden by a links_bw file (``src;dst;bw`` lines, bit/s)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise StateError(f"{path}: cannot read the link bandwidth file ({exc.strerror or exc})") from None
+    text = read_text(path, "the link bandwidth file", StateError)
     index = {(lk.src, lk.dst): i for i, lk in enumerate(topo.links)}
     links = list(topo.links)
     for number, line in enumerate(text.splitlines(), start=1):
@@ -327,10 +330,7 @@ def _apply_links_bw(topo: _Topology, path: Path) -> _Topology:
 
 def _read_routing(path: Path, topo: _Topology) -> dict[tuple[str, str], tuple[str, ...]]:
     """Paths keyed by (src, dst) from a routing file in either variant (path lines or port matrix)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise StateError(f"{path}: cannot read the routing file ({exc.strerror or exc})") from None
+    text = read_text(path, "the routing file", StateError)
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise StateError(f"{path}: the routing file is empty")

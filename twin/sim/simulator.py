@@ -27,6 +27,7 @@ from twin.state.model import NetworkState
 
 N_BINS = 1024
 BIN_RATIO = 1.02  # bins grow by 2 %: percentiles within ~1 %, from the minimum delay up to 6·10⁸ times it
+MAX_PACKETS = 2e9  # packets a run may generate (about an hour of one core); beyond it the run is refused
 _TIME = {"poisson": 0, "cbr": 1, "onoff": 2}
 _SIZE = {"deterministic": 0, "exponential": 1, "binomial": 2}
 
@@ -123,6 +124,10 @@ def simulate(
         warmup = 0.1 * duration
     if not 0 <= warmup < duration:
         raise StateError(f"warmup must lie in [0, duration), got {warmup!r}")
+    packets = float(np.sum(arrays["rate"] / arrays["mean_size"])) * duration
+    if packets > MAX_PACKETS:
+        raise StateError(f"the run would generate about {packets:.3g} packets in {duration:.3g} s, more than "
+                         f"{MAX_PACKETS:.0e}: shorten the duration or lower the rates")
     started = time.perf_counter()
     out = _run(
         arrays["capacity"], arrays["buffer"], arrays["prop"],

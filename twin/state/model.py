@@ -24,6 +24,14 @@ from twin.state.files import read_json
 from twin.state.routing import ospf_flow_links
 
 TIME_DISTS = ("poisson", "cbr", "onoff")
+# What a state may hold (docs/state.md); beyond these no simulation or prediction is meaningful.
+MAX_RATE_BPS = 1e15  # capacities and flow rates, bit/s (1 Pb/s)
+MIN_CAPACITY_BPS = 1.0
+MAX_BUFFER_PACKETS = 10**6
+MAX_PROP_DELAY_S = 10.0
+MAX_PACKET_BITS = 1e9  # far above any frame (a jumbo frame is 72,000 bits); keeps scaled states valid
+MAX_PERIOD_S = 3600.0  # on/off periods
+MAX_WEIGHT = 65535.0
 SIZE_DISTS = ("deterministic", "exponential", "binomial")
 ROUTING_KINDS = ("ospf", "paths")
 
@@ -107,11 +115,13 @@ class NetworkState:
             if (link.src, link.dst) in pairs:
                 raise StateError(f"{tag}: parallel links between the same nodes are not supported")
             pairs.add((link.src, link.dst))
-            _positive(tag, "capacity", link.capacity)
-            if not isinstance(link.buffer, (int, np.integer)) or isinstance(link.buffer, bool) or link.buffer < 1:
-                raise StateError(f"{tag}: buffer must be a whole number of packets >= 1, got {link.buffer!r}")
-            _finite_nonneg(tag, "prop_delay", link.prop_delay)
-            _positive(tag, "weight", link.weight)
+            _positive(tag, "capacity", link.capacity, MAX_RATE_BPS, low=MIN_CAPACITY_BPS)
+            if (not isinstance(link.buffer, (int, np.integer)) or isinstance(link.buffer, bool)
+                    or not 1 <= link.buffer <= MAX_BUFFER_PACKETS):
+                raise StateError(f"{tag}: buffer must be a whole number of packets from 1 to {MAX_BUFFER_PACKETS}, "
+                                 f"got {_shown(link.buffer)}")
+            _finite_nonneg(tag, "prop_delay", link.prop_delay, MAX_PROP_DELAY_S)
+            _positive(tag, "weight", link.weight, MAX_WEIGHT)
         flow_pairs = set()
         for flow in self.flows:
             tag = f"flow {flow.src}->{flow.dst}"
@@ -123,21 +133,22 @@ class NetworkState:
             if (flow.src, flow.dst) in flow_pairs:
                 raise StateError(f"{tag}: the traffic matrix lists this pair twice")
             flow_pairs.add((flow.src, flow.dst))
-            _finite_nonneg(tag, "rate", flow.rate)
-            _positive(tag, "packet_size", flow.packet_size)
+            _finite_nonneg(tag, "rate", flow.rate, MAX_RATE_BPS)
+            _positive(tag, "packet_size", flow.packet_size, MAX_PACKET_BITS)
             if flow.time_dist not in TIME_DISTS:
                 raise StateError(f"{tag}: time_dist {flow.time_dist!r} is not one of {TIME_DISTS}")
             if flow.size_dist not in SIZE_DISTS:
                 raise StateError(f"{tag}: size_dist {flow.size_dist!r} is not one of {SIZE_DISTS}")
             if flow.time_dist == "onoff":
-                _positive(tag, "on_time", flow.on_time)
-                _positive(tag, "off_time", flow.off_time)
+                _positive(tag, "on_time", flow.on_time, MAX_PERIOD_S)
+                _positive(tag, "off_time", flow.off_time, MAX_PERIOD_S)
             if flow.size_dist == "binomial":
                 sizes = flow.packet_sizes
-                if sizes is None or len(sizes) != 2:
+                if not isinstance(sizes, tuple) or len(sizes) != 2:
                     raise StateError(f"{tag}: size_dist binomial needs packet_sizes [small, large]")
                 small, large = sizes
-                _positive(tag, "packet_sizes", small)
+                _positive(tag, "packet_sizes", small, MAX_PACKET_BITS)
+                _positive(tag, "packet_sizes", large, MAX_PACKET_BITS)
                 if not small < flow.packet_size < large:
                     raise StateError(
                         f"{tag}: packet_size {flow.packet_size} must lie strictly between packet_sizes {list(sizes)}"
@@ -278,20 +289,34 @@ class NetworkState:
         unknown = set(data) - {"name", "nodes", "links", "traffic", "routing"}
         if unknown:
             raise StateError(f"unknown top-level field {sorted(unknown)[0]!r}")
-        nodes = tuple(str(n) for n in _list(data, "nodes"))
+        nodes = tuple(_node_name(n, f"nodes[{i}]") for i, n in enumerate(_list(data, "nodes")))
+        if not _list(data, "links"):
+            raise StateError("the state has no links")
         links = tuple(_build(Link, item, f"links[{i}]") for i, item in enumerate(_list(data, "links")))
         flows = tuple(_build(Flow, item, f"traffic[{i}]") for i, item in enumerate(_list(data, "traffic", [])))
         routing = data.get("routing", {"kind": "ospf"})
         if not isinstance(routing, dict):
             raise StateError("routing must be an object such as {\"kind\": \"ospf\"}")
+        unknown = set(routing) - {"kind", "paths"}
+        if unknown:
+            raise StateError(f"routing: unknown field {sorted(map(str, unknown))[0]!r} (known: kind, paths)")
         kind = routing.get("kind", "ospf")
         paths = {}
         if kind == "paths":
+            known = set(nodes)
             for i, path in enumerate(_list(routing, "paths")):
                 if not isinstance(path, list) or len(path) < 2:
                     raise StateError(f"routing.paths[{i}]: a path is a list of at least two node names")
-                path = tuple(str(n) for n in path)
+                path = tuple(_node_name(n, f"routing.paths[{i}]") for n in path)
+                stranger = next((n for n in path if n not in known), None)
+                if stranger is not None:
+                    raise StateError(f"routing.paths[{i}]: unknown node {stranger!r}")
+                if (path[0], path[-1]) in paths:
+                    raise StateError(f"routing.paths[{i}]: a second path for {path[0]}->{path[-1]} "
+                                     "(one path per traffic pair)")
                 paths[(path[0], path[-1])] = path
+        elif "paths" in routing:
+            raise StateError(f"routing: paths are given but kind is {_shown(kind)}; set \"kind\": \"paths\"")
         return cls(nodes=nodes, links=links, flows=flows, routing_kind=kind, paths=paths, name=str(data.get("name", "")))
 
     def save(self, path) -> None:
@@ -306,18 +331,39 @@ class NetworkState:
             raise StateError(f"{path}: {exc}") from None
 
 
-def _positive(tag: str, name: str, value) -> None:
+def _number(tag: str, name: str, value) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise StateError(f"{tag}: {name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise StateError(f"{tag}: {name} must be positive and finite, got {value!r}")
+        raise StateError(f"{tag}: {name} must be a number, got {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
-def _finite_nonneg(tag: str, name: str, value) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise StateError(f"{tag}: {name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise StateError(f"{tag}: {name} must be finite and >= 0, got {value!r}")
+def _positive(tag: str, name: str, value, high: float = math.inf, low: float = 0.0) -> None:
+    number = _number(tag, name, value)
+    if not (math.isfinite(number) and number > 0 and low <= number <= high):
+        bounds = f"positive and at most {high:g}" if low == 0 else f"positive, from {low:g} to {high:g}"
+        raise StateError(f"{tag}: {name} must be {bounds}, got {_shown(value)}")
+
+
+def _finite_nonneg(tag: str, name: str, value, high: float = math.inf) -> None:
+    number = _number(tag, name, value)
+    if not (math.isfinite(number) and 0 <= number <= high):
+        raise StateError(f"{tag}: {name} must be >= 0 and at most {high:g}, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    """``value`` for a message, cut to 40 characters (a number of thousands of digits stays readable)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _node_name(value, where: str) -> str:
+    """A node name from JSON: a non-empty string, or an integer (GML ids), as a string."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise StateError(f"{where}: a node name must be a non-empty string, got {_shown(value)}")
+    return str(value)
 
 
 def _list(data: dict, key: str, default=None) -> list:
@@ -338,8 +384,10 @@ def _build(cls, item, tag: str):
     for end in ("src", "dst"):
         if end not in kwargs:
             raise StateError(f"{tag}: missing field {end!r}")
-        kwargs[end] = str(kwargs[end])
+        kwargs[end] = _node_name(kwargs[end], f"{tag}.{end}")
     if cls is Flow and kwargs.get("packet_sizes") is not None:
+        if not isinstance(kwargs["packet_sizes"], list):
+            raise StateError(f"{tag}: packet_sizes must be a list [small, large], got {_shown(kwargs['packet_sizes'])}")
         kwargs["packet_sizes"] = tuple(kwargs["packet_sizes"])
     try:
         return cls(**kwargs)

@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 
 from twin.state.errors import StateError
+from twin.state.files import read_text
 from twin.state.model import Flow, Link, NetworkState
 
 FIBRE_M_PER_S = 2e8
@@ -34,12 +35,14 @@ def load_topology(source: str, capacity: float = DEFAULT_CAPACITY, buffer: int =
     if suffix == ".json":
         return NetworkState.load(path)
     if suffix in (".gml", ".graphml"):
-        if not path.exists():
-            raise StateError(f"{path}: no such topology file")
+        text = read_text(path, "the topology file", StateError)
+        kind = suffix[1:].upper()
         try:
-            graph = nx.read_gml(path, label="id") if suffix == ".gml" else nx.read_graphml(path)
-        except (nx.NetworkXError, ValueError, SyntaxError) as exc:
-            raise StateError(f"{path}: not a readable {suffix[1:].upper()} file ({exc})") from None
+            graph = nx.parse_gml(text, label="id") if suffix == ".gml" else nx.parse_graphml(text)
+        except (nx.NetworkXError, ValueError, SyntaxError, KeyError, TypeError) as exc:
+            raise StateError(f"{path}: not a readable {kind} file ({str(exc)[:200]})") from None
+        except RecursionError:
+            raise StateError(f"{path}: {kind} nested too deeply") from None
         return from_graph(graph, capacity=capacity, buffer=buffer, name=path.stem)
     return from_topohub(source, capacity=capacity, buffer=buffer)
 
@@ -104,18 +107,32 @@ def _capacity(attrs: dict, default: float) -> float:
 
 
 def _prop_delay(graph: nx.Graph, u, v, attrs: dict) -> float:
-    """Seconds of propagation: from the link length in km, or node coordinates, else 0."""
-    km = attrs.get("dist")
-    if km is None:
+    """Seconds of propagation: from the link length in km, or node coordinates, else 0. A length or
+    coordinate that is not a finite number raises StateError naming the link or node."""
+    if "dist" in attrs:
+        km = _finite(attrs["dist"], f"link {u}-{v}: dist")
+    else:
         a, b = graph.nodes[u], graph.nodes[v]
         if {"Latitude", "Longitude"} <= a.keys() and {"Latitude", "Longitude"} <= b.keys():
-            km = _great_circle_km(a["Latitude"], a["Longitude"], b["Latitude"], b["Longitude"])
+            coordinates = [_finite(n[key], f"node {name}: {key}") for name, n in ((u, a), (v, b))
+                           for key in ("Latitude", "Longitude")]
+            km = _great_circle_km(*coordinates)
         elif "pos" in a and "pos" in b:
-            km = _great_circle_km(a["pos"][1], a["pos"][0], b["pos"][1], b["pos"][0])
+            km = _great_circle_km(*(_finite(x, f"node {name}: pos") for name, n in ((u, a), (v, b))
+                                    for x in (n["pos"][1], n["pos"][0])))
+        else:
+            return 0.0
+    return max(km, 0.0) * 1e3 / FIBRE_M_PER_S
+
+
+def _finite(value, where: str) -> float:
     try:
-        return max(float(km), 0.0) * 1e3 / FIBRE_M_PER_S
-    except (TypeError, ValueError):
-        return 0.0
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise StateError(f"{where} must be a finite number, got {str(value)[:40]!r}")
+    return number
 
 
 def _great_circle_km(lat1, lon1, lat2, lon2) -> float:
