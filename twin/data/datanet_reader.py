@@ -189,8 +189,12 @@ def _parse_sample(directory: Path, lines: dict, where: str, topologies: dict, ro
     if len(fields) < 3:
         raise StateError(f"{where}: input_files.txt needs 'id;graph file;routing file', got {lines['input_files.txt']!r}")
     sample_id, graph_file, routing_file = (f.strip() for f in fields[:3])
-    where = f"{where} (sample {sample_id})"
-    topo = _topology(directory, graph_file, fields[3].strip() if len(fields) > 3 else "", topologies)
+    where = f"{where} (sample {sample_id[:20]})"
+    links_bw_file = fields[3].strip() if len(fields) > 3 else ""
+    for name in filter(None, (graph_file, routing_file, links_bw_file)):
+        if not name.isprintable() or "/" in name or "\\" in name or name in (".", ".."):
+            raise StateError(f"{where}: input_files.txt names {name[:40]!r}, not a plain file name (corrupt archive?)")
+    topo = _topology(directory, graph_file, links_bw_file, topologies)
     key = (graph_file, routing_file)
     if key not in routings:
         routings[key] = _read_routing(directory / "routings" / routing_file, topo)
