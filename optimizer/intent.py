@@ -25,18 +25,15 @@ from __future__ import annotations
 import functools
 import math
 import re
-import reprlib
 from dataclasses import dataclass
 
-from twin.state.errors import NdtError
+from twin.state.errors import NdtError, shown
 from twin.state.files import read_text
 
 OBJECTIVES = ("mean_delay", "delay_percentile", "max_utilization")
 MAX_INTENT_BYTES = 2**20  # an intent is a few lines; a larger file or request is refused unread
 MAX_DURATION_CHARS = 40
 _DURATION = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*$")
-_SHOWN = reprlib.Repr()  # values in messages: a few elements, a few levels, 40 characters of a string
-_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 4, 4, 40, 40, 40
 _UNIT = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
 
@@ -134,7 +131,7 @@ def _strict_loader():
             for key_node, _ in node.value:
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
                 if key in seen:
-                    raise IntentError(f"line {key_node.start_mark.line + 1}: key {_SHOWN.repr(key)} is given twice")
+                    raise IntentError(f"line {key_node.start_mark.line + 1}: key {shown(key)} is given twice")
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
@@ -151,7 +148,7 @@ def parse_intent(data) -> Intent:
     _only(objective, ("minimize", "percentile"), "objective.")
     kind = objective.get("minimize", "mean_delay")
     if kind not in OBJECTIVES:
-        raise IntentError(f"objective.minimize: {_SHOWN.repr(kind)} is not one of {', '.join(OBJECTIVES)}")
+        raise IntentError(f"objective.minimize: {shown(kind)} is not one of {', '.join(OBJECTIVES)}")
     percentile = _number(objective.get("percentile", 95), "objective.percentile", 0, 100)
     constraints = data.get("constraints", {}) or {}
     _mapping(constraints, "constraints")
@@ -167,10 +164,10 @@ def parse_intent(data) -> Intent:
             or not all(isinstance(w, int) and not isinstance(w, bool) for w in weight_bounds)
             or not 1 <= weight_bounds[0] < weight_bounds[1] <= 65535):
         raise IntentError(f"constraints.weight_bounds: expected [low, high] integers with 1 <= low < high <= 65535, "
-                          f"got {_SHOWN.repr(weight_bounds)}")
+                          f"got {shown(weight_bounds)}")
     changed = constraints.get("max_changed_weights")
     if changed is not None and (not isinstance(changed, int) or isinstance(changed, bool) or changed < 1):
-        raise IntentError(f"constraints.max_changed_weights: expected a whole number >= 1, got {_SHOWN.repr(changed)}")
+        raise IntentError(f"constraints.max_changed_weights: expected a whole number >= 1, got {shown(changed)}")
     search = data.get("search", {}) or {}
     _mapping(search, "search")
     _only(search, ("max_evaluations", "time_limit_s"), "search.")
@@ -188,9 +185,9 @@ def parse_duration(value, where: str) -> float:
     elif isinstance(value, str) and len(value) <= MAX_DURATION_CHARS and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT[match.group(2)]
     else:
-        raise IntentError(f"{where}: expected a delay such as 10ms, 250us or 0.01 (seconds), got {_SHOWN.repr(value)}")
+        raise IntentError(f"{where}: expected a delay such as 10ms, 250us or 0.01 (seconds), got {shown(value)}")
     if not seconds > 0 or not math.isfinite(seconds):
-        raise IntentError(f"{where}: a delay bound must be positive, got {_SHOWN.repr(value)}")
+        raise IntentError(f"{where}: a delay bound must be positive, got {shown(value)}")
     return seconds
 
 
@@ -216,7 +213,7 @@ def _delay_bound(item, i: int) -> DelayBound:
 
 def _pair(item, where: str) -> tuple[str, str]:
     if not isinstance(item, list) or len(item) != 2:
-        raise IntentError(f"{where}: expected [src, dst], got {_SHOWN.repr(item)}")
+        raise IntentError(f"{where}: expected [src, dst], got {shown(item)}")
     return str(item[0]), str(item[1])
 
 
@@ -240,8 +237,8 @@ def _list(data: dict, key: str, where: str = "constraints") -> list:
 
 def _number(value, where: str, low, high, open_low: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise IntentError(f"{where}: expected a number, got {_SHOWN.repr(value)}")
+        raise IntentError(f"{where}: expected a number, got {shown(value)}")
     if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
         bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        raise IntentError(f"{where}: must be {bounds}, got {_SHOWN.repr(value)}")
+        raise IntentError(f"{where}: must be {bounds}, got {shown(value)}")
     return float(value)

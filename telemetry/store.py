@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from twin.state.errors import NdtError
+from twin.state.errors import NdtError, shown
 
 DELAY_KINDS = ("predicted", "measured")
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
@@ -255,7 +255,7 @@ def _link_row(sample: LinkSample) -> tuple:
             counters.append(None)
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_COUNTER:
-            raise StoreError(f"{tag}: {name} must be a whole number from 0 to 2**63-1, got {value!r}")
+            raise StoreError(f"{tag}: {name} must be a whole number from 0 to 2**63-1, got {shown(value)}")
         counters.append(value)
     utilization = None if sample.utilization is None else _finite(tag, "utilization", sample.utilization)
     return (_time(sample.ts), sample.src, sample.dst, *counters, utilization)
@@ -268,7 +268,7 @@ def _finite(tag: str, name: str, value) -> float:
     except (TypeError, ValueError, OverflowError):
         number = math.nan
     if not (math.isfinite(number) and number >= 0):
-        raise StoreError(f"{tag}: {name} must be a finite number >= 0, got {value!r}")
+        raise StoreError(f"{tag}: {name} must be a finite number >= 0, got {shown(value)}")
     return number
 
 

@@ -8,6 +8,10 @@ import pytest
 
 from twin.data.sim_bench import mm1_state
 
+SMALL_STATE = {"nodes": ["s1", "s2"], "links": [{"src": "s1", "dst": "s2", "capacity": 1e7},
+                                                {"src": "s2", "dst": "s1", "capacity": 1e7}],
+               "traffic": [{"src": "s1", "dst": "s2", "rate": 1e6}]}
+
 
 def ndt(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "ndt.cli", *args], capture_output=True, text=True, timeout=300)
@@ -77,3 +81,44 @@ def test_optimize_json_contract(tmp_path):
     intent.write_text("constraints: {max_utilization: 0.05}\nsearch: {max_evaluations: 30}\n")
     proc = ndt("optimize", "--state", str(state), "--intent", str(intent), "--model", "sim", check=False)
     assert proc.returncode == 2 and "no routing found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sim", "--state", "S", "--duration", "1e12"], "argument --duration: must be > 0 and <= 86400 s, got 1e12"),
+    (["sim", "--state", "S", "--duration", "nan"], "argument --duration: expected a finite number"),
+    (["sim", "--state", "S", "--seed", str(2**70)], "argument --seed: must be >= 0 and <= 4.29497e+09"),
+    (["optimize", "--state", "S", "--intent", "I", "--seed", "-1"], "argument --seed: must be >= 0"),
+    (["state", "import", "S", "-o", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: No such file or directory"),
+    (["state", "import", "S", "-o", "/proc/x.json"], "/proc/x.json"),
+    (["state", "import", "S", "-o", "/tmp", "--load", "0.5"], "/tmp: Is a directory"),
+    (["state", "import", "S", "-o", "x.json", "--load", "-1"], "argument --load: must be > 0 and <= 100, got -1"),
+    (["state", "check", "U16"], "is UTF-16; ndt reads UTF-8"),
+    (["state", "check", "DEEP"], "JSON nested too deeply"),
+    (["optimize", "--state", "S", "--intent", "BOMB"], "YAML aliases (*name) are not allowed"),
+    (["optimize", "--state", "S", "--intent", "TWICE"], "key 'objective' is given twice"),
+    (["dataset", "generate", "--workers", "0"], "argument --workers: must be >= 1"),
+    (["controller", "--state", "S", "--ofp-port", "70000"], "argument --ofp-port: must be >= 1 and <= 65535"),
+    (["controller", "--state", "S", "--metrics-addr", "999.1.1.1"], "argument --metrics-addr: expected an IP address"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--grpc", "not-an-address"],
+     "gRPC address 'not-an-address': expected host:port"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--grpc", "0.0.0.0:1"],
+     "beyond loopback the API needs a bearer token"),
+])
+def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
+    """Inputs that once gave a traceback, a hang or a silent acceptance (issue 18)."""
+    gml = tmp_path / "s.gml"
+    gml.write_text('graph [ node [ id 0 label "s1" ] node [ id 1 label "s2" ] edge [ source 0 target 1 ] ]')
+    state = tmp_path / "s.json"
+    state.write_text(json.dumps(SMALL_STATE))
+    files = {"S": state if argv[0] != "state" or argv[1] != "import" else gml, "STORE": tmp_path / "t.db",
+             "I": tmp_path / "i.yaml", "U16": tmp_path / "u16.json", "DEEP": tmp_path / "deep.json",
+             "BOMB": tmp_path / "bomb.yaml", "TWICE": tmp_path / "twice.yaml"}
+    files["I"].write_text("objective: {minimize: mean_delay}\n")
+    files["U16"].write_text(json.dumps(SMALL_STATE), encoding="utf-16")
+    files["DEEP"].write_text("[" * 50_000 + "]" * 50_000)
+    files["BOMB"].write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\nconstraints: {weight_bounds: *c}\n')
+    files["TWICE"].write_text("objective: {minimize: mean_delay}\nobjective: {minimize: max_utilization}\n")
+    proc = ndt(*[str(files.get(a, a)) for a in argv], check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert words in lines[-1] and "Traceback" not in proc.stderr, proc.stderr

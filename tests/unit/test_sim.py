@@ -94,3 +94,8 @@ def test_bad_simulation_requests():
         simulate(state.with_flows([]))
     with pytest.raises(StateError, match="rate 0"):
         simulate(state.scaled(0.0))
+
+
+def test_a_run_too_long_to_finish_is_refused_up_front():
+    with pytest.raises(StateError, match=r"the run would generate about 6.25e\+11 packets in 1e\+09 s"):
+        simulate(mm1_state(0.5), duration=1e9)

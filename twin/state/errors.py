@@ -1,5 +1,18 @@
 """The project's error types: every error ndt reports to a user derives from :class:`NdtError`
-(the CLI prints its message, no traceback)."""
+(the CLI prints its message, no traceback), and :func:`shown`, how a message quotes a value."""
+
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 4, 4, 40, 40, 40
+
+
+def shown(value) -> str:
+    """``value`` quoted for a one-line message: a few elements, two levels, about 40 characters."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # Python will not print integers of more than 4,300 digits
+        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
 
 
 class NdtError(Exception):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from twin.state.errors import NdtError
 
-
 MAX_FILE_BYTES = 512 * 2**20  # an input file larger than this is refused before it is read
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.state.errors import StateError
+from twin.state.errors import StateError, shown
 from twin.state.files import read_json
 from twin.state.routing import ospf_flow_links
 
@@ -119,7 +119,7 @@ class NetworkState:
             if (not isinstance(link.buffer, (int, np.integer)) or isinstance(link.buffer, bool)
                     or not 1 <= link.buffer <= MAX_BUFFER_PACKETS):
                 raise StateError(f"{tag}: buffer must be a whole number of packets from 1 to {MAX_BUFFER_PACKETS}, "
-                                 f"got {_shown(link.buffer)}")
+                                 f"got {shown(link.buffer)}")
             _finite_nonneg(tag, "prop_delay", link.prop_delay, MAX_PROP_DELAY_S)
             _positive(tag, "weight", link.weight, MAX_WEIGHT)
         flow_pairs = set()
@@ -316,7 +316,7 @@ class NetworkState:
                                      "(one path per traffic pair)")
                 paths[(path[0], path[-1])] = path
         elif "paths" in routing:
-            raise StateError(f"routing: paths are given but kind is {_shown(kind)}; set \"kind\": \"paths\"")
+            raise StateError(f"routing: paths are given but kind is {shown(kind)}; set \"kind\": \"paths\"")
         return cls(nodes=nodes, links=links, flows=flows, routing_kind=kind, paths=paths, name=str(data.get("name", "")))
 
     def save(self, path) -> None:
@@ -333,7 +333,7 @@ class NetworkState:
 
 def _number(tag: str, name: str, value) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise StateError(f"{tag}: {name} must be a number, got {_shown(value)}")
+        raise StateError(f"{tag}: {name} must be a number, got {shown(value)}")
     try:
         return float(value)
     except OverflowError:
@@ -344,25 +344,22 @@ def _positive(tag: str, name: str, value, high: float = math.inf, low: float = 0
     number = _number(tag, name, value)
     if not (math.isfinite(number) and number > 0 and low <= number <= high):
         bounds = f"positive and at most {high:g}" if low == 0 else f"positive, from {low:g} to {high:g}"
-        raise StateError(f"{tag}: {name} must be {bounds}, got {_shown(value)}")
+        raise StateError(f"{tag}: {name} must be {bounds}, got {shown(value)}")
 
 
 def _finite_nonneg(tag: str, name: str, value, high: float = math.inf) -> None:
     number = _number(tag, name, value)
     if not (math.isfinite(number) and 0 <= number <= high):
-        raise StateError(f"{tag}: {name} must be >= 0 and at most {high:g}, got {_shown(value)}")
+        raise StateError(f"{tag}: {name} must be >= 0 and at most {high:g}, got {shown(value)}")
 
 
-def _shown(value) -> str:
-    """``value`` for a message, cut to 40 characters (a number of thousands of digits stays readable)."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
+
 
 
 def _node_name(value, where: str) -> str:
     """A node name from JSON: a non-empty string, or an integer (GML ids), as a string."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise StateError(f"{where}: a node name must be a non-empty string, got {_shown(value)}")
+        raise StateError(f"{where}: a node name must be a non-empty string, got {shown(value)}")
     return str(value)
 
 
@@ -387,7 +384,7 @@ def _build(cls, item, tag: str):
         kwargs[end] = _node_name(kwargs[end], f"{tag}.{end}")
     if cls is Flow and kwargs.get("packet_sizes") is not None:
         if not isinstance(kwargs["packet_sizes"], list):
-            raise StateError(f"{tag}: packet_sizes must be a list [small, large], got {_shown(kwargs['packet_sizes'])}")
+            raise StateError(f"{tag}: packet_sizes must be a list [small, large], got {shown(kwargs['packet_sizes'])}")
         kwargs["packet_sizes"] = tuple(kwargs["packet_sizes"])
     try:
         return cls(**kwargs)
