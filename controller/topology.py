@@ -11,8 +11,11 @@ from __future__ import annotations
 import re
 
 from controller.routing_rules import RuleError, Wiring
+from twin.state.errors import shown
 from twin.state.files import read_json
 from twin.state.model import NetworkState
+
+MAX_DPID = 2**64 - 1  # OpenFlow datapath ids are 64 bits
 
 
 def wiring_from_dict(data, state: NetworkState, where: str = "wiring", discover: bool = False) -> Wiring:
@@ -28,8 +31,8 @@ def wiring_from_dict(data, state: NetworkState, where: str = "wiring", discover:
     if not isinstance(dpids, dict):
         raise RuleError(f"{where}: 'dpids' must map switch names to datapath ids")
     for name, dpid in dpids.items():
-        if isinstance(dpid, bool) or not isinstance(dpid, int) or dpid < 0:
-            raise RuleError(f"{where}: dpids[{name!r}] must be a non-negative integer, got {dpid!r}")
+        if isinstance(dpid, bool) or not isinstance(dpid, int) or not 0 <= dpid <= MAX_DPID:
+            raise RuleError(f"{where}: dpids[{name!r}] must be a datapath id from 0 to 2**64-1, got {shown(dpid)}")
     raw_ports = data.get("ports", {} if discover else None)
     if not isinstance(raw_ports, dict):
         raise RuleError(f"{where}: 'ports' must map 'src->dst' to the output port on src")
@@ -39,7 +42,7 @@ def wiring_from_dict(data, state: NetworkState, where: str = "wiring", discover:
         if len(parts) != 2 or not all(parts):
             raise RuleError(f"{where}: ports key {key!r} is not of the form 'src->dst'")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFFFF00:
-            raise RuleError(f"{where}: ports[{key!r}] must be an OpenFlow port number >= 1, got {port!r}")
+            raise RuleError(f"{where}: ports[{key!r}] must be an OpenFlow port number >= 1, got {shown(port)}")
         ports[(parts[0], parts[1])] = port
     wiring = Wiring(dpids=dict(dpids), ports=ports)
     try:
@@ -66,4 +69,7 @@ def _trailing_int(name: str, where: str) -> int:
     match = re.search(r"(\d+)$", name)
     if match is None:
         raise RuleError(f"{where}: switch {name!r} has no trailing number; give its datapath id in 'dpids'")
-    return int(match.group(1))
+    digits = match.group(1)
+    if len(digits) > 20 or int(digits) > MAX_DPID:
+        raise RuleError(f"{where}: switch {shown(name)}: its trailing number is above 2**64-1, the largest datapath id")
+    return int(digits)

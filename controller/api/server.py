@@ -181,7 +181,8 @@ class NdtService(services.NdtServicer):
         state = self._running_state()
         _, predictor = self._predictor(request.model)
         try:
-            result = optimize(state, intent, predictor, seed=request.seed)
+            with self._twin_calls.held():
+                result = optimize(state, intent, predictor, seed=request.seed)
         except InfeasibleIntent as exc:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"intent_yaml: {exc}") from None
         except NdtError as exc:
