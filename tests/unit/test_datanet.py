@@ -143,7 +143,7 @@ def test_samples_stream_archive_by_archive(tmp_path):
     [
         (dict(drop_lines={"traffic.txt": 1}), r"traffic\.txt ends at line 1 .*truncated"),
         (dict(skip_file="stability.txt"), r"no stability\.txt"),
-        (dict(graph="graph [ node [ id 0 "), r"graph-3\.txt: not a valid GML graph"),
+        (dict(graph="graph [ node [ id 0 "), r"graph-3\.txt: not a readable GML file"),
         (dict(graph=_graph_gml(queue="32,16")), r"node 0 has 2 QoS queues"),
         (dict(routing="-1,1,1,\n1,-1,1,\n1,1,-1,\n"), r"route 1->0: routing loop at node 1"),
         (dict(routing="-1,1,5,\n0,-1,1,\n0,1,-1,\n"), r"route 0->2: node 0 has no output port 5"),

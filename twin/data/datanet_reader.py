@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import networkx as nx
 import numpy as np
 
 from twin.state.errors import StateError
 from twin.state.files import read_text
 from twin.state.model import Flow, Link, NetworkState
+from twin.state.topologies import parse_graph
 
 RESULT_FILES = ("input_files.txt", "traffic.txt", "simulationResults.txt", "linkUsage.txt", "stability.txt")
 REQUIRED_FILES = ("input_files.txt", "traffic.txt", "simulationResults.txt", "stability.txt")
@@ -256,13 +256,7 @@ def _read_graph(path) -> _Topology:
     Links are ordered by source node, then output port.
     """
     path = Path(path)
-    text = read_text(path, "the graph file", StateError)
-    try:
-        graph = nx.parse_gml(text, label="id")
-    except (nx.NetworkXError, ValueError, KeyError, TypeError) as exc:
-        raise StateError(f"{path}: not a valid GML graph ({str(exc)[:200]})") from None
-    except RecursionError:
-        raise StateError(f"{path}: GML nested too deeply") from None
+    graph = parse_graph(read_text(path, "the graph file", StateError), "gml", path)
     n = graph.number_of_nodes()
     if sorted(graph.nodes) != list(range(n)):
         raise StateError(f"{path}: node ids must be 0..{n - 1}")

@@ -35,16 +35,24 @@ def load_topology(source: str, capacity: float = DEFAULT_CAPACITY, buffer: int =
     if suffix == ".json":
         return NetworkState.load(path)
     if suffix in (".gml", ".graphml"):
-        text = read_text(path, "the topology file", StateError)
-        kind = suffix[1:].upper()
-        try:
-            graph = nx.parse_gml(text, label="id") if suffix == ".gml" else nx.parse_graphml(text)
-        except (nx.NetworkXError, ValueError, SyntaxError, KeyError, TypeError) as exc:
-            raise StateError(f"{path}: not a readable {kind} file ({str(exc)[:200]})") from None
-        except RecursionError:
-            raise StateError(f"{path}: {kind} nested too deeply") from None
+        graph = parse_graph(read_text(path, "the topology file", StateError), suffix[1:], path)
         return from_graph(graph, capacity=capacity, buffer=buffer, name=path.stem)
     return from_topohub(source, capacity=capacity, buffer=buffer)
+
+
+# What networkx's GML and GraphML parsers raise on malformed input, besides their own error
+_PARSER_ERRORS = (nx.NetworkXError, ValueError, SyntaxError, KeyError, TypeError, IndexError, AttributeError)
+
+
+def parse_graph(text: str, kind: str, path) -> nx.Graph:
+    """A graph from GML (``kind`` "gml", integer ids as node keys) or GraphML text; malformed or too
+    deeply nested text raises StateError naming ``path``."""
+    try:
+        return nx.parse_gml(text, label="id") if kind.lower() == "gml" else nx.parse_graphml(text)
+    except _PARSER_ERRORS as exc:
+        raise StateError(f"{path}: not a readable {kind.upper()} file ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise StateError(f"{path}: {kind.upper()} nested too deeply") from None
 
 
 def from_topohub(key: str, capacity: float = DEFAULT_CAPACITY, buffer: int = DEFAULT_BUFFER) -> NetworkState:
