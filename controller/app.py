@@ -514,8 +514,8 @@ class NdtController(app_manager.OSKenApp):
             if tx_bytes is None:
                 if link not in self._unsupported_tx_bytes:
                     self._unsupported_tx_bytes.add(link)
-                    LOG.warning("link %s->%s: the switch does not count transmitted bytes (all-ones): "
-                                "no utilization for this link", *link)
+                    LOG.warning("link %s->%s: the switch reports transmitted bytes as unsupported (all-ones) or "
+                                "beyond 2**63-1: no utilization for this link", *link)
                 continue
             t = stat.duration_sec + stat.duration_nsec * 1e-9
             rate = self._link_rates.update(link, t, tx_bytes)

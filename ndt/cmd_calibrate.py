@@ -45,11 +45,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="correction JSON (default: data/calibration-<model>.json in the repository)")
-    p.add_argument("--tune-samples", type=number(1, 10**7, integer=True), default=300, metavar="N",
+    p.add_argument("--tune-samples", type=number(0, 10**7, integer=True), default=300, metavar="N",
                    help="before measuring, fine-tune a learned twin on N simulated states of this topology "
                         "(random weights and loads; the emulated links are FIFO servers, so the simulator is "
                         "their queueing); 0: no fine-tuning (default: 300)")
-    p.add_argument("--tune-minutes", type=number(0, 10080, unit=' min'), default=8.0, metavar="M",
+    p.add_argument("--tune-minutes", type=number(0, 10080, open_low=True, unit=' min'), default=8.0, metavar="M",
                    help="training time of the fine-tuning (default: 8)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -74,10 +74,6 @@ def run(args: argparse.Namespace) -> int:
     loads = parse_loads(args.loads)
     model = args.model or PREDICTORS[-1]
     out = args.out or default_path(model)
-    if args.routings < 1:
-        raise OptionError(f"--routings must be >= 1, got {args.routings}")
-    if args.tune_samples < 0 or args.tune_minutes <= 0:
-        raise OptionError("--tune-samples must be >= 0 and --tune-minutes positive")
     report = calibrate(args.topology, loads, args.routings, args.duration, model, out, args.tune_samples,
                        args.tune_minutes, args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     rows = report["measurements"]

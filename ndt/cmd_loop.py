@@ -18,17 +18,17 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float, verif
     """Options shared by ``ndt loop`` and ``ndt demo``."""
     p.add_argument("--topology", default="sndlib/abilene",
                    help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
-    p.add_argument("--load", type=number(0, 100, open_low=True), default=load,
+    p.add_argument("--load", type=number(0, 2, open_low=True, open_high=True), default=load,
                    help=f"busiest-link load under shortest paths (default: {load})")
-    p.add_argument("--duration", type=number(0, 86400, open_low=True, unit=' s'), default=duration, metavar="S",
+    p.add_argument("--duration", type=number(3, 86400, open_low=True, unit=' s (2 s of warm-up are not counted)'), default=duration, metavar="S",
                    help=f"live traffic per measurement, s (default: {duration:g})")
-    p.add_argument("--validate-s", type=number(0, 86400, open_low=True, unit=' s'), default=validate_s, metavar="S",
+    p.add_argument("--validate-s", type=number(3, 86400, open_low=True, unit=' s (2 s of warm-up are not counted)'), default=validate_s, metavar="S",
                    help=f"sandbox traffic per candidate, s (default: {validate_s:g})")
-    p.add_argument("--verify-s", type=number(0, 86400, open_low=True, unit=' s'), default=verify_s, metavar="S",
+    p.add_argument("--verify-s", type=number(3, 86400, open_low=True, unit=' s (2 s of warm-up are not counted)'), default=verify_s, metavar="S",
                    help=f"live traffic measured after the decision (push, rollback or keep); the twin-vs-emulation "
                         f"MAPE is taken on it, and the longer it is the less noise is in that figure "
                         f"(default: {verify_s:g})")
-    p.add_argument("--candidates", type=number(0, 100, integer=True), default=2, help="routings validated besides the current one (default: 2)")
+    p.add_argument("--candidates", type=number(1, 100, integer=True), default=2, help="routings validated besides the current one (default: 2)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="correction from 'ndt calibrate' (default: the model's data/calibration-<model>.json, else "
@@ -72,13 +72,6 @@ def execute(args: argparse.Namespace, log) -> dict:
     from twin.models.registry import PREDICTORS
     from twin.state.traffic import shift_traffic
 
-    if not 0 < args.load < 2:
-        raise OptionError(f"--load must lie in (0, 2), got {args.load}")
-    for flag, value in (("--duration", args.duration), ("--validate-s", args.validate_s), ("--verify-s", args.verify_s)):
-        if not value > 3:
-            raise OptionError(f"{flag} must be more than 3 s (2 s of warm-up are not counted), got {value}")
-    if args.candidates < 1:
-        raise OptionError(f"--candidates must be >= 1, got {args.candidates}")
     twin = calibrated_twin(args.model or PREDICTORS[-1], args.calibration, args.topology, log)
     state = emulation_state(args.topology, args.load, seed=args.seed)
     shifts, traffic = [], state

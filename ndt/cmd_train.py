@@ -50,15 +50,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from twin.models.learned import MODELS_DIR
-    from twin.models.train import TrainConfig, Trainer
-    from twin.state.errors import StateError
-
-    for name in ("epochs", "batch_size", "state_dim", "iterations", "patience"):
-        if getattr(args, name) < 1:
-            raise StateError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise StateError(f"--lr must be positive, got {args.lr}")
     from twin.models.registry import LEARNED
+    from twin.models.train import TrainConfig, Trainer
 
     stem = LEARNED[args.model]
     config = TrainConfig(kind=stem, state_dim=args.state_dim, iterations=args.iterations, epochs=args.epochs,

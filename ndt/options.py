@@ -11,9 +11,9 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 def number(low: float | None = None, high: float | None = None, integer: bool = False, open_low: bool = False,
-           unit: str = ""):
+           open_high: bool = False, unit: str = ""):
     """An argparse ``type``: a finite number (a whole one with ``integer``) within [low, high]
-    (``open_low``: low itself excluded)."""
+    (``open_low``, ``open_high``: that bound itself excluded)."""
 
     def parse(text: str):
         try:
@@ -24,20 +24,26 @@ def number(low: float | None = None, high: float | None = None, integer: bool = 
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
         too_low = low is not None and (value <= low if open_low else value < low)
-        if too_low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {_bounds(low, high, open_low)}{unit}, got {text[:40]}")
+        too_high = high is not None and (value >= high if open_high else value > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be {_bounds(low, high, open_low, open_high)}{unit}, got {text[:40]}")
         return value
 
     return parse
 
 
-def _bounds(low, high, open_low: bool) -> str:
+def _bounds(low, high, open_low: bool, open_high: bool) -> str:
     parts = []
     if low is not None:
-        parts.append(f"{'>' if open_low else '>='} {low:g}")
+        parts.append(f"{'>' if open_low else '>='} {_plain(low)}")
     if high is not None:
-        parts.append(f"<= {high:g}")
+        parts.append(f"{'<' if open_high else '<='} {_plain(high)}")
     return " and ".join(parts)
+
+
+def _plain(bound: float) -> str:
+    """A bound as people write it: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e16 else f"{bound:g}"
 
 
 def port(allow_zero: bool = False):

@@ -33,8 +33,8 @@ from twin.state.files import read_text
 OBJECTIVES = ("mean_delay", "delay_percentile", "max_utilization")
 MAX_INTENT_BYTES = 2**20  # an intent is a few lines; a larger file or request is refused unread
 MAX_DURATION_CHARS = 40
-_DURATION = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs)?\s*$")
-_UNIT = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_DURATION = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs|μs)?\s*$")
+_UNIT = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6}  # micro sign and Greek mu
 
 
 class IntentError(NdtError, ValueError):
@@ -94,8 +94,8 @@ def load_intent(path) -> Intent:
 
 
 def parse_intent_text(text: str) -> Intent:
-    """An :class:`Intent` from YAML text. Aliases, duplicate keys, tags beyond plain YAML and texts over
-    ``MAX_INTENT_BYTES`` are refused, each with the line at fault."""
+    """An :class:`Intent` from YAML text. Aliases and duplicate keys are refused with their line; tags
+    beyond plain YAML, texts over ``MAX_INTENT_BYTES`` characters and too deep nesting are refused too."""
     import yaml
 
     if len(text) > MAX_INTENT_BYTES:
@@ -109,6 +109,8 @@ def parse_intent_text(text: str) -> Intent:
         raise IntentError(f"not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
     except RecursionError:
         raise IntentError("YAML nested too deeply") from None
+    except IntentError:
+        raise
     except ValueError as exc:  # Python refuses integers of more than 4,300 digits
         raise IntentError(f"a number ndt cannot read ({exc})") from None
     return parse_intent(data)
@@ -181,7 +183,7 @@ def parse_intent(data) -> Intent:
 def parse_duration(value, where: str) -> float:
     """Seconds from a number (s) or a string with a unit: '10ms', '250us', '0.5s'."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = _float(value, where)
     elif isinstance(value, str) and len(value) <= MAX_DURATION_CHARS and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT[match.group(2)]
     else:
@@ -223,7 +225,7 @@ def _mapping(value, where: str) -> None:
 
 
 def _only(data: dict, allowed, prefix: str) -> None:
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted(map(str, set(data) - set(allowed)))
     if unknown:
         raise IntentError(f"{prefix}{unknown[0]}: unknown field (allowed: {', '.join(allowed)})")
 
@@ -235,8 +237,16 @@ def _list(data: dict, key: str, where: str = "constraints") -> list:
     return value
 
 
+def _float(value, where: str) -> float:
+    """``value`` as a float; an integer too large for one (hundreds of digits) raises IntentError."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise IntentError(f"{where}: {shown(value)} is too large") from None
+
+
 def _number(value, where: str, low, high, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_float(value, where)):
         raise IntentError(f"{where}: expected a number, got {shown(value)}")
     if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
         bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")

@@ -8,8 +8,9 @@ UNSUPPORTED_COUNTER = 2**64 - 1  # OpenFlow 1.3: a counter the switch does not s
 
 
 def supported_counter(value: int) -> int | None:
-    """An OpenFlow counter's value, or None when the switch marks it unsupported (all-ones)."""
-    return None if value == UNSUPPORTED_COUNTER else value
+    """An OpenFlow counter's value, or None when the switch marks it unsupported (all-ones) or it has
+    passed 2**63 - 1, the most the telemetry store holds (9.2 EB: in practice, only all-ones)."""
+    return None if value > 2**63 - 1 else value
 
 
 class CounterRates:

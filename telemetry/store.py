@@ -109,18 +109,43 @@ class TelemetryStore:
         self.retention_s, self.raw_s, self.bucket_s = retention_s, raw_s, bucket_s
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"telemetry store {path}: cannot be opened: {exc}") from None
+        try:
             verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if verdict != "ok":
                 problems = [line for line in verdict.splitlines() if not line.startswith("***")]
                 raise sqlite3.DatabaseError(f"integrity check failed ({problems[0] if problems else verdict})")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"telemetry store {path}: damaged, cannot be used: {exc}; move it aside with its "
+                             f"journal (mv {path} {path}.damaged; mv {path}-wal {path}.damaged-wal, if there is "
+                             "one) and start again with a fresh store") from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._allow_missing_counters()
         except sqlite3.Error as exc:
-            advice = "" if str(path) == ":memory:" else (
-                f"; move it aside (mv {path} {path}.damaged) and start again with a fresh store")
-            raise StoreError(f"telemetry store {path}: cannot be used: {exc}{advice}") from None
+            self._db.close()
+            raise StoreError(f"telemetry store {path}: cannot be used: {exc}") from None
         self._lock = threading.Lock()
+
+    def _allow_missing_counters(self) -> None:
+        """Stores written before unsupported counters were kept as missing had tx_packets and tx_dropped
+        NOT NULL: rebuild that table once, rows kept."""
+        columns = {row[1]: row[3] for row in self._db.execute("PRAGMA table_info(link_stats)")}
+        if not (columns.get("tx_packets") or columns.get("tx_dropped")):
+            return
+        self._db.executescript("""
+            BEGIN;
+            ALTER TABLE link_stats RENAME TO link_stats_old;
+            DROP INDEX IF EXISTS link_stats_ts;
+            DROP INDEX IF EXISTS link_stats_pair;
+            """ + _SCHEMA + """
+            INSERT INTO link_stats SELECT * FROM link_stats_old;
+            DROP TABLE link_stats_old;
+            COMMIT;""")
 
     def close(self) -> None:
         with self._lock:

@@ -4,14 +4,15 @@ Messages and stubs are generated from the .proto at install (``make install`` ru
 grpcio-tools' protoc into ``controller/api/ndt_api_pb2*.py``).
 Bad requests end with INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION and a message naming
 the field; the server keeps serving. Listens on localhost unless told otherwise; TLS, client
-certificates (mTLS) and a bearer token when configured (the health service and reflection stay
-open for probes). Beyond loopback it refuses to listen without a token and TLS unless told
+certificates (mTLS) and a bearer token when configured (the token is not asked of the health
+service and reflection; with mTLS every connection needs a client certificate). Beyond loopback it refuses to listen without a token and TLS unless told
 ``insecure`` (docs/operations.md).
 
 Budgets keep control answering under abuse: at most ``max_streams`` telemetry streams and
 ``max_twin_calls`` twin calls (Predict, WhatIf, Optimize) run at once, further ones end at once
-with RESOURCE_EXHAUSTED, so health, GetStatus and Apply always find a worker; a stream wakes as
-soon as its client goes; a state to predict has at most ``max_flows`` flows.
+with RESOURCE_EXHAUSTED, so the long calls never hold more than 6 of the 16 workers and the short
+ones (health, GetStatus, Apply, …) keep the rest; a stream wakes as soon as its client goes; a
+state to predict has at most ``max_flows`` flows.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
-from telemetry.store import TelemetryStore
+from telemetry.store import StoreError, TelemetryStore
 from telemetry.traffic_matrix import estimated_state
 from twin.state.errors import NdtError
 from twin.state.files import parse_json
@@ -140,8 +141,11 @@ class NdtService(services.NdtServicer):
         started = time.perf_counter()
         delays = self._predict(predictor, [state])[0]
         if not request.state_json:  # a prediction for the running network is telemetry too
-            predicted = {(f.src, f.dst): float(d) for f, d in zip(state.flows, delays) if math.isfinite(d)}
-            self.store.add_path_delays(time.time(), "predicted", predicted)
+            predicted = {(f.src, f.dst): float(d) for f, d in zip(state.flows, delays) if math.isfinite(d) and d >= 0}
+            try:
+                self.store.add_path_delays(time.time(), "predicted", predicted)
+            except StoreError as exc:  # the store's trouble, not the caller's: answer anyway
+                LOG.error("%s", exc)
             self.metrics.set_path_delays("predicted", predicted)
         return pb.PredictReply(paths=_paths(state, delays), infer_s=time.perf_counter() - started, model=model)
 
@@ -202,10 +206,10 @@ class NdtService(services.NdtServicer):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "weights: give at least one link weight")
         view = self.controller.snapshot()
         weights = _weight_changes(view.state, request.weights)
-        who = request.who or f"gRPC {context.peer()}"
-        if len(who) > MAX_WHO_CHARS or not who.isprintable():
+        if len(request.who) > MAX_WHO_CHARS or not request.who.isprintable():
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"who: at most {MAX_WHO_CHARS} printable characters (no newlines or control characters)")
+        who = request.who or f"gRPC {_short(context.peer(), MAX_WHO_CHARS)}"
         config_id = self.controller.apply_weights(weights, who=who)
         version = self.controller.wait_for_routes(view.route_version, APPLY_WAIT_S)
         return pb.ApplyReply(config_id=config_id, route_version=version)
@@ -428,15 +432,20 @@ def exposure_warnings(host: str, token: str | None, tls: bool, insecure: bool) -
         needs = " and ".join(f"{what} ({how})" for what, how in missing)
         raise NdtError(f"gRPC address {host}: beyond loopback the API needs a {needs}, or --insecure "
                        "to serve it anyway (anyone who reaches it could change the routing)")
-    return [f"--insecure: the API on {host} has no {' and no '.join(what for what, _ in missing)}; anyone "
-            "who reaches it can change the routing"]
+    exposed = "anyone who reaches it can change the routing" if token is None else \
+        "the token crosses the network in clear text"
+    return [f"--insecure: the API on {host} has no {' and no '.join(what for what, _ in missing)}; {exposed}"]
+
+
+def _no_passphrase() -> bytes:
+    raise NdtError("the --tls-key is encrypted: give an unencrypted PEM key (readable by this user only)")
 
 
 def _credentials(tls_cert: Path, tls_key: Path, tls_client_ca: Path | None):
     """Server credentials, after checking that the files are PEM and the key matches the certificate."""
     check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        check.load_cert_chain(tls_cert, tls_key)
+        check.load_cert_chain(tls_cert, tls_key, password=_no_passphrase)
     except (ssl.SSLError, OSError) as exc:
         raise NdtError(f"--tls-cert {tls_cert} / --tls-key {tls_key}: not a PEM certificate and its private key "
                        f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None

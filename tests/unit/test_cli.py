@@ -86,7 +86,7 @@ def test_optimize_json_contract(tmp_path):
 @pytest.mark.parametrize("argv, words", [
     (["sim", "--state", "S", "--duration", "1e12"], "argument --duration: must be > 0 and <= 86400 s, got 1e12"),
     (["sim", "--state", "S", "--duration", "nan"], "argument --duration: expected a finite number"),
-    (["sim", "--state", "S", "--seed", str(2**70)], "argument --seed: must be >= 0 and <= 4.29497e+09"),
+    (["sim", "--state", "S", "--seed", str(2**70)], "argument --seed: must be >= 0 and <= 4294967295"),
     (["optimize", "--state", "S", "--intent", "I", "--seed", "-1"], "argument --seed: must be >= 0"),
     (["state", "import", "S", "-o", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: No such file or directory"),
     (["state", "import", "S", "-o", "/proc/x.json"], "/proc/x.json"),
@@ -97,6 +97,9 @@ def test_optimize_json_contract(tmp_path):
     (["optimize", "--state", "S", "--intent", "BOMB"], "YAML aliases (*name) are not allowed"),
     (["optimize", "--state", "S", "--intent", "TWICE"], "key 'objective' is given twice"),
     (["dataset", "generate", "--workers", "0"], "argument --workers: must be >= 1"),
+    (["loop", "--load", "2"], "argument --load: must be > 0 and < 2, got 2"),
+    (["loop", "--duration", "3"], "argument --duration: must be > 3 and <= 86400 s (2 s of warm-up"),
+    (["calibrate", "--tune-minutes", "0"], "argument --tune-minutes: must be > 0"),
     (["controller", "--state", "S", "--ofp-port", "70000"], "argument --ofp-port: must be >= 1 and <= 65535"),
     (["controller", "--state", "S", "--metrics-addr", "999.1.1.1"], "argument --metrics-addr: expected an IP address"),
     (["controller", "--state", "S", "--discover", "--store", "STORE", "--grpc", "not-an-address"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from optimizer.baselines import LoadModel, fortz_thorup, fortz_thorup_cost, inverse_capacity_weights
-from optimizer.intent import IntentError, load_intent, parse_duration, parse_intent
+from optimizer.intent import IntentError, load_intent, parse_duration, parse_intent, parse_intent_text
 from optimizer.nes import snes
 from optimizer.objective import score
 from optimizer.search import InfeasibleIntent, limit_changes, optimize, undo_idle_changes
@@ -236,3 +236,20 @@ def test_figure4_bench_runs_every_method_and_plots(tmp_path):
     assert row["best_method"] == min(METHODS, key=lambda m: row[f"{m}_delay"])
     plot(report, tmp_path / "fig.png")
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("text, words", [
+    ("objective: {minimize: mean_delay}\nobjective: {minimize: max_utilization}\n", "line 2: key 'objective' is given twice"),
+    ("a: &x [1, 2]\nb: *x\n", "line 2: YAML aliases"),
+    ("objective: {percentile: 1" + "0" * 400 + "}\n", "objective.percentile: 1000"),
+    ("constraints: {delay_bounds: [{src: a, dst: b, max_delay: 1" + "0" * 400 + "}]}\n", "is too large"),
+    ("constraints: {delay_bounds: [{src: a, dst: b, max_delay: 5μs}]}\n", None),
+    ("{1: a, b: c}\n", "1: unknown field"),
+])
+def test_intent_text_is_refused_by_line_and_field(text, words):
+    if words is None:
+        assert parse_intent_text(text).delay_bounds[0].max_delay == pytest.approx(5e-6)
+        return
+    with pytest.raises(IntentError) as refused:
+        parse_intent_text(text)
+    assert words in str(refused.value) and "cannot read" not in str(refused.value), refused.value

@@ -145,11 +145,26 @@ def test_a_store_with_corrupted_pages_is_refused_at_open_with_the_way_forward(tm
     page = 4096
     data[2 * page + 16: 3 * page] = b"\xff" * (page - 16)  # wreck a b-tree page, keep the header intact
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=rf"cannot be used: .*move it aside \(mv {path} {path}.damaged\)"):
+    with pytest.raises(StoreError, match=rf"damaged, cannot be used: .*move it aside with its journal \(mv {path} {path}.damaged;"):
         TelemetryStore(path)
     path.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(StoreError, match="cannot be used"):
+    with pytest.raises(StoreError, match="damaged, cannot be used"):
         TelemetryStore(path)
+    with pytest.raises(StoreError, match="cannot be opened") as missing_directory:
+        TelemetryStore(tmp_path / "no-such-directory" / "t.db")
+    assert "damaged" not in str(missing_directory.value)
+
+
+def test_a_store_from_before_missing_counters_is_rebuilt_with_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE link_stats (ts REAL NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, "
+                   "tx_bytes INTEGER NOT NULL, tx_packets INTEGER NOT NULL, tx_dropped INTEGER NOT NULL, "
+                   "utilization REAL, bucket_s REAL NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO link_stats VALUES (1.0, 's1', 's2', 100, 1, 0, 0.5, 0)")
+    store = TelemetryStore(path)
+    store.add_link_samples([LinkSample(2.0, "s1", "s2", 200, None, None, None)])
+    assert [(s.tx_bytes, s.tx_packets) for s in store.link_samples(0.0, 3.0)] == [(100, 1), (200, None)]
 
 
 WRITER = """

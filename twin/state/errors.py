@@ -12,7 +12,9 @@ def shown(value) -> str:
     try:
         return _SHORT.repr(value)
     except ValueError:  # Python will not print integers of more than 4,300 digits
-        return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+        if isinstance(value, int):
+            return f"an integer of {int(value.bit_length() * 0.30103) + 1} digits"
+        return f"a {type(value).__name__} holding an integer of thousands of digits"
 
 
 class NdtError(Exception):

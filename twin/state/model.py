@@ -353,9 +353,6 @@ def _finite_nonneg(tag: str, name: str, value, high: float = math.inf) -> None:
         raise StateError(f"{tag}: {name} must be >= 0 and at most {high:g}, got {shown(value)}")
 
 
-
-
-
 def _node_name(value, where: str) -> str:
     """A node name from JSON: a non-empty string, or an integer (GML ids), as a string."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":

@@ -126,6 +126,9 @@ def _prop_delay(graph: nx.Graph, u, v, attrs: dict) -> float:
                            for key in ("Latitude", "Longitude")]
             km = _great_circle_km(*coordinates)
         elif "pos" in a and "pos" in b:
+            for name, n in ((u, a), (v, b)):
+                if not isinstance(n["pos"], (list, tuple)) or len(n["pos"]) < 2:
+                    raise StateError(f"node {name}: pos must be [longitude, latitude], got {str(n['pos'])[:40]!r}")
             km = _great_circle_km(*(_finite(x, f"node {name}: pos") for name, n in ((u, a), (v, b))
                                     for x in (n["pos"][1], n["pos"][0])))
         else:
