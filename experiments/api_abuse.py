@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controller.api.server import NdtService, pb, serve, services  # noqa: E402
 from telemetry.exporter import Metrics  # noqa: E402
 from telemetry.store import TelemetryStore  # noqa: E402
-from tests.unit.test_controller_api import StandIn  # noqa: E402
+from tests.api_stand_in import StandIn  # noqa: E402
 from twin.models.registry import get_predictor  # noqa: E402
 
 

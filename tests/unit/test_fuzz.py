@@ -26,7 +26,7 @@ from ndt.cli import main
 from optimizer.intent import Intent, IntentError, parse_intent_text
 from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
-from tests.unit.test_controller_api import StandIn, square_state
+from tests.api_stand_in import StandIn, square_state
 from twin.data.datanet_reader import read_datanet
 from twin.data.datanet_writer import write_datanet
 from twin.models.registry import get_predictor
