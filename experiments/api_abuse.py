@@ -1,4 +1,4 @@
-"""How the gRPC API answers its control calls while abusive clients hold streams (issue 18's target).
+"""How the gRPC API answers its control calls while abusive clients hold streams (target: each within 1 s).
 
 ``python experiments/api_abuse.py [STREAMS ROUNDS]`` starts the real server beside a stand-in controller
 (the one the unit tests use: no switches), opens STREAMS telemetry streams with the longest interval

@@ -16,15 +16,16 @@ class OptionError(NdtError, ValueError):
 
 def add_loop_arguments(p, load: float, duration: float, validate_s: float, verify_s: float) -> None:
     """Options shared by ``ndt loop`` and ``ndt demo``."""
+    window = number(3, 86400, open_low=True, unit=" s (2 s of warm-up are not counted)")
     p.add_argument("--topology", default="sndlib/abilene",
                    help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
     p.add_argument("--load", type=number(0, 2, open_low=True, open_high=True), default=load,
                    help=f"busiest-link load under shortest paths (default: {load})")
-    p.add_argument("--duration", type=number(3, 86400, open_low=True, unit=' s (2 s of warm-up are not counted)'), default=duration, metavar="S",
+    p.add_argument("--duration", type=window, default=duration, metavar="S",
                    help=f"live traffic per measurement, s (default: {duration:g})")
-    p.add_argument("--validate-s", type=number(3, 86400, open_low=True, unit=' s (2 s of warm-up are not counted)'), default=validate_s, metavar="S",
+    p.add_argument("--validate-s", type=window, default=validate_s, metavar="S",
                    help=f"sandbox traffic per candidate, s (default: {validate_s:g})")
-    p.add_argument("--verify-s", type=number(3, 86400, open_low=True, unit=' s (2 s of warm-up are not counted)'), default=verify_s, metavar="S",
+    p.add_argument("--verify-s", type=window, default=verify_s, metavar="S",
                    help=f"live traffic measured after the decision (push, rollback or keep); the twin-vs-emulation "
                         f"MAPE is taken on it, and the longer it is the less noise is in that figure "
                         f"(default: {verify_s:g})")

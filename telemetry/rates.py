@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from telemetry.store import MAX_COUNTER
+
 UNSUPPORTED_COUNTER = 2**64 - 1  # OpenFlow 1.3: a counter the switch does not support reads all-ones
 
 
 def supported_counter(value: int) -> int | None:
     """An OpenFlow counter's value, or None when the switch marks it unsupported (all-ones) or it has
-    passed 2**63 - 1, the most the telemetry store holds (9.2 EB: in practice, only all-ones)."""
-    return None if value > 2**63 - 1 else value
+    passed ``MAX_COUNTER``, the most the telemetry store holds (9.2 EB: in practice, only all-ones)."""
+    return None if value > MAX_COUNTER else value
 
 
 class CounterRates:

@@ -21,7 +21,6 @@ corrupted pages is refused at open (``PRAGMA quick_check``), with the way forwar
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import sqlite3
 import threading
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twin.state.errors import NdtError, shown
+from twin.state.metrics import finite_float
 
 DELAY_KINDS = ("predicted", "measured")
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
@@ -288,11 +288,8 @@ def _link_row(sample: LinkSample) -> tuple:
 
 def _finite(tag: str, name: str, value) -> float:
     """``value`` as a float when it is a finite number >= 0; otherwise a StoreError naming ``tag`` and ``name``."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not (math.isfinite(number) and number >= 0):
+    number = finite_float(value)
+    if number is None or number < 0:
         raise StoreError(f"{tag}: {name} must be a finite number >= 0, got {shown(value)}")
     return number
 

@@ -5,8 +5,8 @@ grpcio-tools' protoc into ``controller/api/ndt_api_pb2*.py``).
 Bad requests end with INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION and a message naming
 the field; the server keeps serving. Listens on localhost unless told otherwise; TLS, client
 certificates (mTLS) and a bearer token when configured (the token is not asked of the health
-service and reflection; with mTLS every connection needs a client certificate). Beyond loopback it refuses to listen without a token and TLS unless told
-``insecure`` (docs/operations.md).
+service and reflection; with mTLS every connection needs a client certificate). Beyond loopback
+it refuses to listen without a token and TLS unless told ``insecure`` (docs/operations.md).
 
 Budgets keep control answering under abuse: at most ``max_streams`` telemetry streams and
 ``max_twin_calls`` twin calls (Predict, WhatIf, Optimize) run at once, further ones end at once
@@ -36,7 +36,7 @@ from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import StoreError, TelemetryStore
 from telemetry.traffic_matrix import estimated_state
-from twin.state.errors import NdtError
+from twin.state.errors import NdtError, shown
 from twin.state.files import parse_json
 from twin.state.model import NetworkState
 
@@ -222,9 +222,9 @@ class NdtService(services.NdtServicer):
         for i, path in enumerate(request.paths):
             for end in (path.src, path.dst):
                 if end not in nodes:
-                    raise ApiError(grpc.StatusCode.NOT_FOUND, f"paths[{i}]: node {_shown(end)} is not in the topology")
+                    raise ApiError(grpc.StatusCode.NOT_FOUND, f"paths[{i}]: node {shown(end)} is not in the topology")
             if path.src == path.dst:
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"paths[{i}]: src and dst are the same node {path.src!r}")
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"paths[{i}]: src and dst are the same node {shown(path.src)}")
             if not (math.isfinite(path.delay_s) and 0 <= path.delay_s <= MAX_DELAY_S):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"paths[{i}]: {path.src}->{path.dst} delay_s must be finite, >= 0 and <= {MAX_DELAY_S:g} s, "
@@ -321,10 +321,6 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _shown(text: str) -> str:
-    return repr(_short(text))
-
-
 def _json(text: str, field: str):
     try:
         return parse_json(text)
@@ -357,9 +353,9 @@ class _Guard(grpc.ServerInterceptor):
             try:
                 yield
             except ApiError as exc:
-                context.abort(exc.code, _cut(str(exc)))
+                context.abort(exc.code, _short(str(exc), MAX_MESSAGE_CHARS))
             except NdtError as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _cut(str(exc)))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _short(str(exc), MAX_MESSAGE_CHARS))
             except Exception:
                 LOG.exception("gRPC %s failed", method)
                 context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error, see the controller's log")
@@ -382,10 +378,6 @@ class _Guard(grpc.ServerInterceptor):
         if handler.unary_stream:
             return handler._replace(unary_stream=guard(handler.unary_stream, True))
         return handler
-
-
-def _cut(message: str) -> str:
-    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
 
 
 def _check(authorized: bool, context) -> None:
@@ -472,7 +464,8 @@ class ApiServer:
         if tls_client_ca is not None and tls_cert is None:
             raise NdtError("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")
         self.warnings = exposure_warnings(host, token, tls_cert is not None, insecure)
-        self.address, self.tls, self.mtls, self.token_required = address, tls_cert is not None, tls_client_ca is not None, token is not None
+        self.address, self.token_required = address, token is not None
+        self.tls, self.mtls = tls_cert is not None, tls_client_ca is not None
         credentials = None if tls_cert is None else _credentials(tls_cert, tls_key, tls_client_ca)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_Guard(token)])
         try:

@@ -108,7 +108,7 @@ def test_optimize_json_contract(tmp_path):
      "beyond loopback the API needs a bearer token"),
 ])
 def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
-    """Inputs that once gave a traceback, a hang or a silent acceptance (issue 18)."""
+    """Inputs that gave a traceback, a hang or a silent acceptance before 2026-12-02 (commit 4c34a60)."""
     gml = tmp_path / "s.gml"
     gml.write_text('graph [ node [ id 0 label "s1" ] node [ id 1 label "s2" ] edge [ source 0 target 1 ] ]')
     state = tmp_path / "s.json"

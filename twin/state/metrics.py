@@ -29,6 +29,16 @@ def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
     return float(np.mean(np.abs(predicted[ok] - measured[ok]) / measured[ok]))
 
 
+def finite_float(value) -> float | None:
+    """``value`` as a float when it is, or reads as, a finite number; None for anything else (text that is
+    no number, NaN, infinities, integers too large for a float)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def finite_or_none(x) -> float | None:
     """``x`` as a float, or None when it is NaN or infinite (JSON has neither)."""
     return float(x) if math.isfinite(x) else None

@@ -17,6 +17,7 @@ import numpy as np
 
 from twin.state.errors import StateError
 from twin.state.files import read_text
+from twin.state.metrics import finite_float
 from twin.state.model import Flow, Link, NetworkState
 
 FIBRE_M_PER_S = 2e8
@@ -137,11 +138,8 @@ def _prop_delay(graph: nx.Graph, u, v, attrs: dict) -> float:
 
 
 def _finite(value, where: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not math.isfinite(number):
+    number = finite_float(value)
+    if number is None:
         raise StateError(f"{where} must be a finite number, got {str(value)[:40]!r}")
     return number
 
