@@ -22,10 +22,11 @@ from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
-from os_ken.lib.packet import arp, ethernet, ipv4, packet
+from os_ken.lib.packet import arp, ethernet, ipv4, packet, udp
 from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
+from controller.probes import PROBE_FRAME_BYTES, PROBE_TIMEOUT_S, PathDelays, ProbeSample, ProbeSchedule, probe_id, probe_payload
 from controller.routing_rules import (
     BASE_COOKIE,
     CLASSIFIER_TABLE,
@@ -33,6 +34,7 @@ from controller.routing_rules import (
     COUNTER_COOKIE,
     NDT_COOKIE_MASK,
     FlowOp,
+    PROBE_UDP_PORT,
     FlowRule,
     Host,
     RouteSet,
@@ -41,6 +43,7 @@ from controller.routing_rules import (
     base_rules,
     counter_rules,
     plan_update,
+    probe_rules,
     route_rules,
 )
 from telemetry.exporter import Metrics
@@ -54,6 +57,10 @@ BARRIER_TIMEOUT_S = 5.0
 STORE_MAINTENANCE_S = 300.0  # retention and downsampling of the telemetry store this often
 DISCOVERY_SETTLE_S = 5.0  # with LLDP: handle ARP once every expected link is seen, or this long after the last change
 LLDP_NUDGE_S = 1.0  # with LLDP: wake os-ken's probe loop this often (see _nudge_lldp)
+PROBE_REPORT_S = 10.0  # probe delays to the store (the mean of this interval) and Prometheus this often
+PROBE_METRIC_WINDOW_S = 30.0  # Prometheus shows each path's probe delay over this window
+PROBE_SOURCE_MAC = "02:4e:44:54:00:01"  # locally administered: the controller as the probes' sender
+PROBE_SOURCE_IP = "169.254.78.68"  # link-local: no host owns it
 
 
 @dataclass
@@ -69,6 +76,7 @@ class ControllerConfig:
     poll_interval: float = 1.0
     state_path: Path | None = None
     discover: bool = False
+    probe_rate: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,11 @@ class NdtController(app_manager.OSKenApp):
         self._poll_outstanding = 0
         self._poll_started = 0.0
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
+        self.path_delays = PathDelays()
+        self._probes_pending: dict[int, tuple[str, str, float]] = {}
+        self._probe_count = 0
+        self._echo_sent: dict[tuple[int, int], float] = {}
+        self._listeners: list = []
         for link in self.state.links:
             self.metrics.set_link_up(link.src, link.dst, False)
 
@@ -126,6 +139,9 @@ class NdtController(app_manager.OSKenApp):
         hub.spawn(self._poller)
         if self.config.discover:
             hub.spawn(self._nudge_lldp)
+        if self.config.probe_rate > 0:
+            hub.spawn(self._prober)
+            hub.spawn(self._probe_reporter)
         return thread
 
     # ------------------------------------------------------------------ public API
@@ -161,6 +177,11 @@ class NdtController(app_manager.OSKenApp):
         with self._lock:
             self._reroute_reasons.append(reason)
         self._reroute.set()
+
+    def add_listener(self, listener) -> None:
+        """Call ``listener(reason)`` after every route set installed because of a link, switch or
+        host event (not after weight changes); the closed loop re-runs on them."""
+        self._listeners.append(listener)
 
     @property
     def route_version(self) -> int:
@@ -207,7 +228,7 @@ class NdtController(app_manager.OSKenApp):
                 for port_no, port in dp.ports.items():
                     self._set_port(dp.id, port_no, self._port_is_up(dp, port))
                 hosts = list(self._hosts.values())
-            self._install_counters(hosts)
+            self._install_edge_rules(hosts)
             LOG.info("switch %s (dpid %d) connected", name, dp.id)
             self.request_reroute(f"switch {name} connected")
         elif self._datapaths.get(dp.id) is dp:
@@ -347,6 +368,10 @@ class NdtController(app_manager.OSKenApp):
         self.metrics.set_gauge("route_version", version)
         self.metrics.set_gauge("routing_switch_over_seconds", elapsed)
         LOG.info("routes v%d installed (%d rules) in %.3f s: %s", version, len(new.rules), elapsed, reason)
+        topology = [r for r in reason.split("; ") if r and not r.startswith("weights from")]
+        if topology:
+            for listener in self._listeners:
+                listener("; ".join(topology))
 
     def _send_batch(self, batch: list[FlowOp]) -> None:
         """Send one batch of flow-mods, then a barrier to every switch touched; wait for all replies."""
@@ -383,8 +408,9 @@ class NdtController(app_manager.OSKenApp):
         LOG.error("switch %s rejected a message: type %d code %d", self.wiring.names.get(msg.datapath.id),
                   msg.type, msg.code)
 
-    def _install_counters(self, hosts: list[Host]) -> None:
-        for rule in counter_rules(hosts, self.wiring):
+    def _install_edge_rules(self, hosts: list[Host]) -> None:
+        """The traffic-matrix counting rules and the probe rules for ``hosts``."""
+        for rule in counter_rules(hosts, self.wiring) + probe_rules(hosts, self.wiring):
             dp = self._datapaths.get(rule.dpid)
             if dp is not None:
                 dp.send_msg(self._flow_mod(dp, FlowOp("add", rule.dpid, rule)))
@@ -430,6 +456,9 @@ class NdtController(app_manager.OSKenApp):
             self._on_arp(dp, in_port, eth, request, msg.data)
             return
         ip = pkt.get_protocol(ipv4.ipv4)
+        datagram = pkt.get_protocol(udp.udp)
+        if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(dp, pkt):
+            return
         if ip is not None:
             host = self._hosts.get(ip.dst)
             if host is not None:  # no route yet (the worker is catching up): deliver it directly
@@ -459,7 +488,7 @@ class NdtController(app_manager.OSKenApp):
             self._hosts[host.ip] = host
             hosts = list(self._hosts.values())
         LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
-        self._install_counters(hosts)
+        self._install_edge_rules(hosts)
         self.request_reroute(f"host {host.ip} learned")
 
     def _packet_out(self, switch: str, port: int, data: bytes) -> None:
@@ -475,6 +504,81 @@ class NdtController(app_manager.OSKenApp):
             for port_no in dp.ports:
                 if port_no <= dp.ofproto.OFPP_MAX and (dpid, port_no) != exclude and self.wiring.is_edge_port(dpid, port_no):
                     self._packet_out(self.wiring.names[dpid], port_no, data)
+
+    # ------------------------------------------------------------------ path delay probes
+    def _prober(self):
+        """Send one probe at a time at the schedule's exponential gaps (bounded rate: ``probe_rate``/s)."""
+        schedule = ProbeSchedule(self.config.probe_rate)
+        while True:
+            time.sleep(schedule.gap())
+            with self._lock:
+                targets = {}
+                for host in self._hosts.values():
+                    targets.setdefault(host.switch, host)
+                connected = {self.wiring.names[d] for d in self._datapaths}
+            schedule.set_switches([s for s in targets if s in connected])
+            pair = schedule.next()
+            if pair is not None:
+                self._send_probe(pair[0], targets[pair[1]])
+
+    def _send_probe(self, switch: str, target: Host) -> None:
+        """A probe into ``switch``'s pipeline (its table 0, as if it had arrived) towards ``target``."""
+        dp = self._datapaths.get(self.wiring.dpids[switch])
+        if dp is None:
+            return
+        self._probe_count += 1
+        number = self._probe_count
+        frame = packet.Packet()
+        frame.add_protocol(ethernet.ethernet(dst=target.mac, src=PROBE_SOURCE_MAC, ethertype=ethernet.ether.ETH_TYPE_IP))
+        frame.add_protocol(ipv4.ipv4(src=PROBE_SOURCE_IP, dst=target.ip, proto=ipv4.inet.IPPROTO_UDP, ttl=64))
+        frame.add_protocol(udp.udp(src_port=PROBE_UDP_PORT, dst_port=PROBE_UDP_PORT))
+        frame.add_protocol(probe_payload(number, PROBE_FRAME_BYTES - 14 - 20 - 8))
+        frame.serialize()
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        out = parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                  actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)], data=frame.data)
+        self._probes_pending[number] = (switch, target.switch, time.monotonic())
+        dp.send_msg(out)
+        self.path_delays.sent += 1
+
+    def _on_probe(self, dp, pkt) -> bool:
+        """Record a returned probe; False when the packet is not one of ndt's probes."""
+        received = time.monotonic()
+        payload = pkt.protocols[-1]
+        number = probe_id(payload) if isinstance(payload, (bytes, bytearray)) else None
+        if number is None:
+            return False
+        sent = self._probes_pending.pop(number, None)
+        if sent is not None and self.wiring.names.get(dp.id) == sent[1]:
+            self.path_delays.add(ProbeSample(sent[0], sent[1], sent[2], received))
+        return True
+
+    def _probe_reporter(self):
+        """Every ``PROBE_REPORT_S``: the interval's probe delays to the store, the recent window's to
+        Prometheus, lost probes counted, echo requests (control-channel round trip) sent."""
+        while True:
+            time.sleep(PROBE_REPORT_S)
+            now = time.monotonic()
+            for number, (_, _, sent) in list(self._probes_pending.items()):
+                if now - sent > PROBE_TIMEOUT_S:
+                    self._probes_pending.pop(number, None)
+                    self.path_delays.lost += 1
+            self._store(self.store.add_path_delays, time.time(), "probe",
+                        self.path_delays.delays(now - PROBE_REPORT_S, now, min_samples=1))
+            self.metrics.set_path_delays("probe", self.path_delays.delays(now - PROBE_METRIC_WINDOW_S, now))
+            self.metrics.set_probe_counts(self.path_delays.sent, self.path_delays.lost)
+            for dpid, dp in list(self._datapaths.items()):
+                echo = dp.ofproto_parser.OFPEchoRequest(dp, data=b"ndt")
+                dp.set_xid(echo)
+                self._echo_sent[(dpid, echo.xid)] = time.monotonic()
+                dp.send_msg(echo)
+
+    @set_ev_cls(ofp_event.EventOFPEchoReply, MAIN_DISPATCHER)
+    def _on_echo_reply(self, ev):
+        sent = self._echo_sent.pop((ev.msg.datapath.id, ev.msg.xid), None)
+        name = self.wiring.names.get(ev.msg.datapath.id)
+        if sent is not None and name is not None:
+            self.metrics.set_control_rtt(name, time.monotonic() - sent)
 
     # ------------------------------------------------------------------ statistics
     def _poller(self):

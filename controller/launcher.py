@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 from controller.api.server import ApiServer, NdtService
@@ -27,10 +28,11 @@ SIGNAL_POLL_S = 0.2
 
 def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6653,
         metrics_addr: str = "127.0.0.1", metrics_port: int = 9108, api: ApiServer | None = None,
-        max_predict_flows: int = 20_000) -> None:
+        max_predict_flows: int = 20_000, loop_factory=None) -> None:
     """Serve OpenFlow on ofp_host:ofp_port, metrics on metrics_addr:metrics_port and the gRPC API on
     ``api`` (bound beforehand, so a bad address or certificate stops the controller before it starts;
-    None: no API) until a signal."""
+    None: no API) until a signal. ``loop_factory(app)``: the closed loop to run beside the app
+    (:class:`controller.loop.service.LoopService`), or None."""
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
     import os_ken.topology.switches  # noqa: F401  registers --observe-links (LLDP discovery)
     from os_ken import cfg
@@ -50,8 +52,14 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     app = next(a for a in manager.applications.values() if isinstance(a, NdtController))
     LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
              ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
+    loop = None
+    if loop_factory is not None:
+        loop = loop_factory(app)
+        threading.Thread(target=loop.serve, name="ndt-loop", daemon=True).start()
+        LOG.info("closed loop running: validation by %s%s", loop.settings.validate,
+                 ", dry run (proposes only)" if loop.settings.dry_run else "")
     if api is not None:
-        api.start(NdtService(app, config.store, config.metrics, max_flows=max_predict_flows))
+        api.start(NdtService(app, config.store, config.metrics, max_flows=max_predict_flows, loop=loop))
         LOG.info("gRPC API on %s (port %d)%s", api.address, api.port, "".join(api.describe()))
 
     def stop(signum, _frame):

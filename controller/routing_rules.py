@@ -35,17 +35,21 @@ ROUTE_TABLE = 1
 MISS_PRIORITY = 0
 ARP_PRIORITY = 100
 COUNTER_PRIORITY = 200
+PROBE_PRIORITY = 300
 ROUTE_PRIORITY = 1000  # versions alternate between ROUTE_PRIORITY and ROUTE_PRIORITY + 1
 
 BASE_COOKIE = 0x4E44_5400_0000_0000  # "NDT\0": table-miss, ARP and goto rules
 COUNTER_COOKIE = 0x4E44_5401_0000_0000
 ROUTE_COOKIE = 0x4E44_5402_0000_0000  # | version (low 32 bits)
+PROBE_COOKIE = 0x4E44_5403_0000_0000  # delay probes returned to the controller at their last switch
 COOKIE_KIND_MASK = 0xFFFF_FFFF_0000_0000
 NDT_COOKIE_MASK = 0xFFFF_FF00_0000_0000  # every rule ndt installs has BASE_COOKIE under this mask
 VERSION_MASK = 0xFFFF_FFFF
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
+IP_PROTO_UDP = 17
+PROBE_UDP_PORT = 47_474  # the controller's delay probes; hosts' own traffic to this UDP port is taken too
 
 
 class RuleError(NdtError, ValueError):
@@ -181,6 +185,22 @@ def counter_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
                 continue
             match = _match(eth_type=ETH_TYPE_IPV4, in_port=src.port, ipv4_src=src.ip, ipv4_dst=dst.ip)
             rules.append(FlowRule(dpid, CLASSIFIER_TABLE, COUNTER_PRIORITY, match, (("goto", ROUTE_TABLE),), COUNTER_COOKIE))
+    return rules
+
+
+def probe_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
+    """At each host's switch, delay probes towards that host go to the controller instead of the host.
+
+    A probe is a UDP packet to :data:`PROBE_UDP_PORT` sent by packet-out into the first switch's
+    pipeline: it matches nothing there (its destination is elsewhere), follows the route rules like
+    the hosts' packets, and is caught here at the destination's switch (table 0, ahead of the
+    counting rules, which only match packets from host ports).
+    """
+    rules = []
+    for host in hosts:
+        dpid = _dpid(wiring, host.switch, f"host {host.ip}")
+        match = _match(eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_UDP, ipv4_dst=host.ip, udp_dst=PROBE_UDP_PORT)
+        rules.append(FlowRule(dpid, CLASSIFIER_TABLE, PROBE_PRIORITY, match, (("controller",),), PROBE_COOKIE))
     return rules
 
 

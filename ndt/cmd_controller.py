@@ -8,6 +8,11 @@ import os
 from pathlib import Path
 
 from ndt.options import ip_address, number, port
+from twin.state.errors import NdtError
+
+
+class OptionError(NdtError, ValueError):
+    """An option of ndt controller does not fit with the others; the message names it."""
 
 
 def register(subparsers) -> None:
@@ -53,6 +58,35 @@ def register(subparsers) -> None:
                    help="SQLite telemetry store (default: ndt-telemetry.db)")
     p.add_argument("--poll-interval", type=number(0.05, 3600, unit=" s"), default=1.0, metavar="S",
                    help="statistics interval, s (default: 1)")
+    p.add_argument("--probe-rate", type=number(0, 1000, unit=" probes/s"), default=20.0, metavar="N",
+                   help="in-band path-delay probes per second, network-wide, 64-byte frames (0: none; default: 20)")
+    loop = p.add_argument_group(
+        "closed loop", "With --intent the controller runs the closed loop itself: from the traffic matrix and the probes' "
+        "path delays it re-optimizes the OSPF weights for the intent (NES scored by the twin, whose correction is "
+        "refitted from the probes as they arrive), validates, pushes the winner as a consistent update, verifies "
+        "with the probes and rolls back if worse. gRPC GetLoopStatus / ControlLoop / StreamLoopDecisions report it "
+        "and pause, resume or make it propose-only.")
+    loop.add_argument("--intent", type=Path, metavar="FILE", help="intent YAML (optimizer/intent.py): run the loop for it")
+    loop.add_argument("--validate", choices=["twin", "sandbox"], default="twin",
+                      help="rank candidates by the calibrated twin, or measure them in a Mininet sandbox built from "
+                           "the state (root, Mininet on this machine) (default: twin)")
+    loop.add_argument("--dry-run", action="store_true", help="propose only: decide and report, push nothing")
+    loop.add_argument("--loop-window", type=number(5, 3600, unit=" s"), default=20.0, metavar="S",
+                      help="telemetry and probes each run reads, s (default: 20)")
+    loop.add_argument("--verify-s", type=number(5, 3600, unit=" s"), default=20.0, metavar="S",
+                      help="probes measured after a push before it is kept or rolled back, s (default: 20)")
+    loop.add_argument("--period", type=number(10, 86400, unit=" s"), default=600.0, metavar="S",
+                      help="run at least this often, s (default: 600)")
+    loop.add_argument("--hold-down", type=number(0, 86400, unit=" s"), default=60.0, metavar="S",
+                      help="after a push no run (except an operator's) for this long, s (default: 60)")
+    loop.add_argument("--shift-threshold", type=number(0, 10, open_low=True), default=0.15, metavar="R",
+                      help="relative change of the traffic matrix that triggers a run (default: 0.15)")
+    loop.add_argument("--candidates", type=number(1, 20, integer=True), default=2,
+                      help="routings validated besides the current one (default: 2)")
+    loop.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
+    loop.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                      help="prior correction (default: data/calibration-<model>.json, else the shipped one); the loop "
+                           "refits it from this network's probes")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=run)
 
@@ -78,8 +112,45 @@ def run(args: argparse.Namespace) -> int:
     api = None if args.grpc == "off" else ApiServer(
         args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
         args.insecure)
+    loop_factory = _loop_factory(args, state) if args.intent else None
     config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
-                              poll_interval=args.poll_interval, state_path=args.state, discover=args.discover)
+                              poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
+                              probe_rate=args.probe_rate)
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
-                   args.max_predict_flows)
+                   args.max_predict_flows, loop_factory)
     return 0
+
+
+def _loop_factory(args: argparse.Namespace, state):
+    """What builds the closed loop once the app exists; the intent, model and calibration are checked now."""
+    from controller.loop.service import LoopService, ServiceSettings
+    from optimizer.intent import load_intent
+    from twin.calibration.correction import calibrated_twin
+    from twin.calibration.correction import load as load_calibration
+    from twin.models.registry import PREDICTORS
+    from twin.state.model import Flow
+
+    if args.probe_rate == 0:
+        raise OptionError("--intent needs the probes (--probe-rate above 0): the loop verifies pushes with them")
+    intent = load_intent(args.intent)
+    intent.check_against(state if state.flows else state.with_flows(
+        Flow(a, b, rate=1.0) for a in state.nodes for b in state.nodes if a != b))
+    model = args.model or PREDICTORS[-1]
+    if model not in PREDICTORS:
+        raise OptionError(f"--model {model!r}: not one of {', '.join(PREDICTORS)}")
+    if args.calibration is not None:
+        load_calibration(args.calibration)
+
+    def twin():
+        calibrated = calibrated_twin(model, args.calibration, state.name, logging.getLogger("ndt.loop").warning)
+        return calibrated.predictor, calibrated.correction
+
+    sandbox = None
+    if args.validate == "sandbox":
+        from controller.loop.emulated import EmulatedSandbox
+
+        sandbox = EmulatedSandbox("v", "controller-sandbox")
+    settings = ServiceSettings(intent=intent, window_s=args.loop_window, verify_s=args.verify_s, period_s=args.period,
+                               hold_down_s=args.hold_down, shift_threshold=args.shift_threshold,
+                               candidates=args.candidates, validate=args.validate, dry_run=args.dry_run)
+    return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox)

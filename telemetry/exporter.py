@@ -28,8 +28,11 @@ class Metrics:
         self._link_up: dict[Pair, bool] = {}
         self._traffic_bytes: dict[Pair, int] = {}
         self._delays: dict[str, dict[Pair, float]] = {kind: {} for kind in DELAY_KINDS}
-        self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0}
+        self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0, "probes_sent": 0,
+                          "probes_lost": 0}
         self._gauges: dict[str, float] = {}
+        self._control_rtt: dict[str, float] = {}
+        self._loop_counts: dict[tuple[str, str], int] = {}
 
     def update_links(self, samples: list[LinkSample]) -> None:
         with self._lock:
@@ -50,6 +53,23 @@ class Metrics:
             raise ValueError(f"path delay kind {kind!r} is not one of {DELAY_KINDS}")
         with self._lock:
             self._delays[kind] = dict(delays_s)
+
+    def set_probe_counts(self, sent: int, lost: int) -> None:
+        """Delay probes sent and lost (not back within the timeout) so far."""
+        with self._lock:
+            self._counters["probes_sent"], self._counters["probes_lost"] = sent, lost
+
+    def set_control_rtt(self, switch: str, seconds: float) -> None:
+        """The last echo round trip between the controller and ``switch``, s."""
+        with self._lock:
+            self._control_rtt[switch] = seconds
+
+    def count_loop(self, what: str, label: str) -> None:
+        """One more closed-loop ``trigger`` (label: its kind) or ``decision`` (label: its action)."""
+        if what not in _LOOP_COUNTERS:
+            raise ValueError(f"unknown loop counter {what!r} (known: {', '.join(_LOOP_COUNTERS)})")
+        with self._lock:
+            self._loop_counts[(what, label)] = self._loop_counts.get((what, label), 0) + 1
 
     def inc(self, counter: str, amount: int = 1) -> None:
         """Increment ``routing_changes``, ``optimizer_runs`` or ``stats_polls``."""
@@ -74,6 +94,8 @@ class Metrics:
             delays = {k: dict(v) for k, v in self._delays.items()}
             counters = dict(self._counters)
             gauges = dict(self._gauges)
+            control_rtt = dict(self._control_rtt)
+            loop_counts = dict(self._loop_counts)
         pair = ["src", "dst"]
         tx_bytes = CounterMetricFamily("ndt_link_transmit_bytes", "Bytes sent on the directed link (switch port counter)", labels=pair)
         tx_packets = CounterMetricFamily("ndt_link_transmit_packets", "Packets sent on the directed link", labels=pair)
@@ -96,10 +118,22 @@ class Metrics:
         for (src, dst), value in sorted(traffic.items()):
             tm.add_metric([src, dst], value)
         yield tm
+        family = GaugeMetricFamily("ndt_path_delay_seconds", "Mean one-way path delay by kind: predicted (the twin), "
+                                   "measured (reported by hosts), probe (in-band probes)", labels=["kind"] + pair)
         for kind in DELAY_KINDS:
-            family = GaugeMetricFamily(f"ndt_path_delay_{kind}_seconds", f"Mean one-way path delay, {kind}", labels=pair)
             for (src, dst), value in sorted(delays[kind].items()):
-                family.add_metric([src, dst], value)
+                family.add_metric([kind, src, dst], value)
+        yield family
+        rtt = GaugeMetricFamily("ndt_control_channel_rtt_seconds", "Last OpenFlow echo round trip to the switch",
+                                labels=["switch"])
+        for switch, value in sorted(control_rtt.items()):
+            rtt.add_metric([switch], value)
+        yield rtt
+        for what, (label, help_text) in _LOOP_COUNTERS.items():
+            family = CounterMetricFamily(f"ndt_loop_{what}s", help_text, labels=[label])
+            for (name, value), count in sorted(loop_counts.items()):
+                if name == what:
+                    family.add_metric([value], count)
             yield family
         for name, help_text in _COUNTER_HELP.items():
             yield CounterMetricFamily(f"ndt_{name}", help_text, value=counters[name])
@@ -112,6 +146,12 @@ _COUNTER_HELP = {
     "routing_changes": "Route sets installed network-wide (weight pushes and link events)",
     "optimizer_runs": "Optimizer runs whose result was applied or evaluated",
     "stats_polls": "Statistics polling rounds completed",
+    "probes_sent": "In-band delay probes sent",
+    "probes_lost": "In-band delay probes not returned within the timeout",
+}
+_LOOP_COUNTERS = {
+    "trigger": ("trigger", "Closed-loop runs by trigger (start, traffic, topology, periodic, operator)"),
+    "decision": ("action", "Closed-loop decisions by action (keep, push, propose, rollback, defer, error)"),
 }
 _GAUGE_HELP = {
     "switches_connected": "OpenFlow switches currently connected",
@@ -119,6 +159,13 @@ _GAUGE_HELP = {
     "routing_switch_over_seconds": "Duration of the last make-before-break route switch-over",
     "stats_poll_duration_seconds": "Time from sending the last stats requests to the last reply",
     "twin_error_ratio": "Mean absolute percentage error of predicted vs measured path delay (0-1)",
+    "loop_twin_error_ratio": "Calibrated twin vs probe-measured path delay over the last loop window, MAPE (0-1)",
+    "loop_paused": "1 while an operator has paused the closed loop",
+    "loop_dry_run": "1 while the closed loop only proposes (pushes nothing)",
+    "loop_duration_seconds": "Telemetry read to flow rules installed (or the decision to keep), last run",
+    "loop_measured_delay_seconds": "Mean probe-measured path delay the last closed-loop run started from",
+    "loop_predicted_delay_seconds": "Mean delay the calibrated twin predicted for the routing the last run chose",
+    "loop_last_run_timestamp_seconds": "Unix time of the last closed-loop run",
 }
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from twin.state.errors import NdtError, shown
 from twin.state.metrics import finite_float
 
-DELAY_KINDS = ("predicted", "measured")
+DELAY_KINDS = ("predicted", "measured", "probe")  # twin; hosts' own measurement (ReportMeasured); in-band probes
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
 
 _SCHEMA = """

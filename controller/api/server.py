@@ -18,6 +18,7 @@ state to predict has at most ``max_flows`` flows.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import math
 import socket
@@ -72,12 +73,14 @@ class NdtService(services.NdtServicer):
 
     def __init__(self, controller, store: TelemetryStore, metrics: Metrics, predictor_factory=None,
                  default_model: str | None = None, max_streams: int = 4, max_twin_calls: int = 2,
-                 max_flows: int = 20_000):
+                 max_flows: int = 20_000, loop=None):
         """``predictor_factory(name)`` returns an object with ``predict_delays(states)`` (default:
-        ``twin.models.registry.get_predictor``, whose last listed model is then the default)."""
+        ``twin.models.registry.get_predictor``, whose last listed model is then the default);
+        ``loop``: the closed loop running in the controller (:class:`controller.loop.service.LoopService`), if any."""
         self._streams = _Budget(max_streams, "telemetry streams")
         self._twin_calls = _Budget(max_twin_calls, "twin calls (Predict, WhatIf, Optimize)")
         self.max_flows = max_flows
+        self.loop = loop
         self.controller = controller
         self.store = store
         self.metrics = metrics
@@ -241,6 +244,65 @@ class NdtService(services.NdtServicer):
         self.metrics.set_gauge("twin_error_ratio", error)
         return pb.ReportReply(has_twin_error=True, twin_error_ratio=error)
 
+    # ------------------------------------------------------------------ the closed loop
+    def GetLoopStatus(self, request, context):
+        return self._loop_status()
+
+    def ControlLoop(self, request, context):
+        loop = self._require_loop()
+        if len(request.who) > MAX_WHO_CHARS or not request.who.isprintable():
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"who: at most {MAX_WHO_CHARS} printable characters (no newlines or control characters)")
+        action = request.action
+        names = pb.LoopControl.Action
+        if action not in names.values():
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"action: {action} is not a LoopControl.Action")
+        if action == names.Value("RUN_NOW") and loop.paused:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the loop is paused: RESUME it first")
+        {names.Value("PAUSE"): lambda: loop.pause(True), names.Value("RESUME"): lambda: loop.pause(False),
+         names.Value("DRY_RUN_ON"): lambda: loop.set_dry_run(True),
+         names.Value("DRY_RUN_OFF"): lambda: loop.set_dry_run(False),
+         names.Value("RUN_NOW"): loop.run_now}.get(action, lambda: None)()
+        if action != names.Value("STATUS"):
+            who = request.who or f"gRPC {_short(context.peer(), MAX_WHO_CHARS)}"
+            LOG.info("loop: %s by %s", names.Name(action), who)
+            try:
+                self.store.add_config(time.time(), who, "loop-control", {"action": names.Name(action)})
+            except StoreError as exc:
+                LOG.error("%s", exc)
+        return self._loop_status()
+
+    def StreamLoopDecisions(self, request, context):
+        loop = self._require_loop()
+        interval = request.interval_s or 1.0
+        low, high = STREAM_INTERVAL_S
+        if not (math.isfinite(interval) and low <= interval <= high):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"interval_s must be from {low} to {high} s, got {interval}")
+        with self._streams.held():
+            seen = loop.runs
+            while context.is_active():
+                for decision in loop.wait_for_decision(seen, interval):
+                    seen += 1
+                    yield _decision(decision)
+
+    def _require_loop(self):
+        if self.loop is None:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "this controller runs no closed loop (start it with 'ndt controller --intent FILE')")
+        return self.loop
+
+    def _loop_status(self):
+        loop = self.loop
+        if loop is None:
+            return pb.LoopStatus(enabled=False)
+        return pb.LoopStatus(enabled=True, paused=loop.paused, dry_run=loop.settings.dry_run, running=loop.running,
+                             runs=loop.runs, pushes=loop.pushes, rollbacks=loop.rollbacks,
+                             twin_mape=loop.twin_mape if math.isfinite(loop.twin_mape) else -1.0,
+                             calibrated_online=loop.calibration.last.fitted,
+                             calibration_windows=loop.calibration.last.windows,
+                             validate=loop.settings.validate,
+                             recent=[_decision(d) for d in list(loop.decisions)[-10:]])
+
     # ------------------------------------------------------------------ helpers
     def _running_state(self) -> NetworkState:
         """The running network: current weights, links in service, the measured traffic (or the state file's)."""
@@ -282,6 +344,22 @@ class NdtService(services.NdtServicer):
         current = {(lk.src, lk.dst): lk.weight for lk in state.links}
         current.update(_weight_changes(state, changes))
         return [current[(lk.src, lk.dst)] for lk in state.links]
+
+
+def _decision(decision) -> pb.LoopDecision:
+    """A :class:`controller.loop.service.Decision` as its message (unmeasured figures 0, twin_mape -1)."""
+
+    def figure(value: float, missing: float = 0.0) -> float:
+        return float(value) if math.isfinite(value) else missing
+
+    return pb.LoopDecision(
+        ts=decision.ts, trigger=decision.trigger, action=decision.action, reason=decision.reason,
+        measured_s=figure(decision.measured_s), predicted_current_s=figure(decision.predicted_current_s),
+        predicted_chosen_s=figure(decision.predicted_chosen_s), validated_current_s=figure(decision.validated_current_s),
+        validated_chosen_s=figure(decision.validated_chosen_s), after_s=figure(decision.after_s),
+        twin_mape=figure(decision.twin_mape, -1.0), loop_s=figure(decision.loop_s),
+        route_version=decision.route_version, candidates=max(0, len(decision.candidates) - 1),
+        details_json=json.dumps(decision.to_json()))
 
 
 class _Budget:

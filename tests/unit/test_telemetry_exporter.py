@@ -53,8 +53,8 @@ def test_scrape_names_labels_and_values(exporter):
     assert got[("ndt_link_utilization_ratio", link)] == 0.25
     assert got[("ndt_link_up", (("dst", "s3"), ("src", "s2")))] == 0
     assert got[("ndt_traffic_bytes_total", path)] == 999
-    assert got[("ndt_path_delay_predicted_seconds", path)] == 0.0012
-    assert got[("ndt_path_delay_measured_seconds", path)] == 0.0015
+    assert got[("ndt_path_delay_seconds", (("dst", "s3"), ("kind", "predicted"), ("src", "s1")))] == 0.0012
+    assert got[("ndt_path_delay_seconds", (("dst", "s3"), ("kind", "measured"), ("src", "s1")))] == 0.0015
     assert got[("ndt_routing_changes_total", ())] == 2
     assert got[("ndt_optimizer_runs_total", ())] == 1
     assert got[("ndt_twin_error_ratio", ())] == 0.04

@@ -1,0 +1,384 @@
+"""The closed loop as a service of the controller: it runs beside the OpenFlow app, on any network
+the controller routes, with no hosts of its own.
+
+Each run: the traffic matrix from the edge counters and the path delays from the in-band probes
+over the last ``window_s`` → the network state the twin is asked about (the topology without the
+links that are down, the routing in place, the measured traffic; the mean packet size from the
+port counters) → the twin's correction refitted from the windows so far
+(:mod:`twin.calibration.online`) → NES + the calibrated twin propose candidates → validation
+(the twin's ranking, or a Mininet sandbox built from the state) → the winner pushed only if it
+beats the routing in place by ``margin`` (and the twin does not rate it worse) → ``verify_s`` of
+probes → rollback if delay got worse. Runs are triggered at start, by a traffic shift beyond
+``shift_threshold``, by link or switch events, periodically and by operators; after a push no
+other run starts within ``hold_down_s`` (so a flapping link or noisy traffic cannot make the
+routing flap). Every decision goes to the store's config history, to Prometheus (``ndt_loop_*``)
+and to gRPC subscribers. Delays in s, rates in bit/s; probes on the monotonic clock, the store on
+Unix time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from controller.loop.decisions import choose, should_roll_back, top_candidates, traffic_shifted
+from optimizer.intent import Intent
+from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffic_matrix
+from twin.calibration.correction import CalibratedPredictor
+from twin.calibration.online import OnlineCalibration
+from twin.state.errors import NdtError
+from twin.state.metrics import mape
+from twin.state.model import NetworkState
+
+LOG = logging.getLogger("ndt.loop")
+VALIDATIONS = ("twin", "sandbox")
+DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count yet
+SETTLE_S = 2.0  # after a routing change, probes this much later count (queues re-form)
+KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
+
+
+@dataclass
+class ServiceSettings:
+    """window_s: telemetry and probes per run, s; verify_s: probes after a push before it is judged,
+    s; period_s: a run at least this often, s; hold_down_s: no run sooner than this after a push
+    (operators excepted), s; check_s: how often the traffic is checked for a shift, s;
+    shift_threshold: relative change of the traffic matrix that triggers a run; candidates:
+    routings validated besides the current one; margin: relative improvement needed to push;
+    rollback_tolerance: relative worsening after a push that rolls back; validate: ``twin`` or
+    ``sandbox``; sandbox_s: traffic per candidate in the sandbox, s; dry_run: propose only."""
+
+    intent: Intent = field(default_factory=lambda: Intent(max_evaluations=1500, time_limit_s=20.0))
+    window_s: float = 20.0
+    verify_s: float = 20.0
+    period_s: float = 600.0
+    hold_down_s: float = 60.0
+    check_s: float = 5.0
+    shift_threshold: float = 0.15
+    candidates: int = 2
+    margin: float = 0.05
+    rollback_tolerance: float = 0.05
+    validate: str = "twin"
+    sandbox_s: float = 8.0
+    dry_run: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Decision:
+    """One run of the loop, as recorded and streamed (delays s; NaN where not measured)."""
+
+    ts: float
+    trigger: str
+    action: str = "keep"
+    reason: str = ""
+    measured_s: float = float("nan")
+    predicted_current_s: float = float("nan")
+    predicted_chosen_s: float = float("nan")
+    validated_current_s: float = float("nan")
+    validated_chosen_s: float = float("nan")
+    after_s: float = float("nan")
+    twin_mape: float = float("nan")
+    loop_s: float = float("nan")
+    route_version: int = 0
+    candidates: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The decision with NaN as None (JSON has no NaN)."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def measured_vector(state: NetworkState, delays: dict[tuple[str, str], float]) -> np.ndarray:
+    """``delays`` (pair → s) per flow of ``state``, NaN where a pair was not measured."""
+    return np.array([delays.get((f.src, f.dst), np.nan) for f in state.flows], dtype=float)
+
+
+def common_mean(before: dict, after: dict) -> tuple[float, float]:
+    """Mean delay over the pairs measured in both, before and after (NaN, NaN when none)."""
+    pairs = sorted(set(before) & set(after))
+    if not pairs:
+        return float("nan"), float("nan")
+    return float(np.mean([before[p] for p in pairs])), float(np.mean([after[p] for p in pairs]))
+
+
+class LoopService:
+    """The loop over ``controller`` (the os-ken app: ``snapshot()``, ``apply_weights()``,
+    ``wait_for_routes()``, ``path_delays``, ``add_listener()``), reading ``store`` and reporting to
+    ``metrics``. ``twin()`` returns the twin (``predict_delays``) and the prior correction; it is
+    called in the service's thread, so loading TensorFlow does not hold up the controller's start.
+    ``sandbox``: a :class:`~controller.loop.network.Sandbox`, needed when ``settings.validate`` is
+    ``sandbox``."""
+
+    def __init__(self, controller, store, metrics, twin, settings: ServiceSettings, sandbox=None,
+                 clock=time.monotonic, wall=time.time):
+        if settings.validate not in VALIDATIONS:
+            raise NdtError(f"validate must be one of {', '.join(VALIDATIONS)}, got {settings.validate!r}")
+        if settings.validate == "sandbox" and sandbox is None:
+            raise NdtError("sandbox validation needs a sandbox (Mininet on this machine)")
+        self.controller, self.store, self.metrics = controller, store, metrics
+        self.settings, self.sandbox = settings, sandbox
+        self._twin = twin
+        self.predictor = None
+        self.calibration = OnlineCalibration()
+        self.clock, self.wall = clock, wall
+        self.paused = False
+        self.running = False
+        self.runs = self.pushes = self.rollbacks = 0
+        self.twin_mape = float("nan")
+        self.decisions: deque[Decision] = deque(maxlen=KEEP_DECISIONS)
+        self._changed = threading.Condition()
+        self._pending: list[str] = ["start"]
+        self._last_rates: dict | None = None
+        self._last_run = -np.inf
+        self._last_push = -np.inf
+        self._last_change = clock()
+        self._stop = threading.Event()
+        controller.add_listener(self.topology_changed)
+        metrics.set_gauge("loop_paused", 0.0)
+        metrics.set_gauge("loop_dry_run", float(settings.dry_run))
+
+    # ------------------------------------------------------------------ operators and events
+    def topology_changed(self, reason: str) -> None:
+        """A link or switch went down or up (the controller has rerouted on the current weights)."""
+        self._last_change = self.clock()
+        self._trigger("topology")
+        LOG.info("loop: topology changed (%s)", reason)
+
+    def run_now(self) -> None:
+        self._trigger("operator")
+
+    def pause(self, paused: bool) -> None:
+        self.paused = paused
+        self.metrics.set_gauge("loop_paused", float(paused))
+        with self._changed:
+            self._changed.notify_all()
+
+    def set_dry_run(self, dry_run: bool) -> None:
+        self.settings.dry_run = dry_run
+        self.metrics.set_gauge("loop_dry_run", float(dry_run))
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_decision(self, after: int, timeout: float) -> list[Decision]:
+        """Decisions made after the first ``after`` runs, waiting up to ``timeout`` s for one."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.runs > after or self._stop.is_set(), timeout)
+            recent = list(self.decisions)
+            return recent[len(recent) - min(len(recent), self.runs - after):] if self.runs > after else []
+
+    def _trigger(self, trigger: str) -> None:
+        with self._changed:
+            if trigger not in self._pending:
+                self._pending.append(trigger)
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------ the service thread
+    def serve(self) -> None:
+        """Run until :meth:`stop`: wait for a trigger, then run once (the first after one window of telemetry)."""
+        started = self.clock()
+        self.predictor, prior = self._twin()
+        self.calibration.set_prior(prior)
+        LOG.info("loop: twin ready in %.1f s", self.clock() - started)
+        self._stop.wait(max(0.0, self.settings.window_s - (self.clock() - started)))
+        while not self._stop.is_set():
+            trigger = self._next_trigger()
+            if trigger is None:
+                continue
+            try:
+                self.run_once(trigger)
+            except Exception as exc:  # the service must survive any single failed run
+                LOG.exception("loop run failed")
+                self._record(Decision(ts=self.wall(), trigger=trigger, action="error", reason=str(exc)[:400]))
+
+    def _next_trigger(self) -> str | None:
+        """The trigger to run for now, or None after waiting up to ``check_s`` s for one."""
+        settings = self.settings
+        def held() -> bool:
+            return self.clock() - self._last_push < settings.hold_down_s
+
+        with self._changed:
+            self._changed.wait_for(lambda: self._stop.is_set() or (not self.paused and (
+                "operator" in self._pending or (self._pending and not held()))), settings.check_s)
+            now = self.clock()
+            if self._stop.is_set() or self.paused:
+                return None
+            if "operator" in self._pending:
+                self._pending.remove("operator")
+                return "operator"
+            if held():
+                return None
+            if self._pending:
+                return self._pending.pop(0)
+        if self._last_rates is None:
+            return "start" if self._rates() else None  # no traffic at the first run: start once there is
+        if now - self._last_run >= settings.period_s:
+            return "periodic"
+        if self._last_rates is not None and traffic_shifted(self._last_rates, self._rates(), settings.shift_threshold):
+            return "traffic"
+        return None
+
+    def _rates(self) -> dict:
+        end = self.wall()
+        return traffic_matrix(self.store.traffic_matrices(end - self.settings.window_s, end),
+                              end - self.settings.window_s, end)
+
+    def _packet_bits(self, start: float, end: float) -> float:
+        """Mean packet size on the links over [start, end) from the port counters, bits."""
+        first, last = {}, {}
+        for s in self.store.link_samples(start, end):
+            if s.tx_packets is not None:
+                first.setdefault((s.src, s.dst), s)
+                last[(s.src, s.dst)] = s
+        sent = sum(last[k].tx_bytes - first[k].tx_bytes for k in last)
+        packets = sum(last[k].tx_packets - first[k].tx_packets for k in last)
+        return 8.0 * sent / packets if packets > 0 and sent > 0 else DEFAULT_PACKET_BITS
+
+    # ------------------------------------------------------------------ one run
+    def run_once(self, trigger: str) -> Decision:
+        """Read the window, refit the correction, propose, validate, push or keep, verify."""
+        settings = self.settings
+        self.running = True
+        self.metrics.count_loop("trigger", trigger)
+        wall_end, mono_end = self.wall(), self.clock()
+        decision = Decision(ts=wall_end, trigger=trigger)
+        try:
+            view = self.controller.snapshot()
+            decision.route_version = view.route_version
+            state = view.state.without_links(view.down) if view.down else view.state
+            rates = traffic_matrix(self.store.traffic_matrices(wall_end - settings.window_s, wall_end),
+                                   wall_end - settings.window_s, wall_end)
+            try:
+                estimated = estimated_state(state, rates, self._packet_bits(wall_end - settings.window_s, wall_end))
+            except TrafficMatrixError as exc:
+                decision.action, decision.reason = "defer", str(exc)
+                return self._record(decision)
+            self._last_rates = rates
+            self._last_run = mono_end
+            window_start = max(mono_end - settings.window_s, self._last_change + SETTLE_S)
+            probed = self.controller.path_delays.delays(window_start, mono_end)
+            before = {(f.src, f.dst): probed[(f.src, f.dst)] for f in estimated.flows if (f.src, f.dst) in probed}
+            loop_started = self.clock()
+            twin = self._calibrated(estimated, before, mono_end - window_start, decision)
+            current = estimated.link_arrays["weight"].copy()
+            if before:
+                decision.measured_s = float(np.mean(list(before.values())))
+            candidates, optimization = top_candidates(estimated, settings.intent, twin, settings.candidates,
+                                                      settings.seed + self.runs)
+            self.metrics.inc("optimizer_runs")
+            chosen = self._validate(estimated, current, candidates, twin, decision)
+            decision.loop_s = self.clock() - loop_started
+            if chosen is None:
+                decision.reason = decision.reason or (f"no candidate beats the routing in place by "
+                                                      f"{100 * settings.margin:g} %")
+                return self._record(decision)
+            decision.weights = {f"{lk.src}->{lk.dst}": float(w) for lk, w in zip(estimated.links, chosen)}
+            if settings.dry_run:
+                decision.action, decision.reason = "propose", "dry run: proposed, not pushed"
+                return self._record(decision)
+            self._push(estimated, chosen, current, before, trigger, decision, loop_started)
+            return self._record(decision)
+        finally:
+            self.running = False
+
+    def _calibrated(self, estimated: NetworkState, before: dict, window: float, decision: Decision):
+        """The twin corrected with this window added to the online fit. The window's twin MAPE is
+        that of the correction fitted before it: a prediction, not a fit to what it is scored on."""
+        measured = measured_vector(estimated, before)
+        if before:
+            prior = CalibratedPredictor(self.predictor, self.calibration.current(self.predictor).correction)
+            self.twin_mape = decision.twin_mape = mape(prior.predict_delays([estimated])[0], measured)
+            self.metrics.set_gauge("loop_twin_error_ratio", self.twin_mape)
+            if window >= 0.5 * self.settings.window_s:
+                self.calibration.add(estimated, measured)
+        fitted = self.calibration.current(self.predictor)
+        twin = CalibratedPredictor(self.predictor, fitted.correction)
+        decision.calibration = {"fitted_online": fitted.fitted, "windows": fitted.windows, "flows": fitted.flows,
+                                **asdict(fitted.correction)}
+        decision.predicted_current_s = decision.predicted_chosen_s = float(np.mean(twin.predict_delays([estimated])[0]))
+        return twin
+
+    def _validate(self, estimated: NetworkState, current: np.ndarray, candidates: list, twin,
+                  decision: Decision) -> np.ndarray | None:
+        """The candidate to push, or None to keep the routing in place."""
+        settings = self.settings
+        routings = [current] + candidates
+        decision.candidates = []
+        predicted = [float(np.mean(d)) for d in
+                     twin.predict_delays([estimated.with_weights(w) for w in routings])]
+        if settings.validate == "sandbox" and candidates:
+            validations = self.sandbox.validate(estimated, routings, self.predictor, self.calibration.current(
+                self.predictor).correction, settings.sandbox_s, min(2.0, settings.sandbox_s / 4), settings.seed)
+            validated = [v.mean_measured(estimated) for v in validations]
+        else:
+            validated = predicted
+        for p, v in zip(predicted, validated):
+            decision.candidates.append({"predicted_s": p, "validated_s": v})
+        decision.validated_current_s = decision.validated_chosen_s = validated[0]
+        winner = choose(validated, settings.margin) if candidates else 0
+        if winner and predicted[winner] >= predicted[0]:
+            decision.reason = "the sandbox's best is rated worse by the twin; kept"
+            winner = 0
+        if not winner:
+            return None
+        decision.predicted_chosen_s, decision.validated_chosen_s = predicted[winner], validated[winner]
+        return routings[winner]
+
+    def _push(self, estimated: NetworkState, chosen: np.ndarray, current: np.ndarray, before: dict,
+              trigger: str, decision: Decision, loop_started: float) -> None:
+        """Push ``chosen``, measure ``verify_s`` of probes, roll back to ``current`` if worse."""
+        settings = self.settings
+        links = [(lk.src, lk.dst) for lk in estimated.links]
+        version = self.controller.route_version
+        self.controller.apply_weights(dict(zip(links, map(float, chosen))), who=f"ndt loop ({trigger})",
+                                      predicted={"mean_delay_s": decision.predicted_chosen_s})
+        decision.route_version = self.controller.wait_for_routes(version, 30.0)
+        decision.loop_s = self.clock() - loop_started
+        self._last_push = self._last_change = pushed = self.clock()
+        decision.action = "push"
+        self.pushes += 1
+        self._stop.wait(settings.verify_s + SETTLE_S)
+        after = self.controller.path_delays.delays(pushed + SETTLE_S, self.clock())
+        mean_before, mean_after = common_mean(before, after)
+        decision.after_s = mean_after
+        if np.isfinite(mean_after) and should_roll_back(mean_before, mean_after, settings.rollback_tolerance):
+            version = self.controller.route_version
+            self.controller.apply_weights(dict(zip(links, map(float, current))), who="ndt loop: rollback")
+            decision.route_version = self.controller.wait_for_routes(version, 30.0)
+            self._last_change = self.clock()
+            decision.action = "rollback"
+            decision.reason = (f"measured {1e3 * mean_after:.3f} ms after the push against {1e3 * mean_before:.3f} ms "
+                               f"before: rolled back")
+            self.rollbacks += 1
+
+    def _record(self, decision: Decision) -> Decision:
+        """The decision to the store's config history, Prometheus, the log and the subscribers."""
+        payload = decision.to_json()
+        try:
+            self.store.add_config(decision.ts, "ndt loop", "loop", payload)
+        except NdtError as exc:
+            LOG.error("%s", exc)
+        self.metrics.count_loop("decision", decision.action)
+        self.metrics.set_gauge("loop_last_run_timestamp_seconds", decision.ts)
+        for gauge, value in (("loop_duration_seconds", decision.loop_s),
+                             ("loop_measured_delay_seconds", decision.measured_s),
+                             ("loop_predicted_delay_seconds", decision.predicted_chosen_s)):
+            if np.isfinite(value):
+                self.metrics.set_gauge(gauge, value)
+        LOG.info("loop %s (%s): %s%s", decision.action, decision.trigger, json.dumps(
+            {k: payload[k] for k in ("measured_s", "predicted_current_s", "predicted_chosen_s", "after_s",
+                                     "twin_mape", "loop_s")}), f"; {decision.reason}" if decision.reason else "")
+        with self._changed:
+            self.decisions.append(decision)
+            self.runs += 1
+            self._changed.notify_all()
+        return decision

@@ -1,0 +1,264 @@
+"""The closed loop as a controller service, against a stand-in controller whose probes report the
+queueing model's delays for whatever routing was pushed last: push, keep, rollback, dry run,
+deferral, triggers and hold-down, the decision records, and the gRPC calls that steer it."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from controller.api import ndt_api_pb2 as pb
+from controller.api import ndt_api_pb2_grpc as services
+from controller.api.server import NdtService, serve
+from controller.app import NetworkView
+from controller.loop.service import LoopService, ServiceSettings, common_mean, measured_vector
+from optimizer.intent import Intent
+from telemetry.exporter import Metrics
+from telemetry.store import TelemetryStore
+from twin.calibration.correction import CalibratedPredictor, Correction
+from twin.models.registry import get_predictor
+from twin.state.model import Flow, Link, NetworkState
+
+QT = get_predictor("qt")
+
+
+def square(rate: float = 1.7e6) -> NetworkState:
+    """Flows 1->2 and 1->3 share link 1->2 under unit weights (3.4 of 4 Mbit/s: 85 % loaded); 1->3
+    round by 4 leaves both links half loaded."""
+    edges = [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s1")]
+    links = tuple(Link(a, b, capacity=4e6, buffer=64) for x, y in edges for a, b in ((x, y), (y, x)))
+    flows = (Flow("s1", "s2", rate=rate, packet_size=8000.0), Flow("s1", "s3", rate=rate, packet_size=8000.0))
+    return NetworkState(nodes=("s1", "s2", "s3", "s4"), links=links, flows=flows, name="square")
+
+
+class Probes:
+    """``delays()`` as the controller's probe record: the routed state's delays under the queueing
+    model with the structural correction (queueing only, as emulated links) × ``slowdown``."""
+
+    def __init__(self, controller):
+        self.controller = controller
+
+    def delays(self, start, end, min_samples=3):
+        routed = self.controller.state.with_flows(self.controller.traffic.flows)
+        delays = CalibratedPredictor(QT, Correction()).predict_delays([routed])[0] * self.controller.slowdown()
+        return {(f.src, f.dst): float(d) for f, d in zip(routed.flows, delays)}
+
+
+class StandInController:
+    """What the loop service uses of the os-ken app; ``slow_after_push``: every routing but the
+    first measures this many times slower."""
+
+    def __init__(self, state: NetworkState, slow_after_push: float = 1.0):
+        self.traffic = state
+        self.state = state.with_flows(())
+        self.initial = self.state.link_arrays["weight"].copy()
+        self.slow_after_push = slow_after_push
+        self.route_version = 1
+        self.applied = []
+        self.listeners = []
+        self.down = frozenset()
+        self.path_delays = Probes(self)
+
+    def slowdown(self) -> float:
+        same = np.array_equal(self.state.link_arrays["weight"], self.initial)
+        return 1.0 if same else self.slow_after_push
+
+    def snapshot(self):
+        return NetworkView(state=self.state, ports={}, hosts=(), down=self.down, route_version=self.route_version,
+                           switches_connected=4, last_switch_over_s=0.0)
+
+    def apply_weights(self, weights, who, predicted=None):
+        current = {(lk.src, lk.dst): lk.weight for lk in self.state.links}
+        current.update(weights)
+        self.state = self.state.with_weights([current[(lk.src, lk.dst)] for lk in self.state.links])
+        self.applied.append(who)
+        self.route_version += 1
+        return len(self.applied)
+
+    def wait_for_routes(self, after, timeout):
+        return self.route_version
+
+    def add_listener(self, listener):
+        self.listeners.append(listener)
+
+
+def service(state=None, traffic=True, **settings) -> tuple[LoopService, StandInController, TelemetryStore, Metrics]:
+    controller = StandInController(state or square(), settings.pop("slow_after_push", 1.0))
+    store, metrics = TelemetryStore(), Metrics()
+    if traffic:
+        store.add_traffic_matrix(time.time() - 1.0, {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+    defaults = dict(intent=Intent(max_evaluations=300, time_limit_s=20.0), window_s=10.0, verify_s=0.01,
+                    hold_down_s=60.0, check_s=0.01)
+    loop = LoopService(controller, store, metrics, lambda: (QT, Correction()),
+                       ServiceSettings(**{**defaults, **settings}))
+    loop.predictor, prior = loop._twin()
+    loop.calibration.set_prior(prior)
+    return loop, controller, store, metrics
+
+
+def test_a_better_routing_is_pushed_and_recorded_everywhere():
+    loop, controller, store, metrics = service()
+    decision = loop.run_once("start")
+    assert decision.action == "push", decision.reason
+    assert controller.applied == ["ndt loop (start)"]
+    assert decision.predicted_chosen_s < 0.95 * decision.predicted_current_s
+    assert decision.after_s < decision.measured_s
+    assert decision.route_version == controller.route_version == 2
+    records = [c for c in store.configs(0, time.time() + 1) if c.kind == "loop"]
+    assert [r.payload["action"] for r in records] == ["push"] and records[0].payload["trigger"] == "start"
+    assert records[0].payload["weights"]
+    assert metrics._loop_counts == {("trigger", "start"): 1, ("decision", "push"): 1}
+    assert loop.pushes == 1 and loop.runs == 1
+
+
+def test_a_push_that_measures_worse_is_rolled_back():
+    loop, controller, _, _ = service(slow_after_push=10.0)
+    decision = loop.run_once("start")
+    assert decision.action == "rollback"
+    assert controller.applied == ["ndt loop (start)", "ndt loop: rollback"]
+    assert np.array_equal(controller.state.link_arrays["weight"], controller.initial)
+    assert loop.rollbacks == 1 and "rolled back" in decision.reason
+
+
+def test_nothing_better_keeps_the_routing():
+    one_flow = square()
+    loop, controller, _, _ = service(one_flow.with_flows(one_flow.flows[:1]))
+    decision = loop.run_once("periodic")
+    assert decision.action == "keep" and controller.applied == []
+    assert "no candidate beats" in decision.reason
+
+
+def test_dry_run_proposes_and_pushes_nothing():
+    loop, controller, _, _ = service(dry_run=True)
+    decision = loop.run_once("operator")
+    assert decision.action == "propose" and decision.weights and controller.applied == []
+
+
+def test_without_traffic_the_run_is_deferred():
+    loop, controller, _, _ = service(traffic=False)
+    decision = loop.run_once("start")
+    assert decision.action == "defer" and "no traffic" in decision.reason and controller.applied == []
+
+
+def test_twin_mape_is_scored_before_the_window_joins_the_fit():
+    loop, _, _, metrics = service()
+    decision = loop.run_once("start")
+    assert decision.twin_mape == pytest.approx(0.0, abs=1e-9)  # the probes are the model's own delays
+    assert metrics._gauges["loop_twin_error_ratio"] == decision.twin_mape
+    assert decision.calibration["windows"] == 0  # 2 flows: fewer than the fit needs; the prior is used
+
+
+def test_triggers_hold_down_pause_and_operator():
+    loop, controller, _, _ = service()
+    assert loop._next_trigger() == "start"
+    loop.run_once("start")
+    assert loop.pushes == 1
+    controller.listeners[0]("link s1->s2 down")
+    assert loop._next_trigger() is None  # within the hold-down after the push
+    loop.run_now()
+    assert loop._next_trigger() == "operator"
+    loop.pause(True)
+    loop.run_now()
+    assert loop._next_trigger() is None
+    loop.pause(False)
+    assert loop._next_trigger() == "operator"
+    loop._last_push = -np.inf
+    assert loop._next_trigger() == "topology"
+
+
+def test_a_traffic_shift_triggers_a_run():
+    loop, _, store, _ = service(hold_down_s=0.0)
+    loop.run_once(loop._next_trigger())
+    assert loop._next_trigger() is None
+    store.add_traffic_matrix(time.time() - 0.5, {("s1", "s2"): 3.4e6, ("s1", "s3"): 1.7e6})
+    assert loop._next_trigger() == "traffic"
+
+
+def test_links_down_are_left_out_of_the_state_the_twin_sees():
+    loop, controller, _, _ = service()
+    controller.down = frozenset({("s1", "s4"), ("s4", "s1")})
+    decision = loop.run_once("topology")
+    assert decision.action in ("keep", "push")
+    assert "s1->s4" not in decision.weights
+
+
+def test_a_failed_run_is_recorded_as_an_error_and_the_service_goes_on():
+    loop, controller, _, _ = service()
+    controller.snapshot = lambda: (_ for _ in ()).throw(RuntimeError("switch table full"))
+    loop._twin = lambda: (QT, Correction())
+    loop.settings.window_s = 0.0
+    import threading
+
+    thread = threading.Thread(target=loop.serve, daemon=True)
+    thread.start()
+    decisions = loop.wait_for_decision(0, 10.0)
+    loop.stop()
+    thread.join(5)
+    assert decisions and decisions[0].action == "error" and "switch table full" in decisions[0].reason
+    assert not thread.is_alive()
+
+
+def test_helpers():
+    state = square()
+    assert np.isnan(measured_vector(state, {("s1", "s2"): 0.01})[1])
+    assert common_mean({("a", "b"): 1.0, ("a", "c"): 5.0}, {("a", "b"): 2.0}) == (1.0, 2.0)
+    assert all(np.isnan(common_mean({("a", "b"): 1.0}, {})))
+
+
+@pytest.fixture
+def api():
+    loop, controller, store, metrics = service()
+    server, port = serve(NdtService(controller, store, metrics, predictor_factory=lambda name: QT,
+                                    default_model="qt", loop=loop), "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield services.NdtStub(channel), loop, store
+    channel.close()
+    server.stop(0)
+
+
+def test_grpc_pauses_resumes_and_switches_dry_run(api):
+    stub, loop, store = api
+    status = stub.GetLoopStatus(pb.Empty(), timeout=5)
+    assert status.enabled and not status.paused and not status.dry_run and status.validate == "twin"
+    assert stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.PAUSE, who="ops"), timeout=5).paused
+    assert loop.paused
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.RUN_NOW), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "RESUME" in refused.value.details()
+    status = stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.DRY_RUN_ON, who="ops"), timeout=5)
+    assert status.paused and status.dry_run and loop.settings.dry_run
+    assert not stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.RESUME, who="ops"), timeout=5).paused
+    controls = [c.payload["action"] for c in store.configs(0, time.time() + 1) if c.kind == "loop-control"]
+    assert controls == ["PAUSE", "DRY_RUN_ON", "RESUME"]
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.PAUSE, who="a\nb"), timeout=5)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and not loop.paused
+
+
+def test_grpc_streams_decisions_as_they_are_made(api):
+    stub, loop, _ = api
+    stream = stub.StreamLoopDecisions(pb.StreamRequest(interval_s=0.2), timeout=30)
+    time.sleep(0.3)
+    loop.run_once("operator")
+    first = next(stream)
+    stream.cancel()
+    assert first.trigger == "operator" and first.action == "push" and first.candidates >= 1
+    assert first.after_s > 0 and first.twin_mape >= 0 and '"weights"' in first.details_json
+    status = stub.GetLoopStatus(pb.Empty(), timeout=5)
+    assert status.runs == 1 and status.pushes == 1 and status.recent[-1].action == "push"
+
+
+def test_a_controller_without_loop_says_how_to_start_one():
+    loop, controller, store, metrics = service()
+    server, port = serve(NdtService(controller, store, metrics, predictor_factory=lambda name: QT,
+                                    default_model="qt"), "127.0.0.1:0")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = services.NdtStub(channel)
+        assert not stub.GetLoopStatus(pb.Empty(), timeout=5).enabled
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.PAUSE), timeout=5)
+    server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--intent" in refused.value.details()
