@@ -48,7 +48,7 @@ from controller.routing_rules import (
 )
 from telemetry.exporter import Metrics
 from telemetry.rates import CounterRates, supported_counter
-from telemetry.store import LinkSample, StoreError, TelemetryStore
+from telemetry.store import ROUTING_KIND, LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
@@ -93,6 +93,25 @@ class NetworkView:
     last_switch_over_s: float
 
 
+def resumed_state(state: NetworkState, routing, state_path: Path | None) -> NetworkState:
+    """``state`` with the weights in place when the controller last ran: those of the store's last
+    ``routing`` record, unless the state file was changed after it (the operator's file then wins)
+    or it names other links (another topology)."""
+    if routing is None:
+        return state
+    if state_path is not None and Path(state_path).exists() and Path(state_path).stat().st_mtime > routing.ts:
+        LOG.info("the state file is newer than the routing in the store: routing by the state file's weights")
+        return state
+    stored = routing.payload.get("weights", {})
+    names = [f"{lk.src}->{lk.dst}" for lk in state.links]
+    if set(stored) != set(names):
+        LOG.warning("the store's routing (config %d) is for other links: routing by the state file's weights",
+                    routing.id)
+        return state
+    LOG.info("resuming the routing in place before the restart (config %d from %s)", routing.id, routing.who)
+    return state.with_weights([stored[name] for name in names])
+
+
 class NdtController(app_manager.OSKenApp):
     """ndt's OpenFlow 1.3 app; started by :mod:`controller.launcher` with ``ndt_config``."""
 
@@ -101,7 +120,8 @@ class NdtController(app_manager.OSKenApp):
     def __init__(self, *args, ndt_config: ControllerConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.config = ndt_config
-        self.state = ndt_config.state
+        self.state = resumed_state(ndt_config.state, ndt_config.store.latest_config(ROUTING_KIND),
+                                   ndt_config.state_path)
         self.wiring = ndt_config.wiring
         self.store = ndt_config.store
         self.metrics = ndt_config.metrics
@@ -144,6 +164,14 @@ class NdtController(app_manager.OSKenApp):
             hub.spawn(self._probe_reporter)
         return thread
 
+    def _send_event(self, ev, state):
+        """Stamp packet-ins and echo replies as they arrive (in the switch's receive thread), before
+        they wait in this app's event queue behind statistics replies: probe times then exclude
+        the queue."""
+        if isinstance(ev, (ofp_event.EventOFPPacketIn, ofp_event.EventOFPEchoReply)):
+            ev.msg.ndt_received = time.monotonic()
+        super()._send_event(ev, state)
+
     # ------------------------------------------------------------------ public API
     def apply_weights(self, weights: dict[tuple[str, str], float], who: str, predicted: dict | None = None) -> int:
         """Route by new OSPF weights ((src, dst) → weight; unnamed links keep theirs); returns the config id."""
@@ -155,7 +183,10 @@ class NdtController(app_manager.OSKenApp):
             current.update(weights)
             self.state = self.state.with_weights([current[(lk.src, lk.dst)] for lk in self.state.links])
         payload = {f"{s}->{d}": w for (s, d), w in weights.items()}
-        config_id = self.store.add_config(time.time(), who, "weights", payload, predicted)
+        now = time.time()
+        config_id = self.store.add_config(now, who, "weights", payload, predicted)
+        self.store.add_config(now, who, ROUTING_KIND, {"weights": {f"{lk.src}->{lk.dst}": lk.weight
+                                                                   for lk in self.state.links}})
         self.request_reroute(f"weights from {who}")
         return config_id
 
@@ -457,6 +488,7 @@ class NdtController(app_manager.OSKenApp):
             return
         ip = pkt.get_protocol(ipv4.ipv4)
         datagram = pkt.get_protocol(udp.udp)
+        pkt.ndt_received = getattr(msg, "ndt_received", None)
         if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(dp, pkt):
             return
         if ip is not None:
@@ -543,7 +575,7 @@ class NdtController(app_manager.OSKenApp):
 
     def _on_probe(self, dp, pkt) -> bool:
         """Record a returned probe; False when the packet is not one of ndt's probes."""
-        received = time.monotonic()
+        received = getattr(pkt, "ndt_received", None) or time.monotonic()
         payload = pkt.protocols[-1]
         number = probe_id(payload) if isinstance(payload, (bytes, bytearray)) else None
         if number is None:
@@ -578,7 +610,7 @@ class NdtController(app_manager.OSKenApp):
         sent = self._echo_sent.pop((ev.msg.datapath.id, ev.msg.xid), None)
         name = self.wiring.names.get(ev.msg.datapath.id)
         if sent is not None and name is not None:
-            self.metrics.set_control_rtt(name, time.monotonic() - sent)
+            self.metrics.set_control_rtt(name, getattr(ev.msg, "ndt_received", time.monotonic()) - sent)
 
     # ------------------------------------------------------------------ statistics
     def _poller(self):

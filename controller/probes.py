@@ -123,13 +123,14 @@ class PathDelays:
 
 
 def loopback_times(samples: list[ProbeSample]) -> dict[str, float]:
-    """Per switch, the median raw time of its loopback probes: control channel both ways plus its
-    packet-out and packet-in handling, s."""
+    """Per switch, the mean raw time of its loopback probes: control channel both ways plus its
+    packet-out and packet-in handling, s (the mean, as for the paths: whatever delays both alike
+    cancels in the difference)."""
     by_switch: dict[str, list[float]] = {}
     for s in samples:
         if s.src == s.dst:
             by_switch.setdefault(s.src, []).append(s.raw)
-    return {switch: float(np.median(times)) for switch, times in by_switch.items()}
+    return {switch: float(np.mean(times)) for switch, times in by_switch.items()}
 
 
 def path_delays(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, float]:

@@ -129,13 +129,15 @@ class EmulatedNetwork:
 
     ``prefix``: names switches ``{prefix}s1``… and hosts ``{prefix}h1``…; ``tag``: its directory under
     data/logs; ``store``: the controller's telemetry store file; ``metrics_port``: its Prometheus endpoint
-    (0 = any free port). Routes start from the state's weights. ``realtime_ovs``: while the network
-    runs, ovs-vswitchd is SCHED_FIFO (restored after), because on a machine busy with other jobs its
-    forwarding otherwise stalls for tens of ms now and then (docs/emulation.md).
+    (0 = any free port); ``controller_args``: more ``ndt controller`` options. Routes start from the
+    state's weights. ``realtime_ovs``: while the network runs, ovs-vswitchd is SCHED_FIFO (restored
+    after), because on a machine busy with other jobs its forwarding otherwise stalls for tens of ms
+    now and then (docs/emulation.md).
     """
 
     def __init__(self, state: NetworkState, connect, prefix: str = "l", store: Path | None = None,
-                 metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0, realtime_ovs: bool = True):
+                 metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0, realtime_ovs: bool = True,
+                 controller_args: tuple[str, ...] = ()):
         self.state = state
         self.names = Names(state.nodes, f"{prefix}s", f"{prefix}h")
         self.tag = tag
@@ -146,6 +148,7 @@ class EmulatedNetwork:
         self.metrics_port = metrics_port or free_port()
         self.ofp_port, self.grpc_port = free_port(), free_port()
         self.poll_interval = poll_interval
+        self.controller_args = tuple(controller_args)
         self.realtime_ovs = realtime_ovs
         self._restore_ovs = False
         self.net = None
@@ -256,7 +259,8 @@ class EmulatedNetwork:
         self.controller = subprocess.Popen(
             [sys.executable, "-m", "ndt.cli", "controller", "--state", str(state_path), "--wiring", str(wiring_path),
              "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port), "--store", str(self.store_path),
-             "--poll-interval", str(self.poll_interval), "--grpc", f"127.0.0.1:{self.grpc_port}"],
+             "--poll-interval", str(self.poll_interval), "--grpc", f"127.0.0.1:{self.grpc_port}",
+             *self.controller_args],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._wait(self._metrics_up, 30, "the controller's metrics endpoint")

@@ -152,6 +152,15 @@ def flow_stats(rows: np.ndarray, planned: np.ndarray, start: float, warmup: floa
     return out
 
 
+def window_delays(rows: np.ndarray, n_flows: int, start: float, end: float, min_packets: int = 1) -> np.ndarray:
+    """Per-flow mean delay of the received ``rows`` (:func:`received_rows`) sent in [start, end)
+    (Unix s), NaN for flows with fewer than ``min_packets`` of them, s."""
+    if len(rows):
+        rows = rows[(rows[:, 2] >= start) & (rows[:, 2] < end)]
+    stats = flow_stats(rows, np.zeros(n_flows), start, 0.0, n_flows)
+    return np.where(stats["received"] >= min_packets, stats["delay"], np.nan)
+
+
 def received_rows(workdir: Path, hosts: int) -> np.ndarray:
     """What the receivers of a :func:`play` in ``workdir`` recorded: rows (flow, seq, send epoch,
     receive epoch), s."""

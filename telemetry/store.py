@@ -32,6 +32,7 @@ from pathlib import Path
 from twin.state.errors import NdtError, shown
 from twin.state.metrics import finite_float
 
+ROUTING_KIND = "routing"  # config rows holding every link's weight: the routing in place, kept through retention
 DELAY_KINDS = ("predicted", "measured", "probe")  # twin; hosts' own measurement (ReportMeasured); in-band probes
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
 
@@ -237,6 +238,13 @@ class TelemetryStore:
         return [ConfigRecord(i, ts, who, kind, json.loads(p), None if e is None else json.loads(e))
                 for i, ts, who, kind, p, e in rows]
 
+    def latest_config(self, kind: str) -> ConfigRecord | None:
+        """The newest configuration of ``kind``, or None."""
+        rows = self._read("SELECT id, ts, who, kind, payload, predicted FROM config WHERE kind = ? "
+                          "ORDER BY id DESC LIMIT 1", (kind,))
+        return next((ConfigRecord(i, ts, who, k, json.loads(p), None if e is None else json.loads(e))
+                     for i, ts, who, k, p, e in rows), None)
+
     def _read(self, sql: str, args) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -248,8 +256,11 @@ class TelemetryStore:
         keep_after, raw_after, b = now - self.retention_s, now - self.raw_s, self.bucket_s
         report = {}
         with self._lock, self._transaction("the retention pass"):
-            for table in ("link_stats", "traffic", "path_delay", "config"):
+            for table in ("link_stats", "traffic", "path_delay"):
                 report[f"{table}_expired"] = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (keep_after,)).rowcount
+            report["config_expired"] = self._db.execute(  # the routing in place is kept, however old
+                "DELETE FROM config WHERE ts < ? AND id NOT IN (SELECT MAX(id) FROM config WHERE kind = ?)",
+                (keep_after, ROUTING_KIND)).rowcount
             merges = {
                 "link_stats": ("src, dst", "MAX(tx_bytes), MAX(tx_packets), MAX(tx_dropped), AVG(utilization)",
                                "src, dst, tx_bytes, tx_packets, tx_dropped, utilization"),

@@ -33,6 +33,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.loop.service import CONTROL_KIND
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import StoreError, TelemetryStore
@@ -267,7 +268,7 @@ class NdtService(services.NdtServicer):
             who = request.who or f"gRPC {_short(context.peer(), MAX_WHO_CHARS)}"
             LOG.info("loop: %s by %s", names.Name(action), who)
             try:
-                self.store.add_config(time.time(), who, "loop-control", {"action": names.Name(action)})
+                self.store.add_config(time.time(), who, CONTROL_KIND, {"action": names.Name(action)})
             except StoreError as exc:
                 LOG.error("%s", exc)
         return self._loop_status()

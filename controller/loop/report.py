@@ -51,7 +51,7 @@ def summary(it: IterationResult) -> dict:
 def prometheus_check(prom: PrometheusServer, directory: Path) -> dict:
     """What the Prometheus server recorded of the run (after one more scrape), and how to browse it."""
     time.sleep(2.0)
-    measured = prom.query("count(ndt_path_delay_seconds{kind="measured"})")
+    measured = prom.query('count(ndt_path_delay_seconds{kind="measured"})')
     changes = prom.query("max_over_time(ndt_routing_changes_total[1h])")
     return {"measured_delay_series": int(float(measured[0]["value"][1])) if measured else 0,
             "routing_changes": int(float(changes[0]["value"][1])) if changes else 0,

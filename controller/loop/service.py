@@ -41,6 +41,8 @@ VALIDATIONS = ("twin", "sandbox")
 DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count yet
 SETTLE_S = 2.0  # after a routing change, probes this much later count (queues re-form)
 KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
+RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions and operators' controls
+DECISION_KIND, CONTROL_KIND = "loop", "loop-control"  # their kinds in the store's config history
 
 
 @dataclass
@@ -71,7 +73,9 @@ class ServiceSettings:
 
 @dataclass
 class Decision:
-    """One run of the loop, as recorded and streamed (delays s; NaN where not measured)."""
+    """One run of the loop, as recorded and streamed (delays s; NaN where not measured; ``ts`` the
+    end of the window it read, ``pushed_at`` when its flow rules were in, ``finished`` when it was
+    recorded: Unix s)."""
 
     ts: float
     trigger: str
@@ -86,6 +90,8 @@ class Decision:
     twin_mape: float = float("nan")
     loop_s: float = float("nan")
     route_version: int = 0
+    pushed_at: float = float("nan")
+    finished: float = float("nan")
     candidates: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
@@ -140,9 +146,36 @@ class LoopService:
         self._last_push = -np.inf
         self._last_change = clock()
         self._stop = threading.Event()
+        self._resume()
         controller.add_listener(self.topology_changed)
-        metrics.set_gauge("loop_paused", 0.0)
+        metrics.set_gauge("loop_paused", float(self.paused))
         metrics.set_gauge("loop_dry_run", float(settings.dry_run))
+
+    def _resume(self) -> None:
+        """Pick up where the loop stood before a restart: the operators' pause and dry run, the
+        decisions (and counts) in the store, the hold-down of a recent push."""
+        end = self.wall()
+        records = self.store.configs(end - RESUME_HISTORY_S, end + 1.0)
+        for record in records:
+            if record.kind == CONTROL_KIND:
+                action = record.payload.get("action")
+                if action in ("PAUSE", "RESUME"):
+                    self.paused = action == "PAUSE"
+                elif action in ("DRY_RUN_ON", "DRY_RUN_OFF"):
+                    self.settings.dry_run = action == "DRY_RUN_ON"
+            elif record.kind == DECISION_KIND:
+                fields = {k: (float("nan") if v is None and isinstance(getattr(Decision, k, None), float) else v)
+                          for k, v in record.payload.items() if k in Decision.__dataclass_fields__}
+                decision = Decision(**fields)
+                self.decisions.append(decision)
+                self.runs += 1
+                self.pushes += decision.action in ("push", "rollback")
+                self.rollbacks += decision.action == "rollback"
+                if np.isfinite(decision.pushed_at):
+                    self._last_push = self.clock() - (end - decision.pushed_at)
+        if records:
+            LOG.info("loop resumed from the store: %d earlier runs, %s%s", self.runs,
+                     "paused" if self.paused else "running", ", dry run" if self.settings.dry_run else "")
 
     # ------------------------------------------------------------------ operators and events
     def topology_changed(self, reason: str) -> None:
@@ -219,13 +252,20 @@ class LoopService:
                 return None
             if self._pending:
                 return self._pending.pop(0)
-        if self._last_rates is None:
-            return "start" if self._rates() else None  # no traffic at the first run: start once there is
+        if self._last_rates is None:  # the first run found no traffic: start once a whole window has some
+            return "start" if self._traffic_for_a_window() else None
         if now - self._last_run >= settings.period_s:
             return "periodic"
         if self._last_rates is not None and traffic_shifted(self._last_rates, self._rates(), settings.shift_threshold):
             return "traffic"
         return None
+
+    def _traffic_for_a_window(self) -> bool:
+        """True when the edge counters have measured traffic for at least one window."""
+        end = self.wall()
+        samples = self.store.traffic_matrices(end - 2 * self.settings.window_s, end)
+        first = min((s.ts for s in samples if s.value > 0), default=None)
+        return first is not None and first <= end - self.settings.window_s
 
     def _rates(self) -> dict:
         end = self.wall()
@@ -343,6 +383,7 @@ class LoopService:
                                       predicted={"mean_delay_s": decision.predicted_chosen_s})
         decision.route_version = self.controller.wait_for_routes(version, 30.0)
         decision.loop_s = self.clock() - loop_started
+        decision.pushed_at = self.wall()
         self._last_push = self._last_change = pushed = self.clock()
         decision.action = "push"
         self.pushes += 1
@@ -362,9 +403,10 @@ class LoopService:
 
     def _record(self, decision: Decision) -> Decision:
         """The decision to the store's config history, Prometheus, the log and the subscribers."""
+        decision.finished = self.wall()
         payload = decision.to_json()
         try:
-            self.store.add_config(decision.ts, "ndt loop", "loop", payload)
+            self.store.add_config(decision.ts, "ndt loop", DECISION_KIND, payload)
         except NdtError as exc:
             LOG.error("%s", exc)
         self.metrics.count_loop("decision", decision.action)

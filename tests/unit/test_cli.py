@@ -106,6 +106,15 @@ def test_optimize_json_contract(tmp_path):
      "gRPC address 'not-an-address': expected host:port"),
     (["controller", "--state", "S", "--discover", "--store", "STORE", "--grpc", "0.0.0.0:1"],
      "beyond loopback the API needs a bearer token"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "HAPPY"], "happiness"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "I", "--probe-rate", "0"],
+     "--intent needs the probes"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "I", "--model", "gpt"],
+     "--model 'gpt': not one of"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "AVOID"],
+     "constraints.avoid_links: s1->s9 is not a link"),
+    (["demo", "--shift", "nowhere:2"], "'nowhere' is not a node of sndlib/abilene"),
+    (["demo", "--fail", "a,b,c"], "expected NODE,NODE naming a link"),
 ])
 def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
     """Inputs that gave a traceback, a hang or a silent acceptance before 2026-12-02 (commit 4c34a60)."""
@@ -115,7 +124,10 @@ def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
     state.write_text(json.dumps(SMALL_STATE))
     files = {"S": state if argv[0] != "state" or argv[1] != "import" else gml, "STORE": tmp_path / "t.db",
              "I": tmp_path / "i.yaml", "U16": tmp_path / "u16.json", "DEEP": tmp_path / "deep.json",
-             "BOMB": tmp_path / "bomb.yaml", "TWICE": tmp_path / "twice.yaml"}
+             "BOMB": tmp_path / "bomb.yaml", "TWICE": tmp_path / "twice.yaml", "HAPPY": tmp_path / "happy.yaml",
+             "AVOID": tmp_path / "avoid.yaml"}
+    files["HAPPY"].write_text("objective: {minimize: happiness}\n")
+    files["AVOID"].write_text("objective: {minimize: mean_delay}\nconstraints: {avoid_links: [[s1, s9]]}\n")
     files["I"].write_text("objective: {minimize: mean_delay}\n")
     files["U16"].write_text(json.dumps(SMALL_STATE), encoding="utf-16")
     files["DEEP"].write_text("[" * 50_000 + "]" * 50_000)

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from controller.routing_rules import (
     COUNTER_PRIORITY,
+    PROBE_PRIORITY,
+    PROBE_UDP_PORT,
     ROUTE_TABLE,
     Host,
     RuleError,
@@ -22,6 +24,7 @@ from controller.routing_rules import (
     base_rules,
     counter_rules,
     plan_update,
+    probe_rules,
     route_cookie,
     route_rules,
 )
@@ -178,6 +181,21 @@ def test_base_and_counter_rules():
     counters = counter_rules(hosts, wiring)
     assert len(counters) == 6 and all(r.priority == COUNTER_PRIORITY for r in counters)
     assert all(dict(r.match)["in_port"] == 1 for r in counters)
+
+
+def test_probes_are_caught_only_at_their_destination_switch():
+    state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
+    rules = probe_rules(hosts, wiring)
+    assert len(rules) == len(hosts)
+    for rule, host in zip(rules, hosts):
+        match = dict(rule.match)
+        assert rule.dpid == wiring.dpids[host.switch] and rule.table == 0 and rule.actions == (("controller",),)
+        assert match == {"eth_type": 0x0800, "ip_proto": 17, "ipv4_dst": host.ip, "udp_dst": PROBE_UDP_PORT}
+    assert PROBE_PRIORITY > COUNTER_PRIORITY  # a probe from a host port is still a probe
+    caught_at = {(r.dpid, dict(r.match)["ipv4_dst"]) for r in rules}
+    for host in hosts:
+        others = [d for name, d in wiring.dpids.items() if name != host.switch]
+        assert not any((d, host.ip) in caught_at for d in others)  # elsewhere it follows the routes
 
 
 def test_errors_name_the_bad_element():

@@ -137,10 +137,14 @@ def test_dry_run_proposes_and_pushes_nothing():
     assert decision.action == "propose" and decision.weights and controller.applied == []
 
 
-def test_without_traffic_the_run_is_deferred():
-    loop, controller, _, _ = service(traffic=False)
-    decision = loop.run_once("start")
+def test_without_traffic_the_run_is_deferred_until_a_window_has_some():
+    loop, controller, store, _ = service(traffic=False)
+    decision = loop.run_once(loop._next_trigger())
     assert decision.action == "defer" and "no traffic" in decision.reason and controller.applied == []
+    store.add_traffic_matrix(time.time() - 2.0, {("s1", "s2"): 1e6})
+    assert loop._next_trigger() is None  # traffic for 2 s of a 10-s window
+    store.add_traffic_matrix(time.time() - 11.0, {("s1", "s2"): 1e6})
+    assert loop._next_trigger() == "start"
 
 
 def test_twin_mape_is_scored_before_the_window_joins_the_fit():
@@ -262,3 +266,39 @@ def test_a_controller_without_loop_says_how_to_start_one():
             stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.PAUSE), timeout=5)
     server.stop(0)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--intent" in refused.value.details()
+
+
+def test_a_restarted_loop_resumes_its_decisions_pause_dry_run_and_hold_down():
+    loop, controller, store, metrics = service()
+    loop.run_once("start")
+    store.add_config(time.time(), "ops", "loop-control", {"action": "PAUSE"})
+    store.add_config(time.time(), "ops", "loop-control", {"action": "DRY_RUN_ON"})
+    again = LoopService(controller, store, Metrics(), lambda: (QT, Correction()),
+                        ServiceSettings(hold_down_s=60.0, check_s=0.01))
+    assert again.paused and again.settings.dry_run
+    assert again.runs == 1 and again.pushes == 1 and again.decisions[-1].action == "push"
+    assert np.isfinite(again.decisions[-1].pushed_at) and np.isfinite(again.decisions[-1].after_s)
+    again.pause(False)
+    again.topology_changed("link s1->s2 down")
+    assert again._next_trigger() is None  # the push before the restart still holds the loop down
+
+
+def test_the_controller_resumes_the_routing_in_the_store_unless_the_state_file_is_newer(tmp_path):
+    from controller.app import resumed_state
+    from telemetry.store import ROUTING_KIND
+
+    state = square()
+    store = TelemetryStore()
+    assert resumed_state(state, store.latest_config(ROUTING_KIND), None) is state
+    weights = {f"{lk.src}->{lk.dst}": 3.0 for lk in state.links}
+    store.add_config(time.time(), "ndt loop (start)", ROUTING_KIND, {"weights": weights})
+    resumed = resumed_state(state, store.latest_config(ROUTING_KIND), None)
+    assert set(resumed.link_arrays["weight"]) == {3.0}
+    path = tmp_path / "state.json"
+    state.save(path)  # written after the routing record: the operator's file wins
+    assert resumed_state(state, store.latest_config(ROUTING_KIND), path) is state
+    store.add_config(time.time() + 5, "x", ROUTING_KIND, {"weights": {"s1->s2": 2.0}})
+    assert resumed_state(state, store.latest_config(ROUTING_KIND), None) is state  # other links: not ours
+    store.add_config(time.time() - 30 * 86400, "old", "weights", {})
+    store.maintain(time.time() + 8 * 86400)
+    assert store.latest_config(ROUTING_KIND) is not None  # the routing in place survives retention

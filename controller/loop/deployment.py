@@ -1,0 +1,281 @@
+"""The deployment as it runs in production, on an emulated network (``ndt demo``).
+
+The Mininet network with traffic from its hosts is only "the network": ``ndt controller --intent``
+runs as its own process attached to it, with its closed loop (:mod:`controller.loop.service`)
+deciding on its own from its telemetry and probes. This driver plays traffic in three phases
+(steady, a traffic shift, a link failure in the middle of the third), and afterwards reads what the
+loop did through gRPC (the loop's decisions) and Prometheus, the hosts' kernel-timestamped delays
+beside the controller's probe delays. Delays in s, times Unix s.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from controller.api import ndt_api_pb2 as pb
+from controller.api.client import ControllerClient
+from controller.loop.service import SETTLE_S
+from mininet_topos.network import REPO, EmulatedNetwork, free_port
+from mininet_topos.prometheus import PrometheusServer, browse_command
+from mininet_topos.traffic import START_LEAD_S, play, received_rows, window_delays
+from telemetry.store import TelemetryStore
+from twin.state.files import jsonable
+from twin.state.metrics import mape
+from twin.state.model import NetworkState
+
+DEFAULT_OUT = REPO / "data" / "demo"
+WARMUP_S = 2.0
+DEMO_INTENT = """# the demo's intent: the lowest mean delay, no link above 95 %
+objective:
+  minimize: mean_delay
+constraints:
+  max_utilization: 0.95
+search:
+  max_evaluations: 1500
+  time_limit_s: 20
+"""
+
+
+@dataclass
+class DemoPlan:
+    """phase_s: traffic per phase, s; failure_after_s: into the third phase, when the link fails, s;
+    the rest are the controller's loop options (``ndt controller --help``)."""
+
+    phase_s: float = 110.0
+    failure_after_s: float = 10.0
+    window_s: float = 20.0
+    verify_s: float = 20.0
+    hold_down_s: float = 40.0
+    probe_rate: float = 50.0
+    validate: str = "twin"
+    model: str | None = None
+    calibration: Path | None = None
+    seed: int = 0
+
+
+@dataclass
+class Phase:
+    """One traffic phase as played: its traffic, when it started and ended, what the hosts received."""
+
+    name: str
+    traffic: NetworkState
+    start: float
+    end: float
+    rows: np.ndarray
+
+
+def busiest_destination(state: NetworkState) -> str:
+    """The node most traffic goes to."""
+    totals: dict[str, float] = {}
+    for flow in state.flows:
+        totals[flow.dst] = totals.get(flow.dst, 0.0) + flow.rate
+    return max(totals, key=totals.get)
+
+
+def busiest_link(state: NetworkState) -> tuple[str, str]:
+    """The most utilized link whose failure (both directions) leaves every flow a route."""
+    for i in np.argsort(-state.utilization):
+        link = state.links[int(i)]
+        try:
+            state.without_links({(link.src, link.dst), (link.dst, link.src)}).flow_links
+        except Exception:  # the failure would disconnect a flow: not a demo failure
+            continue
+        return link.src, link.dst
+    raise ValueError("no link can fail without disconnecting a flow")
+
+
+def controller_args(plan: DemoPlan, intent: Path) -> tuple[str, ...]:
+    args = ["--intent", str(intent), "--validate", plan.validate, "--loop-window", str(plan.window_s),
+            "--verify-s", str(plan.verify_s), "--hold-down", str(plan.hold_down_s), "--probe-rate",
+            str(plan.probe_rate), "--period", "3600"]
+    if plan.model:
+        args += ["--model", plan.model]
+    if plan.calibration:
+        args += ["--calibration", str(Path(plan.calibration).resolve())]
+    return tuple(args)
+
+
+def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, failure: tuple[str, str],
+                   out_dir: Path = DEFAULT_OUT, metrics_port: int = 0, prometheus: bool = True, log=print) -> dict:
+    """Bring ``state`` up under a controller running the loop; play ``state``'s traffic, then
+    ``shifted``'s, then fail ``failure`` in the middle of a third phase; report what happened."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    intent = out_dir / "intent.yaml"
+    intent.write_text(DEMO_INTENT)
+    started = time.time()
+    with ExitStack() as stack:
+        net = stack.enter_context(EmulatedNetwork(state, ControllerClient, "l", tag="demo", metrics_port=metrics_port,
+                                                  controller_args=controller_args(plan, intent)))
+        log(f"network: {len(state.nodes)} switches, {len(state.flows)} flows, hosts playing the traffic; "
+            f"ndt controller --intent runs the loop (metrics {net.metrics_url})")
+        prom = None
+        if prometheus:
+            prom = stack.enter_context(PrometheusServer(out_dir / "prometheus", free_port(),
+                                                        f"127.0.0.1:{net.metrics_port}"))
+        phases, reroute_s = [], None
+        for k, (name, traffic) in enumerate((("steady", state), ("traffic shift", shifted),
+                                             ("link failure", shifted))):
+            log(f"phase {k + 1}: {name}, {plan.phase_s:.0f} s of traffic")
+            failed = {}
+            if name == "link failure":
+                thread = threading.Thread(target=lambda: failed.update(reroute_s=_fail_after(
+                    net, failure, START_LEAD_S + plan.failure_after_s)), daemon=True)
+                thread.start()
+            phase_start = time.time()
+            play(net, traffic, plan.phase_s, WARMUP_S, plan.seed + k, net.workdir / f"phase-{k + 1}")
+            if name == "link failure":
+                thread.join(30)
+                reroute_s = failed.get("reroute_s")
+                log(f"link {failure[0]}-{failure[1]} failed; rerouted on the current weights in "
+                    f"{reroute_s if reroute_s is None else round(reroute_s, 3)} s")
+            phases.append(Phase(name, traffic, phase_start + START_LEAD_S, phase_start + START_LEAD_S + plan.phase_s,
+                                received_rows(net.workdir / f"phase-{k + 1}" / f"traffic-{plan.seed + k}",
+                                              len(state.nodes))))
+        status = net.client.stub.GetLoopStatus(pb.Empty(), timeout=10)
+        decisions = [json.loads(d.details_json) for d in status.recent]
+        store = TelemetryStore(net.store_path)
+        probes = store.path_delays("probe", started, time.time() + 1)
+        store.close()
+        report = build_report(state, phases, decisions, probes, reroute_s, failure, status)
+        report.update(metrics_url=net.metrics_url, store=str(net.store_path), controller_log=str(net.log_path))
+        if prom is not None:
+            report["prometheus"] = prometheus_summary(prom, out_dir / "prometheus")
+    write_report(report, phases, decisions, probes, out_dir, started)
+    return report
+
+
+def _fail_after(net: EmulatedNetwork, failure: tuple[str, str], delay: float) -> float | None:
+    """Fail the link ``delay`` s from now; the time until the controller installed new routes, s."""
+    time.sleep(delay)
+    version = net.status().route_version
+    t0 = time.monotonic()
+    net.fail_link(*failure)
+    while time.monotonic() - t0 < 10.0:
+        if net.status().route_version > version:
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+def _probe_means(probes, start: float, end: float) -> dict:
+    """Per pair, the mean of the store's probe delays (10-s means) with ``start <= ts < end``."""
+    by_pair: dict = {}
+    for row in probes:
+        if start <= row.ts < end:
+            by_pair.setdefault((row.src, row.dst), []).append(row.value)
+    return {pair: float(np.mean(v)) for pair, v in by_pair.items()}
+
+
+def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict], probes, reroute_s, failure,
+                 status) -> dict:
+    """The demo's figures from what was played, what the hosts received and what the loop decided."""
+    steady = phases[0]
+    first = next((d for d in decisions if d["action"] in ("push", "rollback", "keep", "propose")
+                  and d["ts"] < steady.end), None)
+    decided = first["ts"] if first else steady.end
+    settled = (first.get("pushed_at") or first["finished"]) + SETTLE_S if first else steady.end
+    if first and first["action"] == "rollback":
+        settled = first["finished"] + SETTLE_S
+    n = len(state.flows)
+    before = window_delays(steady.rows, n, steady.start + WARMUP_S, decided)
+    after = window_delays(steady.rows, n, settled, steady.end)
+    weights = np.array([f.rate for f in state.flows])
+
+    def mean(delays):
+        ok = np.isfinite(delays)
+        return float(np.sum(delays[ok] * weights[ok]) / np.sum(weights[ok])) if ok.any() else float("nan")
+
+    host_after = {(f.src, f.dst): d for f, d in zip(state.flows, after) if np.isfinite(d)}
+    probe_after = _probe_means(probes, settled + 10.0, steady.end)
+    pairs = sorted(set(host_after) & set(probe_after))
+    probe_vs_host = mape(np.array([probe_after[p] for p in pairs]), np.array([host_after[p] for p in pairs])) \
+        if pairs else float("nan")
+    fitted = [d for d in decisions if d.get("twin_mape") is not None and d.get("calibration", {}).get("fitted_online")]
+    scored = fitted or [d for d in decisions if d.get("twin_mape") is not None]
+    pushed = [d for d in decisions if d["action"] in ("push", "rollback")]
+    return {
+        "topology": state.name, "nodes": len(state.nodes), "links": len(state.links), "flows": n,
+        "measured": {"before": mean(before), "after": mean(after)},
+        "improvement": 1.0 - mean(after) / mean(before),
+        "pushed": bool(first and first["action"] in ("push", "rollback")),
+        "rolled_back": bool(first and first["action"] == "rollback"),
+        "twin_vs_emulation_mape": scored[-1]["twin_mape"] if scored else None,
+        "twin_calibrated_online": bool(fitted),
+        "probe_vs_host_mape": probe_vs_host, "probe_vs_host_paths": len(pairs),
+        "loop_s": pushed[0]["loop_s"] if pushed else (first["loop_s"] if first else None),
+        "reroute_s": reroute_s, "failed_link": list(failure),
+        "iterations": [{k: d.get(k) for k in ("trigger", "action", "reason", "measured_s", "predicted_current_s",
+                                              "predicted_chosen_s", "after_s", "twin_mape", "loop_s", "ts",
+                                              "pushed_at", "route_version")} for d in decisions],
+        "loop": {"runs": status.runs, "pushes": status.pushes, "rollbacks": status.rollbacks,
+                 "calibrated_online": status.calibrated_online, "calibration_windows": status.calibration_windows},
+        "phases": [{"name": p.name, "start": p.start, "end": p.end, "mean_delay": mean(window_delays(
+            p.rows, n, p.start + WARMUP_S, p.end))} for p in phases],
+    }
+
+
+def prometheus_summary(prom: PrometheusServer, directory: Path) -> dict:
+    """What Prometheus recorded of the loop and the probes (after one more scrape), and how to browse it."""
+    time.sleep(2.0)
+
+    def value(expr: str) -> float:
+        result = prom.query(expr)
+        return float(result[0]["value"][1]) if result else 0.0
+
+    return {"loop_decisions": int(value("sum(ndt_loop_decisions_total)")),
+            "loop_pushes": int(value('sum(ndt_loop_decisions_total{action="push"})')),
+            "probe_delay_series": int(value('count(ndt_path_delay_seconds{kind="probe"})')),
+            "routing_changes": int(value("max_over_time(ndt_routing_changes_total[1h])")),
+            "loop_twin_error_ratio": value("ndt_loop_twin_error_ratio"),
+            "browse": browse_command(directory, 9090), "browse_url": "http://127.0.0.1:9090"}
+
+
+def write_report(report: dict, phases: list[Phase], decisions: list[dict], probes, out_dir: Path,
+                 started: float) -> None:
+    """report.json, and report.png: the hosts' and the probes' mean delay over time, with the loop's
+    decisions, the traffic shift and the link failure marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report["report_json"], report["report_png"] = str(out_dir / "report.json"), str(out_dir / "report.png")
+    (out_dir / "report.json").write_text(json.dumps(jsonable(report), indent=1))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    for phase in phases:
+        if len(phase.rows):
+            sent = phase.rows[:, 2]
+            edges = np.arange(phase.start, phase.end + 5.0, 5.0)
+            which = np.digitize(sent, edges)
+            delay = phase.rows[:, 3] - sent
+            centers = [(edges[i - 1] + 2.5 - started) for i in range(1, len(edges)) if np.any(which == i)]
+            means = [1e3 * delay[which == i].mean() for i in range(1, len(edges)) if np.any(which == i)]
+            ax.plot(centers, means, color="C0", label="hosts (kernel timestamps)" if phase is phases[0] else None)
+    times = sorted({row.ts for row in probes})
+    if times:
+        ax.plot([t - started for t in times], [1e3 * np.mean([r.value for r in probes if r.ts == t]) for t in times],
+                color="C1", marker=".", label="controller's probes (10-s means)")
+    colours = {"push": "C2", "rollback": "C3", "keep": "C7", "propose": "C4", "defer": "C8", "error": "C3"}
+    for d in decisions:
+        at = (d.get("pushed_at") or d["finished"]) - started
+        ax.axvline(at, color=colours.get(d["action"], "k"), linestyle="--", linewidth=1)
+        ax.text(at, ax.get_ylim()[1] * 0.95, f" {d['action']} ({d['trigger']})", rotation=90, va="top", fontsize=7)
+    for phase in phases[1:]:
+        ax.axvspan(phase.start - started, phase.end - started, color="0.9" if phase.name == "traffic shift" else "0.8",
+                   zorder=0, label=phase.name)
+    ax.set_xlabel("s since the network came up")
+    ax.set_ylabel("mean one-way delay, ms")
+    ax.set_title(f"{report['topology']}: the controller's closed loop on its own "
+                 f"({100 * report['improvement']:.0f} % lower after its first push)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "report.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,83 @@
+"""In-band probe delay against the hosts' kernel-timestamped UDP delay, same paths, same time.
+
+Brings ``TOPOLOGY`` up in Mininet under ``ndt controller --probe-rate RATE``, plays its traffic from
+the hosts for ``DURATION`` s, and compares per path the mean one-way delay the hosts measured
+(mininet_topos.udpgen) with the probes' over the same window (the store's 10-s probe means). Also
+the probes' cost: probes per second sent and lost, and the controller's CPU share (of one core)
+over the window. Prints JSON; root.
+
+    python experiments/probe_accuracy.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SEED]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+
+import numpy as np
+
+from controller.api.client import ControllerClient
+from mininet_topos.network import EmulatedNetwork
+from mininet_topos.topologies import emulation_state
+from mininet_topos.traffic import DRAIN_S, START_LEAD_S, play
+from telemetry.store import TelemetryStore
+
+
+def controller_cpu_s(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, s."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def probe_counts(metrics_url: str) -> tuple[float, float]:
+    """(sent, lost) probes so far from the controller's Prometheus endpoint."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("ndt_probes_")}
+    return values.get("ndt_probes_sent_total", 0.0), values.get("ndt_probes_lost_total", 0.0)
+
+
+def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0) -> dict:
+    state = emulation_state(topology, float(load), seed=int(seed))
+    duration, warmup = float(duration), 2.0
+    with EmulatedNetwork(state, ControllerClient, "p", tag="probe-accuracy",
+                         controller_args=("--probe-rate", str(rate))) as net:
+        time.sleep(12.0)  # the first probe means reach the store
+        cpu0, sent0, t0 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
+        started = time.time()
+        measured = play(net, state, duration, warmup, seed, net.workdir / "traffic")
+        ended = time.time()
+        cpu1, sent1, t1 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
+        time.sleep(11.0)  # the last interval's probe means reach the store
+        store = TelemetryStore(net.store_path)
+        rows = store.path_delays("probe", started + START_LEAD_S + warmup + 10.0, ended - DRAIN_S + 10.0)
+        store.close()
+    by_pair: dict = {}
+    for row in rows:
+        by_pair.setdefault((row.src, row.dst), []).append(row.value)
+    host = measured.by_pair(state)
+    paths = []
+    for (src, dst), values in sorted(by_pair.items()):
+        if (src, dst) in host:
+            probe, truth = float(np.mean(values)), host[(src, dst)]
+            paths.append({"src": src, "dst": dst, "host_s": truth, "probe_s": probe, "error_s": probe - truth,
+                          "within_target": abs(probe - truth) <= max(0.10 * truth, 2e-4)})
+    errors = np.array([p["error_s"] for p in paths])
+    truths = np.array([p["host_s"] for p in paths])
+    return {
+        "topology": topology, "load": float(load), "duration_s": duration, "probe_rate": float(rate),
+        "paths_compared": len(paths), "paths_measured_by_hosts": len(host),
+        "share_within_target": float(np.mean([p["within_target"] for p in paths])) if paths else None,
+        "mape": float(np.mean(np.abs(errors) / truths)) if paths else None,
+        "mean_error_s": float(np.mean(errors)) if paths else None,
+        "median_abs_error_s": float(np.median(np.abs(errors))) if paths else None,
+        "host_mean_s": float(np.mean(truths)) if paths else None,
+        "probes_per_s": (sent1[0] - sent0[0]) / (t1 - t0), "probes_lost": sent1[1] - sent0[1],
+        "controller_cpu_share": (cpu1 - cpu0) / (t1 - t0), "paths": paths,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:]), indent=1))

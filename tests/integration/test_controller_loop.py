@@ -1,0 +1,113 @@
+"""The closed loop running inside ``ndt controller --intent`` against the real stack: Mininet with
+userspace OVS and HTB-shaped links, traffic from the hosts only. Needs root; names prefixed ``c``.
+
+Square s1-s2-s3-s4-s1 at 2 Mbit/s with flows 1→2 and 1→3 of 0.9 Mbit/s each: shortest paths (ties
+to the lowest index) put both on link 1→2 (90 % load), while 1→3 via 4 halves it. Nobody tells the
+controller to act: its loop must find that from its own counters and probes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from controller.api import ndt_api_pb2 as pb
+from controller.api.client import ControllerClient
+from mininet_topos.network import EmulatedNetwork
+from mininet_topos.traffic import play, received_rows, window_delays
+from telemetry.store import TelemetryStore
+from twin.state.model import Flow, Link, NetworkState
+
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("open_vswitch_running")]
+
+INTENT = "objective:\n  minimize: mean_delay\nsearch:\n  max_evaluations: 300\n  time_limit_s: 10\n"
+
+
+def square(rate: float = 0.9e6) -> NetworkState:
+    edges = [("s1", "s2"), ("s2", "s3"), ("s3", "s4"), ("s4", "s1")]
+    links = tuple(Link(a, b, capacity=2e6, buffer=64) for x, y in edges for a, b in ((x, y), (y, x)))
+    flows = (Flow("s1", "s2", rate=rate, packet_size=8000.0), Flow("s1", "s3", rate=rate, packet_size=8000.0))
+    return NetworkState(nodes=("s1", "s2", "s3", "s4"), links=links, flows=flows, name="square")
+
+
+def loop_args(intent, hold_down: float = 5.0) -> tuple[str, ...]:
+    return ("--intent", str(intent), "--model", "qt", "--loop-window", "8", "--verify-s", "6", "--hold-down",
+            str(hold_down), "--probe-rate", "50", "--period", "3600")
+
+
+def ping(net, src: str, dst: str, seconds: float) -> tuple[int, int]:
+    """(sent, received) of ``seconds`` of 20 pings/s from ``src``'s host to ``dst``'s."""
+    count = int(seconds * 20)
+    out = net.host(src).cmd(f"ping -n -q -i 0.05 -W 1 -c {count} {net.names.ip_of(dst)}")
+    sent, received = (int(x) for x in re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    return sent, received
+
+
+def test_the_loop_pushes_a_better_routing_on_its_own_without_losing_pings(tmp_path):
+    state = square()
+    intent = tmp_path / "intent.yaml"
+    intent.write_text(INTENT)
+    with EmulatedNetwork(state, ControllerClient, "c", tag="test-service", controller_args=loop_args(intent)) as net:
+        version = net.status().route_version
+        pings = {}
+        pinger = threading.Thread(target=lambda: pings.update(result=ping(net, "s1", "s3", 40.0)), daemon=True)
+        pinger.start()
+        play(net, state, 42.0, 2.0, 0, net.workdir / "traffic")
+        pinger.join(60)
+        status = net.client.stub.GetLoopStatus(pb.Empty(), timeout=10)
+        metrics = urllib.request.urlopen(net.metrics_url, timeout=5).read().decode()
+        rows = received_rows(net.workdir / "traffic" / "traffic-0", len(state.nodes))
+        store = TelemetryStore(net.store_path)
+        probes = store.path_delays("probe", 0, time.time() + 1)
+        decisions = [c for c in store.configs(0, time.time() + 1) if c.kind == "loop"]
+        store.close()
+        final_version = net.status().route_version
+    print([(d.trigger, d.action, d.measured_s, d.predicted_current_s, d.predicted_chosen_s, d.after_s, d.reason)
+           for d in status.recent])
+    push = next(d for d in status.recent if d.action == "push")
+    assert push.trigger == "start" and push.predicted_chosen_s < push.predicted_current_s
+    assert final_version > version and status.pushes >= 1 and status.rollbacks == 0
+    assert [d.payload["action"] for d in decisions][:1] == ["push"]
+    assert 0 < push.after_s < push.measured_s  # the probes saw the improvement
+    before = window_delays(rows, 2, rows[:, 2].min() + 2.0, push.ts - 1.0, min_packets=100)
+    after = window_delays(rows, 2, push.pushed_at + 2.0, rows[:, 2].max(), min_packets=100)
+    assert after[1] < 0.8 * before[1]  # 1->3 left the busy link: the hosts measured it too
+    sent, received = pings["result"]
+    assert sent == received, f"{sent - received} of {sent} pings lost across the push"
+    assert {(p.src, p.dst) for p in probes} >= {("s1", "s2"), ("s1", "s3")}
+    assert 'ndt_loop_decisions_total{action="push"}' in metrics
+    assert 'ndt_path_delay_seconds{dst="s3",kind="probe",src="s1"}' in metrics
+    assert "ndt_loop_twin_error_ratio" in metrics
+
+
+def test_a_link_failure_is_rerouted_at_once_and_then_reoptimized(tmp_path):
+    state = square(rate=0.4e6)
+    intent = tmp_path / "intent.yaml"
+    intent.write_text(INTENT)
+    with EmulatedNetwork(state, ControllerClient, "c", tag="test-service-failure",
+                         controller_args=loop_args(intent, hold_down=0.0)) as net:
+        traffic = threading.Thread(target=lambda: play(net, state, 40.0, 2.0, 1, net.workdir / "traffic"),
+                                   daemon=True)
+        traffic.start()
+        stream = net.client.stub.StreamLoopDecisions(pb.StreamRequest(interval_s=0.5), timeout=90)
+        first = next(stream)  # the start run, once a window of traffic is in
+        version = net.status().route_version
+        started = time.monotonic()
+        net.net.configLinkStatus(net.names.switch_of("s1"), net.names.switch_of("s2"), "down")
+        while net.status().route_version == version and time.monotonic() - started < 5:
+            time.sleep(0.01)
+        reroute_s = time.monotonic() - started
+        topology = next(d for d in stream if d.trigger == "topology")
+        stream.cancel()
+        traffic.join(60)
+        weights = net.weights()
+    print(f"rerouted in {reroute_s:.3f} s; start run {first.action}; topology run {topology.action} "
+          f"({topology.reason}), loop_s {topology.loop_s:.2f}")
+    assert first.trigger == "start" and first.action in ("keep", "push")
+    assert reroute_s <= 2.0
+    assert topology.action in ("keep", "push", "defer") and "s1->s2" not in topology.details_json.split('"weights"')[-1]
+    assert set(weights) == {(lk.src, lk.dst) for lk in state.links}
