@@ -26,6 +26,7 @@ from mininet_topos.network import REPO, EmulatedNetwork, free_port
 from mininet_topos.prometheus import PrometheusServer, browse_command
 from mininet_topos.traffic import START_LEAD_S, play, received_rows, window_delays
 from telemetry.store import TelemetryStore
+from twin.state.errors import NdtError
 from twin.state.files import jsonable
 from twin.state.metrics import mape
 from twin.state.model import NetworkState
@@ -81,14 +82,15 @@ def busiest_destination(state: NetworkState) -> str:
 
 def busiest_link(state: NetworkState) -> tuple[str, str]:
     """The most utilized link whose failure (both directions) leaves every flow a route."""
-    for i in np.argsort(-state.utilization):
+    for i in np.argsort(-state.utilization()):
         link = state.links[int(i)]
         try:
             state.without_links({(link.src, link.dst), (link.dst, link.src)}).flow_links
-        except Exception:  # the failure would disconnect a flow: not a demo failure
+        except NdtError:  # the failure would disconnect a flow: not a demo failure
             continue
         return link.src, link.dst
-    raise ValueError("no link can fail without disconnecting a flow")
+    raise NdtError(f"{state.name or 'the topology'}: no link can fail without disconnecting a flow; "
+                   "choose one with --fail")
 
 
 def controller_args(plan: DemoPlan, intent: Path) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffi
 from twin.calibration.correction import CalibratedPredictor
 from twin.calibration.online import OnlineCalibration
 from twin.state.errors import NdtError
+from twin.state.files import jsonable
 from twin.state.metrics import mape
 from twin.state.model import NetworkState
 
@@ -97,8 +98,8 @@ class Decision:
     calibration: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """The decision with NaN as None (JSON has no NaN)."""
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+        """The decision as plain JSON (NaN as None, at every depth)."""
+        return jsonable(asdict(self))
 
 
 def measured_vector(state: NetworkState, delays: dict[tuple[str, str], float]) -> np.ndarray:
@@ -140,11 +141,12 @@ class LoopService:
         self.twin_mape = float("nan")
         self.decisions: deque[Decision] = deque(maxlen=KEEP_DECISIONS)
         self._changed = threading.Condition()
-        self._pending: list[str] = ["start"]
+        self._pending: list[str] = []
         self._last_rates: dict | None = None
         self._last_run = -np.inf
         self._last_push = -np.inf
         self._last_change = clock()
+        self._observed_at = self._added_at = -np.inf
         self._stop = threading.Event()
         self._resume()
         controller.add_listener(self.topology_changed)
@@ -226,6 +228,12 @@ class LoopService:
         while not self._stop.is_set():
             trigger = self._next_trigger()
             if trigger is None:
+                if self.clock() - self._observed_at >= self.settings.window_s:
+                    try:
+                        self.observe()
+                    except Exception:  # the service must survive any single failed observation
+                        LOG.exception("loop: observing the window failed")
+                        self._observed_at = self.clock()
                 continue
             try:
                 self.run_once(trigger)
@@ -246,14 +254,19 @@ class LoopService:
             if self._stop.is_set() or self.paused:
                 return None
             if "operator" in self._pending:
-                self._pending.remove("operator")
+                self._pending.clear()  # one run answers every trigger so far
                 return "operator"
             if held():
                 return None
+            if self._last_rates is None:  # no run has seen traffic: the first waits for a whole window of it
+                if not self._traffic_for_a_window():
+                    return None
+                self._pending.clear()
+                return "start"
             if self._pending:
-                return self._pending.pop(0)
-        if self._last_rates is None:  # the first run found no traffic: start once a whole window has some
-            return "start" if self._traffic_for_a_window() else None
+                trigger = self._pending[0]
+                self._pending.clear()
+                return trigger
         if now - self._last_run >= settings.period_s:
             return "periodic"
         if self._last_rates is not None and traffic_shifted(self._last_rates, self._rates(), settings.shift_threshold):
@@ -292,26 +305,17 @@ class LoopService:
         wall_end, mono_end = self.wall(), self.clock()
         decision = Decision(ts=wall_end, trigger=trigger)
         try:
-            view = self.controller.snapshot()
-            decision.route_version = view.route_version
-            state = view.state.without_links(view.down) if view.down else view.state
-            rates = traffic_matrix(self.store.traffic_matrices(wall_end - settings.window_s, wall_end),
-                                   wall_end - settings.window_s, wall_end)
+            decision.route_version = self.controller.route_version
             try:
-                estimated = estimated_state(state, rates, self._packet_bits(wall_end - settings.window_s, wall_end))
+                rates, estimated, before, steady = self._window(wall_end, mono_end)
             except TrafficMatrixError as exc:
                 decision.action, decision.reason = "defer", str(exc)
                 return self._record(decision)
             self._last_rates = rates
             self._last_run = mono_end
-            window_start = max(mono_end - settings.window_s, self._last_change + SETTLE_S)
-            probed = self.controller.path_delays.delays(window_start, mono_end)
-            before = {(f.src, f.dst): probed[(f.src, f.dst)] for f in estimated.flows if (f.src, f.dst) in probed}
             loop_started = self.clock()
-            twin = self._calibrated(estimated, before, mono_end - window_start, decision)
+            twin = self._calibrated(estimated, before, steady, mono_end, decision)
             current = estimated.link_arrays["weight"].copy()
-            if before:
-                decision.measured_s = float(np.mean(list(before.values())))
             candidates, optimization = top_candidates(estimated, settings.intent, twin, settings.candidates,
                                                       settings.seed + self.runs)
             self.metrics.inc("optimizer_runs")
@@ -330,20 +334,58 @@ class LoopService:
         finally:
             self.running = False
 
-    def _calibrated(self, estimated: NetworkState, before: dict, window: float, decision: Decision):
-        """The twin corrected with this window added to the online fit. The window's twin MAPE is
-        that of the correction fitted before it: a prediction, not a fit to what it is scored on."""
+    def _window(self, wall_end: float, mono_end: float) -> tuple[dict, NetworkState, dict, float]:
+        """The last window: the traffic matrix, the state the twin is asked about, the probes' delay
+        per flow's pair since the routing last changed, and how long that is, s."""
+        settings = self.settings
+        view = self.controller.snapshot()
+        state = view.state.without_links(view.down) if view.down else view.state
+        start = wall_end - settings.window_s
+        rates = traffic_matrix(self.store.traffic_matrices(start, wall_end), start, wall_end)
+        estimated = estimated_state(state, rates, self._packet_bits(start, wall_end))
+        steady_from = max(mono_end - settings.window_s, self._last_change + SETTLE_S)
+        probed = self.controller.path_delays.delays(steady_from, mono_end)
+        before = {(f.src, f.dst): probed[(f.src, f.dst)] for f in estimated.flows if (f.src, f.dst) in probed}
+        return rates, estimated, before, mono_end - steady_from
+
+    def observe(self) -> None:
+        """Between runs: score the twin on the last window and add it to the online fit, refitted
+        here, off the runs' path."""
+        wall_end, mono_end = self.wall(), self.clock()
+        try:
+            _, estimated, before, steady = self._window(wall_end, mono_end)
+        except TrafficMatrixError:
+            return
+        self._learn(estimated, before, steady, mono_end)
+        self.calibration.current(self.predictor)
+
+    def _learn(self, estimated: NetworkState, before: dict, steady: float, mono_end: float) -> float:
+        """The twin's MAPE on the window with the correction fitted before it (a prediction's error,
+        not a fit's; NaN when nothing was probed); the window joins the online fit if the routing
+        was steady for most of it and it does not overlap the last window added."""
+        self._observed_at = mono_end
+        if not before:
+            return float("nan")
         measured = measured_vector(estimated, before)
-        if before:
-            prior = CalibratedPredictor(self.predictor, self.calibration.current(self.predictor).correction)
-            self.twin_mape = decision.twin_mape = mape(prior.predict_delays([estimated])[0], measured)
-            self.metrics.set_gauge("loop_twin_error_ratio", self.twin_mape)
-            if window >= 0.5 * self.settings.window_s:
-                self.calibration.add(estimated, measured)
+        twin = CalibratedPredictor(self.predictor, self.calibration.last.correction)
+        self.twin_mape = mape(twin.predict_delays([estimated])[0], measured)
+        self.metrics.set_gauge("loop_twin_error_ratio", self.twin_mape)
+        half = 0.5 * self.settings.window_s
+        if steady >= half and mono_end - self._added_at >= half:
+            self.calibration.add(estimated, measured)
+            self._added_at = mono_end
+        return self.twin_mape
+
+    def _calibrated(self, estimated: NetworkState, before: dict, steady: float, mono_end: float,
+                    decision: Decision):
+        """The twin with the online fit including this window; the window's twin MAPE in ``decision``."""
+        decision.twin_mape = self._learn(estimated, before, steady, mono_end)
         fitted = self.calibration.current(self.predictor)
         twin = CalibratedPredictor(self.predictor, fitted.correction)
         decision.calibration = {"fitted_online": fitted.fitted, "windows": fitted.windows, "flows": fitted.flows,
-                                **asdict(fitted.correction)}
+                                "fit_mape": fitted.mape, **asdict(fitted.correction)}
+        if before:
+            decision.measured_s = float(np.mean(list(before.values())))
         decision.predicted_current_s = decision.predicted_chosen_s = float(np.mean(twin.predict_delays([estimated])[0]))
         return twin
 

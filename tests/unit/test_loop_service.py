@@ -88,8 +88,9 @@ class StandInController:
 def service(state=None, traffic=True, **settings) -> tuple[LoopService, StandInController, TelemetryStore, Metrics]:
     controller = StandInController(state or square(), settings.pop("slow_after_push", 1.0))
     store, metrics = TelemetryStore(), Metrics()
-    if traffic:
-        store.add_traffic_matrix(time.time() - 1.0, {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+    if traffic:  # for more than a window (10 s)
+        for ago in (12.0, 1.0):
+            store.add_traffic_matrix(time.time() - ago, {(f.src, f.dst): f.rate for f in controller.traffic.flows})
     defaults = dict(intent=Intent(max_evaluations=300, time_limit_s=20.0), window_s=10.0, verify_s=0.01,
                     hold_down_s=60.0, check_s=0.01)
     loop = LoopService(controller, store, metrics, lambda: (QT, Correction()),
@@ -139,7 +140,8 @@ def test_dry_run_proposes_and_pushes_nothing():
 
 def test_without_traffic_the_run_is_deferred_until_a_window_has_some():
     loop, controller, store, _ = service(traffic=False)
-    decision = loop.run_once(loop._next_trigger())
+    assert loop._next_trigger() is None
+    decision = loop.run_once("operator")
     assert decision.action == "defer" and "no traffic" in decision.reason and controller.applied == []
     store.add_traffic_matrix(time.time() - 2.0, {("s1", "s2"): 1e6})
     assert loop._next_trigger() is None  # traffic for 2 s of a 10-s window
@@ -155,6 +157,18 @@ def test_twin_mape_is_scored_before_the_window_joins_the_fit():
     assert decision.calibration["windows"] == 0  # 2 flows: fewer than the fit needs; the prior is used
 
 
+def test_between_runs_the_loop_scores_the_twin_and_feeds_the_online_fit():
+    loop, _, _, metrics = service()
+    loop.observe()
+    assert loop.calibration.last.windows == 0 and len(loop.calibration._windows) == 1
+    assert metrics._gauges["loop_twin_error_ratio"] == pytest.approx(0.0, abs=1e-9)
+    loop.observe()  # the same window again: not added twice
+    assert len(loop.calibration._windows) == 1
+    loop._added_at -= 10.0
+    loop.observe()
+    assert len(loop.calibration._windows) == 2
+
+
 def test_triggers_hold_down_pause_and_operator():
     loop, controller, _, _ = service()
     assert loop._next_trigger() == "start"
@@ -168,8 +182,10 @@ def test_triggers_hold_down_pause_and_operator():
     loop.run_now()
     assert loop._next_trigger() is None
     loop.pause(False)
-    assert loop._next_trigger() == "operator"
+    assert loop._next_trigger() == "operator"  # and it answers the link event too
+    assert loop._next_trigger() is None
     loop._last_push = -np.inf
+    controller.listeners[0]("link s1->s2 up")
     assert loop._next_trigger() == "topology"
 
 
@@ -194,6 +210,7 @@ def test_a_failed_run_is_recorded_as_an_error_and_the_service_goes_on():
     controller.snapshot = lambda: (_ for _ in ()).throw(RuntimeError("switch table full"))
     loop._twin = lambda: (QT, Correction())
     loop.settings.window_s = 0.0
+    loop.run_now()
     import threading
 
     thread = threading.Thread(target=loop.serve, daemon=True)
@@ -302,3 +319,17 @@ def test_the_controller_resumes_the_routing_in_the_store_unless_the_state_file_i
     store.add_config(time.time() - 30 * 86400, "old", "weights", {})
     store.maintain(time.time() + 8 * 86400)
     assert store.latest_config(ROUTING_KIND) is not None  # the routing in place survives retention
+
+
+def test_the_demo_picks_a_shift_and_a_failure_that_keep_every_flow_routed():
+    from controller.loop.deployment import busiest_destination, busiest_link
+    from twin.state.errors import NdtError
+
+    state = square()
+    assert busiest_destination(state) in ("s2", "s3")
+    a, b = busiest_link(state)
+    assert state.without_links({(a, b), (b, a)}).flow_links
+    line = NetworkState(nodes=("a", "b"), links=(Link("a", "b", 1e6), Link("b", "a", 1e6)),
+                        flows=(Flow("a", "b", 1e5),))
+    with pytest.raises(NdtError, match="no link can fail"):
+        busiest_link(line)

@@ -73,10 +73,12 @@ def test_path_delays_keep_a_bounded_window():
 def test_online_calibration_recovers_the_networks_correction():
     qt = get_predictor("qt")
     truth = Correction(queue_scale=1.3, per_hop_s=0.0007, base_s=0.0002)
-    calibration = OnlineCalibration(Correction(), min_flows=30)
+    calibration = OnlineCalibration(Correction(), min_flows=30, min_windows=3)
     states = [emulation_state("ring:6", load, seed=k) for k, load in enumerate((0.3, 0.5, 0.7, 0.8))]
-    for state in states:
+    for k, state in enumerate(states):
         calibration.add(state, emulated_delays(state, qt.predict_delays([state])[0], truth))
+        if k == 1:
+            assert not calibration.current(qt).fitted  # two windows: the prior still
     assert not calibration.last.fitted
     fitted = calibration.current(qt)
     assert fitted.fitted and fitted.windows == 4
@@ -84,7 +86,18 @@ def test_online_calibration_recovers_the_networks_correction():
     measured = emulated_delays(held_out, qt.predict_delays([held_out])[0], truth)
     before = mape(CalibratedPredictor(qt, Correction()).predict_delays([held_out])[0], measured)
     after = mape(CalibratedPredictor(qt, fitted.correction).predict_delays([held_out])[0], measured)
-    assert before > 0.2 and after < 0.02
+    assert before > 0.2 and after < 0.02 and fitted.mape < 0.02
+
+
+def test_online_calibration_keeps_a_prior_that_explains_the_windows_better():
+    qt = get_predictor("qt")
+    truth = Correction(queue_scale=1.3, per_hop_s=0.0007, base_s=0.0002)
+    calibration = OnlineCalibration(truth, min_flows=1, min_windows=1)
+    state = emulation_state("ring:6", 0.6)
+    measured = emulated_delays(state, qt.predict_delays([state])[0], truth)
+    calibration.add(state, measured)
+    kept = calibration.current(qt)
+    assert kept.correction == truth and not kept.fitted and kept.mape < 1e-9
 
 
 def test_online_calibration_keeps_the_prior_until_enough_flows():
