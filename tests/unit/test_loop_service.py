@@ -159,6 +159,7 @@ def test_twin_mape_is_scored_before_the_window_joins_the_fit():
 
 def test_between_runs_the_loop_scores_the_twin_and_feeds_the_online_fit():
     loop, _, _, metrics = service()
+    loop._last_change -= 100.0  # the routing has been steady since long before the window
     loop.observe()
     assert loop.calibration.last.windows == 0 and len(loop.calibration._windows) == 1
     assert metrics._gauges["loop_twin_error_ratio"] == pytest.approx(0.0, abs=1e-9)
