@@ -121,6 +121,10 @@ class PathDelays:
         :func:`path_delays` over them."""
         return path_delays(self.samples(start, end), min_samples)
 
+    def noise(self, start: float, end: float, min_samples: int = 3) -> float:
+        """:func:`sampling_mape` of the probes received in [start, end)."""
+        return sampling_mape(self.samples(start, end), min_samples)
+
 
 def loopback_times(samples: list[ProbeSample]) -> dict[str, float]:
     """Per switch, the mean raw time of its loopback probes: control channel both ways plus its
@@ -146,3 +150,18 @@ def path_delays(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, 
         if len(raws) >= min_samples and src in loops and dst in loops:
             out[(src, dst)] = max(0.0, float(np.mean(raws)) - 0.5 * (loops[src] + loops[dst]))
     return out
+
+
+def sampling_mape(samples: list[ProbeSample], min_samples: int = 3) -> float:
+    """The MAPE a perfect model would score against these probes' path means, from their own
+    spread: per path sqrt(2/π) · (standard error of the mean) / mean, averaged over the paths of
+    :func:`path_delays` (NaN when there is none). Probes sample a path a few times per window, so
+    this floor is far above a host's, whose mean covers every packet."""
+    delays = path_delays(samples, min_samples)
+    by_pair: dict[Pair, list[float]] = {}
+    for s in samples:
+        if (s.src, s.dst) in delays:
+            by_pair.setdefault((s.src, s.dst), []).append(s.raw)
+    ratios = [np.std(raws, ddof=1) / np.sqrt(len(raws)) / delays[pair]
+              for pair, raws in by_pair.items() if delays[pair] > 0]
+    return float(np.sqrt(2 / np.pi) * np.mean(ratios)) if ratios else float("nan")

@@ -47,8 +47,8 @@ def register(subparsers) -> None:
                    help="probes after a push before the loop keeps it or rolls back, s (default: 20)")
     p.add_argument("--hold-down", type=number(0, 3600, unit=" s"), default=40.0, metavar="S",
                    help="after a push the loop waits this long before another run, s (default: 40)")
-    p.add_argument("--probe-rate", type=number(1, 1000, unit=" probes/s"), default=50.0, metavar="N",
-                   help="the controller's in-band probes per second (default: 50)")
+    p.add_argument("--probe-rate", type=number(1, 1000, unit=" probes/s"), default=100.0, metavar="N",
+                   help="the controller's in-band probes per second (default: 100)")
     p.add_argument("--shift", default=None, metavar="NODE:FACTOR",
                    help="the traffic shift: traffic towards NODE times FACTOR (default: the busiest destination, x1.3)")
     p.add_argument("--fail", default=None, metavar="NODE,NODE",
@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _ms(value) -> str:
     return "n/a" if value is None else f"{1e3 * value:.3f} ms"
 
@@ -123,7 +127,8 @@ def print_summary(report: dict) -> None:
     loop_s = report["loop_s"]
     twin = report["twin_vs_emulation_mape"]
     print(f"loop (telemetry -> flow rules): {'n/a' if loop_s is None else f'{loop_s:.1f} s'}; twin vs probes MAPE "
-          f"{'n/a' if twin is None else f'{twin:.3f}'} ({'calibrated online' if report['twin_calibrated_online'] else 'prior calibration'}); "
+          f"{'n/a' if twin is None else f'{twin:.3f}'} ({'calibrated online' if report['twin_calibrated_online'] else 'prior calibration'}; "
+          f"a perfect model: {_ratio(report['probe_noise_mape'])} against these probes); "
           f"probes vs hosts MAPE {report['probe_vs_host_mape']:.3f} over {report['probe_vs_host_paths']} paths")
     reroute = report["reroute_s"]
     print(f"link {'-'.join(report['failed_link'])} failed: rerouted on the current weights in "

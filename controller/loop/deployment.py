@@ -54,7 +54,7 @@ class DemoPlan:
     window_s: float = 20.0
     verify_s: float = 20.0
     hold_down_s: float = 40.0
-    probe_rate: float = 50.0
+    probe_rate: float = 100.0
     validate: str = "twin"
     model: str | None = None
     calibration: Path | None = None
@@ -210,12 +210,14 @@ def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict]
         "pushed": bool(first and first["action"] in ("push", "rollback")),
         "rolled_back": bool(first and first["action"] == "rollback"),
         "twin_vs_emulation_mape": scored[-1]["twin_mape"] if scored else None,
+        "probe_noise_mape": scored[-1].get("probe_noise_mape") if scored else None,
         "twin_calibrated_online": bool(fitted),
         "probe_vs_host_mape": probe_vs_host, "probe_vs_host_paths": len(pairs),
         "loop_s": pushed[0]["loop_s"] if pushed else (first["loop_s"] if first else None),
         "reroute_s": reroute_s, "failed_link": list(failure),
         "iterations": [{k: d.get(k) for k in ("trigger", "action", "reason", "measured_s", "predicted_current_s",
-                                              "predicted_chosen_s", "after_s", "twin_mape", "loop_s", "ts",
+                                              "predicted_chosen_s", "after_s", "twin_mape", "probe_noise_mape",
+                                              "loop_s", "ts",
                                               "pushed_at", "route_version")} for d in decisions],
         "loop": {"runs": status.runs, "pushes": status.pushes, "rollbacks": status.rollbacks,
                  "calibrated_online": status.calibrated_online, "calibration_windows": status.calibration_windows},
@@ -260,11 +262,11 @@ def write_report(report: dict, phases: list[Phase], decisions: list[dict], probe
             delay = phase.rows[:, 3] - sent
             centers = [(edges[i - 1] + 2.5 - started) for i in range(1, len(edges)) if np.any(which == i)]
             means = [1e3 * delay[which == i].mean() for i in range(1, len(edges)) if np.any(which == i)]
-            ax.plot(centers, means, color="C0", label="hosts (kernel timestamps)" if phase is phases[0] else None)
+            ax.plot(centers, means, color="C0", label="hosts: mean over packets (kernel timestamps)" if phase is phases[0] else None)
     times = sorted({row.ts for row in probes})
     if times:
         ax.plot([t - started for t in times], [1e3 * np.mean([r.value for r in probes if r.ts == t]) for t in times],
-                color="C1", marker=".", label="controller's probes (10-s means)")
+                color="C1", marker=".", label="controller's probes: mean over pairs (10-s means)")
     colours = {"push": "C2", "rollback": "C3", "keep": "C7", "propose": "C4", "defer": "C8", "error": "C3"}
     for d in decisions:
         at = (d.get("pushed_at") or d["finished"]) - started
@@ -277,7 +279,7 @@ def write_report(report: dict, phases: list[Phase], decisions: list[dict], probe
     ax.set_ylabel("mean one-way delay, ms")
     ax.set_title(f"{report['topology']}: the controller's closed loop on its own "
                  f"({100 * report['improvement']:.0f} % lower after its first push)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "report.png", dpi=110)
     plt.close(fig)

@@ -89,6 +89,7 @@ class Decision:
     validated_chosen_s: float = float("nan")
     after_s: float = float("nan")
     twin_mape: float = float("nan")
+    probe_noise_mape: float = float("nan")
     loop_s: float = float("nan")
     route_version: int = 0
     pushed_at: float = float("nan")
@@ -378,8 +379,10 @@ class LoopService:
 
     def _calibrated(self, estimated: NetworkState, before: dict, steady: float, mono_end: float,
                     decision: Decision):
-        """The twin with the online fit including this window; the window's twin MAPE in ``decision``."""
+        """The twin with the online fit including this window; the window's twin MAPE in ``decision``,
+        beside what a perfect model would score against these probes."""
         decision.twin_mape = self._learn(estimated, before, steady, mono_end)
+        decision.probe_noise_mape = self.controller.path_delays.noise(mono_end - steady, mono_end)
         fitted = self.calibration.current(self.predictor)
         twin = CalibratedPredictor(self.predictor, fitted.correction)
         decision.calibration = {"fitted_online": fitted.fitted, "windows": fitted.windows, "flows": fitted.flows,

@@ -14,8 +14,9 @@ from controller.probes import (
     path_delays,
     probe_id,
     probe_payload,
+    sampling_mape,
 )
-from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays
+from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays, fit
 from twin.calibration.online import OnlineCalibration
 from twin.models.registry import get_predictor
 from twin.state.metrics import mape
@@ -60,6 +61,9 @@ def test_delay_is_raw_time_minus_half_of_each_ends_loopback():
     assert path_delays(samples)[("a", "b")] == pytest.approx(true_delay, rel=0.02)
     assert path_delays([s for s in samples if s.dst != "b" or s.src != "b"]) == {}  # no loopback at b: no delay
     assert path_delays(samples[:6], min_samples=3) == {}
+    expected = np.sqrt(2 / np.pi) * 0.0005 / np.sqrt(300) / true_delay
+    assert sampling_mape(samples) == pytest.approx(expected, rel=0.15)
+    assert np.isnan(sampling_mape(samples[:6]))
 
 
 def test_path_delays_keep_a_bounded_window():
@@ -110,3 +114,22 @@ def test_online_calibration_keeps_the_prior_until_enough_flows():
     assert calibration.last.windows == 0 and calibration.flows == len(state.flows)
     with pytest.raises(ValueError, match="flows"):
         calibration.add(state, np.zeros(3))
+
+
+def test_the_online_fit_is_not_pulled_to_zero_by_few_samples_per_path():
+    """Each path's measurement the mean of a few queue samples (modelled as the true mean times an
+    exponential draw): least relative deviation (ndt calibrate's fit) collapses the queueing to
+    almost nothing, the online least-squares fit keeps it."""
+    qt = get_predictor("qt")
+    truth = Correction(queue_scale=1.0, per_hop_s=0.0002, base_s=0.0)
+    rng = np.random.default_rng(3)
+    calibration = OnlineCalibration(Correction(), min_flows=30, min_windows=3)
+    states = [emulation_state("ring:6", load, seed=k) for k, load in enumerate((0.5, 0.7, 0.8, 0.9))]
+    measured = []
+    for state in states:
+        clean = emulated_delays(state, qt.predict_delays([state])[0], truth)
+        measured.append(clean * rng.exponential(1.0, len(clean)))
+        calibration.add(state, measured[-1])
+    fitted = calibration.current(qt)
+    assert fitted.fitted and 0.8 < fitted.correction.queue_scale < 1.25
+    assert fit(states, measured, qt).queue_scale < 0.3

@@ -1,11 +1,15 @@
 """The twin's correction fitted online, from the network's own measurements as they arrive.
 
 Each measurement window gives one (state, measured per-flow delays) pair; the last ``history``
-windows are kept, and the correction (:func:`twin.calibration.correction.fit`, walk unknown) is
-refitted from them when a new one came in. The ``prior`` (a shipped or ``ndt calibrate`` file, or
-the structural default) is used until the windows number ``min_windows`` and hold ``min_flows``
-measured flows, and whenever it explains the kept windows better than the fit does (lower MAPE
-over them): a shipped calibration is at most a starting point. Delays in s.
+windows are kept, and the correction (walk unknown: queueing scale, per-switch and per-path costs,
+effective capacity) is refitted from them when a new one came in. Online measurements are few per
+path (a path's probe mean over one window holds a handful of probes), so the fit is least squares
+on the delays themselves (:func:`fit_least_squares`), which such noise does not bias, rather than
+``ndt calibrate``'s least relative deviation, which noise on short paths pulls towards predicting
+nothing. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
+until the windows number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it
+explains the kept windows better than the fit (smaller squared error): a shipped calibration is at
+most a starting point. Delays in s.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.calibration.correction import CalibratedPredictor, Correction, fit
+from scipy.optimize import nnls
+
+from twin.calibration.correction import CAPACITY_SCALES, CalibratedPredictor, Correction, design_matrices
 from twin.state.metrics import mape
 from twin.state.model import NetworkState
 
@@ -76,10 +82,37 @@ class OnlineCalibration:
         fit and the windows hold enough measured flows, else the last one."""
         if self._stale and self.flows >= self.min_flows and len(self._windows) >= self.min_windows:
             states, measured = (list(x) for x in zip(*self._windows))
-            fitted = fit(states, measured, predictor)
-            errors = {c: float(np.nanmean([mape(p, m) for p, m in zip(
-                CalibratedPredictor(predictor, c).predict_delays(states), measured)])) for c in (fitted, self.prior)}
-            best = fitted if errors[fitted] < errors[self.prior] else self.prior
-            self._current = Fitted(best, best is fitted, len(states), self.flows, errors[best])
+            fitted = fit_least_squares(states, measured, predictor)
+            predicted = {c: CalibratedPredictor(predictor, c).predict_delays(states) for c in (fitted, self.prior)}
+            squared = {c: _squared_error(p, measured) for c, p in predicted.items()}
+            best = fitted if squared[fitted] < squared[self.prior] else self.prior
+            error = float(np.nanmean([mape(p, m) for p, m in zip(predicted[best], measured)]))
+            self._current = Fitted(best, best is fitted, len(states), self.flows, error)
             self._stale = False
         return self._current
+
+
+def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], predictor,
+                      capacity_scales=CAPACITY_SCALES) -> Correction:
+    """The correction (queue_scale, per_hop_s, base_s ≥ 0; capacity_scale from the grid) of least
+    squared error over the measured flows (NaN where unmeasured)."""
+    best, best_error = Correction(), np.inf
+    oks = [np.isfinite(m) & (m > 0) for m in measured]
+    target = np.concatenate([m[ok] for m, ok in zip(measured, oks)])
+    for scale in capacity_scales:
+        design = np.concatenate([x[ok, :3] for x, ok in zip(design_matrices(states, predictor, float(scale)), oks)])
+        coef, residual = nnls(design, target)
+        if residual < best_error:
+            best = Correction(queue_scale=float(coef[0]), per_hop_s=float(coef[1]), base_s=float(coef[2]),
+                              capacity_scale=float(scale))
+            best_error = residual
+    return best
+
+
+def _squared_error(predicted: list[np.ndarray], measured: list[np.ndarray]) -> float:
+    """Sum of squared errors over the measured flows, s²."""
+    total = 0.0
+    for p, m in zip(predicted, measured):
+        ok = np.isfinite(m) & (m > 0) & np.isfinite(p)
+        total += float(np.sum((p[ok] - m[ok]) ** 2))
+    return total
