@@ -67,7 +67,9 @@ PROBE_SOURCE_IP = "169.254.78.68"  # link-local: no host owns it
 class ControllerConfig:
     """Everything the app needs: the state (topology, capacities, weights) and where it came from,
     the wiring, the telemetry sinks and the statistics interval (s). With ``discover`` the wiring's
-    ports come from LLDP (os-ken's topology app) and links not yet discovered carry no route."""
+    ports come from LLDP (os-ken's topology app) and links not yet discovered carry no route.
+    ``probe_rate``: in-band delay probes per second, network-wide (0: none; :mod:`controller.probes`);
+    ``probe_history_s``: how long returned probes are kept in memory, s."""
 
     state: NetworkState
     wiring: Wiring
@@ -77,6 +79,7 @@ class ControllerConfig:
     state_path: Path | None = None
     discover: bool = False
     probe_rate: float = 20.0
+    probe_history_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class NdtController(app_manager.OSKenApp):
         self._poll_outstanding = 0
         self._poll_started = 0.0
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
-        self.path_delays = PathDelays()
+        self.path_delays = PathDelays(ndt_config.probe_history_s)
         self._probes_pending: dict[int, tuple[str, str, float]] = {}
         self._probe_count = 0
         self._echo_sent: dict[tuple[int, int], float] = {}
@@ -182,12 +185,12 @@ class NdtController(app_manager.OSKenApp):
                     raise RuleError(f"weights: link {src}->{dst} is not in the topology")
             current.update(weights)
             self.state = self.state.with_weights([current[(lk.src, lk.dst)] for lk in self.state.links])
+            routing = {"weights": {f"{lk.src}->{lk.dst}": lk.weight for lk in self.state.links}}
+        self.request_reroute(f"weights from {who}")  # the routes follow the state whatever the store does
         payload = {f"{s}->{d}": w for (s, d), w in weights.items()}
         now = time.time()
         config_id = self.store.add_config(now, who, "weights", payload, predicted)
-        self.store.add_config(now, who, ROUTING_KIND, {"weights": {f"{lk.src}->{lk.dst}": lk.weight
-                                                                   for lk in self.state.links}})
-        self.request_reroute(f"weights from {who}")
+        self.store.add_config(now, who, ROUTING_KIND, routing)
         return config_id
 
     def reload_state(self) -> None:
@@ -543,15 +546,18 @@ class NdtController(app_manager.OSKenApp):
         schedule = ProbeSchedule(self.config.probe_rate)
         while True:
             time.sleep(schedule.gap())
-            with self._lock:
-                targets = {}
-                for host in self._hosts.values():
-                    targets.setdefault(host.switch, host)
-                connected = {self.wiring.names[d] for d in self._datapaths}
-            schedule.set_switches([s for s in targets if s in connected])
-            pair = schedule.next()
-            if pair is not None:
-                self._send_probe(pair[0], targets[pair[1]])
+            try:
+                with self._lock:
+                    targets = {}
+                    for host in self._hosts.values():
+                        targets.setdefault(host.switch, host)
+                    connected = {self.wiring.names[d] for d in self._datapaths}
+                schedule.set_switches([s for s in targets if s in connected])
+                pair = schedule.next()
+                if pair is not None:
+                    self._send_probe(pair[0], targets[pair[1]])
+            except Exception:  # the prober must survive any single failed probe
+                LOG.exception("sending a delay probe failed")
 
     def _send_probe(self, switch: str, target: Host) -> None:
         """A probe into ``switch``'s pipeline (its table 0, as if it had arrived) towards ``target``."""
@@ -581,7 +587,11 @@ class NdtController(app_manager.OSKenApp):
         if number is None:
             return False
         sent = self._probes_pending.pop(number, None)
-        if sent is not None and self.wiring.names.get(dp.id) == sent[1]:
+        if sent is None:
+            return True
+        if received - sent[2] > PROBE_TIMEOUT_S:
+            self.path_delays.lost += 1
+        elif self.wiring.names.get(dp.id) == sent[1]:
             self.path_delays.add(ProbeSample(sent[0], sent[1], sent[2], received))
         return True
 
@@ -590,20 +600,29 @@ class NdtController(app_manager.OSKenApp):
         Prometheus, lost probes counted, echo requests (control-channel round trip) sent."""
         while True:
             time.sleep(PROBE_REPORT_S)
-            now = time.monotonic()
-            for number, (_, _, sent) in list(self._probes_pending.items()):
-                if now - sent > PROBE_TIMEOUT_S:
-                    self._probes_pending.pop(number, None)
-                    self.path_delays.lost += 1
-            self._store(self.store.add_path_delays, time.time(), "probe",
-                        self.path_delays.delays(now - PROBE_REPORT_S, now, min_samples=1))
-            self.metrics.set_path_delays("probe", self.path_delays.delays(now - PROBE_METRIC_WINDOW_S, now))
-            self.metrics.set_probe_counts(self.path_delays.sent, self.path_delays.lost)
-            for dpid, dp in list(self._datapaths.items()):
-                echo = dp.ofproto_parser.OFPEchoRequest(dp, data=b"ndt")
-                dp.set_xid(echo)
-                self._echo_sent[(dpid, echo.xid)] = time.monotonic()
-                dp.send_msg(echo)
+            try:
+                self._report_probes()
+            except Exception:  # the reporter must survive any single failed round
+                LOG.exception("reporting the probe delays failed")
+
+    def _report_probes(self) -> None:
+        now = time.monotonic()
+        for number, (_, _, sent) in list(self._probes_pending.items()):
+            if now - sent > PROBE_TIMEOUT_S:
+                self._probes_pending.pop(number, None)
+                self.path_delays.lost += 1
+        for key, sent in list(self._echo_sent.items()):
+            if now - sent > PROBE_REPORT_S:  # no reply: the switch has gone or is lost
+                self._echo_sent.pop(key, None)
+        self._store(self.store.add_path_delays, time.time(), "probe",
+                    self.path_delays.delays(now - PROBE_REPORT_S, now, min_samples=1))
+        self.metrics.set_path_delays("probe", self.path_delays.delays(now - PROBE_METRIC_WINDOW_S, now))
+        self.metrics.set_probe_counts(self.path_delays.sent, self.path_delays.lost)
+        for dpid, dp in list(self._datapaths.items()):
+            echo = dp.ofproto_parser.OFPEchoRequest(dp, data=b"ndt")
+            dp.set_xid(echo)
+            self._echo_sent[(dpid, echo.xid)] = time.monotonic()
+            dp.send_msg(echo)
 
     @set_ev_cls(ofp_event.EventOFPEchoReply, MAIN_DISPATCHER)
     def _on_echo_reply(self, ev):

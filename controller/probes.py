@@ -81,7 +81,7 @@ class ProbeSchedule:
         return pair
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProbeSample:
     """One returned probe: sent and received (s, one monotonic clock) over the pair ``src → dst``."""
 
@@ -112,9 +112,15 @@ class PathDelays:
                 self._samples.popleft()
 
     def samples(self, start: float, end: float) -> list[ProbeSample]:
-        """The probes received in [start, end) (monotonic s)."""
+        """The probes received in [start, end) (monotonic s), read from the newest back."""
+        out = []
         with self._lock:
-            return [s for s in self._samples if start <= s.received < end]
+            for s in reversed(self._samples):
+                if s.received < start:
+                    break
+                if s.received < end:
+                    out.append(s)
+        return out[::-1]
 
     def delays(self, start: float, end: float, min_samples: int = 3) -> dict[Pair, float]:
         """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s:

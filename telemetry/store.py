@@ -33,6 +33,8 @@ from twin.state.errors import NdtError, shown
 from twin.state.metrics import finite_float
 
 ROUTING_KIND = "routing"  # config rows holding every link's weight: the routing in place, kept through retention
+DECISION_KIND = "loop"  # config rows: the closed loop's decisions
+CONTROL_KIND = "loop-control"  # config rows: operators' pause, resume, dry run (the latest of each kept)
 DELAY_KINDS = ("predicted", "measured", "probe")  # twin; hosts' own measurement (ReportMeasured); in-band probes
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
 
@@ -176,11 +178,11 @@ class TelemetryStore:
             raise StoreError("config: 'who' must name who applied it")
         try:
             args = (ts, who, kind, json.dumps(payload), None if predicted is None else json.dumps(predicted))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise StoreError(f"config {kind!r} from {who!r}: payload is not JSON-serialisable ({exc})") from None
-        with self._lock:
+        with self._lock, self._transaction("config"):
             cur = self._db.execute("INSERT INTO config (ts, who, kind, payload, predicted) VALUES (?, ?, ?, ?, ?)", args)
-            return int(cur.lastrowid)
+        return int(cur.lastrowid)
 
     def _write(self, table: str, columns: tuple[str, ...], rows) -> None:
         """Insert ``rows`` (values of ``columns``, checked as they are produced) into ``table`` in one
@@ -232,8 +234,11 @@ class TelemetryStore:
         return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, delay_s FROM path_delay WHERE kind = ? "
                                                    f"AND {where} ORDER BY ts, src, dst", (kind, *args))]
 
-    def configs(self, start: float, end: float) -> list[ConfigRecord]:
+    def configs(self, start: float, end: float, kind: str | None = None) -> list[ConfigRecord]:
+        """Configurations with start <= ts < end (of ``kind`` only, if given), oldest first."""
         where, args = _range(start, end)
+        if kind is not None:
+            where, args = f"{where} AND kind = ?", (*args, kind)
         rows = self._read(f"SELECT id, ts, who, kind, payload, predicted FROM config WHERE {where} ORDER BY ts, id", args)
         return [ConfigRecord(i, ts, who, kind, json.loads(p), None if e is None else json.loads(e))
                 for i, ts, who, kind, p, e in rows]
@@ -258,9 +263,10 @@ class TelemetryStore:
         with self._lock, self._transaction("the retention pass"):
             for table in ("link_stats", "traffic", "path_delay"):
                 report[f"{table}_expired"] = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (keep_after,)).rowcount
-            report["config_expired"] = self._db.execute(  # the routing in place is kept, however old
-                "DELETE FROM config WHERE ts < ? AND id NOT IN (SELECT MAX(id) FROM config WHERE kind = ?)",
-                (keep_after, ROUTING_KIND)).rowcount
+            report["config_expired"] = self._db.execute(  # what must survive a restart is kept, however old
+                "DELETE FROM config WHERE ts < ? AND id NOT IN (SELECT COALESCE(MAX(id), -1) FROM config "
+                "WHERE kind IN (?, ?) GROUP BY kind, json_extract(payload, '$.action'))",
+                (keep_after, ROUTING_KIND, CONTROL_KIND)).rowcount
             merges = {
                 "link_stats": ("src, dst", "MAX(tx_bytes), MAX(tx_packets), MAX(tx_dropped), AVG(utilization)",
                                "src, dst, tx_bytes, tx_packets, tx_dropped, utilization"),

@@ -33,10 +33,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controller.loop.service import CONTROL_KIND
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
-from telemetry.store import StoreError, TelemetryStore
+from telemetry.store import CONTROL_KIND, StoreError, TelemetryStore
 from telemetry.traffic_matrix import estimated_state
 from twin.state.errors import NdtError, shown
 from twin.state.files import parse_json
@@ -280,10 +279,10 @@ class NdtService(services.NdtServicer):
         if not (math.isfinite(interval) and low <= interval <= high):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"interval_s must be from {low} to {high} s, got {interval}")
         with self._streams.held():
-            seen = loop.runs
-            while context.is_active():
-                for decision in loop.wait_for_decision(seen, interval):
-                    seen += 1
+            seen = max(0, loop.runs - 1)  # a subscriber starts from the last decision
+            while context.is_active() and not loop.stopped:
+                decisions, seen = loop.wait_for_decision(seen, interval)
+                for decision in decisions:
                     yield _decision(decision)
 
     def _require_loop(self):
@@ -301,7 +300,7 @@ class NdtService(services.NdtServicer):
                              twin_mape=loop.twin_mape if math.isfinite(loop.twin_mape) else -1.0,
                              calibrated_online=loop.calibration.last.fitted,
                              calibration_windows=loop.calibration.last.windows,
-                             validate=loop.settings.validate,
+                             validate=loop.settings.validate, error=loop.failure,
                              recent=[_decision(d) for d in list(loop.decisions)[-10:]])
 
     # ------------------------------------------------------------------ helpers

@@ -25,7 +25,7 @@ from controller.loop.service import SETTLE_S
 from mininet_topos.network import REPO, EmulatedNetwork, free_port
 from mininet_topos.prometheus import PrometheusServer, browse_command
 from mininet_topos.traffic import START_LEAD_S, play, received_rows, window_delays
-from telemetry.store import TelemetryStore
+from telemetry.store import DECISION_KIND, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.files import jsonable
 from twin.state.metrics import mape
@@ -136,15 +136,15 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
             if name == "link failure":
                 thread.join(30)
                 reroute_s = failed.get("reroute_s")
-                log(f"link {failure[0]}-{failure[1]} failed; rerouted on the current weights in "
-                    f"{reroute_s if reroute_s is None else round(reroute_s, 3)} s")
+                log(f"link {failure[0]}-{failure[1]} failed; " + ("no new routes within 10 s" if reroute_s is None
+                    else f"rerouted on the current weights in {reroute_s:.3f} s"))
             phases.append(Phase(name, traffic, phase_start + START_LEAD_S, phase_start + START_LEAD_S + plan.phase_s,
                                 received_rows(net.workdir / f"phase-{k + 1}" / f"traffic-{plan.seed + k}",
                                               len(state.nodes))))
         status = net.client.stub.GetLoopStatus(pb.Empty(), timeout=10)
-        decisions = [json.loads(d.details_json) for d in status.recent]
         store = TelemetryStore(net.store_path)
         probes = store.path_delays("probe", started, time.time() + 1)
+        decisions = [c.payload for c in store.configs(started, time.time() + 1, kind=DECISION_KIND)]
         store.close()
         report = build_report(state, phases, decisions, probes, reroute_s, failure, status)
         report.update(metrics_url=net.metrics_url, store=str(net.store_path), controller_log=str(net.log_path))
@@ -277,8 +277,9 @@ def write_report(report: dict, phases: list[Phase], decisions: list[dict], probe
                    zorder=0, label=phase.name)
     ax.set_xlabel("s since the network came up")
     ax.set_ylabel("mean one-way delay, ms")
-    ax.set_title(f"{report['topology']}: the controller's closed loop on its own "
-                 f"({100 * report['improvement']:.0f} % lower after its first push)")
+    outcome = (f"{100 * report['improvement']:.0f} % lower after its first push" if report["pushed"]
+               else "no push in the steady phase")
+    ax.set_title(f"{report['topology']}: the controller's closed loop on its own ({outcome})")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "report.png", dpi=110)

@@ -29,6 +29,7 @@ import numpy as np
 
 from controller.loop.decisions import choose, should_roll_back, top_candidates, traffic_shifted
 from optimizer.intent import Intent
+from telemetry.store import CONTROL_KIND, DECISION_KIND
 from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffic_matrix
 from twin.calibration.correction import CalibratedPredictor
 from twin.calibration.online import OnlineCalibration
@@ -42,8 +43,7 @@ VALIDATIONS = ("twin", "sandbox")
 DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count yet
 SETTLE_S = 2.0  # after a routing change, probes this much later count (queues re-form)
 KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
-RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions and operators' controls
-DECISION_KIND, CONTROL_KIND = "loop", "loop-control"  # their kinds in the store's config history
+RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions
 
 
 @dataclass
@@ -76,7 +76,7 @@ class ServiceSettings:
 class Decision:
     """One run of the loop, as recorded and streamed (delays s; NaN where not measured; ``ts`` the
     end of the window it read, ``pushed_at`` when its flow rules were in, ``finished`` when it was
-    recorded: Unix s)."""
+    recorded: Unix s; ``down``: the links out of service it saw)."""
 
     ts: float
     trigger: str
@@ -94,6 +94,7 @@ class Decision:
     route_version: int = 0
     pushed_at: float = float("nan")
     finished: float = float("nan")
+    down: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
@@ -101,6 +102,9 @@ class Decision:
     def to_json(self) -> dict:
         """The decision as plain JSON (NaN as None, at every depth)."""
         return jsonable(asdict(self))
+
+
+_FLOAT_FIELDS = {name for name, f in Decision.__dataclass_fields__.items() if f.type in ("float", float)}
 
 
 def measured_vector(state: NetworkState, delays: dict[tuple[str, str], float]) -> np.ndarray:
@@ -138,6 +142,7 @@ class LoopService:
         self.clock, self.wall = clock, wall
         self.paused = False
         self.running = False
+        self.failure = ""
         self.runs = self.pushes = self.rollbacks = 0
         self.twin_mape = float("nan")
         self.decisions: deque[Decision] = deque(maxlen=KEEP_DECISIONS)
@@ -149,34 +154,38 @@ class LoopService:
         self._last_change = clock()
         self._observed_at = self._added_at = -np.inf
         self._stop = threading.Event()
+        self._dry_run_asked = settings.dry_run
         self._resume()
         controller.add_listener(self.topology_changed)
         metrics.set_gauge("loop_paused", float(self.paused))
         metrics.set_gauge("loop_dry_run", float(settings.dry_run))
 
     def _resume(self) -> None:
-        """Pick up where the loop stood before a restart: the operators' pause and dry run, the
-        decisions (and counts) in the store, the hold-down of a recent push."""
+        """Pick up where the loop stood before a restart: the operators' last pause or resume and
+        dry-run switch, however old (``--dry-run`` on the command line wins), the decisions of the
+        last week (and their counts), the hold-down of a recent push."""
         end = self.wall()
-        records = self.store.configs(end - RESUME_HISTORY_S, end + 1.0)
+        for record in self.store.configs(0.0, end + 1.0, kind=CONTROL_KIND):
+            action = record.payload.get("action")
+            if action in ("PAUSE", "RESUME"):
+                self.paused = action == "PAUSE"
+            elif action in ("DRY_RUN_ON", "DRY_RUN_OFF") and not self._dry_run_asked:
+                self.settings.dry_run = action == "DRY_RUN_ON"
+        records = self.store.configs(end - RESUME_HISTORY_S, end + 1.0, kind=DECISION_KIND)
         for record in records:
-            if record.kind == CONTROL_KIND:
-                action = record.payload.get("action")
-                if action in ("PAUSE", "RESUME"):
-                    self.paused = action == "PAUSE"
-                elif action in ("DRY_RUN_ON", "DRY_RUN_OFF"):
-                    self.settings.dry_run = action == "DRY_RUN_ON"
-            elif record.kind == DECISION_KIND:
-                fields = {k: (float("nan") if v is None and isinstance(getattr(Decision, k, None), float) else v)
-                          for k, v in record.payload.items() if k in Decision.__dataclass_fields__}
-                decision = Decision(**fields)
-                self.decisions.append(decision)
-                self.runs += 1
-                self.pushes += decision.action in ("push", "rollback")
-                self.rollbacks += decision.action == "rollback"
-                if np.isfinite(decision.pushed_at):
-                    self._last_push = self.clock() - (end - decision.pushed_at)
-        if records:
+            try:
+                decision = Decision(**{k: (float("nan") if v is None and k in _FLOAT_FIELDS else v)
+                                       for k, v in record.payload.items() if k in Decision.__dataclass_fields__})
+            except TypeError:
+                LOG.warning("loop: config %d is not a decision this version reads; skipped", record.id)
+                continue
+            self.decisions.append(decision)
+            self.runs += 1
+            self.pushes += decision.action in ("push", "rollback")
+            self.rollbacks += decision.action == "rollback"
+            if np.isfinite(decision.pushed_at):
+                self._last_push = self.clock() - (end - decision.pushed_at)
+        if records or self.paused:
             LOG.info("loop resumed from the store: %d earlier runs, %s%s", self.runs,
                      "paused" if self.paused else "running", ", dry run" if self.settings.dry_run else "")
 
@@ -205,12 +214,17 @@ class LoopService:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for_decision(self, after: int, timeout: float) -> list[Decision]:
-        """Decisions made after the first ``after`` runs, waiting up to ``timeout`` s for one."""
+    def wait_for_decision(self, after: int, timeout: float) -> tuple[list[Decision], int]:
+        """The decisions made after the first ``after`` runs (those still kept), waiting up to
+        ``timeout`` s for one, and the number of runs so far."""
         with self._changed:
             self._changed.wait_for(lambda: self.runs > after or self._stop.is_set(), timeout)
             recent = list(self.decisions)
-            return recent[len(recent) - min(len(recent), self.runs - after):] if self.runs > after else []
+            return (recent[len(recent) - min(len(recent), self.runs - after):] if self.runs > after else []), self.runs
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def _trigger(self, trigger: str) -> None:
         with self._changed:
@@ -222,7 +236,14 @@ class LoopService:
     def serve(self) -> None:
         """Run until :meth:`stop`: wait for a trigger, then run once (the first after one window of telemetry)."""
         started = self.clock()
-        self.predictor, prior = self._twin()
+        try:
+            self.predictor, prior = self._twin()
+        except Exception as exc:  # no twin, no loop: said once, in the log, the status and the store
+            LOG.exception("loop: the twin could not be loaded; the closed loop is off")
+            self.failure = f"the twin could not be loaded: {str(exc)[:300]}"
+            self._record(Decision(ts=self.wall(), trigger="start", action="error", reason=self.failure))
+            self._stop.set()
+            return
         self.calibration.set_prior(prior)
         LOG.info("loop: twin ready in %.1f s", self.clock() - started)
         self._stop.wait(max(0.0, self.settings.window_s - (self.clock() - started)))
@@ -245,12 +266,18 @@ class LoopService:
     def _next_trigger(self) -> str | None:
         """The trigger to run for now, or None after waiting up to ``check_s`` s for one."""
         settings = self.settings
+
         def held() -> bool:
-            return self.clock() - self._last_push < settings.hold_down_s
+            """In the hold-down after a push, or the routing changed too recently for probes of it."""
+            now = self.clock()
+            return now - self._last_push < settings.hold_down_s or now - self._last_change < self.settle_s
+
+        def due() -> bool:
+            return self._stop.is_set() or (not self.paused and ("operator" in self._pending or (
+                bool(self._pending) and self._last_rates is not None and not held())))
 
         with self._changed:
-            self._changed.wait_for(lambda: self._stop.is_set() or (not self.paused and (
-                "operator" in self._pending or (self._pending and not held()))), settings.check_s)
+            self._changed.wait_for(due, settings.check_s)
             now = self.clock()
             if self._stop.is_set() or self.paused:
                 return None
@@ -273,6 +300,12 @@ class LoopService:
         if self._last_rates is not None and traffic_shifted(self._last_rates, self._rates(), settings.shift_threshold):
             return "traffic"
         return None
+
+    @property
+    def settle_s(self) -> float:
+        """After a routing change (push, link or switch event) a run waits this long, s: queues
+        re-form, then a quarter window of probes measures the routing it starts from."""
+        return SETTLE_S + 0.25 * self.settings.window_s
 
     def _traffic_for_a_window(self) -> bool:
         """True when the edge counters have measured traffic for at least one window."""
@@ -308,8 +341,9 @@ class LoopService:
         try:
             decision.route_version = self.controller.route_version
             try:
-                rates, estimated, before, steady = self._window(wall_end, mono_end)
+                rates, estimated, before, steady, decision.down = self._window(wall_end, mono_end)
             except TrafficMatrixError as exc:
+                self._last_rates, self._last_run = None, mono_end  # the next waits for a whole window of traffic
                 decision.action, decision.reason = "defer", str(exc)
                 return self._record(decision)
             self._last_rates = rates
@@ -327,6 +361,9 @@ class LoopService:
                                                       f"{100 * settings.margin:g} %")
                 return self._record(decision)
             decision.weights = {f"{lk.src}->{lk.dst}": float(w) for lk, w in zip(estimated.links, chosen)}
+            if not before:
+                decision.reason = "no probe measured the routing in place, so a push could not be verified: kept"
+                return self._record(decision)
             if settings.dry_run:
                 decision.action, decision.reason = "propose", "dry run: proposed, not pushed"
                 return self._record(decision)
@@ -335,26 +372,26 @@ class LoopService:
         finally:
             self.running = False
 
-    def _window(self, wall_end: float, mono_end: float) -> tuple[dict, NetworkState, dict, float]:
+    def _window(self, wall_end: float, mono_end: float) -> tuple[dict, NetworkState, dict, float, list[str]]:
         """The last window: the traffic matrix, the state the twin is asked about, the probes' delay
-        per flow's pair since the routing last changed, and how long that is, s."""
+        per flow's pair since the routing last changed, how long that is (s), the links down."""
         settings = self.settings
         view = self.controller.snapshot()
         state = view.state.without_links(view.down) if view.down else view.state
         start = wall_end - settings.window_s
         rates = traffic_matrix(self.store.traffic_matrices(start, wall_end), start, wall_end)
         estimated = estimated_state(state, rates, self._packet_bits(start, wall_end))
-        steady_from = max(mono_end - settings.window_s, self._last_change + SETTLE_S)
+        steady_from = min(mono_end, max(mono_end - settings.window_s, self._last_change + SETTLE_S))
         probed = self.controller.path_delays.delays(steady_from, mono_end)
         before = {(f.src, f.dst): probed[(f.src, f.dst)] for f in estimated.flows if (f.src, f.dst) in probed}
-        return rates, estimated, before, mono_end - steady_from
+        return rates, estimated, before, mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down)
 
     def observe(self) -> None:
         """Between runs: score the twin on the last window and add it to the online fit, refitted
         here, off the runs' path."""
         wall_end, mono_end = self.wall(), self.clock()
         try:
-            _, estimated, before, steady = self._window(wall_end, mono_end)
+            _, estimated, before, steady, _ = self._window(wall_end, mono_end)
         except TrafficMatrixError:
             return
         self._learn(estimated, before, steady, mono_end)
@@ -452,7 +489,7 @@ class LoopService:
         payload = decision.to_json()
         try:
             self.store.add_config(decision.ts, "ndt loop", DECISION_KIND, payload)
-        except NdtError as exc:
+        except NdtError as exc:  # the store's trouble: the decision still goes to the log, metrics and streams
             LOG.error("%s", exc)
         self.metrics.count_loop("decision", decision.action)
         self.metrics.set_gauge("loop_last_run_timestamp_seconds", decision.ts)

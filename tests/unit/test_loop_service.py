@@ -100,6 +100,7 @@ def service(state=None, traffic=True, **settings) -> tuple[LoopService, StandInC
                        ServiceSettings(**{**defaults, **settings}))
     loop.predictor, prior = loop._twin()
     loop.calibration.set_prior(prior)
+    loop._last_change -= 100.0  # the routing has been steady since long before the window
     return loop, controller, store, metrics
 
 
@@ -162,7 +163,6 @@ def test_twin_mape_is_scored_before_the_window_joins_the_fit():
 
 def test_between_runs_the_loop_scores_the_twin_and_feeds_the_online_fit():
     loop, _, _, metrics = service()
-    loop._last_change -= 100.0  # the routing has been steady since long before the window
     loop.observe()
     assert loop.calibration.last.windows == 0 and len(loop.calibration._windows) == 1
     assert metrics._gauges["loop_twin_error_ratio"] == pytest.approx(0.0, abs=1e-9)
@@ -187,15 +187,18 @@ def test_triggers_hold_down_pause_and_operator():
     assert loop._next_trigger() is None
     loop.pause(False)
     assert loop._next_trigger() == "operator"  # and it answers the link event too
+    loop._last_push = loop._last_change = -np.inf
     assert loop._next_trigger() is None
-    loop._last_push = -np.inf
     controller.listeners[0]("link s1->s2 up")
+    assert loop._next_trigger() is None  # probes have not yet measured the new routing
+    loop._last_change -= loop.settle_s
     assert loop._next_trigger() == "topology"
 
 
 def test_a_traffic_shift_triggers_a_run():
     loop, _, store, _ = service(hold_down_s=0.0)
     loop.run_once(loop._next_trigger())
+    loop._last_change -= 100.0  # the probes have measured the pushed routing
     assert loop._next_trigger() is None
     store.add_traffic_matrix(time.time() - 0.5, {("s1", "s2"): 3.4e6, ("s1", "s3"): 1.7e6})
     assert loop._next_trigger() == "traffic"
@@ -206,7 +209,22 @@ def test_links_down_are_left_out_of_the_state_the_twin_sees():
     controller.down = frozenset({("s1", "s4"), ("s4", "s1")})
     decision = loop.run_once("topology")
     assert decision.action in ("keep", "push")
-    assert "s1->s4" not in decision.weights
+    assert "s1->s4" not in decision.weights and decision.down == ["s1->s4", "s4->s1"]
+
+
+def test_without_a_probe_of_the_routing_in_place_nothing_is_pushed():
+    loop, controller, _, _ = service()
+    controller.path_delays.delays = lambda start, end, min_samples=3: {}
+    decision = loop.run_once("topology")
+    assert decision.action == "keep" and "could not be verified" in decision.reason and controller.applied == []
+
+
+def test_a_twin_that_cannot_load_turns_the_loop_off_and_says_why():
+    loop, _, store, _ = service()
+    loop._twin = lambda: (_ for _ in ()).throw(OSError("weights file missing"))
+    loop.serve()
+    assert loop.stopped and "weights file missing" in loop.failure
+    assert store.configs(0, time.time() + 1, kind="loop")[-1].payload["action"] == "error"
 
 
 def test_a_failed_run_is_recorded_as_an_error_and_the_service_goes_on():
@@ -219,7 +237,7 @@ def test_a_failed_run_is_recorded_as_an_error_and_the_service_goes_on():
 
     thread = threading.Thread(target=loop.serve, daemon=True)
     thread.start()
-    decisions = loop.wait_for_decision(0, 10.0)
+    decisions, _ = loop.wait_for_decision(0, 10.0)
     loop.stop()
     thread.join(5)
     assert decisions and decisions[0].action == "error" and "switch table full" in decisions[0].reason
@@ -265,15 +283,17 @@ def test_grpc_pauses_resumes_and_switches_dry_run(api):
 
 def test_grpc_streams_decisions_as_they_are_made(api):
     stub, loop, _ = api
-    stream = stub.StreamLoopDecisions(pb.StreamRequest(interval_s=0.2), timeout=30)
-    time.sleep(0.3)
     loop.run_once("operator")
-    first = next(stream)
+    stream = stub.StreamLoopDecisions(pb.StreamRequest(interval_s=0.2), timeout=30)
+    first = next(stream)  # a subscriber starts from the last decision
+    loop.run_once("periodic")
+    second = next(stream)
     stream.cancel()
+    assert second.trigger == "periodic"
     assert first.trigger == "operator" and first.action == "push" and first.candidates >= 1
     assert first.after_s > 0 and first.twin_mape >= 0 and '"weights"' in first.details_json
     status = stub.GetLoopStatus(pb.Empty(), timeout=5)
-    assert status.runs == 1 and status.pushes == 1 and status.recent[-1].action == "push"
+    assert status.runs == 2 and status.pushes >= 1 and status.recent[0].action == "push" and not status.error
 
 
 def test_a_controller_without_loop_says_how_to_start_one():
@@ -323,6 +343,26 @@ def test_the_controller_resumes_the_routing_in_the_store_unless_the_state_file_i
     store.add_config(time.time() - 30 * 86400, "old", "weights", {})
     store.maintain(time.time() + 8 * 86400)
     assert store.latest_config(ROUTING_KIND) is not None  # the routing in place survives retention
+    assert store.latest_config("weights") is None
+
+
+def test_retention_without_a_routing_record_and_the_operators_last_controls():
+    store = TelemetryStore()
+    old = time.time() - 30 * 86400
+    store.add_config(old, "x", "weights", {"s1->s2": 2.0})
+    for action in ("PAUSE", "DRY_RUN_ON", "RESUME", "PAUSE"):
+        store.add_config(old, "ops", "loop-control", {"action": action})
+    store.maintain()
+    assert store.latest_config("weights") is None  # expired although no routing record exists
+    kept = [c.payload["action"] for c in store.configs(0, time.time(), kind="loop-control")]
+    assert kept == ["DRY_RUN_ON", "RESUME", "PAUSE"]  # the latest of each action, however old
+    loop = LoopService(StandInController(square()), store, Metrics(), lambda: (QT, Correction()),
+                       ServiceSettings())
+    assert loop.paused and loop.settings.dry_run
+    store.add_config(time.time(), "ops", "loop-control", {"action": "DRY_RUN_OFF"})
+    asked = LoopService(StandInController(square()), store, Metrics(), lambda: (QT, Correction()),
+                        ServiceSettings(dry_run=True))
+    assert asked.settings.dry_run  # --dry-run on the command line wins over the store
 
 
 def test_the_demo_picks_a_shift_and_a_failure_that_keep_every_flow_routed():
