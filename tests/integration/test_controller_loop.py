@@ -75,7 +75,7 @@ def test_the_loop_pushes_a_better_routing_on_its_own_without_losing_pings(tmp_pa
     assert [d.payload["action"] for d in decisions][:1] == ["push"]
     assert 0 < push.after_s < push.measured_s  # the probes saw the improvement
     before = window_delays(rows, 2, rows[:, 2].min() + 2.0, push.ts - 1.0, min_packets=100)
-    after = window_delays(rows, 2, push.pushed_at + 2.0, rows[:, 2].max(), min_packets=100)
+    after = window_delays(rows, 2, json.loads(push.details_json)["pushed_at"] + 2.0, rows[:, 2].max(), min_packets=100)
     assert after[1] < 0.8 * before[1]  # 1->3 left the busy link: the hosts measured it too
     sent, received = pings["result"]
     assert sent == received, f"{sent - received} of {sent} pings lost across the push"
