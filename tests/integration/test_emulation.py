@@ -91,7 +91,8 @@ def test_loop_pushes_the_routing_it_validated(tmp_path):
     routed = state.with_weights(np.array(report["pushed_weights"]))
     assert routed.flow_path(1) == ["s1", "s4", "s3"], "the validated winner moves 1->3 off the full link"
     config = sqlite3.connect(f"file:{report['store']}?mode=ro", uri=True).execute(
-        "SELECT who, payload FROM config WHERE who LIKE 'ndt loop%' ORDER BY id DESC LIMIT 1").fetchone()
+        "SELECT who, payload FROM config WHERE who LIKE 'ndt loop%' AND kind = 'weights' "
+        "ORDER BY id DESC LIMIT 1").fetchone()
     assert config[0] == "ndt loop: validated winner"
     pushed = json.loads(config[1])
     assert [pushed[f"{lk.src}->{lk.dst}"] for lk in state.links] == report["pushed_weights"]
