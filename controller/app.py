@@ -153,6 +153,7 @@ class NdtController(app_manager.OSKenApp):
         self._probe_count = 0
         self._echo_sent: dict[tuple[int, int], float] = {}
         self._listeners: list = []
+        self._edge_version = 0  # counts changes of the hosts and connected switches (the probes' targets)
         for link in self.state.links:
             self.metrics.set_link_up(link.src, link.dst, False)
 
@@ -177,7 +178,8 @@ class NdtController(app_manager.OSKenApp):
 
     # ------------------------------------------------------------------ public API
     def apply_weights(self, weights: dict[tuple[str, str], float], who: str, predicted: dict | None = None) -> int:
-        """Route by new OSPF weights ((src, dst) → weight; unnamed links keep theirs); returns the config id."""
+        """Route by new OSPF weights ((src, dst) → weight; unnamed links keep theirs); returns the config id
+        (0 when the store could not record it)."""
         with self._lock:
             current = {(lk.src, lk.dst): lk.weight for lk in self.state.links}
             for (src, dst) in weights:
@@ -189,8 +191,12 @@ class NdtController(app_manager.OSKenApp):
         self.request_reroute(f"weights from {who}")  # the routes follow the state whatever the store does
         payload = {f"{s}->{d}": w for (s, d), w in weights.items()}
         now = time.time()
-        config_id = self.store.add_config(now, who, "weights", payload, predicted)
-        self.store.add_config(now, who, ROUTING_KIND, routing)
+        try:
+            config_id = self.store.add_config(now, who, "weights", payload, predicted)
+            self.store.add_config(now, who, ROUTING_KIND, routing)
+        except StoreError as exc:  # applied all the same: only its record is missing
+            LOG.error("weights from %s applied but not recorded: %s", who, exc)
+            return 0
         return config_id
 
     def reload_state(self) -> None:
@@ -213,8 +219,8 @@ class NdtController(app_manager.OSKenApp):
         self._reroute.set()
 
     def add_listener(self, listener) -> None:
-        """Call ``listener(reason)`` after every route set installed because of a link, switch or
-        host event (not after weight changes); the closed loop re-runs on them."""
+        """Call ``listener(reason)`` after every route set installed, with its reasons joined by
+        "; " (link, switch and host events, "weights from WHO"); the closed loop follows them."""
         self._listeners.append(listener)
 
     @property
@@ -259,6 +265,7 @@ class NdtController(app_manager.OSKenApp):
                 return
             with self._lock:
                 self._datapaths[dp.id] = dp
+                self._edge_version += 1
                 for port_no, port in dp.ports.items():
                     self._set_port(dp.id, port_no, self._port_is_up(dp, port))
                 hosts = list(self._hosts.values())
@@ -268,6 +275,7 @@ class NdtController(app_manager.OSKenApp):
         elif self._datapaths.get(dp.id) is dp:
             with self._lock:
                 del self._datapaths[dp.id]
+                self._edge_version += 1
             self._link_rates.forget(lambda key: key[0] == name)
             LOG.warning("switch %s (dpid %d) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
@@ -402,10 +410,8 @@ class NdtController(app_manager.OSKenApp):
         self.metrics.set_gauge("route_version", version)
         self.metrics.set_gauge("routing_switch_over_seconds", elapsed)
         LOG.info("routes v%d installed (%d rules) in %.3f s: %s", version, len(new.rules), elapsed, reason)
-        topology = [r for r in reason.split("; ") if r and not r.startswith("weights from")]
-        if topology:
-            for listener in self._listeners:
-                listener("; ".join(topology))
+        for listener in self._listeners:
+            listener(reason)
 
     def _send_batch(self, batch: list[FlowOp]) -> None:
         """Send one batch of flow-mods, then a barrier to every switch touched; wait for all replies."""
@@ -521,6 +527,7 @@ class NdtController(app_manager.OSKenApp):
             if self._hosts.get(host.ip) == host:
                 return
             self._hosts[host.ip] = host
+            self._edge_version += 1
             hosts = list(self._hosts.values())
         LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
         self._install_edge_rules(hosts)
@@ -544,15 +551,17 @@ class NdtController(app_manager.OSKenApp):
     def _prober(self):
         """Send one probe at a time at the schedule's exponential gaps (bounded rate: ``probe_rate``/s)."""
         schedule = ProbeSchedule(self.config.probe_rate)
+        seen, targets = -1, {}
         while True:
             time.sleep(schedule.gap())
             try:
                 with self._lock:
-                    targets = {}
-                    for host in self._hosts.values():
-                        targets.setdefault(host.switch, host)
-                    connected = {self.wiring.names[d] for d in self._datapaths}
-                schedule.set_switches([s for s in targets if s in connected])
+                    if self._edge_version != seen:
+                        seen, targets = self._edge_version, {}
+                        for host in self._hosts.values():
+                            targets.setdefault(host.switch, host)
+                        connected = {self.wiring.names[d] for d in self._datapaths}
+                        schedule.set_switches([s for s in targets if s in connected])
                 pair = schedule.next()
                 if pair is not None:
                     self._send_probe(pair[0], targets[pair[1]])

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
                               probe_rate=args.probe_rate,
-                              probe_history_s=max(900.0, 2 * args.loop_window, 2 * args.verify_s + 10.0))
+                              probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
                    args.max_predict_flows, loop_factory)
     return 0

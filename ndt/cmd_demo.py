@@ -31,7 +31,8 @@ def register(subparsers) -> None:
             "Bring SNDlib Abilene up in Mininet under heavy load with 'ndt controller --intent' attached as its own "
             "process. The hosts play steady traffic, then a traffic shift, then a link fails; the controller's loop "
             "decides on its own from its telemetry and in-band probes (twin + NES, validation, consistent update, "
-            "verification, rollback). Afterwards the loop's decisions are read through gRPC and Prometheus and "
+            "verification, rollback). Afterwards its status is read through gRPC, its decisions from the "
+            "controller's store, what Prometheus recorded, and all "
             "compared with the hosts' kernel-timestamped delays. Writes data/demo/report.json and report.png."
         ),
     )

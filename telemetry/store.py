@@ -5,9 +5,11 @@ Every table is indexed on time and on (src, dst, time) for range queries. Units:
 in s since the epoch, bytes, bit/s, seconds of delay, utilization as a 0–1 ratio.
 
 Series: per-link counters and utilization; the traffic matrix (per switch pair);
-predicted and measured path delays; every applied configuration with who applied it
-and its predicted effect. :meth:`TelemetryStore.maintain` applies retention (rows older
-than ``retention_s`` go) and downsampling (rows older than ``raw_s`` are merged into
+predicted, measured and probed path delays; every applied configuration with who applied it
+and its predicted effect, the closed loop's decisions and the operators' controls of it.
+:meth:`TelemetryStore.maintain` applies retention (rows older than ``retention_s`` go, except
+the newest ``routing`` record and the newest operator control of each kind, which a restarted
+controller needs) and downsampling (rows older than ``raw_s`` are merged into
 ``bucket_s`` buckets: counters keep the bucket's last value, rates and delays the mean).
 The store makes no decisions; a Prometheus server can serve the same read side.
 

@@ -257,6 +257,8 @@ class NdtService(services.NdtServicer):
         names = pb.LoopControl.Action
         if action not in names.values():
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"action: {action} is not a LoopControl.Action")
+        if loop.stopped:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"the loop has stopped: {loop.failure or 'shut down'}")
         if action == names.Value("RUN_NOW") and loop.paused:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "the loop is paused: RESUME it first")
         {names.Value("PAUSE"): lambda: loop.pause(True), names.Value("RESUME"): lambda: loop.pause(False),
@@ -280,10 +282,12 @@ class NdtService(services.NdtServicer):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"interval_s must be from {low} to {high} s, got {interval}")
         with self._streams.held():
             seen = max(0, loop.runs - 1)  # a subscriber starts from the last decision
-            while context.is_active() and not loop.stopped:
+            while context.is_active():
                 decisions, seen = loop.wait_for_decision(seen, interval)
                 for decision in decisions:
                     yield _decision(decision)
+                if loop.stopped:
+                    return
 
     def _require_loop(self):
         if self.loop is None:

@@ -4,7 +4,8 @@ The Mininet network with traffic from its hosts is only "the network": ``ndt con
 runs as its own process attached to it, with its closed loop (:mod:`controller.loop.service`)
 deciding on its own from its telemetry and probes. This driver plays traffic in three phases
 (steady, a traffic shift, a link failure in the middle of the third), and afterwards reads what the
-loop did through gRPC (the loop's decisions) and Prometheus, the hosts' kernel-timestamped delays
+loop did (its status through gRPC, its decisions from the controller's store, what Prometheus
+recorded), the hosts' kernel-timestamped delays
 beside the controller's probe delays. Delays in s, times Unix s.
 """
 

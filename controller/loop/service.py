@@ -152,7 +152,7 @@ class LoopService:
         self._last_run = -np.inf
         self._last_push = -np.inf
         self._last_change = clock()
-        self._observed_at = self._added_at = -np.inf
+        self._observed_at = self._added_at = self._retry_at = -np.inf
         self._stop = threading.Event()
         self._dry_run_asked = settings.dry_run
         self._resume()
@@ -165,7 +165,7 @@ class LoopService:
         dry-run switch, however old (``--dry-run`` on the command line wins), the decisions of the
         last week (and their counts), the hold-down of a recent push."""
         end = self.wall()
-        for record in self.store.configs(0.0, end + 1.0, kind=CONTROL_KIND):
+        for record in sorted(self.store.configs(0.0, end + 1.0, kind=CONTROL_KIND), key=lambda r: r.id):
             action = record.payload.get("action")
             if action in ("PAUSE", "RESUME"):
                 self.paused = action == "PAUSE"
@@ -191,10 +191,23 @@ class LoopService:
 
     # ------------------------------------------------------------------ operators and events
     def topology_changed(self, reason: str) -> None:
-        """A link or switch went down or up (the controller has rerouted on the current weights)."""
-        self._last_change = self.clock()
-        self._trigger("topology")
-        LOG.info("loop: topology changed (%s)", reason)
+        """The controller installed new routes for ``reason`` ("; "-joined). A link, switch or host
+        event triggers a run (the routes already follow the current weights); weights from someone
+        else (gRPC Apply, a state-file reload) hold the loop down as its own push would, so it does
+        not fight them; its own pushes change nothing here."""
+        now = self.clock()
+        reasons = [r for r in reason.split("; ") if r]
+        external = [r for r in reasons if r.startswith("weights from") and not r.startswith("weights from ndt loop")]
+        events = [r for r in reasons if not r.startswith("weights from")]
+        if external:
+            self._last_change = now
+            if self.runs:  # before its first run the loop has nothing to fight over (initial routes)
+                self._last_push = now
+                LOG.info("loop: routing changed from outside (%s): holding down", "; ".join(external))
+        if events:
+            self._last_change = now
+            self._trigger("topology")
+            LOG.info("loop: topology changed (%s)", "; ".join(events))
 
     def run_now(self) -> None:
         self._trigger("operator")
@@ -261,6 +274,7 @@ class LoopService:
                 self.run_once(trigger)
             except Exception as exc:  # the service must survive any single failed run
                 LOG.exception("loop run failed")
+                self._retry_at = self.clock() + self.settings.window_s  # not again before a new window
                 self._record(Decision(ts=self.wall(), trigger=trigger, action="error", reason=str(exc)[:400]))
 
     def _next_trigger(self) -> str | None:
@@ -270,7 +284,8 @@ class LoopService:
         def held() -> bool:
             """In the hold-down after a push, or the routing changed too recently for probes of it."""
             now = self.clock()
-            return now - self._last_push < settings.hold_down_s or now - self._last_change < self.settle_s
+            return (now - self._last_push < settings.hold_down_s or now - self._last_change < self.settle_s
+                    or now < self._retry_at)
 
         def due() -> bool:
             return self._stop.is_set() or (not self.paused and ("operator" in self._pending or (
@@ -308,11 +323,10 @@ class LoopService:
         return SETTLE_S + 0.25 * self.settings.window_s
 
     def _traffic_for_a_window(self) -> bool:
-        """True when the edge counters have measured traffic for at least one window."""
+        """True when the edge counters have measured traffic for at least one window, up to now."""
         end = self.wall()
-        samples = self.store.traffic_matrices(end - 2 * self.settings.window_s, end)
-        first = min((s.ts for s in samples if s.value > 0), default=None)
-        return first is not None and first <= end - self.settings.window_s
+        samples = [s.ts for s in self.store.traffic_matrices(end - 2 * self.settings.window_s, end) if s.value > 0]
+        return bool(samples) and min(samples) <= end - self.settings.window_s and max(samples) >= end - self.settings.window_s
 
     def _rates(self) -> dict:
         end = self.wall()
@@ -470,16 +484,19 @@ class LoopService:
         decision.action = "push"
         self.pushes += 1
         self._stop.wait(settings.verify_s + SETTLE_S)
-        after = self.controller.path_delays.delays(pushed + SETTLE_S, self.clock())
+        after = self.controller.path_delays.delays(pushed + SETTLE_S, self.clock(), min_samples=1)
         mean_before, mean_after = common_mean(before, after)
         decision.after_s = mean_after
-        if np.isfinite(mean_after) and should_roll_back(mean_before, mean_after, settings.rollback_tolerance):
+        if self.controller.route_version != decision.route_version:
+            decision.reason = "the routing changed again during the verification (an operator or an event): not judged"
+        elif not np.isfinite(mean_after) or should_roll_back(mean_before, mean_after, settings.rollback_tolerance):
             version = self.controller.route_version
             self.controller.apply_weights(dict(zip(links, map(float, current))), who="ndt loop: rollback")
             decision.route_version = self.controller.wait_for_routes(version, 30.0)
             self._last_change = self.clock()
             decision.action = "rollback"
-            decision.reason = (f"measured {1e3 * mean_after:.3f} ms after the push against {1e3 * mean_before:.3f} ms "
+            decision.reason = ("no probe measured the pushed routing: rolled back" if not np.isfinite(mean_after) else
+                               f"measured {1e3 * mean_after:.3f} ms after the push against {1e3 * mean_before:.3f} ms "
                                f"before: rolled back")
             self.rollbacks += 1
 

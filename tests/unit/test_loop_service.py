@@ -179,7 +179,8 @@ def test_triggers_hold_down_pause_and_operator():
     loop.run_once("start")
     assert loop.pushes == 1
     controller.listeners[0]("link s1->s2 down")
-    assert loop._next_trigger() is None  # within the hold-down after the push
+    loop._last_change -= 100.0
+    assert loop._next_trigger() is None  # within the hold-down after the push (only)
     loop.run_now()
     assert loop._next_trigger() == "operator"
     loop.pause(True)
@@ -320,8 +321,11 @@ def test_a_restarted_loop_resumes_its_decisions_pause_dry_run_and_hold_down():
     assert again.runs == 1 and again.pushes == 1 and again.decisions[-1].action == "push"
     assert np.isfinite(again.decisions[-1].pushed_at) and np.isfinite(again.decisions[-1].after_s)
     again.pause(False)
-    again.topology_changed("link s1->s2 down")
+    again._last_change -= 100.0
+    again.settings.window_s = 10.0
     assert again._next_trigger() is None  # the push before the restart still holds the loop down
+    again._last_push = -np.inf
+    assert again._next_trigger() == "start"
 
 
 def test_the_controller_resumes_the_routing_in_the_store_unless_the_state_file_is_newer(tmp_path):
@@ -377,3 +381,64 @@ def test_the_demo_picks_a_shift_and_a_failure_that_keep_every_flow_routed():
                         flows=(Flow("a", "b", 1e5),))
     with pytest.raises(NdtError, match="no link can fail"):
         busiest_link(line)
+
+
+def test_weights_from_someone_else_hold_the_loop_down_and_its_own_do_not():
+    loop, controller, _, _ = service(hold_down_s=60.0)
+    loop.topology_changed("weights from l: initial routes")  # before the first run: nothing to fight over
+    assert loop._last_push == -np.inf
+    loop.run_once("start")
+    loop._last_push = loop._last_change = -np.inf
+    loop.topology_changed("weights from ndt loop (start)")
+    assert loop._last_push == -np.inf and not loop._pending
+    loop.topology_changed("weights from gRPC ipv4:127.0.0.1:5555; host 10.0.0.9 learned")
+    assert np.isfinite(loop._last_push) and loop._pending == ["topology"]
+
+
+def test_a_push_the_probes_never_measured_is_rolled_back_and_a_changed_routing_is_not_judged():
+    loop, controller, _, _ = service()
+    real = controller.path_delays.delays
+    controller.path_delays.delays = lambda start, end, min_samples=3: (
+        real(start, end) if not controller.applied else {})
+    decision = loop.run_once("start")
+    assert decision.action == "rollback" and "no probe measured the pushed routing" in decision.reason
+    loop, controller, _, _ = service(slow_after_push=10.0)
+    apply = controller.apply_weights
+
+    def apply_and_then_an_event(weights, who, predicted=None):
+        config = apply(weights, who, predicted)
+        controller.route_version += 1  # a link event right after the push
+        return config
+
+    controller.apply_weights = apply_and_then_an_event
+    controller.wait_for_routes = lambda after, timeout: controller.route_version - 1
+    decision = loop.run_once("start")
+    assert decision.action == "push" and "not judged" in decision.reason and loop.rollbacks == 0
+
+
+def test_a_failed_run_is_not_retried_before_a_new_window():
+    loop, controller, _, _ = service()
+    loop.run_once("start")
+    loop._last_run = loop._last_push = loop._last_change = -np.inf  # a periodic run is due
+    controller.snapshot = lambda: (_ for _ in ()).throw(RuntimeError("switch table full"))
+    import threading
+
+    loop.settings.window_s = 2.0  # serve() starts after 2 s; without a back-off the periodic trigger
+    thread = threading.Thread(target=loop.serve, daemon=True)  # would fire again every check
+    thread.start()
+    time.sleep(3.5)
+    loop.stop()
+    thread.join(5)
+    assert [d.action for d in loop.decisions] == ["push", "error"]
+
+
+def test_a_stopped_loop_streams_its_last_decision_and_refuses_controls(api):
+    stub, loop, _ = api
+    loop._twin = lambda: (_ for _ in ()).throw(OSError("weights file missing"))
+    loop.serve()
+    decisions = list(stub.StreamLoopDecisions(pb.StreamRequest(interval_s=0.2), timeout=10))
+    assert [d.action for d in decisions] == ["error"] and "weights file missing" in decisions[0].reason
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.RUN_NOW), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "weights file missing" in refused.value.details()
+    assert "weights file missing" in stub.GetLoopStatus(pb.Empty(), timeout=5).error
