@@ -26,15 +26,23 @@ from os_ken.lib.packet import arp, ethernet, ipv4, packet, udp
 from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
-from controller.probes import PROBE_FRAME_BYTES, PROBE_TIMEOUT_S, PathDelays, ProbeSample, ProbeSchedule, probe_id, probe_payload
+from controller.probes import (
+    PROBE_FRAME_BYTES,
+    PROBE_TIMEOUT_S,
+    PathDelays,
+    ProbeSample,
+    ProbeSchedule,
+    probe_id,
+    probe_payload,
+)
 from controller.routing_rules import (
     BASE_COOKIE,
     CLASSIFIER_TABLE,
     COOKIE_KIND_MASK,
     COUNTER_COOKIE,
     NDT_COOKIE_MASK,
-    FlowOp,
     PROBE_UDP_PORT,
+    FlowOp,
     FlowRule,
     Host,
     RouteSet,

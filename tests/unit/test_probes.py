@@ -16,11 +16,11 @@ from controller.probes import (
     probe_payload,
     sampling_mape,
 )
+from mininet_topos.topologies import emulation_state
 from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays, fit
 from twin.calibration.online import OnlineCalibration
 from twin.models.registry import get_predictor
 from twin.state.metrics import mape
-from mininet_topos.topologies import emulation_state
 
 
 def test_payload_round_trip_and_foreign_packets():

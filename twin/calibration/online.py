@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
 from scipy.optimize import nnls
 
 from twin.calibration.correction import CAPACITY_SCALES, CalibratedPredictor, Correction, design_matrices
