@@ -129,7 +129,9 @@ class EmulatedNetwork:
 
     ``prefix``: names switches ``{prefix}s1``… and hosts ``{prefix}h1``…; ``tag``: its directory under
     data/logs; ``store``: the controller's telemetry store file; ``metrics_port``: its Prometheus endpoint
-    (0 = any free port); ``controller_args``: more ``ndt controller`` options. Routes start from the
+    (0 = any free port); ``controller_args``: more ``ndt controller`` options (no in-band probes unless
+    they ask for them: in userspace OVS the thread that answers packet-outs also forwards, docs/operations.md).
+    Routes start from the
     state's weights. ``realtime_ovs``: while the network runs, ovs-vswitchd is SCHED_FIFO (restored
     after), because on a machine busy with other jobs its forwarding otherwise stalls for tens of ms
     now and then (docs/emulation.md).
@@ -260,7 +262,7 @@ class EmulatedNetwork:
             [sys.executable, "-m", "ndt.cli", "controller", "--state", str(state_path), "--wiring", str(wiring_path),
              "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port), "--store", str(self.store_path),
              "--poll-interval", str(self.poll_interval), "--grpc", f"127.0.0.1:{self.grpc_port}",
-             *self.controller_args],
+             *(() if "--probe-rate" in self.controller_args else ("--probe-rate", "0")), *self.controller_args],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._wait(self._metrics_up, 30, "the controller's metrics endpoint")
