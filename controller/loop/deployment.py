@@ -254,7 +254,7 @@ def write_report(report: dict, phases: list[Phase], decisions: list[dict], probe
 
     report["report_json"], report["report_png"] = str(out_dir / "report.json"), str(out_dir / "report.png")
     (out_dir / "report.json").write_text(json.dumps(jsonable(report), indent=1))
-    fig, ax = plt.subplots(figsize=(11, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 5.2))
     for phase in phases:
         if len(phase.rows):
             sent = phase.rows[:, 2]
@@ -268,6 +268,7 @@ def write_report(report: dict, phases: list[Phase], decisions: list[dict], probe
     if times:
         ax.plot([t - started for t in times], [1e3 * np.mean([r.value for r in probes if r.ts == t]) for t in times],
                 color="C1", marker=".", label="controller's probes: mean over pairs (10-s means)")
+    ax.set_ylim(bottom=0)
     colours = {"push": "C2", "rollback": "C3", "keep": "C7", "propose": "C4", "defer": "C8", "error": "C3"}
     for d in decisions:
         at = (d.get("pushed_at") or d["finished"]) - started
@@ -281,7 +282,7 @@ def write_report(report: dict, phases: list[Phase], decisions: list[dict], probe
     outcome = (f"{100 * report['improvement']:.0f} % lower after its first push" if report["pushed"]
                else "no push in the steady phase")
     ax.set_title(f"{report['topology']}: the controller's closed loop on its own ({outcome})")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "report.png", dpi=110)
     plt.close(fig)

@@ -282,7 +282,8 @@ class LoopService:
         settings = self.settings
 
         def held() -> bool:
-            """In the hold-down after a push, or the routing changed too recently for probes of it."""
+            """In the hold-down after a push, the routing changed too recently for probes of it, or
+            a failed run's back-off."""
             now = self.clock()
             return (now - self._last_push < settings.hold_down_s or now - self._last_change < self.settle_s
                     or now < self._retry_at)
