@@ -505,8 +505,8 @@ class NdtController(app_manager.OSKenApp):
             return
         ip = pkt.get_protocol(ipv4.ipv4)
         datagram = pkt.get_protocol(udp.udp)
-        pkt.ndt_received = getattr(msg, "ndt_received", None)
-        if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(dp, pkt):
+        if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(
+                dp, pkt, getattr(msg, "ndt_received", None) or time.monotonic()):
             return
         if ip is not None:
             host = self._hosts.get(ip.dst)
@@ -596,9 +596,8 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(out)
         self.path_delays.sent += 1
 
-    def _on_probe(self, dp, pkt) -> bool:
-        """Record a returned probe; False when the packet is not one of ndt's probes."""
-        received = getattr(pkt, "ndt_received", None) or time.monotonic()
+    def _on_probe(self, dp, pkt, received: float) -> bool:
+        """Record a probe returned at ``received`` (monotonic s); False when it is not an ndt probe."""
         payload = pkt.protocols[-1]
         number = probe_id(payload) if isinstance(payload, (bytes, bytearray)) else None
         if number is None:

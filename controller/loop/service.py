@@ -441,7 +441,6 @@ class LoopService:
                                 "fit_mape": fitted.mape, **asdict(fitted.correction)}
         if before:
             decision.measured_s = float(np.mean(list(before.values())))
-        decision.predicted_current_s = decision.predicted_chosen_s = float(np.mean(twin.predict_delays([estimated])[0]))
         return twin
 
     def _validate(self, estimated: NetworkState, current: np.ndarray, candidates: list, twin,
@@ -460,6 +459,7 @@ class LoopService:
             validated = predicted
         for p, v in zip(predicted, validated):
             decision.candidates.append({"predicted_s": p, "validated_s": v})
+        decision.predicted_current_s = decision.predicted_chosen_s = predicted[0]
         decision.validated_current_s = decision.validated_chosen_s = validated[0]
         winner = choose(validated, settings.margin) if candidates else 0
         if winner and predicted[winner] >= predicted[0]:
