@@ -21,7 +21,7 @@ from optimizer.intent import Intent
 from optimizer.search import optimize
 from twin.calibration import correction as cal
 from twin.calibration.finetune import fine_tune
-from twin.models.learned import load_twin
+from twin.models.inference import load_predictor
 from twin.models.registry import LEARNED, get_predictor
 from twin.state.metrics import mape
 from twin.state.model import NetworkState
@@ -62,7 +62,7 @@ def calibrate(topology: str, loads: list[float], routings: int, duration: float,
             stem.parent.mkdir(parents=True, exist_ok=True)
             for suffix in (".weights.h5", ".json"):
                 shutil.copyfile(f"{best}{suffix}", f"{stem}{suffix}")
-        predictor = load_twin(stem.name, stem.parent)
+        predictor = load_predictor(stem.name, stem.parent)
     samples = []  # (load, state, raw prediction, measured, walk)
     total = len(loads) * routings
     for load in loads:

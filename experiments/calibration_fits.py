@@ -22,7 +22,7 @@ from scipy.optimize import nnls
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import MIN_PACKETS, reliable_from_report
 from twin.calibration import correction as cal
-from twin.models.learned import load_twin
+from twin.models.inference import load_predictor
 from twin.state.metrics import mape
 
 
@@ -50,7 +50,7 @@ def errors(twin, states, measured, params):
 def main(calibration_json: str, demo_jsons: list[str]) -> None:
     report = json.load(open(calibration_json))
     stem = cal.tuned_model_stem(cal.find(report["model"]))
-    twin = load_twin(stem.name, stem.parent)
+    twin = load_predictor(stem.name, stem.parent)
     base = emulation_state(report["topology"], 1.0, seed=0)
     rows = report["measurements"]
     states = [base.scaled(r["load"]).with_weights(np.array(r["weights"])) for r in rows]

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from twin.models.learned import MODELS_DIR
+    from twin.models.model_files import MODELS_DIR
     from twin.models.registry import LEARNED
     from twin.models.train import TrainConfig, Trainer
 

@@ -5,7 +5,8 @@ import pytest
 
 from twin.data.dataset import DatasetConfig, generate, make_state
 from twin.models.features import build_batch
-from twin.models.learned import MODELS_DIR, LearnedTwin, ModelFileError, Normalizer, build, load_twin, make_network
+from twin.models.learned import LearnedTwin, build, load_twin, make_network
+from twin.models.model_files import MODELS_DIR, ModelFileError, Normalizer
 from twin.models.qt import QueueingModel
 from twin.models.train import TrainConfig, Trainer
 from twin.sim.simulator import simulate

@@ -213,7 +213,7 @@ def find(model: str) -> Path | None:
 
 
 def tuned_model_stem(path: Path) -> Path:
-    """Where the twin fine-tuned with the correction at ``path`` lives (``load_twin(stem.name, stem.parent)``)."""
+    """Where the twin fine-tuned with the correction at ``path`` lives (``load_predictor(stem.name, stem.parent)``)."""
     path = Path(path)
     return path.with_name(f"{path.stem}-twin")
 
@@ -224,9 +224,9 @@ def tuned_predictor(path: Path, info: dict, topology: str):
     stem = tuned_model_stem(path)
     if not info.get("tuned") or info.get("topology") != topology:
         return None
-    from twin.models.learned import load_twin  # TensorFlow loads only when a tuned twin is there
+    from twin.models.inference import load_predictor
 
-    return load_twin(stem.name, stem.parent)
+    return load_predictor(stem.name, stem.parent)
 
 
 def load(path: Path) -> tuple[Correction, dict]:

@@ -10,7 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from twin.data.dataset import label_state, write_samples
-from twin.models.learned import MODELS_DIR, load_twin
+from twin.models.learned import load_twin
+from twin.models.model_files import MODELS_DIR
 from twin.models.registry import LEARNED
 from twin.models.train import TrainConfig, Trainer
 from twin.state.model import NetworkState

@@ -1,5 +1,7 @@
-"""A trained network with its feature normalisation: the learned twin behind the one interface
-``predict_delays(states) -> list[np.ndarray]`` (s), saved and loaded as ``stem.weights.h5`` + ``stem.json``."""
+"""A trained network with its feature normalisation in Keras / TensorFlow: the learned twin that trains,
+behind the one interface ``predict_delays(states) -> list[np.ndarray]`` (s), saved and loaded as
+``stem.weights.h5`` + ``stem.json``. Predictions run faster without TensorFlow
+(:mod:`twin.models.inference`, the same numbers)."""
 
 from __future__ import annotations
 
@@ -11,42 +13,13 @@ import numpy as np
 import tensorflow as tf
 
 from twin.models.features import GraphBatch, build_batch
+from twin.models.model_files import ModelFileError, Normalizer, model_paths, read_description
 from twin.models.rnn import PathRNN
 from twin.models.routenet import RouteNetE
-from twin.state.errors import NdtError
 from twin.state.model import Flow, Link, NetworkState
 
-MODELS_DIR = Path(__file__).parent / "weights"
 MIN_HOPS = 16  # the recurrent pass always spans at least this many hop positions (empty ones cost ~nothing),
 HOP_BUCKET = 8  # and longer paths round up to a multiple of this: one traced graph serves almost every state
-
-
-class ModelFileError(NdtError):
-    """A model's weights or description file is missing or does not match the network."""
-
-
-class Normalizer:
-    """Per-feature standardisation of link, queue and path features (mean, std from a training set)."""
-
-    KEYS = ("link_x", "queue_x", "path_x")
-
-    def __init__(self, stats: dict[str, dict[str, list[float]]]):
-        self.stats = {k: {s: np.asarray(v[s], dtype=np.float32) for s in ("mean", "std")} for k, v in stats.items()}
-
-    @classmethod
-    def fit(cls, batch: GraphBatch) -> "Normalizer":
-        stats = {}
-        for key in cls.KEYS:
-            values = getattr(batch, key).astype(np.float64)
-            std = values.std(axis=0)
-            stats[key] = {"mean": values.mean(axis=0).tolist(), "std": np.where(std > 1e-6, std, 1.0).tolist()}
-        return cls(stats)
-
-    def to_dict(self) -> dict:
-        return {k: {s: v[s].tolist() for s in ("mean", "std")} for k, v in self.stats.items()}
-
-    def apply(self, key: str, values: np.ndarray) -> np.ndarray:
-        return (values - self.stats[key]["mean"]) / self.stats[key]["std"]
 
 
 def padded_hops(batch: GraphBatch) -> int:
@@ -135,24 +108,16 @@ def build(net: keras.Model, norm: Normalizer, probe: GraphBatch) -> None:
 
 def load_twin(stem: str = "routenet_e", directory=None) -> LearnedTwin:
     """Load ``stem.weights.h5`` + ``stem.json`` from ``directory`` (default: the weights shipped in twin/models)."""
-    directory = Path(directory) if directory is not None else MODELS_DIR
-    meta_path = directory / f"{stem}.json"
-    weights = directory / f"{stem}.weights.h5"
-    for path in (meta_path, weights):
-        if not path.exists():
-            raise ModelFileError(f"{path}: no such model file; train one with 'ndt train' first")
-    try:
-        meta = json.loads(meta_path.read_text())
-        norm = Normalizer(meta["norm"])
-        net = make_network(meta["kind"], meta["config"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ModelFileError(f"{meta_path}: not a model description ({exc})") from None
+    meta_path, weights = model_paths(stem, directory)
+    description = read_description(meta_path)
+    norm, kind = description["norm"], description["kind"]
+    net = make_network(kind, description["config"])
     build(net, norm, _probe_batch())
     try:
         net.load_weights(weights)
     except (ValueError, OSError) as exc:
-        raise ModelFileError(f"{weights}: weights do not fit a {meta['kind']} network ({exc})") from None
-    return LearnedTwin(net, norm, meta["kind"], meta.get("info", {}))
+        raise ModelFileError(f"{weights}: weights do not fit a {kind} network ({exc})") from None
+    return LearnedTwin(net, norm, kind, description["info"])
 
 
 def _probe_batch() -> GraphBatch:

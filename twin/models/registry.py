@@ -51,6 +51,6 @@ def get_predictor(name: str, weights_dir=None):
 
 @lru_cache(maxsize=None)
 def _load_twin(stem: str, directory: str | None):
-    from twin.models.learned import load_twin
+    from twin.models.inference import load_predictor
 
-    return load_twin(stem, directory)
+    return load_predictor(stem, directory)

@@ -21,16 +21,8 @@ import numpy as np
 
 from twin.data.dataset import read_shard
 from twin.models.features import TARGETS, StateGraph, batch_graphs, error_scales, state_graph
-from twin.models.learned import (
-    LearnedTwin,
-    ModelFileError,
-    Normalizer,
-    batch_tensors,
-    build,
-    load_twin,
-    make_network,
-    padded_hops,
-)
+from twin.models.learned import LearnedTwin, batch_tensors, build, load_twin, make_network, padded_hops
+from twin.models.model_files import ModelFileError, Normalizer
 from twin.state.errors import StateError
 
 

@@ -1,0 +1,99 @@
+"""The compiled forward pass gives TensorFlow's numbers: random and shipped weights, both model kinds,
+mixed traffic, batches of states of different sizes; the width it does not run falls back to TensorFlow."""
+
+import h5py
+import numpy as np
+import pytest
+
+from twin.data.dataset import DatasetConfig, make_state
+from twin.models.features import build_batch
+from twin.models.inference import CompiledTwin, load_compiled, load_predictor
+from twin.models.kernels import STATE_DIM
+from twin.models.learned import LearnedTwin, build, load_twin, make_network
+from twin.models.model_files import MODELS_DIR, ModelFileError, Normalizer
+
+MIXED = DatasetConfig(samples=3, min_nodes=6, max_nodes=14, real_fraction=0.0, traffic="mixed", seed=77)
+
+
+def _states():
+    states = [make_state(MIXED, i)[0] for i in range(3)]
+    assert len({len(s.nodes) for s in states}) > 1
+    return states
+
+
+def _saved_random_model(kind: str, state_dim: int, directory) -> LearnedTwin:
+    states = _states()
+    norm = Normalizer.fit(build_batch(states))
+    net = make_network(kind, {"state_dim": state_dim, "iterations": 3})
+    build(net, norm, build_batch(states[:1]))
+    twin = LearnedTwin(net, norm, kind)
+    twin.save(directory, kind)
+    return twin
+
+
+@pytest.mark.parametrize("kind", ["routenet_e", "rnn"])
+def test_compiled_equals_tensorflow_on_random_weights(kind, tmp_path):
+    reference = _saved_random_model(kind, STATE_DIM, tmp_path)
+    compiled = load_compiled(kind, tmp_path)
+    states = _states()
+    got, want = compiled.predict_delays(states), reference.predict_delays(states)
+    assert [len(g) for g in got] == [len(s.flows) for s in states]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-5)
+
+
+@pytest.mark.parametrize("stem", ["routenet_e", "rnn"])
+def test_compiled_equals_tensorflow_on_shipped_weights(stem):
+    if not (MODELS_DIR / f"{stem}.weights.h5").exists():
+        pytest.skip("no shipped weights")
+    state = make_state(DatasetConfig(samples=1, min_nodes=40, max_nodes=40, real_fraction=0.0, seed=5), 0)[0]
+    batch = build_batch([state])
+    np.testing.assert_allclose(load_compiled(stem).forward(batch), load_twin(stem).forward(batch).numpy(), rtol=2e-5)
+
+
+def test_other_widths_run_on_tensorflow(tmp_path):
+    reference = _saved_random_model("routenet_e", 8, tmp_path)
+    with pytest.raises(ModelFileError, match="state_dim 8"):
+        load_compiled("routenet_e", tmp_path)
+    predictor = load_predictor("routenet_e", tmp_path)
+    assert isinstance(predictor, LearnedTwin)
+    np.testing.assert_allclose(predictor.predict_delays(_states())[0], reference.predict_delays(_states())[0])
+
+
+def test_shipped_width_runs_compiled():
+    if not (MODELS_DIR / "routenet_e.json").exists():
+        pytest.skip("no shipped weights")
+    assert isinstance(load_predictor(), CompiledTwin)
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    _saved_random_model("rnn", STATE_DIM, tmp_path)
+    (tmp_path / "rnn.json").rename(tmp_path / "routenet_e.json")
+    (tmp_path / "rnn.weights.h5").rename(tmp_path / "routenet_e.weights.h5")
+    description = (tmp_path / "routenet_e.json").read_text().replace('"kind": "rnn"', '"kind": "routenet_e"')
+    (tmp_path / "routenet_e.json").write_text(description)
+    with pytest.raises(ModelFileError, match="no layer link_embed"):
+        load_compiled("routenet_e", tmp_path)
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    _saved_random_model("rnn", STATE_DIM, tmp_path)
+    (tmp_path / "rnn.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ModelFileError, match="rnn.weights.h5: not a Keras weights file"):
+        load_compiled("rnn", tmp_path)
+    (tmp_path / "rnn.json").write_text("{")
+    with pytest.raises(ModelFileError, match="rnn.json: not a model description"):
+        load_compiled("rnn", tmp_path)
+    with pytest.raises(ModelFileError, match="routenet_e.json: no such model file"):
+        load_compiled("routenet_e", tmp_path)
+
+
+def test_weights_file_layers_are_read_by_name(tmp_path):
+    _saved_random_model("routenet_e", STATE_DIM, tmp_path)
+    with h5py.File(tmp_path / "routenet_e.weights.h5") as f:
+        names = set()
+        f.visititems(lambda name, obj: names.add(obj.attrs.get("name")) if name.endswith("vars") else None)
+    compiled = load_compiled("routenet_e", tmp_path)
+    assert set(compiled.LAYERS) <= names
+    assert [a.shape for a in compiled.layers["path_gru"]] == [(2 * STATE_DIM, 3 * STATE_DIM),
+                                                              (STATE_DIM, 3 * STATE_DIM), (2, 3 * STATE_DIM)]

@@ -1,0 +1,175 @@
+"""The learned twins answering without TensorFlow: RouteNet-E's and the RNN's forward pass in NumPy and
+Numba, from the same weight files ``ndt train`` writes.
+
+Training needs TensorFlow (:mod:`twin.models.learned`, :mod:`twin.models.train`); a prediction
+does not, so ``ndt predict`` answers in a second or two from a cold process and a 300-node
+state runs on every core without graph tracing. The arithmetic is the Keras models' own,
+step for step (float32); ``tests/unit/test_inference.py`` holds the two to the same numbers.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from twin.models import kernels
+from twin.models.features import GraphBatch, build_batch
+from twin.models.model_files import ModelFileError, Normalizer, model_paths, read_description, read_weights
+from twin.state.model import NetworkState
+
+
+def _dense_stack(x: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
+    """An MLP of :func:`twin.models.layers.mlp`: ReLU between Dense layers, the last linear."""
+    for i in range(0, len(params), 2):
+        x = x @ params[i] + params[i + 1]
+        if i + 2 < len(params):
+            np.maximum(x, 0.0, out=x)
+    return x
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 + 0.5 * np.tanh(0.5 * x)
+
+
+def _gru_cell(x: np.ndarray, h: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
+    """One step of Keras's GRUCell (reset gate after the matmul) on every row."""
+    kernel, recurrent_kernel, bias = params
+    x_z, x_r, x_h = np.split(x @ kernel + bias[0], 3, axis=1)
+    h_z, h_r, h_h = np.split(h @ recurrent_kernel + bias[1], 3, axis=1)
+    z = _sigmoid(x_z + h_z)
+    candidate = np.tanh(x_h + _sigmoid(x_r + h_r) * h_h)
+    return z * h + (1.0 - z) * candidate
+
+
+@lru_cache(maxsize=1)
+def _thread_pools():
+    """The process's native thread pools (BLAS), found once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+class CompiledTwin:
+    """A trained model's forward pass (a subclass's ``_forward``): ``predict_delays(states)`` → per-flow
+    delays (s), the interface of every predictor."""
+
+    def __init__(self, kind: str, layers: dict[str, list[np.ndarray]], norm: Normalizer, config: dict,
+                 info: dict | None = None):
+        self.kind = kind
+        self.name = kind
+        self.layers = layers
+        self.norm = norm
+        self.config = config
+        self.info = info or {}
+
+    def inputs(self, batch: GraphBatch) -> dict[str, np.ndarray]:
+        """Normalised features (float32) and per-hop scales (float32, s) of ``batch``."""
+        link = batch.hop_link
+        return {
+            "link_x": self.norm.apply("link_x", batch.link_x).astype(np.float32),
+            "queue_x": self.norm.apply("queue_x", batch.queue_x).astype(np.float32),
+            "path_x": self.norm.apply("path_x", batch.path_x).astype(np.float32),
+            "hop_share": (batch.path_rate[batch.hop_path] / batch.link_capacity[link]).astype(np.float32),
+            "hop_buffer": batch.link_buffer[link].astype(np.float32),
+            "hop_service": batch.link_service[link].astype(np.float32),
+            "hop_transmit": batch.hop_transmit.astype(np.float32),
+            "path_prop": batch.path_prop.astype(np.float32),
+        }
+
+    def forward(self, batch: GraphBatch) -> np.ndarray:
+        """Per sorted path mean delay, s (float32)."""
+        # the kernels use every core; a BLAS pool left spinning after its small matmuls would halve them
+        with _thread_pools().limit(limits=1, user_api="blas"):
+            return self._forward(batch)
+
+    def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
+        return batch.unsort(self.forward(batch).astype(np.float64))
+
+    def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
+        """Per-flow mean delay (s), one array per state in flow order; the states run as one batch."""
+        return self.predict_batch(build_batch(states))
+
+
+class CompiledRouteNet(CompiledTwin):
+    """:class:`twin.models.routenet.RouteNetE`'s message passing and occupancy readout."""
+
+    LAYERS = ("path_embed", "link_embed", "queue_embed", "path_gru", "queue_gru", "link_gru", "occupancy_readout")
+
+    def _forward(self, batch: GraphBatch) -> np.ndarray:
+        x, w = self.inputs(batch), self.layers
+        n_links, n_paths = len(batch.link_buffer), batch.n_paths
+        path = np.ascontiguousarray(np.tanh(_dense_stack(x["path_x"], w["path_embed"])))
+        link = np.tanh(_dense_stack(x["link_x"], w["link_embed"]))
+        queue = np.tanh(_dense_stack(x["queue_x"], w["queue_embed"]))
+        by_link = np.argsort(batch.hop_link, kind="stable")
+        link_starts = np.concatenate([[0], np.cumsum(np.bincount(batch.hop_link, minlength=n_links))])
+        message = np.empty_like(queue)
+        seq = np.empty((len(batch.hop_link), path.shape[1]), dtype=np.float32)
+        kernel, recurrent_kernel, bias = w["path_gru"]
+        for _ in range(self.config["iterations"]):
+            table = np.ascontiguousarray(np.concatenate([queue, link], axis=1) @ kernel + bias[0])
+            kernels.path_gru(path, table, batch.hop_link, batch.counts, batch.offsets, recurrent_kernel, bias[1], seq)
+            kernels.weighted_segment_sum(seq, x["hop_share"], by_link, link_starts, message)
+            queue = _gru_cell(message, queue, w["queue_gru"])
+            link = _gru_cell(queue, link, w["link_gru"])
+        w_first, b_first, w_hidden, b_hidden, w_out, b_out = w["occupancy_readout"]
+        d = queue.shape[1]
+        logit = np.empty(len(batch.hop_link), dtype=np.float32)
+        kernels.occupancy_logits(seq, batch.hop_link, queue @ w_first[d:] + b_first, w_first[:d], w_hidden, b_hidden,
+                                 w_out[:, 0], b_out[0], logit)
+        occupancy = _sigmoid(logit) * x["hop_buffer"]
+        per_hop = occupancy * x["hop_service"] + x["hop_transmit"]
+        return np.bincount(batch.hop_path, weights=per_hop, minlength=n_paths).astype(np.float32) + x["path_prop"]
+
+
+class CompiledRNN(CompiledTwin):
+    """:class:`twin.models.rnn.PathRNN`: a GRU over each path's hops, an MLP readout of its waiting time."""
+
+    LAYERS = ("path_embed", "path_gru", "wait_readout")
+
+    def _forward(self, batch: GraphBatch) -> np.ndarray:
+        x, w = self.inputs(batch), self.layers
+        n_paths = batch.n_paths
+        path = np.ascontiguousarray(np.tanh(_dense_stack(x["path_x"], w["path_embed"])))
+        kernel, recurrent_kernel, bias = w["path_gru"]
+        n_link, n_queue = x["link_x"].shape[1], x["queue_x"].shape[1]
+        per_link = x["link_x"] @ kernel[:n_link] + x["queue_x"] @ kernel[n_link:n_link + n_queue]
+        per_path = x["path_x"] @ kernel[n_link + n_queue:-1] + bias[0]
+        kernels.path_gru_summed(path, np.ascontiguousarray(per_link), batch.hop_link, np.ascontiguousarray(per_path),
+                                x["hop_share"], kernel[-1], batch.counts, batch.offsets, recurrent_kernel, bias[1])
+        service = np.bincount(batch.hop_path, weights=x["hop_service"], minlength=n_paths)
+        transmit = np.bincount(batch.hop_path, weights=x["hop_transmit"], minlength=n_paths)
+        wait = np.logaddexp(0.0, _dense_stack(path, w["wait_readout"])[:, 0]) * service
+        return (wait + transmit).astype(np.float32) + x["path_prop"]
+
+
+COMPILED = {"routenet_e": CompiledRouteNet, "rnn": CompiledRNN}
+
+
+def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
+    """The model ``stem`` in ``directory`` (default: the weights shipped in twin/models), ready to predict."""
+    meta_path, weights_path = model_paths(stem, directory)
+    description = read_description(meta_path)
+    width = description["config"].get("state_dim")
+    if width != kernels.STATE_DIM:
+        raise ModelFileError(f"{meta_path}: state_dim {width}; the compiled kernels run {kernels.STATE_DIM} "
+                             "(load it with twin.models.learned.load_twin)")
+    cls = COMPILED[description["kind"]]
+    layers = read_weights(weights_path)
+    missing = [name for name in cls.LAYERS if name not in layers]
+    if missing:
+        raise ModelFileError(f"{weights_path}: weights do not fit a {description['kind']} network "
+                             f"(no layer {', '.join(missing)})")
+    return cls(description["kind"], layers, description["norm"], description["config"], description["info"])
+
+
+def load_predictor(stem: str = "routenet_e", directory=None):
+    """The model ``stem`` on the fastest engine that runs it: compiled for the kernels' width
+    (:data:`twin.models.kernels.STATE_DIM`), TensorFlow's (:mod:`twin.models.learned`) for any other."""
+    meta_path, _ = model_paths(stem, directory)
+    if read_description(meta_path)["config"].get("state_dim") == kernels.STATE_DIM:
+        return load_compiled(stem, directory)
+    from twin.models.learned import load_twin
+
+    return load_twin(stem, directory)
