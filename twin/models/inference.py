@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numba
 import numpy as np
 
 from twin.models import kernels
@@ -102,16 +103,18 @@ class CompiledRouteNet(CompiledTwin):
         path = np.ascontiguousarray(np.tanh(_dense_stack(x["path_x"], w["path_embed"])))
         link = np.tanh(_dense_stack(x["link_x"], w["link_embed"]))
         queue = np.tanh(_dense_stack(x["queue_x"], w["queue_embed"]))
-        by_link = np.argsort(batch.hop_link, kind="stable")
-        link_starts = np.concatenate([[0], np.cumsum(np.bincount(batch.hop_link, minlength=n_links))])
-        message = np.empty_like(queue)
-        seq = np.empty((len(batch.hop_link), path.shape[1]), dtype=np.float32)
+        n_hops = len(batch.hop_link)
+        messages = np.empty((numba.get_num_threads(), n_links, path.shape[1]), dtype=np.float32)
+        no_seq = np.empty((0, path.shape[1]), dtype=np.float32)
         kernel, recurrent_kernel, bias = w["path_gru"]
-        for _ in range(self.config["iterations"]):
+        iterations = self.config["iterations"]
+        for i in range(iterations):
             table = np.ascontiguousarray(np.concatenate([queue, link], axis=1) @ kernel + bias[0])
-            kernels.path_gru(path, table, batch.hop_link, batch.counts, batch.offsets, recurrent_kernel, bias[1], seq)
-            kernels.weighted_segment_sum(seq, x["hop_share"], by_link, link_starts, message)
-            queue = _gru_cell(message, queue, w["queue_gru"])
+            seq = np.empty((n_hops, path.shape[1]), dtype=np.float32) if i == iterations - 1 else no_seq
+            messages[:] = 0.0
+            kernels.path_gru(path, table, batch.hop_link, batch.counts, batch.offsets, recurrent_kernel, bias[1],
+                             x["hop_share"], messages, seq)
+            queue = _gru_cell(messages.sum(axis=0), queue, w["queue_gru"])
             link = _gru_cell(queue, link, w["link_gru"])
         w_first, b_first, w_hidden, b_hidden, w_out, b_out = w["occupancy_readout"]
         d = queue.shape[1]

@@ -1,5 +1,5 @@
-"""Numba kernels of the learned twins' forward pass (float32, all cores): the GRU along every path, the
-per-link sum of the path states, and RouteNet-E's per-hop occupancy readout.
+"""Numba kernels of the learned twins' forward pass (float32, all cores): the GRU along every path (with
+RouteNet-E's per-link sum of the path states) and RouteNet-E's per-hop occupancy readout.
 
 The kernels are specialised for states of ``STATE_DIM`` (the shipped models' width): loops of a
 constant length are unrolled and vectorised by LLVM, which makes the path GRU 1.3x faster than
@@ -59,25 +59,35 @@ def _gru_step(state, x, gates, recurrent_kernel, recurrent_bias):
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias, seq, chunk=64):
+def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias, hop_share, messages, seq,
+             chunk=64):
     """Run a GRU along every path, in place: ``h`` (P, d) the paths' states, sorted longest first, on
-    return their final states; ``seq`` (H, d) receives the state after every hop.
+    return their final states. ``messages`` (threads, L, d), zero on entry, receives per thread the
+    sum over hops of ``hop_share · state after the hop`` by link ``index`` (RouteNet-E's message to
+    each queue: sum it over threads); ``seq`` (H, d), unless empty, the state after every hop.
 
     Hop ``k`` of sorted path ``p`` is row ``offsets[k] + p`` (present while ``p < counts[k]``); its
     projected input (3d, ``x·W + b``) is ``table[index[row]]``. d = STATE_DIM.
     """
     n_paths = h.shape[0]
+    keep = seq.shape[0] > 0
     for c in numba.prange((n_paths + chunk - 1) // chunk):
         gates = np.empty(_GATES, dtype=np.float32)
         state = np.empty(STATE_DIM, dtype=np.float32)
+        message = messages[numba.get_thread_id()]
         for p in range(c * chunk, min(n_paths, (c + 1) * chunk)):
             state[:] = h[p]
             for k in range(counts.shape[0]):
                 if counts[k] <= p:
                     break
                 row = offsets[k] + p
-                _gru_step(state, table[index[row]], gates, recurrent_kernel, recurrent_bias)
-                seq[row] = state
+                link = index[row]
+                _gru_step(state, table[link], gates, recurrent_kernel, recurrent_bias)
+                share = hop_share[row]
+                for m in range(STATE_DIM):
+                    message[link, m] += share * state[m]
+                if keep:
+                    seq[row] = state
             h[p] = state
 
 
@@ -103,21 +113,6 @@ def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, c
                     x[m] = link[m] + path_table[p, m] + scale * scale_row[m]
                 _gru_step(state, x, gates, recurrent_kernel, recurrent_bias)
             h[p] = state
-
-
-@numba.njit(cache=True, fastmath=True, parallel=True)
-def weighted_segment_sum(values, weights, members, starts, out):
-    """``out[s] = Σ weights[i] · values[i]`` over ``i in members[starts[s]:starts[s + 1]]`` (rows of
-    ``values``), one segment per thread at a time."""
-    n_segments, d = out.shape
-    for s in numba.prange(n_segments):
-        acc = np.zeros(d, dtype=np.float32)
-        for t in range(starts[s], starts[s + 1]):
-            i = members[t]
-            w = weights[i]
-            for m in range(d):
-                acc[m] += w * values[i, m]
-        out[s] = acc
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
