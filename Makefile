@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels-compiled
 
 .PHONY: install system-deps test demo clean
 
-install: $(STAMP)
+install: $(STAMP) $(KERNELS)
 
 $(STAMP): setup.cfg pyproject.toml controller/api/ndt_api.proto
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +15,11 @@ $(STAMP): setup.cfg pyproject.toml controller/api/ndt_api.proto
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. controller/api/ndt_api.proto
 	touch $(STAMP)
+
+# the twin's Numba kernels, compiled once into their on-disk cache so a first prediction is fast
+$(KERNELS): $(STAMP) twin/models/kernels.py twin/models/inference.py
+	$(PY) -c 'from twin.models.inference import compile_kernels; compile_kernels()'
+	touch $(KERNELS)
 
 system-deps:
 	@if [ -x scripts/install-system-deps.sh ]; then scripts/install-system-deps.sh; fi

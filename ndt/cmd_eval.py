@@ -25,8 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--data", type=Path, action="append", metavar="DIR",
                    help="evaluate these dataset directories instead of the seeded set (repeatable)")
     p.add_argument("--speed", action="store_true",
-                   help="time inference instead: one 300-node all-pairs state, and candidate routings per second "
-                        "of a 25-node state in batches of 64")
+                   help="time inference instead: one 300-node all-pairs state, candidate routings per second of a "
+                        "25-node state in batches of 64, time and memory from 25 to 1,000 nodes, the speed-up over "
+                        "the simulator at 100-300 nodes, and the first prediction from a cold process (a few minutes)")
     p.add_argument("--limit", type=number(1, 10**8, integer=True), metavar="N", help="with --datanet: only the first N samples")
     p.add_argument("--weights", type=Path, metavar="DIR", help="directory with the models (default: the shipped ones)")
     p.add_argument("--out", type=Path, default=Path("eval"), metavar="DIR",
@@ -49,13 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed:
-        report = evaluate.speed(_models(("routenet", "rnn", "qt"), args.weights))
+        report = _speed(args)
         (args.out / "speed.json").write_text(json.dumps(report, indent=1))
         if args.json:
             print_json(report)
         else:
-            for key, value in report.items():
-                print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+            _print_speed(report)
         return 0
     if args.datanet is not None:
         models = _models(("routenet", "rnn", "qt"), args.weights)
@@ -89,3 +89,67 @@ def run(args: argparse.Namespace) -> int:
     print("seconds per sample: " + ", ".join(f"{k} {v:.3g}" for k, v in report["infer_s"].items()))
     print(f"plot: {report['png']}")
     return 0
+
+
+def _speed(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    from twin.models import speed
+
+    models = _models(("routenet", "rnn", "qt"), args.weights)
+    report = speed.speed(models)
+    report["routenet_vs_qt"] = report["routenet_infer_s"] / report["qt_infer_s"]
+    with tqdm(total=2 * len(speed.SCALING_NODES) + len(speed.SIMULATOR_NODES), desc="speed", unit="state",
+              disable=args.json) as bar:
+        def step(label):
+            return lambda nodes: (bar.update(), bar.set_postfix_str(f"{label}, {nodes} nodes done"))
+
+        qt = {row["nodes"]: row for row in speed.scaling(models["qt"], progress=step("qt"))}
+        report["scaling"] = [{**row, "qt_infer_s": qt[row["nodes"]]["infer_s"]}
+                             for row in speed.scaling(models["routenet"], progress=step("routenet"))]
+        report["simulator"] = speed.versus_simulator(models["routenet"], progress=step("simulator"))
+    report["speedup_vs_simulator"] = min(row["speedup"] for row in report["simulator"])
+    runs = cold_starts(args.weights)
+    report["cold_start_runs_s"] = runs
+    report["cold_start_s"] = sorted(runs)[len(runs) // 2]
+    return report
+
+
+def cold_starts(weights: Path | None, runs: int = 3) -> list[float]:
+    """Wall time (s) of ``ndt predict --state abilene.json`` (SNDlib Abilene) in ``runs`` fresh processes."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    ndt = [sys.executable, "-c", "import sys; from ndt.cli import main; sys.exit(main())"]
+    with tempfile.TemporaryDirectory(prefix="ndt-cold-") as work:
+        state_file = Path(work) / "abilene.json"
+        subprocess.run(ndt + ["state", "import", "sndlib/abilene", "-o", str(state_file)], check=True,
+                       stdout=subprocess.DEVNULL)
+        command = ndt + ["predict", "--state", str(state_file), "--json"]
+        if weights is not None:
+            command += ["--weights", str(weights)]
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def _print_speed(report: dict) -> None:
+    print(f"one {report['nodes']}-node state, {report['paths']:,} paths: RouteNet-E {report['routenet_infer_s']:.3f} s, "
+          f"RNN {report['rnn_infer_s']:.3f} s, QT {report['qt_infer_s']:.3f} s "
+          f"(RouteNet-E / QT = {report['routenet_vs_qt']:.1f})")
+    print(f"candidate routings/s of a {report['candidate_nodes']}-node state: RouteNet-E "
+          f"{report['routenet_candidates_per_s']:.0f}, RNN {report['rnn_candidates_per_s']:.0f}, "
+          f"QT {report['qt_candidates_per_s']:.0f}")
+    print_table(report["scaling"], [("nodes", "nodes", "d"), ("paths", "paths", ",d"), ("hops", "hops", ",d"),
+                                    ("infer_s", "RouteNet-E s", ".3f"), ("peak_mib", "peak MiB", ".0f"),
+                                    ("qt_infer_s", "QT s", ".3f")])
+    print_table(report["simulator"], [("nodes", "nodes", "d"), ("packets_per_flow", "packets/flow", ".0f"),
+                                      ("sim_s", "simulator s", ".1f"), ("twin_s", "RouteNet-E s", ".3f"),
+                                      ("speedup", "speed-up", ",.0f")])
+    print(f"first prediction from a cold process (ndt predict, Abilene): {report['cold_start_s']:.2f} s wall "
+          f"(runs: {', '.join(f'{t:.2f}' for t in report['cold_start_runs_s'])})")

@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
 
     state = NetworkState.load(args.state)
     model = load_model(args.model, args.weights)
-    model.predict_delays([state])  # first call builds the compute graph; time the second
     started = time.perf_counter()
     delays = model.predict_delays([state])[0]
     infer_s = time.perf_counter() - started

@@ -190,39 +190,7 @@ def plot_figure3(report: dict, models: list[str], path) -> Path:
     return path
 
 
-
 def warm_states() -> list:
     """Two small seeded states every model runs before timing, so graph tracing is not counted."""
     config = DatasetConfig(samples=2, min_nodes=25, max_nodes=40, real_fraction=0.0, seed=EVAL_SEED)
     return [make_state(config, i)[0] for i in range(2)]
-
-
-def speed(models: dict, nodes: int = 300, candidate_nodes: int = 25, candidates: int = 64, repeats: int = 3) -> dict:
-    """Inference speed (s): one all-pairs state of ``nodes`` nodes, and candidate routings per second of a
-    ``candidate_nodes`` state (random OSPF weight vectors predicted as one batch, features and routing included).
-
-    Each figure is the best of ``repeats`` timed runs after one untimed run (graph tracing).
-    """
-    big = make_state(DatasetConfig(samples=1, min_nodes=nodes, max_nodes=nodes, real_fraction=0.0,
-                                   seed=EVAL_SEED), 0)[0]
-    small = make_state(DatasetConfig(samples=1, min_nodes=candidate_nodes, max_nodes=candidate_nodes,
-                                     real_fraction=0.0, seed=EVAL_SEED), 0)[0]
-    rng = np.random.default_rng(EVAL_SEED)
-    variants = [small.with_weights(rng.integers(1, 10, len(small.links))) for _ in range(candidates)]
-    report = {"nodes": nodes, "paths": len(big.flows), "candidate_nodes": candidate_nodes,
-              "candidates_per_batch": candidates}
-    for name, model in models.items():
-        report[f"{name}_infer_s"] = _best_time(lambda: model.predict_delays([big]), repeats)
-        batch_s = _best_time(lambda: model.predict_delays(variants), repeats)
-        report[f"{name}_candidates_per_s"] = candidates / batch_s
-    return report
-
-
-def _best_time(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)

@@ -176,3 +176,14 @@ def load_predictor(stem: str = "routenet_e", directory=None):
     from twin.models.learned import load_twin
 
     return load_twin(stem, directory)
+
+
+def compile_kernels() -> None:
+    """Compile the kernels of the shipped models into Numba's on-disk cache (``make install`` does), so a
+    first prediction from a fresh clone does not wait seconds for the compiler."""
+    from twin.state.model import Flow, Link
+
+    links = (Link("a", "b", 1e6), Link("b", "c", 1e6), Link("b", "a", 1e6), Link("c", "b", 1e6))
+    state = NetworkState(nodes=("a", "b", "c"), links=links, flows=(Flow("a", "c", 1e5), Flow("c", "a", 1e5)))
+    for stem in COMPILED:
+        load_compiled(stem).predict_delays([state])
