@@ -19,8 +19,10 @@ def register(subparsers) -> None:
         description=(
             "Draw random network states (power-law topologies and topohub's real ones, varied capacities and "
             "buffers, loads from light to congested, shortest-path and perturbed OSPF weights, some failed links) "
-            "and label each with the simulator. Runs on all cores with a progress bar; shards already written "
-            "are skipped, so an interrupted run resumes where it stopped."
+            "and label each with the simulator. Runs on all cores as Ray tasks (a local Ray instance starts and "
+            "stops by itself; --address runs them on an existing Ray cluster), with a progress bar; shards already "
+            "written are skipped, so an interrupted run resumes where it stopped. A run on any number of workers "
+            "writes the same shard files, byte for byte."
         ),
     )
     gen.add_argument("--out", type=Path, default=Path("data/train"), help="output directory (default: data/train)")
@@ -34,7 +36,11 @@ def register(subparsers) -> None:
                      help="simulated packets of the average flow (label accuracy vs time; default: 2500)")
     gen.add_argument("--shard-size", type=number(1, 10**6, integer=True), default=10, help="samples per shard file (default: 10)")
     gen.add_argument("--seed", type=seed, default=0, help="dataset seed (default: 0)")
-    gen.add_argument("--workers", type=workers, help="processes (default: all cores)")
+    gen.add_argument("--workers", type=workers,
+                     help="samples simulated at once (default: all cores, or the cluster's CPUs; 1: in this process, "
+                          "without Ray)")
+    gen.add_argument("--address", metavar="ADDR",
+                     help="run on the Ray cluster at ADDR (host:port of its head, or 'auto' on one of its nodes)")
     gen.add_argument("--json", action="store_true", help="print a JSON summary")
     gen.set_defaults(handler=run_generate)
 
@@ -52,13 +58,13 @@ def run_generate(args: argparse.Namespace) -> int:
     config = DatasetConfig(samples=args.samples, min_nodes=min_nodes, max_nodes=max_nodes, min_load=min_load,
                            max_load=max_load, traffic=args.traffic, packets_per_flow=args.packets_per_flow,
                            shard_size=args.shard_size, seed=args.seed)
-    report = generate(config, args.out, workers=args.workers)
+    report = generate(config, args.out, workers=args.workers, address=args.address)
     if args.json:
         print_json(report)
     else:
         rate = f", {report['samples_per_hour']} samples/hour" if report["samples_per_hour"] else ""
         print(f"{report['directory']}: {report['written']} samples written, {report['skipped']} already there, "
-              f"{report['wall_s']} s{rate}")
+              f"{report['wall_s']} s{rate} ({report['engine']})")
     return 0
 
 

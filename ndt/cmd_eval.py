@@ -99,15 +99,13 @@ def _speed(args: argparse.Namespace) -> dict:
     models = _models(("routenet", "rnn", "qt"), args.weights)
     report = speed.speed(models)
     report["routenet_vs_qt"] = report["routenet_infer_s"] / report["qt_infer_s"]
-    with tqdm(total=2 * len(speed.SCALING_NODES) + len(speed.SIMULATOR_NODES), desc="speed", unit="state",
+    with tqdm(total=len(speed.SCALING_NODES) + len(speed.SIMULATOR_NODES), desc="speed", unit="state",
               disable=args.json) as bar:
         def step(label):
             return lambda nodes: (bar.update(), bar.set_postfix_str(f"{label}, {nodes} nodes done"))
 
-        qt = {row["nodes"]: row for row in speed.scaling(models["qt"], progress=step("qt"))}
-        report["scaling"] = [{**row, "qt_infer_s": qt[row["nodes"]]["infer_s"]}
-                             for row in speed.scaling(models["routenet"], progress=step("routenet"))]
-        report["simulator"] = speed.versus_simulator(models["routenet"], progress=step("simulator"))
+        report["scaling"] = speed.scaling(models["routenet"], {"qt": models["qt"]}, progress=step("scaling"))
+        report["simulator"] = speed.versus_simulator(models["routenet"], progress=step("versus the simulator"))
     report["speedup_vs_simulator"] = min(row["speedup"] for row in report["simulator"])
     runs = cold_starts(args.weights)
     report["cold_start_runs_s"] = runs

@@ -20,7 +20,9 @@ def register(subparsers) -> None:
             "sample (by index) is held out for validation; the loss is the relative error of per-path mean "
             "delay, by default of its part beyond the exactly known propagation delay. Each epoch checkpoints to --out, so rerunning the same command resumes; the best model "
             "is kept as OUT/best.weights.h5 + OUT/best.json, and --export copies it into the package as the "
-            "default twin."
+            "default twin. Training runs under tf.distribute: MirroredStrategy over every local GPU (the CPU when "
+            "there is none), each replica taking --batch-size samples of a step; with TF_CONFIG set, "
+            "MultiWorkerMirroredStrategy across the machines it names (docs/twin.md)."
         ),
     )
     p.add_argument("--data", type=Path, action="append", metavar="DIR",

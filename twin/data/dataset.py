@@ -2,10 +2,12 @@
 
 A dataset is a directory of shards ``shard-NNNNN.jsonl.gz``; each line is one
 sample ``{"state": ..., "labels": ..., "meta": ...}``. Sample ``i`` depends only
-on ``(seed, i)``, and a shard only on its index, so ``generate_shard`` can run
-anywhere (a process pool here; Ray or Dask tasks on a cluster) and an
-interrupted run resumes by skipping the shards already written. ``dataset.json``
-records the configuration; resuming with a different one is refused.
+on ``(seed, i)``, and a shard only on its index, so samples run anywhere (in
+process, or as Ray tasks on this machine or a cluster), a shard's bytes are the
+same wherever its samples ran, and an interrupted run resumes by skipping the
+shards already written. ``dataset.json`` records the configuration; resuming
+with a different one is refused. How long the simulator took per sample is
+measured, not seeded, so it lives beside the shards in ``timings.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +35,7 @@ BUFFERS = (16, 32, 64, 128)  # packets
 LABELS = ("delay", "jitter", "loss", "p50", "p90", "p99", "sent", "delivered")
 LINK_LABELS = ("utilization", "occupancy", "link_drops")
 MANIFEST = "dataset.json"
+TIMINGS = "timings.jsonl"
 
 
 @dataclass(frozen=True)
@@ -155,13 +157,12 @@ def shard_path(directory: Path, shard: int) -> Path:
 
 
 def generate_shard(config: DatasetConfig, shard: int, directory: Path) -> int:
-    """Write shard ``shard`` of the dataset; returns the number of samples in it.
-
-    The unit of work for a distributed engine (Ray, Dask): it depends only on its arguments.
-    """
-    lines = [sample_line(config, index) for index in shard_indices(config, shard)]
-    _write_shard(shard_path(directory, shard), lines)
-    return len(lines)
+    """Write shard ``shard`` of the dataset (and its timings); returns the number of samples in it.
+    It depends only on its arguments."""
+    results = [sample_line(config, index) for index in shard_indices(config, shard)]
+    _write_shard(shard_path(directory, shard), [line for line, _ in results])
+    _append_timings(directory, shard_indices(config, shard), [wall for _, wall in results])
+    return len(results)
 
 
 def shard_indices(config: DatasetConfig, shard: int) -> range:
@@ -169,24 +170,49 @@ def shard_indices(config: DatasetConfig, shard: int) -> range:
     return range(first, min(first + config.shard_size, config.samples))
 
 
-def sample_line(config: DatasetConfig, index: int) -> str:
-    """Sample ``index`` as one JSON line of a shard."""
-    return json.dumps(_sample_record(make_sample(config, index))) + "\n"
+def sample_line(config: DatasetConfig, index: int) -> tuple[str, float]:
+    """Sample ``index`` as one JSON line of a shard, and the simulator's wall time for it (s)."""
+    sample = make_sample(config, index)
+    wall = sample.meta.pop("sim_wall_s")
+    return json.dumps(_sample_record(sample)) + "\n", wall
 
 
 def _write_shard(target: Path, lines: list[str]) -> None:
-    """Write a shard atomically: readers and resumed runs never see half a file."""
+    """Write a shard atomically (readers and resumed runs never see half a file) and reproducibly (no
+    time or file name in the gzip header)."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with gzip.open(tmp, "wt") as out:
-        out.writelines(lines)
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+        out.write("".join(lines).encode())
     tmp.replace(target)
 
 
-def generate(config: DatasetConfig, directory, workers: int | None = None, progress: bool = True) -> dict:
-    """Generate (or resume) a dataset in ``directory`` on ``workers`` processes (default: all cores).
+def _append_timings(directory: Path, indices, walls) -> None:
+    with open(Path(directory) / TIMINGS, "a") as out:
+        out.writelines(json.dumps({"index": i, "sim_wall_s": w}) + "\n" for i, w in zip(indices, walls))
 
-    Samples are farmed out one by one (so the progress bar moves per sample) and
-    each shard is written as soon as all its samples are in.
+
+def read_timings(directory) -> dict[int, float]:
+    """The simulator's wall time per sample index (s) of a dataset directory; empty when none was kept."""
+    path = Path(directory) / TIMINGS
+    if not path.exists():
+        return {}
+    timings = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            timings[int(record["index"])] = float(record["sim_wall_s"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut short by an interrupted run
+    return timings
+
+
+def generate(config: DatasetConfig, directory, workers: int | None = None, progress: bool = True,
+             address: str | None = None) -> dict:
+    """Generate (or resume) a dataset in ``directory``: in this process with one worker, else as Ray tasks on
+    ``workers`` local processes (default: all cores) or, given ``address``, on that Ray cluster.
+
+    Samples are farmed out one by one (so the progress bar moves per sample) and each shard is
+    written, its samples in index order, as soon as all of them are in.
     """
     config.check()
     directory = Path(directory)
@@ -194,54 +220,48 @@ def generate(config: DatasetConfig, directory, workers: int | None = None, progr
     _check_manifest(directory, config)
     todo = [s for s in range(config.shards) if not shard_path(directory, s).exists()]
     indices = [i for s in todo for i in shard_indices(config, s)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(indices) or 1))
+    parallel = (workers or os.cpu_count() or 1) > 1 and len(indices) > 1
+    engine = "ray" if address is not None or parallel else "local"
     started = time.perf_counter()
     from tqdm import tqdm
 
     bar = tqdm(total=config.samples, initial=config.samples - len(indices), unit="sample",
                disable=not progress, desc=f"dataset {directory.name}")
-    pending: dict[int, list[str]] = {}
-    tasks = [(config, i) for i in indices]
-    with get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
-        for index, line in zip(indices, pool.imap(_sample_line_task, tasks)):
-            shard = index // config.shard_size
-            pending.setdefault(shard, []).append(line)
-            if len(pending[shard]) == len(shard_indices(config, shard)):
-                _write_shard(shard_path(directory, shard), pending.pop(shard))
-            bar.update(1)
+    if engine == "ray":
+        from twin.data.ray_engine import run_samples
+
+        results = run_samples(config, indices, workers, address)
+    else:
+        results = ((index, sample_line(config, index)) for index in indices)
+    pending: dict[int, dict[int, tuple[str, float]]] = {}
+    for index, result in results:
+        shard = index // config.shard_size
+        pending.setdefault(shard, {})[index] = result
+        if len(pending[shard]) == len(shard_indices(config, shard)):
+            done = sorted(pending.pop(shard).items())
+            _write_shard(shard_path(directory, shard), [line for _, (line, _) in done])
+            _append_timings(directory, [i for i, _ in done], [wall for _, (_, wall) in done])
+        bar.update(1)
     bar.close()
     wall = time.perf_counter() - started
     return {"directory": str(directory), "samples": config.samples, "written": len(indices),
-            "skipped": config.samples - len(indices), "wall_s": round(wall, 2),
+            "skipped": config.samples - len(indices), "engine": engine, "wall_s": round(wall, 2),
             "samples_per_hour": round(3600 * len(indices) / wall) if indices else None}
 
 
-class _Serial:
-    """The in-process stand-in for a pool of one worker."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def imap(function, items):
-        return map(function, items)
-
-
-def _sample_line_task(args) -> str:
-    return sample_line(*args)
-
-
 def iter_samples(directory) -> Iterator[Sample]:
-    """Every sample of a dataset directory, shard by shard."""
+    """Every sample of a dataset directory, shard by shard; ``meta["sim_wall_s"]`` from its timings
+    where they were kept."""
     directory = Path(directory)
     shards = sorted(directory.glob("shard-*.jsonl.gz"))
     if not shards:
         raise StateError(f"{directory}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
+    timings = read_timings(directory)
     for path in shards:
-        yield from read_shard(path)
+        for sample in read_shard(path):
+            if sample.meta.get("index") in timings:
+                sample.meta["sim_wall_s"] = timings[sample.meta["index"]]
+            yield sample
 
 
 def read_shard(path) -> list[Sample]:

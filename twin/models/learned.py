@@ -27,9 +27,10 @@ def padded_hops(batch: GraphBatch) -> int:
     return max(MIN_HOPS, -(-batch.max_hops // HOP_BUCKET) * HOP_BUCKET)
 
 
-def batch_tensors(batch: GraphBatch, norm: Normalizer) -> dict[str, tf.Tensor]:
-    """The model inputs of a batch: normalised features, index tensors, per-hop scales (float32, s)."""
-    pad = padded_hops(batch) - batch.max_hops
+def batch_tensors(batch: GraphBatch, norm: Normalizer, hops: int | None = None) -> dict[str, tf.Tensor]:
+    """The model inputs of a batch: normalised features, index tensors, per-hop scales (float32, s); the
+    recurrent pass spans ``hops`` positions (default: :func:`padded_hops`)."""
+    pad = (hops or padded_hops(batch)) - batch.max_hops
     counts = np.concatenate([batch.counts, np.zeros(pad, dtype=np.int64)])
     offsets = np.concatenate([batch.offsets, np.full(pad, len(batch.hop_link), dtype=np.int64)])
     hop_link = batch.hop_link

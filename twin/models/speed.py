@@ -67,16 +67,20 @@ def speed(models: dict, nodes: int = 300, candidate_nodes: int = 25, candidates:
     return report
 
 
-def scaling(model, sizes=SCALING_NODES, progress=None) -> list[dict]:
-    """Per size: paths, hops, inference time (s, best of 1 after a warm run) and peak memory (MiB) of
-    ``model`` on the all-pairs state. ``progress(nodes)`` is called after each size."""
+def scaling(twin, others: dict, sizes=SCALING_NODES, progress=None) -> list[dict]:
+    """Per size: paths, hops, the ``twin``'s inference time (``infer_s``: one run after a warm one) and peak
+    memory (``peak_mib``) on the all-pairs state, and ``{name}_infer_s`` of the ``others`` beside it.
+    ``progress(nodes)`` is called after each size."""
     rows = []
     for nodes in sizes:
         state = all_pairs_state(nodes)
         state.flow_links  # routing belongs to the state, not to the prediction
-        rows.append({"nodes": nodes, "paths": len(state.flows), "hops": int(sum(map(len, state.flow_links))),
-                     "infer_s": best_time(lambda: model.predict_delays([state]), 1),
-                     "peak_mib": peak_mib(lambda: model.predict_delays([state]))})
+        row = {"nodes": nodes, "paths": len(state.flows), "hops": int(sum(map(len, state.flow_links))),
+               "infer_s": best_time(lambda: twin.predict_delays([state]), 1),
+               "peak_mib": peak_mib(lambda: twin.predict_delays([state]))}
+        for name, model in others.items():
+            row[f"{name}_infer_s"] = best_time(lambda: model.predict_delays([state]), 1)
+        rows.append(row)
         if progress:
             progress(nodes)
     return rows

@@ -13,6 +13,7 @@ same command resumes from the checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,14 +90,32 @@ class DatasetCache:
         return train, val
 
 
-def batch_inputs(items: list[Item], norm: Normalizer):
-    """Model inputs, sorted delay labels (float32, s) and max hops of a group of samples."""
+def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1):
+    """Per replica, the model inputs and sorted delay labels (float32, s) of its share of ``items`` (one
+    disjoint-union graph each), and the hop positions they all span."""
     import tensorflow as tf
 
-    batch = batch_graphs([it.graph for it in items])
-    labels = np.concatenate([it.delay for it in items])[batch.order]
-    labels = np.where(np.isfinite(labels) & (labels > 0), labels, 0.0)
-    return batch_tensors(batch, norm), tf.constant(labels, tf.float32), padded_hops(batch)
+    shares = [items[r::replicas] for r in range(replicas)]
+    batches = [batch_graphs([it.graph for it in share]) for share in shares]
+    hops = max(padded_hops(b) for b in batches)
+    inputs, labels = [], []
+    for share, batch in zip(shares, batches):
+        sorted_labels = np.concatenate([it.delay for it in share])[batch.order]
+        sorted_labels = np.where(np.isfinite(sorted_labels) & (sorted_labels > 0), sorted_labels, 0.0)
+        inputs.append(batch_tensors(batch, norm, hops))
+        labels.append(tf.constant(sorted_labels, tf.float32))
+    return inputs, labels, hops
+
+
+def training_strategy(devices: list[str] | None = None):
+    """How ``ndt train`` spreads a step: MultiWorkerMirroredStrategy when ``TF_CONFIG`` describes a cluster of
+    machines, else MirroredStrategy over ``devices`` (default: every local GPU, or the CPU when there is
+    none). Each replica takes its share of the batch; gradients are averaged across them."""
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy(devices=devices)
 
 
 def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -117,9 +136,11 @@ def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8)
 class Trainer:
     """Runs (or resumes) training into ``out`` and keeps the best model there."""
 
-    def __init__(self, dataset, out, config: TrainConfig, progress: bool = True, log=print):
+    def __init__(self, dataset, out, config: TrainConfig, progress: bool = True, log=print, strategy=None):
         import keras
 
+        self.strategy = strategy or training_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
         self.config = config
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -145,12 +166,13 @@ class Trainer:
             if not train:
                 raise StateError(f"{dataset}: no training samples (all {len(self.data.items)} are validation)")
             self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]))
-        self.net = make_network(config.kind, {"state_dim": config.state_dim, "iterations": config.iterations})
-        build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
-        if start is not None:
-            self.net.set_weights(start.net.get_weights())
-        self.optimizer = keras.optimizers.Adam(learning_rate=self.state["lr"], clipnorm=1.0)
-        self.optimizer.build(self.net.trainable_variables)
+        with self.strategy.scope():
+            self.net = make_network(config.kind, {"state_dim": config.state_dim, "iterations": config.iterations})
+            build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
+            if start is not None:
+                self.net.set_weights(start.net.get_weights())
+            self.optimizer = keras.optimizers.Adam(learning_rate=self.state["lr"], clipnorm=1.0)
+            self.optimizer.build(self.net.trainable_variables)
         if checkpoint.exists():
             self.net.load_weights(self.out / "checkpoint.weights.h5")
             with np.load(self.out / "checkpoint.optimizer.npz") as saved_opt:
@@ -172,12 +194,14 @@ class Trainer:
         return twin
 
     def _make_step(self):
+        """One optimizer step: each replica's loss is the mean relative error over its valid paths, divided by
+        the number of replicas, so the summed gradients are those of the mean over replicas."""
         import tensorflow as tf
 
-        net, optimizer = self.net, self.optimizer
-        target = self.config.target
+        net, optimizer, strategy = self.net, self.optimizer, self.strategy
+        target, replicas = self.config.target, self.replicas
 
-        def step(x, labels, max_hops):
+        def replica_step(x, labels, max_hops):
             with tf.GradientTape() as tape:
                 pred = net(x, max_hops=max_hops, training=True)
                 transmit = tf.math.unsorted_segment_sum(x["hop_transmit"], x["hop_path"], tf.shape(labels)[0])
@@ -185,11 +209,24 @@ class Trainer:
                 valid = tf.cast((labels > 0) & (scale > 0), tf.float32)
                 error = tf.abs(pred - labels) / tf.where(scale > 0, scale, 1.0)
                 loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
-            grads = tape.gradient(loss, net.trainable_variables)
+                share_of_step = loss / replicas
+            grads = tape.gradient(share_of_step, net.trainable_variables)
             optimizer.apply_gradients(zip(grads, net.trainable_variables))
             return loss
 
-        return tf.function(step, reduce_retracing=True)
+        @tf.function(reduce_retracing=True)
+        def distributed_step(inputs, labels, max_hops):
+            losses = strategy.run(replica_step, args=(inputs, labels, max_hops))
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+        def step(inputs, labels, max_hops):
+            def share(values):
+                return strategy.experimental_distribute_values_from_function(
+                    lambda context: values[context.replica_id_in_sync_group])
+
+            return distributed_step(share(inputs), share(labels), max_hops)
+
+        return step
 
     def run(self) -> dict:
         """Train until the epoch limit, early stopping or the time budget; returns a summary."""
@@ -208,14 +245,16 @@ class Trainer:
             epoch = self.state["epoch"]
             rng = np.random.default_rng([cfg.seed, epoch])
             order = rng.permutation(len(train))
-            groups = [[train[i] for i in order[s:s + cfg.batch_size]] for s in range(0, len(order), cfg.batch_size)]
+            size = cfg.batch_size * self.replicas  # every replica takes batch_size samples of a step
+            groups = [[train[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
+            groups = [g for g in groups if len(g) >= self.replicas]  # a replica never goes without a sample
             bar = tqdm(groups, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not self.progress)
             losses = []
             epoch_start = time.perf_counter()
             out_of_time = False
             for group in bar:
-                x, labels, max_hops = batch_inputs(group, self.norm)
-                losses.append(float(self._step(x, labels, max_hops)))
+                inputs, labels, max_hops = batch_inputs(group, self.norm, self.replicas)
+                losses.append(float(self._step(inputs, labels, max_hops)))
                 bar.set_postfix(mape=f"{np.mean(losses[-50:]):.4f}")
                 if budget is not None and time.perf_counter() - started > budget:
                     out_of_time = True
