@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ndt.options import number, seed
+from ndt.options import number, seed, workers
 from ndt.output import print_json
 from twin.state.errors import NdtError
 
@@ -51,6 +51,11 @@ def register(subparsers) -> None:
     opt.add_argument("--sim-runs", type=number(1, 1000, integer=True), default=3,
                      help="simulations per routing, averaged; every method sees the same seeds (default: 3)")
     opt.add_argument("--seed", type=seed, default=0, help="seed (default: 0)")
+    opt.add_argument("--workers", type=workers, default=1,
+                     help="cases (topology x load) run at once as Ray tasks (default: 1, one after another in this "
+                          "process; each case's searches have a time limit, so they see less CPU when cases share "
+                          "cores)")
+    opt.add_argument("--address", metavar="ADDR", help="run the cases on the Ray cluster at ADDR ('auto' on one of its nodes)")
     opt.add_argument("--out", type=Path, default=Path("docs/figures/optimizer"),
                      help="prefix of the .json and .png written (default: docs/figures/optimizer)")
     opt.add_argument("--json", action="store_true", help="print JSON (the command contract)")
@@ -108,7 +113,7 @@ def run_optimize(args: argparse.Namespace) -> int:
 
     report = bench_optimize(topologies=args.topologies.split(","), intensities=intensities, twin_name=args.twin,
                             budget=args.budget, seed=args.seed, sim_runs=args.sim_runs,
-                            progress=progress)
+                            progress=progress, workers=args.workers, address=args.address)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     plot(report, args.out.with_suffix(".png"))

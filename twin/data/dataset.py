@@ -228,9 +228,9 @@ def generate(config: DatasetConfig, directory, workers: int | None = None, progr
     bar = tqdm(total=config.samples, initial=config.samples - len(indices), unit="sample",
                disable=not progress, desc=f"dataset {directory.name}")
     if engine == "ray":
-        from twin.data.ray_engine import run_samples
+        from twin.data.ray_engine import ray_map
 
-        results = run_samples(config, indices, workers, address)
+        results = ((indices[i], r) for i, r in ray_map(sample_line, [(config, i) for i in indices], workers, address))
     else:
         results = ((index, sample_line(config, index)) for index in indices)
     pending: dict[int, dict[int, tuple[str, float]]] = {}

@@ -1,32 +1,32 @@
-"""Dataset samples as Ray tasks: a Ray instance embedded in this process and local by default (nothing to
-start by hand), or an existing Ray cluster given its address (docs/datasets.md shows how to start one).
+"""Independent jobs as Ray tasks: a Ray instance embedded in this process and local by default (nothing to
+start by hand), or an existing Ray cluster given its address (docs/simulator.md shows how to start one).
+Dataset samples and the optimizer benchmark's cases run this way.
 
-Every node of a cluster needs ndt installed (the same version); the driver, wherever
-``ndt dataset generate`` runs, writes the shards and keeps resume as in a local run.
+Every machine of a cluster needs ndt installed (the same version); results come back to the
+process that asked, which writes the files, so resume works as in a local run.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from twin.state.errors import NdtError
 
-LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # sample lines are small; leave the machine's memory to the simulations
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # results are small; leave the machine's memory to the jobs
 
 
 class RayError(NdtError):
     """Ray could not start, or the cluster at the given address could not be reached."""
 
 
-def run_samples(config, indices: list[int], workers: int | None,
-                address: str | None) -> Iterator[tuple[int, tuple[str, float]]]:
-    """``(index, sample_line(config, index))`` for every index, in the order the tasks finish, with at most
-    ``workers`` samples running at once (default: this machine's cores, or the cluster's CPUs)."""
+def ray_map(function: Callable, calls: list[tuple], workers: int | None = None,
+            address: str | None = None) -> Iterator[tuple[int, object]]:
+    """``(i, function(*calls[i]))`` for every call, in the order the tasks finish, with at most ``workers``
+    running at once (default: this machine's cores, or the cluster's CPUs). ``function`` must be
+    importable by name (a module-level function)."""
     import os
 
     import ray
-
-    from twin.data.dataset import sample_line
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -41,20 +41,28 @@ def run_samples(config, indices: list[int], workers: int | None,
             raise RayError(f"could not start or reach {where}: {exc}") from None
     try:
         workers = workers or int(ray.cluster_resources().get("CPU", 1))
-        task = ray.remote(num_cpus=1)(sample_line)
-        queue = iter(indices)
+        task = ray.remote(num_cpus=1)(function)
+        queue = iter(enumerate(calls))
         running = {}
-        for index in queue:
-            running[task.remote(config, index)] = index
-            if len(running) >= workers:
-                break
-        while running:
-            (ready,), _ = ray.wait(list(running), num_returns=1)
-            index = running.pop(ready)
+
+        def submit() -> None:
             following = next(queue, None)
             if following is not None:
-                running[task.remote(config, following)] = following
-            yield index, ray.get(ready)
+                running[task.remote(*following[1])] = following[0]
+
+        for _ in range(workers):
+            submit()
+        while running:
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            position = running.pop(ready)
+            submit()
+            try:
+                result = ray.get(ready)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, NdtError):
+                    raise exc.cause from None  # a user's error, not Ray's: the one line it always was
+                raise
+            yield position, result
     finally:
         if started_here:
             ray.shutdown()

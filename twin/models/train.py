@@ -142,7 +142,8 @@ class Trainer:
         self.strategy = strategy or training_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.config = config
-        self.out = Path(out)
+        worker = _worker_index(self.strategy)
+        self.out = Path(out) if worker == 0 else Path(out) / f"worker-{worker}"  # worker 0 keeps the model
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.log = log
@@ -318,3 +319,9 @@ class Trainer:
 def _comparable(config: TrainConfig) -> dict:
     """The settings a resumed run must share with the checkpoint (budgets may change)."""
     return {k: v for k, v in asdict(config).items() if k not in ("epochs", "max_minutes", "patience")}
+
+
+def _worker_index(strategy) -> int:
+    """This machine's index among the workers of a multi-worker strategy (0 on one machine)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type == "worker" else 0
