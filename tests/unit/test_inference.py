@@ -76,6 +76,18 @@ def test_weights_of_another_network_are_refused(tmp_path):
         load_compiled("routenet_e", tmp_path)
 
 
+def test_weights_for_other_features_are_refused(tmp_path):
+    _saved_random_model("routenet_e", STATE_DIM, tmp_path)
+    with h5py.File(tmp_path / "routenet_e.weights.h5", "r+") as f:
+        group = next(g for g in f["layers"].values() if g["vars"].attrs.get("name") == "path_embed")
+        kernel = group["layers"]["dense"]["vars"]["0"]
+        data = kernel[:]
+        del group["layers"]["dense"]["vars"]["0"]
+        group["layers"]["dense"]["vars"]["0"] = data[:-1]
+    with pytest.raises(ModelFileError, match="layer path_embed takes"):
+        load_compiled("routenet_e", tmp_path)
+
+
 def test_unreadable_files_name_the_file(tmp_path):
     _saved_random_model("rnn", STATE_DIM, tmp_path)
     (tmp_path / "rnn.weights.h5").write_bytes(b"not hdf5")

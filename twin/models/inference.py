@@ -2,7 +2,7 @@
 Numba, from the same weight files ``ndt train`` writes.
 
 Training needs TensorFlow (:mod:`twin.models.learned`, :mod:`twin.models.train`); a prediction
-does not, so ``ndt predict`` answers in a second or two from a cold process and a 300-node
+does not, so ``ndt predict`` answers in under a second from a cold process and a 300-node
 state runs on every core without graph tracing. The arithmetic is the Keras models' own,
 step for step (float32); ``tests/unit/test_inference.py`` holds the two to the same numbers.
 """
@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from twin.models import kernels
-from twin.models.features import GraphBatch, build_batch
+from twin.models.features import LINK_FEATURES, PATH_FEATURES, QUEUE_FEATURES, GraphBatch, build_batch
 from twin.models.model_files import ModelFileError, Normalizer, model_paths, read_description, read_weights
 from twin.state.model import NetworkState
 
@@ -96,6 +96,8 @@ class CompiledRouteNet(CompiledTwin):
     """:class:`twin.models.routenet.RouteNetE`'s message passing and occupancy readout."""
 
     LAYERS = ("path_embed", "link_embed", "queue_embed", "path_gru", "queue_gru", "link_gru", "occupancy_readout")
+    INPUTS = {"path_embed": len(PATH_FEATURES), "link_embed": len(LINK_FEATURES), "queue_embed": len(QUEUE_FEATURES),
+              "path_gru": 2 * kernels.STATE_DIM}
 
     def _forward(self, batch: GraphBatch) -> np.ndarray:
         x, w = self.inputs(batch), self.layers
@@ -130,6 +132,8 @@ class CompiledRNN(CompiledTwin):
     """:class:`twin.models.rnn.PathRNN`: a GRU over each path's hops, an MLP readout of its waiting time."""
 
     LAYERS = ("path_embed", "path_gru", "wait_readout")
+    INPUTS = {"path_embed": len(PATH_FEATURES),
+              "path_gru": len(LINK_FEATURES) + len(QUEUE_FEATURES) + len(PATH_FEATURES) + 1}
 
     def _forward(self, batch: GraphBatch) -> np.ndarray:
         x, w = self.inputs(batch), self.layers
@@ -164,6 +168,10 @@ def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
     if missing:
         raise ModelFileError(f"{weights_path}: weights do not fit a {description['kind']} network "
                              f"(no layer {', '.join(missing)})")
+    for name, width in cls.INPUTS.items():
+        if layers[name][0].shape[0] != width:
+            raise ModelFileError(f"{weights_path}: layer {name} takes {layers[name][0].shape[0]} inputs, the "
+                                 f"features give {width} (a model of another ndt version? retrain it)")
     return cls(description["kind"], layers, description["norm"], description["config"], description["info"])
 
 
