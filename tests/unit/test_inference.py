@@ -1,5 +1,10 @@
 """The compiled forward pass gives TensorFlow's numbers: random and shipped weights, both model kinds,
-mixed traffic, batches of states of different sizes; the width it does not run falls back to TensorFlow."""
+mixed traffic, batches of states of different sizes; the width it does not run falls back to TensorFlow;
+a prediction from the command line never imports TensorFlow."""
+
+import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -109,3 +114,14 @@ def test_weights_file_layers_are_read_by_name(tmp_path):
     assert set(compiled.LAYERS) <= names
     assert [a.shape for a in compiled.layers["path_gru"]] == [(2 * STATE_DIM, 3 * STATE_DIM),
                                                               (STATE_DIM, 3 * STATE_DIM), (2, 3 * STATE_DIM)]
+
+
+def test_a_prediction_does_not_load_tensorflow(tmp_path):
+    state = make_state(DatasetConfig(samples=1, min_nodes=8, max_nodes=8, real_fraction=0.0, seed=3), 0)[0]
+    state.save(tmp_path / "state.json")
+    script = ("import sys; from ndt.cli import main; code = main(['predict', '--state', sys.argv[1], '--json']); "
+              "print('tensorflow' in sys.modules, file=sys.stderr); sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.json")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["paths"] and run.stderr.strip().splitlines()[-1] == "False"
