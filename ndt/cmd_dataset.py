@@ -37,8 +37,8 @@ def register(subparsers) -> None:
     gen.add_argument("--shard-size", type=number(1, 10**6, integer=True), default=10, help="samples per shard file (default: 10)")
     gen.add_argument("--seed", type=seed, default=0, help="dataset seed (default: 0)")
     gen.add_argument("--workers", type=workers,
-                     help="samples simulated at once (default: all cores, or the cluster's CPUs; 1: in this process, "
-                          "without Ray)")
+                     help="samples simulated at once (default: all cores, or the cluster's CPUs; 1 without --address: in "
+                          "this process, without Ray)")
     gen.add_argument("--address", metavar="ADDR",
                      help="run on the Ray cluster at ADDR (host:port of its head, or 'auto' on one of its nodes)")
     gen.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -96,6 +96,7 @@ def _speed(args: argparse.Namespace) -> dict:
 
     from twin.models import speed
 
+    runs = cold_starts(args.weights)  # first: it fails fast if the model or the CLI cannot predict
     models = _models(("routenet", "rnn", "qt"), args.weights)
     report = speed.speed(models)
     report["routenet_vs_qt"] = report["routenet_infer_s"] / report["qt_infer_s"]
@@ -107,7 +108,6 @@ def _speed(args: argparse.Namespace) -> dict:
         report["scaling"] = speed.scaling(models["routenet"], {"qt": models["qt"]}, progress=step("scaling"))
         report["simulator"] = speed.versus_simulator(models["routenet"], progress=step("versus the simulator"))
     report["speedup_vs_simulator"] = min(row["speedup"] for row in report["simulator"])
-    runs = cold_starts(args.weights)
     report["cold_start_runs_s"] = runs
     report["cold_start_s"] = sorted(runs)[len(runs) // 2]
     return report
@@ -115,7 +115,6 @@ def _speed(args: argparse.Namespace) -> dict:
 
 def cold_starts(weights: Path | None, runs: int = 3) -> list[float]:
     """Wall time (s) of ``ndt predict --state abilene.json`` (SNDlib Abilene) in ``runs`` fresh processes."""
-    import subprocess
     import sys
     import tempfile
     import time
@@ -123,17 +122,28 @@ def cold_starts(weights: Path | None, runs: int = 3) -> list[float]:
     ndt = [sys.executable, "-c", "import sys; from ndt.cli import main; sys.exit(main())"]
     with tempfile.TemporaryDirectory(prefix="ndt-cold-") as work:
         state_file = Path(work) / "abilene.json"
-        subprocess.run(ndt + ["state", "import", "sndlib/abilene", "-o", str(state_file)], check=True,
-                       stdout=subprocess.DEVNULL)
         command = ndt + ["predict", "--state", str(state_file), "--json"]
         if weights is not None:
             command += ["--weights", str(weights)]
+        _run_or_explain(ndt + ["state", "import", "sndlib/abilene", "-o", str(state_file)])
         times = []
         for _ in range(runs):
             started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _run_or_explain(command)
             times.append(time.perf_counter() - started)
     return times
+
+
+def _run_or_explain(command: list[str]) -> None:
+    """Run an ndt command for timing; its failure becomes one line naming the command and its error."""
+    import subprocess
+
+    from twin.state.errors import NdtError
+
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise NdtError(f"cold-start run of 'ndt {' '.join(command[3:5])}' failed: {last}")
 
 
 def _print_speed(report: dict) -> None:

@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / stem
     stream = sys.stderr if args.json else sys.stdout
     log = lambda msg: print(msg, file=stream, flush=True)  # noqa: E731
-    summary = Trainer(args.data or [Path("data/train")], out, config, progress=not args.no_progress, log=log).run()
-    if args.export:
+    trainer = Trainer(args.data or [Path("data/train")], out, config, progress=not args.no_progress, log=log)
+    summary = trainer.run()
+    out = Path(summary["out"])
+    if args.export and trainer.worker == 0:  # on several machines, the one that keeps the model exports it
         for suffix in (".weights.h5", ".json"):
             shutil.copyfile(out / f"best{suffix}", MODELS_DIR / f"{stem}{suffix}")
         summary["exported"] = str(MODELS_DIR / stem)

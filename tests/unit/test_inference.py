@@ -77,6 +77,9 @@ def test_weights_of_another_network_are_refused(tmp_path):
     (tmp_path / "rnn.weights.h5").rename(tmp_path / "routenet_e.weights.h5")
     description = (tmp_path / "routenet_e.json").read_text().replace('"kind": "rnn"', '"kind": "routenet_e"')
     (tmp_path / "routenet_e.json").write_text(description)
+    with pytest.raises(ModelFileError, match="iterations must be a whole number >= 1, got 0"):
+        load_compiled("routenet_e", tmp_path)
+    (tmp_path / "routenet_e.json").write_text(description.replace('"iterations": 0', '"iterations": 3'))
     with pytest.raises(ModelFileError, match="no layer link_embed"):
         load_compiled("routenet_e", tmp_path)
 

@@ -207,7 +207,7 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
     flat_links = np.concatenate([g.hop_link + off for g, off in zip(graphs, link_offsets)])
     order = np.argsort(-lengths, kind="stable")
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[order]  # first hop of each sorted path
-    counts = np.cumsum(np.bincount(lengths)[::-1])[::-1][1:]  # paths with more than k hops
+    counts = np.ascontiguousarray(np.cumsum(np.bincount(lengths)[::-1])[::-1][1:])  # paths with more than k hops
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
     hop_path = np.concatenate([np.arange(n) for n in counts])  # by hop position, then sorted path
     hop_link = flat_links[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]

@@ -9,6 +9,7 @@ step for step (float32); ``tests/unit/test_inference.py`` holds the two to the s
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numba
@@ -41,6 +42,9 @@ def _gru_cell(x: np.ndarray, h: np.ndarray, params: list[np.ndarray]) -> np.ndar
     z = _sigmoid(x_z + h_z)
     candidate = np.tanh(x_h + _sigmoid(x_r + h_r) * h_h)
     return z * h + (1.0 - z) * candidate
+
+
+_FORWARD_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -79,9 +83,10 @@ class CompiledTwin:
         }
 
     def forward(self, batch: GraphBatch) -> np.ndarray:
-        """Per sorted path mean delay, s (float32)."""
-        # the kernels use every core; a BLAS pool left spinning after its small matmuls would halve them
-        with _thread_pools().limit(limits=1, user_api="blas"):
+        """Per sorted path mean delay, s (float32). One pass at a time per process: each uses every core,
+        and the BLAS limit below must not be restored by one caller while another still runs."""
+        # a BLAS pool left spinning after its small matmuls would halve the kernels' cores
+        with _FORWARD_LOCK, _thread_pools().limit(limits=1, user_api="blas"):
             return self._forward(batch)
 
     def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
@@ -159,6 +164,10 @@ def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
     meta_path, weights_path = model_paths(stem, directory)
     description = read_description(meta_path)
     width = description["config"].get("state_dim")
+    iterations = description["config"].get("iterations")
+    if description["kind"] == "routenet_e" and (not isinstance(iterations, int) or iterations < 1):
+        raise ModelFileError(f"{meta_path}: config.iterations must be a whole number >= 1, got "
+                             f"{iterations!r}")
     if width != kernels.STATE_DIM:
         raise ModelFileError(f"{meta_path}: state_dim {width}; the compiled kernels run {kernels.STATE_DIM} "
                              "(load it with twin.models.learned.load_twin)")

@@ -7,8 +7,9 @@ the same loops over a width known only at run time.
 
 A GRU step is ``z = σ(x_z + h·U_z + b_z)``, ``r = σ(x_r + h·U_r + b_r)``,
 ``h' = z·h + (1 − z)·tanh(x_h + r·(h·U_h + b_h))`` (Keras's GRU with the reset gate after the
-matmul). ``tanh`` is the rational approximation Eigen evaluates on CPU (so TensorFlow's own
-numbers), accurate to 4e-7 and, unlike a libm call, vectorisable; ``σ(x) = (1 + tanh(x/2)) / 2``.
+matmul). ``tanh`` is the rational approximation Eigen evaluates on CPU, accurate to 4e-7 and,
+unlike a libm call, vectorisable; ``σ(x) = (1 + tanh(x/2)) / 2``. Sums run in another order than
+TensorFlow's (and per thread), so results agree with it to float32 rounding, not bit for bit.
 """
 
 from __future__ import annotations

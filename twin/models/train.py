@@ -24,7 +24,7 @@ from twin.data.dataset import read_shard
 from twin.models.features import TARGETS, StateGraph, batch_graphs, error_scales, state_graph
 from twin.models.learned import LearnedTwin, batch_tensors, build, load_twin, make_network, padded_hops
 from twin.models.model_files import ModelFileError, Normalizer
-from twin.state.errors import StateError
+from twin.state.errors import NdtError, StateError
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,9 @@ class DatasetCache:
         return train, val
 
 
+CLIP_NORM = 1.0  # each variable's gradient norm, at most
+
+
 def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1):
     """Per replica, the model inputs and sorted delay labels (float32, s) of its share of ``items`` (one
     disjoint-union graph each), and the hop positions they all span."""
@@ -142,8 +145,8 @@ class Trainer:
         self.strategy = strategy or training_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.config = config
-        worker = _worker_index(self.strategy)
-        self.out = Path(out) if worker == 0 else Path(out) / f"worker-{worker}"  # worker 0 keeps the model
+        self.worker = _worker_index(self.strategy)
+        self.out = Path(out) if self.worker == 0 else Path(out) / f"worker-{self.worker}"  # worker 0 keeps the model
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.log = log
@@ -172,7 +175,7 @@ class Trainer:
             build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
             if start is not None:
                 self.net.set_weights(start.net.get_weights())
-            self.optimizer = keras.optimizers.Adam(learning_rate=self.state["lr"], clipnorm=1.0)
+            self.optimizer = keras.optimizers.Adam(learning_rate=self.state["lr"])  # clipped in the step
             self.optimizer.build(self.net.trainable_variables)
         if checkpoint.exists():
             self.net.load_weights(self.out / "checkpoint.weights.h5")
@@ -196,7 +199,9 @@ class Trainer:
 
     def _make_step(self):
         """One optimizer step: each replica's loss is the mean relative error over its valid paths, divided by
-        the number of replicas, so the summed gradients are those of the mean over replicas."""
+        the number of replicas, so the summed gradients are those of the mean over replicas. Each variable's
+        summed gradient is clipped to norm 1 (Keras's ``clipnorm``, which would clip every replica's share
+        apart), and every replica hands its 1/replicas of it to the optimizer, which sums them."""
         import tensorflow as tf
 
         net, optimizer, strategy = self.net, self.optimizer, self.strategy
@@ -212,7 +217,9 @@ class Trainer:
                 loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
                 share_of_step = loss / replicas
             grads = tape.gradient(share_of_step, net.trainable_variables)
-            optimizer.apply_gradients(zip(grads, net.trainable_variables))
+            summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            clipped = [tf.clip_by_norm(g, CLIP_NORM) / replicas for g in summed]
+            optimizer.apply_gradients(zip(clipped, net.trainable_variables))
             return loss
 
         @tf.function(reduce_retracing=True)
@@ -322,6 +329,11 @@ def _comparable(config: TrainConfig) -> dict:
 
 
 def _worker_index(strategy) -> int:
-    """This machine's index among the workers of a multi-worker strategy (0 on one machine)."""
+    """This machine's index among the workers of a multi-worker strategy (0 on one machine; a cluster
+    must name its machines ``worker`` only, no ``chief``)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type == "worker" else 0
+    if resolver is None:
+        return 0
+    if resolver.task_type != "worker":
+        raise NdtError(f"TF_CONFIG: task type {resolver.task_type!r}; ndt train runs every machine as a 'worker'")
+    return int(resolver.task_id or 0)
