@@ -17,7 +17,14 @@ import numpy as np
 
 from twin.models import kernels
 from twin.models.features import LINK_FEATURES, PATH_FEATURES, QUEUE_FEATURES, GraphBatch, build_batch
-from twin.models.model_files import ModelFileError, Normalizer, model_paths, read_description, read_weights
+from twin.models.model_files import (
+    ModelFileError,
+    Normalizer,
+    model_inputs,
+    model_paths,
+    read_description,
+    read_weights,
+)
 from twin.state.model import NetworkState
 
 
@@ -68,20 +75,6 @@ class CompiledTwin:
         self.config = config
         self.info = info or {}
 
-    def inputs(self, batch: GraphBatch) -> dict[str, np.ndarray]:
-        """Normalised features (float32) and per-hop scales (float32, s) of ``batch``."""
-        link = batch.hop_link
-        return {
-            "link_x": self.norm.apply("link_x", batch.link_x).astype(np.float32),
-            "queue_x": self.norm.apply("queue_x", batch.queue_x).astype(np.float32),
-            "path_x": self.norm.apply("path_x", batch.path_x).astype(np.float32),
-            "hop_share": (batch.path_rate[batch.hop_path] / batch.link_capacity[link]).astype(np.float32),
-            "hop_buffer": batch.link_buffer[link].astype(np.float32),
-            "hop_service": batch.link_service[link].astype(np.float32),
-            "hop_transmit": batch.hop_transmit.astype(np.float32),
-            "path_prop": batch.path_prop.astype(np.float32),
-        }
-
     def forward(self, batch: GraphBatch) -> np.ndarray:
         """Per sorted path mean delay, s (float32). One pass at a time per process: each uses every core,
         and the BLAS limit below must not be restored by one caller while another still runs."""
@@ -105,7 +98,7 @@ class CompiledRouteNet(CompiledTwin):
               "path_gru": 2 * kernels.STATE_DIM}
 
     def _forward(self, batch: GraphBatch) -> np.ndarray:
-        x, w = self.inputs(batch), self.layers
+        x, w = model_inputs(batch, self.norm), self.layers
         n_links, n_paths = len(batch.link_buffer), batch.n_paths
         path = np.ascontiguousarray(np.tanh(_dense_stack(x["path_x"], w["path_embed"])))
         link = np.tanh(_dense_stack(x["link_x"], w["link_embed"]))
@@ -141,7 +134,7 @@ class CompiledRNN(CompiledTwin):
               "path_gru": len(LINK_FEATURES) + len(QUEUE_FEATURES) + len(PATH_FEATURES) + 1}
 
     def _forward(self, batch: GraphBatch) -> np.ndarray:
-        x, w = self.inputs(batch), self.layers
+        x, w = model_inputs(batch, self.norm), self.layers
         n_paths = batch.n_paths
         path = np.ascontiguousarray(np.tanh(_dense_stack(x["path_x"], w["path_embed"])))
         kernel, recurrent_kernel, bias = w["path_gru"]

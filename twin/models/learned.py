@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from twin.models.features import GraphBatch, build_batch
-from twin.models.model_files import ModelFileError, Normalizer, model_paths, read_description
+from twin.models.model_files import ModelFileError, Normalizer, model_inputs, model_paths, read_description
 from twin.models.rnn import PathRNN
 from twin.models.routenet import RouteNetE
 from twin.state.model import Flow, Link, NetworkState
@@ -33,21 +33,8 @@ def batch_tensors(batch: GraphBatch, norm: Normalizer, hops: int | None = None) 
     pad = (hops or padded_hops(batch)) - batch.max_hops
     counts = np.concatenate([batch.counts, np.zeros(pad, dtype=np.int64)])
     offsets = np.concatenate([batch.offsets, np.full(pad, len(batch.hop_link), dtype=np.int64)])
-    hop_link = batch.hop_link
-    arrays = {
-        "link_x": norm.apply("link_x", batch.link_x),
-        "queue_x": norm.apply("queue_x", batch.queue_x),
-        "path_x": norm.apply("path_x", batch.path_x),
-        "hop_link": hop_link.astype(np.int32),
-        "hop_path": batch.hop_path.astype(np.int32),
-        "counts": counts.astype(np.int32),
-        "offsets": offsets.astype(np.int32),
-        "hop_buffer": batch.link_buffer[hop_link],
-        "hop_service": batch.link_service[hop_link],
-        "hop_transmit": batch.hop_transmit,
-        "hop_share": batch.path_rate[batch.hop_path] / batch.link_capacity[hop_link],
-        "path_prop": batch.path_prop,
-    }
+    arrays = {**model_inputs(batch, norm), "hop_link": batch.hop_link, "hop_path": batch.hop_path,
+              "counts": counts, "offsets": offsets}
     return {k: tf.constant(v, dtype=tf.int32 if v.dtype.kind == "i" else tf.float32) for k, v in arrays.items()}
 
 

@@ -43,6 +43,23 @@ class Normalizer:
         return (values - self.stats[key]["mean"]) / self.stats[key]["std"]
 
 
+def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
+    """What both engines feed a learned model: normalised features and per-hop scales of ``batch``
+    (float32; the scales in s, packets and shares of capacity)."""
+    link = batch.hop_link
+    arrays = {
+        "link_x": norm.apply("link_x", batch.link_x),
+        "queue_x": norm.apply("queue_x", batch.queue_x),
+        "path_x": norm.apply("path_x", batch.path_x),
+        "hop_buffer": batch.link_buffer[link],
+        "hop_service": batch.link_service[link],
+        "hop_transmit": batch.hop_transmit,
+        "hop_share": batch.path_rate[batch.hop_path] / batch.link_capacity[link],
+        "path_prop": batch.path_prop,
+    }
+    return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+
 def model_paths(stem: str, directory=None) -> tuple[Path, Path]:
     """``(stem.json, stem.weights.h5)`` in ``directory`` (default: the weights shipped in twin/models),
     both checked to exist."""
