@@ -78,6 +78,7 @@ class GraphBatch:
     order: np.ndarray
     flow_offsets: np.ndarray
     link_offsets: np.ndarray
+    routes: list = None  # per state its Routes (twin.state.model), to fold ECMP paths back into flows
 
     @property
     def n_paths(self) -> int:
@@ -98,6 +99,13 @@ class GraphBatch:
         out[self.order] = per_path_sorted
         return [out[a:b] for a, b in zip(self.flow_offsets[:-1], self.flow_offsets[1:])]
 
+    def per_flow(self, per_path_sorted: np.ndarray) -> list[np.ndarray]:
+        """Per-sorted-path delays → one array per state, per flow: an ECMP flow's share-weighted mean delay."""
+        per_route = self.unsort(per_path_sorted)
+        if self.routes is None:
+            return per_route
+        return [r.per_flow(values, int(r.owner.max()) + 1) for r, values in zip(self.routes, per_route)]
+
 
 @dataclass
 class StateGraph:
@@ -114,6 +122,7 @@ class StateGraph:
     path_rate: np.ndarray
     link_capacity: np.ndarray
     path_prop: np.ndarray
+    routes: object = None  # the state's Routes (twin.state.model)
 
 
 def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
@@ -141,14 +150,16 @@ def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
 
 
 def state_graph(state: NetworkState) -> StateGraph:
-    """The features of one state, flows in the state's order."""
+    """The features of one state, one path per route (per flow without ECMP), in the state's order."""
     if not state.flows:
         raise StateError(f"state {state.name or '(unnamed)'}: no traffic, so no paths to predict")
     la = state.link_arrays
     capacity = la["capacity"]
     n_links = len(capacity)
-    fa = flow_arrays(state)
-    paths = state.flow_links
+    routes = state.routes
+    fa = {name: values[routes.owner] for name, values in flow_arrays(state).items()}
+    fa["rate"] = fa["rate"] * routes.share
+    paths = routes.links
     lengths = np.array([len(p) for p in paths], dtype=np.int64)
     hop_link = np.concatenate(paths)
     hop_flow = np.repeat(np.arange(len(paths)), lengths)
@@ -193,7 +204,7 @@ def state_graph(state: NetworkState) -> StateGraph:
         link_x=link_x, queue_x=queue_x, path_x=path_x, hop_link=hop_link, path_len=lengths,
         link_buffer=la["buffer"].astype(np.float64), link_service=mean_size / capacity,
         path_size=size, path_rate=rate, link_capacity=capacity,
-        path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts),
+        path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts), routes=routes,
     )
 
 
@@ -231,6 +242,7 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
         order=order,
         flow_offsets=flow_offsets,
         link_offsets=link_offsets,
+        routes=[g.routes for g in graphs] if all(g.routes is not None for g in graphs) else None,
     )
     if qt_features:
         _add_qt_features(batch)
@@ -272,7 +284,9 @@ def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
 
 def fixed_delays(state: NetworkState) -> tuple[np.ndarray, np.ndarray]:
     """Per flow (state order): propagation and transmission (mean packet / capacity) along its path, s."""
-    arrays = state.link_arrays
-    prop = np.array([arrays["prop_delay"][links].sum() for links in state.flow_links])
-    transmit = np.array([np.sum(f.packet_size / arrays["capacity"][links]) for f, links in zip(state.flows, state.flow_links)])
-    return prop, transmit
+    arrays, routes = state.link_arrays, state.routes
+    prop = np.array([arrays["prop_delay"][links].sum() for links in routes.links])
+    transmit = np.array([np.sum(state.flows[i].packet_size / arrays["capacity"][links])
+                         for i, links in zip(routes.owner, routes.links)])
+    n_flows = len(state.flows)
+    return routes.per_flow(prop, n_flows), routes.per_flow(transmit, n_flows)

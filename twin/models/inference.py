@@ -83,7 +83,7 @@ class CompiledTwin:
             return self._forward(batch)
 
     def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
-        return batch.unsort(self.forward(batch).astype(np.float64))
+        return batch.per_flow(self.forward(batch).astype(np.float64))
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         """Per-flow mean delay (s), one array per state in flow order; the states run as one batch."""

@@ -57,7 +57,7 @@ class LearnedTwin:
         return self._forward(batch_tensors(batch, self.norm), padded_hops(batch))
 
     def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
-        return batch.unsort(self.forward(batch).numpy().astype(np.float64))
+        return batch.per_flow(self.forward(batch).numpy().astype(np.float64))
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         """Per-flow mean delay (s), one array per state in flow order; the states run as one batch."""

@@ -17,7 +17,7 @@ class QueueingModel:
 
     def predict_batch(self, batch) -> list[np.ndarray]:
         """Per-flow mean delay (s) of every state in the batch."""
-        return batch.unsort(solve(batch)["delay"])
+        return batch.per_flow(solve(batch)["delay"])
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         """Per-flow mean delay (s), one array per state in flow order."""

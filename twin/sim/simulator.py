@@ -113,7 +113,7 @@ def simulate(
         raise StateError("the state has no traffic to simulate")
     arrays = _compile(state)
     if duration is None:
-        pkt_rates = arrays["rate"] / arrays["mean_size"]
+        pkt_rates = np.bincount(state.routes.owner, weights=arrays["rate"] / arrays["mean_size"])  # per flow
         active = pkt_rates[pkt_rates > 0]
         if len(active) == 0:
             raise StateError("every flow has rate 0: nothing to simulate")
@@ -139,12 +139,17 @@ def simulate(
     wall = time.perf_counter() - started
     (sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops) = out
     window = duration - warmup
+    base = arrays["hist_base"]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_excess = sum_d / delivered
-        delay = arrays["hist_base"] + mean_excess
+        delay = base + mean_excess
         jitter = np.maximum(sum_d2 / delivered - mean_excess**2, 0.0)
         loss = np.where(sent > 0, dropped / np.maximum(sent, 1), np.nan)
-    p50, p90, p99 = _percentiles(hist, arrays["hist_base"], (0.5, 0.9, 0.99))
+    p50, p90, p99 = _percentiles(hist, base, (0.5, 0.9, 0.99))
+    owner = state.routes.owner
+    if len(owner) != len(state.flows):
+        (delay, jitter, loss, p50, p90, p99, sent, delivered, dropped) = _per_flow(
+            owner, len(state.flows), delay, jitter, sent, delivered, dropped, hist, base)
     return SimResult(
         state=state, delay=delay, jitter=jitter, loss=loss, p50=p50, p90=p90, p99=p99,
         sent=sent, delivered=delivered, dropped=dropped,
@@ -164,18 +169,45 @@ def _percentiles(hist: np.ndarray, base: np.ndarray, quantiles) -> list[np.ndarr
     return out
 
 
+def _per_flow(owner, n_flows, delay, jitter, sent, delivered, dropped, hist, base):
+    """Statistics of a flow's ECMP routes merged into the flow's: its packets pooled over its routes."""
+    def total(values):
+        return np.bincount(owner, weights=np.where(delivered > 0, values, 0.0), minlength=n_flows)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = total(delivered.astype(float))
+        mean = total(delivered * delay) / pooled
+        variance = np.maximum(total(delivered * (jitter + delay**2)) / pooled - mean**2, 0.0)
+        sent_f = np.bincount(owner, weights=sent, minlength=n_flows).astype(np.int64)
+        dropped_f = np.bincount(owner, weights=dropped, minlength=n_flows).astype(np.int64)
+        loss = np.where(sent_f > 0, dropped_f / np.maximum(sent_f, 1), np.nan)
+    centres = base[:, None] * BIN_RATIO ** (np.arange(N_BINS) + 0.5)
+    quantiles = np.full((3, n_flows), np.nan)
+    for flow in range(n_flows):
+        mine = owner == flow
+        values, counts = centres[mine].ravel(), hist[mine].ravel()
+        if counts.sum() == 0:
+            continue
+        rank = np.argsort(values)
+        cum = np.cumsum(counts[rank])
+        for row, q in enumerate((0.5, 0.9, 0.99)):
+            quantiles[row, flow] = values[rank[np.searchsorted(cum, np.ceil(q * cum[-1]))]]
+    return (mean, variance, loss, *quantiles, sent_f, pooled.astype(np.int64), dropped_f)
+
+
 def _compile(state: NetworkState) -> dict[str, np.ndarray]:
     """Flatten a state into the arrays the compiled event loop reads."""
     la = state.link_arrays
-    n_flows = len(state.flows)
-    paths = state.flow_links
+    routes = state.routes
+    paths = routes.links
+    n_flows = len(paths)
     max_hops = max(len(p) for p in paths)
     path = np.full((n_flows, max_hops), -1, dtype=np.int64)
     path_len = np.zeros(n_flows, dtype=np.int64)
     for i, links in enumerate(paths):
         path[i, : len(links)] = links
         path_len[i] = len(links)
-    flows = state.flows
+    flows = [state.flows[i] for i in routes.owner]
     mean_size = np.array([f.packet_size for f in flows])
     small = np.array([f.packet_sizes[0] if f.packet_sizes else f.packet_size for f in flows])
     large = np.array([f.packet_sizes[1] if f.packet_sizes else f.packet_size for f in flows])
@@ -192,7 +224,7 @@ def _compile(state: NetworkState) -> dict[str, np.ndarray]:
         "capacity": la["capacity"],
         "buffer": la["buffer"],
         "prop": la["prop_delay"],
-        "rate": np.array([f.rate for f in flows], dtype=np.float64),
+        "rate": np.array([f.rate for f in flows], dtype=np.float64) * routes.share,
         "time_code": np.array([_TIME[f.time_dist] for f in flows], dtype=np.int64),
         "on_time": np.array([f.on_time or 0.0 for f in flows]),
         "off_time": np.array([f.off_time or 0.0 for f in flows]),

@@ -21,7 +21,7 @@ import numpy as np
 
 from twin.state.errors import StateError, shown
 from twin.state.files import read_json
-from twin.state.routing import ospf_flow_links
+from twin.state.routing import MAX_ECMP_PATHS, ecmp_routes, ospf_flow_links
 
 TIME_DISTS = ("poisson", "cbr", "onoff")
 # What a state may hold (docs/state.md); beyond these no simulation or prediction is meaningful.
@@ -75,11 +75,28 @@ class Flow:
 
 
 @dataclass(frozen=True)
+class Routes:
+    """The paths traffic takes: ``links[r]`` (link indices in hop order) carries the fraction
+    ``share[r]`` of flow ``owner[r]``. Without ECMP, route ``r`` is flow ``r`` with share 1."""
+
+    links: list[np.ndarray]
+    owner: np.ndarray
+    share: np.ndarray
+
+    def per_flow(self, values: np.ndarray, n_flows: int) -> np.ndarray:
+        """Per-route values → per flow, the share-weighted mean (the values themselves without ECMP)."""
+        if len(self.owner) == n_flows:
+            return np.asarray(values)
+        return np.bincount(self.owner, weights=self.share * np.asarray(values, dtype=float), minlength=n_flows)
+
+
+@dataclass(frozen=True)
 class NetworkState:
     """Topology + traffic matrix + routing.
 
     routing_kind ``ospf`` routes every flow on the destination-based shortest
-    path under the link weights (ties broken towards the lowest node index);
+    path under the link weights (ties broken towards the lowest node index), or,
+    with ``ecmp``, splits it evenly at each hop over all equal-cost next hops;
     ``paths`` uses ``paths``: one node sequence per flow pair.
     """
 
@@ -89,6 +106,7 @@ class NetworkState:
     routing_kind: str = "ospf"
     paths: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False)
     name: str = ""
+    ecmp: bool = False
 
     def __post_init__(self):
         self._validate()
@@ -155,9 +173,13 @@ class NetworkState:
                     )
         if self.routing_kind not in ROUTING_KINDS:
             raise StateError(f"routing kind {self.routing_kind!r} is not one of {ROUTING_KINDS}")
+        if not isinstance(self.ecmp, bool):
+            raise StateError(f"routing: ecmp must be true or false, got {shown(self.ecmp)}")
+        if self.ecmp and self.routing_kind != "ospf":
+            raise StateError("routing: ecmp splits traffic over equal-cost OSPF paths; it needs \"kind\": \"ospf\"")
         if self.routing_kind == "paths":
             self._validate_paths(seen, pairs)
-        _ = self.flow_links  # resolves routes: unreachable pairs and loops raise here
+        _ = self.routes  # resolves routes: unreachable pairs and loops raise here
 
     def _validate_paths(self, nodes: set, pairs: set) -> None:
         for flow in self.flows:
@@ -220,9 +242,29 @@ class NetworkState:
             raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
 
     @cached_property
+    def routes(self) -> "Routes":
+        """The paths traffic takes: one per flow, or with ECMP every equal-cost path with its share."""
+        if not self.ecmp or not self.flows:
+            return Routes(self.flow_links, np.arange(len(self.flows)), np.ones(len(self.flows)))
+        arrays, idx = self.link_arrays, self.node_index
+        src = np.array([idx[f.src] for f in self.flows], dtype=np.int64)
+        dst = np.array([idx[f.dst] for f in self.flows], dtype=np.int64)
+        try:
+            links, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], src, dst)
+        except LookupError as exc:
+            flow = self.flows[exc.args[0]]
+            raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
+        except OverflowError as exc:
+            flow = self.flows[exc.args[0]]
+            raise StateError(f"flow {flow.src}->{flow.dst}: more than {MAX_ECMP_PATHS} equal-cost paths; "
+                             "perturb the weights or turn ecmp off") from None
+        return Routes(links, owner, share)
+
+    @cached_property
     def routing_key(self) -> tuple:
         """Identifies the routing by the paths it gives the flows (different weights may route alike)."""
-        return tuple(links.tobytes() for links in self.flow_links)
+        routes = self.routes
+        return tuple(links.tobytes() for links in routes.links) + (routes.owner.tobytes(), routes.share.tobytes())
 
     def flow_path(self, i: int) -> list[str]:
         """Node names along flow ``i``'s path."""
@@ -230,11 +272,14 @@ class NetworkState:
         return [self.links[links[0]].src] + [self.links[l].dst for l in links]
 
     def link_loads(self) -> np.ndarray:
-        """Offered load per link, bit/s (sum of the rates of the flows routed over it)."""
-        load = np.zeros(len(self.links))
-        for flow, links in zip(self.flows, self.flow_links):
-            load[links] += flow.rate
-        return load
+        """Offered load per link, bit/s (sum of the rates of the flows routed over it, by their ECMP shares)."""
+        routes = self.routes
+        if not routes.links:
+            return np.zeros(len(self.links))
+        rates = np.array([f.rate for f in self.flows])[routes.owner] * routes.share
+        hop_link = np.concatenate(routes.links)
+        hop_rate = np.repeat(rates, [len(links) for links in routes.links])
+        return np.bincount(hop_link, weights=hop_rate, minlength=len(self.links))
 
     def utilization(self) -> np.ndarray:
         """Offered load / capacity per link (may exceed 1 under overload)."""
@@ -277,6 +322,8 @@ class NetworkState:
         }
         if self.routing_kind == "paths":
             out["routing"]["paths"] = [list(self.paths[(f.src, f.dst)]) for f in self.flows]
+        if self.ecmp:
+            out["routing"]["ecmp"] = True
         return out
 
     @classmethod
@@ -297,9 +344,9 @@ class NetworkState:
         routing = data.get("routing", {"kind": "ospf"})
         if not isinstance(routing, dict):
             raise StateError("routing must be an object such as {\"kind\": \"ospf\"}")
-        unknown = set(routing) - {"kind", "paths"}
+        unknown = set(routing) - {"kind", "paths", "ecmp"}
         if unknown:
-            raise StateError(f"routing: unknown field {sorted(map(str, unknown))[0]!r} (known: kind, paths)")
+            raise StateError(f"routing: unknown field {sorted(map(str, unknown))[0]!r} (known: kind, paths, ecmp)")
         kind = routing.get("kind", "ospf")
         paths = {}
         if kind == "paths":
@@ -317,7 +364,8 @@ class NetworkState:
                 paths[(path[0], path[-1])] = path
         elif "paths" in routing:
             raise StateError(f"routing: paths are given but kind is {shown(kind)}; set \"kind\": \"paths\"")
-        return cls(nodes=nodes, links=links, flows=flows, routing_kind=kind, paths=paths, name=str(data.get("name", "")))
+        return cls(nodes=nodes, links=links, flows=flows, routing_kind=kind, paths=paths, name=str(data.get("name", "")),
+                   ecmp=routing.get("ecmp", False))
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))

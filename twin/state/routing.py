@@ -74,3 +74,55 @@ def ospf_flow_links(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, we
     Raises ``LookupError(i)`` when flow ``i``'s destination cannot be reached."""
     table = next_hop_links(n_nodes, link_src, link_dst, weight)
     return paths_from_table(table, link_dst, flow_src, flow_dst)
+
+
+MAX_ECMP_PATHS = 64  # equal-cost paths one flow may split over (routers allow 8-128)
+
+
+def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight: np.ndarray,
+                flow_src: np.ndarray, flow_dst: np.ndarray, max_paths: int = MAX_ECMP_PATHS):
+    """Every flow split over all its equal-cost shortest paths, evenly at each hop (as OSPF routers hash).
+
+    Returns ``(links, owner, share)``: one link-index array per route, the flow index each route
+    belongs to, and the fraction of that flow's traffic it carries (a flow's shares sum to 1).
+    Routes of one flow are consecutive, in the order of their first differing link index.
+    Raises ``LookupError(i)`` when flow ``i``'s destination cannot be reached and
+    ``OverflowError(i)`` when it has more than ``max_paths`` equal-cost paths.
+    """
+    reverse = csr_matrix((weight, (link_dst, link_src)), shape=(n_nodes, n_nodes))
+    dist_to = dijkstra(reverse, directed=True)  # [d, v]: cost from v to d
+    cost_via = weight[None, :] + dist_to[:, link_dst]  # [d, link]: cost to d leaving on the link
+    best = dist_to[:, link_src]
+    on_shortest = np.isfinite(cost_via) & (cost_via <= best + 1e-9 * np.maximum(best, 1.0))
+    order = np.argsort(link_src, kind="stable")
+    starts = np.searchsorted(link_src[order], np.arange(n_nodes + 1))
+    fanout = np.zeros((n_nodes, n_nodes), dtype=np.int64)  # [d, v]: equal-cost next hops of v towards d
+    np.add.at(fanout, (slice(None), link_src), on_shortest.astype(np.int64))
+
+    unreachable = np.flatnonzero(~np.isfinite(dist_to[flow_dst, flow_src]))
+    if len(unreachable):
+        raise LookupError(int(unreachable[0]))
+    owner = np.arange(len(flow_src))
+    node = flow_src.copy()
+    share = np.ones(len(flow_src))
+    hops = np.zeros((len(flow_src), 0), dtype=np.int64)
+    for _ in range(n_nodes):
+        active = node != flow_dst[owner]
+        if not active.any():
+            break
+        degree = np.where(active, starts[node + 1] - starts[node], 1)
+        parent = np.repeat(np.arange(len(owner)), degree)
+        offset = np.arange(len(parent)) - np.repeat(np.cumsum(degree) - degree, degree)
+        link = np.where(active[parent], order[np.minimum(starts[node[parent]] + offset, len(order) - 1)], -1)
+        dest = flow_dst[owner[parent]]
+        keep = ~active[parent] | on_shortest[dest, np.maximum(link, 0)]
+        parent, link, dest = parent[keep], link[keep], dest[keep]
+        moving = link >= 0
+        share = share[parent] / np.where(moving, fanout[dest, node[parent]], 1)
+        node = np.where(moving, link_dst[np.maximum(link, 0)], node[parent])
+        owner = owner[parent]
+        hops = np.column_stack([hops[parent], link])
+        counts = np.bincount(owner, minlength=len(flow_src))
+        if counts.max() > max_paths:
+            raise OverflowError(int(np.argmax(counts > max_paths)))
+    return [row[row >= 0] for row in hops], owner, share
