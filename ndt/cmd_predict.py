@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         help="predict per-path delays of a network state with the twin",
         description=(
             "Predict the mean delay of every path of a network state with RouteNet-E (the weights shipped in "
-            "the package by default), the RNN baseline or the queueing-theory (M/M/1/b) baseline."
+            "the package by default), the RNN baseline or the queueing-theory (M/M/1/b) baseline, each with its "
+            "prediction interval when the state lies in the model's safe operating range ('ndt intervals')."
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (see docs/state.md)")
@@ -37,18 +38,33 @@ def load_model(name: str, weights: Path | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from twin.models.intervals import judge, load_intervals
     from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)
     model = load_model(args.model, args.weights)
+    intervals = None if args.model == "sim" else load_intervals(args.model, args.weights)
     started = time.perf_counter()
     delays = model.predict_delays([state])[0]
     infer_s = time.perf_counter() - started
-    paths = [{"src": f.src, "dst": f.dst, "delay": float(d)} for f, d in zip(state.flows, delays)]
+    judged = judge(state, delays, intervals)
+    paths = judged.path_rows(state)
     if args.json:
-        print_json({"model": args.model, "paths": paths, "infer_s": round(infer_s, 6)})
+        print_json({"model": args.model, "paths": paths, "in_safe_range": judged.in_safe_range,
+                    "out_of_range_reasons": judged.reasons if judged.in_safe_range is False else [],
+                    "nominal_coverage": None if intervals is None else intervals.nominal,
+                    "infer_s": round(infer_s, 6)})
         return 0
     print(f"{state.name or args.state}: {len(paths)} paths predicted by {args.model} in {1e3 * infer_s:.1f} ms")
-    print_table([dict(p, delay_ms=1e3 * p["delay"]) for p in paths],
-                [("src", "src", ""), ("dst", "dst", ""), ("delay_ms", "delay ms", ".3f")])
+    if judged.in_safe_range is False:
+        print("outside the twin's safe operating range, so no intervals: " + "; ".join(judged.reasons))
+    elif judged.in_safe_range:
+        print(f"intervals: {intervals.nominal:.0%} nominal (split-conformal, docs/twin.md)")
+    print_table([dict(p, delay_ms=1e3 * p["delay"], lo_ms=_ms(p["delay_lo"]), hi_ms=_ms(p["delay_hi"])) for p in paths],
+                [("src", "src", ""), ("dst", "dst", ""), ("delay_ms", "delay ms", ".3f"), ("lo_ms", "low ms", ".3f"),
+                 ("hi_ms", "high ms", ".3f")])
     return 0
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1e3 * seconds

@@ -17,6 +17,7 @@ state to predict has at most ``max_flows`` flows.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -37,6 +38,7 @@ from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import CONTROL_KIND, StoreError, TelemetryStore
 from telemetry.traffic_matrix import estimated_state
+from twin.models.intervals import judge
 from twin.state.errors import NdtError, shown
 from twin.state.files import parse_json
 from twin.state.model import NetworkState
@@ -73,9 +75,10 @@ class NdtService(services.NdtServicer):
 
     def __init__(self, controller, store: TelemetryStore, metrics: Metrics, predictor_factory=None,
                  default_model: str | None = None, max_streams: int = 4, max_twin_calls: int = 2,
-                 max_flows: int = 20_000, loop=None):
+                 max_flows: int = 20_000, loop=None, intervals_factory=None):
         """``predictor_factory(name)`` returns an object with ``predict_delays(states)`` (default:
         ``twin.models.registry.get_predictor``, whose last listed model is then the default);
+        ``intervals_factory(name)``: the model's prediction intervals or None (default: the shipped ones);
         ``loop``: the closed loop running in the controller (:class:`controller.loop.service.LoopService`), if any."""
         self._streams = _Budget(max_streams, "telemetry streams")
         self._twin_calls = _Budget(max_twin_calls, "twin calls (Predict, WhatIf, Optimize)")
@@ -91,6 +94,7 @@ class NdtService(services.NdtServicer):
             default_model = default_model or PREDICTORS[-1]
         self.predictor_factory = predictor_factory
         self.default_model = default_model
+        self.intervals_factory = intervals_factory or _shipped_intervals
 
     # ------------------------------------------------------------------ read side
     def GetTopology(self, request, context):
@@ -150,7 +154,14 @@ class NdtService(services.NdtServicer):
             except StoreError as exc:  # the store's trouble, not the caller's: answer anyway
                 LOG.error("%s", exc)
             self.metrics.set_path_delays("predicted", predicted)
-        return pb.PredictReply(paths=_paths(state, delays), infer_s=time.perf_counter() - started, model=model)
+        infer_s = time.perf_counter() - started
+        intervals = self._intervals(model)
+        judged = judge(state, delays, intervals)
+        paths = [pb.PathDelay(src=row["src"], dst=row["dst"], delay_s=row["delay"], delay_lo_s=row["delay_lo"] or 0.0,
+                              delay_hi_s=row["delay_hi"] or 0.0) for row in judged.path_rows(state)]
+        return pb.PredictReply(paths=paths, infer_s=infer_s, model=model, in_safe_range=bool(judged.in_safe_range),
+                               out_of_range_reasons=judged.reasons,
+                               nominal_coverage=intervals.nominal if intervals else 0.0)
 
     def WhatIf(self, request, context):
         before = self._running_state()
@@ -336,6 +347,14 @@ class NdtService(services.NdtServicer):
         except NdtError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"model: {exc}") from None
 
+    def _intervals(self, model: str):
+        """The model's prediction intervals (None when none were fitted); a damaged file is logged, not fatal."""
+        try:
+            return self.intervals_factory(model)
+        except NdtError as exc:
+            LOG.error("%s", exc)
+            return None
+
     def _predict(self, predictor, states):
         with self._twin_calls.held():
             try:
@@ -408,6 +427,13 @@ def _json(text: str, field: str):
         return parse_json(text)
     except NdtError as exc:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_intervals(model: str):
+    from twin.models.intervals import load_intervals
+
+    return load_intervals(model)
 
 
 def _paths(state: NetworkState, delays) -> list:
