@@ -53,3 +53,32 @@ def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
         total = sum(f.rate for f in state.flows) or 1.0
         violation += sum(loads[state.link_index[link]] for link in intent.avoid_links) / total
     return Score(objective=objective, violation=violation)
+
+
+def violations(state: NetworkState, intent: Intent, delays: np.ndarray) -> list[dict]:
+    """Each constraint of ``intent`` the state breaks: ``{constraint, what, value, limit}`` (utilization
+    as a ratio, delays in s, traffic on an avoided link in bit/s)."""
+    found = []
+    if intent.max_utilization is not None:
+        utilization = state.utilization()
+        for i in np.flatnonzero(utilization > intent.max_utilization):
+            link = state.links[i]
+            found.append({"constraint": "max_utilization", "what": f"{link.src}->{link.dst}",
+                          "value": float(utilization[i]), "limit": intent.max_utilization})
+    position = {(f.src, f.dst): i for i, f in enumerate(state.flows)}
+    for bound in intent.delay_bounds:
+        for pair in bound.pairs:
+            if pair not in position:  # the pair's traffic is gone (a failed node): nothing to bound
+                continue
+            delay = float(delays[position[pair]])
+            if not np.isfinite(delay) or delay > bound.max_delay:
+                found.append({"constraint": f"delay_bounds[{bound.name}]", "what": f"{pair[0]}->{pair[1]}",
+                              "value": delay, "limit": bound.max_delay})
+    if intent.avoid_links:
+        loads = state.link_loads()
+        for link in intent.avoid_links:
+            i = state.link_index.get(link)
+            if i is not None and loads[i] > 0:
+                found.append({"constraint": "avoid_links", "what": f"{link[0]}->{link[1]}",
+                              "value": float(loads[i]), "limit": 0.0})
+    return found

@@ -302,6 +302,17 @@ class NetworkState:
         _finite_nonneg("traffic scaling", "factor", factor)
         return self.with_flows(replace(f, rate=f.rate * factor) for f in self.flows)
 
+    def restricted(self, links, flows) -> "NetworkState":
+        """The state with only ``links`` and ``flows``, subsets of its own, routed by OSPF on what is left.
+        A subset of a valid state is valid, so only the routing is resolved again (it raises on a flow
+        left without a path); the checks of every field are skipped, which what-if sweeps need."""
+        state = object.__new__(NetworkState)
+        for name, value in (("nodes", self.nodes), ("links", tuple(links)), ("flows", tuple(flows)),
+                            ("routing_kind", "ospf"), ("paths", {}), ("name", self.name), ("ecmp", self.ecmp)):
+            object.__setattr__(state, name, value)
+        _ = state.routes
+        return state
+
     def without_links(self, pairs) -> "NetworkState":
         """The state after the given (src, dst) links fail (both directions must be named)."""
         drop = set(map(tuple, pairs))
