@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "ndt.cmd_demo",
     "ndt.cmd_train",
     "ndt.cmd_predict",
+    "ndt.cmd_whatif",
     "ndt.cmd_intervals",
     "ndt.cmd_eval",
     "ndt.cmd_controller",

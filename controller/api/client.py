@@ -3,6 +3,8 @@ tests use to drive a running ``ndt controller`` (the emulation takes it as ``con
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from controller.api import ndt_api_pb2 as pb
@@ -32,6 +34,13 @@ class ControllerClient:
     def weights(self) -> dict[tuple[str, str], float]:
         """The weights the controller routes by now."""
         return {(lk.src, lk.dst): lk.weight for lk in self.stub.GetTopology(pb.Empty(), timeout=10).links}
+
+    def state(self):
+        """The running network as a :class:`twin.state.model.NetworkState` (gRPC GetState): topology in
+        service, routing in place, traffic measured over the controller's window."""
+        from twin.state.model import NetworkState
+
+        return NetworkState.from_dict(json.loads(self.stub.GetState(pb.Empty(), timeout=30).state_json))
 
     def report_measured(self, delays: dict[tuple[str, str], float], source: str):
         """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured)."""

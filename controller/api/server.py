@@ -34,6 +34,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from analysis.scenario import Scenario
+from analysis.scenario import apply as apply_scenario
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import CONTROL_KIND, StoreError, TelemetryStore
@@ -157,35 +159,38 @@ class NdtService(services.NdtServicer):
         infer_s = time.perf_counter() - started
         intervals = self._intervals(model)
         judged = judge(state, delays, intervals)
-        paths = [pb.PathDelay(src=row["src"], dst=row["dst"], delay_s=row["delay"], delay_lo_s=row["delay_lo"] or 0.0,
-                              delay_hi_s=row["delay_hi"] or 0.0) for row in judged.path_rows(state)]
-        return pb.PredictReply(paths=paths, infer_s=infer_s, model=model, in_safe_range=bool(judged.in_safe_range),
-                               out_of_range_reasons=judged.reasons,
+        return pb.PredictReply(paths=_judged_paths(state, judged), infer_s=infer_s, model=model,
+                               in_safe_range=bool(judged.in_safe_range), out_of_range_reasons=judged.reasons,
                                nominal_coverage=intervals.nominal if intervals else 0.0)
+
+    def GetState(self, request, context):
+        return pb.StateReply(state_json=json.dumps(self._running_state().to_dict()))
 
     def WhatIf(self, request, context):
         before = self._running_state()
-        after = before
-        if request.weights:
-            after = after.with_weights(self._weights(after, request.weights))
-        if request.traffic_scale:
-            if not (math.isfinite(request.traffic_scale) and 0 < request.traffic_scale <= MAX_TRAFFIC_SCALE):
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"traffic_scale must be > 0 and <= {MAX_TRAFFIC_SCALE:g}, got {request.traffic_scale}")
-            after = after.scaled(request.traffic_scale)
-        if request.failed_links:
-            failed = set()
-            for i, ref in enumerate(request.failed_links):
-                if (ref.src, ref.dst) not in after.link_index:
-                    raise ApiError(grpc.StatusCode.NOT_FOUND, f"failed_links[{i}]: link {ref.src}->{ref.dst} is not in the topology")
-                failed |= {(ref.src, ref.dst), (ref.dst, ref.src)} & set(after.link_index)
-            try:
-                after = after.without_links(failed)
-            except NdtError as exc:
-                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"failed_links: {exc}") from None
+        if request.traffic_scale and not (math.isfinite(request.traffic_scale)
+                                          and 0 < request.traffic_scale <= MAX_TRAFFIC_SCALE):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"traffic_scale must be > 0 and <= {MAX_TRAFFIC_SCALE:g}, got {request.traffic_scale}")
+        for i, ref in enumerate(request.failed_links):
+            if (ref.src, ref.dst) not in before.link_index:
+                raise ApiError(grpc.StatusCode.NOT_FOUND,
+                               f"failed_links[{i}]: link {_short(ref.src)}->{_short(ref.dst)} is not in the topology")
+        for i, node in enumerate(request.failed_nodes):
+            if node not in before.node_index:
+                raise ApiError(grpc.StatusCode.NOT_FOUND, f"failed_nodes[{i}]: {_short(node)!r} is not a node")
+        scenario = Scenario(failed_links=tuple((ref.src, ref.dst) for ref in request.failed_links),
+                            failed_nodes=tuple(request.failed_nodes), traffic_scale=request.traffic_scale or 1.0,
+                            weights=tuple((a, b, w) for (a, b), w in _weight_changes(before, request.weights).items()))
+        try:
+            after, _ = apply_scenario(before, scenario)
+        except NdtError as exc:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"failed_links: {exc}") from None
         model, predictor = self._predictor(request.model)
         delays_before, delays_after = self._predict(predictor, [before, after])
-        return pb.WhatIfReply(before=_paths(before, delays_before), after=_paths(after, delays_after), model=model)
+        intervals = self._intervals(model)
+        return pb.WhatIfReply(before=_judged_paths(before, judge(before, delays_before, intervals)),
+                              after=_judged_paths(after, judge(after, delays_after, intervals)), model=model)
 
     def Optimize(self, request, context):
         from optimizer.intent import parse_intent_text
@@ -362,12 +367,6 @@ class NdtService(services.NdtServicer):
             except NdtError as exc:
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"prediction failed: {exc}") from None
 
-    @staticmethod
-    def _weights(state: NetworkState, changes) -> list[float]:
-        current = {(lk.src, lk.dst): lk.weight for lk in state.links}
-        current.update(_weight_changes(state, changes))
-        return [current[(lk.src, lk.dst)] for lk in state.links]
-
 
 def _decision(decision) -> pb.LoopDecision:
     """A :class:`controller.loop.service.Decision` as its message (unmeasured figures 0, twin_mape -1)."""
@@ -436,8 +435,10 @@ def _shipped_intervals(model: str):
     return load_intervals(model)
 
 
-def _paths(state: NetworkState, delays) -> list:
-    return [pb.PathDelay(src=f.src, dst=f.dst, delay_s=float(d)) for f, d in zip(state.flows, delays)]
+def _judged_paths(state: NetworkState, judged) -> list:
+    """Per flow, its predicted delay and interval (both bounds 0 where there is none)."""
+    return [pb.PathDelay(src=row["src"], dst=row["dst"], delay_s=row["delay"], delay_lo_s=row["delay_lo"] or 0.0,
+                         delay_hi_s=row["delay_hi"] or 0.0) for row in judged.path_rows(state)]
 
 
 class _Guard(grpc.ServerInterceptor):

@@ -16,6 +16,7 @@ from controller.api.server import NdtService, exposure_warnings, pb, serve, serv
 from telemetry.exporter import Metrics
 from telemetry.store import LinkSample, TelemetryStore
 from tests.api_stand_in import StandIn, square_state
+from twin.state.model import NetworkState
 from twin.models.registry import get_predictor
 from twin.state.errors import NdtError
 
@@ -65,6 +66,16 @@ def test_predict_and_what_if(api):
     assert what.after[0].delay_s > what.before[0].delay_s
 
 
+def test_get_state_and_what_if_with_a_failed_node(api):
+    stub, *_ = api
+    running = NetworkState.from_dict(json.loads(stub.GetState(pb.Empty()).state_json))
+    assert ("s3", "s4") not in running.link_index and len(running.flows) == 2  # the link out of service is gone
+    what = stub.WhatIf(pb.WhatIfRequest(failed_nodes=["s2"], model="qt"))
+    assert [(p.src, p.dst) for p in what.after] == [("s1", "s3")]  # s2's own demand leaves with it
+    code, details = error(stub.WhatIf, pb.WhatIfRequest(failed_nodes=["s9"]))
+    assert code == grpc.StatusCode.NOT_FOUND and "failed_nodes[0]: 's9' is not a node" in details
+
+
 def test_optimize_and_apply(api):
     stub, _, controller, metrics = api
     intent = "objective: {minimize: max_utilization}\nsearch: {max_evaluations: 40}\n"
@@ -103,7 +114,7 @@ def test_stream_telemetry(api):
      "failed_links[0]: link s1->s9"),
     ("WhatIf", pb.WhatIfRequest(traffic_scale=-1), grpc.StatusCode.INVALID_ARGUMENT, "traffic_scale"),
     ("WhatIf", pb.WhatIfRequest(failed_links=[pb.LinkRef(src="s1", dst="s3"), pb.LinkRef(src="s2", dst="s3")]),
-     grpc.StatusCode.FAILED_PRECONDITION, "unreachable"),
+     grpc.StatusCode.FAILED_PRECONDITION, "disconnects the demand"),
     ("Apply", pb.ApplyRequest(), grpc.StatusCode.INVALID_ARGUMENT, "weights: give at least one"),
     ("Apply", pb.ApplyRequest(weights=[pb.WeightChange(src="s2", dst="s4", weight=1)]), grpc.StatusCode.NOT_FOUND,
      "weights[0]: link s2->s4"),

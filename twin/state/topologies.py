@@ -72,6 +72,26 @@ def from_topohub(key: str, capacity: float = DEFAULT_CAPACITY, buffer: int = DEF
     return from_graph(graph, capacity=capacity, buffer=buffer, name=key, demands=demands)
 
 
+def topohub_positions(key: str) -> dict[str, tuple[float, float]] | None:
+    """The drawing coordinates topohub keeps for ``key``'s nodes (longitude, latitude for real networks),
+    by node name as :func:`from_topohub` names them; None when ``key`` is no topohub key or has none."""
+    import topohub
+
+    try:
+        data = topohub.get(key)
+    except (KeyError, FileNotFoundError, ModuleNotFoundError, ValueError, TypeError):
+        return None
+    graph = nx.node_link_graph(data, edges="edges")
+    names = _node_names(graph)
+    positions = {}
+    for node, attrs in graph.nodes(data=True):
+        pos = attrs.get("pos")
+        if not isinstance(pos, (list, tuple)) or len(pos) != 2:
+            return None
+        positions[names[node]] = (float(pos[0]), float(pos[1]))
+    return positions
+
+
 def from_graph(graph: nx.Graph, capacity: float = DEFAULT_CAPACITY, buffer: int = DEFAULT_BUFFER,
                name: str = "", demands: dict | None = None) -> NetworkState:
     """A state from a networkx graph; ``demands[src][dst]`` (any unit) become Poisson flows."""

@@ -1,0 +1,158 @@
+"""What-if scenarios and the N-1 sweep, on small states and the QT model (fast, deterministic)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis.scenario import Scenario, ScenarioError, apply, apply_failure
+from analysis.whatif import n_minus_1, single_failures, what_if
+from optimizer.intent import parse_intent
+from twin.models.qt import QueueingModel
+from twin.state.model import Flow, Link, NetworkState
+
+# a ring of four with a tail: d-e is a bridge, e a leaf
+RING = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("d", "e")]
+
+
+def ring_state(ecmp: bool = False) -> NetworkState:
+    links = tuple(Link(x, y, 1e7) for p, q in RING for x, y in ((p, q), (q, p)))
+    flows = (Flow("a", "c", 2e6), Flow("b", "d", 1e6), Flow("a", "e", 1.5e6), Flow("c", "b", 0.5e6))
+    return NetworkState(nodes=("a", "b", "c", "d", "e"), links=links, flows=flows, ecmp=ecmp)
+
+
+def load(state: NetworkState, src: str, dst: str) -> float:
+    return float(state.link_loads()[state.link_index[(src, dst)]])
+
+
+def test_a_failed_link_moves_its_traffic_and_keeps_every_demand():
+    state = ring_state()
+    after, lost = apply(state, Scenario(failed_links=(("a", "b"),)))
+    assert lost == [] and len(after.flows) == len(state.flows)
+    assert ("a", "b") not in after.link_index and ("b", "a") not in after.link_index
+    assert state.flow_path(0) == ["a", "b", "c"] and after.flow_path(0) == ["a", "d", "c"]
+    assert state.flow_path(1) == ["b", "a", "d"] and after.flow_path(1) == ["b", "c", "d"]
+    total = sum(f.rate * len(links) for f, links in zip(after.flows, after.flow_links))
+    assert after.link_loads().sum() == pytest.approx(total)
+
+
+def test_a_failed_node_takes_its_links_and_its_own_demands():
+    after, lost = apply(ring_state(), Scenario(failed_nodes=("b",)))
+    assert sorted(lost) == [("b", "d"), ("c", "b")]
+    assert all("b" not in (lk.src, lk.dst) for lk in after.links)
+    assert [(f.src, f.dst) for f in after.flows] == [("a", "c"), ("a", "e")]
+
+
+def test_shared_risk_groups_fail_together():
+    groups = {"conduit": [("a", "b"), ("c", "d")], "duct": [("b", "c")]}
+    after, _ = apply(ring_state(), Scenario(failed_groups=("duct",)), groups)
+    assert {("b", "c"), ("c", "b")}.isdisjoint(after.link_index) and len(after.links) == 8
+    with pytest.raises(ScenarioError, match="fail group conduit: disconnects the demand a->c"):
+        apply(ring_state(), Scenario(failed_groups=("conduit",)), groups)
+    with pytest.raises(ScenarioError, match="group 'trench' is not defined"):
+        apply(ring_state(), Scenario(failed_groups=("trench",)), groups)
+
+
+def test_traffic_scaling_globally_per_node_and_per_pair():
+    state = ring_state()
+    rates = {(f.src, f.dst): f.rate for f in state.flows}
+    after, _ = apply(state, Scenario(traffic_scale=2.0, node_scale=(("e", 3.0),), pair_scale=(("c", "b", 0.5),)))
+    got = {(f.src, f.dst): f.rate for f in after.flows}
+    assert got[("a", "c")] == 2 * rates[("a", "c")]
+    assert got[("a", "e")] == 6 * rates[("a", "e")]
+    assert got[("c", "b")] == 1 * rates[("c", "b")]
+
+
+def test_weights_reroute_and_capacities_change_utilization():
+    state = ring_state()
+    assert load(state, "a", "b") > 0
+    after, _ = apply(state, Scenario(weights=(("a", "b", 10.0),), capacities=(("a", "d", 2e7),)))
+    assert load(after, "a", "b") == 0 and load(after, "a", "d") > load(state, "a", "d")
+    i = after.link_index[("a", "d")]
+    assert after.utilization()[i] == pytest.approx(load(after, "a", "d") / 2e7)
+
+
+@pytest.mark.parametrize("scenario, words", [
+    (Scenario(failed_links=(("a", "z"),)), "failed link a-z: 'z' is not a node"),
+    (Scenario(failed_links=(("a", "c"),)), "failed link a-c: no such link"),
+    (Scenario(failed_nodes=("q",)), "failed node 'q' is not a node"),
+    (Scenario(failed_links=(("d", "e"),)), "disconnects the demand a->e"),
+    (Scenario(node_scale=(("q", 2.0),)), "traffic of 'q': not a node"),
+    (Scenario(pair_scale=(("b", "a", 2.0),)), "traffic b->a: the traffic matrix has no such demand"),
+    (Scenario(traffic_scale=-1.0), "traffic scale: a factor from 0"),
+    (Scenario(weights=(("a", "b", 0.0),)), "weight a->b: must be > 0"),
+    (Scenario(capacities=(("a", "b", float("nan")),)), "capacity a->b: must be"),
+])
+def test_bad_scenarios_name_what_is_wrong(scenario, words):
+    with pytest.raises(ScenarioError, match=words):
+        apply(ring_state(), scenario)
+
+
+def test_the_sweep_reports_cut_demands_instead_of_refusing():
+    after, lost, cut = apply_failure(ring_state(), Scenario(failed_links=(("d", "e"),)))
+    assert cut == [("a", "e")] and lost == [] and len(after.flows) == 3
+
+
+def test_n_minus_1_covers_every_single_failure_and_ranks_the_worst_first():
+    state = ring_state()
+    report = n_minus_1(state, QueueingModel())
+    cases = report["cases"]
+    assert len(cases) == len(RING) + len(state.nodes) == len(single_failures(state))
+    assert cases[0].failed == "d-e" or cases[0].failed == "node d"  # both cut a->e off
+    assert {c.failed for c in cases if c.cut} == {"d-e", "node d"}
+    for case in cases:
+        if case.kind == "link" and not case.cut:
+            after = state.without_links([case.elements, case.elements[::-1]])
+            assert case.max_utilization == pytest.approx(after.utilization().max())
+            expected = np.average(QueueingModel().predict_delays([after])[0], weights=[f.rate for f in after.flows])
+            assert case.mean_delay == pytest.approx(expected)
+    keys = [c.impact() for c in cases]
+    assert keys == sorted(keys)
+
+
+def test_what_if_reports_intervals_links_and_intent_violations():
+    state = ring_state()
+    intent = parse_intent({"constraints": {"max_utilization": 0.35,
+                                           "delay_bounds": [{"src": "a", "dst": "c", "max_delay": "2.5ms"}]}})
+    report = what_if(state, Scenario(failed_links=(("a", "b"),), traffic_scale=1.5), QueueingModel(), intent=intent)
+    assert report["before"]["violations"] == []
+    broken = {v["constraint"] for v in report["after"]["violations"]}
+    assert broken == {"max_utilization", "delay_bounds[a->c]"}
+    failed_rows = [r for r in report["links"] if r["utilization_after"] is None]
+    assert {(r["src"], r["dst"]) for r in failed_rows} == {("a", "b"), ("b", "a")}
+    a_to_c = next(p for p in report["paths"] if (p["src"], p["dst"]) == ("a", "c"))
+    assert a_to_c["delay"] > a_to_c["delay_before"] > 0
+
+
+def ndt(*args):
+    return subprocess.run([sys.executable, "-m", "ndt.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_n_minus_1_json_contract_and_picture(tmp_path):
+    path = tmp_path / "ring.json"
+    ring_state().save(path)
+    done = ndt("whatif", "--state", str(path), "--n-1", "--model", "qt", "--plot", str(tmp_path / "n1.png"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["elapsed_s"] > 0 and len(report["cases"]) == 10
+    assert {"failed", "max_utilization", "mean_delay", "violations"} <= set(report["cases"][0])
+    assert (tmp_path / "n1.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--fail-link", "a,z"], "failed link a-z: 'z' is not a node of the network"),
+    (["--fail-link", "d,e"], "disconnects the demand a->e"),
+    (["--fail-link", "ab"], "expected NODE,NODE"),
+    ([], "nothing to change"),
+    (["--n-1", "--scale", "2"], "--n-1 sweeps single failures"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, argv, words):
+    path = tmp_path / "ring.json"
+    ring_state().save(path)
+    done = ndt("whatif", "--state", str(path), "--model", "qt", *argv)
+    assert done.returncode == 2
+    assert words in done.stderr and "Traceback" not in done.stderr
