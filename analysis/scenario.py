@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order
+from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from twin.state.errors import NdtError, shown
 from twin.state.model import MAX_RATE_BPS, MAX_WEIGHT, MIN_CAPACITY_BPS, NetworkState
@@ -83,17 +83,20 @@ def apply_failure(state: NetworkState, scenario: Scenario, groups: dict | None =
 def _apply(state: NetworkState, scenario: Scenario, groups: dict):
     state = _reconfigure(state, scenario)
     failed = _failed_links(state, scenario, groups)
-    nodes = set(scenario.failed_nodes)
-    flows = list(state.flows)
-    lost = [(f.src, f.dst) for f in flows if f.src in nodes or f.dst in nodes]
-    flows = [f for f in flows if f.src not in nodes and f.dst not in nodes]
-    links = tuple(lk for lk in state.links if (lk.src, lk.dst) not in failed)
-    if not links:
-        raise ScenarioError(f"{scenario.describe()}: no link is left in service")
-    reachable = _reachability(state, links)
-    cut = [(f.src, f.dst) for f in flows if not reachable(f.src, f.dst)]
-    flows = [f for f in flows if reachable(f.src, f.dst)]
-    if failed or len(flows) < len(state.flows):
+    flows, lost = list(state.flows), []
+    if scenario.failed_nodes:
+        nodes = set(scenario.failed_nodes)
+        lost = [(f.src, f.dst) for f in flows if f.src in nodes or f.dst in nodes]
+        flows = [f for f in flows if f.src not in nodes and f.dst not in nodes]
+    cut = []
+    if failed:
+        links = tuple(lk for lk in state.links if (lk.src, lk.dst) not in failed)
+        if not links:
+            raise ScenarioError(f"{scenario.describe()}: no link is left in service")
+        reachable = _reachable(state, links, flows)
+        cut = [(f.src, f.dst) for f, ok in zip(flows, reachable) if not ok]
+        if cut:
+            flows = [f for f, ok in zip(flows, reachable) if ok]
         state = state.restricted(links, flows)
     return _scale_traffic(state, scenario), lost, cut
 
@@ -144,6 +147,8 @@ def _failed_links(state: NetworkState, scenario: Scenario, groups: dict) -> set:
 
 def _scale_traffic(state: NetworkState, scenario: Scenario) -> NetworkState:
     factor = np.full(len(state.flows), _factor(scenario.traffic_scale, "traffic scale"))
+    if not scenario.node_scale and not scenario.pair_scale:
+        return state if factor.size == 0 or factor[0] == 1.0 else state.scaled(float(factor[0]))
     nodes = set(state.node_index)
     for node, f in scenario.node_scale:
         if node not in nodes:
@@ -173,21 +178,20 @@ def _no_link(state: NetworkState, src: str, dst: str) -> str:
     return f"{missing[0]!r} is not a node of the network" if missing else "no such link in the topology"
 
 
-def _reachability(state: NetworkState, links) -> callable:
-    """``reachable(src, dst)`` over ``links``, one breadth-first search per source asked about."""
+def _reachable(state: NetworkState, links, flows) -> np.ndarray:
+    """Per flow, whether its destination can be reached over ``links``: flows inside one strongly
+    connected component are; for the others, one breadth-first search per source decides."""
     index = state.node_index
     n = len(state.nodes)
-    src = np.array([index[lk.src] for lk in links])
-    dst = np.array([index[lk.dst] for lk in links])
-    graph = csr_matrix((np.ones(len(links)), (src, dst)), shape=(n, n))
-    seen: dict[int, np.ndarray] = {}
-
-    def reachable(a: str, b: str) -> bool:
-        i = index[a]
-        if i not in seen:
-            mask = np.zeros(n, dtype=bool)
-            mask[breadth_first_order(graph, i, directed=True, return_predecessors=False)] = True
-            seen[i] = mask
-        return bool(seen[i][index[b]])
-
-    return reachable
+    graph = csr_matrix((np.ones(len(links)), ([index[lk.src] for lk in links], [index[lk.dst] for lk in links])),
+                       shape=(n, n))
+    src = np.array([index[f.src] for f in flows], dtype=np.int64)
+    dst = np.array([index[f.dst] for f in flows], dtype=np.int64)
+    _, component = connected_components(graph, directed=True, connection="strong")
+    ok = component[src] == component[dst]
+    for source in np.unique(src[~ok]):
+        seen = np.zeros(n, dtype=bool)
+        seen[breadth_first_order(graph, source, directed=True, return_predecessors=False)] = True
+        mine = ~ok & (src == source)
+        ok[mine] = seen[dst[mine]]
+    return ok

@@ -162,10 +162,11 @@ def _case(scenario, after, lost, cut, delays, base: Outcome, intervals, intent) 
     case.mean_delay = result.mean_delay
     case.violations = result.violations
     case.in_safe_range = result.judged.in_safe_range
-    # the increase over the same demands: those a failed node takes away do not count on either side
-    kept = {(f.src, f.dst) for f in after.flows}
-    mask = np.array([(f.src, f.dst) in kept for f in base.state.flows])
-    rates = np.array([f.rate for f in base.state.flows]) * mask
+    # the increase over the same demands: those a failure takes away do not count on either side
+    rates = np.array([f.rate for f in base.state.flows])
+    if len(after.flows) < len(base.state.flows):
+        kept = {(f.src, f.dst) for f in after.flows}
+        rates = rates * np.array([(f.src, f.dst) in kept for f in base.state.flows])
     ok = np.isfinite(base.judged.delay) & (rates > 0)
     if ok.any():
         case.mean_delay_increase = case.mean_delay - float(np.sum(rates[ok] * base.judged.delay[ok]) / rates[ok].sum())
