@@ -14,6 +14,9 @@ from ndt.output import print_json
 from twin.state.errors import NdtError
 
 
+PYNTM_TOPOLOGIES = ("sndlib/abilene", "sndlib/germany50")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="measure speed and accuracy",
                               description="Benchmarks. Speed and accuracy targets are measured here, not in tests.")
@@ -60,6 +63,21 @@ def register(subparsers) -> None:
                      help="prefix of the .json and .png written (default: docs/figures/optimizer)")
     opt.add_argument("--json", action="store_true", help="print JSON (the command contract)")
     opt.set_defaults(handler=run_optimize)
+
+    pyntm = sub.add_parser(
+        "pyntm",
+        help="per-link utilization against pyNTM's, intact and under every single-link failure",
+        description=(
+            "Build a pyNTM model of each topology (same capacities, weights as IGP costs, same demands), fail "
+            "every link in turn in pyNTM and in ndt (ECMP on), and report the largest per-link utilization "
+            "difference, relative to max(pyNTM's utilization, 1 % of the busiest intact link's). Needs pyNTM "
+            "(pip install --no-deps pyntm==5.0.0)."
+        ),
+    )
+    pyntm.add_argument("--topology", dest="topologies", metavar="KEY", nargs="+", action="extend",
+                       help=f"topohub keys or state files (default: {' '.join(PYNTM_TOPOLOGIES)})")
+    pyntm.add_argument("--json", action="store_true", help="print JSON (the command contract)")
+    pyntm.set_defaults(handler=run_pyntm)
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -131,4 +149,23 @@ def run_optimize(args: argparse.Namespace) -> int:
                        ("nes_twin_ms", f"NES+{args.twin} ms", ".3f"),
                        ("best_method", "best", "")])
     print(f"written: {args.out.with_suffix('.json')}, {args.out.with_suffix('.png')}")
+    return 0
+
+
+def run_pyntm(args: argparse.Namespace) -> int:
+    from analysis.pyntm_check import bench_pyntm
+    from ndt.output import print_table
+
+    report = bench_pyntm(args.topologies or list(PYNTM_TOPOLOGIES))
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"pyNTM {report['pyntm_version']}: largest per-link utilization difference, relative to max(pyNTM's, "
+          f"{100 * report['floor_fraction']:g} % of the busiest intact link's)")
+    print_table(report["topologies"], [("topology", "topology", ""), ("nodes", "nodes", "d"), ("links", "links", "d"),
+                                       ("demands", "demands", "d"), ("failures", "failures", "d"),
+                                       ("intact_max_relative_difference", "intact", ".2e"),
+                                       ("max_relative_difference", "worst", ".2e"), ("worst_case", "worst case", "")])
+    verdict = "within" if report["within_tolerance"] else "NOT within"
+    print(f"{verdict} {100 * report['tolerance']:g} % on every link in every case")
     return 0
