@@ -1,0 +1,312 @@
+"""Anomaly detection on measured path delay against the twin: which paths stay outside what the
+twin expects, and which links most likely cause it. Pure: the controller feeds it one window at a
+time (:class:`Observation` per path) and reports what it returns. Delays in s; times Unix s.
+
+**The band a measurement is compared with.** The twin's prediction interval (split-conformal on
+simulator samples, :mod:`twin.models.intervals`; the point prediction when none was fitted) says
+how wrong the twin is *on the simulator*. On a live network two more errors add to it:
+
+1. the calibrated twin's residual error *on this network* (its per-switch walk, shaper timing,
+   anything the calibration's three coefficients do not capture). It is systematic per path and
+   changes little from window to window, so it is measured, not assumed: over the reference
+   windows (the first ``reference_windows`` after start, then every later window in which no path
+   was outside, the last ``history`` of them) each path's relative residual ``q = (m - p) / p``
+   is kept. The path's **bias** ``b`` is the median of its own residuals (the pooled median until
+   it has 3); the **model spread** ``σ`` is the robust spread (1.4826 × MAD) of the de-biased
+   residuals of all paths, with the part the probes' own noise explains (the median of
+   ``(s / p)²``) taken out in quadrature, and never below ``min_spread``;
+2. the probes' sampling noise: a path's window mean holds a handful of probes, so its standard
+   error ``s`` (:func:`controller.probes.path_stats`) is large and itself noisy. The error used is
+   the larger of the window's own and the path's typical one over the reference windows (its
+   mean probe variance / n), so a window whose few probes happen to agree is not believed.
+
+With ``c = p · (1 + b)`` (the prediction corrected by the path's bias), the twin's ratio bounds
+``ρ_lo, ρ_hi`` (1 without intervals) and the half-width ``h = z · sqrt((σ · p)² + s²)``, the band is
+``[c · ρ_lo - h, c · ρ_hi + h]``: the twin's own interval, widened on each side by this network's
+residual spread and the window's probe noise combined (independent errors add in quadrature).
+
+**Persistence.** A path is *outside* in a window when its mean lies outside the band, and
+*anomalous* once it has been outside on the same side for ``persistence`` consecutive windows in
+which it was measured (a window without enough probes of it neither extends nor breaks the
+streak). One window inside ends the anomaly, and so do ``persistence`` windows in a row without
+a measurement of the path (its traffic stopped). With the band at ``z`` = 3.5 a quiet path is outside
+now and then (heavy-tailed queueing, a stalled software switch); requiring ``persistence``
+windows in a row makes a false alarm need that many such accidents in a row.
+
+**Suspect links.** Over the paths with a verdict — the anomalous ones (``A``) and the *normal*
+ones, measured inside the band this window (``N``; paths outside but not yet anomalous count as
+neither) — each link crossed by an anomalous path scores
+``(A_l - penalty · N_l) / |A|``: the share of the anomalous paths that cross it, less ``penalty``
+(default 0.5) per normal path that crosses it. A link shared by every anomalous path and crossed
+by no normal one scores 1. The penalty is below 1 because a path that crosses the faulty link can
+still look normal (the fault's share of its delay within its band, a long path's noise), so one
+normal path must not outweigh an anomalous one; it separates two links that the same anomalous
+paths share when normal paths cross only one of them. Ties: more anomalous paths first, then fewer
+normal ones, then by name. Links are directed; a path's links are those of its route in place,
+and a path whose route changed starts its reference and streak anew.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Pair = tuple[str, str]
+MIN_OWN_REFERENCE = 3  # reference windows a path needs before its own bias replaces the pooled one
+MAD_TO_SIGMA = 1.4826  # MAD × this = the standard deviation of a normal distribution
+
+
+class AnomalyError(ValueError):
+    """Detector settings or an observation that cannot be judged; the message names the value."""
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """z: the band's half-width in combined standard errors; persistence: consecutive windows
+    outside before a path is anomalous; reference_windows: windows taken as quiet at the start
+    (no verdicts before); history: quiet windows kept as the reference; penalty: a normal path's
+    weight against a link; min_spread: floor of the relative model spread (0.05 = 5 %)."""
+
+    z: float = 3.5
+    persistence: int = 3
+    reference_windows: int = 6
+    history: int = 30
+    penalty: float = 0.5
+    min_spread: float = 0.03
+
+    def __post_init__(self):
+        checks = ((self.z > 0, "z must be > 0"), (self.persistence >= 1, "persistence must be >= 1"),
+                  (self.reference_windows >= 1, "reference_windows must be >= 1"),
+                  (self.history >= self.reference_windows, "history must be >= reference_windows"),
+                  (0 <= self.penalty <= 1, "penalty must lie in [0, 1]"),
+                  (0 <= self.min_spread < 10, "min_spread must lie in [0, 10)"))
+        for ok, message in checks:
+            if not ok:
+                raise AnomalyError(f"{message}, got {self}")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One path over one window: the probes' mean delay (s), how many probes, their standard error
+    (s), the calibrated twin's prediction (s) with its interval (s; None: no interval), and the
+    directed links of its route in place."""
+
+    src: str
+    dst: str
+    measured_s: float
+    samples: int
+    stderr_s: float
+    predicted_s: float
+    links: tuple[Pair, ...]
+    twin_lo_s: float | None = None
+    twin_hi_s: float | None = None
+
+    @property
+    def pair(self) -> Pair:
+        return (self.src, self.dst)
+
+
+@dataclass(frozen=True)
+class PathVerdict:
+    """A path's judgement in one window: its band (s), ``side`` +1 above, -1 below, 0 inside;
+    ``streak`` consecutive windows outside on that side; ``since``: the end of the first window of
+    the streak (Unix s; NaN when inside)."""
+
+    src: str
+    dst: str
+    measured_s: float
+    predicted_s: float
+    lo_s: float
+    hi_s: float
+    stderr_s: float
+    samples: int
+    side: int
+    streak: int
+    anomalous: bool
+    since: float
+    links: tuple[Pair, ...]
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A link crossed by anomalous paths: its score (1 = every anomalous path and no normal one)."""
+
+    src: str
+    dst: str
+    score: float
+    anomalous_paths: int
+    normal_paths: int
+
+
+@dataclass
+class Verdict:
+    """One window judged: every path measured in it, the anomalous paths (also those not measured
+    this window), the suspects ranked, the paths newly anomalous; ``learning``: the reference is
+    still being gathered, so nothing was judged."""
+
+    ts: float
+    learning: bool
+    paths: list[PathVerdict] = field(default_factory=list)
+    anomalies: list[PathVerdict] = field(default_factory=list)
+    suspects: list[Suspect] = field(default_factory=list)
+    new: list[Pair] = field(default_factory=list)
+    model_spread: float = float("nan")
+
+
+@dataclass
+class _Reference:
+    """One path's reference windows: relative residuals, probe variances (s²) and relative standard errors."""
+
+    residuals: deque
+    variances: deque
+    relative_errors: deque
+
+
+class AnomalyDetector:
+    """Judges windows of path delays one after another (see the module's docstring)."""
+
+    def __init__(self, settings: DetectorSettings | None = None):
+        self.settings = settings or DetectorSettings()
+        self.windows = 0  # reference windows gathered
+        self._reference: dict[Pair, _Reference] = {}
+        self._links: dict[Pair, tuple[Pair, ...]] = {}
+        self._streaks: dict[Pair, tuple[int, int, float]] = {}  # pair → (side, windows, since)
+        self._anomalous: dict[Pair, PathVerdict] = {}
+        self._unmeasured: dict[Pair, int] = {}  # anomalous pair → windows in a row without a measurement
+
+    @property
+    def learning(self) -> bool:
+        return self.windows < self.settings.reference_windows
+
+    def judge(self, ts: float, observations: list[Observation]) -> Verdict:
+        """The window ending at ``ts`` (Unix s): each path's verdict, the anomalies, the suspects."""
+        observations = [_checked(o) for o in observations]
+        for o in observations:
+            if self._links.get(o.pair, o.links) != o.links:  # rerouted: what was learned of it no longer holds
+                self._reference.pop(o.pair, None)
+                self._streaks.pop(o.pair, None)
+                self._anomalous.pop(o.pair, None)
+            self._links[o.pair] = o.links
+        if self.learning:
+            self._remember(observations)
+            return Verdict(ts, True)
+        spread, pooled_bias = self.model_spread(), self._pooled_bias()
+        paths, new = [], []
+        for o in observations:
+            lo, hi, stderr = self.band(o, spread, pooled_bias)
+            side = 1 if o.measured_s > hi else -1 if o.measured_s < lo else 0
+            was_side, count, since = self._streaks.get(o.pair, (0, 0, math.nan))
+            if side == 0:
+                count, since = 0, math.nan
+            elif side == was_side:
+                count += 1
+            else:
+                count, since = 1, ts
+            self._streaks[o.pair] = (side, count, since)
+            anomalous = side != 0 and count >= self.settings.persistence
+            verdict = PathVerdict(o.src, o.dst, o.measured_s, o.predicted_s, lo, hi, stderr, o.samples, side, count,
+                                  anomalous, since, o.links)
+            paths.append(verdict)
+            if anomalous:
+                if o.pair not in self._anomalous:
+                    new.append(o.pair)
+                self._anomalous[o.pair] = verdict
+            else:
+                self._anomalous.pop(o.pair, None)
+        measured = {o.pair for o in observations}
+        for pair in [p for p in self._anomalous if p not in measured]:
+            self._unmeasured[pair] = self._unmeasured.get(pair, 0) + 1
+            if self._unmeasured[pair] >= self.settings.persistence:
+                self._anomalous.pop(pair)
+        for pair in measured:
+            self._unmeasured.pop(pair, None)
+        if not any(p.side for p in paths) and not self._anomalous:
+            self._remember(observations)
+        anomalies = sorted(self._anomalous.values(), key=lambda p: (p.src, p.dst))
+        normal = [p for p in paths if p.side == 0]
+        return Verdict(ts, False, paths, anomalies, suspects(anomalies, normal, self.settings.penalty), new, spread)
+
+    def band(self, o: Observation, spread: float, pooled_bias: float) -> tuple[float, float, float]:
+        """The band (lo, hi, s) ``o`` is judged against, and the standard error used, s."""
+        ref = self._reference.get(o.pair)
+        own = ref is not None and len(ref.residuals) >= MIN_OWN_REFERENCE
+        bias = float(np.median(ref.residuals)) if own else pooled_bias
+        stderr = o.stderr_s
+        if ref is not None and ref.variances:
+            stderr = max(stderr, math.sqrt(float(np.mean(ref.variances)) / max(o.samples, 1)))
+        center = o.predicted_s * (1.0 + bias)
+        ratio_lo = 1.0 if o.twin_lo_s is None else o.twin_lo_s / o.predicted_s
+        ratio_hi = 1.0 if o.twin_hi_s is None else o.twin_hi_s / o.predicted_s
+        half = self.settings.z * math.hypot(spread * o.predicted_s, stderr)
+        return center * ratio_lo - half, center * ratio_hi + half, stderr
+
+    def model_spread(self) -> float:
+        """σ: the relative spread of the twin's de-biased residuals on this network beyond the probes'
+        noise (see the module's docstring), at least ``min_spread``."""
+        deviations, noise = [], []
+        for ref in self._reference.values():
+            if ref.residuals:
+                residuals = np.asarray(ref.residuals)
+                deviations.append(residuals - np.median(residuals))
+                noise.extend(ref.relative_errors)
+        if not deviations:
+            return self.settings.min_spread
+        deviations = np.concatenate(deviations)
+        total = (MAD_TO_SIGMA * float(np.median(np.abs(deviations - np.median(deviations))))) ** 2
+        probes = float(np.median(np.square(noise))) if noise else 0.0
+        return max(self.settings.min_spread, math.sqrt(max(0.0, total - probes)))
+
+    def _pooled_bias(self) -> float:
+        residuals = [r for ref in self._reference.values() for r in ref.residuals]
+        return float(np.median(residuals)) if residuals else 0.0
+
+    def _remember(self, observations: list[Observation]) -> None:
+        """A quiet window joins the reference."""
+        if not observations:
+            return
+        self.windows += 1
+        keep = self.settings.history
+        for o in observations:
+            ref = self._reference.setdefault(o.pair, _Reference(deque(maxlen=keep), deque(maxlen=keep),
+                                                                 deque(maxlen=keep)))
+            ref.residuals.append((o.measured_s - o.predicted_s) / o.predicted_s)
+            if o.samples >= 2:
+                ref.variances.append(o.stderr_s ** 2 * o.samples)
+            ref.relative_errors.append(o.stderr_s / o.predicted_s)
+
+
+def suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], penalty: float) -> list[Suspect]:
+    """The links crossed by ``anomalous`` paths, scored and ranked (see the module's docstring)."""
+    if not anomalous:
+        return []
+    hits: dict[Pair, int] = {}
+    for path in anomalous:
+        for link in set(path.links):
+            hits[link] = hits.get(link, 0) + 1
+    clear: dict[Pair, int] = {}
+    for path in normal:
+        for link in set(path.links):
+            if link in hits:
+                clear[link] = clear.get(link, 0) + 1
+    ranked = [Suspect(a, b, (n - penalty * clear.get((a, b), 0)) / len(anomalous), n, clear.get((a, b), 0))
+              for (a, b), n in hits.items()]
+    return sorted(ranked, key=lambda s: (-s.score, -s.anomalous_paths, s.normal_paths, s.src, s.dst))
+
+
+def _checked(o: Observation) -> Observation:
+    """``o`` if it can be judged; else :class:`AnomalyError` naming the path and the value."""
+    name = f"path {o.src}->{o.dst}"
+    if not (math.isfinite(o.predicted_s) and o.predicted_s > 0):
+        raise AnomalyError(f"{name}: predicted delay must be finite and > 0 s, got {o.predicted_s}")
+    if not (math.isfinite(o.measured_s) and o.measured_s >= 0):
+        raise AnomalyError(f"{name}: measured delay must be finite and >= 0 s, got {o.measured_s}")
+    if not (math.isfinite(o.stderr_s) and o.stderr_s >= 0) or o.samples < 1:
+        raise AnomalyError(f"{name}: needs >= 1 probe and a finite standard error >= 0 s, got {o.samples} "
+                           f"probes, {o.stderr_s} s")
+    for bound in (o.twin_lo_s, o.twin_hi_s):
+        if bound is not None and not (math.isfinite(bound) and bound >= 0):
+            raise AnomalyError(f"{name}: the twin's interval bounds must be finite and >= 0 s, got {bound}")
+    return o

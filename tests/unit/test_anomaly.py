@@ -1,0 +1,177 @@
+"""Anomaly detection's pure logic (analysis/anomaly.py) on synthetic windows: the band and its
+widening, persistence, the suspect ranking, quiet runs without alarms, and bad input refused."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis.anomaly import AnomalyDetector, AnomalyError, DetectorSettings, Observation, PathVerdict, suspects
+
+# a line a-b-c-d: paths cross these directed links
+ROUTES = {("a", "b"): (("a", "b"),), ("a", "c"): (("a", "b"), ("b", "c")), ("a", "d"): (("a", "b"), ("b", "c"), ("c", "d")),
+          ("b", "c"): (("b", "c"),), ("b", "d"): (("b", "c"), ("c", "d")), ("c", "d"): (("c", "d"),),
+          ("d", "a"): (("d", "c"), ("c", "b"), ("b", "a"))}
+PREDICTED = {pair: 1e-3 * len(links) for pair, links in ROUTES.items()}
+
+
+def window(rng, extra=None, noise=0.05, bias=0.1, samples=6, skip=()) -> list[Observation]:
+    """Every path measured with ``samples`` probes: the prediction × (1 + bias) plus the probes' own
+    noise (relative sd ``noise`` per probe); ``extra``: link → delay added to paths crossing it, s."""
+    out = []
+    for pair, links in ROUTES.items():
+        if pair in skip:
+            continue
+        truth = PREDICTED[pair] * (1 + bias) + sum((extra or {}).get(link, 0.0) for link in links)
+        probes = truth + rng.normal(0, noise * PREDICTED[pair], samples)
+        out.append(Observation(*pair, measured_s=float(probes.mean()), samples=samples,
+                               stderr_s=float(probes.std(ddof=1) / math.sqrt(samples)),
+                               predicted_s=PREDICTED[pair], links=links))
+    return out
+
+
+def learned(settings=None, seed=0, **kw) -> tuple[AnomalyDetector, np.random.Generator]:
+    detector = AnomalyDetector(settings or DetectorSettings(reference_windows=6, persistence=3))
+    rng = np.random.default_rng(seed)
+    for i in range(detector.settings.reference_windows):
+        assert detector.judge(float(i), window(rng, **kw)).learning
+    assert not detector.learning
+    return detector, rng
+
+
+def test_a_quiet_network_with_a_biased_twin_raises_no_alarm_in_a_thousand_windows():
+    """The twin is 10 % low on every path (its residual on this network): the learned bias absorbs it."""
+    detector, rng = learned()
+    alarms = 0
+    for i in range(1000):
+        verdict = detector.judge(100.0 + i, window(rng))
+        alarms += bool(verdict.anomalies)
+        assert not verdict.learning and len(verdict.paths) == len(ROUTES)
+    assert alarms == 0
+
+
+def test_without_the_learned_bias_the_same_quiet_network_would_alarm():
+    """The widening is what keeps it quiet: a detector that never saw the reference (a bias of 0
+    and the floor spread) flags the 10 %-low twin at once (so the test above can fail)."""
+    detector = AnomalyDetector(DetectorSettings(reference_windows=1, persistence=3, min_spread=0.01))
+    rng = np.random.default_rng(1)
+    detector.judge(0.0, window(rng, bias=0.0))  # the reference: a twin that was right
+    verdicts = [detector.judge(1.0 + i, window(rng, bias=0.3, noise=0.01)) for i in range(3)]
+    assert verdicts[-1].anomalies
+
+
+def test_a_slow_link_is_detected_after_persistence_windows_and_named_first():
+    detector, rng = learned()
+    verdicts = [detector.judge(10.0 + i, window(rng, extra={("b", "c"): 2e-3})) for i in range(3)]
+    assert not verdicts[0].anomalies and not verdicts[1].anomalies  # outside, but not yet for 3 windows
+    last = verdicts[2]
+    assert {(p.src, p.dst) for p in last.anomalies} == {("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")}
+    assert sorted(last.new) == sorted((p.src, p.dst) for p in last.anomalies)
+    assert all(p.side == 1 and p.since == 10.0 and p.measured_s > p.hi_s for p in last.anomalies)
+    top = last.suspects[0]
+    assert (top.src, top.dst) == ("b", "c") and top.score == 1.0 and top.normal_paths == 0
+    # a-b is shared by two anomalous paths but crossed by the normal a->b: ranked below b-c
+    ab = next(s for s in last.suspects if (s.src, s.dst) == ("a", "b"))
+    assert ab.normal_paths == 1 and ab.score == pytest.approx((2 - 0.5) / 4)
+    assert detector.judge(13.0, window(rng, extra={("b", "c"): 2e-3})).new == []  # counted once
+
+
+def test_a_faster_path_is_anomalous_below_the_band_and_clears_when_back():
+    detector, rng = learned()
+    for i in range(3):
+        verdict = detector.judge(10.0 + i, window(rng, extra={("c", "d"): -1.0e-3}))
+    assert {(p.src, p.dst) for p in verdict.anomalies} >= {("c", "d")}
+    assert all(p.side == -1 for p in verdict.anomalies)
+    assert (verdict.suspects[0].src, verdict.suspects[0].dst) == ("c", "d")
+    cleared = detector.judge(20.0, window(rng))
+    assert not cleared.anomalies and not cleared.suspects
+
+
+def test_a_streak_needs_the_same_side_and_is_not_broken_by_an_unmeasured_window():
+    detector, rng = learned()
+    detector.judge(10.0, window(rng, extra={("b", "c"): 2e-3}))
+    detector.judge(11.0, window(rng, extra={("b", "c"): 2e-3}, skip=[("b", "c")]))  # b->c not measured
+    verdict = detector.judge(12.0, window(rng, extra={("b", "c"): 2e-3}))
+    bc = next(p for p in verdict.paths if (p.src, p.dst) == ("b", "c"))
+    assert bc.streak == 2 and not bc.anomalous
+    flipped = detector.judge(13.0, window(rng, extra={("b", "c"): -0.9e-3}))
+    bc = next(p for p in flipped.paths if (p.src, p.dst) == ("b", "c"))
+    assert bc.side == -1 and bc.streak == 1 and bc.since == 13.0
+
+
+def test_an_anomalous_path_no_longer_measured_expires_after_persistence_windows():
+    detector, rng = learned()
+    for i in range(3):
+        detector.judge(10.0 + i, window(rng, extra={("c", "d"): 3e-3}))
+    gone = [("a", "d"), ("b", "d"), ("c", "d")]
+    kept = [detector.judge(20.0 + i, window(rng, skip=gone)).anomalies for i in range(3)]
+    assert kept[0] and kept[1] and not kept[2]
+
+
+def test_the_probe_error_widens_the_band_and_a_lucky_window_does_not_narrow_it():
+    detector, rng = learned(noise=0.3)
+    spread = detector.model_spread()
+    one = Observation("a", "b", 1e-3, 6, 1e-5, 1e-3, (("a", "b"),))  # six probes that happen to agree
+    lo, hi, stderr = detector.band(one, spread, 0.0)
+    assert stderr > 1e-4  # the path's typical probe error, not this window's
+    noisy = Observation("a", "b", 1e-3, 6, 5e-4, 1e-3, (("a", "b"),))
+    lo2, hi2, _ = detector.band(noisy, spread, 0.0)
+    assert hi2 - lo2 > hi - lo
+
+
+def test_the_model_spread_subtracts_the_probe_noise_and_keeps_its_floor():
+    quiet, _ = learned(noise=0.3)  # residuals spread only by the probes
+    assert quiet.model_spread() < 0.06
+    floor = AnomalyDetector(DetectorSettings(min_spread=0.2))
+    assert floor.model_spread() == 0.2
+
+
+def test_the_twins_interval_is_the_core_of_the_band():
+    detector, _ = learned()
+    plain = Observation("a", "b", 1e-3, 6, 1e-4, 1e-3, (("a", "b"),))
+    wide = Observation("a", "b", 1e-3, 6, 1e-4, 1e-3, (("a", "b"),), twin_lo_s=0.5e-3, twin_hi_s=2e-3)
+    lo, hi, _ = detector.band(plain, 0.05, 0.0)
+    lo2, hi2, _ = detector.band(wide, 0.05, 0.0)
+    center = (lo + hi) / 2  # the prediction with the path's learned bias (about 10 % up)
+    assert center == pytest.approx(1.1e-3, rel=0.05)
+    assert lo2 == pytest.approx(lo - 0.5 * center) and hi2 == pytest.approx(hi + 1.0 * center)
+
+
+def test_a_rerouted_path_starts_again():
+    detector, rng = learned()
+    for i in range(2):
+        detector.judge(10.0 + i, window(rng, extra={("b", "c"): 2e-3}))
+    moved = [o if o.pair != ("b", "c") else Observation("b", "c", o.measured_s, o.samples, o.stderr_s, o.predicted_s,
+                                                       (("b", "x"), ("x", "c")))
+             for o in window(rng, extra={("b", "c"): 2e-3})]
+    verdict = detector.judge(12.0, moved)
+    bc = next(p for p in verdict.paths if (p.src, p.dst) == ("b", "c"))
+    assert bc.streak == 1 and not bc.anomalous
+
+
+def test_suspect_scores_follow_the_documented_rule():
+    def path(src, dst, *links):
+        return PathVerdict(src, dst, 1.0, 1.0, 0.0, 2.0, 0.1, 5, 1, 3, True, 0.0, tuple(links))
+
+    x, y, z = ("p", "q"), ("q", "r"), ("r", "s")
+    ranked = suspects([path("p", "r", x, y), path("p", "s", x, y, z)], [path("q", "r", y)], penalty=0.5)
+    assert [(s.src, s.dst, s.score) for s in ranked] == [("p", "q", 1.0), ("q", "r", 0.75), ("r", "s", 0.5)]
+    assert suspects([], [path("q", "r", y)], 0.5) == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(predicted_s=0.0), "predicted delay"), (dict(measured_s=math.nan), "measured delay"),
+    (dict(samples=0), "needs >= 1 probe"), (dict(twin_hi_s=-1.0), "the twin.s interval bounds")])
+def test_observations_that_cannot_be_judged_are_refused_with_the_path_named(bad, message):
+    fields = dict(src="a", dst="b", measured_s=1e-3, samples=5, stderr_s=1e-4, predicted_s=1e-3, links=(("a", "b"),))
+    with pytest.raises(AnomalyError, match=f"path a->b: {message}"):
+        AnomalyDetector().judge(0.0, [Observation(**{**fields, **bad})])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(AnomalyError, match="persistence must be >= 1"):
+        DetectorSettings(persistence=0)
+    with pytest.raises(AnomalyError, match="penalty"):
+        DetectorSettings(penalty=2.0)
