@@ -156,3 +156,39 @@ def test_cli_bad_input_is_one_line(tmp_path, argv, words):
     done = ndt("whatif", "--state", str(path), "--model", "qt", *argv)
     assert done.returncode == 2
     assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_asks_the_running_controller_through_grpc():
+    from controller.api.server import NdtService, serve
+    from telemetry.exporter import Metrics
+    from telemetry.store import TelemetryStore
+    from tests.api_stand_in import StandIn
+    from twin.models.registry import get_predictor
+
+    server, port = serve(NdtService(StandIn(), TelemetryStore(), Metrics(), get_predictor, "qt"), "127.0.0.1:0")
+    try:
+        done = ndt("whatif", "--controller", f"127.0.0.1:{port}", "--fail-node", "s2", "--model", "qt", "--json")
+    finally:
+        server.stop(None)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["lost"] == [{"src": "s2", "dst": "s4"}]  # the stand-in's running network: s3-s4 is down
+    assert [(p["src"], p["dst"]) for p in report["paths"]] == [("s1", "s3")]
+    assert {(r["src"], r["dst"]) for r in report["links"]} >= {("s1", "s2"), ("s2", "s1")}
+
+
+def test_predict_returns_intervals_inside_the_safe_range_and_reasons_outside(tmp_path):
+    from twin.state.topologies import load_topology
+    from twin.state.traffic import scale_to_utilization
+
+    state = scale_to_utilization(load_topology("sndlib/abilene"), 0.5)
+    inside, outside = tmp_path / "in.json", tmp_path / "out.json"
+    state.save(inside)
+    state.scaled(3.0).save(outside)  # the busiest link at 1.5, beyond what the intervals were checked on
+    report = json.loads(ndt("predict", "--state", str(inside), "--json").stdout)  # RouteNet-E, as shipped
+    assert report["in_safe_range"] is True and report["out_of_range_reasons"] == []
+    for path in report["paths"]:
+        assert path["delay_lo"] <= path["delay"] <= path["delay_hi"]
+    report = json.loads(ndt("predict", "--state", str(outside), "--model", "qt", "--json").stdout)
+    assert report["in_safe_range"] is False and any("beyond" in r for r in report["out_of_range_reasons"])
+    assert all(p["delay_lo"] is None and p["delay_hi"] is None for p in report["paths"])
