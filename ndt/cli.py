@@ -27,11 +27,13 @@ COMMAND_MODULES = (
     "ndt.cmd_train",
     "ndt.cmd_predict",
     "ndt.cmd_whatif",
+    "ndt.cmd_plan",
     "ndt.cmd_intervals",
     "ndt.cmd_eval",
     "ndt.cmd_controller",
     "ndt.cmd_calibrate",
     "ndt.cmd_loop",
+    "ndt.cmd_replay",
 )
 
 

@@ -229,6 +229,12 @@ class TelemetryStore:
         return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, rate_bps FROM traffic WHERE {where} "
                                                    "ORDER BY ts, src, dst", args)]
 
+    def traffic_totals(self, start: float, end: float) -> list[tuple[float, float]]:
+        """(ts, total bit/s) per traffic-matrix snapshot with start <= ts < end, in time order: the sum of
+        the snapshot's pair rates, summed in SQLite (a week of a large matrix is not read row by row)."""
+        where, args = _range(start, end)
+        return self._read(f"SELECT ts, SUM(rate_bps) FROM traffic WHERE {where} GROUP BY ts ORDER BY ts", args)
+
     def path_delays(self, kind: str, start: float, end: float, src: str | None = None,
                     dst: str | None = None) -> list[PairValue]:
         _check_kind(kind)
