@@ -470,6 +470,13 @@ class NdtController(app_manager.OSKenApp):
             return parser.OFPFlowMod(dp, cookie=op.cookie, cookie_mask=0xFFFF_FFFF_FFFF_FFFF, table_id=op.table,
                                      command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
                                      match=parser.OFPMatch())
+        if op.kind == "add_group":
+            buckets = [parser.OFPBucket(weight=1, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                                        actions=[parser.OFPActionOutput(port)]) for port in op.ports]
+            return parser.OFPGroupMod(dp, command=ofp.OFPGC_ADD, type_=ofp.OFPGT_SELECT, group_id=op.group,
+                                      buckets=buckets)
+        if op.kind == "delete_group":
+            return parser.OFPGroupMod(dp, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_SELECT, group_id=op.group)
         rule: FlowRule = op.rule
         match = parser.OFPMatch(**dict(rule.match))
         if op.kind == "delete_strict":
@@ -481,6 +488,8 @@ class NdtController(app_manager.OSKenApp):
                 actions.append(parser.OFPActionOutput(action[1]))
             elif action[0] == "controller":
                 actions.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
+            elif action[0] == "group":
+                actions.append(parser.OFPActionGroup(action[1]))
             else:
                 instructions.append(parser.OFPInstructionGotoTable(action[1]))
         if actions:

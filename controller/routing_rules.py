@@ -10,13 +10,18 @@ Pipeline installed on every switch:
   matrix), then table 1; everything else → table 1.
 - table 1 (routes): one rule per (switch, destination host IPv4 /32), output to the
   next-hop port of OSPF destination-based routing (``twin.routing.next_hop_links``,
-  ties to the lowest node index); miss → controller.
+  ties to the lowest node index); miss → controller. With ECMP (``routing.ecmp`` in the
+  state) a switch with several equal-cost next hops outputs to an OpenFlow select group
+  whose buckets are those ports (equal weights; the switch hashes each flow onto one).
 
 Route rules carry their version in the cookie and alternate between two priorities,
 so a new rule set is installed beside the old one. :func:`plan_update` orders the
 switch-over so that no packet loops or finds no rule: a (switch, destination) entry
 that changes its next hop flips only after every switch closer to the destination on
-the new tree has flipped (rounds by new hop count), then the old version is deleted.
+the new tree has flipped (rounds by new hop count; with ECMP the longest equal-cost path),
+then the old version is deleted. A version's select groups are added before any rule uses
+them and deleted after its rules; group ids alternate with the version's parity like the
+priorities.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
-from twin.state.routing import next_hop_links
+from twin.state.routing import equal_cost_links, next_hop_links
 
 CLASSIFIER_TABLE = 0
 ROUTE_TABLE = 1
@@ -45,6 +50,7 @@ PROBE_COOKIE = 0x4E44_5403_0000_0000  # delay probes returned to the controller 
 COOKIE_KIND_MASK = 0xFFFF_FFFF_0000_0000
 NDT_COOKIE_MASK = 0xFFFF_FF00_0000_0000  # every rule ndt installs has BASE_COOKIE under this mask
 VERSION_MASK = 0xFFFF_FFFF
+GROUP_PARITY = 1 << 24  # select-group ids: version parity x GROUP_PARITY + 1 + index at the switch
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -130,23 +136,35 @@ class FlowRule:
 @dataclass(frozen=True)
 class FlowOp:
     """One flow-mod: ``add`` or ``delete_strict`` a rule, or ``delete_cookie`` (every entry of
-    ``table`` on ``dpid`` whose cookie equals ``cookie``)."""
+    ``table`` on ``dpid`` whose cookie equals ``cookie``); or one group-mod: ``add_group`` (a select
+    group ``group`` with one bucket per output port in ``ports``) or ``delete_group``."""
 
     kind: str
     dpid: int
     rule: FlowRule | None = None
     table: int = ROUTE_TABLE
     cookie: int = 0
+    group: int = 0
+    ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class RouteSet:
-    """The route rules of one version: (dpid, destination IPv4) → rule, and that switch's hop
-    count to the destination's switch along the new next hops (0 at the host's own switch)."""
+    """The route rules of one version: (dpid, destination IPv4) → rule, that switch's hop count to
+    the destination's switch along the new next hops (0 at the host's own switch; with ECMP the
+    longest equal-cost path), and the select groups the rules use: (dpid, group id) → ports."""
 
     version: int
     rules: dict[tuple[int, str], FlowRule]
     hops: dict[tuple[int, str], int]
+    groups: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
+
+    def ports_of(self, key: tuple[int, str]) -> tuple:
+        """Where the rule at ``key`` forwards: its output ports, a group resolved to its buckets."""
+        out = []
+        for action in self.rules[key].actions:
+            out.extend(self.groups[(key[0], action[1])] if action[0] == "group" else [action])
+        return tuple(out)
 
 
 def _match(**fields) -> tuple[tuple[str, object], ...]:
@@ -222,10 +240,13 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
     src = np.array([idx[lk.src] for lk in up], dtype=np.int64)
     dst = np.array([idx[lk.dst] for lk in up], dtype=np.int64)
     weight = np.array([lk.weight for lk in up], dtype=np.float64)
-    table = next_hop_links(len(state.nodes), src, dst, weight)
+    forwarding = _EqualCost(len(idx), src, dst, weight) if state.ecmp else _SinglePath(src, dst, weight, len(idx))
     cookie, priority = route_cookie(version), route_priority(version)
     rules: dict[tuple[int, str], FlowRule] = {}
     hops: dict[tuple[int, str], int] = {}
+    groups: dict[tuple[int, int], tuple[int, ...]] = {}
+    group_ids: dict[tuple[int, tuple[int, ...]], int] = {}  # (dpid, ports) -> group id
+    groups_at: dict[int, int] = {}  # dpid -> groups so far
     seen_ips: dict[str, Host] = {}
     for host in hosts:
         if host.ip in seen_ips:
@@ -236,43 +257,91 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
         d = idx[host.switch]
         match = _match(eth_type=ETH_TYPE_IPV4, ipv4_dst=host.ip)
         for v, node in enumerate(state.nodes):
-            if v == d:
-                port, count = host.port, 0
-            else:
-                link = table[v, d]
-                if link < 0:
-                    continue
-                port = wiring.ports[(up[link].src, up[link].dst)]
-                count = _hop_count(table, dst, v, d)
             dpid = wiring.dpids[node]
-            rules[(dpid, host.ip)] = FlowRule(dpid, ROUTE_TABLE, priority, match, (("output", port),), cookie)
+            if v == d:
+                ports, count = (host.port,), 0
+            else:
+                links = forwarding.next_links(v, d)
+                if not links:
+                    continue
+                ports = tuple(sorted({wiring.ports[(up[link].src, up[link].dst)] for link in links}))
+                count = forwarding.hop_count(v, d)
+            if len(ports) == 1:
+                actions = (("output", ports[0]),)
+            else:
+                if (dpid, ports) not in group_ids:
+                    groups_at[dpid] = groups_at.get(dpid, 0) + 1
+                    group_ids[(dpid, ports)] = (version % 2) * GROUP_PARITY + groups_at[dpid]
+                    groups[(dpid, group_ids[(dpid, ports)])] = ports
+                gid = group_ids[(dpid, ports)]
+                actions = (("group", gid),)
+            rules[(dpid, host.ip)] = FlowRule(dpid, ROUTE_TABLE, priority, match, actions, cookie)
             hops[(dpid, host.ip)] = count
-    return RouteSet(version, rules, hops)
+    return RouteSet(version, rules, hops, groups)
+
+
+class _SinglePath:
+    """One next hop per (node, destination): OSPF with ties to the lowest node index."""
+
+    def __init__(self, src, dst, weight, n_nodes):
+        self.table = next_hop_links(n_nodes, src, dst, weight)
+        self.link_dst = dst
+
+    def next_links(self, v: int, d: int) -> list[int]:
+        link = self.table[v, d]
+        return [] if link < 0 else [int(link)]
+
+    def hop_count(self, v: int, d: int) -> int:
+        return _hop_count(self.table, self.link_dst, v, d)
+
+
+class _EqualCost:
+    """Every equal-cost next hop per (node, destination); hop counts along the longest equal-cost path."""
+
+    def __init__(self, n_nodes: int, src, dst, weight):
+        self.dist_to, self.on_shortest = equal_cost_links(n_nodes, src, dst, weight)
+        self.src, self.dst = src, dst
+        self._depth: dict[int, np.ndarray] = {}
+
+    def next_links(self, v: int, d: int) -> list[int]:
+        return [int(link) for link in np.flatnonzero(self.on_shortest[d] & (self.src == v))]
+
+    def hop_count(self, v: int, d: int) -> int:
+        if d not in self._depth:
+            depth = np.zeros(len(self.dist_to), dtype=np.int64)
+            reachable = np.flatnonzero(np.isfinite(self.dist_to[d]))
+            for node in reachable[np.argsort(self.dist_to[d, reachable], kind="stable")]:
+                if node != d:
+                    depth[node] = 1 + max(depth[self.dst[link]] for link in self.next_links(int(node), d))
+            self._depth[d] = depth
+        return int(self._depth[d][v])
 
 
 def plan_update(old: RouteSet | None, new: RouteSet) -> list[list[FlowOp]]:
     """Make-before-break switch-over from ``old`` to ``new`` as batches of flow-mods.
 
     Send the batches in order with a barrier after each; ops within one batch may
-    be applied in any order. Batches: (1) rules that change no forwarding (new copies
-    of unchanged entries; with a lower new priority, every new rule); (2..) one batch
-    per new hop count, nearest the destination first, flipping the entries whose
-    output changes; (last) delete every rule left of the old version. Entries the new
-    set drops (unreachable destinations) disappear only in the last batch.
+    be applied in any order. Batches: the new version's select groups (any stale group
+    with the same id deleted first, then each added); rules that change no forwarding (new
+    copies of unchanged entries; with a lower new priority, every new rule); one batch per
+    new hop count, nearest the destination first, flipping the entries whose output
+    changes; delete every rule left of the old version; delete the old version's groups.
+    Entries the new set drops (unreachable destinations) disappear only in the cleanup.
     """
+    new_groups = [[FlowOp("delete_group", dpid, group=gid) for dpid, gid in sorted(new.groups)],
+                  [FlowOp("add_group", dpid, group=gid, ports=ports) for (dpid, gid), ports in sorted(new.groups.items())]]
     if old is None:
-        return [batch for batch in _rounds(new, set(new.rules), lambda key: FlowOp("add", key[0], new.rules[key]))
-                if batch]
+        rounds = _rounds(new, set(new.rules), lambda key: FlowOp("add", key[0], new.rules[key]))
+        return [batch for batch in [*new_groups, *rounds] if batch]
     if new.version == old.version or route_priority(new.version) == route_priority(old.version):
         raise RuleError(f"route version {new.version} must differ in parity from the installed version {old.version}")
     takeover_on_add = route_priority(new.version) > route_priority(old.version)
     prepare: list[FlowOp] = []
     changed = set()
     for key, rule in new.rules.items():
-        previous = old.rules.get(key)
-        if previous is not None and previous.actions == rule.actions:
+        if key in old.rules and old.ports_of(key) == new.ports_of(key):
             prepare.append(FlowOp("add", key[0], rule))
-        elif takeover_on_add or previous is None:
+        elif takeover_on_add or key not in old.rules:
             changed.add(key)
         else:
             prepare.append(FlowOp("add", key[0], rule))
@@ -285,7 +354,8 @@ def plan_update(old: RouteSet | None, new: RouteSet) -> list[list[FlowOp]]:
 
     dpids = sorted({key[0] for key in old.rules})
     cleanup = [FlowOp("delete_cookie", dpid, table=ROUTE_TABLE, cookie=route_cookie(old.version)) for dpid in dpids]
-    batches = [prepare, *_rounds(new, changed, flip), cleanup]
+    old_groups = [FlowOp("delete_group", dpid, group=gid) for dpid, gid in sorted(old.groups)]
+    batches = [*new_groups, prepare, *_rounds(new, changed, flip), cleanup, old_groups]
     return [batch for batch in batches if batch]
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from controller.routing_rules import (
     COUNTER_PRIORITY,
+    GROUP_PARITY,
     PROBE_PRIORITY,
     PROBE_UDP_PORT,
     ROUTE_TABLE,
@@ -31,7 +32,7 @@ from controller.routing_rules import (
 from twin.state.model import Link, NetworkState
 
 
-def make_net(n: int, edges: list[tuple[int, int]], weights: list[float]):
+def make_net(n: int, edges: list[tuple[int, int]], weights: list[float], ecmp: bool = False):
     """State, wiring and one host per switch (port 1; link ports from 2 up)."""
     nodes = tuple(f"s{i + 1}" for i in range(n))
     links, ports, next_port = [], {}, {node: 2 for node in nodes}
@@ -40,21 +41,34 @@ def make_net(n: int, edges: list[tuple[int, int]], weights: list[float]):
             links.append(Link(u, v, capacity=1e7, weight=weights[2 * k + j]))
             ports[(u, v)] = next_port[u]
             next_port[u] += 1
-    state = NetworkState(nodes=nodes, links=tuple(links))
+    state = NetworkState(nodes=nodes, links=tuple(links), ecmp=ecmp)
     wiring = Wiring(dpids={node: i + 1 for i, node in enumerate(nodes)}, ports=ports)
     hosts = [Host(f"10.0.0.{i + 1}", f"00:00:00:00:00:{i + 1:02x}", node, 1) for i, node in enumerate(nodes)]
     return state, wiring, hosts
 
 
 class Tables:
-    """Route tables of every switch: the highest-priority rule matching ipv4_dst decides."""
+    """Route tables and select groups of every switch: the highest-priority rule matching ipv4_dst
+    decides. As in OpenFlow 1.3, a rule cannot name a group that does not exist, a group id cannot be
+    added twice, and deleting a group removes the rules that forward to it."""
 
     def __init__(self):
         self.entries: dict[tuple, object] = {}
+        self.groups: dict[tuple[int, int], tuple[int, ...]] = {}
 
     def apply(self, op) -> None:
         if op.kind == "add":
+            for action in op.rule.actions:
+                assert action[0] != "group" or (op.dpid, action[1]) in self.groups, f"{op}: no such group"
             self.entries[op.rule.key] = op.rule
+        elif op.kind == "add_group":
+            assert (op.dpid, op.group) not in self.groups, f"{op}: the group exists"
+            self.groups[(op.dpid, op.group)] = op.ports
+        elif op.kind == "delete_group":
+            self.groups.pop((op.dpid, op.group), None)
+            for key, rule in list(self.entries.items()):
+                if rule.dpid == op.dpid and ("group", op.group) in rule.actions:
+                    del self.entries[key]
         elif op.kind == "delete_strict":
             self.entries.pop(op.rule.key, None)
         elif op.kind == "delete_cookie":
@@ -72,24 +86,36 @@ class Tables:
                     best = rule
         return None if best is None else best.actions[0][1]
 
+    def outputs(self, dpid: int, ip: str) -> tuple[int, ...] | None:
+        """The ports a packet to ``ip`` may leave ``dpid`` by: one, or a select group's buckets."""
+        action = self.output(dpid, ip)
+        best = max((r for r in self.entries.values() if r.dpid == dpid and r.table == ROUTE_TABLE
+                    and dict(r.match)["ipv4_dst"] == ip), key=lambda r: r.priority, default=None)
+        if best is None:
+            return None
+        return self.groups[(dpid, action)] if best.actions[0][0] == "group" else (action,)
+
 
 def walk(tables: Tables, wiring: Wiring, hosts: list[Host], start: str, host: Host, down=frozenset()) -> str:
-    """'delivered', 'loop', 'no rule' or 'dead link' for a packet entering ``start`` towards ``host``."""
-    node, visited = start, set()
-    while True:
+    """'delivered', 'loop', 'no rule' or 'dead link' for a packet entering ``start`` towards ``host``;
+    with select groups every bucket is followed, and any branch that fails decides."""
+    stack = [(start, frozenset())]
+    while stack:
+        node, visited = stack.pop()
         if node in visited:
             return "loop"
-        visited.add(node)
-        port = tables.output(wiring.dpids[node], host.ip)
-        if port is None:
+        ports = tables.outputs(wiring.dpids[node], host.ip)
+        if ports is None:
             return "no rule"
-        if node == host.switch and port == host.port:
-            return "delivered"
-        link = wiring.link_at(wiring.dpids[node], port)
-        assert link is not None, f"{node} outputs {host.ip} to edge port {port}"
-        if link in down:
-            return "dead link"
-        node = link[1]
+        for port in ports:
+            if node == host.switch and port == host.port:
+                continue
+            link = wiring.link_at(wiring.dpids[node], port)
+            assert link is not None, f"{node} outputs {host.ip} to edge port {port}"
+            if link in down:
+                return "dead link"
+            stack.append((link[1], visited | {node}))
+    return "delivered"
 
 
 def install(plan) -> Tables:
@@ -130,6 +156,25 @@ def test_square_routes_follow_weights():
     assert tables.output(1, "10.0.0.3") == wiring.ports[("s1", "s4")]
     assert {r.cookie for r in tables.entries.values()} == {route_cookie(2)}
     assert len(tables.entries) == 16
+
+
+def test_ecmp_splits_over_a_select_group_and_switches_over_cleanly():
+    state, wiring, hosts = make_net(4, SQUARE, [1] * 8, ecmp=True)
+    routes = route_rules(state, wiring, hosts, version=1)
+    plan = plan_update(None, routes)
+    assert {op.kind for op in plan[0]} == {"delete_group"} and {op.kind for op in plan[1]} == {"add_group"}
+    tables = install(plan)
+    # s1 -> s3: both equal-cost next hops, through s2 and through s4, as one select group
+    assert tables.outputs(1, "10.0.0.3") == tuple(sorted((wiring.ports[("s1", "s2")], wiring.ports[("s1", "s4")])))
+    assert tables.outputs(1, "10.0.0.2") == (wiring.ports[("s1", "s2")],)  # one next hop: a plain output
+    assert len(routes.groups) == 4 and all(gid > GROUP_PARITY for _, gid in routes.groups)  # odd version
+    assert routes.hops[(1, "10.0.0.3")] == 2
+    heavy = state.with_weights([10 if (lk.src, lk.dst) == ("s1", "s2") else 1 for lk in state.links])
+    heavy = NetworkState(heavy.nodes, heavy.links, ecmp=True)
+    routes2 = route_rules(heavy, wiring, hosts, version=2)
+    replay_checked(tables, plan_update(routes, routes2), wiring, hosts, state.nodes)
+    assert tables.outputs(1, "10.0.0.3") == (wiring.ports[("s1", "s4")],)
+    assert tables.groups == routes2.groups and all(gid < GROUP_PARITY for _, gid in routes2.groups)
 
 
 def test_every_pair_reachable_and_host_port_last():
@@ -227,10 +272,10 @@ def networks(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(networks())
-def test_switch_over_never_loops_or_blackholes(net):
+@given(networks(), st.booleans())
+def test_switch_over_never_loops_or_blackholes(net, ecmp):
     n, edges, w_old, w_new, version, seed = net
-    state, wiring, hosts = make_net(n, edges, w_old)
+    state, wiring, hosts = make_net(n, edges, w_old, ecmp)
     old = route_rules(state, wiring, hosts, version=version)
     tables = install(plan_update(None, old))
     new_state = state.with_weights(w_new)
@@ -239,3 +284,4 @@ def test_switch_over_never_loops_or_blackholes(net):
     for (dpid, ip), rule in new.rules.items():  # final tables are exactly the new version
         assert tables.output(dpid, ip) == rule.actions[0][1]
     assert {r.cookie for r in tables.entries.values()} == {route_cookie(version + 1)}
+    assert tables.groups == new.groups

@@ -79,6 +79,17 @@ def ospf_flow_links(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, we
 MAX_ECMP_PATHS = 64  # equal-cost paths one flow may split over (routers allow 8-128)
 
 
+def equal_cost_links(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight: np.ndarray):
+    """``(dist_to, on_shortest)``: ``dist_to[d, v]`` the cost from node v to node d (inf if unreachable)
+    and ``on_shortest[d, link]`` whether the link lies on a shortest path towards d (its source's
+    equal-cost next hops towards d are the links where it is True)."""
+    reverse = csr_matrix((weight, (link_dst, link_src)), shape=(n_nodes, n_nodes))
+    dist_to = dijkstra(reverse, directed=True)
+    cost_via = weight[None, :] + dist_to[:, link_dst]  # [d, link]: cost to d leaving on the link
+    best = dist_to[:, link_src]
+    return dist_to, np.isfinite(cost_via) & (cost_via <= best + 1e-9 * np.maximum(best, 1.0))
+
+
 def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight: np.ndarray,
                 flow_src: np.ndarray, flow_dst: np.ndarray, max_paths: int = MAX_ECMP_PATHS):
     """Every flow split over all its equal-cost shortest paths, evenly at each hop (as OSPF routers hash).
@@ -89,11 +100,7 @@ def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight
     Raises ``LookupError(i)`` when flow ``i``'s destination cannot be reached and
     ``OverflowError(i)`` when it has more than ``max_paths`` equal-cost paths.
     """
-    reverse = csr_matrix((weight, (link_dst, link_src)), shape=(n_nodes, n_nodes))
-    dist_to = dijkstra(reverse, directed=True)  # [d, v]: cost from v to d
-    cost_via = weight[None, :] + dist_to[:, link_dst]  # [d, link]: cost to d leaving on the link
-    best = dist_to[:, link_src]
-    on_shortest = np.isfinite(cost_via) & (cost_via <= best + 1e-9 * np.maximum(best, 1.0))
+    dist_to, on_shortest = equal_cost_links(n_nodes, link_src, link_dst, weight)
     order = np.argsort(link_src, kind="stable")
     starts = np.searchsorted(link_src[order], np.arange(n_nodes + 1))
     fanout = np.zeros((n_nodes, n_nodes), dtype=np.int64)  # [d, v]: equal-cost next hops of v towards d
