@@ -140,9 +140,6 @@ class EmulatedNetwork:
     def __init__(self, state: NetworkState, connect, prefix: str = "l", store: Path | None = None,
                  metrics_port: int = 0, tag: str = "emu", poll_interval: float = 1.0, realtime_ovs: bool = True,
                  controller_args: tuple[str, ...] = ()):
-        if state.ecmp:
-            raise EmulationError(f"state {state.name or '(unnamed)'}: the emulation routes one path per destination "
-                                 "(its flow rules have no ECMP groups); ECMP states run in the simulator and the twin")
         self.state = state
         self.names = Names(state.nodes, f"{prefix}s", f"{prefix}h")
         self.tag = tag
