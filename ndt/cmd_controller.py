@@ -108,9 +108,6 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             raise RuleError(f"{flag} {path}: no such file")
     state = NetworkState.load(args.state)
-    if state.ecmp:
-        raise RuleError(f"{args.state}: routing.ecmp is set, but the controller installs one path per destination "
-                        "(no OpenFlow select groups yet); set \"ecmp\": false")
     wiring = load_wiring(args.wiring, state, discover=args.discover)
     api = None if args.grpc == "off" else ApiServer(
         args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
