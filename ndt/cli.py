@@ -33,7 +33,6 @@ COMMAND_MODULES = (
     "ndt.cmd_controller",
     "ndt.cmd_calibrate",
     "ndt.cmd_loop",
-    "ndt.cmd_replay",
 )
 
 
