@@ -127,6 +127,10 @@ class PathDelays:
         :func:`path_delays` over them."""
         return path_delays(self.samples(start, end), min_samples)
 
+    def stats(self, start: float, end: float, min_samples: int = 3) -> dict[Pair, PathStat]:
+        """:func:`path_stats` of the probes received in [start, end)."""
+        return path_stats(self.samples(start, end), min_samples)
+
     def noise(self, start: float, end: float, min_samples: int = 3) -> float:
         """:func:`sampling_mape` of the probes received in [start, end)."""
         return sampling_mape(self.samples(start, end), min_samples)
@@ -143,19 +147,41 @@ def loopback_times(samples: list[ProbeSample]) -> dict[str, float]:
     return {switch: float(np.mean(times)) for switch, times in by_switch.items()}
 
 
-def path_delays(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, float]:
+@dataclass(frozen=True, slots=True)
+class PathStat:
+    """A path's probes over a window: their mean one-way delay (s), how many, and its standard error (s)."""
+
+    mean: float
+    samples: int
+    stderr: float
+
+
+def path_stats(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, PathStat]:
     """Per path (src ≠ dst) with at least ``min_samples`` probes and a loopback time at both ends:
-    mean raw time minus half of each end's loopback time (never below zero), s."""
+    the mean raw time minus half of each end's loopback time (never below zero), s, and its
+    standard error: the raw times' (one probe: 0) and half of each end's loopback mean's, in
+    quadrature, s."""
     loops = loopback_times(samples)
-    by_pair: dict[Pair, list[float]] = {}
+    raw: dict[Pair, list[float]] = {}
     for s in samples:
-        if s.src != s.dst:
-            by_pair.setdefault((s.src, s.dst), []).append(s.raw)
+        raw.setdefault((s.src, s.dst), []).append(s.raw)
+
+    def variance_of_mean(pair: Pair) -> float:
+        values = raw[pair]
+        return float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
+
     out = {}
-    for (src, dst), raws in by_pair.items():
-        if len(raws) >= min_samples and src in loops and dst in loops:
-            out[(src, dst)] = max(0.0, float(np.mean(raws)) - 0.5 * (loops[src] + loops[dst]))
+    for (src, dst), raws in raw.items():
+        if src != dst and len(raws) >= min_samples and src in loops and dst in loops:
+            variance = variance_of_mean((src, dst)) + 0.25 * (variance_of_mean((src, src)) + variance_of_mean((dst, dst)))
+            out[(src, dst)] = PathStat(max(0.0, float(np.mean(raws)) - 0.5 * (loops[src] + loops[dst])), len(raws),
+                                       float(np.sqrt(variance)))
     return out
+
+
+def path_delays(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, float]:
+    """Per path, the mean delay of :func:`path_stats`, s."""
+    return {pair: stat.mean for pair, stat in path_stats(samples, min_samples).items()}
 
 
 def sampling_mape(samples: list[ProbeSample], min_samples: int = 3) -> float:

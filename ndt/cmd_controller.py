@@ -87,6 +87,16 @@ def register(subparsers) -> None:
     loop.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                       help="prior correction (default: data/calibration-<model>.json, else the shipped one); the loop "
                            "refits it from this network's probes")
+    anomaly = p.add_argument_group(
+        "anomaly detection", "Flag the paths whose probe-measured delay stays outside the calibrated twin's band for "
+        "consecutive windows and rank the links most likely at fault (gRPC ListAnomalies, ndt_anomaly_* metrics; "
+        "docs/operations.md). On with --intent; --anomaly runs it without the loop (the twin and its online "
+        "calibration only). Needs the probes.")
+    anomaly.add_argument("--anomaly", action="store_true", help="detect anomalies (without --intent: only that)")
+    anomaly.add_argument("--anomaly-window", type=number(2, 3600, unit=" s"), default=10.0, metavar="S",
+                         help="probes judged per window, s (default: 10)")
+    anomaly.add_argument("--anomaly-persistence", type=number(1, 100, integer=True), default=3, metavar="K",
+                         help="consecutive windows outside the band before a path is anomalous (default: 3)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=run)
 
@@ -112,30 +122,37 @@ def run(args: argparse.Namespace) -> int:
     api = None if args.grpc == "off" else ApiServer(
         args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
         args.insecure)
-    loop_factory = _loop_factory(args, state) if args.intent else None
+    loop_factory = _loop_factory(args, state) if args.intent or args.anomaly else None
     config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
                               probe_rate=args.probe_rate,
-                              probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0))
+                              probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0,
+                                                  2 * args.anomaly_window))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
                    args.max_predict_flows, loop_factory)
     return 0
 
 
 def _loop_factory(args: argparse.Namespace, state):
-    """What builds the closed loop once the app exists; the intent, model and calibration are checked now."""
+    """What builds the closed loop (or, with --anomaly and no --intent, the service that only calibrates
+    and detects anomalies) once the app exists; the intent, model and calibration are checked now."""
+    from analysis.anomaly import DetectorSettings
     from controller.loop.service import LoopService, ServiceSettings
     from optimizer.intent import load_intent
     from twin.calibration.correction import calibrated_twin
     from twin.calibration.correction import load as load_calibration
+    from twin.models.intervals import load_intervals
     from twin.models.registry import PREDICTORS
     from twin.state.model import Flow
 
     if args.probe_rate == 0:
-        raise OptionError("--intent needs the probes (--probe-rate above 0): the loop verifies pushes with them")
-    intent = load_intent(args.intent)
-    intent.check_against(state if state.flows else state.with_flows(
-        Flow(a, b, rate=1.0) for a in state.nodes for b in state.nodes if a != b))
+        raise OptionError(f"{'--intent' if args.intent else '--anomaly'} needs the probes (--probe-rate above 0): "
+                          "the loop verifies pushes with them and anomaly detection judges them")
+    intent = None
+    if args.intent:
+        intent = load_intent(args.intent)
+        intent.check_against(state if state.flows else state.with_flows(
+            Flow(a, b, rate=1.0) for a in state.nodes for b in state.nodes if a != b))
     model = args.model or PREDICTORS[-1]
     if model not in PREDICTORS:
         raise OptionError(f"--model {model!r}: not one of {', '.join(PREDICTORS)}")
@@ -147,11 +164,14 @@ def _loop_factory(args: argparse.Namespace, state):
         return calibrated.predictor, calibrated.correction
 
     sandbox = None
-    if args.validate == "sandbox":
+    if args.validate == "sandbox" and intent is not None:
         from controller.loop.emulated import EmulatedSandbox
 
         sandbox = EmulatedSandbox("v", "controller-sandbox")
-    settings = ServiceSettings(intent=intent, window_s=args.loop_window, verify_s=args.verify_s, period_s=args.period,
+    intervals = load_intervals(model)
+    settings = ServiceSettings(window_s=args.loop_window, verify_s=args.verify_s, period_s=args.period,
                                hold_down_s=args.hold_down, shift_threshold=args.shift_threshold,
-                               candidates=args.candidates, validate=args.validate, dry_run=args.dry_run)
-    return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox)
+                               candidates=args.candidates, validate=args.validate, dry_run=args.dry_run,
+                               optimize=intent is not None, anomaly=DetectorSettings(persistence=args.anomaly_persistence),
+                               anomaly_window_s=args.anomaly_window, **({"intent": intent} if intent else {}))
+    return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox, intervals=intervals)

@@ -29,10 +29,11 @@ class Metrics:
         self._traffic_bytes: dict[Pair, int] = {}
         self._delays: dict[str, dict[Pair, float]] = {kind: {} for kind in DELAY_KINDS}
         self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0, "probes_sent": 0,
-                          "probes_lost": 0}
+                          "probes_lost": 0, "anomalies": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
         self._loop_counts: dict[tuple[str, str], int] = {}
+        self._suspects: dict[Pair, float] = {}
 
     def update_links(self, samples: list[LinkSample]) -> None:
         with self._lock:
@@ -63,6 +64,14 @@ class Metrics:
         """The last echo round trip between the controller and ``switch``, s."""
         with self._lock:
             self._control_rtt[switch] = seconds
+
+    def set_anomalies(self, paths: int, suspects: dict[Pair, float], new: int) -> None:
+        """Anomaly detection's last window: the paths anomalous now, the suspect links' scores
+        (replacing the last window's), and ``new`` paths that became anomalous in it."""
+        with self._lock:
+            self._gauges["anomaly_paths"] = float(paths)
+            self._suspects = dict(suspects)
+            self._counters["anomalies"] += new
 
     def count_loop(self, what: str, label: str) -> None:
         """One more closed-loop ``trigger`` (label: its kind) or ``decision`` (label: its action)."""
@@ -96,6 +105,7 @@ class Metrics:
             gauges = dict(self._gauges)
             control_rtt = dict(self._control_rtt)
             loop_counts = dict(self._loop_counts)
+            suspects = dict(self._suspects)
         pair = ["src", "dst"]
         tx_bytes = CounterMetricFamily("ndt_link_transmit_bytes", "Bytes sent on the directed link (switch port counter)", labels=pair)
         tx_packets = CounterMetricFamily("ndt_link_transmit_packets", "Packets sent on the directed link", labels=pair)
@@ -129,6 +139,12 @@ class Metrics:
         for switch, value in sorted(control_rtt.items()):
             rtt.add_metric([switch], value)
         yield rtt
+        suspect = GaugeMetricFamily("ndt_anomaly_suspect_score", "Anomaly detection: how likely the directed link "
+                                    "causes the anomalous path delays (1: crossed by every anomalous path and no "
+                                    "normal one)", labels=pair)
+        for (src, dst), value in sorted(suspects.items()):
+            suspect.add_metric([src, dst], value)
+        yield suspect
         for what, (label, help_text) in _LOOP_COUNTERS.items():
             family = CounterMetricFamily(f"ndt_loop_{what}s", help_text, labels=[label])
             for (name, value), count in sorted(loop_counts.items()):
@@ -148,6 +164,7 @@ _COUNTER_HELP = {
     "stats_polls": "Statistics polling rounds completed",
     "probes_sent": "In-band delay probes sent",
     "probes_lost": "In-band delay probes not returned within the timeout",
+    "anomalies": "Paths that became anomalous (probe delay outside the twin's band for consecutive windows)",
 }
 _LOOP_COUNTERS = {
     "trigger": ("trigger", "Closed-loop runs by trigger (start, traffic, topology, periodic, operator)"),
@@ -166,6 +183,8 @@ _GAUGE_HELP = {
     "loop_measured_delay_seconds": "Mean probe-measured path delay the last closed-loop run started from",
     "loop_predicted_delay_seconds": "Mean delay the calibrated twin predicted for the routing the last run chose",
     "loop_last_run_timestamp_seconds": "Unix time of the last closed-loop run",
+    "anomaly_paths": "Paths whose probe delay stays outside the twin's band (anomaly detection's last window)",
+    "anomaly_learning": "1 while anomaly detection gathers its reference windows (nothing judged yet)",
 }
 
 

@@ -46,3 +46,7 @@ class ControllerClient:
         """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured)."""
         paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v)) for (s, d), v in delays.items()]
         return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source), timeout=10)
+
+    def anomalies(self, max_suspects: int = 10):
+        """The anomalous paths now and the suspect links, best first (gRPC ListAnomalies)."""
+        return self.stub.ListAnomalies(pb.AnomaliesRequest(max_suspects=max_suspects), timeout=10)

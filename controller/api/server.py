@@ -60,6 +60,8 @@ MAX_DELAY_S = 60.0  # a measured path delay above this is a measurement error
 MAX_TRAFFIC_SCALE = 100.0
 MAX_MESSAGE_CHARS = 400  # status messages are cut here (gRPC metadata is limited)
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
+MAX_SUSPECTS = 100  # suspect links ListAnomalies returns at most
+DEFAULT_SUSPECTS = 10
 PREDICTION_WINDOW_S = 600.0  # measurements are compared with predictions made at most this long before
 
 
@@ -305,15 +307,37 @@ class NdtService(services.NdtServicer):
                 if loop.stopped:
                     return
 
+    # ------------------------------------------------------------------ anomaly detection
+    def ListAnomalies(self, request, context):
+        if request.max_suspects > MAX_SUSPECTS:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"max_suspects must be from 0 to {MAX_SUSPECTS} (0: {DEFAULT_SUSPECTS}), got {request.max_suspects}")
+        loop = self.loop
+        if loop is None or loop.detector is None:
+            return pb.AnomaliesReply(enabled=False)
+        verdict = loop.anomalies
+        if verdict is None or verdict.learning:
+            return pb.AnomaliesReply(enabled=True, learning=True, window_ts=verdict.ts if verdict else 0.0)
+        paths = [pb.AnomalousPath(src=p.src, dst=p.dst, measured_s=p.measured_s, predicted_s=p.predicted_s, lo_s=p.lo_s,
+                                  hi_s=p.hi_s, since=p.since, direction="slower" if p.side > 0 else "faster",
+                                  windows=p.streak, samples=p.samples,
+                                  links=[pb.LinkRef(src=a, dst=b) for a, b in p.links])
+                 for p in verdict.anomalies]
+        suspects = [pb.SuspectLink(src=s.src, dst=s.dst, score=s.score, anomalous_paths=s.anomalous_paths,
+                                   normal_paths=s.normal_paths)
+                    for s in verdict.suspects[:request.max_suspects or DEFAULT_SUSPECTS]]
+        return pb.AnomaliesReply(enabled=True, window_ts=verdict.ts, paths_judged=len(verdict.paths), paths=paths,
+                                 suspects=suspects, model_spread=verdict.model_spread)
+
     def _require_loop(self):
-        if self.loop is None:
+        if self.loop is None or not self.loop.settings.optimize:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            "this controller runs no closed loop (start it with 'ndt controller --intent FILE')")
         return self.loop
 
     def _loop_status(self):
         loop = self.loop
-        if loop is None:
+        if loop is None or not loop.settings.optimize:
             return pb.LoopStatus(enabled=False)
         return pb.LoopStatus(enabled=True, paused=loop.paused, dry_run=loop.settings.dry_run, running=loop.running,
                              runs=loop.runs, pushes=loop.pushes, rollbacks=loop.rollbacks,

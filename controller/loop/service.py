@@ -12,7 +12,15 @@ probes → rollback if delay got worse. Runs are triggered at start, by a traffi
 ``shift_threshold``, by link or switch events, periodically and by operators; after a push no
 other run starts within ``hold_down_s`` (so a flapping link or noisy traffic cannot make the
 routing flap). Every decision goes to the store's config history, to Prometheus (``ndt_loop_*``)
-and to gRPC subscribers. Delays in s, rates in bit/s; probes on the monotonic clock, the store on
+and to gRPC subscribers. With ``settings.optimize`` off the service only watches: it calibrates the
+twin and detects anomalies, and never runs the loop.
+
+Anomaly detection (``settings.anomaly``; :mod:`analysis.anomaly`) judges every
+``anomaly_window_s`` the probes' path delays over that window against the calibrated twin's
+prediction for the window's measured traffic and routing in place. It starts once the online
+calibration has had its first windows, with the correction in place then, kept for detection:
+the online fit goes on adding windows (also faulty ones), and a twin that followed it would learn
+the fault it should flag. Delays in s, rates in bit/s; probes on the monotonic clock, the store on
 Unix time.
 """
 
@@ -27,12 +35,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from analysis.anomaly import AnomalyDetector, DetectorSettings, Observation, Verdict
 from controller.loop.decisions import choose, should_roll_back, top_candidates, traffic_shifted
 from optimizer.intent import Intent
 from telemetry.store import CONTROL_KIND, DECISION_KIND
 from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffic_matrix
 from twin.calibration.correction import CalibratedPredictor
 from twin.calibration.online import OnlineCalibration
+from twin.models.intervals import judge
 from twin.state.errors import NdtError
 from twin.state.files import jsonable
 from twin.state.metrics import mape
@@ -44,6 +54,7 @@ DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count yet
 SETTLE_S = 2.0  # after a routing change, probes this much later count (queues re-form)
 KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
 RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions
+ANOMALY_KIND = "anomaly"  # config rows: anomaly detection's anomalies as they start and end
 
 
 @dataclass
@@ -54,7 +65,9 @@ class ServiceSettings:
     shift_threshold: relative change of the traffic matrix that triggers a run; candidates:
     routings validated besides the current one; margin: relative improvement needed to push;
     rollback_tolerance: relative worsening after a push that rolls back; validate: ``twin`` or
-    ``sandbox``; sandbox_s: traffic per candidate in the sandbox, s; dry_run: propose only."""
+    ``sandbox``; sandbox_s: traffic per candidate in the sandbox, s; dry_run: propose only;
+    optimize: run the loop (off: calibrate and detect anomalies only); anomaly: the anomaly
+    detector's settings (None: no detection); anomaly_window_s: the window it judges, s."""
 
     intent: Intent = field(default_factory=lambda: Intent(max_evaluations=1500, time_limit_s=20.0))
     window_s: float = 20.0
@@ -70,6 +83,9 @@ class ServiceSettings:
     sandbox_s: float = 8.0
     dry_run: bool = False
     seed: int = 0
+    optimize: bool = True
+    anomaly: DetectorSettings | None = None
+    anomaly_window_s: float = 10.0
 
 
 @dataclass
@@ -126,10 +142,11 @@ class LoopService:
     ``metrics``. ``twin()`` returns the twin (``predict_delays``) and the prior correction; it is
     called in the service's thread, so loading TensorFlow does not hold up the controller's start.
     ``sandbox``: a :class:`~controller.loop.network.Sandbox`, needed when ``settings.validate`` is
-    ``sandbox``."""
+    ``sandbox``; ``intervals``: the twin's prediction intervals (:class:`twin.models.intervals.Intervals`)
+    for anomaly detection, or None."""
 
     def __init__(self, controller, store, metrics, twin, settings: ServiceSettings, sandbox=None,
-                 clock=time.monotonic, wall=time.time):
+                 clock=time.monotonic, wall=time.time, intervals=None):
         if settings.validate not in VALIDATIONS:
             raise NdtError(f"validate must be one of {', '.join(VALIDATIONS)}, got {settings.validate!r}")
         if settings.validate == "sandbox" and sandbox is None:
@@ -155,6 +172,12 @@ class LoopService:
         self._observed_at = self._added_at = self._retry_at = -np.inf
         self._stop = threading.Event()
         self._dry_run_asked = settings.dry_run
+        self.intervals = intervals
+        self.detector = AnomalyDetector(settings.anomaly) if settings.anomaly is not None else None
+        self.anomalies: Verdict | None = None  # the last window anomaly detection judged
+        self._detection_correction = None  # the correction anomaly detection compares with (fixed at its start)
+        self._windows_added = 0
+        self._detected_at = -np.inf
         self._resume()
         controller.add_listener(self.topology_changed)
         metrics.set_gauge("loop_paused", float(self.paused))
@@ -261,7 +284,12 @@ class LoopService:
         LOG.info("loop: twin ready in %.1f s", self.clock() - started)
         self._stop.wait(max(0.0, self.settings.window_s - (self.clock() - started)))
         while not self._stop.is_set():
-            trigger = self._next_trigger()
+            trigger = self._next_trigger() if self.settings.optimize else self._idle()
+            if self.detector is not None and self.clock() - self._detected_at >= self.settings.anomaly_window_s:
+                try:
+                    self.detect()
+                except Exception:  # the service must survive any single failed detection
+                    LOG.exception("anomaly detection failed on this window")
             if trigger is None:
                 if self.clock() - self._observed_at >= self.settings.window_s:
                     try:
@@ -293,7 +321,7 @@ class LoopService:
                 bool(self._pending) and self._last_rates is not None and not held())))
 
         with self._changed:
-            self._changed.wait_for(due, settings.check_s)
+            self._changed.wait_for(due, self._wait_s())
             now = self.clock()
             if self._stop.is_set() or self.paused:
                 return None
@@ -316,6 +344,18 @@ class LoopService:
         if self._last_rates is not None and traffic_shifted(self._last_rates, self._rates(), settings.shift_threshold):
             return "traffic"
         return None
+
+    def _wait_s(self) -> float:
+        """How long the service may wait for a trigger: ``check_s``, or less when anomaly detection's
+        next window is due sooner, s."""
+        if self.detector is None:
+            return self.settings.check_s
+        due = self._detected_at + self.settings.anomaly_window_s - self.clock()
+        return min(self.settings.check_s, max(0.05, due))
+
+    def _idle(self) -> None:
+        """Watching only: wait for the next detection or observation, or a stop."""
+        self._stop.wait(self._wait_s())
 
     @property
     def settle_s(self) -> float:
@@ -427,7 +467,76 @@ class LoopService:
         if steady >= half and mono_end - self._added_at >= half:
             self.calibration.add(estimated, measured)
             self._added_at = mono_end
+            self._windows_added += 1
         return self.twin_mape
+
+    # ------------------------------------------------------------------ anomaly detection
+    def detect(self) -> Verdict | None:
+        """Judge the last ``anomaly_window_s`` of probes (after the last routing change) against the
+        twin; None when there is nothing to judge yet (no correction fixed, a routing change in most
+        of the window, no traffic)."""
+        window = self.settings.anomaly_window_s
+        wall_end, mono_end = self.wall(), self.clock()
+        self._detected_at = mono_end
+        if self._detection_correction is None:
+            if self._windows_added < self.calibration.min_windows:
+                self.metrics.set_gauge("anomaly_learning", 1.0)
+                return None
+            self._detection_correction = self.calibration.current(self.predictor).correction
+            LOG.info("anomaly detection starts, with the twin's correction %s", asdict(self._detection_correction))
+        steady_from = max(mono_end - window, self._last_change + SETTLE_S)
+        if mono_end - steady_from < 0.5 * window:
+            return None
+        view = self.controller.snapshot()
+        start = wall_end - window
+        try:
+            rates = traffic_matrix(self.store.traffic_matrices(start, wall_end), start, wall_end)
+            estimated = estimated_state(view.state.without_links(view.down) if view.down else view.state, rates,
+                                        self._packet_bits(start, wall_end))
+        except TrafficMatrixError:
+            return None
+        predicted = CalibratedPredictor(self.predictor, self._detection_correction).predict_delays([estimated])[0]
+        judged = judge(estimated, predicted, self.intervals)
+        names = [(lk.src, lk.dst) for lk in estimated.links]
+        routes: dict[int, list] = {}
+        for owner, links in zip(estimated.routes.owner, estimated.routes.links):
+            routes.setdefault(int(owner), []).extend(names[i] for i in links)
+        stats = self.controller.path_delays.stats(steady_from, mono_end)
+        observations = []
+        for i, flow in enumerate(estimated.flows):
+            stat = stats.get((flow.src, flow.dst))
+            if stat is not None and np.isfinite(predicted[i]) and predicted[i] > 0:
+                bounds = (None, None) if judged.lo is None else (float(judged.lo[i]), float(judged.hi[i]))
+                observations.append(Observation(flow.src, flow.dst, stat.mean, stat.samples, stat.stderr,
+                                                float(predicted[i]), tuple(routes.get(i, ())), *bounds))
+        verdict = self.detector.judge(wall_end, observations)
+        self._report_anomalies(verdict)
+        return verdict
+
+    def _report_anomalies(self, verdict: Verdict) -> None:
+        """The window's verdict to gRPC (kept), Prometheus, and, when the anomalous paths changed,
+        the store's config history (kind ``anomaly``) and the log."""
+        before = {(p.src, p.dst) for p in self.anomalies.anomalies} if self.anomalies is not None else set()
+        self.anomalies = verdict
+        self.metrics.set_gauge("anomaly_learning", float(verdict.learning))
+        self.metrics.set_anomalies(len(verdict.anomalies), {(s.src, s.dst): s.score for s in verdict.suspects},
+                                   len(verdict.new))
+        now = {(p.src, p.dst) for p in verdict.anomalies}
+        if now == before:
+            return
+        payload = jsonable({"anomalous": [asdict(p) for p in verdict.anomalies],
+                            "cleared": [f"{a}->{b}" for a, b in sorted(before - now)],
+                            "suspects": [asdict(s) for s in verdict.suspects[:10]],
+                            "model_spread": verdict.model_spread})
+        try:
+            self.store.add_config(verdict.ts, "ndt anomaly detection", ANOMALY_KIND, payload)
+        except NdtError as exc:
+            LOG.error("%s", exc)
+        top = verdict.suspects[0] if verdict.suspects else None
+        LOG.warning("anomaly: %d paths outside the twin's band (new: %s, cleared: %s)%s", len(now),
+                    ", ".join(f"{a}->{b}" for a, b in sorted(now - before)) or "none",
+                    ", ".join(f"{a}->{b}" for a, b in sorted(before - now)) or "none",
+                    f"; suspect {top.src}->{top.dst} (score {top.score:.2f})" if top else "")
 
     def _calibrated(self, estimated: NetworkState, before: dict, steady: float, mono_end: float,
                     decision: Decision):

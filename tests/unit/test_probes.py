@@ -12,6 +12,7 @@ from controller.probes import (
     ProbeSchedule,
     loopback_times,
     path_delays,
+    path_stats,
     probe_id,
     probe_payload,
     sampling_mape,
@@ -64,6 +65,20 @@ def test_delay_is_raw_time_minus_half_of_each_ends_loopback():
     expected = np.sqrt(2 / np.pi) * 0.0005 / np.sqrt(300) / true_delay
     assert sampling_mape(samples) == pytest.approx(expected, rel=0.15)
     assert np.isnan(sampling_mape(samples[:6]))
+
+
+def test_path_stats_give_the_mean_its_count_and_its_standard_error():
+    rng = np.random.default_rng(0)
+    samples = [ProbeSample("a", "a", t, t + 0.001) for t in range(10)]
+    samples += [ProbeSample("b", "b", t, t + 0.002) for t in range(10)]
+    raws = 0.004 + rng.normal(0, 0.001, 8)
+    samples += [ProbeSample("a", "b", t, t + r) for t, r in enumerate(raws)]
+    stat = path_stats(samples)[("a", "b")]
+    assert stat.samples == 8
+    assert stat.mean == pytest.approx(raws.mean() - 0.0015)
+    assert stat.stderr == pytest.approx(raws.std(ddof=1) / np.sqrt(8))  # constant loopbacks add nothing
+    assert path_delays(samples) == {("a", "b"): stat.mean}
+    assert path_stats(samples[:20] + samples[20:22]) == {}  # two probes: below min_samples
 
 
 def test_path_delays_keep_a_bounded_window():

@@ -71,6 +71,18 @@ def test_updates_show_on_next_scrape(exporter):
     assert got[("ndt_stats_polls_total", ())] == 0
 
 
+def test_anomaly_metrics_replace_the_suspects_and_count_new_anomalies(exporter):
+    exp, url = exporter
+    exp.metrics.set_anomalies(3, {("a", "b"): 1.0, ("b", "c"): 0.25}, new=3)
+    got = scrape(url)
+    assert got[("ndt_anomaly_paths", ())] == 3 and got[("ndt_anomalies_total", ())] == 3
+    assert got[("ndt_anomaly_suspect_score", (("dst", "b"), ("src", "a")))] == 1.0
+    exp.metrics.set_anomalies(0, {}, new=0)
+    got = scrape(url)
+    assert got[("ndt_anomaly_paths", ())] == 0 and got[("ndt_anomalies_total", ())] == 3
+    assert not [key for key in got if key[0] == "ndt_anomaly_suspect_score"]
+
+
 def test_unknown_names_are_rejected():
     m = Metrics()
     with pytest.raises(ValueError, match="unknown counter 'bogus'"):

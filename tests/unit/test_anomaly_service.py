@@ -1,0 +1,175 @@
+"""Anomaly detection in the controller's service: windows judged against the twin with the
+correction fixed at its start, a slowed link found and named, the records (store, Prometheus), gRPC
+ListAnomalies and its refusals, and the watch-only service that never runs the loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from analysis.anomaly import DetectorSettings
+from controller.api import ndt_api_pb2 as pb
+from controller.api import ndt_api_pb2_grpc as services
+from controller.api.server import NdtService, serve
+from controller.loop.service import ANOMALY_KIND, LoopService, ServiceSettings
+from controller.probes import PathStat
+from telemetry.exporter import Metrics
+from telemetry.store import TelemetryStore
+from tests.unit.test_loop_service import QT, StandInController, square
+from twin.calibration.correction import CalibratedPredictor, Correction
+
+
+class SlowableProbes:
+    """The stand-in's probes: the queueing model's delay × 1.2 (the twin's residual on this
+    network), plus ``extra`` s on every path crossing ``slow_link``; six probes a path, 3 % error."""
+
+    def __init__(self, controller):
+        self.controller = controller
+        self.slow_link, self.extra = None, 0.0
+        self.rng = np.random.default_rng(0)
+
+    def delays(self, start, end, min_samples=3):
+        return {pair: stat.mean for pair, stat in self.stats(start, end).items()}
+
+    def noise(self, start, end, min_samples=3):
+        return 0.03
+
+    def stats(self, start, end, min_samples=3):
+        routed = self.controller.state.with_flows(self.controller.traffic.flows)
+        delays = CalibratedPredictor(QT, Correction()).predict_delays([routed])[0] * 1.2
+        names = [(lk.src, lk.dst) for lk in routed.links]
+        out = {}
+        for i, (flow, delay) in enumerate(zip(routed.flows, delays)):
+            crossed = {names[k] for k in routed.routes.links[i]}
+            mean = delay + (self.extra if self.slow_link in crossed else 0.0)
+            out[(flow.src, flow.dst)] = PathStat(float(mean * (1 + self.rng.normal(0, 0.03))), 6, float(0.03 * mean))
+        return out
+
+
+def watching(optimize=False):
+    """A service over the stand-in that only watches, its clock advanced by hand (s)."""
+    controller = StandInController(square(rate=1.0e6))
+    controller.path_delays = SlowableProbes(controller)
+    store, metrics = TelemetryStore(), Metrics()
+    now = [1000.0]
+    settings = ServiceSettings(window_s=10.0, anomaly_window_s=10.0, check_s=0.01, optimize=optimize,
+                               anomaly=DetectorSettings(reference_windows=3, persistence=2))
+    loop = LoopService(controller, store, metrics, lambda: (QT, Correction()), settings, clock=lambda: now[0])
+    loop.predictor, prior = loop._twin()
+    loop.calibration.set_prior(prior)
+    loop._last_change = -1000.0
+    return loop, controller, store, metrics, now
+
+
+def window(loop, store, controller, now) -> object:
+    """Ten more seconds: traffic in the store up to now, the calibration's window, one detection."""
+    now[0] += 10.0
+    wall = time.time()
+    for ago in (9.0, 0.5):
+        store.add_traffic_matrix(wall - ago, {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+    loop.observe()
+    return loop.detect()
+
+
+def test_a_slowed_link_is_flagged_after_persistence_windows_and_named_first():
+    loop, controller, store, metrics, now = watching()
+    assert window(loop, store, controller, now) is None  # the calibration has no window yet: nothing fixed
+    assert metrics._gauges["anomaly_learning"] == 1.0
+    verdicts = [window(loop, store, controller, now) for _ in range(5)]
+    assert loop._detection_correction is not None
+    assert [v.learning for v in verdicts if v is not None][:3] == [True, True, True]
+    assert not verdicts[-1].learning and not verdicts[-1].anomalies  # a twin 20 % low is this network's normal
+    controller.path_delays.slow_link, controller.path_delays.extra = ("s1", "s2"), 2e-3
+    first = window(loop, store, controller, now)
+    assert not first.anomalies and all(p.side == 1 for p in first.paths)
+    second = window(loop, store, controller, now)
+    assert {(p.src, p.dst) for p in second.anomalies} == {("s1", "s2"), ("s1", "s3")}
+    assert (second.suspects[0].src, second.suspects[0].dst, second.suspects[0].score) == ("s1", "s2", 1.0)
+    assert second.anomalies[0].links and second.anomalies[0].hi_s < second.anomalies[0].measured_s
+    assert metrics._gauges["anomaly_paths"] == 2 and metrics._counters["anomalies"] == 2
+    assert metrics._suspects[("s1", "s2")] == 1.0 and metrics._gauges["anomaly_learning"] == 0.0
+    records = [c for c in store.configs(0, time.time() + 1) if c.kind == ANOMALY_KIND]
+    assert len(records) == 1 and {(p["src"], p["dst"]) for p in records[0].payload["anomalous"]} == {
+        ("s1", "s2"), ("s1", "s3")}
+    assert records[0].payload["suspects"][0]["src"] == "s1"
+    controller.path_delays.extra = 0.0
+    cleared = window(loop, store, controller, now)
+    assert not cleared.anomalies and metrics._gauges["anomaly_paths"] == 0 and not metrics._suspects
+    records = [c for c in store.configs(0, time.time() + 1) if c.kind == ANOMALY_KIND]
+    assert len(records) == 2 and records[1].payload["cleared"] == ["s1->s2", "s1->s3"]
+
+
+def test_a_routing_change_in_most_of_the_window_is_not_judged():
+    loop, controller, store, _, now = watching()
+    for _ in range(5):
+        window(loop, store, controller, now)
+    loop._last_change = now[0] + 5.0  # changed 5 s before the next window ends
+    assert window(loop, store, controller, now) is None
+
+
+def test_the_watching_service_detects_and_never_runs_the_loop():
+    loop, controller, store, _, now = watching()
+    loop.settings.anomaly_window_s = loop.settings.window_s = 0.5
+    loop._detected_at = -np.inf
+    real = time.monotonic
+    loop.clock = real
+    thread = threading.Thread(target=loop.serve, daemon=True)
+    thread.start()
+    deadline = real() + 20
+    while (loop.anomalies is None or loop.anomalies.learning) and real() < deadline:
+        store.add_traffic_matrix(time.time(), {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+        time.sleep(0.05)
+    loop.stop()
+    thread.join(5)
+    assert loop.anomalies is not None and not loop.anomalies.learning
+    assert loop.runs == 0 and controller.applied == []
+
+
+@pytest.fixture
+def api():
+    loop, controller, store, metrics, now = watching()
+    server, port = serve(NdtService(controller, store, metrics, predictor_factory=lambda name: QT,
+                                    default_model="qt", loop=loop), "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield services.NdtStub(channel), loop, controller, store, now
+    channel.close()
+    server.stop(0)
+
+
+def test_grpc_lists_the_anomalies_with_the_suspects_ranked(api):
+    stub, loop, controller, store, now = api
+    reply = stub.ListAnomalies(pb.AnomaliesRequest(), timeout=5)
+    assert reply.enabled and reply.learning and not reply.paths
+    for _ in range(5):
+        window(loop, store, controller, now)
+    controller.path_delays.slow_link, controller.path_delays.extra = ("s1", "s2"), 2e-3
+    for _ in range(2):
+        window(loop, store, controller, now)
+    reply = stub.ListAnomalies(pb.AnomaliesRequest(max_suspects=1), timeout=5)
+    assert reply.enabled and not reply.learning and reply.paths_judged == 2 and reply.window_ts > 0
+    assert {(p.src, p.dst) for p in reply.paths} == {("s1", "s2"), ("s1", "s3")}
+    path = next(p for p in reply.paths if p.dst == "s3")
+    assert path.direction == "slower" and path.windows == 2 and path.since > 0 and path.measured_s > path.hi_s
+    assert [(lk.src, lk.dst) for lk in path.links] == [("s1", "s2"), ("s2", "s3")]
+    assert [(s.src, s.dst, s.score, s.anomalous_paths) for s in reply.suspects] == [("s1", "s2", 1.0, 2)]
+    assert len(stub.ListAnomalies(pb.AnomaliesRequest(), timeout=5).suspects) == 2
+    assert not stub.GetLoopStatus(pb.Empty(), timeout=5).enabled  # watching only: no loop to steer
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ControlLoop(pb.LoopControl(action=pb.LoopControl.RUN_NOW), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--intent" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.ListAnomalies(pb.AnomaliesRequest(max_suspects=101), timeout=5)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_suspects" in bad.value.details()
+
+
+def test_grpc_says_when_no_detection_runs():
+    loop, controller, store, metrics, _ = watching()
+    server, port = serve(NdtService(controller, store, metrics, predictor_factory=lambda name: QT,
+                                    default_model="qt"), "127.0.0.1:0")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert not services.NdtStub(channel).ListAnomalies(pb.AnomaliesRequest(), timeout=5).enabled
+    server.stop(0)
