@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "ndt.cmd_controller",
     "ndt.cmd_calibrate",
     "ndt.cmd_loop",
+    "ndt.cmd_replay",
 )
 
 
