@@ -53,7 +53,7 @@ class Emulation:
     """A Mininet network of userspace OVS switches, its state/wiring files, and ``ndt controller``."""
 
     def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]], poll_interval: float = 0.5,
-                 discover: bool = False):
+                 discover: bool = False, ecmp: bool = False):
         from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
         from mininet.topo import Topo
@@ -81,7 +81,8 @@ class Emulation:
                 for x, y in ((a, b), (b, a)):
                     self.ports[(x.node.name, y.node.name)] = x.node.ports[x]
                     links.append({"src": x.node.name, "dst": y.node.name, "capacity": 1e7, "weight": 1.0})
-        self.state = {"name": f"{n} switches", "nodes": [f"s{i}" for i in range(1, n + 1)], "links": links}
+        self.state = {"name": f"{n} switches", "nodes": [f"s{i}" for i in range(1, n + 1)], "links": links,
+                      "routing": {"kind": "ospf", "ecmp": ecmp}}
         self.state_path = tmp / "state.json"
         self.state_path.write_text(json.dumps(self.state))
         (tmp / "wiring.json").write_text(json.dumps({"ports": {f"{s}->{d}": p for (s, d), p in self.ports.items()}}))
@@ -232,6 +233,62 @@ def test_pushed_weights_move_traffic_without_losing_pings(square):
     assert (sent, received) == (500, 500), out
     assert max(switch_overs) < 2.0, switch_overs
     print(f"switch-over seconds: {switch_overs}; pings {received}/{sent}")
+
+
+TCP_SINK = """
+import socket, threading
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 5001))
+server.listen(128)
+def drain(conn):
+    while conn.recv(65536):
+        pass
+while True:
+    threading.Thread(target=drain, args=(server.accept()[0],), daemon=True).start()
+"""
+TCP_FLOWS = """
+import socket
+for port in range(41000, 41064):
+    s = socket.create_connection(("10.0.0.3", 5001), source_address=("10.0.0.1", port))
+    s.sendall(bytes(20000))
+    s.close()
+"""
+
+
+def test_ecmp_spreads_flows_over_a_select_group_and_switches_over_without_loss(tmp_path):
+    bed = Emulation(tmp_path, 4, SQUARE, ecmp=True)
+    try:
+        warm_up(bed, 4)
+        groups = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", "s1"], capture_output=True, text=True,
+                                check=True).stdout
+        assert "type=select" in groups and groups.count("bucket=") == 2, groups
+        sink = bed.net.get("h3").popen([sys.executable, "-c", TCP_SINK])
+        time.sleep(0.5)
+        before = bed.tx_bytes("s1", "s2"), bed.tx_bytes("s1", "s4")
+        # 64 TCP connections, 20 kB each: the switches hash TCP ports (OVS's symmetric L3/L4 hash leaves
+        # UDP ports out), so the connections spread over both equal-cost paths
+        done = bed.net.get("h1").popen([sys.executable, "-c", TCP_FLOWS])
+        assert done.wait(60) == 0
+        sink.kill()
+        via_s2, via_s4 = bed.tx_bytes("s1", "s2") - before[0], bed.tx_bytes("s1", "s4") - before[1]
+        total = 64 * 20_000
+        assert via_s2 + via_s4 >= total and min(via_s2, via_s4) >= 0.15 * total, (via_s2, via_s4)
+
+        pinger = bed.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "300", "10.0.0.3"],
+                                         stdout=subprocess.PIPE, text=True)
+        for weights in ({("s1", "s2"): 10.0}, {}, {("s1", "s4"): 10.0}):
+            time.sleep(0.6)
+            bed.push_weights(weights)
+        out, _ = pinger.communicate(timeout=30)
+        sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+        assert (sent, received) == (300, 300), out
+        assert "rejected a message" not in bed.log_text()
+    finally:
+        bed.stop()
+        from mininet.clean import cleanup
+
+        cleanup()
 
 
 def test_link_down_is_routed_around_and_back(square):
