@@ -72,7 +72,8 @@ def moment(text: str) -> float:
         value = float(text)
     except ValueError:
         try:
-            when = datetime.fromisoformat(text)
+            utc = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text  # Python 3.10 reads no "Z"
+            when = datetime.fromisoformat(utc)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected Unix seconds or ISO 8601 such as 2026-12-04T18:00:00Z, "
                                              f"got {text[:40]!r}") from None
