@@ -158,13 +158,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_store(path: Path):
-    """The monthly growth fitted to the traffic totals in the telemetry store at ``path``."""
+    """The monthly growth fitted to the traffic totals in the telemetry store at ``path`` (opened read-only)."""
     from analysis.plan import PlanError, fit_growth
-    from telemetry.store import TelemetryStore
+    from analysis.replay import open_store
 
-    if not path.is_file():
-        raise PlanError(f"--growth-from-store {path}: no such telemetry store")
-    store = TelemetryStore(path)
+    store = open_store(path)
     try:
         rows = store.traffic_totals(0.0, math.inf)
     finally:

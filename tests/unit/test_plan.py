@@ -199,9 +199,11 @@ def test_cli_plan_fits_growth_to_the_store(tmp_path):
         store.add_traffic_matrix(1.7e9 + day * 86400, {("s1", "s2"): 4e6 * 1.04 ** (day * 86400 / SECONDS_PER_MONTH),
                                                         ("s2", "s1"): 1e6 * 1.04 ** (day * 86400 / SECONDS_PER_MONTH)})
     store.close()
+    before = db.read_bytes()
     proc = ndt("plan", "--state", str(state), "--growth-from-store", str(db), "--model", "qt", "--budget", "0",
                "--json")
     assert proc.returncode == 0, proc.stderr
+    assert db.read_bytes() == before  # read-only
     report = json.loads(proc.stdout)
     assert report["growth"]["rate"] == pytest.approx(0.04, abs=1e-6)
     assert report["growth"]["fitted"]["points"] == 20
@@ -212,7 +214,7 @@ def test_cli_plan_fits_growth_to_the_store(tmp_path):
     (("--growth", "-0.1"), "argument --growth: must be >= 0 and <= 1"),
     (("--growth", "0.02", "--horizon", "0"), "argument --horizon: must be >= 1 and <= 240, got 0"),
     (("--growth", "0.02", "--growth-node", "nowhere=0.1"), "growth of node 'nowhere': not a node of the network"),
-    (("--growth-from-store", "/nonexistent/ndt.db"), "no such telemetry store"),
+    (("--growth-from-store", "/nonexistent/ndt.db"), "telemetry store /nonexistent/ndt.db: no such file"),
 ])
 def test_cli_plan_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
     state, picture = tmp_path / "s.json", tmp_path / "plan.png"
