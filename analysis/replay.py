@@ -18,7 +18,7 @@ the controller was started with (its links and nodes; its own traffic is replace
   ``auto`` picks the kind with more samples in the window.
 
 Every step's state is predicted in one batch. Per step: the traffic-weighted predicted and measured mean
-over the pairs that have both (s), and per path the relative residual ``(measured - predicted) /
+over the pairs that have both (s), the predicted one over every demand, and per path the relative residual ``(measured - predicted) /
 predicted``. A path *disagrees* when its measured delay lies outside the twin's prediction interval (where
 the model has intervals and the state lies in its safe range) or, otherwise, when its relative residual
 exceeds ``tolerance`` in size. A step during which the routing or the links changed mixes two states: it
@@ -81,14 +81,18 @@ class ReplayError(NdtError, ValueError):
 class ReadOnlyStore(TelemetryStore):
     """A telemetry store file opened read-only: the reads of :class:`TelemetryStore`, and no write can
     reach the file (SQLite refuses them). Unlike opening a ``TelemetryStore``, nothing is created,
-    migrated or checked by writing."""
+    migrated or checked by writing. A store a controller has open (its write-ahead log beside it) is read
+    through that log with SQLite's locking; a closed one as an immutable file, so that not even the log
+    and shared-memory files a reader of a write-ahead-log database would otherwise create appear beside it."""
 
     def __init__(self, path: str | Path):  # the parent's __init__ writes (schema, journal mode): not called
         path = Path(path)
         if not path.is_file():
             raise ReplayError(f"telemetry store {path}: no such file")
+        live = path.with_name(path.name + "-wal").exists()
+        uri = f"{path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
         try:
-            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
             raise ReplayError(f"telemetry store {path}: not an SQLite database ({exc})") from None
@@ -328,8 +332,9 @@ class Step:
     flows: int = 0
     cut: list = field(default_factory=list)
     packet_bits: float = DEFAULT_PACKET_BITS
-    predicted_mean: float = float("nan")
+    predicted_mean: float = float("nan")  # over the pairs with both a prediction and a measurement
     measured_mean: float = float("nan")
+    predicted_mean_all: float = float("nan")  # over every demand of the step
     pairs: int = 0  # pairs with both a prediction and a measurement
     disagreeing: int = 0
     in_safe_range: bool | None = None
@@ -339,7 +344,8 @@ class Step:
         return {"ts": self.ts, "time": iso(self.ts), "end": self.end, "routing": self.routing, "down": self.down,
                 "changed": self.changed, "flows": self.flows, "cut": [{"src": a, "dst": b} for a, b in self.cut],
                 "packet_bits": self.packet_bits, "predicted_mean": finite_or_none(self.predicted_mean),
-                "measured_mean": finite_or_none(self.measured_mean), "pairs": self.pairs,
+                "measured_mean": finite_or_none(self.measured_mean),
+                "predicted_mean_all": finite_or_none(self.predicted_mean_all), "pairs": self.pairs,
                 "disagreeing": self.disagreeing, "in_safe_range": self.in_safe_range, "paths": self.paths}
 
 
@@ -423,6 +429,7 @@ def _compare(step: Step, state: NetworkState, delays: np.ndarray, measured: dict
     """Fill ``step``'s means, path rows and disagreement from the prediction ``delays`` and ``measured``."""
     judged = judge(state, delays, intervals)
     step.in_safe_range = judged.in_safe_range
+    step.predicted_mean_all = mean_delay(state, delays)
     rates, pred_sum, meas_sum = 0.0, 0.0, 0.0
     for i, flow in enumerate(state.flows):
         p, m = float(delays[i]), measured.get((flow.src, flow.dst))
@@ -549,8 +556,9 @@ def counterfactual(store: ReadOnlyStore, base: NetworkState, at: float, predicto
 
 # ---------------------------------------------------------------------- the picture
 def replay_picture(report: dict, path, model: str, whatif_at: float | None = None) -> Path:
-    """Predicted and measured mean delay (ms) over the replay's steps, with a vertical line at every push,
-    rollback and link event (labelled) and, if given, at the counterfactual's moment."""
+    """Predicted and measured mean delay (ms) over the replay's steps (and, dotted, the predicted one over
+    every demand), with a vertical line at every push, rollback and link event (labelled) and, if given,
+    at the counterfactual's moment."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -561,14 +569,16 @@ def replay_picture(report: dict, path, model: str, whatif_at: float | None = Non
     x = np.array([(s["ts"] + s["end"]) / 2 - origin for s in steps])
     predicted = np.array([np.nan if s["predicted_mean"] is None else 1e3 * s["predicted_mean"] for s in steps])
     measured = np.array([np.nan if s["measured_mean"] is None else 1e3 * s["measured_mean"] for s in steps])
+    every = np.array([np.nan if s["predicted_mean_all"] is None else 1e3 * s["predicted_mean_all"] for s in steps])
     fig, ax = plt.subplots(figsize=(11, 4.8))
+    ax.plot(x, every, ":", linewidth=1, color="#1f77b4", label="predicted, every demand")
     ax.plot(x, predicted, "o-", markersize=3, color="#1f77b4", label=f"predicted (twin: {model})")
     ax.plot(x, measured, "s-", markersize=3, color="#d62728", label=f"measured ({report['measured_kind']})")
     colours = {"push": "#2ca02c", "rollback": "#ff7f0e", "link": "#7f7f7f", "counterfactual": "#9467bd"}
     marks = [(e["ts"], e["kind"], e["label"]) for e in report["events"]]
     if whatif_at is not None:
         marks.append((whatif_at, "counterfactual", "counterfactual"))
-    top = 1.35 * max(np.nanmax(np.concatenate([predicted, measured, [0.0]])), 1e-3)
+    top = 1.35 * max(np.nanmax(np.concatenate([predicted, measured, every, [0.0]])), 1e-3)
     ax.set_ylim(0, top)
     for ts, kind, label in marks:
         ax.axvline(ts - origin, color=colours[kind], linestyle=":" if kind == "counterfactual" else "--", linewidth=1)

@@ -136,13 +136,14 @@ def _print(report: dict, top: int, iso) -> None:
     print(f"replay of {report['store']} from {iso(report['from'])} to {iso(report['to'])}: {len(steps)} steps of "
           f"{report['step']:g} s, model {report['model']}; measured delays: {source}")
     print_table([dict(s, pred_ms=_ms(s["predicted_mean"]), meas_ms=_ms(s["measured_mean"]),
+                      all_ms=_ms(s["predicted_mean_all"]),
                       routing_text="state file" if s["routing"] is None else f"config {s['routing']}",
                       down_text=", ".join(s["down"]) or "-", mark="*" if s["changed"] else "")
                  for s in steps],
                 [("time", "step start", ""), ("mark", "", ""), ("routing_text", "routing", ""),
                  ("down_text", "links down", ""), ("flows", "flows", "d"), ("pairs", "compared", "d"),
                  ("pred_ms", "predicted ms", ".3f"), ("meas_ms", "measured ms", ".3f"),
-                 ("disagreeing", "disagree", "d")])
+                 ("disagreeing", "disagree", "d"), ("all_ms", "predicted ms, every demand", ".3f")])
     if any(s["changed"] for s in steps):
         print("* the routing or the links changed during the step: left out of the suspects")
     print("events:" if report["events"] else "events: none in the window")

@@ -147,6 +147,7 @@ def test_means_are_traffic_weighted_over_the_pairs_with_both(report):
     assert step["predicted_mean"] == pytest.approx(np.sum(rates * [r["predicted"] for r in rows]) / rates.sum())
     assert step["measured_mean"] == pytest.approx(np.sum(rates * [r["measured"] for r in rows]) / rates.sum())
     assert step["measured_mean"] > step["predicted_mean"]
+    assert step["predicted_mean_all"] == pytest.approx(step["predicted_mean"])  # every demand was measured
 
 
 def test_the_slow_link_is_the_first_suspect(report):
@@ -233,12 +234,12 @@ def test_bad_windows_are_one_clear_line(store_path):
 
 
 def test_the_store_is_opened_read_only(store_path, tmp_path):
-    before = store_path.read_bytes()
+    before, beside = store_path.read_bytes(), sorted(store_path.parent.iterdir())
     store = open_store(store_path)
     with pytest.raises(Exception, match="readonly"):
         store.add_traffic_matrix(T0, {("a", "b"): 1.0})
     store.close()
-    assert store_path.read_bytes() == before
+    assert store_path.read_bytes() == before and sorted(store_path.parent.iterdir()) == beside
     with pytest.raises(ReplayError, match="no such file"):
         open_store(tmp_path / "missing.db")
     assert not (tmp_path / "missing.db").exists()
@@ -247,6 +248,20 @@ def test_the_store_is_opened_read_only(store_path, tmp_path):
     with pytest.raises(ReplayError, match="not an SQLite database"):
         open_store(junk)
     assert junk.read_text() == "not a database\n" * 100
+
+
+def test_a_store_the_controller_is_writing_is_read_through_its_log(tmp_path):
+    path = tmp_path / "live.db"
+    writer = TelemetryStore(path)
+    try:
+        writer.add_traffic_matrix(T0, {("a", "b"): 1e6})
+        reader = open_store(path)
+        writer.add_traffic_matrix(T0 + 1, {("a", "b"): 2e6})
+        assert [r.value for r in reader.traffic_matrices(T0, T0 + 2)] == [1e6, 2e6]
+        assert reader.traffic_span() == (T0, T0 + 1)
+        reader.close()
+    finally:
+        writer.close()
 
 
 def ndt(*args):
