@@ -21,8 +21,9 @@ Every step's state is predicted in one batch. Per step: the traffic-weighted pre
 over the pairs that have both (s), the predicted one over every demand, and per path the relative residual ``(measured - predicted) /
 predicted``. A path *disagrees* when its measured delay lies outside the twin's prediction interval (where
 the model has intervals and the state lies in its safe range) or, otherwise, when its relative residual
-exceeds ``tolerance`` in size. A step during which the routing or the links changed mixes two states: it
-is flagged ``changed`` and left out of the suspects.
+exceeds ``tolerance`` in size. A step whose measurements mix two states is flagged ``changed`` and left
+out of the suspects: the routing or the links changed during it or in the MEASUREMENT_SPAN_S before it
+(a probe row averages the probes of the 10 s before its time).
 
 Suspects, a simple Boolean tomography over the steady steps: every compared (step, path) is one
 observation, agreeing or disagreeing, and marks every directed link on its path. For link ``l`` with
@@ -67,6 +68,7 @@ DEFAULT_STEP_S = 10.0
 DEFAULT_TOLERANCE = 0.25  # relative residual beyond which twin and network disagree, without intervals
 DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count over a step
 MAX_STEPS = 5000  # a longer replay needs a larger step
+MEASUREMENT_SPAN_S = 10.0  # a probe row averages the 10 s before its time (the controller's PROBE_REPORT_S)
 VIEWING_ACTIONS = ("keep", "push", "rollback", "propose")  # loop decisions that read the links out of service
 ROLLBACK_WHO = "ndt loop: rollback"
 LOOP_WHO = "ndt loop"
@@ -328,7 +330,7 @@ class Step:
     end: float
     routing: int | None  # the routing record in place (None: the state file's weights)
     down: list[str]
-    changed: bool  # the routing or the links changed during the step
+    changed: bool  # the routing or the links changed during the step or just before (MEASUREMENT_SPAN_S)
     flows: int = 0
     cut: list = field(default_factory=list)
     packet_bits: float = DEFAULT_PACKET_BITS
@@ -375,7 +377,8 @@ def replay(store: ReadOnlyStore, base: NetworkState, start: float, end: float, p
         t_end = min(t + step_s, end)
         moment = line.at(t)
         step = Step(t, t_end, None if moment.routing is None else moment.routing.config,
-                    sorted(f"{a}->{b}" for a, b in moment.down), line.changed_within(t, t_end))
+                    sorted(f"{a}->{b}" for a, b in moment.down),
+                    line.changed_within(t - MEASUREMENT_SPAN_S, t_end))
         rates = traffic_matrix(rates_k, t, t_end)
         if rates:
             step.packet_bits = _packet_bits(links_k)

@@ -145,7 +145,8 @@ def _print(report: dict, top: int, iso) -> None:
                  ("pred_ms", "predicted ms", ".3f"), ("meas_ms", "measured ms", ".3f"),
                  ("disagreeing", "disagree", "d"), ("all_ms", "predicted ms, every demand", ".3f")])
     if any(s["changed"] for s in steps):
-        print("* the routing or the links changed during the step: left out of the suspects")
+        print("* the routing or the links changed during the step or in the 10 s before it (a probe row averages "
+              "the 10 s before its time): its measurements mix two networks, so it is left out of the suspects")
     print("events:" if report["events"] else "events: none in the window")
     for event in report["events"]:
         print(f"  {event['time']}  {event['label']}  ({event['who']}, config {event['config']})")
