@@ -18,12 +18,12 @@ the controller was started with (its links and nodes; its own traffic is replace
   ``auto`` picks the kind with more samples in the window.
 
 Every step's state is predicted in one batch. Per step: the traffic-weighted predicted and measured mean
-over the pairs that have both (s), the predicted one over every demand, and per path the relative residual ``(measured - predicted) /
-predicted``. A path *disagrees* when its measured delay lies outside the twin's prediction interval (where
-the model has intervals and the state lies in its safe range) or, otherwise, when its relative residual
-exceeds ``tolerance`` in size. A step whose measurements mix two states is flagged ``changed`` and left
-out of the suspects: the routing or the links changed during it or in the MEASUREMENT_SPAN_S before it
-(a probe row averages the probes of the 10 s before its time).
+over the pairs that have both (s), the predicted one over every demand, and per path the relative residual
+``(measured - predicted) / predicted``. A path *disagrees* when its measured delay lies outside the twin's
+prediction interval (where the model has intervals and the state lies in its safe range) or, otherwise,
+when its relative residual exceeds ``tolerance`` in size. A step whose measurements mix two states is
+flagged ``changed`` and left out of the suspects: the routing or the links changed during it or in the
+MEASUREMENT_SPAN_S before it (a probe row averages the probes of the 10 s before its time).
 
 Suspects, a simple Boolean tomography over the steady steps: every compared (step, path) is one
 observation, agreeing or disagreeing, and marks every directed link on its path. For link ``l`` with
@@ -59,7 +59,7 @@ from telemetry.store import DECISION_KIND, ROUTING_KIND, TelemetryStore
 from telemetry.traffic_matrix import estimated_state, traffic_matrix
 from twin.models.intervals import Intervals, judge
 from twin.state.errors import NdtError
-from twin.state.metrics import finite_or_none, mean_delay
+from twin.state.metrics import finite_float, finite_or_none, mean_delay
 from twin.state.model import NetworkState
 
 LINK_KIND = "link"  # config rows: the links out of service after a change, payload {"down": ["a->b", ...]}
@@ -95,14 +95,18 @@ class ReadOnlyStore(TelemetryStore):
         uri = f"{path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
         try:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
+            raise ReplayError(f"telemetry store {path}: cannot be opened ({exc})") from None
+        self._lock = threading.Lock()
+        try:
+            tables = {row[0] for row in self._read("SELECT name FROM sqlite_master WHERE type = 'table'", ())}
+        except sqlite3.Error as exc:
+            self.close()
             raise ReplayError(f"telemetry store {path}: not an SQLite database ({exc})") from None
         missing = [t for t in _TABLES if t not in tables]
         if missing:
-            self._db.close()
+            self.close()
             raise ReplayError(f"telemetry store {path}: not an ndt telemetry store (no table {', '.join(missing)})")
-        self._lock = threading.Lock()
 
     def traffic_span(self) -> tuple[float, float] | None:
         """The first and last time (s) of a traffic-matrix sample, or None when there is none."""
@@ -227,7 +231,9 @@ def timeline(store, base: NetworkState, end: float) -> Timeline:
                               "was started with")
         weights = np.zeros(len(names))
         for name, w in stored.items():
-            weights[names[name]] = float(w)
+            weights[names[name]] = finite_float(w) or 0.0
+        if not np.all(weights > 0):
+            raise ReplayError(f"routing record {record.id} ({iso(record.ts)}): a weight is not a positive number")
         routing.append(Change(record.ts, record.id, record.who, weights=weights))
     links = []
     for record in store.configs(0.0, until, kind=LINK_KIND):
@@ -369,7 +375,7 @@ def replay(store: ReadOnlyStore, base: NetworkState, start: float, end: float, p
     delay_rows = store.path_delays(kind, start, end) if kind else []
     link_rows = store.link_samples(start, end)
     line = timeline(store, base, end)
-    steps, states = [], []
+    steps, states, carried = [], [], False
     for k, (rates_k, delays_k, links_k) in enumerate(zip(_buckets(rates_rows, start, step_s, n),
                                                          _buckets(delay_rows, start, step_s, n),
                                                          _buckets(link_rows, start, step_s, n))):
@@ -381,12 +387,16 @@ def replay(store: ReadOnlyStore, base: NetworkState, start: float, end: float, p
                     line.changed_within(t - MEASUREMENT_SPAN_S, t_end))
         rates = traffic_matrix(rates_k, t, t_end)
         if rates:
+            carried = True
             step.packet_bits = _packet_bits(links_k)
             state, step.cut = moment_state(base, line.weights(moment.routing), moment.down, rates, step.packet_bits)
             step.flows = len(state.flows)
             if state.flows:
                 states.append((step, state, _pair_means(delays_k)))
         steps.append(step)
+    if not carried:
+        raise ReplayError(f"no telemetry between {iso(start)} and {iso(end)}: every traffic-matrix sample in that "
+                          "window is zero (no traffic was carried)")
     if not states:
         raise ReplayError(f"no demand left to predict between {iso(start)} and {iso(end)}: the links out of "
                           "service cut off all the measured traffic")
