@@ -416,7 +416,7 @@ class Plan:
         reoptimized = None
         if result is not None:
             reoptimized = {"optimized_for_month": self.reoptimized_for, "changed_links": result.changed_links,
-                           "meets_the_intent_then": result.after.feasible,
+                           "feasible_then": result.after.feasible,
                            "evaluations": result.evaluations, "wall_s": round(result.wall_s, 3),
                            "first_month": self.reoptimized.first_month(self.threshold)}
         out = {"horizon": self.horizon, "threshold": self.threshold, "upgrade_target": self.target,

@@ -186,7 +186,7 @@ def _print_summary(report: dict, state, args) -> None:
     print(f"first problem under the current weights: {_month(report['first_month'])}")
     again = report["reoptimized"]
     if again is not None:
-        met = "meets" if again["meets_the_intent_then"] else "does not meet"
+        met = "meets" if again["feasible_then"] else "does not meet"
         print(f"weights re-optimized for the traffic of month {again['optimized_for_month']} "
               f"({len(again['changed_links'])} changed, {again['evaluations']} candidates; {met} the "
               f"{'intent' if args.intent else 'threshold'} then): first problem {_month(again['first_month'])}")
