@@ -20,10 +20,10 @@ three steps); both directions of a link move together and every step costs the s
 routing a link's utilization depends on its own capacity only, so the utilization target (every link
 at most the threshold, and at most the intent's max_utilization, through the horizon) is met exactly
 at least cost by giving each link the lowest rung that suffices. The intent's delay bounds are then
-met greedily, not optimally: at the first month a bound is broken, the busiest link on a path that
-breaks it goes up one step; predict again; repeat until no bound is broken or no link on those
-paths can grow (at most one round per step of the ladder per link). Upgrades are planned under each
-routing held fixed. ``avoid_links`` asks something of the routing that no capacity can give.
+met greedily, not optimally: in the horizon month, the heaviest, the busiest link on a path that
+breaks a bound goes up one step; predict again; repeat until no bound is broken or no link on those
+paths can grow (at most one round per step of the ladder per link); then every month is checked and
+what still breaks is listed. Upgrades are planned under each routing held fixed. ``avoid_links`` asks something of the routing that no capacity can give.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from twin.state.errors import NdtError, shown
 from twin.state.metrics import finite_or_none
 from twin.state.model import MAX_RATE_BPS, MAX_WEIGHT, NetworkState
 
-SECONDS_PER_MONTH = 365.25 * 86400 / 12
+SECONDS_PER_MONTH = 365.25 * 86400 / 12  # a mean month
 MAX_HORIZON = 240  # months: twenty years
 MAX_GROWTH = 1.0  # per month: traffic doubling every month is the most a plan takes
 MAX_FACTOR = 1e6  # the most traffic may grow over the horizon; beyond, the plan is a typo, not a forecast
