@@ -55,14 +55,13 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from telemetry.store import DECISION_KIND, ROUTING_KIND, TelemetryStore
+from telemetry.store import DECISION_KIND, LINK_KIND, ROUTING_KIND, TelemetryStore
 from telemetry.traffic_matrix import estimated_state, traffic_matrix
 from twin.models.intervals import Intervals, judge
 from twin.state.errors import NdtError
 from twin.state.metrics import finite_float, finite_or_none, mean_delay
 from twin.state.model import NetworkState
 
-LINK_KIND = "link"  # config rows: the links out of service after a change, payload {"down": ["a->b", ...]}
 MEASURED_KINDS = ("probe", "measured")  # the path-delay kinds of the store that are measurements
 DEFAULT_STEP_S = 10.0
 DEFAULT_TOLERANCE = 0.25  # relative residual beyond which twin and network disagree, without intervals

@@ -56,7 +56,7 @@ from controller.routing_rules import (
 )
 from telemetry.exporter import Metrics
 from telemetry.rates import CounterRates, supported_counter
-from telemetry.store import ROUTING_KIND, LinkSample, StoreError, TelemetryStore
+from telemetry.store import LINK_KIND, ROUTING_KIND, LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
@@ -141,6 +141,7 @@ class NdtController(app_manager.OSKenApp):
         self._hosts: dict[str, Host] = {}
         self._ports_down: set[tuple[str, str]] = set()
         self._installed: RouteSet | None = None
+        self._recorded_down: frozenset | None = None  # the links out of service in the store's last link record
         self._routes_installed = threading.Condition()
         self._last_switch_over_s = 0.0
         self._barriers: dict[tuple[int, int], threading.Event] = {}
@@ -405,7 +406,8 @@ class NdtController(app_manager.OSKenApp):
             hosts = list(self._hosts.values())
             state = self.state
         version = self.route_version + 1
-        new = route_rules(state, self.wiring, hosts, version, self._down_links())
+        down = self._down_links()
+        new = route_rules(state, self.wiring, hosts, version, down)
         started = time.monotonic()
         for batch in plan_update(self._installed, new):
             self._send_batch(batch)
@@ -414,6 +416,10 @@ class NdtController(app_manager.OSKenApp):
             self._installed = new
             self._last_switch_over_s = elapsed
             self._routes_installed.notify_all()
+        if down != self._recorded_down:  # link events for the store's history (ndt replay)
+            self._store(self.store.add_config, time.time(), "controller", LINK_KIND,
+                        {"down": sorted(f"{a}->{b}" for a, b in down)})
+            self._recorded_down = down
         self.metrics.inc("routing_changes")
         self.metrics.set_gauge("route_version", version)
         self.metrics.set_gauge("routing_switch_over_seconds", elapsed)

@@ -36,6 +36,7 @@ from twin.state.metrics import finite_float
 
 ROUTING_KIND = "routing"  # config rows holding every link's weight: the routing in place, kept through retention
 DECISION_KIND = "loop"  # config rows: the closed loop's decisions
+LINK_KIND = "link"  # config rows: the links out of service after each change, {"down": ["a->b", ...]} (the latest kept)
 CONTROL_KIND = "loop-control"  # config rows: operators' pause, resume, dry run (the latest of each kept)
 DELAY_KINDS = ("predicted", "measured", "probe")  # twin; hosts' own measurement (ReportMeasured); in-band probes
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
@@ -273,8 +274,8 @@ class TelemetryStore:
                 report[f"{table}_expired"] = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (keep_after,)).rowcount
             report["config_expired"] = self._db.execute(  # what must survive a restart is kept, however old
                 "DELETE FROM config WHERE ts < ? AND id NOT IN (SELECT COALESCE(MAX(id), -1) FROM config "
-                "WHERE kind IN (?, ?) GROUP BY kind, json_extract(payload, '$.action'))",
-                (keep_after, ROUTING_KIND, CONTROL_KIND)).rowcount
+                "WHERE kind IN (?, ?, ?) GROUP BY kind, json_extract(payload, '$.action'))",
+                (keep_after, ROUTING_KIND, CONTROL_KIND, LINK_KIND)).rowcount
             merges = {
                 "link_stats": ("src, dst", "MAX(tx_bytes), MAX(tx_packets), MAX(tx_dropped), AVG(utilization)",
                                "src, dst, tx_bytes, tx_packets, tx_dropped, utilization"),

@@ -307,6 +307,10 @@ def test_link_down_is_routed_around_and_back(square):
     before = square.tx_bytes("s1", "s2")
     assert square.ping(1, 3, 50) == (50, 50)
     assert square.tx_bytes("s1", "s2") - before >= 50 * 98
+    records = sqlite3.connect(f"file:{square.store_path}?mode=ro", uri=True).execute(
+        "SELECT payload FROM config WHERE kind = 'link' ORDER BY id").fetchall()
+    downs = [json.loads(payload)["down"] for (payload,) in records]
+    assert ["s1->s2", "s2->s1"] in downs and downs[-1] == []  # the failure and the recovery, for ndt replay
 
 
 def test_grpc_client_reads_the_network_and_applies_weights(square):

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from analysis.replay import LINK_KIND, ReplayError, Step, counterfactual, open_store, replay, suspects
-from telemetry.store import DECISION_KIND, ROUTING_KIND, LinkSample, TelemetryStore
+from analysis.replay import ReplayError, Step, counterfactual, open_store, replay, suspects
+from telemetry.store import DECISION_KIND, LINK_KIND, ROUTING_KIND, LinkSample, TelemetryStore
 from twin.models.intervals import Intervals, SafeRange
 from twin.models.qt import QueueingModel
 from twin.state.model import Flow, Link, NetworkState

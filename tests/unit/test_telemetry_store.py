@@ -11,7 +11,7 @@ import time
 import pytest
 
 from telemetry.rates import UNSUPPORTED_COUNTER, supported_counter
-from telemetry.store import LinkSample, StoreError, TelemetryStore
+from telemetry.store import LINK_KIND, LinkSample, StoreError, TelemetryStore
 
 
 def sample(ts, src="s1", dst="s2", tx=0, util=0.5):
@@ -75,6 +75,15 @@ def test_retention_and_downsampling():
     assert len(store.link_samples(1900, 2000)) == 100  # recent rows stay raw
     assert [p.value for p in store.path_delays("measured", 1500, 1510)] == [2.0]
     assert store.maintain(now)["link_stats_merged"] == 0  # merged rows are not merged again
+
+
+def test_retention_keeps_the_latest_link_record():
+    store = TelemetryStore(retention_s=1000, raw_s=100, bucket_s=10)
+    first = store.add_config(10.0, "controller", LINK_KIND, {"down": ["a->b"]})
+    last = store.add_config(20.0, "controller", LINK_KIND, {"down": []})
+    store.add_config(30.0, "controller", "weights", {"a->b": 2})
+    store.maintain(5000.0)
+    assert [r.id for r in store.configs(0, 5000)] == [last] and first != last
 
 
 def test_bad_parameters():
