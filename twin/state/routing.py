@@ -64,8 +64,7 @@ def paths_from_table(table: np.ndarray, link_dst: np.ndarray, pairs_src: np.ndar
         raise LookupError(int(np.flatnonzero(active)[0]))
     if not hops:
         return [np.zeros(0, dtype=np.int64) for _ in range(n_pairs)]
-    stacked = np.stack(hops, axis=1)
-    return [row[row >= 0] for row in stacked]
+    return _rows(np.stack(hops, axis=1))
 
 
 def ospf_flow_links(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight: np.ndarray,
@@ -132,4 +131,14 @@ def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight
         counts = np.bincount(owner, minlength=len(flow_src))
         if counts.max() > max_paths:
             raise OverflowError(int(np.argmax(counts > max_paths)))
-    return [row[row >= 0] for row in hops], owner, share
+    return _rows(hops), owner, share
+
+
+def _rows(padded: np.ndarray) -> list[np.ndarray]:
+    """The non-negative entries of each row of ``padded`` (each row's entries first, then padding), as
+    one array per row: slices of one flat array, several times faster than masking row by row."""
+    valid = padded >= 0
+    flat = padded[valid]
+    ends = np.cumsum(valid.sum(axis=1))
+    starts = ends - valid.sum(axis=1)
+    return [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
