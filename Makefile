@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels-compiled
+PYNTM := $(VENV)/.pyntm-installed
 
 .PHONY: install system-deps test demo clean
 
@@ -21,10 +22,16 @@ $(KERNELS): $(STAMP) twin/models/kernels.py twin/models/inference.py
 	$(PY) -c 'from twin.models.inference import compile_kernels; compile_kernels()'
 	touch $(KERNELS)
 
+# pyNTM for the agreement test (tests/unit/test_pyntm_agreement.py); it pins an older networkx than ndt
+# needs (and runs on ndt's), so it goes in without its dependencies
+$(PYNTM): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps pyntm==5.0.0
+	touch $(PYNTM)
+
 system-deps:
 	@if [ -x scripts/install-system-deps.sh ]; then scripts/install-system-deps.sh; fi
 
-test: install system-deps
+test: install system-deps $(PYNTM)
 	$(VENV)/bin/pytest -q
 
 demo: install system-deps
