@@ -1,0 +1,317 @@
+"""Anomaly detection against faults the twin was not told of, and false alarms in a quiet run (root).
+
+    python experiments/anomaly_faults.py faults [--topology T] [--load L] [--reps N] [--probe-rate R] ...
+    python experiments/anomaly_faults.py quiet [--minutes M] ...
+    python experiments/anomaly_faults.py blast SRC_IP DST_IP RATE_BPS SECONDS   (run inside a host)
+
+Brings ``--topology`` up in Mininet at ``--load`` (its busiest link's utilization) under
+``ndt controller --anomaly`` (probes on, no loop: the routing stays put), plays its traffic from the
+hosts the whole time, and waits until detection has learned its reference. ``faults`` then injects,
+one at a time and ``--reps`` times each on different directed links (the controller is told nothing):
+
+- ``rate``: the link's shaped rate halved (its HTB class re-created at half the capacity), on links
+  loaded 30-55 %, so that the halved link is loaded 60-110 %;
+- ``flow``: an unannounced UDP flow of ``--flow-share`` × capacity over the link, between the hosts of
+  its two ends, sent from a source address no host owns (an extra /32 on the sending host, with a
+  static neighbour entry so it never ARPs): the edge counting rules match only known (source,
+  destination) host pairs, so the traffic matrix the twin is fed never sees it, while the route
+  rules (by destination) carry it; on links loaded under 20 %;
+- ``buffer``: the link's FIFO shrunk to ``--small-buffer`` packets, on the busiest links (a short
+  queue only shortens delay where a queue forms).
+
+Each fault lasts ``--fault-s`` s; ListAnomalies is polled every 0.5 s. Recorded per fault: the time
+from injection to the first anomalous path, the suspects ranked then and at the fault's end, and
+whether the faulty link was ranked first at detection. Before each fault the network is let
+recover until no anomaly is listed; an anomaly listed in the quiet gaps is counted as a false
+alarm. ``quiet`` runs ``--minutes`` of steady traffic and counts alarms (the anomalous-path set
+turning non-empty) and ``ndt_anomalies_total``. Prints JSON (also written to data/logs/TAG/result.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from controller.api.client import ControllerClient
+from mininet_topos.network import EmulatedNetwork, shaping_commands
+from mininet_topos.topologies import emulation_state
+from mininet_topos.traffic import play
+
+REPO = Path(__file__).resolve().parents[1]
+POLL_S = 0.5
+BLAST_FRAME_BYTES = 1000  # Ethernet frame, like the hosts' traffic (docs/emulation.md)
+
+
+def blast(src_ip: str, dst_ip: str, rate_bps: float, seconds: float) -> None:
+    """Poisson UDP packets of ``BLAST_FRAME_BYTES`` frames from ``src_ip`` to ``dst_ip`` at ``rate_bps``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((src_ip, 0))
+    payload = bytes(BLAST_FRAME_BYTES - 14 - 20 - 8)
+    rng = np.random.default_rng(1)
+    gap = 8.0 * BLAST_FRAME_BYTES / float(rate_bps)
+    due = time.time()
+    end = due + float(seconds)
+    while due < end:
+        due += rng.exponential(gap)
+        wait = due - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            sock.sendto(payload, (dst_ip, 9999))
+        except OSError:
+            pass
+
+
+def metric(url: str, name: str) -> float:
+    """One unlabelled sample from the controller's Prometheus endpoint (0 when absent)."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+class NetworkGone(RuntimeError):
+    """The emulation lost its switches (another job's Mininet cleanup deletes every bridge)."""
+
+
+def check_alive(net: EmulatedNetwork) -> None:
+    connected = net.status().switches_connected
+    if connected < len(net.state.nodes):
+        raise NetworkGone(f"only {connected} of {len(net.state.nodes)} switches connected: the emulation was torn "
+                          "down from outside")
+
+
+def wait_learned(net: EmulatedNetwork, timeout: float) -> float:
+    """Seconds until detection has its reference (ListAnomalies no longer learning)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        reply = net.client.anomalies()
+        if reply.enabled and not reply.learning:
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise RuntimeError(f"anomaly detection still learning after {timeout:.0f} s; see {net.log_path}")
+
+
+def reshape(intf: str, capacity: float, buffer: int) -> None:
+    """Shape ``intf`` anew (tc cannot change an HTB root in place, so it is deleted first)."""
+    lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, capacity, buffer)]
+    run = subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"tc on {intf}: {run.stderr.strip()}")
+
+
+class Fault:
+    """One fault on the directed link ``link``: ``kind`` rate, flow or buffer; ``on()`` and ``off()``."""
+
+    def __init__(self, net: EmulatedNetwork, kind: str, link: tuple[str, str], args, number: int):
+        self.net, self.kind, self.link, self.args, self.number = net, kind, link, args, number
+        self.capacity = net.state.links[net.state.link_index[link]].capacity
+        self.buffer = net.state.links[net.state.link_index[link]].buffer
+        self.intf = net._link_ports()[link][1]
+        self.sender = None
+
+    def on(self) -> None:
+        if self.kind == "rate":
+            reshape(self.intf, 0.5 * self.capacity, self.buffer)
+        elif self.kind == "buffer":
+            reshape(self.intf, self.capacity, self.args.small_buffer)
+        else:
+            src, dst = (self.net.host(n) for n in self.link)
+            alias = f"10.0.1.{self.number}"
+            src.cmd(f"ip addr add {alias}/32 dev {src.defaultIntf()}")
+            src.cmd(f"ip neigh replace {dst.IP()} lladdr {dst.MAC()} dev {src.defaultIntf()} nud permanent")
+            self.sender = src.popen([sys.executable, str(Path(__file__).resolve()), "blast", alias, dst.IP(),
+                                     str(self.args.flow_share * self.capacity), str(self.args.fault_s + 5)],
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def off(self) -> None:
+        if self.kind in ("rate", "buffer"):
+            reshape(self.intf, self.capacity, self.buffer)
+        elif self.sender is not None:
+            self.sender.terminate()
+            self.sender.wait(10)
+            src = self.net.host(self.link[0])
+            src.cmd(f"ip addr del 10.0.1.{self.number}/32 dev {src.defaultIntf()}")
+
+
+def pick_links(state, reps: int) -> dict[str, list[tuple[str, str]]]:
+    """Per fault kind, ``reps`` directed links (see the module's docstring), spread over the topology."""
+    utilization = state.utilization()
+    links = [(lk.src, lk.dst) for lk in state.links]
+    order = np.argsort(-utilization)
+
+    def spread(candidates):
+        chosen, ends = [], set()
+        for i in candidates:  # prefer links whose ends no chosen link touches
+            if not ends & set(links[i]):
+                chosen.append(links[i])
+                ends |= set(links[i])
+        chosen += [links[i] for i in candidates if links[i] not in chosen]
+        return chosen[:reps]
+
+    return {"rate": spread([i for i in order if 0.3 <= utilization[i] <= 0.55]),
+            "flow": spread([i for i in order[::-1] if utilization[i] < 0.2][::2]),
+            "buffer": spread(list(order))}
+
+
+def anomaly_view(reply) -> dict:
+    return {"paths": [f"{p.src}->{p.dst}" for p in reply.paths],
+            "suspects": [[f"{s.src}->{s.dst}", round(s.score, 3)] for s in reply.suspects[:3]]}
+
+
+def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
+    """Inject, poll until the fault's end, remove; the figures of one fault."""
+    target = f"{fault.link[0]}->{fault.link[1]}"
+    injected = time.monotonic()
+    fault.on()
+    detected, first, last = None, None, None
+    try:
+        while time.monotonic() - injected < args.fault_s:
+            check_alive(net)
+            reply = net.client.anomalies()
+            if reply.paths:
+                last = anomaly_view(reply)
+                if detected is None:
+                    detected, first = time.monotonic() - injected, last
+            time.sleep(POLL_S)
+    finally:
+        fault.off()
+    ranked_first = bool(first and first["suspects"] and first["suspects"][0][0] == target)
+    return {"kind": fault.kind, "link": target, "utilization": float(net.state.utilization()[
+        net.state.link_index[fault.link]]), "detected": detected is not None, "detect_s": detected,
+        "within_30s": detected is not None and detected <= 30.0, "ranked_first": ranked_first,
+        "ranked_first_at_end": bool(last and last["suspects"] and last["suspects"][0][0] == target),
+        "at_detection": first, "at_end": last}
+
+
+def settle(net: EmulatedNetwork, timeout: float) -> tuple[float, list]:
+    """Wait until no anomaly is listed, then 10 s more watching; (seconds waited, anomalies seen in the watch)."""
+    started = time.monotonic()
+    while net.client.anomalies().paths and time.monotonic() - started < timeout:
+        time.sleep(1.0)
+    seen = []
+    watch = time.monotonic()
+    while time.monotonic() - watch < 10.0:
+        reply = net.client.anomalies()
+        if reply.paths:
+            seen.append(anomaly_view(reply))
+        time.sleep(POLL_S)
+    return time.monotonic() - started, seen
+
+
+def bring_up(args, tag: str, minutes: float):
+    state = emulation_state(args.topology, args.load, seed=args.seed)
+    controller_args = ("--probe-rate", str(args.probe_rate), "--anomaly", "--model", args.model,
+                       "--loop-window", str(args.window), "--anomaly-window", str(args.window),
+                       "--anomaly-persistence", str(args.persistence))
+    net = EmulatedNetwork(state, ControllerClient, "a", tag=tag, controller_args=controller_args)
+    return state, net, 60.0 * minutes
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["faults", "quiet"])
+    parser.add_argument("--topology", default="sndlib/abilene")
+    parser.add_argument("--load", type=float, default=0.8, help="busiest link's utilization")
+    parser.add_argument("--probe-rate", type=float, default=120.0)
+    parser.add_argument("--model", default="routenet")
+    parser.add_argument("--window", type=float, default=10.0, help="anomaly (and calibration) window, s")
+    parser.add_argument("--persistence", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--kinds", default="rate,flow,buffer")
+    parser.add_argument("--fault-s", type=float, default=45.0)
+    parser.add_argument("--flow-share", type=float, default=0.6, help="unannounced flow's rate / capacity")
+    parser.add_argument("--small-buffer", type=int, default=2, help="packets")
+    parser.add_argument("--minutes", type=float, default=30.0, help="quiet run's length")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args(argv)
+    kinds = args.kinds.split(",")
+    tag = args.tag or f"anomaly-{args.mode}"
+    budget_min = (4 + len(kinds) * args.reps * (args.fault_s + 90) / 60) if args.mode == "faults" else 5 + args.minutes
+    state, net, traffic_s = bring_up(args, tag, budget_min)
+    result = {"command": " ".join(["python", "experiments/anomaly_faults.py", *(argv or sys.argv[1:])]),
+              "mode": args.mode, "topology": args.topology, "load": args.load, "probe_rate": args.probe_rate,
+              "model": args.model, "window_s": args.window, "persistence": args.persistence,
+              "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows)}
+    with net:
+        traffic = threading.Thread(target=lambda: play(net, state, traffic_s, 2.0, args.seed, net.workdir / "traffic"),
+                                   daemon=True)
+        traffic.start()
+        result["learn_s"] = wait_learned(net, 300.0)
+        if args.mode == "quiet":
+            result.update(quiet(net, args))
+        else:
+            result.update(faults(net, state, args, kinds))
+        result["anomalies_total"] = metric(net.metrics_url, "ndt_anomalies_total")
+    out = net.workdir / "result.json"
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def faults(net: EmulatedNetwork, state, args, kinds) -> dict:
+    chosen = pick_links(state, args.reps)
+    runs, false_alarms, number = [], [], 0
+    for rep in range(args.reps):
+        for kind in kinds:
+            if rep >= len(chosen[kind]):
+                continue
+            waited, seen = settle(net, 90.0)
+            false_alarms += seen
+            number += 1
+            record = run_fault(net, Fault(net, kind, chosen[kind][rep], args, number), args)
+            record["settled_s"] = waited
+            runs.append(record)
+            print(json.dumps(record), file=sys.stderr, flush=True)
+            (net.workdir / "faults.json").write_text(json.dumps(runs, indent=1))
+    _, seen = settle(net, 90.0)
+    false_alarms += seen
+    detected = [r for r in runs if r["detected"]]
+    by_kind = {kind: {"faults": sum(r["kind"] == kind for r in runs),
+                      "detected_30s": sum(r["kind"] == kind and r["within_30s"] for r in runs),
+                      "ranked_first": sum(r["kind"] == kind and r["ranked_first"] for r in runs)} for kind in kinds}
+    return {"faults": runs, "by_kind": by_kind, "injected": len(runs),
+            "detected_within_30s": sum(r["within_30s"] for r in runs),
+            "ranked_first": sum(r["ranked_first"] for r in runs),
+            "median_detect_s": float(np.median([r["detect_s"] for r in detected])) if detected else None,
+            "false_alarm_polls_between_faults": len(false_alarms), "false_alarms_between_faults": false_alarms}
+
+
+def quiet(net: EmulatedNetwork, args) -> dict:
+    started = time.monotonic()
+    total0 = metric(net.metrics_url, "ndt_anomalies_total")
+    alarms, active, polls = [], False, 0
+    gone = ""
+    while time.monotonic() - started < 60.0 * args.minutes:
+        try:
+            check_alive(net)
+        except NetworkGone as exc:
+            gone = str(exc)
+            break
+        reply = net.client.anomalies()
+        polls += 1
+        if reply.paths and not active:
+            alarms.append({"at_s": time.monotonic() - started, **anomaly_view(reply)})
+            print(json.dumps(alarms[-1]), file=sys.stderr, flush=True)
+        active = bool(reply.paths)
+        time.sleep(2.0)
+    return {"quiet_s": time.monotonic() - started, "ended_early": gone, "polls": polls, "alarms": len(alarms), "alarm_list": alarms,
+            "new_anomalous_paths": metric(net.metrics_url, "ndt_anomalies_total") - total0}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "blast":
+        blast(*sys.argv[2:6])
+    else:
+        print(json.dumps(main(), indent=1))

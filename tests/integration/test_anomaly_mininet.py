@@ -1,0 +1,72 @@
+"""Anomaly detection in ``ndt controller --anomaly`` against the real stack: a ring of 4 switches
+in Mininet (userspace OVS, HTB-shaped 2 Mbit/s links) with traffic between every pair of hosts, its
+busiest link at 50 %. Once detection has learned, that link's shaped rate is halved behind the
+controller's back (tc only); ListAnomalies must list the paths across it and rank it first.
+Needs root; names prefixed ``n``."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from controller.api.client import ControllerClient
+from mininet_topos.network import EmulatedNetwork, shaping_commands
+from mininet_topos.topologies import emulation_state
+from mininet_topos.traffic import play
+
+pytestmark = [pytest.mark.root, pytest.mark.usefixtures("open_vswitch_running")]
+
+ARGS = ("--probe-rate", "60", "--anomaly", "--model", "qt", "--loop-window", "5", "--anomaly-window", "3",
+        "--anomaly-persistence", "3")
+TRAFFIC_S = 100.0
+
+
+def until(condition, timeout: float, poll: float = 0.5):
+    """The first truthy ``condition()`` within ``timeout`` s, else the last value."""
+    deadline = time.monotonic() + timeout
+    value = condition()
+    while not value and time.monotonic() < deadline:
+        time.sleep(poll)
+        value = condition()
+    return value
+
+
+def test_a_halved_link_is_listed_with_itself_as_first_suspect():
+    state = emulation_state("ring:4", 0.5, seed=0)
+    busiest = state.links[int(np.argmax(state.utilization()))]
+    faulty = (busiest.src, busiest.dst)
+    with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly", controller_args=ARGS) as net:
+        traffic = threading.Thread(target=lambda: play(net, state, TRAFFIC_S, 2.0, 0, net.workdir / "traffic"),
+                                   daemon=True)
+        traffic.start()
+        learned = until(lambda: not net.client.anomalies().learning, 70.0, 1.0)
+        assert learned, f"detection still learning after 70 s; see {net.log_path}"
+        before = net.client.anomalies()
+        intf = net._link_ports()[faulty][1]
+        lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, 0.5 * busiest.capacity, busiest.buffer)]
+        subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", check=True, capture_output=True, text=True)
+        halved = time.monotonic()
+
+        def named() -> object:
+            reply = net.client.anomalies()
+            return reply if reply.suspects and (reply.suspects[0].src, reply.suspects[0].dst) == faulty else None
+
+        reply = until(named, 30.0)
+        detect_s = time.monotonic() - halved
+        metrics = urllib.request.urlopen(net.metrics_url, timeout=5).read().decode()
+        traffic.join(TRAFFIC_S + 30)
+    print(f"learned; before the fault {len(before.paths)} anomalous paths; after it, in {detect_s:.1f} s: "
+          f"{[(p.src, p.dst) for p in reply.paths] if reply else None}, "
+          f"suspects {[(s.src, s.dst, round(s.score, 2)) for s in reply.suspects] if reply else None}")
+    assert reply, f"{faulty[0]}->{faulty[1]} was not ranked first within 30 s of its rate being halved"
+    assert reply.suspects[0].score == pytest.approx(1.0) and reply.suspects[0].normal_paths == 0
+    for path in reply.paths:
+        assert path.direction == "slower" and path.measured_s > path.hi_s
+        assert faulty in [(lk.src, lk.dst) for lk in path.links]
+    assert f'ndt_anomaly_suspect_score{{dst="{faulty[1]}",src="{faulty[0]}"}} 1.0' in metrics
+    assert "ndt_anomalies_total" in metrics
