@@ -273,12 +273,13 @@ def moment_state(base: NetworkState, weights: np.ndarray, down: frozenset, rates
     graph.add_nodes_from(state.nodes)
     graph.add_edges_from((lk.src, lk.dst) for lk in links)
     reach = {}
-    kept, cut = [], []
+    keep = []
     for flow in state.flows:
         if flow.src not in reach:
             reach[flow.src] = nx.descendants(graph, flow.src)
-        (kept if flow.dst in reach[flow.src] else cut).append(flow)
-    return state.restricted(links, kept), [(f.src, f.dst) for f in cut]
+        keep.append(flow.dst in reach[flow.src])
+    cut = [(f.src, f.dst) for f, k in zip(state.flows, keep) if not k]
+    return state.restricted(links, keep), cut
 
 
 def _packet_bits(samples) -> float:

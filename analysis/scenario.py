@@ -83,21 +83,19 @@ def apply_failure(state: NetworkState, scenario: Scenario, groups: dict | None =
 def _apply(state: NetworkState, scenario: Scenario, groups: dict):
     state = _reconfigure(state, scenario)
     failed = _failed_links(state, scenario, groups)
-    flows, lost = list(state.flows), []
+    keep = np.ones(len(state.flows), dtype=bool)
+    lost, cut = [], []
     if scenario.failed_nodes:
         nodes = set(scenario.failed_nodes)
-        lost = [(f.src, f.dst) for f in flows if f.src in nodes or f.dst in nodes]
-        flows = [f for f in flows if f.src not in nodes and f.dst not in nodes]
-    cut = []
+        keep = np.array([f.src not in nodes and f.dst not in nodes for f in state.flows], dtype=bool)
+        lost = [(f.src, f.dst) for f, k in zip(state.flows, keep) if not k]
     if failed:
         links = tuple(lk for lk in state.links if (lk.src, lk.dst) not in failed)
         if not links:
             raise ScenarioError(f"{scenario.describe()}: no link is left in service")
-        reachable = _reachable(state, links, flows)
-        cut = [(f.src, f.dst) for f, ok in zip(flows, reachable) if not ok]
-        if cut:
-            flows = [f for f, ok in zip(flows, reachable) if ok]
-        state = state.restricted(links, flows)
+        reachable = _reachable(state, links)
+        cut = [(f.src, f.dst) for f, k, ok in zip(state.flows, keep, reachable) if k and not ok]
+        state = state.restricted(links, keep & reachable)
     return _scale_traffic(state, scenario), lost, cut
 
 
@@ -178,15 +176,15 @@ def _no_link(state: NetworkState, src: str, dst: str) -> str:
     return f"{missing[0]!r} is not a node of the network" if missing else "no such link in the topology"
 
 
-def _reachable(state: NetworkState, links, flows) -> np.ndarray:
-    """Per flow, whether its destination can be reached over ``links``: flows inside one strongly
-    connected component are; for the others, one breadth-first search per source decides."""
+def _reachable(state: NetworkState, links) -> np.ndarray:
+    """Per flow of ``state``, whether its destination can be reached over ``links``: flows inside one
+    strongly connected component are; for the others, one breadth-first search per source decides."""
     index = state.node_index
     n = len(state.nodes)
     graph = csr_matrix((np.ones(len(links)), ([index[lk.src] for lk in links], [index[lk.dst] for lk in links])),
                        shape=(n, n))
-    src = np.array([index[f.src] for f in flows], dtype=np.int64)
-    dst = np.array([index[f.dst] for f in flows], dtype=np.int64)
+    src = np.array([index[f.src] for f in state.flows], dtype=np.int64)
+    dst = np.array([index[f.dst] for f in state.flows], dtype=np.int64)
     _, component = connected_components(graph, directed=True, connection="strong")
     ok = component[src] == component[dst]
     for source in np.unique(src[~ok]):

@@ -128,14 +128,9 @@ class StateGraph:
 def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
     """Per-flow arrays: rate (bit/s), size (mean bits), size_scv (packet-size variance / mean²),
     time (index into TIME_DISTS), size_code (index into SIZE_DISTS), on_fraction, cycle (s, ON+OFF; 0 if not ON/OFF)."""
-    time_index = {name: i for i, name in enumerate(TIME_DISTS)}
-    size_index = {name: i for i, name in enumerate(SIZE_DISTS)}
-    rows = np.array([
-        (f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist], f.on_time or 0.0,
-         f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
-        for f in state.flows
-    ], dtype=np.float64).reshape(-1, 8)
-    rate, size, time, size_code, on, off, small, large = rows.T
+    columns = state.flow_columns
+    rate, size, time, size_code = columns["rate"], columns["packet_size"], columns["time"], columns["size"]
+    on, off, small, large = columns["on_time"], columns["off_time"], columns["small"], columns["large"]
     binomial = size_code == SIZE_DISTS.index("binomial")
     with np.errstate(invalid="ignore", divide="ignore"):
         p_small = np.where(binomial, (large - size) / (large - small), 1.0)
@@ -145,8 +140,8 @@ def flow_arrays(state: NetworkState) -> dict[str, np.ndarray]:
     cycle = np.where(onoff, on + off, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         on_fraction = np.where(onoff, on / cycle, 1.0)
-    return {"rate": rate, "size": size, "size_scv": scv, "time": time.astype(np.int64),
-            "size_code": size_code.astype(np.int64), "on_fraction": on_fraction, "cycle": cycle}
+    return {"rate": rate, "size": size, "size_scv": scv, "time": time, "size_code": size_code,
+            "on_fraction": on_fraction, "cycle": cycle}
 
 
 def state_graph(state: NetworkState) -> StateGraph:
@@ -160,7 +155,7 @@ def state_graph(state: NetworkState) -> StateGraph:
     fa = {name: values[routes.owner] for name, values in flow_arrays(state).items()}
     fa["rate"] = fa["rate"] * routes.share
     paths = routes.links
-    lengths = np.array([len(p) for p in paths], dtype=np.int64)
+    lengths = routes.hop_counts
     hop_link = np.concatenate(paths)
     hop_flow = np.repeat(np.arange(len(paths)), lengths)
     rate, size = fa["rate"], fa["size"]

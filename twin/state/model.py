@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import compress
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,11 @@ class Routes:
     links: list[np.ndarray]
     owner: np.ndarray
     share: np.ndarray
+
+    @cached_property
+    def hop_counts(self) -> np.ndarray:
+        """Links on each route."""
+        return np.fromiter(map(len, self.links), dtype=np.int64, count=len(self.links))
 
     def per_flow(self, values: np.ndarray, n_flows: int) -> np.ndarray:
         """Per-route values → per flow, the share-weighted mean (the values themselves without ECMP)."""
@@ -242,6 +248,23 @@ class NetworkState:
             raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
 
     @cached_property
+    def flow_columns(self) -> dict[str, np.ndarray]:
+        """Per-flow numbers as arrays, in flow order: rate (bit/s), packet_size (bits), time and size (indices
+        into TIME_DISTS and SIZE_DISTS), on_time and off_time (s; 0 unless on/off), small and large (bits:
+        the two binomial sizes, else packet_size twice)."""
+        time_index = {name: i for i, name in enumerate(TIME_DISTS)}
+        size_index = {name: i for i, name in enumerate(SIZE_DISTS)}
+        rows = np.array([
+            (f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist], f.on_time or 0.0,
+             f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
+            for f in self.flows
+        ], dtype=np.float64).reshape(-1, 8)
+        columns = dict(zip(("rate", "packet_size", "time", "size", "on_time", "off_time", "small", "large"), rows.T))
+        columns["time"] = columns["time"].astype(np.int64)
+        columns["size"] = columns["size"].astype(np.int64)
+        return columns
+
+    @cached_property
     def routes(self) -> "Routes":
         """The paths traffic takes: one per flow, or with ECMP every equal-cost path with its share."""
         if not self.ecmp or not self.flows:
@@ -276,9 +299,9 @@ class NetworkState:
         routes = self.routes
         if not routes.links:
             return np.zeros(len(self.links))
-        rates = np.array([f.rate for f in self.flows])[routes.owner] * routes.share
+        rates = self.flow_columns["rate"][routes.owner] * routes.share
         hop_link = np.concatenate(routes.links)
-        hop_rate = np.repeat(rates, [len(links) for links in routes.links])
+        hop_rate = np.repeat(rates, routes.hop_counts)
         return np.bincount(hop_link, weights=hop_rate, minlength=len(self.links))
 
     def utilization(self) -> np.ndarray:
@@ -302,14 +325,19 @@ class NetworkState:
         _finite_nonneg("traffic scaling", "factor", factor)
         return self.with_flows(replace(f, rate=f.rate * factor) for f in self.flows)
 
-    def restricted(self, links, flows) -> "NetworkState":
-        """The state with only ``links`` and ``flows``, subsets of its own, routed by OSPF on what is left.
-        A subset of a valid state is valid, so only the routing is resolved again (it raises on a flow
-        left without a path); the checks of every field are skipped, which what-if sweeps need."""
+    def restricted(self, links, keep) -> "NetworkState":
+        """The state with only ``links`` (a subset of its own) and the flows where the boolean mask ``keep``
+        is set, routed by OSPF on what is left. A subset of a valid state is valid, so only the routing is
+        resolved again (it raises on a flow left without a path); the checks of every field are skipped and
+        the flows' columns carried over, which what-if sweeps need."""
+        keep = np.asarray(keep, dtype=bool)
         state = object.__new__(NetworkState)
-        for name, value in (("nodes", self.nodes), ("links", tuple(links)), ("flows", tuple(flows)),
+        flows = tuple(compress(self.flows, keep))
+        for name, value in (("nodes", self.nodes), ("links", tuple(links)), ("flows", flows),
                             ("routing_kind", "ospf"), ("paths", {}), ("name", self.name), ("ecmp", self.ecmp)):
             object.__setattr__(state, name, value)
+        if "flow_columns" in self.__dict__:
+            state.__dict__["flow_columns"] = {name: values[keep] for name, values in self.flow_columns.items()}
         _ = state.routes
         return state
 

@@ -23,20 +23,21 @@ def next_hop_links(n_nodes: int, src: np.ndarray, dst: np.ndarray, weight: np.nd
     # dist_to[d, v]: cost from v to d (Dijkstra from d over reversed links).
     dist_to = dijkstra(reverse, directed=True)
     table = np.full((n_nodes, n_nodes), -1, dtype=np.int64)
+    if len(src) == 0:
+        return table
     order = np.lexsort((np.arange(len(src)), dst, src))  # by node, then neighbour index, then link index
-    sorted_src = src[order]
-    starts = np.searchsorted(sorted_src, np.arange(n_nodes + 1))
-    for v in range(n_nodes):
-        out = order[starts[v]:starts[v + 1]]
-        if len(out) == 0:
-            continue
-        cost = weight[out, None] + dist_to[:, dst[out]].T  # (out-degree, destinations)
-        best = cost.min(axis=0)
-        tolerance = 1e-9 * np.maximum(best, 1.0)
-        first = np.argmax(cost <= best + tolerance, axis=0)
-        reachable = np.isfinite(best)
-        table[v, reachable] = out[first[reachable]]
-        table[v, v] = -1
+    starts = np.searchsorted(src[order], np.arange(n_nodes + 1))
+    degree = np.diff(starts)
+    nodes = np.flatnonzero(degree)
+    first_out = starts[:-1][nodes]
+    cost = weight[order, None] + dist_to[:, dst[order]].T  # (links in order, destinations)
+    best = np.minimum.reduceat(cost, first_out, axis=0)  # per node with links, per destination
+    tolerance = 1e-9 * np.maximum(best, 1.0)
+    tied = cost <= np.repeat(best + tolerance, degree[nodes], axis=0)
+    position = np.where(tied, np.arange(len(order))[:, None], len(order))
+    first = np.minimum.reduceat(position, first_out, axis=0)  # the first tied link of each node, in order
+    table[nodes] = np.where(np.isfinite(best), order[np.minimum(first, len(order) - 1)], -1)
+    table[np.arange(n_nodes), np.arange(n_nodes)] = -1
     return table
 
 
