@@ -18,7 +18,9 @@ how wrong the twin is *on the simulator*. On a live network two more errors add 
 2. the probes' sampling noise: a path's window mean holds a handful of probes, so its standard
    error ``s`` (:func:`controller.probes.path_stats`) is large and itself noisy. The error used is
    the larger of the window's own and the path's typical one over the reference windows (its
-   mean probe variance / n), so a window whose few probes happen to agree is not believed.
+   median probe variance / n: the median, because one stalled probe in a reference window would
+   make the mean variance, and the band, many times too wide), so a window whose few probes happen
+   to agree is not believed.
 
 With ``c = p · (1 + b)`` (the prediction corrected by the path's bias), the twin's ratio bounds
 ``ρ_lo, ρ_hi`` (1 without intervals) and the half-width ``h = z · sqrt((σ · p)² + s²)``, the band is
@@ -236,7 +238,7 @@ class AnomalyDetector:
         bias = float(np.median(ref.residuals)) if own else pooled_bias
         stderr = o.stderr_s
         if ref is not None and ref.variances:
-            stderr = max(stderr, math.sqrt(float(np.mean(ref.variances)) / max(o.samples, 1)))
+            stderr = max(stderr, math.sqrt(float(np.median(ref.variances)) / max(o.samples, 1)))
         center = o.predicted_s * (1.0 + bias)
         ratio_lo = 1.0 if o.twin_lo_s is None else o.twin_lo_s / o.predicted_s
         ratio_hi = 1.0 if o.twin_hi_s is None else o.twin_hi_s / o.predicted_s

@@ -2,6 +2,7 @@
 
     python experiments/anomaly_faults.py faults [--topology T] [--load L] [--reps N] [--probe-rate R] ...
     python experiments/anomaly_faults.py quiet [--minutes M] ...
+    python experiments/anomaly_faults.py replay DIR [--z Z] [--persistence K] [--window-share F]
     python experiments/anomaly_faults.py blast SRC_IP DST_IP RATE_BPS SECONDS   (run inside a host)
 
 Brings ``--topology`` up in Mininet at ``--load`` (its busiest link's utilization) under
@@ -25,6 +26,13 @@ whether the faulty link was ranked first at detection. Before each fault the net
 recover until no anomaly is listed; an anomaly listed in the quiet gaps is counted as a false
 alarm. ``quiet`` runs ``--minutes`` of steady traffic and counts alarms (the anomalous-path set
 turning non-empty) and ``ndt_anomalies_total``. Prints JSON (also written to data/logs/TAG/result.json).
+
+The controller logs every judged window's observations (``--anomaly-log``, DIR/anomaly.jsonl).
+``replay`` re-judges them with other detector settings (no root, no emulation): the same figures
+per fault (from DIR/faults.json) and the alarms outside the faults — a quiet run's, or the gaps
+between faults (an alarm is the anomalous set turning non-empty more than ``RECOVERY_S`` after the
+last fault was removed). Replayed with the settings the run used, it gives the live figures again
+(up to the 0.5-s polling).
 """
 
 from __future__ import annotations
@@ -43,12 +51,14 @@ from pathlib import Path
 import numpy as np
 
 from controller.api.client import ControllerClient
-from mininet_topos.network import EmulatedNetwork, shaping_commands
+from analysis.anomaly import AnomalyDetector, DetectorSettings, Observation
+from mininet_topos.network import LOG_DIR, EmulatedNetwork, shaping_commands
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.5
+RECOVERY_S = 30.0  # after a fault is removed, anomalies this long are its tail, not false alarms
 BLAST_FRAME_BYTES = 1000  # Ethernet frame, like the hosts' traffic (docs/emulation.md)
 
 
@@ -173,7 +183,7 @@ def anomaly_view(reply) -> dict:
 def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
     """Inject, poll until the fault's end, remove; the figures of one fault."""
     target = f"{fault.link[0]}->{fault.link[1]}"
-    injected = time.monotonic()
+    injected, injected_at = time.monotonic(), time.time()
     fault.on()
     detected, first, last = None, None, None
     try:
@@ -187,12 +197,13 @@ def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
             time.sleep(POLL_S)
     finally:
         fault.off()
+    removed_at = time.time()
     ranked_first = bool(first and first["suspects"] and first["suspects"][0][0] == target)
     return {"kind": fault.kind, "link": target, "utilization": float(net.state.utilization()[
         net.state.link_index[fault.link]]), "detected": detected is not None, "detect_s": detected,
         "within_30s": detected is not None and detected <= 30.0, "ranked_first": ranked_first,
         "ranked_first_at_end": bool(last and last["suspects"] and last["suspects"][0][0] == target),
-        "at_detection": first, "at_end": last}
+        "at_detection": first, "at_end": last, "injected_at": injected_at, "removed_at": removed_at}
 
 
 def settle(net: EmulatedNetwork, timeout: float) -> tuple[float, list]:
@@ -214,14 +225,19 @@ def bring_up(args, tag: str, minutes: float):
     state = emulation_state(args.topology, args.load, seed=args.seed)
     controller_args = ("--probe-rate", str(args.probe_rate), "--anomaly", "--model", args.model,
                        "--loop-window", str(args.window), "--anomaly-window", str(args.window),
-                       "--anomaly-persistence", str(args.persistence))
+                       "--anomaly-persistence", str(args.persistence),
+                       "--anomaly-log", str(LOG_DIR / tag / "anomaly.jsonl"))
+    (LOG_DIR / tag).mkdir(parents=True, exist_ok=True)
+    (LOG_DIR / tag / "anomaly.jsonl").unlink(missing_ok=True)
     net = EmulatedNetwork(state, ControllerClient, "a", tag=tag, controller_args=controller_args)
     return state, net, 60.0 * minutes
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["faults", "quiet"])
+    parser.add_argument("mode", choices=["faults", "quiet", "replay"])
+    parser.add_argument("directory", nargs="?", type=Path, help="replay: a run's data/logs/TAG directory")
+    parser.add_argument("--z", type=float, default=DetectorSettings.z, help="replay: the band's half-width")
     parser.add_argument("--topology", default="sndlib/abilene")
     parser.add_argument("--load", type=float, default=0.8, help="busiest link's utilization")
     parser.add_argument("--probe-rate", type=float, default=120.0)
@@ -237,6 +253,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
+    if args.mode == "replay":
+        return replay(args.directory, DetectorSettings(z=args.z, persistence=args.persistence))
     kinds = args.kinds.split(",")
     tag = args.tag or f"anomaly-{args.mode}"
     budget_min = (4 + len(kinds) * args.reps * (args.fault_s + 90) / 60) if args.mode == "faults" else 5 + args.minutes
@@ -308,6 +326,43 @@ def quiet(net: EmulatedNetwork, args) -> dict:
         time.sleep(2.0)
     return {"quiet_s": time.monotonic() - started, "ended_early": gone, "polls": polls, "alarms": len(alarms), "alarm_list": alarms,
             "new_anomalous_paths": metric(net.metrics_url, "ndt_anomalies_total") - total0}
+
+
+def replay(directory: Path, settings: DetectorSettings) -> dict:
+    """The run in ``directory`` judged again with ``settings`` (see the module's docstring)."""
+    detector = AnomalyDetector(settings)
+    faults = json.loads((directory / "faults.json").read_text()) if (directory / "faults.json").exists() else []
+    windows = []
+    for line in (directory / "anomaly.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        observations = [Observation(**{**o, "links": tuple(map(tuple, o["links"]))}) for o in record["observations"]]
+        verdict = detector.judge(record["ts"], observations)
+        if not verdict.learning:
+            windows.append(verdict)
+    runs = []
+    for fault in faults:
+        target = fault["link"]
+        hits = [v for v in windows if fault["injected_at"] <= v.ts <= fault["removed_at"] and v.anomalies]
+        first = hits[0] if hits else None
+        detect_s = first.ts - fault["injected_at"] if first else None
+        runs.append({"kind": fault["kind"], "link": target, "detect_s": detect_s,
+                     "within_30s": detect_s is not None and detect_s <= 30.0,
+                     "ranked_first": bool(first and first.suspects
+                                          and f"{first.suspects[0].src}->{first.suspects[0].dst}" == target),
+                     "suspects": [[f"{s.src}->{s.dst}", round(s.score, 3)] for s in first.suspects[:3]] if first else []})
+    alarms, active = [], False
+    for v in windows:
+        near_fault = any(f["injected_at"] <= v.ts <= f["removed_at"] + RECOVERY_S for f in faults)
+        if v.anomalies and not active and not near_fault:
+            alarms.append({"ts": v.ts, "paths": [f"{p.src}->{p.dst}" for p in v.anomalies]})
+        active = bool(v.anomalies)
+    outside = sum(1 for v in windows
+                  if not any(f["injected_at"] <= v.ts <= f["removed_at"] + RECOVERY_S for f in faults))
+    return {"settings": {"z": settings.z, "persistence": settings.persistence}, "windows_judged": len(windows),
+            "quiet_windows": outside, "quiet_s": outside * (windows[1].ts - windows[0].ts if len(windows) > 1 else 0.0),
+            "faults": len(runs), "detected_within_30s": sum(r["within_30s"] for r in runs),
+            "ranked_first": sum(r["ranked_first"] for r in runs), "false_alarms": len(alarms),
+            "alarms": alarms, "per_fault": runs}
 
 
 if __name__ == "__main__":

@@ -97,6 +97,9 @@ def register(subparsers) -> None:
                          help="probes judged per window, s (default: 10)")
     anomaly.add_argument("--anomaly-persistence", type=number(1, 100, integer=True), default=3, metavar="K",
                          help="consecutive windows outside the band before a path is anomalous (default: 3)")
+    anomaly.add_argument("--anomaly-log", type=Path, metavar="FILE",
+                         help="append every judged window's observations to FILE as JSON lines (audits, offline "
+                              "tuning; about 1 MB per hour and 10 paths)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=run)
 
@@ -148,6 +151,8 @@ def _loop_factory(args: argparse.Namespace, state):
     if args.probe_rate == 0:
         raise OptionError(f"{'--intent' if args.intent else '--anomaly'} needs the probes (--probe-rate above 0): "
                           "the loop verifies pushes with them and anomaly detection judges them")
+    if args.anomaly_log is not None and not args.anomaly_log.parent.is_dir():
+        raise OptionError(f"--anomaly-log {args.anomaly_log}: no such directory {args.anomaly_log.parent}")
     intent = None
     if args.intent:
         intent = load_intent(args.intent)
@@ -173,5 +178,5 @@ def _loop_factory(args: argparse.Namespace, state):
                                hold_down_s=args.hold_down, shift_threshold=args.shift_threshold,
                                candidates=args.candidates, validate=args.validate, dry_run=args.dry_run,
                                optimize=intent is not None, anomaly=DetectorSettings(persistence=args.anomaly_persistence),
-                               anomaly_window_s=args.anomaly_window, **({"intent": intent} if intent else {}))
+                               anomaly_window_s=args.anomaly_window, anomaly_log=args.anomaly_log, **({"intent": intent} if intent else {}))
     return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox, intervals=intervals)

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -67,7 +68,8 @@ class ServiceSettings:
     rollback_tolerance: relative worsening after a push that rolls back; validate: ``twin`` or
     ``sandbox``; sandbox_s: traffic per candidate in the sandbox, s; dry_run: propose only;
     optimize: run the loop (off: calibrate and detect anomalies only); anomaly: the anomaly
-    detector's settings (None: no detection); anomaly_window_s: the window it judges, s."""
+    detector's settings (None: no detection); anomaly_window_s: the window it judges, s;
+    anomaly_log: a file every judged window's observations are appended to (JSON lines), or None."""
 
     intent: Intent = field(default_factory=lambda: Intent(max_evaluations=1500, time_limit_s=20.0))
     window_s: float = 20.0
@@ -86,6 +88,7 @@ class ServiceSettings:
     optimize: bool = True
     anomaly: DetectorSettings | None = None
     anomaly_window_s: float = 10.0
+    anomaly_log: Path | None = None
 
 
 @dataclass
@@ -510,6 +513,9 @@ class LoopService:
                 observations.append(Observation(flow.src, flow.dst, stat.mean, stat.samples, stat.stderr,
                                                 float(predicted[i]), tuple(routes.get(i, ())), *bounds))
         verdict = self.detector.judge(wall_end, observations)
+        if self.settings.anomaly_log is not None:
+            with open(self.settings.anomaly_log, "a") as log:
+                log.write(json.dumps({"ts": wall_end, "observations": [asdict(o) for o in observations]}) + "\n")
         self._report_anomalies(verdict)
         return verdict
 

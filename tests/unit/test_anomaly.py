@@ -115,10 +115,25 @@ def test_the_probe_error_widens_the_band_and_a_lucky_window_does_not_narrow_it()
     spread = detector.model_spread()
     one = Observation("a", "b", 1e-3, 6, 1e-5, 1e-3, (("a", "b"),))  # six probes that happen to agree
     lo, hi, stderr = detector.band(one, spread, 0.0)
-    assert stderr > 1e-4  # the path's typical probe error, not this window's
+    assert stderr > 5e-5  # the path's typical probe error (about 1e-4), not this window's 1e-5
     noisy = Observation("a", "b", 1e-3, 6, 5e-4, 1e-3, (("a", "b"),))
     lo2, hi2, _ = detector.band(noisy, spread, 0.0)
     assert hi2 - lo2 > hi - lo
+
+
+def test_one_stalled_reference_window_does_not_widen_the_band():
+    """A probe stalled 50 ms in one reference window makes that window's variance huge; the band
+    takes the typical (median) variance, so a 2-ms slowdown is still seen."""
+    detector = AnomalyDetector(DetectorSettings(reference_windows=6, persistence=1))
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        observations = window(rng)
+        if i == 2:
+            observations = [Observation(o.src, o.dst, o.measured_s, o.samples, 0.05 / math.sqrt(o.samples),
+                                        o.predicted_s, o.links) for o in observations]
+        detector.judge(float(i), observations)
+    verdict = detector.judge(10.0, window(rng, extra={("b", "c"): 2e-3}))
+    assert ("b", "c") in {(p.src, p.dst) for p in verdict.anomalies}
 
 
 def test_the_model_spread_subtracts_the_probe_noise_and_keeps_its_floor():

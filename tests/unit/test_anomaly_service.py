@@ -4,6 +4,7 @@ ListAnomalies and its refusals, and the watch-only service that never runs the l
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -11,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from analysis.anomaly import DetectorSettings
+from analysis.anomaly import AnomalyDetector, DetectorSettings, Observation
 from controller.api import ndt_api_pb2 as pb
 from controller.api import ndt_api_pb2_grpc as services
 from controller.api.server import NdtService, serve
@@ -101,6 +102,20 @@ def test_a_slowed_link_is_flagged_after_persistence_windows_and_named_first():
     assert not cleared.anomalies and metrics._gauges["anomaly_paths"] == 0 and not metrics._suspects
     records = [c for c in store.configs(0, time.time() + 1) if c.kind == ANOMALY_KIND]
     assert len(records) == 2 and records[1].payload["cleared"] == ["s1->s2", "s1->s3"]
+
+
+def test_every_judged_window_is_logged_for_replay(tmp_path):
+    loop, controller, store, _, now = watching()
+    loop.settings.anomaly_log = tmp_path / "anomaly.jsonl"
+    judged = [v for v in (window(loop, store, controller, now) for _ in range(5)) if v is not None]
+    lines = [json.loads(line) for line in loop.settings.anomaly_log.read_text().splitlines()]
+    assert [line["ts"] for line in lines] == [v.ts for v in judged]
+    replayed = AnomalyDetector(loop.settings.anomaly)
+    for line in lines:
+        observations = [Observation(**{**o, "links": tuple(map(tuple, o["links"]))}) for o in line["observations"]]
+        verdict = replayed.judge(line["ts"], observations)
+    assert [(p.src, p.dst, p.lo_s, p.hi_s) for p in verdict.paths] == [(p.src, p.dst, p.lo_s, p.hi_s)
+                                                                       for p in judged[-1].paths]
 
 
 def test_a_routing_change_in_most_of_the_window_is_not_judged():

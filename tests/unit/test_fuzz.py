@@ -209,6 +209,7 @@ requests = st.one_of(
     st.builds(lambda y, seed: ("Optimize", pb.OptimizeRequest(intent_yaml=y, seed=seed, model="qt")),
               st.lists(INTENT_LINES, max_size=6).map("\n".join), st.integers(0, 2**32 - 1)),
     st.builds(lambda i: ("StreamTelemetry", pb.StreamRequest(interval_s=i)), doubles),
+    st.builds(lambda n: ("ListAnomalies", pb.AnomaliesRequest(max_suspects=n)), st.integers(0, 2**32 - 1)),
 )
 
 
