@@ -26,6 +26,7 @@ PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
 PROBE_FRAME_BYTES = 64  # Ethernet frame without FCS: the smallest, so probes add next to no load
 PROBE_TIMEOUT_S = 2.0  # a probe not back by then is counted lost
 LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks (their median needs fewer samples)
+MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
 
 Pair = tuple[str, str]
 
@@ -127,54 +128,64 @@ class PathDelays:
         :func:`path_delays` over them."""
         return path_delays(self.samples(start, end), min_samples)
 
-    def stats(self, start: float, end: float, min_samples: int = 3) -> dict[Pair, PathStat]:
+    def stats(self, start: float, end: float, min_samples: int = 3, robust: bool = False) -> dict[Pair, PathStat]:
         """:func:`path_stats` of the probes received in [start, end)."""
-        return path_stats(self.samples(start, end), min_samples)
+        return path_stats(self.samples(start, end), min_samples, robust)
 
     def noise(self, start: float, end: float, min_samples: int = 3) -> float:
         """:func:`sampling_mape` of the probes received in [start, end)."""
         return sampling_mape(self.samples(start, end), min_samples)
 
 
-def loopback_times(samples: list[ProbeSample]) -> dict[str, float]:
-    """Per switch, the mean raw time of its loopback probes: control channel both ways plus its
-    packet-out and packet-in handling, s (the mean, as for the paths: whatever delays both alike
-    cancels in the difference)."""
+def loopback_times(samples: list[ProbeSample], robust: bool = False) -> dict[str, float]:
+    """Per switch, the mean (``robust``: median) raw time of its loopback probes: control channel
+    both ways plus its packet-out and packet-in handling, s (the same statistic as the paths': what
+    delays both alike cancels in the difference)."""
+    centre = np.median if robust else np.mean
     by_switch: dict[str, list[float]] = {}
     for s in samples:
         if s.src == s.dst:
             by_switch.setdefault(s.src, []).append(s.raw)
-    return {switch: float(np.mean(times)) for switch, times in by_switch.items()}
+    return {switch: float(centre(times)) for switch, times in by_switch.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class PathStat:
-    """A path's probes over a window: their mean one-way delay (s), how many, and its standard error (s)."""
+    """A path's probes over a window: their mean (or median) one-way delay (s), how many, and its
+    standard error (s)."""
 
     mean: float
     samples: int
     stderr: float
 
 
-def path_stats(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, PathStat]:
+def path_stats(samples: list[ProbeSample], min_samples: int = 3, robust: bool = False) -> dict[Pair, PathStat]:
     """Per path (src ≠ dst) with at least ``min_samples`` probes and a loopback time at both ends:
     the mean raw time minus half of each end's loopback time (never below zero), s, and its
     standard error: the raw times' (one probe: 0) and half of each end's loopback mean's, in
-    quadrature, s."""
-    loops = loopback_times(samples)
+    quadrature, s. ``robust``: medians instead of means, each with the median's standard error
+    from the MAD (:data:`MEDIAN_SE` · MAD / √n), so a probe or two stalled in the controller
+    (whose packet-in and packet-out add to every raw time) move it little."""
+    loops = loopback_times(samples, robust)
     raw: dict[Pair, list[float]] = {}
     for s in samples:
         raw.setdefault((s.src, s.dst), []).append(s.raw)
 
-    def variance_of_mean(pair: Pair) -> float:
-        values = raw[pair]
-        return float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
+    def variance_of_centre(pair: Pair) -> float:
+        values = np.asarray(raw[pair])
+        if len(values) < 2:
+            return 0.0
+        if robust:
+            return (MEDIAN_SE * float(np.median(np.abs(values - np.median(values))))) ** 2 / len(values)
+        return float(np.var(values, ddof=1)) / len(values)
 
+    centre = np.median if robust else np.mean
     out = {}
     for (src, dst), raws in raw.items():
         if src != dst and len(raws) >= min_samples and src in loops and dst in loops:
-            variance = variance_of_mean((src, dst)) + 0.25 * (variance_of_mean((src, src)) + variance_of_mean((dst, dst)))
-            out[(src, dst)] = PathStat(max(0.0, float(np.mean(raws)) - 0.5 * (loops[src] + loops[dst])), len(raws),
+            variance = variance_of_centre((src, dst)) + 0.25 * (variance_of_centre((src, src))
+                                                                + variance_of_centre((dst, dst)))
+            out[(src, dst)] = PathStat(max(0.0, float(centre(raws)) - 0.5 * (loops[src] + loops[dst])), len(raws),
                                        float(np.sqrt(variance)))
     return out
 

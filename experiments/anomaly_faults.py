@@ -233,6 +233,18 @@ def bring_up(args, tag: str, minutes: float):
     return state, net, 60.0 * minutes
 
 
+def stop_traffic(workdir: Path) -> None:
+    """End this run's traffic generators and receivers (the network stops before their planned end)."""
+    marker = str(workdir / "traffic")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(entry.name), 15)
+            except OSError:
+                continue
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["faults", "quiet", "replay"])
@@ -263,6 +275,16 @@ def main(argv=None) -> dict:
               "mode": args.mode, "topology": args.topology, "load": args.load, "probe_rate": args.probe_rate,
               "model": args.model, "window_s": args.window, "persistence": args.persistence,
               "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows)}
+    try:
+        run(net, state, args, kinds, traffic_s, result)
+    finally:
+        stop_traffic(net.workdir)
+    out = net.workdir / "result.json"
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run(net: EmulatedNetwork, state, args, kinds, traffic_s: float, result: dict) -> None:
     with net:
         traffic = threading.Thread(target=lambda: play(net, state, traffic_s, 2.0, args.seed, net.workdir / "traffic"),
                                    daemon=True)
@@ -273,9 +295,6 @@ def main(argv=None) -> dict:
         else:
             result.update(faults(net, state, args, kinds))
         result["anomalies_total"] = metric(net.metrics_url, "ndt_anomalies_total")
-    out = net.workdir / "result.json"
-    out.write_text(json.dumps(result, indent=1))
-    return result
 
 
 def faults(net: EmulatedNetwork, state, args, kinds) -> dict:

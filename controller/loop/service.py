@@ -17,7 +17,9 @@ twin and detects anomalies, and never runs the loop.
 
 Anomaly detection (``settings.anomaly``; :mod:`analysis.anomaly`) judges every
 ``anomaly_window_s`` the probes' path delays over that window against the calibrated twin's
-prediction for the window's measured traffic and routing in place. It starts once the online
+prediction for the window's measured traffic and routing in place; the probes' median, not their
+mean (a probe or two stalled in the controller would move a mean of six by milliseconds), whose
+offset from the twin's mean is part of each path's learned bias. It starts once the online
 calibration has had its first windows, with the correction in place then, kept for detection:
 the online fit goes on adding windows (also faulty ones), and a twin that followed it would learn
 the fault it should flag. Delays in s, rates in bit/s; probes on the monotonic clock, the store on
@@ -504,7 +506,7 @@ class LoopService:
         routes: dict[int, list] = {}
         for owner, links in zip(estimated.routes.owner, estimated.routes.links):
             routes.setdefault(int(owner), []).extend(names[i] for i in links)
-        stats = self.controller.path_delays.stats(steady_from, mono_end)
+        stats = self.controller.path_delays.stats(steady_from, mono_end, robust=True)
         observations = []
         for i, flow in enumerate(estimated.flows):
             stat = stats.get((flow.src, flow.dst))

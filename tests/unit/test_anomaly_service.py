@@ -39,7 +39,7 @@ class SlowableProbes:
     def noise(self, start, end, min_samples=3):
         return 0.03
 
-    def stats(self, start, end, min_samples=3):
+    def stats(self, start, end, min_samples=3, robust=False):
         routed = self.controller.state.with_flows(self.controller.traffic.flows)
         delays = CalibratedPredictor(QT, Correction()).predict_delays([routed])[0] * 1.2
         names = [(lk.src, lk.dst) for lk in routed.links]

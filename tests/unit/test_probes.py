@@ -81,6 +81,18 @@ def test_path_stats_give_the_mean_its_count_and_its_standard_error():
     assert path_stats(samples[:20] + samples[20:22]) == {}  # two probes: below min_samples
 
 
+def test_robust_path_stats_shrug_off_a_stalled_probe():
+    rng = np.random.default_rng(1)
+    samples = [ProbeSample(s, s, t, t + 0.001) for s in "ab" for t in range(10)]
+    raws = 0.004 + rng.normal(0, 0.0002, 7)
+    samples += [ProbeSample("a", "b", t, t + r) for t, r in enumerate(raws)]
+    stalled = samples + [ProbeSample("a", "b", 9.0, 9.0 + 0.060)]  # one probe 60 ms late in the controller
+    plain, robust = path_stats(stalled)[("a", "b")], path_stats(stalled, robust=True)[("a", "b")]
+    assert plain.mean > 0.009 and plain.stderr > 0.005  # the mean moved by 7 ms
+    assert robust.mean == pytest.approx(np.median(np.append(raws, 0.060)) - 0.001)
+    assert robust.mean < 0.0035 and robust.stderr < 0.0005
+
+
 def test_path_delays_keep_a_bounded_window():
     record = PathDelays(keep_s=10.0)
     for t in range(100):
