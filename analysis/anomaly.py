@@ -15,12 +15,13 @@ how wrong the twin is *on the simulator*. On a live network two more errors add 
    it has 3); the **model spread** ``σ`` is the robust spread (1.4826 × MAD) of the de-biased
    residuals of all paths, with the part the probes' own noise explains (the median of
    ``(s / p)²``) taken out in quadrature, and never below ``min_spread``;
-2. the probes' sampling noise: a path's window mean holds a handful of probes, so its standard
-   error ``s`` (:func:`controller.probes.path_stats`) is large and itself noisy. The error used is
-   the larger of the window's own and the path's typical one over the reference windows (its
-   median probe variance / n: the median, because one stalled probe in a reference window would
-   make the mean variance, and the band, many times too wide), so a window whose few probes happen
-   to agree is not believed.
+2. the probes' sampling noise: a path's window statistic holds a handful of probes, so its
+   standard error ``s`` (:func:`controller.probes.path_stats`) is large and itself noisy. Once the
+   path has 3 reference windows, ``s`` is its typical one there (its median probe variance / n:
+   the median, because one stalled probe in a reference window would make the mean variance, and
+   the band, many times too wide), not the window's own: a window whose few probes happen to agree
+   must not narrow the band, and a fault that makes delay erratic (a queue that fills and drains)
+   must not widen it — that spread is part of the evidence. Before, the window's own is used.
 
 With ``c = p · (1 + b)`` (the prediction corrected by the path's bias), the twin's ratio bounds
 ``ρ_lo, ρ_hi`` (1 without intervals) and the half-width ``h = z · sqrt((σ · p)² + s²)``, the band is
@@ -237,8 +238,8 @@ class AnomalyDetector:
         own = ref is not None and len(ref.residuals) >= MIN_OWN_REFERENCE
         bias = float(np.median(ref.residuals)) if own else pooled_bias
         stderr = o.stderr_s
-        if ref is not None and ref.variances:
-            stderr = max(stderr, math.sqrt(float(np.median(ref.variances)) / max(o.samples, 1)))
+        if ref is not None and len(ref.variances) >= MIN_OWN_REFERENCE:
+            stderr = math.sqrt(float(np.median(ref.variances)) / o.samples)
         center = o.predicted_s * (1.0 + bias)
         ratio_lo = 1.0 if o.twin_lo_s is None else o.twin_lo_s / o.predicted_s
         ratio_hi = 1.0 if o.twin_hi_s is None else o.twin_hi_s / o.predicted_s

@@ -29,9 +29,10 @@ turning non-empty) and ``ndt_anomalies_total``. Prints JSON (also written to dat
 
 The controller logs every judged window's observations (``--anomaly-log``, DIR/anomaly.jsonl).
 ``replay`` re-judges them with other detector settings (no root, no emulation): the same figures
-per fault (from DIR/faults.json) and the alarms outside the faults — a quiet run's, or the gaps
-between faults (an alarm is the anomalous set turning non-empty more than ``RECOVERY_S`` after the
-last fault was removed). Replayed with the settings the run used, it gives the live figures again
+per fault (from DIR/faults.json; detected: a path newly anomalous in a window ending while the
+fault was on) and the alarms outside the faults — a quiet run's, or the gaps between faults (an
+alarm is the anomalous set turning non-empty more than ``RECOVERY_S`` after the last fault was
+removed). Replayed with the settings the run used, it gives the live figures again
 (up to the 0.5-s polling).
 """
 
@@ -361,7 +362,7 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
     runs = []
     for fault in faults:
         target = fault["link"]
-        hits = [v for v in windows if fault["injected_at"] <= v.ts <= fault["removed_at"] and v.anomalies]
+        hits = [v for v in windows if fault["injected_at"] <= v.ts <= fault["removed_at"] and v.new]
         first = hits[0] if hits else None
         detect_s = first.ts - fault["injected_at"] if first else None
         runs.append({"kind": fault["kind"], "link": target, "detect_s": detect_s,

@@ -110,15 +110,18 @@ def test_an_anomalous_path_no_longer_measured_expires_after_persistence_windows(
     assert kept[0] and kept[1] and not kept[2]
 
 
-def test_the_probe_error_widens_the_band_and_a_lucky_window_does_not_narrow_it():
+def test_the_band_takes_the_paths_typical_probe_error_not_the_windows_own():
     detector, rng = learned(noise=0.3)
     spread = detector.model_spread()
-    one = Observation("a", "b", 1e-3, 6, 1e-5, 1e-3, (("a", "b"),))  # six probes that happen to agree
-    lo, hi, stderr = detector.band(one, spread, 0.0)
-    assert stderr > 5e-5  # the path's typical probe error (about 1e-4), not this window's 1e-5
-    noisy = Observation("a", "b", 1e-3, 6, 5e-4, 1e-3, (("a", "b"),))
-    lo2, hi2, _ = detector.band(noisy, spread, 0.0)
-    assert hi2 - lo2 > hi - lo
+    lucky = Observation("a", "b", 1e-3, 6, 1e-5, 1e-3, (("a", "b"),))  # six probes that happen to agree
+    erratic = Observation("a", "b", 1e-3, 6, 5e-3, 1e-3, (("a", "b"),))  # a queue filling and draining
+    lo, hi, stderr = detector.band(lucky, spread, 0.0)
+    assert 5e-5 < stderr < 2e-4  # the typical error, about 1e-4
+    assert detector.band(erratic, spread, 0.0) == (lo, hi, stderr)
+    fewer = Observation("a", "b", 1e-3, 3, 1e-5, 1e-3, (("a", "b"),))
+    assert detector.band(fewer, spread, 0.0)[2] == pytest.approx(stderr * math.sqrt(2))
+    fresh = AnomalyDetector()  # no reference yet: the window's own error
+    assert fresh.band(erratic, 0.05, 0.0)[2] == 5e-3
 
 
 def test_one_stalled_reference_window_does_not_widen_the_band():
