@@ -1,10 +1,13 @@
 """Packet-level discrete-event simulator: the ground truth ndt trains and judges against.
 
-Every directed link is a FIFO output queue with a finite buffer (tail drop), a
+Every directed link is an output port with finite queues (tail drop), a
 transmitter of ``capacity`` bit/s and a wire of ``prop_delay`` s. Flows emit
 packets by their time and size distributions and follow their routed path.
 The event loop is compiled with numba: one 4-ary heap of packet events, one
-ring of departure times per link; no per-packet Python.
+ring of departure times per link; no per-packet Python. States whose ports
+all are FIFO run that loop; a state with SP, WFQ or DRR ports runs a second
+loop, ``_run_scheduled``, where each port keeps its waiting packets in one ring
+per queue and picks the next to send when a transmission ends (non-preemptive).
 
 Semantics: packets are generated during ``[0, duration]``, then the network is
 drained, so every packet sent is either delivered or dropped. Statistics count
@@ -30,6 +33,7 @@ BIN_RATIO = 1.02  # bins grow by 2 %: percentiles within ~1 %, from the minimum 
 MAX_PACKETS = 2e9  # packets a run may generate (about an hour of one core); beyond it the run is refused
 _TIME = {"poisson": 0, "cbr": 1, "onoff": 2}
 _SIZE = {"deterministic": 0, "exponential": 1, "binomial": 2}
+_POLICY = {"fifo": 0, "sp": 1, "wfq": 2, "drr": 3}
 
 
 @dataclass
@@ -54,6 +58,10 @@ class SimResult:
     wall_s: float
     duration: float  # s of traffic generation
     warmup: float  # s discarded at the start
+    queue_first: np.ndarray  # per link, the index of its first queue in the queue_* arrays (one more entry at the end)
+    queue_utilization: np.ndarray  # per queue, busy time serving it / measured window
+    queue_occupancy: np.ndarray  # per queue, mean packets waiting
+    queue_drops: np.ndarray  # per queue
 
     def to_dict(self) -> dict:
         """The result shape every delay source shares (docs/state.md)."""
@@ -63,6 +71,7 @@ class SimResult:
                 {
                     "src": flow.src,
                     "dst": flow.dst,
+                    "tos": int(flow.tos),
                     "delay": finite_or_none(self.delay[i]),
                     "jitter": finite_or_none(self.jitter[i]),
                     "loss": finite_or_none(self.loss[i]),
@@ -83,6 +92,14 @@ class SimResult:
                     "utilization": finite_or_none(self.utilization[j]),
                     "occupancy": finite_or_none(self.occupancy[j]),
                     "drops": int(self.link_drops[j]),
+                    "queues": [
+                        {
+                            "utilization": finite_or_none(self.queue_utilization[q]),
+                            "occupancy": finite_or_none(self.queue_occupancy[q]),
+                            "drops": int(self.queue_drops[q]),
+                        }
+                        for q in range(self.queue_first[j], self.queue_first[j + 1])
+                    ],
                 }
             )
         return {
@@ -128,17 +145,27 @@ def simulate(
     if packets > MAX_PACKETS:
         raise StateError(f"the run would generate about {packets:.3g} packets in {duration:.3g} s, more than "
                          f"{MAX_PACKETS:.0e}: shorten the duration or lower the rates")
-    started = time.perf_counter()
-    out = _run(
-        arrays["capacity"], arrays["buffer"], arrays["prop"],
-        arrays["rate"], arrays["time_code"], arrays["on_time"], arrays["off_time"],
-        arrays["size_code"], arrays["mean_size"], arrays["small"], arrays["large"], arrays["p_small"],
-        arrays["path"], arrays["path_len"], arrays["hist_base"],
-        float(duration), float(warmup), int(seed),
-    )
-    wall = time.perf_counter() - started
-    (sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops) = out
     window = duration - warmup
+    flow_arrays = (arrays["rate"], arrays["time_code"], arrays["on_time"], arrays["off_time"],
+                   arrays["size_code"], arrays["mean_size"], arrays["small"], arrays["large"], arrays["p_small"],
+                   arrays["path"], arrays["path_len"], arrays["hist_base"])
+    started = time.perf_counter()
+    if state.scheduled:
+        queues = _compile_queues(state, arrays)
+        out = _run_scheduled(
+            arrays["capacity"], arrays["prop"], *flow_arrays, queues["tos"], queues["policy"], queues["first"],
+            queues["size"], queues["weight"], queues["quantum"], float(duration), float(warmup), int(seed),
+        )
+        wall = time.perf_counter() - started
+        (sent, delivered, dropped, sum_d, sum_d2, hist, q_arrivals, q_drops, q_busy, q_wait, hops) = out
+        first = queues["first"]
+        arrivals, link_drops, busy, wait_sum = (np.add.reduceat(v, first[:-1]) for v in (q_arrivals, q_drops, q_busy, q_wait))
+    else:
+        out = _run(arrays["capacity"], arrays["buffer"], arrays["prop"], *flow_arrays,
+                   float(duration), float(warmup), int(seed))
+        wall = time.perf_counter() - started
+        (sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops) = out
+        first, q_drops, q_busy, q_wait = np.arange(len(state.links) + 1), link_drops, busy, wait_sum
     base = arrays["hist_base"]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_excess = sum_d / delivered
@@ -155,6 +182,7 @@ def simulate(
         sent=sent, delivered=delivered, dropped=dropped,
         utilization=busy / window, occupancy=wait_sum / window, link_drops=link_drops,
         link_arrivals=arrivals, packet_hops=int(hops), wall_s=wall, duration=float(duration), warmup=float(warmup),
+        queue_first=first, queue_utilization=q_busy / window, queue_occupancy=q_wait / window, queue_drops=q_drops,
     )
 
 
@@ -236,6 +264,26 @@ def _compile(state: NetworkState) -> dict[str, np.ndarray]:
         "path": path,
         "path_len": path_len,
         "hist_base": hist_base,
+    }
+
+
+def _compile_queues(state: NetworkState, arrays: dict) -> dict[str, np.ndarray]:
+    """The ports' queues as arrays for ``_run_scheduled``: per route its ToS; per link its policy code and
+    the index of its first queue (``first``, one entry more than links); per queue its size (packets), its
+    weight (a fraction of the port) and its DRR quantum (bits: the largest packet for the lightest queue)."""
+    counts = [len(link.queues) for link in state.links]
+    weights = []
+    for link, count in zip(state.links, counts):
+        share = np.asarray(link.queue_weights or (1.0,) * count, dtype=np.float64)
+        weights.append(share / share.sum())
+    largest = float(np.max(np.maximum(arrays["large"], arrays["mean_size"])))
+    return {
+        "tos": np.array([state.flows[i].tos for i in state.routes.owner], dtype=np.int64),
+        "policy": np.array([_POLICY[link.policy] for link in state.links], dtype=np.int64),
+        "first": np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+        "size": np.array([size for link in state.links for size in link.queues], dtype=np.int64),
+        "weight": np.concatenate(weights),
+        "quantum": np.concatenate([largest * w / w.min() for w in weights]),
     }
 
 
@@ -490,3 +538,259 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
                 _heap_push(h_time, h_slot, n_heap, arrive, slot)
                 n_heap += 1
     return sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops
+
+
+@numba.njit(cache=True, inline="always")
+def _next_queue(l, policy, first, end, q_len, q_head, ring, ring_off, s_tag, s_size, deficit, quantum, turn, fresh):
+    """The queue of link ``l`` (global index in first..end-1) whose head packet is sent next; some queue
+    holds a packet. SP: the lowest-numbered non-empty queue; WFQ: the smallest finish tag among the
+    heads; DRR: the queue whose turn it is, once its deficit covers the head packet."""
+    if policy <= 1:
+        for q in range(first, end):
+            if q_len[q] > 0:
+                return q
+    if policy == 2:
+        best = -1
+        best_tag = math.inf
+        for q in range(first, end):
+            if q_len[q] > 0:
+                tag = s_tag[ring[ring_off[q] + q_head[q]]]
+                if tag < best_tag:
+                    best = q
+                    best_tag = tag
+        return best
+    while True:
+        q = first + turn[l]
+        if q_len[q] == 0:
+            deficit[q] = 0.0
+        else:
+            if fresh[l]:
+                deficit[q] += quantum[q]
+                fresh[l] = False
+            size = s_size[ring[ring_off[q] + q_head[q]]]
+            if size <= deficit[q]:
+                deficit[q] -= size
+                return q
+        turn[l] = turn[l] + 1 if first + turn[l] + 1 < end else 0
+        fresh[l] = True
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code, mean_size, small, large, p_small,
+                   path, path_len, hist_base, tos, policy, q_first, q_size, q_weight, quantum, duration, warmup, seed):
+    """The event loop for ports with several queues. Events: a flow's next packet (hop -1), a packet
+    arriving at a link (hop >= 0), and a link ending a transmission (the slot number is the link's,
+    slots 0..links-1 are kept for these). Statistics per queue: arrivals, drops, busy time and waiting
+    time of the packets that arrived in the window."""
+    np.random.seed(seed)
+    n_links = capacity.shape[0]
+    n_flows = rate.shape[0]
+    n_queues = q_size.shape[0]
+    bins_per_e = 1.0 / math.log(BIN_RATIO)
+    # per queue: a ring of the slots of its waiting packets
+    ring_off = np.zeros(n_queues + 1, dtype=np.int64)
+    for q in range(n_queues):
+        ring_off[q + 1] = ring_off[q] + q_size[q]
+    ring = np.zeros(ring_off[n_queues], dtype=np.int64)
+    q_head = np.zeros(n_queues, dtype=np.int64)
+    q_len = np.zeros(n_queues, dtype=np.int64)
+    last_tag = np.zeros(n_queues)  # WFQ: finish tag of the queue's last packet
+    deficit = np.zeros(n_queues)  # DRR: bits the queue may still send in its turn
+    # per link
+    sending = np.full(n_links, -1, dtype=np.int64)  # slot of the packet in transmission, -1 when idle
+    waiting = np.zeros(n_links, dtype=np.int64)
+    vtime = np.zeros(n_links)  # WFQ (self-clocked): the finish tag of the packet in transmission
+    turn = np.zeros(n_links, dtype=np.int64)  # DRR: the queue whose turn it is, within the link
+    fresh = np.ones(n_links, dtype=np.bool_)  # DRR: the turn has not yet added its quantum
+    # statistics
+    sent = np.zeros(n_flows, dtype=np.int64)
+    delivered = np.zeros(n_flows, dtype=np.int64)
+    dropped = np.zeros(n_flows, dtype=np.int64)
+    sum_d = np.zeros(n_flows)
+    sum_d2 = np.zeros(n_flows)
+    hist = np.zeros((n_flows, N_BINS), dtype=np.uint32)
+    q_arrivals = np.zeros(n_queues, dtype=np.int64)
+    q_drops = np.zeros(n_queues, dtype=np.int64)
+    q_busy = np.zeros(n_queues)
+    q_wait = np.zeros(n_queues)
+    hops = 0
+    cap = 1024 + 4 * n_flows + n_links + ring_off[n_queues]
+    h_time = np.empty(cap)
+    h_slot = np.empty(cap, dtype=np.int64)
+    s_flow = np.empty(cap, dtype=np.int64)
+    s_hop = np.empty(cap, dtype=np.int64)
+    s_birth = np.empty(cap)
+    s_size = np.empty(cap)
+    s_arrive = np.empty(cap)  # when the packet reached the link it waits at
+    s_tag = np.empty(cap)  # its WFQ finish tag there
+    free = np.empty(cap, dtype=np.int64)
+    n_free = 0
+    for s in range(cap - 1, n_links - 1, -1):
+        free[n_free] = s
+        n_free += 1
+    n_heap = 0
+    on_end = np.zeros(n_flows)
+    for f in range(n_flows):
+        if rate[f] <= 0:
+            continue
+        iat = mean_size[f] / rate[f]
+        if time_code[f] == 1:
+            t0 = np.random.random() * iat
+        elif time_code[f] == 0:
+            t0 = np.random.exponential(iat)
+        else:
+            on_end[f] = np.random.exponential(on_time[f])
+            if np.random.random() >= on_time[f] / (on_time[f] + off_time[f]):
+                on_end[f] = 0.0
+            t0 = _next_departure(0.0, 2, rate[f], mean_size[f], on_time[f], off_time[f], on_end, f)
+        if t0 > duration:
+            continue
+        n_free -= 1
+        slot = free[n_free]
+        s_flow[slot] = f
+        s_hop[slot] = -1
+        _heap_push(h_time, h_slot, n_heap, t0, slot)
+        n_heap += 1
+
+    while n_heap > 0:
+        t = h_time[0]
+        slot = h_slot[0]
+        if slot < n_links:
+            # link `slot` ends a transmission: it starts the next packet, the sent one travels on
+            l = slot
+            done = sending[l]
+            first = q_first[l]
+            end = q_first[l + 1]
+            if waiting[l] > 0:
+                q = _next_queue(l, policy[l], first, end, q_len, q_head, ring, ring_off, s_tag, s_size,
+                                deficit, quantum, turn, fresh)
+                nxt = ring[ring_off[q] + q_head[q]]
+                q_head[q] = q_head[q] + 1 if q_head[q] + 1 < q_size[q] else 0
+                q_len[q] -= 1
+                waiting[l] -= 1
+                sending[l] = nxt
+                service = s_size[nxt] / capacity[l]
+                if warmup <= s_arrive[nxt] <= duration:
+                    q_busy[q] += service
+                    q_wait[q] += t - s_arrive[nxt]
+                vtime[l] = s_tag[nxt]
+                if policy[l] == 3 and q_len[q] == 0:
+                    deficit[q] = 0.0
+                    turn[l] = turn[l] + 1 if q + 1 < end else 0
+                    fresh[l] = True
+                _heap_replace_top(h_time, h_slot, n_heap, t + service, l)
+            else:
+                sending[l] = -1
+                vtime[l] = 0.0
+                for q in range(first, end):
+                    last_tag[q] = 0.0
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
+            f = s_flow[done]
+            hop = s_hop[done]
+            arrive = t + prop[l]
+            if hop + 1 == path_len[f]:
+                birth = s_birth[done]
+                if birth >= warmup:
+                    d = arrive - birth
+                    delivered[f] += 1
+                    excess = d - hist_base[f]
+                    sum_d[f] += excess
+                    sum_d2[f] += excess * excess
+                    ratio = d / hist_base[f]
+                    k = 0
+                    if ratio > 1.0:
+                        k = int(math.log(ratio) * bins_per_e)
+                        if k > N_BINS - 1:
+                            k = N_BINS - 1
+                    hist[f, k] += 1
+                free[n_free] = done
+                n_free += 1
+            else:
+                s_hop[done] = hop + 1
+                _heap_push(h_time, h_slot, n_heap, arrive, done)
+                n_heap += 1
+            continue
+        f = s_flow[slot]
+        hop = s_hop[slot]
+        at_root = True  # the packet handled below is still the heap's root
+        if hop == -1:
+            # a packet is created now; the creation event is rescheduled in the same slot
+            nxt_t = _next_departure(t, time_code[f], rate[f], mean_size[f], on_time[f], off_time[f], on_end, f)
+            if nxt_t <= duration:
+                _heap_replace_top(h_time, h_slot, n_heap, nxt_t, slot)
+            else:
+                _heap_pop(h_time, h_slot, n_heap)
+                n_heap -= 1
+                free[n_free] = slot
+                n_free += 1
+            at_root = False
+            if n_free == 0:
+                grow = cap
+                h_time = np.concatenate((h_time, np.empty(grow)))
+                h_slot = np.concatenate((h_slot, np.empty(grow, dtype=np.int64)))
+                s_flow = np.concatenate((s_flow, np.empty(grow, dtype=np.int64)))
+                s_hop = np.concatenate((s_hop, np.empty(grow, dtype=np.int64)))
+                s_birth = np.concatenate((s_birth, np.empty(grow)))
+                s_size = np.concatenate((s_size, np.empty(grow)))
+                s_arrive = np.concatenate((s_arrive, np.empty(grow)))
+                s_tag = np.concatenate((s_tag, np.empty(grow)))
+                free = np.concatenate((free, np.empty(grow, dtype=np.int64)))
+                for s in range(cap + grow - 1, cap - 1, -1):
+                    free[n_free] = s
+                    n_free += 1
+                cap += grow
+            n_free -= 1
+            slot = free[n_free]
+            s_flow[slot] = f
+            s_hop[slot] = 0
+            s_birth[slot] = t
+            s_size[slot] = _packet_size(size_code[f], mean_size[f], small[f], large[f], p_small[f])
+            hop = 0
+            if t >= warmup:
+                sent[f] += 1
+        # the packet arrives at its hop's link: sent at once, queued, or dropped
+        l = path[f, hop]
+        hops += 1
+        first = q_first[l]
+        q = first + min(tos[f], q_first[l + 1] - first - 1)
+        size = s_size[slot]
+        in_window = warmup <= t <= duration
+        if in_window:
+            q_arrivals[q] += 1
+        tag = 0.0
+        if sending[l] < 0 or q_len[q] < q_size[q]:
+            tag = max(vtime[l], last_tag[q]) + size / q_weight[q]
+            last_tag[q] = tag
+            s_tag[slot] = tag
+        if sending[l] < 0:
+            sending[l] = slot
+            service = size / capacity[l]
+            vtime[l] = tag
+            if in_window:
+                q_busy[q] += service
+            if at_root:
+                _heap_replace_top(h_time, h_slot, n_heap, t + service, l)
+            else:
+                _heap_push(h_time, h_slot, n_heap, t + service, l)
+                n_heap += 1
+            continue
+        if at_root:
+            _heap_pop(h_time, h_slot, n_heap)
+            n_heap -= 1
+        if q_len[q] >= q_size[q]:
+            if in_window:
+                q_drops[q] += 1
+            if s_birth[slot] >= warmup:
+                dropped[f] += 1
+            free[n_free] = slot
+            n_free += 1
+            continue
+        tail = q_head[q] + q_len[q]
+        if tail >= q_size[q]:
+            tail -= q_size[q]
+        ring[ring_off[q] + tail] = slot
+        q_len[q] += 1
+        waiting[l] += 1
+        s_arrive[slot] = t
+    return sent, delivered, dropped, sum_d, sum_d2, hist, q_arrivals, q_drops, q_busy, q_wait, hops

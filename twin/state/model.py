@@ -35,14 +35,22 @@ MAX_PERIOD_S = 3600.0  # on/off periods
 MAX_WEIGHT = 65535.0
 SIZE_DISTS = ("deterministic", "exponential", "binomial")
 ROUTING_KINDS = ("ospf", "paths")
+POLICIES = ("fifo", "sp", "wfq", "drr")  # how a port serves its queues (docs/state.md)
+MAX_QUEUES = 64  # queues per port
+MAX_TOS = 255  # a flow's QoS class
 
 
 @dataclass(frozen=True)
 class Link:
-    """A directed link: a FIFO output queue at ``src`` feeding a wire to ``dst``.
+    """A directed link: an output port at ``src`` feeding a wire to ``dst``.
 
-    capacity: bit/s; buffer: packets that can wait (the one in transmission not
-    counted); prop_delay: s; weight: OSPF cost (> 0).
+    capacity: bit/s; buffer: packets that can wait in a FIFO port (the one in
+    transmission not counted); prop_delay: s; weight: OSPF cost (> 0).
+    policy: how the port serves its queues, ``fifo`` (one queue of ``buffer``),
+    ``sp`` (strict priority, queue 0 first), ``wfq`` or ``drr`` (shares by
+    ``queue_weights``); queue_sizes: packets that can wait in each queue (default
+    ``buffer`` for each of one queue); queue_weights: one positive weight per queue
+    (wfq and drr; default equal).
     """
 
     src: str
@@ -51,6 +59,14 @@ class Link:
     buffer: int = 32
     prop_delay: float = 0.0
     weight: float = 1.0
+    policy: str = "fifo"
+    queue_sizes: tuple[int, ...] | None = None
+    queue_weights: tuple[float, ...] | None = None
+
+    @property
+    def queues(self) -> tuple[int, ...]:
+        """Packets that can wait in each queue of the port."""
+        return self.queue_sizes or (self.buffer,)
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,8 @@ class Flow:
     (``poisson``, ``cbr``, or ``onoff`` with exponential ON/OFF periods of mean
     ``on_time``/``off_time`` s and Poisson departures while ON). packet_size:
     mean size in bits; size_dist ``binomial`` draws one of ``packet_sizes``
-    (two sizes, bits) with the probability that gives the mean.
+    (two sizes, bits) with the probability that gives the mean. tos: the QoS
+    class; at each port it selects queue ``min(tos, queues - 1)``.
     """
 
     src: str
@@ -73,6 +90,7 @@ class Flow:
     packet_sizes: tuple[float, float] | None = None
     on_time: float | None = None
     off_time: float | None = None
+    tos: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,7 @@ class NetworkState:
                                  f"got {shown(link.buffer)}")
             _finite_nonneg(tag, "prop_delay", link.prop_delay, MAX_PROP_DELAY_S)
             _positive(tag, "weight", link.weight, MAX_WEIGHT)
+            _validate_scheduling(tag, link)
         flow_pairs = set()
         for flow in self.flows:
             tag = f"flow {flow.src}->{flow.dst}"
@@ -158,6 +177,8 @@ class NetworkState:
                 raise StateError(f"{tag}: the traffic matrix lists this pair twice")
             flow_pairs.add((flow.src, flow.dst))
             _finite_nonneg(tag, "rate", flow.rate, MAX_RATE_BPS)
+            if not _whole(flow.tos) or not 0 <= flow.tos <= MAX_TOS:
+                raise StateError(f"{tag}: tos must be a whole number from 0 to {MAX_TOS}, got {shown(flow.tos)}")
             _positive(tag, "packet_size", flow.packet_size, MAX_PACKET_BITS)
             if flow.time_dist not in TIME_DISTS:
                 raise StateError(f"{tag}: time_dist {flow.time_dist!r} is not one of {TIME_DISTS}")
@@ -263,6 +284,11 @@ class NetworkState:
         columns["time"] = columns["time"].astype(np.int64)
         columns["size"] = columns["size"].astype(np.int64)
         return columns
+
+    @cached_property
+    def scheduled(self) -> bool:
+        """Some port is not a plain FIFO (the simulator then schedules queues)."""
+        return any(lk.policy != "fifo" for lk in self.links)
 
     @cached_property
     def routes(self) -> "Routes":
@@ -440,6 +466,34 @@ def _finite_nonneg(tag: str, name: str, value, high: float = math.inf) -> None:
         raise StateError(f"{tag}: {name} must be >= 0 and at most {high:g}, got {shown(value)}")
 
 
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _validate_scheduling(tag: str, link: Link) -> None:
+    """The port's policy, queue sizes and weights (docs/state.md)."""
+    if link.policy not in POLICIES:
+        raise StateError(f"{tag}: policy {shown(link.policy)} is not one of {POLICIES}")
+    sizes, weights = link.queue_sizes, link.queue_weights
+    if link.policy == "fifo" and sizes is not None:
+        raise StateError(f"{tag}: queue_sizes: a fifo port has one queue of `buffer` packets; "
+                         "set policy to sp, wfq or drr for several")
+    if sizes is not None:
+        if not isinstance(sizes, tuple) or not 1 <= len(sizes) <= MAX_QUEUES:
+            raise StateError(f"{tag}: queue_sizes must list 1 to {MAX_QUEUES} queues, got {shown(sizes)}")
+        if not all(_whole(size) and 1 <= size <= MAX_BUFFER_PACKETS for size in sizes):
+            raise StateError(f"{tag}: queue_sizes must be whole numbers of packets from 1 to {MAX_BUFFER_PACKETS}, "
+                             f"got {shown(list(sizes))}")
+    if weights is None:
+        return
+    if link.policy not in ("wfq", "drr"):
+        raise StateError(f"{tag}: queue_weights apply to wfq and drr ports, this one is {link.policy}")
+    if not isinstance(weights, tuple) or len(weights) != len(link.queues):
+        raise StateError(f"{tag}: queue_weights needs one weight per queue ({len(link.queues)}), got {shown(weights)}")
+    for weight in weights:
+        _positive(tag, "queue_weights", weight, MAX_WEIGHT)
+
+
 def _node_name(value, where: str) -> str:
     """A node name from JSON: a non-empty string, or an integer (GML ids), as a string."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
@@ -466,6 +520,11 @@ def _build(cls, item, tag: str):
         if end not in kwargs:
             raise StateError(f"{tag}: missing field {end!r}")
         kwargs[end] = _node_name(kwargs[end], f"{tag}.{end}")
+    for name in ("queue_sizes", "queue_weights"):
+        if cls is Link and kwargs.get(name) is not None:
+            if not isinstance(kwargs[name], list):
+                raise StateError(f"{tag}: {name} must be a list with one value per queue, got {shown(kwargs[name])}")
+            kwargs[name] = tuple(kwargs[name])
     if cls is Flow and kwargs.get("packet_sizes") is not None:
         if not isinstance(kwargs["packet_sizes"], list):
             raise StateError(f"{tag}: packet_sizes must be a list [small, large], got {shown(kwargs['packet_sizes'])}")
@@ -477,7 +536,7 @@ def _build(cls, item, tag: str):
 
 
 def _link_dict(link: Link) -> dict:
-    return {
+    out = {
         "src": link.src,
         "dst": link.dst,
         "capacity": link.capacity,
@@ -485,6 +544,13 @@ def _link_dict(link: Link) -> dict:
         "prop_delay": link.prop_delay,
         "weight": link.weight,
     }
+    if link.policy != "fifo":
+        out["policy"] = link.policy
+    if link.queue_sizes is not None:
+        out["queue_sizes"] = [int(size) for size in link.queue_sizes]
+    if link.queue_weights is not None:
+        out["queue_weights"] = list(link.queue_weights)
+    return out
 
 
 def _flow_dict(flow: Flow) -> dict:
@@ -501,4 +567,6 @@ def _flow_dict(flow: Flow) -> dict:
     if flow.time_dist == "onoff":
         out["on_time"] = flow.on_time
         out["off_time"] = flow.off_time
+    if flow.tos:
+        out["tos"] = int(flow.tos)
     return out
