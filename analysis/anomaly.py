@@ -23,8 +23,15 @@ how wrong the twin is *on the simulator*. On a live network two more errors add 
    must not narrow the band, and a fault that makes delay erratic (a queue that fills and drains)
    must not widen it — that spread is part of the evidence. Before, the window's own is used.
 
+3. what varies from window to window on a path even when nothing is wrong: the traffic of 10 s is
+   a random draw (its queues with it), which a twin fed the window's mean rates cannot predict. The
+   path's own residual spread over the reference, ``σ_p`` (1.4826 × MAD of its relative residuals,
+   once it has 3), measures it (with the probe noise of a usual window in it); on the emulated
+   Abilene it was several times the pooled ``σ``, largest on the paths through loaded links.
+
 With ``c = p · (1 + b)`` (the prediction corrected by the path's bias), the twin's ratio bounds
-``ρ_lo, ρ_hi`` (1 without intervals) and the half-width ``h = z · sqrt((σ · p)² + s²)``, the band is
+``ρ_lo, ρ_hi`` (1 without intervals) and the half-width ``h = z · sqrt((max(σ, σ_p) · p)² + s²)``,
+the band is
 ``[c · ρ_lo - h, c · ρ_hi + h]``: the twin's own interval, widened on each side by this network's
 residual spread and the window's probe noise combined (independent errors add in quadrature).
 
@@ -233,10 +240,15 @@ class AnomalyDetector:
         return Verdict(ts, False, paths, anomalies, suspects(anomalies, normal, self.settings.penalty), new, spread)
 
     def band(self, o: Observation, spread: float, pooled_bias: float) -> tuple[float, float, float]:
-        """The band (lo, hi, s) ``o`` is judged against, and the standard error used, s."""
+        """The band (lo, hi, s) ``o`` is judged against, and the standard error used, s; ``spread``:
+        the pooled relative model spread σ, ``pooled_bias``: the bias of paths without their own."""
         ref = self._reference.get(o.pair)
         own = ref is not None and len(ref.residuals) >= MIN_OWN_REFERENCE
-        bias = float(np.median(ref.residuals)) if own else pooled_bias
+        bias = pooled_bias
+        if own:
+            residuals = np.asarray(ref.residuals)
+            bias = float(np.median(residuals))
+            spread = max(spread, MAD_TO_SIGMA * float(np.median(np.abs(residuals - bias))))
         stderr = o.stderr_s
         if ref is not None and len(ref.variances) >= MIN_OWN_REFERENCE:
             stderr = math.sqrt(float(np.median(ref.variances)) / o.samples)

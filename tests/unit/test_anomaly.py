@@ -124,6 +124,25 @@ def test_the_band_takes_the_paths_typical_probe_error_not_the_windows_own():
     assert fresh.band(erratic, 0.05, 0.0)[2] == 5e-3
 
 
+def test_a_path_that_varies_from_window_to_window_gets_its_own_wider_band():
+    """b->c's true delay wanders ±40 % between windows (its traffic's draw), the others' not: its
+    band is wider, so its wandering raises no alarm, while a steady path keeps a narrow band."""
+    detector = AnomalyDetector(DetectorSettings(reference_windows=10, persistence=2))
+    rng = np.random.default_rng(5)
+
+    def wandering(i):
+        return [o if o.pair != ("b", "c") else Observation("b", "c", o.measured_s * (1 + 0.4 * math.sin(i)), o.samples,
+                                                           o.stderr_s, o.predicted_s, o.links) for o in window(rng)]
+
+    for i in range(10):
+        detector.judge(float(i), wandering(i))
+    spread, bias = detector.model_spread(), 0.0
+    bands = {o.pair: detector.band(o, spread, bias) for o in window(rng)}
+    width = {pair: (hi - lo) / PREDICTED[pair] for pair, (lo, hi, _) in bands.items()}
+    assert width[("b", "c")] > 2 * width[("c", "d")]
+    assert not any(detector.judge(20.0 + i, wandering(i)).anomalies for i in range(50))
+
+
 def test_one_stalled_reference_window_does_not_widen_the_band():
     """A probe stalled 50 ms in one reference window makes that window's variance huge; the band
     takes the typical (median) variance, so a 2-ms slowdown is still seen."""
