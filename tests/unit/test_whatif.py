@@ -192,3 +192,14 @@ def test_predict_returns_intervals_inside_the_safe_range_and_reasons_outside(tmp
     report = json.loads(ndt("predict", "--state", str(outside), "--model", "qt", "--json").stdout)
     assert report["in_safe_range"] is False and any("beyond" in r for r in report["out_of_range_reasons"])
     assert all(p["delay_lo"] is None and p["delay_hi"] is None for p in report["paths"])
+
+
+def test_a_restricted_state_carries_columns_and_routes_like_a_validated_one():
+    state = ring_state()
+    _ = state.flow_columns  # cached on the parent: the restricted state must inherit a matching slice
+    after, _, cut = apply_failure(state, Scenario(failed_links=(("d", "e"),)))
+    fresh = NetworkState(nodes=after.nodes, links=after.links, flows=after.flows)
+    for name, values in fresh.flow_columns.items():
+        assert np.array_equal(after.flow_columns[name], values), name
+    assert [list(x) for x in after.flow_links] == [list(x) for x in fresh.flow_links]
+    assert np.allclose(after.utilization(), fresh.utilization())
