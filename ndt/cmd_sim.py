@@ -14,10 +14,10 @@ def register(subparsers) -> None:
         "sim",
         help="simulate a network state packet by packet",
         description=(
-            "Simulate a network state with the packet-level simulator (FIFO queues, finite buffers, "
-            "tail drop) and report per-path delay, jitter, loss and percentiles and per-link "
-            "utilization. With --datanet, simulate every sample of a BNN-UPC datanet directory and "
-            "compare with the delays that directory records."
+            "Simulate a network state with the packet-level simulator (output ports with FIFO, SP, WFQ or "
+            "DRR queues, finite buffers, tail drop) and report per-path delay, jitter, loss and percentiles "
+            "and per-link and per-queue utilization. With --datanet, simulate every sample of a BNN-UPC "
+            "datanet directory (2020 or 2021 variant) and compare with the delays and jitter it records."
         ),
     )
     source = p.add_mutually_exclusive_group(required=True)
@@ -67,9 +67,13 @@ def _run_datanet(args: argparse.Namespace) -> int:
     else:
         print(f"{report['samples']} samples ({report['paths']} paths) from {args.datanet}: per-path mean delay MAPE "
               f"of ndt's simulator vs the recorded results = {100 * report['mape_vs_reference']:.2f} % "
-              f"(per sample p15 {100 * report['p15']:.2f} %, p85 {100 * report['p85']:.2f} %), "
-              f"{report['s_per_sample']:.2f} s per sample")
+              f"(per sample p15 {100 * report['p15']:.2f} %, p85 {100 * report['p85']:.2f} %), jitter MAPE "
+              f"{_percent_text(report['jitter_mape_vs_reference'])}, {report['s_per_sample']:.2f} s per sample")
     return 0
+
+
+def _percent_text(ratio) -> str:
+    return "n/a" if ratio is None else f"{100 * ratio:.2f} %"
 
 
 def _ms(seconds):

@@ -144,7 +144,7 @@ def test_samples_stream_archive_by_archive(tmp_path):
         (dict(drop_lines={"traffic.txt": 1}), r"traffic\.txt ends at line 1 .*truncated"),
         (dict(skip_file="stability.txt"), r"no stability\.txt"),
         (dict(graph="graph [ node [ id 0 "), r"graph-3\.txt: not a readable GML file"),
-        (dict(graph=_graph_gml(queue="32,16")), r"node 0 has 2 QoS queues"),
+        (dict(graph=_graph_gml(queue="32,16")), r"node 0: a FIFO node has one queue, queueSizes .32,16. lists 2"),
         (dict(routing="-1,1,1,\n1,-1,1,\n1,1,-1,\n"), r"route 1->0: routing loop at node 1"),
         (dict(routing="-1,1,5,\n0,-1,1,\n0,1,-1,\n"), r"route 0->2: node 0 has no output port 5"),
         (dict(routing="0;2;1\n0;x\n"), r"Routing-3\.txt line 2: a path is node ids"),
@@ -268,7 +268,7 @@ def test_write_refuses_what_the_format_cannot_say(tmp_path):
         write_datanet(tmp_path / "a", [(delayed, simulate(delayed, duration=50.0, seed=0))])
     mixed = NetworkState(nodes=state.nodes, flows=state.flows, name="mixed",
                          links=(Link("0", "1", 1e4, buffer=3),) + state.links[1:])
-    with pytest.raises(StateError, match=r"node 0 has output links with different buffers"):
+    with pytest.raises(StateError, match=r"node 0 has output links with different buffers or queues"):
         write_datanet(tmp_path / "b", [(mixed, result)])
     with pytest.raises(StateError, match=r"tag 'a_b'"):
         write_datanet(tmp_path / "c", [(state, result)], tag="a_b")

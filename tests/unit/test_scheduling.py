@@ -1,10 +1,14 @@
 """Ports with several queues (SP, WFQ, DRR) against queueing theory, and FIFO left as it was."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from twin.data.datanet_reader import _read_graph, read_datanet
+from twin.data.datanet_writer import write_datanet
+from twin.data.reference import compare_with_reference
 from twin.sim.simulator import simulate
 from twin.state.errors import StateError
 from twin.state.model import Flow, Link, NetworkState
@@ -169,3 +173,41 @@ def test_restricted_states_keep_the_ports():
     state = _mixed_state("wfq", queue_sizes=(4, 4, 4), queue_weights=(1.0, 1.0, 2.0))
     restricted = state.restricted(state.links, np.ones(3, dtype=bool))
     assert restricted.scheduled and replace(restricted.links[0]) == state.links[0]
+
+
+# ----------------------------------------------------------------------------- the datanet format, 2020 variant
+
+GNNET2020 = Path(__file__).resolve().parents[3] / "shared/datasets/gnnet2020/train"
+
+
+def test_datanet_round_trip_keeps_ports_and_tos(tmp_path):
+    state = _mixed_state("wfq", queue_sizes=(4, 6, 8), queue_weights=(5.0, 3.0, 2.0))
+    state = replace(state, links=tuple(replace(lk, prop_delay=0.0) for lk in state.links),
+                    flows=tuple(replace(f, size_dist="deterministic") for f in state.flows))  # the format's sizes
+    result = simulate(state, duration=2.0, seed=10)
+    write_datanet(tmp_path / "dn", [(state, result)])
+    back = next(read_datanet(tmp_path / "dn")).state
+    assert [(lk.policy, lk.queue_sizes, lk.queue_weights) for lk in back.links] == [
+        ("wfq", (4, 6, 8), (5.0, 3.0, 2.0))] * 3
+    assert [f.tos for f in back.flows] == [0, 1, 2]  # read back in (src, dst) order: a->b, a->c, b->c
+
+
+def test_datanet_graph_with_other_tos_mapping_is_refused(tmp_path):
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs/g.txt").write_text('graph [\n directed 1\n multigraph 1\n node [\n id 0\n label "0"\n'
+                                           ' schedulingPolicy "SP"\n queueSizes "32,32"\n tosToQoSqueue "1;0"\n ]\n'
+                                           ' node [\n id 1\n label "1"\n queueSizes "32"\n ]\n]\n')
+    with pytest.raises(StateError, match=r"g\.txt: node 0: tosToQoSqueue '1;0'; ndt maps ToS k to queue k only"):
+        _read_graph(tmp_path / "graphs/g.txt")
+
+
+@pytest.mark.skipif(not GNNET2020.is_dir(), reason="needs ../shared/datasets/gnnet2020")
+def test_gnnet2020_samples_read_and_agree():
+    sample = next(read_datanet(GNNET2020))
+    state = sample.state
+    assert len(state.nodes) == 14 and state.scheduled
+    assert {lk.policy for lk in state.links} == {"wfq"} and all(lk.queue_sizes == (31, 31, 31) for lk in state.links)
+    assert {f.tos for f in state.flows} == {0, 1, 2}
+    report = compare_with_reference(GNNET2020, limit=1, packets_per_flow=2000)
+    assert report["mape_vs_reference"] < 0.04 and report["jitter_mape_vs_reference"] < 0.12
+    assert report["by_policy"][0]["policy"] == "wfq"

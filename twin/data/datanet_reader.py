@@ -1,12 +1,14 @@
-"""The BNN-UPC datanet format (GNNetworking Challenge 2021): reading its samples
+"""The BNN-UPC datanet format (GNNetworking Challenges 2020 and 2021): reading its samples
 (:mod:`twin.data.datanet_writer` writes our own).
 
 A datanet directory holds ``graphs/`` (GML multigraphs: per-edge ``bandwidth``
-and ``port``, per-node ``queueSizes``), ``routings/`` (one path per line,
+and ``port``, per-node ``queueSizes`` and, in the 2020 variant, ``schedulingPolicy``,
+``schedulingWeights`` and ``levelsQoS``), ``routings/`` (one path per line,
 ``src;hop;...;dst``, or the older matrix of output ports, one row per node) and
-``results_*.tar.gz`` archives with one folder of five line-aligned files:
-``input_files.txt``, ``traffic.txt``, ``simulationResults.txt``,
-``linkUsage.txt`` and ``stability.txt`` (one line per sample).
+``results_*.tar.gz`` (2021) or ``gnnet_data_set_*.tar.gz`` (2020) archives with one
+folder of line-aligned files: ``input_files.txt``, ``traffic.txt``,
+``simulationResults.txt``, ``stability.txt`` and, where present, ``linkUsage.txt``
+(one line per sample).
 
 Units: the datanet time unit is taken as one second, so bandwidths are bit/s,
 rates bit/s, packet sizes bits, delays s and jitter s².
@@ -14,7 +16,11 @@ rates bit/s, packet sizes bits, delays s and jitter s².
 Mapping to :class:`twin.state.NetworkState`: nodes are named ``"0"``..``"N-1"``;
 a link's ``buffer`` is the node's ``queueSizes`` minus one, because the
 reference simulator counts the packet in transmission in its queue (see
-docs/validation.md); ``prop_delay`` is 0. Every pair with offered traffic
+docs/validation.md); ``prop_delay`` is 0. A node with several queues gives each
+of its output links its policy (``sp``, ``wfq``, ``drr``), its weights and
+``queue_sizes`` of each size minus one (``buffer``: their sum minus one); a flow's
+ToS, the last field of its traffic cell, selects queue ToS (the format's default
+``tosToQoSqueue``; SP serves queue 0 first). Every pair with offered traffic
 becomes a flow, so the state carries the load the reference simulated; pairs
 whose results are unusable (delay <= 0 or no packets generated) stay in the
 state and are marked ``valid = False`` with NaN labels.
@@ -25,7 +31,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -43,6 +49,8 @@ TIME_NAMES = {0: "exponential", 1: "deterministic", 2: "uniform", 3: "normal", 4
 TIME_PARAMS = {0: 4, 1: 3, 4: 6}  # fields up to the size distribution, the code included
 SIZE_CODES = {0: "deterministic", 2: "binomial"}
 SIZE_NAMES = {0: "deterministic", 1: "uniform", 2: "binomial", 3: "generic"}
+SIZE_PARAMS = {0: 2, 2: 4}  # fields of a size distribution, the code included; the ToS follows
+ARCHIVES = ("results_*.tar.gz", "gnnet_data_set_*.tar.gz")  # the 2021 and 2020 names of the results archives
 RESULT_FIELDS = 11  # AvgBw, PktsGen, PktsDrop, AvgDelay, AvgLnDelay, p10, p20, p50, p80, p90, Jitter
 MAX_RESULT_FILE_BYTES = 256 * 2**20  # one sample file of a few hundred nodes is a few MiB
 IN_SERVICE = 1  # packets the reference queue counts beyond ndt's waiting room (the one in transmission)
@@ -111,15 +119,15 @@ def _samples(directory: Path, archives: list[Path]) -> Iterator[DatanetSample]:
 
 
 def _archives(directory: Path) -> list[Path]:
-    """The results_*.tar.gz files of a datanet directory, checking its layout."""
+    """The results archives of a datanet directory (either naming, see ARCHIVES), checking its layout."""
     if not directory.is_dir():
         raise StateError(f"{directory}: not a directory")
     for sub in ("graphs", "routings"):
         if not (directory / sub).is_dir():
             raise StateError(f"{directory}: no {sub}/ folder (not a datanet directory)")
-    archives = sorted(directory.glob("results_*.tar.gz"))
+    archives = sorted(path for pattern in ARCHIVES for path in directory.glob(pattern))
     if not archives:
-        raise StateError(f"{directory}: no results_*.tar.gz archives")
+        raise StateError(f"{directory}: no results_*.tar.gz or gnnet_data_set_*.tar.gz archives")
     return archives
 
 
@@ -251,7 +259,7 @@ def _topology(directory: Path, graph_file: str, links_bw_file: str, cache: dict)
 
 
 def _read_graph(path) -> _Topology:
-    """Parse a datanet GML graph: links with capacity = bandwidth (bit/s), buffer from queueSizes (packets).
+    """Parse a datanet GML graph: links with capacity = bandwidth (bit/s), the queues of their source node.
 
     Links are ordered by source node, then output port.
     """
@@ -260,7 +268,7 @@ def _read_graph(path) -> _Topology:
     n = graph.number_of_nodes()
     if sorted(graph.nodes) != list(range(n)):
         raise StateError(f"{path}: node ids must be 0..{n - 1}")
-    buffers = {node: _queue_size(path, node, attrs) for node, attrs in graph.nodes(data=True)}
+    queues = {node: _node_queues(path, node, attrs) for node, attrs in graph.nodes(data=True)}
     links, ports = [], {node: {} for node in range(n)}
     edges = sorted(graph.edges(data=True), key=lambda e: (e[0], e[2].get("port", 0)))
     for src, dst, attrs in edges:
@@ -268,8 +276,8 @@ def _read_graph(path) -> _Topology:
         if "bandwidth" not in attrs:
             raise StateError(f"{tag} has no bandwidth")
         capacity = _bandwidth(attrs["bandwidth"], tag)
-        links.append(Link(src=str(src), dst=str(dst), capacity=capacity, buffer=buffers[src] - IN_SERVICE,
-                          weight=float(attrs.get("weight", 1.0))))
+        links.append(Link(src=str(src), dst=str(dst), capacity=capacity, weight=float(attrs.get("weight", 1.0)),
+                          **queues[src]))
         if "port" in attrs:
             ports[src][int(attrs["port"])] = dst
     try:
@@ -279,21 +287,39 @@ def _read_graph(path) -> _Topology:
     return _Topology(n=n, links=tuple(links), ports=ports)
 
 
-def _queue_size(path: Path, node: int, attrs: dict) -> int:
-    """A node's queue size in packets (the reference's count, the packet in transmission included)."""
+def _node_queues(path: Path, node: int, attrs: dict) -> dict:
+    """The Link fields of a node's output ports: ``buffer`` and, with several queues or a policy other than
+    FIFO, ``policy``, ``queue_sizes`` and ``queue_weights`` (the reference's queue sizes count the packet in
+    transmission; ndt's do not)."""
     raw = attrs.get("queueSizes", attrs.get("bufferSizes"))
     if raw is None:
         raise StateError(f"{path}: node {node} has no queueSizes")
-    sizes = str(raw).split(",")
-    if len(sizes) != 1:
-        raise StateError(f"{path}: node {node} has {len(sizes)} QoS queues ({raw!r}); ndt simulates one FIFO per port")
     try:
-        size = int(float(sizes[0]))
+        sizes = [int(float(size)) for size in str(raw).split(",")]
     except ValueError:
-        raise StateError(f"{path}: node {node}: queueSizes {raw!r} is not a number") from None
-    if size <= IN_SERVICE:
+        raise StateError(f"{path}: node {node}: queueSizes {raw!r} is not a list of numbers") from None
+    if min(sizes) <= IN_SERVICE:
         raise StateError(f"{path}: node {node}: queueSizes {raw!r} must be at least {IN_SERVICE + 1} packets")
-    return size
+    levels = attrs.get("levelsQoS")
+    if levels is not None and str(levels).strip() != str(len(sizes)):
+        raise StateError(f"{path}: node {node}: levelsQoS {levels!r} but {len(sizes)} queueSizes ({raw!r})")
+    policy = str(attrs.get("schedulingPolicy", "FIFO")).strip().lower()
+    if policy not in ("fifo", "sp", "wfq", "drr"):
+        raise StateError(f"{path}: node {node}: schedulingPolicy {attrs['schedulingPolicy']!r} is not FIFO, SP, "
+                         "WFQ or DRR")
+    mapping = attrs.get("tosToQoSqueue")
+    if mapping is not None and str(mapping).replace(" ", "") != ";".join(map(str, range(len(sizes)))):
+        raise StateError(f"{path}: node {node}: tosToQoSqueue {mapping!r}; ndt maps ToS k to queue k only")
+    if policy == "fifo":
+        if len(sizes) != 1:
+            raise StateError(f"{path}: node {node}: a FIFO node has one queue, queueSizes {raw!r} lists {len(sizes)}")
+        return {"buffer": sizes[0] - IN_SERVICE}
+    port = {"buffer": sum(sizes) - IN_SERVICE, "policy": policy,
+            "queue_sizes": tuple(size - IN_SERVICE for size in sizes)}
+    weights = str(attrs.get("schedulingWeights", "-")).strip()
+    if policy in ("wfq", "drr") and weights != "-":
+        port["queue_weights"] = tuple(_numbers(weights, f"{path}: node {node}: schedulingWeights"))
+    return port
 
 
 def _bandwidth(raw, tag: str) -> float:
@@ -321,8 +347,7 @@ def _apply_links_bw(topo: _Topology, path: Path) -> _Topology:
             raise StateError(f"{path} line {number}: expected 'src;dst;bandwidth' of an existing link, got {line!r}")
         i = index[(parts[0].strip(), parts[1].strip())]
         capacity = _bandwidth(parts[2], f"{path} line {number}")
-        lk = links[i]
-        links[i] = Link(src=lk.src, dst=lk.dst, capacity=capacity, buffer=lk.buffer, weight=lk.weight)
+        links[i] = replace(links[i], capacity=capacity)
     return _Topology(n=topo.n, links=tuple(links), ports=topo.ports)
 
 
@@ -437,6 +462,9 @@ def _parse_flow(cell: str, src: str, dst: str, what: str) -> Flow | None:
         small, large = sorted(values[offset + 2:offset + 4])
         if small < mean < large:
             kwargs.update(size_dist="binomial", packet_sizes=(small, large))
+    tos_field = offset + SIZE_PARAMS[size_code]
+    if len(values) > tos_field:
+        kwargs["tos"] = int(values[tos_field])
     try:
         return Flow(src=src, dst=dst, rate=values[1], **kwargs)
     except TypeError as exc:

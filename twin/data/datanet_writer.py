@@ -26,9 +26,11 @@ def write_datanet(directory, samples: Iterable, tag: str = "ndt") -> Path:
     (``graphs/graph-<N>-<k>.txt``, ``routings/Routing-<N>-<k>.txt``, paths as
     ``src;hop;...;dst`` over node indices in ``state.nodes`` order, the names kept in
     a GML ``name`` attribute; read back, nodes are named by index); the results go
-    to one ``results_<tag>_<lo>-<hi>_0_<n-1>.tar.gz``. The datanet format has no
-    propagation delay, one queue size per node and no exponential packet sizes:
-    states using them raise :class:`StateError`. Fields ndt does not measure
+    to one ``results_<tag>_<lo>-<hi>_0_<n-1>.tar.gz``. A node's ports become its
+    ``queueSizes``, ``schedulingPolicy``, ``schedulingWeights`` and ``levelsQoS`` (the
+    2020 variant), a flow's ToS the last field of its traffic cell. The datanet format
+    has no propagation delay, one queue set-up per node and no exponential packet
+    sizes: states using them raise :class:`StateError`. Fields ndt does not measure
     (AvgLnDelay, p10, p20, p80, maximum queue occupancy) are written as -1, the
     format's "no value"; so are the delays of flows that delivered nothing.
     """
@@ -73,13 +75,14 @@ def _check_writable(state: NetworkState, result, where: str) -> None:
     """Refuse what the datanet format cannot say."""
     if len(result.delay) != len(state.flows):
         raise StateError(f"{where}: the result has {len(result.delay)} paths but the state has {len(state.flows)} flows")
-    buffers: dict[str, int] = {}
+    ports: dict[str, tuple] = {}
     for lk in state.links:
         if lk.prop_delay != 0:
             raise StateError(f"{where}: link {lk.src}->{lk.dst} has a propagation delay; the datanet format has none")
-        if buffers.setdefault(lk.src, lk.buffer) != lk.buffer:
-            raise StateError(f"{where}: node {lk.src} has output links with different buffers; the datanet format "
-                             "has one queue size per node")
+        port = (lk.policy, lk.queues, lk.queue_weights)
+        if ports.setdefault(lk.src, port) != port:
+            raise StateError(f"{where}: node {lk.src} has output links with different buffers or queues; the "
+                             "datanet format has one queue set-up per node")
     for flow in state.flows:
         if flow.size_dist == "exponential":
             raise StateError(f"{where}: flow {flow.src}->{flow.dst} has exponential packet sizes; the datanet "
@@ -97,12 +100,18 @@ def _graph_text(state: NetworkState) -> str:
     """A datanet GML graph: node ids and labels are indices in ``state.nodes`` (as BNN-UPC's reader
     expects); the node names are kept in a ``name`` attribute."""
     idx = state.node_index
-    buffers = {lk.src: lk.buffer for lk in state.links}
+    ports = {lk.src: lk for lk in state.links}
     out = ["graph [", "  directed 1", "  multigraph 1"]
     for i, node in enumerate(state.nodes):
-        size = buffers.get(node, 32 - IN_SERVICE) + IN_SERVICE
-        out += ["  node [", f"    id {i}", f'    label "{i}"', f'    name "{node}"', f'    queueSizes "{size}"',
-                '    schedulingPolicy "FIFO"', "    levelsQoS 1", "  ]"]
+        port = ports.get(node)
+        queues = port.queues if port else (32 - IN_SERVICE,)
+        sizes = ",".join(str(size + IN_SERVICE) for size in queues)
+        policy = port.policy.upper() if port else "FIFO"
+        out += ["  node [", f"    id {i}", f'    label "{i}"', f'    name "{node}"', f'    queueSizes "{sizes}"',
+                f'    schedulingPolicy "{policy}"', f"    levelsQoS {len(queues)}"]
+        if port and port.queue_weights:
+            out.append(f'    schedulingWeights "{",".join(_fmt(w) for w in port.queue_weights)}"')
+        out.append("  ]")
     ports: dict[str, int] = {}
     for lk in state.links:
         port = ports.get(lk.src, 0)
@@ -137,7 +146,8 @@ def _traffic_line(state: NetworkState) -> str:
 
 
 def _traffic_cell(flow: Flow) -> str:
-    """One traffic cell; exp_max_factor 0 marks untruncated exponential times (ndt does not truncate)."""
+    """One traffic cell, the flow's ToS last; exp_max_factor 0 marks untruncated exponential times (ndt does
+    not truncate)."""
     pkts = flow.rate / flow.packet_size
     if flow.time_dist == "poisson":
         time_part = [0, flow.rate, pkts, 0]
@@ -150,7 +160,7 @@ def _traffic_cell(flow: Flow) -> str:
         size_part = [2, flow.packet_size, *flow.packet_sizes]
     else:
         size_part = [0, flow.packet_size]
-    return ",".join(_fmt(v) for v in [*time_part, *size_part, 0])
+    return ",".join(_fmt(v) for v in [*time_part, *size_part, flow.tos])
 
 
 def _window(result) -> float:

@@ -1,5 +1,5 @@
 """Our simulator against the reference data: every usable sample of a datanet directory simulated
-and its per-path mean delay and loss compared with the reference simulator's results."""
+and its per-path mean delay, jitter and loss compared with the reference simulator's results."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
 
     Returns ``samples``, ``paths`` (labelled paths compared), ``mape_vs_reference``
     (mean over those paths of |ours − reference| / reference, a fraction),
+    ``jitter_mape_vs_reference`` (the same for the delay variance, over the paths
+    whose reference jitter is positive), ``by_policy`` (delay and jitter MAPE per
+    sample kind: ``fifo``, or the set of policies of its ports such as ``sp+wfq``),
     ``p15``/``p85``/``median`` of the per-sample MAPE, ``bias`` (mean signed
     relative error), ``loss_abs_error`` (mean |loss difference|), ``undelivered``
     (labelled paths our run delivered nothing on, left out of the MAPE),
@@ -33,7 +36,7 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
     if limit is not None and limit < 1:
         raise StateError(f"limit must be at least 1, got {limit}")
     started = time.perf_counter()
-    signed, loss_err, per_sample = [], [], []
+    signed, jitter_err, loss_err, per_sample, kinds = [], [], [], [], []
     undelivered = hops = 0
     sim_wall = 0.0
     samples = itertools.islice(read_datanet(directory), limit)
@@ -43,8 +46,10 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
                               packets_per_flow=packets_per_flow)
             hops += result.packet_hops
             sim_wall += result.wall_s
-            rel, loss_diff, missed = _path_errors(sample, result)
+            rel, jitter_rel, loss_diff, missed = _path_errors(sample, result)
             signed.append(rel)
+            jitter_err.append(np.abs(jitter_rel))
+            kinds.append("+".join(sorted({link.policy for link in sample.state.links})))
             loss_err.append(loss_diff)
             undelivered += missed
             per_sample.append(float(np.mean(np.abs(rel))) if len(rel) else math.nan)
@@ -54,10 +59,18 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
         raise StateError(f"{directory}: no usable samples (every stability.txt line lacks ';OK;')")
     wall = time.perf_counter() - started
     all_errors = np.abs(np.concatenate(signed))
+    by_policy = []
+    for kind in sorted(set(kinds)):
+        mine = [i for i, k in enumerate(kinds) if k == kind]
+        by_policy.append({"policy": kind, "samples": len(mine),
+                          "mape_vs_reference": float(np.mean(np.abs(np.concatenate([signed[i] for i in mine])))),
+                          "jitter_mape_vs_reference": _mean([jitter_err[i] for i in mine])})
     return {
         "samples": len(per_sample),
         "paths": int(len(all_errors)),
         "mape_vs_reference": float(np.mean(all_errors)),
+        "jitter_mape_vs_reference": _mean(jitter_err),
+        "by_policy": by_policy,
         "p15": float(np.nanpercentile(per_sample, 15)),
         "median": float(np.nanpercentile(per_sample, 50)),
         "p85": float(np.nanpercentile(per_sample, 85)),
@@ -74,10 +87,19 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
     }
 
 
-def _path_errors(sample: DatanetSample, result) -> tuple[np.ndarray, np.ndarray, int]:
-    """On the labelled paths our run delivered packets on: signed relative delay error and
-    absolute loss difference; plus the number of labelled paths it delivered nothing on."""
+def _mean(errors: list[np.ndarray]) -> float | None:
+    """The mean of the pooled errors, None without any."""
+    pooled = np.concatenate(errors)
+    return float(np.mean(pooled)) if len(pooled) else None
+
+
+def _path_errors(sample: DatanetSample, result) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """On the labelled paths our run delivered packets on: signed relative delay error, signed relative
+    jitter error (where the reference jitter is positive) and absolute loss difference; plus the number
+    of labelled paths it delivered nothing on."""
     delivered = np.isfinite(result.delay)
     use = sample.valid & delivered
     rel = (result.delay[use] - sample.delay[use]) / sample.delay[use]
-    return rel, np.abs(result.loss[use] - sample.loss[use]), int(np.sum(sample.valid & ~delivered))
+    jittered = use & (np.nan_to_num(sample.jitter) > 0)
+    jitter_rel = (result.jitter[jittered] - sample.jitter[jittered]) / sample.jitter[jittered]
+    return rel, jitter_rel, np.abs(result.loss[use] - sample.loss[use]), int(np.sum(sample.valid & ~delivered))
