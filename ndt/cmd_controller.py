@@ -11,6 +11,9 @@ from ndt.options import ip_address, number, port
 from twin.state.errors import NdtError
 
 
+DEFAULT_Z = 4.5  # analysis.anomaly.DetectorSettings.z (not imported here: the CLI starts without numpy)
+
+
 class OptionError(NdtError, ValueError):
     """An option of ndt controller does not fit with the others; the message names it."""
 
@@ -97,6 +100,8 @@ def register(subparsers) -> None:
                          help="probes judged per window, s (default: 10)")
     anomaly.add_argument("--anomaly-persistence", type=number(1, 100, integer=True), default=3, metavar="K",
                          help="consecutive windows outside the band before a path is anomalous (default: 3)")
+    anomaly.add_argument("--anomaly-z", type=number(1, 20), default=DEFAULT_Z, metavar="Z",
+                         help=f"the band's half-width in combined standard errors (default: {DEFAULT_Z:g})")
     anomaly.add_argument("--anomaly-log", type=Path, metavar="FILE",
                          help="append every judged window's observations to FILE as JSON lines (audits, offline "
                               "tuning; about 1 MB per hour and 10 paths)")
@@ -177,6 +182,7 @@ def _loop_factory(args: argparse.Namespace, state):
     settings = ServiceSettings(window_s=args.loop_window, verify_s=args.verify_s, period_s=args.period,
                                hold_down_s=args.hold_down, shift_threshold=args.shift_threshold,
                                candidates=args.candidates, validate=args.validate, dry_run=args.dry_run,
-                               optimize=intent is not None, anomaly=DetectorSettings(persistence=args.anomaly_persistence),
+                               optimize=intent is not None, anomaly=DetectorSettings(z=args.anomaly_z,
+                                                                          persistence=args.anomaly_persistence),
                                anomaly_window_s=args.anomaly_window, anomaly_log=args.anomaly_log, **({"intent": intent} if intent else {}))
     return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox, intervals=intervals)
