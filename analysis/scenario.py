@@ -95,8 +95,23 @@ def _apply(state: NetworkState, scenario: Scenario, groups: dict):
             raise ScenarioError(f"{scenario.describe()}: no link is left in service")
         reachable = _reachable(state, links)
         cut = [(f.src, f.dst) for f, k, ok in zip(state.flows, keep, reachable) if k and not ok]
-        state = state.restricted(links, keep & reachable)
+        state = _without(state, links, keep & reachable, failed)
     return _scale_traffic(state, scenario), lost, cut
+
+
+def _without(state: NetworkState, links, keep: np.ndarray, failed: set) -> NetworkState:
+    """The state on ``links`` carrying the flows ``keep`` selects. OSPF re-routes everything; a state routed
+    by explicit paths keeps every path that avoids the failed links and re-routes only the others, by OSPF
+    on what is left (as the IGP under an explicit path takes over the traffic whose path broke)."""
+    if state.routing_kind == "ospf":
+        return state.restricted(links, keep)
+    rerouted = replace(state, routing_kind="ospf", paths={}).restricted(links, keep)
+    paths = {}
+    for i, flow in enumerate(rerouted.flows):
+        path = state.paths[(flow.src, flow.dst)]
+        broken = any((a, b) in failed for a, b in zip(path, path[1:]))
+        paths[(flow.src, flow.dst)] = tuple(rerouted.flow_path(i)) if broken else path
+    return replace(rerouted, routing_kind="paths", paths=paths)
 
 
 def _reconfigure(state: NetworkState, scenario: Scenario) -> NetworkState:

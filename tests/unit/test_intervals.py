@@ -38,6 +38,11 @@ def test_path_max_load_is_the_busiest_link_on_the_path():
     utilization = state.utilization()
     for i, links in enumerate(state.flow_links):
         assert path_max_load(state)[i] == pytest.approx(utilization[links].max())
+    ecmp = replace(state, ecmp=True)  # a flow split over several routes: the busiest link of any of them
+    routes, utilization = ecmp.routes, ecmp.utilization()
+    for i in range(len(ecmp.flows)):
+        mine = [links for owner, links in zip(routes.owner, routes.links) if owner == i]
+        assert path_max_load(ecmp)[i] == pytest.approx(max(utilization[links].max() for links in mine))
     assert list(load_bucket(np.array([0.1, 0.5, 0.69, 0.95]))) == [0, 1, 1, 3]
 
 
@@ -82,6 +87,9 @@ def test_a_state_outside_the_safe_range_gets_reasons_and_no_interval():
     assert any("loaded to" in r for r in reasons)
     small_buffers = replace(state, links=tuple(replace(lk, buffer=2) for lk in state.links))
     assert any("buffers of 2-2 packets" in r for r in safe.reasons(small_buffers))
+    assert safe.reasons(replace(state, ecmp=True)) == ["ECMP splits traffic over equal-cost paths, which no checked "
+                                                       "sample did"]
+    assert SafeRange.of([replace(state, ecmp=True)]).reasons(replace(state, ecmp=True)) == []
     intervals = Intervals("qt", 0.9, [0.9] * 4, [1.1] * 4, [100] * 4, safe)
     judged = judge(crowded, np.ones(2), intervals)
     assert judged.in_safe_range is False and judged.lo is None and judged.reasons == reasons

@@ -203,3 +203,15 @@ def test_a_restricted_state_carries_columns_and_routes_like_a_validated_one():
         assert np.array_equal(after.flow_columns[name], values), name
     assert [list(x) for x in after.flow_links] == [list(x) for x in fresh.flow_links]
     assert np.allclose(after.utilization(), fresh.utilization())
+
+
+def test_explicit_paths_survive_a_failure_they_avoid_and_only_broken_ones_move():
+    state = ring_state()
+    explicit = NetworkState(nodes=state.nodes, links=state.links, flows=state.flows, routing_kind="paths",
+                            paths={("a", "c"): ("a", "d", "c"), ("b", "d"): ("b", "c", "d"),
+                                   ("a", "e"): ("a", "d", "e"), ("c", "b"): ("c", "d", "a", "b")})
+    after, _ = apply(explicit, Scenario(failed_links=(("a", "b"),)))
+    assert after.routing_kind == "paths"
+    assert after.paths[("a", "c")] == ("a", "d", "c") and after.paths[("b", "d")] == ("b", "c", "d")
+    assert after.paths[("a", "e")] == ("a", "d", "e")
+    assert after.paths[("c", "b")] == ("c", "b")  # its path broke: the IGP's shortest path on what is left

@@ -39,11 +39,12 @@ class IntervalError(NdtError):
 
 def path_max_load(state: NetworkState) -> np.ndarray:
     """Per flow, the offered utilization of the busiest link any of its routes crosses."""
-    utilization = state.utilization()
     routes = state.routes
     out = np.zeros(len(state.flows))
-    for owner, links in zip(routes.owner, routes.links):
-        out[owner] = max(out[owner], float(utilization[links].max()))
+    if routes.links:
+        starts = np.concatenate([[0], np.cumsum(routes.hop_counts)[:-1]])
+        busiest = np.maximum.reduceat(state.utilization()[np.concatenate(routes.links)], starts)
+        np.maximum.at(out, routes.owner, busiest)
     return out
 
 
@@ -67,17 +68,20 @@ class SafeRange:
     hops: int  # longest path
     time_dists: tuple[str, ...]
     size_dists: tuple[str, ...]
+    ecmp: bool = False  # some checked state split traffic over equal-cost paths
+    scheduled: bool = False  # some checked state had ports with several queues (sp, wfq, drr)
 
     @classmethod
     def of(cls, states: list[NetworkState]) -> "SafeRange":
         return cls(
             nodes=(min(len(s.nodes) for s in states), max(len(s.nodes) for s in states)),
-            max_utilization=round(max(float(s.utilization().max()) for s in states), 4),
+            max_utilization=math.ceil(max(float(s.utilization().max()) for s in states) * 1e4) / 1e4,
             buffer=(min(int(s.link_arrays["buffer"].min()) for s in states),
                     max(int(s.link_arrays["buffer"].max()) for s in states)),
             hops=max(max(len(links) for links in s.routes.links) for s in states),
             time_dists=tuple(sorted({f.time_dist for s in states for f in s.flows})),
             size_dists=tuple(sorted({f.size_dist for s in states for f in s.flows})),
+            ecmp=any(s.ecmp for s in states), scheduled=any(s.scheduled for s in states),
         )
 
     def reasons(self, state: NetworkState) -> list[str]:
@@ -89,8 +93,8 @@ class SafeRange:
         busiest = float(state.utilization().max()) if state.links else 0.0
         if busiest > self.max_utilization:
             link = state.links[int(np.argmax(state.utilization()))]
-            out.append(f"link {link.src}->{link.dst} is loaded to {busiest:.2f} of its capacity, "
-                       f"beyond {self.max_utilization:.2f}")
+            out.append(f"link {link.src}->{link.dst} is loaded to {busiest:.3f} of its capacity, "
+                       f"beyond {self.max_utilization:.3f}")
         buffers = state.link_arrays["buffer"]
         if buffers.min() < self.buffer[0] or buffers.max() > self.buffer[1]:
             out.append(f"buffers of {int(buffers.min())}-{int(buffers.max())} packets, "
@@ -102,6 +106,10 @@ class SafeRange:
             unseen = sorted({getattr(f, kind) for f in state.flows} - set(known))
             if unseen:
                 out.append(f"traffic with {kind} {', '.join(unseen)}, never among the checked samples")
+        if state.ecmp and not self.ecmp:
+            out.append("ECMP splits traffic over equal-cost paths, which no checked sample did")
+        if state.scheduled and not self.scheduled:
+            out.append("ports schedule several queues (sp, wfq or drr), which no checked sample had")
         return out
 
     def to_dict(self) -> dict:
@@ -111,7 +119,8 @@ class SafeRange:
     def from_dict(cls, data: dict) -> "SafeRange":
         return cls(nodes=tuple(data["nodes"]), max_utilization=float(data["max_utilization"]),
                    buffer=tuple(data["buffer"]), hops=int(data["hops"]), time_dists=tuple(data["time_dists"]),
-                   size_dists=tuple(data["size_dists"]))
+                   size_dists=tuple(data["size_dists"]), ecmp=bool(data.get("ecmp", False)),
+                   scheduled=bool(data.get("scheduled", False)))
 
 
 @dataclass
@@ -150,6 +159,9 @@ class Intervals:
             if list(data["load_edges"]) != list(LOAD_EDGES):
                 raise IntervalError(f"{path}: fitted for load buckets {data['load_edges']}, this ndt uses "
                                     f"{list(LOAD_EDGES)}; refit with 'ndt intervals fit'")
+            buckets = len(LOAD_EDGES) + 1
+            if not len(data["ratio_lo"]) == len(data["ratio_hi"]) == len(data["paths"]) == buckets:
+                raise IntervalError(f"{path}: expected {buckets} load buckets of ratios and path counts")
             return cls(model=data["model"], nominal=float(data["nominal"]), ratio_lo=list(data["ratio_lo"]),
                        ratio_hi=list(data["ratio_hi"]), paths=list(data["paths"]),
                        safe=SafeRange.from_dict(data["safe_range"]), fitted_on=data.get("fitted_on", {}))

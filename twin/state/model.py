@@ -283,7 +283,7 @@ class NetworkState:
         columns = dict(zip(("rate", "packet_size", "time", "size", "on_time", "off_time", "small", "large"), rows.T))
         columns["time"] = columns["time"].astype(np.int64)
         columns["size"] = columns["size"].astype(np.int64)
-        return columns
+        return {name: _read_only(values) for name, values in columns.items()}
 
     @cached_property
     def scheduled(self) -> bool:
@@ -357,13 +357,18 @@ class NetworkState:
         resolved again (it raises on a flow left without a path); the checks of every field are skipped and
         the flows' columns carried over, which what-if sweeps need."""
         keep = np.asarray(keep, dtype=bool)
+        if self.routing_kind != "ospf":
+            raise StateError("restricted() routes what is left by OSPF; a state routed by explicit paths must keep "
+                             "them (analysis.scenario re-routes only the flows a failure cuts)")
+        if keep.shape != (len(self.flows),):
+            raise StateError(f"restricted(): keep has {keep.size} entries for {len(self.flows)} flows")
         state = object.__new__(NetworkState)
         flows = tuple(compress(self.flows, keep))
         for name, value in (("nodes", self.nodes), ("links", tuple(links)), ("flows", flows),
                             ("routing_kind", "ospf"), ("paths", {}), ("name", self.name), ("ecmp", self.ecmp)):
             object.__setattr__(state, name, value)
         if "flow_columns" in self.__dict__:
-            state.__dict__["flow_columns"] = {name: values[keep] for name, values in self.flow_columns.items()}
+            state.__dict__["flow_columns"] = {name: _read_only(values[keep]) for name, values in self.flow_columns.items()}
         _ = state.routes
         return state
 
@@ -468,6 +473,12 @@ def _finite_nonneg(tag: str, name: str, value, high: float = math.inf) -> None:
 
 def _whole(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    """``values``, no longer writable (cached arrays are shared by every reader)."""
+    values.setflags(write=False)
+    return values
 
 
 def _validate_scheduling(tag: str, link: Link) -> None:
