@@ -57,7 +57,10 @@ def what_if(state: NetworkState, scenario: Scenario, predictor, intervals: Inter
     """The report of one scenario: ``before``/``after`` summaries, ``paths`` and ``links`` rows, ``lost``
     demands (with a failed node). Delays in s, utilization as load / capacity."""
     after_state, lost = apply(state, scenario, groups)
-    delays_before, delays_after = predictor.predict_delays([state, after_state])
+    if after_state.flows:
+        delays_before, delays_after = predictor.predict_delays([state, after_state])
+    else:  # every demand left with the failed nodes: nothing to predict after
+        delays_before, delays_after = predictor.predict_delays([state])[0], np.zeros(0)
     before = outcome(state, delays_before, intervals, intent)
     after = outcome(after_state, delays_after, intervals, intent)
     return {"scenario": scenario.describe(), "before": before.summary(), "after": after.summary(),

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ndt.options import number, seed
+from ndt.options import number, picture_path, seed
 from ndt.output import print_json, print_table
 
 
@@ -68,7 +68,7 @@ def register(subparsers) -> None:
                         f"(default: {','.join(f'{m:g}' for m in DEFAULT_STEPS)})")
     p.add_argument("--cost-per-step", type=number(0, 1e15, open_low=True), default=1.0, metavar="C",
                    help="cost of one step on one link, both directions (default: 1)")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="write the timeline picture here")
+    p.add_argument("--plot", type=picture_path, metavar="FILE.png", help="write the timeline picture here")
     p.add_argument("--top", type=number(1, 10**6, integer=True), default=10,
                    help="rows shown per table (default: 10; --json has all)")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract)")

@@ -7,7 +7,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ndt.options import number
+from ndt.options import number, picture_path
 from ndt.output import print_json, print_table
 
 LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--whatif-at", type=moment, metavar="T",
                    help="a moment in the window: predict it with the routing in place and with the routing the "
                         "last push before it replaced (a counterfactual), on the traffic measured over [T, T+step)")
-    p.add_argument("--plot", type=Path, metavar="FILE.png",
+    p.add_argument("--plot", type=picture_path, metavar="FILE.png",
                    help="draw predicted and measured mean delay over time, pushes and link events marked")
     p.add_argument("--top", type=number(1, 10**6, integer=True), default=5,
                    help="suspects shown (default: 5; --json has all)")

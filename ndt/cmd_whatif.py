@@ -8,10 +8,11 @@ import json
 import time
 from pathlib import Path
 
-from ndt.options import number
+from ndt.options import number, picture_path
 from ndt.output import print_json, print_table
 
 MAX_SCALE = 1e6
+CONNECT_S = 5.0  # how long --controller waits for the API to answer
 
 
 def register(subparsers) -> None:
@@ -62,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", choices=[m for m in PREDICTORS if m != "sim"], default=PREDICTORS[-1],
                    help=f"twin model (default: {PREDICTORS[-1]})")
     p.add_argument("--weights-dir", type=Path, metavar="DIR", help="model weights and intervals (default: shipped)")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the result on the topology")
+    p.add_argument("--plot", type=picture_path, metavar="FILE.png", help="draw the result on the topology")
     p.add_argument("--top", type=number(1, 10**6, integer=True), default=10,
                    help="rows shown per table (default: 10; --json has all)")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract)")
@@ -131,17 +132,27 @@ def _groups(path: Path | None) -> dict:
 
 
 def _state(args):
-    from twin.state.model import NetworkState
-
-    if args.state:
-        return NetworkState.load(args.state)
     from controller.api.client import ControllerClient
 
-    client = ControllerClient(args.controller)
+    client = ControllerClient(args.controller, ready_s=CONNECT_S)
     try:
         return client.state()
     finally:
         client.close()
+
+
+def _ask_controller(args):
+    """The running network from ``ndt controller``'s API; an unreachable or refusing API is one line."""
+    import grpc
+
+    from analysis.scenario import ScenarioError
+
+    try:
+        return _state(args)
+    except grpc.FutureTimeoutError:
+        raise ScenarioError(f"--controller {args.controller}: no ndt controller API answers there") from None
+    except grpc.RpcError as exc:
+        raise ScenarioError(f"--controller {args.controller}: {exc.code().name}: {exc.details()}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     from optimizer.intent import load_intent
     from twin.models.intervals import load_intervals
     from twin.models.registry import get_predictor
+    from twin.state.model import NetworkState
 
-    state = _state(args)
+    state = NetworkState.load(args.state) if args.state else _ask_controller(args)
     intent = load_intent(args.intent) if args.intent else None
     if intent:
         intent.check_against(state)
@@ -193,8 +205,10 @@ def _run_what_if(args, state, scenario, groups, predictor, intervals, intent) ->
           f"{before['max_utilization']:.2f} -> {after['max_utilization']:.2f}")
     if report["lost"]:
         print(f"  {len(report['lost'])} demands lost with the failed nodes")
-    if after["in_safe_range"] is False:
-        print("  outside the twin's safe operating range, so no intervals: " + "; ".join(after["out_of_range_reasons"]))
+    for side in ("before", "after"):
+        if report[side]["in_safe_range"] is False:
+            print(f"  {side}: outside the twin's safe operating range, so no intervals: "
+                  + "; ".join(report[side]["out_of_range_reasons"]))
     for side in ("before", "after"):
         if intent is not None:
             found = report[side]["violations"]
@@ -241,11 +255,17 @@ def _run_n_minus_1(args, state, scenario, predictor, intervals, intent) -> int:
     cutting = [c for c in cases if c["cut"]]
     if cutting:
         print(f"{len(cutting)} failures cut demands off: " + ", ".join(c["failed"] for c in cutting[:args.top]))
+    outside = [c for c in cases if c["in_safe_range"] is False]
+    if base["in_safe_range"] is False:
+        print("the intact network is outside the twin's safe operating range: " + "; ".join(base["out_of_range_reasons"]))
+    elif outside:
+        print(f"{len(outside)} failures leave the twin's safe operating range (safe = no, their delays are unvouched)")
     print("worst first:")
-    print_table([dict(c, cut_n=len(c["cut"]), violations_n=len(c["violations"]),
+    print_table([dict(c, cut_n=len(c["cut"]), violations_n=len(c["violations"]), safe=_yes_no(c["in_safe_range"]),
                       increase_ms=_ms(c["mean_delay_increase"])) for c in cases[:args.top]],
-                [("failed", "failure", ""), ("cut_n", "cut", "d"), ("violations_n", "violations", "d"),
-                 ("max_utilization", "busiest", ".3f"), ("increase_ms", "delay +ms", ".3f")])
+                [("failed", "failure", ""), ("cut_n", "cut", "d"), ("lost", "lost", "d"),
+                 ("violations_n", "violations", "d"), ("max_utilization", "busiest", ".3f"),
+                 ("increase_ms", "delay +ms", ".3f"), ("safe", "safe", "")])
     if args.plot:
         print(f"picture: {args.plot}")
     return 0
@@ -253,6 +273,10 @@ def _run_n_minus_1(args, state, scenario, predictor, intervals, intent) -> int:
 
 def _ms(seconds) -> float | None:
     return None if seconds is None else 1e3 * seconds
+
+
+def _yes_no(flag) -> str | None:
+    return None if flag is None else ("yes" if flag else "no")
 
 
 def _ms_text(seconds) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+from pathlib import Path
 
 MAX_SEED = 2**32 - 1  # numpy's seed range
 
@@ -61,3 +62,14 @@ def ip_address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an IP address such as 127.0.0.1 or ::1, got {text[:40]!r}") from None
+
+
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def picture_path(text: str) -> Path:
+    """A file to draw a picture into: .png, .svg or .pdf (matplotlib picks the format by the suffix)."""
+    path = Path(text)
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r}: a picture is written as {', '.join(PICTURE_SUFFIXES)}")
+    return path

@@ -16,7 +16,11 @@ class ControllerClient:
 
     def __init__(self, address: str, ready_s: float = 20.0):
         self._channel = grpc.insecure_channel(address)
-        grpc.channel_ready_future(self._channel).result(timeout=ready_s)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=ready_s)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise
         self.stub = services.NdtStub(self._channel)
 
     def close(self) -> None:

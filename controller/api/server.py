@@ -187,7 +187,10 @@ class NdtService(services.NdtServicer):
         try:
             after, _ = apply_scenario(before, scenario)
         except NdtError as exc:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"failed_links: {exc}") from None
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"scenario: {exc}") from None
+        if not after.flows:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "scenario: every demand leaves with the failed nodes; nothing is left to predict")
         model, predictor = self._predictor(request.model)
         delays_before, delays_after = self._predict(predictor, [before, after])
         intervals = self._intervals(model)

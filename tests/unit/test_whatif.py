@@ -215,3 +215,18 @@ def test_explicit_paths_survive_a_failure_they_avoid_and_only_broken_ones_move()
     assert after.paths[("a", "c")] == ("a", "d", "c") and after.paths[("b", "d")] == ("b", "c", "d")
     assert after.paths[("a", "e")] == ("a", "d", "e")
     assert after.paths[("c", "b")] == ("c", "b")  # its path broke: the IGP's shortest path on what is left
+
+
+def test_a_failure_that_takes_every_demand_is_reported_not_predicted():
+    links = tuple(Link(x, y, 1e7) for p, q in (("a", "b"), ("b", "c"), ("c", "a")) for x, y in ((p, q), (q, p)))
+    state = NetworkState(nodes=("a", "b", "c"), links=links, flows=(Flow("a", "b", 1e6), Flow("b", "a", 1e6)))
+    report = what_if(state, Scenario(failed_nodes=("a",)), QueueingModel())
+    assert report["lost"] == [{"src": "a", "dst": "b"}, {"src": "b", "dst": "a"}] and report["paths"] == []
+    assert report["after"]["mean_delay"] is None and report["before"]["mean_delay"] > 0
+
+
+def test_cli_names_an_unreachable_controller_in_one_line():
+    from mininet_topos.network import free_port
+
+    done = ndt("whatif", "--controller", f"127.0.0.1:{free_port()}", "--fail-link", "a,b", "--model", "qt")
+    assert done.returncode == 2 and "no ndt controller API answers there" in done.stderr, done.stderr

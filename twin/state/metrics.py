@@ -16,6 +16,8 @@ def mean_delay(state: NetworkState, delays: np.ndarray) -> float:
     rates = np.array([f.rate for f in state.flows])
     delays = np.asarray(delays, dtype=float)
     ok = np.isfinite(delays) & (rates > 0)
+    if not ok.any():
+        return float("nan")
     return float(np.sum(rates[ok] * delays[ok]) / np.sum(rates[ok]))
 
 
