@@ -170,7 +170,7 @@ def test_bad_tos_is_refused(tos):
 
 
 def test_restricted_states_keep_the_ports():
-    state = _mixed_state("wfq", queue_sizes=(4, 4, 4), queue_weights=(1.0, 1.0, 2.0))
+    state = _mixed_state("wfq", queue_sizes=(4, 4, 4), queue_weights=(1.0, 1.0, 2.0)).with_weights([1.0] * 3)
     restricted = state.restricted(state.links, np.ones(3, dtype=bool))
     assert restricted.scheduled and replace(restricted.links[0]) == state.links[0]
 

@@ -580,8 +580,11 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
                    path, path_len, hist_base, tos, policy, q_first, q_size, q_weight, quantum, duration, warmup, seed):
     """The event loop for ports with several queues. Events: a flow's next packet (hop -1), a packet
     arriving at a link (hop >= 0), and a link ending a transmission (the slot number is the link's,
-    slots 0..links-1 are kept for these). Statistics per queue: arrivals, drops, busy time and waiting
-    time of the packets that arrived in the window."""
+    slots 0..links-1 are kept for these). WFQ as the BNN-UPC simulator behaves (docs/simulator.md): a
+    queue's finish tag grows by size / weight with each packet it admits, without a virtual time and
+    never reset, so backlogged queues share by weight and a queue kept below its share goes first.
+    Statistics per queue: arrivals, drops, busy time and waiting time of the packets that arrived in the
+    window."""
     np.random.seed(seed)
     n_links = capacity.shape[0]
     n_flows = rate.shape[0]
@@ -594,12 +597,11 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
     ring = np.zeros(ring_off[n_queues], dtype=np.int64)
     q_head = np.zeros(n_queues, dtype=np.int64)
     q_len = np.zeros(n_queues, dtype=np.int64)
-    last_tag = np.zeros(n_queues)  # WFQ: finish tag of the queue's last packet
+    last_tag = np.zeros(n_queues)  # WFQ: finish tag of the queue's last packet (bits per unit of weight)
     deficit = np.zeros(n_queues)  # DRR: bits the queue may still send in its turn
     # per link
     sending = np.full(n_links, -1, dtype=np.int64)  # slot of the packet in transmission, -1 when idle
     waiting = np.zeros(n_links, dtype=np.int64)
-    vtime = np.zeros(n_links)  # WFQ (self-clocked): the finish tag of the packet in transmission
     turn = np.zeros(n_links, dtype=np.int64)  # DRR: the queue whose turn it is, within the link
     fresh = np.ones(n_links, dtype=np.bool_)  # DRR: the turn has not yet added its quantum
     # statistics
@@ -673,7 +675,6 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
                 if warmup <= s_arrive[nxt] <= duration:
                     q_busy[q] += service
                     q_wait[q] += t - s_arrive[nxt]
-                vtime[l] = s_tag[nxt]
                 if policy[l] == 3 and q_len[q] == 0:
                     deficit[q] = 0.0
                     turn[l] = turn[l] + 1 if q + 1 < end else 0
@@ -681,9 +682,6 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
                 _heap_replace_top(h_time, h_slot, n_heap, t + service, l)
             else:
                 sending[l] = -1
-                vtime[l] = 0.0
-                for q in range(first, end):
-                    last_tag[q] = 0.0
                 _heap_pop(h_time, h_slot, n_heap)
                 n_heap -= 1
             f = s_flow[done]
@@ -758,15 +756,12 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
         in_window = warmup <= t <= duration
         if in_window:
             q_arrivals[q] += 1
-        tag = 0.0
         if sending[l] < 0 or q_len[q] < q_size[q]:
-            tag = max(vtime[l], last_tag[q]) + size / q_weight[q]
-            last_tag[q] = tag
-            s_tag[slot] = tag
+            last_tag[q] += size / q_weight[q]
+            s_tag[slot] = last_tag[q]
         if sending[l] < 0:
             sending[l] = slot
             service = size / capacity[l]
-            vtime[l] = tag
             if in_window:
                 q_busy[q] += service
             if at_root:
