@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
+from analysis.scenario import reachable_flows
 from telemetry.store import DECISION_KIND, LINK_KIND, ROUTING_KIND, TelemetryStore
 from telemetry.traffic_matrix import estimated_state, traffic_matrix
 from twin.models.intervals import Intervals, judge
@@ -171,6 +171,14 @@ class Timeline:
         i = self._position[change.config]
         return self.routing[i - 1] if i else None
 
+    def last_push(self, t: float) -> Change | None:
+        """The latest push at or before ``t``: a routing record that changed the weights and is no rollback
+        (a reload of unchanged weights and a rollback are not pushes to undo)."""
+        for change in reversed(self.routing[:bisect_right(self._routing_ts, t)]):
+            if change.who != ROLLBACK_WHO and np.any(change.weights != self.weights(self.before(change))):
+                return change
+        return None
+
     def weights(self, routing: Change | None) -> np.ndarray:
         """The weights of a routing record, per link of the base state (None: the state file's)."""
         return self.base.link_arrays["weight"] if routing is None else routing.weights
@@ -269,15 +277,7 @@ def moment_state(base: NetworkState, weights: np.ndarray, down: frozenset, rates
     if not down:
         return state, []
     links = [lk for lk in state.links if (lk.src, lk.dst) not in down]
-    graph = nx.DiGraph()
-    graph.add_nodes_from(state.nodes)
-    graph.add_edges_from((lk.src, lk.dst) for lk in links)
-    reach = {}
-    keep = []
-    for flow in state.flows:
-        if flow.src not in reach:
-            reach[flow.src] = nx.descendants(graph, flow.src)
-        keep.append(flow.dst in reach[flow.src])
+    keep = reachable_flows(state, links)
     cut = [(f.src, f.dst) for f, k in zip(state.flows, keep) if not k]
     return state.restricted(links, keep), cut
 
@@ -514,8 +514,8 @@ def _node_paths(state: NetworkState) -> list[list[list[str]]]:
 # ---------------------------------------------------------------------- the counterfactual
 def counterfactual(store: ReadOnlyStore, base: NetworkState, at: float, predictor, step_s: float = DEFAULT_STEP_S,
                    kind: str = "auto") -> dict:
-    """The moment ``at`` with the last push at or before it and without it (its routing replaced by the one
-    before), on the traffic measured over [at, at + step_s) and the links out of service at ``at``.
+    """The moment ``at`` as it was and without the last push at or before it (the routing in place replaced
+    by the one that push replaced), on the traffic measured over [at, at + step_s) and the links out of service at ``at``.
 
     Returns ``at``, ``push`` (ts, who, config, links_changed), ``with_push`` and ``without_push``
     (traffic-weighted predicted mean delay over every demand, s; ``measured_mean`` on the side that
@@ -525,16 +525,17 @@ def counterfactual(store: ReadOnlyStore, base: NetworkState, at: float, predicto
     _check_window(at, at + step_s, step_s)
     line = timeline(store, base, at)
     moment = line.at(at)
-    if moment.routing is None:
-        raise ReplayError(f"no push at or before {iso(at)} in the store: nothing to undo (the routing was the "
-                          "state file's)")
+    push = line.last_push(at)
+    if push is None:
+        raise ReplayError(f"no push at or before {iso(at)} in the store: nothing to undo (no record changed the "
+                          "weights, or only rollbacks did)")
     end = at + step_s
     rates = traffic_matrix(store.traffic_matrices(at, end), at, end)
     if not rates:
         raise _no_traffic(store, at, end)
     bits = _packet_bits(store.link_samples(at, end))
-    earlier = line.before(moment.routing)
-    with_state, _ = moment_state(base, moment.routing.weights, moment.down, rates, bits)
+    earlier = line.before(push)
+    with_state, _ = moment_state(base, line.weights(moment.routing), moment.down, rates, bits)
     without_state, _ = moment_state(base, line.weights(earlier), moment.down, rates, bits)
     if not with_state.flows:
         raise ReplayError(f"no demand left at {iso(at)}: the links out of service cut off all the measured traffic")
@@ -554,7 +555,6 @@ def counterfactual(store: ReadOnlyStore, base: NetworkState, at: float, predicto
                      "without_push": float(d_without), "measured": m, "path_changed": moved,
                      "routes_with": routes_with, "routes_without": routes_without})
     with_mean, without_mean = mean_delay(with_state, with_delays), mean_delay(without_state, without_delays)
-    push = moment.routing
     previous = line.weights(earlier)
     return {"at": at, "time": iso(at),
             "push": {"ts": push.ts, "time": iso(push.ts), "who": push.who, "config": push.config,

@@ -93,7 +93,7 @@ def _apply(state: NetworkState, scenario: Scenario, groups: dict):
         links = tuple(lk for lk in state.links if (lk.src, lk.dst) not in failed)
         if not links:
             raise ScenarioError(f"{scenario.describe()}: no link is left in service")
-        reachable = _reachable(state, links)
+        reachable = reachable_flows(state, links)
         cut = [(f.src, f.dst) for f, k, ok in zip(state.flows, keep, reachable) if k and not ok]
         state = _without(state, links, keep & reachable, failed)
     return _scale_traffic(state, scenario), lost, cut
@@ -191,7 +191,7 @@ def _no_link(state: NetworkState, src: str, dst: str) -> str:
     return f"{missing[0]!r} is not a node of the network" if missing else "no such link in the topology"
 
 
-def _reachable(state: NetworkState, links) -> np.ndarray:
+def reachable_flows(state: NetworkState, links) -> np.ndarray:
     """Per flow of ``state``, whether its destination can be reached over ``links``: flows inside one
     strongly connected component are; for the others, one breadth-first search per source decides."""
     index = state.node_index

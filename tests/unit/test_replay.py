@@ -216,6 +216,17 @@ def test_the_counterfactual_undoes_the_push(store_path):
                                                  - result["with_push"]["predicted_mean"])
 
 
+def test_after_a_rollback_the_counterfactual_names_the_push_not_the_rollback(store_path):
+    store = open_store(store_path)
+    try:
+        result = counterfactual(store, base_state(), ROLLBACK_AT + 40, QueueingModel(), step_s=10.0)
+    finally:
+        store.close()
+    assert result["push"]["ts"] == PUSH_AT and "rollback" not in result["push"]["who"]
+    assert result["paths_changed"] == 0  # the rollback already undid it: without it, nothing would differ
+    assert result["difference"] == pytest.approx(0.0)
+
+
 def test_bad_windows_are_one_clear_line(store_path):
     store = open_store(store_path)
     try:
