@@ -350,6 +350,8 @@ def _unmet(upgraded: Timeline, target: float, intent: Intent | None) -> list[dic
     floor = {f"{f.src}->{f.dst}": p for f, p in zip(state.flows, _propagation(state))}
     limit = dict(zip(floor, _delay_limits(state, intent))) if intent is not None else {}
     for (constraint, what), month in upgraded.first_violated().items():
+        if constraint == "max_utilization":  # the utilization rows above already name these links
+            continue
         if constraint == "avoid_links":
             reason = "a routing constraint: no capacity meets it"
         elif constraint.startswith("delay_bounds") and floor.get(what, 0.0) >= limit.get(what, math.inf):
