@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if judged.in_safe_range is False:
         print("outside the twin's safe operating range, so no intervals: " + "; ".join(judged.reasons))
     elif judged.in_safe_range:
-        print(f"intervals: {intervals.nominal:.0%} nominal (split-conformal, docs/twin.md)")
+        print(f"intervals: {intervals.nominal:.0%} nominal (split-conformal, docs/analysis.md)")
     print_table([dict(p, delay_ms=1e3 * p["delay"], lo_ms=_ms(p["delay_lo"]), hi_ms=_ms(p["delay_hi"])) for p in paths],
                 [("src", "src", ""), ("dst", "dst", ""), ("delay_ms", "delay ms", ".3f"), ("lo_ms", "low ms", ".3f"),
                  ("hi_ms", "high ms", ".3f")])
