@@ -60,7 +60,7 @@ class NoisyTruth:
 
 def random_square(rng) -> "object":
     state = square_state()
-    return state.scaled(float(rng.uniform(0.5, 4.0)))
+    return state.scaled(float(rng.uniform(0.5, 5.0)))  # busiest link 0.1-1.0
 
 
 def test_fitted_intervals_cover_held_out_samples_in_every_load_bucket():
@@ -71,9 +71,10 @@ def test_fitted_intervals_cover_held_out_samples_in_every_load_bucket():
     intervals = fit_intervals(fit_set, QueueingModel(), "qt")
     report = coverage(check_set, QueueingModel(), intervals)
     assert 0.86 <= report["coverage"] <= 0.94
-    for row in report["by_load"]:
-        if row["paths"] >= 100:
-            assert 0.84 <= row["coverage"] <= 0.96, row
+    checked = [row for row in report["by_load"] if row["paths"] >= 100]
+    assert len(checked) >= 3
+    for row in checked:
+        assert 0.84 <= row["coverage"] <= 0.96, row
     widths = [r["median_relative_width"] for r in report["by_load"] if r["paths"] >= 100]
     assert widths == sorted(widths)  # the noisier the bucket, the wider its interval
 

@@ -12,6 +12,7 @@ import pytest
 from analysis.scenario import Scenario, ScenarioError, apply, apply_failure
 from analysis.whatif import n_minus_1, single_failures, what_if
 from optimizer.intent import parse_intent
+from twin.models.intervals import Intervals, SafeRange
 from twin.models.qt import QueueingModel
 from twin.state.model import Flow, Link, NetworkState
 
@@ -110,6 +111,8 @@ def test_n_minus_1_covers_every_single_failure_and_ranks_the_worst_first():
             assert case.max_utilization == pytest.approx(after.utilization().max())
             expected = np.average(QueueingModel().predict_delays([after])[0], weights=[f.rate for f in after.flows])
             assert case.mean_delay == pytest.approx(expected)
+            base = np.average(QueueingModel().predict_delays([state])[0], weights=[f.rate for f in state.flows])
+            assert case.mean_delay_increase == pytest.approx(expected - base)
     keys = [c.impact() for c in cases]
     assert keys == sorted(keys)
 
@@ -118,7 +121,15 @@ def test_what_if_reports_intervals_links_and_intent_violations():
     state = ring_state()
     intent = parse_intent({"constraints": {"max_utilization": 0.35,
                                            "delay_bounds": [{"src": "a", "dst": "c", "max_delay": "2.5ms"}]}})
-    report = what_if(state, Scenario(failed_links=(("a", "b"),), traffic_scale=1.5), QueueingModel(), intent=intent)
+    intervals = Intervals("qt", 0.9, [0.95] * 4, [1.2] * 4, [100] * 4, SafeRange.of([state, state.scaled(1.2)]))
+    report = what_if(state, Scenario(failed_links=(("a", "b"),), traffic_scale=1.5), QueueingModel(),
+                     intervals=intervals, intent=intent)
+    assert report["before"]["in_safe_range"] is True
+    assert report["after"]["in_safe_range"] is False  # 1.5x the traffic on fewer links: beyond the checked load
+    assert all(p["delay_lo"] is None for p in report["paths"])
+    inside = what_if(state, Scenario(traffic_scale=1.1), QueueingModel(), intervals=intervals)
+    for path in inside["paths"]:
+        assert path["delay_lo"] == pytest.approx(0.95 * path["delay"]) and path["delay_hi"] == pytest.approx(1.2 * path["delay"])
     assert report["before"]["violations"] == []
     broken = {v["constraint"] for v in report["after"]["violations"]}
     assert broken == {"max_utilization", "delay_bounds[a->c]"}
