@@ -171,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
                         node_scale=tuple(args.scale_node), pair_scale=tuple(args.scale_pair),
                         weights=tuple(args.weight), capacities=tuple(args.capacity),
                         ecmp=None if args.ecmp is None else args.ecmp == "on")
+    if args.links_only and not args.n_minus_1:
+        raise ScenarioError("--links-only belongs to --n-1 (it leaves node failures out of the sweep)")
+    if args.srlg and not args.fail_group:
+        raise ScenarioError("--srlg defines groups for --fail-group; name the group to fail")
     groups = _groups(args.srlg)
     if args.n_minus_1 and scenario != Scenario(ecmp=scenario.ecmp):
         raise ScenarioError("--n-1 sweeps single failures of the network as it is; give no other change "

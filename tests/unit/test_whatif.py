@@ -160,6 +160,8 @@ def test_cli_n_minus_1_json_contract_and_picture(tmp_path):
     (["--fail-link", "ab"], "expected NODE,NODE"),
     ([], "nothing to change"),
     (["--n-1", "--scale", "2"], "--n-1 sweeps single failures"),
+    (["--links-only", "--scale", "2"], "--links-only belongs to --n-1"),
+    (["--plot", "x.txt", "--scale", "2"], "a picture is written as .png, .svg, .pdf"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, argv, words):
     path = tmp_path / "ring.json"
