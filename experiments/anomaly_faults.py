@@ -226,7 +226,7 @@ def bring_up(args, tag: str, minutes: float):
     state = emulation_state(args.topology, args.load, seed=args.seed)
     controller_args = ("--probe-rate", str(args.probe_rate), "--anomaly", "--model", args.model,
                        "--loop-window", str(args.window), "--anomaly-window", str(args.window),
-                       "--anomaly-persistence", str(args.persistence),
+                       "--anomaly-persistence", str(args.persistence), "--anomaly-z", str(args.z),
                        "--anomaly-log", str(LOG_DIR / tag / "anomaly.jsonl"))
     (LOG_DIR / tag).mkdir(parents=True, exist_ok=True)
     (LOG_DIR / tag / "anomaly.jsonl").unlink(missing_ok=True)
@@ -250,7 +250,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["faults", "quiet", "replay"])
     parser.add_argument("directory", nargs="?", type=Path, help="replay: a run's data/logs/TAG directory")
-    parser.add_argument("--z", type=float, default=DetectorSettings.z, help="replay: the band's half-width")
+    parser.add_argument("--z", type=float, default=DetectorSettings.z, help="the band's half-width (the controller's --anomaly-z)")
     parser.add_argument("--topology", default="sndlib/abilene")
     parser.add_argument("--load", type=float, default=0.8, help="busiest link's utilization")
     parser.add_argument("--probe-rate", type=float, default=120.0)
@@ -274,7 +274,7 @@ def main(argv=None) -> dict:
     state, net, traffic_s = bring_up(args, tag, budget_min)
     result = {"command": " ".join(["python", "experiments/anomaly_faults.py", *(argv or sys.argv[1:])]),
               "mode": args.mode, "topology": args.topology, "load": args.load, "probe_rate": args.probe_rate,
-              "model": args.model, "window_s": args.window, "persistence": args.persistence,
+              "model": args.model, "window_s": args.window, "z": args.z, "persistence": args.persistence,
               "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows)}
     try:
         run(net, state, args, kinds, traffic_s, result)
