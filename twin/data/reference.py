@@ -15,6 +15,8 @@ from twin.data.datanet_reader import PACKETS_PER_FLOW, DatanetSample, read_datan
 from twin.sim.simulator import simulate
 from twin.state.errors import StateError
 
+LOSS_BUCKETS = ((0.0, 0.01), (0.01, 0.1), (0.1, math.inf))  # reference loss ranges of by_reference_loss
+
 
 def compare_with_reference(directory, limit: int | None = None, seed: int = 0, duration: float | None = None,
                            warmup: float | None = None, packets_per_flow: float = PACKETS_PER_FLOW,
@@ -26,6 +28,8 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
     ``jitter_mape_vs_reference`` (the same for the delay variance, over the paths
     whose reference jitter is positive), ``by_policy`` (delay and jitter MAPE per
     sample kind: ``fifo``, or the set of policies of its ports such as ``sp+wfq``),
+    ``by_reference_loss`` (the same for paths whose reference loss is below 1 %,
+    1–10 % and from 10 %),
     ``p15``/``p85``/``median`` of the per-sample MAPE, ``bias`` (mean signed
     relative error), ``loss_abs_error`` (mean |loss difference|), ``undelivered``
     (labelled paths our run delivered nothing on, left out of the MAPE),
@@ -36,7 +40,7 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
     if limit is not None and limit < 1:
         raise StateError(f"limit must be at least 1, got {limit}")
     started = time.perf_counter()
-    signed, jitter_err, loss_err, per_sample, kinds = [], [], [], [], []
+    signed, jitter_err, ref_loss, loss_err, per_sample, kinds = [], [], [], [], [], []
     undelivered = hops = 0
     sim_wall = 0.0
     samples = itertools.islice(read_datanet(directory), limit)
@@ -46,9 +50,10 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
                               packets_per_flow=packets_per_flow)
             hops += result.packet_hops
             sim_wall += result.wall_s
-            rel, jitter_rel, loss_diff, missed = _path_errors(sample, result)
+            rel, jitter_rel, loss, loss_diff, missed = _path_errors(sample, result)
             signed.append(rel)
             jitter_err.append(np.abs(jitter_rel))
+            ref_loss.append(loss)
             kinds.append("+".join(sorted({link.policy for link in sample.state.links})))
             loss_err.append(loss_diff)
             undelivered += missed
@@ -59,18 +64,25 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
         raise StateError(f"{directory}: no usable samples (every stability.txt line lacks ';OK;')")
     wall = time.perf_counter() - started
     all_errors = np.abs(np.concatenate(signed))
+    all_jitter, all_loss = np.concatenate(jitter_err), np.concatenate(ref_loss)
     by_policy = []
     for kind in sorted(set(kinds)):
         mine = [i for i, k in enumerate(kinds) if k == kind]
         by_policy.append({"policy": kind, "samples": len(mine),
-                          "mape_vs_reference": float(np.mean(np.abs(np.concatenate([signed[i] for i in mine])))),
-                          "jitter_mape_vs_reference": _mean([jitter_err[i] for i in mine])})
+                          **_mapes(np.abs(np.concatenate([signed[i] for i in mine])),
+                                   np.concatenate([jitter_err[i] for i in mine]))})
+    by_loss = []
+    for low, high in LOSS_BUCKETS:
+        mine = (all_loss >= low) & (all_loss < high)
+        by_loss.append({"reference_loss_from": low, "reference_loss_below": high, "paths": int(mine.sum()),
+                        **_mapes(all_errors[mine], all_jitter[mine])})
     return {
         "samples": len(per_sample),
         "paths": int(len(all_errors)),
         "mape_vs_reference": float(np.mean(all_errors)),
-        "jitter_mape_vs_reference": _mean(jitter_err),
+        "jitter_mape_vs_reference": _mapes(all_errors, all_jitter)["jitter_mape_vs_reference"],
         "by_policy": by_policy,
+        "by_reference_loss": by_loss,
         "p15": float(np.nanpercentile(per_sample, 15)),
         "median": float(np.nanpercentile(per_sample, 50)),
         "p85": float(np.nanpercentile(per_sample, 85)),
@@ -87,19 +99,23 @@ def compare_with_reference(directory, limit: int | None = None, seed: int = 0, d
     }
 
 
-def _mean(errors: list[np.ndarray]) -> float | None:
-    """The mean of the pooled errors, None without any."""
-    pooled = np.concatenate(errors)
-    return float(np.mean(pooled)) if len(pooled) else None
+def _mapes(delay_errors: np.ndarray, jitter_errors: np.ndarray) -> dict:
+    """Delay and jitter MAPE (fractions) of absolute relative errors; jitter errors are NaN where the
+    reference jitter is 0; None without errors."""
+    jitter = jitter_errors[np.isfinite(jitter_errors)]
+    return {"mape_vs_reference": float(np.mean(delay_errors)) if len(delay_errors) else None,
+            "jitter_mape_vs_reference": float(np.mean(jitter)) if len(jitter) else None}
 
 
-def _path_errors(sample: DatanetSample, result) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _path_errors(sample: DatanetSample, result) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """On the labelled paths our run delivered packets on: signed relative delay error, signed relative
-    jitter error (where the reference jitter is positive) and absolute loss difference; plus the number
-    of labelled paths it delivered nothing on."""
+    jitter error (NaN where the reference jitter is 0), the reference loss and the absolute loss
+    difference; plus the number of labelled paths it delivered nothing on."""
     delivered = np.isfinite(result.delay)
     use = sample.valid & delivered
     rel = (result.delay[use] - sample.delay[use]) / sample.delay[use]
-    jittered = use & (np.nan_to_num(sample.jitter) > 0)
-    jitter_rel = (result.jitter[jittered] - sample.jitter[jittered]) / sample.jitter[jittered]
-    return rel, jitter_rel, np.abs(result.loss[use] - sample.loss[use]), int(np.sum(sample.valid & ~delivered))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jitter_rel = np.where(sample.jitter[use] > 0, (result.jitter[use] - sample.jitter[use]) / sample.jitter[use],
+                              np.nan)
+    return (rel, jitter_rel, sample.loss[use], np.abs(result.loss[use] - sample.loss[use]),
+            int(np.sum(sample.valid & ~delivered)))
