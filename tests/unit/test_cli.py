@@ -113,6 +113,11 @@ def test_optimize_json_contract(tmp_path):
      "--model 'gpt': not one of"),
     (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "AVOID"],
      "constraints.avoid_links: s1->s9 is not a link"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--anomaly", "--probe-rate", "0"],
+     "--anomaly needs the probes"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--anomaly", "--anomaly-log", "/nonexistent/a.jsonl"],
+     "--anomaly-log /nonexistent/a.jsonl: no such directory"),
+    (["controller", "--state", "S", "--anomaly-persistence", "0"], "argument --anomaly-persistence: must be >= 1"),
     (["demo", "--shift", "nowhere:2"], "'nowhere' is not a node of sndlib/abilene"),
     (["demo", "--fail", "a,b,c"], "expected NODE,NODE naming a link"),
 ])
