@@ -4,15 +4,15 @@ time (:class:`Observation` per path) and reports what it returns. Delays in s; t
 
 **The band a measurement is compared with.** The twin's prediction interval (split-conformal on
 simulator samples, :mod:`twin.models.intervals`; the point prediction when none was fitted) says
-how wrong the twin is *on the simulator*. On a live network two more errors add to it:
+how wrong the twin is *on the simulator*. On a live network three more errors add to it:
 
 1. the calibrated twin's residual error *on this network* (its per-switch walk, shaper timing,
    anything the calibration's three coefficients do not capture). It is systematic per path and
    changes little from window to window, so it is measured, not assumed: over the reference
    windows (the first ``reference_windows`` after start, then each later window in which the path
    was inside its band, the last ``history`` of them) each path's relative residual
-   ``q = (m - p) / p`` is kept. The path's **bias** ``b`` is the median of its own residuals (the pooled median until
-   it has 3); the **model spread** ``σ`` is the robust spread (1.4826 × MAD) of the de-biased
+   ``q = (m - p) / p`` is kept. The path's **bias** ``b`` is the median of its own residuals
+   (the pooled median until it has 3); the **model spread** ``σ`` is the robust spread (1.4826 × MAD) of the de-biased
    residuals of all paths, with the part the probes' own noise explains (the median of
    ``(s / p)²``) taken out in quadrature, and never below ``min_spread``;
 2. the probes' sampling noise: a path's window statistic holds a handful of probes, so its
@@ -21,8 +21,7 @@ how wrong the twin is *on the simulator*. On a live network two more errors add 
    the median, because one stalled probe in a reference window would make the mean variance, and
    the band, many times too wide), not the window's own: a window whose few probes happen to agree
    must not narrow the band, and a fault that makes delay erratic (a queue that fills and drains)
-   must not widen it — that spread is part of the evidence. Before, the window's own is used.
-
+   must not widen it — that spread is part of the evidence. Before, the window's own is used;
 3. what varies from window to window on a path even when nothing is wrong: the traffic of 10 s is
    a random draw (its queues with it), which a twin fed the window's mean rates cannot predict. The
    path's own residual spread over the reference, ``σ_p`` (1.4826 × MAD of its relative residuals,
@@ -31,17 +30,17 @@ how wrong the twin is *on the simulator*. On a live network two more errors add 
 
 With ``c = p · (1 + b)`` (the prediction corrected by the path's bias), the twin's ratio bounds
 ``ρ_lo, ρ_hi`` (1 without intervals) and the half-width ``h = z · sqrt((max(σ, σ_p) · p)² + s²)``,
-the band is
-``[c · ρ_lo - h, c · ρ_hi + h]``: the twin's own interval, widened on each side by this network's
-residual spread and the window's probe noise combined (independent errors add in quadrature).
+the band is ``[c · ρ_lo - h, c · ρ_hi + h]``: the twin's own interval, widened on each side by
+this network's residual spreads and the probes' noise combined (independent errors add in
+quadrature).
 
-**Persistence.** A path is *outside* in a window when its mean lies outside the band, and
+**Persistence.** A path is *outside* in a window when its measurement lies outside the band, and
 *anomalous* once it has been outside on the same side for ``persistence`` consecutive windows in
 which it was measured (a window without enough probes of it neither extends nor breaks the
 streak). One window inside ends the anomaly, and so do ``persistence`` windows in a row without
-a measurement of the path (its traffic stopped). Delay is heavy-tailed (bursts of
-queueing, a stalled software switch): on the emulated Abilene, with the band at ``z`` = 4.5, a
-quiet path was outside in about 2 % of its windows; requiring ``persistence`` (3) windows in a row
+a measurement of the path (its traffic stopped). Delay is heavy-tailed (bursts of queueing, a
+stalled software switch): on the emulated Abilene, with the band at ``z`` = 4.5, a quiet path was
+outside in about 2 % of its windows; requiring ``persistence`` (3) windows in a row
 makes a false alarm need that many such accidents in a row.
 
 **Suspect links.** Over the paths with a verdict — the anomalous ones (``A``) and the *normal*
