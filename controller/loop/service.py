@@ -478,8 +478,8 @@ class LoopService:
     # ------------------------------------------------------------------ anomaly detection
     def detect(self) -> Verdict | None:
         """Judge the last ``anomaly_window_s`` of probes (after the last routing change) against the
-        twin; None when there is nothing to judge yet (no correction fixed, a routing change in most
-        of the window, no traffic)."""
+        twin; None when there is nothing to judge (no correction fixed yet, a routing change in most
+        of the window, no traffic, a network the twin cannot be asked about: partitioned)."""
         window = self.settings.anomaly_window_s
         wall_end, mono_end = self.wall(), self.clock()
         self._detected_at = mono_end
@@ -498,7 +498,8 @@ class LoopService:
             rates = traffic_matrix(self.store.traffic_matrices(start, wall_end), start, wall_end)
             estimated = estimated_state(view.state.without_links(view.down) if view.down else view.state, rates,
                                         self._packet_bits(start, wall_end))
-        except TrafficMatrixError:
+        except NdtError as exc:  # no traffic measured, or flows with no path left
+            LOG.info("anomaly detection: window not judged: %s", exc)
             return None
         predicted = CalibratedPredictor(self.predictor, self._detection_correction).predict_delays([estimated])[0]
         judged = judge(estimated, predicted, self.intervals)

@@ -126,6 +126,16 @@ def test_a_routing_change_in_most_of_the_window_is_not_judged():
     assert window(loop, store, controller, now) is None
 
 
+def test_a_partitioned_network_is_not_judged():
+    loop, controller, store, _, now = watching()
+    for _ in range(5):
+        window(loop, store, controller, now)
+    controller.down = frozenset({("s1", "s2"), ("s1", "s4")})  # s1's traffic has no way out
+    now[0] += 10.0
+    store.add_traffic_matrix(time.time(), {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+    assert loop.detect() is None
+
+
 def test_the_watching_service_detects_and_never_runs_the_loop():
     loop, controller, store, _, now = watching()
     loop.settings.anomaly_window_s = loop.settings.window_s = 0.5
