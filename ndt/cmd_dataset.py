@@ -34,6 +34,9 @@ def register(subparsers) -> None:
                      help="traffic models: mixed Poisson/CBR/ON-OFF with three size models, or Poisson only")
     gen.add_argument("--packets-per-flow", type=number(1, 10**8), default=2500.0,
                      help="simulated packets of the average flow (label accuracy vs time; default: 2500)")
+    gen.add_argument("--scheduled", type=number(0, 1), default=0.0, metavar="FRACTION",
+                     help="share of samples whose nodes each draw a scheduling policy (fifo, sp, wfq, drr; 3 queues, "
+                          "random sizes and weights) and whose flows draw a QoS class 0-2 (default: 0, all FIFO)")
     gen.add_argument("--shard-size", type=number(1, 10**6, integer=True), default=10, help="samples per shard file (default: 10)")
     gen.add_argument("--seed", type=seed, default=0, help="dataset seed (default: 0)")
     gen.add_argument("--workers", type=workers,
@@ -57,7 +60,7 @@ def run_generate(args: argparse.Namespace) -> int:
     min_load, max_load = _range(args.load, float, "--load")
     config = DatasetConfig(samples=args.samples, min_nodes=min_nodes, max_nodes=max_nodes, min_load=min_load,
                            max_load=max_load, traffic=args.traffic, packets_per_flow=args.packets_per_flow,
-                           shard_size=args.shard_size, seed=args.seed)
+                           shard_size=args.shard_size, seed=args.seed, scheduled_fraction=args.scheduled)
     report = generate(config, args.out, workers=args.workers, address=args.address)
     if args.json:
         print_json(report)

@@ -29,7 +29,9 @@ def register(subparsers) -> None:
                    help="dataset directory, repeatable to train on several (default: data/train); shards added "
                         "while training join at the next epoch")
     p.add_argument("--out", type=Path, metavar="DIR", help="checkpoint directory (default: runs/MODEL)")
-    p.add_argument("--model", choices=("routenet", "rnn"), default="routenet", help="which network (default: routenet)")
+    p.add_argument("--model", choices=("routenet", "routenet_f", "rnn"), default="routenet",
+                   help="which network (default: routenet, RouteNet-E: delay; routenet_f: a state per queue and "
+                        "delay, jitter and loss heads, for SP/WFQ/DRR ports and QoS classes)")
     p.add_argument("--epochs", type=number(1, 10**5, integer=True), default=40, help="most epochs (default: 40)")
     p.add_argument("--batch-size", type=number(1, 10**5, integer=True), default=4, help="samples per gradient step (default: 4)")
     p.add_argument("--lr", type=number(0, 10, open_low=True), default=2e-3, help="Adam learning rate; halved after 2 epochs without progress")

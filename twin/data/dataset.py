@@ -16,7 +16,7 @@ import gzip
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -26,12 +26,13 @@ import numpy as np
 
 from twin.sim.simulator import simulate
 from twin.state.errors import StateError
-from twin.state.model import NetworkState
+from twin.state.model import POLICIES, NetworkState
 from twin.state.topologies import from_graph, powerlaw_graph
 from twin.state.traffic import random_flows, scale_to_utilization, set_onoff_cycles
 
 CAPACITIES = (10e6, 25e6, 40e6, 100e6)  # bit/s
 BUFFERS = (16, 32, 64, 128)  # packets
+SCHEDULED_QUEUES = 3  # queues per scheduled port in generated samples (QoS classes 0, 1, 2)
 LABELS = ("delay", "jitter", "loss", "p50", "p90", "p99", "sent", "delivered")
 LINK_LABELS = ("utilization", "occupancy", "link_drops")
 MANIFEST = "dataset.json"
@@ -51,6 +52,7 @@ class DatasetConfig:
     failure_fraction: float = 0.1  # share of samples with one or two failed links
     perturbed_fraction: float = 0.6  # share of samples whose OSPF weights are randomly perturbed
     traffic: str = "mixed"  # "mixed" (Poisson, CBR, ON/OFF; three size models) or "poisson"
+    scheduled_fraction: float = 0.0  # share of samples whose nodes draw a policy (fifo/sp/wfq/drr) and flows a ToS
     packets_per_flow: float = 2500.0
     shard_size: int = 10
     seed: int = 0
@@ -66,7 +68,7 @@ class DatasetConfig:
             raise StateError(f"traffic must be 'mixed' or 'poisson', got {self.traffic!r}")
         if self.shard_size < 1:
             raise StateError(f"shard_size must be >= 1, got {self.shard_size}")
-        for name in ("real_fraction", "failure_fraction", "perturbed_fraction"):
+        for name in ("real_fraction", "failure_fraction", "perturbed_fraction", "scheduled_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise StateError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
 
@@ -123,7 +125,35 @@ def make_state(config: DatasetConfig, index: int) -> tuple[NetworkState, dict]:
     meta = {"index": index, "topology": key, "nodes": len(state.nodes), "load": load,
             "weighting": weighting, "perturbed": bool(perturbed), "failed_links": failed,
             "sim_seed": int(rng.integers(2**31))}
+    if config.scheduled_fraction > 0:  # its own stream, so FIFO datasets keep their bytes
+        state, meta["policies"] = _draw_scheduling(state, np.random.default_rng([config.seed, index, 1]),
+                                                   config.scheduled_fraction)
     return state, meta
+
+
+def _draw_scheduling(state: NetworkState, rng: np.random.Generator, fraction: float) -> tuple[NetworkState, dict]:
+    """With probability ``fraction``: every node a policy of POLICIES (all its ports alike), SCHEDULED_QUEUES
+    queues of BUFFERS packets each, WFQ/DRR weights in percent, and every flow a ToS of 0..SCHEDULED_QUEUES-1
+    (the datanet gnnet2020 layout). Returns the state and how many ports got each policy."""
+    if rng.random() >= fraction:
+        return state, {"fifo": len(state.links)}
+    node_policy = {node: POLICIES[rng.integers(len(POLICIES))] for node in state.nodes}
+    links = []
+    for link in state.links:
+        policy = node_policy[link.src]
+        if policy == "fifo":
+            links.append(link)
+            continue
+        sizes = tuple(int(BUFFERS[i]) for i in rng.integers(len(BUFFERS), size=SCHEDULED_QUEUES))
+        weights = None
+        if policy in ("wfq", "drr"):
+            raw = rng.integers(1, 11, size=SCHEDULED_QUEUES).astype(float)
+            weights = tuple(float(w) for w in np.round(100 * raw / raw.sum(), 1))
+        links.append(replace(link, policy=policy, queue_sizes=sizes, queue_weights=weights))
+    tos = rng.integers(SCHEDULED_QUEUES, size=len(state.flows))
+    flows = tuple(replace(flow, tos=int(t)) for flow, t in zip(state.flows, tos))
+    counts = {p: sum(lk.policy == p for lk in links) for p in POLICIES}
+    return replace(state, links=tuple(links), flows=flows), counts
 
 
 def make_sample(config: DatasetConfig, index: int) -> Sample:
@@ -288,7 +318,7 @@ def _check_manifest(directory: Path, config: DatasetConfig) -> None:
     wanted = asdict(config)
     if manifest.exists():
         existing = json.loads(manifest.read_text())
-        diff = [f.name for f in fields(config) if existing.get(f.name) != wanted[f.name]]
+        diff = [f.name for f in fields(config) if existing.get(f.name, f.default) != wanted[f.name]]
         if diff:
             raise StateError(
                 f"{directory} holds a dataset made with other settings ({', '.join(diff)} differ); "

@@ -30,7 +30,7 @@ import numpy as np
 
 from twin.models.queueing import solve
 from twin.state.errors import StateError
-from twin.state.model import SIZE_DISTS, TIME_DISTS, NetworkState
+from twin.state.model import POLICIES, SIZE_DISTS, TIME_DISTS, NetworkState
 
 BASE_LINK_FEATURES = ("load", "log_flows", "poisson_share", "cbr_share", "onoff_share", "size_scv")
 BASE_QUEUE_FEATURES = ("log2_buffer", "load")
@@ -42,6 +42,10 @@ BASE_PATH_FEATURES = (
 LINK_FEATURES = BASE_LINK_FEATURES + ("qt_rho", "qt_loss", "qt_log_wait")
 QUEUE_FEATURES = BASE_QUEUE_FEATURES + ("qt_wait_per_buffer",)
 PATH_FEATURES = BASE_PATH_FEATURES + ("qt_path_loss", "qt_log_wait_share")
+# one row per (link, queue): a FIFO port is one class, a scheduled port one per queue (queue 0 first for SP)
+BASE_CLASS_FEATURES = ("log2_buffer", "load", "link_load", *(f"policy_{p}" for p in POLICIES), "weight_share",
+                       "rank", "load_before")
+CLASS_FEATURES = BASE_CLASS_FEATURES + ("qt_speed", "qt_loss", "qt_log_wait", "qt_wait_per_buffer")
 
 
 @dataclass
@@ -59,6 +63,14 @@ class GraphBatch:
     ``link_capacity`` (bit/s), ``path_rate`` (bit/s), ``path_size`` (bits).
     ``order[j]`` is the index, in the concatenated flows of all states, of
     sorted path ``j``; ``flow_offsets``/``link_offsets`` delimit each state.
+
+    Queues (classes): every port has one per queue, a FIFO port one, listed link
+    by link in queue order. ``class_link`` is a class's link, ``hop_class`` the
+    class a hop waits in (its flow's ToS selects it), ``class_policy`` an index
+    into POLICIES, ``class_rank`` the queue's index at its port,
+    ``class_weight`` its share of the port (WFQ/DRR weights; 1 otherwise),
+    ``class_buffer`` (packets), ``class_service`` (s, mean packet size of the
+    class's traffic / C), ``class_x`` (Q, len(CLASS_FEATURES)).
     """
 
     link_x: np.ndarray
@@ -78,6 +90,14 @@ class GraphBatch:
     order: np.ndarray
     flow_offsets: np.ndarray
     link_offsets: np.ndarray
+    class_link: np.ndarray
+    hop_class: np.ndarray
+    class_policy: np.ndarray
+    class_rank: np.ndarray
+    class_weight: np.ndarray
+    class_buffer: np.ndarray
+    class_service: np.ndarray
+    class_x: np.ndarray
     routes: list = None  # per state its Routes (twin.state.model), to fold ECMP paths back into flows
 
     @property
@@ -122,6 +142,14 @@ class StateGraph:
     path_rate: np.ndarray
     link_capacity: np.ndarray
     path_prop: np.ndarray
+    class_link: np.ndarray
+    hop_class: np.ndarray
+    class_policy: np.ndarray
+    class_rank: np.ndarray
+    class_weight: np.ndarray
+    class_buffer: np.ndarray
+    class_service: np.ndarray
+    class_x: np.ndarray
     routes: object = None  # the state's Routes (twin.state.model)
 
 
@@ -195,12 +223,60 @@ def state_graph(state: NetworkState) -> StateGraph:
         lengths.astype(np.float64),
         max_load,
     ])
+    link_service = mean_size / capacity
+    classes = _classes(state, routes, hop_link, hop_flow, rate, size, load, link_service)
     return StateGraph(
         link_x=link_x, queue_x=queue_x, path_x=path_x, hop_link=hop_link, path_len=lengths,
-        link_buffer=la["buffer"].astype(np.float64), link_service=mean_size / capacity,
+        link_buffer=la["buffer"].astype(np.float64), link_service=link_service,
         path_size=size, path_rate=rate, link_capacity=capacity,
-        path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts), routes=routes,
+        path_prop=np.add.reduceat(la["prop_delay"][hop_link], starts), routes=routes, **classes,
     )
+
+
+def _classes(state: NetworkState, routes, hop_link, hop_flow, rate, size, load, link_service) -> dict:
+    """The per-(link, queue) arrays of one state (see :class:`GraphBatch`); hop_class in flow order."""
+    capacity = state.link_arrays["capacity"]
+    n_links = len(capacity)
+    if not state.scheduled:  # one FIFO class per link: the classes are the links
+        class_link = np.arange(n_links)
+        return {"class_link": class_link, "hop_class": hop_link, "class_policy": np.zeros(n_links, dtype=np.int64),
+                "class_rank": np.zeros(n_links, dtype=np.int64), "class_weight": np.ones(n_links),
+                "class_buffer": state.link_arrays["buffer"].astype(np.float64), "class_service": link_service,
+                "class_x": _class_base_features(state.link_arrays["buffer"].astype(np.float64), load, load, class_link,
+                                                np.zeros(n_links, dtype=np.int64), np.zeros(n_links, dtype=np.int64),
+                                                np.ones(n_links), np.ones(n_links, dtype=np.int64))}
+    counts = np.array([len(link.queues) for link in state.links], dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    class_link = np.repeat(np.arange(n_links), counts)
+    rank = np.arange(len(class_link)) - first[class_link]
+    weight = np.concatenate([np.asarray(link.queue_weights or (1.0,) * n, dtype=np.float64)
+                             / np.sum(link.queue_weights or (1.0,) * n) for link, n in zip(state.links, counts)])
+    policy = np.array([POLICIES.index(link.policy) for link in state.links], dtype=np.int64)[class_link]
+    weight = np.where(np.isin(policy, (POLICIES.index("wfq"), POLICIES.index("drr"))), weight, 1.0)
+    buffer = np.array([q for link in state.links for q in link.queues], dtype=np.float64)
+    tos = np.array([f.tos for f in state.flows], dtype=np.int64)[routes.owner]
+    hop_class = first[hop_link] + np.minimum(tos[hop_flow], counts[hop_link] - 1)
+    bits = np.bincount(hop_class, weights=rate[hop_flow], minlength=len(class_link))
+    packets = np.bincount(hop_class, weights=(rate / size)[hop_flow], minlength=len(class_link))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        service = np.where(packets > 0, bits / packets / capacity[class_link], link_service[class_link])
+    class_load = bits / capacity[class_link]
+    x = _class_base_features(buffer, class_load, load[class_link], class_link, policy, rank, weight, counts[class_link])
+    return {"class_link": class_link, "hop_class": hop_class, "class_policy": policy, "class_rank": rank,
+            "class_weight": weight, "class_buffer": buffer, "class_service": service, "class_x": x}
+
+
+def _class_base_features(buffer, class_load, link_load, class_link, policy, rank, weight, queues) -> np.ndarray:
+    """BASE_CLASS_FEATURES: log2 buffer, the class's and its link's load, the policy one-hot, the WFQ/DRR
+    weight share, the queue's rank (0 first, 1 last) and, under SP, the load of the queues served before it."""
+    cumulative = np.cumsum(class_load)
+    first = np.searchsorted(class_link, class_link)  # classes of a link are contiguous
+    before = cumulative - class_load - (cumulative[first] - class_load[first])
+    sp = policy == POLICIES.index("sp")
+    return np.column_stack([
+        np.log2(buffer), class_load, link_load, np.eye(len(POLICIES))[policy], weight,
+        np.where(queues > 1, rank / np.maximum(queues - 1, 1), 0.0), np.where(sp, before, 0.0),
+    ])
 
 
 def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBatch:
@@ -219,6 +295,9 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
     hop_link = flat_links[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
     capacity = np.concatenate([g.link_capacity for g in graphs])
     size = np.concatenate([g.path_size for g in graphs])[order]
+    class_offsets = np.concatenate([[0], np.cumsum([len(g.class_link) for g in graphs])])
+    flat_classes = np.concatenate([g.hop_class + off for g, off in zip(graphs, class_offsets)])
+    hop_class = flat_classes[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
     batch = GraphBatch(
         link_x=np.concatenate([g.link_x for g in graphs]),
         queue_x=np.concatenate([g.queue_x for g in graphs]),
@@ -237,6 +316,14 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
         order=order,
         flow_offsets=flow_offsets,
         link_offsets=link_offsets,
+        class_link=np.concatenate([g.class_link + off for g, off in zip(graphs, link_offsets)]),
+        hop_class=hop_class,
+        class_policy=np.concatenate([g.class_policy for g in graphs]),
+        class_rank=np.concatenate([g.class_rank for g in graphs]),
+        class_weight=np.concatenate([g.class_weight for g in graphs]),
+        class_buffer=np.concatenate([g.class_buffer for g in graphs]),
+        class_service=np.concatenate([g.class_service for g in graphs]),
+        class_x=np.concatenate([g.class_x for g in graphs]),
         routes=[g.routes for g in graphs] if all(g.routes is not None for g in graphs) else None,
     )
     if qt_features:
@@ -248,12 +335,15 @@ def _add_qt_features(batch: GraphBatch) -> None:
     """Append the QT fixed point's dimensionless answers to the feature matrices (float32)."""
     qt = solve(batch)
     wait_units = np.maximum(qt["sojourn"] / batch.link_service - 1.0, 0.0)  # mean wait / mean service time
+    class_wait = np.maximum(qt["class_sojourn"] / batch.class_service - 1.0, 0.0)
     transmit = batch.path_transmit
-    wait = np.bincount(batch.hop_path, weights=(wait_units * batch.link_service)[batch.hop_link],
+    wait = np.bincount(batch.hop_path, weights=(class_wait * batch.class_service)[batch.hop_class],
                        minlength=batch.n_paths)
     batch.link_x = np.column_stack([batch.link_x, qt["rho"], qt["link_loss"], np.log1p(wait_units)]).astype(np.float32)
     batch.queue_x = np.column_stack([batch.queue_x, wait_units / batch.link_buffer]).astype(np.float32)
     batch.path_x = np.column_stack([batch.path_x, qt["loss"], np.log1p(wait / transmit)]).astype(np.float32)
+    batch.class_x = np.column_stack([batch.class_x, qt["class_speed"], qt["class_loss"], np.log1p(class_wait),
+                                     class_wait / batch.class_buffer]).astype(np.float32)
 
 
 def build_batch(states: list[NetworkState], qt_features: bool = True) -> GraphBatch:

@@ -164,6 +164,9 @@ def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
     if width != kernels.STATE_DIM:
         raise ModelFileError(f"{meta_path}: state_dim {width}; the compiled kernels run {kernels.STATE_DIM} "
                              "(load it with twin.models.learned.load_twin)")
+    if description["kind"] not in COMPILED:
+        raise ModelFileError(f"{meta_path}: a {description['kind']} model runs on TensorFlow "
+                             "(load it with twin.models.learned.load_twin)")
     cls = COMPILED[description["kind"]]
     layers = read_weights(weights_path)
     missing = [name for name in cls.LAYERS if name not in layers]
@@ -178,10 +181,12 @@ def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
 
 
 def load_predictor(stem: str = "routenet_e", directory=None):
-    """The model ``stem`` on the fastest engine that runs it: compiled for the kernels' width
-    (:data:`twin.models.kernels.STATE_DIM`), TensorFlow's (:mod:`twin.models.learned`) for any other."""
+    """The model ``stem`` on the fastest engine that runs it: compiled for RouteNet-E and the RNN at the
+    kernels' width (:data:`twin.models.kernels.STATE_DIM`), TensorFlow's (:mod:`twin.models.learned`) for
+    any other width and for RouteNet-F."""
     meta_path, _ = model_paths(stem, directory)
-    if read_description(meta_path)["config"].get("state_dim") == kernels.STATE_DIM:
+    description = read_description(meta_path)
+    if description["kind"] in COMPILED and description["config"].get("state_dim") == kernels.STATE_DIM:
         return load_compiled(stem, directory)
     from twin.models.learned import load_twin
 

@@ -13,9 +13,18 @@ import numpy as np
 import tensorflow as tf
 
 from twin.models.features import GraphBatch, build_batch
-from twin.models.model_files import ModelFileError, Normalizer, model_inputs, model_paths, read_description
+from twin.models.model_files import (
+    KINDS,
+    QUEUE_KINDS,
+    ModelFileError,
+    Normalizer,
+    model_inputs,
+    model_paths,
+    read_description,
+)
 from twin.models.rnn import PathRNN
 from twin.models.routenet import RouteNetE
+from twin.models.routenet_f import HEADS, RouteNetF
 from twin.state.model import Flow, Link, NetworkState
 
 MIN_HOPS = 16  # the recurrent pass always spans at least this many hop positions (empty ones cost ~nothing),
@@ -35,11 +44,14 @@ def batch_tensors(batch: GraphBatch, norm: Normalizer, hops: int | None = None) 
     offsets = np.concatenate([batch.offsets, np.full(pad, len(batch.hop_link), dtype=np.int64)])
     arrays = {**model_inputs(batch, norm), "hop_link": batch.hop_link, "hop_path": batch.hop_path,
               "counts": counts, "offsets": offsets}
+    if "class_x" in arrays:
+        arrays.update(hop_class=batch.hop_class, class_link=batch.class_link)
     return {k: tf.constant(v, dtype=tf.int32 if v.dtype.kind == "i" else tf.float32) for k, v in arrays.items()}
 
 
 class LearnedTwin:
-    """A trained network plus its normalisation: ``predict_delays(states)`` → per-flow delays, s."""
+    """A trained network plus its normalisation: ``predict_delays(states)`` → per-flow delays, s; a model with
+    several heads (RouteNet-F) also answers ``predict_metrics(states)``: per flow delay, jitter and loss."""
 
     def __init__(self, net: keras.Model, norm: Normalizer, kind: str, info: dict | None = None):
         self.net = net
@@ -52,12 +64,29 @@ class LearnedTwin:
     def _call(self, x, max_hops):
         return self.net(x, max_hops=max_hops)
 
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """What the network predicts per path, in the columns of its output."""
+        return HEADS if self.kind in QUEUE_KINDS else ("delay",)
+
     def forward(self, batch: GraphBatch) -> tf.Tensor:
-        """Per sorted path delay, s (a tensor)."""
+        """Per sorted path delay, s (a tensor); (P, len(heads)) for a model of several heads."""
         return self._forward(batch_tensors(batch, self.norm), padded_hops(batch))
 
     def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
-        return batch.per_flow(self.forward(batch).numpy().astype(np.float64))
+        out = self.forward(batch).numpy().astype(np.float64)
+        return batch.per_flow(out[:, 0] if out.ndim == 2 else out)
+
+    def predict_metrics_batch(self, batch: GraphBatch) -> list[dict[str, np.ndarray]]:
+        """Per state, per flow: each of ``heads`` (delay s, jitter s², loss share); an ECMP flow's the
+        share-weighted mean over its paths."""
+        out = self.forward(batch).numpy().astype(np.float64).reshape(batch.n_paths, -1)
+        columns = [batch.per_flow(out[:, i]) for i in range(out.shape[1])]
+        return [dict(zip(self.heads, values)) for values in zip(*columns)]
+
+    def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
+        """Per state, per flow: delay (s), jitter (s²) and loss (share of packets) where the model has them."""
+        return self.predict_metrics_batch(build_batch(states))
 
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         """Per-flow mean delay (s), one array per state in flow order; the states run as one batch."""
@@ -81,12 +110,14 @@ def network_config(net: keras.Model) -> dict:
 
 
 def make_network(kind: str, config: dict) -> keras.Model:
-    """A fresh network of ``kind`` (``routenet_e`` or ``rnn``)."""
+    """A fresh network of ``kind`` (one of KINDS)."""
     if kind == "routenet_e":
         return RouteNetE(state_dim=config.get("state_dim", 32), iterations=config.get("iterations", 8))
+    if kind == "routenet_f":
+        return RouteNetF(state_dim=config.get("state_dim", 32), iterations=config.get("iterations", 8))
     if kind == "rnn":
         return PathRNN(state_dim=config.get("state_dim", 32))
-    raise ModelFileError(f"unknown model kind {kind!r} (known: routenet_e, rnn)")
+    raise ModelFileError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
 
 
 def build(net: keras.Model, norm: Normalizer, probe: GraphBatch) -> None:

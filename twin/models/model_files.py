@@ -12,7 +12,8 @@ from twin.models.features import GraphBatch
 from twin.state.errors import NdtError
 
 MODELS_DIR = Path(__file__).parent / "weights"
-KINDS = ("routenet_e", "rnn")
+KINDS = ("routenet_e", "rnn", "routenet_f")
+QUEUE_KINDS = ("routenet_f",)  # models with a state per (link, queue): they also read the class features
 
 
 class ModelFileError(NdtError):
@@ -20,7 +21,8 @@ class ModelFileError(NdtError):
 
 
 class Normalizer:
-    """Per-feature standardisation of link, queue and path features (mean, std from a training set)."""
+    """Per-feature standardisation of link, queue, path (and, for QUEUE_KINDS, class) features (mean, std from a
+    training set)."""
 
     KEYS = ("link_x", "queue_x", "path_x")
 
@@ -28,9 +30,9 @@ class Normalizer:
         self.stats = {k: {s: np.asarray(v[s], dtype=np.float32) for s in ("mean", "std")} for k, v in stats.items()}
 
     @classmethod
-    def fit(cls, batch: GraphBatch) -> "Normalizer":
+    def fit(cls, batch: GraphBatch, classes: bool = False) -> "Normalizer":
         stats = {}
-        for key in cls.KEYS:
+        for key in cls.KEYS + (("class_x",) if classes else ()):
             values = getattr(batch, key).astype(np.float64)
             std = values.std(axis=0)
             stats[key] = {"mean": values.mean(axis=0).tolist(), "std": np.where(std > 1e-6, std, 1.0).tolist()}
@@ -45,18 +47,22 @@ class Normalizer:
 
 def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
     """What both engines feed a learned model: normalised features and per-hop scales of ``batch``
-    (float32; the scales in s, packets and shares of capacity)."""
+    (float32; the scales in s, packets and shares of capacity). A model with class statistics in ``norm``
+    (QUEUE_KINDS) gets the class features too, and each hop's buffer and service time are its queue's."""
     link = batch.hop_link
+    classes = "class_x" in norm.stats
     arrays = {
         "link_x": norm.apply("link_x", batch.link_x),
         "queue_x": norm.apply("queue_x", batch.queue_x),
         "path_x": norm.apply("path_x", batch.path_x),
-        "hop_buffer": batch.link_buffer[link],
-        "hop_service": batch.link_service[link],
+        "hop_buffer": batch.class_buffer[batch.hop_class] if classes else batch.link_buffer[link],
+        "hop_service": batch.class_service[batch.hop_class] if classes else batch.link_service[link],
         "hop_transmit": batch.hop_transmit,
         "hop_share": batch.path_rate[batch.hop_path] / batch.link_capacity[link],
         "path_prop": batch.path_prop,
     }
+    if classes:
+        arrays["class_x"] = norm.apply("class_x", batch.class_x)
     return {k: v.astype(np.float32) for k, v in arrays.items()}
 
 

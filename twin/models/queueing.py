@@ -2,18 +2,35 @@
 baseline (:mod:`twin.models.qt`) answers with and the learned models take as hints
 (:mod:`twin.models.features`).
 
-Link ``l`` holds ``K = buffer + 1`` packets (the waiting room plus the one in
-transmission) and serves packets of the mean size of its traffic at ``C``
-bit/s, so ``μ = C / mean_size`` packets/s. Its offered packet rate is the sum
-over the flows crossing it of rate / size, each thinned by the losses of the
-links before it on the path; losses depend on the rates, so the two are
-iterated to a fixed point. A path's delay is the sum of the sojourn times
-(L / throughput, s) of its links plus their propagation delays.
+Every queue (class) of a port is an M/M/1/b queue holding ``K = buffer + 1``
+packets (the waiting room plus the one in transmission) of the mean size of its
+traffic. A FIFO port is one class served at the link's ``C`` bit/s. A class of
+a scheduled port is served at the share ``speed`` of ``C`` the policy leaves it:
+
+- SP (queue 0 first): what the queues before it leave, ``1 - σ_before``; its
+  waiting time then gains the residual service of the packets of lower
+  priority, so that with large buffers it is Cobham's non-preemptive priority
+  M/M/1, ``W_k = Σ_i ρ_i s_i / ((1 - σ_{k-1})(1 - σ_k))`` (σ: load of queues
+  0..k, s: mean service time, s);
+- WFQ/DRR: its weight share, or all the others leave, whichever is larger
+  (work-conserving GPS, mean loads);
+
+and a packet, once chosen, is transmitted at the full ``C``. Offered packet
+rates are thinned by the losses of the queues before them on the path; losses
+depend on the rates, so the two are iterated to a fixed point. A path's delay
+is the sum of the sojourn times (s) of its queues plus the propagation delays;
+its jitter (delay variance, s²) the sum over hops of ``T² - s²`` (an
+exponential sojourn ``T`` less the path's own transmission, hops independent).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from twin.state.model import POLICIES
+
+MIN_SPEED = 0.02  # the least share of C a class is served at (a class starved by SP still drains)
+_SP, _WFQ, _DRR = (POLICIES.index(p) for p in ("sp", "wfq", "drr"))
 
 
 def mm1b(rho: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,34 +51,84 @@ def mm1b(rho: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return blocking, mean
 
 
+def class_speeds(batch, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: the share of its link's capacity it is served at, and the load (ρ, of C) of the classes
+    its port serves before it under SP (0 otherwise); ``rho`` is each class's offered load."""
+    cumulative = np.cumsum(rho)
+    first = np.searchsorted(batch.class_link, batch.class_link)
+    before = cumulative - rho - (cumulative[first] - rho[first])
+    others = np.bincount(batch.class_link, weights=rho, minlength=len(batch.link_buffer))[batch.class_link] - rho
+    speed = np.ones(len(rho))
+    sp = batch.class_policy == _SP
+    shared = (batch.class_policy == _WFQ) | (batch.class_policy == _DRR)
+    speed[sp] = 1.0 - before[sp]
+    speed[shared] = np.maximum(batch.class_weight[shared], 1.0 - others[shared])
+    return np.clip(speed, MIN_SPEED, 1.0), np.where(sp, before, 0.0)
+
+
 def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarray]:
     """Fixed point of the loss-thinned loads of a batched graph (a :class:`twin.models.features.GraphBatch`).
 
-    Returns per sorted path ``delay`` (s) and ``loss``, per link ``sojourn`` (s),
-    ``loss`` and ``rho`` (offered load after upstream losses).
+    Returns per sorted path ``delay`` (s), ``jitter`` (s²) and ``loss``; per class ``class_sojourn`` (s),
+    ``class_loss``, ``class_rho`` and ``class_speed``; per link ``sojourn`` (s), ``link_loss`` and ``rho``
+    (offered load after upstream losses; a scheduled link's are its classes' totals and means).
     """
     pkt_rate = batch.path_rate / batch.path_size  # packets/s per path
-    mu = 1.0 / batch.link_service
-    capacity = batch.link_buffer.astype(np.int64) + 1
-    n_links = len(mu)
-    link_loss = np.zeros(n_links)
+    service = batch.class_service
+    capacity = batch.class_buffer.astype(np.int64) + 1
+    n_classes = len(service)
+    loss = np.zeros(n_classes)
     for _ in range(iterations):
         survive = np.ones(batch.n_paths)
-        arrivals = np.zeros(n_links)
+        arrivals = np.zeros(n_classes)
         for k in range(batch.max_hops):
             sl = slice(batch.offsets[k], batch.offsets[k] + batch.counts[k])
-            links = batch.hop_link[sl]
+            classes = batch.hop_class[sl]
             active = survive[: batch.counts[k]]
-            arrivals += np.bincount(links, weights=pkt_rate[: batch.counts[k]] * active, minlength=n_links)
-            survive[: batch.counts[k]] = active * (1.0 - link_loss[links])
-        rho = arrivals / mu
-        new_loss, mean = mm1b(rho, capacity)
-        done = np.max(np.abs(new_loss - link_loss)) < tol
-        link_loss = new_loss
+            arrivals += np.bincount(classes, weights=pkt_rate[: batch.counts[k]] * active, minlength=n_classes)
+            survive[: batch.counts[k]] = active * (1.0 - loss[classes])
+        rho = arrivals * service
+        speed, before = class_speeds(batch, rho)
+        new_loss, mean = mm1b(rho / speed, capacity)
+        done = np.max(np.abs(new_loss - loss)) < tol
+        loss = new_loss
         if done:
             break
-    throughput = arrivals * (1.0 - link_loss)
+    throughput = arrivals * (1.0 - loss)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sojourn = np.where(throughput > 0, mean / throughput, 1.0 / mu)
-    delay = batch.path_prop + np.bincount(batch.hop_path, weights=sojourn[batch.hop_link], minlength=batch.n_paths)
-    return {"delay": delay, "loss": 1.0 - survive, "sojourn": sojourn, "link_loss": link_loss, "rho": rho}
+        sojourn = np.where(throughput > 0, mean / throughput, service / speed)
+    if np.any(speed < 1.0):
+        sojourn = np.where(speed < 1.0, sojourn - service / speed + service, sojourn)  # once chosen, sent at C
+    sojourn = sojourn + _residual_wait(batch, rho, before, service, speed)
+    delay = batch.path_prop + np.bincount(batch.hop_path, weights=sojourn[batch.hop_class], minlength=batch.n_paths)
+    jitter = np.bincount(batch.hop_path, weights=np.maximum(sojourn[batch.hop_class]**2 - batch.hop_transmit**2, 0.0),
+                         minlength=batch.n_paths)
+    out = {"delay": delay, "jitter": jitter, "loss": 1.0 - survive, "class_sojourn": sojourn, "class_loss": loss,
+           "class_rho": rho, "class_speed": speed}
+    n_links = len(batch.link_buffer)
+    if n_classes == n_links:  # every port one class: the links' figures are the classes'
+        out.update(sojourn=sojourn, link_loss=loss, rho=rho)
+        return out
+    link_arrivals = np.bincount(batch.class_link, weights=arrivals, minlength=n_links)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["sojourn"] = np.where(link_arrivals > 0, np.bincount(batch.class_link, weights=arrivals * sojourn,
+                                                                 minlength=n_links) / link_arrivals,
+                                  batch.link_service)
+        out["link_loss"] = np.where(link_arrivals > 0, np.bincount(batch.class_link, weights=arrivals * loss,
+                                                                   minlength=n_links) / link_arrivals, 0.0)
+    out["rho"] = np.bincount(batch.class_link, weights=rho, minlength=n_links)
+    return out
+
+
+def _residual_wait(batch, rho, before, service, speed):
+    """Per class, s: the wait SP adds for packets of lower priority already in transmission (Cobham's
+    non-preemptive term beyond the reduced-speed queue), bounded by the time to drain the class's buffer."""
+    sp = batch.class_policy == _SP
+    if not np.any(sp):
+        return 0.0
+    work = np.bincount(batch.class_link, weights=rho * service, minlength=len(batch.link_buffer))[batch.class_link]
+    through = before + rho
+    with np.errstate(invalid="ignore", divide="ignore"):
+        extra = (work - rho * service) / ((1.0 - before) * (1.0 - through))
+    bound = batch.class_buffer * service / speed
+    return np.where(sp, np.where(through < 1.0, np.minimum(extra, bound), bound), 0.0)

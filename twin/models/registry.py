@@ -28,8 +28,9 @@ class SimulatorPredictor:
         return [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow).delay for s in states]
 
 
-PREDICTORS = ("sim", "qt", "rnn", "routenet")  # the last is the default twin
-LEARNED = {"routenet": "routenet_e", "rnn": "rnn"}  # name → file stem of the weights in twin/models
+PREDICTORS = ("sim", "qt", "rnn", "routenet_f", "routenet")  # the last is the default twin
+# name → file stem of the weights in twin/models; routenet_f adds jitter and loss heads and SP/WFQ/DRR queues
+LEARNED = {"routenet": "routenet_e", "rnn": "rnn", "routenet_f": "routenet_f"}
 
 
 def get_predictor(name: str, weights_dir=None):

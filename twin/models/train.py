@@ -4,7 +4,10 @@ Samples whose index is a multiple of ``val_every`` form the validation set, so
 the split is stable while a dataset directory is still growing; shards that
 appear during training join the training set at the next epoch. The loss is
 the mean relative error of the per-flow mean delay (MAPE, a fraction) over
-flows with a positive delay label. Each epoch writes a checkpoint (weights,
+flows with a positive delay label; a model with jitter and loss heads
+(RouteNet-F) adds the mean absolute log ratio of its jitter (each side plus
+JITTER_FLOOR of the path's squared transmission time, so idle paths do not
+dominate) and LOSS_WEIGHT times the mean absolute error of its loss. Each epoch writes a checkpoint (weights,
 optimizer state, history) to the output directory and, when validation MAPE
 improves, the best model as ``best.weights.h5`` + ``best.json``; rerunning the
 same command resumes from the checkpoint.
@@ -21,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from twin.data.dataset import read_shard
-from twin.models.features import TARGETS, StateGraph, batch_graphs, error_scales, state_graph
+from twin.models.features import TARGETS, TRANSMIT_SHARE, StateGraph, batch_graphs, error_scales, state_graph
 from twin.models.learned import LearnedTwin, batch_tensors, build, load_twin, make_network, padded_hops
-from twin.models.model_files import ModelFileError, Normalizer
+from twin.models.model_files import QUEUE_KINDS, ModelFileError, Normalizer
 from twin.state.errors import NdtError, StateError
 
 
@@ -48,12 +51,24 @@ class TrainConfig:
 
 @dataclass
 class Item:
-    """One training sample: its graph, per-flow delay labels (s), node count and dataset index."""
+    """One training sample: its graph, per-flow labels (delay s, jitter s², loss share), node count and
+    dataset index."""
 
     graph: StateGraph
     delay: np.ndarray
     nodes: int
     index: int
+    jitter: np.ndarray | None = None
+    loss: np.ndarray | None = None
+
+    def labels(self, heads: tuple[str, ...]) -> np.ndarray:
+        """Per flow, one column per head (NaN where a label is missing)."""
+        columns = [getattr(self, head) for head in heads]
+        return np.column_stack([c if c is not None else np.full(len(self.delay), np.nan) for c in columns])
+
+
+JITTER_FLOOR = TRANSMIT_SHARE**2  # of the path's squared transmission time, added to jitter and its label
+LOSS_WEIGHT = 5.0  # loss MAE against delay and jitter relative errors in the training objective
 
 
 class DatasetCache:
@@ -75,8 +90,9 @@ class DatasetCache:
                 if path in self.seen:
                     continue
                 for sample in read_shard(path):
-                    self.items.append(Item(state_graph(sample.state), sample.labels["delay"],
-                                           len(sample.state.nodes), int(sample.meta["index"])))
+                    labels = sample.labels
+                    self.items.append(Item(state_graph(sample.state), labels["delay"], len(sample.state.nodes),
+                                           int(sample.meta["index"]), labels.get("jitter"), labels.get("loss")))
                     added += 1
                 self.seen.add(path)
         if not self.items:
@@ -93,9 +109,10 @@ class DatasetCache:
 CLIP_NORM = 1.0  # each variable's gradient norm, at most
 
 
-def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1):
-    """Per replica, the model inputs and sorted delay labels (float32, s) of its share of ``items`` (one
-    disjoint-union graph each), and the hop positions they all span."""
+def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1, heads: tuple[str, ...] = ("delay",)):
+    """Per replica, the model inputs and sorted labels (float32; delay s, and a column per further head) of
+    its share of ``items`` (one disjoint-union graph each), and the hop positions they all span. A missing
+    delay or jitter label is 0, a missing loss label -1 (the step skips both)."""
     import tensorflow as tf
 
     shares = [items[r::replicas] for r in range(replicas)]
@@ -103,8 +120,12 @@ def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1):
     hops = max(padded_hops(b) for b in batches)
     inputs, labels = [], []
     for share, batch in zip(shares, batches):
-        sorted_labels = np.concatenate([it.delay for it in share])[batch.order]
-        sorted_labels = np.where(np.isfinite(sorted_labels) & (sorted_labels > 0), sorted_labels, 0.0)
+        sorted_labels = np.concatenate([it.labels(heads) for it in share])[batch.order]
+        missing = np.where(np.array(heads) == "loss", -1.0, 0.0)
+        sorted_labels = np.where(np.isfinite(sorted_labels) & (sorted_labels >= 0), sorted_labels, missing)
+        sorted_labels[:, 0] = np.where(sorted_labels[:, 0] > 0, sorted_labels[:, 0], 0.0)
+        if len(heads) == 1:
+            sorted_labels = sorted_labels[:, 0]
         inputs.append(batch_tensors(batch, norm, hops))
         labels.append(tf.constant(sorted_labels, tf.float32))
     return inputs, labels, hops
@@ -122,18 +143,37 @@ def training_strategy(devices: list[str] | None = None):
 
 
 def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Relative errors of every flow with a positive label, for each of TARGETS."""
-    errors = {target: [] for target in TARGETS}
+    """Relative errors of every flow with a positive label, for each of TARGETS; with jitter and loss heads
+    also ``jitter`` (relative, positive labels), ``jitter_log`` (the training term) and ``loss`` (absolute)."""
+    heads = twin.heads
+    errors = {target: [] for target in TARGETS + heads[1:] + (("jitter_log",) if "jitter" in heads else ())}
     for start in range(0, len(items), batch_size):
         group = items[start:start + batch_size]
         batch = batch_graphs([it.graph for it in group])
-        for pred, prop, tx, it in zip(twin.predict_batch(batch), batch.unsort(batch.path_prop),
+        predicted = twin.predict_metrics_batch(batch) if len(heads) > 1 else [
+            {"delay": d} for d in twin.predict_batch(batch)]
+        for pred, prop, tx, it in zip(predicted, batch.unsort(batch.path_prop),
                                       batch.unsort(batch.path_transmit), group):
             ok = np.isfinite(it.delay) & (it.delay > prop)
             for target in TARGETS:
                 scale = error_scales(it.delay[ok], prop[ok], tx[ok], target)
-                errors[target].append(np.abs(pred[ok] - it.delay[ok]) / np.maximum(scale, 1e-12))
+                errors[target].append(np.abs(pred["delay"][ok] - it.delay[ok]) / np.maximum(scale, 1e-12))
+            if "jitter" in pred and it.jitter is not None:
+                jitter_ok = np.isfinite(it.jitter) & (it.jitter > 0)
+                errors["jitter"].append(np.abs(pred["jitter"] - it.jitter)[jitter_ok] / it.jitter[jitter_ok])
+                floor = JITTER_FLOOR * tx**2
+                ratio = (pred["jitter"] + floor) / (np.where(np.isfinite(it.jitter), it.jitter, 0.0) + floor)
+                errors["jitter_log"].append(np.abs(np.log(ratio))[np.isfinite(it.jitter)])
+            if "loss" in pred and it.loss is not None:
+                loss_ok = np.isfinite(it.loss)
+                errors["loss"].append(np.abs(pred["loss"] - it.loss)[loss_ok])
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in errors.items()}
+
+
+def objective(mean_errors: dict[str, float], target: str) -> float:
+    """What training minimises, from mean validation errors: the delay error relative to ``target``, plus the
+    jitter log ratio and LOSS_WEIGHT × the loss MAE where the model predicts them."""
+    return mean_errors[target] + mean_errors.get("jitter_log", 0.0) + LOSS_WEIGHT * mean_errors.get("loss", 0.0)
 
 
 class Trainer:
@@ -169,7 +209,7 @@ class Trainer:
             train, _ = self.data.split(config.val_every)
             if not train:
                 raise StateError(f"{dataset}: no training samples (all {len(self.data.items)} are validation)")
-            self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]))
+            self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]), classes=config.kind in QUEUE_KINDS)
         with self.strategy.scope():
             self.net = make_network(config.kind, {"state_dim": config.state_dim, "iterations": config.iterations})
             build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
@@ -184,6 +224,7 @@ class Trainer:
                     var.assign(saved_opt[key])
             self.optimizer.learning_rate.assign(self.state["lr"])
         self.twin = LearnedTwin(self.net, self.norm, config.kind)
+        self.heads = self.twin.heads
         self._step = self._make_step()
 
     @staticmethod
@@ -207,14 +248,23 @@ class Trainer:
         net, optimizer, strategy = self.net, self.optimizer, self.strategy
         target, replicas = self.config.target, self.replicas
 
+        def mean(values, valid):
+            return tf.reduce_sum(values * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+
         def replica_step(x, labels, max_hops):
             with tf.GradientTape() as tape:
-                pred = net(x, max_hops=max_hops, training=True)
-                transmit = tf.math.unsorted_segment_sum(x["hop_transmit"], x["hop_path"], tf.shape(labels)[0])
-                scale = error_scales(labels, x["path_prop"], transmit, target, tf.maximum)
-                valid = tf.cast((labels > 0) & (scale > 0), tf.float32)
-                error = tf.abs(pred - labels) / tf.where(scale > 0, scale, 1.0)
-                loss = tf.reduce_sum(error * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+                out = net(x, max_hops=max_hops, training=True)
+                several = len(out.shape) == 2
+                pred, delay = (out[:, 0], labels[:, 0]) if several else (out, labels)
+                transmit = tf.math.unsorted_segment_sum(x["hop_transmit"], x["hop_path"], tf.shape(delay)[0])
+                scale = error_scales(delay, x["path_prop"], transmit, target, tf.maximum)
+                valid = tf.cast((delay > 0) & (scale > 0), tf.float32)
+                loss = mean(tf.abs(pred - delay) / tf.where(scale > 0, scale, 1.0), valid)
+                if several:
+                    floor = JITTER_FLOOR * tf.square(transmit)
+                    jitter_valid = tf.cast(delay > 0, tf.float32)
+                    loss += mean(tf.abs(tf.math.log((out[:, 1] + floor) / (labels[:, 1] + floor))), jitter_valid)
+                    loss += LOSS_WEIGHT * mean(tf.abs(out[:, 2] - labels[:, 2]), tf.cast(labels[:, 2] >= 0, tf.float32))
                 share_of_step = loss / replicas
             grads = tape.gradient(share_of_step, net.trainable_variables)
             summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
@@ -261,7 +311,7 @@ class Trainer:
             epoch_start = time.perf_counter()
             out_of_time = False
             for group in bar:
-                inputs, labels, max_hops = batch_inputs(group, self.norm, self.replicas)
+                inputs, labels, max_hops = batch_inputs(group, self.norm, self.replicas, self.heads)
                 losses.append(float(self._step(inputs, labels, max_hops)))
                 bar.set_postfix(mape=f"{np.mean(losses[-50:]):.4f}")
                 if budget is not None and time.perf_counter() - started > budget:
@@ -271,8 +321,9 @@ class Trainer:
             if val:
                 errors = validation_errors(self.twin, val)
                 val_mape = {k: float(np.mean(v)) for k, v in errors.items()}
+                val_mape["objective"] = objective(val_mape, cfg.target)
             else:
-                val_mape = {"delay": float("nan"), cfg.target: float(np.mean(losses))}
+                val_mape = {"delay": float("nan"), cfg.target: float(np.mean(losses)), "objective": float(np.mean(losses))}
             self.state["train_s"] += time.perf_counter() - epoch_start
             self._end_epoch(epoch, float(np.mean(losses)), val_mape, len(train), len(val), added)
             if out_of_time:
@@ -286,7 +337,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, train_loss: float, val_mape: dict, n_train: int, n_val: int, added: int):
         cfg = self.config
-        score = val_mape[cfg.target]
+        score = val_mape["objective"]
         improved = self.state["best"] is None or score < self.state["best"]
         if improved:
             self.state["best"] = score
@@ -309,7 +360,9 @@ class Trainer:
                                       "train_s": round(self.state["train_s"], 1)})
         self.log(f"epoch {epoch + 1}: train loss ({cfg.target}) {train_loss:.4f}, validation MAPE delay "
                  f"{val_mape['delay']:.4f}, without propagation {val_mape.get('queueing', float('nan')):.4f}, "
-                 f"waiting {val_mape.get('waiting', float('nan')):.4f} "
+                 f"waiting {val_mape.get('waiting', float('nan')):.4f}"
+                 + (f", jitter {val_mape['jitter']:.4f}, loss MAE {val_mape['loss']:.4f}" if "jitter" in val_mape else "")
+                 + " "
                  f"({n_train} train / {n_val} validation samples, {added} new){' *' if improved else ''}")
         self._checkpoint()
 

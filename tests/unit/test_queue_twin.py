@@ -1,0 +1,119 @@
+"""Queues as entities of their own: the per-(link, queue) features, QT's per-class formulas (SP against
+Cobham, WFQ/DRR shares) and RouteNet-F's three heads, trained on a tiny scheduled set."""
+
+import numpy as np
+import pytest
+
+from twin.data.dataset import DatasetConfig, generate, make_state
+from twin.models.features import CLASS_FEATURES, build_batch
+from twin.models.learned import LearnedTwin, build, load_twin, make_network
+from twin.models.model_files import Normalizer
+from twin.models.qt import QueueingModel
+from twin.models.queueing import solve
+from twin.models.train import TrainConfig, Trainer
+from twin.state.model import POLICIES, Flow, Link, NetworkState
+
+C = 10e6  # bit/s
+SIZE = 8000.0  # bits
+MU = C / SIZE  # packets/s
+WIRE = 1e15  # bit/s: feeder links at no measurable cost
+ROOM = 3000  # packets: buffers that lose (almost) nothing at these loads
+SCHEDULED = DatasetConfig(samples=2, min_nodes=6, max_nodes=10, real_fraction=0.0, scheduled_fraction=1.0, seed=31)
+
+
+def _two_classes(policy, rate0, rate1, weights=None):
+    """Two flows sharing the port a->b in queues 0 and 1 (the second arrives over c->a)."""
+    links = (Link("a", "b", C, policy=policy, queue_sizes=(ROOM, ROOM), queue_weights=weights),
+             Link("c", "a", WIRE, buffer=ROOM), Link("b", "d", WIRE, buffer=ROOM))
+    flows = (Flow("a", "b", rate0, size_dist="exponential", packet_size=SIZE, tos=0),
+             Flow("c", "d", rate1, size_dist="exponential", packet_size=SIZE, tos=1))
+    return NetworkState(nodes=("a", "b", "c", "d"), links=links, flows=flows, routing_kind="paths",
+                        paths={("a", "b"): ("a", "b"), ("c", "d"): ("c", "a", "b", "d")})
+
+
+@pytest.mark.parametrize("rho_high, rho_low", [(0.3, 0.5), (0.5, 0.3), (0.1, 0.8)])
+def test_qt_strict_priority_is_cobham(rho_high, rho_low):
+    """Non-preemptive priority M/M/1: W_k = W0 / ((1 - σ_{k-1})(1 - σ_k)), W0 = ρ / μ."""
+    rho = rho_high + rho_low
+    delays = QueueingModel().predict_delays([_two_classes("sp", rho_high * C, rho_low * C)])[0]
+    w0 = rho / MU
+    expected = [w0 / (1 - rho_high) + 1 / MU, w0 / ((1 - rho_high) * (1 - rho)) + 1 / MU]
+    np.testing.assert_allclose(delays, expected, rtol=1e-3)
+
+
+def test_qt_weighted_queues_favour_the_heavier_weight():
+    light, heavy = (QueueingModel().predict_delays([_two_classes("wfq", 0.45 * C, 0.45 * C, w)])[0]
+                    for w in ((1.0, 3.0), (3.0, 1.0)))
+    assert heavy[0] < light[0] and heavy[1] > light[1]
+    drr = QueueingModel().predict_delays([_two_classes("drr", 0.45 * C, 0.45 * C, (3.0, 1.0))])[0]
+    np.testing.assert_allclose(drr, heavy)
+
+
+def test_fifo_classes_are_the_links():
+    state = make_state(DatasetConfig(samples=1, min_nodes=8, max_nodes=8, real_fraction=0.0, seed=3), 0)[0]
+    batch = build_batch([state])
+    np.testing.assert_array_equal(batch.class_link, np.arange(len(state.links)))
+    np.testing.assert_array_equal(batch.hop_class, batch.hop_link)
+    np.testing.assert_array_equal(batch.class_service, batch.link_service)
+    qt = solve(batch)
+    np.testing.assert_array_equal(qt["class_sojourn"], qt["sojourn"])
+    assert batch.class_x.shape == (len(state.links), len(CLASS_FEATURES))
+
+
+def test_scheduled_states_have_a_class_per_queue():
+    state = make_state(SCHEDULED, 0)[0]
+    assert {link.policy for link in state.links} - {"fifo"} and {f.tos for f in state.flows} == {0, 1, 2}
+    batch = build_batch([state])
+    assert len(batch.class_link) == sum(len(link.queues) for link in state.links)
+    for path, link, cls in zip(batch.hop_path, batch.hop_link, batch.hop_class):
+        flow = state.flows[batch.order[path]]
+        assert batch.class_link[cls] == link
+        assert batch.class_rank[cls] == min(flow.tos, len(state.links[link].queues) - 1)
+    policy = batch.class_x[:, 3:3 + len(POLICIES)]
+    np.testing.assert_array_equal(np.argmax(policy, axis=1), batch.class_policy)
+
+
+def test_dataset_draws_policies_without_changing_fifo_samples():
+    fifo = DatasetConfig(samples=1, min_nodes=8, max_nodes=8, real_fraction=0.0, seed=9)
+    mixed = DatasetConfig(**{**fifo.__dict__, "scheduled_fraction": 1.0})
+    plain, scheduled = make_state(fifo, 0)[0], make_state(mixed, 0)[0]
+    assert [f.rate for f in plain.flows] == [f.rate for f in scheduled.flows]
+    assert not plain.scheduled and scheduled.scheduled
+
+
+@pytest.fixture(scope="module")
+def routenet_f():
+    states = [make_state(SCHEDULED, i)[0] for i in range(2)]
+    norm = Normalizer.fit(build_batch(states), classes=True)
+    net = make_network("routenet_f", {"state_dim": 16, "iterations": 3})
+    build(net, norm, build_batch(states[:1]))
+    return LearnedTwin(net, norm, "routenet_f"), states
+
+
+def test_three_heads_are_physical(routenet_f):
+    twin, states = routenet_f
+    batch = build_batch(states)
+    for metrics, prop, transmit in zip(twin.predict_metrics(states), batch.unsort(batch.path_prop),
+                                       batch.unsort(batch.path_transmit)):
+        assert set(metrics) == {"delay", "jitter", "loss"}
+        assert np.all(metrics["delay"] >= prop + transmit * (1 - 1e-5))
+        assert np.all(metrics["jitter"] >= 0) and np.all((metrics["loss"] >= 0) & (metrics["loss"] < 1))
+    np.testing.assert_allclose(twin.predict_delays(states)[1], twin.predict_metrics(states)[1]["delay"])
+
+
+def test_routenet_f_saves_loads_and_trains(routenet_f, tmp_path):
+    twin, states = routenet_f
+    twin.save(tmp_path, "f")
+    again = load_twin("f", tmp_path)
+    np.testing.assert_allclose(again.predict_metrics(states)[0]["jitter"], twin.predict_metrics(states)[0]["jitter"],
+                               rtol=1e-5)
+    data = tmp_path / "data"
+    generate(DatasetConfig(samples=6, min_nodes=5, max_nodes=8, packets_per_flow=300, shard_size=3,
+                           real_fraction=0.0, scheduled_fraction=1.0, seed=5), data, workers=1, progress=False)
+    config = TrainConfig(kind="routenet_f", state_dim=16, iterations=2, epochs=4, batch_size=2, lr=5e-3,
+                         val_every=5)
+    summary = Trainer(data, tmp_path / "run", config, progress=False, log=lambda m: None).run()
+    history = [h["train_loss"] for h in summary["history"]]
+    assert history[-1] < history[0]
+    best = load_twin("best", tmp_path / "run")
+    assert best.heads == ("delay", "jitter", "loss") and "class_x" in best.norm.stats
