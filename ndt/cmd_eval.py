@@ -38,8 +38,12 @@ def register(subparsers) -> None:
 
 
 def _models(names, weights):
+    """The models ``names``, and RouteNet-F (delay, jitter and loss heads) where its weights are there."""
     from ndt.cmd_predict import load_model
+    from twin.models.model_files import MODELS_DIR
 
+    if ((weights or MODELS_DIR) / "routenet_f.json").exists():
+        names = (*names, "routenet_f")
     return {name: load_model(name, weights) for name in names}
 
 
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{report['samples']} samples of {args.datanet}, nothing trained on them: delay MAPE "
                   f"RouteNet-E {100 * report['routenet_mape']:.2f} %, RNN {100 * report['rnn_mape']:.2f} %, "
                   f"QT {100 * report['qt_mape']:.2f} %")
+            _print_heads(report, models)
+            _print_policies(report["by_policy"], models)
         return 0
     models = _models(("routenet", "rnn", "qt"), args.weights)
     if args.data:
@@ -81,14 +87,42 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [{k: (100 * v if k.endswith(("mape", "p15", "p85")) and v is not None else v) for k, v in b.items()}
             for b in report["buckets"]]
-    print_table(rows, [("nodes", "nodes", ""), ("samples", "samples", "d"), ("routenet_mape", "RouteNet-E %", ".2f"),
-                       ("routenet_p15", "p15", ".2f"), ("routenet_p85", "p85", ".2f"), ("rnn_mape", "RNN %", ".2f"),
-                       ("qt_mape", "QT %", ".2f"), ("routenet_waiting_mape", "RouteNet-E waiting %", ".1f"),
-                       ("rnn_waiting_mape", "RNN waiting %", ".1f"), ("qt_waiting_mape", "QT waiting %", ".1f")])
+    columns = [("nodes", "nodes", ""), ("samples", "samples", "d"), ("routenet_mape", "RouteNet-E %", ".2f"),
+               ("routenet_p15", "p15", ".2f"), ("routenet_p85", "p85", ".2f"), ("rnn_mape", "RNN %", ".2f"),
+               ("qt_mape", "QT %", ".2f")]
+    if "routenet_f" in models:
+        columns.append(("routenet_f_mape", "RouteNet-F %", ".2f"))
+    columns += [("routenet_waiting_mape", "RouteNet-E waiting %", ".1f"), ("rnn_waiting_mape", "RNN waiting %", ".1f"),
+                ("qt_waiting_mape", "QT waiting %", ".1f")]
+    print_table(rows, columns)
     print("waiting %: the error relative to the waiting time plus a tenth of the transmission (docs/twin.md)")
+    for bucket in report["buckets"]:
+        if len(bucket["by_policy"]) > 1 or any(b["policy"] != "fifo" for b in bucket["by_policy"]):
+            print(f"{bucket['nodes']} nodes:")
+            _print_heads(bucket, models)
+            _print_policies(bucket["by_policy"], models)
     print("seconds per sample: " + ", ".join(f"{k} {v:.3g}" for k, v in report["infer_s"].items()))
     print(f"plot: {report['png']}")
     return 0
+
+
+def _print_heads(report: dict, models) -> None:
+    """One line per model with jitter and loss heads: its jitter MAPE and loss MAE."""
+    for name in models:
+        if f"{name}_jitter_mape" in report and report[f"{name}_jitter_mape"] is not None:
+            print(f"  {name}: jitter MAPE {100 * report[f'{name}_jitter_mape']:.2f} %, "
+                  f"loss MAE {report[f'{name}_loss_mae']:.4f}")
+
+
+def _print_policies(rows: list[dict], models) -> None:
+    """Delay MAPE (and jitter MAPE, loss MAE where predicted) per bottleneck policy."""
+    columns = [("policy", "bottleneck", ""), ("paths", "paths", "d")]
+    for name in models:
+        columns.append((f"{name}_mape", f"{name} delay %", ".2f"))
+        if any(f"{name}_jitter_mape" in row for row in rows):
+            columns += [(f"{name}_jitter_mape", f"{name} jitter %", ".1f"), (f"{name}_loss_mae", "loss MAE", ".4f")]
+    print_table([{k: (100 * v if k.endswith("mape") and v is not None else v) for k, v in row.items()} for row in rows],
+                columns)
 
 
 def _speed(args: argparse.Namespace) -> dict:

@@ -4,7 +4,7 @@ Cobham, WFQ/DRR shares) and RouteNet-F's three heads, trained on a tiny schedule
 import numpy as np
 import pytest
 
-from twin.data.dataset import DatasetConfig, generate, make_state
+from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import CLASS_FEATURES, build_batch
 from twin.models.learned import LearnedTwin, build, load_twin, make_network
 from twin.models.model_files import Normalizer
@@ -117,3 +117,32 @@ def test_routenet_f_saves_loads_and_trains(routenet_f, tmp_path):
     assert history[-1] < history[0]
     best = load_twin("best", tmp_path / "run")
     assert best.heads == ("delay", "jitter", "loss") and "class_x" in best.norm.stats
+
+
+def test_eval_reports_jitter_loss_and_policies(tmp_path):
+    from twin.models.evaluate import figure3
+
+    generate(DatasetConfig(samples=2, min_nodes=6, max_nodes=8, packets_per_flow=400, real_fraction=0.0,
+                           scheduled_fraction=1.0, min_load=0.7, max_load=0.9, seed=4), tmp_path / "set",
+             workers=1, progress=False)
+    (row,) = figure3({"qt": QueueingModel()}, {"small": tmp_path / "set"})["buckets"]
+    policies = [p["policy"] for p in row["by_policy"]]
+    assert set(policies) - {"fifo"} and policies == [p for p in POLICIES if p in policies]
+    assert sum(p["paths"] for p in row["by_policy"]) == sum(len(s.state.flows) for s in iter_samples(tmp_path / "set"))
+    assert row["qt_jitter_mape"] > 0 and 0 <= row["qt_loss_mae"] < 1
+    worst = max(p["qt_mape"] for p in row["by_policy"])
+    best = min(p["qt_mape"] for p in row["by_policy"])
+    assert best <= row["qt_mape"] <= worst
+
+
+def test_zero_shot_on_gnnet2020_reports_jitter_by_policy():
+    from pathlib import Path
+
+    from twin.models.evaluate import zero_shot
+
+    directory = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "gnnet2020" / "train"
+    if not directory.is_dir():
+        pytest.skip("../shared/datasets/gnnet2020 is not beside the repository")
+    report = zero_shot({"qt": QueueingModel()}, directory, limit=2)
+    assert report["samples"] == 2 and report["qt_jitter_mape"] > 0
+    assert {p["policy"] for p in report["by_policy"]} & {"sp", "wfq", "drr"}

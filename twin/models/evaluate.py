@@ -3,7 +3,11 @@
 Errors are per-path relative errors of the mean delay, |predicted − label| /
 label (fractions), over paths with a positive label. A bucket reports their
 mean (MAPE) and 15th/85th percentiles, per model, plus the time each model
-and the simulator spend per sample (s).
+and the simulator spend per sample (s). Models that predict jitter (delay
+variance) and loss too (QT, RouteNet-F) add the jitter MAPE (paths with a
+positive jitter label) and the loss MAE (absolute error of the share of packets
+lost). ``by_policy`` repeats the figures for the paths grouped by the
+scheduling policy of the busiest port they cross.
 
 The default evaluation set is fixed and seeded: one ``ndt dataset`` directory
 per topology-size bucket (25–50 nodes is the training distribution; the rest
@@ -24,6 +28,7 @@ import numpy as np
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import error_scales, fixed_delays
 from twin.state.errors import StateError
+from twin.state.model import POLICIES
 
 
 @dataclass(frozen=True)
@@ -70,13 +75,6 @@ def ensure_eval_sets(buckets=BUCKETS, directory: Path | None = None, workers: in
     return out
 
 
-def relative_errors(predicted: np.ndarray, labels: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """|predicted − label| / scale (default: the label) over paths with a positive label."""
-    scale = labels if scale is None else scale
-    ok = np.isfinite(labels) & (labels > 0)
-    return np.abs(predicted[ok] - labels[ok]) / scale[ok]
-
-
 def summarize(errors: list[np.ndarray]) -> dict:
     """MAPE (mean), p15 and p85 of all paths' relative errors."""
     flat = np.concatenate(errors) if errors else np.zeros(0)
@@ -85,25 +83,76 @@ def summarize(errors: list[np.ndarray]) -> dict:
     return {"mape": float(flat.mean()), "p15": float(np.percentile(flat, 15)), "p85": float(np.percentile(flat, 85))}
 
 
+def bottleneck_policy(state) -> np.ndarray:
+    """Per flow, the scheduling policy (a POLICIES name) of the busiest port its first route crosses."""
+    load = state.utilization()
+    policies = np.array([link.policy for link in state.links])
+    first = {}
+    for route, owner in enumerate(state.routes.owner):
+        first.setdefault(int(owner), route)
+    out = []
+    for flow in range(len(state.flows)):
+        links = state.routes.links[first[flow]] if flow in first else np.zeros(0, dtype=np.int64)
+        out.append(policies[links[np.argmax(load[links])]] if len(links) else "fifo")
+    return np.array(out)
+
+
+def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Per path of one state, NaN where undefined: delay and waiting relative errors, and where predicted the
+    jitter relative error and the loss absolute error."""
+    delay = labels["delay"]
+    ok = np.isfinite(delay) & (delay > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {"delay": np.where(ok, np.abs(predicted["delay"] - delay) / delay, np.nan),
+               "waiting": np.where(ok, np.abs(predicted["delay"] - delay) / wait_scale, np.nan)}
+        if "jitter" in predicted and "jitter" in labels:
+            jitter = labels["jitter"]
+            out["jitter"] = np.where(np.isfinite(jitter) & (jitter > 0), np.abs(predicted["jitter"] - jitter) / jitter,
+                                     np.nan)
+        if "loss" in predicted and "loss" in labels:
+            out["loss"] = np.abs(predicted["loss"] - labels["loss"])
+    return out
+
+
 def evaluate_samples(models: dict, samples) -> dict:
-    """Run every model on each sample (one state per call); errors and seconds per sample per model."""
+    """Run every model on each sample (one state per call); per-path errors (``path_errors``), the paths'
+    bottleneck policies, and seconds per sample per model."""
     errors = {name: [] for name in models}
-    waiting = {name: [] for name in models}
     seconds = {name: [] for name in models}
-    sim_s = []
-    nodes = []
+    sim_s, nodes, policies = [], [], []
     for sample in samples:
         nodes.append(len(sample.state.nodes))
         sim_s.append(sample.meta.get("sim_wall_s", np.nan))
-        labels = sample.labels["delay"]
-        wait_scale = error_scales(labels, *fixed_delays(sample.state), "waiting")
+        policies.append(bottleneck_policy(sample.state))
+        wait_scale = error_scales(sample.labels["delay"], *fixed_delays(sample.state), "waiting")
         for name, model in models.items():
             started = time.perf_counter()
-            predicted = model.predict_delays([sample.state])[0]
+            if hasattr(model, "predict_metrics"):
+                predicted = model.predict_metrics([sample.state])[0]
+            else:
+                predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
-            errors[name].append(relative_errors(predicted, labels))
-            waiting[name].append(relative_errors(predicted, labels, wait_scale))
-    return {"errors": errors, "waiting": waiting, "seconds": seconds, "sim_s": sim_s, "nodes": nodes}
+            errors[name].append(path_errors(predicted, sample.labels, wait_scale))
+    return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies}
+
+
+def error_fields(models, errors: dict, keep=None) -> dict:
+    """Report fields of every model: delay MAPE with p15/p85, waiting MAPE, and jitter MAPE and loss MAE
+    where predicted, over the paths ``keep`` selects (a boolean per path of the concatenated samples)."""
+    row = {}
+    for name in models:
+        per_path = {key: np.concatenate([e[key] for e in errors[name]]) for key in errors[name][0]}
+        if keep is not None:
+            per_path = {key: values[keep] for key, values in per_path.items()}
+        delay = summarize([per_path["delay"][np.isfinite(per_path["delay"])]])
+        row[f"{name}_mape"], row[f"{name}_p15"], row[f"{name}_p85"] = delay["mape"], delay["p15"], delay["p85"]
+        row[f"{name}_waiting_mape"] = summarize([per_path["waiting"][np.isfinite(per_path["waiting"])]])["mape"]
+        if "jitter" in per_path:
+            row[f"{name}_jitter_mape"] = summarize([per_path["jitter"][np.isfinite(per_path["jitter"])]])["mape"]
+        if "loss" in per_path:
+            finite = per_path["loss"][np.isfinite(per_path["loss"])]
+            row[f"{name}_loss_mae"] = float(finite.mean()) if len(finite) else None
+    return row
 
 
 def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
@@ -116,15 +165,14 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
     all_sim = []
     for label, path in sets.items():
         run = evaluate_samples(models, iter_samples(path))
-        row = {"nodes": label, "samples": len(run["nodes"])}
+        row = {"nodes": label, "samples": len(run["nodes"]), **error_fields(models, run["errors"])}
         for name in models:
-            stats = summarize(run["errors"][name])
-            row[f"{name}_mape"] = stats["mape"]
-            row[f"{name}_p15"] = stats["p15"]
-            row[f"{name}_p85"] = stats["p85"]
-            row[f"{name}_waiting_mape"] = summarize(run["waiting"][name])["mape"]
             row[f"{name}_s_per_sample"] = float(np.mean(run["seconds"][name]))
             all_seconds[name] += run["seconds"][name]
+        policies = np.concatenate(run["policies"])
+        row["by_policy"] = [{"policy": policy, "paths": int(np.sum(policies == policy)),
+                             **error_fields(models, run["errors"], policies == policy)}
+                            for policy in POLICIES if np.any(policies == policy)]
         row["simulator_s_per_sample"] = float(np.nanmean(run["sim_s"]))
         all_sim += run["sim_s"]
         buckets.append(row)
@@ -141,23 +189,30 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
         raise StateError(f"limit must be at least 1, got {limit}")
     errors = {name: [] for name in models}
     seconds = {name: 0.0 for name in models}
+    policies = []
     count = 0
     for sample in itertools.islice(read_datanet(directory), limit):
         count += 1
+        labels = {"delay": sample.delay, "jitter": sample.jitter, "loss": sample.loss}
+        wait_scale = error_scales(sample.delay, *fixed_delays(sample.state), "waiting")
+        policies.append(bottleneck_policy(sample.state))
         for name, model in models.items():
             started = time.perf_counter()
-            predicted = model.predict_delays([sample.state])[0]
+            if hasattr(model, "predict_metrics"):
+                predicted = model.predict_metrics([sample.state])[0]
+            else:
+                predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name] += time.perf_counter() - started
-            errors[name].append(relative_errors(predicted, sample.delay))
+            errors[name].append(path_errors(predicted, labels, wait_scale))
     if count == 0:
         raise StateError(f"{directory}: no usable samples")
-    report = {"directory": str(directory), "samples": count}
+    report = {"directory": str(directory), "samples": count, **error_fields(models, errors)}
     for name in models:
-        stats = summarize(errors[name])
-        report[f"{name}_mape"] = stats["mape"]
-        report[f"{name}_p15"] = stats["p15"]
-        report[f"{name}_p85"] = stats["p85"]
         report[f"{name}_s_per_sample"] = seconds[name] / count
+    policies = np.concatenate(policies)
+    report["by_policy"] = [{"policy": policy, "paths": int(np.sum(policies == policy)),
+                            **error_fields(models, errors, policies == policy)}
+                           for policy in POLICIES if np.any(policies == policy)]
     return report
 
 

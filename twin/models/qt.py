@@ -22,3 +22,12 @@ class QueueingModel:
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         """Per-flow mean delay (s), one array per state in flow order."""
         return self.predict_batch(build_batch(states, qt_features=False))
+
+    heads = ("delay", "jitter", "loss")
+
+    def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
+        """Per state, per flow: mean delay (s), jitter (delay variance, s²) and loss (share of packets)."""
+        batch = build_batch(states, qt_features=False)
+        answer = solve(batch)
+        columns = [batch.per_flow(answer[head]) for head in self.heads]
+        return [dict(zip(self.heads, values)) for values in zip(*columns)]
