@@ -330,7 +330,8 @@ def _delay_limits(state: NetworkState, intent: Intent) -> np.ndarray:
     limit = np.full(len(state.flows), math.inf)
     for bound in intent.delay_bounds:
         for pair in bound.pairs:
-            limit[position[pair]] = min(limit[position[pair]], bound.max_delay)
+            if bound.max_delay is not None:
+                limit[position[pair]] = min(limit[position[pair]], bound.max_delay)
     return limit
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.scenario import Scenario, apply, apply_failure
 from optimizer.intent import Intent
-from optimizer.objective import violations
+from optimizer.objective import predicted, violations
 from twin.models.intervals import Intervals, JudgedPrediction, judge
 from twin.state.metrics import finite_or_none, mean_delay
 from twin.state.model import NetworkState
@@ -31,6 +31,7 @@ class Outcome:
     state: NetworkState
     judged: JudgedPrediction
     violations: list[dict]
+    metrics: dict  # per flow: delay (s) and, where the model predicts them, jitter (s²) and loss
 
     @property
     def utilization(self) -> np.ndarray:
@@ -48,8 +49,11 @@ class Outcome:
                 "out_of_range_reasons": self.judged.reasons if self.judged.in_safe_range is False else []}
 
 
-def outcome(state: NetworkState, delays: np.ndarray, intervals: Intervals | None, intent: Intent | None) -> Outcome:
-    return Outcome(state, judge(state, delays, intervals), violations(state, intent, delays) if intent else [])
+def outcome(state: NetworkState, metrics: dict, intervals: Intervals | None, intent: Intent | None) -> Outcome:
+    """``metrics`` (per flow delay s, and jitter s², loss where predicted) judged and checked against ``intent``."""
+    delays = metrics["delay"]
+    return Outcome(state, judge(state, delays, intervals),
+                   violations(state, intent, delays, metrics) if intent else [], metrics)
 
 
 def what_if(state: NetworkState, scenario: Scenario, predictor, intervals: Intervals | None = None,
@@ -58,11 +62,12 @@ def what_if(state: NetworkState, scenario: Scenario, predictor, intervals: Inter
     demands (with a failed node). Delays in s, utilization as load / capacity."""
     after_state, lost = apply(state, scenario, groups)
     if after_state.flows:
-        delays_before, delays_after = predictor.predict_delays([state, after_state])
+        metrics_before, metrics_after = predicted(predictor, [state, after_state])
     else:  # every demand left with the failed nodes: nothing to predict after
-        delays_before, delays_after = predictor.predict_delays([state])[0], np.zeros(0)
-    before = outcome(state, delays_before, intervals, intent)
-    after = outcome(after_state, delays_after, intervals, intent)
+        metrics_before = predicted(predictor, [state])[0]
+        metrics_after = {head: np.zeros(0) for head in metrics_before}
+    before = outcome(state, metrics_before, intervals, intent)
+    after = outcome(after_state, metrics_after, intervals, intent)
     return {"scenario": scenario.describe(), "before": before.summary(), "after": after.summary(),
             "lost": [{"src": a, "dst": b} for a, b in lost],
             "paths": path_rows(before, after), "links": link_rows(before, after)}
@@ -73,8 +78,9 @@ def path_rows(before: Outcome, after: Outcome) -> list[dict]:
     safe range)."""
     old = {(f.src, f.dst): float(d) for f, d in zip(before.state.flows, before.judged.delay)}
     rows = []
-    for row in after.judged.path_rows(after.state):
-        rows.append(dict(row, delay_before=old.get((row["src"], row["dst"]))))
+    for i, row in enumerate(after.judged.path_rows(after.state)):
+        extra = {head: float(after.metrics[head][i]) for head in ("jitter", "loss") if head in after.metrics}
+        rows.append(dict(row, delay_before=old.get((row["src"], row["dst"])), **extra))
     return rows
 
 
@@ -133,23 +139,24 @@ def n_minus_1(state: NetworkState, predictor, intervals: Intervals | None = None
     """Every single failure of ``state`` ranked by impact, worst first; ``progress(n)`` is called as cases
     are done. Returns ``base`` (the intact network's summary), ``cases`` and ``elapsed_s``."""
     started = time.perf_counter()
-    base = outcome(state, predictor.predict_delays([state])[0], intervals, intent)
+    heads = bool(intent and intent.heads)
+    base = outcome(state, predicted(predictor, [state], heads)[0], intervals, intent)
     scenarios = single_failures(state, nodes)
     cases = []
     for start in range(0, len(scenarios), BATCH_STATES):
         chunk = scenarios[start:start + BATCH_STATES]
         applied = [apply_failure(state, s) for s in chunk]
         carried = [i for i, (after, _, _) in enumerate(applied) if after.flows]
-        predicted = dict(zip(carried, predictor.predict_delays([applied[i][0] for i in carried])))
+        answers = dict(zip(carried, predicted(predictor, [applied[i][0] for i in carried], heads)))
         for i, (scenario, (after, lost, cut)) in enumerate(zip(chunk, applied)):
-            cases.append(_case(scenario, after, lost, cut, predicted.get(i), base, intervals, intent))
+            cases.append(_case(scenario, after, lost, cut, answers.get(i), base, intervals, intent))
         if progress:
             progress(len(chunk))
     cases.sort(key=FailureCase.impact)
     return {"base": base.summary(), "cases": cases, "elapsed_s": time.perf_counter() - started}
 
 
-def _case(scenario, after, lost, cut, delays, base: Outcome, intervals, intent) -> FailureCase:
+def _case(scenario, after, lost, cut, metrics, base: Outcome, intervals, intent) -> FailureCase:
     if scenario.failed_links:
         a, b = scenario.failed_links[0]
         case = FailureCase(failed=f"{a}-{b}", kind="link", elements=(a, b), lost=lost, cut=cut)
@@ -159,9 +166,9 @@ def _case(scenario, after, lost, cut, delays, base: Outcome, intervals, intent) 
     utilization = after.utilization()
     case.max_utilization = float(utilization.max()) if len(utilization) else 0.0
     case.link_utilization = {(lk.src, lk.dst): float(u) for lk, u in zip(after.links, utilization)}
-    if delays is None:
+    if metrics is None:
         return case
-    result = outcome(after, delays, intervals, intent)
+    result = outcome(after, metrics, intervals, intent)
     case.mean_delay = result.mean_delay
     case.violations = result.violations
     case.in_safe_range = result.judged.in_safe_range

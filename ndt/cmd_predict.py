@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         description=(
             "Predict the mean delay of every path of a network state with RouteNet-E (the weights shipped in "
             "the package by default), the RNN baseline or the queueing-theory (M/M/1/b) baseline, each with its "
-            "prediction interval when the state lies in the model's safe operating range ('ndt intervals')."
+            "prediction interval when the state lies in the model's safe operating range ('ndt intervals'). "
+            "RouteNet-F (routenet_f: a state per port queue, for SP/WFQ/DRR ports and QoS classes) and qt also "
+            "give each path's jitter (delay variance, s²; the table shows its square root) and loss."
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (see docs/state.md)")
@@ -45,10 +47,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights)
     intervals = None if args.model == "sim" else load_intervals(args.model, args.weights)
     started = time.perf_counter()
-    delays = model.predict_delays([state])[0]
+    metrics = model.predict_metrics([state])[0] if hasattr(model, "predict_metrics") else {
+        "delay": model.predict_delays([state])[0]}
     infer_s = time.perf_counter() - started
-    judged = judge(state, delays, intervals)
+    judged = judge(state, metrics["delay"], intervals)
     paths = judged.path_rows(state)
+    for head in ("jitter", "loss"):  # models with those heads (qt, routenet_f): per path, s² and share of packets
+        if head in metrics:
+            for row, value in zip(paths, metrics[head]):
+                row[head] = float(value)
     if args.json:
         print_json({"model": args.model, "paths": paths, "in_safe_range": judged.in_safe_range,
                     "out_of_range_reasons": judged.reasons if judged.in_safe_range is False else [],
@@ -60,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
         print("outside the twin's safe operating range, so no intervals: " + "; ".join(judged.reasons))
     elif judged.in_safe_range:
         print(f"intervals: {intervals.nominal:.0%} nominal (split-conformal, docs/analysis.md)")
-    print_table([dict(p, delay_ms=1e3 * p["delay"], lo_ms=_ms(p["delay_lo"]), hi_ms=_ms(p["delay_hi"])) for p in paths],
-                [("src", "src", ""), ("dst", "dst", ""), ("delay_ms", "delay ms", ".3f"), ("lo_ms", "low ms", ".3f"),
-                 ("hi_ms", "high ms", ".3f")])
+    columns = [("src", "src", ""), ("dst", "dst", ""), ("delay_ms", "delay ms", ".3f"), ("lo_ms", "low ms", ".3f"),
+               ("hi_ms", "high ms", ".3f")]
+    if "jitter" in metrics:
+        columns += [("jitter_ms", "jitter (sd) ms", ".3f"), ("loss_pct", "loss %", ".2f")]
+    print_table([dict(p, delay_ms=1e3 * p["delay"], lo_ms=_ms(p["delay_lo"]), hi_ms=_ms(p["delay_hi"]),
+                      jitter_ms=_ms(p["jitter"] ** 0.5) if "jitter" in p else None,
+                      loss_pct=100 * p["loss"] if "loss" in p else None) for p in paths], columns)
     return 0
 
 

@@ -9,13 +9,17 @@ An intent is a YAML file with an objective and constraints::
       max_utilization: 0.8          # every link at most 80 % loaded
       delay_bounds:                 # per pair, or per class of pairs; "10ms", "250us", "0.01" (s)
         - {src: a, dst: c, max_delay: 10ms}
-        - {name: gold, pairs: [[a, d], [b, d]], max_delay: 15ms}
+        - {name: gold, pairs: [[a, d], [b, d]], max_delay: 15ms, max_jitter: 2ms, max_loss: 0.1%}
       avoid_links: [[a, b]]         # no traffic on these links
       weight_bounds: [1, 20]        # OSPF weights allowed
       max_changed_weights: 4        # at most 4 links get a new weight
     search:
       max_evaluations: 3000         # twin calls, one per candidate routing
       time_limit_s: 60
+
+A bound may limit the mean delay (``max_delay``), the jitter (``max_jitter``: the standard deviation
+of the delay, a duration) and the loss (``max_loss``: a share of packets, ``0.001`` or ``0.1%``), any
+of them. Jitter and loss bounds need a model that predicts them (``routenet_f`` or ``qt``).
 
 Every field is checked when the file is read; an error names the field and value.
 """
@@ -43,11 +47,19 @@ class IntentError(NdtError, ValueError):
 
 @dataclass(frozen=True)
 class DelayBound:
-    """Every pair in ``pairs`` must have mean delay <= ``max_delay`` seconds."""
+    """Every pair in ``pairs`` must have mean delay <= ``max_delay`` (s), delay standard deviation <=
+    ``max_jitter`` (s) and loss <= ``max_loss`` (share of packets); a limit left None is not bounded."""
 
     name: str
     pairs: tuple[tuple[str, str], ...]
-    max_delay: float
+    max_delay: float | None = None
+    max_jitter: float | None = None
+    max_loss: float | None = None
+
+    def limits(self) -> list[tuple[str, float]]:
+        """(head, limit) of each limit set: ``delay`` s, ``jitter`` s (standard deviation), ``loss`` share."""
+        return [(head, limit) for head, limit in (("delay", self.max_delay), ("jitter", self.max_jitter),
+                                                  ("loss", self.max_loss)) if limit is not None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,12 @@ class Intent:
     max_changed_weights: int | None = None
     max_evaluations: int = 3000
     time_limit_s: float = 60.0
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """What the intent needs predicted besides the mean delay: ``jitter``, ``loss``, or neither."""
+        wanted = {head for bound in self.delay_bounds for head, _ in bound.limits()} - {"delay"}
+        return tuple(head for head in ("jitter", "loss") if head in wanted)
 
     def check_against(self, state) -> None:
         """Refuse an intent that names nodes, pairs or links the state does not have."""
@@ -196,9 +214,9 @@ def parse_duration(value, where: str) -> float:
 def _delay_bound(item, i: int) -> DelayBound:
     where = f"constraints.delay_bounds[{i}]"
     _mapping(item, where)
-    _only(item, ("name", "src", "dst", "pairs", "max_delay"), where + ".")
-    if "max_delay" not in item:
-        raise IntentError(f"{where}: missing max_delay")
+    _only(item, ("name", "src", "dst", "pairs", "max_delay", "max_jitter", "max_loss"), where + ".")
+    if not {"max_delay", "max_jitter", "max_loss"} & set(item):
+        raise IntentError(f"{where}: missing max_delay (or max_jitter, max_loss)")
     if "pairs" in item:
         if "src" in item or "dst" in item:
             raise IntentError(f"{where}: give either src/dst or pairs, not both")
@@ -210,7 +228,25 @@ def _delay_bound(item, i: int) -> DelayBound:
     else:
         raise IntentError(f"{where}: needs src and dst, or pairs")
     name = str(item.get("name", f"{pairs[0][0]}->{pairs[0][1]}" if len(pairs) == 1 else f"class {i}"))
-    return DelayBound(name=name, pairs=pairs, max_delay=parse_duration(item["max_delay"], f"{where}.max_delay"))
+    durations = {key: parse_duration(item[key], f"{where}.{key}") for key in ("max_delay", "max_jitter") if key in item}
+    loss = _loss_share(item["max_loss"], f"{where}.max_loss") if "max_loss" in item else None
+    return DelayBound(name=name, pairs=pairs, max_loss=loss, **durations)
+
+
+def _loss_share(value, where: str) -> float:
+    """A share of packets in (0, 1): a number (0.001) or a percentage string ('0.1%')."""
+    if isinstance(value, str) and value.strip().endswith("%") and len(value) <= MAX_DURATION_CHARS:
+        try:
+            share = float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            raise IntentError(f"{where}: expected a share of packets such as 0.001 or 0.1%, got {shown(value)}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        share = float(value)
+    else:
+        raise IntentError(f"{where}: expected a share of packets such as 0.001 or 0.1%, got {shown(value)}")
+    if not 0 < share < 1:
+        raise IntentError(f"{where}: a loss bound must lie between 0 and 1 (0 % and 100 %), got {shown(value)}")
+    return share
 
 
 def _pair(item, where: str) -> tuple[str, str]:

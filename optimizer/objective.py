@@ -2,6 +2,9 @@
 
 Pure functions of a state and per-path delays (from any model with the twin's
 interface), so the same scoring serves NES, the baselines and verification.
+Jitter and loss bounds are scored from ``metrics`` (per flow ``jitter``, the
+delay variance in s², and ``loss``) where a model predicted them; scoring
+without them (measured delays only) leaves those bounds out.
 """
 
 from __future__ import annotations
@@ -27,7 +30,26 @@ class Score:
         return self.violation == 0.0
 
 
-def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
+def predicted(predictor, states: list[NetworkState], heads: bool = True) -> list[dict[str, np.ndarray]]:
+    """Per state, per flow: ``delay`` (s) and, with ``heads`` and a model that predicts them (``predict_metrics``),
+    ``jitter`` (delay variance, s²) and ``loss`` (share of packets)."""
+    if heads and hasattr(predictor, "predict_metrics"):
+        return predictor.predict_metrics(states)
+    return [{"delay": delays} for delays in predictor.predict_delays(states)]
+
+
+def bound_values(bound, index: int, delays: np.ndarray, metrics: dict | None):
+    """(head, value, limit) of each limit of ``bound`` for flow ``index`` that can be judged: delay (s),
+    jitter (standard deviation, s, from the variance in ``metrics``), loss (share of packets)."""
+    for head, limit in bound.limits():
+        if head == "delay":
+            yield head, float(delays[index]), limit
+        elif metrics is not None and head in metrics:
+            value = float(metrics[head][index])
+            yield head, (float(np.sqrt(max(value, 0.0))) if head == "jitter" else value), limit
+
+
+def score(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None = None) -> Score:
     """The intent's objective and the summed relative violation of its constraints."""
     utilization = state.utilization()
     if intent.objective == "mean_delay":
@@ -43,11 +65,8 @@ def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
         position = {(f.src, f.dst): i for i, f in enumerate(state.flows)}
         for bound in intent.delay_bounds:
             for pair in bound.pairs:
-                delay = delays[position[pair]]
-                if not np.isfinite(delay):
-                    violation += 1.0
-                else:
-                    violation += max(delay / bound.max_delay - 1.0, 0.0)
+                for _, value, limit in bound_values(bound, position[pair], delays, metrics):
+                    violation += max(value / limit - 1.0, 0.0) if np.isfinite(value) else 1.0
     if intent.avoid_links:
         loads = state.link_loads()
         total = sum(f.rate for f in state.flows) or 1.0
@@ -55,9 +74,9 @@ def score(state: NetworkState, intent: Intent, delays: np.ndarray) -> Score:
     return Score(objective=objective, violation=violation)
 
 
-def violations(state: NetworkState, intent: Intent, delays: np.ndarray) -> list[dict]:
+def violations(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None = None) -> list[dict]:
     """Each constraint of ``intent`` the state breaks: ``{constraint, what, value, limit}`` (utilization
-    as a ratio, delays in s, traffic on an avoided link in bit/s)."""
+    as a ratio, delays and jitter in s, loss a share of packets, traffic on an avoided link in bit/s)."""
     found = []
     if intent.max_utilization is not None:
         utilization = state.utilization()
@@ -70,10 +89,11 @@ def violations(state: NetworkState, intent: Intent, delays: np.ndarray) -> list[
         for pair in bound.pairs:
             if pair not in position:  # the pair's traffic is gone (a failed node): nothing to bound
                 continue
-            delay = float(delays[position[pair]])
-            if not np.isfinite(delay) or delay > bound.max_delay:
-                found.append({"constraint": f"delay_bounds[{bound.name}]", "what": f"{pair[0]}->{pair[1]}",
-                              "value": delay, "limit": bound.max_delay})
+            for head, value, limit in bound_values(bound, position[pair], delays, metrics):
+                if not np.isfinite(value) or value > limit:
+                    suffix = "" if head == "delay" else f".max_{head}"
+                    found.append({"constraint": f"delay_bounds[{bound.name}]{suffix}", "what": f"{pair[0]}->{pair[1]}",
+                                  "value": value, "limit": limit})
     if intent.avoid_links:
         loads = state.link_loads()
         for link in intent.avoid_links:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.intent import Intent
+from optimizer.intent import Intent, IntentError
 from optimizer.local import descend
 from optimizer.nes import better, snes
-from optimizer.objective import Score, score
+from optimizer.objective import Score, predicted, score
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
 
@@ -89,6 +89,14 @@ def undo_idle_changes(state: NetworkState, current: np.ndarray, chosen: np.ndarr
     return out
 
 
+def check_heads(predictor, intent: Intent) -> None:
+    """Refuse a model that cannot predict what the intent bounds (jitter, loss)."""
+    missing = [head for head in intent.heads if head not in getattr(predictor, "heads", ("delay",))]
+    if missing:
+        raise IntentError(f"the intent bounds {' and '.join(missing)}, which model {getattr(predictor, 'name', '?')} "
+                          "does not predict; use a model that does (routenet_f or qt)")
+
+
 class RoutingScores:
     """Scores candidate weight vectors in one batched predictor call, each distinct routing once.
 
@@ -105,9 +113,8 @@ class RoutingScores:
             if s.routing_key not in self.known:
                 new.setdefault(s.routing_key, s)
         if new:
-            delays = self.predictor.predict_delays(list(new.values()))
-            for (key, s), d in zip(new.items(), delays):
-                self.known[key] = score(s, self.intent, d)
+            for (key, s), metrics in zip(new.items(), predicted(self.predictor, list(new.values()), bool(self.intent.heads))):
+                self.known[key] = score(s, self.intent, metrics["delay"], metrics)
         scores = [self.known[s.routing_key] for s in states]
         return np.array([s.violation for s in scores]), np.array([s.objective for s in scores])
 
@@ -152,6 +159,9 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
     the least-violating one is returned).
     """
     intent.check_against(state)
+    check_heads(predictor, intent)
+    if screen is not None:
+        check_heads(screen, intent)
     low, high = intent.weight_bounds
     current = np.clip(np.rint(state.link_arrays["weight"]), low, high).astype(np.int64)
     started = time.perf_counter()
@@ -172,10 +182,11 @@ def optimize(state: NetworkState, intent: Intent, predictor, seed: int = 0, popu
         best = _better_of(score_batch, best, screen_answer)
     best = undo_idle_changes(state, current, best)
     initial, final = state.with_weights(current), state.with_weights(best)
-    delays_before, delays_after = predictor.predict_delays([initial, final])
+    metrics_before, metrics_after = predicted(predictor, [initial, final], bool(intent.heads))
+    delays_before, delays_after = metrics_before["delay"], metrics_after["delay"]
     outcome = Optimization(
-        state=state, weights=best, before=score(initial, intent, delays_before),
-        after=score(final, intent, delays_after), delays_before=delays_before, delays_after=delays_after,
+        state=state, weights=best, before=score(initial, intent, delays_before, metrics_before),
+        after=score(final, intent, delays_after, metrics_after), delays_before=delays_before, delays_after=delays_after,
         evaluations=result.evaluations + refined, predicted=len(score_batch.known), refined=refined,
         generations=result.generations, stopped_by=result.stopped_by,
         wall_s=time.perf_counter() - started, screened=screened, started_from_screen=from_screen,

@@ -264,3 +264,46 @@ def test_intent_text_is_refused_by_line_and_field(text, words):
     with pytest.raises(IntentError) as refused:
         parse_intent_text(text)
     assert words in str(refused.value) and "cannot read" not in str(refused.value), refused.value
+
+
+def test_jitter_and_loss_bounds_are_parsed_and_checked():
+    intent = parse_intent({"constraints": {"delay_bounds": [
+        {"name": "voice", "pairs": [["a", "d"]], "max_jitter": "2ms", "max_loss": "0.1%"},
+        {"src": "b", "dst": "d", "max_delay": "9ms", "max_loss": 0.01}]}})
+    voice, data = intent.delay_bounds
+    assert (voice.max_delay, voice.max_jitter, voice.max_loss) == (None, pytest.approx(2e-3), pytest.approx(1e-3))
+    assert intent.heads == ("jitter", "loss")
+    assert parse_intent({"constraints": {"delay_bounds": [{"src": "a", "dst": "d", "max_delay": 1}]}}).heads == ()
+    for bad, message in [
+        ({"src": "a", "dst": "d"}, "delay_bounds[0]: missing max_delay (or max_jitter, max_loss)"),
+        ({"src": "a", "dst": "d", "max_loss": "150%"}, "delay_bounds[0].max_loss: a loss bound must lie between"),
+        ({"src": "a", "dst": "d", "max_loss": "lots"}, "delay_bounds[0].max_loss: expected a share of packets"),
+        ({"src": "a", "dst": "d", "max_jitter": "-1ms"}, "delay_bounds[0].max_jitter: expected a delay"),
+    ]:
+        with pytest.raises(IntentError, match=re.escape(message)):
+            parse_intent({"constraints": {"delay_bounds": [bad]}})
+
+
+def test_optimize_meets_a_jitter_bound_with_a_model_that_predicts_jitter():
+    from twin.models.qt import QueueingModel
+
+    state = two_route_state(load=0.9)
+    intent = parse_intent({"constraints": {"weight_bounds": [1, 10], "delay_bounds": [
+        {"src": "a", "dst": "d", "max_jitter": "4ms", "max_loss": "0.01%"}]}, "search": {"max_evaluations": 60}})
+    result = optimize(state, intent, QueueingModel(), seed=0)
+    assert not result.before.feasible and result.after.feasible
+    assert first_hop_of_a_to_d(state, result.weights) == "c"
+    with pytest.raises(IntentError, match="does not predict"):
+        optimize(state, intent, SimulatorPredictor(packets_per_flow=200), seed=0)
+
+
+def test_violations_name_the_jitter_and_loss_bounds():
+    from optimizer.objective import violations
+
+    state = two_route_state(load=0.9)
+    intent = parse_intent({"constraints": {"delay_bounds": [
+        {"name": "voice", "src": "a", "dst": "d", "max_delay": "1s", "max_jitter": "1ms", "max_loss": 0.5}]}})
+    metrics = {"delay": np.array([0.01, 0.01]), "jitter": np.array([4e-6, 0.0]), "loss": np.array([0.1, 0.0])}
+    found = violations(state, intent, metrics["delay"], metrics)
+    assert [(v["constraint"], v["value"]) for v in found] == [("delay_bounds[voice].max_jitter", pytest.approx(2e-3))]
+    assert violations(state, intent, metrics["delay"]) == []  # measured delays only: jitter cannot be judged

@@ -137,6 +137,10 @@ def test_what_if_reports_intervals_links_and_intent_violations():
     assert {(r["src"], r["dst"]) for r in failed_rows} == {("a", "b"), ("b", "a")}
     a_to_c = next(p for p in report["paths"] if (p["src"], p["dst"]) == ("a", "c"))
     assert a_to_c["delay"] > a_to_c["delay_before"] > 0
+    assert a_to_c["jitter"] > 0 and 0 <= a_to_c["loss"] < 1  # QT predicts them, so the rows carry them
+    jittery = what_if(state, Scenario(failed_links=(("a", "b"),), traffic_scale=1.5), QueueingModel(), intent=parse_intent(
+        {"constraints": {"delay_bounds": [{"src": "a", "dst": "c", "max_jitter": "1us"}]}}))
+    assert {v["constraint"] for v in jittery["after"]["violations"]} == {"delay_bounds[a->c].max_jitter"}
 
 
 def ndt(*args):

@@ -4,8 +4,9 @@ Errors are per-path relative errors of the mean delay, |predicted − label| /
 label (fractions), over paths with a positive label. A bucket reports their
 mean (MAPE) and 15th/85th percentiles, per model, plus the time each model
 and the simulator spend per sample (s). Models that predict jitter (delay
-variance) and loss too (QT, RouteNet-F) add the jitter MAPE (paths with a
-positive jitter label) and the loss MAE (absolute error of the share of packets
+variance) and loss too (QT, RouteNet-F) add the jitter MAPE (paths whose
+jitter label reaches JITTER_FLOOR: a delay standard deviation of at least a
+tenth of their transmission time) and the loss MAE (absolute error of the share of packets
 lost). ``by_policy`` repeats the figures for the paths grouped by the
 scheduling policy of the busiest port they cross.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
-from twin.models.features import error_scales, fixed_delays
+from twin.models.features import JITTER_FLOOR, error_scales, fixed_delays
 from twin.state.errors import StateError
 from twin.state.model import POLICIES
 
@@ -97,9 +98,9 @@ def bottleneck_policy(state) -> np.ndarray:
     return np.array(out)
 
 
-def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray) -> dict[str, np.ndarray]:
+def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_floor: np.ndarray) -> dict[str, np.ndarray]:
     """Per path of one state, NaN where undefined: delay and waiting relative errors, and where predicted the
-    jitter relative error and the loss absolute error."""
+    jitter relative error (paths whose jitter label reaches ``jitter_floor``, s²) and the loss absolute error."""
     delay = labels["delay"]
     ok = np.isfinite(delay) & (delay > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -107,8 +108,8 @@ def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray) -> dict[s
                "waiting": np.where(ok, np.abs(predicted["delay"] - delay) / wait_scale, np.nan)}
         if "jitter" in predicted and "jitter" in labels:
             jitter = labels["jitter"]
-            out["jitter"] = np.where(np.isfinite(jitter) & (jitter > 0), np.abs(predicted["jitter"] - jitter) / jitter,
-                                     np.nan)
+            out["jitter"] = np.where(np.isfinite(jitter) & (jitter >= jitter_floor) & (jitter > 0),
+                                     np.abs(predicted["jitter"] - jitter) / jitter, np.nan)
         if "loss" in predicted and "loss" in labels:
             out["loss"] = np.abs(predicted["loss"] - labels["loss"])
     return out
@@ -124,7 +125,8 @@ def evaluate_samples(models: dict, samples) -> dict:
         nodes.append(len(sample.state.nodes))
         sim_s.append(sample.meta.get("sim_wall_s", np.nan))
         policies.append(bottleneck_policy(sample.state))
-        wait_scale = error_scales(sample.labels["delay"], *fixed_delays(sample.state), "waiting")
+        prop, transmit = fixed_delays(sample.state)
+        wait_scale = error_scales(sample.labels["delay"], prop, transmit, "waiting")
         for name, model in models.items():
             started = time.perf_counter()
             if hasattr(model, "predict_metrics"):
@@ -132,7 +134,7 @@ def evaluate_samples(models: dict, samples) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
-            errors[name].append(path_errors(predicted, sample.labels, wait_scale))
+            errors[name].append(path_errors(predicted, sample.labels, wait_scale, JITTER_FLOOR * transmit**2))
     return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies}
 
 
@@ -194,7 +196,8 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
     for sample in itertools.islice(read_datanet(directory), limit):
         count += 1
         labels = {"delay": sample.delay, "jitter": sample.jitter, "loss": sample.loss}
-        wait_scale = error_scales(sample.delay, *fixed_delays(sample.state), "waiting")
+        prop, transmit = fixed_delays(sample.state)
+        wait_scale = error_scales(sample.delay, prop, transmit, "waiting")
         policies.append(bottleneck_policy(sample.state))
         for name, model in models.items():
             started = time.perf_counter()
@@ -203,7 +206,7 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name] += time.perf_counter() - started
-            errors[name].append(path_errors(predicted, labels, wait_scale))
+            errors[name].append(path_errors(predicted, labels, wait_scale, JITTER_FLOOR * transmit**2))
     if count == 0:
         raise StateError(f"{directory}: no usable samples")
     report = {"directory": str(directory), "samples": count, **error_fields(models, errors)}

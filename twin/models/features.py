@@ -353,6 +353,9 @@ def build_batch(states: list[NetworkState], qt_features: bool = True) -> GraphBa
 
 TARGETS = ("delay", "queueing", "waiting")  # what a delay error can be relative to
 TRANSMIT_SHARE = 0.1  # of the path's transmission time kept in the ``waiting`` scale
+# jitter (delay variance) below (TRANSMIT_SHARE × the path's transmission time)² is noise, not a figure to be
+# relative to: training adds it to both sides, jitter MAPE leaves out paths whose label is below it
+JITTER_FLOOR = TRANSMIT_SHARE**2  # of the path's squared transmission time
 
 
 def error_scales(label, prop, transmit, target: str, maximum=np.maximum):

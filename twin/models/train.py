@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from twin.data.dataset import read_shard
-from twin.models.features import TARGETS, TRANSMIT_SHARE, StateGraph, batch_graphs, error_scales, state_graph
+from twin.models.features import JITTER_FLOOR, TARGETS, StateGraph, batch_graphs, error_scales, state_graph
 from twin.models.learned import LearnedTwin, batch_tensors, build, load_twin, make_network, padded_hops
 from twin.models.model_files import QUEUE_KINDS, ModelFileError, Normalizer
 from twin.state.errors import NdtError, StateError
@@ -67,7 +67,6 @@ class Item:
         return np.column_stack([c if c is not None else np.full(len(self.delay), np.nan) for c in columns])
 
 
-JITTER_FLOOR = TRANSMIT_SHARE**2  # of the path's squared transmission time, added to jitter and its label
 LOSS_WEIGHT = 5.0  # loss MAE against delay and jitter relative errors in the training objective
 
 
@@ -144,7 +143,8 @@ def training_strategy(devices: list[str] | None = None):
 
 def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8) -> dict[str, np.ndarray]:
     """Relative errors of every flow with a positive label, for each of TARGETS; with jitter and loss heads
-    also ``jitter`` (relative, positive labels), ``jitter_log`` (the training term) and ``loss`` (absolute)."""
+    also ``jitter`` (relative, labels of at least JITTER_FLOOR), ``jitter_log`` (the training term) and
+    ``loss`` (absolute)."""
     heads = twin.heads
     errors = {target: [] for target in TARGETS + heads[1:] + (("jitter_log",) if "jitter" in heads else ())}
     for start in range(0, len(items), batch_size):
@@ -159,9 +159,9 @@ def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8)
                 scale = error_scales(it.delay[ok], prop[ok], tx[ok], target)
                 errors[target].append(np.abs(pred["delay"][ok] - it.delay[ok]) / np.maximum(scale, 1e-12))
             if "jitter" in pred and it.jitter is not None:
-                jitter_ok = np.isfinite(it.jitter) & (it.jitter > 0)
-                errors["jitter"].append(np.abs(pred["jitter"] - it.jitter)[jitter_ok] / it.jitter[jitter_ok])
                 floor = JITTER_FLOOR * tx**2
+                jitter_ok = np.isfinite(it.jitter) & (it.jitter >= floor)
+                errors["jitter"].append(np.abs(pred["jitter"] - it.jitter)[jitter_ok] / it.jitter[jitter_ok])
                 ratio = (pred["jitter"] + floor) / (np.where(np.isfinite(it.jitter), it.jitter, 0.0) + floor)
                 errors["jitter_log"].append(np.abs(np.log(ratio))[np.isfinite(it.jitter)])
             if "loss" in pred and it.loss is not None:
