@@ -50,6 +50,7 @@ from controller.routing_rules import (
     Wiring,
     base_rules,
     counter_rules,
+    leftover_group_ids,
     plan_update,
     probe_rules,
     route_rules,
@@ -259,6 +260,8 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(parser.OFPFlowMod(dp, cookie=BASE_COOKIE, cookie_mask=NDT_COOKIE_MASK, table_id=ofp.OFPTT_ALL,
                                       command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
                                       match=parser.OFPMatch()))
+        for group in leftover_group_ids():  # deleting a group that is not there is no error (OpenFlow 1.3)
+            dp.send_msg(self._flow_mod(dp, FlowOp("delete_group", dpid, group=group)))
         for rule in base_rules(dpid):
             dp.send_msg(self._flow_mod(dp, FlowOp("add", dpid, rule)))
 

@@ -51,6 +51,7 @@ COOKIE_KIND_MASK = 0xFFFF_FFFF_0000_0000
 NDT_COOKIE_MASK = 0xFFFF_FF00_0000_0000  # every rule ndt installs has BASE_COOKIE under this mask
 VERSION_MASK = 0xFFFF_FFFF
 GROUP_PARITY = 1 << 24  # select-group ids: version parity x GROUP_PARITY + 1 + index at the switch
+STALE_GROUPS = 64  # per parity, the group ids a connecting switch has deleted (an earlier process's leftovers)
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -384,3 +385,10 @@ def _dpid(wiring: Wiring, switch: str, tag: str) -> int:
         return wiring.dpids[switch]
     except KeyError:
         raise RuleError(f"{tag}: switch {switch!r} has no datapath id in the wiring") from None
+
+
+def leftover_group_ids(count: int = STALE_GROUPS) -> list[int]:
+    """The select-group ids a switch is cleared of when it connects: the first ``count`` of each parity,
+    which an earlier controller process may have left behind. A group past them stays until its id is
+    used again (``plan_update`` deletes every id just before adding it), so it never makes an add fail."""
+    return [parity * GROUP_PARITY + 1 + index for parity in (0, 1) for index in range(count)]

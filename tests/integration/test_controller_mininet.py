@@ -89,25 +89,31 @@ class Emulation:
         self.store_path = tmp / "telemetry.db"
         self.log = open(tmp / "controller.log", "w")
         topology = ["--discover"] if discover else ["--wiring", str(tmp / "wiring.json")]
-        self.controller = subprocess.Popen(
-            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path), *topology,
-             "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
-             "--store", str(self.store_path), "--poll-interval", str(poll_interval),
-             "--grpc", f"127.0.0.1:{self.grpc_port}"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.metrics() is not None, 20, "the controller's metrics endpoint")
+        self.command = [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path), *topology,
+                        "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
+                        "--store", str(self.store_path), "--poll-interval", str(poll_interval),
+                        "--grpc", f"127.0.0.1:{self.grpc_port}"]
+        self.start_controller()
         self.net.start()
         for host in self.net.hosts:
             host.cmd(f"ethtool -K {host.defaultIntf()} tx off")
         wait_for(lambda: self.metric("ndt_switches_connected") == n, 20, f"{n} switches to connect")
 
-    def stop(self):
-        self.net.stop()
+    def start_controller(self):
+        self.controller = subprocess.Popen(self.command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                           stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.metrics() is not None, 20, "the controller's metrics endpoint")
+
+    def stop_controller(self):
         self.controller.send_signal(signal.SIGTERM)
         try:
             self.controller.wait(10)
         except subprocess.TimeoutExpired:
             self.controller.kill()
+
+    def stop(self):
+        self.net.stop()
+        self.stop_controller()
         self.log.close()
 
     def log_text(self) -> str:
@@ -257,6 +263,7 @@ for port in range(41000, 41064):
 
 
 def test_ecmp_spreads_flows_over_a_select_group_and_switches_over_without_loss(tmp_path):
+    """Then a switch that reconnects with a group an earlier controller process left is cleared of it."""
     bed = Emulation(tmp_path, 4, SQUARE, ecmp=True)
     try:
         warm_up(bed, 4)
@@ -284,6 +291,24 @@ def test_ecmp_spreads_flows_over_a_select_group_and_switches_over_without_loss(t
         sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
         assert (sent, received) == (300, 300), out
         assert "rejected a message" not in bed.log_text()
+
+        def ofctl(*args):
+            return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", *args], capture_output=True, text=True,
+                                  check=True).stdout
+
+        bed.push_weights({})  # equal costs again: s1 splits over a select group
+        bed.stop_controller()  # a new controller process takes over the switches
+        ofctl("add-group", "s1", "group_id=7,type=select,bucket=output:1")  # as an earlier process may leave one
+        assert "group_id=7," in ofctl("dump-groups", "s1")
+        bed.start_controller()
+        wait_for(lambda: bed.metric("ndt_switches_connected") == 4, 30, "the switches to connect again")
+        for host in bed.net.hosts:  # the new process learns hosts from their ARP, so the hosts ask again
+            host.cmd("ip neigh flush all")
+        for dst in (2, 3, 4):
+            bed.ping(1, dst, 1, 0.2)
+        wait_for(lambda: "type=select" in ofctl("dump-groups", "s1"), 20, "s1's groups to be installed again")
+        assert "group_id=7," not in ofctl("dump-groups", "s1")
+        assert bed.ping(1, 3, 20) == (20, 20)
     finally:
         bed.stop()
         from mininet.clean import cleanup

@@ -285,3 +285,14 @@ def test_switch_over_never_loops_or_blackholes(net, ecmp):
         assert tables.output(dpid, ip) == rule.actions[0][1]
     assert {r.cookie for r in tables.entries.values()} == {route_cookie(version + 1)}
     assert tables.groups == new.groups
+
+
+def test_leftover_group_ids_cover_the_first_ids_of_both_parities():
+    from controller.routing_rules import GROUP_PARITY, leftover_group_ids
+
+    ids = leftover_group_ids(3)
+    assert ids == [1, 2, 3, GROUP_PARITY + 1, GROUP_PARITY + 2, GROUP_PARITY + 3]
+    state, wiring, hosts = make_net(4, SQUARE, [1] * 8, ecmp=True)
+    for version in (1, 2):  # both parities: every group a small network uses is among the ids cleared
+        groups = route_rules(state, wiring, hosts, version=version).groups
+        assert groups and {gid for _, gid in groups} <= set(leftover_group_ids())
