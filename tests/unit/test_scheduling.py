@@ -211,3 +211,23 @@ def test_gnnet2020_samples_read_and_agree():
     report = compare_with_reference(GNNET2020, limit=1, packets_per_flow=2000)
     assert report["mape_vs_reference"] < 0.04 and report["jitter_mape_vs_reference"] < 0.12
     assert report["by_policy"][0]["policy"] == "wfq"
+
+
+def test_a_delay_limit_caps_each_packet_in_the_statistics():
+    state = _two_classes("fifo", 0.6 * C, 0.5 * C, sizes=None)  # 110 % load: the 32-packet buffer stays full
+    free = simulate(state, duration=20.0, seed=5)
+    capped = simulate(state, duration=20.0, seed=5, max_delay=0.01)
+    np.testing.assert_array_equal(capped.delivered, free.delivered)  # the same run, counted differently
+    assert np.all(free.delay > 0.015) and np.all(capped.delay <= 0.01 + 1e-12)
+    assert np.all(capped.jitter < free.jitter)
+    with pytest.raises(StateError, match="max_delay must be positive"):
+        simulate(state, duration=1.0, max_delay=0.0)
+
+
+@pytest.mark.skipif(not GNNET2020.is_dir(), reason="needs ../shared/datasets/gnnet2020")
+def test_gnnet2020_samples_carry_their_documented_delay_limit():
+    from twin.data.datanet_reader import GNNET2020_DELAY_LIMIT
+
+    sample = next(read_datanet(GNNET2020))
+    assert sample.delay_limit == GNNET2020_DELAY_LIMIT == 20.0
+    assert np.nanmax(sample.delay) <= sample.delay_limit

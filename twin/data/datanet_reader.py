@@ -29,6 +29,7 @@ state and are marked ``valid = False`` with NaN labels.
 from __future__ import annotations
 
 import io
+import math
 import tarfile
 import zlib
 from dataclasses import dataclass, replace
@@ -51,6 +52,10 @@ SIZE_CODES = {0: "deterministic", 2: "binomial"}
 SIZE_NAMES = {0: "deterministic", 1: "uniform", 2: "binomial", 3: "generic"}
 SIZE_PARAMS = {0: 2, 2: 4}  # fields of a size distribution, the code included; the ToS follows
 ARCHIVES = ("results_*.tar.gz", "gnnet_data_set_*.tar.gz")  # the 2021 and 2020 names of the results archives
+# "packet delay is limited to 20 time units for all the simulation scenarios" (BNN-UPC/NetworkModelingDatasets,
+# datasets_v2/README.md, the GNNet Challenge 2020 data): each packet's delay counts as at most this much; the
+# 2020 results confirm it (their largest mean delay and every percentile top out at exactly 20)
+GNNET2020_DELAY_LIMIT = 20.0  # time units (s in the state)
 RESULT_FIELDS = 11  # AvgBw, PktsGen, PktsDrop, AvgDelay, AvgLnDelay, p10, p20, p50, p80, p90, Jitter
 MAX_RESULT_FILE_BYTES = 256 * 2**20  # one sample file of a few hundred nodes is a few MiB
 IN_SERVICE = 1  # packets the reference queue counts beyond ndt's waiting room (the one in transmission)
@@ -69,7 +74,9 @@ class DatanetSample:
     p50/p90: delay percentiles, s; valid: the labels are usable (delay > 0 and
     packets > 0; NaN labels otherwise). link_utilization (0–1) and
     link_occupancy (mean packets in the port queue) follow ``state.links``,
-    ``None`` when the archive has no linkUsage.txt.
+    ``None`` when the archive has no linkUsage.txt. delay_limit: the most a
+    packet's delay counted for in the reference's statistics (s; GNNET2020_DELAY_LIMIT
+    for the 2020 archives, no limit otherwise).
     """
 
     state: NetworkState
@@ -84,6 +91,7 @@ class DatanetSample:
     link_occupancy: np.ndarray | None
     sim_time: float
     source: str
+    delay_limit: float = math.inf  # s: the reference counted each packet's delay as at most this much
 
 
 @dataclass(frozen=True)
@@ -219,8 +227,9 @@ def _parse_sample(directory: Path, lines: dict, where: str, topologies: dict, ro
     util = occupancy = None
     if usage is not None:
         util, occupancy = _parse_link_usage(usage, state, f"{where}: linkUsage.txt")
+    limit = GNNET2020_DELAY_LIMIT if where.startswith("gnnet_data_set_") else math.inf
     return DatanetSample(state=state, **labels, link_utilization=util, link_occupancy=occupancy,
-                         sim_time=sim_time, source=where)
+                         sim_time=sim_time, source=where, delay_limit=limit)
 
 
 def _number(text: str, what: str) -> float:

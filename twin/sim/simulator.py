@@ -119,12 +119,15 @@ def simulate(
     warmup: float | None = None,
     seed: int = 0,
     packets_per_flow: float = 2000.0,
+    max_delay: float = math.inf,
 ) -> SimResult:
     """Simulate ``state`` and return per-path and per-link statistics.
 
     duration: generation time, s. When omitted it is chosen so the average flow
     sends about ``packets_per_flow`` packets. warmup: s discarded at the start
-    (default 10 % of the duration).
+    (default 10 % of the duration). max_delay: a packet's delay counts as at most
+    this much (s) in the path statistics, as in a reference simulator that limits
+    it (the gnnet2020 datanet: 20 time units); by default no limit.
     """
     if not state.flows:
         raise StateError("the state has no traffic to simulate")
@@ -141,6 +144,8 @@ def simulate(
         warmup = 0.1 * duration
     if not 0 <= warmup < duration:
         raise StateError(f"warmup must lie in [0, duration), got {warmup!r}")
+    if not max_delay > 0:
+        raise StateError(f"max_delay must be positive, got {max_delay!r}")
     packets = float(np.sum(arrays["rate"] / arrays["mean_size"])) * duration
     if packets > MAX_PACKETS:
         raise StateError(f"the run would generate about {packets:.3g} packets in {duration:.3g} s, more than "
@@ -155,6 +160,7 @@ def simulate(
         out = _run_scheduled(
             arrays["capacity"], arrays["prop"], *flow_arrays, queues["tos"], queues["policy"], queues["first"],
             queues["size"], queues["weight"], queues["quantum"], float(duration), float(warmup), int(seed),
+            float(max_delay),
         )
         wall = time.perf_counter() - started
         (sent, delivered, dropped, sum_d, sum_d2, hist, q_arrivals, q_drops, q_busy, q_wait, hops) = out
@@ -162,7 +168,7 @@ def simulate(
         arrivals, link_drops, busy, wait_sum = (np.add.reduceat(v, first[:-1]) for v in (q_arrivals, q_drops, q_busy, q_wait))
     else:
         out = _run(arrays["capacity"], arrays["buffer"], arrays["prop"], *flow_arrays,
-                   float(duration), float(warmup), int(seed))
+                   float(duration), float(warmup), int(seed), float(max_delay))
         wall = time.perf_counter() - started
         (sent, delivered, dropped, sum_d, sum_d2, hist, arrivals, link_drops, busy, wait_sum, hops) = out
         first, q_drops, q_busy, q_wait = np.arange(len(state.links) + 1), link_drops, busy, wait_sum
@@ -358,9 +364,28 @@ def _next_departure(t, code, rate, mean_size, on_time, off_time, on_end, flow):
     return nxt
 
 
+@numba.njit(cache=True, inline="always")
+def _record_delivery(f, d, max_delay, hist_base, bins_per_e, delivered, sum_d, sum_d2, hist):
+    """Count a packet of flow ``f`` delivered after ``d`` s (at most ``max_delay``): its delay's excess over
+    the flow's base, squared, and its histogram bin (log-spaced from the base)."""
+    if d > max_delay:
+        d = max_delay
+    delivered[f] += 1
+    excess = d - hist_base[f]
+    sum_d[f] += excess
+    sum_d2[f] += excess * excess
+    ratio = d / hist_base[f]
+    k = 0
+    if ratio > 1.0:
+        k = int(math.log(ratio) * bins_per_e)
+        if k > N_BINS - 1:
+            k = N_BINS - 1
+    hist[f, k] += 1
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, mean_size, small,
-         large, p_small, path, path_len, hist_base, duration, warmup, seed):
+         large, p_small, path, path_len, hist_base, duration, warmup, seed, max_delay):
     np.random.seed(seed)
     n_links = capacity.shape[0]
     n_flows = rate.shape[0]
@@ -513,18 +538,7 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
         arrive = dep + prop[l]
         if hop + 1 == path_len[f]:
             if counted:
-                d = arrive - birth
-                delivered[f] += 1
-                excess = d - hist_base[f]
-                sum_d[f] += excess
-                sum_d2[f] += excess * excess
-                ratio = d / hist_base[f]
-                k = 0
-                if ratio > 1.0:
-                    k = int(math.log(ratio) * bins_per_e)
-                    if k > N_BINS - 1:
-                        k = N_BINS - 1
-                hist[f, k] += 1
+                _record_delivery(f, arrive - birth, max_delay, hist_base, bins_per_e, delivered, sum_d, sum_d2, hist)
             if at_root:
                 _heap_pop(h_time, h_slot, n_heap)
                 n_heap -= 1
@@ -577,7 +591,8 @@ def _next_queue(l, policy, first, end, q_len, q_head, ring, ring_off, s_tag, s_s
 
 @numba.njit(cache=True, error_model="numpy")
 def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code, mean_size, small, large, p_small,
-                   path, path_len, hist_base, tos, policy, q_first, q_size, q_weight, quantum, duration, warmup, seed):
+                   path, path_len, hist_base, tos, policy, q_first, q_size, q_weight, quantum, duration, warmup, seed,
+                   max_delay):
     """The event loop for ports with several queues. Events: a flow's next packet (hop -1), a packet
     arriving at a link (hop >= 0), and a link ending a transmission (the slot number is the link's,
     slots 0..links-1 are kept for these). WFQ as the BNN-UPC simulator behaves (docs/simulator.md): a
@@ -690,18 +705,8 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
             if hop + 1 == path_len[f]:
                 birth = s_birth[done]
                 if birth >= warmup:
-                    d = arrive - birth
-                    delivered[f] += 1
-                    excess = d - hist_base[f]
-                    sum_d[f] += excess
-                    sum_d2[f] += excess * excess
-                    ratio = d / hist_base[f]
-                    k = 0
-                    if ratio > 1.0:
-                        k = int(math.log(ratio) * bins_per_e)
-                        if k > N_BINS - 1:
-                            k = N_BINS - 1
-                    hist[f, k] += 1
+                    _record_delivery(f, arrive - birth, max_delay, hist_base, bins_per_e, delivered, sum_d, sum_d2,
+                                     hist)
                 free[n_free] = done
                 n_free += 1
             else:
