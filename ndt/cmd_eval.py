@@ -18,7 +18,10 @@ def register(subparsers) -> None:
             "baseline with simulator labels, by topology size: 25-50 nodes (the training distribution) and "
             "larger topologies never trained on. The evaluation set is fixed and seeded, generated on first "
             "use into $NDT_CACHE/eval (default ~/.cache/ndt/eval). Writes JSON and a PNG plot. With --datanet, "
-            "evaluate the three zero-shot on a BNN-UPC datanet directory instead."
+            "evaluate the three zero-shot on a BNN-UPC datanet directory instead. RouteNet-F joins them when its "
+            "weights are there; models that predict jitter and loss (RouteNet-F, QT) add their jitter MAPE and "
+            "loss MAE, and every report repeats its figures by the scheduling policy of each path's busiest port "
+            "(by_policy)."
         ),
     )
     p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")
