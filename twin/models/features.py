@@ -295,9 +295,12 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
     hop_link = flat_links[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
     capacity = np.concatenate([g.link_capacity for g in graphs])
     size = np.concatenate([g.path_size for g in graphs])[order]
-    class_offsets = np.concatenate([[0], np.cumsum([len(g.class_link) for g in graphs])])
-    flat_classes = np.concatenate([g.hop_class + off for g, off in zip(graphs, class_offsets)])
-    hop_class = flat_classes[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
+    if all(g.hop_class is g.hop_link for g in graphs):  # FIFO states: each link its one class
+        hop_class = hop_link
+    else:
+        class_offsets = np.concatenate([[0], np.cumsum([len(g.class_link) for g in graphs])])
+        flat_classes = np.concatenate([g.hop_class + off for g, off in zip(graphs, class_offsets)])
+        hop_class = flat_classes[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
     batch = GraphBatch(
         link_x=np.concatenate([g.link_x for g in graphs]),
         queue_x=np.concatenate([g.queue_x for g in graphs]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from twin.models.features import build_batch
-from twin.models.queueing import solve
+from twin.models.queueing import path_jitter, solve
 from twin.state.model import NetworkState
 
 
@@ -29,5 +29,6 @@ class QueueingModel:
         """Per state, per flow: mean delay (s), jitter (delay variance, s²) and loss (share of packets)."""
         batch = build_batch(states, qt_features=False)
         answer = solve(batch)
+        answer["jitter"] = path_jitter(batch, answer["class_sojourn"])
         columns = [batch.per_flow(answer[head]) for head in self.heads]
         return [dict(zip(self.heads, values)) for values in zip(*columns)]

@@ -19,8 +19,9 @@ and a packet, once chosen, is transmitted at the full ``C``. Offered packet
 rates are thinned by the losses of the queues before them on the path; losses
 depend on the rates, so the two are iterated to a fixed point. A path's delay
 is the sum of the sojourn times (s) of its queues plus the propagation delays;
-its jitter (delay variance, s²) the sum over hops of ``T² - s²`` (an
-exponential sojourn ``T`` less the path's own transmission, hops independent).
+its jitter (delay variance, s²; :func:`path_jitter`) the sum over hops of
+``T² - s²`` (an exponential sojourn ``T`` less the path's own transmission,
+hops independent).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def class_speeds(batch, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarray]:
     """Fixed point of the loss-thinned loads of a batched graph (a :class:`twin.models.features.GraphBatch`).
 
-    Returns per sorted path ``delay`` (s), ``jitter`` (s²) and ``loss``; per class ``class_sojourn`` (s),
+    Returns per sorted path ``delay`` (s) and ``loss``; per class ``class_sojourn`` (s),
     ``class_loss``, ``class_rho`` and ``class_speed``; per link ``sojourn`` (s), ``link_loss`` and ``rho``
     (offered load after upstream losses; a scheduled link's are its classes' totals and means).
     """
@@ -78,6 +79,8 @@ def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarr
     capacity = batch.class_buffer.astype(np.int64) + 1
     n_classes = len(service)
     loss = np.zeros(n_classes)
+    fifo_only = not np.any(batch.class_policy)
+    speed, before = np.ones(n_classes), np.zeros(n_classes)
     for _ in range(iterations):
         survive = np.ones(batch.n_paths)
         arrivals = np.zeros(n_classes)
@@ -88,8 +91,9 @@ def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarr
             arrivals += np.bincount(classes, weights=pkt_rate[: batch.counts[k]] * active, minlength=n_classes)
             survive[: batch.counts[k]] = active * (1.0 - loss[classes])
         rho = arrivals * service
-        speed, before = class_speeds(batch, rho)
-        new_loss, mean = mm1b(rho / speed, capacity)
+        if not fifo_only:
+            speed, before = class_speeds(batch, rho)
+        new_loss, mean = mm1b(rho if fifo_only else rho / speed, capacity)
         done = np.max(np.abs(new_loss - loss)) < tol
         loss = new_loss
         if done:
@@ -101,9 +105,7 @@ def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarr
         sojourn = np.where(speed < 1.0, sojourn - service / speed + service, sojourn)  # once chosen, sent at C
     sojourn = sojourn + _residual_wait(batch, rho, before, service, speed)
     delay = batch.path_prop + np.bincount(batch.hop_path, weights=sojourn[batch.hop_class], minlength=batch.n_paths)
-    jitter = np.bincount(batch.hop_path, weights=np.maximum(sojourn[batch.hop_class]**2 - batch.hop_transmit**2, 0.0),
-                         minlength=batch.n_paths)
-    out = {"delay": delay, "jitter": jitter, "loss": 1.0 - survive, "class_sojourn": sojourn, "class_loss": loss,
+    out = {"delay": delay, "loss": 1.0 - survive, "class_sojourn": sojourn, "class_loss": loss,
            "class_rho": rho, "class_speed": speed}
     n_links = len(batch.link_buffer)
     if n_classes == n_links:  # every port one class: the links' figures are the classes'
@@ -118,6 +120,12 @@ def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarr
                                                                    minlength=n_links) / link_arrivals, 0.0)
     out["rho"] = np.bincount(batch.class_link, weights=rho, minlength=n_links)
     return out
+
+
+def path_jitter(batch, class_sojourn: np.ndarray) -> np.ndarray:
+    """Per sorted path, the delay variance (s²) QT expects from its queues' sojourn times (s)."""
+    per_hop = np.maximum(class_sojourn[batch.hop_class] ** 2 - batch.hop_transmit**2, 0.0)
+    return np.bincount(batch.hop_path, weights=per_hop, minlength=batch.n_paths)
 
 
 def _residual_wait(batch, rho, before, service, speed):
