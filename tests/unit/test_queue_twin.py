@@ -41,12 +41,21 @@ def test_qt_strict_priority_is_cobham(rho_high, rho_low):
     np.testing.assert_allclose(delays, expected, rtol=1e-3)
 
 
-def test_qt_weighted_queues_favour_the_heavier_weight():
-    light, heavy = (QueueingModel().predict_delays([_two_classes("wfq", 0.45 * C, 0.45 * C, w)])[0]
+@pytest.mark.parametrize("policy", ["wfq", "drr"])
+def test_qt_weighted_queues_favour_the_heavier_weight(policy):
+    light, heavy = (QueueingModel().predict_delays([_two_classes(policy, 0.45 * C, 0.45 * C, w)])[0]
                     for w in ((1.0, 3.0), (3.0, 1.0)))
     assert heavy[0] < light[0] and heavy[1] > light[1]
-    drr = QueueingModel().predict_delays([_two_classes("drr", 0.45 * C, 0.45 * C, (3.0, 1.0))])[0]
-    np.testing.assert_allclose(drr, heavy)
+
+
+def test_qt_wfq_serves_the_least_load_per_weight_first():
+    """WFQ's never-reset finish tags put the queue with the smallest ρ / w ahead: here queue 0 (0.1 / 0.25)
+    before queue 1 (0.7 / 0.75) despite its smaller weight, so the port behaves as SP with queue 0 first."""
+    wfq = QueueingModel().predict_delays([_two_classes("wfq", 0.1 * C, 0.7 * C, (1.0, 3.0))])[0]
+    sp = QueueingModel().predict_delays([_two_classes("sp", 0.1 * C, 0.7 * C)])[0]
+    np.testing.assert_allclose(wfq, sp)
+    swapped = QueueingModel().predict_delays([_two_classes("wfq", 0.1 * C, 0.7 * C, (1.0, 30.0))])[0]
+    assert swapped[1] < wfq[1] and swapped[0] > wfq[0]  # 0.7 / (30/31) < 0.1 / (1/31): queue 1 goes first
 
 
 def test_fifo_classes_are_the_links():

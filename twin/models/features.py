@@ -25,10 +25,11 @@ position ``k`` only touches the prefix of ``count[k]`` paths still active.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
-from twin.models.queueing import solve
+from twin.models.queueing import load_before, priority_order, solve
 from twin.state.errors import StateError
 from twin.state.model import POLICIES, SIZE_DISTS, TIME_DISTS, NetworkState
 
@@ -44,7 +45,7 @@ QUEUE_FEATURES = BASE_QUEUE_FEATURES + ("qt_wait_per_buffer",)
 PATH_FEATURES = BASE_PATH_FEATURES + ("qt_path_loss", "qt_log_wait_share")
 # one row per (link, queue): a FIFO port is one class, a scheduled port one per queue (queue 0 first for SP)
 BASE_CLASS_FEATURES = ("log2_buffer", "load", "link_load", *(f"policy_{p}" for p in POLICIES), "weight_share",
-                       "rank", "load_before")
+                       "serving_place", "load_before")
 CLASS_FEATURES = BASE_CLASS_FEATURES + ("qt_speed", "qt_loss", "qt_log_wait", "qt_wait_per_buffer")
 
 
@@ -268,14 +269,17 @@ def _classes(state: NetworkState, routes, hop_link, hop_flow, rate, size, load, 
 
 def _class_base_features(buffer, class_load, link_load, class_link, policy, rank, weight, queues) -> np.ndarray:
     """BASE_CLASS_FEATURES: log2 buffer, the class's and its link's load, the policy one-hot, the WFQ/DRR
-    weight share, the queue's rank (0 first, 1 last) and, under SP, the load of the queues served before it."""
-    cumulative = np.cumsum(class_load)
-    first = np.searchsorted(class_link, class_link)  # classes of a link are contiguous
-    before = cumulative - class_load - (cumulative[first] - class_load[first])
-    sp = policy == POLICIES.index("sp")
+    weight share, the queue's place in its port's serving order (0 first, 1 last: the queue index under SP,
+    the load per weight under WFQ, :func:`twin.models.queueing.priority_order`) and the load of the queues
+    served before it (SP, WFQ)."""
+    classes = SimpleNamespace(class_link=class_link, class_policy=policy, class_rank=rank, class_weight=weight)
+    key = priority_order(classes, class_load)
+    ordered = np.isin(policy, (POLICIES.index("sp"), POLICIES.index("wfq")))
+    place = load_before(classes, np.ones(len(class_load)), key)  # classes ahead of it at its port
     return np.column_stack([
         np.log2(buffer), class_load, link_load, np.eye(len(POLICIES))[policy], weight,
-        np.where(queues > 1, rank / np.maximum(queues - 1, 1), 0.0), np.where(sp, before, 0.0),
+        np.where(ordered & (queues > 1), place / np.maximum(queues - 1, 1), 0.0),
+        np.where(ordered, load_before(classes, class_load, key), 0.0),
     ])
 
 

@@ -12,8 +12,12 @@ a scheduled port is served at the share ``speed`` of ``C`` the policy leaves it:
   priority, so that with large buffers it is Cobham's non-preemptive priority
   M/M/1, ``W_k = Σ_i ρ_i s_i / ((1 - σ_{k-1})(1 - σ_k))`` (σ: load of queues
   0..k, s: mean service time, s);
-- WFQ/DRR: its weight share, or all the others leave, whichever is larger
-  (work-conserving GPS, mean loads);
+- WFQ as the BNN-UPC simulator (and ndt's, docs/simulator.md) runs it: each
+  queue's finish tags grow by size / weight per packet and are never reset, so
+  the queue with the least load per unit of weight (ρ / w) stays ahead of the
+  others; served in that order, as SP;
+- DRR: its weight share, or all the others leave, whichever is larger
+  (work-conserving round robin, mean loads);
 
 and a packet, once chosen, is transmitted at the full ``C``. Offered packet
 rates are thinned by the losses of the queues before them on the path; losses
@@ -52,19 +56,36 @@ def mm1b(rho: np.ndarray, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return blocking, mean
 
 
+def priority_order(batch, rho: np.ndarray) -> np.ndarray:
+    """Per class, the key its port serves classes in, lowest first: the queue's index under SP; under WFQ its
+    load per unit of weight (ρ / w: the queue whose finish tags grow slowest stays ahead, module docstring)."""
+    wfq = batch.class_policy == _WFQ
+    return np.where(wfq, rho / batch.class_weight, batch.class_rank.astype(np.float64))
+
+
+def load_before(batch, rho: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Per class, the summed load ``rho`` of the classes of its port with a smaller ``key`` (ties: queue order)."""
+    order = np.lexsort((batch.class_rank, key, batch.class_link))
+    ranked = rho[order]
+    cumulative = np.cumsum(ranked)
+    links = batch.class_link[order]
+    first = np.searchsorted(links, links)
+    out = np.empty(len(rho))
+    out[order] = cumulative - ranked - (cumulative[first] - ranked[first])
+    return out
+
+
 def class_speeds(batch, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per class: the share of its link's capacity it is served at, and the load (ρ, of C) of the classes
-    its port serves before it under SP (0 otherwise); ``rho`` is each class's offered load."""
-    cumulative = np.cumsum(rho)
-    first = np.searchsorted(batch.class_link, batch.class_link)
-    before = cumulative - rho - (cumulative[first] - rho[first])
+    its port serves first (SP, WFQ; 0 otherwise); ``rho`` is each class's offered load."""
+    ordered = (batch.class_policy == _SP) | (batch.class_policy == _WFQ)
+    before = load_before(batch, rho, priority_order(batch, rho))
     others = np.bincount(batch.class_link, weights=rho, minlength=len(batch.link_buffer))[batch.class_link] - rho
     speed = np.ones(len(rho))
-    sp = batch.class_policy == _SP
-    shared = (batch.class_policy == _WFQ) | (batch.class_policy == _DRR)
-    speed[sp] = 1.0 - before[sp]
-    speed[shared] = np.maximum(batch.class_weight[shared], 1.0 - others[shared])
-    return np.clip(speed, MIN_SPEED, 1.0), np.where(sp, before, 0.0)
+    drr = batch.class_policy == _DRR
+    speed[ordered] = 1.0 - before[ordered]
+    speed[drr] = np.maximum(batch.class_weight[drr], 1.0 - others[drr])
+    return np.clip(speed, MIN_SPEED, 1.0), np.where(ordered, before, 0.0)
 
 
 def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarray]:
@@ -129,9 +150,10 @@ def path_jitter(batch, class_sojourn: np.ndarray) -> np.ndarray:
 
 
 def _residual_wait(batch, rho, before, service, speed):
-    """Per class, s: the wait SP adds for packets of lower priority already in transmission (Cobham's
-    non-preemptive term beyond the reduced-speed queue), bounded by the time to drain the class's buffer."""
-    sp = batch.class_policy == _SP
+    """Per class, s: the wait SP (and WFQ, served in order) adds for packets of lower priority already in
+    transmission (Cobham's non-preemptive term beyond the reduced-speed queue), bounded by the time to
+    drain the class's buffer."""
+    sp = (batch.class_policy == _SP) | (batch.class_policy == _WFQ)
     if not np.any(sp):
         return 0.0
     work = np.bincount(batch.class_link, weights=rho * service, minlength=len(batch.link_buffer))[batch.class_link]
