@@ -355,6 +355,8 @@ class Trainer:
                                       "val_mape": round(val_mape["delay"], 5),
                                       "val_mape_queueing": round(val_mape.get("queueing", float("nan")), 5),
                                       "val_mape_waiting": round(val_mape.get("waiting", float("nan")), 5),
+                                      **{f"val_{key}": round(val_mape[key], 5) for key in ("jitter", "jitter_log", "loss")
+                                         if key in val_mape},
                                       "train_samples": n_train,
                                       "val_samples": n_val, "lr": self.state["lr"],
                                       "train_s": round(self.state["train_s"], 1)})
