@@ -466,6 +466,9 @@ def plan(state: NetworkState, growth: Growth, horizon: int, predictor, intent: I
     if isinstance(cost_per_step, bool) or not isinstance(cost_per_step, (int, float)) or not cost_per_step > 0:
         raise PlanError(f"cost per step: a positive number, got {shown(cost_per_step)}")
     ladder = check_ladder(steps)
+    if intent is not None and intent.heads:
+        raise PlanError(f"the intent bounds {' and '.join(intent.heads)}; ndt plan upgrades capacity for utilization "
+                        "and delay bounds only (check the others month by month with ndt whatif)")
     if not state.flows:
         raise PlanError("the state carries no traffic: there is nothing to grow")
     if intent is not None:

@@ -17,6 +17,7 @@ import numpy as np
 from analysis.scenario import Scenario, apply, apply_failure
 from optimizer.intent import Intent
 from optimizer.objective import predicted, violations
+from optimizer.search import check_heads
 from twin.models.intervals import Intervals, JudgedPrediction, judge
 from twin.state.metrics import finite_or_none, mean_delay
 from twin.state.model import NetworkState
@@ -60,6 +61,8 @@ def what_if(state: NetworkState, scenario: Scenario, predictor, intervals: Inter
             intent: Intent | None = None, groups: dict | None = None) -> dict:
     """The report of one scenario: ``before``/``after`` summaries, ``paths`` and ``links`` rows, ``lost``
     demands (with a failed node). Delays in s, utilization as load / capacity."""
+    if intent is not None:
+        check_heads(predictor, intent)
     after_state, lost = apply(state, scenario, groups)
     if after_state.flows:
         metrics_before, metrics_after = predicted(predictor, [state, after_state])
@@ -139,6 +142,8 @@ def n_minus_1(state: NetworkState, predictor, intervals: Intervals | None = None
     """Every single failure of ``state`` ranked by impact, worst first; ``progress(n)`` is called as cases
     are done. Returns ``base`` (the intact network's summary), ``cases`` and ``elapsed_s``."""
     started = time.perf_counter()
+    if intent is not None:
+        check_heads(predictor, intent)
     heads = bool(intent and intent.heads)
     base = outcome(state, predicted(predictor, [state], heads)[0], intervals, intent)
     scenarios = single_failures(state, nodes)

@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--init-from", metavar="MODEL",
                    help="fine-tune a trained model instead of starting afresh: its path without suffix, e.g. "
                         "twin/models/routenet_e (its normalisation is kept; --state-dim/--iterations must match)")
-    p.add_argument("--export", action="store_true", help="copy the best model into twin/models/ (the default twin)")
+    p.add_argument("--export", action="store_true", help="copy the best model into twin/models/weights/, where ndt finds it by name "
+                        "(for routenet: the default twin)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(handler=run)

@@ -76,7 +76,8 @@ def score(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict
 
 def violations(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None = None) -> list[dict]:
     """Each constraint of ``intent`` the state breaks: ``{constraint, what, value, limit}`` (utilization
-    as a ratio, delays and jitter in s, loss a share of packets, traffic on an avoided link in bit/s)."""
+    as a ratio, delays in s, jitter as the delay's standard deviation in s (``metrics`` carry its square),
+    loss a share of packets, traffic on an avoided link in bit/s)."""
     found = []
     if intent.max_utilization is not None:
         utilization = state.utilization()

@@ -93,8 +93,9 @@ def check_heads(predictor, intent: Intent) -> None:
     """Refuse a model that cannot predict what the intent bounds (jitter, loss)."""
     missing = [head for head in intent.heads if head not in getattr(predictor, "heads", ("delay",))]
     if missing:
-        raise IntentError(f"the intent bounds {' and '.join(missing)}, which model {getattr(predictor, 'name', '?')} "
-                          "does not predict; use a model that does (routenet_f or qt)")
+        raise IntentError(f"the intent bounds {' and '.join(missing)}, which the model "
+                          f"({getattr(predictor, 'name', 'given')}) does not predict; use one that does: routenet_f, "
+                          "qt or sim")
 
 
 class RoutingScores:

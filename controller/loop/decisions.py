@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from optimizer.intent import Intent
+from optimizer.objective import predicted
 from optimizer.search import Optimization, optimize, undo_idle_changes
 from twin.models.registry import get_predictor
 from twin.state.metrics import mean_delay
@@ -45,11 +46,23 @@ class _Recorder:
         self.predictor = predictor
         self.seen: dict[tuple, float] = {}
 
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return getattr(self.predictor, "heads", ("delay",))
+
     def predict_delays(self, states):
         delays = self.predictor.predict_delays(states)
         for s, d in zip(states, delays):
             self.seen[tuple(s.link_arrays["weight"])] = mean_delay(s, d)
         return delays
+
+    def predict_metrics(self, states):
+        """Per state, per flow: delay and the further heads of the predictor (an intent that bounds jitter or
+        loss asks for them)."""
+        metrics = predicted(self.predictor, states)
+        for s, m in zip(states, metrics):
+            self.seen[tuple(s.link_arrays["weight"])] = mean_delay(s, m["delay"])
+        return metrics
 
 
 def top_candidates(state: NetworkState, intent: Intent, predictor, k: int,

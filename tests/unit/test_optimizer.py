@@ -294,7 +294,7 @@ def test_optimize_meets_a_jitter_bound_with_a_model_that_predicts_jitter():
     assert not result.before.feasible and result.after.feasible
     assert first_hop_of_a_to_d(state, result.weights) == "c"
     with pytest.raises(IntentError, match="does not predict"):
-        optimize(state, intent, SimulatorPredictor(packets_per_flow=200), seed=0)
+        optimize(state, intent, RouteTaste("c"), seed=0)  # a model of delay only
 
 
 def test_violations_name_the_jitter_and_loss_bounds():

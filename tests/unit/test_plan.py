@@ -143,6 +143,8 @@ def test_reoptimized_weights_postpone_the_crossing():
     ({"growth": Growth(0.02, pairs=(("s2", "s1", 0.1),))}, "growth of pair s2->s1: the traffic matrix has no such"),
     ({"growth": Growth(0.5), "horizon": 240}, "multiplies traffic by"),
     ({"steps": (4, 2)}, "capacity steps: increasing multiples above 1"),
+    ({"intent": parse_intent({"constraints": {"delay_bounds": [{"src": "s1", "dst": "s2", "max_jitter": "1ms"}]}})},
+     "the intent bounds jitter; ndt plan upgrades capacity for utilization and delay bounds only"),
 ])
 def test_bad_input_is_one_clear_line(kwargs, words):
     args = {"growth": Growth(0.02), "horizon": 36} | kwargs

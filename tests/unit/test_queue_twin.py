@@ -9,7 +9,7 @@ from twin.models.features import CLASS_FEATURES, build_batch
 from twin.models.learned import LearnedTwin, build, load_twin, make_network
 from twin.models.model_files import Normalizer
 from twin.models.qt import QueueingModel
-from twin.models.queueing import solve
+from twin.models.queueing import path_jitter, solve
 from twin.models.train import TrainConfig, Trainer
 from twin.state.model import POLICIES, Flow, Link, NetworkState
 
@@ -155,3 +155,48 @@ def test_zero_shot_on_gnnet2020_reports_jitter_by_policy():
     report = zero_shot({"qt": QueueingModel()}, directory, limit=2)
     assert report["samples"] == 2 and report["qt_jitter_mape"] > 0
     assert {p["policy"] for p in report["by_policy"]} & {"sp", "wfq", "drr"}
+
+
+def test_ecmp_jitter_pools_the_paths_of_a_flow():
+    """A flow split over two paths of different delays varies more than either path."""
+    links = tuple(Link(x, y, 10e6, buffer=64) for p, q in (("a", "b"), ("b", "d"), ("a", "c"), ("c", "d"))
+                  for x, y in ((p, q), (q, p)))
+    flows = (Flow("a", "d", 4e6), Flow("b", "d", 5e6))  # b->d loads one of a->d's two equal-cost paths
+    state = NetworkState(nodes=tuple("abcd"), links=links, flows=flows, ecmp=True)
+    assert len(state.routes.owner) == 3
+    batch = build_batch([state], qt_features=False)
+    answer = solve(batch)
+    path_var = batch.unsort(path_jitter(batch, answer["class_sojourn"]))[0]
+    jitter = QueueingModel().predict_metrics([state])[0]["jitter"]
+    path_delay = batch.unsort(answer["delay"])[0]
+    (r1, r2) = [r for r, owner in enumerate(state.routes.owner) if owner == 0]
+    shares = state.routes.share[[r1, r2]]
+    np.testing.assert_allclose(shares, [0.5, 0.5])
+    within = 0.5 * (path_var[r1] + path_var[r2])
+    between = 0.25 * (path_delay[r1] - path_delay[r2]) ** 2  # the spread of the two paths' means adds to it
+    assert between > 0 and jitter[0] == pytest.approx(within + between)
+    assert jitter[1] == pytest.approx(path_var[[r for r, o in enumerate(state.routes.owner) if o == 1][0]])
+
+
+def test_loop_candidates_and_what_if_take_jitter_bounds():
+    from analysis.scenario import Scenario
+    from analysis.whatif import what_if
+    from controller.loop.decisions import top_candidates
+    from optimizer.intent import IntentError, parse_intent
+
+    state = make_state(SCHEDULED, 0)[0]
+    pair = (state.flows[0].src, state.flows[0].dst)
+    intent = parse_intent({"constraints": {"delay_bounds": [{"src": pair[0], "dst": pair[1], "max_jitter": "1us"}]},
+                           "search": {"max_evaluations": 20, "time_limit_s": 5}})
+    candidates, result = top_candidates(state, intent, QueueingModel(), 2)
+    assert result.evaluations > 0
+    assert what_if(state, Scenario(traffic_scale=1.2), QueueingModel(), intent=intent)["after"]["violations"]
+
+    class DelayOnly:
+        name = "delay-only"
+
+        def predict_delays(self, states):
+            return QueueingModel().predict_delays(states)
+
+    with pytest.raises(IntentError, match="does not predict"):
+        what_if(state, Scenario(traffic_scale=1.2), DelayOnly(), intent=intent)

@@ -188,9 +188,19 @@ class CalibratedPredictor:
         self.walk = walk
         self.name = f"{getattr(predictor, 'name', 'model')}+emulation"
 
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return getattr(self.predictor, "heads", ("delay",))
+
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         raw = self.predictor.predict_delays([effective_state(s, self.correction) for s in states])
         return [emulated_delays(s, d, self.correction, self.walk) for s, d in zip(states, raw)]
+
+    def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
+        """The predictor's heads on the corrected states: the delay as the emulation should measure it, jitter
+        (s²) and loss as the model gives them (the correction is one of delay)."""
+        raw = self.predictor.predict_metrics([effective_state(s, self.correction) for s in states])
+        return [{**m, "delay": emulated_delays(s, m["delay"], self.correction, self.walk)} for s, m in zip(states, raw)]
 
 
 def save(path: Path, correction: Correction, info: dict) -> None:

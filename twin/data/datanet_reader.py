@@ -28,6 +28,7 @@ state and are marked ``valid = False`` with NaN labels.
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import math
 import tarfile
@@ -143,9 +144,10 @@ def _read_archive(directory: Path, archive: Path, topologies: dict, routings: di
     """Samples of one results archive, parsed line by line from its files held in memory."""
     files = {name: io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
              for name, data in _archive_files(archive).items()}
+    limit = GNNET2020_DELAY_LIMIT if fnmatch.fnmatch(archive.name, ARCHIVES[1]) else math.inf
     try:
         for number, lines in enumerate(_aligned_lines(files, archive), start=1):
-            sample = _parse_sample(directory, lines, f"{archive.name} line {number}", topologies, routings)
+            sample = _parse_sample(directory, lines, f"{archive.name} line {number}", topologies, routings, limit)
             if sample is not None:
                 yield sample
     except UnicodeDecodeError as exc:
@@ -195,7 +197,7 @@ def _aligned_lines(files: dict, archive: Path) -> Iterator[dict[str, str]]:
         yield {name: line.rstrip("\r\n") for name, line in lines.items()}
 
 
-def _parse_sample(directory: Path, lines: dict, where: str, topologies: dict, routings: dict):
+def _parse_sample(directory: Path, lines: dict, where: str, topologies: dict, routings: dict, delay_limit: float):
     """A DatanetSample from one line of each result file, or None when the sample is unstable."""
     status = lines["stability.txt"]
     if ";OK;" not in status:
@@ -227,9 +229,8 @@ def _parse_sample(directory: Path, lines: dict, where: str, topologies: dict, ro
     util = occupancy = None
     if usage is not None:
         util, occupancy = _parse_link_usage(usage, state, f"{where}: linkUsage.txt")
-    limit = GNNET2020_DELAY_LIMIT if where.startswith("gnnet_data_set_") else math.inf
     return DatanetSample(state=state, **labels, link_utilization=util, link_occupancy=occupancy,
-                         sim_time=sim_time, source=where, delay_limit=limit)
+                         sim_time=sim_time, source=where, delay_limit=delay_limit)
 
 
 def _number(text: str, what: str) -> float:

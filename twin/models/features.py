@@ -71,7 +71,8 @@ class GraphBatch:
     into POLICIES, ``class_rank`` the queue's index at its port,
     ``class_weight`` its share of the port (WFQ/DRR weights; 1 otherwise),
     ``class_buffer`` (packets), ``class_service`` (s, mean packet size of the
-    class's traffic / C), ``class_x`` (Q, len(CLASS_FEATURES)).
+    class's traffic / C), ``class_x`` (Q, len(CLASS_FEATURES); BASE_CLASS_FEATURES
+    without the QT hints).
     """
 
     link_x: np.ndarray
@@ -119,6 +120,22 @@ class GraphBatch:
         out = np.empty(len(self.order), dtype=per_path_sorted.dtype)
         out[self.order] = per_path_sorted
         return [out[a:b] for a, b in zip(self.flow_offsets[:-1], self.flow_offsets[1:])]
+
+    def per_flow_variance(self, delay_sorted: np.ndarray, variance_sorted: np.ndarray) -> list[np.ndarray]:
+        """Per-sorted-path delay (s) and delay variance (s²) → per state, per flow, the variance of its delay:
+        an ECMP flow's pools its paths (share-weighted second moment less the squared mean)."""
+        variances, delays = self.unsort(variance_sorted), self.unsort(delay_sorted)
+        if self.routes is None:
+            return variances
+        out = []
+        for routes, variance, delay in zip(self.routes, variances, delays):
+            n_flows = int(routes.owner.max()) + 1
+            if len(routes.owner) == n_flows:  # one path per flow: nothing to pool
+                out.append(variance)
+                continue
+            mean = routes.per_flow(delay, n_flows)
+            out.append(np.maximum(routes.per_flow(variance + delay**2, n_flows) - mean**2, 0.0))
+        return out
 
     def per_flow(self, per_path_sorted: np.ndarray) -> list[np.ndarray]:
         """Per-sorted-path delays → one array per state, per flow: an ECMP flow's share-weighted mean delay."""

@@ -78,10 +78,11 @@ class LearnedTwin:
         return batch.per_flow(out[:, 0] if out.ndim == 2 else out)
 
     def predict_metrics_batch(self, batch: GraphBatch) -> list[dict[str, np.ndarray]]:
-        """Per state, per flow: each of ``heads`` (delay s, jitter s², loss share); an ECMP flow's the
-        share-weighted mean over its paths."""
+        """Per state, per flow: each of ``heads`` (delay s, jitter s², loss share); an ECMP flow's delay and loss
+        are the share-weighted means over its paths, its jitter their pooled variance."""
         out = self.forward(batch).numpy().astype(np.float64).reshape(batch.n_paths, -1)
-        columns = [batch.per_flow(out[:, i]) for i in range(out.shape[1])]
+        columns = [batch.per_flow_variance(out[:, 0], out[:, i]) if head == "jitter" else batch.per_flow(out[:, i])
+                   for i, head in enumerate(self.heads)]
         return [dict(zip(self.heads, values)) for values in zip(*columns)]
 
     def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:

@@ -53,7 +53,6 @@ def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
     classes = "class_x" in norm.stats
     arrays = {
         "link_x": norm.apply("link_x", batch.link_x),
-        "queue_x": norm.apply("queue_x", batch.queue_x),
         "path_x": norm.apply("path_x", batch.path_x),
         "hop_buffer": batch.class_buffer[batch.hop_class] if classes else batch.link_buffer[link],
         "hop_service": batch.class_service[batch.hop_class] if classes else batch.link_service[link],
@@ -61,8 +60,10 @@ def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
         "hop_share": batch.path_rate[batch.hop_path] / batch.link_capacity[link],
         "path_prop": batch.path_prop,
     }
-    if classes:
+    if classes:  # per-queue states replace the per-link queue
         arrays["class_x"] = norm.apply("class_x", batch.class_x)
+    else:
+        arrays["queue_x"] = norm.apply("queue_x", batch.queue_x)
     return {k: v.astype(np.float32) for k, v in arrays.items()}
 
 

@@ -29,6 +29,6 @@ class QueueingModel:
         """Per state, per flow: mean delay (s), jitter (delay variance, s²) and loss (share of packets)."""
         batch = build_batch(states, qt_features=False)
         answer = solve(batch)
-        answer["jitter"] = path_jitter(batch, answer["class_sojourn"])
-        columns = [batch.per_flow(answer[head]) for head in self.heads]
-        return [dict(zip(self.heads, values)) for values in zip(*columns)]
+        jitter = batch.per_flow_variance(answer["delay"], path_jitter(batch, answer["class_sojourn"]))
+        return [{"delay": d, "jitter": j, "loss": loss}
+                for d, j, loss in zip(batch.per_flow(answer["delay"]), jitter, batch.per_flow(answer["loss"]))]

@@ -97,6 +97,7 @@ def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarr
     """
     pkt_rate = batch.path_rate / batch.path_size  # packets/s per path
     service = batch.class_service
+    mu = 1.0 / service
     capacity = batch.class_buffer.astype(np.int64) + 1
     n_classes = len(service)
     loss = np.zeros(n_classes)
@@ -111,17 +112,17 @@ def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarr
             active = survive[: batch.counts[k]]
             arrivals += np.bincount(classes, weights=pkt_rate[: batch.counts[k]] * active, minlength=n_classes)
             survive[: batch.counts[k]] = active * (1.0 - loss[classes])
-        rho = arrivals * service
+        rho = arrivals / mu
         if not fifo_only:
             speed, before = class_speeds(batch, rho)
-        new_loss, mean = mm1b(rho if fifo_only else rho / speed, capacity)
+        new_loss, mean = mm1b(rho / speed, capacity)
         done = np.max(np.abs(new_loss - loss)) < tol
         loss = new_loss
         if done:
             break
     throughput = arrivals * (1.0 - loss)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sojourn = np.where(throughput > 0, mean / throughput, service / speed)
+        sojourn = np.where(throughput > 0, mean / throughput, 1.0 / (mu * speed))
     if np.any(speed < 1.0):
         sojourn = np.where(speed < 1.0, sojourn - service / speed + service, sojourn)  # once chosen, sent at C
     sojourn = sojourn + _residual_wait(batch, rho, before, service, speed)

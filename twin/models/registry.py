@@ -24,8 +24,15 @@ class SimulatorPredictor:
         self.packets_per_flow = packets_per_flow
         self.seed = seed
 
+    heads = ("delay", "jitter", "loss")
+
     def predict_delays(self, states: list[NetworkState]) -> list[np.ndarray]:
         return [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow).delay for s in states]
+
+    def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
+        """Per state, per flow: mean delay (s), jitter (delay variance, s²) and loss (share of packets)."""
+        results = [simulate(s, seed=self.seed, packets_per_flow=self.packets_per_flow) for s in states]
+        return [{"delay": r.delay, "jitter": r.jitter, "loss": r.loss} for r in results]
 
 
 PREDICTORS = ("sim", "qt", "rnn", "routenet_f", "routenet")  # the last is the default twin

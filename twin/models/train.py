@@ -111,7 +111,7 @@ CLIP_NORM = 1.0  # each variable's gradient norm, at most
 def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1, heads: tuple[str, ...] = ("delay",)):
     """Per replica, the model inputs and sorted labels (float32; delay s, and a column per further head) of
     its share of ``items`` (one disjoint-union graph each), and the hop positions they all span. A missing
-    delay or jitter label is 0, a missing loss label -1 (the step skips both)."""
+    delay label is 0, a missing jitter or loss label -1 (the step skips them)."""
     import tensorflow as tf
 
     shares = [items[r::replicas] for r in range(replicas)]
@@ -120,8 +120,7 @@ def batch_inputs(items: list[Item], norm: Normalizer, replicas: int = 1, heads: 
     inputs, labels = [], []
     for share, batch in zip(shares, batches):
         sorted_labels = np.concatenate([it.labels(heads) for it in share])[batch.order]
-        missing = np.where(np.array(heads) == "loss", -1.0, 0.0)
-        sorted_labels = np.where(np.isfinite(sorted_labels) & (sorted_labels >= 0), sorted_labels, missing)
+        sorted_labels = np.where(np.isfinite(sorted_labels) & (sorted_labels >= 0), sorted_labels, -1.0)
         sorted_labels[:, 0] = np.where(sorted_labels[:, 0] > 0, sorted_labels[:, 0], 0.0)
         if len(heads) == 1:
             sorted_labels = sorted_labels[:, 0]
@@ -173,7 +172,8 @@ def validation_errors(twin: LearnedTwin, items: list[Item], batch_size: int = 8)
 def objective(mean_errors: dict[str, float], target: str) -> float:
     """What training minimises, from mean validation errors: the delay error relative to ``target``, plus the
     jitter log ratio and LOSS_WEIGHT × the loss MAE where the model predicts them."""
-    return mean_errors[target] + mean_errors.get("jitter_log", 0.0) + LOSS_WEIGHT * mean_errors.get("loss", 0.0)
+    extra = [mean_errors.get("jitter_log", 0.0), LOSS_WEIGHT * mean_errors.get("loss", 0.0)]
+    return mean_errors[target] + sum(value for value in extra if np.isfinite(value))  # no labels: no term
 
 
 class Trainer:
@@ -262,8 +262,9 @@ class Trainer:
                 loss = mean(tf.abs(pred - delay) / tf.where(scale > 0, scale, 1.0), valid)
                 if several:
                     floor = JITTER_FLOOR * tf.square(transmit)
-                    jitter_valid = tf.cast(delay > 0, tf.float32)
-                    loss += mean(tf.abs(tf.math.log((out[:, 1] + floor) / (labels[:, 1] + floor))), jitter_valid)
+                    jitter_valid = tf.cast((delay > 0) & (labels[:, 1] >= 0), tf.float32)
+                    jitter_label = tf.maximum(labels[:, 1], 0.0)
+                    loss += mean(tf.abs(tf.math.log((out[:, 1] + floor) / (jitter_label + floor))), jitter_valid)
                     loss += LOSS_WEIGHT * mean(tf.abs(out[:, 2] - labels[:, 2]), tf.cast(labels[:, 2] >= 0, tf.float32))
                 share_of_step = loss / replicas
             grads = tape.gradient(share_of_step, net.trainable_variables)
@@ -320,7 +321,7 @@ class Trainer:
             bar.close()
             if val:
                 errors = validation_errors(self.twin, val)
-                val_mape = {k: float(np.mean(v)) for k, v in errors.items()}
+                val_mape = {k: float(np.mean(v)) if len(v) else float("nan") for k, v in errors.items()}
                 val_mape["objective"] = objective(val_mape, cfg.target)
             else:
                 val_mape = {"delay": float("nan"), cfg.target: float(np.mean(losses)), "objective": float(np.mean(losses))}
