@@ -200,3 +200,27 @@ def test_loop_candidates_and_what_if_take_jitter_bounds():
 
     with pytest.raises(IntentError, match="does not predict"):
         what_if(state, Scenario(traffic_scale=1.2), DelayOnly(), intent=intent)
+
+
+def test_shipped_routenet_f_beats_qt_on_fresh_scheduled_states():
+    """The shipped RouteNet-F against QT on states it never saw (the simulator's labels): delay and jitter."""
+    from twin.models.model_files import MODELS_DIR
+    from twin.sim.simulator import simulate
+
+    if not (MODELS_DIR / "routenet_f.weights.h5").exists():
+        pytest.fail("twin/models/weights/routenet_f.* is missing: rebuild it (docs/twin.md, RouteNet-F)")
+    twin = load_twin("routenet_f")
+    config = DatasetConfig(samples=3, min_nodes=15, max_nodes=25, real_fraction=0.0, scheduled_fraction=1.0,
+                           min_load=0.5, seed=515151)
+    errors = {name: {"delay": [], "jitter": []} for name in ("twin", "qt")}
+    for i in range(3):
+        state, meta = make_state(config, i)
+        result = simulate(state, seed=meta["sim_seed"], packets_per_flow=1500)
+        ok = np.isfinite(result.delay) & (result.jitter > 0)
+        for name, model in (("twin", twin), ("qt", QueueingModel())):
+            predicted = model.predict_metrics([state])[0]
+            for head in ("delay", "jitter"):
+                label = getattr(result, head)[ok]
+                errors[name][head].append(np.abs(predicted[head][ok] - label) / label)
+    mape = {name: {head: float(np.mean(np.concatenate(v))) for head, v in heads.items()} for name, heads in errors.items()}
+    assert mape["twin"]["delay"] < mape["qt"]["delay"] and mape["twin"]["jitter"] < mape["qt"]["jitter"], mape
