@@ -19,27 +19,18 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from twin.models.layers import HopGRU, hop_delays, mlp, path_recurrence
+from twin.models.layers import hop_delays, mlp, path_recurrence
+from twin.models.routenet import RouteNetE
 
 HEADS = ("delay", "jitter", "loss")  # the columns of the model's output
 
 
 @keras.saving.register_keras_serializable(package="ndt")
-class RouteNetF(keras.Model):
-    """Message passing over paths, queues and links with delay, jitter and loss heads."""
+class RouteNetF(RouteNetE):
+    """RouteNet-E's embeddings and GRUs over per-queue states, with delay, jitter and loss heads."""
 
     def __init__(self, state_dim: int = 32, iterations: int = 8, **kwargs):
-        super().__init__(**kwargs)
-        self.state_dim = state_dim
-        self.iterations = iterations
-        self.path_embed = mlp([state_dim, state_dim], "path_embed")
-        self.link_embed = mlp([state_dim, state_dim], "link_embed")
-        self.queue_embed = mlp([state_dim, state_dim], "queue_embed")
-        self.path_cell = HopGRU(state_dim, name="path_gru")
-        self.path_cell.build(2 * state_dim)
-        self.queue_cell = keras.layers.GRUCell(state_dim, name="queue_gru")
-        self.link_cell = keras.layers.GRUCell(state_dim, name="link_gru")
-        self.occupancy_readout = mlp([state_dim, state_dim // 2, 1], "occupancy_readout", last_bias=-4.0)
+        super().__init__(state_dim=state_dim, iterations=iterations, **kwargs)
         self.spread_readout = mlp([state_dim, state_dim // 2, 1], "spread_readout", last_bias=-4.0)
         self.drop_readout = mlp([state_dim, state_dim // 2, 1], "drop_readout", last_bias=-6.0)
 
@@ -59,7 +50,7 @@ class RouteNetF(keras.Model):
             link, _ = self.link_cell(tf.math.unsorted_segment_sum(queue, x["class_link"], n_links), [link])
         readout_in = tf.concat([seq, tf.gather(queue, x["hop_class"])], axis=1)
         buffer, service = x["hop_buffer"], x["hop_service"]
-        occupancy = tf.sigmoid(self.occupancy_readout(readout_in)[:, 0]) * buffer
+        occupancy = tf.sigmoid(self.readout(readout_in)[:, 0]) * buffer
         delay = hop_delays(occupancy, x)
         spread = tf.sigmoid(self.spread_readout(readout_in)[:, 0]) * buffer * service
         n_paths = tf.shape(x["path_x"])[0]
@@ -67,6 +58,3 @@ class RouteNetF(keras.Model):
         drop = tf.sigmoid(self.drop_readout(readout_in)[:, 0])
         survive = tf.math.unsorted_segment_sum(tf.math.log1p(-tf.minimum(drop, 1.0 - 1e-6)), x["hop_path"], n_paths)
         return tf.stack([delay, jitter, -tf.math.expm1(survive)], axis=1)
-
-    def get_config(self):
-        return {**super().get_config(), "state_dim": self.state_dim, "iterations": self.iterations}
