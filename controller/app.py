@@ -35,6 +35,7 @@ from controller.probes import (
     probe_id,
     probe_payload,
 )
+from controller.reported_delays import ReportedDelays
 from controller.routing_rules import (
     BASE_COOKIE,
     CLASSIFIER_TABLE,
@@ -78,7 +79,7 @@ class ControllerConfig:
     the wiring, the telemetry sinks and the statistics interval (s). With ``discover`` the wiring's
     ports come from LLDP (os-ken's topology app) and links not yet discovered carry no route.
     ``probe_rate``: in-band delay probes per second, network-wide (0: none; :mod:`controller.probes`);
-    ``probe_history_s``: how long returned probes are kept in memory, s."""
+    ``probe_history_s``: how long returned probes (and reported delays) are kept in memory, s."""
 
     state: NetworkState
     wiring: Wiring
@@ -159,6 +160,7 @@ class NdtController(app_manager.OSKenApp):
         self._poll_started = 0.0
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
         self.path_delays = PathDelays(ndt_config.probe_history_s)
+        self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
         self._probes_pending: dict[int, tuple[str, str, float]] = {}
         self._probe_count = 0
         self._echo_sent: dict[tuple[int, int], float] = {}

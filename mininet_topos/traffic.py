@@ -201,11 +201,31 @@ def _cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def live_rows(workdir: Path, hosts: int, seen: set) -> np.ndarray:
+    """The rows (as :func:`received_rows`) the receivers of a :func:`play` with ``live_s`` wrote out
+    since the files named in ``seen`` (which is updated), while the traffic still plays."""
+    rows = []
+    for i in range(1, hosts + 1):
+        for path in sorted(Path(workdir).glob(f"recv-{i}.npy.live-?????.npy")):
+            if path.name not in seen:
+                seen.add(path.name)
+                rows.append(np.load(path))
+    rows = [r for r in rows if len(r)]
+    return np.concatenate(rows) if rows else np.zeros((0, 4))
+
+
+def traffic_dir(workdir: Path, seed: int) -> Path:
+    """Where :func:`play` with ``seed`` in ``workdir`` keeps its plans and what the hosts received."""
+    return Path(workdir) / f"traffic-{seed}"
+
+
 def play(net, state: NetworkState, duration: float = 10.0, warmup: float = 2.0, seed: int = 0,
-         workdir: Path | None = None) -> Measurement:
+         workdir: Path | None = None, live_s: float = 0.0) -> Measurement:
     """Play ``state``'s traffic in the running :class:`~mininet_topos.network.EmulatedNetwork` ``net`` for
-    ``duration`` s and measure every flow (packets sent in the first ``warmup`` s are not counted)."""
-    workdir = Path(workdir or net.workdir) / f"traffic-{seed}"
+    ``duration`` s and measure every flow (packets sent in the first ``warmup`` s are not counted).
+    With ``live_s`` > 0 the receivers also write out what they received every ``live_s`` s
+    (:func:`live_rows`)."""
+    workdir = traffic_dir(workdir or net.workdir, seed)
     workdir.mkdir(parents=True, exist_ok=True)
     plans = plan_packets(state, duration, seed)
     start = time.time() + START_LEAD_S
@@ -214,7 +234,7 @@ def play(net, state: NetworkState, duration: float = 10.0, warmup: float = 2.0, 
     procs = []
     for i, node in enumerate(state.nodes, start=1):
         procs.append(net.host(node).popen([sys.executable, "-m", "mininet_topos.udpgen", "recv", str(PORT), repr(until),
-                                           str(workdir / f"recv-{i}.npy")], env=env))
+                                           str(workdir / f"recv-{i}.npy"), repr(live_s)], env=env))
     for i, plan in plans.items():
         np.savez(workdir / f"plan-{i}.npz", **plan)
         procs.append(net.host(state.nodes[i - 1]).popen(

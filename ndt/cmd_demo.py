@@ -126,11 +126,12 @@ def print_summary(report: dict) -> None:
     print(f"{report['topology']} at load {report['load']}: hosts measured {_ms(m['before'])} -> {_ms(m['after'])} "
           f"({100 * report['improvement']:.1f} % lower) around the loop's first decision: {action}")
     loop_s = report["loop_s"]
-    twin = report["twin_vs_emulation_mape"]
-    print(f"loop (telemetry -> flow rules): {'n/a' if loop_s is None else f'{loop_s:.1f} s'}; twin vs probes MAPE "
-          f"{'n/a' if twin is None else f'{twin:.3f}'} ({'calibrated online' if report['twin_calibrated_online'] else 'prior calibration'}; "
-          f"a perfect model: {_ratio(report['probe_noise_mape'])} against these probes); "
-          f"probes vs hosts MAPE {report['probe_vs_host_mape']:.3f} over {report['probe_vs_host_paths']} paths")
+    twin = report["twin_vs_emulation"]
+    print(f"loop (telemetry -> flow rules): {'n/a' if loop_s is None else f'{loop_s:.1f} s'}; twin vs the hosts "
+          f"MAPE {_ratio(twin['mape'])} over {twin['pair_windows']} pair-windows of >= {twin['min_packets']} packets "
+          f"in {twin['windows']} windows after its online fit on the hosts' reports (a perfect model: "
+          f"{_ratio(twin['noise_mape'])}); probes vs hosts MAPE {report['probe_vs_host_mape']:.3f} over "
+          f"{report['probe_vs_host_paths']} paths")
     reroute = report["reroute_s"]
     print(f"link {'-'.join(report['failed_link'])} failed: rerouted on the current weights in "
           f"{'n/a' if reroute is None else f'{reroute:.2f} s'}")

@@ -5,6 +5,7 @@ and experiments/api_abuse.py."""
 from __future__ import annotations
 
 from controller.app import NetworkView
+from controller.reported_delays import ReportedDelays
 from controller.routing_rules import Host
 from twin.state.model import Flow, Link, NetworkState
 
@@ -24,6 +25,7 @@ class StandIn:
         self.state = square_state()
         self.route_version = 7
         self.applied = []
+        self.reported_delays = ReportedDelays()
 
     def snapshot(self) -> NetworkView:
         return NetworkView(state=self.state, ports={("s1", "s2"): 2}, hosts=(Host("10.0.0.1", "00:00:00:00:00:01", "s1", 1),),

@@ -46,10 +46,14 @@ class ControllerClient:
 
         return NetworkState.from_dict(json.loads(self.stub.GetState(pb.Empty(), timeout=30).state_json))
 
-    def report_measured(self, delays: dict[tuple[str, str], float], source: str):
-        """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured)."""
+    def report_measured(self, delays: dict[tuple[str, str], float], source: str,
+                        window: tuple[float, float] | None = None):
+        """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured);
+        with ``window`` (start, end; Unix s), the span they are means over, the closed loop uses them too."""
         paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v)) for (s, d), v in delays.items()]
-        return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source), timeout=10)
+        start, end = window or (0.0, 0.0)
+        return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source, start=start, end=end),
+                                        timeout=10)
 
     def anomalies(self, max_suspects: int = 10):
         """The anomalous paths now and the suspect links, best first (gRPC ListAnomalies)."""

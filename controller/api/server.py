@@ -57,6 +57,8 @@ STREAM_INTERVAL_S = (0.1, 60.0)  # allowed telemetry stream interval, s
 MAX_WEIGHT = 65535  # OSPF link weights are whole numbers 1..65535
 MAX_WHO_CHARS = 64
 MAX_DELAY_S = 60.0  # a measured path delay above this is a measurement error
+MAX_CLOCK_SKEW_S = 5.0  # a reported window may end this far after the controller's now (clocks differ)
+MAX_REPORT_WINDOW_S = 3600.0  # the longest window a report's means may cover, s
 MAX_TRAFFIC_SCALE = 100.0
 MAX_MESSAGE_CHARS = 400  # status messages are cut here (gRPC metadata is limited)
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
@@ -255,7 +257,10 @@ class NdtService(services.NdtServicer):
                                f"got {path.delay_s}")
             measured[(path.src, path.dst)] = path.delay_s
         now = time.time()
-        self.store.add_path_delays(now, "measured", measured)
+        window = _report_window(request.start, request.end, now)
+        self.store.add_path_delays(window[1] if window else now, "measured", measured)
+        if window:
+            self.controller.reported_delays.add(*window, measured)
         self.metrics.set_path_delays("measured", measured)
         predicted = {(p.src, p.dst): p.value
                      for p in self.store.path_delays("predicted", now - PREDICTION_WINDOW_S, now + 1.0)}
@@ -348,7 +353,10 @@ class NdtService(services.NdtServicer):
                              calibrated_online=loop.calibration.last.fitted,
                              calibration_windows=loop.calibration.last.windows,
                              validate=loop.settings.validate, error=loop.failure,
-                             recent=[_decision(d) for d in list(loop.decisions)[-10:]])
+                             measured_by=loop.measured_by,
+                             recent=[_decision(d) for d in list(loop.decisions)[-10:]],
+                             scores=[pb.TwinScore(ts=w.ts, start=w.start, mape=w.mape, measured_by=w.measured_by, pairs=w.pairs,
+                                                  calibrated_online=w.calibrated_online) for w in list(loop.scores)])
 
     # ------------------------------------------------------------------ helpers
     def _running_state(self) -> NetworkState:
@@ -393,6 +401,20 @@ class NdtService(services.NdtServicer):
                 return predictor.predict_delays(states)
             except NdtError as exc:
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"prediction failed: {exc}") from None
+
+
+def _report_window(start: float, end: float, now: float) -> tuple[float, float] | None:
+    """A report's window (Unix s), None when not given (both 0); bad windows are refused."""
+    if start == 0 and end == 0:
+        return None
+    if not (math.isfinite(start) and math.isfinite(end) and 0 < start < end):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"start, end: the window must be Unix seconds with start < end, got [{start}, {end})")
+    if end > now + MAX_CLOCK_SKEW_S or end - start > MAX_REPORT_WINDOW_S:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"start, end: the window [{start:.3f}, {end:.3f}) must end by now ({now:.3f}, give or take "
+                       f"{MAX_CLOCK_SKEW_S:g} s) and last at most {MAX_REPORT_WINDOW_S:g} s")
+    return start, end
 
 
 def _decision(decision) -> pb.LoopDecision:

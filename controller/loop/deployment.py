@@ -25,7 +25,7 @@ from controller.api.client import ControllerClient
 from controller.loop.service import SETTLE_S
 from mininet_topos.network import REPO, EmulatedNetwork, free_port
 from mininet_topos.prometheus import PrometheusServer, browse_command
-from mininet_topos.traffic import START_LEAD_S, play, received_rows, window_delays
+from mininet_topos.traffic import MIN_PACKETS, START_LEAD_S, live_rows, play, received_rows, traffic_dir, window_delays
 from telemetry.store import DECISION_KIND, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.files import jsonable
@@ -34,6 +34,10 @@ from twin.state.model import NetworkState
 
 DEFAULT_OUT = REPO / "data" / "demo"
 WARMUP_S = 2.0
+REPORT_S = 10.0  # the hosts report their mean delays over windows this long, s
+REPORT_LAG_S = 2.0  # ... once this much later (the window's packets have arrived and been written out), s
+LIVE_S = 1.0  # the receivers write out what they received this often, s
+MIN_REPORT_PACKETS = 10  # a pair's mean needs this many packets in a report's window
 DEMO_INTENT = """# the demo's intent: the lowest mean delay, no link above 95 %
 objective:
   minimize: mean_delay
@@ -60,6 +64,70 @@ class DemoPlan:
     model: str | None = None
     calibration: Path | None = None
     seed: int = 0
+
+
+class HostReporter:
+    """The hosts as a measurement agent: while a phase plays, every ``REPORT_S`` s their mean
+    one-way delay per pair over the last window (packets sent in it, kernel timestamps) goes to
+    the controller through gRPC ReportMeasured, with the window, as an operator's TWAMP or ping
+    mesh would report; what a perfect model would score against each report (its sampling noise)
+    is kept beside it."""
+
+    def __init__(self, client: ControllerClient, traffic: NetworkState, workdir: Path, start: float, log=print):
+        self.client, self.traffic, self.workdir = client, traffic, workdir
+        self.window_start = start + WARMUP_S
+        self.log = log
+        self.reports: list[dict] = []
+        self._rows = np.zeros((0, 4))
+        self._seen: set = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "HostReporter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.0, self.window_start + REPORT_S + REPORT_LAG_S - time.time())):
+            end = self.window_start + REPORT_S
+            try:
+                self.report(self.window_start, end)
+            except Exception as exc:  # a lost report must not end the demo; said once per report
+                self.log(f"hosts' report for [{self.window_start:.1f}, {end:.1f}) not sent: {exc}")
+            self.window_start = end
+
+    def report(self, start: float, end: float) -> None:
+        """The pairs' mean delays over packets sent in [start, end) (Unix s) to the controller."""
+        rows = live_rows(self.workdir, len(self.traffic.nodes), self._seen)
+        self._rows = np.concatenate([self._rows[self._rows[:, 2] >= start], rows])
+        inside = self._rows[(self._rows[:, 2] >= start) & (self._rows[:, 2] < end)]
+        delays, noise = {}, []
+        for i in np.unique(inside[:, 0]).astype(int):
+            packets = inside[inside[:, 0] == i]
+            if len(packets) >= MIN_REPORT_PACKETS and i < len(self.traffic.flows):
+                delay = packets[:, 3] - packets[:, 2]
+                flow = self.traffic.flows[i]
+                delays[(flow.src, flow.dst)] = float(delay.mean())
+                noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
+        if delays:
+            self.client.report_measured(delays, "ndt demo hosts", (start, end))
+            self.reports.append({"start": start, "end": end, "pairs": len(delays),
+                                 "noise_mape": float(np.mean(noise))})
+
+
+def sampling_error(sent: np.ndarray, delay: np.ndarray, batches: int = 5) -> float:
+    """The expected absolute error of ``delay``'s mean as an estimate of the window's true mean (s):
+    from the spread of the means of ``batches`` consecutive batches by send time (delays in a queue
+    are correlated, so the packets' own spread would understate it), √(2/π) × their standard error."""
+    order = np.argsort(sent)
+    means = [part.mean() for part in np.array_split(delay[order], batches) if len(part)]
+    if len(means) < 2:
+        return 0.0
+    return float(np.sqrt(2.0 / np.pi) * np.std(means, ddof=1) / np.sqrt(len(means)))
 
 
 @dataclass
@@ -123,7 +191,7 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
         if prometheus:
             prom = stack.enter_context(PrometheusServer(out_dir / "prometheus", free_port(),
                                                         f"127.0.0.1:{net.metrics_port}"))
-        phases, reroute_s = [], None
+        phases, reroute_s, host_reports = [], None, []
         for k, (name, traffic) in enumerate((("steady", state), ("traffic shift", shifted),
                                              ("link failure", shifted))):
             log(f"phase {k + 1}: {name}, {plan.phase_s:.0f} s of traffic")
@@ -133,7 +201,10 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
                     net, failure, START_LEAD_S + plan.failure_after_s)), daemon=True)
                 thread.start()
             phase_start = time.time()
-            play(net, traffic, plan.phase_s, WARMUP_S, plan.seed + k, net.workdir / f"phase-{k + 1}")
+            with HostReporter(net.client, traffic, traffic_dir(net.workdir / f"phase-{k + 1}", plan.seed + k),
+                              phase_start + START_LEAD_S, log) as reporter:
+                play(net, traffic, plan.phase_s, WARMUP_S, plan.seed + k, net.workdir / f"phase-{k + 1}", LIVE_S)
+            host_reports += reporter.reports
             if name == "link failure":
                 thread.join(30)
                 reroute_s = failed.get("reroute_s")
@@ -145,9 +216,10 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
         status = net.client.stub.GetLoopStatus(pb.Empty(), timeout=10)
         store = TelemetryStore(net.store_path)
         probes = store.path_delays("probe", started, time.time() + 1)
+        predicted = store.path_delays("predicted", started, time.time() + 1)
         decisions = [c.payload for c in store.configs(started, time.time() + 1, kind=DECISION_KIND)]
         store.close()
-        report = build_report(state, phases, decisions, probes, reroute_s, failure, status)
+        report = build_report(state, phases, decisions, probes, reroute_s, failure, status, host_reports, predicted)
         report.update(metrics_url=net.metrics_url, store=str(net.store_path), controller_log=str(net.log_path))
         if prom is not None:
             report["prometheus"] = prometheus_summary(prom, out_dir / "prometheus")
@@ -177,9 +249,43 @@ def _probe_means(probes, start: float, end: float) -> dict:
     return {pair: float(np.mean(v)) for pair, v in by_pair.items()}
 
 
+def twin_vs_hosts(scores: list[dict], predicted, phases: list[Phase], min_packets: int = MIN_PACKETS) -> dict:
+    """The loop's calibrated predictions (the store's ``predicted`` rows, one set per scored window)
+    against the hosts' own packets over the same span, for the windows the loop scored on the hosts'
+    reports with a correction fitted online: per pair with at least ``min_packets`` packets in the
+    span, |predicted − measured| / measured, and what a perfect model would score there (the
+    measured mean's sampling error). Means over all such pair-windows."""
+    by_ts: dict = {}
+    for row in predicted:
+        by_ts.setdefault(row.ts, {})[(row.src, row.dst)] = row.value
+    errors, noise, windows = [], [], 0
+    for score in scores:
+        window = by_ts.get(score["ts"])
+        if not (score["measured_by"] == "hosts" and score["calibrated_online"] and window):
+            continue
+        phase = next((p for p in phases if p.start <= score["start"] and score["ts"] <= p.end + REPORT_LAG_S), None)
+        if phase is None or not len(phase.rows):
+            continue
+        rows = phase.rows[(phase.rows[:, 2] >= score["start"]) & (phase.rows[:, 2] < score["ts"])]
+        counted = 0
+        for i, flow in enumerate(phase.traffic.flows):
+            packets = rows[rows[:, 0] == i]
+            pair = (flow.src, flow.dst)
+            if len(packets) >= min_packets and pair in window:
+                delay = packets[:, 3] - packets[:, 2]
+                errors.append(abs(window[pair] - delay.mean()) / delay.mean())
+                noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
+                counted += 1
+        windows += counted > 0
+    return {"mape": float(np.mean(errors)) if errors else None,
+            "noise_mape": float(np.mean(noise)) if noise else None,
+            "windows": windows, "pair_windows": len(errors), "min_packets": min_packets}
+
+
 def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict], probes, reroute_s, failure,
-                 status) -> dict:
-    """The demo's figures from what was played, what the hosts received and what the loop decided."""
+                 status, host_reports: list[dict], predicted) -> dict:
+    """The demo's figures from what was played, what the hosts received and reported, and what the
+    loop decided and predicted (:func:`twin_vs_hosts` for ``twin_vs_emulation_mape``)."""
     steady = phases[0]
     first = next((d for d in decisions if d["action"] in ("push", "rollback", "keep", "propose")
                   and d["ts"] < steady.end), None)
@@ -201,8 +307,10 @@ def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict]
     pairs = sorted(set(host_after) & set(probe_after))
     probe_vs_host = mape(np.array([probe_after[p] for p in pairs]), np.array([host_after[p] for p in pairs])) \
         if pairs else float("nan")
-    fitted = [d for d in decisions if d.get("twin_mape") is not None and d.get("calibration", {}).get("fitted_online")]
-    scored = fitted or [d for d in decisions if d.get("twin_mape") is not None]
+    scores = [{"ts": w.ts, "start": w.start, "mape": w.mape, "measured_by": w.measured_by, "pairs": w.pairs,
+               "calibrated_online": w.calibrated_online} for w in status.scores]
+    against_hosts = twin_vs_hosts(scores, predicted, phases)
+    by_probes = [d for d in decisions if d.get("twin_mape") is not None and d.get("measured_by", "probes") == "probes"]
     pushed = [d for d in decisions if d["action"] in ("push", "rollback")]
     return {
         "topology": state.name, "nodes": len(state.nodes), "links": len(state.links), "flows": n,
@@ -210,14 +318,20 @@ def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict]
         "improvement": 1.0 - mean(after) / mean(before),
         "pushed": bool(first and first["action"] in ("push", "rollback")),
         "rolled_back": bool(first and first["action"] == "rollback"),
-        "twin_vs_emulation_mape": scored[-1]["twin_mape"] if scored else None,
-        "probe_noise_mape": scored[-1].get("probe_noise_mape") if scored else None,
-        "twin_calibrated_online": bool(fitted),
+        "twin_vs_emulation_mape": against_hosts["mape"],
+        "twin_vs_emulation": against_hosts,
+        "host_reports": len(host_reports),
+        "host_report_noise_mape": float(np.mean([r["noise_mape"] for r in host_reports])) if host_reports else None,
+        "twin_vs_probes_mape": by_probes[-1]["twin_mape"] if by_probes else None,
+        "probe_noise_mape": by_probes[-1].get("probe_noise_mape") if by_probes else None,
+        "twin_calibrated_online": bool(against_hosts["windows"]) or status.calibrated_online,
+        "twin_scores": scores,
         "probe_vs_host_mape": probe_vs_host, "probe_vs_host_paths": len(pairs),
         "loop_s": pushed[0]["loop_s"] if pushed else (first["loop_s"] if first else None),
         "reroute_s": reroute_s, "failed_link": list(failure),
         "iterations": [{k: d.get(k) for k in ("trigger", "action", "reason", "measured_s", "predicted_current_s",
-                                              "predicted_chosen_s", "after_s", "twin_mape", "probe_noise_mape",
+                                              "predicted_chosen_s", "after_s", "twin_mape", "measured_by",
+                                              "probe_noise_mape",
                                               "loop_s", "ts",
                                               "pushed_at", "route_version")} for d in decisions],
         "loop": {"runs": status.runs, "pushes": status.pushes, "rollbacks": status.rollbacks,

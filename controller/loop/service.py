@@ -56,6 +56,8 @@ VALIDATIONS = ("twin", "sandbox")
 DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count yet
 SETTLE_S = 2.0  # after a routing change, probes this much later count (queues re-form)
 KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
+KEEP_SCORES = 60  # windows' twin scores kept for GetLoopStatus
+HOSTS_STALE_WINDOWS = 5  # windows without host reports after which the loop goes back to the probes
 RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions
 ANOMALY_KIND = "anomaly"  # config rows: anomaly detection's anomalies as they start and end
 
@@ -110,6 +112,7 @@ class Decision:
     validated_chosen_s: float = float("nan")
     after_s: float = float("nan")
     twin_mape: float = float("nan")
+    measured_by: str = ""
     probe_noise_mape: float = float("nan")
     loop_s: float = float("nan")
     route_version: int = 0
@@ -123,6 +126,37 @@ class Decision:
     def to_json(self) -> dict:
         """The decision as plain JSON (NaN as None, at every depth)."""
         return jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """The calibrated twin's MAPE on one window against what measured it over [``start``, ``ts``)
+    (Unix s; the part of the window the routing was steady) (``hosts``: reports through gRPC
+    ReportMeasured; ``probes``), over ``pairs`` measured pairs, with a correction fitted online
+    (else the prior)."""
+
+    ts: float
+    start: float
+    mape: float
+    measured_by: str
+    pairs: int
+    calibrated_online: bool
+
+
+@dataclass
+class Window:
+    """What the loop reads of the last window: the traffic matrix (bit/s), the state the twin is
+    asked about, the probes' delay per flow's pair since the routing last changed (s), the delays
+    the twin is scored and fitted on (the hosts' reports over that span when there are any, else the
+    probes'), which of the two, how long the routing was steady (s), the links down."""
+
+    rates: dict
+    estimated: NetworkState
+    probed: dict
+    reference: dict
+    measured_by: str
+    steady_s: float
+    down: list
 
 
 _FLOAT_FIELDS = {name for name, f in Decision.__dataclass_fields__.items() if f.type in ("float", float)}
@@ -167,6 +201,9 @@ class LoopService:
         self.failure = ""
         self.runs = self.pushes = self.rollbacks = 0
         self.twin_mape = float("nan")
+        self.measured_by = "probes"  # what the online fit and the twin's score use
+        self._hosts_seen_at = -np.inf
+        self.scores: deque[WindowScore] = deque(maxlen=KEEP_SCORES)
         self.decisions: deque[Decision] = deque(maxlen=KEEP_DECISIONS)
         self._changed = threading.Condition()
         self._pending: list[str] = []
@@ -401,15 +438,16 @@ class LoopService:
         try:
             decision.route_version = self.controller.route_version
             try:
-                rates, estimated, before, steady, decision.down = self._window(wall_end, mono_end)
+                window = self._window(wall_end, mono_end)
             except TrafficMatrixError as exc:
                 self._last_rates, self._last_run = None, mono_end  # the next waits for a whole window of traffic
                 decision.action, decision.reason = "defer", str(exc)
                 return self._record(decision)
+            rates, estimated, before, decision.down = window.rates, window.estimated, window.probed, window.down
             self._last_rates = rates
             self._last_run = mono_end
             loop_started = self.clock()
-            twin = self._calibrated(estimated, before, steady, mono_end, decision)
+            twin = self._calibrated(window, wall_end, mono_end, decision)
             current = estimated.link_arrays["weight"].copy()
             candidates, optimization = top_candidates(estimated, settings.intent, twin, settings.candidates,
                                                       settings.seed + self.runs)
@@ -432,9 +470,8 @@ class LoopService:
         finally:
             self.running = False
 
-    def _window(self, wall_end: float, mono_end: float) -> tuple[dict, NetworkState, dict, float, list[str]]:
-        """The last window: the traffic matrix, the state the twin is asked about, the probes' delay
-        per flow's pair since the routing last changed, how long that is (s), the links down."""
+    def _window(self, wall_end: float, mono_end: float) -> Window:
+        """The last window (:class:`Window`)."""
         settings = self.settings
         view = self.controller.snapshot()
         state = view.state.without_links(view.down) if view.down else view.state
@@ -443,33 +480,54 @@ class LoopService:
         estimated = estimated_state(state, rates, self._packet_bits(start, wall_end))
         steady_from = min(mono_end, max(mono_end - settings.window_s, self._last_change + SETTLE_S))
         probed = self.controller.path_delays.delays(steady_from, mono_end)
-        before = {(f.src, f.dst): probed[(f.src, f.dst)] for f in estimated.flows if (f.src, f.dst) in probed}
-        return rates, estimated, before, mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down)
+        pairs = {(f.src, f.dst) for f in estimated.flows}
+        before = {pair: delay for pair, delay in probed.items() if pair in pairs}
+        reported = self.controller.reported_delays.delays(wall_end - (mono_end - steady_from), wall_end)
+        hosts = {pair: delay for pair, delay in reported.items() if pair in pairs}
+        return Window(rates, estimated, before, hosts or before, "hosts" if hosts else "probes",
+                      mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down))
 
     def observe(self) -> None:
         """Between runs: score the twin on the last window and add it to the online fit, refitted
         here, off the runs' path."""
         wall_end, mono_end = self.wall(), self.clock()
         try:
-            _, estimated, before, steady, _ = self._window(wall_end, mono_end)
+            window = self._window(wall_end, mono_end)
         except TrafficMatrixError:
             return
-        self._learn(estimated, before, steady, mono_end)
+        self._learn(window, wall_end, mono_end)
         self.calibration.current(self.predictor)
 
-    def _learn(self, estimated: NetworkState, before: dict, steady: float, mono_end: float) -> float:
+    def _learn(self, window: Window, wall_end: float, mono_end: float) -> float:
         """The twin's MAPE on the window with the correction fitted before it (a prediction's error,
-        not a fit's; NaN when nothing was probed); the window joins the online fit if the routing
-        was steady for most of it and it does not overlap the last window added."""
+        not a fit's; NaN when nothing measured it); the window joins the online fit if the routing
+        was steady for most of it, it does not overlap the last window added, and it was measured
+        the way the fit's windows are. The first window the hosts measured starts the fit again from
+        the prior, on their reports only; without reports for ``HOSTS_STALE_WINDOWS`` windows the
+        loop goes back to the probes. The window's prediction goes to the store and Prometheus
+        (``kind="predicted"``)."""
         self._observed_at = mono_end
-        if not before:
+        if window.measured_by == "hosts":
+            self._hosts_seen_at = mono_end
+        stale = mono_end - self._hosts_seen_at > HOSTS_STALE_WINDOWS * self.settings.window_s
+        if window.measured_by != self.measured_by and (window.measured_by == "hosts" or stale):
+            LOG.info("loop: the twin is now scored and fitted on the %s' delays", window.measured_by)
+            self.measured_by = window.measured_by
+            self.calibration.restart()
+        if not window.reference:
             return float("nan")
-        measured = measured_vector(estimated, before)
-        twin = CalibratedPredictor(self.predictor, self.calibration.last.correction)
-        self.twin_mape = mape(twin.predict_delays([estimated])[0], measured)
+        estimated = window.estimated
+        measured = measured_vector(estimated, window.reference)
+        in_use = self.calibration.last
+        predicted = CalibratedPredictor(self.predictor, in_use.correction).predict_delays([estimated])[0]
+        self._publish_prediction(wall_end, estimated, predicted)
+        self.twin_mape = mape(predicted, measured)
         self.metrics.set_gauge("loop_twin_error_ratio", self.twin_mape)
+        self.scores.append(WindowScore(wall_end, wall_end - window.steady_s, self.twin_mape, window.measured_by,
+                                       int(np.isfinite(measured).sum()), in_use.fitted))
         half = 0.5 * self.settings.window_s
-        if steady >= half and mono_end - self._added_at >= half:
+        if (window.measured_by == self.measured_by and window.steady_s >= half
+                and mono_end - self._added_at >= half):
             self.calibration.add(estimated, measured)
             self._added_at = mono_end
             self._windows_added += 1
@@ -547,18 +605,30 @@ class LoopService:
                     ", ".join(f"{a}->{b}" for a, b in sorted(before - now)) or "none",
                     f"; suspect {top.src}->{top.dst} (score {top.score:.2f})" if top else "")
 
-    def _calibrated(self, estimated: NetworkState, before: dict, steady: float, mono_end: float,
-                    decision: Decision):
+    def _publish_prediction(self, ts: float, estimated: NetworkState, predicted: np.ndarray) -> None:
+        """The calibrated twin's per-pair delays for the window ending at ``ts`` (Unix s) to the store
+        and Prometheus, beside the measured ones."""
+        delays = {(f.src, f.dst): float(d) for f, d in zip(estimated.flows, predicted) if np.isfinite(d) and d > 0}
+        if not delays:
+            return
+        try:
+            self.store.add_path_delays(ts, "predicted", delays)
+        except NdtError as exc:
+            LOG.error("%s", exc)
+        self.metrics.set_path_delays("predicted", delays)
+
+    def _calibrated(self, window: Window, wall_end: float, mono_end: float, decision: Decision):
         """The twin with the online fit including this window; the window's twin MAPE in ``decision``,
         beside what a perfect model would score against these probes."""
-        decision.twin_mape = self._learn(estimated, before, steady, mono_end)
-        decision.probe_noise_mape = self.controller.path_delays.noise(mono_end - steady, mono_end)
+        decision.twin_mape = self._learn(window, wall_end, mono_end)
+        decision.measured_by = window.measured_by
+        decision.probe_noise_mape = self.controller.path_delays.noise(mono_end - window.steady_s, mono_end)
         fitted = self.calibration.current(self.predictor)
         twin = CalibratedPredictor(self.predictor, fitted.correction)
         decision.calibration = {"fitted_online": fitted.fitted, "windows": fitted.windows, "flows": fitted.flows,
                                 "fit_mape": fitted.mape, **asdict(fitted.correction)}
-        if before:
-            decision.measured_s = float(np.mean(list(before.values())))
+        if window.probed:
+            decision.measured_s = float(np.mean(list(window.probed.values())))
         return twin
 
     def _validate(self, estimated: NetworkState, current: np.ndarray, candidates: list, twin,

@@ -97,6 +97,15 @@ def test_report_measured_delays_sets_the_twin_error(api):
     assert metrics._delays["measured"][("s1", "s3")] == measured[0].delay_s
 
 
+def test_reported_delays_with_their_window_reach_the_closed_loop(api):
+    stub, _, controller, _ = api
+    now = time.time()
+    measured = [pb.PathDelay(src="s1", dst="s3", delay_s=0.004), pb.PathDelay(src="s2", dst="s4", delay_s=0.002)]
+    stub.ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest", start=now - 10, end=now))
+    assert controller.reported_delays.delays(now - 11, now) == {("s1", "s3"): 0.004, ("s2", "s4"): 0.002}
+    assert controller.reported_delays.delays(now - 5, now) == {}  # the report covers more than that span
+
+
 def test_stream_telemetry(api):
     stub, *_ = api
     stream = stub.StreamTelemetry(pb.StreamRequest(interval_s=0.1))
@@ -250,6 +259,12 @@ def test_bad_tls_material_is_refused_before_serving(tmp_path):
      "src and dst are the same node"),
     (pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=1e300)]), grpc.StatusCode.INVALID_ARGUMENT,
      "<= 60 s"),
+    (pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=0.1)], start=10.0, end=5.0),
+     grpc.StatusCode.INVALID_ARGUMENT, "start, end: the window must be Unix seconds with start < end"),
+    (pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=0.1)], start=time.time(), end=4e9),
+     grpc.StatusCode.INVALID_ARGUMENT, "must end by now"),
+    (pb.MeasuredDelays(paths=[pb.PathDelay(src="s1", dst="s2", delay_s=0.1)], start=1.0, end=time.time()),
+     grpc.StatusCode.INVALID_ARGUMENT, "last at most 3600 s"),
     (pb.WhatIfRequest(traffic_scale=1e300), grpc.StatusCode.INVALID_ARGUMENT, "traffic_scale must be > 0 and <= 100"),
     (pb.PredictRequest(state_json="[" * 100_000 + "]" * 100_000), grpc.StatusCode.INVALID_ARGUMENT,
      "state_json: JSON nested too deeply"),

@@ -14,7 +14,8 @@ from controller.api import ndt_api_pb2 as pb
 from controller.api import ndt_api_pb2_grpc as services
 from controller.api.server import NdtService, serve
 from controller.app import NetworkView
-from controller.loop.service import LoopService, ServiceSettings, common_mean, measured_vector
+from controller.reported_delays import ReportedDelays
+from controller.loop.service import HOSTS_STALE_WINDOWS, LoopService, ServiceSettings, common_mean, measured_vector
 from optimizer.intent import Intent
 from telemetry.exporter import Metrics
 from telemetry.store import TelemetryStore
@@ -64,6 +65,7 @@ class StandInController:
         self.listeners = []
         self.down = frozenset()
         self.path_delays = Probes(self)
+        self.reported_delays = ReportedDelays()
 
     def slowdown(self) -> float:
         same = np.array_equal(self.state.link_arrays["weight"], self.initial)
@@ -159,6 +161,56 @@ def test_twin_mape_is_scored_before_the_window_joins_the_fit():
     assert decision.twin_mape == pytest.approx(0.0, abs=1e-9)  # the probes are the model's own delays
     assert metrics._gauges["loop_twin_error_ratio"] == decision.twin_mape
     assert decision.calibration["windows"] == 0  # 2 flows: fewer than the fit needs; the prior is used
+
+
+def report_hosts(loop, controller, factor: float, at: float) -> dict:
+    """The hosts report ``factor`` × the probes' delays over the window ending ``at`` (Unix s)."""
+    delays = {pair: factor * d for pair, d in controller.path_delays.delays(0, 0).items()}
+    controller.reported_delays.add(at - 0.5 * loop.settings.window_s, at, delays)
+    return delays
+
+
+def test_the_hosts_reports_replace_the_probes_for_the_score_and_the_fit():
+    loop, controller, store, metrics = service()
+    loop.calibration.min_flows, loop.calibration.min_windows = 1, 2
+    loop.observe()  # probes only
+    assert loop.measured_by == "probes" and len(loop.calibration._windows) == 1
+    clock = [time.monotonic()]
+    loop.clock = lambda: clock[0]
+    for k in range(3):
+        clock[0] += loop.settings.window_s
+        report_hosts(loop, controller, 1.5, time.time())
+        loop.observe()
+        score = loop.scores[-1]
+        assert score.measured_by == "hosts" and score.pairs == 2
+        if k == 0:  # the probes' window is dropped; scored with the prior, which misses the hosts' 1.5x
+            assert loop.measured_by == "hosts" and len(loop.calibration._windows) == 1
+            assert score.mape == pytest.approx(1 / 3, rel=1e-6) and not score.calibrated_online
+    assert score.calibrated_online and score.mape < 0.01  # the fit learned the hosts' delays
+    assert metrics._gauges["loop_twin_error_ratio"] == score.mape
+    predicted = store.path_delays("predicted", 0, time.time() + 1)
+    assert {(r.src, r.dst) for r in predicted} == {("s1", "s2"), ("s1", "s3")}
+    latest = {(r.src, r.dst): r.value for r in predicted if r.ts == max(p.ts for p in predicted)}
+    assert metrics._delays["predicted"] == pytest.approx(latest)
+    decision = loop.run_once("operator")
+    assert decision.measured_by == "hosts" and decision.twin_mape < 0.01
+
+
+def test_without_host_reports_for_a_while_the_loop_goes_back_to_the_probes():
+    loop, controller, _, _ = service()
+    clock = [time.monotonic()]
+    loop.clock = lambda: clock[0]
+    report_hosts(loop, controller, 1.5, time.time())
+    loop.observe()
+    assert loop.measured_by == "hosts"
+    clock[0] += loop.settings.window_s  # the report's window is no longer in the loop's
+    controller.reported_delays = ReportedDelays()
+    loop.observe()
+    assert loop.measured_by == "hosts" and loop.scores[-1].measured_by == "probes"
+    assert len(loop.calibration._windows) == 1  # a probes' window does not join the hosts' fit
+    clock[0] += HOSTS_STALE_WINDOWS * loop.settings.window_s
+    loop.observe()
+    assert loop.measured_by == "probes" and len(loop.calibration._windows) == 1
 
 
 def test_between_runs_the_loop_scores_the_twin_and_feeds_the_online_fit():

@@ -56,6 +56,12 @@ class OnlineCalibration:
         self._current = Fitted(self.prior, False, 0, 0)
         self._stale = False
 
+    def restart(self) -> None:
+        """Drop the kept windows and go back to the prior (the measurements changed kind)."""
+        self._windows.clear()
+        self._current = Fitted(self.prior, False, 0, 0)
+        self._stale = False
+
     def add(self, state: NetworkState, measured: np.ndarray) -> None:
         """One window: ``state`` as the twin should see it and its measured per-flow delays (s,
         NaN where a flow was not measured)."""
