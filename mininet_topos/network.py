@@ -124,6 +124,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def require_free_port(port: int, what: str) -> None:
+    """Raise :class:`EmulationError` naming ``what`` when something already listens on ``port``
+    (a readiness check on it would otherwise be answered by that other process)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the exporter binds: only a listener is in the way
+        try:
+            s.bind(("", port))
+        except OSError:
+            raise EmulationError(f"port {port} ({what}) is already in use, perhaps by an ndt controller left "
+                                 "running; stop it or choose another port") from None
+
+
 class EmulatedNetwork:
     """``state`` running in Mininet under ``ndt controller``; use as a context manager.
 
@@ -256,6 +268,7 @@ class EmulatedNetwork:
         wiring_path.write_text(json.dumps(wiring))
         if self.store_path.exists():
             self.store_path.unlink()
+        require_free_port(self.metrics_port, "the controller's metrics, --metrics-port")
         self.log_path = self.workdir / "controller.log"
         log = open(self.log_path, "w")
         self.controller = subprocess.Popen(

@@ -227,6 +227,8 @@ def play(net, state: NetworkState, duration: float = 10.0, warmup: float = 2.0, 
     (:func:`live_rows`)."""
     workdir = traffic_dir(workdir or net.workdir, seed)
     workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.glob("recv-*.npy.live-*"):  # an earlier play's: :func:`live_rows` would read them as new
+        stale.unlink()
     plans = plan_packets(state, duration, seed)
     start = time.time() + START_LEAD_S
     until = start + duration + DRAIN_S

@@ -150,16 +150,20 @@ def busiest_destination(state: NetworkState) -> str:
 
 
 def busiest_link(state: NetworkState) -> tuple[str, str]:
-    """The most utilized link whose failure (both directions) leaves every flow a route."""
+    """The most utilized link whose failure (both directions) leaves every flow a route and the
+    network able to carry its traffic: under shortest paths on the links left, none loaded beyond
+    its capacity. (A failure that overloads a cut, which no routing can relieve, would leave the loop
+    nothing to do but watch queues overflow.)"""
     for i in np.argsort(-state.utilization()):
         link = state.links[int(i)]
         try:
-            state.without_links({(link.src, link.dst), (link.dst, link.src)}).flow_links
+            after = state.without_links({(link.src, link.dst), (link.dst, link.src)})
         except NdtError:  # the failure would disconnect a flow: not a demo failure
             continue
-        return link.src, link.dst
-    raise NdtError(f"{state.name or 'the topology'}: no link can fail without disconnecting a flow; "
-                   "choose one with --fail")
+        if after.utilization().max() < 1.0:
+            return link.src, link.dst
+    raise NdtError(f"{state.name or 'the topology'}: no link can fail without disconnecting a flow or "
+                   "overloading another link; choose one with --fail")
 
 
 def controller_args(plan: DemoPlan, intent: Path) -> tuple[str, ...]:
@@ -254,11 +258,11 @@ def twin_vs_hosts(scores: list[dict], predicted, phases: list[Phase], min_packet
     against the hosts' own packets over the same span, for the windows the loop scored on the hosts'
     reports with a correction fitted online: per pair with at least ``min_packets`` packets in the
     span, |predicted − measured| / measured, and what a perfect model would score there (the
-    measured mean's sampling error). Means over all such pair-windows."""
+    measured mean's sampling error). Means over all such pair-windows, and by phase."""
     by_ts: dict = {}
     for row in predicted:
         by_ts.setdefault(row.ts, {})[(row.src, row.dst)] = row.value
-    errors, noise, windows = [], [], 0
+    errors, noise, phase_of, windows = [], [], [], 0
     for score in scores:
         window = by_ts.get(score["ts"])
         if not (score["measured_by"] == "hosts" and score["calibrated_online"] and window):
@@ -275,11 +279,16 @@ def twin_vs_hosts(scores: list[dict], predicted, phases: list[Phase], min_packet
                 delay = packets[:, 3] - packets[:, 2]
                 errors.append(abs(window[pair] - delay.mean()) / delay.mean())
                 noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
+                phase_of.append(phase.name)
                 counted += 1
         windows += counted > 0
-    return {"mape": float(np.mean(errors)) if errors else None,
-            "noise_mape": float(np.mean(noise)) if noise else None,
-            "windows": windows, "pair_windows": len(errors), "min_packets": min_packets}
+    errors, noise, phase_of = np.array(errors), np.array(noise), np.array(phase_of)
+    by_phase = {p.name: {"mape": float(errors[phase_of == p.name].mean()),
+                         "noise_mape": float(noise[phase_of == p.name].mean()),
+                         "pair_windows": int(np.sum(phase_of == p.name))} for p in phases if np.any(phase_of == p.name)}
+    return {"mape": float(errors.mean()) if len(errors) else None,
+            "noise_mape": float(noise.mean()) if len(noise) else None,
+            "windows": windows, "pair_windows": len(errors), "min_packets": min_packets, "by_phase": by_phase}
 
 
 def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict], probes, reroute_s, failure,

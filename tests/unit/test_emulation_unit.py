@@ -3,13 +3,14 @@ its fit, the loop's decisions, the tc commands."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from controller.loop.decisions import choose, should_roll_back, traffic_shifted
-from mininet_topos.network import shaping_commands
+from mininet_topos.network import EmulationError, require_free_port, shaping_commands
 from mininet_topos.topologies import TopologyError, emulation_state
 from mininet_topos.traffic import FRAME_OVERHEAD_BYTES, fifo_waits, flow_stats, plan_packets
 from telemetry.store import PairValue
@@ -213,3 +214,15 @@ def test_calibration_files_round_trip_and_errors_name_the_field(tmp_path):
     path.write_text('{"queue_scale": "x", "per_hop_s": 0, "base_s": 0}')
     with pytest.raises(CalibrationError, match="queue_scale must be a number >= 0, got 'x'"):
         load(path)
+
+
+def test_a_port_something_listens_on_is_named_before_a_controller_is_started():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(EmulationError, match=rf"port {busy.getsockname()[1]} \(the metrics\) is already in use"):
+            require_free_port(busy.getsockname()[1], "the metrics")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    require_free_port(port, "the metrics")  # nothing listens: no error

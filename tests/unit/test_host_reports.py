@@ -76,3 +76,4 @@ def test_sampling_error_follows_the_batches_spread():
     drifting = np.linspace(0.005, 0.015, 100)
     assert sampling_error(sent, steady) == 0.0
     assert sampling_error(sent, drifting) > 0.001
+
