@@ -26,13 +26,17 @@ class Report:
     delays: dict
 
 
+MAX_REPORTS = 10_000  # kept at most, however fast they come
+
+
 class ReportedDelays:
-    """The reports of the last ``keep_s`` s, by the end of their window."""
+    """The reports of the last ``keep_s`` s (at most :data:`MAX_REPORTS`), by the end of their window."""
 
     def __init__(self, keep_s: float = 900.0):
         self.keep_s = keep_s
         self._lock = threading.Lock()
-        self._reports: deque[Report] = deque()
+        self._reports: deque[Report] = deque(maxlen=MAX_REPORTS)
+        self._newest = -np.inf
 
     def add(self, start: float, end: float, delays: dict[Pair, float]) -> None:
         """A report of the mean delays (s) over [start, end) (Unix s); ``start < end``."""
@@ -40,16 +44,17 @@ class ReportedDelays:
             raise ValueError(f"a report's window must end after it starts, got [{start}, {end})")
         with self._lock:
             self._reports.append(Report(start, end, dict(delays)))
-            newest = max(r.end for r in self._reports)
-            while self._reports and self._reports[0].end < newest - self.keep_s:
+            self._newest = max(self._newest, end)
+            while self._reports and self._reports[0].end < self._newest - self.keep_s:
                 self._reports.popleft()
 
     def delays(self, start: float, end: float, slack_s: float = 1.0) -> dict[Pair, float]:
-        """Per pair, the mean over the reports whose window lies inside [start − slack, end + slack]
-        (Unix s), each weighted by its window's length, s; empty when none does."""
+        """Per pair, the mean over the reports whose window lies inside [start, end + slack] (Unix s:
+        none that began before ``start``, when the routing may have been another), each weighted by
+        its window's length, s; empty when none does."""
         sums: dict[Pair, list[float]] = {}
         with self._lock:
-            reports = [r for r in self._reports if r.start >= start - slack_s and r.end <= end + slack_s]
+            reports = [r for r in self._reports if r.start >= start and r.end <= end + slack_s]
         for report in reports:
             length = report.end - report.start
             for pair, delay in report.delays.items():

@@ -59,6 +59,7 @@ MAX_WHO_CHARS = 64
 MAX_DELAY_S = 60.0  # a measured path delay above this is a measurement error
 MAX_CLOCK_SKEW_S = 5.0  # a reported window may end this far after the controller's now (clocks differ)
 MAX_REPORT_WINDOW_S = 3600.0  # the longest window a report's means may cover, s
+MAX_REPORT_AGE_S = 3600.0  # a report's window must have ended at most this long ago, s
 MAX_TRAFFIC_SCALE = 100.0
 MAX_MESSAGE_CHARS = 400  # status messages are cut here (gRPC metadata is limited)
 TRAFFIC_WINDOW_S = 10.0  # a measured traffic matrix older than this is not "the running network's"
@@ -355,7 +356,7 @@ class NdtService(services.NdtServicer):
                              validate=loop.settings.validate, error=loop.failure,
                              measured_by=loop.measured_by,
                              recent=[_decision(d) for d in list(loop.decisions)[-10:]],
-                             scores=[pb.TwinScore(ts=w.ts, start=w.start, mape=w.mape, measured_by=w.measured_by, pairs=w.pairs,
+                             scores=[pb.TwinScore(ts=w.ts, start=w.start, mape=w.mape if math.isfinite(w.mape) else -1.0, measured_by=w.measured_by, pairs=w.pairs,
                                                   calibrated_online=w.calibrated_online) for w in list(loop.scores)])
 
     # ------------------------------------------------------------------ helpers
@@ -410,10 +411,11 @@ def _report_window(start: float, end: float, now: float) -> tuple[float, float] 
     if not (math.isfinite(start) and math.isfinite(end) and 0 < start < end):
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"start, end: the window must be Unix seconds with start < end, got [{start}, {end})")
-    if end > now + MAX_CLOCK_SKEW_S or end - start > MAX_REPORT_WINDOW_S:
+    if not now - MAX_REPORT_AGE_S <= end <= now + MAX_CLOCK_SKEW_S or end - start > MAX_REPORT_WINDOW_S:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"start, end: the window [{start:.3f}, {end:.3f}) must end by now ({now:.3f}, give or take "
-                       f"{MAX_CLOCK_SKEW_S:g} s) and last at most {MAX_REPORT_WINDOW_S:g} s")
+                       f"{MAX_CLOCK_SKEW_S:g} s) and not before {MAX_REPORT_AGE_S:g} s ago, and last at most "
+                       f"{MAX_REPORT_WINDOW_S:g} s")
     return start, end
 
 
@@ -428,7 +430,7 @@ def _decision(decision) -> pb.LoopDecision:
         measured_s=figure(decision.measured_s), predicted_current_s=figure(decision.predicted_current_s),
         predicted_chosen_s=figure(decision.predicted_chosen_s), validated_current_s=figure(decision.validated_current_s),
         validated_chosen_s=figure(decision.validated_chosen_s), after_s=figure(decision.after_s),
-        twin_mape=figure(decision.twin_mape, -1.0), loop_s=figure(decision.loop_s),
+        twin_mape=figure(decision.twin_mape, -1.0), measured_by=decision.measured_by, loop_s=figure(decision.loop_s),
         route_version=decision.route_version, candidates=max(0, len(decision.candidates) - 1),
         details_json=json.dumps(decision.to_json()))
 

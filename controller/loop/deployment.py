@@ -34,10 +34,10 @@ from twin.state.model import NetworkState
 
 DEFAULT_OUT = REPO / "data" / "demo"
 WARMUP_S = 2.0
-REPORT_S = 10.0  # the hosts report their mean delays over windows this long, s
+REPORT_S = 5.0  # the hosts report their mean delays over windows this long, s (at most a quarter of the loop's)
 REPORT_LAG_S = 2.0  # ... once this much later (the window's packets have arrived and been written out), s
 LIVE_S = 1.0  # the receivers write out what they received this often, s
-MIN_REPORT_PACKETS = 10  # a pair's mean needs this many packets in a report's window
+MIN_REPORT_PACKETS = 5  # a pair's mean needs this many packets in a report's window
 DEMO_INTENT = """# the demo's intent: the lowest mean delay, no link above 95 %
 objective:
   minimize: mean_delay
@@ -67,14 +67,16 @@ class DemoPlan:
 
 
 class HostReporter:
-    """The hosts as a measurement agent: while a phase plays, every ``REPORT_S`` s their mean
+    """The hosts as a measurement agent: while a phase plays, every ``report_s`` s their mean
     one-way delay per pair over the last window (packets sent in it, kernel timestamps) goes to
     the controller through gRPC ReportMeasured, with the window, as an operator's TWAMP or ping
     mesh would report; what a perfect model would score against each report (its sampling noise)
     is kept beside it."""
 
-    def __init__(self, client: ControllerClient, traffic: NetworkState, workdir: Path, start: float, log=print):
+    def __init__(self, client: ControllerClient, traffic: NetworkState, workdir: Path, start: float, log=print,
+                 report_s: float = REPORT_S):
         self.client, self.traffic, self.workdir = client, traffic, workdir
+        self.report_s = report_s
         self.window_start = start + WARMUP_S
         self.log = log
         self.reports: list[dict] = []
@@ -92,8 +94,8 @@ class HostReporter:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(max(0.0, self.window_start + REPORT_S + REPORT_LAG_S - time.time())):
-            end = self.window_start + REPORT_S
+        while not self._stop.wait(max(0.0, self.window_start + self.report_s + REPORT_LAG_S - time.time())):
+            end = self.window_start + self.report_s
             try:
                 self.report(self.window_start, end)
             except Exception as exc:  # a lost report must not end the demo; said once per report
@@ -108,8 +110,8 @@ class HostReporter:
         delays, noise = {}, []
         for i in np.unique(inside[:, 0]).astype(int):
             packets = inside[inside[:, 0] == i]
-            if len(packets) >= MIN_REPORT_PACKETS and i < len(self.traffic.flows):
-                delay = packets[:, 3] - packets[:, 2]
+            delay = packets[:, 3] - packets[:, 2]
+            if len(packets) >= MIN_REPORT_PACKETS and i < len(self.traffic.flows) and delay.mean() > 0:
                 flow = self.traffic.flows[i]
                 delays[(flow.src, flow.dst)] = float(delay.mean())
                 noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
@@ -206,7 +208,7 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
                 thread.start()
             phase_start = time.time()
             with HostReporter(net.client, traffic, traffic_dir(net.workdir / f"phase-{k + 1}", plan.seed + k),
-                              phase_start + START_LEAD_S, log) as reporter:
+                              phase_start + START_LEAD_S, log, min(REPORT_S, plan.window_s / 4)) as reporter:
                 play(net, traffic, plan.phase_s, WARMUP_S, plan.seed + k, net.workdir / f"phase-{k + 1}", LIVE_S)
             host_reports += reporter.reports
             if name == "link failure":

@@ -56,7 +56,7 @@ VALIDATIONS = ("twin", "sandbox")
 DEFAULT_PACKET_BITS = 8000.0  # when the port counters give no packet count yet
 SETTLE_S = 2.0  # after a routing change, probes this much later count (queues re-form)
 KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
-KEEP_SCORES = 60  # windows' twin scores kept for GetLoopStatus
+KEEP_SCORES = 500  # windows' twin scores kept for GetLoopStatus (at a 20-s window, the last 2.8 h)
 HOSTS_STALE_WINDOWS = 5  # windows without host reports after which the loop goes back to the probes
 RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions
 ANOMALY_KIND = "anomaly"  # config rows: anomaly detection's anomalies as they start and end
@@ -514,6 +514,7 @@ class LoopService:
             LOG.info("loop: the twin is now scored and fitted on the %s' delays", window.measured_by)
             self.measured_by = window.measured_by
             self.calibration.restart()
+            self._windows_added = 0  # anomaly detection waits for windows of the new kind
         if not window.reference:
             return float("nan")
         estimated = window.estimated
@@ -521,17 +522,19 @@ class LoopService:
         in_use = self.calibration.last
         predicted = CalibratedPredictor(self.predictor, in_use.correction).predict_delays([estimated])[0]
         self._publish_prediction(wall_end, estimated, predicted)
-        self.twin_mape = mape(predicted, measured)
-        self.metrics.set_gauge("loop_twin_error_ratio", self.twin_mape)
-        self.scores.append(WindowScore(wall_end, wall_end - window.steady_s, self.twin_mape, window.measured_by,
+        score = mape(predicted, measured)
+        self.scores.append(WindowScore(wall_end, wall_end - window.steady_s, score, window.measured_by,
                                        int(np.isfinite(measured).sum()), in_use.fitted))
+        if window.measured_by == self.measured_by:  # the figure operators watch compares with one kind of measurement
+            self.twin_mape = score
+            self.metrics.set_gauge("loop_twin_error_ratio", score)
         half = 0.5 * self.settings.window_s
         if (window.measured_by == self.measured_by and window.steady_s >= half
                 and mono_end - self._added_at >= half):
             self.calibration.add(estimated, measured)
             self._added_at = mono_end
             self._windows_added += 1
-        return self.twin_mape
+        return score
 
     # ------------------------------------------------------------------ anomaly detection
     def detect(self) -> Verdict | None:

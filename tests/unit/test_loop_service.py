@@ -197,7 +197,7 @@ def test_the_hosts_reports_replace_the_probes_for_the_score_and_the_fit():
 
 
 def test_without_host_reports_for_a_while_the_loop_goes_back_to_the_probes():
-    loop, controller, _, _ = service()
+    loop, controller, _, metrics = service()
     clock = [time.monotonic()]
     loop.clock = lambda: clock[0]
     report_hosts(loop, controller, 1.5, time.time())
@@ -208,6 +208,7 @@ def test_without_host_reports_for_a_while_the_loop_goes_back_to_the_probes():
     loop.observe()
     assert loop.measured_by == "hosts" and loop.scores[-1].measured_by == "probes"
     assert len(loop.calibration._windows) == 1  # a probes' window does not join the hosts' fit
+    assert metrics._gauges["loop_twin_error_ratio"] == pytest.approx(1 / 3)  # nor move the hosts' figure
     clock[0] += HOSTS_STALE_WINDOWS * loop.settings.window_s
     loop.observe()
     assert loop.measured_by == "probes" and len(loop.calibration._windows) == 1
