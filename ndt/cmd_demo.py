@@ -54,7 +54,7 @@ def register(subparsers) -> None:
                    help="the traffic shift: traffic towards NODE times FACTOR (default: the busiest destination, x1.3)")
     p.add_argument("--fail", default=None, metavar="NODE,NODE",
                    help="the link that fails in the third phase (default: the busiest one whose failure "
-                        "leaves every flow a route and no link overloaded under shortest paths)")
+                        "leaves every flow a route and no link above the intent's 95 %% under shortest paths)")
     p.add_argument("--validate", choices=["twin", "sandbox"], default="twin",
                    help="how the controller's loop validates candidates (default: twin)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")

@@ -34,6 +34,7 @@ from twin.state.model import NetworkState
 
 DEFAULT_OUT = REPO / "data" / "demo"
 WARMUP_S = 2.0
+MAX_UTILIZATION = 0.95  # the demo intent's bound on every link's utilization
 REPORT_S = 5.0  # the hosts report their mean delays over windows this long, s (at most a quarter of the loop's)
 REPORT_LAG_S = 2.0  # ... once this much later (the window's packets have arrived and been written out), s
 LIVE_S = 1.0  # the receivers write out what they received this often, s
@@ -42,7 +43,7 @@ DEMO_INTENT = """# the demo's intent: the lowest mean delay, no link above 95 %
 objective:
   minimize: mean_delay
 constraints:
-  max_utilization: 0.95
+  max_utilization: {max_utilization}
 search:
   max_evaluations: 1500
   time_limit_s: 20
@@ -151,21 +152,21 @@ def busiest_destination(state: NetworkState) -> str:
     return max(totals, key=totals.get)
 
 
-def busiest_link(state: NetworkState) -> tuple[str, str]:
+def busiest_link(state: NetworkState, max_utilization: float = MAX_UTILIZATION) -> tuple[str, str]:
     """The most utilized link whose failure (both directions) leaves every flow a route and the
-    network able to carry its traffic: under shortest paths on the links left, none loaded beyond
-    its capacity. (A failure that overloads a cut, which no routing can relieve, would leave the loop
-    nothing to do but watch queues overflow.)"""
+    network able to meet the intent: under shortest paths on the links left, none loaded beyond
+    ``max_utilization``. (A failure that saturates a cut, which no routing can relieve, would leave
+    the loop nothing to do but watch queues overflow.)"""
     for i in np.argsort(-state.utilization()):
         link = state.links[int(i)]
         try:
             after = state.without_links({(link.src, link.dst), (link.dst, link.src)})
         except NdtError:  # the failure would disconnect a flow: not a demo failure
             continue
-        if after.utilization().max() < 1.0:
+        if after.utilization().max() <= max_utilization:
             return link.src, link.dst
     raise NdtError(f"{state.name or 'the topology'}: no link can fail without disconnecting a flow or "
-                   "overloading another link; choose one with --fail")
+                   f"loading another beyond {100 * max_utilization:g} %; choose one with --fail")
 
 
 def controller_args(plan: DemoPlan, intent: Path) -> tuple[str, ...]:
@@ -186,7 +187,7 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     intent = out_dir / "intent.yaml"
-    intent.write_text(DEMO_INTENT)
+    intent.write_text(DEMO_INTENT.format(max_utilization=MAX_UTILIZATION))
     started = time.time()
     with ExitStack() as stack:
         net = stack.enter_context(EmulatedNetwork(state, ControllerClient, "l", tag="demo", metrics_port=metrics_port,

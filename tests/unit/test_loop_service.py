@@ -434,7 +434,7 @@ def test_the_demo_picks_a_shift_and_a_failure_that_keep_every_flow_routed_and_ca
         Link(lk.src, lk.dst, capacity=3e6 if "s4" in (lk.src, lk.dst) else lk.capacity, buffer=64) for lk in state.links))
     # s1->s2 is the busiest (85 %), but without it both flows would cross s1->s4 (113 %): s2->s3 fails instead
     assert busiest_link(narrow) == ("s2", "s3")
-    assert narrow.without_links({("s2", "s3"), ("s3", "s2")}).utilization().max() < 1.0
+    assert narrow.without_links({("s2", "s3"), ("s3", "s2")}).utilization().max() <= 0.95
     line = NetworkState(nodes=("a", "b"), links=(Link("a", "b", 1e6), Link("b", "a", 1e6)),
                         flows=(Flow("a", "b", 1e5),))
     with pytest.raises(NdtError, match="no link can fail"):
