@@ -57,7 +57,7 @@ from controller.routing_rules import (
     route_rules,
 )
 from telemetry.exporter import Metrics
-from telemetry.rates import CounterRates, supported_counter
+from telemetry.rates import CounterRates, pair_rates, supported_counter
 from telemetry.store import LINK_KIND, ROUTING_KIND, LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
@@ -151,7 +151,7 @@ class NdtController(app_manager.OSKenApp):
         self._reroute_reasons: list[str] = []
         self._link_rates = CounterRates()
         self._unsupported_tx_bytes: set[tuple[str, str]] = set()  # links whose switch reports tx_bytes all-ones
-        self._traffic_rates = CounterRates()
+        self._traffic_rates = CounterRates()  # per edge counter rule (dpid, source IP, destination IP)
         self._traffic_totals: dict[tuple[str, str], int] = {}
         self._flow_parts: dict[int, list] = {}  # flow-stats reply parts per switch until the last one
         self._discovered: set[tuple[str, str]] = set()
@@ -291,6 +291,7 @@ class NdtController(app_manager.OSKenApp):
                 del self._datapaths[dp.id]
                 self._edge_version += 1
             self._link_rates.forget(lambda key: key[0] == name)
+            self._traffic_rates.forget(lambda key: key[0] == dp.id)
             LOG.warning("switch %s (dpid %d) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
         self.metrics.set_gauge("switches_connected", len(self._datapaths))
@@ -735,17 +736,17 @@ class NdtController(app_manager.OSKenApp):
             return
         del self._flow_parts[msg.datapath.id]
         totals: dict[tuple[str, str], int] = {}
+        readings = []
         for stat in parts:
-            src, dst = self._hosts.get(stat.match.get("ipv4_src")), self._hosts.get(stat.match.get("ipv4_dst"))
+            src_ip, dst_ip = stat.match.get("ipv4_src"), stat.match.get("ipv4_dst")
+            src, dst = self._hosts.get(src_ip), self._hosts.get(dst_ip)
             if src is None or dst is None or src.switch == dst.switch:
                 continue
             pair = (src.switch, dst.switch)
             totals[pair] = totals.get(pair, 0) + stat.byte_count
-        rates = {}
-        for pair, count in totals.items():
-            rate = self._traffic_rates.update(pair, now, count)
-            if rate is not None:
-                rates[pair] = 8.0 * rate
+            readings.append(((msg.datapath.id, src_ip, dst_ip), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
+                             stat.byte_count))
+        rates = pair_rates(readings, self._traffic_rates)
         self._store(self.store.add_traffic_matrix, now, rates)
         with self._lock:
             self._traffic_totals.update(totals)

@@ -40,3 +40,22 @@ class CounterRates:
         """Drop the history of every key for which ``predicate(key)`` is true."""
         for key in [k for k in self._last if predicate(k)]:
             del self._last[key]
+
+
+def pair_rates(readings, rates: CounterRates) -> dict[Hashable, float]:
+    """Bit/s per pair from one reading of its counter rules: ``readings`` holds (rule key, pair,
+    switch time s, byte count) per rule; ``rates`` remembers each rule's last reading.
+
+    Each rule is timed by the switch's own clock (an OpenFlow rule's duration), not by when the
+    reply reached the controller: a busy controller reads replies late and in bursts, and timed by
+    arrival one interval's bytes would be divided by milliseconds. A pair is left out of this
+    reading when one of its rules has no rate yet (new, or reinstalled)."""
+    out: dict[Hashable, float] = {}
+    unmeasured = set()
+    for key, pair, switch_time, count in readings:
+        rate = rates.update(key, switch_time, count)
+        if rate is None:
+            unmeasured.add(pair)
+        else:
+            out[pair] = out.get(pair, 0.0) + 8.0 * rate
+    return {pair: rate for pair, rate in out.items() if pair not in unmeasured}

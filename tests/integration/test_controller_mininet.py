@@ -209,6 +209,33 @@ def test_hosts_ping_and_stats_reach_store_and_exporter(square):
     assert db.execute("SELECT COUNT(*) FROM traffic WHERE src = 's1' AND dst = 's3'").fetchone()[0] > 0
 
 
+def counter_bytes(bed: Emulation, switch: str, src_ip: str, dst_ip: str) -> int:
+    """Bytes counted so far by the controller's edge counter rule for src_ip → dst_ip, read from the switch."""
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch,
+                          f"table=0,ip,nw_src={src_ip},nw_dst={dst_ip}"], capture_output=True, text=True, check=True).stdout
+    return sum(int(b) for b in re.findall(r"n_bytes=(\d+)", out))
+
+
+def test_stored_pair_rates_average_to_the_counter_rules_rate(square):
+    """The traffic matrix the controller stores, over a few seconds of a ping stream, against the bytes
+    its edge counter rule counted in the switch over the same seconds."""
+    warm_up(square, 4)
+    h1 = square.net.get("h1")
+    h1.cmd("ping -n -q -i 0.01 -s 1200 -c 700 10.0.0.3 > /dev/null 2>&1 &")
+    time.sleep(1.0)
+    started, bytes_start = time.time(), counter_bytes(square, "s1", "10.0.0.1", "10.0.0.3")
+    time.sleep(5.0)
+    ended, bytes_end = time.time(), counter_bytes(square, "s1", "10.0.0.1", "10.0.0.3")
+    time.sleep(1.5)
+    true_bps = 8.0 * (bytes_end - bytes_start) / (ended - started)
+    assert true_bps > 5e5, f"the ping stream sent {true_bps:.0f} bit/s"
+    db = sqlite3.connect(f"file:{square.store_path}?mode=ro", uri=True)
+    stored = [r for (r,) in db.execute("SELECT rate_bps FROM traffic WHERE src = 's1' AND dst = 's3' AND ts BETWEEN ? AND ?",
+                                       (started + 1.0, ended))]
+    assert len(stored) >= 5
+    assert abs(sum(stored) / len(stored) / true_bps - 1.0) < 0.15, (sum(stored) / len(stored), true_bps, stored)
+
+
 def test_pushed_weights_move_traffic_without_losing_pings(square):
     warm_up(square, 4)
 

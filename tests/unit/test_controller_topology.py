@@ -12,7 +12,7 @@ import pytest
 from controller.routing_rules import RuleError
 from controller.topology import load_wiring, wiring_from_dict
 from mininet_topos.network import free_port
-from telemetry.rates import CounterRates
+from telemetry.rates import CounterRates, pair_rates
 from twin.state.model import Link, NetworkState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +60,24 @@ def test_counter_rates():
     assert rates.update("a", 4.0, 150) == 100.0
     rates.forget(lambda key: key == "a")
     assert rates.update("a", 5.0, 500) is None
+
+
+def test_pair_rates_come_from_the_switch_clock():
+    """Two rules of one pair, installed half a second apart, read every second: the pair's rate is
+    the sum of the rules' rates by their own durations, whenever the replies reach the controller."""
+    rates = CounterRates()
+    byte_rate = {"h1": 1000.0, "h2": 250.0}
+    started = {"h1": 0.0, "h2": 0.5}  # the rules were installed half a second apart
+
+    def reading(switch_s):
+        return [((1, ip, "10.0.0.3"), ("s1", "s3"), switch_s - started[ip], byte_rate[ip] * (switch_s - started[ip]))
+                for ip in byte_rate]
+
+    assert pair_rates(reading(1.0), rates) == {}, "a first reading has no rate"
+    for switch_s in (2.0, 3.0, 4.0):
+        assert pair_rates(reading(switch_s), rates) == {("s1", "s3"): pytest.approx(8 * 1250.0)}
+    new_rule = [((1, "h3", "10.0.0.3"), ("s1", "s3"), 0.1, 10)]
+    assert pair_rates(reading(5.0) + new_rule, rates) == {}, "a pair with a rule not yet measured is left out"
 
 
 def test_launcher_reports_bad_files_in_one_line(tmp_path):

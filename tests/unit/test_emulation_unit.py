@@ -123,10 +123,10 @@ def test_loop_decisions():
     assert choose([5.0, float("nan"), 4.0], margin=0.05) == 2
     assert should_roll_back(before=2.0, after=2.2, tolerance=0.05)
     assert not should_roll_back(before=2.0, after=2.05, tolerance=0.05)
-    samples = [PairValue(10.0, "a", "c", 0.0), PairValue(11.0, "a", "c", 1e6), PairValue(12.0, "a", "c", 3e6),
-               PairValue(30.0, "a", "c", 9e9), PairValue(11.0, "c", "a", 5e5)]
+    samples = [PairValue(10.0, "a", "c", 0.0), PairValue(11.0, "a", "c", 1e6), PairValue(12.0, "a", "c", 5e6),
+               PairValue(30.0, "a", "c", 9e9), PairValue(11.0, "c", "a", 5e5), PairValue(11.0, "a", "b", 0.0)]
     rates = traffic_matrix(samples, 10.0, 20.0)
-    assert rates == {("a", "c"): 2e6, ("c", "a"): 5e5}
+    assert rates == {("a", "c"): 2e6, ("c", "a"): 5e5}, "zero samples count; a pair that never sent is left out"
     state = estimated_state(line([]), rates, packet_size=8000.0)
     assert [(f.src, f.dst, f.rate, f.packet_size) for f in state.flows] == [("a", "c", 2e6, 8000.0), ("c", "a", 5e5, 8000.0)]
     with pytest.raises(TrafficMatrixError, match="no traffic matrix"):
