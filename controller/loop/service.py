@@ -58,6 +58,7 @@ SETTLE_S = 2.0  # after a routing change, probes this much later count (queues r
 KEEP_DECISIONS = 100  # decisions kept for GetLoopStatus and late subscribers
 KEEP_SCORES = 500  # windows' twin scores kept for GetLoopStatus (at a 20-s window, the last 2.8 h)
 HOSTS_STALE_WINDOWS = 5  # windows without host reports after which the loop goes back to the probes
+STEADY_LOAD_CHANGE = 0.10  # a window whose halves load some link this far apart (share of capacity) is not steady
 RESUME_HISTORY_S = 7 * 86400.0  # how far back a restarted loop reads its decisions
 ANOMALY_KIND = "anomaly"  # config rows: anomaly detection's anomalies as they start and end
 
@@ -148,7 +149,8 @@ class Window:
     """What the loop reads of the last window: the traffic matrix (bit/s), the state the twin is
     asked about, the probes' delay per flow's pair since the routing last changed (s), the delays
     the twin is scored and fitted on (the hosts' reports over that span when there are any, else the
-    probes'), which of the two, how long the routing was steady (s), the links down."""
+    probes'), which of the two, how long the routing was steady (s), the links down, and the most
+    any link's load (share of its capacity) differed between the two halves of that span."""
 
     rates: dict
     estimated: NetworkState
@@ -157,6 +159,12 @@ class Window:
     measured_by: str
     steady_s: float
     down: list
+    load_change: float = 0.0
+
+    @property
+    def steady(self) -> bool:
+        """True when the traffic held still over the measured span (:data:`STEADY_LOAD_CHANGE`)."""
+        return self.load_change <= STEADY_LOAD_CHANGE
 
 
 _FLOAT_FIELDS = {name for name, f in Decision.__dataclass_fields__.items() if f.type in ("float", float)}
@@ -485,7 +493,22 @@ class LoopService:
         reported = self.controller.reported_delays.delays(wall_end - (mono_end - steady_from), wall_end)
         hosts = {pair: delay for pair, delay in reported.items() if pair in pairs}
         return Window(rates, estimated, before, hosts or before, "hosts" if hosts else "probes",
-                      mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down))
+                      mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down),
+                      self._load_change(state, wall_end - (mono_end - steady_from), wall_end))
+
+    def _load_change(self, state: NetworkState, start: float, end: float) -> float:
+        """The most any link's load (share of its capacity) differs between the traffic of [start,
+        mid) and of [mid, end], routed as in ``state``; 0 when a half holds no traffic sample (the
+        counters were not read there: nothing tells of a change)."""
+        middle = 0.5 * (start + end)
+        samples = self.store.traffic_matrices(start, end)
+        loads = []
+        for a, b in ((start, middle), (middle, end)):
+            if not any(a <= s.ts < b or (b == end and s.ts == end) for s in samples):
+                return 0.0
+            rates = traffic_matrix(samples, a, b)
+            loads.append(estimated_state(state, rates).utilization() if rates else np.zeros(len(state.links)))
+        return float(np.max(np.abs(loads[1] - loads[0]), initial=0.0))
 
     def observe(self) -> None:
         """Between runs: score the twin on the last window and add it to the online fit, refitted
@@ -502,7 +525,9 @@ class LoopService:
         """The twin's MAPE on the window with the correction fitted before it (a prediction's error,
         not a fit's; NaN when nothing measured it); the window joins the online fit if the routing
         was steady for most of it, it does not overlap the last window added, and it was measured
-        the way the fit's windows are. The first window the hosts measured starts the fit again from
+        the way the fit's windows are. A window whose traffic did not hold still over the measured
+        span (:attr:`Window.steady`: it began, ended or shifted there) is neither scored nor fitted:
+        the twin answers for a steady state, and the measured delays then belong to part of it. The first window the hosts measured starts the fit again from
         the prior, on their reports only; without reports for ``HOSTS_STALE_WINDOWS`` windows the
         loop goes back to the probes. The window's prediction goes to the store and Prometheus
         (``kind="predicted"``)."""
@@ -522,6 +547,10 @@ class LoopService:
         in_use = self.calibration.last
         predicted = CalibratedPredictor(self.predictor, in_use.correction).predict_delays([estimated])[0]
         self._publish_prediction(wall_end, estimated, predicted)
+        if not window.steady:
+            LOG.info("loop: the traffic moved within the window (a link's load by %.0f %% of its capacity): "
+                     "not scored or fitted", 100 * window.load_change)
+            return float("nan")
         score = mape(predicted, measured)
         self.scores.append(WindowScore(wall_end, wall_end - window.steady_s, score, window.measured_by,
                                        int(np.isfinite(measured).sum()), in_use.fitted))

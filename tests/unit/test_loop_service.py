@@ -226,6 +226,24 @@ def test_between_runs_the_loop_scores_the_twin_and_feeds_the_online_fit():
     assert len(loop.calibration._windows) == 2
 
 
+def test_a_window_whose_traffic_began_within_it_is_neither_scored_nor_fitted():
+    """The network idle for the window's first half, loaded in its second: the measured delays
+    belong to the loaded half and the window's mean traffic to neither."""
+    loop, controller, _, metrics = service(traffic=False)
+    now = time.time()
+    for ago in (9.0, 7.0, 5.5):
+        loop.store.add_traffic_matrix(now - ago, {(f.src, f.dst): 0.0 for f in controller.traffic.flows})
+    for ago in (4.0, 2.0, 0.5):
+        loop.store.add_traffic_matrix(now - ago, {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+    loop.observe()
+    assert not loop.scores and not loop.calibration._windows
+    assert "loop_twin_error_ratio" not in metrics._gauges
+    for ago in (9.0, 7.0, 5.5):  # the first half loaded as well: steady
+        loop.store.add_traffic_matrix(now - ago + 0.1, {(f.src, f.dst): 2 * f.rate for f in controller.traffic.flows})
+    loop.observe()
+    assert len(loop.scores) == 1 and len(loop.calibration._windows) == 1
+
+
 def test_triggers_hold_down_pause_and_operator():
     loop, controller, _, _ = service()
     assert loop._next_trigger() == "start"
