@@ -4,7 +4,8 @@ Each subcommand lives in its own ``ndt.cmd_*`` module exposing ``register(subpar
 heavy libraries are imported inside the handlers so ``ndt --help`` stays fast.
 Errors a user can fix (:class:`ndt.errors.NdtError`, a file that cannot be read or written) are printed
 as one line, exit code 2; anything else is a bug in ndt: one line too, exit code 1, and the traceback
-with ``NDT_DEBUG=1``.
+with ``NDT_DEBUG=1``. SIGTERM ends a command as Ctrl-C does, its clean-ups run (an emulated network
+and the controller it started are taken down), exit code 143.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from ndt import __version__
 from twin.state.errors import NdtError
@@ -37,6 +40,19 @@ COMMAND_MODULES = (
 )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks and context managers run."""
+
+
+def _terminate(signum, _frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker ends as it would without the handler
+        os._exit(128 + signum)
+    raise Terminated()
+
+
+_MAIN_PID = os.getpid()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ndt",
@@ -56,11 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
     except NdtError as exc:
         print(f"ndt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"ndt {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"ndt {args.command}: interrupted", file=sys.stderr)
         return 130

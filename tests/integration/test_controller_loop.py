@@ -113,3 +113,43 @@ def test_a_link_failure_is_rerouted_at_once_and_then_reoptimized(tmp_path):
     assert reroute_s <= 2.0
     assert topology.action in ("keep", "push") and "s1->s2" not in json.loads(topology.details_json)["weights"]
     assert set(weights) == {(lk.src, lk.dst) for lk in state.links}
+
+
+def test_sigterm_takes_the_demo_down_with_its_controller_and_switches(tmp_path):
+    """``ndt demo`` stopped by SIGTERM (a service manager, a CI timeout) as by Ctrl-C: its clean-ups
+    run, so neither the controller process it started nor its switches stay behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mininet_topos.network import REPO, free_port
+
+    metrics_port = free_port()
+    log = open(tmp_path / "demo.err", "w")
+    demo = subprocess.Popen([sys.executable, "-m", "ndt.cli", "demo", "--topology", "ring:4", "--load", "0.5",
+                             "--phase-s", "60", "--metrics-port", str(metrics_port), "--no-prometheus",
+                             "--out", str(tmp_path / "out")],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=log)
+
+    def controllers() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", f"ndt.cli controller .*--metrics-port {metrics_port} "],
+                               capture_output=True, text=True).stdout
+        return found.split()
+
+    def bridges() -> set[str]:
+        return set(subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout.split())
+
+    deadline = time.monotonic() + 180
+    while "phase 1" not in (tmp_path / "demo.err").read_text() and time.monotonic() < deadline:
+        assert demo.poll() is None, (tmp_path / "demo.err").read_text()
+        time.sleep(0.5)
+    assert controllers(), "the demo's controller is running"
+    running = bridges()
+    assert running, "the demo's switches are up"
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(60) == 143
+    log.close()
+    assert "terminated" in (tmp_path / "demo.err").read_text()
+    assert not controllers(), "no controller left behind"
+    assert not running & bridges(), "no switch left behind"
