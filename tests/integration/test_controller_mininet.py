@@ -389,6 +389,33 @@ def test_grpc_client_reads_the_network_and_applies_weights(square):
         assert stub.GetStatus(pb.Empty(), timeout=5).route_version == reply.route_version
 
 
+def test_a_restarted_controller_routes_by_the_weights_it_last_pushed(square):
+    """Weights pushed through gRPC, then a new controller process on the same store: it routes by the
+    pushed weights (the store's last routing), not by the state file's unit weights."""
+    import grpc
+
+    from controller.api.server import pb, services
+
+    warm_up(square, 4)
+    with grpc.insecure_channel(f"127.0.0.1:{square.grpc_port}") as channel:
+        services.NdtStub(channel).Apply(pb.ApplyRequest(weights=[pb.WeightChange(src="s1", dst="s2", weight=10)],
+                                                        who="pytest"), timeout=10)
+    square.stop_controller()
+    square.start_controller()
+    wait_for(lambda: square.metric("ndt_switches_connected") == 4, 30, "the switches to connect again")
+    assert "resuming the routing in place before the restart" in square.log_text()
+    for host in square.net.hosts:  # the new process learns hosts from their ARP, so the hosts ask again
+        host.cmd("ip neigh flush all")
+    for dst in (2, 3, 4):
+        square.ping(1, dst, 1, 0.2)
+    square.ping(3, 1, 1, 0.2)
+    before = square.tx_bytes("s1", "s2"), square.tx_bytes("s1", "s4")
+    out = square.net.get("h1").cmd("ping -n -q -s 1000 -i 0.02 -W 1 -c 50 10.0.0.3")
+    assert " 0% packet loss" in out, out
+    via_s2, via_s4 = square.tx_bytes("s1", "s2") - before[0], square.tx_bytes("s1", "s4") - before[1]
+    assert via_s4 >= 0.9 * 50 * 1042 > 5 * via_s2, (via_s2, via_s4)
+
+
 def test_reconnecting_switch_gets_its_rules_back(square):
     warm_up(square, 4)
     version = square.metric("ndt_route_version")
