@@ -86,6 +86,34 @@ def test_the_loop_pushes_a_better_routing_on_its_own_without_losing_pings(tmp_pa
     assert "ndt_loop_twin_error_ratio" in metrics
 
 
+def test_the_loop_measures_its_candidates_in_a_sandbox_before_it_pushes(tmp_path):
+    """``--validate sandbox``: the controller's loop brings up a Mininet copy of the estimated state
+    beside the live network, measures the routing in place and the candidates there, and pushes the
+    measured best."""
+    state = square()
+    intent = tmp_path / "intent.yaml"
+    intent.write_text(INTENT)
+    args = loop_args(intent) + ("--validate", "sandbox", "--candidates", "1")
+    with EmulatedNetwork(state, ControllerClient, "c", tag="test-sandbox", controller_args=args) as net:
+        player = threading.Thread(target=lambda: play(net, state, 100.0, 2.0, 0, net.workdir / "traffic"), daemon=True)
+        player.start()
+        deadline = time.monotonic() + 110
+        status = net.client.stub.GetLoopStatus(pb.Empty(), timeout=10)
+        while not any(d.action in ("push", "rollback") for d in status.recent) and time.monotonic() < deadline:
+            time.sleep(2.0)
+            status = net.client.stub.GetLoopStatus(pb.Empty(), timeout=10)
+        player.join(120)
+        log = (net.workdir / "controller.log").read_text()
+    print([(d.trigger, d.action, d.validated_current_s, d.validated_chosen_s, d.reason) for d in status.recent])
+    push = next(d for d in status.recent if d.action == "push")
+    details = json.loads(push.details_json)
+    validated = [c["validated_s"] for c in details["candidates"]]
+    predicted = [c["predicted_s"] for c in details["candidates"]]
+    assert len(validated) == 2 and validated != predicted, "the candidates were measured, not only predicted"
+    assert push.validated_chosen_s < push.validated_current_s
+    assert "Traceback" not in log
+
+
 def test_a_link_failure_is_rerouted_at_once_and_then_reoptimized(tmp_path):
     state = square(rate=0.4e6)
     intent = tmp_path / "intent.yaml"
