@@ -504,7 +504,7 @@ class LoopService:
         samples = self.store.traffic_matrices(start, end)
         loads = []
         for a, b in ((start, middle), (middle, end)):
-            if not any(a <= s.ts < b or (b == end and s.ts == end) for s in samples):
+            if not any(a <= s.ts <= b for s in samples):
                 return 0.0
             rates = traffic_matrix(samples, a, b)
             loads.append(estimated_state(state, rates).utilization() if rates else np.zeros(len(state.links)))
@@ -527,8 +527,8 @@ class LoopService:
         was steady for most of it, it does not overlap the last window added, and it was measured
         the way the fit's windows are. A window whose traffic did not hold still over the measured
         span (:attr:`Window.steady`: it began, ended or shifted there) is neither scored nor fitted:
-        the twin answers for a steady state, and the measured delays then belong to part of it. The first window the hosts measured starts the fit again from
-        the prior, on their reports only; without reports for ``HOSTS_STALE_WINDOWS`` windows the
+        the twin answers for a steady state, and the measured delays then belong to part of it. The
+        first window the hosts measured starts the fit again from the prior, on their reports only; without reports for ``HOSTS_STALE_WINDOWS`` windows the
         loop goes back to the probes. The window's prediction goes to the store and Prometheus
         (``kind="predicted"``)."""
         self._observed_at = mono_end
