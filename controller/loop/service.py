@@ -528,9 +528,9 @@ class LoopService:
         the way the fit's windows are. A window whose traffic did not hold still over the measured
         span (:attr:`Window.steady`: it began, ended or shifted there) is neither scored nor fitted:
         the twin answers for a steady state, and the measured delays then belong to part of it. The
-        first window the hosts measured starts the fit again from the prior, on their reports only; without reports for ``HOSTS_STALE_WINDOWS`` windows the
-        loop goes back to the probes. The window's prediction goes to the store and Prometheus
-        (``kind="predicted"``)."""
+        first window the hosts measured starts the fit again from the prior, on their reports only;
+        without reports for ``HOSTS_STALE_WINDOWS`` windows the loop goes back to the probes. The
+        window's prediction goes to the store and Prometheus (``kind="predicted"``)."""
         self._observed_at = mono_end
         if window.measured_by == "hosts":
             self._hosts_seen_at = mono_end
