@@ -175,6 +175,21 @@ def measured_vector(state: NetworkState, delays: dict[tuple[str, str], float]) -
     return np.array([delays.get((f.src, f.dst), np.nan) for f in state.flows], dtype=float)
 
 
+def load_change(state: NetworkState, samples, start: float, end: float) -> float:
+    """The most any link's load (share of its capacity) differs between the traffic ``samples``
+    (:class:`telemetry.store.PairValue` rates) of [start, mid] and of [mid, end], routed as in
+    ``state``; 0 when a half holds no sample (the counters were not read there: nothing tells of a
+    change)."""
+    middle = 0.5 * (start + end)
+    loads = []
+    for a, b in ((start, middle), (middle, end)):
+        if not any(a <= s.ts <= b for s in samples):
+            return 0.0
+        rates = traffic_matrix(samples, a, b)
+        loads.append(estimated_state(state, rates).utilization() if rates else np.zeros(len(state.links)))
+    return float(np.max(np.abs(loads[1] - loads[0]), initial=0.0))
+
+
 def common_mean(before: dict, after: dict) -> tuple[float, float]:
     """Mean delay over the pairs measured in both, before and after (NaN, NaN when none)."""
     pairs = sorted(set(before) & set(after))
@@ -484,31 +499,19 @@ class LoopService:
         view = self.controller.snapshot()
         state = view.state.without_links(view.down) if view.down else view.state
         start = wall_end - settings.window_s
-        rates = traffic_matrix(self.store.traffic_matrices(start, wall_end), start, wall_end)
+        samples = self.store.traffic_matrices(start, wall_end)
+        rates = traffic_matrix(samples, start, wall_end)
         estimated = estimated_state(state, rates, self._packet_bits(start, wall_end))
         steady_from = min(mono_end, max(mono_end - settings.window_s, self._last_change + SETTLE_S))
+        steady_start = wall_end - (mono_end - steady_from)  # the same instant on the store's clock
         probed = self.controller.path_delays.delays(steady_from, mono_end)
         pairs = {(f.src, f.dst) for f in estimated.flows}
         before = {pair: delay for pair, delay in probed.items() if pair in pairs}
-        reported = self.controller.reported_delays.delays(wall_end - (mono_end - steady_from), wall_end)
+        reported = self.controller.reported_delays.delays(steady_start, wall_end)
         hosts = {pair: delay for pair, delay in reported.items() if pair in pairs}
         return Window(rates, estimated, before, hosts or before, "hosts" if hosts else "probes",
                       mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down),
-                      self._load_change(state, wall_end - (mono_end - steady_from), wall_end))
-
-    def _load_change(self, state: NetworkState, start: float, end: float) -> float:
-        """The most any link's load (share of its capacity) differs between the traffic of [start,
-        mid) and of [mid, end], routed as in ``state``; 0 when a half holds no traffic sample (the
-        counters were not read there: nothing tells of a change)."""
-        middle = 0.5 * (start + end)
-        samples = self.store.traffic_matrices(start, end)
-        loads = []
-        for a, b in ((start, middle), (middle, end)):
-            if not any(a <= s.ts <= b for s in samples):
-                return 0.0
-            rates = traffic_matrix(samples, a, b)
-            loads.append(estimated_state(state, rates).utilization() if rates else np.zeros(len(state.links)))
-        return float(np.max(np.abs(loads[1] - loads[0]), initial=0.0))
+                      load_change(state, samples, steady_start, wall_end))
 
     def observe(self) -> None:
         """Between runs: score the twin on the last window and add it to the online fit, refitted

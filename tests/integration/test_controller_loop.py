@@ -10,7 +10,11 @@ the controller to act: its loop must find that from its own counters and probes.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -19,7 +23,7 @@ import pytest
 
 from controller.api import ndt_api_pb2 as pb
 from controller.api.client import ControllerClient
-from mininet_topos.network import EmulatedNetwork
+from mininet_topos.network import REPO, EmulatedNetwork, free_port
 from mininet_topos.traffic import play, received_rows, window_delays
 from telemetry.store import TelemetryStore
 from twin.state.model import Flow, Link, NetworkState
@@ -146,13 +150,6 @@ def test_a_link_failure_is_rerouted_at_once_and_then_reoptimized(tmp_path):
 def test_sigterm_takes_the_demo_down_with_its_controller_and_switches(tmp_path):
     """``ndt demo`` stopped by SIGTERM (a service manager, a CI timeout) as by Ctrl-C: its clean-ups
     run, so neither the controller process it started nor its switches stay behind."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from mininet_topos.network import REPO, free_port
-
     metrics_port = free_port()
     output = tmp_path / "demo.out"
     log = open(output, "w")
