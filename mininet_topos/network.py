@@ -36,6 +36,7 @@ LOG_DIR = REPO / "data" / "logs"
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 SHAPER_SLACK_S = 100e-6  # HTB token bucket depth, s of link time: absorbs timer lateness, no more
 OVS_RT_PRIORITY = 5  # below the traffic generator's (10)
+CONTROLLER_START_ATTEMPTS = 3  # a port chosen free can be taken before the controller binds it
 
 
 class EmulationError(NdtError, RuntimeError):
@@ -118,10 +119,29 @@ def restore_ovs() -> None:
             continue
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now (held open together while they are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def last_line(path: Path) -> str:
+    """The last non-blank line of a text file, '' if none (or no file)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def require_free_port(port: int, what: str) -> None:
@@ -159,8 +179,9 @@ class EmulatedNetwork:
         self.workdir = LOG_DIR / tag
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.store_path = Path(store) if store else self.workdir / "telemetry.db"
-        self.metrics_port = metrics_port or free_port()
-        self.ofp_port, self.grpc_port = free_port(), free_port()
+        self._choose_metrics_port = not metrics_port
+        self.metrics_port = metrics_port
+        self._choose_ports()
         self.poll_interval = poll_interval
         self.controller_args = tuple(controller_args)
         self.realtime_ovs = realtime_ovs
@@ -169,6 +190,13 @@ class EmulatedNetwork:
         self.controller = None
         self.connect = connect
         self.client = None
+
+    def _choose_ports(self) -> None:
+        """Fresh OpenFlow and gRPC ports (and metrics, unless the caller gave one)."""
+        ports = free_ports(3)
+        self.ofp_port, self.grpc_port = ports[:2]
+        if self._choose_metrics_port:
+            self.metrics_port = ports[2]
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> EmulatedNetwork:
@@ -268,21 +296,33 @@ class EmulatedNetwork:
         wiring_path.write_text(json.dumps(wiring))
         if self.store_path.exists():
             self.store_path.unlink()
-        require_free_port(self.metrics_port, "the controller's metrics, --metrics-port")
-        self.log_path = self.workdir / "controller.log"
-        log = open(self.log_path, "w")
-        self.controller = subprocess.Popen(
-            [sys.executable, "-m", "ndt.cli", "controller", "--state", str(state_path), "--wiring", str(wiring_path),
-             "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port), "--store", str(self.store_path),
-             "--poll-interval", str(self.poll_interval), "--grpc", f"127.0.0.1:{self.grpc_port}",
-             *(() if "--probe-rate" in self.controller_args else ("--probe-rate", "0")), *self.controller_args],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self._wait(self._metrics_up, 30, "the controller's metrics endpoint")
+        for attempt in range(CONTROLLER_START_ATTEMPTS):
+            require_free_port(self.metrics_port, "the controller's metrics, --metrics-port")
+            self.log_path = self.workdir / "controller.log"
+            log = open(self.log_path, "w")
+            self.controller = subprocess.Popen(
+                [sys.executable, "-m", "ndt.cli", "controller", "--state", str(state_path), "--wiring", str(wiring_path),
+                 "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
+                 "--store", str(self.store_path), "--poll-interval", str(self.poll_interval),
+                 "--grpc", f"127.0.0.1:{self.grpc_port}",
+                 *(() if "--probe-rate" in self.controller_args else ("--probe-rate", "0")), *self.controller_args],
+                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            try:
+                self._wait(self._metrics_up, 30, "the controller's metrics endpoint")
+                return
+            except EmulationError as exc:
+                port_taken = "cannot listen" in str(exc)
+                if not port_taken or attempt == CONTROLLER_START_ATTEMPTS - 1:
+                    raise
+            self._choose_ports()
+            for controller in self.net.controllers:
+                controller.port = self.ofp_port
 
     def _metrics_up(self) -> bool:
         if self.controller.poll() is not None:
-            raise EmulationError(f"ndt controller exited with code {self.controller.returncode}; see {self.log_path}")
+            raise EmulationError(f"ndt controller exited with code {self.controller.returncode} "
+                                 f"({last_line(self.log_path)}); see {self.log_path}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
                 return True

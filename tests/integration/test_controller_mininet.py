@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mininet_topos.network import free_port
+from mininet_topos.network import free_ports
 
 pytestmark = pytest.mark.root
 
@@ -68,7 +68,7 @@ class Emulation:
                     self.addLink(f"s{a}", f"s{b}")
 
         self.tmp = tmp
-        self.ofp_port, self.metrics_port, self.grpc_port = free_port(), free_port(), free_port()
+        self.ofp_port, self.metrics_port, self.grpc_port = free_ports(3)
         self.net = Mininet(
             topo=Net(), autoSetMacs=False, waitConnected=False,
             switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure", **kw),

@@ -9,6 +9,7 @@ the lowest index) send both over 1→2 (120 % load, a full queue), while 1→3 v
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 from controller.api.client import ControllerClient
 from controller.loop.closed_loop import ClosedLoop, LoopSettings
 from controller.loop.emulated import EmulatedLive, run_loop
-from mininet_topos.network import EmulatedNetwork
+from mininet_topos import network
+from mininet_topos.network import EmulatedNetwork, EmulationError
 from mininet_topos.traffic import play
 from optimizer.intent import Intent
 from twin.calibration.correction import Correction
@@ -141,3 +143,23 @@ def test_loop_follows_a_traffic_shift_and_a_link_failure(tmp_path):
     assert first["pushed"] and shifted["reoptimized"] and failed["reoptimized"]
     assert len(failed["final_weights"]) == len(state.links) - 2
     assert np.isfinite(failed["after"]) and failed["after"] < 0.05, "traffic still delivered, queues bounded"
+
+
+def test_a_port_taken_before_the_controller_binds_it_is_chosen_again(monkeypatch):
+    chosen = network.free_ports
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        first = iter([[chosen(1)[0], taken, chosen(1)[0]]])
+        monkeypatch.setattr(network, "free_ports", lambda count: next(first, None) or chosen(count))
+        with EmulatedNetwork(square(), ControllerClient, "u", tag="test-port-retry") as net:
+            assert net.grpc_port != taken
+            assert net.status().switches_connected == 4
+
+
+def test_a_controller_that_cannot_start_is_reported_with_its_own_error():
+    with pytest.raises(EmulationError, match=r"exited with code 2 \(ndt controller: error: .*--loop-window"):
+        with EmulatedNetwork(square(), ControllerClient, "u", tag="test-bad-controller",
+                             controller_args=("--loop-window", "-1")):
+            pass
