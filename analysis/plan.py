@@ -146,10 +146,10 @@ def utilization_by_month(state: NetworkState, per_flow: np.ndarray, horizon: int
     """(horizon + 1, links): offered load / capacity of each link in months 0..horizon, exact, by the
     routing of ``state``."""
     routes = state.routes
-    hops = [len(links) for links in routes.links]
-    if not hops:
+    if not routes.links:
         return np.zeros((horizon + 1, len(state.links)))
-    rows = np.concatenate(routes.links)
+    hops = routes.hop_counts
+    rows = routes.hop_links
     columns = np.repeat(routes.owner, hops)
     shares = np.repeat(routes.share, hops)
     incidence = csr_matrix((shares, (rows, columns)), shape=(len(state.links), len(state.flows)))

@@ -25,7 +25,7 @@ import numpy as np
 from twin.models.model_files import MODELS_DIR
 from twin.models.registry import LEARNED
 from twin.state.errors import NdtError
-from twin.state.model import NetworkState
+from twin.state.model import SIZE_DISTS, TIME_DISTS, NetworkState
 
 NOMINAL = 0.9
 LOAD_EDGES = (0.5, 0.7, 0.9)  # bucket boundaries of a path's busiest-link utilization
@@ -43,7 +43,7 @@ def path_max_load(state: NetworkState) -> np.ndarray:
     out = np.zeros(len(state.flows))
     if routes.links:
         starts = np.concatenate([[0], np.cumsum(routes.hop_counts)[:-1]])
-        busiest = np.maximum.reduceat(state.utilization()[np.concatenate(routes.links)], starts)
+        busiest = np.maximum.reduceat(state.utilization()[routes.hop_links], starts)
         np.maximum.at(out, routes.owner, busiest)
     return out
 
@@ -90,20 +90,24 @@ class SafeRange:
         n = len(state.nodes)
         if not self.nodes[0] <= n <= self.nodes[1]:
             out.append(f"{n} nodes, the intervals were checked on {self.nodes[0]}-{self.nodes[1]}")
-        busiest = float(state.utilization().max()) if state.links else 0.0
+        utilization = state.utilization()
+        busiest = float(utilization.max()) if state.links else 0.0
         if busiest > self.max_utilization:
-            link = state.links[int(np.argmax(state.utilization()))]
+            link = state.links[int(np.argmax(utilization))]
             out.append(f"link {link.src}->{link.dst} is loaded to {busiest:.3f} of its capacity, "
                        f"beyond {self.max_utilization:.3f}")
         buffers = state.link_arrays["buffer"]
         if buffers.min() < self.buffer[0] or buffers.max() > self.buffer[1]:
             out.append(f"buffers of {int(buffers.min())}-{int(buffers.max())} packets, "
                        f"outside {self.buffer[0]}-{self.buffer[1]}")
-        longest = max((len(links) for links in state.routes.links), default=0)
+        longest = int(state.routes.hop_counts.max(initial=0))
         if longest > self.hops:
             out.append(f"a path of {longest} hops, longer than {self.hops}")
-        for kind, known in (("time_dist", self.time_dists), ("size_dist", self.size_dists)):
-            unseen = sorted({getattr(f, kind) for f in state.flows} - set(known))
+        columns = state.flow_columns
+        for kind, names, known in (("time_dist", TIME_DISTS, self.time_dists),
+                                   ("size_dist", SIZE_DISTS, self.size_dists)):
+            used = np.unique(columns[kind.removesuffix("_dist")])
+            unseen = sorted({names[i] for i in used} - set(known))
             if unseen:
                 out.append(f"traffic with {kind} {', '.join(unseen)}, never among the checked samples")
         if state.ecmp and not self.ecmp:

@@ -2,8 +2,9 @@
 RouteNet-E's per-link sum of the path states) and RouteNet-E's per-hop occupancy readout.
 
 The kernels are specialised for states of ``STATE_DIM`` (the shipped models' width): loops of a
-constant length are unrolled and vectorised by LLVM, which makes the path GRU 1.3x faster than
-the same loops over a width known only at run time.
+constant length are unrolled and vectorised by LLVM. The path GRUs advance a chunk of paths one hop
+at a time, so the recurrent matmul of every path at that hop is one BLAS call (the BLAS is held to
+one thread per call by the caller); that runs 1.6–1.9x faster than a matrix-vector product per path.
 
 A GRU step is ``z = σ(x_z + h·U_z + b_z)``, ``r = σ(x_r + h·U_r + b_r)``,
 ``h' = z·h + (1 − z)·tanh(x_h + r·(h·U_h + b_h))`` (Keras's GRU with the reset gate after the
@@ -28,6 +29,7 @@ _GATES = 3 * STATE_DIM
 _HIDDEN = STATE_DIM // 2
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
+CHUNK = 128  # paths per task: their hop-k states times the recurrent kernel are one small matmul (BLAS)
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
@@ -45,23 +47,19 @@ def _sigmoid(x):
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _gru_step(state, x, gates, recurrent_kernel, recurrent_bias):
-    """Advance one path's ``state`` (d) in place given its projected input ``x`` (3d); ``gates`` is scratch."""
-    for m in range(_GATES):
-        a = recurrent_bias[m]
-        for j in range(STATE_DIM):
-            a += state[j] * recurrent_kernel[j, m]
-        gates[m] = a
+def _gru_update(state, x, gates, recurrent_bias):
+    """The elementwise half of a GRU step: ``state`` (d) in place from its projected input ``x`` (3d)
+    and ``gates`` = state · recurrent kernel (3d)."""
     for m in range(STATE_DIM):
-        z = _sigmoid(x[m] + gates[m])
-        r = _sigmoid(x[STATE_DIM + m] + gates[STATE_DIM + m])
-        candidate = _tanh(x[2 * STATE_DIM + m] + r * gates[2 * STATE_DIM + m])
+        z = _sigmoid(x[m] + gates[m] + recurrent_bias[m])
+        r = _sigmoid(x[STATE_DIM + m] + gates[STATE_DIM + m] + recurrent_bias[STATE_DIM + m])
+        candidate = _tanh(x[2 * STATE_DIM + m] + r * (gates[2 * STATE_DIM + m] + recurrent_bias[2 * STATE_DIM + m]))
         state[m] = z * state[m] + (_ONE - z) * candidate
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
 def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias, hop_share, messages, seq,
-             chunk=64):
+             chunk=CHUNK):
     """Run a GRU along every path, in place: ``h`` (P, d) the paths' states, sorted longest first, on
     return their final states. ``messages`` (threads, L, d), zero on entry, receives per thread the
     sum over hops of ``hop_share · state after the hop`` by link ``index`` (RouteNet-E's message to
@@ -73,47 +71,53 @@ def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias,
     n_paths = h.shape[0]
     keep = seq.shape[0] > 0
     for c in numba.prange((n_paths + chunk - 1) // chunk):
-        gates = np.empty(_GATES, dtype=np.float32)
-        state = np.empty(STATE_DIM, dtype=np.float32)
+        first = c * chunk
+        width = min(chunk, n_paths - first)
+        states = h[first:first + width].copy()
+        gates = np.empty((width, _GATES), dtype=np.float32)
         message = messages[numba.get_thread_id()]
-        for p in range(c * chunk, min(n_paths, (c + 1) * chunk)):
-            state[:] = h[p]
-            for k in range(counts.shape[0]):
-                if counts[k] <= p:
-                    break
-                row = offsets[k] + p
+        for k in range(counts.shape[0]):
+            active = min(width, counts[k] - first)
+            if active <= 0:
+                break
+            np.dot(states[:active], recurrent_kernel, gates[:active])
+            for i in range(active):
+                row = offsets[k] + first + i
                 link = index[row]
-                _gru_step(state, table[link], gates, recurrent_kernel, recurrent_bias)
+                _gru_update(states[i], table[link], gates[i], recurrent_bias)
                 share = hop_share[row]
                 for m in range(STATE_DIM):
-                    message[link, m] += share * state[m]
+                    message[link, m] += share * states[i, m]
                 if keep:
-                    seq[row] = state
-            h[p] = state
+                    seq[row] = states[i]
+        h[first:first + width] = states
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
 def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, counts, offsets, recurrent_kernel,
-                    recurrent_bias, chunk=64):
+                    recurrent_bias, chunk=CHUNK):
     """:func:`path_gru` without the per-hop states, each hop's projected input the sum
     ``link_table[hop_link[row]] + path_table[p] + hop_scale[row] · scale_row`` (the RNN's inputs:
     link and queue features, path features, the path's share of the link)."""
     n_paths = h.shape[0]
     for c in numba.prange((n_paths + chunk - 1) // chunk):
-        gates = np.empty(_GATES, dtype=np.float32)
+        first = c * chunk
+        width = min(chunk, n_paths - first)
+        states = h[first:first + width].copy()
+        gates = np.empty((width, _GATES), dtype=np.float32)
         x = np.empty(_GATES, dtype=np.float32)
-        state = np.empty(STATE_DIM, dtype=np.float32)
-        for p in range(c * chunk, min(n_paths, (c + 1) * chunk)):
-            state[:] = h[p]
-            for k in range(counts.shape[0]):
-                if counts[k] <= p:
-                    break
-                row = offsets[k] + p
-                link, scale = link_table[hop_link[row]], hop_scale[row]
+        for k in range(counts.shape[0]):
+            active = min(width, counts[k] - first)
+            if active <= 0:
+                break
+            np.dot(states[:active], recurrent_kernel, gates[:active])
+            for i in range(active):
+                row = offsets[k] + first + i
+                link, scale, path = link_table[hop_link[row]], hop_scale[row], path_table[first + i]
                 for m in range(_GATES):
-                    x[m] = link[m] + path_table[p, m] + scale * scale_row[m]
-                _gru_step(state, x, gates, recurrent_kernel, recurrent_bias)
-            h[p] = state
+                    x[m] = link[m] + path[m] + scale * scale_row[m]
+                _gru_update(states[i], x, gates[i], recurrent_bias)
+        h[first:first + width] = states
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)

@@ -107,6 +107,11 @@ class Routes:
         """Links on each route."""
         return np.fromiter(map(len, self.links), dtype=np.int64, count=len(self.links))
 
+    @cached_property
+    def hop_links(self) -> np.ndarray:
+        """Every route's links, route after route (read-only)."""
+        return _read_only(np.concatenate(self.links) if self.links else np.zeros(0, dtype=np.int64))
+
     def per_flow(self, values: np.ndarray, n_flows: int) -> np.ndarray:
         """Per-route values → per flow, the share-weighted mean (the values themselves without ECMP)."""
         if len(self.owner) == n_flows:
@@ -321,14 +326,16 @@ class NetworkState:
         return [self.links[links[0]].src] + [self.links[l].dst for l in links]
 
     def link_loads(self) -> np.ndarray:
-        """Offered load per link, bit/s (sum of the rates of the flows routed over it, by their ECMP shares)."""
+        """Offered load per link, bit/s (sum of the rates of the flows routed over it, by their ECMP shares;
+        read-only)."""
+        return self._link_loads
+
+    @cached_property
+    def _link_loads(self) -> np.ndarray:
         routes = self.routes
-        if not routes.links:
-            return np.zeros(len(self.links))
         rates = self.flow_columns["rate"][routes.owner] * routes.share
-        hop_link = np.concatenate(routes.links)
         hop_rate = np.repeat(rates, routes.hop_counts)
-        return np.bincount(hop_link, weights=hop_rate, minlength=len(self.links))
+        return _read_only(np.bincount(routes.hop_links, weights=hop_rate, minlength=len(self.links)))
 
     def utilization(self) -> np.ndarray:
         """Offered load / capacity per link (may exceed 1 under overload)."""
