@@ -29,6 +29,7 @@ _GATES = 3 * STATE_DIM
 _HIDDEN = STATE_DIM // 2
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
 CHUNK = 128  # paths per task: their hop-k states times the recurrent kernel are one small matmul (BLAS)
 
 
@@ -47,14 +48,18 @@ def _sigmoid(x):
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _gru_update(state, x, gates, recurrent_bias):
-    """The elementwise half of a GRU step: ``state`` (d) in place from its projected input ``x`` (3d)
-    and ``gates`` = state · recurrent kernel (3d)."""
+def _gru_update(states, i, x, gates, recurrent_bias, message, share):
+    """The elementwise half of a GRU step: row ``i`` of ``states`` (n, d) in place from its projected
+    input ``x`` (3d) and row ``i`` of ``gates`` = states · recurrent kernel (n, 3d); adds ``share`` ×
+    the new state to ``message`` (d)."""
     for m in range(STATE_DIM):
-        z = _sigmoid(x[m] + gates[m] + recurrent_bias[m])
-        r = _sigmoid(x[STATE_DIM + m] + gates[STATE_DIM + m] + recurrent_bias[STATE_DIM + m])
-        candidate = _tanh(x[2 * STATE_DIM + m] + r * (gates[2 * STATE_DIM + m] + recurrent_bias[2 * STATE_DIM + m]))
-        state[m] = z * state[m] + (_ONE - z) * candidate
+        z = _sigmoid(x[m] + gates[i, m] + recurrent_bias[m])
+        r = _sigmoid(x[STATE_DIM + m] + gates[i, STATE_DIM + m] + recurrent_bias[STATE_DIM + m])
+        candidate = _tanh(x[2 * STATE_DIM + m]
+                          + r * (gates[i, 2 * STATE_DIM + m] + recurrent_bias[2 * STATE_DIM + m]))
+        new = z * states[i, m] + (_ONE - z) * candidate
+        states[i, m] = new
+        message[m] += share * new
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
@@ -84,10 +89,7 @@ def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias,
             for i in range(active):
                 row = offsets[k] + first + i
                 link = index[row]
-                _gru_update(states[i], table[link], gates[i], recurrent_bias)
-                share = hop_share[row]
-                for m in range(STATE_DIM):
-                    message[link, m] += share * states[i, m]
+                _gru_update(states, i, table[link], gates, recurrent_bias, message[link], hop_share[row])
                 if keep:
                     seq[row] = states[i]
         h[first:first + width] = states
@@ -106,6 +108,7 @@ def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, c
         states = h[first:first + width].copy()
         gates = np.empty((width, _GATES), dtype=np.float32)
         x = np.empty(_GATES, dtype=np.float32)
+        unused = np.zeros(STATE_DIM, dtype=np.float32)  # the RNN sends no messages
         for k in range(counts.shape[0]):
             active = min(width, counts[k] - first)
             if active <= 0:
@@ -116,29 +119,27 @@ def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, c
                 link, scale, path = link_table[hop_link[row]], hop_scale[row], path_table[first + i]
                 for m in range(_GATES):
                     x[m] = link[m] + path[m] + scale * scale_row[m]
-                _gru_update(states[i], x, gates[i], recurrent_bias)
+                _gru_update(states, i, x, gates, recurrent_bias, unused, _ZERO)
         h[first:first + width] = states
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def occupancy_logits(seq, hop_link, link_term, w_seq, w_hidden, b_hidden, w_out, b_out, out, chunk=256):
+def occupancy_logits(seq, hop_link, link_term, w_seq, w_hidden, b_hidden, w_out, b_out, out, chunk=CHUNK):
     """RouteNet-E's readout MLP on every hop: ``out[i]`` = logit of hop ``i``'s queue occupancy from
     [seq[i] ‖ queue[link]] (64 → 32 ReLU → 16 ReLU → 1), the queue's share ``link_term`` (L, 32:
-    queue · W_queue + b) precomputed per link. d = STATE_DIM."""
+    queue · W_queue + b) precomputed per link; a chunk of hops per matmul. d = STATE_DIM."""
     n_hops = seq.shape[0]
     for c in numba.prange((n_hops + chunk - 1) // chunk):
-        first = np.empty(STATE_DIM, dtype=np.float32)
-        for i in range(c * chunk, min(n_hops, (c + 1) * chunk)):
-            term = link_term[hop_link[i]]
+        start = c * chunk
+        stop = min(n_hops, start + chunk)
+        first = np.dot(seq[start:stop], w_seq)
+        for i in range(stop - start):
+            term = link_term[hop_link[start + i]]
             for m in range(STATE_DIM):
-                a = term[m]
-                for j in range(STATE_DIM):
-                    a += seq[i, j] * w_seq[j, m]
-                first[m] = max(a, np.float32(0.0))
+                first[i, m] = max(first[i, m] + term[m], _ZERO)
+        hidden = np.dot(first, w_hidden)
+        for i in range(stop - start):
             logit = b_out
             for m in range(_HIDDEN):
-                a = b_hidden[m]
-                for j in range(STATE_DIM):
-                    a += first[j] * w_hidden[j, m]
-                logit += max(a, np.float32(0.0)) * w_out[m]
-            out[i] = logit
+                logit += max(hidden[i, m] + b_hidden[m], _ZERO) * w_out[m]
+            out[start + i] = logit
