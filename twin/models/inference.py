@@ -41,14 +41,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
-def _gru_cell(x: np.ndarray, h: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
-    """One step of Keras's GRUCell (reset gate after the matmul) on every row."""
+def _gru_step(x: np.ndarray, h: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
+    """One step of Keras's GRUCell (reset gate after the matmul) on every row of ``h`` (float32, updated
+    in place and returned)."""
     kernel, recurrent_kernel, bias = params
-    x_z, x_r, x_h = np.split(x @ kernel + bias[0], 3, axis=1)
-    h_z, h_r, h_h = np.split(h @ recurrent_kernel + bias[1], 3, axis=1)
-    z = _sigmoid(x_z + h_z)
-    candidate = np.tanh(x_h + _sigmoid(x_r + h_r) * h_h)
-    return z * h + (1.0 - z) * candidate
+    kernels.gru_rows(h, np.ascontiguousarray(x @ kernel + bias[0]), recurrent_kernel, bias[1])
+    return h
 
 
 _FORWARD_LOCK = threading.Lock()
@@ -114,8 +112,8 @@ class CompiledRouteNet(CompiledTwin):
             messages[:] = 0.0
             kernels.path_gru(path, table, batch.hop_link, batch.counts, batch.offsets, recurrent_kernel, bias[1],
                              x["hop_share"], messages, seq)
-            queue = _gru_cell(messages.sum(axis=0), queue, w["queue_gru"])
-            link = _gru_cell(queue, link, w["link_gru"])
+            queue = _gru_step(messages.sum(axis=0), queue, w["queue_gru"])
+            link = _gru_step(queue, link, w["link_gru"])
         w_first, b_first, w_hidden, b_hidden, w_out, b_out = w["occupancy_readout"]
         d = queue.shape[1]
         logit = np.empty(len(batch.hop_link), dtype=np.float32)

@@ -124,6 +124,22 @@ def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, c
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
+def gru_rows(h, projected, recurrent_kernel, recurrent_bias, chunk=CHUNK):
+    """One GRU step on every row of ``h`` (n, d), in place, given each row's projected input
+    ``projected`` (n, 3d: x·W + b); RouteNet-E's queue and link updates. d = STATE_DIM."""
+    n_rows = h.shape[0]
+    unused = np.zeros(STATE_DIM, dtype=np.float32)
+    for c in numba.prange((n_rows + chunk - 1) // chunk):
+        start = c * chunk
+        stop = min(n_rows, start + chunk)
+        states = h[start:stop].copy()
+        gates = np.dot(states, recurrent_kernel)
+        for i in range(stop - start):
+            _gru_update(states, i, projected[start + i], gates, recurrent_bias, unused, _ZERO)
+        h[start:stop] = states
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
 def occupancy_logits(seq, hop_link, link_term, w_seq, w_hidden, b_hidden, w_out, b_out, out, chunk=CHUNK):
     """RouteNet-E's readout MLP on every hop: ``out[i]`` = logit of hop ``i``'s queue occupancy from
     [seq[i] ‖ queue[link]] (64 → 32 ReLU → 16 ReLU → 1), the queue's share ``link_term`` (L, 32:
