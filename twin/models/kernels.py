@@ -1,5 +1,6 @@
 """Numba kernels of the learned twins' forward pass (float32, all cores): the GRU along every path (with
-RouteNet-E's per-link sum of the path states) and RouteNet-E's per-hop occupancy readout.
+RouteNet-E's per-link sum of the path states), RouteNet-E's queue and link GRU steps and its per-hop
+occupancy readout.
 
 The kernels are specialised for states of ``STATE_DIM`` (the shipped models' width): loops of a
 constant length are unrolled and vectorised by LLVM. The path GRUs advance a chunk of paths one hop
