@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import h5py
+import numba
 import numpy as np
 import pytest
 
 from twin.data.dataset import DatasetConfig, make_state
 from twin.models.features import build_batch
 from twin.models.inference import CompiledTwin, load_compiled, load_predictor
-from twin.models.kernels import STATE_DIM
+from twin.models.kernels import STATE_DIM, _dealt
 from twin.models.learned import LearnedTwin, build, load_twin, make_network
 from twin.models.model_files import MODELS_DIR, ModelFileError, Normalizer
 
@@ -54,6 +55,32 @@ def test_compiled_equals_tensorflow_on_shipped_weights(stem):
     state = make_state(DatasetConfig(samples=1, min_nodes=40, max_nodes=40, real_fraction=0.0, seed=5), 0)[0]
     batch = build_batch([state])
     np.testing.assert_allclose(load_compiled(stem).forward(batch), load_twin(stem).forward(batch).numpy(), rtol=2e-5)
+
+
+@pytest.mark.parametrize("n_chunks,threads", [(1, 2), (7, 2), (8, 2), (10, 3), (5, 1)])
+def test_chunks_are_dealt_round_robin_each_once(n_chunks, threads):
+    per_thread = -(-n_chunks // threads)
+    blocks = [[_dealt(task, n_chunks, threads) for task in range(j * per_thread, (j + 1) * per_thread)]
+              for j in range(threads)]
+    dealt = sorted(c for block in blocks for c in block if c >= 0)
+    assert dealt == list(range(n_chunks))
+    for j, block in enumerate(blocks):
+        assert [c for c in block if c >= 0] == list(range(j, n_chunks, threads))
+
+
+@pytest.mark.parametrize("stem", ["routenet_e", "rnn"])
+def test_one_thread_and_all_threads_predict_alike(stem):
+    state = make_state(DatasetConfig(samples=1, min_nodes=40, max_nodes=40, real_fraction=0.0, seed=5), 0)[0]
+    twin = load_compiled(stem)
+    batch = build_batch([state])
+    everyone = twin.forward(batch)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        alone = twin.forward(batch)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_allclose(alone, everyone, rtol=1e-5)
 
 
 def test_other_widths_run_on_tensorflow(tmp_path):

@@ -140,7 +140,8 @@ class CompiledRNN(CompiledTwin):
         per_link = x["link_x"] @ kernel[:n_link] + x["queue_x"] @ kernel[n_link:n_link + n_queue]
         per_path = x["path_x"] @ kernel[n_link + n_queue:-1] + bias[0]
         kernels.path_gru_summed(path, np.ascontiguousarray(per_link), batch.hop_link, np.ascontiguousarray(per_path),
-                                x["hop_share"], kernel[-1], batch.counts, batch.offsets, recurrent_kernel, bias[1])
+                                x["hop_share"], kernel[-1], batch.counts, batch.offsets, recurrent_kernel, bias[1],
+                                numba.get_num_threads())
         service = np.bincount(batch.hop_path, weights=x["hop_service"], minlength=n_paths)
         transmit = np.bincount(batch.hop_path, weights=x["hop_transmit"], minlength=n_paths)
         wait = np.logaddexp(0.0, _dense_stack(path, w["wait_readout"])[:, 0]) * service
