@@ -94,7 +94,7 @@ def _apply(state: NetworkState, scenario: Scenario, groups: dict):
         if not links:
             raise ScenarioError(f"{scenario.describe()}: no link is left in service")
         reachable = reachable_flows(state, links)
-        cut = [(f.src, f.dst) for f, k, ok in zip(state.flows, keep, reachable) if k and not ok]
+        cut = [(state.flows[i].src, state.flows[i].dst) for i in np.flatnonzero(keep & ~reachable)]
         state = _without(state, links, keep & reachable, failed)
     return _scale_traffic(state, scenario), lost, cut
 
@@ -198,8 +198,7 @@ def reachable_flows(state: NetworkState, links) -> np.ndarray:
     n = len(state.nodes)
     graph = csr_matrix((np.ones(len(links)), ([index[lk.src] for lk in links], [index[lk.dst] for lk in links])),
                        shape=(n, n))
-    src = np.array([index[f.src] for f in state.flows], dtype=np.int64)
-    dst = np.array([index[f.dst] for f in state.flows], dtype=np.int64)
+    src, dst = state.flow_columns["src"], state.flow_columns["dst"]
     _, component = connected_components(graph, directed=True, connection="strong")
     ok = component[src] == component[dst]
     for source in np.unique(src[~ok]):

@@ -200,10 +200,9 @@ def state_graph(state: NetworkState) -> StateGraph:
     routes = state.routes
     fa = {name: values[routes.owner] for name, values in flow_arrays(state).items()}
     fa["rate"] = fa["rate"] * routes.share
-    paths = routes.links
     lengths = routes.hop_counts
-    hop_link = np.concatenate(paths)
-    hop_flow = np.repeat(np.arange(len(paths)), lengths)
+    hop_link = routes.hop_links
+    hop_flow = np.repeat(np.arange(len(lengths)), lengths)
     rate, size = fa["rate"], fa["size"]
 
     def per_link(values):

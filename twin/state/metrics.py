@@ -13,7 +13,7 @@ from twin.state.model import NetworkState
 def mean_delay(state: NetworkState, delays: np.ndarray) -> float:
     """Traffic-weighted mean of the per-flow ``delays`` of ``state``, s (flows without a finite delay
     or without traffic are left out)."""
-    rates = np.array([f.rate for f in state.flows])
+    rates = state.flow_columns["rate"]
     delays = np.asarray(delays, dtype=float)
     ok = np.isfinite(delays) & (rates > 0)
     if not ok.any():

@@ -264,30 +264,31 @@ class NetworkState:
     def _ospf_flow_links(self) -> list[np.ndarray]:
         if not self.flows:
             return []
-        arrays, idx = self.link_arrays, self.node_index
-        src = np.array([idx[f.src] for f in self.flows], dtype=np.int64)
-        dst = np.array([idx[f.dst] for f in self.flows], dtype=np.int64)
+        arrays, columns = self.link_arrays, self.flow_columns
         try:
-            return ospf_flow_links(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], src, dst)
+            return ospf_flow_links(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], columns["src"],
+                                   columns["dst"])
         except LookupError as exc:
             flow = self.flows[exc.args[0]]
             raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
 
     @cached_property
     def flow_columns(self) -> dict[str, np.ndarray]:
-        """Per-flow numbers as arrays, in flow order: rate (bit/s), packet_size (bits), time and size (indices
-        into TIME_DISTS and SIZE_DISTS), on_time and off_time (s; 0 unless on/off), small and large (bits:
-        the two binomial sizes, else packet_size twice)."""
+        """Per-flow numbers as arrays, in flow order: src and dst (node indices), rate (bit/s), packet_size
+        (bits), time and size (indices into TIME_DISTS and SIZE_DISTS), on_time and off_time (s; 0 unless
+        on/off), small and large (bits: the two binomial sizes, else packet_size twice)."""
         time_index = {name: i for i, name in enumerate(TIME_DISTS)}
         size_index = {name: i for i, name in enumerate(SIZE_DISTS)}
+        idx = self.node_index
         rows = np.array([
-            (f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist], f.on_time or 0.0,
-             f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
+            (idx[f.src], idx[f.dst], f.rate, f.packet_size, time_index[f.time_dist], size_index[f.size_dist],
+             f.on_time or 0.0, f.off_time or 0.0, *(f.packet_sizes or (f.packet_size, f.packet_size)))
             for f in self.flows
-        ], dtype=np.float64).reshape(-1, 8)
-        columns = dict(zip(("rate", "packet_size", "time", "size", "on_time", "off_time", "small", "large"), rows.T))
-        columns["time"] = columns["time"].astype(np.int64)
-        columns["size"] = columns["size"].astype(np.int64)
+        ], dtype=np.float64).reshape(-1, 10)
+        names = ("src", "dst", "rate", "packet_size", "time", "size", "on_time", "off_time", "small", "large")
+        columns = dict(zip(names, rows.T))
+        for name in ("src", "dst", "time", "size"):
+            columns[name] = columns[name].astype(np.int64)
         return {name: _read_only(values) for name, values in columns.items()}
 
     @cached_property
@@ -300,11 +301,10 @@ class NetworkState:
         """The paths traffic takes: one per flow, or with ECMP every equal-cost path with its share."""
         if not self.ecmp or not self.flows:
             return Routes(self.flow_links, np.arange(len(self.flows)), np.ones(len(self.flows)))
-        arrays, idx = self.link_arrays, self.node_index
-        src = np.array([idx[f.src] for f in self.flows], dtype=np.int64)
-        dst = np.array([idx[f.dst] for f in self.flows], dtype=np.int64)
+        arrays, columns = self.link_arrays, self.flow_columns
         try:
-            links, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], src, dst)
+            links, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"],
+                                              columns["src"], columns["dst"])
         except LookupError as exc:
             flow = self.flows[exc.args[0]]
             raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
