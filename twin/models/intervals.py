@@ -104,10 +104,9 @@ class SafeRange:
         if longest > self.hops:
             out.append(f"a path of {longest} hops, longer than {self.hops}")
         columns = state.flow_columns
-        for kind, names, known in (("time_dist", TIME_DISTS, self.time_dists),
-                                   ("size_dist", SIZE_DISTS, self.size_dists)):
-            used = np.unique(columns[kind.removesuffix("_dist")])
-            unseen = sorted({names[i] for i in used} - set(known))
+        for kind, column, names, known in (("time_dist", "time", TIME_DISTS, self.time_dists),
+                                           ("size_dist", "size", SIZE_DISTS, self.size_dists)):
+            unseen = sorted({names[i] for i in np.unique(columns[column])} - set(known))
             if unseen:
                 out.append(f"traffic with {kind} {', '.join(unseen)}, never among the checked samples")
         if state.ecmp and not self.ecmp:

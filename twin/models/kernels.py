@@ -74,6 +74,22 @@ def _dealt(task, n_chunks, threads):
     return chunk if chunk < n_chunks else -1
 
 
+@numba.njit(cache=True, inline="always")
+def _n_tasks(n_items, chunk, threads):
+    """Iterations of a parallel loop that deals chunks of ``chunk`` items with :func:`_dealt`."""
+    per_thread = ((n_items + chunk - 1) // chunk + threads - 1) // threads
+    return threads * per_thread
+
+
+@numba.njit(cache=True, inline="always")
+def _dealt_items(task, n_items, chunk, threads):
+    """(first item, items) of the chunk iteration ``task`` works on; (0, 0) for none."""
+    c = _dealt(task, (n_items + chunk - 1) // chunk, threads)
+    if c < 0:
+        return 0, 0
+    return c * chunk, min(chunk, n_items - c * chunk)
+
+
 @numba.njit(cache=True, fastmath=True, parallel=True)
 def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias, hop_share, messages, seq,
              chunk=CHUNK):
@@ -88,14 +104,11 @@ def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias,
     """
     n_paths = h.shape[0]
     keep = seq.shape[0] > 0
-    n_chunks = (n_paths + chunk - 1) // chunk
     threads = messages.shape[0]
-    for task in numba.prange(threads * ((n_chunks + threads - 1) // threads)):
-        c = _dealt(task, n_chunks, threads)
-        if c < 0:
+    for task in numba.prange(_n_tasks(n_paths, chunk, threads)):
+        first, width = _dealt_items(task, n_paths, chunk, threads)
+        if width == 0:
             continue
-        first = c * chunk
-        width = min(chunk, n_paths - first)
         states = h[first:first + width].copy()
         gates = np.empty((width, _GATES), dtype=np.float32)
         message = messages[numba.get_thread_id()]
@@ -121,13 +134,10 @@ def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, c
     link and queue features, path features, the path's share of the link); ``threads``: Numba's
     thread count."""
     n_paths = h.shape[0]
-    n_chunks = (n_paths + chunk - 1) // chunk
-    for task in numba.prange(threads * ((n_chunks + threads - 1) // threads)):
-        c = _dealt(task, n_chunks, threads)
-        if c < 0:
+    for task in numba.prange(_n_tasks(n_paths, chunk, threads)):
+        first, width = _dealt_items(task, n_paths, chunk, threads)
+        if width == 0:
             continue
-        first = c * chunk
-        width = min(chunk, n_paths - first)
         states = h[first:first + width].copy()
         gates = np.empty((width, _GATES), dtype=np.float32)
         x = np.empty(_GATES, dtype=np.float32)
