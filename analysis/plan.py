@@ -146,7 +146,7 @@ def utilization_by_month(state: NetworkState, per_flow: np.ndarray, horizon: int
     """(horizon + 1, links): offered load / capacity of each link in months 0..horizon, exact, by the
     routing of ``state``."""
     routes = state.routes
-    if not routes.links:
+    if not len(routes.owner):
         return np.zeros((horizon + 1, len(state.links)))
     hops = routes.hop_counts
     rows = routes.hop_links

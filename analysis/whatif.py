@@ -170,7 +170,7 @@ def _case(scenario, after, lost, cut, metrics, base: Outcome, intervals, intent)
         case = FailureCase(failed=f"node {node}", kind="node", elements=(node,), lost=lost, cut=cut)
     utilization = after.utilization()
     case.max_utilization = float(utilization.max()) if len(utilization) else 0.0
-    case.link_utilization = {(lk.src, lk.dst): float(u) for lk, u in zip(after.links, utilization)}
+    case.link_utilization = dict(zip(((lk.src, lk.dst) for lk in after.links), utilization.tolist()))
     if metrics is None:
         return case
     result = outcome(after, metrics, intervals, intent)
@@ -178,10 +178,11 @@ def _case(scenario, after, lost, cut, metrics, base: Outcome, intervals, intent)
     case.violations = result.violations
     case.in_safe_range = result.judged.in_safe_range
     # the increase over the same demands: those a failure takes away do not count on either side
-    rates = np.array([f.rate for f in base.state.flows])
-    if len(after.flows) < len(base.state.flows):
-        kept = {(f.src, f.dst) for f in after.flows}
-        rates = rates * np.array([(f.src, f.dst) in kept for f in base.state.flows])
+    rates = base.state.flow_columns["rate"]
+    if len(after.flows) < len(base.state.flows):  # the same nodes: a pair's key is the same on both sides
+        before_pairs, after_pairs = base.state.flow_columns, after.flow_columns
+        key = len(after.nodes) * before_pairs["src"] + before_pairs["dst"]
+        rates = rates * np.isin(key, len(after.nodes) * after_pairs["src"] + after_pairs["dst"])
     ok = np.isfinite(base.judged.delay) & (rates > 0)
     if ok.any():
         case.mean_delay_increase = case.mean_delay - float(np.sum(rates[ok] * base.judged.delay[ok]) / rates[ok].sum())

@@ -52,9 +52,8 @@ class LoadModel:
 
     def loads(self, weights: np.ndarray) -> np.ndarray:
         table = next_hop_links(self.n_nodes, self.src, self.dst, weights.astype(float))
-        paths = paths_from_table(table, self.dst, self.pair_src, self.pair_dst)
-        lengths = np.array([len(p) for p in paths])
-        return np.bincount(np.concatenate(paths), weights=np.repeat(self.rates, lengths), minlength=len(self.src))
+        hop_links, hop_counts = paths_from_table(table, self.dst, self.pair_src, self.pair_dst)
+        return np.bincount(hop_links, weights=np.repeat(self.rates, hop_counts), minlength=len(self.src))
 
     def cost(self, weights: np.ndarray) -> float:
         return fortz_thorup_cost(self.loads(weights), self.capacity)

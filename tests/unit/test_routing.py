@@ -6,7 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twin.state.model import Flow, Link, NetworkState
-from twin.state.routing import next_hop_links
+import pytest
+
+from twin.state.routing import next_hop_links, paths_from_table, split_hops
 
 
 def square(weights=None):
@@ -54,3 +56,20 @@ def test_paths_are_shortest_and_destination_based(n, seed):
             assert src[link] == v
             # the chosen next hop lies on a shortest path
             assert abs(weights[link] + dist[dst[link]][d] - dist[v][d]) < 1e-9
+
+
+def test_paths_follow_the_table_pair_after_pair_and_name_the_first_unreachable_pair():
+    # a chain a -> b -> c with no way back: links 0 (a->b), 1 (b->c)
+    src, dst = np.array([0, 1]), np.array([1, 2])
+    table = next_hop_links(3, src, dst, np.ones(2))
+    hop_links, hop_counts = paths_from_table(table, dst, np.array([0, 1, 0]), np.array([2, 2, 1]))
+    assert [links.tolist() for links in split_hops(hop_links, hop_counts)] == [[0, 1], [1], [0]]
+    with pytest.raises(LookupError) as caught:
+        paths_from_table(table, dst, np.array([0, 2, 1]), np.array([1, 0, 0]))
+    assert caught.value.args == (1,)
+
+
+def test_a_next_hop_table_with_a_loop_is_refused_not_followed_for_ever():
+    table = np.array([[-1, 0, 0], [1, -1, 1], [-1, -1, -1]])  # towards c, a and b send to each other
+    with pytest.raises(LookupError):
+        paths_from_table(table, np.array([1, 0]), np.array([0]), np.array([2]))

@@ -396,8 +396,10 @@ def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
 def fixed_delays(state: NetworkState) -> tuple[np.ndarray, np.ndarray]:
     """Per flow (state order): propagation and transmission (mean packet / capacity) along its path, s."""
     arrays, routes = state.link_arrays, state.routes
-    prop = np.array([arrays["prop_delay"][links].sum() for links in routes.links])
-    transmit = np.array([np.sum(state.flows[i].packet_size / arrays["capacity"][links])
-                         for i, links in zip(routes.owner, routes.links)])
+    n_routes, hops = len(routes.owner), routes.hop_links
+    hop_route = np.repeat(np.arange(n_routes), routes.hop_counts)
+    prop = np.bincount(hop_route, weights=arrays["prop_delay"][hops], minlength=n_routes)
+    size = state.flow_columns["packet_size"][routes.owner]
+    transmit = np.bincount(hop_route, weights=size[hop_route] / arrays["capacity"][hops], minlength=n_routes)
     n_flows = len(state.flows)
     return routes.per_flow(prop, n_flows), routes.per_flow(transmit, n_flows)

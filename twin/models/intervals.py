@@ -41,7 +41,7 @@ def path_max_load(state: NetworkState) -> np.ndarray:
     """Per flow, the offered utilization of the busiest link any of its routes crosses."""
     routes = state.routes
     out = np.zeros(len(state.flows))
-    if routes.links:
+    if len(routes.owner):
         starts = np.concatenate([[0], np.cumsum(routes.hop_counts)[:-1]])
         busiest = np.maximum.reduceat(state.utilization()[routes.hop_links], starts)
         np.maximum.at(out, routes.owner, busiest)
@@ -78,7 +78,7 @@ class SafeRange:
             max_utilization=math.ceil(max(float(s.utilization().max()) for s in states) * 1e4) / 1e4,
             buffer=(min(int(s.link_arrays["buffer"].min()) for s in states),
                     max(int(s.link_arrays["buffer"].max()) for s in states)),
-            hops=max(max(len(links) for links in s.routes.links) for s in states),
+            hops=max(int(s.routes.hop_counts.max(initial=0)) for s in states),
             time_dists=tuple(sorted({f.time_dist for s in states for f in s.flows})),
             size_dists=tuple(sorted({f.size_dist for s in states for f in s.flows})),
             ecmp=any(s.ecmp for s in states), scheduled=any(s.scheduled for s in states),

@@ -22,7 +22,7 @@ import numpy as np
 
 from twin.state.errors import StateError, shown
 from twin.state.files import read_json
-from twin.state.routing import MAX_ECMP_PATHS, ecmp_routes, ospf_flow_links
+from twin.state.routing import MAX_ECMP_PATHS, ecmp_routes, ospf_flow_hops, split_hops
 
 TIME_DISTS = ("poisson", "cbr", "onoff")
 # What a state may hold (docs/state.md); beyond these no simulation or prediction is meaningful.
@@ -95,22 +95,23 @@ class Flow:
 
 @dataclass(frozen=True)
 class Routes:
-    """The paths traffic takes: ``links[r]`` (link indices in hop order) carries the fraction
-    ``share[r]`` of flow ``owner[r]``. Without ECMP, route ``r`` is flow ``r`` with share 1."""
+    """The paths traffic takes: route ``r`` (its ``hop_counts[r]`` link indices, in hop order, among
+    ``hop_links``: every route's links, route after route) carries the fraction ``share[r]`` of flow
+    ``owner[r]``. Without ECMP, route ``r`` is flow ``r`` with share 1. The arrays are read-only."""
 
-    links: list[np.ndarray]
+    hop_links: np.ndarray
+    hop_counts: np.ndarray
     owner: np.ndarray
     share: np.ndarray
 
-    @cached_property
-    def hop_counts(self) -> np.ndarray:
-        """Links on each route."""
-        return np.fromiter(map(len, self.links), dtype=np.int64, count=len(self.links))
+    def __post_init__(self):
+        for values in (self.hop_links, self.hop_counts, self.owner, self.share):
+            _read_only(values)
 
     @cached_property
-    def hop_links(self) -> np.ndarray:
-        """Every route's links, route after route (read-only)."""
-        return _read_only(np.concatenate(self.links) if self.links else np.zeros(0, dtype=np.int64))
+    def links(self) -> list[np.ndarray]:
+        """Each route's link indices in hop order (views of ``hop_links``)."""
+        return split_hops(self.hop_links, self.hop_counts)
 
     def per_flow(self, values: np.ndarray, n_flows: int) -> np.ndarray:
         """Per-route values → per flow, the share-weighted mean (the values themselves without ECMP)."""
@@ -251,23 +252,26 @@ class NetworkState:
 
     @cached_property
     def flow_links(self) -> list[np.ndarray]:
-        """For each flow, the link indices of its path in hop order."""
-        if self.routing_kind == "ospf":
-            return self._ospf_flow_links()
-        index = self.link_index
-        out = []
-        for flow in self.flows:
-            path = self.paths[(flow.src, flow.dst)]
-            out.append(np.array([index[(a, b)] for a, b in zip(path, path[1:])], dtype=np.int64))
-        return out
+        """For each flow, the link indices of its path in hop order (without ECMP)."""
+        return split_hops(*self._flow_hops)
 
-    def _ospf_flow_links(self) -> list[np.ndarray]:
+    @cached_property
+    def _flow_hops(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every flow's path (without ECMP) flat: the link indices flow after flow, and the links per flow."""
+        if self.routing_kind == "ospf":
+            return self._ospf_flow_hops()
+        index = self.link_index
+        paths = [self.paths[(flow.src, flow.dst)] for flow in self.flows]
+        hop_links = np.array([index[(a, b)] for path in paths for a, b in zip(path, path[1:])], dtype=np.int64)
+        return hop_links, np.array([len(path) - 1 for path in paths], dtype=np.int64)
+
+    def _ospf_flow_hops(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.flows:
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         arrays, columns = self.link_arrays, self.flow_columns
         try:
-            return ospf_flow_links(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], columns["src"],
-                                   columns["dst"])
+            return ospf_flow_hops(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"], columns["src"],
+                                  columns["dst"])
         except LookupError as exc:
             flow = self.flows[exc.args[0]]
             raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None
@@ -300,10 +304,10 @@ class NetworkState:
     def routes(self) -> "Routes":
         """The paths traffic takes: one per flow, or with ECMP every equal-cost path with its share."""
         if not self.ecmp or not self.flows:
-            return Routes(self.flow_links, np.arange(len(self.flows)), np.ones(len(self.flows)))
+            return Routes(*self._flow_hops, np.arange(len(self.flows)), np.ones(len(self.flows)))
         arrays, columns = self.link_arrays, self.flow_columns
         try:
-            links, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"],
+            hop_links, hop_counts, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"],
                                               columns["src"], columns["dst"])
         except LookupError as exc:
             flow = self.flows[exc.args[0]]
@@ -312,13 +316,13 @@ class NetworkState:
             flow = self.flows[exc.args[0]]
             raise StateError(f"flow {flow.src}->{flow.dst}: more than {MAX_ECMP_PATHS} equal-cost paths; "
                              "perturb the weights or turn ecmp off") from None
-        return Routes(links, owner, share)
+        return Routes(hop_links, hop_counts, owner, share)
 
     @cached_property
     def routing_key(self) -> tuple:
         """Identifies the routing by the paths it gives the flows (different weights may route alike)."""
         routes = self.routes
-        return tuple(links.tobytes() for links in routes.links) + (routes.owner.tobytes(), routes.share.tobytes())
+        return tuple(values.tobytes() for values in (routes.hop_links, routes.hop_counts, routes.owner, routes.share))
 
     def flow_path(self, i: int) -> list[str]:
         """Node names along flow ``i``'s path."""

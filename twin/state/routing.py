@@ -7,6 +7,7 @@ with the lowest node index, the same rule the controller installs as flow rules.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
@@ -44,34 +45,58 @@ def next_hop_links(n_nodes: int, src: np.ndarray, dst: np.ndarray, weight: np.nd
 def paths_from_table(table: np.ndarray, link_dst: np.ndarray, pairs_src: np.ndarray, pairs_dst: np.ndarray):
     """Follow a next-hop table from each source to its destination.
 
-    Returns a list of link-index arrays, or raises ``LookupError(i)`` for the
-    first pair ``i`` whose destination cannot be reached.
+    Returns ``(hop_links, hop_counts)``: every pair's link indices in hop order, pair after pair, and
+    the number of links of each pair's path; raises ``LookupError(i)`` for the first pair ``i`` whose
+    destination cannot be reached.
     """
-    n_pairs = len(pairs_src)
-    current = pairs_src.copy()
-    hops: list[np.ndarray] = []
-    active = current != pairs_dst
-    for _ in range(table.shape[0]):
-        if not active.any():
-            break
-        link = np.where(active, table[current, pairs_dst], -2)
-        dead = np.flatnonzero(link == -1)
-        if len(dead):
-            raise LookupError(int(dead[0]))
-        hops.append(link)
-        current = np.where(active, link_dst[np.maximum(link, 0)], current)
-        active = current != pairs_dst
-    if active.any():
-        raise LookupError(int(np.flatnonzero(active)[0]))
-    if not hops:
-        return [np.zeros(0, dtype=np.int64) for _ in range(n_pairs)]
-    return _rows(np.stack(hops, axis=1))
+    table = np.ascontiguousarray(table, dtype=np.int64)
+    link_dst = np.ascontiguousarray(link_dst, dtype=np.int64)
+    pairs_src = np.ascontiguousarray(pairs_src, dtype=np.int64)
+    pairs_dst = np.ascontiguousarray(pairs_dst, dtype=np.int64)
+    hop_counts = np.empty(len(pairs_src), dtype=np.int64)
+    unreachable = _count_hops(table, link_dst, pairs_src, pairs_dst, hop_counts)
+    if unreachable >= 0:
+        raise LookupError(unreachable)
+    hop_links = np.empty(int(hop_counts.sum()), dtype=np.int64)
+    _fill_hops(table, link_dst, pairs_src, pairs_dst, hop_links)
+    return hop_links, hop_counts
 
 
-def ospf_flow_links(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight: np.ndarray,
-                    flow_src: np.ndarray, flow_dst: np.ndarray) -> list[np.ndarray]:
-    """Each flow's path (link indices) under OSPF ``weight`` per link; flows given by node indices.
-    Raises ``LookupError(i)`` when flow ``i``'s destination cannot be reached."""
+@numba.njit(cache=True)
+def _count_hops(table, link_dst, pairs_src, pairs_dst, hop_counts):
+    """Links on each pair's path into ``hop_counts``; the first pair whose destination cannot be reached
+    (no next hop, or a loop longer than the nodes), else -1."""
+    n_nodes = table.shape[0]
+    for i in range(len(pairs_src)):
+        node, count = pairs_src[i], 0
+        while node != pairs_dst[i]:
+            link = table[node, pairs_dst[i]]
+            if link < 0 or count == n_nodes:
+                return i
+            node = link_dst[link]
+            count += 1
+        hop_counts[i] = count
+    return -1
+
+
+@numba.njit(cache=True)
+def _fill_hops(table, link_dst, pairs_src, pairs_dst, hop_links):
+    """Every pair's links, pair after pair, into ``hop_links`` (all destinations known reachable)."""
+    at = 0
+    for i in range(len(pairs_src)):
+        node = pairs_src[i]
+        while node != pairs_dst[i]:
+            link = table[node, pairs_dst[i]]
+            hop_links[at] = link
+            at += 1
+            node = link_dst[link]
+
+
+def ospf_flow_hops(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight: np.ndarray,
+                   flow_src: np.ndarray, flow_dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each flow's path under OSPF ``weight`` per link, flows given by node indices, as
+    :func:`paths_from_table` gives it (flat link indices, links per flow). Raises ``LookupError(i)``
+    when flow ``i``'s destination cannot be reached."""
     table = next_hop_links(n_nodes, link_src, link_dst, weight)
     return paths_from_table(table, link_dst, flow_src, flow_dst)
 
@@ -94,8 +119,8 @@ def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight
                 flow_src: np.ndarray, flow_dst: np.ndarray, max_paths: int = MAX_ECMP_PATHS):
     """Every flow split over all its equal-cost shortest paths, evenly at each hop (as OSPF routers hash).
 
-    Returns ``(links, owner, share)``: one link-index array per route, the flow index each route
-    belongs to, and the fraction of that flow's traffic it carries (a flow's shares sum to 1).
+    Returns ``(hop_links, hop_counts, owner, share)``: every route's link indices in hop order, route
+    after route, the number of links of each route, the flow index each route belongs to, and the fraction of that flow's traffic it carries (a flow's shares sum to 1).
     Routes of one flow are consecutive, in the order of their first differing link index.
     Raises ``LookupError(i)`` when flow ``i``'s destination cannot be reached and
     ``OverflowError(i)`` when it has more than ``max_paths`` equal-cost paths.
@@ -132,14 +157,17 @@ def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight
         counts = np.bincount(owner, minlength=len(flow_src))
         if counts.max() > max_paths:
             raise OverflowError(int(np.argmax(counts > max_paths)))
-    return _rows(hops), owner, share
+    return (*_flattened(hops), owner, share)
 
 
-def _rows(padded: np.ndarray) -> list[np.ndarray]:
-    """The non-negative entries of each row of ``padded`` (each row's entries first, then padding), as
-    one array per row: slices of one flat array, several times faster than masking row by row."""
+def _flattened(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The non-negative entries of ``padded`` row after row (each row's entries first, then padding), and
+    how many each row has."""
     valid = padded >= 0
-    flat = padded[valid]
-    ends = np.cumsum(valid.sum(axis=1))
-    starts = ends - valid.sum(axis=1)
-    return [flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+    return padded[valid], valid.sum(axis=1)
+
+
+def split_hops(hop_links: np.ndarray, hop_counts: np.ndarray) -> list[np.ndarray]:
+    """One link-index array per path from the flat form (views of ``hop_links``)."""
+    ends = np.cumsum(hop_counts)
+    return [hop_links[a:b] for a, b in zip((ends - hop_counts).tolist(), ends.tolist())]
