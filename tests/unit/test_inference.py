@@ -2,6 +2,7 @@
 mixed traffic, batches of states of different sizes; the width it does not run falls back to TensorFlow;
 a prediction from the command line never imports TensorFlow."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -12,24 +13,27 @@ import numpy as np
 import pytest
 
 from twin.data.dataset import DatasetConfig, make_state
-from twin.models.features import build_batch
+from twin.models.features import CLASS_FEATURES, build_batch
 from twin.models.inference import CompiledTwin, load_compiled, load_predictor
 from twin.models.kernels import STATE_DIM, _dealt
 from twin.models.learned import LearnedTwin, build, load_twin, make_network
-from twin.models.model_files import MODELS_DIR, ModelFileError, Normalizer
+from twin.models.model_files import CLASS_KINDS, MODELS_DIR, ModelFileError, Normalizer
+from twin.state.model import POLICIES
 
 MIXED = DatasetConfig(samples=3, min_nodes=6, max_nodes=14, real_fraction=0.0, traffic="mixed", seed=77)
+SCHEDULED = DatasetConfig(samples=2, min_nodes=6, max_nodes=10, real_fraction=0.0, traffic="mixed",
+                          scheduled_fraction=1.0, seed=78)
 
 
 def _states():
-    states = [make_state(MIXED, i)[0] for i in range(3)]
-    assert len({len(s.nodes) for s in states}) > 1
+    states = [make_state(MIXED, i)[0] for i in range(3)] + [make_state(SCHEDULED, i)[0] for i in range(2)]
+    assert len({len(s.nodes) for s in states}) > 1 and sum(s.scheduled for s in states) == 2
     return states
 
 
 def _saved_random_model(kind: str, state_dim: int, directory) -> LearnedTwin:
     states = _states()
-    norm = Normalizer.fit(build_batch(states))
+    norm = Normalizer.fit(build_batch(states), classes=kind in CLASS_KINDS)
     net = make_network(kind, {"state_dim": state_dim, "iterations": 3})
     build(net, norm, build_batch(states[:1]))
     twin = LearnedTwin(net, norm, kind)
@@ -46,6 +50,24 @@ def test_compiled_equals_tensorflow_on_random_weights(kind, tmp_path):
     assert [len(g) for g in got] == [len(s.flows) for s in states]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5)
+
+
+def test_the_rnn_reads_the_features_of_the_queue_each_hop_waits_in(tmp_path):
+    # the same batch with one scheduled queue's policy and weight share changed, nothing else
+    twin = _saved_random_model("rnn", STATE_DIM, tmp_path)
+    compiled = load_compiled("rnn", tmp_path)
+    batch = build_batch(_states()[3:])
+    assert len(batch.class_link) > len(batch.link_buffer)  # ports of several queues
+    changed = copy.copy(batch)
+    changed.class_x = batch.class_x.copy()
+    queue = int(batch.hop_class[0])
+    policy = [CLASS_FEATURES.index(f"policy_{p}") for p in POLICIES]
+    changed.class_x[queue, policy] = changed.class_x[queue, policy][::-1]
+    changed.class_x[queue, CLASS_FEATURES.index("weight_share")] += 0.5
+    for forward in (compiled.forward, lambda b: twin.forward(b).numpy()):
+        before, after = forward(batch), forward(changed)
+        moved = np.abs(after - before) > 1e-6 * np.abs(before)
+        assert moved.any() and moved.sum() < len(moved)  # the paths through that queue, not all
 
 
 @pytest.mark.parametrize("stem", ["routenet_e", "rnn"])
@@ -121,6 +143,18 @@ def test_weights_for_other_features_are_refused(tmp_path):
         group["layers"]["dense"]["vars"]["0"] = data[:-1]
     with pytest.raises(ModelFileError, match="layer path_embed takes"):
         load_compiled("routenet_e", tmp_path)
+
+
+def test_an_rnn_without_queue_features_is_refused_on_both_engines(tmp_path):
+    # an RNN file of an earlier version: its normalisation has no queue (class) features
+    _saved_random_model("rnn", STATE_DIM, tmp_path)
+    meta = tmp_path / "rnn.json"
+    description = json.loads(meta.read_text())
+    del description["norm"]["class_x"]
+    meta.write_text(json.dumps(description))
+    for load in (load_compiled, load_twin):
+        with pytest.raises(ModelFileError, match="reads queue features.*retrain it"):
+            load("rnn", tmp_path)
 
 
 def test_unreadable_files_name_the_file(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from twin.data.dataset import DatasetConfig, generate, make_state
 from twin.models.features import build_batch
 from twin.models.learned import LearnedTwin, build, load_twin, make_network
-from twin.models.model_files import MODELS_DIR, ModelFileError, Normalizer
+from twin.models.model_files import CLASS_KINDS, MODELS_DIR, ModelFileError, Normalizer
 from twin.models.qt import QueueingModel
 from twin.models.train import TrainConfig, Trainer
 from twin.sim.simulator import simulate
@@ -23,7 +23,7 @@ def _states():
 @pytest.fixture(scope="module", params=["routenet_e", "rnn"])
 def twin(request):
     states = _states()
-    norm = Normalizer.fit(build_batch(states))
+    norm = Normalizer.fit(build_batch(states), classes=request.param in CLASS_KINDS)
     net = make_network(request.param, {"state_dim": 16, "iterations": 3})
     build(net, norm, build_batch(states[:1]))
     return LearnedTwin(net, norm, request.param)

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from twin.models import kernels
-from twin.models.features import LINK_FEATURES, PATH_FEATURES, QUEUE_FEATURES, GraphBatch, build_batch
+from twin.models.features import CLASS_FEATURES, LINK_FEATURES, PATH_FEATURES, QUEUE_FEATURES, GraphBatch, build_batch
 from twin.models.model_files import (
     ModelFileError,
     Normalizer,
@@ -125,21 +125,22 @@ class CompiledRouteNet(CompiledTwin):
 
 
 class CompiledRNN(CompiledTwin):
-    """:class:`twin.models.rnn.PathRNN`: a GRU over each path's hops, an MLP readout of its waiting time."""
+    """:class:`twin.models.rnn.PathRNN`: a GRU over each path's hops (link and queue features), an MLP readout
+    of its waiting time."""
 
     LAYERS = ("path_embed", "path_gru", "wait_readout")
     INPUTS = {"path_embed": len(PATH_FEATURES),
-              "path_gru": len(LINK_FEATURES) + len(QUEUE_FEATURES) + len(PATH_FEATURES) + 1}
+              "path_gru": len(LINK_FEATURES) + len(CLASS_FEATURES) + len(PATH_FEATURES) + 1}
 
     def _forward(self, batch: GraphBatch) -> np.ndarray:
         x, w = model_inputs(batch, self.norm), self.layers
         n_paths = batch.n_paths
         path = np.ascontiguousarray(np.tanh(_dense_stack(x["path_x"], w["path_embed"])))
         kernel, recurrent_kernel, bias = w["path_gru"]
-        n_link, n_queue = x["link_x"].shape[1], x["queue_x"].shape[1]
-        per_link = x["link_x"] @ kernel[:n_link] + x["queue_x"] @ kernel[n_link:n_link + n_queue]
-        per_path = x["path_x"] @ kernel[n_link + n_queue:-1] + bias[0]
-        kernels.path_gru_summed(path, np.ascontiguousarray(per_link), batch.hop_link, np.ascontiguousarray(per_path),
+        n_link, n_class = x["link_x"].shape[1], x["class_x"].shape[1]
+        per_queue = x["link_x"][batch.class_link] @ kernel[:n_link] + x["class_x"] @ kernel[n_link:n_link + n_class]
+        per_path = x["path_x"] @ kernel[n_link + n_class:-1] + bias[0]
+        kernels.path_gru_summed(path, np.ascontiguousarray(per_queue), batch.hop_class, np.ascontiguousarray(per_path),
                                 x["hop_share"], kernel[-1], batch.counts, batch.offsets, recurrent_kernel, bias[1],
                                 numba.get_num_threads())
         service = np.bincount(batch.hop_path, weights=x["hop_service"], minlength=n_paths)

@@ -127,12 +127,12 @@ def path_gru(h, table, index, counts, offsets, recurrent_kernel, recurrent_bias,
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, counts, offsets, recurrent_kernel,
+def path_gru_summed(h, hop_table, hop_index, path_table, hop_scale, scale_row, counts, offsets, recurrent_kernel,
                     recurrent_bias, threads, chunk=CHUNK):
     """:func:`path_gru` without the per-hop states, each hop's projected input the sum
-    ``link_table[hop_link[row]] + path_table[p] + hop_scale[row] · scale_row`` (the RNN's inputs:
-    link and queue features, path features, the path's share of the link); ``threads``: Numba's
-    thread count."""
+    ``hop_table[hop_index[row]] + path_table[p] + hop_scale[row] · scale_row`` (the RNN's inputs:
+    the features of the hop's link and queue, path features, the path's share of the link);
+    ``threads``: Numba's thread count."""
     n_paths = h.shape[0]
     for task in numba.prange(_n_tasks(n_paths, chunk, threads)):
         first, width = _dealt_items(task, n_paths, chunk, threads)
@@ -149,9 +149,9 @@ def path_gru_summed(h, link_table, hop_link, path_table, hop_scale, scale_row, c
             np.dot(states[:active], recurrent_kernel, gates[:active])
             for i in range(active):
                 row = offsets[k] + first + i
-                link, scale, path = link_table[hop_link[row]], hop_scale[row], path_table[first + i]
+                entity, scale, path = hop_table[hop_index[row]], hop_scale[row], path_table[first + i]
                 for m in range(_GATES):
-                    x[m] = link[m] + path[m] + scale * scale_row[m]
+                    x[m] = entity[m] + path[m] + scale * scale_row[m]
                 _gru_update(states, i, x, gates, recurrent_bias, unused, _ZERO)
         h[first:first + width] = states
 

@@ -15,7 +15,6 @@ import tensorflow as tf
 from twin.models.features import GraphBatch, build_batch
 from twin.models.model_files import (
     KINDS,
-    QUEUE_KINDS,
     ModelFileError,
     Normalizer,
     model_inputs,
@@ -67,7 +66,7 @@ class LearnedTwin:
     @property
     def heads(self) -> tuple[str, ...]:
         """What the network predicts per path, in the columns of its output."""
-        return HEADS if self.kind in QUEUE_KINDS else ("delay",)
+        return HEADS if self.kind == "routenet_f" else ("delay",)
 
     def forward(self, batch: GraphBatch) -> tf.Tensor:
         """Per sorted path delay, s (a tensor); (P, len(heads)) for a model of several heads."""

@@ -13,7 +13,7 @@ from twin.state.errors import NdtError
 
 MODELS_DIR = Path(__file__).parent / "weights"
 KINDS = ("routenet_e", "rnn", "routenet_f")
-QUEUE_KINDS = ("routenet_f",)  # models with a state per (link, queue): they also read the class features
+CLASS_KINDS = ("routenet_f", "rnn")  # models that read each hop's queue (class) features, not only its link's
 
 
 class ModelFileError(NdtError):
@@ -21,7 +21,7 @@ class ModelFileError(NdtError):
 
 
 class Normalizer:
-    """Per-feature standardisation of link, queue, path (and, for QUEUE_KINDS, class) features (mean, std from a
+    """Per-feature standardisation of link, queue, path (and, for CLASS_KINDS, class) features (mean, std from a
     training set)."""
 
     KEYS = ("link_x", "queue_x", "path_x")
@@ -48,7 +48,7 @@ class Normalizer:
 def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
     """What both engines feed a learned model: normalised features and per-hop scales of ``batch``
     (float32; the scales in s, packets and shares of capacity). A model with class statistics in ``norm``
-    (QUEUE_KINDS) gets the class features too, and each hop's buffer and service time are its queue's."""
+    (CLASS_KINDS) gets the class features too, and each hop's buffer and service time are its queue's."""
     link = batch.hop_link
     classes = "class_x" in norm.stats
     arrays = {
@@ -88,6 +88,9 @@ def read_description(path: Path) -> dict:
         raise ModelFileError(f"{path}: not a model description ({exc})") from None
     if description["kind"] not in KINDS:
         raise ModelFileError(f"{path}: unknown model kind {description['kind']!r} (known: {', '.join(KINDS)})")
+    if description["kind"] in CLASS_KINDS and "class_x" not in description["norm"].stats:
+        raise ModelFileError(f"{path}: a {description['kind']} model reads queue features, but its normalisation has "
+                             "none (a model of an earlier ndt version? retrain it)")
     return description
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from twin.data.dataset import read_shard
 from twin.models.features import JITTER_FLOOR, TARGETS, StateGraph, batch_graphs, error_scales, state_graph
 from twin.models.learned import LearnedTwin, batch_tensors, build, load_twin, make_network, padded_hops
-from twin.models.model_files import QUEUE_KINDS, ModelFileError, Normalizer
+from twin.models.model_files import CLASS_KINDS, ModelFileError, Normalizer
 from twin.state.errors import NdtError, StateError
 
 
@@ -209,7 +209,7 @@ class Trainer:
             train, _ = self.data.split(config.val_every)
             if not train:
                 raise StateError(f"{dataset}: no training samples (all {len(self.data.items)} are validation)")
-            self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]), classes=config.kind in QUEUE_KINDS)
+            self.norm = Normalizer.fit(batch_graphs([it.graph for it in train]), classes=config.kind in CLASS_KINDS)
         with self.strategy.scope():
             self.net = make_network(config.kind, {"state_dim": config.state_dim, "iterations": config.iterations})
             build(self.net, self.norm, batch_graphs([self.data.items[0].graph]))
