@@ -89,8 +89,8 @@ def read_description(path: Path) -> dict:
     if description["kind"] not in KINDS:
         raise ModelFileError(f"{path}: unknown model kind {description['kind']!r} (known: {', '.join(KINDS)})")
     if description["kind"] in CLASS_KINDS and "class_x" not in description["norm"].stats:
-        raise ModelFileError(f"{path}: a {description['kind']} model reads queue features, but its normalisation has "
-                             "none (a model of an earlier ndt version? retrain it)")
+        raise ModelFileError(f"{path}: a {description['kind']} model reads queue features, but its normalisation "
+                             "has none (a model of an earlier ndt version? retrain it)")
     return description
 
 

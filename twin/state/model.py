@@ -307,8 +307,8 @@ class NetworkState:
             return Routes(*self._flow_hops, np.arange(len(self.flows)), np.ones(len(self.flows)))
         arrays, columns = self.link_arrays, self.flow_columns
         try:
-            hop_links, hop_counts, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"], arrays["weight"],
-                                              columns["src"], columns["dst"])
+            hop_links, hop_counts, owner, share = ecmp_routes(len(self.nodes), arrays["src"], arrays["dst"],
+                                                              arrays["weight"], columns["src"], columns["dst"])
         except LookupError as exc:
             flow = self.flows[exc.args[0]]
             raise StateError(f"flow {flow.src}->{flow.dst}: unreachable destination, no path follows the links") from None

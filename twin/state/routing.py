@@ -120,7 +120,8 @@ def ecmp_routes(n_nodes: int, link_src: np.ndarray, link_dst: np.ndarray, weight
     """Every flow split over all its equal-cost shortest paths, evenly at each hop (as OSPF routers hash).
 
     Returns ``(hop_links, hop_counts, owner, share)``: every route's link indices in hop order, route
-    after route, the number of links of each route, the flow index each route belongs to, and the fraction of that flow's traffic it carries (a flow's shares sum to 1).
+    after route, the number of links of each route, the flow index each route belongs to, and the
+    fraction of that flow's traffic it carries (a flow's shares sum to 1).
     Routes of one flow are consecutive, in the order of their first differing link index.
     Raises ``LookupError(i)`` when flow ``i``'s destination cannot be reached and
     ``OverflowError(i)`` when it has more than ``max_paths`` equal-cost paths.
