@@ -45,10 +45,8 @@ class LoadModel:
         arrays = state.link_arrays
         self.n_nodes = len(state.nodes)
         self.src, self.dst, self.capacity = arrays["src"], arrays["dst"], arrays["capacity"]
-        idx = state.node_index
-        self.pair_src = np.array([idx[f.src] for f in state.flows], dtype=np.int64)
-        self.pair_dst = np.array([idx[f.dst] for f in state.flows], dtype=np.int64)
-        self.rates = np.array([f.rate for f in state.flows])
+        columns = state.flow_columns
+        self.pair_src, self.pair_dst, self.rates = columns["src"], columns["dst"], columns["rate"]
 
     def loads(self, weights: np.ndarray) -> np.ndarray:
         table = next_hop_links(self.n_nodes, self.src, self.dst, weights.astype(float))

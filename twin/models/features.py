@@ -202,7 +202,7 @@ def state_graph(state: NetworkState) -> StateGraph:
     fa["rate"] = fa["rate"] * routes.share
     lengths = routes.hop_counts
     hop_link = routes.hop_links
-    hop_flow = np.repeat(np.arange(len(lengths)), lengths)
+    hop_flow = routes.hop_route
     rate, size = fa["rate"], fa["size"]
 
     def per_link(values):
@@ -221,7 +221,7 @@ def state_graph(state: NetworkState) -> StateGraph:
     link_x = np.stack([load, np.log1p(n_flows), *shares, size_scv], axis=1)
     queue_x = np.stack([np.log2(la["buffer"].astype(np.float64)), load], axis=1)
 
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    starts = routes.first_hop
     bottleneck = np.minimum.reduceat(capacity[hop_link], starts)
     max_load = np.maximum.reduceat(load[hop_link], starts)
     share = rate / bottleneck
@@ -312,7 +312,8 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
     counts = np.ascontiguousarray(np.cumsum(np.bincount(lengths)[::-1])[::-1][1:])  # paths with more than k hops
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
     hop_path = np.concatenate([np.arange(n) for n in counts])  # by hop position, then sorted path
-    hop_link = flat_links[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
+    hop_row = starts[hop_path] + np.repeat(np.arange(len(counts)), counts)  # each hop's place in the flat arrays
+    hop_link = flat_links[hop_row]
     capacity = np.concatenate([g.link_capacity for g in graphs])
     size = np.concatenate([g.path_size for g in graphs])[order]
     if all(g.hop_class is g.hop_link for g in graphs):  # FIFO states: each link its one class
@@ -320,7 +321,7 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
     else:
         class_offsets = np.concatenate([[0], np.cumsum([len(g.class_link) for g in graphs])])
         flat_classes = np.concatenate([g.hop_class + off for g, off in zip(graphs, class_offsets)])
-        hop_class = flat_classes[starts[hop_path] + np.repeat(np.arange(len(counts)), counts)]
+        hop_class = flat_classes[hop_row]
     batch = GraphBatch(
         link_x=np.concatenate([g.link_x for g in graphs]),
         queue_x=np.concatenate([g.queue_x for g in graphs]),
@@ -396,8 +397,7 @@ def error_scales(label, prop, transmit, target: str, maximum=np.maximum):
 def fixed_delays(state: NetworkState) -> tuple[np.ndarray, np.ndarray]:
     """Per flow (state order): propagation and transmission (mean packet / capacity) along its path, s."""
     arrays, routes = state.link_arrays, state.routes
-    n_routes, hops = len(routes.owner), routes.hop_links
-    hop_route = np.repeat(np.arange(n_routes), routes.hop_counts)
+    n_routes, hops, hop_route = len(routes.owner), routes.hop_links, routes.hop_route
     prop = np.bincount(hop_route, weights=arrays["prop_delay"][hops], minlength=n_routes)
     size = state.flow_columns["packet_size"][routes.owner]
     transmit = np.bincount(hop_route, weights=size[hop_route] / arrays["capacity"][hops], minlength=n_routes)

@@ -42,8 +42,7 @@ def path_max_load(state: NetworkState) -> np.ndarray:
     routes = state.routes
     out = np.zeros(len(state.flows))
     if len(routes.owner):
-        starts = np.concatenate([[0], np.cumsum(routes.hop_counts)[:-1]])
-        busiest = np.maximum.reduceat(state.utilization()[routes.hop_links], starts)
+        busiest = np.maximum.reduceat(state.utilization()[routes.hop_links], routes.first_hop)
         np.maximum.at(out, routes.owner, busiest)
     return out
 

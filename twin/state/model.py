@@ -113,6 +113,16 @@ class Routes:
         """Each route's link indices in hop order (views of ``hop_links``)."""
         return split_hops(self.hop_links, self.hop_counts)
 
+    @cached_property
+    def first_hop(self) -> np.ndarray:
+        """Where each route's links start in ``hop_links`` (read-only)."""
+        return _read_only(np.cumsum(self.hop_counts) - self.hop_counts)
+
+    @cached_property
+    def hop_route(self) -> np.ndarray:
+        """The route each entry of ``hop_links`` belongs to (read-only)."""
+        return _read_only(np.repeat(np.arange(len(self.hop_counts)), self.hop_counts))
+
     def per_flow(self, values: np.ndarray, n_flows: int) -> np.ndarray:
         """Per-route values → per flow, the share-weighted mean (the values themselves without ECMP)."""
         if len(self.owner) == n_flows:
