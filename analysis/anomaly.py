@@ -54,6 +54,23 @@ normal path must not outweigh an anomalous one; it separates two links that the 
 paths share when normal paths cross only one of them. Ties: more anomalous paths first, then fewer
 normal ones, then by name. Links are directed; a path's links are those of its route in place,
 and a path whose route changed starts its reference and streak anew.
+
+**Link loads.** Delay misses what moves little of it: traffic the controller's traffic matrix
+does not see (its edge rules count known host pairs only), or packets lost where a buffer is too
+small. The links' port counters see both, exactly. Each window the controller also hands over,
+per link (:class:`LinkLoad`), the load its port counters carried and the load the twin expects —
+the measured traffic matrix routed on the routing in place. Their difference as a share of the
+capacity, ``d = (measured - expected) / capacity``, is near 0 and steady in a quiet network
+(probes, LLDP and the loss a full queue causes make a small per-link bias; on the emulated
+Abilene its robust spread was 0.1-0.9 % of capacity from window to window), so it is judged like a
+path: against the link's own reference (its bias, the median of ``d`` over the windows in which
+it was inside; its spread, 1.4826 × MAD, never below ``min_load_spread``), the band
+``bias ± load_z · spread``, anomalous after ``load_persistence`` windows outside on one side
+("more": traffic the twin does not know of; "less": traffic lost on or before the link). A link
+needs 3 reference windows before it is judged. A link anomalous by load is the most direct
+evidence there is: it ranks first among the suspects (by ``|d|``, the largest first: a link that
+drops packets falls short by more than any link after it on the same flows), ahead of the links
+inferred from the paths.
 """
 
 from __future__ import annotations
@@ -78,21 +95,29 @@ class DetectorSettings:
     """z: the band's half-width in combined standard errors; persistence: consecutive windows
     outside before a path is anomalous; reference_windows: windows taken as quiet at the start
     (no verdicts before); history: quiet windows kept as the reference; penalty: a normal path's
-    weight against a link; min_spread: floor of the relative model spread (0.05 = 5 %)."""
+    weight against a link; min_spread: floor of the relative model spread (0.05 = 5 %); load_z,
+    load_persistence, min_load_spread: the same for the links' loads (the spread a share of the
+    capacity: 0.005 = 0.5 %)."""
 
-    z: float = 4.5
+    z: float = 7.0
     persistence: int = 3
     reference_windows: int = 6
     history: int = 30
     penalty: float = 0.5
     min_spread: float = 0.03
+    load_z: float = 5.0
+    load_persistence: int = 2
+    min_load_spread: float = 0.005
 
     def __post_init__(self):
         checks = ((self.z > 0, "z must be > 0"), (self.persistence >= 1, "persistence must be >= 1"),
                   (self.reference_windows >= 1, "reference_windows must be >= 1"),
                   (self.history >= self.reference_windows, "history must be >= reference_windows"),
                   (0 <= self.penalty <= 1, "penalty must lie in [0, 1]"),
-                  (0 <= self.min_spread < 10, "min_spread must lie in [0, 10)"))
+                  (0 <= self.min_spread < 10, "min_spread must lie in [0, 10)"),
+                  (self.load_z > 0, "load_z must be > 0"),
+                  (self.load_persistence >= 1, "load_persistence must be >= 1"),
+                  (0 < self.min_load_spread < 1, "min_load_spread must lie in (0, 1)"))
         for ok, message in checks:
             if not ok:
                 raise AnomalyError(f"{message}, got {self}")
@@ -120,6 +145,46 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class LinkLoad:
+    """One directed link over one window: the load its port counters measured (bit/s), the load the
+    twin expects on it (the measured traffic matrix on the routing in place, bit/s), its capacity (bit/s)."""
+
+    src: str
+    dst: str
+    measured_bps: float
+    expected_bps: float
+    capacity_bps: float
+
+    @property
+    def pair(self) -> Pair:
+        return (self.src, self.dst)
+
+    @property
+    def deviation(self) -> float:
+        """(measured - expected) / capacity."""
+        return (self.measured_bps - self.expected_bps) / self.capacity_bps
+
+
+@dataclass(frozen=True)
+class LinkVerdict:
+    """A link's load judged in one window: its band (bit/s), ``side`` +1 more than expected, -1 less,
+    0 inside; ``streak``, ``since`` as for a path; ``deviation``: (measured - expected) / capacity,
+    less the link's usual bias."""
+
+    src: str
+    dst: str
+    measured_bps: float
+    expected_bps: float
+    lo_bps: float
+    hi_bps: float
+    deviation: float
+    side: int
+    streak: int
+    anomalous: bool
+    since: float
+
+
+@dataclass(frozen=True)
 class PathVerdict:
     """A path's judgement in one window: its band (s), ``side`` +1 above, -1 below, 0 inside;
     ``streak`` consecutive windows outside on that side; ``since``: the end of the first window of
@@ -142,20 +207,23 @@ class PathVerdict:
 
 @dataclass(frozen=True)
 class Suspect:
-    """A link crossed by anomalous paths: its score (1 = every anomalous path and no normal one)."""
+    """A link crossed by anomalous paths, or whose load is anomalous: its score (1 = every anomalous
+    path and no normal one; 0 when no anomalous path crosses it) and ``load_deviation`` (its
+    anomalous load's deviation from the expected, a share of the capacity; 0: its load is as expected)."""
 
     src: str
     dst: str
     score: float
     anomalous_paths: int
     normal_paths: int
+    load_deviation: float = 0.0
 
 
 @dataclass
 class Verdict:
     """One window judged: every path measured in it, the anomalous paths (also those not measured
-    this window), the suspects ranked, the paths newly anomalous; ``learning``: the reference is
-    still being gathered, so nothing was judged."""
+    this window), the suspects ranked, the paths newly anomalous, and the same for the links'
+    loads; ``learning``: the reference is still being gathered, so nothing was judged."""
 
     ts: float
     learning: bool
@@ -164,6 +232,14 @@ class Verdict:
     suspects: list[Suspect] = field(default_factory=list)
     new: list[Pair] = field(default_factory=list)
     model_spread: float = float("nan")
+    links: list[LinkVerdict] = field(default_factory=list)
+    link_anomalies: list[LinkVerdict] = field(default_factory=list)
+    new_links: list[Pair] = field(default_factory=list)
+
+    @property
+    def anomalous(self) -> bool:
+        """Any path or link anomalous now."""
+        return bool(self.anomalies or self.link_anomalies)
 
 
 @dataclass
@@ -186,14 +262,18 @@ class AnomalyDetector:
         self._streaks: dict[Pair, tuple[int, int, float]] = {}  # pair → (side, windows, since)
         self._anomalous: dict[Pair, PathVerdict] = {}
         self._unmeasured: dict[Pair, int] = {}  # anomalous pair → windows in a row without a measurement
+        self._load_reference: dict[Pair, deque] = {}  # link → its deviations in the windows it was inside
+        self._load_streaks: dict[Pair, tuple[int, int, float]] = {}
+        self._load_anomalous: dict[Pair, LinkVerdict] = {}
 
     @property
     def learning(self) -> bool:
         return self.windows < self.settings.reference_windows
 
-    def judge(self, ts: float, observations: list[Observation]) -> Verdict:
-        """The window ending at ``ts`` (Unix s): each path's verdict, the anomalies, the suspects."""
+    def judge(self, ts: float, observations: list[Observation], loads: list[LinkLoad] = ()) -> Verdict:
+        """The window ending at ``ts`` (Unix s): each path's and link's verdict, the anomalies, the suspects."""
         observations = [_checked(o) for o in observations]
+        loads = [_checked_load(lk) for lk in loads]
         for o in observations:
             if self._links.get(o.pair, o.links) != o.links:  # rerouted: what was learned of it no longer holds
                 self._reference.pop(o.pair, None)
@@ -202,8 +282,10 @@ class AnomalyDetector:
             self._links[o.pair] = o.links
         if self.learning:
             self._remember(observations)
+            self._remember_loads(loads)
             self.windows += bool(observations)
             return Verdict(ts, True)
+        links, new_links = self._judge_loads(ts, loads)
         spread, pooled_bias = self.model_spread(), self._pooled_bias()
         paths, new = [], []
         for o in observations:
@@ -237,7 +319,49 @@ class AnomalyDetector:
         self._remember([o for o, p in zip(observations, paths) if p.side == 0])
         anomalies = sorted(self._anomalous.values(), key=lambda p: (p.src, p.dst))
         normal = [p for p in paths if p.side == 0]
-        return Verdict(ts, False, paths, anomalies, suspects(anomalies, normal, self.settings.penalty), new, spread)
+        link_anomalies = sorted(self._load_anomalous.values(), key=lambda lk: (lk.src, lk.dst))
+        ranked = suspects(anomalies, normal, self.settings.penalty, link_anomalies)
+        return Verdict(ts, False, paths, anomalies, ranked, new, spread, links, link_anomalies, new_links)
+
+    def _judge_loads(self, ts: float, loads: list[LinkLoad]) -> tuple[list[LinkVerdict], list[Pair]]:
+        """Each link's load against its reference (see the module's docstring); (verdicts, links newly anomalous)."""
+        settings = self.settings
+        verdicts, new = [], []
+        for lk in loads:
+            reference = self._load_reference.get(lk.pair)
+            if reference is None or len(reference) < MIN_OWN_REFERENCE:
+                self._remember_loads([lk])
+                continue
+            values = np.asarray(reference)
+            bias = float(np.median(values))
+            spread = max(settings.min_load_spread, MAD_TO_SIGMA * float(np.median(np.abs(values - bias))))
+            deviation = lk.deviation - bias
+            side = 1 if deviation > settings.load_z * spread else -1 if deviation < -settings.load_z * spread else 0
+            was_side, count, since = self._load_streaks.get(lk.pair, (0, 0, math.nan))
+            if side == 0:
+                count, since = 0, math.nan
+                reference.append(lk.deviation)
+            elif side == was_side:
+                count += 1
+            else:
+                count, since = 1, ts
+            self._load_streaks[lk.pair] = (side, count, since)
+            anomalous = side != 0 and count >= settings.load_persistence
+            half = settings.load_z * spread * lk.capacity_bps
+            centre = lk.expected_bps + bias * lk.capacity_bps
+            verdict = LinkVerdict(lk.src, lk.dst, lk.measured_bps, lk.expected_bps, centre - half, centre + half,
+                                  deviation, side, count, anomalous, since)
+            verdicts.append(verdict)
+            if anomalous:
+                if lk.pair not in self._load_anomalous:
+                    new.append(lk.pair)
+                self._load_anomalous[lk.pair] = verdict
+            else:
+                self._load_anomalous.pop(lk.pair, None)
+        measured = {lk.pair for lk in loads}
+        for pair in [p for p in self._load_anomalous if p not in measured]:  # its counters are gone: the link is down
+            self._load_anomalous.pop(pair)
+        return verdicts, new
 
     def band(self, o: Observation, spread: float, pooled_bias: float) -> tuple[float, float, float]:
         """The band (lo, hi, s) ``o`` is judged against, and the standard error used, s; ``spread``:
@@ -289,8 +413,29 @@ class AnomalyDetector:
                 ref.variances.append(o.stderr_s ** 2 * o.samples)
             ref.relative_errors.append(o.stderr_s / o.predicted_s)
 
+    def _remember_loads(self, loads: list[LinkLoad]) -> None:
+        """Learning windows' (and a new link's) deviations join the links' references."""
+        for lk in loads:
+            self._load_reference.setdefault(lk.pair, deque(maxlen=self.settings.history)).append(lk.deviation)
 
-def suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], penalty: float) -> list[Suspect]:
+
+def suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], penalty: float,
+             link_anomalies: list[LinkVerdict] = ()) -> list[Suspect]:
+    """The links whose load is anomalous, then those crossed by ``anomalous`` paths, scored and
+    ranked (see the module's docstring)."""
+    by_paths = _path_suspects(anomalous, normal, penalty)
+    if not link_anomalies:
+        return by_paths
+    inferred = {(s.src, s.dst): s for s in by_paths}
+    direct = []
+    for lk in sorted(link_anomalies, key=lambda v: (-abs(v.deviation), v.src, v.dst)):
+        known = inferred.pop((lk.src, lk.dst), None)
+        direct.append(Suspect(lk.src, lk.dst, known.score if known else 0.0, known.anomalous_paths if known else 0,
+                              known.normal_paths if known else 0, lk.deviation))
+    return direct + [s for s in by_paths if (s.src, s.dst) in inferred]
+
+
+def _path_suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], penalty: float) -> list[Suspect]:
     """The links crossed by ``anomalous`` paths, scored and ranked (see the module's docstring)."""
     if not anomalous:
         return []
@@ -322,3 +467,14 @@ def _checked(o: Observation) -> Observation:
         if bound is not None and not (math.isfinite(bound) and bound >= 0):
             raise AnomalyError(f"{name}: the twin's interval bounds must be finite and >= 0 s, got {bound}")
     return o
+
+
+def _checked_load(lk: LinkLoad) -> LinkLoad:
+    """``lk`` if it can be judged; else :class:`AnomalyError` naming the link and the value."""
+    name = f"link {lk.src}->{lk.dst}"
+    if not (math.isfinite(lk.capacity_bps) and lk.capacity_bps > 0):
+        raise AnomalyError(f"{name}: capacity must be finite and > 0 bit/s, got {lk.capacity_bps}")
+    for what, value in (("measured", lk.measured_bps), ("expected", lk.expected_bps)):
+        if not (math.isfinite(value) and value >= 0):
+            raise AnomalyError(f"{name}: {what} load must be finite and >= 0 bit/s, got {value}")
+    return lk

@@ -17,19 +17,20 @@ one at a time and ``--reps`` times each on different directed links (the control
   static neighbour entry so it never ARPs): the edge counting rules match only known (source,
   destination) host pairs, so the traffic matrix the twin is fed never sees it, while the route
   rules (by destination) carry it; on links loaded under 20 %;
-- ``buffer``: the link's FIFO shrunk to ``--small-buffer`` packets, on the busiest links (a short
-  queue only shortens delay where a queue forms).
+- ``buffer``: the link's FIFO shrunk to ``--small-buffer`` packets, on links loaded 50 % or more
+  (a short queue only shortens delay, and loses packets, where a queue forms: on a link loaded
+  16 % a 2-packet FIFO changed neither its paths' delay nor its carried load measurably).
 
 Each fault lasts ``--fault-s`` s; ListAnomalies is polled every 0.5 s. Recorded per fault: the time
-from injection to the first anomalous path, the suspects ranked then and at the fault's end, and
-whether the faulty link was ranked first at detection. Before each fault the network is let
-recover until no anomaly is listed; an anomaly listed in the quiet gaps is counted as a false
-alarm. ``quiet`` runs ``--minutes`` of steady traffic and counts alarms (the anomalous-path set
-turning non-empty) and ``ndt_anomalies_total``. Prints JSON (also written to data/logs/TAG/result.json).
+from injection to the first anomalous path or link, the suspects ranked then and at the fault's
+end, and whether the faulty link was ranked first at detection. Before each fault the network is
+let recover until no anomaly is listed; an anomaly listed in the quiet gaps is counted as a false
+alarm. ``quiet`` runs ``--minutes`` of steady traffic and counts alarms (the set of anomalous paths
+and links turning non-empty) and ``ndt_anomalies_total``. Prints JSON (also written to data/logs/TAG/result.json).
 
 The controller logs every judged window's observations (``--anomaly-log``, DIR/anomaly.jsonl).
 ``replay`` re-judges them with other detector settings (no root, no emulation): the same figures
-per fault (from DIR/faults.json; detected: a path newly anomalous in a window ending while the
+per fault (from DIR/faults.json; detected: a path or link newly anomalous in a window ending while the
 fault was on) and the alarms outside the faults — a quiet run's, or the gaps between faults (an
 alarm is the anomalous set turning non-empty more than ``RECOVERY_S`` after the last fault was
 removed). Replayed with the settings the run used, it gives the live figures again
@@ -52,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from controller.api.client import ControllerClient
-from analysis.anomaly import AnomalyDetector, DetectorSettings, Observation
+from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observation
 from mininet_topos.network import LOG_DIR, EmulatedNetwork, shaping_commands
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
@@ -173,12 +174,19 @@ def pick_links(state, reps: int) -> dict[str, list[tuple[str, str]]]:
 
     return {"rate": spread([i for i in order if 0.3 <= utilization[i] <= 0.55]),
             "flow": spread([i for i in order[::-1] if utilization[i] < 0.2][::2]),
-            "buffer": spread(list(order))}
+            "buffer": spread([i for i in order if utilization[i] >= 0.5])}
 
 
 def anomaly_view(reply) -> dict:
     return {"paths": [f"{p.src}->{p.dst}" for p in reply.paths],
-            "suspects": [[f"{s.src}->{s.dst}", round(s.score, 3)] for s in reply.suspects[:3]]}
+            "links": [f"{lk.src}->{lk.dst} ({lk.direction})" for lk in reply.links],
+            "suspects": [[f"{s.src}->{s.dst}", round(s.score, 3), round(s.load_deviation, 4)]
+                         for s in reply.suspects[:3]]}
+
+
+def listed(reply) -> bool:
+    """Anything anomalous in a ListAnomalies reply: a path or a link."""
+    return bool(reply.paths or reply.links)
 
 
 def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
@@ -191,7 +199,7 @@ def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
         while time.monotonic() - injected < args.fault_s:
             check_alive(net)
             reply = net.client.anomalies()
-            if reply.paths:
+            if listed(reply):
                 last = anomaly_view(reply)
                 if detected is None:
                     detected, first = time.monotonic() - injected, last
@@ -210,13 +218,13 @@ def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
 def settle(net: EmulatedNetwork, timeout: float) -> tuple[float, list]:
     """Wait until no anomaly is listed, then 10 s more watching; (seconds waited, anomalies seen in the watch)."""
     started = time.monotonic()
-    while net.client.anomalies().paths and time.monotonic() - started < timeout:
+    while listed(net.client.anomalies()) and time.monotonic() - started < timeout:
         time.sleep(1.0)
     seen = []
     watch = time.monotonic()
     while time.monotonic() - watch < 10.0:
         reply = net.client.anomalies()
-        if reply.paths:
+        if listed(reply):
             seen.append(anomaly_view(reply))
         time.sleep(POLL_S)
     return time.monotonic() - started, seen
@@ -339,10 +347,10 @@ def quiet(net: EmulatedNetwork, args) -> dict:
             break
         reply = net.client.anomalies()
         polls += 1
-        if reply.paths and not active:
+        if listed(reply) and not active:
             alarms.append({"at_s": time.monotonic() - started, **anomaly_view(reply)})
             print(json.dumps(alarms[-1]), file=sys.stderr, flush=True)
-        active = bool(reply.paths)
+        active = listed(reply)
         time.sleep(2.0)
     return {"quiet_s": time.monotonic() - started, "ended_early": gone, "polls": polls, "alarms": len(alarms), "alarm_list": alarms,
             "new_anomalous_paths": metric(net.metrics_url, "ndt_anomalies_total") - total0}
@@ -356,13 +364,13 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
     for line in (directory / "anomaly.jsonl").read_text().splitlines():
         record = json.loads(line)
         observations = [Observation(**{**o, "links": tuple(map(tuple, o["links"]))}) for o in record["observations"]]
-        verdict = detector.judge(record["ts"], observations)
+        verdict = detector.judge(record["ts"], observations, [LinkLoad(**lk) for lk in record.get("loads", [])])
         if not verdict.learning:
             windows.append(verdict)
     runs = []
     for fault in faults:
         target = fault["link"]
-        hits = [v for v in windows if fault["injected_at"] <= v.ts <= fault["removed_at"] and v.new]
+        hits = [v for v in windows if fault["injected_at"] <= v.ts <= fault["removed_at"] and (v.new or v.new_links)]
         first = hits[0] if hits else None
         detect_s = first.ts - fault["injected_at"] if first else None
         runs.append({"kind": fault["kind"], "link": target, "detect_s": detect_s,
@@ -373,9 +381,10 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
     alarms, active = [], False
     for v in windows:
         near_fault = any(f["injected_at"] <= v.ts <= f["removed_at"] + RECOVERY_S for f in faults)
-        if v.anomalies and not active and not near_fault:
-            alarms.append({"ts": v.ts, "paths": [f"{p.src}->{p.dst}" for p in v.anomalies]})
-        active = bool(v.anomalies)
+        if v.anomalous and not active and not near_fault:
+            alarms.append({"ts": v.ts, "paths": [f"{p.src}->{p.dst}" for p in v.anomalies],
+                           "links": [f"{lk.src}->{lk.dst}" for lk in v.link_anomalies]})
+        active = v.anomalous
     outside = sum(1 for v in windows
                   if not any(f["injected_at"] <= v.ts <= f["removed_at"] + RECOVERY_S for f in faults))
     return {"settings": {"z": settings.z, "persistence": settings.persistence}, "windows_judged": len(windows),

@@ -11,7 +11,7 @@ from ndt.options import ip_address, number, port
 from twin.state.errors import NdtError
 
 
-DEFAULT_Z = 4.5  # analysis.anomaly.DetectorSettings.z (not imported here: the CLI starts without numpy)
+DEFAULT_Z = 7.0  # analysis.anomaly.DetectorSettings.z (not imported here: the CLI starts without numpy)
 
 
 class OptionError(NdtError, ValueError):

@@ -29,11 +29,12 @@ class Metrics:
         self._traffic_bytes: dict[Pair, int] = {}
         self._delays: dict[str, dict[Pair, float]] = {kind: {} for kind in DELAY_KINDS}
         self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0, "probes_sent": 0,
-                          "probes_lost": 0, "anomalies": 0}
+                          "probes_lost": 0, "anomalies": 0, "link_anomalies": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
         self._loop_counts: dict[tuple[str, str], int] = {}
         self._suspects: dict[Pair, float] = {}
+        self._load_deviations: dict[Pair, float] = {}
 
     def update_links(self, samples: list[LinkSample]) -> None:
         with self._lock:
@@ -65,13 +66,18 @@ class Metrics:
         with self._lock:
             self._control_rtt[switch] = seconds
 
-    def set_anomalies(self, paths: int, suspects: dict[Pair, float], new: int) -> None:
+    def set_anomalies(self, paths: int, suspects: dict[Pair, float], new: int,
+                      load_deviations: dict[Pair, float] | None = None, new_links: int = 0) -> None:
         """Anomaly detection's last window: the paths anomalous now, the suspect links' scores
-        (replacing the last window's), and ``new`` paths that became anomalous in it."""
+        (replacing the last window's), ``new`` paths that became anomalous in it; the links whose load
+        is anomalous now with their deviation (share of capacity), ``new_links`` of them new."""
         with self._lock:
             self._gauges["anomaly_paths"] = float(paths)
+            self._gauges["anomaly_links"] = float(len(load_deviations or {}))
             self._suspects = dict(suspects)
+            self._load_deviations = dict(load_deviations or {})
             self._counters["anomalies"] += new
+            self._counters["link_anomalies"] += new_links
 
     def count_loop(self, what: str, label: str) -> None:
         """One more closed-loop ``trigger`` (label: its kind) or ``decision`` (label: its action)."""
@@ -106,6 +112,7 @@ class Metrics:
             control_rtt = dict(self._control_rtt)
             loop_counts = dict(self._loop_counts)
             suspects = dict(self._suspects)
+            load_deviations = dict(self._load_deviations)
         pair = ["src", "dst"]
         tx_bytes = CounterMetricFamily("ndt_link_transmit_bytes", "Bytes sent on the directed link (switch port counter)", labels=pair)
         tx_packets = CounterMetricFamily("ndt_link_transmit_packets", "Packets sent on the directed link", labels=pair)
@@ -145,6 +152,12 @@ class Metrics:
         for (src, dst), value in sorted(suspects.items()):
             suspect.add_metric([src, dst], value)
         yield suspect
+        deviation = GaugeMetricFamily("ndt_anomaly_link_load_deviation_ratio", "Anomaly detection: (carried - expected "
+                                      "load) / capacity of the directed links whose port counters keep carrying more "
+                                      "or less than the measured traffic matrix puts on them", labels=pair)
+        for (src, dst), value in sorted(load_deviations.items()):
+            deviation.add_metric([src, dst], value)
+        yield deviation
         for what, (label, help_text) in _LOOP_COUNTERS.items():
             family = CounterMetricFamily(f"ndt_loop_{what}s", help_text, labels=[label])
             for (name, value), count in sorted(loop_counts.items()):
@@ -165,6 +178,7 @@ _COUNTER_HELP = {
     "probes_sent": "In-band delay probes sent",
     "probes_lost": "In-band delay probes not returned within the timeout",
     "anomalies": "Paths that became anomalous (probe delay outside the twin's band for consecutive windows)",
+    "link_anomalies": "Links that became anomalous (carried load unlike the expected for consecutive windows)",
 }
 _LOOP_COUNTERS = {
     "trigger": ("trigger", "Closed-loop runs by trigger (start, traffic, topology, periodic, operator)"),
@@ -184,6 +198,7 @@ _GAUGE_HELP = {
     "loop_predicted_delay_seconds": "Mean delay the calibrated twin predicted for the routing the last run chose",
     "loop_last_run_timestamp_seconds": "Unix time of the last closed-loop run",
     "anomaly_paths": "Paths whose probe delay stays outside the twin's band (anomaly detection's last window)",
+    "anomaly_links": "Links whose carried load stays unlike the expected (anomaly detection's last window)",
     "anomaly_learning": "1 while anomaly detection gathers its reference windows (nothing judged yet)",
 }
 

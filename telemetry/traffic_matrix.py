@@ -37,3 +37,17 @@ def estimated_state(state: NetworkState, rates: dict[tuple[str, str], float],
         raise TrafficMatrixError("the controller measured no traffic: the telemetry has no traffic matrix yet")
     size = {} if packet_size is None else {"packet_size": packet_size}
     return state.with_flows(Flow(s, d, rate=r, **size) for (s, d), r in sorted(rates.items()))
+
+
+def carried_loads(samples) -> dict[tuple[str, str], float]:
+    """Mean rate (bit/s) each link's port counters carried between its first and last sample in
+    ``samples`` (:class:`telemetry.store.LinkSample` rows in time order). A link with fewer than two
+    samples, or whose counter went back (the switch reconnected and reset it), is left out."""
+    spans: dict[tuple[str, str], list] = {}
+    for s in samples:
+        first_last = spans.setdefault((s.src, s.dst), [s, s])
+        if s.tx_bytes < first_last[1].tx_bytes:
+            first_last[0] = None  # reset: no span over this window
+        first_last[1] = s
+    return {pair: 8.0 * (last.tx_bytes - first.tx_bytes) / (last.ts - first.ts)
+            for pair, (first, last) in spans.items() if first is not None and last.ts > first.ts}

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.anomaly import AnomalyDetector, DetectorSettings, Observation, Verdict
+from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observation, Verdict
 from controller.loop.decisions import choose, should_roll_back, top_candidates, traffic_shifted
 from optimizer.intent import Intent
 from telemetry.store import CONTROL_KIND, DECISION_KIND
-from telemetry.traffic_matrix import TrafficMatrixError, estimated_state, traffic_matrix
+from telemetry.traffic_matrix import TrafficMatrixError, carried_loads, estimated_state, traffic_matrix
 from twin.calibration.correction import CalibratedPredictor
 from twin.calibration.online import OnlineCalibration
 from twin.models.intervals import judge
@@ -608,37 +608,58 @@ class LoopService:
                 bounds = (None, None) if judged.lo is None else (float(judged.lo[i]), float(judged.hi[i]))
                 observations.append(Observation(flow.src, flow.dst, stat.mean, stat.samples, stat.stderr,
                                                 float(predicted[i]), tuple(routes.get(i, ())), *bounds))
-        verdict = self.detector.judge(wall_end, observations)
+        loads = self._link_loads(estimated, start, wall_end) if steady_from <= mono_end - window else []
+        verdict = self.detector.judge(wall_end, observations, loads)
         if self.settings.anomaly_log is not None:
             with open(self.settings.anomaly_log, "a") as log:
-                log.write(json.dumps({"ts": wall_end, "observations": [asdict(o) for o in observations]}) + "\n")
+                log.write(json.dumps({"ts": wall_end, "observations": [asdict(o) for o in observations],
+                                      "loads": [asdict(lk) for lk in loads]}) + "\n")
         self._report_anomalies(verdict)
         return verdict
 
+    def _link_loads(self, estimated: NetworkState, start: float, end: float) -> list[LinkLoad]:
+        """Per link of ``estimated``: what its port counters carried from ``start`` to ``end`` (Unix s)
+        beside the load the measured traffic matrix puts on it (anomaly detection's link loads)."""
+        carried = carried_loads(self.store.link_samples(start, end + 1e-6))
+        expected = estimated.link_loads()
+        return [LinkLoad(lk.src, lk.dst, carried[(lk.src, lk.dst)], float(expected[i]), lk.capacity)
+                for i, lk in enumerate(estimated.links) if (lk.src, lk.dst) in carried]
+
     def _report_anomalies(self, verdict: Verdict) -> None:
-        """The window's verdict to gRPC (kept), Prometheus, and, when the anomalous paths changed,
-        the store's config history (kind ``anomaly``) and the log."""
-        before = {(p.src, p.dst) for p in self.anomalies.anomalies} if self.anomalies is not None else set()
+        """The window's verdict to gRPC (kept), Prometheus, and, when the anomalous paths or links
+        changed, the store's config history (kind ``anomaly``) and the log."""
+        def named(verdicts):
+            return {f"{v.src}->{v.dst}" for v in verdicts}
+
+        before_paths, before_links = ((named(self.anomalies.anomalies), named(self.anomalies.link_anomalies))
+                                      if self.anomalies is not None else (set(), set()))
         self.anomalies = verdict
         self.metrics.set_gauge("anomaly_learning", float(verdict.learning))
         self.metrics.set_anomalies(len(verdict.anomalies), {(s.src, s.dst): s.score for s in verdict.suspects},
-                                   len(verdict.new))
-        now = {(p.src, p.dst) for p in verdict.anomalies}
-        if now == before:
+                                   len(verdict.new), {(lk.src, lk.dst): lk.deviation for lk in verdict.link_anomalies},
+                                   len(verdict.new_links))
+        paths, links = named(verdict.anomalies), named(verdict.link_anomalies)
+        if (paths, links) == (before_paths, before_links):
             return
         payload = jsonable({"anomalous": [asdict(p) for p in verdict.anomalies],
-                            "cleared": [f"{a}->{b}" for a, b in sorted(before - now)],
+                            "cleared": sorted(before_paths - paths),
+                            "anomalous_links": [asdict(lk) for lk in verdict.link_anomalies],
+                            "cleared_links": sorted(before_links - links),
                             "suspects": [asdict(s) for s in verdict.suspects[:10]],
                             "model_spread": verdict.model_spread})
         try:
             self.store.add_config(verdict.ts, "ndt anomaly detection", ANOMALY_KIND, payload)
         except NdtError as exc:
             LOG.error("%s", exc)
+        def listed(names):
+            return ", ".join(sorted(names)) or "none"
+
         top = verdict.suspects[0] if verdict.suspects else None
-        LOG.warning("anomaly: %d paths outside the twin's band (new: %s, cleared: %s)%s", len(now),
-                    ", ".join(f"{a}->{b}" for a, b in sorted(now - before)) or "none",
-                    ", ".join(f"{a}->{b}" for a, b in sorted(before - now)) or "none",
-                    f"; suspect {top.src}->{top.dst} (score {top.score:.2f})" if top else "")
+        LOG.warning("anomaly: %d paths outside the twin's band (new: %s, cleared: %s), %d links whose load is not "
+                    "the expected (new: %s, cleared: %s)%s", len(paths), listed(paths - before_paths),
+                    listed(before_paths - paths), len(links), listed(links - before_links), listed(before_links - links),
+                    f"; suspect {top.src}->{top.dst} (score {top.score:.2f}, load {top.load_deviation:+.1%} of "
+                    "capacity)" if top else "")
 
     def _publish_prediction(self, ts: float, estimated: NetworkState, predicted: np.ndarray) -> None:
         """The calibrated twin's per-pair delays for the window ending at ``ts`` (Unix s) to the store

@@ -1,5 +1,6 @@
 """Anomaly detection's pure logic (analysis/anomaly.py) on synthetic windows: the band and its
-widening, persistence, the suspect ranking, quiet runs without alarms, and bad input refused."""
+widening, persistence, the suspect ranking, the links' loads, quiet runs without alarms, and bad
+input refused."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import math
 import numpy as np
 import pytest
 
-from analysis.anomaly import AnomalyDetector, AnomalyError, DetectorSettings, Observation, PathVerdict, suspects
+from analysis.anomaly import (AnomalyDetector, AnomalyError, DetectorSettings, LinkLoad, Observation, PathVerdict,
+                              suspects)
 
 # a line a-b-c-d: paths cross these directed links
 ROUTES = {("a", "b"): (("a", "b"),), ("a", "c"): (("a", "b"), ("b", "c")), ("a", "d"): (("a", "b"), ("b", "c"), ("c", "d")),
           ("b", "c"): (("b", "c"),), ("b", "d"): (("b", "c"), ("c", "d")), ("c", "d"): (("c", "d"),),
           ("d", "a"): (("d", "c"), ("c", "b"), ("b", "a"))}
 PREDICTED = {pair: 1e-3 * len(links) for pair, links in ROUTES.items()}
+CAPACITY = 2e6  # bit/s, every link
+EXPECTED = {link: 0.5e6 for links in ROUTES.values() for link in links}  # bit/s the traffic matrix puts on each link
 
 
 def window(rng, extra=None, noise=0.05, bias=0.1, samples=6, skip=()) -> list[Observation]:
@@ -32,11 +36,19 @@ def window(rng, extra=None, noise=0.05, bias=0.1, samples=6, skip=()) -> list[Ob
     return out
 
 
+def loads(rng, change=None, noise=0.003, bias=0.004) -> list[LinkLoad]:
+    """Every link's carried load: the expected one plus ``bias`` × capacity (probes, LLDP) and noise
+    (``noise`` × capacity sd); ``change``: link → load added (bit/s; negative: lost)."""
+    return [LinkLoad(*link, measured_bps=max(0.0, EXPECTED[link] + CAPACITY * (bias + rng.normal(0, noise))
+                                             + (change or {}).get(link, 0.0)),
+                     expected_bps=EXPECTED[link], capacity_bps=CAPACITY) for link in sorted(EXPECTED)]
+
+
 def learned(settings=None, seed=0, **kw) -> tuple[AnomalyDetector, np.random.Generator]:
     detector = AnomalyDetector(settings or DetectorSettings(reference_windows=6, persistence=3))
     rng = np.random.default_rng(seed)
     for i in range(detector.settings.reference_windows):
-        assert detector.judge(float(i), window(rng, **kw)).learning
+        assert detector.judge(float(i), window(rng, **kw), loads(rng)).learning
     assert not detector.learning
     return detector, rng
 
@@ -198,6 +210,63 @@ def test_suspect_scores_follow_the_documented_rule():
     assert suspects([], [path("q", "r", y)], 0.5) == []
 
 
+def test_quiet_link_loads_with_a_bias_raise_no_alarm_in_a_thousand_windows():
+    detector, rng = learned()
+    alarms = sum(bool(detector.judge(100.0 + i, window(rng), loads(rng)).link_anomalies) for i in range(1000))
+    assert alarms == 0
+
+
+def test_traffic_the_matrix_does_not_see_makes_its_link_anomalous_and_first_suspect():
+    """An unannounced flow of 0.3 × capacity on c->d: its paths' delay barely moves, its port counters show it."""
+    detector, rng = learned()
+    flow = {("c", "d"): 0.3 * CAPACITY}
+    first = detector.judge(10.0, window(rng), loads(rng, flow))
+    assert not first.link_anomalies and not first.anomalous  # outside once: not yet anomalous
+    assert next(lk for lk in first.links if (lk.src, lk.dst) == ("c", "d")).side == 1
+    second = detector.judge(11.0, window(rng), loads(rng, flow))
+    assert [(lk.src, lk.dst) for lk in second.link_anomalies] == [("c", "d")] and second.new_links == [("c", "d")]
+    assert second.anomalous and not second.anomalies  # no path is anomalous, the link is
+    cd = second.link_anomalies[0]
+    assert cd.since == 10.0 and cd.streak == 2 and cd.measured_bps > cd.hi_bps
+    assert cd.deviation == pytest.approx(0.3, abs=0.02)  # the bias of the quiet windows taken out
+    top = second.suspects[0]
+    assert (top.src, top.dst, top.score) == ("c", "d", 0.0) and top.load_deviation == cd.deviation
+    assert detector.judge(12.0, window(rng), loads(rng, flow)).new_links == []  # counted once
+    assert not detector.judge(13.0, window(rng), loads(rng)).link_anomalies  # gone once back inside
+
+
+def test_a_link_that_loses_traffic_ranks_before_the_links_after_it_and_the_paths_suspects():
+    """b->c drops 8 % of capacity, so c->d (after it) carries 6 % less; the paths from a are slow (a->b)."""
+    detector, rng = learned()
+    lost = {("b", "c"): -0.08 * CAPACITY, ("c", "d"): -0.06 * CAPACITY}
+    for i in range(3):
+        verdict = detector.judge(10.0 + i, window(rng, extra={("a", "b"): 2e-3}), loads(rng, lost))
+    assert {(lk.src, lk.dst) for lk in verdict.link_anomalies} == {("b", "c"), ("c", "d")}
+    assert all(lk.side == -1 and lk.measured_bps < lk.lo_bps for lk in verdict.link_anomalies)
+    ranked = [(s.src, s.dst) for s in verdict.suspects]
+    assert ranked[:3] == [("b", "c"), ("c", "d"), ("a", "b")]  # by lost load, then the links the paths point to
+    assert verdict.suspects[2].load_deviation == 0.0 and verdict.suspects[2].score > 0
+
+
+def test_a_link_anomaly_ends_when_its_counters_are_gone():
+    detector, rng = learned()
+    flow = {("c", "d"): 0.3 * CAPACITY}
+    for i in range(2):
+        verdict = detector.judge(10.0 + i, window(rng), loads(rng, flow))
+    assert verdict.link_anomalies
+    without_cd = [lk for lk in loads(rng, flow) if (lk.src, lk.dst) != ("c", "d")]
+    assert not detector.judge(12.0, window(rng), without_cd).link_anomalies
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(capacity_bps=0.0), "capacity"), (dict(measured_bps=-1.0), "measured load"),
+    (dict(expected_bps=math.inf), "expected load")])
+def test_link_loads_that_cannot_be_judged_are_refused_with_the_link_named(bad, message):
+    fields = dict(src="a", dst="b", measured_bps=1e6, expected_bps=1e6, capacity_bps=2e6)
+    with pytest.raises(AnomalyError, match=f"link a->b: {message}"):
+        AnomalyDetector().judge(0.0, [], [LinkLoad(**{**fields, **bad})])
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(predicted_s=0.0), "predicted delay"), (dict(measured_s=math.nan), "measured delay"),
     (dict(samples=0), "needs >= 1 probe"), (dict(twin_hi_s=-1.0), "the twin.s interval bounds")])
@@ -212,3 +281,5 @@ def test_bad_settings_are_refused():
         DetectorSettings(persistence=0)
     with pytest.raises(AnomalyError, match="penalty"):
         DetectorSettings(penalty=2.0)
+    with pytest.raises(AnomalyError, match="min_load_spread"):
+        DetectorSettings(min_load_spread=0.0)

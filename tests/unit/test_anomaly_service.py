@@ -12,14 +12,14 @@ import grpc
 import numpy as np
 import pytest
 
-from analysis.anomaly import AnomalyDetector, DetectorSettings, Observation
+from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observation
 from controller.api import ndt_api_pb2 as pb
 from controller.api import ndt_api_pb2_grpc as services
 from controller.api.server import NdtService, serve
 from controller.loop.service import ANOMALY_KIND, LoopService, ServiceSettings
 from controller.probes import PathStat
 from telemetry.exporter import Metrics
-from telemetry.store import TelemetryStore
+from telemetry.store import LinkSample, TelemetryStore
 from tests.unit.test_loop_service import QT, StandInController, square
 from twin.calibration.correction import CalibratedPredictor, Correction
 
@@ -59,19 +59,43 @@ def watching(optimize=False):
     now = [1000.0]
     settings = ServiceSettings(window_s=10.0, anomaly_window_s=10.0, check_s=0.01, optimize=optimize,
                                anomaly=DetectorSettings(reference_windows=3, persistence=2))
-    loop = LoopService(controller, store, metrics, lambda: (QT, Correction()), settings, clock=lambda: now[0])
+    start = time.time()
+    loop = LoopService(controller, store, metrics, lambda: (QT, Correction()), settings, clock=lambda: now[0],
+                       wall=lambda: start + now[0])
     loop.predictor, prior = loop._twin()
     loop.calibration.set_prior(prior)
     loop._last_change = -1000.0
     return loop, controller, store, metrics, now
 
 
-def window(loop, store, controller, now) -> object:
-    """Ten more seconds: traffic in the store up to now, the calibration's window, one detection."""
+class PortCounters:
+    """The stand-in's port counters: each link carries what the traffic matrix puts on it, plus
+    ``extra`` bit/s on ``link`` (an unannounced flow)."""
+
+    def __init__(self):
+        self.sent: dict[tuple[str, str], float] = {}  # bytes so far
+        self.link, self.extra = None, 0.0
+
+    def sample(self, store, controller, wall: float, seconds: float) -> None:
+        routed = controller.state.with_flows(controller.traffic.flows)
+        samples = []
+        for lk, load in zip(routed.links, routed.link_loads()):
+            pair = (lk.src, lk.dst)
+            rate = load + (self.extra if pair == self.link else 0.0)
+            self.sent[pair] = self.sent.get(pair, 0.0) + rate * seconds / 8.0
+            samples.append(LinkSample(wall, lk.src, lk.dst, int(self.sent[pair]), None, None, None))
+        store.add_link_samples(samples)
+
+
+def window(loop, store, controller, now, counters=None) -> object:
+    """Ten more seconds: traffic (and, with ``counters``, port counters) in the store up to now,
+    the calibration's window, one detection."""
     now[0] += 10.0
-    wall = time.time()
-    for ago in (9.0, 0.5):
+    wall = loop.wall()
+    for ago, seconds in ((9.0, 1.0), (0.5, 8.5)):
         store.add_traffic_matrix(wall - ago, {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+        if counters is not None:
+            counters.sample(store, controller, wall - ago, seconds)
     loop.observe()
     return loop.detect()
 
@@ -93,29 +117,33 @@ def test_a_slowed_link_is_flagged_after_persistence_windows_and_named_first():
     assert second.anomalies[0].links and second.anomalies[0].hi_s < second.anomalies[0].measured_s
     assert metrics._gauges["anomaly_paths"] == 2 and metrics._counters["anomalies"] == 2
     assert metrics._suspects[("s1", "s2")] == 1.0 and metrics._gauges["anomaly_learning"] == 0.0
-    records = [c for c in store.configs(0, time.time() + 1) if c.kind == ANOMALY_KIND]
+    records = [c for c in store.configs(0, loop.wall() + 1) if c.kind == ANOMALY_KIND]
     assert len(records) == 1 and {(p["src"], p["dst"]) for p in records[0].payload["anomalous"]} == {
         ("s1", "s2"), ("s1", "s3")}
     assert records[0].payload["suspects"][0]["src"] == "s1"
     controller.path_delays.extra = 0.0
     cleared = window(loop, store, controller, now)
     assert not cleared.anomalies and metrics._gauges["anomaly_paths"] == 0 and not metrics._suspects
-    records = [c for c in store.configs(0, time.time() + 1) if c.kind == ANOMALY_KIND]
+    records = [c for c in store.configs(0, loop.wall() + 1) if c.kind == ANOMALY_KIND]
     assert len(records) == 2 and records[1].payload["cleared"] == ["s1->s2", "s1->s3"]
 
 
 def test_every_judged_window_is_logged_for_replay(tmp_path):
     loop, controller, store, _, now = watching()
     loop.settings.anomaly_log = tmp_path / "anomaly.jsonl"
-    judged = [v for v in (window(loop, store, controller, now) for _ in range(5)) if v is not None]
+    counters = PortCounters()
+    judged = [v for v in (window(loop, store, controller, now, counters) for _ in range(7)) if v is not None]
     lines = [json.loads(line) for line in loop.settings.anomaly_log.read_text().splitlines()]
     assert [line["ts"] for line in lines] == [v.ts for v in judged]
+    assert all(len(line["loads"]) == len(controller.state.links) for line in lines[1:])
     replayed = AnomalyDetector(loop.settings.anomaly)
     for line in lines:
         observations = [Observation(**{**o, "links": tuple(map(tuple, o["links"]))}) for o in line["observations"]]
-        verdict = replayed.judge(line["ts"], observations)
+        verdict = replayed.judge(line["ts"], observations, [LinkLoad(**lk) for lk in line["loads"]])
     assert [(p.src, p.dst, p.lo_s, p.hi_s) for p in verdict.paths] == [(p.src, p.dst, p.lo_s, p.hi_s)
                                                                        for p in judged[-1].paths]
+    assert verdict.links and [(lk.src, lk.dst, lk.lo_bps, lk.hi_bps) for lk in verdict.links] == [
+        (lk.src, lk.dst, lk.lo_bps, lk.hi_bps) for lk in judged[-1].links]
 
 
 def test_a_routing_change_in_most_of_the_window_is_not_judged():
@@ -132,7 +160,7 @@ def test_a_partitioned_network_is_not_judged():
         window(loop, store, controller, now)
     controller.down = frozenset({("s1", "s2"), ("s1", "s4")})  # s1's traffic has no way out
     now[0] += 10.0
-    store.add_traffic_matrix(time.time(), {(f.src, f.dst): f.rate for f in controller.traffic.flows})
+    store.add_traffic_matrix(loop.wall(), {(f.src, f.dst): f.rate for f in controller.traffic.flows})
     assert loop.detect() is None
 
 
@@ -141,7 +169,7 @@ def test_the_watching_service_detects_and_never_runs_the_loop():
     loop.settings.anomaly_window_s = loop.settings.window_s = 0.5
     loop._detected_at = -np.inf
     real = time.monotonic
-    loop.clock = real
+    loop.clock, loop.wall = real, time.time
     thread = threading.Thread(target=loop.serve, daemon=True)
     thread.start()
     deadline = real() + 20
@@ -189,6 +217,38 @@ def test_grpc_lists_the_anomalies_with_the_suspects_ranked(api):
     with pytest.raises(grpc.RpcError) as bad:
         stub.ListAnomalies(pb.AnomaliesRequest(max_suspects=101), timeout=5)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_suspects" in bad.value.details()
+
+
+def test_a_link_carrying_traffic_the_matrix_does_not_see_is_listed_with_its_load(api):
+    """Port counters show 0.3 × capacity more on s2->s3 than the traffic matrix puts there: listed
+    after two windows on gRPC, in Prometheus and in the store's history, and first among the suspects."""
+    stub, loop, controller, store, now = api
+    counters = PortCounters()
+    for _ in range(7):
+        window(loop, store, controller, now, counters)
+    assert not loop.anomalies.learning and not loop.anomalies.anomalous
+    capacity = controller.state.links[controller.state.link_index[("s2", "s3")]].capacity
+    counters.link, counters.extra = ("s2", "s3"), 0.3 * capacity
+    assert not window(loop, store, controller, now, counters).link_anomalies
+    verdict = window(loop, store, controller, now, counters)
+    assert [(lk.src, lk.dst) for lk in verdict.link_anomalies] == [("s2", "s3")] and not verdict.anomalies
+    reply = stub.ListAnomalies(pb.AnomaliesRequest(), timeout=5)
+    assert not reply.paths and [(lk.src, lk.dst, lk.direction, lk.windows) for lk in reply.links] == [
+        ("s2", "s3", "more", 2)]
+    link = reply.links[0]
+    assert link.measured_bps == pytest.approx(link.expected_bps + 0.3 * capacity, rel=0.01)
+    assert link.measured_bps > link.hi_bps
+    assert (reply.suspects[0].src, reply.suspects[0].dst) == ("s2", "s3")
+    assert reply.suspects[0].load_deviation == pytest.approx(0.3, abs=0.01)
+    metrics = loop.metrics
+    assert metrics._gauges["anomaly_links"] == 1 and metrics._counters["link_anomalies"] == 1
+    assert metrics._load_deviations[("s2", "s3")] == pytest.approx(0.3, abs=0.01)
+    records = [c for c in store.configs(0, loop.wall() + 1) if c.kind == ANOMALY_KIND]
+    assert [(lk["src"], lk["dst"]) for lk in records[-1].payload["anomalous_links"]] == [("s2", "s3")]
+    counters.extra = 0.0
+    assert not window(loop, store, controller, now, counters).anomalous
+    assert metrics._gauges["anomaly_links"] == 0
+    assert store.configs(0, loop.wall() + 1)[-1].payload["cleared_links"] == ["s2->s3"]
 
 
 def test_grpc_says_when_no_detection_runs():
