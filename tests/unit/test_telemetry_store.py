@@ -12,6 +12,7 @@ import pytest
 
 from telemetry.rates import UNSUPPORTED_COUNTER, supported_counter
 from telemetry.store import LINK_KIND, LinkSample, StoreError, TelemetryStore
+from telemetry.traffic_matrix import carried_loads
 
 
 def sample(ts, src="s1", dst="s2", tx=0, util=0.5):
@@ -29,6 +30,20 @@ def test_link_samples_round_trip_and_ranges(tmp_path):
     with pytest.raises(StoreError, match="start 5 is after end 1"):
         store.link_samples(5, 1)
     store.close()
+
+
+def test_carried_loads_span_each_links_first_and_last_sample_and_skip_a_reset_counter():
+    def sample(ts, src, dst, tx_bytes):
+        return LinkSample(ts, src, dst, tx_bytes, None, None, None)
+
+    store = TelemetryStore()
+    store.add_link_samples([sample(0.0, "a", "b", 0), sample(0.0, "b", "a", 5_000), sample(0.0, "c", "a", 9_000)])
+    store.add_link_samples([sample(2.0, "a", "b", 250_000), sample(2.0, "b", "a", 1_000)])  # b->a reset (reconnect)
+    store.add_link_samples([sample(4.0, "a", "b", 1_000_000), sample(4.0, "b", "a", 3_000)])
+    carried = carried_loads(store.link_samples(0.0, 4.0 + 1e-6))
+    assert carried == {("a", "b"): 8.0 * 1_000_000 / 4.0}  # b->a went back; c->a has one sample
+    assert carried_loads(store.link_samples(2.0, 4.0 + 1e-6)) == {("a", "b"): 8.0 * 750_000 / 2.0,
+                                                                 ("b", "a"): 8.0 * 2_000 / 2.0}
 
 
 def test_wal_mode_and_indexes(tmp_path):
