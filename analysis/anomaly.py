@@ -41,7 +41,8 @@ streak). One window inside ends the anomaly, and so do ``persistence`` windows i
 a measurement of the path (its traffic stopped). Delay is heavy-tailed (bursts of queueing, a
 stalled software switch): on the emulated Abilene, with the band at ``z`` = 4.5, a quiet path was
 outside in about 2 % of its windows; requiring ``persistence`` (3) windows in a row
-makes a false alarm need that many such accidents in a row.
+makes a false alarm need that many such accidents in a row, and the default ``z`` = 7 makes them
+rarer still (the small faults the narrower band was for are the links' loads' to find, below).
 
 **Suspect links.** Over the paths with a verdict — the anomalous ones (``A``) and the *normal*
 ones, measured inside the band this window (``N``; paths outside but not yet anomalous count as
