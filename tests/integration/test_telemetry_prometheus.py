@@ -56,7 +56,7 @@ def fed_exporter():
     metrics.set_path_delays("predicted", {("s1", "s2"): 0.001})
     metrics.set_path_delays("measured", {("s1", "s2"): 0.002})
     metrics.set_gauge("twin_error_ratio", 0.2)
-    metrics.set_anomalies(2, {("s1", "s2"): 1.0}, new=2)
+    metrics.set_anomalies(2, {("s1", "s2"): 1.0}, new=2, load_deviations={("s1", "s2"): -0.05}, new_links=1)
     metrics.set_gauge("switches_connected", 2)
     metrics.set_gauge("route_version", 3)
     metrics.set_gauge("routing_switch_over_seconds", 2.5)
@@ -136,6 +136,14 @@ def alert_test(series: dict[str, str], eval_time: str, alert: str, expected: lis
                                                 for labels in expected]}]}
 
 
+def run_alert_tests(tmp_path, tests: list[dict]) -> None:
+    """``tests`` (from :func:`alert_test`) through ``promtool test rules``; fails with its output."""
+    spec = {"rule_files": [str(DASHBOARDS / "ndt-alerts.yml")], "evaluation_interval": "15s", "tests": tests}
+    (tmp_path / "alerts-test.yml").write_text(yaml.safe_dump(spec))
+    run = subprocess.run(["promtool", "test", "rules", str(tmp_path / "alerts-test.yml")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_alerts_fire_when_series_vanish(tmp_path):
     """The exporter reporting down, the exporter never scraped, and the polling counter vanishing each fire;
     a healthy exporter fires nothing."""
@@ -153,28 +161,27 @@ def test_alerts_fire_when_series_vanish(tmp_path):
         alert_test({polls: "5x40"}, "8m", "NdtStatisticsStalled",
                    [{"job": "ndt", "instance": "c:9108", "severity": "critical"}]),
     ]
-    spec = {"rule_files": [str(DASHBOARDS / "ndt-alerts.yml")], "evaluation_interval": "15s", "tests": tests}
-    (tmp_path / "alerts-test.yml").write_text(yaml.safe_dump(spec))
-    run = subprocess.run(["promtool", "test", "rules", str(tmp_path / "alerts-test.yml")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run_alert_tests(tmp_path, tests)
 
 
-def test_the_anomaly_alert_fires_on_persistent_anomalies_only(tmp_path):
-    """Anomalous paths for more than 30 s fire NdtDelayAnomaly with their count; none, or one scrape's worth, fire nothing."""
+def test_the_anomaly_alerts_fire_on_persistent_anomalies_only(tmp_path):
+    """Anomalous paths for more than 30 s fire NdtDelayAnomaly, links anomalous by load for more than
+    15 s NdtLoadAnomaly, with their count; none, or one scrape's worth, fire nothing."""
     if shutil.which("promtool") is None:
         pytest.fail("promtool not found: run scripts/install-system-deps.sh")
     paths = 'ndt_anomaly_paths{job="ndt", instance="c:9108"}'
-    fired = alert_test({paths: "0 0 3x10"}, "2m", "NdtDelayAnomaly",
-                       [{"job": "ndt", "instance": "c:9108", "severity": "warning"}])
-    fired["alert_rule_test"][0]["exp_alerts"][0]["exp_annotations"]["summary"] = (
-        "3 path(s) keep a delay outside the twin's band; the suspect links are in ndt_anomaly_suspect_score "
-        "and gRPC ListAnomalies")
-    tests = [fired, alert_test({paths: "0x20"}, "4m", "NdtDelayAnomaly", []),
-             alert_test({paths: "0 0 2 0x10"}, "2m", "NdtDelayAnomaly", [])]
-    spec = {"rule_files": [str(DASHBOARDS / "ndt-alerts.yml")], "evaluation_interval": "15s", "tests": tests}
-    (tmp_path / "alerts-test.yml").write_text(yaml.safe_dump(spec))
-    run = subprocess.run(["promtool", "test", "rules", str(tmp_path / "alerts-test.yml")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    links = 'ndt_anomaly_links{job="ndt", instance="c:9108"}'
+    labels = [{"job": "ndt", "instance": "c:9108", "severity": "warning"}]
+    fired_paths = alert_test({paths: "0 0 3x10"}, "2m", "NdtDelayAnomaly", labels)
+    fired_links = alert_test({links: "0 0 1x10"}, "1m", "NdtLoadAnomaly", labels)
+    for fired, count in ((fired_paths, "3"), (fired_links, "1")):
+        annotations = fired["alert_rule_test"][0]["exp_alerts"][0]["exp_annotations"]
+        annotations["summary"] = annotations["summary"].replace("{{ $value }}", count)
+    tests = [fired_paths, alert_test({paths: "0x20"}, "4m", "NdtDelayAnomaly", []),
+             alert_test({paths: "0 0 2 0x10"}, "2m", "NdtDelayAnomaly", []),
+             fired_links, alert_test({links: "0x20"}, "4m", "NdtLoadAnomaly", []),
+             alert_test({links: "0 0 1 0x10"}, "30s", "NdtLoadAnomaly", [])]  # one scrape's worth: pending only
+    run_alert_tests(tmp_path, tests)
 
 
 def test_every_dashboard_and_alert_expression_returns_data(prometheus):

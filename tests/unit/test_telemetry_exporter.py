@@ -73,14 +73,18 @@ def test_updates_show_on_next_scrape(exporter):
 
 def test_anomaly_metrics_replace_the_suspects_and_count_new_anomalies(exporter):
     exp, url = exporter
-    exp.metrics.set_anomalies(3, {("a", "b"): 1.0, ("b", "c"): 0.25}, new=3)
+    exp.metrics.set_anomalies(3, {("a", "b"): 1.0, ("b", "c"): 0.25}, new=3, load_deviations={("c", "d"): 0.6},
+                              new_links=1)
     got = scrape(url)
     assert got[("ndt_anomaly_paths", ())] == 3 and got[("ndt_anomalies_total", ())] == 3
     assert got[("ndt_anomaly_suspect_score", (("dst", "b"), ("src", "a")))] == 1.0
+    assert got[("ndt_anomaly_links", ())] == 1 and got[("ndt_link_anomalies_total", ())] == 1
+    assert got[("ndt_anomaly_link_load_deviation_ratio", (("dst", "d"), ("src", "c")))] == 0.6
     exp.metrics.set_anomalies(0, {}, new=0)
     got = scrape(url)
     assert got[("ndt_anomaly_paths", ())] == 0 and got[("ndt_anomalies_total", ())] == 3
-    assert not [key for key in got if key[0] == "ndt_anomaly_suspect_score"]
+    assert got[("ndt_anomaly_links", ())] == 0 and got[("ndt_link_anomalies_total", ())] == 1
+    assert not [key for key in got if key[0] in ("ndt_anomaly_suspect_score", "ndt_anomaly_link_load_deviation_ratio")]
 
 
 def test_unknown_names_are_rejected():
