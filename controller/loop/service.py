@@ -628,17 +628,14 @@ class LoopService:
     def _report_anomalies(self, verdict: Verdict) -> None:
         """The window's verdict to gRPC (kept), Prometheus, and, when the anomalous paths or links
         changed, the store's config history (kind ``anomaly``) and the log."""
-        def named(verdicts):
-            return {f"{v.src}->{v.dst}" for v in verdicts}
-
-        before_paths, before_links = ((named(self.anomalies.anomalies), named(self.anomalies.link_anomalies))
+        before_paths, before_links = ((_named(self.anomalies.anomalies), _named(self.anomalies.link_anomalies))
                                       if self.anomalies is not None else (set(), set()))
         self.anomalies = verdict
         self.metrics.set_gauge("anomaly_learning", float(verdict.learning))
         self.metrics.set_anomalies(len(verdict.anomalies), {(s.src, s.dst): s.score for s in verdict.suspects},
                                    len(verdict.new), {(lk.src, lk.dst): lk.deviation for lk in verdict.link_anomalies},
                                    len(verdict.new_links))
-        paths, links = named(verdict.anomalies), named(verdict.link_anomalies)
+        paths, links = _named(verdict.anomalies), _named(verdict.link_anomalies)
         if (paths, links) == (before_paths, before_links):
             return
         payload = jsonable({"anomalous": [asdict(p) for p in verdict.anomalies],
@@ -651,13 +648,11 @@ class LoopService:
             self.store.add_config(verdict.ts, "ndt anomaly detection", ANOMALY_KIND, payload)
         except NdtError as exc:
             LOG.error("%s", exc)
-        def listed(names):
-            return ", ".join(sorted(names)) or "none"
-
         top = verdict.suspects[0] if verdict.suspects else None
         LOG.warning("anomaly: %d paths outside the twin's band (new: %s, cleared: %s), %d links whose load is not "
-                    "the expected (new: %s, cleared: %s)%s", len(paths), listed(paths - before_paths),
-                    listed(before_paths - paths), len(links), listed(links - before_links), listed(before_links - links),
+                    "the expected (new: %s, cleared: %s)%s", len(paths), _listed(paths - before_paths),
+                    _listed(before_paths - paths), len(links), _listed(links - before_links),
+                    _listed(before_links - links),
                     f"; suspect {top.src}->{top.dst} (score {top.score:.2f}, load {top.load_deviation:+.1%} of "
                     "capacity)" if top else "")
 
@@ -768,3 +763,12 @@ class LoopService:
             self.runs += 1
             self._changed.notify_all()
         return decision
+
+
+def _named(verdicts) -> set[str]:
+    """The names ("src->dst") of path or link verdicts."""
+    return {f"{v.src}->{v.dst}" for v in verdicts}
+
+
+def _listed(names: set[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
