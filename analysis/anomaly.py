@@ -292,14 +292,7 @@ class AnomalyDetector:
         for o in observations:
             lo, hi, stderr = self.band(o, spread, pooled_bias)
             side = 1 if o.measured_s > hi else -1 if o.measured_s < lo else 0
-            was_side, count, since = self._streaks.get(o.pair, (0, 0, math.nan))
-            if side == 0:
-                count, since = 0, math.nan
-            elif side == was_side:
-                count += 1
-            else:
-                count, since = 1, ts
-            self._streaks[o.pair] = (side, count, since)
+            side, count, since = self._streaks[o.pair] = _streak(self._streaks.get(o.pair), side, ts)
             anomalous = side != 0 and count >= self.settings.persistence
             verdict = PathVerdict(o.src, o.dst, o.measured_s, o.predicted_s, lo, hi, stderr, o.samples, side, count,
                                   anomalous, since, o.links)
@@ -338,15 +331,9 @@ class AnomalyDetector:
             spread = max(settings.min_load_spread, MAD_TO_SIGMA * float(np.median(np.abs(values - bias))))
             deviation = lk.deviation - bias
             side = 1 if deviation > settings.load_z * spread else -1 if deviation < -settings.load_z * spread else 0
-            was_side, count, since = self._load_streaks.get(lk.pair, (0, 0, math.nan))
+            side, count, since = self._load_streaks[lk.pair] = _streak(self._load_streaks.get(lk.pair), side, ts)
             if side == 0:
-                count, since = 0, math.nan
                 reference.append(lk.deviation)
-            elif side == was_side:
-                count += 1
-            else:
-                count, since = 1, ts
-            self._load_streaks[lk.pair] = (side, count, since)
             anomalous = side != 0 and count >= settings.load_persistence
             half = settings.load_z * spread * lk.capacity_bps
             centre = lk.expected_bps + bias * lk.capacity_bps
@@ -452,6 +439,17 @@ def _path_suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], pena
     ranked = [Suspect(a, b, (n - penalty * clear.get((a, b), 0)) / len(anomalous), n, clear.get((a, b), 0))
               for (a, b), n in hits.items()]
     return sorted(ranked, key=lambda s: (-s.score, -s.anomalous_paths, s.normal_paths, s.src, s.dst))
+
+
+def _streak(previous: tuple[int, int, float] | None, side: int, ts: float) -> tuple[int, int, float]:
+    """(side, windows in a row outside on that side, end of the streak's first window) after a window
+    ending at ``ts`` judged on ``side``, from the ``previous`` streak (None: none yet)."""
+    was_side, count, since = previous or (0, 0, math.nan)
+    if side == 0:
+        return 0, 0, math.nan
+    if side == was_side:
+        return side, count + 1, since
+    return side, 1, ts
 
 
 def _checked(o: Observation) -> Observation:

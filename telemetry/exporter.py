@@ -146,18 +146,11 @@ class Metrics:
         for switch, value in sorted(control_rtt.items()):
             rtt.add_metric([switch], value)
         yield rtt
-        suspect = GaugeMetricFamily("ndt_anomaly_suspect_score", "Anomaly detection: how likely the directed link "
-                                    "causes the anomalous path delays (1: crossed by every anomalous path and no "
-                                    "normal one)", labels=pair)
-        for (src, dst), value in sorted(suspects.items()):
-            suspect.add_metric([src, dst], value)
-        yield suspect
-        deviation = GaugeMetricFamily("ndt_anomaly_link_load_deviation_ratio", "Anomaly detection: (carried - expected "
-                                      "load) / capacity of the directed links whose port counters keep carrying more "
-                                      "or less than the measured traffic matrix puts on them", labels=pair)
-        for (src, dst), value in sorted(load_deviations.items()):
-            deviation.add_metric([src, dst], value)
-        yield deviation
+        yield _link_gauge("ndt_anomaly_suspect_score", "Anomaly detection: how likely the directed link causes the "
+                          "anomalous path delays (1: crossed by every anomalous path and no normal one)", suspects)
+        yield _link_gauge("ndt_anomaly_link_load_deviation_ratio", "Anomaly detection: (carried - expected load) / "
+                          "capacity of the directed links whose port counters keep carrying more or less than the "
+                          "measured traffic matrix puts on them", load_deviations)
         for what, (label, help_text) in _LOOP_COUNTERS.items():
             family = CounterMetricFamily(f"ndt_loop_{what}s", help_text, labels=[label])
             for (name, value), count in sorted(loop_counts.items()):
@@ -169,6 +162,14 @@ class Metrics:
         for name, help_text in _GAUGE_HELP.items():
             if name in gauges:
                 yield GaugeMetricFamily(f"ndt_{name}", help_text, value=gauges[name])
+
+
+def _link_gauge(name: str, help_text: str, values: dict[Pair, float]) -> GaugeMetricFamily:
+    """A gauge labelled by directed link (``src``, ``dst``), one sample per entry of ``values``."""
+    family = GaugeMetricFamily(name, help_text, labels=["src", "dst"])
+    for (src, dst), value in sorted(values.items()):
+        family.add_metric([src, dst], value)
+    return family
 
 
 _COUNTER_HELP = {
