@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     gen.add_argument("--scheduled", type=number(0, 1), default=0.0, metavar="FRACTION",
                      help="share of samples whose nodes each draw a scheduling policy (fifo, sp, wfq, drr; 3 queues, "
                           "random sizes and weights) and whose flows draw a QoS class 0-2 (default: 0, all FIFO)")
+    gen.add_argument("--tos-mix", choices=("uniform", "random"), default="uniform",
+                     help="with --scheduled: each flow's QoS class equally likely (default), or drawn at class shares "
+                          "each sample draws, so one class may carry most of the traffic")
     gen.add_argument("--shard-size", type=number(1, 10**6, integer=True), default=10, help="samples per shard file (default: 10)")
     gen.add_argument("--seed", type=seed, default=0, help="dataset seed (default: 0)")
     gen.add_argument("--workers", type=workers,
@@ -60,7 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
     min_load, max_load = _range(args.load, float, "--load")
     config = DatasetConfig(samples=args.samples, min_nodes=min_nodes, max_nodes=max_nodes, min_load=min_load,
                            max_load=max_load, traffic=args.traffic, packets_per_flow=args.packets_per_flow,
-                           shard_size=args.shard_size, seed=args.seed, scheduled_fraction=args.scheduled)
+                           shard_size=args.shard_size, seed=args.seed, scheduled_fraction=args.scheduled, tos_mix=args.tos_mix)
     report = generate(config, args.out, workers=args.workers, address=args.address)
     if args.json:
         print_json(report)

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{report['samples']} samples of {args.datanet}, nothing trained on them: delay MAPE "
                   f"RouteNet-E {100 * report['routenet_mape']:.2f} %, RNN {100 * report['rnn_mape']:.2f} %, "
                   f"QT {100 * report['qt_mape']:.2f} %")
+            if report["delay_limit"] is not None:
+                print(f"the reference counts each packet's delay as at most {report['delay_limit']:g} s: the "
+                      "predictions were put through that limit first")
             _print_heads(report, models)
             _print_policies(report["by_policy"], models)
         return 0

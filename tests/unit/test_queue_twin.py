@@ -1,16 +1,20 @@
 """Queues as entities of their own: the per-(link, queue) features, QT's per-class formulas (SP against
 Cobham, WFQ/DRR shares) and RouteNet-F's three heads, trained on a tiny scheduled set."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import CLASS_FEATURES, build_batch
 from twin.models.learned import LearnedTwin, build, load_twin, make_network
-from twin.models.model_files import Normalizer
+from twin.models.model_files import ModelFileError, Normalizer
 from twin.models.qt import QueueingModel
 from twin.models.queueing import path_jitter, solve
 from twin.models.train import TrainConfig, Trainer
+from twin.state.errors import StateError
 from twin.state.model import POLICIES, Flow, Link, NetworkState
 
 C = 10e6  # bit/s
@@ -82,6 +86,20 @@ def test_scheduled_states_have_a_class_per_queue():
     np.testing.assert_array_equal(np.argmax(policy, axis=1), batch.class_policy)
 
 
+def test_a_random_tos_mix_lets_one_class_carry_most_of_the_traffic():
+    uniform = DatasetConfig(samples=5, min_nodes=12, max_nodes=12, real_fraction=0.0, scheduled_fraction=1.0, seed=7)
+    mixed = replace(uniform, tos_mix="random")
+    largest = {"uniform": [], "random": []}
+    for i in range(5):
+        even, skewed = make_state(uniform, i)[0], make_state(mixed, i)[0]
+        assert even.links == skewed.links and [f.rate for f in even.flows] == [f.rate for f in skewed.flows]
+        for name, state in (("uniform", even), ("random", skewed)):
+            largest[name].append(np.bincount([f.tos for f in state.flows], minlength=3).max() / len(state.flows))
+    assert max(largest["uniform"]) < 0.45 and max(largest["random"]) > 0.5
+    with pytest.raises(StateError, match="tos_mix must be one of uniform, random"):
+        replace(uniform, tos_mix="skewed").check()
+
+
 def test_dataset_draws_policies_without_changing_fifo_samples():
     fifo = DatasetConfig(samples=1, min_nodes=8, max_nodes=8, real_fraction=0.0, seed=9)
     mixed = DatasetConfig(**{**fifo.__dict__, "scheduled_fraction": 1.0})
@@ -108,6 +126,43 @@ def test_three_heads_are_physical(routenet_f):
         assert np.all(metrics["delay"] >= prop + transmit * (1 - 1e-5))
         assert np.all(metrics["jitter"] >= 0) and np.all((metrics["loss"] >= 0) & (metrics["loss"] < 1))
     np.testing.assert_allclose(twin.predict_delays(states)[1], twin.predict_metrics(states)[1]["delay"])
+
+
+def test_routenet_f_waits_up_to_the_buffer_at_the_share_it_is_served():
+    """With its readouts saturated, a hop waits a whole buffer at the share of the link QT serves its queue
+    at: far beyond the buffer drained at the full rate for the low class of an overloaded SP port."""
+    state = _two_classes("sp", 0.9 * C, 0.5 * C)
+    state = replace(state, links=tuple(replace(link, queue_sizes=(32, 32)) if link.policy == "sp" else link
+                                       for link in state.links))
+    batch = build_batch([state])
+    net = make_network("routenet_f", {"state_dim": 8, "iterations": 1})
+    norm = Normalizer.fit(batch, classes=True)
+    build(net, norm, batch)
+    for readout in (net.readout, net.spread_readout):
+        readout.layers[-1].bias.assign([30.0])  # sigmoid = 1
+    twin = LearnedTwin(net, norm, "routenet_f")
+    metrics = twin.predict_metrics([state])[0]
+    speed = batch.class_speed[batch.hop_class]
+    service = batch.class_service[batch.hop_class]
+    transmit, prop = batch.unsort(batch.path_transmit)[0], batch.unsort(batch.path_prop)[0]
+    reach = np.bincount(batch.hop_path, weights=32 / speed * service)  # per sorted path, s
+    assert speed.min() < 0.2  # the low class (flow 1, ToS 1) gets what the high one leaves
+    np.testing.assert_allclose(metrics["delay"], batch.unsort(reach)[0] + transmit + prop, rtol=1e-4)
+    assert metrics["delay"][1] > 4 * 32 * SIZE / C
+
+
+def test_an_earlier_routenet_f_file_is_refused_but_can_start_a_training_run(routenet_f, tmp_path):
+    twin, states = routenet_f
+    twin.save(tmp_path, "f")
+    meta = tmp_path / "f.json"
+    description = json.loads(meta.read_text())
+    del description["config"]["wait_scale"]  # a file written before the readouts scaled by the served share
+    meta.write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match="f.json: a RouteNet-F of an earlier ndt version.*retrain it"):
+        load_twin("f", tmp_path)
+    start = Trainer._start_model(TrainConfig(kind="routenet_f", state_dim=16, iterations=3,
+                                             init_from=str(tmp_path / "f")))
+    np.testing.assert_allclose(start.predict_delays(states)[0], twin.predict_delays(states)[0], rtol=1e-5)
 
 
 def test_routenet_f_saves_loads_and_trains(routenet_f, tmp_path):
@@ -153,8 +208,18 @@ def test_zero_shot_on_gnnet2020_reports_jitter_by_policy():
     if not directory.is_dir():
         pytest.skip("../shared/datasets/gnnet2020 is not beside the repository")
     report = zero_shot({"qt": QueueingModel()}, directory, limit=2)
-    assert report["samples"] == 2 and report["qt_jitter_mape"] > 0
+    assert report["samples"] == 2 and report["qt_jitter_mape"] > 0 and report["delay_limit"] == 20.0
     assert {p["policy"] for p in report["by_policy"]} & {"sp", "wfq", "drr"}
+
+
+def test_predictions_pass_through_a_reference_delay_limit():
+    """A reference that counts each delay as at most L reports a mean of at most L and a variance of at most
+    (L - mean) mean (Bhatia-Davis for values in [0, L])."""
+    from twin.models.evaluate import within_delay_limit
+
+    limited = within_delay_limit({"delay": np.array([1.0, 5.0, 25.0]), "jitter": np.array([0.1, 100.0, 100.0])}, 20.0)
+    np.testing.assert_allclose(limited["delay"], [1.0, 5.0, 20.0])
+    np.testing.assert_allclose(limited["jitter"], [0.1, 75.0, 0.0])
 
 
 def test_ecmp_jitter_pools_the_paths_of_a_flow():

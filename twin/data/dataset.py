@@ -33,6 +33,7 @@ from twin.state.traffic import random_flows, scale_to_utilization, set_onoff_cyc
 CAPACITIES = (10e6, 25e6, 40e6, 100e6)  # bit/s
 BUFFERS = (16, 32, 64, 128)  # packets
 SCHEDULED_QUEUES = 3  # queues per scheduled port in generated samples (QoS classes 0, 1, 2)
+TOS_MIXES = ("uniform", "random")  # how scheduled samples' flows draw their ToS (DatasetConfig.tos_mix)
 LABELS = ("delay", "jitter", "loss", "p50", "p90", "p99", "sent", "delivered")
 LINK_LABELS = ("utilization", "occupancy", "link_drops")
 MANIFEST = "dataset.json"
@@ -53,6 +54,8 @@ class DatasetConfig:
     perturbed_fraction: float = 0.6  # share of samples whose OSPF weights are randomly perturbed
     traffic: str = "mixed"  # "mixed" (Poisson, CBR, ON/OFF; three size models) or "poisson"
     scheduled_fraction: float = 0.0  # share of samples whose nodes draw a policy (fifo/sp/wfq/drr) and flows a ToS
+    tos_mix: str = "uniform"  # scheduled samples' ToS: "uniform" (each class equally likely) or "random" (per sample
+    # class shares drawn from a flat Dirichlet, so one class may carry most of the traffic)
     packets_per_flow: float = 2500.0
     shard_size: int = 10
     seed: int = 0
@@ -66,6 +69,8 @@ class DatasetConfig:
             raise StateError(f"load range {self.min_load}-{self.max_load} must satisfy 0 < min <= max")
         if self.traffic not in ("mixed", "poisson"):
             raise StateError(f"traffic must be 'mixed' or 'poisson', got {self.traffic!r}")
+        if self.tos_mix not in TOS_MIXES:
+            raise StateError(f"tos_mix must be one of {', '.join(TOS_MIXES)}, got {self.tos_mix!r}")
         if self.shard_size < 1:
             raise StateError(f"shard_size must be >= 1, got {self.shard_size}")
         for name in ("real_fraction", "failure_fraction", "perturbed_fraction", "scheduled_fraction"):
@@ -127,14 +132,16 @@ def make_state(config: DatasetConfig, index: int) -> tuple[NetworkState, dict]:
             "sim_seed": int(rng.integers(2**31))}
     if config.scheduled_fraction > 0:  # its own stream, so FIFO datasets keep their bytes
         state, meta["policies"] = _draw_scheduling(state, np.random.default_rng([config.seed, index, 1]),
-                                                   config.scheduled_fraction)
+                                                   config.scheduled_fraction, config.tos_mix)
     return state, meta
 
 
-def _draw_scheduling(state: NetworkState, rng: np.random.Generator, fraction: float) -> tuple[NetworkState, dict]:
+def _draw_scheduling(state: NetworkState, rng: np.random.Generator, fraction: float,
+                     tos_mix: str = "uniform") -> tuple[NetworkState, dict]:
     """With probability ``fraction``: every node a policy of POLICIES (all its ports alike), SCHEDULED_QUEUES
     queues of BUFFERS packets each, WFQ/DRR weights in percent, and every flow a ToS of 0..SCHEDULED_QUEUES-1
-    (the datanet gnnet2020 layout). Returns the state and how many ports got each policy."""
+    (the datanet gnnet2020 layout), each equally likely or, with ``tos_mix`` "random", at class shares the
+    sample draws. Returns the state and how many ports got each policy."""
     if rng.random() >= fraction:
         return state, {"fifo": len(state.links)}
     node_policy = {node: POLICIES[rng.integers(len(POLICIES))] for node in state.nodes}
@@ -150,7 +157,10 @@ def _draw_scheduling(state: NetworkState, rng: np.random.Generator, fraction: fl
             raw = rng.integers(1, 11, size=SCHEDULED_QUEUES).astype(float)
             weights = tuple(float(w) for w in np.round(100 * raw / raw.sum(), 1))
         links.append(replace(link, policy=policy, queue_sizes=sizes, queue_weights=weights))
-    tos = rng.integers(SCHEDULED_QUEUES, size=len(state.flows))
+    if tos_mix == "uniform":
+        tos = rng.integers(SCHEDULED_QUEUES, size=len(state.flows))
+    else:
+        tos = rng.choice(SCHEDULED_QUEUES, size=len(state.flows), p=rng.dirichlet(np.ones(SCHEDULED_QUEUES)))
     flows = tuple(replace(flow, tos=int(t)) for flow, t in zip(state.flows, tos))
     counts = {p: sum(lk.policy == p for lk in links) for p in POLICIES}
     return replace(state, links=tuple(links), flows=flows), counts

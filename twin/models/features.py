@@ -101,6 +101,7 @@ class GraphBatch:
     class_service: np.ndarray
     class_x: np.ndarray
     routes: list = None  # per state its Routes (twin.state.model), to fold ECMP paths back into flows
+    class_speed: np.ndarray = None  # per class, QT's share of its link's capacity it is served at (with the QT hints)
 
     @property
     def n_paths(self) -> int:
@@ -358,6 +359,7 @@ def batch_graphs(graphs: list[StateGraph], qt_features: bool = True) -> GraphBat
 def _add_qt_features(batch: GraphBatch) -> None:
     """Append the QT fixed point's dimensionless answers to the feature matrices (float32)."""
     qt = solve(batch)
+    batch.class_speed = qt["class_speed"]
     wait_units = np.maximum(qt["sojourn"] / batch.link_service - 1.0, 0.0)  # mean wait / mean service time
     class_wait = np.maximum(qt["class_sojourn"] / batch.class_service - 1.0, 0.0)
     transmit = batch.path_transmit

@@ -16,6 +16,7 @@ from twin.models.features import GraphBatch, build_batch
 from twin.models.model_files import (
     KINDS,
     ModelFileError,
+    WAIT_SCALE,
     Normalizer,
     model_inputs,
     model_paths,
@@ -106,7 +107,10 @@ class LearnedTwin:
 
 
 def network_config(net: keras.Model) -> dict:
-    return {"state_dim": net.state_dim, "iterations": getattr(net, "iterations", 0)}
+    config = {"state_dim": net.state_dim, "iterations": getattr(net, "iterations", 0)}
+    if isinstance(net, RouteNetF):
+        config["wait_scale"] = WAIT_SCALE
+    return config
 
 
 def make_network(kind: str, config: dict) -> keras.Model:
@@ -125,10 +129,11 @@ def build(net: keras.Model, norm: Normalizer, probe: GraphBatch) -> None:
     net(batch_tensors(probe, norm), max_hops=padded_hops(probe))
 
 
-def load_twin(stem: str = "routenet_e", directory=None) -> LearnedTwin:
-    """Load ``stem.weights.h5`` + ``stem.json`` from ``directory`` (default: the weights shipped in twin/models)."""
+def load_twin(stem: str = "routenet_e", directory=None, fine_tune: bool = False) -> LearnedTwin:
+    """Load ``stem.weights.h5`` + ``stem.json`` from ``directory`` (default: the weights shipped in twin/models);
+    ``fine_tune``: as the start of a training run (see :func:`read_description`)."""
     meta_path, weights = model_paths(stem, directory)
-    description = read_description(meta_path)
+    description = read_description(meta_path, fine_tune)
     norm, kind = description["norm"], description["kind"]
     net = make_network(kind, description["config"])
     build(net, norm, _probe_batch())

@@ -13,6 +13,7 @@ from twin.state.errors import NdtError
 
 MODELS_DIR = Path(__file__).parent / "weights"
 KINDS = ("routenet_e", "rnn", "routenet_f")
+WAIT_SCALE = "served_share"  # RouteNet-F's readouts scale by QT's served share (its files' config "wait_scale")
 CLASS_KINDS = ("routenet_f", "rnn")  # models that read each hop's queue (class) features, not only its link's
 
 
@@ -48,7 +49,8 @@ class Normalizer:
 def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
     """What both engines feed a learned model: normalised features and per-hop scales of ``batch``
     (float32; the scales in s, packets and shares of capacity). A model with class statistics in ``norm``
-    (CLASS_KINDS) gets the class features too, and each hop's buffer and service time are its queue's."""
+    (CLASS_KINDS) gets the class features too, each hop's buffer and service time are its queue's, and
+    ``hop_speed`` is the share of its link QT serves that queue at (1 without the QT hints)."""
     link = batch.hop_link
     classes = "class_x" in norm.stats
     arrays = {
@@ -62,6 +64,8 @@ def model_inputs(batch: GraphBatch, norm: Normalizer) -> dict[str, np.ndarray]:
     }
     if classes:  # per-queue states replace the per-link queue
         arrays["class_x"] = norm.apply("class_x", batch.class_x)
+        speed = batch.class_speed if batch.class_speed is not None else np.ones(len(batch.class_link))
+        arrays["hop_speed"] = speed[batch.hop_class]
     else:
         arrays["queue_x"] = norm.apply("queue_x", batch.queue_x)
     return {k: v.astype(np.float32) for k, v in arrays.items()}
@@ -78,8 +82,10 @@ def model_paths(stem: str, directory=None) -> tuple[Path, Path]:
     return meta, weights
 
 
-def read_description(path: Path) -> dict:
-    """A model description: ``kind`` (one of KINDS), ``config``, ``norm`` (a :class:`Normalizer`), ``info``."""
+def read_description(path: Path, fine_tune: bool = False) -> dict:
+    """A model description: ``kind`` (one of KINDS), ``config``, ``norm`` (a :class:`Normalizer`), ``info``.
+    ``fine_tune`` accepts a RouteNet-F of an earlier version as the start of a training run: its weights fit,
+    and training relearns its readouts on the served share's scale."""
     try:
         meta = json.loads(Path(path).read_text())
         description = {"kind": meta["kind"], "config": meta["config"], "norm": Normalizer(meta["norm"]),
@@ -91,6 +97,11 @@ def read_description(path: Path) -> dict:
     if description["kind"] in CLASS_KINDS and "class_x" not in description["norm"].stats:
         raise ModelFileError(f"{path}: a {description['kind']} model reads queue features, but its normalisation "
                              "has none (a model of an earlier ndt version? retrain it)")
+    if fine_tune and description["kind"] == "routenet_f":
+        description["config"]["wait_scale"] = WAIT_SCALE
+    if description["kind"] == "routenet_f" and description["config"].get("wait_scale") != WAIT_SCALE:
+        raise ModelFileError(f"{path}: a RouteNet-F of an earlier ndt version, whose readouts stop at the buffer "
+                             "drained at the link's full rate; retrain it (docs/twin.md, RouteNet-F)")
     return description
 
 

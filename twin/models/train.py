@@ -231,7 +231,7 @@ class Trainer:
     def _start_model(config: TrainConfig) -> LearnedTwin:
         """The model ``config.init_from`` names, checked to be of the configured kind and size."""
         path = Path(config.init_from)
-        twin = load_twin(path.name, path.parent)
+        twin = load_twin(path.name, path.parent, fine_tune=True)
         wanted = {"kind": config.kind, "state_dim": config.state_dim, "iterations": config.iterations}
         have = {"kind": twin.kind, **{k: twin.net.get_config().get(k, wanted[k]) for k in ("state_dim", "iterations")}}
         if have != wanted:
