@@ -2,7 +2,7 @@
 
     python experiments/anomaly_faults.py faults [--topology T] [--load L] [--reps N] [--probe-rate R] ...
     python experiments/anomaly_faults.py quiet [--minutes M] ...
-    python experiments/anomaly_faults.py replay DIR [--z Z] [--persistence K] [--window-share F]
+    python experiments/anomaly_faults.py replay DIR [--z Z] [--persistence K]
     python experiments/anomaly_faults.py blast SRC_IP DST_IP RATE_BPS SECONDS   (run inside a host)
 
 Brings ``--topology`` up in Mininet at ``--load`` (its busiest link's utilization) under
