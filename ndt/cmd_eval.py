@@ -21,7 +21,7 @@ def register(subparsers) -> None:
             "evaluate the three zero-shot on a BNN-UPC datanet directory instead. RouteNet-F joins them when its "
             "weights are there; models that predict jitter and loss (RouteNet-F, QT) add their jitter MAPE and "
             "loss MAE, and every report repeats its figures by the scheduling policy of each path's busiest port "
-            "(by_policy)."
+            "(by_policy) and by that port's offered load, a share of its capacity (by_load)."
         ),
     )
     p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")
@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"the reference counts each packet's delay as at most {report['delay_limit']:g} s: the "
                       "predictions were put through that limit first")
             _print_heads(report, models)
-            _print_policies(report["by_policy"], models)
+            _print_groups(report["by_policy"], models, "policy", "bottleneck")
+            _print_groups(report["by_load"], models, "load", "bottleneck load")
         return 0
     models = _models(("routenet", "rnn", "qt"), args.weights)
     if args.data:
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if len(bucket["by_policy"]) > 1 or any(b["policy"] != "fifo" for b in bucket["by_policy"]):
             print(f"{bucket['nodes']} nodes:")
             _print_heads(bucket, models)
-            _print_policies(bucket["by_policy"], models)
+            _print_groups(bucket["by_policy"], models, "policy", "bottleneck")
+            _print_groups(bucket["by_load"], models, "load", "bottleneck load")
     print("seconds per sample: " + ", ".join(f"{k} {v:.3g}" for k, v in report["infer_s"].items()))
     print(f"plot: {report['png']}")
     return 0
@@ -120,9 +122,10 @@ def _print_heads(report: dict, models) -> None:
                   f"loss MAE {report[f'{name}_loss_mae']:.4f}")
 
 
-def _print_policies(rows: list[dict], models) -> None:
-    """Delay MAPE (and jitter MAPE, loss MAE where predicted) per bottleneck policy."""
-    columns = [("policy", "bottleneck", ""), ("paths", "paths", "d")]
+def _print_groups(rows: list[dict], models, key: str, title: str) -> None:
+    """Delay MAPE (and jitter MAPE, loss MAE where predicted) per group of paths (``key``: "policy" or "load"
+    of their bottleneck)."""
+    columns = [(key, title, ""), ("paths", "paths", "d")]
     for name in models:
         columns.append((f"{name}_mape", f"{name} delay %", ".2f"))
         if any(f"{name}_jitter_mape" in row for row in rows):

@@ -197,6 +197,22 @@ def test_eval_reports_jitter_loss_and_policies(tmp_path):
     worst = max(p["qt_mape"] for p in row["by_policy"])
     best = min(p["qt_mape"] for p in row["by_policy"])
     assert best <= row["qt_mape"] <= worst
+    loads = [bucket["load"] for bucket in row["by_load"]]
+    assert sum(b["paths"] for b in row["by_load"]) == sum(b["paths"] for b in row["by_policy"])
+    assert loads == sorted(loads, key=lambda name: float(name.lstrip(">=").split("-")[0])) and len(loads) > 1
+    assert min(b["qt_mape"] for b in row["by_load"]) <= row["qt_mape"] <= max(b["qt_mape"] for b in row["by_load"])
+
+
+def test_bottlenecks_name_each_flows_busiest_port_and_its_load():
+    from twin.models.evaluate import bottlenecks
+    from twin.state.model import Flow, Link, NetworkState
+
+    links = (Link("a", "b", 1e6, policy="wfq", queue_sizes=(16, 16, 16), queue_weights=(1.0, 2.0, 3.0)),
+             Link("b", "c", 2e6), Link("a", "c", 1e6, weight=5.0))
+    state = NetworkState(("a", "b", "c"), links, (Flow("a", "c", 9e5), Flow("b", "c", 3e5)))
+    policy, load = bottlenecks(state)
+    assert policy.tolist() == ["wfq", "fifo"]  # a->c goes a-b-c: a-b carries 0.9 of its 1 Mbit/s, b-c 0.6 of 2
+    assert load == pytest.approx([0.9, 0.6])
 
 
 def test_zero_shot_on_gnnet2020_reports_jitter_by_policy():
@@ -210,6 +226,7 @@ def test_zero_shot_on_gnnet2020_reports_jitter_by_policy():
     report = zero_shot({"qt": QueueingModel()}, directory, limit=2)
     assert report["samples"] == 2 and report["qt_jitter_mape"] > 0 and report["delay_limit"] == 20.0
     assert {p["policy"] for p in report["by_policy"]} & {"sp", "wfq", "drr"}
+    assert sum(b["paths"] for b in report["by_load"]) == sum(b["paths"] for b in report["by_policy"])
 
 
 def test_predictions_pass_through_a_reference_delay_limit():

@@ -8,7 +8,8 @@ variance) and loss too (QT, RouteNet-F) add the jitter MAPE (paths whose
 jitter label reaches JITTER_FLOOR: a delay standard deviation of at least a
 tenth of their transmission time) and the loss MAE (absolute error of the share of packets
 lost). ``by_policy`` repeats the figures for the paths grouped by the
-scheduling policy of the busiest port they cross.
+scheduling policy of the busiest port they cross, ``by_load`` for the paths grouped by that port's
+offered load (all classes, a share of its capacity; LOAD_BUCKETS).
 
 The default evaluation set is fixed and seeded: one ``ndt dataset`` directory
 per topology-size bucket (25–50 nodes is the training distribution; the rest
@@ -58,6 +59,7 @@ BUCKETS = (
     Bucket(201, 300, 2, 600.0),
 )
 EVAL_SEED = 7_000_003  # never a training seed
+LOAD_BUCKETS = ((0.0, 0.5), (0.5, 0.8), (0.8, 1.0), (1.0, 1.2), (1.2, 1.5), (1.5, math.inf))  # bottleneck load ranges
 
 
 def cache_dir() -> Path:
@@ -85,18 +87,36 @@ def summarize(errors: list[np.ndarray]) -> dict:
     return {"mape": float(flat.mean()), "p15": float(np.percentile(flat, 15)), "p85": float(np.percentile(flat, 85))}
 
 
-def bottleneck_policy(state) -> np.ndarray:
-    """Per flow, the scheduling policy (a POLICIES name) of the busiest port its first route crosses."""
+def bottlenecks(state) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow, the busiest port its first route crosses: its scheduling policy (a POLICIES name) and its
+    offered load (a share of its capacity; a flow without a route: "fifo", 0)."""
     load = state.utilization()
     policies = np.array([link.policy for link in state.links])
     first = {}
     for route, owner in enumerate(state.routes.owner):
         first.setdefault(int(owner), route)
-    out = []
+    policy, busiest = [], []
     for flow in range(len(state.flows)):
         links = state.routes.links[first[flow]] if flow in first else np.zeros(0, dtype=np.int64)
-        out.append(policies[links[np.argmax(load[links])]] if len(links) else "fifo")
-    return np.array(out)
+        top = links[np.argmax(load[links])] if len(links) else None
+        policy.append("fifo" if top is None else policies[top])
+        busiest.append(0.0 if top is None else float(load[top]))
+    return np.array(policy), np.array(busiest)
+
+
+def grouped(models, errors: dict, policies: np.ndarray, loads: np.ndarray) -> dict:
+    """``by_policy`` and ``by_load``: :func:`error_fields` over the paths of each bottleneck policy and of
+    each LOAD_BUCKETS range of the bottleneck's load (groups without paths left out)."""
+    by_load = []
+    for lo, hi in LOAD_BUCKETS:
+        keep = (loads >= lo) & (loads < hi)
+        if np.any(keep):
+            by_load.append({"load": f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}",
+                            "paths": int(np.sum(keep)), **error_fields(models, errors, keep)})
+    return {"by_policy": [{"policy": policy, "paths": int(np.sum(policies == policy)),
+                           **error_fields(models, errors, policies == policy)}
+                          for policy in POLICIES if np.any(policies == policy)],
+            "by_load": by_load}
 
 
 def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_floor: np.ndarray) -> dict[str, np.ndarray]:
@@ -118,14 +138,16 @@ def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_fl
 
 def evaluate_samples(models: dict, samples) -> dict:
     """Run every model on each sample (one state per call); per-path errors (``path_errors``), the paths'
-    bottleneck policies, and seconds per sample per model."""
+    bottleneck policies and loads (:func:`bottlenecks`), and seconds per sample per model."""
     errors = {name: [] for name in models}
     seconds = {name: [] for name in models}
-    sim_s, nodes, policies = [], [], []
+    sim_s, nodes, policies, loads = [], [], [], []
     for sample in samples:
         nodes.append(len(sample.state.nodes))
         sim_s.append(sample.meta.get("sim_wall_s", np.nan))
-        policies.append(bottleneck_policy(sample.state))
+        policy, load = bottlenecks(sample.state)
+        policies.append(policy)
+        loads.append(load)
         prop, transmit = fixed_delays(sample.state)
         wait_scale = error_scales(sample.labels["delay"], prop, transmit, "waiting")
         for name, model in models.items():
@@ -136,7 +158,8 @@ def evaluate_samples(models: dict, samples) -> dict:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
             errors[name].append(path_errors(predicted, sample.labels, wait_scale, JITTER_FLOOR * transmit**2))
-    return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies}
+    return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies,
+            "loads": loads}
 
 
 def error_fields(models, errors: dict, keep=None) -> dict:
@@ -172,10 +195,8 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
         for name in models:
             row[f"{name}_s_per_sample"] = float(np.mean(run["seconds"][name]))
             all_seconds[name] += run["seconds"][name]
-        policies = np.concatenate(run["policies"])
-        row["by_policy"] = [{"policy": policy, "paths": int(np.sum(policies == policy)),
-                             **error_fields(models, run["errors"], policies == policy)}
-                            for policy in POLICIES if np.any(policies == policy)]
+        row.update(grouped(models, run["errors"], np.concatenate(run["policies"]),
+                           np.concatenate(run["loads"])))
         row["simulator_s_per_sample"] = float(np.nanmean(run["sim_s"]))
         all_sim += run["sim_s"]
         buckets.append(row)
@@ -205,14 +226,16 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
         raise StateError(f"limit must be at least 1, got {limit}")
     errors = {name: [] for name in models}
     seconds = {name: 0.0 for name in models}
-    policies, delay_limits = [], set()
+    policies, loads, delay_limits = [], [], set()
     count = 0
     for sample in itertools.islice(read_datanet(directory), limit):
         count += 1
         labels = {"delay": sample.delay, "jitter": sample.jitter, "loss": sample.loss}
         prop, transmit = fixed_delays(sample.state)
         wait_scale = error_scales(sample.delay, prop, transmit, "waiting")
-        policies.append(bottleneck_policy(sample.state))
+        policy, load = bottlenecks(sample.state)
+        policies.append(policy)
+        loads.append(load)
         for name, model in models.items():
             started = time.perf_counter()
             if hasattr(model, "predict_metrics"):
@@ -230,10 +253,7 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
               "delay_limit": max(delay_limits) if delay_limits else None}
     for name in models:
         report[f"{name}_s_per_sample"] = seconds[name] / count
-    policies = np.concatenate(policies)
-    report["by_policy"] = [{"policy": policy, "paths": int(np.sum(policies == policy)),
-                            **error_fields(models, errors, policies == policy)}
-                           for policy in POLICIES if np.any(policies == policy)]
+    report.update(grouped(models, errors, np.concatenate(policies), np.concatenate(loads)))
     return report
 
 
