@@ -11,8 +11,9 @@ DEADLINE_MARGIN_S = 5
 def ping_deadline(count: int, interval_s: float) -> int:
     """The ``ping -w`` deadline (s) for ``count`` pings ``interval_s`` apart: with ``-c`` it waits for
     every reply up to then. ``-W`` would not do: after the last ping, iputils waits only twice the
-    largest round trip so far, so a reply delayed by a switch-over counts as lost."""
-    return math.ceil(count * interval_s) + DEADLINE_MARGIN_S
+    largest round trip so far, so a reply delayed by a switch-over counts as lost. Twice the sending
+    time, as a busy host may send slower than asked (the deadline stops the sending too)."""
+    return math.ceil(2 * count * interval_s) + DEADLINE_MARGIN_S
 
 
 def ping_command(dst_ip: str, count: int, interval_s: float) -> list[str]:
