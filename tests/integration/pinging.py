@@ -21,8 +21,15 @@ def ping_command(dst_ip: str, count: int, interval_s: float) -> list[str]:
     return ["ping", "-n", "-i", str(interval_s), "-w", str(ping_deadline(count, interval_s)), "-c", str(count), dst_ip]
 
 
+def ping_counts(output: str) -> tuple[int, int]:
+    """(sent, received) from ping's summary line."""
+    summary = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    assert summary, output
+    return int(summary.group(1)), int(summary.group(2))
+
+
 def lost_pings(output: str) -> tuple[int, int, list[int]]:
     """(sent, received, sequence numbers without a reply) from the output of :func:`ping_command`."""
-    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", output).groups())
+    sent, received = ping_counts(output)
     answered = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", output)}
     return sent, received, [seq for seq in range(1, sent + 1) if seq not in answered]

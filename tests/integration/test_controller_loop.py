@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from controller.api.client import ControllerClient
 from mininet_topos.network import REPO, EmulatedNetwork, free_port
 from mininet_topos.traffic import play, received_rows, window_delays
 from telemetry.store import TelemetryStore
-from tests.integration.pinging import ping_deadline
+from tests.integration.pinging import ping_counts, ping_deadline
 from twin.state.model import Flow, Link, NetworkState
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("open_vswitch_running")]
@@ -49,9 +48,8 @@ def loop_args(intent, hold_down: float = 5.0) -> tuple[str, ...]:
 def ping(net, src: str, dst: str, seconds: float) -> tuple[int, int]:
     """(sent, received) of ``seconds`` of 20 pings/s from ``src``'s host to ``dst``'s."""
     count = int(seconds * 20)
-    out = net.host(src).cmd(f"ping -n -q -i 0.05 -w {ping_deadline(count, 0.05)} -c {count} {net.names.ip_of(dst)}")
-    sent, received = (int(x) for x in re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
-    return sent, received
+    return ping_counts(net.host(src).cmd(f"ping -n -q -i 0.05 -w {ping_deadline(count, 0.05)} -c {count} "
+                                         f"{net.names.ip_of(dst)}"))
 
 
 def test_the_loop_pushes_a_better_routing_on_its_own_without_losing_pings(tmp_path):

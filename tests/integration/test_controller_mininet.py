@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mininet_topos.network import free_ports
-from tests.integration.pinging import lost_pings, ping_command, ping_deadline
+from tests.integration.pinging import lost_pings, ping_command, ping_counts, ping_deadline
 
 pytestmark = pytest.mark.root
 
@@ -144,10 +144,7 @@ class Emulation:
     def ping(self, src: int, dst: int, count: int, interval: float = 0.01) -> tuple[int, int]:
         """(sent, received) of ``count`` pings from h{src} to h{dst} (a single one waits 1 s for its reply)."""
         wait = f"-w {ping_deadline(count, interval)}" if count > 1 else "-W 1"
-        out = self.net.get(f"h{src}").cmd(f"ping -n -q -i {interval} {wait} -c {count} 10.0.0.{dst}")
-        match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        assert match, out
-        return int(match.group(1)), int(match.group(2))
+        return ping_counts(self.net.get(f"h{src}").cmd(f"ping -n -q -i {interval} {wait} -c {count} 10.0.0.{dst}"))
 
     # ------------------------------------------------------------ actions
     def push_weights(self, weights: dict[tuple[str, str], float]) -> float:
