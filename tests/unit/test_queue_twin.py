@@ -14,6 +14,7 @@ from twin.models.model_files import ModelFileError, Normalizer
 from twin.models.qt import QueueingModel
 from twin.models.queueing import path_jitter, solve
 from twin.models.train import TrainConfig, Trainer
+from twin.sim.simulator import simulate
 from twin.state.errors import StateError
 from twin.state.model import POLICIES, Flow, Link, NetworkState
 
@@ -60,6 +61,40 @@ def test_qt_wfq_serves_the_least_load_per_weight_first():
     np.testing.assert_allclose(wfq, sp)
     swapped = QueueingModel().predict_delays([_two_classes("wfq", 0.1 * C, 0.7 * C, (1.0, 30.0))])[0]
     assert swapped[1] < wfq[1] and swapped[0] > wfq[0]  # 0.7 / (30/31) < 0.1 / (1/31): queue 1 goes first
+
+
+def _three_classes(policy, loads, weights):
+    """Three flows of ToS 0, 1, 2 sharing the port a->b (the second and third arrive over c->a and e->a),
+    offering ``loads`` (shares of C), in queues of 50 packets."""
+    links = (Link("a", "b", C, policy=policy, queue_sizes=(50, 50, 50), queue_weights=weights),
+             Link("c", "a", WIRE, buffer=ROOM), Link("e", "a", WIRE, buffer=ROOM), Link("b", "d", WIRE, buffer=ROOM))
+    flows = (Flow("a", "b", loads[0] * C, packet_size=SIZE, tos=0),
+             Flow("c", "d", loads[1] * C, packet_size=SIZE, tos=1),
+             Flow("e", "d", loads[2] * C, packet_size=SIZE, tos=2))
+    return NetworkState(nodes=("a", "b", "c", "d", "e"), links=links, flows=flows, routing_kind="paths",
+                        paths={("a", "b"): ("a", "b"), ("c", "d"): ("c", "a", "b", "d"),
+                               ("e", "d"): ("e", "a", "b", "d")})
+
+
+@pytest.mark.parametrize("policy", ["wfq", "drr"])
+@pytest.mark.parametrize("loads, weights, served", [
+    ((0.2, 0.6, 0.7), (1.0, 1.0, 1.0), (0.2, 0.4, 0.4)),  # two overloaded queues split the 0.8 left evenly
+    ((0.1, 0.6, 0.9), (2.0, 1.0, 3.0), (0.1, 0.225, 0.675)),  # ... and by weight (1 : 3 of the 0.9 left)
+])
+def test_overloaded_fair_queues_share_what_the_others_leave_by_weight(policy, loads, weights, served):
+    """WFQ and DRR: queues offered more than their fair share split the rest of the port by their weights,
+    in ndt's simulator and in QT's per-class speeds (weighted max-min fairness), while a queue offered
+    less than its share is served all it offers."""
+    state = _three_classes(policy, loads, weights)
+    measured = simulate(state, duration=20.0, seed=8).queue_utilization[:3]
+    np.testing.assert_allclose(measured, served, atol=0.01)
+    batch = build_batch([state])
+    qt = solve(batch)
+    port = batch.class_link == 0
+    overloaded = np.array(loads) > np.array(served) + 1e-9
+    speed = qt["class_speed"][port][np.argsort(batch.class_rank[port])]
+    np.testing.assert_allclose(speed[overloaded], np.array(served)[overloaded], rtol=1e-6)
+    assert np.all(speed[~overloaded] > np.array(loads)[~overloaded])
 
 
 def test_fifo_classes_are_the_links():

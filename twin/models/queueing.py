@@ -18,6 +18,8 @@ a scheduled port is served at the share ``speed`` of ``C`` the policy leaves it:
   others; served in that order, as SP;
 - DRR: its weight share, or all the others leave, whichever is larger
   (work-conserving round robin, mean loads);
+- under WFQ and DRR alike, queues offered more than their weighted max-min
+  fair share (backlogged) split what the others leave by their weights;
 
 and a packet, once chosen, is transmitted at the full ``C``. Offered packet
 rates are thinned by the losses of the queues before them on the path; losses
@@ -77,7 +79,11 @@ def load_before(batch, rho: np.ndarray, key: np.ndarray) -> np.ndarray:
 
 def class_speeds(batch, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per class: the share of its link's capacity it is served at, and the load (ρ, of C) of the classes
-    its port serves first (SP, WFQ; 0 otherwise); ``rho`` is each class's offered load."""
+    its port serves first (SP, WFQ; 0 otherwise); ``rho`` is each class's offered load.
+
+    WFQ and DRR share a port by weighted max-min fairness (:func:`fair_levels`): a queue offered more
+    than its fair share is served at its weight times the port's water level, so two overloaded queues
+    split what the others leave by their weights."""
     ordered = (batch.class_policy == _SP) | (batch.class_policy == _WFQ)
     before = load_before(batch, rho, priority_order(batch, rho))
     others = np.bincount(batch.class_link, weights=rho, minlength=len(batch.link_buffer))[batch.class_link] - rho
@@ -85,7 +91,33 @@ def class_speeds(batch, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     drr = batch.class_policy == _DRR
     speed[ordered] = 1.0 - before[ordered]
     speed[drr] = np.maximum(batch.class_weight[drr], 1.0 - others[drr])
+    level, satisfied = fair_levels(batch, rho)
+    fair = (batch.class_policy == _WFQ) | drr
+    with np.errstate(invalid="ignore"):
+        fair_share = level * batch.class_weight
+    speed = np.where(fair & ~satisfied, fair_share, speed)
+    speed = np.where(drr & satisfied & np.isfinite(fair_share), np.maximum(speed, fair_share), speed)
     return np.clip(speed, MIN_SPEED, 1.0), np.where(ordered, before, 0.0)
+
+
+def fair_levels(batch, rho: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted max-min fair shares of the WFQ and DRR ports (backlogged queues share a port by weight, a
+    queue offered less than its share leaves the rest to the others). Per class: its port's water level
+    (share of C per unit of weight of its overloaded queues; inf where none is overloaded) and whether it
+    is offered no more than its fair share (True on SP and FIFO ports)."""
+    fair = (batch.class_policy == _WFQ) | (batch.class_policy == _DRR)
+    weight = batch.class_weight
+    key = rho / weight  # the fair order: least load per unit of weight first
+    rho_before = load_before(batch, rho, key)
+    weight_before = load_before(batch, weight, key)
+    n_links = len(batch.link_buffer)
+    weight_total = np.bincount(batch.class_link, weights=weight, minlength=n_links)[batch.class_link]
+    satisfied = ~fair | (rho * (weight_total - weight_before) <= weight * (1.0 - rho_before))
+    served = np.bincount(batch.class_link, weights=np.where(fair & satisfied, rho, 0.0), minlength=n_links)
+    starved = np.bincount(batch.class_link, weights=np.where(fair & ~satisfied, weight, 0.0), minlength=n_links)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = np.where(starved > 0, np.maximum(1.0 - served, 0.0) / starved, np.inf)
+    return level[batch.class_link], satisfied
 
 
 def solve(batch, iterations: int = 100, tol: float = 1e-8) -> dict[str, np.ndarray]:
