@@ -10,6 +10,7 @@ An intent is a YAML file with an objective and constraints::
       delay_bounds:                 # per pair, or per class of pairs; "10ms", "250us", "0.01" (s)
         - {src: a, dst: c, max_delay: 10ms}
         - {name: gold, pairs: [[a, d], [b, d]], max_delay: 15ms, max_jitter: 2ms, max_loss: 0.1%}
+        - {src: b, dst: c, max_p99: 25ms}
       avoid_links: [[a, b]]         # no traffic on these links
       weight_bounds: [1, 20]        # OSPF weights allowed
       max_changed_weights: 4        # at most 4 links get a new weight
@@ -18,8 +19,10 @@ An intent is a YAML file with an objective and constraints::
       time_limit_s: 60
 
 A bound may limit the mean delay (``max_delay``), the jitter (``max_jitter``: the standard deviation
-of the delay, a duration) and the loss (``max_loss``: a share of packets, ``0.001`` or ``0.1%``), any
-of them. Jitter and loss bounds need a model that predicts them (``routenet_f`` or ``qt``).
+of the delay, a duration), the loss (``max_loss``: a share of packets, ``0.001`` or ``0.1%``) and the
+99th percentile of the delay (``max_p99``, a duration: what the predicted mean and jitter imply,
+:mod:`twin.models.tails`), any of them. Jitter, loss and p99 bounds need a model that predicts jitter
+and loss (``routenet_f`` or ``qt``).
 
 Every field is checked when the file is read; an error names the field and value.
 """
@@ -48,18 +51,22 @@ class IntentError(NdtError, ValueError):
 @dataclass(frozen=True)
 class DelayBound:
     """Every pair in ``pairs`` must have mean delay <= ``max_delay`` (s), delay standard deviation <=
-    ``max_jitter`` (s) and loss <= ``max_loss`` (share of packets); a limit left None is not bounded."""
+    ``max_jitter`` (s), loss <= ``max_loss`` (share of packets) and a 99th percentile of delay <= ``max_p99``
+    (s); a limit left None is not bounded."""
 
     name: str
     pairs: tuple[tuple[str, str], ...]
     max_delay: float | None = None
     max_jitter: float | None = None
     max_loss: float | None = None
+    max_p99: float | None = None
 
     def limits(self) -> list[tuple[str, float]]:
-        """(head, limit) of each limit set: ``delay`` s, ``jitter`` s (standard deviation), ``loss`` share."""
+        """(head, limit) of each limit set: ``delay`` s, ``jitter`` s (standard deviation), ``loss`` share,
+        ``p99`` s."""
         return [(head, limit) for head, limit in (("delay", self.max_delay), ("jitter", self.max_jitter),
-                                                  ("loss", self.max_loss)) if limit is not None]
+                                                  ("loss", self.max_loss), ("p99", self.max_p99))
+                if limit is not None]
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,11 @@ class Intent:
 
     @property
     def heads(self) -> tuple[str, ...]:
-        """What the intent needs predicted besides the mean delay: ``jitter``, ``loss``, or neither."""
+        """What the intent needs predicted besides the mean delay: ``jitter`` (also for a p99 bound), ``loss``,
+        or neither."""
         wanted = {head for bound in self.delay_bounds for head, _ in bound.limits()} - {"delay"}
+        if "p99" in wanted:
+            wanted.add("jitter")
         return tuple(head for head in ("jitter", "loss") if head in wanted)
 
     def check_against(self, state) -> None:
@@ -214,9 +224,9 @@ def parse_duration(value, where: str) -> float:
 def _delay_bound(item, i: int) -> DelayBound:
     where = f"constraints.delay_bounds[{i}]"
     _mapping(item, where)
-    _only(item, ("name", "src", "dst", "pairs", "max_delay", "max_jitter", "max_loss"), where + ".")
-    if not {"max_delay", "max_jitter", "max_loss"} & set(item):
-        raise IntentError(f"{where}: missing max_delay (or max_jitter, max_loss)")
+    _only(item, ("name", "src", "dst", "pairs", "max_delay", "max_jitter", "max_loss", "max_p99"), where + ".")
+    if not {"max_delay", "max_jitter", "max_loss", "max_p99"} & set(item):
+        raise IntentError(f"{where}: missing max_delay (or max_jitter, max_loss, max_p99)")
     if "pairs" in item:
         if "src" in item or "dst" in item:
             raise IntentError(f"{where}: give either src/dst or pairs, not both")
@@ -228,7 +238,8 @@ def _delay_bound(item, i: int) -> DelayBound:
     else:
         raise IntentError(f"{where}: needs src and dst, or pairs")
     name = str(item.get("name", f"{pairs[0][0]}->{pairs[0][1]}" if len(pairs) == 1 else f"class {i}"))
-    durations = {key: parse_duration(item[key], f"{where}.{key}") for key in ("max_delay", "max_jitter") if key in item}
+    durations = {key: parse_duration(item[key], f"{where}.{key}") for key in ("max_delay", "max_jitter", "max_p99")
+                 if key in item}
     loss = _loss_share(item["max_loss"], f"{where}.max_loss") if "max_loss" in item else None
     return DelayBound(name=name, pairs=pairs, max_loss=loss, **durations)
 

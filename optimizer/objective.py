@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.intent import Intent
+from twin.models.tails import tail_delays
 from twin.state.metrics import mean_delay
 from twin.state.model import NetworkState
 
@@ -40,7 +41,8 @@ def predicted(predictor, states: list[NetworkState], heads: bool = True) -> list
 
 def bound_values(bound, index: int, delays: np.ndarray, metrics: dict | None):
     """(head, value, limit) of each limit of ``bound`` for flow ``index`` that can be judged: delay (s),
-    jitter (standard deviation, s, from the variance in ``metrics``), loss (share of packets)."""
+    jitter (standard deviation, s, from the variance in ``metrics``), loss (share of packets), p99 (s, where
+    ``metrics`` has it: :func:`with_tail`)."""
     for head, limit in bound.limits():
         if head == "delay":
             yield head, float(delays[index]), limit
@@ -49,8 +51,17 @@ def bound_values(bound, index: int, delays: np.ndarray, metrics: dict | None):
             yield head, (float(np.sqrt(max(value, 0.0))) if head == "jitter" else value), limit
 
 
+def with_tail(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None) -> dict | None:
+    """``metrics`` with ``p99`` (s, per flow) added when ``intent`` bounds it and the metrics have the jitter:
+    the 99th percentile of delay that ``delays`` and that jitter imply (:mod:`twin.models.tails`)."""
+    if metrics is None or "jitter" not in metrics or not any(b.max_p99 is not None for b in intent.delay_bounds):
+        return metrics
+    return {**metrics, "p99": tail_delays(state, delays, metrics["jitter"])}
+
+
 def score(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None = None) -> Score:
     """The intent's objective and the summed relative violation of its constraints."""
+    metrics = with_tail(state, intent, delays, metrics)
     utilization = state.utilization()
     if intent.objective == "mean_delay":
         objective = mean_delay(state, delays)
@@ -77,7 +88,8 @@ def score(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict
 def violations(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None = None) -> list[dict]:
     """Each constraint of ``intent`` the state breaks: ``{constraint, what, value, limit}`` (utilization
     as a ratio, delays in s, jitter as the delay's standard deviation in s (``metrics`` carry its square),
-    loss a share of packets, traffic on an avoided link in bit/s)."""
+    loss a share of packets, the 99th percentile of delay in s, traffic on an avoided link in bit/s)."""
+    metrics = with_tail(state, intent, delays, metrics)
     found = []
     if intent.max_utilization is not None:
         utilization = state.utilization()

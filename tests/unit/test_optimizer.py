@@ -275,7 +275,8 @@ def test_jitter_and_loss_bounds_are_parsed_and_checked():
     assert intent.heads == ("jitter", "loss")
     assert parse_intent({"constraints": {"delay_bounds": [{"src": "a", "dst": "d", "max_delay": 1}]}}).heads == ()
     for bad, message in [
-        ({"src": "a", "dst": "d"}, "delay_bounds[0]: missing max_delay (or max_jitter, max_loss)"),
+        ({"src": "a", "dst": "d"}, "delay_bounds[0]: missing max_delay (or max_jitter, max_loss, max_p99)"),
+        ({"src": "a", "dst": "d", "max_p99": "0ms"}, "delay_bounds[0].max_p99: a delay bound must be positive"),
         ({"src": "a", "dst": "d", "max_loss": "150%"}, "delay_bounds[0].max_loss: a loss bound must lie between"),
         ({"src": "a", "dst": "d", "max_loss": "lots"}, "delay_bounds[0].max_loss: expected a share of packets"),
         ({"src": "a", "dst": "d", "max_jitter": "-1ms"}, "delay_bounds[0].max_jitter: expected a delay"),
@@ -307,3 +308,25 @@ def test_violations_name_the_jitter_and_loss_bounds():
     found = violations(state, intent, metrics["delay"], metrics)
     assert [(v["constraint"], v["value"]) for v in found] == [("delay_bounds[voice].max_jitter", pytest.approx(2e-3))]
     assert violations(state, intent, metrics["delay"]) == []  # measured delays only: jitter cannot be judged
+
+
+def test_a_p99_bound_is_judged_on_the_tail_the_mean_and_jitter_imply():
+    """A p99 bound needs the jitter head, is met by a path with no spread and broken by a spread one with the
+    same mean; the value it reports is the gamma tail of twin.models.tails."""
+    from optimizer.objective import violations
+    from twin.models.features import fixed_delays
+    from twin.models.tails import delay_quantile
+
+    state = two_route_state(load=0.9)
+    intent = parse_intent({"constraints": {"delay_bounds": [{"name": "video", "src": "a", "dst": "d",
+                                                             "max_p99": "20ms"}]}})
+    assert intent.heads == ("jitter",) and intent.delay_bounds[0].max_p99 == pytest.approx(0.02)
+    delay = np.array([0.01, 0.01])
+    assert violations(state, intent, delay, {"delay": delay, "jitter": np.zeros(2)}) == []
+    spread = {"delay": delay, "jitter": np.array([4e-5, 0.0])}  # a standard deviation of 6.3 ms on a 10-ms mean
+    found = violations(state, intent, delay, spread)
+    prop, _ = fixed_delays(state)
+    expected = delay_quantile(delay, spread["jitter"], prop)[0]
+    assert [(v["constraint"], v["value"]) for v in found] == [("delay_bounds[video].max_p99", pytest.approx(expected))]
+    assert expected > 0.02
+    assert violations(state, intent, delay) == []  # measured delays only: the tail cannot be judged

@@ -229,6 +229,7 @@ def test_eval_reports_jitter_loss_and_policies(tmp_path):
     assert set(policies) - {"fifo"} and policies == [p for p in POLICIES if p in policies]
     assert sum(p["paths"] for p in row["by_policy"]) == sum(len(s.state.flows) for s in iter_samples(tmp_path / "set"))
     assert row["qt_jitter_mape"] > 0 and 0 <= row["qt_loss_mae"] < 1
+    assert 0 < row["qt_p99_mape"] < 1 and all("qt_p99_mape" in p for p in row["by_policy"])
     worst = max(p["qt_mape"] for p in row["by_policy"])
     best = min(p["qt_mape"] for p in row["by_policy"])
     assert best <= row["qt_mape"] <= worst

@@ -30,6 +30,7 @@ import numpy as np
 
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import JITTER_FLOOR, error_scales, fixed_delays
+from twin.models.tails import tail_delays
 from twin.state.errors import StateError
 from twin.state.model import POLICIES
 
@@ -121,7 +122,8 @@ def grouped(models, errors: dict, policies: np.ndarray, loads: np.ndarray) -> di
 
 def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_floor: np.ndarray) -> dict[str, np.ndarray]:
     """Per path of one state, NaN where undefined: delay and waiting relative errors, and where predicted the
-    jitter relative error (paths whose jitter label reaches ``jitter_floor``, s²) and the loss absolute error."""
+    jitter relative error (paths whose jitter label reaches ``jitter_floor``, s²), the loss absolute error and
+    the 99th percentile's relative error."""
     delay = labels["delay"]
     ok = np.isfinite(delay) & (delay > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -133,6 +135,9 @@ def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_fl
                                      np.abs(predicted["jitter"] - jitter) / jitter, np.nan)
         if "loss" in predicted and "loss" in labels:
             out["loss"] = np.abs(predicted["loss"] - labels["loss"])
+        if "p99" in predicted and "p99" in labels:
+            p99 = labels["p99"]
+            out["p99"] = np.where(np.isfinite(p99) & (p99 > 0), np.abs(predicted["p99"] - p99) / p99, np.nan)
     return out
 
 
@@ -157,14 +162,17 @@ def evaluate_samples(models: dict, samples) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
+            if "jitter" in predicted:
+                predicted["p99"] = tail_delays(sample.state, predicted["delay"], predicted["jitter"])
             errors[name].append(path_errors(predicted, sample.labels, wait_scale, JITTER_FLOOR * transmit**2))
     return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies,
             "loads": loads}
 
 
 def error_fields(models, errors: dict, keep=None) -> dict:
-    """Report fields of every model: delay MAPE with p15/p85, waiting MAPE, and jitter MAPE and loss MAE
-    where predicted, over the paths ``keep`` selects (a boolean per path of the concatenated samples)."""
+    """Report fields of every model: delay MAPE with p15/p85, waiting MAPE, and jitter MAPE, loss MAE and the
+    99th percentile's MAPE where predicted, over the paths ``keep`` selects (a boolean per path of the
+    concatenated samples)."""
     row = {}
     for name in models:
         per_path = {key: np.concatenate([e[key] for e in errors[name]]) for key in errors[name][0]}
@@ -178,6 +186,8 @@ def error_fields(models, errors: dict, keep=None) -> dict:
         if "loss" in per_path:
             finite = per_path["loss"][np.isfinite(per_path["loss"])]
             row[f"{name}_loss_mae"] = float(finite.mean()) if len(finite) else None
+        if "p99" in per_path:
+            row[f"{name}_p99_mape"] = summarize([per_path["p99"][np.isfinite(per_path["p99"])]])["mape"]
     return row
 
 
