@@ -21,8 +21,8 @@ def register(subparsers) -> None:
             "evaluate the three zero-shot on a BNN-UPC datanet directory instead. RouteNet-F joins them when its "
             "weights are there; models that predict jitter and loss (RouteNet-F, QT) add their jitter MAPE and "
             "loss MAE (and, against the simulator's labels, the MAPE of the 99th percentile of delay that their "
-            "mean and jitter imply), and every report repeats its figures by the scheduling policy of each path's busiest port "
-            "(by_policy) and by that port's offered load, a share of its capacity (by_load)."
+            "mean and jitter imply), and every report repeats its figures by the scheduling policy of each "
+            "path's busiest port (by_policy) and by that port's offered load, a share of its capacity (by_load)."
         ),
     )
     p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")

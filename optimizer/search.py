@@ -90,8 +90,13 @@ def undo_idle_changes(state: NetworkState, current: np.ndarray, chosen: np.ndarr
 
 
 def check_heads(predictor, intent: Intent) -> None:
-    """Refuse a model that cannot predict what the intent bounds (jitter, loss)."""
+    """Refuse a model that cannot predict what the intent bounds (jitter, loss; a p99 bound needs the jitter)."""
     missing = [head for head in intent.heads if head not in getattr(predictor, "heads", ("delay",))]
+    if "jitter" in missing:
+        bounds = intent.delay_bounds
+        missing[missing.index("jitter"):missing.index("jitter") + 1] = (
+            ["jitter"] * any(b.max_jitter is not None for b in bounds)
+            + ["the 99th percentile (from the jitter)"] * any(b.max_p99 is not None for b in bounds))
     if missing:
         raise IntentError(f"the intent bounds {' and '.join(missing)}, which the model "
                           f"({getattr(predictor, 'name', 'given')}) does not predict; use one that does: routenet_f, "
