@@ -20,8 +20,8 @@ def register(subparsers) -> None:
             "use into $NDT_CACHE/eval (default ~/.cache/ndt/eval). Writes JSON and a PNG plot. With --datanet, "
             "evaluate the three zero-shot on a BNN-UPC datanet directory instead. RouteNet-F joins them when its "
             "weights are there; models that predict jitter and loss (RouteNet-F, QT) add their jitter MAPE and "
-            "loss MAE (and, against the simulator's labels, the MAPE of the 99th percentile of delay that their "
-            "mean and jitter imply), and every report repeats its figures by the scheduling policy of each "
+            "loss MAE (and, against labels that have them, the MAPE of the 90th and 99th percentiles of delay "
+            "that their mean and jitter imply), and every report repeats its figures by the scheduling policy of each "
             "path's busiest port (by_policy) and by that port's offered load, a share of its capacity (by_load)."
         ),
     )
@@ -117,13 +117,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_heads(report: dict, models) -> None:
     """One line per model with jitter and loss heads: its jitter MAPE, loss MAE and, against labels that have
-    it, the MAPE of the 99th percentile it implies (twin.models.tails)."""
+    them, the MAPE of the 90th and 99th percentiles it implies (twin.models.tails)."""
     for name in models:
         if f"{name}_jitter_mape" in report and report[f"{name}_jitter_mape"] is not None:
-            tail = report.get(f"{name}_p99_mape")
+            tails = "".join(f", {tail} MAPE {100 * report[f'{name}_{tail}_mape']:.2f} %" for tail in ("p90", "p99")
+                            if report.get(f"{name}_{tail}_mape") is not None)
             print(f"  {name}: jitter MAPE {100 * report[f'{name}_jitter_mape']:.2f} %, "
-                  f"loss MAE {report[f'{name}_loss_mae']:.4f}"
-                  + (f", p99 MAPE {100 * tail:.2f} %" if tail is not None else ""))
+                  f"loss MAE {report[f'{name}_loss_mae']:.4f}{tails}")
 
 
 def _print_groups(rows: list[dict], models, key: str, title: str) -> None:

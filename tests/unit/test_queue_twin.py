@@ -261,6 +261,7 @@ def test_zero_shot_on_gnnet2020_reports_jitter_by_policy():
         pytest.skip("../shared/datasets/gnnet2020 is not beside the repository")
     report = zero_shot({"qt": QueueingModel()}, directory, limit=2)
     assert report["samples"] == 2 and report["qt_jitter_mape"] > 0 and report["delay_limit"] == 20.0
+    assert 0 < report["qt_p90_mape"] < 1 and "qt_p99_mape" not in report  # the reference reports p90, not p99
     assert {p["policy"] for p in report["by_policy"]} & {"sp", "wfq", "drr"}
     assert sum(b["paths"] for b in report["by_load"]) == sum(b["paths"] for b in report["by_policy"])
 
@@ -273,6 +274,8 @@ def test_predictions_pass_through_a_reference_delay_limit():
     limited = within_delay_limit({"delay": np.array([1.0, 5.0, 25.0]), "jitter": np.array([0.1, 100.0, 100.0])}, 20.0)
     np.testing.assert_allclose(limited["delay"], [1.0, 5.0, 20.0])
     np.testing.assert_allclose(limited["jitter"], [0.1, 75.0, 0.0])
+    tails = within_delay_limit({"delay": np.array([1.0]), "p90": np.array([30.0]), "p99": np.array([3.0])}, 20.0)
+    np.testing.assert_allclose([tails["p90"][0], tails["p99"][0]], [20.0, 3.0])
 
 
 def test_ecmp_jitter_pools_the_paths_of_a_flow():

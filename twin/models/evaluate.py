@@ -30,7 +30,7 @@ import numpy as np
 
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import JITTER_FLOOR, error_scales, fixed_delays
-from twin.models.tails import tail_delays
+from twin.models.tails import SCORED_QUANTILES, tail_delays
 from twin.state.errors import StateError
 from twin.state.model import POLICIES
 
@@ -123,7 +123,7 @@ def grouped(models, errors: dict, policies: np.ndarray, loads: np.ndarray) -> di
 def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_floor: np.ndarray) -> dict[str, np.ndarray]:
     """Per path of one state, NaN where undefined: delay and waiting relative errors, and where predicted the
     jitter relative error (paths whose jitter label reaches ``jitter_floor``, s²), the loss absolute error and
-    the 99th percentile's relative error."""
+    the relative errors of the percentiles of SCORED_QUANTILES."""
     delay = labels["delay"]
     ok = np.isfinite(delay) & (delay > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -135,9 +135,10 @@ def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_fl
                                      np.abs(predicted["jitter"] - jitter) / jitter, np.nan)
         if "loss" in predicted and "loss" in labels:
             out["loss"] = np.abs(predicted["loss"] - labels["loss"])
-        if "p99" in predicted and "p99" in labels:
-            p99 = labels["p99"]
-            out["p99"] = np.where(np.isfinite(p99) & (p99 > 0), np.abs(predicted["p99"] - p99) / p99, np.nan)
+        for name in SCORED_QUANTILES:
+            if name in predicted and name in labels:
+                label = labels[name]
+                out[name] = np.where(np.isfinite(label) & (label > 0), np.abs(predicted[name] - label) / label, np.nan)
     return out
 
 
@@ -162,8 +163,7 @@ def evaluate_samples(models: dict, samples) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
-            if "jitter" in predicted:
-                predicted["p99"] = tail_delays(sample.state, predicted["delay"], predicted["jitter"])
+            predicted.update(tails(sample.state, predicted))
             errors[name].append(path_errors(predicted, sample.labels, wait_scale, JITTER_FLOOR * transmit**2))
     return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies,
             "loads": loads}
@@ -171,7 +171,7 @@ def evaluate_samples(models: dict, samples) -> dict:
 
 def error_fields(models, errors: dict, keep=None) -> dict:
     """Report fields of every model: delay MAPE with p15/p85, waiting MAPE, and jitter MAPE, loss MAE and the
-    99th percentile's MAPE where predicted, over the paths ``keep`` selects (a boolean per path of the
+    MAPE of the 90th and 99th percentiles where predicted, over the paths ``keep`` selects (a boolean per path of the
     concatenated samples)."""
     row = {}
     for name in models:
@@ -186,8 +186,9 @@ def error_fields(models, errors: dict, keep=None) -> dict:
         if "loss" in per_path:
             finite = per_path["loss"][np.isfinite(per_path["loss"])]
             row[f"{name}_loss_mae"] = float(finite.mean()) if len(finite) else None
-        if "p99" in per_path:
-            row[f"{name}_p99_mape"] = summarize([per_path["p99"][np.isfinite(per_path["p99"])]])["mape"]
+        for tail in SCORED_QUANTILES:
+            if tail in per_path:
+                row[f"{name}_{tail}_mape"] = summarize([per_path[tail][np.isfinite(per_path[tail])]])["mape"]
     return row
 
 
@@ -215,12 +216,23 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
     return {"buckets": buckets, "infer_s": infer}
 
 
+def tails(state, predicted: dict) -> dict:
+    """Per flow, the percentiles of SCORED_QUANTILES (s) that a model's mean delay and jitter imply
+    (:mod:`twin.models.tails`); none for a model without jitter."""
+    if "jitter" not in predicted:
+        return {}
+    return {name: tail_delays(state, predicted["delay"], predicted["jitter"], q) for name, q in SCORED_QUANTILES.items()}
+
+
 def within_delay_limit(predicted: dict, delay_limit: float) -> dict:
     """Per-path predictions as a reference that counts each packet's delay as at most ``delay_limit`` (s) would
     report them: the mean at most the limit, and the variance (jitter, s²) at most (limit − mean) · mean, the
     Bhatia–Davis bound for values in [0, limit]."""
     out = dict(predicted)
     out["delay"] = np.minimum(predicted["delay"], delay_limit)
+    for name in SCORED_QUANTILES:  # a percentile of values limited to L is the unlimited one, at most L
+        if name in predicted:
+            out[name] = np.minimum(predicted[name], delay_limit)
     if "jitter" in predicted:
         out["jitter"] = np.minimum(predicted["jitter"], (delay_limit - out["delay"]) * out["delay"])
     return out
@@ -240,7 +252,7 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
     count = 0
     for sample in itertools.islice(read_datanet(directory), limit):
         count += 1
-        labels = {"delay": sample.delay, "jitter": sample.jitter, "loss": sample.loss}
+        labels = {"delay": sample.delay, "jitter": sample.jitter, "loss": sample.loss, "p90": sample.p90}
         prop, transmit = fixed_delays(sample.state)
         wait_scale = error_scales(sample.delay, prop, transmit, "waiting")
         policy, load = bottlenecks(sample.state)
@@ -253,6 +265,7 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name] += time.perf_counter() - started
+            predicted.update(tails(sample.state, predicted))
             if math.isfinite(sample.delay_limit):
                 delay_limits.add(sample.delay_limit)
                 predicted = within_delay_limit(predicted, sample.delay_limit)
