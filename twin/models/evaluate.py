@@ -30,7 +30,7 @@ import numpy as np
 
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import JITTER_FLOOR, error_scales, fixed_delays
-from twin.models.tails import SCORED_QUANTILES, tail_delays
+from twin.models.tails import SCORED_QUANTILES, delay_quantile
 from twin.state.errors import StateError
 from twin.state.model import POLICIES
 
@@ -163,7 +163,7 @@ def evaluate_samples(models: dict, samples) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
-            predicted.update(tails(sample.state, predicted))
+            predicted.update(tails(prop, predicted))
             errors[name].append(path_errors(predicted, sample.labels, wait_scale, JITTER_FLOOR * transmit**2))
     return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies,
             "loads": loads}
@@ -216,12 +216,13 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
     return {"buckets": buckets, "infer_s": infer}
 
 
-def tails(state, predicted: dict) -> dict:
-    """Per flow, the percentiles of SCORED_QUANTILES (s) that a model's mean delay and jitter imply
-    (:mod:`twin.models.tails`); none for a model without jitter."""
+def tails(prop: np.ndarray, predicted: dict) -> dict:
+    """Per flow, the percentiles of SCORED_QUANTILES (s) that a model's mean delay and jitter imply above the
+    flows' propagation ``prop`` (s; :mod:`twin.models.tails`); none for a model without jitter."""
     if "jitter" not in predicted:
         return {}
-    return {name: tail_delays(state, predicted["delay"], predicted["jitter"], q) for name, q in SCORED_QUANTILES.items()}
+    return {name: delay_quantile(predicted["delay"], predicted["jitter"], prop, q)
+            for name, q in SCORED_QUANTILES.items()}
 
 
 def within_delay_limit(predicted: dict, delay_limit: float) -> dict:
@@ -265,7 +266,7 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name] += time.perf_counter() - started
-            predicted.update(tails(sample.state, predicted))
+            predicted.update(tails(prop, predicted))
             if math.isfinite(sample.delay_limit):
                 delay_limits.add(sample.delay_limit)
                 predicted = within_delay_limit(predicted, sample.delay_limit)
