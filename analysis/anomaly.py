@@ -72,6 +72,16 @@ needs 3 reference windows before it is judged. A link anomalous by load is the m
 evidence there is: it ranks first among the suspects (by ``|d|``, the largest first: a link that
 drops packets falls short by more than any link after it on the same flows), ahead of the links
 inferred from the paths.
+
+**Link loss.** The loads' "less" needs the traffic matrix to be right to within a few percent of
+the capacity, so a link that loses a few percent of its packets hides in its band. Where the
+controller also counts the packets its route rules sent to the link's port (``offered``,
+:mod:`telemetry.offered`) beside those the port transmitted (``carried``), their difference is the
+loss at that port, exactly and on that link alone (the links after it carry what reached them). The
+share lost, ``(offered - carried) / offered`` (judged on windows with at least ``min_loss_packets``
+offered), is judged against the link's own reference like the load (its median, its spread at
+least ``min_loss_spread``), on one side only: a link is *lost* after ``load_persistence`` windows
+above ``loss_z`` spreads. Lost links rank first of all the suspects, the largest loss first.
 """
 
 from __future__ import annotations
@@ -98,7 +108,8 @@ class DetectorSettings:
     (no verdicts before); history: quiet windows kept as the reference; penalty: a normal path's
     weight against a link; min_spread: floor of the relative model spread (0.05 = 5 %); load_z,
     load_persistence, min_load_spread: the same for the links' loads (the spread a share of the
-    capacity: 0.005 = 0.5 %)."""
+    capacity: 0.005 = 0.5 %); loss_z, min_loss_spread: the same for the links' loss (a share of the
+    offered packets), judged where a window offered at least ``min_loss_packets``."""
 
     z: float = 7.0
     persistence: int = 3
@@ -109,6 +120,9 @@ class DetectorSettings:
     load_z: float = 5.0
     load_persistence: int = 2
     min_load_spread: float = 0.005
+    loss_z: float = 5.0
+    min_loss_spread: float = 0.002
+    min_loss_packets: int = 200
 
     def __post_init__(self):
         checks = ((self.z > 0, "z must be > 0"), (self.persistence >= 1, "persistence must be >= 1"),
@@ -118,7 +132,10 @@ class DetectorSettings:
                   (0 <= self.min_spread < 10, "min_spread must lie in [0, 10)"),
                   (self.load_z > 0, "load_z must be > 0"),
                   (self.load_persistence >= 1, "load_persistence must be >= 1"),
-                  (0 < self.min_load_spread < 1, "min_load_spread must lie in (0, 1)"))
+                  (0 < self.min_load_spread < 1, "min_load_spread must lie in (0, 1)"),
+                  (self.loss_z > 0, "loss_z must be > 0"),
+                  (0 < self.min_loss_spread < 1, "min_loss_spread must lie in (0, 1)"),
+                  (self.min_loss_packets >= 1, "min_loss_packets must be >= 1"))
         for ok, message in checks:
             if not ok:
                 raise AnomalyError(f"{message}, got {self}")
@@ -148,13 +165,17 @@ class Observation:
 @dataclass(frozen=True)
 class LinkLoad:
     """One directed link over one window: the load its port counters measured (bit/s), the load the
-    twin expects on it (the measured traffic matrix on the routing in place, bit/s), its capacity (bit/s)."""
+    twin expects on it (the measured traffic matrix on the routing in place, bit/s), its capacity
+    (bit/s); the packets its switch's route rules sent to its port and the packets the port
+    transmitted (None: not counted)."""
 
     src: str
     dst: str
     measured_bps: float
     expected_bps: float
     capacity_bps: float
+    offered_packets: int | None = None
+    carried_packets: int | None = None
 
     @property
     def pair(self) -> Pair:
@@ -165,12 +186,20 @@ class LinkLoad:
         """(measured - expected) / capacity."""
         return (self.measured_bps - self.expected_bps) / self.capacity_bps
 
+    def loss(self, min_packets: int) -> float | None:
+        """(offered - carried) / offered packets; None when not counted or fewer than ``min_packets`` were offered."""
+        if self.offered_packets is None or self.carried_packets is None or self.offered_packets < min_packets:
+            return None
+        return (self.offered_packets - self.carried_packets) / self.offered_packets
+
 
 @dataclass(frozen=True)
 class LinkVerdict:
     """A link's load judged in one window: its band (bit/s), ``side`` +1 more than expected, -1 less,
     0 inside; ``streak``, ``since`` as for a path; ``deviation``: (measured - expected) / capacity,
-    less the link's usual bias."""
+    less the link's usual bias; ``loss``: the share of its offered packets lost, less its usual (NaN:
+    not judged), ``lost``: that loss anomalous (``anomalous``: the load's or the loss's) after
+    ``loss_streak`` windows in a row above its band."""
 
     src: str
     dst: str
@@ -183,6 +212,9 @@ class LinkVerdict:
     streak: int
     anomalous: bool
     since: float
+    loss: float = math.nan
+    lost: bool = False
+    loss_streak: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,9 +240,10 @@ class PathVerdict:
 
 @dataclass(frozen=True)
 class Suspect:
-    """A link crossed by anomalous paths, or whose load is anomalous: its score (1 = every anomalous
-    path and no normal one; 0 when no anomalous path crosses it) and ``load_deviation`` (its
-    anomalous load's deviation from the expected, a share of the capacity; 0: its load is as expected)."""
+    """A link crossed by anomalous paths, or whose load or loss is anomalous: its score (1 = every
+    anomalous path and no normal one; 0 when no anomalous path crosses it), ``load_deviation`` (its
+    anomalous load's deviation from the expected, a share of the capacity; 0: its load is as expected)
+    and ``loss_ratio`` (its anomalous loss beyond its usual, a share of its offered packets; 0: none)."""
 
     src: str
     dst: str
@@ -218,6 +251,7 @@ class Suspect:
     anomalous_paths: int
     normal_paths: int
     load_deviation: float = 0.0
+    loss_ratio: float = 0.0
 
 
 @dataclass
@@ -266,6 +300,8 @@ class AnomalyDetector:
         self._load_reference: dict[Pair, deque] = {}  # link → its deviations in the windows it was inside
         self._load_streaks: dict[Pair, tuple[int, int, float]] = {}
         self._load_anomalous: dict[Pair, LinkVerdict] = {}
+        self._loss_reference: dict[Pair, deque] = {}  # link → its loss in the windows it was inside
+        self._loss_streaks: dict[Pair, tuple[int, int, float]] = {}
 
     @property
     def learning(self) -> bool:
@@ -318,27 +354,22 @@ class AnomalyDetector:
         return Verdict(ts, False, paths, anomalies, ranked, new, spread, links, link_anomalies, new_links)
 
     def _judge_loads(self, ts: float, loads: list[LinkLoad]) -> tuple[list[LinkVerdict], list[Pair]]:
-        """Each link's load against its reference (see the module's docstring); (verdicts, links newly anomalous)."""
+        """Each link's load and loss against its references (see the module's docstring); (verdicts,
+        links newly anomalous)."""
         settings = self.settings
         verdicts, new = [], []
         for lk in loads:
-            reference = self._load_reference.get(lk.pair)
-            if reference is None or len(reference) < MIN_OWN_REFERENCE:
-                self._remember_loads([lk])
+            load = self._judge_load(lk, ts)
+            loss = self._judge_loss(lk, ts)
+            if load is None and loss is None:
                 continue
-            values = np.asarray(reference)
-            bias = float(np.median(values))
-            spread = max(settings.min_load_spread, MAD_TO_SIGMA * float(np.median(np.abs(values - bias))))
-            deviation = lk.deviation - bias
-            side = 1 if deviation > settings.load_z * spread else -1 if deviation < -settings.load_z * spread else 0
-            side, count, since = self._load_streaks[lk.pair] = _streak(self._load_streaks.get(lk.pair), side, ts)
-            if side == 0:
-                reference.append(lk.deviation)
-            anomalous = side != 0 and count >= settings.load_persistence
-            half = settings.load_z * spread * lk.capacity_bps
-            centre = lk.expected_bps + bias * lk.capacity_bps
-            verdict = LinkVerdict(lk.src, lk.dst, lk.measured_bps, lk.expected_bps, centre - half, centre + half,
-                                  deviation, side, count, anomalous, since)
+            side, count, since, deviation, lo, hi = load or (0, 0, math.nan, math.nan, math.nan, math.nan)
+            load_anomalous = side != 0 and count >= settings.load_persistence
+            excess, lost, lost_since, lost_count = loss or (math.nan, False, math.nan, 0)
+            anomalous = load_anomalous or lost
+            first = min((t for t, on in ((since, load_anomalous), (lost_since, lost)) if on), default=math.nan)
+            verdict = LinkVerdict(lk.src, lk.dst, lk.measured_bps, lk.expected_bps, lo, hi, deviation, side, count,
+                                  anomalous, first if anomalous else since, excess, lost, lost_count)
             verdicts.append(verdict)
             if anomalous:
                 if lk.pair not in self._load_anomalous:
@@ -350,6 +381,42 @@ class AnomalyDetector:
         for pair in [p for p in self._load_anomalous if p not in measured]:  # its counters are gone: the link is down
             self._load_anomalous.pop(pair)
         return verdicts, new
+
+    def _judge_load(self, lk: LinkLoad, ts: float) -> tuple | None:
+        """(side, streak, since, deviation less the bias, band lo, band hi in bit/s) of ``lk``'s load, or
+        None while the link has too few reference windows (this one then joins them)."""
+        settings = self.settings
+        reference = self._load_reference.get(lk.pair)
+        if reference is None or len(reference) < MIN_OWN_REFERENCE:
+            self._load_reference.setdefault(lk.pair, deque(maxlen=settings.history)).append(lk.deviation)
+            return None
+        bias, spread = _centre_and_spread(reference, settings.min_load_spread)
+        deviation = lk.deviation - bias
+        side = 1 if deviation > settings.load_z * spread else -1 if deviation < -settings.load_z * spread else 0
+        side, count, since = self._load_streaks[lk.pair] = _streak(self._load_streaks.get(lk.pair), side, ts)
+        if side == 0:
+            reference.append(lk.deviation)
+        half = settings.load_z * spread * lk.capacity_bps
+        centre = lk.expected_bps + bias * lk.capacity_bps
+        return side, count, since, deviation, centre - half, centre + half
+
+    def _judge_loss(self, lk: LinkLoad, ts: float) -> tuple | None:
+        """(loss less the usual, lost, since, windows in a row above the band) of ``lk``, or None when its loss is not counted this window
+        or the link has too few reference windows (this one then joins them)."""
+        settings = self.settings
+        loss = lk.loss(settings.min_loss_packets)
+        if loss is None:
+            return None
+        reference = self._loss_reference.get(lk.pair)
+        if reference is None or len(reference) < MIN_OWN_REFERENCE:
+            self._loss_reference.setdefault(lk.pair, deque(maxlen=settings.history)).append(loss)
+            return None
+        usual, spread = _centre_and_spread(reference, settings.min_loss_spread)
+        side = 1 if loss - usual > settings.loss_z * spread else 0
+        side, count, since = self._loss_streaks[lk.pair] = _streak(self._loss_streaks.get(lk.pair), side, ts)
+        if side == 0:
+            reference.append(loss)
+        return loss - usual, side != 0 and count >= settings.load_persistence, since, count
 
     def band(self, o: Observation, spread: float, pooled_bias: float) -> tuple[float, float, float]:
         """The band (lo, hi, s) ``o`` is judged against, and the standard error used, s; ``spread``:
@@ -402,24 +469,40 @@ class AnomalyDetector:
             ref.relative_errors.append(o.stderr_s / o.predicted_s)
 
     def _remember_loads(self, loads: list[LinkLoad]) -> None:
-        """Learning windows' (and a new link's) deviations join the links' references."""
+        """Learning windows' deviations and losses join the links' references."""
+        keep = self.settings.history
         for lk in loads:
-            self._load_reference.setdefault(lk.pair, deque(maxlen=self.settings.history)).append(lk.deviation)
+            self._load_reference.setdefault(lk.pair, deque(maxlen=keep)).append(lk.deviation)
+            loss = lk.loss(self.settings.min_loss_packets)
+            if loss is not None:
+                self._loss_reference.setdefault(lk.pair, deque(maxlen=keep)).append(loss)
+
+
+def _centre_and_spread(values, floor: float) -> tuple[float, float]:
+    """The median of ``values`` and their robust spread (1.4826 × MAD), at least ``floor``."""
+    values = np.asarray(values)
+    centre = float(np.median(values))
+    return centre, max(floor, MAD_TO_SIGMA * float(np.median(np.abs(values - centre))))
 
 
 def suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], penalty: float,
              link_anomalies: list[LinkVerdict] = ()) -> list[Suspect]:
-    """The links whose load is anomalous, then those crossed by ``anomalous`` paths, scored and
-    ranked (see the module's docstring)."""
+    """The links losing packets (the largest loss first), then those whose load is anomalous, then
+    those crossed by ``anomalous`` paths, scored and ranked (see the module's docstring)."""
     by_paths = _path_suspects(anomalous, normal, penalty)
     if not link_anomalies:
         return by_paths
     inferred = {(s.src, s.dst): s for s in by_paths}
     direct = []
-    for lk in sorted(link_anomalies, key=lambda v: (-abs(v.deviation), v.src, v.dst)):
+
+    def rank(v: LinkVerdict):
+        return (0, -v.loss, v.src, v.dst) if v.lost else (1, -abs(v.deviation), v.src, v.dst)
+
+    for lk in sorted(link_anomalies, key=rank):
         known = inferred.pop((lk.src, lk.dst), None)
         direct.append(Suspect(lk.src, lk.dst, known.score if known else 0.0, known.anomalous_paths if known else 0,
-                              known.normal_paths if known else 0, lk.deviation))
+                              known.normal_paths if known else 0, lk.deviation if lk.side != 0 else 0.0,
+                              lk.loss if lk.lost else 0.0))
     return direct + [s for s in by_paths if (s.src, s.dst) in inferred]
 
 
@@ -476,4 +559,8 @@ def _checked_load(lk: LinkLoad) -> LinkLoad:
     for what, value in (("measured", lk.measured_bps), ("expected", lk.expected_bps)):
         if not (math.isfinite(value) and value >= 0):
             raise AnomalyError(f"{name}: {what} load must be finite and >= 0 bit/s, got {value}")
+    for what, count in (("offered", lk.offered_packets), ("carried", lk.carried_packets)):
+        if count is not None and not (isinstance(count, (int, np.integer)) and count >= 0):
+            raise AnomalyError(f"{name}: {what} packets must be a whole number >= 0 (or None: not counted), "
+                               f"got {count!r}")
     return lk

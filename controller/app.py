@@ -43,6 +43,8 @@ from controller.routing_rules import (
     COUNTER_COOKIE,
     NDT_COOKIE_MASK,
     PROBE_UDP_PORT,
+    ROUTE_COOKIE,
+    ROUTE_TABLE,
     FlowOp,
     FlowRule,
     Host,
@@ -57,6 +59,7 @@ from controller.routing_rules import (
     route_rules,
 )
 from telemetry.exporter import Metrics
+from telemetry.offered import OfferedPackets, RuleReading
 from telemetry.rates import CounterRates, pair_rates, supported_counter
 from telemetry.store import LINK_KIND, ROUTING_KIND, LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
@@ -153,7 +156,11 @@ class NdtController(app_manager.OSKenApp):
         self._unsupported_tx_bytes: set[tuple[str, str]] = set()  # links whose switch reports tx_bytes all-ones
         self._traffic_rates = CounterRates()  # per edge counter rule (dpid, source IP, destination IP)
         self._traffic_totals: dict[tuple[str, str], int] = {}
-        self._flow_parts: dict[int, list] = {}  # flow-stats reply parts per switch until the last one
+        self._flow_parts: dict[tuple[int, int], list] = {}  # flow-stats reply parts per (switch, xid) until the last one
+        self._route_stats_xids: set[tuple[int, int]] = set()  # (switch, xid) of the route-rule stats requests
+        self._route_stats_read: dict[int, float] = {}  # per switch, when its route rules were last read (monotonic s)
+        self._offered = OfferedPackets()
+        self._group_ports: dict[tuple[int, int], tuple[int, ...]] = {}  # (switch, select group) → its buckets' ports
         self._discovered: set[tuple[str, str]] = set()
         self._topology_changed = time.monotonic()
         self._poll_outstanding = 0
@@ -292,6 +299,8 @@ class NdtController(app_manager.OSKenApp):
                 self._edge_version += 1
             self._link_rates.forget(lambda key: key[0] == name)
             self._traffic_rates.forget(lambda key: key[0] == dp.id)
+            self._offered.forget(dp.id)
+            self._route_stats_read.pop(dp.id, None)
             LOG.warning("switch %s (dpid %d) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
         self.metrics.set_gauge("switches_connected", len(self._datapaths))
@@ -441,6 +450,8 @@ class NdtController(app_manager.OSKenApp):
             if dp is None:
                 continue
             dp.send_msg(self._flow_mod(dp, op))
+            if op.kind == "add_group":
+                self._group_ports[(op.dpid, op.group)] = tuple(op.ports)
             touched[op.dpid] = dp
         waits = []
         for dpid, dp in touched.items():
@@ -678,12 +689,17 @@ class NdtController(app_manager.OSKenApp):
                 LOG.info("telemetry store maintenance: %s", self.store.maintain())
             datapaths = list(self._datapaths.values())
             self._poll_started = time.monotonic()
-            self._poll_outstanding = 2 * len(datapaths)
+            self._poll_outstanding = 3 * len(datapaths)
             for dp in datapaths:
                 ofp, parser = dp.ofproto, dp.ofproto_parser
                 dp.send_msg(parser.OFPPortStatsRequest(dp, 0, ofp.OFPP_ANY))
                 dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, CLASSIFIER_TABLE, ofp.OFPP_ANY, ofp.OFPG_ANY,
                                                        COUNTER_COOKIE, COOKIE_KIND_MASK, parser.OFPMatch()))
+                routes = parser.OFPFlowStatsRequest(dp, 0, ROUTE_TABLE, ofp.OFPP_ANY, ofp.OFPG_ANY, ROUTE_COOKIE,
+                                                    COOKIE_KIND_MASK, parser.OFPMatch())
+                dp.set_xid(routes)
+                self._route_stats_xids.add((dp.id, routes.xid))
+                dp.send_msg(routes)
 
     def _poll_reply_done(self, msg) -> None:
         if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
@@ -730,11 +746,42 @@ class NdtController(app_manager.OSKenApp):
     def _on_flow_stats(self, ev):
         msg = ev.msg
         now = time.time()
-        parts = self._flow_parts.setdefault(msg.datapath.id, [])
+        key = (msg.datapath.id, msg.xid)
+        parts = self._flow_parts.setdefault(key, [])
         parts.extend(msg.body)
         if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
             return
-        del self._flow_parts[msg.datapath.id]
+        del self._flow_parts[key]
+        if key in self._route_stats_xids:
+            self._route_stats_xids.discard(key)
+            self._on_route_stats(msg, parts, now)
+        else:
+            self._on_counter_stats(msg, parts, now)
+        self._poll_reply_done(msg)
+
+    def _on_route_stats(self, msg, parts, now: float) -> None:
+        """The route rules' packet counts → the packets offered to each link's port (:mod:`telemetry.offered`)."""
+        dpid = msg.datapath.id
+        readings = []
+        for stat in parts:
+            ports: list[int] = []
+            for instruction in stat.instructions:
+                for action in getattr(instruction, "actions", ()):
+                    if action.cls_action_type == msg.datapath.ofproto.OFPAT_OUTPUT:
+                        ports.append(action.port)
+                    elif action.cls_action_type == msg.datapath.ofproto.OFPAT_GROUP:
+                        ports.extend(self._group_ports.get((dpid, action.group_id), ()))  # unknown: ()
+            readings.append(RuleReading((stat.cookie, stat.priority, str(stat.match.get("ipv4_dst"))), tuple(ports),
+                                        stat.duration_sec + stat.duration_nsec * 1e-9, stat.packet_count))
+        read_at = time.monotonic()
+        since = read_at - self._route_stats_read.get(dpid, read_at)
+        self._route_stats_read[dpid] = read_at
+        totals = self._offered.update(dpid, readings, self.wiring.links_at(dpid), since)
+        self._store(self.store.add_offered_packets, now, totals)
+        self.metrics.set_offered_packets(totals)
+
+    def _on_counter_stats(self, msg, parts, now: float) -> None:
+        """The edge counting rules' byte counts → the traffic matrix."""
         totals: dict[tuple[str, str], int] = {}
         readings = []
         for stat in parts:
@@ -751,4 +798,3 @@ class NdtController(app_manager.OSKenApp):
         with self._lock:
             self._traffic_totals.update(totals)
             self.metrics.set_traffic_bytes(self._traffic_totals)
-        self._poll_reply_done(msg)

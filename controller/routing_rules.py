@@ -108,6 +108,10 @@ class Wiring:
         """The directed link leaving switch ``dpid`` through ``port``, or None for a host (edge) port."""
         return self._links_by_port.get((dpid, port))
 
+    def links_at(self, dpid: int) -> dict[int, tuple[str, str]]:
+        """The directed links leaving switch ``dpid``, by output port."""
+        return {port: link for (switch, port), link in self._links_by_port.items() if switch == dpid}
+
     def is_edge_port(self, dpid: int, port: int) -> bool:
         """True when ``port`` of switch ``dpid`` does not lead to another switch of the wiring."""
         return self.link_at(dpid, port) is None

@@ -35,11 +35,18 @@ class Metrics:
         self._loop_counts: dict[tuple[str, str], int] = {}
         self._suspects: dict[Pair, float] = {}
         self._load_deviations: dict[Pair, float] = {}
+        self._offered: dict[Pair, int] = {}
+        self._losses: dict[Pair, float] = {}
 
     def update_links(self, samples: list[LinkSample]) -> None:
         with self._lock:
             for s in samples:
                 self._links[(s.src, s.dst)] = s
+
+    def set_offered_packets(self, totals: dict[Pair, int]) -> None:
+        """Packets the route rules sent to each link's port so far (:mod:`telemetry.offered`); merged."""
+        with self._lock:
+            self._offered.update(totals)
 
     def set_link_up(self, src: str, dst: str, up: bool) -> None:
         with self._lock:
@@ -67,15 +74,18 @@ class Metrics:
             self._control_rtt[switch] = seconds
 
     def set_anomalies(self, paths: int, suspects: dict[Pair, float], new: int,
-                      load_deviations: dict[Pair, float] | None = None, new_links: int = 0) -> None:
+                      load_deviations: dict[Pair, float] | None = None, new_links: int = 0,
+                      losses: dict[Pair, float] | None = None) -> None:
         """Anomaly detection's last window: the paths anomalous now, the suspect links' scores
-        (replacing the last window's), ``new`` paths that became anomalous in it; the links whose load
-        is anomalous now with their deviation (share of capacity), ``new_links`` of them new."""
+        (replacing the last window's), ``new`` paths that became anomalous in it; the links anomalous
+        now with their load's deviation (share of capacity), ``new_links`` of them new; ``losses``: the
+        share of its offered packets each link lost in the window (links whose counters allow it)."""
         with self._lock:
             self._gauges["anomaly_paths"] = float(paths)
             self._gauges["anomaly_links"] = float(len(load_deviations or {}))
             self._suspects = dict(suspects)
             self._load_deviations = dict(load_deviations or {})
+            self._losses = dict(losses or {})
             self._counters["anomalies"] += new
             self._counters["link_anomalies"] += new_links
 
@@ -113,6 +123,8 @@ class Metrics:
             loop_counts = dict(self._loop_counts)
             suspects = dict(self._suspects)
             load_deviations = dict(self._load_deviations)
+            offered = dict(self._offered)
+            losses = dict(self._losses)
         pair = ["src", "dst"]
         tx_bytes = CounterMetricFamily("ndt_link_transmit_bytes", "Bytes sent on the directed link (switch port counter)", labels=pair)
         tx_packets = CounterMetricFamily("ndt_link_transmit_packets", "Packets sent on the directed link", labels=pair)
@@ -127,6 +139,12 @@ class Metrics:
             if s.utilization is not None:
                 util.add_metric([src, dst], s.utilization)
         yield from (tx_bytes, tx_packets, tx_dropped, util)
+        sent_to = CounterMetricFamily("ndt_link_offered_packets", "Packets the switch's route rules sent to the "
+                                      "directed link's port (1 - rate(transmit) / rate(offered): the link's loss)",
+                                      labels=pair)
+        for (src, dst), value in sorted(offered.items()):
+            sent_to.add_metric([src, dst], value)
+        yield sent_to
         up = GaugeMetricFamily("ndt_link_up", "1 if the directed link is in service, else 0", labels=pair)
         for (src, dst), value in sorted(link_up.items()):
             up.add_metric([src, dst], 1.0 if value else 0.0)
@@ -151,6 +169,8 @@ class Metrics:
         yield _link_gauge("ndt_anomaly_link_load_deviation_ratio", "Anomaly detection: (carried - expected load) / "
                           "capacity of the directed links whose port counters keep carrying more or less than the "
                           "measured traffic matrix puts on them", load_deviations)
+        yield _link_gauge("ndt_link_loss_ratio", "Share of the packets offered to the directed link's port that it "
+                          "did not transmit, over anomaly detection's last window", losses)
         for what, (label, help_text) in _LOOP_COUNTERS.items():
             family = CounterMetricFamily(f"ndt_loop_{what}s", help_text, labels=[label])
             for (name, value), count in sorted(loop_counts.items()):
@@ -179,7 +199,8 @@ _COUNTER_HELP = {
     "probes_sent": "In-band delay probes sent",
     "probes_lost": "In-band delay probes not returned within the timeout",
     "anomalies": "Paths that became anomalous (probe delay outside the twin's band for consecutive windows)",
-    "link_anomalies": "Links that became anomalous (carried load unlike the expected for consecutive windows)",
+    "link_anomalies": "Links that became anomalous (carried load unlike the expected, or packets lost, for "
+                      "consecutive windows)",
 }
 _LOOP_COUNTERS = {
     "trigger": ("trigger", "Closed-loop runs by trigger (start, traffic, topology, periodic, operator)"),

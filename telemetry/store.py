@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS link_stats (
     utilization REAL, bucket_s REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS link_stats_ts ON link_stats (ts);
 CREATE INDEX IF NOT EXISTS link_stats_pair ON link_stats (src, dst, ts);
+CREATE TABLE IF NOT EXISTS link_offered (
+    ts REAL NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, packets INTEGER NOT NULL,
+    bucket_s REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS link_offered_ts ON link_offered (ts);
 CREATE TABLE IF NOT EXISTS traffic (
     ts REAL NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, rate_bps REAL NOT NULL,
     bucket_s REAL NOT NULL DEFAULT 0);
@@ -163,6 +167,12 @@ class TelemetryStore:
         rows = (_link_row(s) for s in samples)
         self._write("link_stats", ("ts", "src", "dst", "tx_bytes", "tx_packets", "tx_dropped", "utilization"), rows)
 
+    def add_offered_packets(self, ts: float, totals: dict[tuple[str, str], int]) -> None:
+        """Packets the route rules sent to each link's port so far (:class:`telemetry.offered.OfferedPackets`),
+        read at ``ts``; all or none, as :meth:`add_link_samples`."""
+        self._write("link_offered", ("ts", "src", "dst", "packets"),
+                    ((_time(ts), s, d, _counter(f"link {s}->{d}", "offered packets", n)) for (s, d), n in totals.items()))
+
     def add_traffic_matrix(self, ts: float, rates_bps: dict[tuple[str, str], float]) -> None:
         """One traffic-matrix snapshot: (src, dst) → mean rate in bit/s over the last interval."""
         self._write("traffic", ("ts", "src", "dst", "rate_bps"),
@@ -225,6 +235,12 @@ class TelemetryStore:
             "ON l.src = m.src AND l.dst = m.dst AND l.ts = m.ts ORDER BY l.src, l.dst", ())
         return [LinkSample(*row) for row in rows]
 
+    def offered_packets(self, start: float, end: float) -> list[PairValue]:
+        """The links' offered-packet counters with start <= ts < end, in time order."""
+        where, args = _range(start, end)
+        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, packets FROM link_offered WHERE {where} "
+                                                   "ORDER BY ts, src, dst", args)]
+
     def traffic_matrices(self, start: float, end: float) -> list[PairValue]:
         where, args = _range(start, end)
         return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, rate_bps FROM traffic WHERE {where} "
@@ -270,7 +286,7 @@ class TelemetryStore:
         keep_after, raw_after, b = now - self.retention_s, now - self.raw_s, self.bucket_s
         report = {}
         with self._lock, self._transaction("the retention pass"):
-            for table in ("link_stats", "traffic", "path_delay"):
+            for table in ("link_stats", "link_offered", "traffic", "path_delay"):
                 report[f"{table}_expired"] = self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (keep_after,)).rowcount
             report["config_expired"] = self._db.execute(  # what must survive a restart is kept, however old
                 "DELETE FROM config WHERE ts < ? AND id NOT IN (SELECT COALESCE(MAX(id), -1) FROM config "
@@ -279,6 +295,7 @@ class TelemetryStore:
             merges = {
                 "link_stats": ("src, dst", "MAX(tx_bytes), MAX(tx_packets), MAX(tx_dropped), AVG(utilization)",
                                "src, dst, tx_bytes, tx_packets, tx_dropped, utilization"),
+                "link_offered": ("src, dst", "MAX(packets)", "src, dst, packets"),
                 "traffic": ("src, dst", "AVG(rate_bps)", "src, dst, rate_bps"),
                 "path_delay": ("kind, src, dst", "AVG(delay_s)", "kind, src, dst, delay_s"),
             }
@@ -305,11 +322,16 @@ def _link_row(sample: LinkSample) -> tuple:
         if value is None and name != "tx_bytes":
             counters.append(None)
             continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_COUNTER:
-            raise StoreError(f"{tag}: {name} must be a whole number from 0 to 2**63-1, got {shown(value)}")
-        counters.append(value)
+        counters.append(_counter(tag, name, value))
     utilization = None if sample.utilization is None else _finite(tag, "utilization", sample.utilization)
     return (_time(sample.ts), sample.src, sample.dst, *counters, utilization)
+
+
+def _counter(tag: str, name: str, value) -> int:
+    """``value`` when it is a whole number from 0 to ``MAX_COUNTER``; otherwise a StoreError naming ``tag`` and ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_COUNTER:
+        raise StoreError(f"{tag}: {name} must be a whole number from 0 to 2**63-1, got {shown(value)}")
+    return value
 
 
 def _finite(tag: str, name: str, value) -> float:

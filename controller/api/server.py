@@ -334,10 +334,13 @@ class NdtService(services.NdtServicer):
                  for p in verdict.anomalies]
         links = [pb.AnomalousLink(src=lk.src, dst=lk.dst, measured_bps=lk.measured_bps, expected_bps=lk.expected_bps,
                                   lo_bps=lk.lo_bps, hi_bps=lk.hi_bps, since=lk.since,
-                                  direction="more" if lk.side > 0 else "less", windows=lk.streak)
+                                  direction="lost" if lk.lost else "more" if lk.side > 0 else "less",
+                                  windows=lk.loss_streak if lk.lost else lk.streak,
+                                  loss_ratio=lk.loss if lk.lost else 0.0)
                  for lk in verdict.link_anomalies]
         suspects = [pb.SuspectLink(src=s.src, dst=s.dst, score=s.score, anomalous_paths=s.anomalous_paths,
-                                   normal_paths=s.normal_paths, load_deviation=s.load_deviation)
+                                   normal_paths=s.normal_paths, load_deviation=s.load_deviation,
+                                   loss_ratio=s.loss_ratio)
                     for s in verdict.suspects[:request.max_suspects or DEFAULT_SUSPECTS]]
         return pb.AnomaliesReply(enabled=True, window_ts=verdict.ts, paths_judged=len(verdict.paths), paths=paths,
                                  suspects=suspects, model_spread=verdict.model_spread, links=links)

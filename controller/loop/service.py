@@ -42,6 +42,7 @@ from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observ
 from controller.loop.decisions import choose, should_roll_back, top_candidates, traffic_shifted
 from optimizer.intent import Intent
 from telemetry.store import CONTROL_KIND, DECISION_KIND
+from telemetry.offered import window_losses
 from telemetry.traffic_matrix import TrafficMatrixError, carried_loads, estimated_state, traffic_matrix
 from twin.calibration.correction import CalibratedPredictor
 from twin.calibration.online import OnlineCalibration
@@ -614,27 +615,33 @@ class LoopService:
             with open(self.settings.anomaly_log, "a") as log:
                 log.write(json.dumps({"ts": wall_end, "observations": [asdict(o) for o in observations],
                                       "loads": [asdict(lk) for lk in loads]}) + "\n")
-        self._report_anomalies(verdict)
+        minimum = self.settings.anomaly.min_loss_packets
+        self._report_anomalies(verdict, {lk.pair: lk.loss(minimum) for lk in loads if lk.loss(minimum) is not None})
         return verdict
 
     def _link_loads(self, estimated: NetworkState, start: float, end: float) -> list[LinkLoad]:
         """Per link of ``estimated``: what its port counters carried from ``start`` to ``end`` (Unix s)
         beside the load the measured traffic matrix puts on it (anomaly detection's link loads)."""
-        carried = carried_loads(self.store.link_samples(start, end + 1e-6))
+        samples = self.store.link_samples(start, end + 1e-6)
+        carried = carried_loads(samples)
+        packets = window_losses(self.store.offered_packets(start, end + 1e-6), samples)
         expected = estimated.link_loads()
-        return [LinkLoad(lk.src, lk.dst, carried[(lk.src, lk.dst)], float(expected[i]), lk.capacity)
+        return [LinkLoad(lk.src, lk.dst, carried[(lk.src, lk.dst)], float(expected[i]), lk.capacity,
+                         *packets.get((lk.src, lk.dst), (None, None)))
                 for i, lk in enumerate(estimated.links) if (lk.src, lk.dst) in carried]
 
-    def _report_anomalies(self, verdict: Verdict) -> None:
-        """The window's verdict to gRPC (kept), Prometheus, and, when the anomalous paths or links
-        changed, the store's config history (kind ``anomaly``) and the log."""
+    def _report_anomalies(self, verdict: Verdict, losses: dict) -> None:
+        """The window's verdict to gRPC (kept), Prometheus (with ``losses``, each counted link's share of
+        its offered packets lost in the window), and, when the anomalous paths or links changed, the
+        store's config history (kind ``anomaly``) and the log."""
         before_paths, before_links = ((_named(self.anomalies.anomalies), _named(self.anomalies.link_anomalies))
                                       if self.anomalies is not None else (set(), set()))
         self.anomalies = verdict
         self.metrics.set_gauge("anomaly_learning", float(verdict.learning))
         self.metrics.set_anomalies(len(verdict.anomalies), {(s.src, s.dst): s.score for s in verdict.suspects},
-                                   len(verdict.new), {(lk.src, lk.dst): lk.deviation for lk in verdict.link_anomalies},
-                                   len(verdict.new_links))
+                                   len(verdict.new), {(lk.src, lk.dst): lk.deviation if np.isfinite(lk.deviation)
+                                                      else 0.0 for lk in verdict.link_anomalies},
+                                   len(verdict.new_links), losses)
         paths, links = _named(verdict.anomalies), _named(verdict.link_anomalies)
         if (paths, links) == (before_paths, before_links):
             return
@@ -650,11 +657,11 @@ class LoopService:
             LOG.error("%s", exc)
         top = verdict.suspects[0] if verdict.suspects else None
         LOG.warning("anomaly: %d paths outside the twin's band (new: %s, cleared: %s), %d links whose load is not "
-                    "the expected (new: %s, cleared: %s)%s", len(paths), _listed(paths - before_paths),
-                    _listed(before_paths - paths), len(links), _listed(links - before_links),
-                    _listed(before_links - links),
+                    "the expected or that lose packets (new: %s, cleared: %s)%s", len(paths),
+                    _listed(paths - before_paths), _listed(before_paths - paths), len(links),
+                    _listed(links - before_links), _listed(before_links - links),
                     f"; suspect {top.src}->{top.dst} (score {top.score:.2f}, load {top.load_deviation:+.1%} of "
-                    "capacity)" if top else "")
+                    f"capacity, loss {top.loss_ratio:.1%} beyond its usual)" if top else "")
 
     def _publish_prediction(self, ts: float, estimated: NetworkState, predicted: np.ndarray) -> None:
         """The calibrated twin's per-pair delays for the window ending at ``ts`` (Unix s) to the store

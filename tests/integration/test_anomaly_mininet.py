@@ -92,3 +92,52 @@ def test_a_halved_link_is_listed_with_itself_as_first_suspect():
     gauge = re.search(rf'^ndt_anomaly_suspect_score{{dst="{faulty[1]}",src="{faulty[0]}"}} (\S+)$', metrics, re.M)
     assert gauge and float(gauge.group(1)) > 0, "the faulty link's suspect score is not exported"
     assert "ndt_anomalies_total" in metrics
+
+
+def test_a_link_that_drops_packets_is_listed_as_lost_and_first_suspect():
+    """The busiest link's FIFO cut to 1 packet behind the controller's back: its port transmits fewer
+    packets than its switch's route rules sent to it; ListAnomalies must list it "lost" (and no other
+    link), first among the suspects, with its loss beside the port counters' own in Prometheus. Windows
+    of 6 s: the two counters are read a few packets apart in time (Open vSwitch updates its rules'
+    counts in rounds), a few percent of 3 s of this link's traffic."""
+    state = emulation_state("ring:4", 0.5, seed=0)
+    busiest = state.links[int(np.argmax(state.utilization()))]
+    faulty = (busiest.src, busiest.dst)
+    args = ARGS[:ARGS.index("--anomaly-window")] + ("--anomaly-window", "6", "--anomaly-persistence", "3")
+    with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly-loss", controller_args=args) as net:
+        traffic = threading.Thread(target=lambda: play(net, state, TRAFFIC_S, 2.0, 0, net.workdir / "traffic"),
+                                   daemon=True)
+        traffic.start()
+        learned = until(lambda: not net.client.anomalies().learning, 70.0, 1.0)
+        assert learned, f"detection still learning after 70 s; see {net.log_path}"
+        three_windows_on = net.client.anomalies().window_ts + 9.0
+        before = until(lambda: (lambda r: r if r.window_ts >= three_windows_on else None)(net.client.anomalies()), 20.0)
+        assert before, f"no window judged for 20 s after learning; see {net.log_path}"
+        intf = net._link_ports()[faulty][1]
+        lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, busiest.capacity, 1)]
+        subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", check=True, capture_output=True, text=True)
+        cut = time.monotonic()
+
+        def lost() -> object:
+            reply = net.client.anomalies()
+            return reply if any((lk.src, lk.dst) == faulty and lk.direction == "lost" for lk in reply.links) else None
+
+        reply = until(lost, 30.0)
+        detect_s = time.monotonic() - cut
+        metrics = urllib.request.urlopen(net.metrics_url, timeout=5).read().decode()
+        traffic.join(TRAFFIC_S + 30)
+    print(f"before the fault: links {[(lk.src, lk.dst, lk.direction) for lk in before.links]}; after it, in "
+          f"{detect_s:.1f} s: {[(lk.src, lk.dst, lk.direction, round(lk.loss_ratio, 3)) for lk in reply.links] if reply else None}")
+    assert not before.links, f"links listed before any fault: {[(lk.src, lk.dst, lk.direction) for lk in before.links]}"
+    assert reply, f"{faulty[0]}->{faulty[1]} was not listed as losing packets within 30 s of its FIFO cut to 1 packet"
+    assert [(lk.src, lk.dst) for lk in reply.links if lk.direction == "lost"] == [faulty]
+    link = next(lk for lk in reply.links if (lk.src, lk.dst) == faulty)
+    assert link.loss_ratio > 0.01 and link.windows >= 2
+    first = reply.suspects[0]
+    assert (first.src, first.dst) == faulty and first.loss_ratio == pytest.approx(link.loss_ratio)
+    labels = f'{{dst="{faulty[1]}",src="{faulty[0]}"}}'
+    offered = re.search(rf"^ndt_link_offered_packets_total{labels} (\S+)$", metrics, re.M)
+    sent = re.search(rf"^ndt_link_transmit_packets_total{labels} (\S+)$", metrics, re.M)
+    loss = re.search(rf"^ndt_link_loss_ratio{labels} (\S+)$", metrics, re.M)
+    assert offered and sent and float(offered.group(1)) > float(sent.group(1)) > 0
+    assert loss and float(loss.group(1)) > 0.01

@@ -283,3 +283,67 @@ def test_bad_settings_are_refused():
         DetectorSettings(penalty=2.0)
     with pytest.raises(AnomalyError, match="min_load_spread"):
         DetectorSettings(min_load_spread=0.0)
+
+
+def counted(rng, lose=None, usual=0.001, offered=2500) -> list[LinkLoad]:
+    """Every link's load as expected, with its packet counters: ``offered`` (Poisson) packets sent to
+    its port, of which the port lost ``usual`` (LLDP and counter timing make such a small share) plus
+    ``lose``'s share for the links in it."""
+    out = []
+    for lk in loads(rng, noise=0.003):
+        sent = int(rng.poisson(offered))
+        lost = int(rng.binomial(sent, usual + (lose or {}).get(lk.pair, 0.0)))
+        out.append(LinkLoad(lk.src, lk.dst, lk.measured_bps, lk.expected_bps, lk.capacity_bps, sent, sent - lost))
+    return out
+
+
+def counted_detector() -> tuple[AnomalyDetector, np.random.Generator]:
+    detector = AnomalyDetector(DetectorSettings(reference_windows=6, persistence=3))
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        detector.judge(float(i), window(rng), counted(rng))
+    return detector, rng
+
+
+def test_quiet_packet_counters_raise_no_loss_alarm_in_a_thousand_windows():
+    detector, rng = counted_detector()
+    alarms = sum(bool(detector.judge(100.0 + i, window(rng), counted(rng)).link_anomalies) for i in range(1000))
+    assert alarms == 0
+
+
+def test_a_link_losing_packets_is_lost_and_first_suspect_though_its_load_stays_in_its_band():
+    """b->c loses 4 % of the packets sent to it: about 0.02 of its capacity, inside the load band
+    (5 × at least 0.5 %); the counters show it, and the paths' suspects (a->b) rank after it."""
+    detector, rng = counted_detector()
+    lose = {("b", "c"): 0.04}
+    first = detector.judge(10.0, window(rng, extra={("a", "b"): 2e-3}), counted(rng, lose))
+    assert not first.link_anomalies
+    bc = next(lk for lk in first.links if (lk.src, lk.dst) == ("b", "c"))
+    assert bc.side == 0 and bc.loss == pytest.approx(0.04, abs=0.012) and bc.loss_streak == 1 and not bc.lost
+    verdict = None
+    for i in range(2):
+        verdict = detector.judge(11.0 + i, window(rng, extra={("a", "b"): 2e-3}), counted(rng, lose))
+    assert [(lk.src, lk.dst) for lk in verdict.link_anomalies] == [("b", "c")]
+    lost = verdict.link_anomalies[0]
+    assert lost.lost and lost.side == 0 and lost.since == 10.0 and lost.loss_streak == 3
+    assert verdict.new_links == [] and verdict.suspects[0].loss_ratio == pytest.approx(0.04, abs=0.012)
+    assert [(s.src, s.dst) for s in verdict.suspects[:2]] == [("b", "c"), ("a", "b")]
+    assert verdict.suspects[0].load_deviation == 0.0
+    assert not detector.judge(13.0, window(rng), counted(rng)).link_anomalies  # over once the loss is
+
+
+def test_loss_is_not_judged_on_too_few_packets_or_without_counters():
+    detector, rng = counted_detector()
+    few = detector.judge(10.0, window(rng), counted(rng, {("b", "c"): 0.5}, offered=100))
+    assert all(math.isnan(lk.loss) and not lk.lost for lk in few.links)
+    uncounted = detector.judge(11.0, window(rng), loads(rng))
+    assert all(math.isnan(lk.loss) for lk in uncounted.links) and not uncounted.link_anomalies
+
+
+@pytest.mark.parametrize("bad, message", [(dict(offered_packets=-1), "offered packets"),
+                                          (dict(carried_packets=2.5), "carried packets")])
+def test_packet_counts_that_cannot_be_judged_are_refused_with_the_link_named(bad, message):
+    fields = dict(src="a", dst="b", measured_bps=1e6, expected_bps=1e6, capacity_bps=2e6, offered_packets=10,
+                  carried_packets=10)
+    with pytest.raises(AnomalyError, match=f"link a->b: {message}"):
+        AnomalyDetector().judge(0.0, [], [LinkLoad(**{**fields, **bad})])

@@ -70,21 +70,30 @@ def watching(optimize=False):
 
 class PortCounters:
     """The stand-in's port counters: each link carries what the traffic matrix puts on it, plus
-    ``extra`` bit/s on ``link`` (an unannounced flow)."""
+    ``extra`` bit/s on ``link`` (an unannounced flow); with ``packets``, also the packets (1,000 bytes)
+    its route rules offered to it and its port transmitted, ``lost`` of them not on ``lossy``."""
 
-    def __init__(self):
+    def __init__(self, packets: bool = False):
         self.sent: dict[tuple[str, str], float] = {}  # bytes so far
-        self.link, self.extra = None, 0.0
+        self.offered: dict[tuple[str, str], float] = {}  # bytes offered so far
+        self.link, self.extra, self.packets = None, 0.0, packets
+        self.lossy, self.lost = None, 0.0
 
     def sample(self, store, controller, wall: float, seconds: float) -> None:
         routed = controller.state.with_flows(controller.traffic.flows)
-        samples = []
+        samples, offered = [], {}
         for lk, load in zip(routed.links, routed.link_loads()):
             pair = (lk.src, lk.dst)
             rate = load + (self.extra if pair == self.link else 0.0)
-            self.sent[pair] = self.sent.get(pair, 0.0) + rate * seconds / 8.0
-            samples.append(LinkSample(wall, lk.src, lk.dst, int(self.sent[pair]), None, None, None))
+            self.offered[pair] = self.offered.get(pair, 0.0) + rate * seconds / 8.0
+            self.sent[pair] = self.sent.get(pair, 0.0) + rate * seconds / 8.0 * (
+                1.0 - (self.lost if pair == self.lossy else 0.0))
+            offered[pair] = int(self.offered[pair] / 1000)
+            samples.append(LinkSample(wall, lk.src, lk.dst, int(self.sent[pair]),
+                                      int(self.sent[pair] / 1000) if self.packets else None, None, None))
         store.add_link_samples(samples)
+        if self.packets:
+            store.add_offered_packets(wall, offered)
 
 
 def window(loop, store, controller, now, counters=None) -> object:
@@ -249,6 +258,30 @@ def test_a_link_carrying_traffic_the_matrix_does_not_see_is_listed_with_its_load
     assert not window(loop, store, controller, now, counters).anomalous
     assert metrics._gauges["anomaly_links"] == 0
     assert store.configs(0, loop.wall() + 1)[-1].payload["cleared_links"] == ["s2->s3"]
+
+
+def test_a_link_losing_packets_is_listed_as_lost_with_its_share(api):
+    """s2->s3's port transmits 3 % fewer packets than its rules sent to it (its load 0.01 of capacity
+    short: inside the load band): listed "lost" on gRPC, first suspect, its loss in Prometheus."""
+    stub, loop, controller, store, now = api
+    counters = PortCounters(packets=True)
+    for _ in range(7):
+        window(loop, store, controller, now, counters)
+    assert not loop.anomalies.learning and not loop.anomalies.anomalous
+    counters.lossy, counters.lost = ("s2", "s3"), 0.03
+    assert not window(loop, store, controller, now, counters).link_anomalies
+    verdict = window(loop, store, controller, now, counters)
+    assert [(lk.src, lk.dst, lk.lost, lk.side) for lk in verdict.link_anomalies] == [("s2", "s3", True, 0)]
+    reply = stub.ListAnomalies(pb.AnomaliesRequest(), timeout=5)
+    assert [(lk.src, lk.dst, lk.direction, lk.windows) for lk in reply.links] == [("s2", "s3", "lost", 2)]
+    assert reply.links[0].loss_ratio == pytest.approx(0.03, abs=0.002)
+    assert (reply.suspects[0].src, reply.suspects[0].dst) == ("s2", "s3")
+    assert reply.suspects[0].loss_ratio == pytest.approx(0.03, abs=0.002) and reply.suspects[0].load_deviation == 0.0
+    losses = loop.metrics._losses
+    assert losses[("s2", "s3")] == pytest.approx(0.03, abs=0.002)
+    assert all(abs(value) < 0.002 for pair, value in losses.items() if pair != ("s2", "s3"))
+    counters.lost = 0.0
+    assert not window(loop, store, controller, now, counters).anomalous
 
 
 def test_grpc_says_when_no_detection_runs():

@@ -87,6 +87,19 @@ def test_anomaly_metrics_replace_the_suspects_and_count_new_anomalies(exporter):
     assert not [key for key in got if key[0] in ("ndt_anomaly_suspect_score", "ndt_anomaly_link_load_deviation_ratio")]
 
 
+def test_offered_packets_and_each_windows_loss_are_exported(exporter):
+    exp, url = exporter
+    exp.metrics.set_offered_packets({("a", "b"): 1200})
+    exp.metrics.set_offered_packets({("b", "c"): 30})
+    exp.metrics.set_anomalies(0, {}, new=0, losses={("a", "b"): 0.05})
+    got = scrape(url)
+    assert got[("ndt_link_offered_packets_total", (("dst", "b"), ("src", "a")))] == 1200
+    assert got[("ndt_link_offered_packets_total", (("dst", "c"), ("src", "b")))] == 30
+    assert got[("ndt_link_loss_ratio", (("dst", "b"), ("src", "a")))] == 0.05
+    exp.metrics.set_anomalies(0, {}, new=0)
+    assert not [key for key in scrape(url) if key[0] == "ndt_link_loss_ratio"]
+
+
 def test_unknown_names_are_rejected():
     m = Metrics()
     with pytest.raises(ValueError, match="unknown counter 'bogus'"):
