@@ -82,6 +82,13 @@ share lost, ``(offered - carried) / offered`` (judged on windows with at least `
 offered), is judged against the link's own reference like the load (its median, its spread at
 least ``min_loss_spread``), on one side only: a link is *lost* after ``load_persistence`` windows
 above ``loss_z`` spreads. Lost links rank first of all the suspects, the largest loss first.
+The two counters are read in separate replies, and a software switch refreshes its rules' counts
+in rounds (Open vSwitch: the offered count trails the port's by up to half a second of traffic).
+When the phase of those rounds against the polling moves, every link's offered count jumps by the
+same time's worth of its traffic, the same share of every link's window (on the emulated Abilene
+about 5 % of a 10-s window on every link at once). So each window's loss is taken less the
+median loss of all counted links (with at least ``MIN_COMMON_LINKS`` of them): what one link loses
+stands out, and a loss every link shows at once is not attributed to any.
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ import numpy as np
 Pair = tuple[str, str]
 MIN_OWN_REFERENCE = 3  # reference windows a path needs before its own bias replaces the pooled one
 MAD_TO_SIGMA = 1.4826  # MAD × this = the standard deviation of a normal distribution
+MIN_COMMON_LINKS = 5  # links whose loss is counted before a window's common loss is taken out
 
 
 class AnomalyError(ValueError):
@@ -358,9 +366,10 @@ class AnomalyDetector:
         links newly anomalous)."""
         settings = self.settings
         verdicts, new = [], []
+        common = _common_loss(loads, settings.min_loss_packets)
         for lk in loads:
             load = self._judge_load(lk, ts)
-            loss = self._judge_loss(lk, ts)
+            loss = self._judge_loss(lk, ts, common)
             if load is None and loss is None:
                 continue
             side, count, since, deviation, lo, hi = load or (0, 0, math.nan, math.nan, math.nan, math.nan)
@@ -400,13 +409,15 @@ class AnomalyDetector:
         centre = lk.expected_bps + bias * lk.capacity_bps
         return side, count, since, deviation, centre - half, centre + half
 
-    def _judge_loss(self, lk: LinkLoad, ts: float) -> tuple | None:
-        """(loss less the usual, lost, since, windows in a row above the band) of ``lk``, or None when its loss is not counted this window
-        or the link has too few reference windows (this one then joins them)."""
+    def _judge_loss(self, lk: LinkLoad, ts: float, common: float) -> tuple | None:
+        """(loss less the usual, lost, since, windows in a row above the band) of ``lk``, its loss taken
+        less the window's ``common`` loss, or None when its loss is not counted this window or the link
+        has too few reference windows (this one then joins them)."""
         settings = self.settings
         loss = lk.loss(settings.min_loss_packets)
         if loss is None:
             return None
+        loss -= common
         reference = self._loss_reference.get(lk.pair)
         if reference is None or len(reference) < MIN_OWN_REFERENCE:
             self._loss_reference.setdefault(lk.pair, deque(maxlen=settings.history)).append(loss)
@@ -470,12 +481,21 @@ class AnomalyDetector:
 
     def _remember_loads(self, loads: list[LinkLoad]) -> None:
         """Learning windows' deviations and losses join the links' references."""
-        keep = self.settings.history
+        keep, minimum = self.settings.history, self.settings.min_loss_packets
+        common = _common_loss(loads, minimum)
         for lk in loads:
             self._load_reference.setdefault(lk.pair, deque(maxlen=keep)).append(lk.deviation)
-            loss = lk.loss(self.settings.min_loss_packets)
+            loss = lk.loss(minimum)
             if loss is not None:
-                self._loss_reference.setdefault(lk.pair, deque(maxlen=keep)).append(loss)
+                self._loss_reference.setdefault(lk.pair, deque(maxlen=keep)).append(loss - common)
+
+
+def _common_loss(loads: list[LinkLoad], min_packets: int) -> float:
+    """The loss every link shows in a window (the median over the links whose loss is counted; 0 with
+    fewer than ``MIN_COMMON_LINKS``): not one link's, but the two counters read out of step (see the
+    module's docstring)."""
+    losses = [loss for loss in (lk.loss(min_packets) for lk in loads) if loss is not None]
+    return float(np.median(losses)) if len(losses) >= MIN_COMMON_LINKS else 0.0
 
 
 def _centre_and_spread(values, floor: float) -> tuple[float, float]:

@@ -301,6 +301,7 @@ class NdtController(app_manager.OSKenApp):
             self._traffic_rates.forget(lambda key: key[0] == dp.id)
             self._offered.forget(dp.id)
             self._route_stats_read.pop(dp.id, None)
+            self._route_stats_xids = {key for key in self._route_stats_xids if key[0] != dp.id}
             LOG.warning("switch %s (dpid %d) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
         self.metrics.set_gauge("switches_connected", len(self._datapaths))

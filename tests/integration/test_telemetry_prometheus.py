@@ -49,14 +49,15 @@ def query(base: str, expr: str) -> list:
 
 @pytest.fixture(scope="module")
 def fed_exporter():
-    """An exporter whose values trip every alert; byte and drop counters keep growing."""
+    """An exporter whose values trip every alert; byte, drop and offered-packet counters keep growing."""
     metrics = Metrics()
     metrics.set_link_up("s1", "s2", True)
     metrics.set_link_up("s2", "s1", False)
     metrics.set_path_delays("predicted", {("s1", "s2"): 0.001})
     metrics.set_path_delays("measured", {("s1", "s2"): 0.002})
     metrics.set_gauge("twin_error_ratio", 0.2)
-    metrics.set_anomalies(2, {("s1", "s2"): 1.0}, new=2, load_deviations={("s1", "s2"): -0.05}, new_links=1)
+    metrics.set_anomalies(2, {("s1", "s2"): 1.0}, new=2, load_deviations={("s1", "s2"): -0.05}, new_links=1,
+                          losses={("s1", "s2"): 0.05})
     metrics.set_gauge("switches_connected", 2)
     metrics.set_gauge("route_version", 3)
     metrics.set_gauge("routing_switch_over_seconds", 2.5)
@@ -70,6 +71,7 @@ def fed_exporter():
         while not stop.is_set():
             tick += 1
             metrics.update_links([LinkSample(time.time(), "s1", "s2", 125_000 * tick, 100 * tick, tick, 0.95)])
+            metrics.set_offered_packets({("s1", "s2"): 105 * tick})
             metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
             stop.wait(0.25)
 

@@ -347,3 +347,25 @@ def test_packet_counts_that_cannot_be_judged_are_refused_with_the_link_named(bad
                   carried_packets=10)
     with pytest.raises(AnomalyError, match=f"link a->b: {message}"):
         AnomalyDetector().judge(0.0, [], [LinkLoad(**{**fields, **bad})])
+
+
+def test_a_loss_every_link_shows_at_once_is_the_counters_out_of_step_not_a_fault():
+    """Open vSwitch refreshes its rules' counts in rounds; when that round's phase against the polling
+    moves, every link's offered packets jump by the same share of its window. Two such windows on
+    every link list nothing; the same jump on one link lists it."""
+    detector, rng = counted_detector()
+
+    def shifted(share, only=None):
+        out = []
+        for lk in counted(rng):
+            if only is None or lk.pair == only:
+                lk = LinkLoad(lk.src, lk.dst, lk.measured_bps, lk.expected_bps, lk.capacity_bps,
+                              round(lk.offered_packets * (1 + share)), lk.carried_packets)
+            out.append(lk)
+        return out
+
+    for i in range(2):
+        assert not detector.judge(10.0 + i, window(rng), shifted(0.05)).link_anomalies
+    for i in range(2):
+        verdict = detector.judge(12.0 + i, window(rng), shifted(0.05, only=("b", "c")))
+    assert [(lk.src, lk.dst, lk.lost) for lk in verdict.link_anomalies] == [("b", "c", True)]
