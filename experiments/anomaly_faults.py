@@ -181,7 +181,7 @@ def pick_links(state, reps: int) -> dict[str, list[tuple[str, str]]]:
 def anomaly_view(reply) -> dict:
     return {"paths": [f"{p.src}->{p.dst}" for p in reply.paths],
             "links": [f"{lk.src}->{lk.dst} ({lk.direction})" for lk in reply.links],
-            "suspects": [[f"{s.src}->{s.dst}", round(s.score, 3), round(s.load_deviation, 4)]
+            "suspects": [[f"{s.src}->{s.dst}", round(s.score, 3), round(s.load_deviation, 4), round(s.loss_ratio, 4)]
                          for s in reply.suspects[:3]]}
 
 
