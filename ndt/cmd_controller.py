@@ -92,7 +92,8 @@ def register(subparsers) -> None:
                            "refits it from this network's probes")
     anomaly = p.add_argument_group(
         "anomaly detection", "Flag the paths whose probe-measured delay stays outside the calibrated twin's band for "
-        "consecutive windows and rank the links most likely at fault (gRPC ListAnomalies, ndt_anomaly_* metrics; "
+        "consecutive windows, the links whose port counters carry unlike the traffic matrix or lose packets their "
+        "route rules sent them, and rank the links most likely at fault (gRPC ListAnomalies, ndt_anomaly_* metrics; "
         "docs/operations.md). On with --intent; --anomaly runs it without the loop (the twin and its online "
         "calibration only). Needs the probes.")
     anomaly.add_argument("--anomaly", action="store_true", help="detect anomalies (without --intent: only that)")
