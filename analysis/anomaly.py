@@ -129,7 +129,7 @@ class DetectorSettings:
     load_persistence: int = 2
     min_load_spread: float = 0.005
     loss_z: float = 5.0
-    min_loss_spread: float = 0.002
+    min_loss_spread: float = 0.006
     min_loss_packets: int = 200
 
     def __post_init__(self):
