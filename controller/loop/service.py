@@ -41,8 +41,8 @@ import numpy as np
 from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observation, Verdict
 from controller.loop.decisions import choose, should_roll_back, top_candidates, traffic_shifted
 from optimizer.intent import Intent
-from telemetry.store import CONTROL_KIND, DECISION_KIND
 from telemetry.offered import window_losses
+from telemetry.store import CONTROL_KIND, DECISION_KIND
 from telemetry.traffic_matrix import TrafficMatrixError, carried_loads, estimated_state, traffic_matrix
 from twin.calibration.correction import CalibratedPredictor
 from twin.calibration.online import OnlineCalibration
