@@ -98,18 +98,19 @@ def test_a_link_that_drops_packets_is_listed_as_lost_and_first_suspect():
     """The busiest link's FIFO cut to 1 packet behind the controller's back: its port transmits fewer
     packets than its switch's route rules sent to it; ListAnomalies must list it "lost" (and no other
     link), first among the suspects, with its loss beside the port counters' own in Prometheus. Windows
-    of 6 s: the two counters are read a few packets apart in time (Open vSwitch updates its rules'
-    counts in rounds), a few percent of 3 s of this link's traffic."""
+    of 10 s, the default: the two counters are read a few packets apart in time (Open vSwitch updates
+    its rules' counts in rounds), 1-3 % of 6 s of this link's traffic but under 0.5 % of 10 s."""
     state = emulation_state("ring:4", 0.5, seed=0)
     busiest = state.links[int(np.argmax(state.utilization()))]
     faulty = (busiest.src, busiest.dst)
-    args = ARGS[:ARGS.index("--anomaly-window")] + ("--anomaly-window", "6", "--anomaly-persistence", "3")
+    args = ARGS[:ARGS.index("--anomaly-window")] + ("--anomaly-window", "10", "--anomaly-persistence", "3")
+    traffic_s = 180.0
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly-loss", controller_args=args) as net:
-        traffic = threading.Thread(target=lambda: play(net, state, TRAFFIC_S, 2.0, 0, net.workdir / "traffic"),
+        traffic = threading.Thread(target=lambda: play(net, state, traffic_s, 2.0, 0, net.workdir / "traffic"),
                                    daemon=True)
         traffic.start()
-        learned = until(lambda: not net.client.anomalies().learning, 70.0, 1.0)
-        assert learned, f"detection still learning after 70 s; see {net.log_path}"
+        learned = until(lambda: not net.client.anomalies().learning, 120.0, 1.0)
+        assert learned, f"detection still learning after 120 s; see {net.log_path}"
         three_windows_on = net.client.anomalies().window_ts + 9.0
         before = until(lambda: (lambda r: r if r.window_ts >= three_windows_on else None)(net.client.anomalies()), 20.0)
         assert before, f"no window judged for 20 s after learning; see {net.log_path}"
@@ -122,14 +123,14 @@ def test_a_link_that_drops_packets_is_listed_as_lost_and_first_suspect():
             reply = net.client.anomalies()
             return reply if any((lk.src, lk.dst) == faulty and lk.direction == "lost" for lk in reply.links) else None
 
-        reply = until(lost, 30.0)
+        reply = until(lost, 40.0)
         detect_s = time.monotonic() - cut
         metrics = urllib.request.urlopen(net.metrics_url, timeout=5).read().decode()
-        traffic.join(TRAFFIC_S + 30)
+        traffic.join(traffic_s + 30)
     print(f"before the fault: links {[(lk.src, lk.dst, lk.direction) for lk in before.links]}; after it, in "
           f"{detect_s:.1f} s: {[(lk.src, lk.dst, lk.direction, round(lk.loss_ratio, 3)) for lk in reply.links] if reply else None}")
     assert not before.links, f"links listed before any fault: {[(lk.src, lk.dst, lk.direction) for lk in before.links]}"
-    assert reply, f"{faulty[0]}->{faulty[1]} was not listed as losing packets within 30 s of its FIFO cut to 1 packet"
+    assert reply, f"{faulty[0]}->{faulty[1]} was not listed as losing packets within 40 s of its FIFO cut to 1 packet"
     assert [(lk.src, lk.dst) for lk in reply.links if lk.direction == "lost"] == [faulty]
     link = next(lk for lk in reply.links if (lk.src, lk.dst) == faulty)
     assert link.loss_ratio > 0.01 and link.windows >= 2
