@@ -616,7 +616,7 @@ class LoopService:
                 log.write(json.dumps({"ts": wall_end, "observations": [asdict(o) for o in observations],
                                       "loads": [asdict(lk) for lk in loads]}) + "\n")
         minimum = self.settings.anomaly.min_loss_packets
-        self._report_anomalies(verdict, {lk.pair: lk.loss(minimum) for lk in loads if lk.loss(minimum) is not None})
+        self._report_anomalies(verdict, {lk.pair: loss for lk in loads if (loss := lk.loss(minimum)) is not None})
         return verdict
 
     def _link_loads(self, estimated: NetworkState, start: float, end: float) -> list[LinkLoad]:

@@ -39,27 +39,33 @@ def until(condition, timeout: float, poll: float = 0.5):
     return value
 
 
+def learn_with_traffic(net, state, traffic_s: float, learn_s: float):
+    """Play ``state``'s traffic for ``traffic_s`` s, wait until detection has learned (at most ``learn_s``
+    s) and then for the next window judged; (the traffic's thread, that window's ListAnomalies reply)."""
+    traffic = threading.Thread(target=lambda: play(net, state, traffic_s, 2.0, 0, net.workdir / "traffic"),
+                               daemon=True)
+    traffic.start()
+    learned = until(lambda: not net.client.anomalies().learning, learn_s, 1.0)
+    assert learned, f"detection still learning after {learn_s:.0f} s; see {net.log_path}"
+    next_window = net.client.anomalies().window_ts + 9.0
+    before = until(lambda: (lambda r: r if r.window_ts >= next_window else None)(net.client.anomalies()), 20.0)
+    assert before, f"no window judged for 20 s after learning; see {net.log_path}"  # a load anomaly could be listed
+    return traffic, before
+
+
+def reshape(intf: str, capacity: float, buffer: int) -> None:
+    """Shape ``intf`` anew behind the controller's back (tc only)."""
+    lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, capacity, buffer)]
+    subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", check=True, capture_output=True, text=True)
+
+
 def test_a_halved_link_is_listed_with_itself_as_first_suspect():
     state = emulation_state("ring:4", 0.5, seed=0)
     busiest = state.links[int(np.argmax(state.utilization()))]
     faulty = (busiest.src, busiest.dst)
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly", controller_args=ARGS) as net:
-        traffic = threading.Thread(target=lambda: play(net, state, TRAFFIC_S, 2.0, 0, net.workdir / "traffic"),
-                                   daemon=True)
-        traffic.start()
-        learned = until(lambda: not net.client.anomalies().learning, 70.0, 1.0)
-        assert learned, f"detection still learning after 70 s; see {net.log_path}"
-
-        def judged_after(ts: float) -> object:
-            reply = net.client.anomalies()
-            return reply if reply.window_ts >= ts else None
-
-        three_windows_on = net.client.anomalies().window_ts + 9.0
-        before = until(lambda: judged_after(three_windows_on), 20.0)  # a load anomaly could have been listed
-        assert before, f"no window judged for 20 s after learning; see {net.log_path}"
-        intf = net._link_ports()[faulty][1]
-        lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, 0.5 * busiest.capacity, busiest.buffer)]
-        subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", check=True, capture_output=True, text=True)
+        traffic, before = learn_with_traffic(net, state, TRAFFIC_S, 70.0)
+        reshape(net._link_ports()[faulty][1], 0.5 * busiest.capacity, busiest.buffer)
         halved = time.monotonic()
 
         def named() -> object:
@@ -106,17 +112,8 @@ def test_a_link_that_drops_packets_is_listed_as_lost_and_first_suspect():
     args = ARGS[:ARGS.index("--anomaly-window")] + ("--anomaly-window", "10", "--anomaly-persistence", "3")
     traffic_s = 180.0
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly-loss", controller_args=args) as net:
-        traffic = threading.Thread(target=lambda: play(net, state, traffic_s, 2.0, 0, net.workdir / "traffic"),
-                                   daemon=True)
-        traffic.start()
-        learned = until(lambda: not net.client.anomalies().learning, 120.0, 1.0)
-        assert learned, f"detection still learning after 120 s; see {net.log_path}"
-        three_windows_on = net.client.anomalies().window_ts + 9.0
-        before = until(lambda: (lambda r: r if r.window_ts >= three_windows_on else None)(net.client.anomalies()), 20.0)
-        assert before, f"no window judged for 20 s after learning; see {net.log_path}"
-        intf = net._link_ports()[faulty][1]
-        lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, busiest.capacity, 1)]
-        subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", check=True, capture_output=True, text=True)
+        traffic, before = learn_with_traffic(net, state, traffic_s, 120.0)
+        reshape(net._link_ports()[faulty][1], busiest.capacity, 1)
         cut = time.monotonic()
 
         def lost() -> object:
