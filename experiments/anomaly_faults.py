@@ -18,14 +18,19 @@ one at a time and ``--reps`` times each on different directed links (the control
   destination) host pairs, so the traffic matrix the twin is fed never sees it, while the route
   rules (by destination) carry it; on links loaded under 20 %;
 - ``buffer``: the link's FIFO shrunk to ``--small-buffer`` packets, on links loaded 50 % or more
+  where the simulator says the short FIFO loses at least ``MIN_BUFFER_LOSS`` of the link's packets
   (a short queue only shortens delay, and loses packets, where a queue forms: on a link loaded
-  16 % a 2-packet FIFO changed neither its paths' delay nor its carried load measurably).
+  16 % a 2-packet FIFO changed neither its paths' delay nor its carried load measurably, and on
+  Abilene's IPLSng→ATLAng, 61 % loaded but fed mostly by one link of the same rate, it lost
+  nothing in the emulation and 0.09 % in the simulator).
 
 Each fault lasts ``--fault-s`` s; ListAnomalies is polled every 0.5 s. Recorded per fault: the time
 from injection to the first anomalous path or link, the suspects ranked then and at the fault's
 end, and whether the faulty link was ranked first at detection. Before each fault the network is
 let recover until nothing has been listed for 10 s (what is listed meanwhile is kept: mostly the
-last fault's tail, a window that ended after its removal). ``quiet`` runs ``--minutes`` of steady
+last fault's tail, a window that ended after its removal), then a random part of a window more
+(seeded; ``phase_s``): that wait ends just after a window was judged, and a detection's time
+depends on where in its window the fault begins. ``quiet`` runs ``--minutes`` of steady
 traffic and counts alarms (the set of anomalous paths and links turning non-empty) and
 ``ndt_anomalies_total``. Prints JSON (also written to data/logs/TAG/result.json).
 
@@ -49,6 +54,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +64,12 @@ from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observ
 from mininet_topos.network import LOG_DIR, EmulatedNetwork, shaping_commands
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
+from twin.sim.simulator import simulate
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.5
 RECOVERY_S = 30.0  # after a fault is removed, anomalies this long are its tail, not false alarms
+MIN_BUFFER_LOSS = 0.01  # a shrunken buffer is a fault where the simulator says it loses this share or more
 BLAST_FRAME_BYTES = 1000  # Ethernet frame, like the hosts' traffic (docs/emulation.md)
 
 
@@ -158,7 +166,14 @@ class Fault:
             src.cmd(f"ip addr del 10.0.1.{self.number}/32 dev {src.defaultIntf()}")
 
 
-def pick_links(state, reps: int) -> dict[str, list[tuple[str, str]]]:
+def small_buffer_loss(state, link: int, buffer: int) -> float:
+    """The share of ``link``'s packets its FIFO of ``buffer`` packets loses, by the simulator."""
+    links = tuple(replace(lk, buffer=buffer) if i == link else lk for i, lk in enumerate(state.links))
+    result = simulate(replace(state, links=links), seed=1)
+    return float(result.link_drops[link] / max(1, result.link_arrivals[link]))
+
+
+def pick_links(state, reps: int, small_buffer: int) -> dict[str, list[tuple[str, str]]]:
     """Per fault kind, ``reps`` directed links (see the module's docstring), spread over the topology."""
     utilization = state.utilization()
     links = [(lk.src, lk.dst) for lk in state.links]
@@ -175,7 +190,8 @@ def pick_links(state, reps: int) -> dict[str, list[tuple[str, str]]]:
 
     return {"rate": spread([i for i in order if 0.3 <= utilization[i] <= 0.55]),
             "flow": spread([i for i in order[::-1] if utilization[i] < 0.2][::2]),
-            "buffer": spread([i for i in order if utilization[i] >= 0.5])}
+            "buffer": spread([i for i in order if utilization[i] >= 0.5
+                              and small_buffer_loss(state, int(i), small_buffer) >= MIN_BUFFER_LOSS])}
 
 
 def anomaly_view(reply) -> dict:
@@ -236,6 +252,7 @@ def bring_up(args, tag: str, minutes: float):
     controller_args = ("--probe-rate", str(args.probe_rate), "--anomaly", "--model", args.model,
                        "--loop-window", str(args.window), "--anomaly-window", str(args.window),
                        "--anomaly-persistence", str(args.persistence), "--anomaly-z", str(args.z),
+                       "--anomaly-corroborated", str(args.corroborated),
                        "--anomaly-log", str(LOG_DIR / tag / "anomaly.jsonl"))
     (LOG_DIR / tag).mkdir(parents=True, exist_ok=True)
     (LOG_DIR / tag / "anomaly.jsonl").unlink(missing_ok=True)
@@ -265,7 +282,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--probe-rate", type=float, default=120.0)
     parser.add_argument("--model", default="routenet")
     parser.add_argument("--window", type=float, default=10.0, help="anomaly (and calibration) window, s")
-    parser.add_argument("--persistence", type=int, default=3)
+    parser.add_argument("--persistence", type=int, default=DetectorSettings.persistence)
+    parser.add_argument("--corroborated", type=int, default=DetectorSettings.corroborated_persistence,
+                        help="the controller's --anomaly-corroborated")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--kinds", default="rate,flow,buffer")
     parser.add_argument("--fault-s", type=float, default=45.0)
@@ -276,7 +295,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
     if args.mode == "replay":
-        return replay(args.directory, DetectorSettings(z=args.z, persistence=args.persistence))
+        return replay(args.directory, DetectorSettings(z=args.z, persistence=args.persistence,
+                                                       corroborated_persistence=args.corroborated))
     kinds = args.kinds.split(",")
     tag = args.tag or f"anomaly-{args.mode}"
     budget_min = (4 + len(kinds) * args.reps * (args.fault_s + 90) / 60) if args.mode == "faults" else 5 + args.minutes
@@ -284,6 +304,7 @@ def main(argv=None) -> dict:
     result = {"command": " ".join(["python", "experiments/anomaly_faults.py", *(argv or sys.argv[1:])]),
               "mode": args.mode, "topology": args.topology, "load": args.load, "probe_rate": args.probe_rate,
               "model": args.model, "window_s": args.window, "z": args.z, "persistence": args.persistence,
+              "corroborated": args.corroborated,
               "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows)}
     try:
         run(net, state, args, kinds, traffic_s, result)
@@ -308,7 +329,8 @@ def run(net: EmulatedNetwork, state, args, kinds, traffic_s: float, result: dict
 
 
 def faults(net: EmulatedNetwork, state, args, kinds) -> dict:
-    chosen = pick_links(state, args.reps)
+    chosen = pick_links(state, args.reps, args.small_buffer)
+    phases = np.random.default_rng(args.seed)
     runs, settling, number = [], [], 0
     for rep in range(args.reps):
         for kind in kinds:
@@ -316,9 +338,11 @@ def faults(net: EmulatedNetwork, state, args, kinds) -> dict:
                 continue
             waited, seen = settle(net, 90.0)
             settling += seen
+            phase = float(phases.uniform(0.0, args.window))
+            time.sleep(phase)
             number += 1
             record = run_fault(net, Fault(net, kind, chosen[kind][rep], args, number), args)
-            record["settled_s"] = waited
+            record["settled_s"], record["phase_s"] = waited, phase
             runs.append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
             (net.workdir / "faults.json").write_text(json.dumps(runs, indent=1))
@@ -388,7 +412,8 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
         active = v.anomalous
     outside = sum(1 for v in windows
                   if not any(f["injected_at"] <= v.ts <= f["removed_at"] + RECOVERY_S for f in faults))
-    return {"settings": {"z": settings.z, "persistence": settings.persistence}, "windows_judged": len(windows),
+    return {"settings": {"z": settings.z, "persistence": settings.persistence,
+                         "corroborated": settings.corroborated_persistence}, "windows_judged": len(windows),
             "quiet_windows": outside, "quiet_s": outside * (windows[1].ts - windows[0].ts if len(windows) > 1 else 0.0),
             "faults": len(runs), "detected_within_30s": sum(r["within_30s"] for r in runs),
             "ranked_first": sum(r["ranked_first"] for r in runs), "false_alarms": len(alarms),

@@ -101,6 +101,9 @@ def register(subparsers) -> None:
                          help="probes judged per window, s (default: 10)")
     anomaly.add_argument("--anomaly-persistence", type=number(1, 100, integer=True), default=3, metavar="K",
                          help="consecutive windows outside the band before a path is anomalous (default: 3)")
+    anomaly.add_argument("--anomaly-corroborated", type=number(1, 100, integer=True), default=2, metavar="K",
+                         help="windows that suffice instead when another path sharing one of its links is outside "
+                              "on the same side as long: a link's fault moves every path across it (default: 2)")
     anomaly.add_argument("--anomaly-z", type=number(1, 20), default=DEFAULT_Z, metavar="Z",
                          help=f"the band's half-width in combined standard errors (default: {DEFAULT_Z:g})")
     anomaly.add_argument("--anomaly-log", type=Path, metavar="FILE",
@@ -183,7 +186,8 @@ def _loop_factory(args: argparse.Namespace, state):
     settings = ServiceSettings(window_s=args.loop_window, verify_s=args.verify_s, period_s=args.period,
                                hold_down_s=args.hold_down, shift_threshold=args.shift_threshold,
                                candidates=args.candidates, validate=args.validate, dry_run=args.dry_run,
-                               optimize=intent is not None, anomaly=DetectorSettings(z=args.anomaly_z,
-                                                                          persistence=args.anomaly_persistence),
+                               optimize=intent is not None, anomaly=DetectorSettings(
+                                   z=args.anomaly_z, persistence=args.anomaly_persistence,
+                                   corroborated_persistence=args.anomaly_corroborated),
                                anomaly_window_s=args.anomaly_window, anomaly_log=args.anomaly_log, **({"intent": intent} if intent else {}))
     return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox, intervals=intervals)

@@ -75,7 +75,7 @@ def test_without_the_learned_bias_the_same_quiet_network_would_alarm():
 
 
 def test_a_slow_link_is_detected_after_persistence_windows_and_named_first():
-    detector, rng = learned()
+    detector, rng = learned(DetectorSettings(reference_windows=6, persistence=3, corroborated_persistence=3))
     verdicts = [detector.judge(10.0 + i, window(rng, extra={("b", "c"): 2e-3})) for i in range(3)]
     assert not verdicts[0].anomalies and not verdicts[1].anomalies  # outside, but not yet for 3 windows
     last = verdicts[2]
@@ -90,6 +90,35 @@ def test_a_slow_link_is_detected_after_persistence_windows_and_named_first():
     assert detector.judge(13.0, window(rng, extra={("b", "c"): 2e-3})).new == []  # counted once
 
 
+def test_paths_sharing_a_slow_link_corroborate_each_other_a_window_sooner():
+    """Four paths cross the slow b-c: outside together for 2 windows, they are anomalous then."""
+    detector, rng = learned()
+    first, second = (detector.judge(10.0 + i, window(rng, extra={("b", "c"): 2e-3})) for i in range(2))
+    assert not first.anomalies and all(p.streak == 1 for p in first.paths if p.side)
+    assert {(p.src, p.dst) for p in second.anomalies} == {("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")}
+    assert (second.suspects[0].src, second.suspects[0].dst) == ("b", "c")
+
+
+def test_a_path_outside_alone_waits_for_the_full_persistence():
+    """Only d->a crosses d-c: no other path corroborates it, so 2 windows outside are not enough."""
+    detector, rng = learned()
+    verdicts = [detector.judge(10.0 + i, window(rng, extra={("d", "c"): 2e-3})) for i in range(3)]
+    assert [bool(v.anomalies) for v in verdicts] == [False, False, True]
+    assert [(p.src, p.dst) for p in verdicts[2].anomalies] == [("d", "a")]
+
+
+def test_paths_outside_on_opposite_sides_do_not_corroborate():
+    """a->c above its band and b->c below it share b-c, but not a side: neither is anomalous after 2 windows."""
+    detector, rng = learned()
+    for i in range(2):
+        observations = window(rng, skip={("a", "d"), ("b", "d")})
+        shifted = [Observation(o.src, o.dst, o.measured_s * {("a", "c"): 2.0, ("b", "c"): 0.3}.get(o.pair, 1.0),
+                               o.samples, o.stderr_s, o.predicted_s, o.links) for o in observations]
+        verdict = detector.judge(10.0 + i, shifted)
+    assert {(p.src, p.dst) for p in verdict.paths if p.side} == {("a", "c"), ("b", "c")}
+    assert not verdict.anomalies
+
+
 def test_a_faster_path_is_anomalous_below_the_band_and_clears_when_back():
     detector, rng = learned()
     for i in range(3):
@@ -102,7 +131,7 @@ def test_a_faster_path_is_anomalous_below_the_band_and_clears_when_back():
 
 
 def test_a_streak_needs_the_same_side_and_is_not_broken_by_an_unmeasured_window():
-    detector, rng = learned()
+    detector, rng = learned(DetectorSettings(reference_windows=6, persistence=3, corroborated_persistence=3))
     detector.judge(10.0, window(rng, extra={("b", "c"): 2e-3}))
     detector.judge(11.0, window(rng, extra={("b", "c"): 2e-3}, skip=[("b", "c")]))  # b->c not measured
     verdict = detector.judge(12.0, window(rng, extra={("b", "c"): 2e-3}))
@@ -279,6 +308,8 @@ def test_observations_that_cannot_be_judged_are_refused_with_the_path_named(bad,
 def test_bad_settings_are_refused():
     with pytest.raises(AnomalyError, match="persistence must be >= 1"):
         DetectorSettings(persistence=0)
+    with pytest.raises(AnomalyError, match="corroborating_paths"):
+        DetectorSettings(corroborating_paths=1)
     with pytest.raises(AnomalyError, match="penalty"):
         DetectorSettings(penalty=2.0)
     with pytest.raises(AnomalyError, match="min_load_spread"):
