@@ -43,12 +43,13 @@ stalled software switch): on the emulated Abilene, with the band at ``z`` = 4.5,
 outside in about 2 % of its windows; requiring ``persistence`` (3) windows in a row
 makes a false alarm need that many such accidents in a row, and the default ``z`` = 7 makes them
 rarer still (the small faults the narrower band was for are the links' loads' to find, below).
-A fault on a link moves every path across it, while the accidents strike paths one at a time: so
-``corroborated_persistence`` (2) windows suffice for a path when, in the same window,
-``corroborating_paths`` (2) paths sharing one of its links (itself included) have been outside on
-the same side as long. On the emulated Abilene, over 90 minutes of quiet (543 windows), two paths
-sharing a link were never outside together for 2 windows; a halved link had 3-24 such paths in
-its second window.
+A fault on a link moves every path across it at once, and keeps moving them; the accidents strike
+paths one at a time, or many at once for a single window (a stalled switch). So
+``corroborated_persistence`` (2) windows suffice for a path when ``corroborating_paths`` (2) paths
+sharing one of its links (itself included) have been outside on the same side as long, their
+streaks begun within a window of each other. On the emulated Abilene, over 90 minutes of quiet
+(543 windows), two paths sharing a link were never outside together for 2 windows; a halved link
+had 2-22 such paths in its second window. A path anomalous stays so while its streak goes on.
 
 **Suspect links.** Over the paths with a verdict — the anomalous ones (``A``) and the *normal*
 ones, measured inside the band this window (``N``; paths outside but not yet anomalous count as
@@ -348,12 +349,13 @@ class AnomalyDetector:
         for o in observations:
             lo, hi, stderr = self.band(o, spread, pooled_bias)
             side = 1 if o.measured_s > hi else -1 if o.measured_s < lo else 0
-            judged.append((o, lo, hi, stderr, *_streak(self._streaks.get(o.pair), side, ts)))
-            self._streaks[o.pair] = judged[-1][4:]
+            streak = self._streaks[o.pair] = _streak(self._streaks.get(o.pair), side, ts)
+            judged.append((o, lo, hi, stderr, *streak))
         corroborated = self._corroborated(judged)
         paths, new = [], []
         for o, lo, hi, stderr, side, count, since in judged:
-            anomalous = side != 0 and (count >= self.settings.persistence or o.pair in corroborated)
+            going_on = o.pair in self._anomalous and count > 1  # the streak that made it anomalous goes on
+            anomalous = side != 0 and (count >= self.settings.persistence or o.pair in corroborated or going_on)
             verdict = PathVerdict(o.src, o.dst, o.measured_s, o.predicted_s, lo, hi, stderr, o.samples, side, count,
                                   anomalous, since, o.links)
             paths.append(verdict)
@@ -379,16 +381,18 @@ class AnomalyDetector:
 
     def _corroborated(self, judged: list[tuple]) -> set[Pair]:
         """The paths outside for at least ``corroborated_persistence`` windows that share a link with
-        enough others outside on the same side as long (``corroborating_paths``, themselves included)."""
+        enough others (``corroborating_paths``, themselves included) outside on the same side as long,
+        their streaks begun within a window of each other."""
         settings = self.settings
-        streaking = [(o, side) for o, _, _, _, side, count, _ in judged
+        streaking = [(o, side, count) for o, _, _, _, side, count, _ in judged
                      if side != 0 and count >= settings.corroborated_persistence]
-        crossing: dict[tuple[Pair, int], int] = {}
-        for o, side in streaking:
+        crossing: dict[tuple[Pair, int], list[int]] = {}
+        for o, side, count in streaking:
             for link in set(o.links):
-                crossing[(link, side)] = crossing.get((link, side), 0) + 1
-        return {o.pair for o, side in streaking
-                if max((crossing[(link, side)] for link in o.links), default=0) >= settings.corroborating_paths}
+                crossing.setdefault((link, side), []).append(count)
+        return {o.pair for o, side, count in streaking
+                if any(sum(abs(other - count) <= 1 for other in crossing[(link, side)]) >= settings.corroborating_paths
+                       for link in set(o.links))}
 
     def _judge_loads(self, ts: float, loads: list[LinkLoad]) -> tuple[list[LinkVerdict], list[Pair]]:
         """Each link's load and loss against its references (see the module's docstring); (verdicts,

@@ -2,7 +2,7 @@
 
     python experiments/anomaly_faults.py faults [--topology T] [--load L] [--reps N] [--probe-rate R] ...
     python experiments/anomaly_faults.py quiet [--minutes M] ...
-    python experiments/anomaly_faults.py replay DIR [--z Z] [--persistence K]
+    python experiments/anomaly_faults.py replay DIR [--z Z] [--persistence K] [--corroborated J]
     python experiments/anomaly_faults.py blast SRC_IP DST_IP RATE_BPS SECONDS   (run inside a host)
 
 Brings ``--topology`` up in Mininet at ``--load`` (its busiest link's utilization) under
@@ -28,9 +28,10 @@ Each fault lasts ``--fault-s`` s; ListAnomalies is polled every 0.5 s. Recorded 
 from injection to the first anomalous path or link, the suspects ranked then and at the fault's
 end, and whether the faulty link was ranked first at detection. Before each fault the network is
 let recover until nothing has been listed for 10 s (what is listed meanwhile is kept: mostly the
-last fault's tail, a window that ended after its removal), then a random part of a window more
-(seeded; ``phase_s``): that wait ends just after a window was judged, and a detection's time
-depends on where in its window the fault begins. ``quiet`` runs ``--minutes`` of steady
+last fault's tail, a window that ended after its removal); it is then injected at a random point
+(seeded) of the next window, since a detection's time depends on where in its window the fault
+begins (``phase_s``: how far into its window it began). The links are chosen before the
+network starts (the simulator runs for the buffer faults). ``quiet`` runs ``--minutes`` of steady
 traffic and counts alarms (the set of anomalous paths and links turning non-empty) and
 ``ndt_anomalies_total``. Prints JSON (also written to data/logs/TAG/result.json).
 
@@ -173,8 +174,8 @@ def small_buffer_loss(state, link: int, buffer: int) -> float:
     return float(result.link_drops[link] / max(1, result.link_arrivals[link]))
 
 
-def pick_links(state, reps: int, small_buffer: int) -> dict[str, list[tuple[str, str]]]:
-    """Per fault kind, ``reps`` directed links (see the module's docstring), spread over the topology."""
+def pick_links(state, reps: int, small_buffer: int, kinds: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Per fault kind of ``kinds``, ``reps`` directed links (see the module's docstring), spread over the topology."""
     utilization = state.utilization()
     links = [(lk.src, lk.dst) for lk in state.links]
     order = np.argsort(-utilization)
@@ -188,10 +189,11 @@ def pick_links(state, reps: int, small_buffer: int) -> dict[str, list[tuple[str,
         chosen += [links[i] for i in candidates if links[i] not in chosen]
         return chosen[:reps]
 
-    return {"rate": spread([i for i in order if 0.3 <= utilization[i] <= 0.55]),
-            "flow": spread([i for i in order[::-1] if utilization[i] < 0.2][::2]),
-            "buffer": spread([i for i in order if utilization[i] >= 0.5
-                              and small_buffer_loss(state, int(i), small_buffer) >= MIN_BUFFER_LOSS])}
+    candidates = {"rate": lambda: [i for i in order if 0.3 <= utilization[i] <= 0.55],
+                  "flow": lambda: [i for i in order[::-1] if utilization[i] < 0.2][::2],
+                  "buffer": lambda: [i for i in order if utilization[i] >= 0.5
+                                     and small_buffer_loss(state, int(i), small_buffer) >= MIN_BUFFER_LOSS]}
+    return {kind: spread(candidates[kind]()) for kind in kinds}
 
 
 def anomaly_view(reply) -> dict:
@@ -230,6 +232,18 @@ def run_fault(net: EmulatedNetwork, fault: Fault, args) -> dict:
         "within_30s": detected is not None and detected <= 30.0, "ranked_first": ranked_first,
         "ranked_first_at_end": bool(last and last["suspects"] and last["suspects"][0][0] == target),
         "at_detection": first, "at_end": last, "injected_at": injected_at, "removed_at": removed_at}
+
+
+def next_window(net: EmulatedNetwork, timeout: float) -> float:
+    """The end of the next window detection judges (Unix s), once it has been judged."""
+    last = net.client.anomalies().window_ts
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        judged = net.client.anomalies().window_ts
+        if judged != last:
+            return judged
+    raise RuntimeError(f"no window judged for {timeout:.0f} s; see {net.log_path}")
 
 
 def settle(net: EmulatedNetwork, timeout: float) -> tuple[float, list]:
@@ -301,13 +315,14 @@ def main(argv=None) -> dict:
     tag = args.tag or f"anomaly-{args.mode}"
     budget_min = (4 + len(kinds) * args.reps * (args.fault_s + 90) / 60) if args.mode == "faults" else 5 + args.minutes
     state, net, traffic_s = bring_up(args, tag, budget_min)
+    chosen = pick_links(state, args.reps, args.small_buffer, kinds) if args.mode == "faults" else {}
     result = {"command": " ".join(["python", "experiments/anomaly_faults.py", *(argv or sys.argv[1:])]),
               "mode": args.mode, "topology": args.topology, "load": args.load, "probe_rate": args.probe_rate,
               "model": args.model, "window_s": args.window, "z": args.z, "persistence": args.persistence,
               "corroborated": args.corroborated,
               "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows)}
     try:
-        run(net, state, args, kinds, traffic_s, result)
+        run(net, state, args, kinds, chosen, traffic_s, result)
     finally:
         stop_traffic(net.workdir)
     out = net.workdir / "result.json"
@@ -315,7 +330,7 @@ def main(argv=None) -> dict:
     return result
 
 
-def run(net: EmulatedNetwork, state, args, kinds, traffic_s: float, result: dict) -> None:
+def run(net: EmulatedNetwork, state, args, kinds, chosen: dict, traffic_s: float, result: dict) -> None:
     with net:
         traffic = threading.Thread(target=lambda: play(net, state, traffic_s, 2.0, args.seed, net.workdir / "traffic"),
                                    daemon=True)
@@ -324,13 +339,12 @@ def run(net: EmulatedNetwork, state, args, kinds, traffic_s: float, result: dict
         if args.mode == "quiet":
             result.update(quiet(net, args))
         else:
-            result.update(faults(net, state, args, kinds))
+            result.update(faults(net, args, kinds, chosen))
         result["anomalies_total"] = metric(net.metrics_url, "ndt_anomalies_total")
 
 
-def faults(net: EmulatedNetwork, state, args, kinds) -> dict:
-    chosen = pick_links(state, args.reps, args.small_buffer)
-    phases = np.random.default_rng(args.seed)
+def faults(net: EmulatedNetwork, args, kinds, chosen: dict) -> dict:
+    rng = np.random.default_rng(args.seed)
     runs, settling, number = [], [], 0
     for rep in range(args.reps):
         for kind in kinds:
@@ -338,11 +352,11 @@ def faults(net: EmulatedNetwork, state, args, kinds) -> dict:
                 continue
             waited, seen = settle(net, 90.0)
             settling += seen
-            phase = float(phases.uniform(0.0, args.window))
-            time.sleep(phase)
+            window_end = next_window(net, args.window + 5.0)
+            time.sleep(max(0.0, window_end + rng.uniform(0.0, args.window) - time.time()))
             number += 1
             record = run_fault(net, Fault(net, kind, chosen[kind][rep], args, number), args)
-            record["settled_s"], record["phase_s"] = waited, phase
+            record["settled_s"], record["phase_s"] = waited, record["injected_at"] - window_end
             runs.append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
             (net.workdir / "faults.json").write_text(json.dumps(runs, indent=1))

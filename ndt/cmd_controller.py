@@ -101,9 +101,10 @@ def register(subparsers) -> None:
                          help="probes judged per window, s (default: 10)")
     anomaly.add_argument("--anomaly-persistence", type=number(1, 100, integer=True), default=3, metavar="K",
                          help="consecutive windows outside the band before a path is anomalous (default: 3)")
-    anomaly.add_argument("--anomaly-corroborated", type=number(1, 100, integer=True), default=2, metavar="K",
-                         help="windows that suffice instead when another path sharing one of its links is outside "
-                              "on the same side as long: a link's fault moves every path across it (default: 2)")
+    anomaly.add_argument("--anomaly-corroborated", type=number(1, 100, integer=True), default=2, metavar="J",
+                         help="windows that suffice instead when another path sharing one of its links has been "
+                              "outside on the same side as long, from within a window of the same start: a link's "
+                              "fault moves every path across it (default: 2)")
     anomaly.add_argument("--anomaly-z", type=number(1, 20), default=DEFAULT_Z, metavar="Z",
                          help=f"the band's half-width in combined standard errors (default: {DEFAULT_Z:g})")
     anomaly.add_argument("--anomaly-log", type=Path, metavar="FILE",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import subprocess
 
 import numpy as np
 import pytest
@@ -159,7 +160,28 @@ def test_a_port_taken_before_the_controller_binds_it_is_chosen_again(monkeypatch
 
 
 def test_a_controller_that_cannot_start_is_reported_with_its_own_error():
+    before = revalidate()
     with pytest.raises(EmulationError, match=r"exited with code 2 \(ndt controller: error: .*--loop-window"):
         with EmulatedNetwork(square(), ControllerClient, "u", tag="test-bad-controller",
                              controller_args=("--loop-window", "-1")):
             pass
+    assert revalidate() == before  # Open vSwitch's setting restored by the failed start too
+
+
+def revalidate() -> str | None:
+    """Open vSwitch's other_config:max-revalidator (None: unset)."""
+    got = subprocess.run(["ovs-vsctl", "--if-exists", "get", "Open_vSwitch", ".", "other_config:max-revalidator"],
+                         capture_output=True, text=True, check=True)
+    return got.stdout.strip().strip('"') or None
+
+
+@pytest.mark.parametrize("operators", [None, 700])
+def test_rule_counters_are_refreshed_faster_while_the_network_runs_and_the_setting_restored_after(operators):
+    """Unset (Open vSwitch's default) or an operator's own value: back as it was after the network stops."""
+    before = network.set_ovs_revalidate(operators)
+    try:
+        with EmulatedNetwork(square(), ControllerClient, "u", tag="test-revalidate"):
+            assert revalidate() == str(network.OVS_REVALIDATE_MS)
+        assert revalidate() == (None if operators is None else str(operators))
+    finally:
+        network.set_ovs_revalidate(before)

@@ -119,6 +119,36 @@ def test_paths_outside_on_opposite_sides_do_not_corroborate():
     assert not verdict.anomalies
 
 
+def test_a_corroborated_path_stays_anomalous_while_its_streak_goes_on_alone():
+    """With persistence 5, the four paths across a slow b-c are anomalous after 2 windows; then only a->c
+    stays slow: it stays anomalous (counted once), and clears once back inside."""
+    detector, rng = learned(DetectorSettings(reference_windows=6, persistence=5, corroborated_persistence=2))
+    verdicts = [detector.judge(10.0 + i, window(rng, extra={("b", "c"): 2e-3})) for i in range(2)]
+    assert ("a", "c") in verdicts[1].new
+    alone = []
+    for i in range(2):
+        observations = [Observation(o.src, o.dst, o.measured_s + (3e-3 if o.pair == ("a", "c") else 0.0), o.samples,
+                                    o.stderr_s, o.predicted_s, o.links) for o in window(rng)]
+        alone.append(detector.judge(12.0 + i, observations))
+    assert all([(p.src, p.dst) for p in v.anomalies] == [("a", "c")] and not v.new for v in alone)
+    assert not detector.judge(14.0, window(rng)).anomalies
+
+
+def test_streaks_begun_windows_apart_do_not_corroborate():
+    """b->c outside since 4 windows (an anomaly of its own), a->c for 2: a->c waits for the full persistence."""
+    detector, rng = learned()
+
+    def judged(ts, slow):
+        observations = [Observation(o.src, o.dst, o.measured_s + (3e-3 if o.pair in slow else 0.0), o.samples,
+                                    o.stderr_s, o.predicted_s, o.links) for o in window(rng)]
+        return detector.judge(ts, observations)
+
+    for i in range(2):
+        judged(10.0 + i, {("b", "c")})
+    verdicts = [judged(12.0 + i, {("b", "c"), ("a", "c")}) for i in range(3)]
+    assert [("a", "c") in [(p.src, p.dst) for p in v.anomalies] for v in verdicts] == [False, False, True]
+
+
 def test_a_faster_path_is_anomalous_below_the_band_and_clears_when_back():
     detector, rng = learned()
     for i in range(3):
@@ -310,6 +340,8 @@ def test_bad_settings_are_refused():
         DetectorSettings(persistence=0)
     with pytest.raises(AnomalyError, match="corroborating_paths"):
         DetectorSettings(corroborating_paths=1)
+    with pytest.raises(AnomalyError, match="corroborated_persistence"):
+        DetectorSettings(corroborated_persistence=0)
     with pytest.raises(AnomalyError, match="penalty"):
         DetectorSettings(penalty=2.0)
     with pytest.raises(AnomalyError, match="min_load_spread"):
