@@ -90,10 +90,11 @@ offered), is judged against the link's own reference like the load (its median, 
 least ``min_loss_spread``), on one side only: a link is *lost* after ``load_persistence`` windows
 above ``loss_z`` spreads. Lost links rank first of all the suspects, the largest loss first.
 The two counters are read in separate replies, and a software switch refreshes its rules' counts
-in rounds (Open vSwitch: the offered count trails the port's by up to half a second of traffic).
-When the phase of those rounds against the polling moves, every link's offered count jumps by the
+in rounds (Open vSwitch: the offered count trails the port's by up to half a second of traffic
+at its default ``max-revalidator`` of 500 ms; ndt's emulations set 100 ms while they run). When
+the phase of those rounds against the polling moves, every link's offered count jumps by the
 same time's worth of its traffic, the same share of every link's window (on the emulated Abilene
-about 5 % of a 10-s window on every link at once). So each window's loss is taken less the
+at 500 ms, about 5 % of a 10-s window on every link at once). So each window's loss is taken less the
 median loss of all counted links (with at least ``MIN_COMMON_LINKS`` of them): what one link loses
 stands out, and a loss every link shows at once is not attributed to any.
 """

@@ -40,7 +40,7 @@ The controller logs every judged window's observations (``--anomaly-log``, DIR/a
 per fault (from DIR/faults.json; detected: a path or link newly anomalous in a window ending while the
 fault was on) and the alarms outside the faults — a quiet run's, or the gaps between faults (an
 alarm is the anomalous set turning non-empty more than ``RECOVERY_S`` after the last fault was
-removed). Replayed with the settings the run used, it gives the live figures again
+removed), and how exactly the counters gave each link's loss (``loss_noise``). Replayed with the settings the run used, it gives the live figures again
 (up to the 0.5-s polling).
 """
 
@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from controller.api.client import ControllerClient
-from analysis.anomaly import AnomalyDetector, DetectorSettings, LinkLoad, Observation
+from analysis.anomaly import MAD_TO_SIGMA, MIN_COMMON_LINKS, AnomalyDetector, DetectorSettings, LinkLoad, Observation
 from mininet_topos.network import LOG_DIR, EmulatedNetwork, shaping_commands
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
@@ -399,13 +399,17 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
     """The run in ``directory`` judged again with ``settings`` (see the module's docstring)."""
     detector = AnomalyDetector(settings)
     faults = json.loads((directory / "faults.json").read_text()) if (directory / "faults.json").exists() else []
-    windows = []
+    windows, excess = [], []
     for line in (directory / "anomaly.jsonl").read_text().splitlines():
         record = json.loads(line)
         observations = [Observation(**{**o, "links": tuple(map(tuple, o["links"]))}) for o in record["observations"]]
-        verdict = detector.judge(record["ts"], observations, [LinkLoad(**lk) for lk in record.get("loads", [])])
+        loads = [LinkLoad(**lk) for lk in record.get("loads", [])]
+        verdict = detector.judge(record["ts"], observations, loads)
         if not verdict.learning:
             windows.append(verdict)
+        losses = [loss for lk in loads if (loss := lk.loss(settings.min_loss_packets)) is not None]
+        if len(losses) >= MIN_COMMON_LINKS:
+            excess += [loss - float(np.median(losses)) for loss in losses]
     runs = []
     for fault in faults:
         target = fault["link"]
@@ -431,7 +435,18 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
             "quiet_windows": outside, "quiet_s": outside * (windows[1].ts - windows[0].ts if len(windows) > 1 else 0.0),
             "faults": len(runs), "detected_within_30s": sum(r["within_30s"] for r in runs),
             "ranked_first": sum(r["ranked_first"] for r in runs), "false_alarms": len(alarms),
-            "alarms": alarms, "per_fault": runs}
+            "alarms": alarms, "per_fault": runs, "loss_noise": loss_noise(np.asarray(excess))}
+
+
+def loss_noise(excess: np.ndarray) -> dict:
+    """How exactly the counters gave each link-window's loss: over the link-windows (``excess``: each
+    one's loss less its window's median), their robust spread, the 99th percentile and the largest
+    of their absolute values (shares of the offered packets)."""
+    if not excess.size:
+        return {"link_windows": 0}
+    spread = MAD_TO_SIGMA * float(np.median(np.abs(excess - np.median(excess))))
+    return {"link_windows": int(excess.size), "spread": spread, "p99": float(np.percentile(np.abs(excess), 99)),
+            "largest": float(np.abs(excess).max())}
 
 
 if __name__ == "__main__":
