@@ -40,8 +40,8 @@ The controller logs every judged window's observations (``--anomaly-log``, DIR/a
 per fault (from DIR/faults.json; detected: a path or link newly anomalous in a window ending while the
 fault was on) and the alarms outside the faults — a quiet run's, or the gaps between faults (an
 alarm is the anomalous set turning non-empty more than ``RECOVERY_S`` after the last fault was
-removed), and how exactly the counters gave each link's loss (``loss_noise``). Replayed with the settings the run used, it gives the live figures again
-(up to the 0.5-s polling).
+removed), and how exactly the counters gave each link's loss (``loss_noise``). Replayed with the
+settings the run used, it gives the live figures again (up to the 0.5-s polling).
 """
 
 from __future__ import annotations
