@@ -47,8 +47,8 @@ A fault on a link moves every path across it at once, and keeps moving them; the
 paths one at a time, or many at once for a single window (a stalled switch). So
 ``corroborated_persistence`` (2) windows suffice for a path when ``corroborating_paths`` (2) paths
 sharing one of its links (itself included) have been outside on the same side as long, their
-streaks begun within a window of each other. On the emulated Abilene, over 90 minutes of quiet
-(543 windows), two paths sharing a link were never outside together for 2 windows; a halved link
+streaks begun within a window of each other. On the emulated Abilene, over 2.5 hours of quiet
+(905 windows), two paths sharing a link were never outside together for 2 windows; a halved link
 had 2-22 such paths in its second window. A path anomalous stays so while its streak goes on.
 
 **Suspect links.** Over the paths with a verdict — the anomalous ones (``A``) and the *normal*
