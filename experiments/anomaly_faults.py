@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -62,7 +61,7 @@ import numpy as np
 
 from controller.api.client import ControllerClient
 from analysis.anomaly import MAD_TO_SIGMA, MIN_COMMON_LINKS, AnomalyDetector, DetectorSettings, LinkLoad, Observation
-from mininet_topos.network import LOG_DIR, EmulatedNetwork, shaping_commands
+from mininet_topos.network import LOG_DIR, EmulatedNetwork, reshape_link
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
 from twin.sim.simulator import simulate
@@ -125,14 +124,6 @@ def wait_learned(net: EmulatedNetwork, timeout: float) -> float:
     raise RuntimeError(f"anomaly detection still learning after {timeout:.0f} s; see {net.log_path}")
 
 
-def reshape(intf: str, capacity: float, buffer: int) -> None:
-    """Shape ``intf`` anew (tc cannot change an HTB root in place, so it is deleted first)."""
-    lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, capacity, buffer)]
-    run = subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"tc on {intf}: {run.stderr.strip()}")
-
-
 class Fault:
     """One fault on the directed link ``link``: ``kind`` rate, flow or buffer; ``on()`` and ``off()``."""
 
@@ -145,9 +136,9 @@ class Fault:
 
     def on(self) -> None:
         if self.kind == "rate":
-            reshape(self.intf, 0.5 * self.capacity, self.buffer)
+            reshape_link(self.intf, 0.5 * self.capacity, self.buffer)
         elif self.kind == "buffer":
-            reshape(self.intf, self.capacity, self.args.small_buffer)
+            reshape_link(self.intf, self.capacity, self.args.small_buffer)
         else:
             src, dst = (self.net.host(n) for n in self.link)
             alias = f"10.0.1.{self.number}"
@@ -159,7 +150,7 @@ class Fault:
 
     def off(self) -> None:
         if self.kind in ("rate", "buffer"):
-            reshape(self.intf, self.capacity, self.buffer)
+            reshape_link(self.intf, self.capacity, self.buffer)
         elif self.sender is not None:
             self.sender.terminate()
             self.sender.wait(10)

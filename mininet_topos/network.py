@@ -85,6 +85,15 @@ def shaping_commands(intf: str, capacity_bps: float, buffer_pkts: int) -> list[s
     ]
 
 
+def reshape_link(intf: str, capacity_bps: float, buffer_pkts: int) -> None:
+    """Shape ``intf`` anew behind the controller's back (tc cannot change an HTB root in place, so it
+    is deleted first); :class:`EmulationError` when tc fails."""
+    lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, capacity_bps, buffer_pkts)]
+    run = subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if run.returncode != 0:
+        raise EmulationError(f"tc on {intf}: {run.stderr.strip()}")
+
+
 def ensure_open_vswitch() -> None:
     """Start Open vSwitch if it is not running; raise EmulationError if the tools are missing."""
     for tool in ("ovs-vsctl", "mnexec", "tc"):

@@ -9,7 +9,6 @@ Needs root; names prefixed ``n``."""
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 import urllib.request
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from controller.api.client import ControllerClient
-from mininet_topos.network import EmulatedNetwork, shaping_commands
+from mininet_topos.network import EmulatedNetwork, reshape_link
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
 
@@ -53,19 +52,13 @@ def learn_with_traffic(net, state, traffic_s: float, learn_s: float):
     return traffic, before
 
 
-def reshape(intf: str, capacity: float, buffer: int) -> None:
-    """Shape ``intf`` anew behind the controller's back (tc only)."""
-    lines = [f"qdisc del dev {intf} root", *shaping_commands(intf, capacity, buffer)]
-    subprocess.run(["tc", "-batch", "-"], input="\n".join(lines) + "\n", check=True, capture_output=True, text=True)
-
-
 def test_a_halved_link_is_listed_with_itself_as_first_suspect():
     state = emulation_state("ring:4", 0.5, seed=0)
     busiest = state.links[int(np.argmax(state.utilization()))]
     faulty = (busiest.src, busiest.dst)
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly", controller_args=ARGS) as net:
         traffic, before = learn_with_traffic(net, state, TRAFFIC_S, 70.0)
-        reshape(net._link_ports()[faulty][1], 0.5 * busiest.capacity, busiest.buffer)
+        reshape_link(net._link_ports()[faulty][1], 0.5 * busiest.capacity, busiest.buffer)
         halved = time.monotonic()
 
         def named() -> object:
@@ -113,7 +106,7 @@ def test_a_link_that_drops_packets_is_listed_as_lost_and_first_suspect():
     traffic_s = 180.0
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly-loss", controller_args=args) as net:
         traffic, before = learn_with_traffic(net, state, traffic_s, 120.0)
-        reshape(net._link_ports()[faulty][1], busiest.capacity, 1)
+        reshape_link(net._link_ports()[faulty][1], busiest.capacity, 1)
         cut = time.monotonic()
 
         def lost() -> object:
