@@ -50,6 +50,13 @@ sharing one of its links (itself included) have been outside on the same side as
 streaks begun within a window of each other. On the emulated Abilene, over 2.5 hours of quiet
 (905 windows), two paths sharing a link were never outside together for 2 windows; a halved link
 had 2-22 such paths in its second window. A path anomalous stays so while its streak goes on.
+The converse is evidence too: when every link of a path outside is crossed by another path
+measured inside its band in the same window, no cause on its links explains it (it would have
+moved that path too), and the path needs ``contradicted_extra`` (1) window more than
+``persistence`` (unless corroborated). Replayed on the six quiet runs on record (about 2.8 hours
+of the emulated Abilene), this removed every false alarm of a single path (3: short paths whose
+probes, mostly control-channel time, read a few ms high for 30 s) and changed no detection time of
+the 45 injected faults on record.
 
 **Suspect links.** Over the paths with a verdict — the anomalous ones (``A``) and the *normal*
 ones, measured inside the band this window (``N``; paths outside but not yet anomalous count as
@@ -133,6 +140,7 @@ class DetectorSettings:
     persistence: int = 3
     corroborated_persistence: int = 2
     corroborating_paths: int = 2
+    contradicted_extra: int = 1
     reference_windows: int = 6
     history: int = 30
     penalty: float = 0.5
@@ -148,6 +156,7 @@ class DetectorSettings:
         checks = ((self.z > 0, "z must be > 0"), (self.persistence >= 1, "persistence must be >= 1"),
                   (self.corroborated_persistence >= 1, "corroborated_persistence must be >= 1"),
                   (self.corroborating_paths >= 2, "corroborating_paths must be >= 2"),
+                  (self.contradicted_extra >= 0, "contradicted_extra must be >= 0"),
                   (self.reference_windows >= 1, "reference_windows must be >= 1"),
                   (self.history >= self.reference_windows, "history must be >= reference_windows"),
                   (0 <= self.penalty <= 1, "penalty must lie in [0, 1]"),
@@ -352,11 +361,12 @@ class AnomalyDetector:
             side = 1 if o.measured_s > hi else -1 if o.measured_s < lo else 0
             streak = self._streaks[o.pair] = _streak(self._streaks.get(o.pair), side, ts)
             judged.append((o, lo, hi, stderr, *streak))
-        corroborated = self._corroborated(judged)
+        corroborated, contradicted = self._corroborated(judged), _contradicted(judged)
         paths, new = [], []
         for o, lo, hi, stderr, side, count, since in judged:
             going_on = o.pair in self._anomalous and count > 1  # the streak that made it anomalous goes on
-            anomalous = side != 0 and (count >= self.settings.persistence or o.pair in corroborated or going_on)
+            needed = self.settings.persistence + (self.settings.contradicted_extra if o.pair in contradicted else 0)
+            anomalous = side != 0 and (count >= needed or o.pair in corroborated or going_on)
             verdict = PathVerdict(o.src, o.dst, o.measured_s, o.predicted_s, lo, hi, stderr, o.samples, side, count,
                                   anomalous, since, o.links)
             paths.append(verdict)
@@ -537,6 +547,18 @@ def _centre_and_spread(values, floor: float) -> tuple[float, float]:
     values = np.asarray(values)
     centre = float(np.median(values))
     return centre, max(floor, MAD_TO_SIGMA * float(np.median(np.abs(values - centre))))
+
+
+def _contradicted(judged: list[tuple]) -> set[Pair]:
+    """The paths outside whose every link another path crosses measured inside its band in the same
+    window: a cause on one of its links would have moved that path too."""
+    inside: dict[Pair, set[Pair]] = {}
+    for o, _, _, _, side, _, _ in judged:
+        if side == 0:
+            for link in set(o.links):
+                inside.setdefault(link, set()).add(o.pair)
+    return {o.pair for o, _, _, _, side, _, _ in judged
+            if side != 0 and o.links and all(inside.get(link, set()) - {o.pair} for link in o.links)}
 
 
 def suspects(anomalous: list[PathVerdict], normal: list[PathVerdict], penalty: float,

@@ -257,7 +257,7 @@ def bring_up(args, tag: str, minutes: float):
     controller_args = ("--probe-rate", str(args.probe_rate), "--anomaly", "--model", args.model,
                        "--loop-window", str(args.window), "--anomaly-window", str(args.window),
                        "--anomaly-persistence", str(args.persistence), "--anomaly-z", str(args.z),
-                       "--anomaly-corroborated", str(args.corroborated),
+                       "--anomaly-corroborated", str(args.corroborated), "--anomaly-contradicted", str(args.contradicted),
                        "--anomaly-log", str(LOG_DIR / tag / "anomaly.jsonl"))
     (LOG_DIR / tag).mkdir(parents=True, exist_ok=True)
     (LOG_DIR / tag / "anomaly.jsonl").unlink(missing_ok=True)
@@ -290,6 +290,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--persistence", type=int, default=DetectorSettings.persistence)
     parser.add_argument("--corroborated", type=int, default=DetectorSettings.corroborated_persistence,
                         help="the controller's --anomaly-corroborated")
+    parser.add_argument("--contradicted", type=int, default=DetectorSettings.contradicted_extra,
+                        help="the controller's --anomaly-contradicted")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--kinds", default="rate,flow,buffer")
     parser.add_argument("--fault-s", type=float, default=45.0)
@@ -301,7 +303,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.mode == "replay":
         return replay(args.directory, DetectorSettings(z=args.z, persistence=args.persistence,
-                                                       corroborated_persistence=args.corroborated))
+                                                       corroborated_persistence=args.corroborated,
+                                                       contradicted_extra=args.contradicted))
     kinds = args.kinds.split(",")
     tag = args.tag or f"anomaly-{args.mode}"
     budget_min = (4 + len(kinds) * args.reps * (args.fault_s + 90) / 60) if args.mode == "faults" else 5 + args.minutes
@@ -310,7 +313,7 @@ def main(argv=None) -> dict:
     result = {"command": " ".join(["python", "experiments/anomaly_faults.py", *(argv or sys.argv[1:])]),
               "mode": args.mode, "topology": args.topology, "load": args.load, "probe_rate": args.probe_rate,
               "model": args.model, "window_s": args.window, "z": args.z, "persistence": args.persistence,
-              "corroborated": args.corroborated,
+              "corroborated": args.corroborated, "contradicted": args.contradicted,
               "nodes": len(state.nodes), "links": len(state.links), "flows": len(state.flows)}
     try:
         run(net, state, args, kinds, chosen, traffic_s, result)
@@ -422,7 +425,8 @@ def replay(directory: Path, settings: DetectorSettings) -> dict:
     outside = sum(1 for v in windows
                   if not any(f["injected_at"] <= v.ts <= f["removed_at"] + RECOVERY_S for f in faults))
     return {"settings": {"z": settings.z, "persistence": settings.persistence,
-                         "corroborated": settings.corroborated_persistence}, "windows_judged": len(windows),
+                         "corroborated": settings.corroborated_persistence,
+                         "contradicted": settings.contradicted_extra}, "windows_judged": len(windows),
             "quiet_windows": outside, "quiet_s": outside * (windows[1].ts - windows[0].ts if len(windows) > 1 else 0.0),
             "faults": len(runs), "detected_within_30s": sum(r["within_30s"] for r in runs),
             "ranked_first": sum(r["ranked_first"] for r in runs), "false_alarms": len(alarms),

@@ -105,6 +105,10 @@ def register(subparsers) -> None:
                          help="windows that suffice instead when another path sharing one of its links has been "
                               "outside on the same side as long, from within a window of the same start: a link's "
                               "fault moves every path across it (default: 2)")
+    anomaly.add_argument("--anomaly-contradicted", type=number(0, 100, integer=True), default=1, metavar="N",
+                         help="windows a path needs beyond K when each of its links is crossed by another path "
+                              "measured inside its band in the same window: a cause on one of its links would have "
+                              "moved that path too (default: 1; 0 turns it off)")
     anomaly.add_argument("--anomaly-z", type=number(1, 20), default=DEFAULT_Z, metavar="Z",
                          help=f"the band's half-width in combined standard errors (default: {DEFAULT_Z:g})")
     anomaly.add_argument("--anomaly-log", type=Path, metavar="FILE",
@@ -189,6 +193,7 @@ def _loop_factory(args: argparse.Namespace, state):
                                candidates=args.candidates, validate=args.validate, dry_run=args.dry_run,
                                optimize=intent is not None, anomaly=DetectorSettings(
                                    z=args.anomaly_z, persistence=args.anomaly_persistence,
-                                   corroborated_persistence=args.anomaly_corroborated),
+                                   corroborated_persistence=args.anomaly_corroborated,
+                                   contradicted_extra=args.anomaly_contradicted),
                                anomaly_window_s=args.anomaly_window, anomaly_log=args.anomaly_log, **({"intent": intent} if intent else {}))
     return lambda app: LoopService(app, app.store, app.metrics, twin, settings, sandbox, intervals=intervals)

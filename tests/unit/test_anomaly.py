@@ -107,6 +107,24 @@ def test_a_path_outside_alone_waits_for_the_full_persistence():
     assert [(p.src, p.dst) for p in verdicts[2].anomalies] == [("d", "a")]
 
 
+def slowed_alone(observations, pair=("a", "c"), factor=2.0) -> list[Observation]:
+    """``observations`` with only ``pair`` measured ``factor`` times slower (a cause on no link)."""
+    return [Observation(o.src, o.dst, o.measured_s * (factor if o.pair == pair else 1.0), o.samples, o.stderr_s,
+                        o.predicted_s, o.links) for o in observations]
+
+
+@pytest.mark.parametrize("extra", [1, 0])
+def test_a_path_outside_while_paths_across_each_of_its_links_are_inside_waits_longer(extra):
+    """a->c slows alone while a->b, a->d, b->c and b->d, which cross its two links, stay inside: no
+    link explains it, so it needs ``contradicted_extra`` more windows than the persistence."""
+    detector, rng = learned(DetectorSettings(reference_windows=6, persistence=3, contradicted_extra=extra))
+    verdicts = [detector.judge(10.0 + i, slowed_alone(window(rng))) for i in range(4)]
+    assert all({(p.src, p.dst) for p in v.paths if p.side} == {("a", "c")} for v in verdicts)
+    flagged = [bool(v.anomalies) for v in verdicts]
+    assert flagged == ([False, False, False, True] if extra else [False, False, True, True])
+    assert [(p.src, p.dst) for p in verdicts[-1].anomalies] == [("a", "c")]
+
+
 def test_paths_outside_on_opposite_sides_do_not_corroborate():
     """a->c above its band and b->c below it share b-c, but not a side: neither is anomalous after 2 windows."""
     detector, rng = learned()
@@ -135,8 +153,9 @@ def test_a_corroborated_path_stays_anomalous_while_its_streak_goes_on_alone():
 
 
 def test_streaks_begun_windows_apart_do_not_corroborate():
-    """b->c outside since 4 windows (an anomaly of its own), a->c for 2: a->c waits for the full persistence."""
-    detector, rng = learned()
+    """b->c outside since 4 windows (an anomaly of its own), a->c for 2: a->c waits for the full persistence
+    (paths across its links stay inside, which alone would make it wait longer: not counted here)."""
+    detector, rng = learned(DetectorSettings(reference_windows=6, persistence=3, contradicted_extra=0))
 
     def judged(ts, slow):
         observations = [Observation(o.src, o.dst, o.measured_s + (3e-3 if o.pair in slow else 0.0), o.samples,
@@ -342,6 +361,8 @@ def test_bad_settings_are_refused():
         DetectorSettings(corroborating_paths=1)
     with pytest.raises(AnomalyError, match="corroborated_persistence"):
         DetectorSettings(corroborated_persistence=0)
+    with pytest.raises(AnomalyError, match="contradicted_extra"):
+        DetectorSettings(contradicted_extra=-1)
     with pytest.raises(AnomalyError, match="penalty"):
         DetectorSettings(penalty=2.0)
     with pytest.raises(AnomalyError, match="min_load_spread"):
