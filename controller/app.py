@@ -34,6 +34,7 @@ from controller.probes import (
     ProbeSchedule,
     probe_id,
     probe_payload,
+    probe_routes,
 )
 from controller.reported_delays import ReportedDelays
 from controller.routing_rules import (
@@ -432,6 +433,7 @@ class NdtController(app_manager.OSKenApp):
             self._installed = new
             self._last_switch_over_s = elapsed
             self._routes_installed.notify_all()
+        self.path_delays.set_routes(probe_routes(state, down, sorted({h.switch for h in hosts})), time.monotonic())
         if down != self._recorded_down:  # link events for the store's history (ndt replay)
             self._store(self.store.add_config, time.time(), "controller", LINK_KIND,
                         {"down": sorted(f"{a}->{b}" for a, b in down)})

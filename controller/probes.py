@@ -10,6 +10,13 @@ one switch, so the path's delay is the raw time minus half of each end's loopbac
 (OpenNetMon, van Adrichem et al., NOMS 2014, subtracts the echo round trip instead; the echo
 misses the packet-in and packet-out handling, which the loopback includes). Probes go out at
 exponential gaps (Poisson sampling sees the time-average delay). Times in s.
+
+A path sees a few probes per window and each one samples the queues at one instant, so a path's
+own mean is noisy. Paths share links, and a path's mean delay is the sum of its links' (the
+time-average delay of a FIFO port is the same for every path through it), so
+:func:`pooled_path_stats` fits one delay per link to all paths' means at once (weighted least
+squares; network tomography) and gives each path the sum over its links: every probe through a
+link informs every path through it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
+
+from twin.state.model import NetworkState
+from twin.state.routing import equal_cost_links, next_hop_links
 
 PROBE_MAGIC = b"NDTPROBE"
 PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
@@ -97,12 +108,18 @@ class ProbeSample:
 
 
 class PathDelays:
-    """The returned probes of the last ``keep_s`` s and the per-path delays they give; thread-safe."""
+    """The returned probes of the last ``keep_s`` s and the per-path delays they give; thread-safe.
+
+    With the probes' routes set (:meth:`set_routes`), a window that began under them gives each
+    path the pooled estimate (:func:`pooled_path_stats`); a window reaching back before the last
+    routing change, each path's own."""
 
     def __init__(self, keep_s: float = 900.0):
         self.keep_s = keep_s
         self._lock = threading.Lock()
         self._samples: deque[ProbeSample] = deque()
+        self._routes: dict[Pair, tuple] = {}
+        self._routes_since = float("inf")
         self.sent = 0
         self.lost = 0
 
@@ -111,6 +128,11 @@ class PathDelays:
             self._samples.append(sample)
             while self._samples and self._samples[0].received < sample.received - self.keep_s:
                 self._samples.popleft()
+
+    def set_routes(self, routes: dict[Pair, tuple], since: float) -> None:
+        """The links each probed path crosses (:func:`probe_routes`) from ``since`` (monotonic s) on."""
+        with self._lock:
+            self._routes, self._routes_since = dict(routes), since
 
     def samples(self, start: float, end: float) -> list[ProbeSample]:
         """The probes received in [start, end) (monotonic s), read from the newest back."""
@@ -123,18 +145,23 @@ class PathDelays:
                     out.append(s)
         return out[::-1]
 
-    def delays(self, start: float, end: float, min_samples: int = 3) -> dict[Pair, float]:
-        """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s:
-        :func:`path_delays` over them."""
-        return path_delays(self.samples(start, end), min_samples)
+    def stats(self, start: float, end: float, min_samples: int = 3, robust: bool = False,
+              pooled: bool = True) -> dict[Pair, PathStat]:
+        """:func:`path_stats` of the probes received in [start, end); ``pooled``: then
+        :func:`pooled_path_stats` when the window began under the current routes."""
+        own = path_stats(self.samples(start, end), min_samples, robust)
+        with self._lock:
+            routes, since = self._routes, self._routes_since
+        return pooled_path_stats(own, routes) if pooled and routes and start >= since else own
 
-    def stats(self, start: float, end: float, min_samples: int = 3, robust: bool = False) -> dict[Pair, PathStat]:
-        """:func:`path_stats` of the probes received in [start, end)."""
-        return path_stats(self.samples(start, end), min_samples, robust)
+    def delays(self, start: float, end: float, min_samples: int = 3) -> dict[Pair, float]:
+        """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s
+        (pooled as :meth:`stats`)."""
+        return {pair: stat.mean for pair, stat in self.stats(start, end, min_samples).items()}
 
     def noise(self, start: float, end: float, min_samples: int = 3) -> float:
-        """:func:`sampling_mape` of the probes received in [start, end)."""
-        return sampling_mape(self.samples(start, end), min_samples)
+        """:func:`sampling_mape` of :meth:`stats` over [start, end)."""
+        return sampling_mape(self.stats(start, end, min_samples))
 
 
 def loopback_times(samples: list[ProbeSample], robust: bool = False) -> dict[str, float]:
@@ -190,21 +217,91 @@ def path_stats(samples: list[ProbeSample], min_samples: int = 3, robust: bool = 
     return out
 
 
+def pooled_path_stats(stats: dict[Pair, PathStat], routes: dict[Pair, tuple[int, ...]]) -> dict[Pair, PathStat]:
+    """Each path's delay as the sum of per-link delays fitted to every path's mean at once, s.
+
+    ``stats``: per path, its own probes' estimate (:func:`path_stats`); ``routes``: per path, the
+    indices of the links it crosses (one route; a path missing here, such as one split over
+    equal-cost routes, keeps its own estimate). The links' delays minimise the squared errors of
+    the paths' means, each weighted by its probes over its hops (a probe's spread grows with the
+    queues it crosses); a path's delay is the sum over its links (never below zero). Its standard
+    error comes from the fit's covariance, with the spread of the weighted residuals; with no
+    residual degree of freedom (as many links as paths) every path keeps its own estimate.
+    """
+    fitted = [pair for pair in stats if routes.get(pair)]
+    if not fitted:
+        return dict(stats)
+    links = sorted({link for pair in fitted for link in routes[pair]})
+    column = {link: j for j, link in enumerate(links)}
+    rows = np.repeat(np.arange(len(fitted)), [len(routes[pair]) for pair in fitted])
+    cols = np.array([column[link] for pair in fitted for link in routes[pair]])
+    incidence = sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(fitted), len(links)))
+    means = np.array([stats[pair].mean for pair in fitted])
+    weights = np.array([stats[pair].samples / len(routes[pair]) for pair in fitted], dtype=float)
+    normal = (incidence.T @ sparse.diags(weights) @ incidence).toarray()
+    covariance_unit = np.linalg.pinv(normal, hermitian=True)
+    link_delay = covariance_unit @ (incidence.T @ (weights * means))
+    rank = int(np.linalg.matrix_rank(normal, hermitian=True))
+    if len(fitted) <= rank:
+        return dict(stats)
+    estimate = incidence @ link_delay
+    spread = float(weights @ (means - estimate) ** 2) / (len(fitted) - rank)
+    variance = spread * np.asarray(incidence.multiply(incidence @ covariance_unit).sum(axis=1)).ravel()
+    out = dict(stats)
+    for pair, value, var in zip(fitted, estimate, variance):
+        out[pair] = PathStat(max(0.0, float(value)), stats[pair].samples, float(np.sqrt(max(var, 0.0))))
+    return out
+
+
+def probe_routes(state: NetworkState, down: frozenset[tuple[str, str]], switches: list[str]) -> dict[Pair, tuple]:
+    """The links, as (src, dst) names in hop order, that a probe between each ordered pair of
+    ``switches`` crosses under the state's weights with the ``down`` links out of service, as the
+    route rules send it. Left out: unreachable pairs and, with ECMP, pairs split over several
+    equal-cost routes (a probe takes one of them, the hosts' packets all)."""
+    up = [lk for lk in state.links if (lk.src, lk.dst) not in down]
+    idx = state.node_index
+    src = np.array([idx[lk.src] for lk in up], dtype=np.int64)
+    dst = np.array([idx[lk.dst] for lk in up], dtype=np.int64)
+    weight = np.array([lk.weight for lk in up], dtype=np.float64)
+    if state.ecmp:
+        _, on_shortest = equal_cost_links(len(idx), src, dst, weight)
+        out_links = [np.flatnonzero(src == v) for v in range(len(idx))]
+
+        def next_link(v: int, d: int) -> int:
+            choices = out_links[v][on_shortest[d, out_links[v]]]
+            return int(choices[0]) if len(choices) == 1 else -1
+    else:
+        table = next_hop_links(len(idx), src, dst, weight)
+
+        def next_link(v: int, d: int) -> int:
+            return int(table[v, d])
+
+    routes = {}
+    for a in switches:
+        for b in switches:
+            if a == b or a not in idx or b not in idx:
+                continue
+            node, hops = idx[a], []
+            while node != idx[b] and len(hops) < len(idx):
+                link = next_link(node, idx[b])
+                if link < 0:
+                    break
+                hops.append((up[link].src, up[link].dst))
+                node = int(dst[link])
+            if node == idx[b]:
+                routes[(a, b)] = tuple(hops)
+    return routes
+
+
 def path_delays(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, float]:
     """Per path, the mean delay of :func:`path_stats`, s."""
     return {pair: stat.mean for pair, stat in path_stats(samples, min_samples).items()}
 
 
-def sampling_mape(samples: list[ProbeSample], min_samples: int = 3) -> float:
-    """The MAPE a perfect model would score against these probes' path means, from their own
-    spread: per path sqrt(2/π) · (standard error of the mean) / mean, averaged over the paths of
-    :func:`path_delays` (NaN when there is none). Probes sample a path a few times per window, so
-    this floor is far above a host's, whose mean covers every packet."""
-    delays = path_delays(samples, min_samples)
-    by_pair: dict[Pair, list[float]] = {}
-    for s in samples:
-        if (s.src, s.dst) in delays:
-            by_pair.setdefault((s.src, s.dst), []).append(s.raw)
-    ratios = [np.std(raws, ddof=1) / np.sqrt(len(raws)) / delays[pair]
-              for pair, raws in by_pair.items() if delays[pair] > 0]
+def sampling_mape(stats: dict[Pair, PathStat]) -> float:
+    """The MAPE a perfect model would score against these path estimates, from their standard
+    errors: sqrt(2/π) · stderr / mean averaged over the paths (NaN when there is none). Probes
+    sample a path a few times per window, so this floor is far above a host's, whose mean covers
+    every packet."""
+    ratios = [stat.stderr / stat.mean for stat in stats.values() if stat.mean > 0]
     return float(np.sqrt(2 / np.pi) * np.mean(ratios)) if ratios else float("nan")

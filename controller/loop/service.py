@@ -601,7 +601,9 @@ class LoopService:
         routes: dict[int, list] = {}
         for owner, links in zip(estimated.routes.owner, estimated.routes.links):
             routes.setdefault(int(owner), []).extend(names[i] for i in links)
-        stats = self.controller.path_delays.stats(steady_from, mono_end, robust=True)
+        # each path's own probes: pooled estimates would spread one path's burst over its links, and
+        # the paths sharing them would seem to corroborate it
+        stats = self.controller.path_delays.stats(steady_from, mono_end, robust=True, pooled=False)
         observations = []
         for i, flow in enumerate(estimated.flows):
             stat = stats.get((flow.src, flow.dst))

@@ -32,14 +32,19 @@ class SlowableProbes:
         self.controller = controller
         self.slow_link, self.extra = None, 0.0
         self.rng = np.random.default_rng(0)
+        self.asked_pooled = []
 
     def delays(self, start, end, min_samples=3):
-        return {pair: stat.mean for pair, stat in self.stats(start, end).items()}
+        return {pair: stat.mean for pair, stat in self._stats().items()}
 
     def noise(self, start, end, min_samples=3):
         return 0.03
 
-    def stats(self, start, end, min_samples=3, robust=False):
+    def stats(self, start, end, min_samples=3, robust=False, pooled=True):
+        self.asked_pooled.append(pooled)
+        return self._stats()
+
+    def _stats(self):
         routed = self.controller.state.with_flows(self.controller.traffic.flows)
         delays = CalibratedPredictor(QT, Correction()).predict_delays([routed])[0] * 1.2
         names = [(lk.src, lk.dst) for lk in routed.links]
@@ -135,6 +140,7 @@ def test_a_slowed_link_is_flagged_after_persistence_windows_and_named_first():
     assert not cleared.anomalies and metrics._gauges["anomaly_paths"] == 0 and not metrics._suspects
     records = [c for c in store.configs(0, loop.wall() + 1) if c.kind == ANOMALY_KIND]
     assert len(records) == 2 and records[1].payload["cleared"] == ["s1->s2", "s1->s3"]
+    assert controller.path_delays.asked_pooled and not any(controller.path_delays.asked_pooled)  # own probes
 
 
 def test_every_judged_window_is_logged_for_replay(tmp_path):

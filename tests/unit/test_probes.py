@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from controller.probes import (
     LOOPBACK_SHARE,
     PathDelays,
+    PathStat,
     ProbeSample,
     ProbeSchedule,
     loopback_times,
     path_delays,
     path_stats,
+    pooled_path_stats,
+    probe_routes,
     probe_id,
     probe_payload,
     sampling_mape,
@@ -62,9 +67,9 @@ def test_delay_is_raw_time_minus_half_of_each_ends_loopback():
     assert path_delays(samples)[("a", "b")] == pytest.approx(true_delay, rel=0.02)
     assert path_delays([s for s in samples if s.dst != "b" or s.src != "b"]) == {}  # no loopback at b: no delay
     assert path_delays(samples[:6], min_samples=3) == {}
-    expected = np.sqrt(2 / np.pi) * 0.0005 / np.sqrt(300) / true_delay
-    assert sampling_mape(samples) == pytest.approx(expected, rel=0.15)
-    assert np.isnan(sampling_mape(samples[:6]))
+    expected = np.sqrt(2 / np.pi) * 0.0005 / np.sqrt(300) / true_delay  # the loopbacks' spread adds ~0.3 %
+    assert sampling_mape(path_stats(samples)) == pytest.approx(expected, rel=0.15)
+    assert np.isnan(sampling_mape(path_stats(samples[:6])))
 
 
 def test_path_stats_give_the_mean_its_count_and_its_standard_error():
@@ -99,6 +104,85 @@ def test_path_delays_keep_a_bounded_window():
         record.add(ProbeSample("a", "a", t, t + 0.001))
     assert len(record.samples(0, 1000)) == 11
     assert len(record.samples(95, 98)) == 3
+
+
+LINE_ROUTES = {("a", "b"): ("ab",), ("b", "c"): ("bc",), ("c", "d"): ("cd",), ("a", "c"): ("ab", "bc"),
+               ("b", "d"): ("bc", "cd"), ("a", "d"): ("ab", "bc", "cd")}
+LINE_DELAYS = {"ab": 0.001, "bc": 0.003, "cd": 0.002}
+
+
+def noisy_line_stats(rng, per_probe_sd=0.002, probes=20) -> dict:
+    """Each path of the line a-b-c-d measured by ``probes`` probes, each off by noise growing with
+    the hops (s)."""
+    stats = {}
+    for pair, route in LINE_ROUTES.items():
+        raws = sum(LINE_DELAYS[link] for link in route) + rng.normal(0, per_probe_sd * np.sqrt(len(route)), probes)
+        stats[pair] = PathStat(float(raws.mean()), probes, float(raws.std(ddof=1) / np.sqrt(probes)))
+    return stats
+
+
+def test_pooled_paths_are_closer_to_the_truth_and_their_errors_are_honest():
+    rng = np.random.default_rng(3)
+    own_errors, pooled_errors, stderrs = [], [], []
+    for _ in range(400):
+        stats = noisy_line_stats(rng)
+        pooled = pooled_path_stats(stats, LINE_ROUTES)
+        truth = {pair: sum(LINE_DELAYS[link] for link in route) for pair, route in LINE_ROUTES.items()}
+        own_errors.append([stats[p].mean - truth[p] for p in LINE_ROUTES])
+        pooled_errors.append([pooled[p].mean - truth[p] for p in LINE_ROUTES])
+        stderrs.append([pooled[p].stderr for p in LINE_ROUTES])
+        assert all(pooled[p].samples == stats[p].samples for p in LINE_ROUTES)
+    own_sd, pooled_sd = np.std(own_errors, axis=0), np.std(pooled_errors, axis=0)
+    assert np.all(np.abs(np.mean(pooled_errors, axis=0)) < 0.2 * pooled_sd)  # unbiased
+    assert np.all(pooled_sd < own_sd) and pooled_sd[-1] < 0.65 * own_sd[-1]  # the 3-hop path gains most
+    assert np.mean(stderrs, axis=0) == pytest.approx(pooled_sd, rel=0.2)  # its standard error says so
+
+
+def test_pooling_leaves_paths_without_a_route_and_needs_more_paths_than_links():
+    rng = np.random.default_rng(4)
+    stats = noisy_line_stats(rng)
+    stats[("d", "a")] = PathStat(0.009, 5, 0.001)  # no route known: split over equal-cost routes
+    pooled = pooled_path_stats(stats, LINE_ROUTES)
+    assert pooled[("d", "a")] == stats[("d", "a")] and pooled[("a", "d")] != stats[("a", "d")]
+    three = {pair: stats[pair] for pair in (("a", "b"), ("b", "c"), ("a", "c"))}  # 2 links, 3 paths
+    assert pooled_path_stats(three, LINE_ROUTES)[("a", "c")] != three[("a", "c")]
+    two = {pair: stats[pair] for pair in (("a", "b"), ("a", "c"))}  # 2 links, 2 paths: nothing to pool
+    assert pooled_path_stats(two, LINE_ROUTES) == two
+    assert pooled_path_stats(stats, {}) == stats
+
+
+def test_probe_routes_follow_the_route_rules_and_skip_split_pairs():
+    state = emulation_state("sndlib/abilene", 0.5)
+    routes = probe_routes(state, frozenset(), list(state.nodes))
+    names = [(lk.src, lk.dst) for lk in state.links]
+    assert len(routes) == len(state.flows) == 132
+    for i, flow in enumerate(state.flows):
+        assert routes[(flow.src, flow.dst)] == tuple(names[k] for k in state.routes.links[i])
+    first = routes[("ATLAng", "STTLng")][0]
+    rerouted = probe_routes(state, frozenset({first}), ["ATLAng", "STTLng"])
+    assert set(rerouted) == {("ATLAng", "STTLng"), ("STTLng", "ATLAng")} and first not in rerouted[("ATLAng", "STTLng")]
+    ecmp = probe_routes(replace(state, ecmp=True), frozenset(), list(state.nodes))
+    routed = replace(state, ecmp=True).routes
+    single = {(state.flows[o].src, state.flows[o].dst) for o in set(routed.owner.tolist())
+              if np.count_nonzero(routed.owner == o) == 1}
+    assert set(ecmp) == single and len(single) < 132
+
+
+def test_path_delays_pool_only_windows_under_the_current_routes():
+    rng = np.random.default_rng(5)
+    record, t = PathDelays(), 0.0
+    for _ in range(40):
+        for pair, route in LINE_ROUTES.items():
+            t += 0.01
+            for end in pair:
+                record.add(ProbeSample(end, end, t, t + 0.001))
+            delay = sum(LINE_DELAYS[link] for link in route) + rng.normal(0, 0.002)
+            record.add(ProbeSample(*pair, t, t + 0.001 + delay))
+    own = record.stats(0.0, 100.0)
+    record.set_routes(LINE_ROUTES, since=0.5)
+    assert record.stats(0.0, 100.0) == own  # the window began before these routes
+    assert record.stats(0.5, 100.0) != record.stats(0.5, 100.0, pooled=False)
+    assert record.delays(0.5, 100.0) == {pair: stat.mean for pair, stat in record.stats(0.5, 100.0).items()}
 
 
 def test_online_calibration_recovers_the_networks_correction():
