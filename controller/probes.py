@@ -37,6 +37,7 @@ PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
 PROBE_FRAME_BYTES = 64  # Ethernet frame without FCS: the smallest, so probes add next to no load
 PROBE_TIMEOUT_S = 2.0  # a probe not back by then is counted lost
 LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks (their median needs fewer samples)
+MAX_POOLED_LINKS = 500  # a larger fit (cubic in the links: 0.1 s at 500) would hold up the controller's thread
 MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
 
 Pair = tuple[str, str]
@@ -217,21 +218,22 @@ def path_stats(samples: list[ProbeSample], min_samples: int = 3, robust: bool = 
     return out
 
 
-def pooled_path_stats(stats: dict[Pair, PathStat], routes: dict[Pair, tuple[int, ...]]) -> dict[Pair, PathStat]:
+def pooled_path_stats(stats: dict[Pair, PathStat], routes: dict[Pair, tuple]) -> dict[Pair, PathStat]:
     """Each path's delay as the sum of per-link delays fitted to every path's mean at once, s.
 
     ``stats``: per path, its own probes' estimate (:func:`path_stats`); ``routes``: per path, the
-    indices of the links it crosses (one route; a path missing here, such as one split over
+    links it crosses, any hashable names (one route; a path missing here, such as one split over
     equal-cost routes, keeps its own estimate). The links' delays minimise the squared errors of
     the paths' means, each weighted by its probes over its hops (a probe's spread grows with the
     queues it crosses); a path's delay is the sum over its links (never below zero). Its standard
     error comes from the fit's covariance, with the spread of the weighted residuals; with no
-    residual degree of freedom (as many links as paths) every path keeps its own estimate.
+    residual degree of freedom (as many links as paths), or more than :data:`MAX_POOLED_LINKS`
+    links, every path keeps its own estimate.
     """
     fitted = [pair for pair in stats if routes.get(pair)]
-    if not fitted:
-        return dict(stats)
     links = sorted({link for pair in fitted for link in routes[pair]})
+    if not fitted or len(links) > MAX_POOLED_LINKS:
+        return dict(stats)
     column = {link: j for j, link in enumerate(links)}
     rows = np.repeat(np.arange(len(fitted)), [len(routes[pair]) for pair in fitted])
     cols = np.array([column[link] for pair in fitted for link in routes[pair]])
@@ -239,12 +241,13 @@ def pooled_path_stats(stats: dict[Pair, PathStat], routes: dict[Pair, tuple[int,
     means = np.array([stats[pair].mean for pair in fitted])
     weights = np.array([stats[pair].samples / len(routes[pair]) for pair in fitted], dtype=float)
     normal = (incidence.T @ sparse.diags(weights) @ incidence).toarray()
-    covariance_unit = np.linalg.pinv(normal, hermitian=True)
-    link_delay = covariance_unit @ (incidence.T @ (weights * means))
-    rank = int(np.linalg.matrix_rank(normal, hermitian=True))
+    eigenvalues, eigenvectors = np.linalg.eigh(normal)
+    kept = eigenvalues > eigenvalues.max() * len(links) * np.finfo(float).eps
+    rank = int(kept.sum())
     if len(fitted) <= rank:
         return dict(stats)
-    estimate = incidence @ link_delay
+    covariance_unit = (eigenvectors[:, kept] / eigenvalues[kept]) @ eigenvectors[:, kept].T  # the pseudo-inverse
+    estimate = incidence @ (covariance_unit @ (incidence.T @ (weights * means)))
     spread = float(weights @ (means - estimate) ** 2) / (len(fitted) - rank)
     variance = spread * np.asarray(incidence.multiply(incidence @ covariance_unit).sum(axis=1)).ravel()
     out = dict(stats)

@@ -9,6 +9,7 @@ import pytest
 
 from controller.probes import (
     LOOPBACK_SHARE,
+    MAX_POOLED_LINKS,
     PathDelays,
     PathStat,
     ProbeSample,
@@ -149,6 +150,9 @@ def test_pooling_leaves_paths_without_a_route_and_needs_more_paths_than_links():
     two = {pair: stats[pair] for pair in (("a", "b"), ("a", "c"))}  # 2 links, 2 paths: nothing to pool
     assert pooled_path_stats(two, LINE_ROUTES) == two
     assert pooled_path_stats(stats, {}) == stats
+    wide = {pair: tuple(f"{link}-{k}" for k in range(MAX_POOLED_LINKS // 3 + 1) for link in route)
+            for pair, route in LINE_ROUTES.items()}  # the same line with every link split: too many to fit
+    assert pooled_path_stats(stats, wide) == stats
 
 
 def test_probe_routes_follow_the_route_rules_and_skip_split_pairs():
