@@ -131,9 +131,11 @@ class PathDelays:
                 self._samples.popleft()
 
     def set_routes(self, routes: dict[Pair, tuple], since: float) -> None:
-        """The links each probed path crosses (:func:`probe_routes`) from ``since`` (monotonic s) on."""
+        """The links each probed path crosses (:func:`probe_routes`) from ``since`` (monotonic s) on;
+        the same routes again (new rules, a host learned) keep the earlier time."""
         with self._lock:
-            self._routes, self._routes_since = dict(routes), since
+            if routes != self._routes:
+                self._routes, self._routes_since = dict(routes), since
 
     def samples(self, start: float, end: float) -> list[ProbeSample]:
         """The probes received in [start, end) (monotonic s), read from the newest back."""

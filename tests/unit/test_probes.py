@@ -186,6 +186,10 @@ def test_path_delays_pool_only_windows_under_the_current_routes():
     record.set_routes(LINE_ROUTES, since=0.5)
     assert record.stats(0.0, 100.0) == own  # the window began before these routes
     assert record.stats(0.5, 100.0) != record.stats(0.5, 100.0, pooled=False)
+    record.set_routes(dict(LINE_ROUTES), since=1.0)  # the same routes installed again
+    assert record.stats(0.5, 100.0) != record.stats(0.5, 100.0, pooled=False)
+    record.set_routes({**LINE_ROUTES, ("a", "d"): ("ab", "bd")}, since=1.0)  # a route moved
+    assert record.stats(0.5, 100.0) == record.stats(0.5, 100.0, pooled=False)
     assert record.delays(0.5, 100.0) == {pair: stat.mean for pair, stat in record.stats(0.5, 100.0).items()}
 
 
