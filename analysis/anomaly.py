@@ -53,7 +53,7 @@ had 2-22 such paths in its second window. A path anomalous stays so while its st
 The converse is evidence too: when every link of a path outside is crossed by another path
 measured inside its band in the same window, no cause on its links explains it (it would have
 moved that path too), and the path needs ``contradicted_extra`` (1) window more than
-``persistence`` (unless corroborated). Replayed on the six quiet runs on record (about 2.8 hours
+``persistence`` (unless corroborated). Replayed on the six quiet runs on record (about 2.6 hours
 of the emulated Abilene), this removed every false alarm of a single path (3: short paths whose
 probes, mostly control-channel time, read a few ms high for 30 s) and changed no detection time of
 the 45 injected faults on record.
