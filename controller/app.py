@@ -34,7 +34,6 @@ from controller.probes import (
     ProbeSchedule,
     probe_id,
     probe_payload,
-    probe_routes,
 )
 from controller.reported_delays import ReportedDelays
 from controller.routing_rules import (
@@ -56,6 +55,7 @@ from controller.routing_rules import (
     counter_rules,
     leftover_group_ids,
     plan_update,
+    probe_routes,
     probe_rules,
     route_rules,
 )

@@ -29,9 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from twin.state.model import NetworkState
-from twin.state.routing import equal_cost_links, next_hop_links
-
 PROBE_MAGIC = b"NDTPROBE"
 PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
 PROBE_FRAME_BYTES = 64  # Ethernet frame without FCS: the smallest, so probes add next to no load
@@ -131,7 +128,7 @@ class PathDelays:
                 self._samples.popleft()
 
     def set_routes(self, routes: dict[Pair, tuple], since: float) -> None:
-        """The links each probed path crosses (:func:`probe_routes`) from ``since`` (monotonic s) on;
+        """The links each probed path crosses (:func:`controller.routing_rules.probe_routes`) from ``since`` (monotonic s) on;
         the same routes again (new rules, a host learned) keep the earlier time."""
         with self._lock:
             if routes != self._routes:
@@ -256,51 +253,6 @@ def pooled_path_stats(stats: dict[Pair, PathStat], routes: dict[Pair, tuple]) ->
     for pair, value, var in zip(fitted, estimate, variance):
         out[pair] = PathStat(max(0.0, float(value)), stats[pair].samples, float(np.sqrt(max(var, 0.0))))
     return out
-
-
-def probe_routes(state: NetworkState, down: frozenset[tuple[str, str]], switches: list[str]) -> dict[Pair, tuple]:
-    """The links, as (src, dst) names in hop order, that a probe between each ordered pair of
-    ``switches`` crosses under the state's weights with the ``down`` links out of service, as the
-    route rules send it. Left out: unreachable pairs and, with ECMP, pairs split over several
-    equal-cost routes (a probe takes one of them, the hosts' packets all)."""
-    up = [lk for lk in state.links if (lk.src, lk.dst) not in down]
-    idx = state.node_index
-    src = np.array([idx[lk.src] for lk in up], dtype=np.int64)
-    dst = np.array([idx[lk.dst] for lk in up], dtype=np.int64)
-    weight = np.array([lk.weight for lk in up], dtype=np.float64)
-    if state.ecmp:
-        _, on_shortest = equal_cost_links(len(idx), src, dst, weight)
-        out_links = [np.flatnonzero(src == v) for v in range(len(idx))]
-
-        def next_link(v: int, d: int) -> int:
-            choices = out_links[v][on_shortest[d, out_links[v]]]
-            return int(choices[0]) if len(choices) == 1 else -1
-    else:
-        table = next_hop_links(len(idx), src, dst, weight)
-
-        def next_link(v: int, d: int) -> int:
-            return int(table[v, d])
-
-    routes = {}
-    for a in switches:
-        for b in switches:
-            if a == b or a not in idx or b not in idx:
-                continue
-            node, hops = idx[a], []
-            while node != idx[b] and len(hops) < len(idx):
-                link = next_link(node, idx[b])
-                if link < 0:
-                    break
-                hops.append((up[link].src, up[link].dst))
-                node = int(dst[link])
-            if node == idx[b]:
-                routes[(a, b)] = tuple(hops)
-    return routes
-
-
-def path_delays(samples: list[ProbeSample], min_samples: int = 3) -> dict[Pair, float]:
-    """Per path, the mean delay of :func:`path_stats`, s."""
-    return {pair: stat.mean for pair, stat in path_stats(samples, min_samples).items()}
 
 
 def sampling_mape(stats: dict[Pair, PathStat]) -> float:

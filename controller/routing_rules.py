@@ -240,12 +240,8 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
     if unknown:
         src, dst = sorted(unknown)[0]
         raise RuleError(f"link {src}->{dst} is marked down but is not in the topology")
-    up = [lk for lk in state.links if (lk.src, lk.dst) not in down]
+    up, forwarding = _forwarding(state, down)
     idx = state.node_index
-    src = np.array([idx[lk.src] for lk in up], dtype=np.int64)
-    dst = np.array([idx[lk.dst] for lk in up], dtype=np.int64)
-    weight = np.array([lk.weight for lk in up], dtype=np.float64)
-    forwarding = _EqualCost(len(idx), src, dst, weight) if state.ecmp else _SinglePath(src, dst, weight, len(idx))
     cookie, priority = route_cookie(version), route_priority(version)
     rules: dict[tuple[int, str], FlowRule] = {}
     hops: dict[tuple[int, str], int] = {}
@@ -283,6 +279,41 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
             rules[(dpid, host.ip)] = FlowRule(dpid, ROUTE_TABLE, priority, match, actions, cookie)
             hops[(dpid, host.ip)] = count
     return RouteSet(version, rules, hops, groups)
+
+
+def probe_routes(state: NetworkState, down: frozenset[tuple[str, str]], switches: list[str]) -> dict[tuple[str, str], tuple]:
+    """The links, as (src, dst) names in hop order, that a packet between each ordered pair of
+    ``switches`` crosses under :func:`route_rules` for the same state and ``down`` links. Left out:
+    unreachable pairs and, with ECMP, pairs split over several equal-cost routes (a probe takes one
+    of them, the hosts' packets all)."""
+    up, forwarding = _forwarding(state, down)
+    idx = state.node_index
+    routes = {}
+    for a in switches:
+        for b in switches:
+            if a == b or a not in idx or b not in idx:
+                continue
+            node, hops = idx[a], []
+            while node != idx[b] and len(hops) < len(idx):
+                links = forwarding.next_links(node, idx[b])
+                if len(links) != 1:
+                    break
+                hops.append((up[links[0]].src, up[links[0]].dst))
+                node = idx[up[links[0]].dst]
+            if node == idx[b]:
+                routes[(a, b)] = tuple(hops)
+    return routes
+
+
+def _forwarding(state: NetworkState, down: frozenset[tuple[str, str]]):
+    """(the links in service, their next hops per (node, destination)) under the state's weights."""
+    up = [lk for lk in state.links if (lk.src, lk.dst) not in down]
+    idx = state.node_index
+    src = np.array([idx[lk.src] for lk in up], dtype=np.int64)
+    dst = np.array([idx[lk.dst] for lk in up], dtype=np.int64)
+    weight = np.array([lk.weight for lk in up], dtype=np.float64)
+    forwarding = _EqualCost(len(idx), src, dst, weight) if state.ecmp else _SinglePath(src, dst, weight, len(idx))
+    return up, forwarding
 
 
 class _SinglePath:

@@ -15,14 +15,13 @@ from controller.probes import (
     ProbeSample,
     ProbeSchedule,
     loopback_times,
-    path_delays,
     path_stats,
     pooled_path_stats,
-    probe_routes,
     probe_id,
     probe_payload,
     sampling_mape,
 )
+from controller.routing_rules import probe_routes
 from mininet_topos.topologies import emulation_state
 from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays, fit
 from twin.calibration.online import OnlineCalibration
@@ -65,9 +64,9 @@ def test_delay_is_raw_time_minus_half_of_each_ends_loopback():
         raw = true_delay + 0.5 * (overhead["a"] + overhead["b"]) + 0.0005 * rng.standard_normal()
         samples.append(ProbeSample("a", "b", t, t + raw))
     assert loopback_times(samples)["b"] == pytest.approx(0.0010, rel=0.02)  # mean of the loopbacks
-    assert path_delays(samples)[("a", "b")] == pytest.approx(true_delay, rel=0.02)
-    assert path_delays([s for s in samples if s.dst != "b" or s.src != "b"]) == {}  # no loopback at b: no delay
-    assert path_delays(samples[:6], min_samples=3) == {}
+    assert path_stats(samples)[("a", "b")].mean == pytest.approx(true_delay, rel=0.02)
+    assert path_stats([s for s in samples if s.dst != "b" or s.src != "b"]) == {}  # no loopback at b: no delay
+    assert path_stats(samples[:6], min_samples=3) == {}
     expected = np.sqrt(2 / np.pi) * 0.0005 / np.sqrt(300) / true_delay  # the loopbacks' spread adds ~0.3 %
     assert sampling_mape(path_stats(samples)) == pytest.approx(expected, rel=0.15)
     assert np.isnan(sampling_mape(path_stats(samples[:6])))
@@ -83,7 +82,10 @@ def test_path_stats_give_the_mean_its_count_and_its_standard_error():
     assert stat.samples == 8
     assert stat.mean == pytest.approx(raws.mean() - 0.0015)
     assert stat.stderr == pytest.approx(raws.std(ddof=1) / np.sqrt(8))  # constant loopbacks add nothing
-    assert path_delays(samples) == {("a", "b"): stat.mean}
+    record = PathDelays()
+    for sample in samples:
+        record.add(sample)
+    assert record.delays(-1.0, 100.0) == {("a", "b"): stat.mean}
     assert path_stats(samples[:20] + samples[20:22]) == {}  # two probes: below min_samples
 
 
