@@ -79,6 +79,14 @@ def test_training_loss_decreases_and_resumes(tmp_path):
     assert len(tuned.data.items) == 9
     start = load_twin("best", tmp_path / "run")
     np.testing.assert_allclose(tuned.twin.predict_delays(_states())[0], start.predict_delays(_states())[0], rtol=1e-6)
+    fewer = Trainer(data, tmp_path / "fewer", TrainConfig(**{**config.__dict__, "iterations": 1, "epochs": 1,
+                    "init_from": str(tmp_path / "run" / "best")}), progress=False, log=lambda m: None)
+    assert fewer.net.get_config()["iterations"] == 1
+    start_weights, fewer_weights = start.net.get_weights(), fewer.net.get_weights()
+    assert len(start_weights) == len(fewer_weights)
+    for a, b in zip(start_weights, fewer_weights):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(fewer.twin.predict_delays(_states())[0], start.predict_delays(_states())[0], rtol=1e-6)
     with pytest.raises(ModelFileError, match="cannot start"):
         Trainer(data, tmp_path / "other", TrainConfig(**{**config.__dict__, "state_dim": 8,
                 "init_from": str(tmp_path / "run" / "best")}), progress=False, log=lambda m: None)

@@ -229,11 +229,13 @@ class Trainer:
 
     @staticmethod
     def _start_model(config: TrainConfig) -> LearnedTwin:
-        """The model ``config.init_from`` names, checked to be of the configured kind and size."""
+        """The model ``config.init_from`` names, checked to be of the configured kind and width. Its
+        iterations may differ: every iteration runs the same layers, so a model trained with 8 can start a
+        run with 4."""
         path = Path(config.init_from)
         twin = load_twin(path.name, path.parent, fine_tune=True)
-        wanted = {"kind": config.kind, "state_dim": config.state_dim, "iterations": config.iterations}
-        have = {"kind": twin.kind, **{k: twin.net.get_config().get(k, wanted[k]) for k in ("state_dim", "iterations")}}
+        wanted = {"kind": config.kind, "state_dim": config.state_dim}
+        have = {"kind": twin.kind, "state_dim": twin.net.get_config().get("state_dim", config.state_dim)}
         if have != wanted:
             raise ModelFileError(f"{config.init_from}: a {have} model cannot start a {wanted} training run")
         return twin
