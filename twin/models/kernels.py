@@ -1,6 +1,6 @@
 """Numba kernels of the learned twins' forward pass (float32, all cores): the GRU along every path (with
-RouteNet-E's per-link sum of the path states), RouteNet-E's queue and link GRU steps and its per-hop
-occupancy readout.
+RouteNet-E's per-link sum of the path states), RouteNet-E's embeddings, queue and link GRU steps and its
+per-hop occupancy readout.
 
 The kernels are specialised for states of ``STATE_DIM`` (the shipped models' width): loops of a
 constant length are unrolled and vectorised by LLVM. The path GRUs advance a chunk of paths one hop
@@ -170,6 +170,25 @@ def gru_rows(h, projected, recurrent_kernel, recurrent_bias, chunk=CHUNK):
         for i in range(stop - start):
             _gru_update(states, i, projected[start + i], gates, recurrent_bias, unused, _ZERO)
         h[start:stop] = states
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def embed_rows(x, w_hidden, b_hidden, w_out, b_out, out, chunk=CHUNK):
+    """RouteNet-E's embedding MLP on every row of ``x`` (n, f) into ``out`` (n, d):
+    tanh(relu(x·W1 + b1)·W2 + b2), a chunk of rows per matmul (the path, link and queue states)."""
+    n_rows = x.shape[0]
+    width = w_hidden.shape[1]
+    for c in numba.prange((n_rows + chunk - 1) // chunk):
+        start = c * chunk
+        stop = min(n_rows, start + chunk)
+        hidden = np.dot(x[start:stop], w_hidden)
+        for i in range(stop - start):
+            for m in range(width):
+                hidden[i, m] = max(hidden[i, m] + b_hidden[m], _ZERO)
+        y = np.dot(hidden, w_out)
+        for i in range(stop - start):
+            for m in range(out.shape[1]):
+                out[start + i, m] = _tanh(y[i, m] + b_out[m])
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)

@@ -21,6 +21,7 @@ from twin.sim.simulator import simulate
 
 SCALING_NODES = (25, 50, 100, 200, 300, 500, 1000)
 SIMULATOR_NODES = (100, 200, 300)
+REPEATED_PATHS = 100_000  # states up to this many paths are timed best of 3 (a run under 0.3 s); larger ones once
 
 
 def all_pairs_state(nodes: int):
@@ -68,18 +69,19 @@ def speed(models: dict, nodes: int = 300, candidate_nodes: int = 25, candidates:
 
 
 def scaling(twin, others: dict, sizes=SCALING_NODES, progress=None) -> list[dict]:
-    """Per size: paths, hops, the ``twin``'s inference time (``infer_s``: one run after a warm one) and peak
-    memory (``peak_mib``) on the all-pairs state, and ``{name}_infer_s`` of the ``others`` beside it.
-    ``progress(nodes)`` is called after each size."""
+    """Per size: paths, hops, the ``twin``'s inference time (``infer_s``, after a warm run: the best of 3 up
+    to REPEATED_PATHS paths, one run beyond) and peak memory (``peak_mib``) on the all-pairs state, and
+    ``{name}_infer_s`` of the ``others`` beside it, timed alike. ``progress(nodes)`` is called after each size."""
     rows = []
     for nodes in sizes:
         state = all_pairs_state(nodes)
         state.flow_links  # routing belongs to the state, not to the prediction
+        repeats = 3 if len(state.flows) <= REPEATED_PATHS else 1
         row = {"nodes": nodes, "paths": len(state.flows), "hops": int(sum(map(len, state.flow_links))),
-               "infer_s": best_time(lambda: twin.predict_delays([state]), 1),
+               "infer_s": best_time(lambda: twin.predict_delays([state]), repeats),
                "peak_mib": peak_mib(lambda: twin.predict_delays([state]))}
         for name, model in others.items():
-            row[f"{name}_infer_s"] = best_time(lambda: model.predict_delays([state]), 1)
+            row[f"{name}_infer_s"] = best_time(lambda: model.predict_delays([state]), repeats)
         rows.append(row)
         if progress:
             progress(nodes)
