@@ -112,6 +112,10 @@ class CompiledRouteNet(CompiledTwin):
             self._kept_hop_states = np.empty((n_hops, width), dtype=np.float32)
         return self._kept_hop_states[:n_hops]
 
+    def release_buffers(self) -> None:
+        """Drop the buffer kept between passes (a memory measurement then counts all a pass holds)."""
+        self._kept_hop_states = CompiledRouteNet._kept_hop_states
+
     LAYERS = ("path_embed", "link_embed", "queue_embed", "path_gru", "queue_gru", "link_gru", "occupancy_readout")
     INPUTS = {"path_embed": len(PATH_FEATURES), "link_embed": len(LINK_FEATURES), "queue_embed": len(QUEUE_FEATURES),
               "path_gru": 2 * kernels.STATE_DIM}
