@@ -104,8 +104,8 @@ class CompiledRouteNet(CompiledTwin):
 
     def _hop_states(self, n_hops: int, width: int) -> np.ndarray:
         """An (n_hops, width) float32 buffer for the last iteration's per-hop states. Up to
-        KEPT_HOP_STATES_MIB it is kept for the next pass (one pass runs at a time): writing fresh pages
-        cost 8 ms of a 300-node state's 140 ms."""
+        KEPT_HOP_STATES_MIB it is kept for the next pass (one pass runs at a time), so a pass does not
+        fault in fresh pages for it (docs/twin.md, Speed)."""
         if n_hops * width * 4 > KEPT_HOP_STATES_MIB * 2**20:
             return np.empty((n_hops, width), dtype=np.float32)
         if self._kept_hop_states.shape[0] < n_hops or self._kept_hop_states.shape[1] != width:
