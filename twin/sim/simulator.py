@@ -440,7 +440,8 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
     np.random.seed(seed)
     n_links = capacity.shape[0]
     n_flows = rate.shape[0]
-    # per-link ring of departure times of the packets in the system (waiting + transmitting)
+    # per-link ring of departure times of the packets in the system (waiting + transmitting), and of
+    # some that have left: they are discarded when the ring is full
     ring_cap = buffer + 1
     ring_off = np.zeros(n_links + 1, dtype=np.int64)
     for l in range(n_links):
@@ -517,17 +518,19 @@ def _fifo_events(flows, links, stats, reals, ints, free, counts, duration, warmu
         size = s_size[slot]
         l = path[f, hop]
         hops += 1
-        # discard departures that already happened
+        # The ring may still hold packets that have left: only a full ring needs the exact count,
+        # so departures are discarded only then.
         base = ring_off[l]
         rc = ring_cap[l]
         head = ring_head[l]
         count = ring_count[l]
-        while count > 0 and ring[base + head] <= t:
-            head += 1
-            if head == rc:
-                head = 0
-            count -= 1
-        ring_head[l] = head
+        if count == rc:
+            while count > 0 and ring[base + head] <= t:
+                head += 1
+                if head == rc:
+                    head = 0
+                count -= 1
+            ring_head[l] = head
         in_window = warmup <= t <= duration
         if in_window:
             arrivals[l] += 1
