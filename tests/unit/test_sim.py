@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from twin.data.sim_bench import mm1_state
+from twin.data.sim_bench import mm1_state, with_policy
 from twin.sim.simulator import simulate
 from twin.state.errors import StateError
 from twin.state.model import Flow, Link, NetworkState
@@ -55,6 +55,20 @@ def test_tandem_deterministic_sizes():
     expected = (1 / MU + rho / (2 * MU * (1 - rho))) + 1 / MU + 2 * prop
     assert result.delay[0] == pytest.approx(expected, rel=0.02)
     assert result.occupancy[1] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "wfq"])
+def test_more_packets_in_flight_than_the_first_slot_pool(policy):
+    """An 8-s wire holds about 5,000 packets at once, several times the slots the loops start with:
+    they grow their arrays mid-run and every packet still arrives, after exactly its transmission and
+    propagation (CBR at half the capacity never queues)."""
+    prop = 8.0
+    state = NetworkState(nodes=("a", "b"), links=(Link("a", "b", C, buffer=16, prop_delay=prop),),
+                         flows=(Flow("a", "b", 0.5 * C, time_dist="cbr", packet_size=SIZE),))
+    result = simulate(with_policy(state, policy), duration=20.0, warmup=1.0, seed=9)
+    assert result.sent[0] == result.delivered[0] > 10_000
+    assert result.delay[0] == pytest.approx(1 / MU + prop, rel=1e-9)
+    assert result.jitter[0] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_conservation_and_determinism():
