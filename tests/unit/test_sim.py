@@ -59,15 +59,15 @@ def test_tandem_deterministic_sizes():
 
 @pytest.mark.parametrize("policy", ["fifo", "wfq"])
 def test_more_packets_in_flight_than_the_first_slot_pool(policy):
-    """An 8-s wire holds about 5,000 packets at once, several times the slots the loops start with:
-    they grow their arrays mid-run and every packet still arrives, after exactly its transmission and
-    propagation (CBR at half the capacity never queues)."""
+    """An 8-s wire before a second hop holds about 5,000 packets at once, several times the slots the
+    loops start with: they grow their arrays mid-run and every packet still arrives, after exactly its
+    transmissions and propagation (CBR at half the capacity never queues)."""
     prop = 8.0
-    state = NetworkState(nodes=("a", "b"), links=(Link("a", "b", C, buffer=16, prop_delay=prop),),
-                         flows=(Flow("a", "b", 0.5 * C, time_dist="cbr", packet_size=SIZE),))
+    links = (Link("a", "b", C, buffer=16, prop_delay=prop), Link("b", "c", C, buffer=16))
+    state = NetworkState(nodes=("a", "b", "c"), links=links, flows=(Flow("a", "c", 0.5 * C, time_dist="cbr", packet_size=SIZE),))
     result = simulate(with_policy(state, policy), duration=20.0, warmup=1.0, seed=9)
     assert result.sent[0] == result.delivered[0] > 10_000
-    assert result.delay[0] == pytest.approx(1 / MU + prop, rel=1e-9)
+    assert result.delay[0] == pytest.approx(2 / MU + prop, rel=1e-9)
     assert result.jitter[0] == pytest.approx(0.0, abs=1e-12)
 
 
