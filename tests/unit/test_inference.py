@@ -1,5 +1,5 @@
-"""The compiled forward pass gives TensorFlow's numbers: random and shipped weights, both model kinds,
-mixed traffic, batches of states of different sizes; the width it does not run falls back to TensorFlow;
+"""The compiled forward pass gives TensorFlow's numbers: random and shipped weights, every model kind
+(RouteNet-F's three heads too), mixed traffic, batches of states of different sizes; the width it does not run falls back to TensorFlow;
 a prediction from the command line never imports TensorFlow."""
 
 import copy
@@ -41,7 +41,7 @@ def _saved_random_model(kind: str, state_dim: int, directory) -> LearnedTwin:
     return twin
 
 
-@pytest.mark.parametrize("kind", ["routenet_e", "rnn"])
+@pytest.mark.parametrize("kind", ["routenet_e", "routenet_f", "rnn"])
 def test_compiled_equals_tensorflow_on_random_weights(kind, tmp_path):
     reference = _saved_random_model(kind, STATE_DIM, tmp_path)
     compiled = load_compiled(kind, tmp_path)
@@ -50,6 +50,20 @@ def test_compiled_equals_tensorflow_on_random_weights(kind, tmp_path):
     assert [len(g) for g in got] == [len(s.flows) for s in states]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5)
+
+
+def test_compiled_routenet_f_gives_tensorflow_s_delay_jitter_and_loss(tmp_path):
+    reference = _saved_random_model("routenet_f", STATE_DIM, tmp_path)
+    compiled = load_compiled("routenet_f", tmp_path)
+    assert compiled.heads == reference.heads == ("delay", "jitter", "loss")
+    states = _states()
+    batch = build_batch(states)
+    got, want = compiled.forward(batch), reference.forward(batch).numpy()
+    assert got.shape == want.shape == (batch.n_paths, 3)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-12)
+    for mine, theirs in zip(compiled.predict_metrics(states), reference.predict_metrics(states)):
+        for head in compiled.heads:
+            np.testing.assert_allclose(mine[head], theirs[head], rtol=2e-5, atol=1e-12)
 
 
 def test_the_rnn_reads_the_features_of_the_queue_each_hop_waits_in(tmp_path):
@@ -70,13 +84,15 @@ def test_the_rnn_reads_the_features_of_the_queue_each_hop_waits_in(tmp_path):
         assert moved.any() and moved.sum() < len(moved)  # the paths through that queue, not all
 
 
-@pytest.mark.parametrize("stem", ["routenet_e", "rnn"])
+@pytest.mark.parametrize("stem", ["routenet_e", "routenet_f", "rnn"])
 def test_compiled_equals_tensorflow_on_shipped_weights(stem):
     if not (MODELS_DIR / f"{stem}.weights.h5").exists():
         pytest.skip("no shipped weights")
-    state = make_state(DatasetConfig(samples=1, min_nodes=40, max_nodes=40, real_fraction=0.0, seed=5), 0)[0]
+    state = make_state(DatasetConfig(samples=1, min_nodes=40, max_nodes=40, real_fraction=0.0, seed=5,
+                                     scheduled_fraction=1.0 if stem == "routenet_f" else 0.0), 0)[0]
     batch = build_batch([state])
-    np.testing.assert_allclose(load_compiled(stem).forward(batch), load_twin(stem).forward(batch).numpy(), rtol=2e-5)
+    np.testing.assert_allclose(load_compiled(stem).forward(batch), load_twin(stem).forward(batch).numpy(), rtol=2e-5,
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("n_chunks,threads", [(1, 2), (7, 2), (8, 2), (10, 3), (5, 1)])
@@ -90,7 +106,7 @@ def test_chunks_are_dealt_round_robin_each_once(n_chunks, threads):
         assert [c for c in block if c >= 0] == list(range(j, n_chunks, threads))
 
 
-@pytest.mark.parametrize("stem", ["routenet_e", "rnn"])
+@pytest.mark.parametrize("stem", ["routenet_e", "routenet_f", "rnn"])
 def test_one_thread_and_all_threads_predict_alike(stem):
     state = make_state(DatasetConfig(samples=1, min_nodes=40, max_nodes=40, real_fraction=0.0, seed=5), 0)[0]
     twin = load_compiled(stem)
@@ -102,7 +118,7 @@ def test_one_thread_and_all_threads_predict_alike(stem):
         alone = twin.forward(batch)
     finally:
         numba.set_num_threads(threads)
-    np.testing.assert_allclose(alone, everyone, rtol=1e-5)
+    np.testing.assert_allclose(alone, everyone, rtol=1e-5, atol=1e-12)
 
 
 def test_other_widths_run_on_tensorflow(tmp_path):
@@ -114,10 +130,11 @@ def test_other_widths_run_on_tensorflow(tmp_path):
     np.testing.assert_allclose(predictor.predict_delays(_states())[0], reference.predict_delays(_states())[0])
 
 
-def test_shipped_width_runs_compiled():
-    if not (MODELS_DIR / "routenet_e.json").exists():
+@pytest.mark.parametrize("stem", ["routenet_e", "routenet_f", "rnn"])
+def test_shipped_width_runs_compiled(stem):
+    if not (MODELS_DIR / f"{stem}.json").exists():
         pytest.skip("no shipped weights")
-    assert isinstance(load_predictor(), CompiledTwin)
+    assert isinstance(load_predictor(stem), CompiledTwin)
 
 
 def test_weights_of_another_network_are_refused(tmp_path):
@@ -180,12 +197,17 @@ def test_weights_file_layers_are_read_by_name(tmp_path):
                                                               (STATE_DIM, 3 * STATE_DIM), (2, 3 * STATE_DIM)]
 
 
-def test_a_prediction_does_not_load_tensorflow(tmp_path):
+@pytest.mark.parametrize("model", ["routenet", "routenet_f"])
+def test_a_prediction_does_not_load_tensorflow(model, tmp_path):
     state = make_state(DatasetConfig(samples=1, min_nodes=8, max_nodes=8, real_fraction=0.0, seed=3), 0)[0]
     state.save(tmp_path / "state.json")
-    script = ("import sys; from ndt.cli import main; code = main(['predict', '--state', sys.argv[1], '--json']); "
+    script = ("import sys; from ndt.cli import main; "
+              "code = main(['predict', '--state', sys.argv[1], '--model', sys.argv[2], '--json']); "
               "print('tensorflow' in sys.modules, file=sys.stderr); sys.exit(code)")
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.json")], capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.json"), model], capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout)["paths"] and run.stderr.strip().splitlines()[-1] == "False"
+    paths = json.loads(run.stdout)["paths"]
+    assert paths and run.stderr.strip().splitlines()[-1] == "False"
+    if model == "routenet_f":
+        assert all(p["jitter"] >= 0 and 0 <= p["loss"] <= 1 for p in paths)

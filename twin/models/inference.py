@@ -1,5 +1,5 @@
-"""The learned twins answering without TensorFlow: RouteNet-E's and the RNN's forward pass in NumPy and
-Numba, from the same weight files ``ndt train`` writes.
+"""The learned twins answering without TensorFlow: RouteNet-E's, RouteNet-F's and the RNN's forward pass in
+NumPy and Numba, from the same weight files ``ndt train`` writes.
 
 Training needs TensorFlow (:mod:`twin.models.learned`, :mod:`twin.models.train`); a prediction
 does not, so ``ndt predict`` answers in under a second from a cold process and a 300-node
@@ -14,10 +14,12 @@ from functools import lru_cache
 
 import numba
 import numpy as np
+from scipy.special import expit
 
 from twin.models import kernels
 from twin.models.features import CLASS_FEATURES, LINK_FEATURES, PATH_FEATURES, QUEUE_FEATURES, GraphBatch, build_batch
 from twin.models.model_files import (
+    HEADS,
     ModelFileError,
     Normalizer,
     model_inputs,
@@ -147,6 +149,71 @@ class CompiledRouteNet(CompiledTwin):
         return np.bincount(batch.hop_path, weights=per_hop, minlength=n_paths).astype(np.float32) + x["path_prop"]
 
 
+class CompiledRouteNetF(CompiledRouteNet):
+    """:class:`twin.models.routenet_f.RouteNetF`: RouteNet-E's pass over a state per port queue (a hop waits in
+    the queue its ToS selects, a link's state follows the sum of its queues'), with delay, jitter and loss
+    heads. ``forward`` gives (P, 3) per sorted path; ``predict_metrics`` the three per flow."""
+
+    heads = HEADS
+    LAYERS = CompiledRouteNet.LAYERS + ("spread_readout", "drop_readout")
+    INPUTS = {**CompiledRouteNet.INPUTS, "queue_embed": len(CLASS_FEATURES)}
+
+    def _readout(self, name: str, seq: np.ndarray, queue: np.ndarray, hop_class: np.ndarray) -> np.ndarray:
+        """Per hop, the sigmoid of readout ``name`` on [its state after the hop ‖ its queue's state] (``expit``:
+        exact near 0, where a drop probability of 1e-9 lives)."""
+        w_first, b_first, w_hidden, b_hidden, w_out, b_out = self.layers[name]
+        d = queue.shape[1]
+        logit = np.empty(len(hop_class), dtype=np.float32)
+        kernels.occupancy_logits(seq, hop_class, queue @ w_first[d:] + b_first, w_first[:d], w_hidden, b_hidden,
+                                 w_out[:, 0], b_out[0], logit)
+        return expit(logit)
+
+    def _forward(self, batch: GraphBatch) -> np.ndarray:
+        x, w = model_inputs(batch, self.norm), self.layers
+        n_links, n_queues, n_paths = len(batch.link_buffer), len(batch.class_link), batch.n_paths
+        path, link = _embed(x["path_x"], w["path_embed"]), _embed(x["link_x"], w["link_embed"])
+        queue = _embed(x["class_x"], w["queue_embed"])
+        n_hops = len(batch.hop_class)
+        messages = np.empty((numba.get_num_threads(), n_queues, path.shape[1]), dtype=np.float32)
+        no_seq = np.empty((0, path.shape[1]), dtype=np.float32)
+        kernel, recurrent_kernel, bias = w["path_gru"]
+        iterations = self.config["iterations"]
+        for i in range(iterations):
+            entity = np.concatenate([queue, link[batch.class_link]], axis=1)
+            table = np.ascontiguousarray(entity @ kernel + bias[0])
+            seq = self._hop_states(n_hops, path.shape[1]) if i == iterations - 1 else no_seq
+            messages[:] = 0.0
+            kernels.path_gru(path, table, batch.hop_class, batch.counts, batch.offsets, recurrent_kernel, bias[1],
+                             x["hop_share"], messages, seq)
+            queue = _gru_step(messages.sum(axis=0), queue, w["queue_gru"])
+            per_link = np.zeros((n_links, queue.shape[1]), dtype=np.float32)
+            np.add.at(per_link, batch.class_link, queue)
+            link = _gru_step(per_link, link, w["link_gru"])
+        reach = x["hop_buffer"] / x["hop_speed"]  # the most a hop can wait, in full-rate service times
+        wait = self._readout("occupancy_readout", seq, queue, batch.hop_class) * reach
+        delay = np.bincount(batch.hop_path, weights=wait * x["hop_service"] + x["hop_transmit"], minlength=n_paths)
+        spread = self._readout("spread_readout", seq, queue, batch.hop_class) * reach * x["hop_service"]
+        jitter = np.bincount(batch.hop_path, weights=np.square(spread), minlength=n_paths)
+        drop = np.minimum(self._readout("drop_readout", seq, queue, batch.hop_class), np.float32(1.0 - 1e-6))
+        survive = np.bincount(batch.hop_path, weights=np.log1p(-drop), minlength=n_paths)
+        return np.stack([delay + x["path_prop"], jitter, -np.expm1(survive)], axis=1).astype(np.float32)
+
+    def predict_batch(self, batch: GraphBatch) -> list[np.ndarray]:
+        return batch.per_flow(self.forward(batch)[:, 0].astype(np.float64))
+
+    def predict_metrics_batch(self, batch: GraphBatch) -> list[dict[str, np.ndarray]]:
+        """Per state, per flow: delay (s), jitter (s²) and loss (share); an ECMP flow's delay and loss are the
+        share-weighted means over its paths, its jitter their pooled variance."""
+        out = self.forward(batch).astype(np.float64)
+        columns = [batch.per_flow_variance(out[:, 0], out[:, i]) if head == "jitter" else batch.per_flow(out[:, i])
+                   for i, head in enumerate(self.heads)]
+        return [dict(zip(self.heads, values)) for values in zip(*columns)]
+
+    def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
+        """Per state, per flow: delay (s), jitter (s²) and loss (share of packets)."""
+        return self.predict_metrics_batch(build_batch(states))
+
+
 class CompiledRNN(CompiledTwin):
     """:class:`twin.models.rnn.PathRNN`: a GRU over each path's hops (link and queue features), an MLP readout
     of its waiting time."""
@@ -172,7 +239,7 @@ class CompiledRNN(CompiledTwin):
         return (wait + transmit).astype(np.float32) + x["path_prop"]
 
 
-COMPILED = {"routenet_e": CompiledRouteNet, "rnn": CompiledRNN}
+COMPILED = {"routenet_e": CompiledRouteNet, "routenet_f": CompiledRouteNetF, "rnn": CompiledRNN}
 
 
 def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
@@ -181,7 +248,7 @@ def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
     description = read_description(meta_path)
     width = description["config"].get("state_dim")
     iterations = description["config"].get("iterations")
-    if description["kind"] == "routenet_e" and (not isinstance(iterations, int) or iterations < 1):
+    if description["kind"] in ("routenet_e", "routenet_f") and (not isinstance(iterations, int) or iterations < 1):
         raise ModelFileError(f"{meta_path}: config.iterations must be a whole number >= 1, got "
                              f"{iterations!r}")
     if width != kernels.STATE_DIM:
@@ -204,9 +271,8 @@ def load_compiled(stem: str = "routenet_e", directory=None) -> CompiledTwin:
 
 
 def load_predictor(stem: str = "routenet_e", directory=None):
-    """The model ``stem`` on the fastest engine that runs it: compiled for RouteNet-E and the RNN at the
-    kernels' width (:data:`twin.models.kernels.STATE_DIM`), TensorFlow's (:mod:`twin.models.learned`) for
-    any other width and for RouteNet-F."""
+    """The model ``stem`` on the fastest engine that runs it: compiled at the kernels' width
+    (:data:`twin.models.kernels.STATE_DIM`), TensorFlow's (:mod:`twin.models.learned`) for any other width."""
     meta_path, _ = model_paths(stem, directory)
     description = read_description(meta_path)
     if description["kind"] in COMPILED and description["config"].get("state_dim") == kernels.STATE_DIM:

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from twin.models.features import GraphBatch, build_batch
 from twin.models.model_files import (
+    HEADS,
     KINDS,
     ModelFileError,
     WAIT_SCALE,
@@ -24,7 +25,7 @@ from twin.models.model_files import (
 )
 from twin.models.rnn import PathRNN
 from twin.models.routenet import RouteNetE
-from twin.models.routenet_f import HEADS, RouteNetF
+from twin.models.routenet_f import RouteNetF
 from twin.state.model import Flow, Link, NetworkState
 
 MIN_HOPS = 16  # the recurrent pass always spans at least this many hop positions (empty ones cost ~nothing),

@@ -13,6 +13,7 @@ from twin.state.errors import NdtError
 
 MODELS_DIR = Path(__file__).parent / "weights"
 KINDS = ("routenet_e", "rnn", "routenet_f")
+HEADS = ("delay", "jitter", "loss")  # what RouteNet-F predicts per path, the columns of its output
 WAIT_SCALE = "served_share"  # RouteNet-F's readouts scale by QT's served share (its files' config "wait_scale")
 CLASS_KINDS = ("routenet_f", "rnn")  # models that read each hop's queue (class) features, not only its link's
 

@@ -27,9 +27,6 @@ import tensorflow as tf
 from twin.models.layers import hop_delays, mlp, path_recurrence
 from twin.models.routenet import RouteNetE
 
-HEADS = ("delay", "jitter", "loss")  # the columns of the model's output
-
-
 @keras.saving.register_keras_serializable(package="ndt")
 class RouteNetF(RouteNetE):
     """RouteNet-E's embeddings and GRUs over per-queue states, with delay, jitter and loss heads."""
