@@ -138,6 +138,13 @@ class GraphBatch:
             out.append(np.maximum(routes.per_flow(variance + delay**2, n_flows) - mean**2, 0.0))
         return out
 
+    def per_flow_metrics(self, out_sorted: np.ndarray, heads: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+        """A model's (P, len(heads)) output per sorted path → per state, per flow, each head: an ECMP flow's
+        delay and loss are the share-weighted means over its paths, its jitter their pooled variance."""
+        columns = [self.per_flow_variance(out_sorted[:, 0], out_sorted[:, i]) if head == "jitter"
+                   else self.per_flow(out_sorted[:, i]) for i, head in enumerate(heads)]
+        return [dict(zip(heads, values)) for values in zip(*columns)]
+
     def per_flow(self, per_path_sorted: np.ndarray) -> list[np.ndarray]:
         """Per-sorted-path delays → one array per state, per flow: an ECMP flow's share-weighted mean delay."""
         per_route = self.unsort(per_path_sorted)

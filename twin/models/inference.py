@@ -122,31 +122,50 @@ class CompiledRouteNet(CompiledTwin):
     INPUTS = {"path_embed": len(PATH_FEATURES), "link_embed": len(LINK_FEATURES), "queue_embed": len(QUEUE_FEATURES),
               "path_gru": 2 * kernels.STATE_DIM}
 
-    def _forward(self, batch: GraphBatch) -> np.ndarray:
-        x, w = model_inputs(batch, self.norm), self.layers
-        n_links, n_paths = len(batch.link_buffer), batch.n_paths
-        path, link, queue = (_embed(x[f"{name}_x"], w[f"{name}_embed"]) for name in ("path", "link", "queue"))
-        n_hops = len(batch.hop_link)
-        messages = np.empty((numba.get_num_threads(), n_links, path.shape[1]), dtype=np.float32)
+    def _message_passing(self, x: dict, batch: GraphBatch, hop_queue: np.ndarray,
+                         queue_link: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings and every iteration; returns the last iteration's per-hop states and the queues'
+        states. Hop ``i`` waits in queue ``hop_queue[i]``; queue ``q`` belongs to link ``queue_link[q]``
+        (RouteNet-F's queues per port), or to link ``q`` when ``queue_link`` is None (RouteNet-E's one
+        queue per link), and a link's state follows the sum of its queues'."""
+        w = self.layers
+        path, link = _embed(x["path_x"], w["path_embed"]), _embed(x["link_x"], w["link_embed"])
+        queue = _embed(x["queue_x" if queue_link is None else "class_x"], w["queue_embed"])
+        messages = np.empty((numba.get_num_threads(), len(queue), path.shape[1]), dtype=np.float32)
         no_seq = np.empty((0, path.shape[1]), dtype=np.float32)
         kernel, recurrent_kernel, bias = w["path_gru"]
         iterations = self.config["iterations"]
         for i in range(iterations):
-            table = np.ascontiguousarray(np.concatenate([queue, link], axis=1) @ kernel + bias[0])
-            seq = self._hop_states(n_hops, path.shape[1]) if i == iterations - 1 else no_seq
+            entity = np.concatenate([queue, link if queue_link is None else link[queue_link]], axis=1)
+            table = np.ascontiguousarray(entity @ kernel + bias[0])
+            seq = self._hop_states(len(hop_queue), path.shape[1]) if i == iterations - 1 else no_seq
             messages[:] = 0.0
-            kernels.path_gru(path, table, batch.hop_link, batch.counts, batch.offsets, recurrent_kernel, bias[1],
+            kernels.path_gru(path, table, hop_queue, batch.counts, batch.offsets, recurrent_kernel, bias[1],
                              x["hop_share"], messages, seq)
             queue = _gru_step(messages.sum(axis=0), queue, w["queue_gru"])
-            link = _gru_step(queue, link, w["link_gru"])
-        w_first, b_first, w_hidden, b_hidden, w_out, b_out = w["occupancy_readout"]
+            if queue_link is None:
+                link = _gru_step(queue, link, w["link_gru"])
+            else:
+                per_link = np.zeros_like(link)
+                np.add.at(per_link, queue_link, queue)
+                link = _gru_step(per_link, link, w["link_gru"])
+        return seq, queue
+
+    def _logits(self, name: str, seq: np.ndarray, queue: np.ndarray, hop_queue: np.ndarray) -> np.ndarray:
+        """Per hop, readout ``name``'s logit on [its state after the hop ‖ its queue's state]."""
+        w_first, b_first, w_hidden, b_hidden, w_out, b_out = self.layers[name]
         d = queue.shape[1]
-        logit = np.empty(len(batch.hop_link), dtype=np.float32)
-        kernels.occupancy_logits(seq, batch.hop_link, queue @ w_first[d:] + b_first, w_first[:d], w_hidden, b_hidden,
+        logit = np.empty(len(hop_queue), dtype=np.float32)
+        kernels.occupancy_logits(seq, hop_queue, queue @ w_first[d:] + b_first, w_first[:d], w_hidden, b_hidden,
                                  w_out[:, 0], b_out[0], logit)
-        occupancy = _sigmoid(logit) * x["hop_buffer"]
+        return logit
+
+    def _forward(self, batch: GraphBatch) -> np.ndarray:
+        x = model_inputs(batch, self.norm)
+        seq, queue = self._message_passing(x, batch, batch.hop_link, None)
+        occupancy = _sigmoid(self._logits("occupancy_readout", seq, queue, batch.hop_link)) * x["hop_buffer"]
         per_hop = occupancy * x["hop_service"] + x["hop_transmit"]
-        return np.bincount(batch.hop_path, weights=per_hop, minlength=n_paths).astype(np.float32) + x["path_prop"]
+        return np.bincount(batch.hop_path, weights=per_hop, minlength=batch.n_paths).astype(np.float32) + x["path_prop"]
 
 
 class CompiledRouteNetF(CompiledRouteNet):
@@ -158,43 +177,18 @@ class CompiledRouteNetF(CompiledRouteNet):
     LAYERS = CompiledRouteNet.LAYERS + ("spread_readout", "drop_readout")
     INPUTS = {**CompiledRouteNet.INPUTS, "queue_embed": len(CLASS_FEATURES)}
 
-    def _readout(self, name: str, seq: np.ndarray, queue: np.ndarray, hop_class: np.ndarray) -> np.ndarray:
-        """Per hop, the sigmoid of readout ``name`` on [its state after the hop ‖ its queue's state] (``expit``:
-        exact near 0, where a drop probability of 1e-9 lives)."""
-        w_first, b_first, w_hidden, b_hidden, w_out, b_out = self.layers[name]
-        d = queue.shape[1]
-        logit = np.empty(len(hop_class), dtype=np.float32)
-        kernels.occupancy_logits(seq, hop_class, queue @ w_first[d:] + b_first, w_first[:d], w_hidden, b_hidden,
-                                 w_out[:, 0], b_out[0], logit)
-        return expit(logit)
-
     def _forward(self, batch: GraphBatch) -> np.ndarray:
-        x, w = model_inputs(batch, self.norm), self.layers
-        n_links, n_queues, n_paths = len(batch.link_buffer), len(batch.class_link), batch.n_paths
-        path, link = _embed(x["path_x"], w["path_embed"]), _embed(x["link_x"], w["link_embed"])
-        queue = _embed(x["class_x"], w["queue_embed"])
-        n_hops = len(batch.hop_class)
-        messages = np.empty((numba.get_num_threads(), n_queues, path.shape[1]), dtype=np.float32)
-        no_seq = np.empty((0, path.shape[1]), dtype=np.float32)
-        kernel, recurrent_kernel, bias = w["path_gru"]
-        iterations = self.config["iterations"]
-        for i in range(iterations):
-            entity = np.concatenate([queue, link[batch.class_link]], axis=1)
-            table = np.ascontiguousarray(entity @ kernel + bias[0])
-            seq = self._hop_states(n_hops, path.shape[1]) if i == iterations - 1 else no_seq
-            messages[:] = 0.0
-            kernels.path_gru(path, table, batch.hop_class, batch.counts, batch.offsets, recurrent_kernel, bias[1],
-                             x["hop_share"], messages, seq)
-            queue = _gru_step(messages.sum(axis=0), queue, w["queue_gru"])
-            per_link = np.zeros((n_links, queue.shape[1]), dtype=np.float32)
-            np.add.at(per_link, batch.class_link, queue)
-            link = _gru_step(per_link, link, w["link_gru"])
+        x, n_paths = model_inputs(batch, self.norm), batch.n_paths
+        seq, queue = self._message_passing(x, batch, batch.hop_class, batch.class_link)
+        # expit, not the tanh form: exact near 0, where a drop probability of 1e-9 lives
+        share = {name: expit(self._logits(name, seq, queue, batch.hop_class))
+                 for name in ("occupancy_readout", "spread_readout", "drop_readout")}
         reach = x["hop_buffer"] / x["hop_speed"]  # the most a hop can wait, in full-rate service times
-        wait = self._readout("occupancy_readout", seq, queue, batch.hop_class) * reach
+        wait = share["occupancy_readout"] * reach
         delay = np.bincount(batch.hop_path, weights=wait * x["hop_service"] + x["hop_transmit"], minlength=n_paths)
-        spread = self._readout("spread_readout", seq, queue, batch.hop_class) * reach * x["hop_service"]
+        spread = share["spread_readout"] * reach * x["hop_service"]
         jitter = np.bincount(batch.hop_path, weights=np.square(spread), minlength=n_paths)
-        drop = np.minimum(self._readout("drop_readout", seq, queue, batch.hop_class), np.float32(1.0 - 1e-6))
+        drop = np.minimum(share["drop_readout"], np.float32(1.0 - 1e-6))
         survive = np.bincount(batch.hop_path, weights=np.log1p(-drop), minlength=n_paths)
         return np.stack([delay + x["path_prop"], jitter, -np.expm1(survive)], axis=1).astype(np.float32)
 
@@ -204,10 +198,7 @@ class CompiledRouteNetF(CompiledRouteNet):
     def predict_metrics_batch(self, batch: GraphBatch) -> list[dict[str, np.ndarray]]:
         """Per state, per flow: delay (s), jitter (s²) and loss (share); an ECMP flow's delay and loss are the
         share-weighted means over its paths, its jitter their pooled variance."""
-        out = self.forward(batch).astype(np.float64)
-        columns = [batch.per_flow_variance(out[:, 0], out[:, i]) if head == "jitter" else batch.per_flow(out[:, i])
-                   for i, head in enumerate(self.heads)]
-        return [dict(zip(self.heads, values)) for values in zip(*columns)]
+        return batch.per_flow_metrics(self.forward(batch).astype(np.float64), self.heads)
 
     def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
         """Per state, per flow: delay (s), jitter (s²) and loss (share of packets)."""

@@ -81,10 +81,8 @@ class LearnedTwin:
     def predict_metrics_batch(self, batch: GraphBatch) -> list[dict[str, np.ndarray]]:
         """Per state, per flow: each of ``heads`` (delay s, jitter s², loss share); an ECMP flow's delay and loss
         are the share-weighted means over its paths, its jitter their pooled variance."""
-        out = self.forward(batch).numpy().astype(np.float64).reshape(batch.n_paths, -1)
-        columns = [batch.per_flow_variance(out[:, 0], out[:, i]) if head == "jitter" else batch.per_flow(out[:, i])
-                   for i, head in enumerate(self.heads)]
-        return [dict(zip(self.heads, values)) for values in zip(*columns)]
+        return batch.per_flow_metrics(self.forward(batch).numpy().astype(np.float64).reshape(batch.n_paths, -1),
+                                      self.heads)
 
     def predict_metrics(self, states: list[NetworkState]) -> list[dict[str, np.ndarray]]:
         """Per state, per flow: delay (s), jitter (s²) and loss (share of packets) where the model has them."""
