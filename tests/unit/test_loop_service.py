@@ -407,7 +407,9 @@ def test_the_controller_resumes_the_routing_in_the_store_unless_the_state_file_i
     store = TelemetryStore()
     assert resumed_state(state, store.latest_config(ROUTING_KIND), None) is state
     weights = {f"{lk.src}->{lk.dst}": 3.0 for lk in state.links}
-    store.add_config(time.time(), "ndt loop (start)", ROUTING_KIND, {"weights": weights})
+    # a second before now: a file's mtime comes from a coarser clock than time.time() and may read a few
+    # milliseconds earlier than a time taken just before the file was written
+    store.add_config(time.time() - 1.0, "ndt loop (start)", ROUTING_KIND, {"weights": weights})
     resumed = resumed_state(state, store.latest_config(ROUTING_KIND), None)
     assert set(resumed.link_arrays["weight"]) == {3.0}
     path = tmp_path / "state.json"
