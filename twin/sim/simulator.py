@@ -401,10 +401,9 @@ def _grow_pool(reals, ints, free, n_free):
 
 
 @numba.njit(cache=True)
-def _first_creations(flows, reals, ints, free, n_free, duration):
+def _first_creations(rate, time_code, on_time, off_time, mean_size, on_end, reals, ints, free, n_free, duration):
     """Put each flow's first packet creation on the heap (an ON/OFF flow starts ON with its ON share's
     probability); returns the counts the event loops carry: heap size, free slots, packet-hops (0)."""
-    rate, time_code, on_time, off_time, mean_size, on_end = flows[0], flows[1], flows[2], flows[3], flows[5], flows[12]
     h_time, h_slot, s_flow, s_hop = reals[0], ints[0], ints[1], ints[2]
     n_heap = 0
     for f in range(rate.shape[0]):
@@ -460,7 +459,8 @@ def _run(capacity, buffer, prop, rate, time_code, on_time, off_time, size_code, 
     ints = np.empty((3, cap), dtype=np.int64)  # heap slots; per slot: flow, hop
     free = np.arange(cap - 1, -1, -1)
     n_free = cap
-    counts = _first_creations(flows, reals, ints, free, n_free, duration)
+    counts = _first_creations(rate, time_code, on_time, off_time, mean_size, on_end, reals, ints, free, n_free,
+                              duration)
     while not _fifo_events(flows, links, stats, reals, ints, free, counts, duration, warmup, max_delay):
         reals, ints, free, counts[1] = _grow_pool(reals, ints, free, counts[1])
     return stats + (counts[2],)
@@ -665,7 +665,8 @@ def _run_scheduled(capacity, prop, rate, time_code, on_time, off_time, size_code
     ints = np.empty((3, cap), dtype=np.int64)  # heap slots; per slot: flow, hop
     free = np.arange(cap - 1, n_links - 1, -1)  # slots 0 .. links-1 stand for the links' transmissions
     n_free = cap - n_links
-    counts = _first_creations(flows, reals, ints, free, n_free, duration)
+    counts = _first_creations(rate, time_code, on_time, off_time, mean_size, on_end, reals, ints, free, n_free,
+                              duration)
     while not _scheduled_events(flows, links, queues, stats, reals, ints, free, counts, duration, warmup, max_delay):
         reals, ints, free, counts[1] = _grow_pool(reals, ints, free, counts[1])
     return stats + (counts[2],)
