@@ -143,12 +143,11 @@ class CompiledRouteNet(CompiledTwin):
             kernels.path_gru(path, table, hop_queue, batch.counts, batch.offsets, recurrent_kernel, bias[1],
                              x["hop_share"], messages, seq)
             queue = _gru_step(messages.sum(axis=0), queue, w["queue_gru"])
-            if queue_link is None:
-                link = _gru_step(queue, link, w["link_gru"])
-            else:
-                per_link = np.zeros_like(link)
-                np.add.at(per_link, queue_link, queue)
-                link = _gru_step(per_link, link, w["link_gru"])
+            link_input = queue
+            if queue_link is not None:
+                link_input = np.zeros_like(link)
+                np.add.at(link_input, queue_link, queue)
+            link = _gru_step(link_input, link, w["link_gru"])
         return seq, queue
 
     def _logits(self, name: str, seq: np.ndarray, queue: np.ndarray, hop_queue: np.ndarray) -> np.ndarray:
