@@ -199,10 +199,9 @@ def shard_path(directory: Path, shard: int) -> Path:
 def generate_shard(config: DatasetConfig, shard: int, directory: Path) -> int:
     """Write shard ``shard`` of the dataset (and its timings); returns the number of samples in it.
     It depends only on its arguments."""
-    results = [sample_member(config, index) for index in shard_indices(config, shard)]
-    _write_shard(shard_path(directory, shard), [member for member, _ in results])
-    _append_timings(directory, shard_indices(config, shard), [wall for _, wall in results])
-    return len(results)
+    done = [(index, sample_member(config, index)) for index in shard_indices(config, shard)]
+    _store_shard(directory, shard, done)
+    return len(done)
 
 
 def shard_indices(config: DatasetConfig, shard: int) -> range:
@@ -224,6 +223,12 @@ def _member(sample: Sample) -> bytes:
     order, which gzip readers see as one stream of lines. No time or file name goes into the header,
     so the bytes depend on the sample alone."""
     return gzip.compress((json.dumps(_sample_record(sample)) + "\n").encode(), SHARD_COMPRESSION, mtime=0)
+
+
+def _store_shard(directory: Path, shard: int, done: list[tuple[int, tuple[bytes, float]]]) -> None:
+    """Write shard ``shard`` from its samples' ``(index, (member, wall))`` in index order, and their timings."""
+    _write_shard(shard_path(directory, shard), [member for _, (member, _) in done])
+    _append_timings(directory, [index for index, _ in done], [wall for _, (_, wall) in done])
 
 
 def _write_shard(target: Path, members: list[bytes]) -> None:
@@ -285,9 +290,7 @@ def generate(config: DatasetConfig, directory, workers: int | None = None, progr
         shard = index // config.shard_size
         pending.setdefault(shard, {})[index] = result
         if len(pending[shard]) == len(shard_indices(config, shard)):
-            done = sorted(pending.pop(shard).items())
-            _write_shard(shard_path(directory, shard), [member for _, (member, _) in done])
-            _append_timings(directory, [i for i, _ in done], [wall for _, (_, wall) in done])
+            _store_shard(directory, shard, sorted(pending.pop(shard).items()))
         bar.update(1)
     bar.close()
     wall = time.perf_counter() - started
