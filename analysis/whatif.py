@@ -19,6 +19,7 @@ from optimizer.intent import Intent
 from optimizer.objective import predicted, violations
 from optimizer.search import check_heads
 from twin.models.intervals import Intervals, JudgedPrediction, judge
+from twin.models.tails import tail_delays
 from twin.state.metrics import finite_or_none, mean_delay
 from twin.state.model import NetworkState
 
@@ -78,11 +79,15 @@ def what_if(state: NetworkState, scenario: Scenario, predictor, intervals: Inter
 
 def path_rows(before: Outcome, after: Outcome) -> list[dict]:
     """Per demand still carried after: delay before and after (s), the interval after (None outside the
-    safe range)."""
+    safe range), and where the model predicts them jitter (s²), loss (share) and the 99th percentile of
+    delay they imply (s, :mod:`twin.models.tails`)."""
     old = {(f.src, f.dst): float(d) for f, d in zip(before.state.flows, before.judged.delay)}
+    metrics = dict(after.metrics)
+    if "jitter" in metrics:
+        metrics["p99"] = tail_delays(after.state, metrics["delay"], metrics["jitter"], metrics.get("loss"))
     rows = []
     for i, row in enumerate(after.judged.path_rows(after.state)):
-        extra = {head: float(after.metrics[head][i]) for head in ("jitter", "loss") if head in after.metrics}
+        extra = {head: float(metrics[head][i]) for head in ("jitter", "loss", "p99") if head in metrics}
         rows.append(dict(row, delay_before=old.get((row["src"], row["dst"])), **extra))
     return rows
 

@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "ndt.cmd_whatif",
     "ndt.cmd_plan",
     "ndt.cmd_intervals",
+    "ndt.cmd_tails",
     "ndt.cmd_eval",
     "ndt.cmd_controller",
     "ndt.cmd_calibrate",

@@ -220,10 +220,11 @@ def _run_what_if(args, state, scenario, groups, predictor, intervals, intent) ->
                                           "; ".join(_violation(v) for v in found[:args.top])))
     paths = sorted(report["paths"], key=lambda r: -(r["delay"] - (r["delay_before"] or r["delay"])))
     print(f"paths whose delay grows most (of {len(paths)}):")
+    tails = [("p99_ms", "p99 ms", ".3f")] if paths and "p99" in paths[0] else []
     print_table([dict(r, before_ms=_ms(r["delay_before"]), after_ms=_ms(r["delay"]), lo_ms=_ms(r["delay_lo"]),
-                      hi_ms=_ms(r["delay_hi"])) for r in paths[:args.top]],
+                      hi_ms=_ms(r["delay_hi"]), p99_ms=_ms(r.get("p99"))) for r in paths[:args.top]],
                 [("src", "src", ""), ("dst", "dst", ""), ("before_ms", "before ms", ".3f"),
-                 ("after_ms", "after ms", ".3f"), ("lo_ms", "low ms", ".3f"), ("hi_ms", "high ms", ".3f")])
+                 ("after_ms", "after ms", ".3f"), ("lo_ms", "low ms", ".3f"), ("hi_ms", "high ms", ".3f")] + tails)
     links = sorted(report["links"], key=lambda r: -(r["utilization_after"] or 0.0))
     print("busiest links after:")
     print_table(links[:args.top], [("src", "src", ""), ("dst", "dst", ""), ("utilization_before", "before", ".3f"),

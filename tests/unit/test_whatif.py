@@ -14,6 +14,7 @@ from analysis.whatif import n_minus_1, single_failures, what_if
 from optimizer.intent import parse_intent
 from twin.models.intervals import Intervals, SafeRange
 from twin.models.qt import QueueingModel
+from twin.models.tails import tail_delays
 from twin.state.model import Flow, Link, NetworkState
 
 # a ring of four with a tail: d-e is a bridge, e a leaf
@@ -138,6 +139,12 @@ def test_what_if_reports_intervals_links_and_intent_violations():
     a_to_c = next(p for p in report["paths"] if (p["src"], p["dst"]) == ("a", "c"))
     assert a_to_c["delay"] > a_to_c["delay_before"] > 0
     assert a_to_c["jitter"] > 0 and 0 <= a_to_c["loss"] < 1  # QT predicts them, so the rows carry them
+    after_state, _ = apply(state, Scenario(failed_links=(("a", "b"),), traffic_scale=1.5))
+    index = next(i for i, f in enumerate(after_state.flows) if (f.src, f.dst) == ("a", "c"))
+    expected_p99 = tail_delays(after_state, np.array([p["delay"] for p in report["paths"]]),
+                               np.array([p["jitter"] for p in report["paths"]]),
+                               np.array([p["loss"] for p in report["paths"]]))[index]
+    assert a_to_c["p99"] == pytest.approx(expected_p99) and a_to_c["p99"] > a_to_c["delay"]
     jittery = what_if(state, Scenario(failed_links=(("a", "b"),), traffic_scale=1.5), QueueingModel(), intent=parse_intent(
         {"constraints": {"delay_bounds": [{"src": "a", "dst": "c", "max_jitter": "1us"}]}}))
     assert {v["constraint"] for v in jittery["after"]["violations"]} == {"delay_bounds[a->c].max_jitter"}

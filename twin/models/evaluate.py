@@ -217,11 +217,11 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
 
 
 def tails(prop: np.ndarray, predicted: dict) -> dict:
-    """Per flow, the percentiles of SCORED_QUANTILES (s) that a model's mean delay and jitter imply above the
-    flows' propagation ``prop`` (s; :mod:`twin.models.tails`); none for a model without jitter."""
+    """Per flow, the percentiles of SCORED_QUANTILES (s) that a model's mean delay, jitter and loss imply above
+    the flows' propagation ``prop`` (s; :mod:`twin.models.tails`); none for a model without jitter."""
     if "jitter" not in predicted:
         return {}
-    return {name: delay_quantile(predicted["delay"], predicted["jitter"], prop, q)
+    return {name: delay_quantile(predicted["delay"], predicted["jitter"], prop, q, predicted.get("loss"))
             for name, q in SCORED_QUANTILES.items()}
 
 
