@@ -83,7 +83,7 @@ def path_rows(before: Outcome, after: Outcome) -> list[dict]:
     delay they imply (s, :mod:`twin.models.tails`)."""
     old = {(f.src, f.dst): float(d) for f, d in zip(before.state.flows, before.judged.delay)}
     metrics = dict(after.metrics)
-    if "jitter" in metrics:
+    if "jitter" in metrics and "p99" not in metrics:  # the simulator gives its own
         metrics["p99"] = tail_delays(after.state, metrics["delay"], metrics["jitter"], metrics.get("loss"))
     rows = []
     for i, row in enumerate(after.judged.path_rows(after.state)):

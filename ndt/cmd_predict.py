@@ -20,7 +20,8 @@ def register(subparsers) -> None:
             "the package by default), the RNN baseline or the queueing-theory (M/M/1/b) baseline, each with its "
             "prediction interval when the state lies in the model's safe operating range ('ndt intervals'). "
             "RouteNet-F (routenet_f: a state per port queue, for SP/WFQ/DRR ports and QoS classes) and qt also "
-            "give each path's jitter (delay variance, s²; the table shows its square root) and loss."
+            "give each path's jitter (delay variance, s²; the table shows its square root), loss, and the 99th "
+            "percentile of delay they imply ('ndt tails')."
         ),
     )
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (see docs/state.md)")
@@ -41,6 +42,7 @@ def load_model(name: str, weights: Path | None = None):
 
 def run(args: argparse.Namespace) -> int:
     from twin.models.intervals import judge, load_intervals
+    from twin.models.tails import tail_delays
     from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)
@@ -52,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     infer_s = time.perf_counter() - started
     judged = judge(state, metrics["delay"], intervals)
     paths = judged.path_rows(state)
-    for head in ("jitter", "loss"):  # models with those heads (qt, routenet_f): per path, s² and share of packets
+    if "jitter" in metrics and "p99" not in metrics:
+        metrics["p99"] = tail_delays(state, metrics["delay"], metrics["jitter"], metrics.get("loss"))
+    for head in ("jitter", "loss", "p99"):  # models with those heads (qt, routenet_f): per path, s², share, s
         if head in metrics:
             for row, value in zip(paths, metrics[head]):
                 row[head] = float(value)
@@ -70,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     columns = [("src", "src", ""), ("dst", "dst", ""), ("delay_ms", "delay ms", ".3f"), ("lo_ms", "low ms", ".3f"),
                ("hi_ms", "high ms", ".3f")]
     if "jitter" in metrics:
-        columns += [("jitter_ms", "jitter (sd) ms", ".3f"), ("loss_pct", "loss %", ".2f")]
+        columns += [("jitter_ms", "jitter (sd) ms", ".3f"), ("p99_ms", "p99 ms", ".3f"), ("loss_pct", "loss %", ".2f")]
     print_table([dict(p, delay_ms=1e3 * p["delay"], lo_ms=_ms(p["delay_lo"]), hi_ms=_ms(p["delay_hi"]),
-                      jitter_ms=_ms(p["jitter"] ** 0.5) if "jitter" in p else None,
+                      jitter_ms=_ms(p["jitter"] ** 0.5) if "jitter" in p else None, p99_ms=_ms(p.get("p99")),
                       loss_pct=100 * p["loss"] if "loss" in p else None) for p in paths], columns)
     return 0
 

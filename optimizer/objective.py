@@ -52,10 +52,11 @@ def bound_values(bound, index: int, delays: np.ndarray, metrics: dict | None):
 
 
 def with_tail(state: NetworkState, intent: Intent, delays: np.ndarray, metrics: dict | None) -> dict | None:
-    """``metrics`` with ``p99`` (s, per flow) added when ``intent`` bounds it and the metrics have the jitter:
-    the 99th percentile of delay that ``delays``, that jitter and the loss (where predicted) imply
-    (:mod:`twin.models.tails`)."""
-    if metrics is None or "jitter" not in metrics or not any(b.max_p99 is not None for b in intent.delay_bounds):
+    """``metrics`` with ``p99`` (s, per flow) added when ``intent`` bounds it, the metrics have the jitter and
+    no p99 of their own (the simulator's): the 99th percentile of delay that ``delays``, that jitter and the
+    loss (where predicted) imply (:mod:`twin.models.tails`)."""
+    if metrics is None or "jitter" not in metrics or "p99" in metrics \
+            or not any(b.max_p99 is not None for b in intent.delay_bounds):
         return metrics
     return {**metrics, "p99": tail_delays(state, delays, metrics["jitter"], metrics.get("loss"))}
 

@@ -329,6 +329,8 @@ def test_a_p99_bound_is_judged_on_the_tail_the_mean_and_jitter_imply():
     expected = delay_quantile(delay, spread["jitter"], prop)[0]
     assert [(v["constraint"], v["value"]) for v in found] == [("delay_bounds[video].max_p99", pytest.approx(expected))]
     assert expected > 0.02
+    simulated = violations(state, intent, delay, dict(spread, p99=np.array([0.019, 0.0])))  # the simulator's own
+    assert simulated == []
     assert violations(state, intent, delay) == []  # measured delays only: the tail cannot be judged
     with pytest.raises(IntentError, match=re.escape("bounds the 99th percentile (from the jitter), which the model")):
         optimize(state, intent, RouteTaste("c"), seed=0)  # a model of delay only

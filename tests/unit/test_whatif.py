@@ -213,9 +213,14 @@ def test_predict_returns_intervals_inside_the_safe_range_and_reasons_outside(tmp
     assert report["in_safe_range"] is True and report["out_of_range_reasons"] == []
     for path in report["paths"]:
         assert path["delay_lo"] <= path["delay"] <= path["delay_hi"]
+    assert all("p99" not in path for path in report["paths"])  # RouteNet-E predicts no jitter
     report = json.loads(ndt("predict", "--state", str(outside), "--model", "qt", "--json").stdout)
     assert report["in_safe_range"] is False and any("beyond" in r for r in report["out_of_range_reasons"])
     assert all(p["delay_lo"] is None and p["delay_hi"] is None for p in report["paths"])
+    overloaded = state.scaled(3.0)
+    expected = tail_delays(overloaded, *(np.array([p[k] for p in report["paths"]]) for k in ("delay", "jitter", "loss")))
+    assert [p["p99"] for p in report["paths"]] == pytest.approx(list(expected))
+    assert all(p["p99"] >= p["delay"] for p in report["paths"])
 
 
 def test_a_restricted_state_carries_columns_and_routes_like_a_validated_one():
