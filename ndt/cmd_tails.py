@@ -52,7 +52,7 @@ def _labelled(args: argparse.Namespace):
         from twin.data.datanet_reader import read_datanet
 
         samples = itertools.islice(read_datanet(args.datanet), args.limit)
-        yield from ((s.state, {"delay": s.delay, "jitter": s.jitter, "p90": s.p90})
+        yield from ((s.state, {"delay": s.delay, "jitter": s.jitter, "loss": s.loss, "p90": s.p90})
                     for s in tqdm(samples, unit="sample", desc=f"reading {args.datanet}", leave=False))
         return
     from twin.data.dataset import iter_samples
