@@ -19,7 +19,7 @@ from optimizer.intent import Intent
 from optimizer.objective import predicted, violations
 from optimizer.search import check_heads
 from twin.models.intervals import Intervals, JudgedPrediction, judge
-from twin.models.tails import tail_delays
+from twin.models.tails import with_p99
 from twin.state.metrics import finite_or_none, mean_delay
 from twin.state.model import NetworkState
 
@@ -82,9 +82,7 @@ def path_rows(before: Outcome, after: Outcome) -> list[dict]:
     safe range), and where the model predicts them jitter (s²), loss (share) and the 99th percentile of
     delay they imply (s, :mod:`twin.models.tails`)."""
     old = {(f.src, f.dst): float(d) for f, d in zip(before.state.flows, before.judged.delay)}
-    metrics = dict(after.metrics)
-    if "jitter" in metrics and "p99" not in metrics:  # the simulator gives its own
-        metrics["p99"] = tail_delays(after.state, metrics["delay"], metrics["jitter"], metrics.get("loss"))
+    metrics = with_p99(after.state, after.metrics)
     rows = []
     for i, row in enumerate(after.judged.path_rows(after.state)):
         extra = {head: float(metrics[head][i]) for head in ("jitter", "loss", "p99") if head in metrics}

@@ -42,7 +42,7 @@ def load_model(name: str, weights: Path | None = None):
 
 def run(args: argparse.Namespace) -> int:
     from twin.models.intervals import judge, load_intervals
-    from twin.models.tails import tail_delays
+    from twin.models.tails import with_p99
     from twin.state.model import NetworkState
 
     state = NetworkState.load(args.state)
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     infer_s = time.perf_counter() - started
     judged = judge(state, metrics["delay"], intervals)
     paths = judged.path_rows(state)
-    if "jitter" in metrics and "p99" not in metrics:
-        metrics["p99"] = tail_delays(state, metrics["delay"], metrics["jitter"], metrics.get("loss"))
+    metrics = with_p99(state, metrics)
     for head in ("jitter", "loss", "p99"):  # models with those heads (qt, routenet_f): per path, s², share, s
         if head in metrics:
             for row, value in zip(paths, metrics[head]):

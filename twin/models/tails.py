@@ -184,6 +184,14 @@ def tail_delays(state: NetworkState, delay: np.ndarray, jitter: np.ndarray, loss
     return delay_quantile(delay, jitter, prop, q, loss)
 
 
+def with_p99(state: NetworkState, metrics: dict) -> dict:
+    """``metrics`` (per flow of ``state``: delay s, and jitter s², loss where predicted) with ``p99`` (s) added
+    from :func:`tail_delays` when they have the jitter and no p99 of their own (the simulator's)."""
+    if "jitter" not in metrics or "p99" in metrics:
+        return metrics
+    return {**metrics, "p99": tail_delays(state, metrics["delay"], metrics["jitter"], metrics.get("loss"))}
+
+
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
