@@ -21,8 +21,9 @@ def register(subparsers) -> None:
             "evaluate the three zero-shot on a BNN-UPC datanet directory instead. RouteNet-F joins them when its "
             "weights are there; models that predict jitter and loss (RouteNet-F, QT) add their jitter MAPE and "
             "loss MAE (and, against labels that have them, the MAPE of the 90th and 99th percentiles of delay "
-            "that their mean and jitter imply), and every report repeats its figures by the scheduling policy of each "
-            "path's busiest port (by_policy) and by that port's offered load, a share of its capacity (by_load)."
+            "that their mean, jitter and loss imply, 'ndt tails'), and every report repeats its figures by the "
+            "scheduling policy of each path's busiest port (by_policy) and by that port's offered load, a share of "
+            "its capacity (by_load)."
         ),
     )
     p.add_argument("--datanet", type=Path, metavar="DIR", help="a BNN-UPC datanet directory (zero-shot evaluation)")
@@ -34,11 +35,23 @@ def register(subparsers) -> None:
                         "the simulator at 100-300 nodes, and the first prediction from a cold process (a few minutes)")
     p.add_argument("--limit", type=number(1, 10**8, integer=True), metavar="N", help="with --datanet: only the first N samples")
     p.add_argument("--weights", type=Path, metavar="DIR", help="directory with the models (default: the shipped ones)")
+    p.add_argument("--tails", metavar="FILE",
+                   help="the tail correction the percentiles are scored with ('ndt tails fit'; default: the shipped "
+                        "one), or 'none' for the plain gamma form")
     p.add_argument("--out", type=Path, default=Path("eval"), metavar="DIR",
                    help="where figure3.json/.png or datanet.json go (default: ./eval)")
     p.add_argument("--workers", type=workers, help="processes for generating the evaluation set (default: all cores)")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract) instead of tables")
     p.set_defaults(handler=run)
+
+
+def _tail_correction(text: str | None):
+    """The tail correction ``--tails`` names: None for the shipped one, the plain form for 'none'."""
+    from twin.models.tails import PLAIN, read_tail_correction
+
+    if text is None:
+        return None
+    return PLAIN if text == "none" else read_tail_correction(text)
 
 
 def _models(names, weights):
@@ -57,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from twin.models import evaluate
 
     args.out.mkdir(parents=True, exist_ok=True)
+    correction = _tail_correction(args.tails)
     if args.speed:
         report = _speed(args)
         (args.out / "speed.json").write_text(json.dumps(report, indent=1))
@@ -67,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.datanet is not None:
         models = _models(("routenet", "rnn", "qt"), args.weights)
-        report = evaluate.zero_shot(models, args.datanet, limit=args.limit)
+        report = evaluate.zero_shot(models, args.datanet, limit=args.limit, correction=correction)
+        report["tails"] = args.tails or "shipped"
         (args.out / "datanet.json").write_text(json.dumps(report, indent=1))
         if args.json:
             print_json(report)
@@ -87,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         sets = {path.name: path for path in args.data}
     else:
         sets = evaluate.ensure_eval_sets(workers=args.workers, progress=not args.json)
-    report = evaluate.figure3(models, sets, warm=evaluate.warm_states())
+    report = evaluate.figure3(models, sets, warm=evaluate.warm_states(), correction=correction)
+    report["tails"] = args.tails or "shipped"
     report["png"] = str(evaluate.plot_figure3(report, list(models), args.out / "figure3.png"))
     (args.out / "figure3.json").write_text(json.dumps(report, indent=1))
     if args.json:

@@ -182,6 +182,15 @@ def test_tails_fit_and_check_commands(tmp_path):
     check = ndt("tails", "check", "--data", str(tmp_path / "data"), "--correction", str(out), "--json")
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["p99"]["paths"] == report["in_sample"]["p99"]["paths"]
+    scored = {}
+    for tails in ("none", str(out)):
+        run = ndt("eval", "--data", str(tmp_path / "data"), "--tails", tails, "--out", str(tmp_path / "eval"), "--json")
+        assert run.returncode == 0, run.stderr
+        scored[tails] = json.loads(run.stdout)
+        assert scored[tails]["tails"] == tails
+    plain, corrected = (scored[t]["buckets"][0] for t in ("none", str(out)))
+    assert plain["qt_p99_mape"] != corrected["qt_p99_mape"]  # the percentiles follow the correction given
+    assert plain["qt_mape"] == corrected["qt_mape"]  # the mean delay does not
     missing = ndt("tails", "check", "--data", str(tmp_path / "data"), "--correction", str(tmp_path / "no.json"))
     assert missing.returncode == 2 and missing.stderr.strip().endswith("no such tail-correction file")
     assert len(missing.stderr.strip().splitlines()) == 1

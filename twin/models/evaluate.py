@@ -30,7 +30,7 @@ import numpy as np
 
 from twin.data.dataset import DatasetConfig, generate, iter_samples, make_state
 from twin.models.features import JITTER_FLOOR, error_scales, fixed_delays
-from twin.models.tails import SCORED_QUANTILES, delay_quantile
+from twin.models.tails import SCORED_QUANTILES, TailCorrection, delay_quantile
 from twin.state.errors import StateError
 from twin.state.model import POLICIES
 
@@ -142,9 +142,10 @@ def path_errors(predicted: dict, labels: dict, wait_scale: np.ndarray, jitter_fl
     return out
 
 
-def evaluate_samples(models: dict, samples) -> dict:
-    """Run every model on each sample (one state per call); per-path errors (``path_errors``), the paths'
-    bottleneck policies and loads (:func:`bottlenecks`), and seconds per sample per model."""
+def evaluate_samples(models: dict, samples, correction: TailCorrection | None = None) -> dict:
+    """Run every model on each sample (one state per call); per-path errors (``path_errors``; percentiles with
+    the tail ``correction``, default the shipped one), the paths' bottleneck policies and loads
+    (:func:`bottlenecks`), and seconds per sample per model."""
     errors = {name: [] for name in models}
     seconds = {name: [] for name in models}
     sim_s, nodes, policies, loads = [], [], [], []
@@ -163,7 +164,7 @@ def evaluate_samples(models: dict, samples) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name].append(time.perf_counter() - started)
-            predicted.update(tails(prop, predicted))
+            predicted.update(tails(prop, predicted, correction))
             errors[name].append(path_errors(predicted, sample.labels, wait_scale, JITTER_FLOOR * transmit**2))
     return {"errors": errors, "seconds": seconds, "sim_s": sim_s, "nodes": nodes, "policies": policies,
             "loads": loads}
@@ -192,8 +193,9 @@ def error_fields(models, errors: dict, keep=None) -> dict:
     return row
 
 
-def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
-    """The Figure 3 report over bucket label → dataset directory (see ``ndt eval``); ``warm``: states run untimed first."""
+def figure3(models: dict, sets: dict[str, Path], warm=(), correction: TailCorrection | None = None) -> dict:
+    """The Figure 3 report over bucket label → dataset directory (see ``ndt eval``); ``warm``: states run untimed
+    first; ``correction``: the tail correction of the percentiles (default: the shipped one)."""
     for state in warm:
         for model in models.values():
             model.predict_delays([state])
@@ -201,7 +203,7 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
     all_seconds = {name: [] for name in models}
     all_sim = []
     for label, path in sets.items():
-        run = evaluate_samples(models, iter_samples(path))
+        run = evaluate_samples(models, iter_samples(path), correction)
         row = {"nodes": label, "samples": len(run["nodes"]), **error_fields(models, run["errors"])}
         for name in models:
             row[f"{name}_s_per_sample"] = float(np.mean(run["seconds"][name]))
@@ -216,12 +218,13 @@ def figure3(models: dict, sets: dict[str, Path], warm=()) -> dict:
     return {"buckets": buckets, "infer_s": infer}
 
 
-def tails(prop: np.ndarray, predicted: dict) -> dict:
+def tails(prop: np.ndarray, predicted: dict, correction: TailCorrection | None = None) -> dict:
     """Per flow, the percentiles of SCORED_QUANTILES (s) that a model's mean delay, jitter and loss imply above
-    the flows' propagation ``prop`` (s; :mod:`twin.models.tails`); none for a model without jitter."""
+    the flows' propagation ``prop`` (s; :mod:`twin.models.tails`, with ``correction``, default the shipped
+    one); none for a model without jitter."""
     if "jitter" not in predicted:
         return {}
-    return {name: delay_quantile(predicted["delay"], predicted["jitter"], prop, q, predicted.get("loss"))
+    return {name: delay_quantile(predicted["delay"], predicted["jitter"], prop, q, predicted.get("loss"), correction)
             for name, q in SCORED_QUANTILES.items()}
 
 
@@ -239,10 +242,11 @@ def within_delay_limit(predicted: dict, delay_limit: float) -> dict:
     return out
 
 
-def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
+def zero_shot(models: dict, directory, limit: int | None = None, correction: TailCorrection | None = None) -> dict:
     """MAPE of each model on a BNN-UPC datanet directory, nothing trained on it. Where the reference limits
     each packet's delay (gnnet2020: 20 time units), the predictions pass through that limit first
-    (:func:`within_delay_limit`); the report's ``delay_limit`` (s) says so."""
+    (:func:`within_delay_limit`); the report's ``delay_limit`` (s) says so. ``correction``: the tail correction
+    of the percentiles (default: the shipped one)."""
     from twin.data.datanet_reader import read_datanet
 
     if limit is not None and limit < 1:
@@ -266,7 +270,7 @@ def zero_shot(models: dict, directory, limit: int | None = None) -> dict:
             else:
                 predicted = {"delay": model.predict_delays([sample.state])[0]}
             seconds[name] += time.perf_counter() - started
-            predicted.update(tails(prop, predicted))
+            predicted.update(tails(prop, predicted, correction))
             if math.isfinite(sample.delay_limit):
                 delay_limits.add(sample.delay_limit)
                 predicted = within_delay_limit(predicted, sample.delay_limit)

@@ -131,6 +131,9 @@ def read_tail_correction(path) -> TailCorrection:
     return TailCorrection(tables, lossy_from, raw.get("fitted_on", {}))
 
 
+PLAIN = TailCorrection({})  # no table: the plain gamma form
+
+
 @lru_cache(maxsize=1)
 def shipped_correction() -> TailCorrection | None:
     """The correction shipped beside the weights, or None where there is none (the plain gamma)."""
