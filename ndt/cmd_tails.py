@@ -101,7 +101,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
         return 0
-    _print_errors({k: v for k, v in report.items() if isinstance(v, dict)}, f"on {len(samples)} samples")
+    _print_errors(errors, f"on {len(samples)} samples")
     return 0
 
 

@@ -151,16 +151,22 @@ def gamma_shape(delay: np.ndarray, jitter: np.ndarray, floor: np.ndarray) -> tup
     return spread, shape
 
 
-def gamma_quantile(delay: np.ndarray, jitter: np.ndarray, floor: np.ndarray, q: float = TAIL_QUANTILE) -> np.ndarray:
-    """Per path, the ``q``-quantile of the delay (s): ``floor`` (s) plus a gamma with the mean ``delay`` −
-    ``floor`` and the variance ``jitter`` (s²). A path with nothing above its floor, or no variance, gets
-    its mean."""
+def _gamma_quantile(delay: np.ndarray, jitter: np.ndarray, floor: np.ndarray,
+                    q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`gamma_quantile`, with the :func:`gamma_shape` it was computed from (spread mask, shape)."""
     spread, shape = gamma_shape(delay, jitter, floor)
     out = np.array(delay, dtype=np.float64)
     if np.any(spread):
         wait = out[spread] - floor[spread]
         out[spread] = floor[spread] + gammaincinv(shape[spread], q) * wait / shape[spread]
-    return out
+    return out, spread, shape
+
+
+def gamma_quantile(delay: np.ndarray, jitter: np.ndarray, floor: np.ndarray, q: float = TAIL_QUANTILE) -> np.ndarray:
+    """Per path, the ``q``-quantile of the delay (s): ``floor`` (s) plus a gamma with the mean ``delay`` −
+    ``floor`` and the variance ``jitter`` (s²). A path with nothing above its floor, or no variance, gets
+    its mean."""
+    return _gamma_quantile(delay, jitter, floor, q)[0]
 
 
 def delay_quantile(delay: np.ndarray, jitter: np.ndarray, floor: np.ndarray, q: float = TAIL_QUANTILE,
@@ -169,10 +175,9 @@ def delay_quantile(delay: np.ndarray, jitter: np.ndarray, floor: np.ndarray, q: 
     scaled by ``correction`` (default: the shipped one, if any) for the path's shape and ``loss`` (share of
     packets; None: taken as lossless)."""
     correction = correction or shipped_correction()
-    out = gamma_quantile(delay, jitter, floor, q)
+    out, spread, shape = _gamma_quantile(delay, jitter, floor, q)
     if correction is None:
         return out
-    spread, shape = gamma_shape(delay, jitter, floor)
     lost = None if loss is None else np.asarray(loss, dtype=np.float64)[spread]
     out[spread] = floor[spread] + (out[spread] - floor[spread]) * correction.factor(q, shape[spread], lost)
     return out
