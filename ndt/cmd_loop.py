@@ -15,7 +15,7 @@ class OptionError(NdtError, ValueError):
 
 
 def add_loop_arguments(p, load: float, duration: float, validate_s: float, verify_s: float) -> None:
-    """Options shared by ``ndt loop`` and ``ndt demo``."""
+    """The options of ``ndt loop``; ``load``, ``duration``, ``validate_s`` and ``verify_s`` are their defaults."""
     window = number(3, 86400, open_low=True, unit=" s (2 s of warm-up are not counted)")
     p.add_argument("--topology", default="sndlib/abilene",
                    help="topohub key, state file, or line:N / ring:N / grid:N / powerlaw:N (default: sndlib/abilene)")
@@ -33,7 +33,7 @@ def add_loop_arguments(p, load: float, duration: float, validate_s: float, verif
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="correction from 'ndt calibrate' (default: the model's data/calibration-<model>.json, else "
-                        "the one shipped as mininet_topos/calibration-<model>.json)")
+                        "the one shipped as twin/calibration/shipped/calibration-<model>.json)")
     p.add_argument("--metrics-port", type=port(), default=9108, help="the live controller's Prometheus port (default: 9108)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="report directory (default: data/loop)")
     p.add_argument("--no-prometheus", action="store_true",

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="fine-tune a trained model instead of starting afresh: its path without suffix, e.g. "
-                        "twin/models/routenet_e (its normalisation is kept; --state-dim must match, --iterations may differ)")
+                        "twin/models/weights/routenet_e (its normalisation is kept; --state-dim must match, --iterations may differ)")
     p.add_argument("--export", action="store_true", help="copy the best model into twin/models/weights/, where ndt finds it by name "
                         "(for routenet: the default twin)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
