@@ -89,7 +89,7 @@ class ReadOnlyStore(TelemetryStore):
     def __init__(self, path: str | Path):  # the parent's __init__ writes (schema, journal mode): not called
         path = Path(path)
         if not path.is_file():
-            raise ReplayError(f"telemetry store {path}: no such file")
+            raise ReplayError(f"telemetry store {path}: {'a directory, not a store file' if path.is_dir() else 'no such file'}")
         live = path.with_name(path.name + "-wal").exists()
         uri = f"{path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}"
         try:

@@ -77,25 +77,41 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args) or 0)
-    except NdtError as exc:
-        print(f"ndt {args.command}: error: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        _end_progress_line()
+        return _report(args.command, exc)
+
+
+def _report(command: str, exc: BaseException) -> int:
+    """Print what went wrong as one line; the exit code."""
+    if isinstance(exc, NdtError):
+        print(f"ndt {command}: error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        print(f"ndt {args.command}: terminated", file=sys.stderr)
+    if isinstance(exc, Terminated):
+        print(f"ndt {command}: terminated", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print(f"ndt {args.command}: interrupted", file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"ndt {command}: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:
+    if isinstance(exc, BrokenPipeError):  # the reader (head, less) has gone: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"ndt {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"ndt {command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if os.environ.get("NDT_DEBUG"):
-            raise
-        print(f"ndt {args.command}: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it, "
-              "NDT_DEBUG=1 shows the traceback", file=sys.stderr)
-        return 1
+    if not isinstance(exc, Exception) or os.environ.get("NDT_DEBUG"):
+        raise exc
+    print(f"ndt {command}: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it, "
+          "NDT_DEBUG=1 shows the traceback", file=sys.stderr)
+    return 1
+
+
+def _end_progress_line() -> None:
+    """Close the progress bars an error cut short, so its message starts a line of its own."""
+    bars = getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", None)
+    for bar in list(bars or ()):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ndt.cmd_loop import OptionError
-from ndt.options import number, seed
+from ndt.options import number, output_file, seed
 from ndt.output import print_json, print_table
 
 
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                    help="traffic per measurement, s; shorter windows leave fewer flows with enough packets and "
                         "noisier means (default: 30)")
     p.add_argument("--model", default=None, help="twin model (default: the newest in twin.models.registry)")
-    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+    p.add_argument("--out", type=output_file, default=None, metavar="FILE",
                    help="correction JSON (default: data/calibration-<model>.json in the repository)")
     p.add_argument("--tune-samples", type=number(0, 10**7, integer=True), default=300, metavar="N",
                    help="before measuring, fine-tune a learned twin on N simulated states of this topology "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ndt.options import number, workers
+from ndt.options import directory, number, workers
 from ndt.output import print_json, print_table
 
 
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                         "25-node state in batches of 64, time and memory from 25 to 1,000 nodes, the speed-up over "
                         "the simulator at 100-300 nodes, and the first prediction from a cold process (a few minutes)")
     p.add_argument("--limit", type=number(1, 10**8, integer=True), metavar="N", help="with --datanet: only the first N samples")
-    p.add_argument("--weights", type=Path, metavar="DIR", help="directory with the models (default: the shipped ones)")
+    p.add_argument("--weights", type=directory, metavar="DIR", help="directory with the models (default: the shipped ones)")
     p.add_argument("--tails", metavar="FILE",
                    help="the tail correction the percentiles are scored with ('ndt tails fit'; default: the shipped "
                         "one), or 'none' for the plain gamma form")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ndt.options import number
+from ndt.options import directory, number, output_file
 from ndt.output import print_json, print_table
 
 
@@ -28,14 +28,14 @@ def register(subparsers) -> None:
                             help="held-out dataset ('ndt dataset generate' with a seed not used for training); "
                                  "repeat to pool several")
         action.add_argument("--model", choices=models, default="routenet", help="which model (default: routenet)")
-        action.add_argument("--weights", type=Path, metavar="DIR",
+        action.add_argument("--weights", type=directory, metavar="DIR",
                             help="directory of the model's weights and of its intervals (default: the shipped ones)")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(handler=run_fit if name == "fit" else run_check)
     fit = sub.choices["fit"]
     fit.add_argument("--nominal", type=number(0.5, 0.999), default=0.9,
                      help="nominal coverage of the intervals (default: 0.9)")
-    fit.add_argument("--out", type=Path, metavar="FILE",
+    fit.add_argument("--out", type=output_file, metavar="FILE",
                      help="where to write them (default: MODEL.intervals.json beside the weights)")
 
 

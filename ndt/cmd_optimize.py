@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ndt.options import seed
+from ndt.options import output_file, seed
 from ndt.output import print_json, print_table
 
 
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--verify", action="store_true", help="also simulate the initial and the chosen routing")
     p.add_argument("--allow-infeasible", action="store_true",
                    help="when no routing meets the constraints, return the least violating one")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write the state with the chosen weights here")
+    p.add_argument("--out", type=output_file, metavar="FILE", help="write the state with the chosen weights here")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract)")
     p.set_defaults(handler=run)
 

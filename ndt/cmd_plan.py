@@ -173,7 +173,7 @@ def _fit_store(path: Path):
                         "at least 2 at different times")
     fitted = fit_growth([ts for ts, _ in rows], [total for _, total in rows])
     if fitted.rate < 0:
-        raise PlanError(f"--growth-from-store {path}: the traffic shrinks ({100 * fitted.rate:.2f} %/month over "
+        raise PlanError(f"--growth-from-store {path}: the traffic does not grow ({100 * fitted.rate:.2g} %/month over "
                         f"{fitted.points} snapshots in {fitted.span_days:.1f} days); give --growth to plan for growth")
     return fitted
 

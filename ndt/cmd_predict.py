@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ndt.options import directory
 from ndt.output import print_json, print_table
 
 
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--state", type=Path, required=True, metavar="FILE", help="network state JSON (see docs/state.md)")
     p.add_argument("--model", choices=PREDICTORS, default=PREDICTORS[-1],
                    help=f"which model (default: {PREDICTORS[-1]}; sim runs the packet simulator)")
-    p.add_argument("--weights", type=Path, metavar="DIR",
+    p.add_argument("--weights", type=directory, metavar="DIR",
                    help="directory holding MODEL.weights.h5 and MODEL.json (default: the shipped twin/models)")
     p.add_argument("--json", action="store_true", help="print JSON (the command contract) instead of a table")
     p.set_defaults(handler=run)

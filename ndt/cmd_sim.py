@@ -35,6 +35,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.datanet is not None:
         return _run_datanet(args)
+    if args.limit is not None:
+        from twin.state.errors import NdtError
+
+        raise NdtError("--limit counts datanet samples: it goes with --datanet, not --state")
     from twin.sim.simulator import simulate
     from twin.state.model import NetworkState
 

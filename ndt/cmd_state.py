@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ndt.options import number, seed
+from ndt.options import number, output_file, seed
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
         ),
     )
     imp.add_argument("source", help="a .gml/.graphml/.json file or a topohub key")
-    imp.add_argument("-o", "--out", type=Path, required=True, help="where to write the state JSON")
+    imp.add_argument("-o", "--out", type=output_file, required=True, help="where to write the state JSON")
     imp.add_argument("--capacity", type=number(1, 1e15, unit=' bit/s'), default=10e6, help="link capacity when the source has none, bit/s (default: 10e6)")
     imp.add_argument("--buffer", type=number(1, 10**6, integer=True), default=32, help="output buffer per link, packets (default: 32)")
     imp.add_argument("--load", type=number(0, 100, open_low=True), default=0.7, help="utilization of the busiest link (default: 0.7)")
@@ -42,9 +42,12 @@ def run_import(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from twin.state.errors import NdtError
     from twin.state.topologies import load_topology
     from twin.state.traffic import random_flows, scale_to_utilization
 
+    if Path(args.source).exists() and Path(args.source).resolve() == args.out.resolve():
+        raise NdtError(f"-o {args.out} is the source itself; write the state to another file")
     state = load_topology(args.source, capacity=args.capacity, buffer=args.buffer)
     if args.random_traffic or not state.flows:
         state = state.with_flows(random_flows(state.nodes, np.random.default_rng(args.seed), mixed=False,

@@ -6,7 +6,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-from ndt.options import number, picture_path
+from ndt.options import number, output_file, picture_path
 from ndt.output import print_json, print_table
 
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                          description="Fit the correction on simulated samples ('ndt dataset generate').")
     fit.add_argument("--data", type=Path, required=True, metavar="DIR", action="append",
                      help="dataset directory; repeat to pool several")
-    fit.add_argument("--out", type=Path, metavar="FILE",
+    fit.add_argument("--out", type=output_file, metavar="FILE",
                      help="where to write it (default: the shipped twin/models/weights/tails.json)")
     fit.add_argument("--plot", type=picture_path, metavar="PNG", help="also draw the factor against the shape")
     fit.add_argument("--json", action="store_true", help="print JSON")

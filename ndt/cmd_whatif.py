@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from ndt.options import number, picture_path
+from ndt.options import host_port, number, picture_path
 from ndt.output import print_json, print_table
 
 MAX_SCALE = 1e6
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--state", type=Path, metavar="FILE", help="network state JSON (docs/state.md)")
-    source.add_argument("--controller", metavar="HOST:PORT",
+    source.add_argument("--controller", type=host_port, metavar="HOST:PORT",
                         help="the running 'ndt controller' API: its topology, routing and measured traffic")
     p.add_argument("--fail-link", type=_pair, action="append", default=[], metavar="A,B",
                    help="fail the link between A and B, both directions (repeatable)")

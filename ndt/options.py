@@ -64,12 +64,40 @@ def ip_address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an IP address such as 127.0.0.1 or ::1, got {text[:40]!r}") from None
 
 
+def host_port(text: str) -> str:
+    """``HOST:PORT`` of a server (a bracketed IPv6 literal allowed), the port from 1 to 65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:50051; "
+                                         f"got {text[:60]!r}")
+    return text
+
+
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def directory(text: str) -> Path:
+    """A directory that exists (to read from)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {'not a directory' if path.exists() else 'no such directory'}")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a directory, in a folder that exists (refused before any work is done)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; name a file in it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(folder)!r} does not exist")
+    return path
 
 
 def picture_path(text: str) -> Path:
     """A file to draw a picture into: .png, .svg or .pdf (matplotlib picks the format by the suffix)."""
-    path = Path(text)
+    path = output_file(text)
     if path.suffix.lower() not in PICTURE_SUFFIXES:
         raise argparse.ArgumentTypeError(f"{text!r}: a picture is written as {', '.join(PICTURE_SUFFIXES)}")
     return path

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from twin.state.errors import NdtError, shown
 from twin.state.files import read_text
@@ -80,6 +80,7 @@ class Intent:
     max_changed_weights: int | None = None
     max_evaluations: int = 3000
     time_limit_s: float = 60.0
+    source: str = field(default="", compare=False)  # the file it was read from, named in its errors
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -92,6 +93,12 @@ class Intent:
 
     def check_against(self, state) -> None:
         """Refuse an intent that names nodes, pairs or links the state does not have."""
+        try:
+            self._check_against(state)
+        except IntentError as exc:
+            raise IntentError(f"{self.source}: {exc}" if self.source else str(exc)) from None
+
+    def _check_against(self, state) -> None:
         nodes = set(state.nodes)
         pairs = {(f.src, f.dst) for f in state.flows}
         for bound in self.delay_bounds:
@@ -115,8 +122,10 @@ class Intent:
 def load_intent(path) -> Intent:
     """Read and check an intent YAML file."""
     text = read_text(path, "the intent", IntentError, max_bytes=MAX_INTENT_BYTES)
+    if not text.strip():
+        raise IntentError(f"{path}: empty; an intent names at least its objective (docs/optimizer.md)")
     try:
-        return parse_intent_text(text)
+        return replace(parse_intent_text(text), source=str(path))
     except IntentError as exc:
         raise IntentError(f"{path}: {exc}") from None
 

@@ -88,9 +88,10 @@ def test_optimize_json_contract(tmp_path):
     (["sim", "--state", "S", "--duration", "nan"], "argument --duration: expected a finite number"),
     (["sim", "--state", "S", "--seed", str(2**70)], "argument --seed: must be >= 0 and <= 4294967295"),
     (["optimize", "--state", "S", "--intent", "I", "--seed", "-1"], "argument --seed: must be >= 0"),
-    (["state", "import", "S", "-o", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: No such file or directory"),
+    (["state", "import", "S", "-o", "/nonexistent-dir/x.json"], "its folder '/nonexistent-dir' does not exist"),
+    (["state", "import", "S", "-o", "S"], "is the source itself"),
     (["state", "import", "S", "-o", "/proc/x.json"], "/proc/x.json"),
-    (["state", "import", "S", "-o", "/tmp", "--load", "0.5"], "/tmp: Is a directory"),
+    (["state", "import", "S", "-o", "/tmp", "--load", "0.5"], "'/tmp' is a directory; name a file in it"),
     (["state", "import", "S", "-o", "x.json", "--load", "-1"], "argument --load: must be > 0 and <= 100, got -1"),
     (["state", "check", "U16"], "is UTF-16; ndt reads UTF-8"),
     (["state", "check", "DEEP"], "JSON nested too deeply"),
@@ -120,6 +121,18 @@ def test_optimize_json_contract(tmp_path):
     (["controller", "--state", "S", "--anomaly-persistence", "0"], "argument --anomaly-persistence: must be >= 1"),
     (["demo", "--shift", "nowhere:2"], "'nowhere' is not a node of sndlib/abilene"),
     (["demo", "--fail", "a,b,c"], "expected NODE,NODE naming a link"),
+    (["dataset", "generate", "--out", "DS", "--nodes", "5-100000"], "must satisfy 3 <= min <= max <= 1000"),
+    (["dataset", "generate", "--out", "DS", "--samples", "2", "--address", "127.0.0.1:1"],
+     "no Ray cluster answers at 127.0.0.1:1"),
+    (["whatif", "--controller", "nonsense"], "expected HOST:PORT"),
+    (["whatif", "--controller", "127.0.0.1:99999"], "expected HOST:PORT"),
+    (["predict", "--state", "S", "--weights", "/nonexistent-dir"], "'/nonexistent-dir': no such directory"),
+    (["optimize", "--state", "S", "--intent", "EMPTY"], "empty; an intent names at least its objective"),
+    (["optimize", "--state", "S", "--intent", "I", "--out", "/nonexistent-dir/o.json"], "its folder"),
+    (["tails", "fit", "--data", "DS", "--plot", "/nonexistent-dir/x.png"], "its folder '/nonexistent-dir' does not exist"),
+    (["dataset", "info", "DS"], "no such directory"),
+    (["sim", "--state", "S", "--limit", "2"], "it goes with --datanet, not --state"),
+    (["state", "check", "TWICEJSON"], "key 'traffic' is given twice in one JSON object"),
 ])
 def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
     """Inputs that gave a traceback, a hang or a silent acceptance before 2026-12-02 (commit 4c34a60)."""
@@ -130,7 +143,10 @@ def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
     files = {"S": state if argv[0] != "state" or argv[1] != "import" else gml, "STORE": tmp_path / "t.db",
              "I": tmp_path / "i.yaml", "U16": tmp_path / "u16.json", "DEEP": tmp_path / "deep.json",
              "BOMB": tmp_path / "bomb.yaml", "TWICE": tmp_path / "twice.yaml", "HAPPY": tmp_path / "happy.yaml",
-             "AVOID": tmp_path / "avoid.yaml"}
+             "AVOID": tmp_path / "avoid.yaml", "EMPTY": tmp_path / "empty.yaml", "DS": tmp_path / "ds"}
+    files["EMPTY"].write_text("\n")
+    files["TWICEJSON"] = tmp_path / "twice.json"
+    files["TWICEJSON"].write_text(json.dumps(SMALL_STATE)[:-1] + ', "traffic": []}')
     files["HAPPY"].write_text("objective: {minimize: happiness}\n")
     files["AVOID"].write_text("objective: {minimize: mean_delay}\nconstraints: {avoid_links: [[s1, s9]]}\n")
     files["I"].write_text("objective: {minimize: mean_delay}\n")
@@ -142,3 +158,4 @@ def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert words in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
+    assert not files["DS"].exists(), "a refused dataset run left its directory behind"

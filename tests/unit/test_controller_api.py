@@ -282,7 +282,7 @@ def test_bad_tls_material_is_refused_before_serving(tmp_path):
     (pb.PredictRequest(state_json="[" * 100_000 + "]" * 100_000), grpc.StatusCode.INVALID_ARGUMENT,
      "state_json: JSON nested too deeply"),
     (pb.PredictRequest(state_json='{"nodes": [' + "9" * 5000 + "]}"), grpc.StatusCode.INVALID_ARGUMENT,
-     "state_json: JSON holds a number ndt cannot read"),
+     "state_json: JSON holds an integer of more than 4,300 digits"),
     (pb.OptimizeRequest(intent_yaml="a: &x [1, 2]\nb: *x\n"), grpc.StatusCode.INVALID_ARGUMENT, "aliases"),
 ])
 def test_out_of_range_requests_are_refused_and_nothing_is_applied(api, request_, code, words):

@@ -53,6 +53,29 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         generate(DatasetConfig(**{**SMALL.__dict__, "samples": 1, "seed": 99}), tmp_path, workers=1, progress=False)
 
 
+def test_a_damaged_manifest_or_shard_is_named_and_nothing_is_overwritten(tmp_path):
+    generate(DatasetConfig(**{**SMALL.__dict__, "samples": 3}), tmp_path, workers=1, progress=False)
+    config = DatasetConfig(**{**SMALL.__dict__, "samples": 3})
+    shard = shard_path(tmp_path, 0)
+    shard.write_bytes(b"not gzip")
+    with pytest.raises(StateError, match=r"shard-00000.jsonl.gz: damaged shard .*delete it"):
+        generate(config, tmp_path, workers=1, progress=False)
+    assert shard.read_bytes() == b"not gzip"
+    (tmp_path / "dataset.json").write_text("{bad")
+    with pytest.raises(StateError, match="dataset.json: not a readable dataset manifest"):
+        generate(config, tmp_path, workers=1, progress=False)
+    with pytest.raises(StateError, match="no such directory"):
+        list(iter_samples(tmp_path / "missing"))
+
+
+def test_a_run_that_makes_nothing_leaves_nothing(tmp_path):
+    from twin.data.ray_engine import RayError
+
+    with pytest.raises(RayError, match="no Ray cluster answers at 127.0.0.1:1"):
+        generate(SMALL, tmp_path / "new", address="127.0.0.1:1", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
 def test_ray_workers_write_the_same_bytes_as_one_process(tmp_path):
     config = DatasetConfig(**{**SMALL.__dict__, "samples": 4})
     serial = generate(config, tmp_path / "serial", workers=1, progress=False)

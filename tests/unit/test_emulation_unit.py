@@ -214,6 +214,10 @@ def test_calibration_files_round_trip_and_errors_name_the_field(tmp_path):
     path.write_text('{"queue_scale": "x", "per_hop_s": 0, "base_s": 0}')
     with pytest.raises(CalibrationError, match="queue_scale must be a number >= 0, got 'x'"):
         load(path)
+    for other in ('{"nodes": ["a", "b"], "links": []}', "[1, 2]"):  # a state file, a list
+        path.write_text(other)
+        with pytest.raises(CalibrationError, match="not a calibration file"):
+            load(path)
 
 
 def test_a_port_something_listens_on_is_named_before_a_controller_is_started():

@@ -60,6 +60,8 @@ def test_explicit_paths_round_trip():
         (lambda d: d["traffic"][0].update(size_dist="binomial", packet_sizes=5), "packet_sizes must be a list"),
         (lambda d: d.update(nodes=[None, "b", "c"]), "nodes[0]: a node name must be a non-empty string, got None"),
         (lambda d: d.update(links=[]), "the state has no links"),
+        (lambda d: d["links"][0].pop("capacity"), "links[0]: missing field 'capacity'"),
+        (lambda d: d["traffic"][0].pop("rate"), "traffic[0]: missing field 'rate'"),
         (lambda d: d.update(routing={"kind": "paths", "paths": [["a", "b", "c"], ["a", "c"]]}),
          "routing.paths[1]: a second path for a->c"),
         (lambda d: d.update(routing={"kind": "paths", "paths": [["a", "b", "c"], ["q", "a"]]}),

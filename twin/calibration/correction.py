@@ -243,10 +243,13 @@ def load(path: Path) -> tuple[Correction, dict]:
     """The correction and its fit report from a calibration JSON file."""
     path = Path(path)
     data = read_json(path, "the calibration", CalibrationError, hint="; run 'ndt calibrate'")
+    if not isinstance(data, dict) or "queue_scale" not in data:
+        raise CalibrationError(f"{path}: not a calibration file (a JSON object with queue_scale, per_hop_s and "
+                               "base_s, as 'ndt calibrate' writes)")
     values = {}
     defaults = {"capacity_scale": 1.0, "random_hop_s": 0.0, "port_s": 0.0, "wrap_s": 0.0, "walk_ports": 0}
     for key in ("queue_scale", "per_hop_s", "base_s", *defaults):
-        value = data.get(key, defaults.get(key)) if isinstance(data, dict) else None
+        value = data.get(key, defaults.get(key))
         positive = key == "capacity_scale"
         number = not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
         if not number or value < 0 or (positive and value == 0):

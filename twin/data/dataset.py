@@ -38,6 +38,7 @@ LABELS = ("delay", "jitter", "loss", "p50", "p90", "p99", "sent", "delivered")
 LINK_LABELS = ("utilization", "occupancy", "link_drops")
 SHARD_COMPRESSION = 6  # gzip level: zlib's default; level 9 takes 2.7x the time for a 2.5 % smaller shard
 MANIFEST = "dataset.json"
+MAX_NODES = 1000  # all pairs of 1,000 nodes are a million flows per sample: larger is not a training set
 TIMINGS = "timings.jsonl"
 
 
@@ -64,8 +65,8 @@ class DatasetConfig:
     def check(self) -> None:
         if self.samples < 1:
             raise StateError(f"samples must be >= 1, got {self.samples}")
-        if not 3 <= self.min_nodes <= self.max_nodes:
-            raise StateError(f"node range {self.min_nodes}-{self.max_nodes} must satisfy 3 <= min <= max")
+        if not 3 <= self.min_nodes <= self.max_nodes <= MAX_NODES:
+            raise StateError(f"node range {self.min_nodes}-{self.max_nodes} must satisfy 3 <= min <= max <= {MAX_NODES}")
         if not 0 < self.min_load <= self.max_load:
             raise StateError(f"load range {self.min_load}-{self.max_load} must satisfy 0 < min <= max")
         if self.traffic not in ("mixed", "poisson"):
@@ -268,8 +269,27 @@ def generate(config: DatasetConfig, directory, workers: int | None = None, progr
     """
     config.check()
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise StateError(f"{directory}: exists and is not a directory")
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
-    _check_manifest(directory, config)
+    new_manifest = _check_manifest(directory, config)
+    try:
+        return _generate_into(config, directory, workers, progress, address)
+    except BaseException:
+        if new_manifest and not any(directory.glob("shard-*.jsonl.gz")):  # nothing made: leave no trace
+            (directory / MANIFEST).unlink(missing_ok=True)
+            (directory / TIMINGS).unlink(missing_ok=True)
+            if created and not any(directory.iterdir()):
+                directory.rmdir()
+        raise
+
+
+def _generate_into(config: DatasetConfig, directory: Path, workers: int | None, progress: bool,
+                   address: str | None) -> dict:
+    for s in range(config.shards):
+        if shard_path(directory, s).exists():
+            _check_shard(shard_path(directory, s))
     todo = [s for s in range(config.shards) if not shard_path(directory, s).exists()]
     indices = [i for s in todo for i in shard_indices(config, s)]
     parallel = (workers or os.cpu_count() or 1) > 1 and len(indices) > 1
@@ -303,6 +323,9 @@ def iter_samples(directory) -> Iterator[Sample]:
     """Every sample of a dataset directory, shard by shard; ``meta["sim_wall_s"]`` from its timings
     where they were kept."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise StateError(f"{directory}: {'not a directory' if directory.exists() else 'no such directory'} "
+                         "(a dataset is a directory of shards made by 'ndt dataset generate')")
     shards = sorted(directory.glob("shard-*.jsonl.gz"))
     if not shards:
         raise StateError(f"{directory}: no dataset shards (shard-*.jsonl.gz); run 'ndt dataset generate' first")
@@ -319,7 +342,9 @@ def read_shard(path) -> list[Sample]:
     try:
         with gzip.open(path, "rt") as lines:
             return [_sample_from_record(json.loads(line)) for line in lines]
-    except (OSError, EOFError, json.JSONDecodeError, KeyError) as exc:
+    except KeyError as exc:
+        raise StateError(f"{path}: unreadable shard (a sample without its field {exc})") from None
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise StateError(f"{path}: unreadable shard ({exc})") from None
 
 
@@ -333,19 +358,38 @@ def _sample_from_record(record: dict) -> Sample:
     return Sample(NetworkState.from_dict(record["state"]), labels, record["meta"])
 
 
-def _check_manifest(directory: Path, config: DatasetConfig) -> None:
+def _check_shard(path: Path) -> None:
+    """Refuse to resume over a shard whose first sample cannot be read (StateError naming it). Shards are
+    written whole, so this catches files put there by other means at the cost of one sample each."""
+    try:
+        with gzip.open(path, "rt") as lines:
+            record = json.loads(next(lines))
+        if not isinstance(record, dict) or not {"state", "labels", "meta"} <= record.keys():
+            raise ValueError("its first line is not a sample")
+    except (OSError, EOFError, StopIteration, UnicodeDecodeError, ValueError) as exc:
+        raise StateError(f"{path}: damaged shard ({exc or 'empty'}); delete it to have it made again") from None
+
+
+def _check_manifest(directory: Path, config: DatasetConfig) -> bool:
+    """Check the directory's settings against ``config``, or write them; True when written now."""
     manifest = directory / MANIFEST
     wanted = asdict(config)
     if manifest.exists():
-        existing = json.loads(manifest.read_text())
+        try:
+            existing = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateError(f"{manifest}: not a readable dataset manifest ({exc}); use another directory") from None
+        if not isinstance(existing, dict):
+            raise StateError(f"{manifest}: not a dataset manifest (a JSON object); use another directory")
         diff = [f.name for f in fields(config) if existing.get(f.name, f.default) != wanted[f.name]]
         if diff:
             raise StateError(
                 f"{directory} holds a dataset made with other settings ({', '.join(diff)} differ); "
                 "use another directory or the same settings to resume"
             )
-    else:
-        manifest.write_text(json.dumps(wanted, indent=1))
+        return False
+    manifest.write_text(json.dumps(wanted, indent=1))
+    return True
 
 
 @lru_cache(maxsize=4)

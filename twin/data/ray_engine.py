@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from twin.state.errors import NdtError
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # results are small; leave the machine's memory to the jobs
+CONNECT_TIMEOUT_S = 5.0  # a cluster's head that does not accept a connection by then is not there
 
 
 class RayError(NdtError):
@@ -29,6 +30,8 @@ def ray_map(function: Callable, calls: list[tuple], workers: int | None = None,
     import ray
 
     started_here = not ray.is_initialized()
+    if started_here and address is not None:
+        check_reachable(address)
     if started_here:
         options = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
         if address is None:
@@ -66,3 +69,20 @@ def ray_map(function: Callable, calls: list[tuple], workers: int | None = None,
     finally:
         if started_here:
             ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` cluster address whose head does not accept a TCP connection within
+    :data:`CONNECT_TIMEOUT_S` (Ray itself would retry for minutes); other forms ('auto', ray://…) pass."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "/" in address or not host:
+        return
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise RayError(f"--address {address}: the port must be a number from 1 to 65535")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+                       "'ray start --head' (docs/simulator.md) or leave out --address to run locally") from None

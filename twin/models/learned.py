@@ -139,7 +139,9 @@ def load_twin(stem: str = "routenet_e", directory=None, fine_tune: bool = False)
     try:
         net.load_weights(weights)
     except (ValueError, OSError) as exc:
-        raise ModelFileError(f"{weights}: weights do not fit a {kind} network ({exc})") from None
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{weights}: weights do not fit the {kind} network {meta_path.name} describes "
+                             f"({first_line})") from None
     return LearnedTwin(net, norm, kind, description["info"])
 
 

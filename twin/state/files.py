@@ -35,17 +35,31 @@ def read_text(path, what: str, error: type[Exception] = NdtError, hint: str = ""
         raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}, line {line})") from None
 
 
+class _KeyGivenTwice(Exception):
+    pass
+
+
+def _object_without_repeats(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        raise _KeyGivenTwice(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return out
+
+
 def parse_json(text: str, error: type[Exception] = NdtError):
-    """Parsed JSON; malformed text, nesting deeper than Python's recursion limit or an integer of more than
-    4,300 digits raise ``error`` saying where."""
+    """Parsed JSON; malformed text, a key given twice in one object, nesting deeper than Python's
+    recursion limit or an integer of more than 4,300 digits raise ``error`` saying where."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object_without_repeats)
     except json.JSONDecodeError as exc:
         raise error(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except _KeyGivenTwice as exc:
+        raise error(f"key {exc.args[0]!r} is given twice in one JSON object; which one is meant?") from None
     except RecursionError:
         raise error("JSON nested too deeply (more than about 1,000 levels)") from None
-    except ValueError as exc:  # Python refuses integers of more than 4,300 digits
-        raise error(f"JSON holds a number ndt cannot read ({exc})") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise error("JSON holds an integer of more than 4,300 digits") from None
 
 
 def read_json(path, what: str, error: type[Exception], hint: str = ""):

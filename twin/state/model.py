@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
 from functools import cached_property
 from itertools import compress
 from pathlib import Path
@@ -548,9 +548,12 @@ def _build(cls, item, tag: str):
     if unknown:
         raise StateError(f"{tag}: unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(names))})")
     kwargs = dict(item)
+    required = [name for name, spec in cls.__dataclass_fields__.items()
+                if spec.default is MISSING and spec.default_factory is MISSING]
+    for name in required:
+        if name not in kwargs:
+            raise StateError(f"{tag}: missing field {name!r}")
     for end in ("src", "dst"):
-        if end not in kwargs:
-            raise StateError(f"{tag}: missing field {end!r}")
         kwargs[end] = _node_name(kwargs[end], f"{tag}.{end}")
     for name in ("queue_sizes", "queue_weights"):
         if cls is Link and kwargs.get(name) is not None:
