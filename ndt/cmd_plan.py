@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     state = NetworkState.load(args.state)
     intent = load_intent(args.intent) if args.intent else None
     ladder = check_ladder(args.capacity_steps)
-    fitted = _fit_store(args.growth_from_store) if args.growth_from_store else None
+    fitted = _fit_store(args.growth_from_store, state) if args.growth_from_store else None
     growth = Growth(rate=fitted.rate if fitted else args.growth, nodes=tuple(args.growth_node),
                     pairs=tuple(args.growth_pair))
     predictor = get_predictor(args.model, args.weights_dir)
@@ -158,21 +158,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_store(path: Path):
-    """The monthly growth fitted to the traffic totals in the telemetry store at ``path`` (opened read-only)."""
+def _fit_store(path: Path, state):
+    """The monthly growth fitted to the traffic totals in the telemetry store at ``path`` (opened read-only),
+    after checking that its last traffic matrix is between ``state``'s nodes."""
     from analysis.plan import PlanError, fit_growth
     from analysis.replay import open_store
 
     store = open_store(path)
     try:
         rows = store.traffic_totals(0.0, math.inf)
+        last = store.traffic_matrices(rows[-1][0], math.inf) if rows else []
     finally:
         store.close()
+    strangers = sorted({node for row in last for node in (row.src, row.dst)} - set(state.nodes))
+    if strangers:
+        raise PlanError(f"--growth-from-store {path}: its traffic is between nodes the state does not have "
+                        f"({', '.join(map(repr, strangers[:3]))}{', …' if len(strangers) > 3 else ''}); "
+                        "is it the store of another network?")
     if len(rows) < 2:
         raise PlanError(f"--growth-from-store {path}: {len(rows)} traffic-matrix snapshot(s), a growth rate needs "
                         "at least 2 at different times")
     fitted = fit_growth([ts for ts, _ in rows], [total for _, total in rows])
-    if fitted.rate < 0:
+    if fitted.rate <= 1e-6:  # flat within rounding: nothing to plan for
         raise PlanError(f"--growth-from-store {path}: the traffic does not grow ({100 * fitted.rate:.2g} %/month over "
                         f"{fitted.points} snapshots in {fitted.span_days:.1f} days); give --growth to plan for growth")
     return fitted

@@ -212,6 +212,20 @@ def test_cli_plan_fits_growth_to_the_store(tmp_path):
     assert report["links"][0]["month_over_threshold"] == math.ceil(math.log(1.6) / math.log(1.04))
 
 
+def test_cli_plan_refuses_the_store_of_another_network_and_flat_traffic(tmp_path):
+    state, other, flat = tmp_path / "s.json", tmp_path / "other.db", tmp_path / "flat.db"
+    pair_state(0.5).save(state)
+    for db, pairs, growth in ((other, {("x", "y"): 4e6}, 1.04), (flat, {("s1", "s2"): 4e6}, 1.0)):
+        store = TelemetryStore(db)
+        for day in range(0, 30, 3):
+            store.add_traffic_matrix(1.7e9 + day * 86400, {p: r * growth ** day for p, r in pairs.items()})
+        store.close()
+    for db, words in ((other, "nodes the state does not have ('x', 'y'); is it the store of another network?"),
+                      (flat, "the traffic does not grow")):
+        proc = ndt("plan", "--state", str(state), "--growth-from-store", str(db), "--model", "qt")
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (("--growth", "-0.1"), "argument --growth: must be >= 0 and <= 1"),
     (("--growth", "0.02", "--horizon", "0"), "argument --horizon: must be >= 1 and <= 240, got 0"),
