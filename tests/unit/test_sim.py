@@ -71,6 +71,19 @@ def test_more_packets_in_flight_than_the_first_slot_pool(policy):
     assert result.jitter[0] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("policy", ["fifo", "sp"])
+def test_a_run_shorter_than_a_transmission_reports_what_a_link_can_hold(policy):
+    """A packet takes 8,000 s to send on a 1-bit/s link and the run lasts 0.3 s: the link is busy for
+    the whole window and no more, and its queue holds at most its buffer (before, busy and waiting
+    time past the window's end were counted in it: utilization 96,000, a queue of 3 million packets)."""
+    links = (Link("a", "b", 1.0, buffer=32), Link("b", "a", 1e7, buffer=32))
+    state = NetworkState(nodes=("a", "b"), links=links, flows=(Flow("a", "b", 4e6, packet_size=8000.0),))
+    result = simulate(with_policy(state, policy), duration=0.3, warmup=0.05, seed=3)
+    assert result.utilization[0] == pytest.approx(1.0)
+    assert 0 < result.occupancy[0] <= 32
+    assert result.utilization[1] == 0.0
+
+
 def test_conservation_and_determinism():
     links = (Link("a", "b", C, buffer=4), Link("b", "c", C / 2, buffer=3), Link("a", "c", C, buffer=2))
     flows = (Flow("a", "c", 0.6 * C, time_dist="onoff", on_time=0.01, off_time=0.02, size_dist="binomial",

@@ -294,6 +294,13 @@ def _compile_queues(state: NetworkState, arrays: dict) -> dict[str, np.ndarray]:
 
 
 @numba.njit(cache=True, inline="always")
+def _in_window(start, end, warmup, duration):
+    """How much of [start, end] lies in the measured window [warmup, duration], s: a link's busy and
+    waiting time count there only, so utilization stays at most 1 and occupancy within the buffer."""
+    return max(0.0, min(end, duration) - max(start, warmup))
+
+
+@numba.njit(cache=True, inline="always")
 def _heap_push(h_time, h_slot, n, t, slot):
     """Insert (t, slot) into a 4-ary min-heap of size n (4 children per node: shallower than binary)."""
     i = n
@@ -555,9 +562,8 @@ def _fifo_events(flows, links, stats, reals, ints, free, counts, duration, warmu
             tail -= rc
         ring[base + tail] = dep
         ring_count[l] = count + 1
-        if in_window:
-            busy[l] += service
-            wait_sum[l] += start - t
+        busy[l] += _in_window(start, dep, warmup, duration)
+        wait_sum[l] += _in_window(t, start, warmup, duration)
         arrive = dep + prop[l]
         if hop + 1 == path_len[f]:
             if counted:
@@ -708,9 +714,8 @@ def _scheduled_events(flows, links, queues, stats, reals, ints, free, counts, du
                 waiting[l] -= 1
                 sending[l] = nxt
                 service = s_size[nxt] / capacity[l]
-                if warmup <= s_arrive[nxt] <= duration:
-                    q_busy[q] += service
-                    q_wait[q] += t - s_arrive[nxt]
+                q_busy[q] += _in_window(t, t + service, warmup, duration)
+                q_wait[q] += _in_window(s_arrive[nxt], t, warmup, duration)
                 if policy[l] == 3 and q_len[q] == 0:
                     deficit[q] = 0.0
                     turn[l] = turn[l] + 1 if q + 1 < end else 0
@@ -773,8 +778,7 @@ def _scheduled_events(flows, links, queues, stats, reals, ints, free, counts, du
         if sending[l] < 0:
             sending[l] = slot
             service = size / capacity[l]
-            if in_window:
-                q_busy[q] += service
+            q_busy[q] += _in_window(t, t + service, warmup, duration)
             if at_root:
                 _heap_replace_top(h_time, h_slot, n_heap, t + service, l)
             else:
