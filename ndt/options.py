@@ -73,9 +73,6 @@ def host_port(text: str) -> str:
     return text
 
 
-PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
-
-
 def directory(text: str) -> Path:
     """A directory that exists (to read from)."""
     path = Path(text)
@@ -93,6 +90,9 @@ def output_file(text: str) -> Path:
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(folder)!r} does not exist")
     return path
+
+
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def picture_path(text: str) -> Path:

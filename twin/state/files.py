@@ -43,7 +43,10 @@ def _object_without_repeats(pairs: list) -> dict:
     out = dict(pairs)
     if len(out) != len(pairs):
         seen = set()
-        raise _KeyGivenTwice(next(key for key, _ in pairs if key in seen or seen.add(key)))
+        for key, _ in pairs:
+            if key in seen:
+                raise _KeyGivenTwice(key)
+            seen.add(key)
     return out
 
 
