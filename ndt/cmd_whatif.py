@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -176,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if args.srlg and not args.fail_group:
         raise ScenarioError("--srlg defines groups for --fail-group; name the group to fail")
     groups = _groups(args.srlg)
+    if args.weight and state.routing_kind == "paths":
+        print("note: the state is routed by explicit paths; --weight routes all of it by OSPF on the new weights",
+              file=sys.stderr)
     if args.n_minus_1 and scenario != Scenario(ecmp=scenario.ecmp):
         raise ScenarioError("--n-1 sweeps single failures of the network as it is; give no other change "
                             "(only --ecmp) with it")

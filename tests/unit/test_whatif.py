@@ -246,6 +246,19 @@ def test_explicit_paths_survive_a_failure_they_avoid_and_only_broken_ones_move()
     assert after.paths[("c", "b")] == ("c", "b")  # its path broke: the IGP's shortest path on what is left
 
 
+def test_cli_says_when_a_weight_change_replaces_explicit_paths(tmp_path):
+    state = ring_state()
+    explicit = NetworkState(nodes=state.nodes, links=state.links, flows=state.flows, routing_kind="paths",
+                            paths={("a", "c"): ("a", "d", "c"), ("b", "d"): ("b", "c", "d"),
+                                   ("a", "e"): ("a", "d", "e"), ("c", "b"): ("c", "d", "a", "b")})
+    note = "--weight routes all of it by OSPF"
+    for routed, path in ((explicit, tmp_path / "paths.json"), (state, tmp_path / "ospf.json")):
+        routed.save(path)
+        done = ndt("whatif", "--state", str(path), "--model", "qt", "--weight", "a,b=5", "--json")
+        assert done.returncode == 0, done.stderr
+        assert (note in done.stderr) == (routed is explicit) and json.loads(done.stdout)["paths"]
+
+
 def test_a_failure_that_takes_every_demand_is_reported_not_predicted():
     links = tuple(Link(x, y, 1e7) for p, q in (("a", "b"), ("b", "c"), ("c", "a")) for x, y in ((p, q), (q, p)))
     state = NetworkState(nodes=("a", "b", "c"), links=links, flows=(Flow("a", "b", 1e6), Flow("b", "a", 1e6)))
