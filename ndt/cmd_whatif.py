@@ -28,7 +28,8 @@ def register(subparsers) -> None:
             "Failures fail both directions of a link; a failed node takes its links and its own traffic with it;\n"
             "a change that leaves a demand between working nodes without a path is refused, naming the demand.\n"
             "--n-1 instead sweeps every single link and node failure and ranks them by impact (demands cut off,\n"
-            "intent violations, busiest link, mean delay increase).\n\n"
+            "intent violations, busiest link, mean delay increase). A link is named A,B, or A->B when a node's\n"
+            "name holds a comma (\"Washington, DC->Atlanta\").\n\n"
             "examples:\n"
             "  ndt whatif --state abilene.json --fail-link ATLAng,HSTNng --scale 1.2\n"
             "  ndt whatif --state abilene.json --scale-node NYCMng=1.5 --weight KSCYng,DNVRng=5 --intent examples/x.yaml\n"
@@ -72,9 +73,10 @@ def register(subparsers) -> None:
 
 
 def _pair(text: str) -> tuple[str, str]:
-    parts = text.split(",")
+    """``A,B``, or ``A->B`` (for node names that hold a comma)."""
+    parts = text.split("->") if "->" in text else text.split(",")
     if len(parts) != 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE,NODE")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE,NODE (or NODE->NODE when a name holds a comma)")
     return parts[0], parts[1]
 
 

@@ -169,6 +169,7 @@ def test_cli_n_minus_1_json_contract_and_picture(tmp_path):
     (["--fail-link", "a,z"], "failed link a-z: 'z' is not a node of the network"),
     (["--fail-link", "d,e"], "disconnects the demand a->e"),
     (["--fail-link", "ab"], "expected NODE,NODE"),
+    (["--fail-link", "a->b->c"], "expected NODE,NODE"),
     ([], "nothing to change"),
     (["--n-1", "--scale", "2"], "--n-1 sweeps single failures"),
     (["--links-only", "--scale", "2"], "--links-only belongs to --n-1"),
@@ -244,6 +245,19 @@ def test_explicit_paths_survive_a_failure_they_avoid_and_only_broken_ones_move()
     assert after.paths[("a", "c")] == ("a", "d", "c") and after.paths[("b", "d")] == ("b", "c", "d")
     assert after.paths[("a", "e")] == ("a", "d", "e")
     assert after.paths[("c", "b")] == ("c", "b")  # its path broke: the IGP's shortest path on what is left
+
+
+def test_cli_names_links_of_nodes_whose_names_hold_a_comma(tmp_path):
+    names = ("a", "Washington, DC", "c")
+    links = tuple(Link(x, y, 1e7) for p, q in ((0, 1), (1, 2), (0, 2)) for x, y in ((names[p], names[q]), (names[q], names[p])))
+    state = NetworkState(nodes=names, links=links, flows=(Flow("a", "c", 1e6), Flow("c", "a", 1e6)))
+    path = tmp_path / "dc.json"
+    state.save(path)
+    done = ndt("whatif", "--state", str(path), "--model", "qt", "--fail-link", "a->c",
+               "--weight", "Washington, DC->c=3", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["after"]["mean_delay"] > report["before"]["mean_delay"]  # a->c now runs through Washington
 
 
 def test_cli_says_when_a_weight_change_replaces_explicit_paths(tmp_path):
