@@ -132,6 +132,7 @@ def test_optimize_json_contract(tmp_path):
     (["tails", "fit", "--data", "DS", "--plot", "/nonexistent-dir/x.png"], "its folder '/nonexistent-dir' does not exist"),
     (["dataset", "info", "DS"], "no such directory"),
     (["sim", "--state", "S", "--limit", "2"], "it goes with --datanet, not --state"),
+    (["sim", "--state", "S", "--bogus"], "ndt sim: error: unrecognized arguments: --bogus"),
     (["state", "check", "TWICEJSON"], "key 'traffic' is given twice in one JSON object"),
 ])
 def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
