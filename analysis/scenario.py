@@ -117,14 +117,16 @@ def _without(state: NetworkState, links, keep: np.ndarray, failed: set) -> Netwo
 def _reconfigure(state: NetworkState, scenario: Scenario) -> NetworkState:
     index = state.link_index
     links = list(state.links)
-    for where, changes, field, low, high in (("weight", scenario.weights, "weight", 0.0, MAX_WEIGHT),
-                                             ("capacity", scenario.capacities, "capacity", MIN_CAPACITY_BPS,
-                                              MAX_RATE_BPS)):
+    for where, changes, field, low, low_allowed, high in (
+            ("weight", scenario.weights, "weight", 0.0, False, MAX_WEIGHT),
+            ("capacity", scenario.capacities, "capacity", MIN_CAPACITY_BPS, True, MAX_RATE_BPS)):
         for src, dst, value in changes:
             if (src, dst) not in index:
                 raise ScenarioError(f"{where} {src}->{dst}: {_no_link(state, src, dst)}")
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and low < value <= high):
-                raise ScenarioError(f"{where} {src}->{dst}: must be > {low:g} and <= {high:g}, got {shown(value)}")
+            number = isinstance(value, (int, float)) and math.isfinite(value)
+            if not (number and (low <= value if low_allowed else low < value) and value <= high):
+                raise ScenarioError(f"{where} {src}->{dst}: must be {'>=' if low_allowed else '>'} {low:g} and "
+                                    f"<= {high:g}, got {shown(value)}")
             links[index[(src, dst)]] = replace(links[index[(src, dst)]], **{field: float(value)})
     routing = {}
     if scenario.weights:
