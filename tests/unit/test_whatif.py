@@ -88,7 +88,7 @@ def test_weights_reroute_and_capacities_change_utilization():
     (Scenario(traffic_scale=-1.0), "traffic scale: a factor from 0"),
     (Scenario(weights=(("a", "b", 0.0),)), "weight a->b: must be > 0"),
     (Scenario(capacities=(("a", "b", float("nan")),)), "capacity a->b: must be"),
-    (Scenario(capacities=(("a", "b", 0.5),)), "capacity a->b: must be >= 1 and <= 1e+15, got 0.5"),
+    (Scenario(capacities=(("a", "b", 0.5),)), r"capacity a->b: must be >= 1 and <= 1e\+15, got 0.5"),
 ])
 def test_bad_scenarios_name_what_is_wrong(scenario, words):
     with pytest.raises(ScenarioError, match=words):
