@@ -66,8 +66,14 @@ def ip_address(text: str) -> str:
 
 def host_port(text: str) -> str:
     """``HOST:PORT`` of a server (a bracketed IPv6 literal allowed), the port from 1 to 65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    from controller.api.server import split_address
+    from twin.state.errors import NdtError
+
+    try:
+        port = split_address(text)[1]
+    except NdtError:
+        port = 0
+    if port == 0:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:50051; "
                                          f"got {text[:60]!r}")
     return text

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import MISSING, dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 from itertools import compress
 from pathlib import Path
 
@@ -540,6 +540,13 @@ def _list(data: dict, key: str, default=None) -> list:
     return value
 
 
+@cache
+def _required_fields(cls) -> tuple[str, ...]:
+    """The fields of dataclass ``cls`` that have no default."""
+    return tuple(name for name, spec in cls.__dataclass_fields__.items()
+                 if spec.default is MISSING and spec.default_factory is MISSING)
+
+
 def _build(cls, item, tag: str):
     if not isinstance(item, dict):
         raise StateError(f"{tag}: expected an object, got {type(item).__name__}")
@@ -548,9 +555,7 @@ def _build(cls, item, tag: str):
     if unknown:
         raise StateError(f"{tag}: unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(names))})")
     kwargs = dict(item)
-    required = [name for name, spec in cls.__dataclass_fields__.items()
-                if spec.default is MISSING and spec.default_factory is MISSING]
-    for name in required:
+    for name in _required_fields(cls):
         if name not in kwargs:
             raise StateError(f"{tag}: missing field {name!r}")
     for end in ("src", "dst"):
