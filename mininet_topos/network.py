@@ -435,6 +435,12 @@ class EmulatedNetwork:
         self.net.configLinkStatus(self.names.switch_of(a), self.names.switch_of(b), "down")
         self._wait(lambda: self.status().links_down >= down + 2, 15, f"the controller to see {a}-{b} down")
 
+    def restore_link(self, a: str, b: str) -> None:
+        """Bring the link between nodes ``a`` and ``b`` back up and wait until the controller has seen it."""
+        down = self.status().links_down
+        self.net.configLinkStatus(self.names.switch_of(a), self.names.switch_of(b), "up")
+        self._wait(lambda: self.status().links_down <= down - 2, 15, f"the controller to see {a}-{b} up")
+
     def apply(self, weights: dict[tuple[str, str], float], who: str) -> int:
         """Push OSPF weights to the controller; returns the route version installed."""
         return self.client.apply(weights, who)

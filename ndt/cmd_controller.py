@@ -59,6 +59,11 @@ def register(subparsers) -> None:
                    help="largest state (flows) a gRPC Predict accepts (default: 20000)")
     p.add_argument("--store", type=Path, default=Path("ndt-telemetry.db"), metavar="FILE",
                    help="SQLite telemetry store (default: ndt-telemetry.db)")
+    p.add_argument("--retention-days", type=number(0.01, 3650, unit=" days"), default=7.0, metavar="D",
+                   help="the store drops rows older than this, except the routing in place (default: 7)")
+    p.add_argument("--raw-hours", type=number(0.02, 87600, unit=" h"), default=1.0, metavar="H",
+                   help="rows older than this are merged into 1-minute means (counters: the minute's last value); "
+                        "at most --retention-days (default: 1)")
     p.add_argument("--poll-interval", type=number(0.05, 3600, unit=" s"), default=1.0, metavar="S",
                    help="statistics interval, s (default: 1)")
     p.add_argument("--probe-rate", type=number(0, 1000, unit=" probes/s"), default=20.0, metavar="N",
@@ -134,13 +139,16 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
         if path is not None and not path.is_file():
             raise RuleError(f"{flag} {path}: no such file")
+    if args.raw_hours * 3600.0 > args.retention_days * 86400.0:
+        raise RuleError(f"--raw-hours {args.raw_hours:g} is longer than --retention-days {args.retention_days:g}")
     state = NetworkState.load(args.state)
     wiring = load_wiring(args.wiring, state, discover=args.discover)
     api = None if args.grpc == "off" else ApiServer(
         args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
         args.insecure)
     loop_factory = _loop_factory(args, state) if args.intent or args.anomaly else None
-    config = ControllerConfig(state=state, wiring=wiring, store=TelemetryStore(args.store), metrics=Metrics(),
+    store = TelemetryStore(args.store, args.retention_days * 86400.0, args.raw_hours * 3600.0)
+    config = ControllerConfig(state=state, wiring=wiring, store=store, metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
                               probe_rate=args.probe_rate,
                               probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,13 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--state", type=Path, metavar="FILE", help="network state JSON (docs/state.md)")
     source.add_argument("--controller", type=host_port, metavar="HOST:PORT",
-                        help="the running 'ndt controller' API: its topology, routing and measured traffic")
+                        help="the running 'ndt controller' API: its topology, routing and measured traffic "
+                             "(a bearer token is taken from NDT_API_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, metavar="FILE",
+                   help="with --controller: speak TLS, trusting the PEM certificate(s) in FILE for the controller's")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="with --tls-ca: this client's PEM certificate, for a controller started with --tls-client-ca")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)")
     p.add_argument("--fail-link", type=_pair, action="append", default=[], metavar="A,B",
                    help="fail the link between A and B, both directions (repeatable)")
     p.add_argument("--fail-node", action="append", default=[], metavar="NODE", help="fail a node (repeatable)")
@@ -137,7 +144,8 @@ def _groups(path: Path | None) -> dict:
 def _state(args):
     from controller.api.client import ControllerClient
 
-    client = ControllerClient(args.controller, ready_s=CONNECT_S)
+    client = ControllerClient(args.controller, CONNECT_S, os.environ.get("NDT_API_TOKEN") or None, args.tls_ca,
+                              args.tls_cert, args.tls_key)
     try:
         return client.state()
     finally:
@@ -150,10 +158,19 @@ def _ask_controller(args):
 
     from analysis.scenario import ScenarioError
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ScenarioError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None and args.tls_ca is None:
+        raise ScenarioError("--tls-cert needs --tls-ca (a client certificate is only sent over TLS)")
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            raise ScenarioError(f"{flag} {path}: no such file")
     try:
         return _state(args)
     except grpc.FutureTimeoutError:
-        raise ScenarioError(f"--controller {args.controller}: no ndt controller API answers there") from None
+        trust = "" if args.tls_ca is None else (f" (or its certificate is not one --tls-ca trusts for the host "
+                                                f"{args.controller.rsplit(':', 1)[0]}, or it serves no TLS)")
+        raise ScenarioError(f"--controller {args.controller}: no ndt controller API answers there{trust}") from None
     except grpc.RpcError as exc:
         raise ScenarioError(f"--controller {args.controller}: {exc.code().name}: {exc.details()}") from None
 
@@ -165,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     from twin.models.registry import get_predictor
     from twin.state.model import NetworkState
 
+    if args.state and (args.tls_ca or args.tls_cert or args.tls_key):
+        raise ScenarioError("--tls-ca, --tls-cert and --tls-key go with --controller, not --state")
     state = NetworkState.load(args.state) if args.state else _ask_controller(args)
     intent = load_intent(args.intent) if args.intent else None
     if intent:

@@ -1,9 +1,13 @@
-"""The controller's gRPC API as Python calls: what the closed loop, the calibration and the emulation
-tests use to drive a running ``ndt controller`` (the emulation takes it as ``connect``)."""
+"""The controller's gRPC API as Python calls: what the closed loop, the calibration, the emulation
+tests and measurement agents use to drive a running ``ndt controller`` (the emulation takes it as
+``connect``). It speaks to an API behind a bearer token and TLS (mutual TLS too) as the controller
+serves it beyond loopback (``ndt controller --help``, docs/operations.md)."""
 
 from __future__ import annotations
 
 import json
+from collections import namedtuple
+from pathlib import Path
 
 import grpc
 
@@ -11,17 +15,54 @@ from controller.api import ndt_api_pb2 as pb
 from controller.api import ndt_api_pb2_grpc as services
 
 
-class ControllerClient:
-    """A channel to the controller's API at ``address`` (host:port), ready within ``ready_s`` s."""
+class _CallDetails(namedtuple("_CallDetails", "method timeout metadata credentials wait_for_ready compression"),
+                   grpc.ClientCallDetails):
+    pass
 
-    def __init__(self, address: str, ready_s: float = 20.0):
-        self._channel = grpc.insecure_channel(address)
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call (with or without TLS, as the server accepts it)."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        return _CallDetails(details.method, details.timeout, [*(details.metadata or ()), self._header],
+                            details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+class ControllerClient:
+    """A channel to the controller's API at ``address`` (host:port), ready within ``ready_s`` s.
+
+    ``token``: the controller's ``NDT_API_TOKEN``, sent as a bearer token. ``tls_ca``: the PEM
+    certificate(s) to trust for the server's (turns TLS on; ``address`` must name a host its
+    certificate is for); ``tls_cert`` and ``tls_key``: this client's certificate and key, for a
+    controller started with ``--tls-client-ca``."""
+
+    def __init__(self, address: str, ready_s: float = 20.0, token: str | None = None, tls_ca: Path | None = None,
+                 tls_cert: Path | None = None, tls_key: Path | None = None):
+        if tls_ca is None:
+            channel = grpc.insecure_channel(address)
+        else:
+            credentials = grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
+            channel = grpc.secure_channel(address, credentials)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=ready_s)
+            grpc.channel_ready_future(channel).result(timeout=ready_s)
         except grpc.FutureTimeoutError:
-            self._channel.close()
+            channel.close()
             raise
-        self.stub = services.NdtStub(self._channel)
+        self._channel = channel
+        self.stub = services.NdtStub(grpc.intercept_channel(channel, _BearerToken(token)) if token else channel)
 
     def close(self) -> None:
         self._channel.close()

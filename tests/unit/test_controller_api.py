@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from controller.api.client import ControllerClient
 from controller.api.server import NdtService, exposure_warnings, pb, serve, services
 from telemetry.exporter import Metrics
 from telemetry.store import LinkSample, TelemetryStore
@@ -193,6 +194,13 @@ def test_bearer_token():
             assert stub.GetStatus(pb.Empty(), metadata=[("authorization", "Bearer s3cret")]).switches_total == 4
             health = health_pb2_grpc.HealthStub(channel)
             assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        client = ControllerClient(f"127.0.0.1:{port}", ready_s=5, token="s3cret")
+        assert client.status().switches_total == 4 and client.weights()
+        client.close()
+        stranger = ControllerClient(f"127.0.0.1:{port}", ready_s=5, token="nope")
+        with pytest.raises(grpc.RpcError):
+            stranger.status()
+        stranger.close()
     finally:
         server.stop(None)
 
@@ -253,6 +261,10 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path)
         for chain, key in ((None, None), (stranger_pem, stranger_key)):
             with pytest.raises(grpc.RpcError):
                 status(chain, key)
+        client = ControllerClient(f"localhost:{port}", ready_s=5, tls_ca=tmp_path / "server.pem",
+                                  tls_cert=tmp_path / "client.pem", tls_key=tmp_path / "client-key.pem")
+        assert client.status().switches_total == 4
+        client.close()
     finally:
         server.stop(None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -151,8 +152,9 @@ def test_what_if_reports_intervals_links_and_intent_violations():
     assert {v["constraint"] for v in jittery["after"]["violations"]} == {"delay_bounds[a->c].max_jitter"}
 
 
-def ndt(*args):
-    return subprocess.run([sys.executable, "-m", "ndt.cli", *args], capture_output=True, text=True, timeout=300)
+def ndt(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "ndt.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_cli_n_minus_1_json_contract_and_picture(tmp_path):
@@ -201,6 +203,34 @@ def test_cli_asks_the_running_controller_through_grpc():
     assert report["lost"] == [{"src": "s2", "dst": "s4"}]  # the stand-in's running network: s3-s4 is down
     assert [(p["src"], p["dst"]) for p in report["paths"]] == [("s1", "s3")]
     assert {(r["src"], r["dst"]) for r in report["links"]} >= {("s1", "s2"), ("s2", "s1")}
+
+
+def test_cli_asks_a_controller_behind_a_token_and_mutual_tls(tmp_path):
+    from controller.api.server import NdtService, serve
+    from telemetry.exporter import Metrics
+    from telemetry.store import TelemetryStore
+    from tests.api_stand_in import StandIn
+    from tests.unit.test_controller_api import self_signed
+    from twin.models.registry import get_predictor
+
+    self_signed(tmp_path, "server")
+    self_signed(tmp_path, "client")
+    server, port = serve(NdtService(StandIn(), TelemetryStore(), Metrics(), get_predictor, "qt"), "127.0.0.1:0",
+                         token="s3cret", tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server-key.pem",
+                         tls_client_ca=tmp_path / "client.pem")
+    tls = ("--tls-ca", str(tmp_path / "server.pem"), "--tls-cert", str(tmp_path / "client.pem"),
+           "--tls-key", str(tmp_path / "client-key.pem"))
+    ask = ("whatif", "--controller", f"localhost:{port}", "--fail-node", "s2", "--model", "qt", "--json")
+    try:
+        done = ndt(*ask, *tls, env={"NDT_API_TOKEN": "s3cret"})
+        wrong_token = ndt(*ask, *tls, env={"NDT_API_TOKEN": "nope"})
+        no_tls = ndt(*ask, env={"NDT_API_TOKEN": "s3cret"})
+    finally:
+        server.stop(None)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["lost"] == [{"src": "s2", "dst": "s4"}]
+    assert wrong_token.returncode == 2 and "UNAUTHENTICATED" in wrong_token.stderr, wrong_token.stderr
+    assert no_tls.returncode == 2 and "no ndt controller API answers there" in no_tls.stderr, no_tls.stderr
 
 
 def test_predict_returns_intervals_inside_the_safe_range_and_reasons_outside(tmp_path):
