@@ -283,7 +283,8 @@ class NdtController(app_manager.OSKenApp):
         name = self.wiring.names.get(dp.id)
         if ev.state == MAIN_DISPATCHER:
             if name is None:
-                LOG.warning("switch %016x is not in the wiring; it gets no routes", dp.id)
+                LOG.warning("switch with dpid %016x is not in the wiring: it gets no routes, and packets its own "
+                            "rules do not match are dropped", dp.id)
                 return
             with self._lock:
                 self._datapaths[dp.id] = dp
@@ -292,7 +293,7 @@ class NdtController(app_manager.OSKenApp):
                     self._set_port(dp.id, port_no, self._port_is_up(dp, port))
                 hosts = list(self._hosts.values())
             self._install_edge_rules(hosts)
-            LOG.info("switch %s (dpid %d) connected", name, dp.id)
+            LOG.info("switch %s (dpid %016x) connected", name, dp.id)
             self.request_reroute(f"switch {name} connected")
         elif self._datapaths.get(dp.id) is dp:
             with self._lock:
@@ -303,7 +304,7 @@ class NdtController(app_manager.OSKenApp):
             self._offered.forget(dp.id)
             self._route_stats_read.pop(dp.id, None)
             self._route_stats_xids = {key for key in self._route_stats_xids if key[0] != dp.id}
-            LOG.warning("switch %s (dpid %d) disconnected", name, dp.id)
+            LOG.warning("switch %s (dpid %016x) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
         self.metrics.set_gauge("switches_connected", len(self._datapaths))
 

@@ -1,7 +1,9 @@
 """The wiring file: which OpenFlow switch and port each node and link of a state is.
 
-JSON: ``{"dpids": {"s1": 1, ...}, "ports": {"s1->s2": 2, ...}}``. ``dpids`` may be left
-out when every node name ends in its datapath id (Mininet's ``s1`` → 1). Every link of
+JSON: ``{"dpids": {"s1": 1, ...}, "ports": {"s1->s2": 2, ...}}``. A datapath id is a number or,
+as Open vSwitch prints it, hexadecimal text: ``"0x1a"``, ``"000000000000001a"`` (16 digits) or
+``"00:00:00:00:00:00:00:1a"``. ``dpids`` may be left out when every node name ends in its
+datapath id in decimal (Mininet's ``s1`` → 1). Every link of
 the state needs its output port, unless ``discover`` is set: then the ports come from LLDP
 and the file (or no file at all) may give only dpids. Errors name the file and the bad key.
 """
@@ -30,9 +32,7 @@ def wiring_from_dict(data, state: NetworkState, where: str = "wiring", discover:
         dpids = {node: _trailing_int(node, where) for node in state.nodes}
     if not isinstance(dpids, dict):
         raise RuleError(f"{where}: 'dpids' must map switch names to datapath ids")
-    for name, dpid in dpids.items():
-        if isinstance(dpid, bool) or not isinstance(dpid, int) or not 0 <= dpid <= MAX_DPID:
-            raise RuleError(f"{where}: dpids[{name!r}] must be a datapath id from 0 to 2**64-1, got {shown(dpid)}")
+    dpids = {name: _dpid(value, f"{where}: dpids[{name!r}]") for name, value in dpids.items()}
     raw_ports = data.get("ports", {} if discover else None)
     if not isinstance(raw_ports, dict):
         raise RuleError(f"{where}: 'ports' must map 'src->dst' to the output port on src")
@@ -63,6 +63,21 @@ def load_wiring(path, state: NetworkState, discover: bool = False) -> Wiring:
         return wiring_from_dict({}, state, "wiring", discover=True)
     data = read_json(path, "the wiring file", RuleError)
     return wiring_from_dict(data, state, str(path), discover)
+
+
+def _dpid(value, what: str) -> int:
+    """A datapath id from a number or hexadecimal text (:mod:`controller.topology`'s forms)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        digits = text[2:] if text.startswith("0x") else text.replace(":", "") if ":" in text else text
+        hexadecimal = text.startswith("0x") or (":" in text and len(text.split(":")) == 8) or len(text) == 16
+        if hexadecimal and digits and len(digits) <= 16 and all(c in "0123456789abcdef" for c in digits):
+            return int(digits, 16)
+        raise RuleError(f"{what}: {shown(value)} is not a datapath id; give a number, or hexadecimal as Open vSwitch "
+                        "prints it: '0x1a', '000000000000001a' or '00:00:00:00:00:00:00:1a'")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DPID:
+        raise RuleError(f"{what} must be a datapath id from 0 to 2**64-1, got {shown(value)}")
+    return value
 
 
 def _trailing_int(name: str, where: str) -> int:

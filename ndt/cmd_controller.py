@@ -24,8 +24,8 @@ def register(subparsers) -> None:
         help="run the OpenFlow 1.3 controller: routes from OSPF weights, statistics, metrics",
         description=(
             "Run ndt's os-ken OpenFlow 1.3 app. Switches and links come from the state file (nodes, links, "
-            "capacities, OSPF weights) and the wiring file (datapath ids, output port of every link) or, with "
-            "--discover, from LLDP (datapath ids default to the number ending each switch name). Hosts are "
+            "capacities, OSPF weights) and the wiring file (datapath ids, by default the number ending each switch "
+            "name; the output port of every link) or, with --discover, the ports from LLDP. Hosts are "
             "learned from ARP. Routes are installed make-before-break; port and flow statistics go to the "
             "SQLite telemetry store and the Prometheus endpoint; the gRPC API (controller/api/ndt_api.proto) "
             "serves topology, telemetry, twin predictions, what-if, optimization and weight changes. Send SIGHUP "
@@ -119,6 +119,9 @@ def register(subparsers) -> None:
     anomaly.add_argument("--anomaly-log", type=Path, metavar="FILE",
                          help="append every judged window's observations to FILE as JSON lines (audits, offline "
                               "tuning; about 1 MB per hour and 10 paths)")
+    p.add_argument("--check", action="store_true",
+                   help="check the state, wiring, intent, model and TLS files and that the ports are free, print what "
+                        "would run, and exit (exit 0: it would start)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=run)
 
@@ -147,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
         args.insecure)
     loop_factory = _loop_factory(args, state) if args.intent or args.anomaly else None
+    if args.check:
+        return _report_check(args, state, wiring, api)
     store = TelemetryStore(args.store, args.retention_days * 86400.0, args.raw_hours * 3600.0)
     config = ControllerConfig(state=state, wiring=wiring, store=store, metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
@@ -155,6 +160,39 @@ def run(args: argparse.Namespace) -> int:
                                                   2 * args.anomaly_window))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
                    args.max_predict_flows, loop_factory)
+    return 0
+
+
+def _report_check(args: argparse.Namespace, state, wiring, api) -> int:
+    """``--check``: the listening ports bound and released, then what the controller would run, on stdout."""
+    import socket
+
+    from telemetry.store import TelemetryStore
+
+    for what, host, number_ in (("OpenFlow", args.ofp_host, args.ofp_port),
+                                ("Prometheus", args.metrics_addr, args.metrics_port)):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, number_))
+            except OSError as exc:
+                raise OptionError(f"{what}: cannot listen on {host}:{number_} ({exc.strerror})") from None
+    if api is not None:
+        api.server.stop(None)
+    if args.store.exists():
+        TelemetryStore(args.store).close()  # a damaged store is refused here as it would be at start
+    elif not args.store.resolve().parent.is_dir():
+        raise OptionError(f"--store {args.store}: no such directory {args.store.resolve().parent}")
+    ports = "discovered by LLDP" if args.discover else f"{len(wiring.ports)} link ports from {args.wiring}"
+    dpids = ", ".join(f"{name}={dpid:#x}" for name, dpid in sorted(wiring.dpids.items(), key=lambda kv: kv[1])[:8])
+    more = f" and {len(wiring.dpids) - 8} more" if len(wiring.dpids) > 8 else ""
+    what = ("the closed loop for " + str(args.intent) + (" (dry run)" if args.dry_run else "")) if args.intent else \
+        ("anomaly detection" if args.anomaly else "no loop (routing, telemetry, API)")
+    print(f"state {args.state}: {len(state.nodes)} switches, {len(state.links)} links, {len(state.flows)} flows")
+    print(f"wiring: datapath ids {dpids}{more}; {ports}")
+    print(f"OpenFlow 1.3 on {args.ofp_host}:{args.ofp_port}; Prometheus on {args.metrics_addr}:{args.metrics_port}; "
+          f"gRPC {'off' if api is None else args.grpc + ''.join(api.describe())}; store {args.store}")
+    print(f"runs {what}; probes {args.probe_rate:g}/s; ready to start")
     return 0
 
 
@@ -185,6 +223,14 @@ def _loop_factory(args: argparse.Namespace, state):
         raise OptionError(f"--model {model!r}: not one of {', '.join(PREDICTORS)}")
     if args.calibration is not None:
         load_calibration(args.calibration)
+    if intent is not None and intent.heads:  # refused now, not at every run of the loop
+        from optimizer.search import check_heads
+        from twin.models.registry import get_predictor
+
+        try:
+            check_heads(get_predictor(model), intent)
+        except NdtError as exc:
+            raise OptionError(f"--intent {args.intent} with --model {model}: {exc}") from None
 
     def twin():
         calibrated = calibrated_twin(model, args.calibration, state.name, logging.getLogger("ndt.loop").warning)

@@ -112,6 +112,8 @@ def test_optimize_json_contract(tmp_path):
      "--intent needs the probes"),
     (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "I", "--model", "gpt"],
      "--model 'gpt': not one of"),
+    (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "JITTER"],
+     "with --model routenet: the intent bounds jitter, which the model"),
     (["controller", "--state", "S", "--discover", "--store", "STORE", "--intent", "AVOID"],
      "constraints.avoid_links: s1->s9 is not a link"),
     (["controller", "--state", "S", "--discover", "--store", "STORE", "--anomaly", "--probe-rate", "0"],
@@ -149,13 +151,15 @@ def test_bad_input_is_one_line_naming_it_with_exit_2(tmp_path, argv, words):
     files = {"S": state if argv[0] != "state" or argv[1] != "import" else gml, "STORE": tmp_path / "t.db",
              "I": tmp_path / "i.yaml", "U16": tmp_path / "u16.json", "DEEP": tmp_path / "deep.json",
              "BOMB": tmp_path / "bomb.yaml", "TWICE": tmp_path / "twice.yaml", "HAPPY": tmp_path / "happy.yaml",
-             "AVOID": tmp_path / "avoid.yaml", "EMPTY": tmp_path / "empty.yaml", "DS": tmp_path / "ds"}
+             "AVOID": tmp_path / "avoid.yaml", "JITTER": tmp_path / "jitter.yaml", "EMPTY": tmp_path / "empty.yaml", "DS": tmp_path / "ds"}
     files["EMPTY"].write_text("\n")
     files["TWICEJSON"] = tmp_path / "twice.json"
     files["TWICEJSON"].write_text(json.dumps(SMALL_STATE)[:-1] + ', "traffic": []}')
     files["HAPPY"].write_text("objective: {minimize: happiness}\n")
     files["AVOID"].write_text("objective: {minimize: mean_delay}\nconstraints: {avoid_links: [[s1, s9]]}\n")
     files["I"].write_text("objective: {minimize: mean_delay}\n")
+    files["JITTER"].write_text("objective: {minimize: mean_delay}\n"
+                               "constraints: {delay_bounds: [{src: s1, dst: s2, max_jitter: 1ms}]}\n")
     files["U16"].write_text(json.dumps(SMALL_STATE), encoding="utf-16")
     files["DEEP"].write_text("[" * 50_000 + "]" * 50_000)
     files["BOMB"].write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\nconstraints: {weight_bounds: *c}\n')

@@ -26,13 +26,23 @@ def test_dpids_default_to_the_trailing_number():
     assert wiring.link_at(1, 2) == ("s1", "s2") and wiring.is_edge_port(1, 1)
 
 
+@pytest.mark.parametrize("text", ["0x1A", "000000000000001a", "00:00:00:00:00:00:00:1a", " 0x1a "])
+def test_dpids_as_open_vswitch_prints_them(text):
+    wiring = wiring_from_dict({"ports": PORTS, "dpids": {"s1": 1, "s2": text}}, STATE)
+    assert wiring.dpids == {"s1": 1, "s2": 26}
+
+
 @pytest.mark.parametrize("data, message", [
     ({"ports": {"s1->s2": 2}}, "link s2->s1: no output port"),
     ({"ports": {**PORTS, "s1-s2": 3}}, "'s1-s2' is not of the form"),
     ({"ports": {**PORTS, "s1->s3": 3}}, "link s1->s3, which is not in the state"),
     ({"ports": {"s1->s2": 0, "s2->s1": 2}}, r"ports\['s1->s2'\] must be an OpenFlow port"),
     ({"ports": PORTS, "dpids": {"s1": 1}}, "switch 's2': no datapath id"),
-    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "x"}}, r"dpids\['s2'\] must be a datapath id from 0 to 2\*\*64-1"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "x"}}, r"dpids\['s2'\]: 'x' is not a datapath id; give a number, or hex"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "12"}}, r"'12' is not a datapath id"),  # decimal or hex: refused
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "0x1g"}}, r"'0x1g' is not a datapath id"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "0x" + "f" * 17}}, r"is not a datapath id"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": 2.0}}, r"dpids\['s2'\] must be a datapath id from 0 to 2\*\*64-1"),
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": 2**70}}, r"dpids\['s2'\] must be a datapath id .* got 1180591620717411303424"),
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": 1}}, "share one datapath id"),
     ({"ports": PORTS, "hosts": []}, "unknown field 'hosts'"),
@@ -89,6 +99,33 @@ def test_launcher_reports_bad_files_in_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().endswith("wiring.json: link s2->s1: no output port in the wiring")
     assert "Traceback" not in run.stderr
+
+
+def test_check_says_what_would_run_and_starts_nothing(tmp_path):
+    import socket
+
+    STATE.save(tmp_path / "state.json")
+    (tmp_path / "wiring.json").write_text(json.dumps({"dpids": {"s1": "0x1a", "s2": 2}, "ports": PORTS}))
+    (tmp_path / "intent.yaml").write_text("objective: {minimize: mean_delay}\n")
+
+    def check(*extra):
+        return subprocess.run([sys.executable, "-m", "ndt.cli", "controller", "--state", str(tmp_path / "state.json"),
+                               "--wiring", str(tmp_path / "wiring.json"), "--store", str(tmp_path / "t.db"),
+                               "--metrics-port", str(free_port()), "--grpc", f"127.0.0.1:{free_port()}",
+                               "--intent", str(tmp_path / "intent.yaml"), "--model", "qt", "--check", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    ofp_port = free_port()
+    done = check("--ofp-port", str(ofp_port))
+    assert done.returncode == 0, done.stderr
+    assert "2 switches, 2 links" in done.stdout and "s2=0x2, s1=0x1a" in done.stdout, done.stdout
+    assert f"OpenFlow 1.3 on 127.0.0.1:{ofp_port}" in done.stdout and "ready to start" in done.stdout
+    assert not (tmp_path / "t.db").exists(), "--check created the store"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ofp_port))
+        taken.listen()
+        busy = check("--ofp-port", str(ofp_port))
+    assert busy.returncode == 2 and f"OpenFlow: cannot listen on 127.0.0.1:{ofp_port}" in busy.stderr, busy.stderr
 
 
 def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path):
