@@ -34,6 +34,7 @@ PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
 PROBE_FRAME_BYTES = 64  # Ethernet frame without FCS: the smallest, so probes add next to no load
 PROBE_TIMEOUT_S = 2.0  # a probe not back by then is counted lost
 LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks (their median needs fewer samples)
+MIN_PATH_PROBES = 3  # a path's mean over a window needs this many of its probes
 MAX_POOLED_LINKS = 500  # a larger fit (cubic in the links: 0.1 s at 500) would hold up the controller's thread
 MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
 
@@ -52,6 +53,13 @@ def probe_id(payload: bytes) -> int | None:
         return None
     magic, number = PROBE_HEADER.unpack_from(payload)
     return number if magic == PROBE_MAGIC else None
+
+
+def rate_needed(switches: int, window_s: float) -> float:
+    """Probes per second, network-wide, that give every ordered pair of ``switches`` (those with hosts)
+    :data:`MIN_PATH_PROBES` probes in a window of ``window_s`` s, a share :data:`LOOPBACK_SHARE` going
+    to loopbacks (the schedule takes the pairs round robin)."""
+    return MIN_PATH_PROBES * switches * (switches - 1) / ((1.0 - LOOPBACK_SHARE) * window_s)
 
 
 class ProbeSchedule:
@@ -145,7 +153,7 @@ class PathDelays:
                     out.append(s)
         return out[::-1]
 
-    def stats(self, start: float, end: float, min_samples: int = 3, robust: bool = False,
+    def stats(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES, robust: bool = False,
               pooled: bool = True) -> dict[Pair, PathStat]:
         """:func:`path_stats` of the probes received in [start, end); ``pooled``: then
         :func:`pooled_path_stats` when the window began under the current routes."""
@@ -154,12 +162,12 @@ class PathDelays:
             routes, since = self._routes, self._routes_since
         return pooled_path_stats(own, routes) if pooled and routes and start >= since else own
 
-    def delays(self, start: float, end: float, min_samples: int = 3) -> dict[Pair, float]:
+    def delays(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> dict[Pair, float]:
         """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s
         (pooled as :meth:`stats`)."""
         return {pair: stat.mean for pair, stat in self.stats(start, end, min_samples).items()}
 
-    def noise(self, start: float, end: float, min_samples: int = 3) -> float:
+    def noise(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> float:
         """:func:`sampling_mape` of :meth:`stats` over [start, end)."""
         return sampling_mape(self.stats(start, end, min_samples))
 
@@ -186,7 +194,7 @@ class PathStat:
     stderr: float
 
 
-def path_stats(samples: list[ProbeSample], min_samples: int = 3, robust: bool = False) -> dict[Pair, PathStat]:
+def path_stats(samples: list[ProbeSample], min_samples: int = MIN_PATH_PROBES, robust: bool = False) -> dict[Pair, PathStat]:
     """Per path (src ≠ dst) with at least ``min_samples`` probes and a loopback time at both ends:
     the mean raw time minus half of each end's loopback time (never below zero), s, and its
     standard error: the raw times' (one probe: 0) and half of each end's loopback mean's, in

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         args.grpc, os.environ.get("NDT_API_TOKEN") or None, args.tls_cert, args.tls_key, args.tls_client_ca,
         args.insecure)
     loop_factory = _loop_factory(args, state) if args.intent or args.anomaly else None
+    _warn_if_probes_are_too_few(args, len(state.nodes))
     if args.check:
         return _report_check(args, state, wiring, api)
     store = TelemetryStore(args.store, args.retention_days * 86400.0, args.raw_hours * 3600.0)
@@ -161,6 +162,23 @@ def run(args: argparse.Namespace) -> int:
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
                    args.max_predict_flows, loop_factory)
     return 0
+
+
+def _warn_if_probes_are_too_few(args: argparse.Namespace, switches: int) -> None:
+    """Say so when the probe rate leaves paths without a delay in the loop's or anomaly detection's window."""
+    from controller.probes import MIN_PATH_PROBES, rate_needed
+
+    windows = [(f"the loop's {args.loop_window:g}-s window", args.loop_window)] * bool(args.intent) + \
+        [(f"anomaly detection's {args.anomaly_window:g}-s window", args.anomaly_window)] * bool(args.intent or args.anomaly)
+    if not windows or args.probe_rate == 0:
+        return
+    what, window = min(windows, key=lambda w: w[1])
+    needed = rate_needed(switches, window)
+    if args.probe_rate < needed:
+        logging.getLogger("ndt.controller").warning(
+            "--probe-rate %g is too low for %d switches: %s needs about %.0f probes/s to give each of the %d pairs "
+            "%d probes (with hosts at every switch; docs/deployment.md, 'How many probes')",
+            args.probe_rate, switches, what, needed, switches * (switches - 1), MIN_PATH_PROBES)
 
 
 def _report_check(args: argparse.Namespace, state, wiring, api) -> int:

@@ -121,6 +121,10 @@ def test_check_says_what_would_run_and_starts_nothing(tmp_path):
     assert "2 switches, 2 links" in done.stdout and "s2=0x2, s1=0x1a" in done.stdout, done.stdout
     assert f"OpenFlow 1.3 on 127.0.0.1:{ofp_port}" in done.stdout and "ready to start" in done.stdout
     assert not (tmp_path / "t.db").exists(), "--check created the store"
+    assert "too low" not in done.stderr, done.stderr
+    sparse = check("--ofp-port", str(ofp_port), "--probe-rate", "0.5")
+    assert sparse.returncode == 0 and "--probe-rate 0.5 is too low for 2 switches: anomaly detection's 10-s window " \
+        "needs about 1 probes/s" in sparse.stderr, sparse.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", ofp_port))
         taken.listen()

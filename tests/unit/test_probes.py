@@ -13,12 +13,14 @@ from controller.probes import (
     PathDelays,
     PathStat,
     ProbeSample,
+    MIN_PATH_PROBES,
     ProbeSchedule,
     loopback_times,
     path_stats,
     pooled_path_stats,
     probe_id,
     probe_payload,
+    rate_needed,
     sampling_mape,
 )
 from controller.routing_rules import probe_routes
@@ -49,6 +51,23 @@ def test_schedule_covers_every_pair_and_loopback_at_the_asked_rate():
     gaps = [schedule.gap() for _ in range(4000)]
     assert np.mean(gaps) == pytest.approx(1 / 50.0, rel=0.05)
     assert np.std(gaps) == pytest.approx(1 / 50.0, rel=0.1)  # exponential: Poisson sampling
+
+
+def test_the_rate_needed_gives_every_pair_its_probes_in_the_window():
+    """The schedule at ``rate_needed`` gives each ordered pair about MIN_PATH_PROBES probes per window."""
+    switches, window_s = [f"s{i}" for i in range(6)], 20.0
+    rate = rate_needed(len(switches), window_s)
+    assert rate == pytest.approx(MIN_PATH_PROBES * 30 / (0.75 * 20.0))
+    schedule = ProbeSchedule(rate, seed=3)
+    schedule.set_switches(switches)
+    picked, elapsed = [], 0.0
+    while True:
+        elapsed += schedule.gap()
+        if elapsed > 50 * window_s:
+            break
+        picked.append(schedule.next())
+    per_pair = [sum(1 for p in picked if p == (a, b)) / 50 for a in switches for b in switches if a != b]
+    assert np.mean(per_pair) == pytest.approx(MIN_PATH_PROBES, rel=0.1)
 
 
 def test_delay_is_raw_time_minus_half_of_each_ends_loopback():
