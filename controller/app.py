@@ -229,6 +229,11 @@ class NdtController(app_manager.OSKenApp):
             new = NetworkState.load(path)
             if {(lk.src, lk.dst) for lk in new.links} != set(self.capacity):
                 raise RuleError(f"{path}: the links differ from the running topology; only weights can change")
+            resized = [f"{lk.src}->{lk.dst}" for lk in new.links if lk.capacity != self.capacity[(lk.src, lk.dst)]]
+            if resized:
+                LOG.warning("state reload: capacities of %s changed in %s; only weights are applied on reload, "
+                            "restart the controller to change capacities", ", ".join(resized[:5])
+                            + (f" and {len(resized) - 5} more" if len(resized) > 5 else ""), path)
             self.apply_weights({(lk.src, lk.dst): lk.weight for lk in new.links}, who=f"state file {path}")
         except NdtError as exc:
             LOG.error("state reload rejected, keeping the current routes: %s", exc)

@@ -164,6 +164,10 @@ def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path)
             STATE.with_weights([2.0, 2.0]).save(tmp_path / "state.json")
             proc.send_signal(signal.SIGHUP)
             assert log_has("weights from state file")
+            NetworkState(nodes=STATE.nodes, links=(Link("s1", "s2", 2e7), Link("s2", "s1", 1e7))).save(
+                tmp_path / "state.json")
+            proc.send_signal(signal.SIGHUP)
+            assert log_has("capacities of s1->s2 changed"), (tmp_path / "log").read_text()
             assert proc.poll() is None
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
                 assert b"ndt_routing_changes_total" in resp.read()
