@@ -13,9 +13,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from controller.api.server import ApiServer, NdtService
 from controller.app import ControllerConfig, NdtController
@@ -28,18 +31,21 @@ SIGNAL_POLL_S = 0.2
 
 def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6653,
         metrics_addr: str = "127.0.0.1", metrics_port: int = 9108, api: ApiServer | None = None,
-        max_predict_flows: int = 20_000, loop_factory=None) -> None:
-    """Serve OpenFlow on ofp_host:ofp_port, metrics on metrics_addr:metrics_port and the gRPC API on
-    ``api`` (bound beforehand, so a bad address or certificate stops the controller before it starts;
-    None: no API) until a signal. ``loop_factory(app)``: the closed loop to run beside the app
-    (:class:`controller.loop.service.LoopService`), or None."""
+        max_predict_flows: int = 20_000, loop_factory=None, ofp_tls: OpenFlowTls | None = None) -> None:
+    """Serve OpenFlow on ofp_host:ofp_port (over TLS with ``ofp_tls``), metrics on metrics_addr:metrics_port
+    and the gRPC API on ``api`` (bound beforehand, so a bad address or certificate stops the controller
+    before it starts; None: no API) until a signal. ``loop_factory(app)``: the closed loop to run beside
+    the app (:class:`controller.loop.service.LoopService`), or None."""
     import os_ken.controller.controller  # noqa: F401  registers the --ofp-* options parsed below
     import os_ken.topology.switches  # noqa: F401  registers --observe-links (LLDP discovery)
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
 
-    _check_can_listen(ofp_host, ofp_port)
+    check_can_listen(ofp_host, ofp_port)
     args = ["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)]
+    if ofp_tls is not None:  # os-ken then serves TLS only, on its SSL port
+        args += ["--ofp-ssl-listen-port", str(ofp_port), "--ctl-cert", str(ofp_tls.cert), "--ctl-privkey",
+                 str(ofp_tls.key)] + (["--ca-certs", str(ofp_tls.switch_ca)] if ofp_tls.switch_ca else [])
     if config.discover:
         args.append("--observe-links")
     cfg.CONF(args=args, project="os_ken")
@@ -50,8 +56,9 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     contexts = manager.create_contexts()
     manager.instantiate_apps(ndt_config=config, **contexts)
     app = next(a for a in manager.applications.values() if isinstance(a, NdtController))
-    LOG.info("OpenFlow 1.3 on %s:%d, metrics on http://%s:%d/metrics, %d switches in the state",
-             ofp_host, ofp_port, metrics_addr, bound, len(config.state.nodes))
+    LOG.info("OpenFlow 1.3 on %s:%d%s, metrics on http://%s:%d/metrics, %d switches in the state",
+             ofp_host, ofp_port, "" if ofp_tls is None else ofp_tls.describe(), metrics_addr, bound,
+             len(config.state.nodes))
     loop = None
     if loop_factory is not None:
         loop = loop_factory(app)
@@ -77,12 +84,45 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
         time.sleep(SIGNAL_POLL_S)
 
 
-def _check_can_listen(host: str, port: int) -> None:
-    """Refuse an OpenFlow address this host cannot listen on, before anything starts."""
+@dataclass(frozen=True)
+class OpenFlowTls:
+    """The OpenFlow channel over TLS: the controller's PEM certificate and key, and the CA whose
+    certificates switches must present (None: any switch may connect, encrypted)."""
+
+    cert: Path
+    key: Path
+    switch_ca: Path | None = None
+
+    def check(self) -> "OpenFlowTls":
+        """Refuse files that are missing, not PEM, or a key that does not match the certificate."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+        except (ssl.SSLError, OSError) as exc:
+            raise NdtError(f"--ofp-tls-cert {self.cert} / --ofp-tls-key {self.key}: not a PEM certificate and its "
+                           f"private key ({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+        if self.switch_ca is not None:
+            try:
+                context.load_verify_locations(self.switch_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise NdtError(f"--ofp-tls-ca {self.switch_ca}: not a PEM CA certificate "
+                               f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+        return self
+
+    def describe(self) -> str:
+        return " over TLS" + (", switch certificates required" if self.switch_ca else "")
+
+
+def _no_passphrase() -> bytes:
+    raise NdtError("--ofp-tls-key is encrypted: give an unencrypted PEM key (readable by this user only)")
+
+
+def check_can_listen(host: str, port: int, what: str = "OpenFlow") -> None:
+    """Refuse an address this host cannot listen on (``what`` names the service), before anything starts."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except (OSError, OverflowError) as exc:
-        raise NdtError(f"OpenFlow {host}:{port}: cannot listen ({getattr(exc, 'strerror', None) or exc})") from None
+        raise NdtError(f"{what} {host}:{port}: cannot listen ({getattr(exc, 'strerror', None) or exc})") from None

@@ -40,6 +40,11 @@ def register(subparsers) -> None:
     p.add_argument("--ofp-host", type=ip_address, default="127.0.0.1",
                    help="OpenFlow listen address (default: 127.0.0.1)")
     p.add_argument("--ofp-port", type=port(), default=6653, help="OpenFlow listen port (default: 6653)")
+    p.add_argument("--ofp-tls-cert", type=Path, metavar="FILE",
+                   help="PEM certificate: serve OpenFlow over TLS only (switches connect to ssl:HOST:PORT)")
+    p.add_argument("--ofp-tls-key", type=Path, metavar="FILE", help="PEM private key of --ofp-tls-cert")
+    p.add_argument("--ofp-tls-ca", type=Path, metavar="FILE",
+                   help="PEM CA certificate: switches must present a certificate it signed")
     p.add_argument("--metrics-addr", type=ip_address, default="127.0.0.1",
                    help="Prometheus endpoint address (default: 127.0.0.1)")
     p.add_argument("--metrics-port", type=port(allow_zero=True), default=9108,
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
         if path is not None and not path.is_file():
             raise RuleError(f"{flag} {path}: no such file")
+    ofp_tls = _openflow_tls(args)
     if args.raw_hours * 3600.0 > args.retention_days * 86400.0:
         raise RuleError(f"--raw-hours {args.raw_hours:g} is longer than --retention-days {args.retention_days:g}")
     state = NetworkState.load(args.state)
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     loop_factory = _loop_factory(args, state) if args.intent or args.anomaly else None
     _warn_if_probes_are_too_few(args, len(state.nodes))
     if args.check:
-        return _report_check(args, state, wiring, api)
+        return _report_check(args, state, wiring, api, ofp_tls)
     store = TelemetryStore(args.store, args.retention_days * 86400.0, args.raw_hours * 3600.0)
     config = ControllerConfig(state=state, wiring=wiring, store=store, metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
@@ -160,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                               probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0,
                                                   2 * args.anomaly_window))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,
-                   args.max_predict_flows, loop_factory)
+                   args.max_predict_flows, loop_factory, ofp_tls)
     return 0
 
 
@@ -181,20 +187,26 @@ def _warn_if_probes_are_too_few(args: argparse.Namespace, switches: int) -> None
             args.probe_rate, switches, what, needed, switches * (switches - 1), MIN_PATH_PROBES)
 
 
-def _report_check(args: argparse.Namespace, state, wiring, api) -> int:
-    """``--check``: the listening ports bound and released, then what the controller would run, on stdout."""
-    import socket
+def _openflow_tls(args: argparse.Namespace):
+    """The OpenFlow channel's TLS files, checked; None without --ofp-tls-cert."""
+    from controller.launcher import OpenFlowTls
 
+    if (args.ofp_tls_cert is None) != (args.ofp_tls_key is None):
+        raise OptionError("--ofp-tls-cert and --ofp-tls-key go together")
+    if args.ofp_tls_ca is not None and args.ofp_tls_cert is None:
+        raise OptionError("--ofp-tls-ca needs --ofp-tls-cert and --ofp-tls-key (switch certificates are checked over TLS)")
+    if args.ofp_tls_cert is None:
+        return None
+    return OpenFlowTls(args.ofp_tls_cert, args.ofp_tls_key, args.ofp_tls_ca).check()
+
+
+def _report_check(args: argparse.Namespace, state, wiring, api, ofp_tls) -> int:
+    """``--check``: the listening ports bound and released, then what the controller would run, on stdout."""
+    from controller.launcher import check_can_listen
     from telemetry.store import TelemetryStore
 
-    for what, host, number_ in (("OpenFlow", args.ofp_host, args.ofp_port),
-                                ("Prometheus", args.metrics_addr, args.metrics_port)):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, number_))
-            except OSError as exc:
-                raise OptionError(f"{what}: cannot listen on {host}:{number_} ({exc.strerror})") from None
+    check_can_listen(args.ofp_host, args.ofp_port)
+    check_can_listen(args.metrics_addr, args.metrics_port, "Prometheus")
     if api is not None:
         api.server.stop(None)
     if args.store.exists():
@@ -208,7 +220,7 @@ def _report_check(args: argparse.Namespace, state, wiring, api) -> int:
         ("anomaly detection" if args.anomaly else "no loop (routing, telemetry, API)")
     print(f"state {args.state}: {len(state.nodes)} switches, {len(state.links)} links, {len(state.flows)} flows")
     print(f"wiring: datapath ids {dpids}{more}; {ports}")
-    print(f"OpenFlow 1.3 on {args.ofp_host}:{args.ofp_port}; Prometheus on {args.metrics_addr}:{args.metrics_port}; "
+    print(f"OpenFlow 1.3 on {args.ofp_host}:{args.ofp_port}{'' if ofp_tls is None else ofp_tls.describe()}; Prometheus on {args.metrics_addr}:{args.metrics_port}; "
           f"gRPC {'off' if api is None else args.grpc + ''.join(api.describe())}; store {args.store}")
     print(f"runs {what}; probes {args.probe_rate:g}/s; ready to start")
     return 0

@@ -129,7 +129,7 @@ def test_check_says_what_would_run_and_starts_nothing(tmp_path):
         taken.bind(("127.0.0.1", ofp_port))
         taken.listen()
         busy = check("--ofp-port", str(ofp_port))
-    assert busy.returncode == 2 and f"OpenFlow: cannot listen on 127.0.0.1:{ofp_port}" in busy.stderr, busy.stderr
+    assert busy.returncode == 2 and f"OpenFlow 127.0.0.1:{ofp_port}: cannot listen" in busy.stderr, busy.stderr
 
 
 def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path):
