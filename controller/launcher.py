@@ -117,12 +117,21 @@ def _no_passphrase() -> bytes:
     raise NdtError("--ofp-tls-key is encrypted: give an unencrypted PEM key (readable by this user only)")
 
 
-def check_can_listen(host: str, port: int, what: str = "OpenFlow") -> None:
-    """Refuse an address this host cannot listen on (``what`` names the service), before anything starts."""
+def listening_socket(host: str, port: int, what: str = "OpenFlow") -> socket.socket:
+    """A socket listening on host:port, for the caller to close: proof that the address is free
+    (``what`` names the service in the refusal)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        probe.listen()
     except (OSError, OverflowError) as exc:
+        probe.close()
         raise NdtError(f"{what} {host}:{port}: cannot listen ({getattr(exc, 'strerror', None) or exc})") from None
+    return probe
+
+
+def check_can_listen(host: str, port: int, what: str = "OpenFlow") -> None:
+    """Refuse an address this host cannot listen on, before anything starts."""
+    listening_socket(host, port, what).close()

@@ -69,10 +69,8 @@ def _dpid(value, what: str) -> int:
     """A datapath id from a number or hexadecimal text (:mod:`controller.topology`'s forms)."""
     if isinstance(value, str):
         text = value.strip().lower()
-        digits = text[2:] if text.startswith("0x") else text.replace(":", "") if ":" in text else text
-        hexadecimal = text.startswith("0x") or (":" in text and len(text.split(":")) == 8) or len(text) == 16
-        if hexadecimal and digits and len(digits) <= 16 and all(c in "0123456789abcdef" for c in digits):
-            return int(digits, 16)
+        if re.fullmatch(r"0x[0-9a-f]{1,16}|[0-9a-f]{16}|([0-9a-f]{2}:){7}[0-9a-f]{2}", text):
+            return int(text.removeprefix("0x").replace(":", ""), 16)
         raise RuleError(f"{what}: {shown(value)} is not a datapath id; give a number, or hexadecimal as Open vSwitch "
                         "prints it: '0x1a', '000000000000001a' or '00:00:00:00:00:00:00:1a'")
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DPID:

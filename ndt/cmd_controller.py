@@ -174,15 +174,18 @@ def _warn_if_probes_are_too_few(args: argparse.Namespace, switches: int) -> None
     """Say so when the probe rate leaves paths without a delay in the loop's or anomaly detection's window."""
     from controller.probes import MIN_PATH_PROBES, rate_needed
 
-    windows = [(f"the loop's {args.loop_window:g}-s window", args.loop_window)] * bool(args.intent) + \
-        [(f"anomaly detection's {args.anomaly_window:g}-s window", args.anomaly_window)] * bool(args.intent or args.anomaly)
+    windows = []
+    if args.intent:
+        windows.append((f"the loop's {args.loop_window:g}-s window", args.loop_window))
+    if args.intent or args.anomaly:
+        windows.append((f"anomaly detection's {args.anomaly_window:g}-s window", args.anomaly_window))
     if not windows or args.probe_rate == 0:
         return
     what, window = min(windows, key=lambda w: w[1])
     needed = rate_needed(switches, window)
     if args.probe_rate < needed:
         logging.getLogger("ndt.controller").warning(
-            "--probe-rate %g is too low for %d switches: %s needs about %.0f probes/s to give each of the %d pairs "
+            "--probe-rate %g is too low for %d switches: %s needs about %.2g probes/s to give each of the %d pairs "
             "%d probes (with hosts at every switch; docs/deployment.md, 'How many probes')",
             args.probe_rate, switches, what, needed, switches * (switches - 1), MIN_PATH_PROBES)
 
@@ -202,15 +205,16 @@ def _openflow_tls(args: argparse.Namespace):
 
 def _report_check(args: argparse.Namespace, state, wiring, api, ofp_tls) -> int:
     """``--check``: the listening ports bound and released, then what the controller would run, on stdout."""
-    from controller.launcher import check_can_listen
-    from telemetry.store import TelemetryStore
+    from controller.launcher import listening_socket
+    from telemetry.store import check_store_file
 
-    check_can_listen(args.ofp_host, args.ofp_port)
-    check_can_listen(args.metrics_addr, args.metrics_port, "Prometheus")
+    with listening_socket(args.ofp_host, args.ofp_port), \
+            listening_socket(args.metrics_addr, args.metrics_port, "Prometheus"):
+        pass  # both at once: one port given twice is refused
     if api is not None:
         api.server.stop(None)
     if args.store.exists():
-        TelemetryStore(args.store).close()  # a damaged store is refused here as it would be at start
+        check_store_file(args.store)  # read only: a damaged store is refused here as it would be at start
     elif not args.store.resolve().parent.is_dir():
         raise OptionError(f"--store {args.store}: no such directory {args.store.resolve().parent}")
     ports = "discovered by LLDP" if args.discover else f"{len(wiring.ports)} link ports from {args.wiring}"

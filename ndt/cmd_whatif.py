@@ -158,13 +158,6 @@ def _ask_controller(args):
 
     from analysis.scenario import ScenarioError
 
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ScenarioError("--tls-cert and --tls-key go together")
-    if args.tls_cert is not None and args.tls_ca is None:
-        raise ScenarioError("--tls-cert needs --tls-ca (a client certificate is only sent over TLS)")
-    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if path is not None and not path.is_file():
-            raise ScenarioError(f"{flag} {path}: no such file")
     try:
         return _state(args)
     except grpc.FutureTimeoutError:

@@ -109,6 +109,30 @@ class ConfigRecord:
     predicted: dict | None
 
 
+def _refuse_if_damaged(db: sqlite3.Connection, path) -> None:
+    """:class:`StoreError` (and ``db`` closed) when the file at ``path`` fails SQLite's quick check."""
+    try:
+        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            problems = [line for line in verdict.splitlines() if not line.startswith("***")]
+            raise sqlite3.DatabaseError(f"integrity check failed ({problems[0] if problems else verdict})")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"telemetry store {path}: damaged, cannot be used: {exc}; move it aside with its "
+                         f"journal (mv {path} {path}.damaged; mv {path}-wal {path}.damaged-wal, if there is "
+                         "one) and start again with a fresh store") from None
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse a store file that cannot be opened or is damaged, as opening it would, without writing to it."""
+    try:
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"telemetry store {path}: cannot be opened: {exc}") from None
+    _refuse_if_damaged(db, path)
+    db.close()
+
+
 class TelemetryStore:
     """Append-only time series in SQLite; safe to share between threads."""
 
@@ -121,16 +145,7 @@ class TelemetryStore:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"telemetry store {path}: cannot be opened: {exc}") from None
-        try:
-            verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if verdict != "ok":
-                problems = [line for line in verdict.splitlines() if not line.startswith("***")]
-                raise sqlite3.DatabaseError(f"integrity check failed ({problems[0] if problems else verdict})")
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StoreError(f"telemetry store {path}: damaged, cannot be used: {exc}; move it aside with its "
-                             f"journal (mv {path} {path}.damaged; mv {path}-wal {path}.damaged-wal, if there is "
-                             "one) and start again with a fresh store") from None
+        _refuse_if_damaged(self._db, path)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

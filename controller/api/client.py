@@ -6,6 +6,7 @@ serves it beyond loopback (``ndt controller --help``, docs/operations.md)."""
 from __future__ import annotations
 
 import json
+import ssl
 from collections import namedtuple
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import grpc
 
 from controller.api import ndt_api_pb2 as pb
 from controller.api import ndt_api_pb2_grpc as services
+from twin.state.errors import NdtError
 
 
 class _CallDetails(namedtuple("_CallDetails", "method timeout metadata credentials wait_for_ready compression"),
@@ -37,8 +39,29 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return continuation(self._with_token(details), request)
 
 
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else Path(path).read_bytes()
+def _tls_credentials(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None):
+    """Channel credentials from PEM files, checked first (a bad file would otherwise only show as a
+    server that never answers); None without ``tls_ca``."""
+    if (tls_cert is None) != (tls_key is None):
+        raise NdtError(f"TLS: a client certificate and its key go together (certificate {tls_cert}, key {tls_key})")
+    if tls_ca is None:
+        if tls_cert is not None:
+            raise NdtError(f"TLS: the client certificate {tls_cert} needs the CA to trust for the server's "
+                           "(a client certificate is only sent over TLS)")
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(tls_ca))
+    except (ssl.SSLError, OSError) as exc:
+        raise NdtError(f"TLS: {tls_ca}: not PEM CA certificates "
+                       f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+    if tls_cert is not None:
+        try:
+            context.load_cert_chain(tls_cert, tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise NdtError(f"TLS: {tls_cert} / {tls_key}: not a PEM certificate and its private key "
+                           f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+    read = (lambda path: None if path is None else Path(path).read_bytes())
+    return grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
 
 
 class ControllerClient:
@@ -47,15 +70,13 @@ class ControllerClient:
     ``token``: the controller's ``NDT_API_TOKEN``, sent as a bearer token. ``tls_ca``: the PEM
     certificate(s) to trust for the server's (turns TLS on; ``address`` must name a host its
     certificate is for); ``tls_cert`` and ``tls_key``: this client's certificate and key, for a
-    controller started with ``--tls-client-ca``."""
+    controller started with ``--tls-client-ca``. Files that are missing or not PEM, or a certificate
+    without its key or without ``tls_ca``, raise :class:`NdtError` at once."""
 
     def __init__(self, address: str, ready_s: float = 20.0, token: str | None = None, tls_ca: Path | None = None,
                  tls_cert: Path | None = None, tls_key: Path | None = None):
-        if tls_ca is None:
-            channel = grpc.insecure_channel(address)
-        else:
-            credentials = grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
-            channel = grpc.secure_channel(address, credentials)
+        credentials = _tls_credentials(tls_ca, tls_cert, tls_key)
+        channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
         try:
             grpc.channel_ready_future(channel).result(timeout=ready_s)
         except grpc.FutureTimeoutError:

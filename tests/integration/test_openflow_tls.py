@@ -78,6 +78,7 @@ def test_a_switch_connects_over_tls_only_with_a_certificate_the_controller_trust
         assert wait_for(lambda: switches_connected(wary_metrics) == 0, 30), (tmp_path / "wary.log").read_text()
         vsctl("set-controller", BRIDGE, f"ssl:127.0.0.1:{wary_port}", f"tcp:127.0.0.1:{wary_port}")
         assert not wait_for(lambda: switches_connected(wary_metrics) > 0, 10), (tmp_path / "wary.log").read_text()
+        assert switches_connected(wary_metrics) == 0 and controllers[-1].poll() is None, "the wary controller died"
     finally:
         for proc in controllers:
             proc.terminate()

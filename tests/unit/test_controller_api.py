@@ -196,10 +196,17 @@ def test_bearer_token():
             assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         client = ControllerClient(f"127.0.0.1:{port}", ready_s=5, token="s3cret")
         assert client.status().switches_total == 4 and client.weights()
+        stream = client.stub.StreamTelemetry(pb.StreamRequest(interval_s=0.5))  # a unary-stream call carries it too
+        assert next(stream).ts > 0
+        stream.cancel()
         client.close()
         stranger = ControllerClient(f"127.0.0.1:{port}", ready_s=5, token="nope")
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as refused:
             stranger.status()
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stranger.stub.StreamTelemetry(pb.StreamRequest(interval_s=0.5)))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         stranger.close()
     finally:
         server.stop(None)

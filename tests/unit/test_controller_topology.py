@@ -26,10 +26,11 @@ def test_dpids_default_to_the_trailing_number():
     assert wiring.link_at(1, 2) == ("s1", "s2") and wiring.is_edge_port(1, 1)
 
 
-@pytest.mark.parametrize("text", ["0x1A", "000000000000001a", "00:00:00:00:00:00:00:1a", " 0x1a "])
-def test_dpids_as_open_vswitch_prints_them(text):
+@pytest.mark.parametrize("text, dpid", [("0x1A", 26), ("000000000000001a", 26), ("00:00:00:00:00:00:00:1a", 26),
+                                        (" 0x1a ", 26), ("01:02:03:04:05:06:07:08", 0x0102030405060708)])
+def test_dpids_as_open_vswitch_prints_them(text, dpid):
     wiring = wiring_from_dict({"ports": PORTS, "dpids": {"s1": 1, "s2": text}}, STATE)
-    assert wiring.dpids == {"s1": 1, "s2": 26}
+    assert wiring.dpids == {"s1": 1, "s2": dpid}
 
 
 @pytest.mark.parametrize("data, message", [
@@ -42,6 +43,8 @@ def test_dpids_as_open_vswitch_prints_them(text):
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": "12"}}, r"'12' is not a datapath id"),  # decimal or hex: refused
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": "0x1g"}}, r"'0x1g' is not a datapath id"),
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": "0x" + "f" * 17}}, r"is not a datapath id"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "1:2:3:4:5:6:7:8"}}, r"'1:2:3:4:5:6:7:8' is not a datapath id"),
+    ({"ports": PORTS, "dpids": {"s1": 1, "s2": "::::::1:a"}}, r"is not a datapath id"),
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": 2.0}}, r"dpids\['s2'\] must be a datapath id from 0 to 2\*\*64-1"),
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": 2**70}}, r"dpids\['s2'\] must be a datapath id .* got 1180591620717411303424"),
     ({"ports": PORTS, "dpids": {"s1": 1, "s2": 1}}, "share one datapath id"),
@@ -124,7 +127,15 @@ def test_check_says_what_would_run_and_starts_nothing(tmp_path):
     assert "too low" not in done.stderr, done.stderr
     sparse = check("--ofp-port", str(ofp_port), "--probe-rate", "0.5")
     assert sparse.returncode == 0 and "--probe-rate 0.5 is too low for 2 switches: anomaly detection's 10-s window " \
-        "needs about 1 probes/s" in sparse.stderr, sparse.stderr
+        "needs about 0.8 probes/s" in sparse.stderr, sparse.stderr
+    twice = check("--ofp-port", str(ofp_port), "--metrics-port", str(ofp_port))
+    assert twice.returncode == 2 and f"Prometheus 127.0.0.1:{ofp_port}: cannot listen" in twice.stderr, twice.stderr
+    (tmp_path / "t.db").write_bytes(b"")
+    assert check("--ofp-port", str(ofp_port)).returncode == 0
+    assert (tmp_path / "t.db").read_bytes() == b"" and not list(tmp_path.glob("t.db-*")), "--check wrote to the store"
+    (tmp_path / "t.db").write_bytes(b"not a database" * 100)
+    damaged = check("--ofp-port", str(ofp_port))
+    assert damaged.returncode == 2 and "damaged, cannot be used" in damaged.stderr, damaged.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", ofp_port))
         taken.listen()
