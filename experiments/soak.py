@@ -1,6 +1,6 @@
 """Does ``ndt controller`` hold steady over a long run? Memory, threads, files, store and metrics (root).
 
-    python experiments/soak.py [--minutes M] [--phase-s P] [--sample-s S] [--topology T] [--load L] [--tag TAG]
+    python experiments/soak.py [--minutes M] [--phase-s P] [--sample-s S] [--raw-hours H] [--tag TAG] ...
 
 Brings ``--topology`` up in Mininet under ``ndt controller --intent`` with the demo's settings (the
 closed loop, probes, anomaly detection, online calibration from the hosts' reports) and keeps it busy
@@ -8,11 +8,11 @@ for ``--minutes``: phases of ``--phase-s`` s alternate the steady traffic and a 
 destination's traffic × 1.3), and every third phase the demo's failure link goes down a third of the
 way in and comes back up at two thirds, so the loop decides, pushes, verifies and rolls back again
 and again. Every ``--sample-s`` s it records the controller process's resident memory, threads, open
-files and CPU, the store's size on disk, and the number of Prometheus series (the store's raw window is ``--raw-hours``, so that a
-short run sees its rows merged). Prints JSON (also in
+files and CPU, the store's size on disk, and the number of Prometheus series (the store's raw
+window is ``--raw-hours``, so that a short run sees its rows merged). Prints JSON (also in
 data/logs/TAG/soak.json, the samples in soak-samples.json, a picture in soak.png): each figure at
-the end of the first phase and at the end, the resident memory's growth over the run after the
-first phase (least squares, MiB/h), the loop's decisions, and the controller log's errors.
+the end of the first phase and at the end, the resident memory's growth after the first phase and
+over the second half (least squares, MiB/h), the loop's decisions, and the controller log's errors.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ def picture(rows: list[dict], events: list[dict], path: Path) -> None:
         ax.plot(minutes, [r[key] for r in rows], lw=1.2)
         ax.set_ylabel(label)
         for event in events:
-            ax.axvline((event["t"] - t0) / 60, color="red" if "down" in event["event"] else "green", lw=0.6, alpha=0.6)
+            if event["event"].endswith((" down", " up")):
+                ax.axvline((event["t"] - t0) / 60, color="red" if event["event"].endswith(" down") else "green",
+                           lw=0.6, alpha=0.6)
     axes[-1].set_xlabel("minutes (red: link down, green: link up)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -200,6 +202,7 @@ def main(argv=None) -> dict:
         "at_end": {key: rows[-1][key] for key in figures},
         "rss_max_mib": max(r["rss_mib"] for r in rows),
         "rss_growth_mib_per_h": growth_per_hour(rows, "rss_mib", first_phase_end),
+        "rss_growth_second_half_mib_per_h": growth_per_hour(rows, "rss_mib", (rows[0]["t"] + rows[-1]["t"]) / 2),
         "store_growth_mib_per_h": growth_per_hour(rows, "store_mib", first_phase_end),
         "controller_cpu_share": (rows[-1]["cpu_s"] - rows[0]["cpu_s"]) / (rows[-1]["t"] - rows[0]["t"]),
         "loop": {"runs": status.runs, "pushes": status.pushes, "rollbacks": status.rollbacks,
