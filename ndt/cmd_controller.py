@@ -224,8 +224,9 @@ def _report_check(args: argparse.Namespace, state, wiring, api, ofp_tls) -> int:
         ("anomaly detection" if args.anomaly else "no loop (routing, telemetry, API)")
     print(f"state {args.state}: {len(state.nodes)} switches, {len(state.links)} links, {len(state.flows)} flows")
     print(f"wiring: datapath ids {dpids}{more}; {ports}")
-    print(f"OpenFlow 1.3 on {args.ofp_host}:{args.ofp_port}{'' if ofp_tls is None else ofp_tls.describe()}; Prometheus on {args.metrics_addr}:{args.metrics_port}; "
-          f"gRPC {'off' if api is None else args.grpc + ''.join(api.describe())}; store {args.store}")
+    openflow_tls = "" if ofp_tls is None else ofp_tls.describe()
+    print(f"OpenFlow 1.3 on {args.ofp_host}:{args.ofp_port}{openflow_tls}; Prometheus on {args.metrics_addr}:"
+          f"{args.metrics_port}; gRPC {'off' if api is None else args.grpc + ''.join(api.describe())}; store {args.store}")
     print(f"runs {what}; probes {args.probe_rate:g}/s; ready to start")
     return 0
 
