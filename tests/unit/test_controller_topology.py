@@ -143,6 +143,16 @@ def test_check_says_what_would_run_and_starts_nothing(tmp_path):
     assert busy.returncode == 2 and f"OpenFlow 127.0.0.1:{ofp_port}: cannot listen" in busy.stderr, busy.stderr
 
 
+def test_the_shipped_three_switch_example_passes_check(tmp_path):
+    """docs/deployment.md's example files: a state, a wiring in Open vSwitch's forms, a generic intent."""
+    done = subprocess.run([sys.executable, "-m", "ndt.cli", "controller", "--state", "examples/net.json",
+                           "--wiring", "examples/wiring.json", "--intent", "examples/min-delay.yaml", "--model", "qt",
+                           "--store", str(tmp_path / "t.db"), "--ofp-port", str(free_port()), "--metrics-port", "0",
+                           "--grpc", "127.0.0.1:0", "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "nyc=0x1, chi=0x2, lax=0x3; 4 link ports" in done.stdout, done.stdout
+
+
 def test_bad_state_reload_is_rejected_and_the_controller_keeps_running(tmp_path):
     import signal
     import time

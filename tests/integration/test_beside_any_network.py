@@ -1,0 +1,100 @@
+"""The operator's path of docs/deployment.md on a network ndt did not build (root): a plain Mininet
+network whose switches point at a remote controller, its datapath ids and ports read with
+``ovs-ofctl show`` and written into a wiring file under the operator's own node names, checked with
+``ndt controller --check``, then the controller started beside it: every host reaches every other."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mininet_topos.network import free_port
+from twin.state.model import Link, NetworkState
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = {"bs1": "west", "bs2": "mid", "bs3": "east"}  # the operator's names for the switches
+
+
+def ofctl_show(switch: str) -> tuple[str, dict[str, int]]:
+    """What the operator reads off a switch: its datapath id as printed, and port number by interface name."""
+    text = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "show", switch], check=True, capture_output=True,
+                          text=True).stdout
+    dpid = re.search(r"dpid:([0-9a-f]{16})", text).group(1)
+    return dpid, {name: int(number) for number, name in re.findall(r"^\s*(\d+)\((\S+)\):", text, re.M)}
+
+
+def switches_connected(metrics_port: int) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1.0
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("ndt_switches_connected ")), 0.0)
+
+
+def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vswitch_running):
+    from mininet.net import Mininet
+    from mininet.node import OVSSwitch, RemoteController
+    from mininet.topo import Topo
+
+    class Line(Topo):
+        """bh1 - bs1 - bs2 - bs3 - bh3, bh2 at bs2 (prefixed names leave other Mininet networks alone)."""
+
+        def build(self):
+            switches = [self.addSwitch(f"bs{i}") for i in (1, 2, 3)]
+            for i, switch in enumerate(switches, start=1):
+                self.addLink(self.addHost(f"bh{i}"), switch)
+            self.addLink(switches[0], switches[1])
+            self.addLink(switches[1], switches[2])
+
+    ofp_port, metrics_port = free_port(), free_port()
+    net = Mininet(topo=Line(), autoSetMacs=True, waitConnected=False,
+                  switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure",
+                                                      **kw),
+                  controller=lambda name: RemoteController("bc0", ip="127.0.0.1", port=ofp_port))
+    controller = None
+    try:
+        net.start()
+        shown = {switch: ofctl_show(switch) for switch in NAMES}
+        ports = {}
+        for link in net.links:
+            ends = (link.intf1, link.intf2)
+            if all(end.node.name in NAMES for end in ends):
+                for here, there in (ends, ends[::-1]):
+                    ports[f"{NAMES[here.node.name]}->{NAMES[there.node.name]}"] = shown[here.node.name][1][here.name]
+        wiring = {"dpids": {NAMES[switch]: dpid for switch, (dpid, _) in shown.items()}, "ports": ports}
+        (tmp_path / "wiring.json").write_text(json.dumps(wiring))
+        NetworkState(nodes=("west", "mid", "east"), links=tuple(
+            Link(a, b, 1e7) for a, b in (("west", "mid"), ("mid", "west"), ("mid", "east"), ("east", "mid")))
+        ).save(tmp_path / "net.json")
+        command = [sys.executable, "-m", "ndt.cli", "controller", "--state", str(tmp_path / "net.json"),
+                   "--wiring", str(tmp_path / "wiring.json"), "--store", str(tmp_path / "t.db"), "--ofp-port",
+                   str(ofp_port), "--metrics-port", str(metrics_port), "--grpc", "off", "--probe-rate", "0"]
+        check = subprocess.run([*command, "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0 and "3 switches, 4 links" in check.stdout, check.stderr
+        assert "west=0x1, mid=0x2, east=0x3" in check.stdout and "4 link ports" in check.stdout, check.stdout
+        controller = subprocess.Popen(command, cwd=REPO, stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while switches_connected(metrics_port) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert switches_connected(metrics_port) == 3, (tmp_path / "log").read_text()
+        loss = 100.0
+        deadline = time.monotonic() + 30
+        while loss > 0 and time.monotonic() < deadline:  # the first pings wait for ARP and the routes
+            loss = net.pingAll(timeout=2)
+        assert loss == 0, (tmp_path / "log").read_text()
+        log = (tmp_path / "log").read_text()
+        assert "switch west (dpid 0000000000000001) connected" in log and "routes v" in log, log
+    finally:
+        if controller is not None:
+            controller.terminate()
+            controller.wait(10)
+        net.stop()
