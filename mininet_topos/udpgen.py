@@ -1,8 +1,8 @@
 """The UDP traffic generator and receiver run inside Mininet hosts (``python -m mininet_topos.udpgen``).
 
 ``send PLAN START OUT``: replay the plan (npz: ``t`` s after START epoch, ``flow``, ``seq``, ``dst``
-IP index, ``size`` UDP payload bytes); every payload starts with (flow, seq, send time) and the
-send time (s, epoch) is read just before ``sendto``. Writes to OUT (JSON) how late the sends were
+IP index, ``size`` UDP payload bytes), paced by the monotonic clock; every payload starts with
+(flow, seq, send time) and the send time (s, epoch) is read just before ``sendto``. Writes to OUT (JSON) how late the sends were
 (s) and how many failed. ``recv PORT UNTIL OUT [LIVE_S]``: receive until the UNTIL epoch and write OUT
 (npy rows of flow, seq, send time, receive time), the receive time being the kernel's timestamp
 (SO_TIMESTAMPNS) so the receiver's scheduling does not count; with LIVE_S > 0, the rows received
@@ -29,23 +29,31 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 RT_PRIORITY = 10  # SCHED_FIFO: departures and timestamps must not wait behind other jobs' threads
 
 
-def send(plan_path: str, start: float, out_path: str) -> None:
+def monotonic_instant(epoch: float) -> float:
+    """The monotonic clock's reading at the wall-clock instant ``epoch`` (Unix s). Paced by it, the
+    traffic neither bursts nor stalls when the wall clock is stepped (a time sync moved it 11.5 s
+    forward during a test run once, and senders paced by it sent 11.5 s of packets at once)."""
+    return time.monotonic() + (epoch - time.time())
+
+
+def send(plan_path: str, start: float, out_path: str, address_of=lambda index: f"10.0.0.{index}",
+         port: int = PORT) -> None:
     plan = np.load(plan_path)
     t, flow, seq, dst, size = (plan[k] for k in ("t", "flow", "seq", "dst", "size"))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-    addrs = {int(d): (f"10.0.0.{int(d)}", PORT) for d in np.unique(dst)}
+    addrs = {int(d): (address_of(int(d)), port) for d in np.unique(dst)}
     padding = bytes(int(size.max()) if len(size) else 0)
     late = np.zeros(len(t))
     failed = 0
+    start_mono = monotonic_instant(start)
     for i in range(len(t)):
-        due = start + t[i]
-        wait = due - time.time()
+        due = start_mono + t[i]
+        wait = due - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        now = time.time()
-        late[i] = now - due
-        payload = HEADER.pack(int(flow[i]), int(seq[i]), now) + padding[: max(int(size[i]) - HEADER.size, 0)]
+        late[i] = time.monotonic() - due
+        payload = HEADER.pack(int(flow[i]), int(seq[i]), time.time()) + padding[: max(int(size[i]) - HEADER.size, 0)]
         try:
             sock.sendto(payload, addrs[int(dst[i])])
         except OSError:
@@ -70,9 +78,10 @@ def receive(port: int, until: float, out_path: str, live_s: float = 0.0) -> None
     sock.bind(("0.0.0.0", port))
     rows = []
     flushed, part = 0, 0
-    next_flush = time.time() + live_s if live_s > 0 else float("inf")
+    until = monotonic_instant(until)
+    next_flush = time.monotonic() + live_s if live_s > 0 else float("inf")
     while True:
-        now = time.time()
+        now = time.monotonic()
         left = until - now
         if left <= 0:
             break

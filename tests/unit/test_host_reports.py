@@ -44,6 +44,34 @@ def test_the_receiver_writes_out_what_it_received_while_it_listens(tmp_path):
     assert len(np.load(out)) == 20
 
 
+def test_a_step_of_the_wall_clock_neither_bursts_nor_stops_the_traffic(tmp_path, monkeypatch):
+    """The wall clock jumps 5 s ahead while a plan plays: the sender keeps its pace and the receiver
+    keeps listening until its end (both are paced by the monotonic clock)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    packets = 20
+    np.savez(tmp_path / "plan.npz", t=np.linspace(0.0, 1.0, packets), flow=np.zeros(packets), seq=np.arange(packets),
+             dst=np.ones(packets), size=np.full(packets, 64))
+    start = time.time() + 0.3
+    receiver = threading.Thread(target=udpgen.receive, args=(port, start + 1.6, str(tmp_path / "recv-1.npy")))
+    receiver.start()
+    time.sleep(0.1)
+    wall = time.time
+    stepped_at = time.monotonic() + 0.6  # 0.3 s into the plan
+    monkeypatch.setattr(udpgen.time, "time", lambda: wall() + (5.0 if time.monotonic() > stepped_at else 0.0))
+    sent_at = []
+    real_sendto = socket.socket.sendto
+    monkeypatch.setattr(socket.socket, "sendto", lambda sock, data, address: (
+        sent_at.append(time.monotonic()), real_sendto(sock, data, address))[1])
+    udpgen.send(str(tmp_path / "plan.npz"), start, str(tmp_path / "send.json"), lambda index: "127.0.0.1", port)
+    receiver.join(5)
+    assert len(sent_at) == packets
+    assert np.diff(sent_at).min() > 0.02  # 53 ms apart as planned; a burst would send them together
+    assert sent_at[-1] - sent_at[0] == pytest.approx(1.0, abs=0.1)
+    assert len(np.load(tmp_path / "recv-1.npy")) == packets  # the receiver did not stop 5 s early
+
+
 @pytest.fixture()
 def controller_api():
     controller = StandIn()
