@@ -2,8 +2,9 @@
 
 ``send PLAN START OUT``: replay the plan (npz: ``t`` s after START epoch, ``flow``, ``seq``, ``dst``
 IP index, ``size`` UDP payload bytes), paced by the monotonic clock; every payload starts with
-(flow, seq, send time) and the send time (s, epoch) is read just before ``sendto``. Writes to OUT (JSON) how late the sends were
-(s) and how many failed. ``recv PORT UNTIL OUT [LIVE_S]``: receive until the UNTIL epoch and write OUT
+(flow, seq, send time) and the send time (s, epoch) is read just before ``sendto``. Writes to OUT
+(JSON) how late the sends were (s) and how many failed. ``recv PORT UNTIL OUT [LIVE_S]``: receive
+until the UNTIL epoch (converted to the monotonic clock at start, as the sender's START) and write OUT
 (npy rows of flow, seq, send time, receive time), the receive time being the kernel's timestamp
 (SO_TIMESTAMPNS) so the receiver's scheduling does not count; with LIVE_S > 0, the rows received
 so far also go out every LIVE_S s as they come, in ``OUT.live-K.npy`` files (K = 0, 1, …; each
@@ -78,11 +79,11 @@ def receive(port: int, until: float, out_path: str, live_s: float = 0.0) -> None
     sock.bind(("0.0.0.0", port))
     rows = []
     flushed, part = 0, 0
-    until = monotonic_instant(until)
+    until_mono = monotonic_instant(until)
     next_flush = time.monotonic() + live_s if live_s > 0 else float("inf")
     while True:
         now = time.monotonic()
-        left = until - now
+        left = until_mono - now
         if left <= 0:
             break
         if now >= next_flush:

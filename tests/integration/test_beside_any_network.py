@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mininet_topos.network import free_port
+from mininet_topos.network import free_ports
 from twin.state.model import Link, NetworkState
 
 pytestmark = pytest.mark.root
@@ -55,7 +55,7 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
             self.addLink(switches[0], switches[1])
             self.addLink(switches[1], switches[2])
 
-    ofp_port, metrics_port = free_port(), free_port()
+    ofp_port, metrics_port = free_ports(2)
     net = Mininet(topo=Line(), autoSetMacs=True, waitConnected=False,
                   switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure",
                                                       **kw),
@@ -81,7 +81,8 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
         check = subprocess.run([*command, "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert check.returncode == 0 and "3 switches, 4 links" in check.stdout, check.stderr
         assert "west=0x1, mid=0x2, east=0x3" in check.stdout and "4 link ports" in check.stdout, check.stdout
-        controller = subprocess.Popen(command, cwd=REPO, stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+        with open(tmp_path / "log", "w") as log:
+            controller = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while switches_connected(metrics_port) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -96,5 +97,9 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
     finally:
         if controller is not None:
             controller.terminate()
-            controller.wait(10)
+            try:
+                controller.wait(10)
+            except subprocess.TimeoutExpired:
+                controller.kill()
+                controller.wait(10)
         net.stop()

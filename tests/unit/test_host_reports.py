@@ -58,7 +58,7 @@ def test_a_step_of_the_wall_clock_neither_bursts_nor_stops_the_traffic(tmp_path,
     receiver.start()
     time.sleep(0.1)
     wall = time.time
-    stepped_at = time.monotonic() + 0.6  # 0.3 s into the plan
+    stepped_at = time.monotonic() + 0.6  # about 0.4 s into the plan
     monkeypatch.setattr(udpgen.time, "time", lambda: wall() + (5.0 if time.monotonic() > stepped_at else 0.0))
     sent_at = []
     real_sendto = socket.socket.sendto
@@ -67,7 +67,7 @@ def test_a_step_of_the_wall_clock_neither_bursts_nor_stops_the_traffic(tmp_path,
     udpgen.send(str(tmp_path / "plan.npz"), start, str(tmp_path / "send.json"), lambda index: "127.0.0.1", port)
     receiver.join(5)
     assert len(sent_at) == packets
-    assert np.diff(sent_at).min() > 0.02  # 53 ms apart as planned; a burst would send them together
+    assert sum(np.diff(sent_at) < 0.005) <= 1  # 53 ms apart as planned; a burst sends them microseconds apart
     assert sent_at[-1] - sent_at[0] == pytest.approx(1.0, abs=0.1)
     assert len(np.load(tmp_path / "recv-1.npy")) == packets  # the receiver did not stop 5 s early
 
