@@ -10,12 +10,12 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mininet_topos.network import free_ports
+from tests.integration.metrics import switches_connected
 from twin.state.model import Link, NetworkState
 
 pytestmark = pytest.mark.root
@@ -30,14 +30,6 @@ def ofctl_show(switch: str) -> tuple[str, dict[str, int]]:
                           text=True).stdout
     dpid = re.search(r"dpid:([0-9a-f]{16})", text).group(1)
     return dpid, {name: int(number) for number, name in re.findall(r"^\s*(\d+)\((\S+)\):", text, re.M)}
-
-
-def switches_connected(metrics_port: int) -> float:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return -1.0
-    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("ndt_switches_connected ")), 0.0)
 
 
 def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vswitch_running):

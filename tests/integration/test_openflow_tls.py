@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from mininet_topos.network import free_port
+from mininet_topos.network import free_ports
+from tests.integration.metrics import switches_connected
 from tests.unit.test_controller_api import self_signed
 from twin.state.model import Link, NetworkState
 
@@ -23,15 +23,6 @@ BRIDGE = "ndttls7"
 
 def vsctl(*args: str) -> None:
     subprocess.run(["ovs-vsctl", "--timeout=10", *args], check=True, capture_output=True, text=True)
-
-
-def switches_connected(metrics_port: int) -> float:
-    """ndt_switches_connected (0 before any switch set it); -1 while the endpoint does not answer."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return -1.0
-    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith("ndt_switches_connected ")), 0.0)
 
 
 def start_controller(tmp_path: Path, ofp_port: int, metrics_port: int, switch_ca: Path, log: Path):
@@ -64,7 +55,7 @@ def test_a_switch_connects_over_tls_only_with_a_certificate_the_controller_trust
     vsctl("set-ssl", str(tmp_path / "switch-key.pem"), str(tmp_path / "switch.pem"), str(tmp_path / "controller.pem"))
     controllers = []
     try:
-        trusted_port, trusted_metrics = free_port(), free_port()
+        trusted_port, trusted_metrics = free_ports(2)
         controllers.append(start_controller(tmp_path, trusted_port, trusted_metrics, tmp_path / "switch.pem",
                                             tmp_path / "trusted.log"))
         assert wait_for(lambda: switches_connected(trusted_metrics) == 0, 30), (tmp_path / "trusted.log").read_text()
@@ -72,7 +63,7 @@ def test_a_switch_connects_over_tls_only_with_a_certificate_the_controller_trust
         vsctl("set-controller", BRIDGE, f"ssl:127.0.0.1:{trusted_port}")
         assert wait_for(lambda: switches_connected(trusted_metrics) == 1, 30), (tmp_path / "trusted.log").read_text()
 
-        wary_port, wary_metrics = free_port(), free_port()
+        wary_port, wary_metrics = free_ports(2)
         controllers.append(start_controller(tmp_path, wary_port, wary_metrics, tmp_path / "stranger.pem",
                                             tmp_path / "wary.log"))
         assert wait_for(lambda: switches_connected(wary_metrics) == 0, 30), (tmp_path / "wary.log").read_text()
