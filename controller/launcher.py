@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from controller.api.server import ApiServer, NdtService
 from controller.app import ControllerConfig, NdtController
 from telemetry.exporter import Exporter
+from controller.tls_files import TlsOptions, check_tls_files
 from twin.state.errors import NdtError
 
 LOG = logging.getLogger("ndt.controller")
@@ -95,26 +95,11 @@ class OpenFlowTls:
 
     def check(self) -> "OpenFlowTls":
         """Refuse files that are missing, not PEM, or a key that does not match the certificate."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(self.cert, self.key, password=_no_passphrase)
-        except (ssl.SSLError, OSError) as exc:
-            raise NdtError(f"--ofp-tls-cert {self.cert} / --ofp-tls-key {self.key}: not a PEM certificate and its "
-                           f"private key ({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
-        if self.switch_ca is not None:
-            try:
-                context.load_verify_locations(self.switch_ca)
-            except (ssl.SSLError, OSError) as exc:
-                raise NdtError(f"--ofp-tls-ca {self.switch_ca}: not a PEM CA certificate "
-                               f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+        check_tls_files(self.cert, self.key, self.switch_ca, TlsOptions("--ofp-tls-cert", "--ofp-tls-key", "--ofp-tls-ca"))
         return self
 
     def describe(self) -> str:
         return " over TLS" + (", switch certificates required" if self.switch_ca else "")
-
-
-def _no_passphrase() -> bytes:
-    raise NdtError("--ofp-tls-key is encrypted: give an unencrypted PEM key (readable by this user only)")
 
 
 def listening_socket(host: str, port: int, what: str = "OpenFlow") -> socket.socket:

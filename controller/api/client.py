@@ -6,7 +6,6 @@ serves it beyond loopback (``ndt controller --help``, docs/operations.md)."""
 from __future__ import annotations
 
 import json
-import ssl
 from collections import namedtuple
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import grpc
 
 from controller.api import ndt_api_pb2 as pb
 from controller.api import ndt_api_pb2_grpc as services
+from controller.tls_files import check_tls_files
 from twin.state.errors import NdtError
 
 
@@ -49,17 +49,7 @@ def _tls_credentials(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path |
             raise NdtError(f"TLS: the client certificate {tls_cert} needs the CA to trust for the server's "
                            "(a client certificate is only sent over TLS)")
         return None
-    try:
-        context = ssl.create_default_context(cafile=str(tls_ca))
-    except (ssl.SSLError, OSError) as exc:
-        raise NdtError(f"TLS: {tls_ca}: not PEM CA certificates "
-                       f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
-    if tls_cert is not None:
-        try:
-            context.load_cert_chain(tls_cert, tls_key)
-        except (ssl.SSLError, OSError) as exc:
-            raise NdtError(f"TLS: {tls_cert} / {tls_key}: not a PEM certificate and its private key "
-                           f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
+    check_tls_files(tls_cert, tls_key, tls_ca)
     read = (lambda path: None if path is None else Path(path).read_bytes())
     return grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
 

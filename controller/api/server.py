@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import socket
-import ssl
 import threading
 import time
 from concurrent import futures
@@ -41,6 +40,7 @@ from telemetry.exporter import Metrics
 from telemetry.store import CONTROL_KIND, StoreError, TelemetryStore
 from telemetry.traffic_matrix import estimated_state
 from twin.models.intervals import judge
+from controller.tls_files import TlsOptions, check_tls_files
 from twin.state.errors import NdtError, shown
 from twin.state.files import parse_json
 from twin.state.model import NetworkState
@@ -596,26 +596,10 @@ def exposure_warnings(host: str, token: str | None, tls: bool, insecure: bool) -
     return [f"--insecure: the API on {host} has no {' and no '.join(what for what, _ in missing)}; {exposed}"]
 
 
-def _no_passphrase() -> bytes:
-    raise NdtError("the --tls-key is encrypted: give an unencrypted PEM key (readable by this user only)")
-
-
 def _credentials(tls_cert: Path, tls_key: Path, tls_client_ca: Path | None):
     """Server credentials, after checking that the files are PEM and the key matches the certificate."""
-    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        check.load_cert_chain(tls_cert, tls_key, password=_no_passphrase)
-    except (ssl.SSLError, OSError) as exc:
-        raise NdtError(f"--tls-cert {tls_cert} / --tls-key {tls_key}: not a PEM certificate and its private key "
-                       f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
-    client_ca = None
-    if tls_client_ca is not None:
-        try:
-            check.load_verify_locations(tls_client_ca)
-        except (ssl.SSLError, OSError) as exc:
-            raise NdtError(f"--tls-client-ca {tls_client_ca}: not a PEM CA certificate "
-                           f"({getattr(exc, 'reason', None) or exc.strerror or exc})") from None
-        client_ca = Path(tls_client_ca).read_bytes()
+    check_tls_files(tls_cert, tls_key, tls_client_ca, TlsOptions(ca="--tls-client-ca"))
+    client_ca = None if tls_client_ca is None else Path(tls_client_ca).read_bytes()
     return grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())],
                                        root_certificates=client_ca, require_client_auth=client_ca is not None)
 
