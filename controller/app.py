@@ -1,6 +1,6 @@
 """The os-ken OpenFlow 1.3 app: a thin shell over routing_rules, the telemetry store and exporter.
 
-Events in: switch connect/disconnect, port status, packet-in (ARP, IPv4 without a route),
+Events in: switch connect/disconnect, port status, packet-in (ARP, a frame to a host before its route is in),
 statistics replies. Decisions: ``controller.routing_rules`` (pure). Out: flow-mods in
 barrier-separated batches, packet-outs, samples to the store and the metrics snapshot.
 
@@ -53,6 +53,7 @@ from controller.routing_rules import (
     Wiring,
     base_rules,
     counter_rules,
+    hosts_by_mac,
     leftover_group_ids,
     plan_update,
     probe_routes,
@@ -144,7 +145,8 @@ class NdtController(app_manager.OSKenApp):
         self.metrics = ndt_config.metrics
         self._lock = threading.RLock()
         self._datapaths: dict[int, object] = {}
-        self._hosts: dict[str, Host] = {}
+        self._hosts: dict[str, Host] = {}  # by IPv4 address
+        self._hosts_by_mac: dict[str, Host] = {}
         self._ports_down: set[tuple[str, str]] = set()
         self._installed: RouteSet | None = None
         self._recorded_down: frozenset | None = None  # the links out of service in the store's last link record
@@ -544,15 +546,13 @@ class NdtController(app_manager.OSKenApp):
         if request is not None:
             self._on_arp(dp, in_port, eth, request, msg.data)
             return
-        ip = pkt.get_protocol(ipv4.ipv4)
         datagram = pkt.get_protocol(udp.udp)
         if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(
                 dp, pkt, getattr(msg, "ndt_received", None) or time.monotonic()):
             return
-        if ip is not None:
-            host = self._hosts.get(ip.dst)
-            if host is not None:  # no route yet (the worker is catching up): deliver it directly
-                self._packet_out(host.switch, host.port, msg.data)
+        host = self._hosts_by_mac.get(eth.dst)
+        if host is not None:
+            self._packet_out(host.switch, host.port, msg.data)  # no route yet (the worker is catching up)
 
     def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
         if not self.wiring.is_edge_port(dp.id, in_port) or not self._arp_ready():
@@ -572,10 +572,17 @@ class NdtController(app_manager.OSKenApp):
             self._flood_edges(data, exclude=(dp.id, in_port))
 
     def _learn(self, host: Host) -> None:
+        """Record ``host`` (an IPv4 address with its MAC and port), forgetting what it replaces: the
+        address's earlier MAC or place, and the MAC's earlier place (a host that moved)."""
         with self._lock:
             if self._hosts.get(host.ip) == host:
                 return
+            moved = [ip for ip, known in self._hosts.items()
+                     if known.mac == host.mac and (known.switch, known.port) != (host.switch, host.port)]
+            for ip in moved:
+                del self._hosts[ip]
             self._hosts[host.ip] = host
+            self._hosts_by_mac = hosts_by_mac(list(self._hosts.values()))
             self._edge_version += 1
             hosts = list(self._hosts.values())
         LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
@@ -780,7 +787,7 @@ class NdtController(app_manager.OSKenApp):
                         ports.append(action.port)
                     elif action.cls_action_type == msg.datapath.ofproto.OFPAT_GROUP:
                         ports.extend(self._group_ports.get((dpid, action.group_id), ()))  # unknown: ()
-            readings.append(RuleReading((stat.cookie, stat.priority, str(stat.match.get("ipv4_dst"))), tuple(ports),
+            readings.append(RuleReading((stat.cookie, stat.priority, str(stat.match.get("eth_dst"))), tuple(ports),
                                         stat.duration_sec + stat.duration_nsec * 1e-9, stat.packet_count))
         read_at = time.monotonic()
         since = read_at - self._route_stats_read.get(dpid, read_at)
@@ -794,13 +801,13 @@ class NdtController(app_manager.OSKenApp):
         totals: dict[tuple[str, str], int] = {}
         readings = []
         for stat in parts:
-            src_ip, dst_ip = stat.match.get("ipv4_src"), stat.match.get("ipv4_dst")
-            src, dst = self._hosts.get(src_ip), self._hosts.get(dst_ip)
+            src_mac, dst_mac = stat.match.get("eth_src"), stat.match.get("eth_dst")
+            src, dst = self._hosts_by_mac.get(src_mac), self._hosts_by_mac.get(dst_mac)
             if src is None or dst is None or src.switch == dst.switch:
                 continue
             pair = (src.switch, dst.switch)
             totals[pair] = totals.get(pair, 0) + stat.byte_count
-            readings.append(((msg.datapath.id, src_ip, dst_ip), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
+            readings.append(((msg.datapath.id, src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
                              stat.byte_count))
         rates = pair_rates(readings, self._traffic_rates)
         self._store(self.store.add_traffic_matrix, now, rates)

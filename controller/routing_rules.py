@@ -5,12 +5,14 @@ Nothing here talks to a switch (Faucet's ``valve`` style): the os-ken app turns 
 
 Pipeline installed on every switch:
 
-- table 0 (classifier): ARP → controller; IPv4 from a host port with a known
-  (source host, destination host) pair → a per-pair counting rule (the traffic
-  matrix), then table 1; everything else → table 1.
-- table 1 (routes): one rule per (switch, destination host IPv4 /32), output to the
-  next-hop port of OSPF destination-based routing (``twin.routing.next_hop_links``,
-  ties to the lowest node index); miss → controller. With ECMP (``routing.ecmp`` in the
+- table 0 (classifier): ARP → controller; a frame from a host port between a known
+  (source host, destination host) pair of MAC addresses → a per-pair counting rule (the
+  traffic matrix), then table 1; everything else → table 1.
+- table 1 (routes): one rule per (switch, destination host MAC), output to the next-hop
+  port of OSPF destination-based routing (``twin.routing.next_hop_links``, ties to the
+  lowest node index); miss → controller. Matching the destination MAC rather than its
+  IPv4 address carries whatever a host sends to another host's MAC: a router's packets for
+  the networks behind its peer router, and any protocol over Ethernet. With ECMP (``routing.ecmp`` in the
   state) a switch with several equal-cost next hops outputs to an OpenFlow select group
   whose buckets are those ports (equal weights; the switch hashes each flow onto one).
 
@@ -38,8 +40,8 @@ CLASSIFIER_TABLE = 0
 ROUTE_TABLE = 1
 
 MISS_PRIORITY = 0
-ARP_PRIORITY = 100
 COUNTER_PRIORITY = 200
+ARP_PRIORITY = 250  # above the counting rules, which match any frame between two known hosts
 PROBE_PRIORITY = 300
 ROUTE_PRIORITY = 1000  # versions alternate between ROUTE_PRIORITY and ROUTE_PRIORITY + 1
 
@@ -65,7 +67,9 @@ class RuleError(NdtError, ValueError):
 
 @dataclass(frozen=True)
 class Host:
-    """A host attached to switch ``switch`` (a node of the state) at OpenFlow port ``port``."""
+    """A host attached to switch ``switch`` (a node of the state) at OpenFlow port ``port``: an end
+    host or a router, known by the IPv4 address and MAC of its ARP. A router with several addresses
+    is several hosts with one MAC."""
 
     ip: str
     mac: str
@@ -155,7 +159,7 @@ class FlowOp:
 
 @dataclass(frozen=True)
 class RouteSet:
-    """The route rules of one version: (dpid, destination IPv4) → rule, that switch's hop count to
+    """The route rules of one version: (dpid, destination MAC) → rule, that switch's hop count to
     the destination's switch along the new next hops (0 at the host's own switch; with ECMP the
     longest equal-cost path), and the select groups the rules use: (dpid, group id) → ports."""
 
@@ -195,18 +199,19 @@ def base_rules(dpid: int) -> list[FlowRule]:
 
 
 def counter_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
-    """Per (source host, destination host) counting rules at each source's ingress port.
+    """Per (source host, destination host) counting rules, by MAC, at each source's ingress port.
 
     Their packet and byte counters are the traffic matrix; they forward nothing themselves
     (goto the route table).
     """
     rules = []
-    for src in hosts:
+    by_mac = hosts_by_mac(hosts)
+    for src in by_mac.values():
         dpid = _dpid(wiring, src.switch, f"host {src.ip}")
-        for dst in hosts:
-            if dst.ip == src.ip:
+        for dst in by_mac.values():
+            if dst.mac == src.mac:
                 continue
-            match = _match(eth_type=ETH_TYPE_IPV4, in_port=src.port, ipv4_src=src.ip, ipv4_dst=dst.ip)
+            match = _match(in_port=src.port, eth_src=src.mac, eth_dst=dst.mac)
             rules.append(FlowRule(dpid, CLASSIFIER_TABLE, COUNTER_PRIORITY, match, (("goto", ROUTE_TABLE),), COUNTER_COOKIE))
     return rules
 
@@ -253,10 +258,11 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
         if host.ip in seen_ips:
             raise RuleError(f"host {host.ip}: attached twice ({seen_ips[host.ip].switch} and {host.switch})")
         seen_ips[host.ip] = host
+    for host in hosts_by_mac(hosts).values():
         if host.switch not in idx:
             raise RuleError(f"host {host.ip}: switch {host.switch!r} is not a node of the state")
         d = idx[host.switch]
-        match = _match(eth_type=ETH_TYPE_IPV4, ipv4_dst=host.ip)
+        match = _match(eth_dst=host.mac)
         for v, node in enumerate(state.nodes):
             dpid = wiring.dpids[node]
             if v == d:
@@ -276,9 +282,21 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
                     groups[(dpid, group_ids[(dpid, ports)])] = ports
                 gid = group_ids[(dpid, ports)]
                 actions = (("group", gid),)
-            rules[(dpid, host.ip)] = FlowRule(dpid, ROUTE_TABLE, priority, match, actions, cookie)
-            hops[(dpid, host.ip)] = count
+            rules[(dpid, host.mac)] = FlowRule(dpid, ROUTE_TABLE, priority, match, actions, cookie)
+            hops[(dpid, host.mac)] = count
     return RouteSet(version, rules, hops, groups)
+
+
+def hosts_by_mac(hosts: list[Host]) -> dict[str, Host]:
+    """One host per MAC (a router's several addresses share one), in order of first appearance;
+    :class:`RuleError` when one MAC is at two places."""
+    by_mac: dict[str, Host] = {}
+    for host in hosts:
+        first = by_mac.setdefault(host.mac, host)
+        if (first.switch, first.port) != (host.switch, host.port):
+            raise RuleError(f"host MAC {host.mac}: at two places ({first.switch} port {first.port} as {first.ip}, "
+                            f"{host.switch} port {host.port} as {host.ip})")
+    return by_mac
 
 
 def probe_routes(state: NetworkState, down: frozenset[tuple[str, str]], switches: list[str]) -> dict[tuple[str, str], tuple]:

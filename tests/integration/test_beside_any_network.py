@@ -1,7 +1,8 @@
 """The operator's path of docs/deployment.md on a network ndt did not build (root): a plain Mininet
 network whose switches point at a remote controller, its datapath ids and ports read with
 ``ovs-ofctl show`` and written into a wiring file under the operator's own node names, checked with
-``ndt controller --check``, then the controller started beside it: every host reaches every other."""
+``ndt controller --check``, then the controller started beside it: every host reaches every other,
+and the hosts of a network behind a router reach the rest through it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mininet_topos.network import free_ports
-from tests.integration.metrics import switches_connected
+from tests.integration.metrics import metric, switches_connected
 from twin.state.model import Link, NetworkState
 
 pytestmark = pytest.mark.root
@@ -38,7 +39,8 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
     from mininet.topo import Topo
 
     class Line(Topo):
-        """bh1 - bs1 - bs2 - bs3 - bh3, bh2 at bs2 (prefixed names leave other Mininet networks alone)."""
+        """bh1 - bs1 - bs2 - bs3 - bh3, bh2 at bs2, and the router br at bs3 with the host bn behind it
+        (prefixed names leave other Mininet networks alone)."""
 
         def build(self):
             switches = [self.addSwitch(f"bs{i}") for i in (1, 2, 3)]
@@ -46,6 +48,8 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
                 self.addLink(self.addHost(f"bh{i}"), switch)
             self.addLink(switches[0], switches[1])
             self.addLink(switches[1], switches[2])
+            self.addLink(self.addHost("br"), switches[2])
+            self.addLink(self.addHost("bn"), "br")
 
     ofp_port, metrics_port = free_ports(2)
     net = Mininet(topo=Line(), autoSetMacs=True, waitConnected=False,
@@ -79,11 +83,27 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
         while switches_connected(metrics_port) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert switches_connected(metrics_port) == 3, (tmp_path / "log").read_text()
+        router, behind = net.get("br"), net.get("bn")
+        router.cmd("sysctl -qw net.ipv4.ip_forward=1")
+        router.setIP("192.168.5.1/24", intf="br-eth1")
+        behind.setIP("192.168.5.2/24", intf="bn-eth0")
+        behind.cmd("ip route add default via 192.168.5.1")
+        fabric = [net.get(name) for name in ("bh1", "bh2", "bh3", "br")]
+        for host in fabric[:3]:
+            host.cmd(f"ip route add 192.168.5.0/24 via {router.IP()}")
         loss = 100.0
         deadline = time.monotonic() + 30
         while loss > 0 and time.monotonic() < deadline:  # the first pings wait for ARP and the routes
-            loss = net.pingAll(timeout=2)
+            loss = net.ping(fabric, timeout=2)
         assert loss == 0, (tmp_path / "log").read_text()
+        for host in fabric[:2]:  # across the fabric to the router's MAC, on to the network behind it
+            reply = host.cmd("ping -n -c 5 -i 0.2 -W 2 192.168.5.2")
+            assert " 0% packet loss" in reply, reply + (tmp_path / "log").read_text()
+        west_east = 'ndt_traffic_bytes_total{dst="east",src="west"}'
+        deadline = time.monotonic() + 10
+        while metric(metrics_port, west_east) <= 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert metric(metrics_port, west_east) > 0  # the routed traffic counts in the traffic matrix
         log = (tmp_path / "log").read_text()
         assert "switch west (dpid 0000000000000001) connected" in log and "routes v" in log, log
     finally:

@@ -208,10 +208,12 @@ def test_hosts_ping_and_stats_reach_store_and_exporter(square):
     assert db.execute("SELECT COUNT(*) FROM traffic WHERE src = 's1' AND dst = 's3'").fetchone()[0] > 0
 
 
-def counter_bytes(bed: Emulation, switch: str, src_ip: str, dst_ip: str) -> int:
-    """Bytes counted so far by the controller's edge counter rule for src_ip → dst_ip, read from the switch."""
+def counter_bytes(bed: Emulation, switch: str, src_host: str, dst_host: str) -> int:
+    """Bytes counted so far by the controller's edge counter rule for src_host → dst_host (their MACs),
+    read from the switch."""
+    src_mac, dst_mac = bed.net.get(src_host).MAC(), bed.net.get(dst_host).MAC()
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch,
-                          f"table=0,ip,nw_src={src_ip},nw_dst={dst_ip}"], capture_output=True, text=True, check=True).stdout
+                          f"table=0,dl_src={src_mac},dl_dst={dst_mac}"], capture_output=True, text=True, check=True).stdout
     return sum(int(b) for b in re.findall(r"n_bytes=(\d+)", out))
 
 
@@ -222,9 +224,9 @@ def test_stored_pair_rates_average_to_the_counter_rules_rate(square):
     h1 = square.net.get("h1")
     h1.cmd("ping -n -q -i 0.01 -s 1200 -c 700 10.0.0.3 > /dev/null 2>&1 &")
     time.sleep(1.0)
-    started, bytes_start = time.time(), counter_bytes(square, "s1", "10.0.0.1", "10.0.0.3")
+    started, bytes_start = time.time(), counter_bytes(square, "s1", "h1", "h3")
     time.sleep(5.0)
-    ended, bytes_end = time.time(), counter_bytes(square, "s1", "10.0.0.1", "10.0.0.3")
+    ended, bytes_end = time.time(), counter_bytes(square, "s1", "h1", "h3")
     time.sleep(1.5)
     true_bps = 8.0 * (bytes_end - bytes_start) / (ended - started)
     assert true_bps > 5e5, f"the ping stream sent {true_bps:.0f} bit/s"
@@ -421,8 +423,9 @@ def test_reconnecting_switch_gets_its_rules_back(square):
     assert square.ping(1, 3, 20) == (20, 20), "s2 is out of service: the controller routes s1->s3 through s4"
     subprocess.run(["ovs-vsctl", "set-controller", "s2", f"tcp:127.0.0.1:{square.ofp_port}"], check=True)
     wait_for(lambda: square.metric("ndt_switches_connected") == 4, 10, "s2 to reconnect")
-    wait_for(lambda: "10.0.0.3" in subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "s2", "table=1"],
-                                                   capture_output=True, text=True).stdout, 10, "s2's routes")
+    h3_mac = square.net.get("h3").MAC()
+    wait_for(lambda: f"dl_dst={h3_mac}" in subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "s2", "table=1"],
+                                                          capture_output=True, text=True).stdout, 10, "s2's routes")
     assert square.ping(2, 3, 20) == (20, 20)
     before = square.tx_bytes("s1", "s2")
     assert square.ping(1, 3, 20) == (20, 20)

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.routing_rules import (
+    ARP_PRIORITY,
     COUNTER_PRIORITY,
     GROUP_PARITY,
     PROBE_PRIORITY,
@@ -48,8 +49,8 @@ def make_net(n: int, edges: list[tuple[int, int]], weights: list[float], ecmp: b
 
 
 class Tables:
-    """Route tables and select groups of every switch: the highest-priority rule matching ipv4_dst
-    decides. As in OpenFlow 1.3, a rule cannot name a group that does not exist, a group id cannot be
+    """Route tables and select groups of every switch: the highest-priority rule matching the
+    destination MAC decides. As in OpenFlow 1.3, a rule cannot name a group that does not exist, a group id cannot be
     added twice, and deleting a group removes the rules that forward to it."""
 
     def __init__(self):
@@ -78,19 +79,19 @@ class Tables:
         else:
             raise AssertionError(op.kind)
 
-    def output(self, dpid: int, ip: str):
+    def output(self, dpid: int, mac: str):
         best = None
         for rule in self.entries.values():
-            if rule.dpid == dpid and rule.table == ROUTE_TABLE and dict(rule.match)["ipv4_dst"] == ip:
+            if rule.dpid == dpid and rule.table == ROUTE_TABLE and dict(rule.match)["eth_dst"] == mac:
                 if best is None or rule.priority > best.priority:
                     best = rule
         return None if best is None else best.actions[0][1]
 
-    def outputs(self, dpid: int, ip: str) -> tuple[int, ...] | None:
-        """The ports a packet to ``ip`` may leave ``dpid`` by: one, or a select group's buckets."""
-        action = self.output(dpid, ip)
+    def outputs(self, dpid: int, mac: str) -> tuple[int, ...] | None:
+        """The ports a frame to ``mac`` may leave ``dpid`` by: one, or a select group's buckets."""
+        action = self.output(dpid, mac)
         best = max((r for r in self.entries.values() if r.dpid == dpid and r.table == ROUTE_TABLE
-                    and dict(r.match)["ipv4_dst"] == ip), key=lambda r: r.priority, default=None)
+                    and dict(r.match)["eth_dst"] == mac), key=lambda r: r.priority, default=None)
         if best is None:
             return None
         return self.groups[(dpid, action)] if best.actions[0][0] == "group" else (action,)
@@ -104,7 +105,7 @@ def walk(tables: Tables, wiring: Wiring, hosts: list[Host], start: str, host: Ho
         node, visited = stack.pop()
         if node in visited:
             return "loop"
-        ports = tables.outputs(wiring.dpids[node], host.ip)
+        ports = tables.outputs(wiring.dpids[node], host.mac)
         if ports is None:
             return "no rule"
         for port in ports:
@@ -149,11 +150,11 @@ def test_square_routes_follow_weights():
     routes = route_rules(state, wiring, hosts, version=1)
     tables = install(plan_update(None, routes))
     # s1 -> s3: two equal-cost paths, the tie goes to the lowest node index (s2).
-    assert tables.output(1, "10.0.0.3") == wiring.ports[("s1", "s2")]
+    assert tables.output(1, "00:00:00:00:00:03") == wiring.ports[("s1", "s2")]
     heavy = state.with_weights([10 if (lk.src, lk.dst) == ("s1", "s2") else 1 for lk in state.links])
     routes2 = route_rules(heavy, wiring, hosts, version=2)
     replay_checked(tables, plan_update(routes, routes2), wiring, hosts, state.nodes)
-    assert tables.output(1, "10.0.0.3") == wiring.ports[("s1", "s4")]
+    assert tables.output(1, "00:00:00:00:00:03") == wiring.ports[("s1", "s4")]
     assert {r.cookie for r in tables.entries.values()} == {route_cookie(2)}
     assert len(tables.entries) == 16
 
@@ -165,15 +166,15 @@ def test_ecmp_splits_over_a_select_group_and_switches_over_cleanly():
     assert {op.kind for op in plan[0]} == {"delete_group"} and {op.kind for op in plan[1]} == {"add_group"}
     tables = install(plan)
     # s1 -> s3: both equal-cost next hops, through s2 and through s4, as one select group
-    assert tables.outputs(1, "10.0.0.3") == tuple(sorted((wiring.ports[("s1", "s2")], wiring.ports[("s1", "s4")])))
-    assert tables.outputs(1, "10.0.0.2") == (wiring.ports[("s1", "s2")],)  # one next hop: a plain output
+    assert tables.outputs(1, "00:00:00:00:00:03") == tuple(sorted((wiring.ports[("s1", "s2")], wiring.ports[("s1", "s4")])))
+    assert tables.outputs(1, "00:00:00:00:00:02") == (wiring.ports[("s1", "s2")],)  # one next hop: a plain output
     assert len(routes.groups) == 4 and all(gid > GROUP_PARITY for _, gid in routes.groups)  # odd version
-    assert routes.hops[(1, "10.0.0.3")] == 2
+    assert routes.hops[(1, "00:00:00:00:00:03")] == 2
     heavy = state.with_weights([10 if (lk.src, lk.dst) == ("s1", "s2") else 1 for lk in state.links])
     heavy = NetworkState(heavy.nodes, heavy.links, ecmp=True)
     routes2 = route_rules(heavy, wiring, hosts, version=2)
     replay_checked(tables, plan_update(routes, routes2), wiring, hosts, state.nodes)
-    assert tables.outputs(1, "10.0.0.3") == (wiring.ports[("s1", "s4")],)
+    assert tables.outputs(1, "00:00:00:00:00:03") == (wiring.ports[("s1", "s4")],)
     assert tables.groups == routes2.groups and all(gid < GROUP_PARITY for _, gid in routes2.groups)
 
 
@@ -182,10 +183,10 @@ def test_every_pair_reachable_and_host_port_last():
     routes = route_rules(state, wiring, hosts, version=1)
     tables = install(plan_update(None, routes))
     for host in hosts:
-        assert tables.output(wiring.dpids[host.switch], host.ip) == host.port
+        assert tables.output(wiring.dpids[host.switch], host.mac) == host.port
         for start in state.nodes:
             assert walk(tables, wiring, hosts, start, host) == "delivered"
-    assert all(routes.hops[(wiring.dpids[h.switch], h.ip)] == 0 for h in hosts)
+    assert all(routes.hops[(wiring.dpids[h.switch], h.mac)] == 0 for h in hosts)
 
 
 def test_link_down_routes_around_and_never_loops():
@@ -206,8 +207,8 @@ def test_partition_drops_unreachable_rules():
     state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
     down = frozenset({("s2", "s3"), ("s3", "s2")})
     routes = route_rules(state, wiring, hosts, version=1, down=down)
-    assert (1, "10.0.0.3") not in routes.rules and (3, "10.0.0.1") not in routes.rules
-    assert (3, "10.0.0.3") in routes.rules
+    assert (1, "00:00:00:00:00:03") not in routes.rules and (3, "00:00:00:00:00:01") not in routes.rules
+    assert (3, "00:00:00:00:00:03") in routes.rules
 
 
 def test_alternating_priorities_and_cookies():
@@ -222,10 +223,27 @@ def test_alternating_priorities_and_cookies():
 
 def test_base_and_counter_rules():
     state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
-    assert {(r.table, r.priority) for r in base_rules(7)} == {(0, 0), (0, 100), (1, 0)}
+    assert {(r.table, r.priority) for r in base_rules(7)} == {(0, 0), (0, ARP_PRIORITY), (1, 0)}
+    assert ARP_PRIORITY > COUNTER_PRIORITY  # ARP between two known hosts still reaches the controller
     counters = counter_rules(hosts, wiring)
     assert len(counters) == 6 and all(r.priority == COUNTER_PRIORITY for r in counters)
-    assert all(dict(r.match)["in_port"] == 1 for r in counters)
+    assert {(dict(r.match)["eth_src"], dict(r.match)["eth_dst"]) for r in counters} == \
+        {(a.mac, b.mac) for a in hosts for b in hosts if a != b}
+    assert all(dict(r.match)["in_port"] == 1 and "eth_type" not in dict(r.match) for r in counters)
+
+
+def test_a_router_is_one_destination_whatever_its_addresses():
+    """A router's several addresses share its MAC: one route and one counter per MAC, and the frames
+    it sends for the networks behind it are routed by that MAC."""
+    state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
+    router = [Host("10.0.0.3", hosts[2].mac, "s3", 1), Host("192.0.2.1", hosts[2].mac, "s3", 1)]
+    mixed = hosts[:2] + router
+    routes = route_rules(state, wiring, mixed, version=1)
+    assert sorted(routes.rules) == sorted((wiring.dpids[node], host.mac) for node in state.nodes for host in hosts)
+    assert all(dict(rule.match) == {"eth_dst": mac} for (_, mac), rule in routes.rules.items())
+    assert len(counter_rules(mixed, wiring)) == 6
+    with pytest.raises(RuleError, match=f"host MAC {hosts[2].mac}: at two places"):
+        route_rules(state, wiring, [*mixed, Host("192.0.2.9", hosts[2].mac, "s1", 1)], version=1)
 
 
 def test_probes_are_caught_only_at_their_destination_switch():

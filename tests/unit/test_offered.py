@@ -93,20 +93,20 @@ def test_the_controller_reads_its_route_rules_output_ports_and_groups():
     def stats(dst, actions, packets, age=5):
         return parser.OFPFlowStats(table_id=1, duration_sec=age, duration_nsec=0, priority=1000, idle_timeout=0,
                                    hard_timeout=0, flags=0, cookie=1, packet_count=packets, byte_count=1000 * packets,
-                                   match=parser.OFPMatch(eth_type=0x0800, ipv4_dst=dst),
+                                   match=parser.OFPMatch(eth_dst=dst),
                                    instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)])
 
     wiring = Wiring({"a": 1, "b": 2, "c": 3}, {("a", "b"): 1, ("a", "c"): 2, ("b", "a"): 1, ("c", "a"): 1})
     app = SimpleNamespace(wiring=wiring, _group_ports={(1, 7): (1, 2)}, _offered=OfferedPackets(),
                           _route_stats_read={}, store=TelemetryStore(), metrics=Metrics(), _store=NdtController._store)
     msg = SimpleNamespace(datapath=SimpleNamespace(id=1, ofproto=ofp))
-    NdtController._on_route_stats(app, msg, [stats("10.0.0.2", [parser.OFPActionOutput(1)], 100),
-                                             stats("10.0.0.3", [parser.OFPActionOutput(2)], 50)], 10.0)
-    NdtController._on_route_stats(app, msg, [stats("10.0.0.2", [parser.OFPActionOutput(1)], 180),
-                                             stats("10.0.0.3", [parser.OFPActionOutput(2)], 90)], 11.0)
+    NdtController._on_route_stats(app, msg, [stats("00:00:00:00:00:02", [parser.OFPActionOutput(1)], 100),
+                                             stats("00:00:00:00:00:03", [parser.OFPActionOutput(2)], 50)], 10.0)
+    NdtController._on_route_stats(app, msg, [stats("00:00:00:00:00:02", [parser.OFPActionOutput(1)], 180),
+                                             stats("00:00:00:00:00:03", [parser.OFPActionOutput(2)], 90)], 11.0)
     assert [(v.ts, v.src, v.dst, v.value) for v in app.store.offered_packets(11.0, 12.0)] == [
         (11.0, "a", "b", 80), (11.0, "a", "c", 40)]
-    NdtController._on_route_stats(app, msg, [stats("10.0.0.2", [parser.OFPActionOutput(1)], 200),
-                                             stats("10.0.0.4", [parser.OFPActionGroup(7)], 9)], 12.0)
+    NdtController._on_route_stats(app, msg, [stats("00:00:00:00:00:02", [parser.OFPActionOutput(1)], 200),
+                                             stats("00:00:00:00:00:04", [parser.OFPActionGroup(7)], 9)], 12.0)
     assert app.store.offered_packets(12.0, 13.0) == []  # both ports feed the group: neither is counted
     assert app.metrics._offered == {("a", "b"): 80, ("a", "c"): 40}
