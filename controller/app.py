@@ -1,6 +1,6 @@
 """The os-ken OpenFlow 1.3 app: a thin shell over routing_rules, the telemetry store and exporter.
 
-Events in: switch connect/disconnect, port status, packet-in (ARP, a frame to a host before its route is in),
+Events in: switch connect/disconnect, port status, packet-in (ARP, IPv6 neighbour discovery, a frame to a host before its route is in),
 statistics replies. Decisions: ``controller.routing_rules`` (pure). Out: flow-mods in
 barrier-separated batches, packet-outs, samples to the store and the metrics snapshot.
 
@@ -22,7 +22,7 @@ from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
-from os_ken.lib.packet import arp, ethernet, ipv4, packet, udp
+from os_ken.lib.packet import arp, ethernet, icmpv6, ipv4, ipv6, packet, udp
 from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
@@ -546,6 +546,10 @@ class NdtController(app_manager.OSKenApp):
         if request is not None:
             self._on_arp(dp, in_port, eth, request, msg.data)
             return
+        neighbour = pkt.get_protocol(icmpv6.icmpv6)
+        if neighbour is not None and neighbour.type_ in (icmpv6.ND_NEIGHBOR_SOLICIT, icmpv6.ND_NEIGHBOR_ADVERT):
+            self._on_neighbour_discovery(dp, in_port, eth, pkt.get_protocol(ipv6.ipv6), neighbour, msg.data)
+            return
         datagram = pkt.get_protocol(udp.udp)
         if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(
                 dp, pkt, getattr(msg, "ndt_received", None) or time.monotonic()):
@@ -571,8 +575,24 @@ class NdtController(app_manager.OSKenApp):
         else:
             self._flood_edges(data, exclude=(dp.id, in_port))
 
+    def _on_neighbour_discovery(self, dp, in_port: int, eth, header, message, data: bytes) -> None:
+        """IPv6's ARP, carried by the controller: the sender is learned (not while it tests its own
+        address for duplicates, from ``::``), and the message goes to the host of its destination MAC,
+        else to the host of the address it solicits, else to every edge port; the host answers itself."""
+        if not self.wiring.is_edge_port(dp.id, in_port) or not self._arp_ready():
+            return
+        if header.src != "::":
+            self._learn(Host(header.src, eth.src, self.wiring.names[dp.id], in_port))
+        target = self._hosts_by_mac.get(eth.dst)
+        if target is None and message.type_ == icmpv6.ND_NEIGHBOR_SOLICIT:
+            target = self._hosts.get(message.data.dst)
+        if target is not None:
+            self._packet_out(target.switch, target.port, data)
+        else:
+            self._flood_edges(data, exclude=(dp.id, in_port))
+
     def _learn(self, host: Host) -> None:
-        """Record ``host`` (an IPv4 address with its MAC and port), forgetting what it replaces: the
+        """Record ``host`` (an IPv4 or IPv6 address with its MAC and port), forgetting what it replaces: the
         address's earlier MAC or place, and the MAC's earlier place (a host that moved)."""
         with self._lock:
             if self._hosts.get(host.ip) == host:
@@ -615,7 +635,8 @@ class NdtController(app_manager.OSKenApp):
                     if self._edge_version != seen:
                         seen, targets = self._edge_version, {}
                         for host in self._hosts.values():
-                            targets.setdefault(host.switch, host)
+                            if host.ipv4:  # the probes are IPv4
+                                targets.setdefault(host.switch, host)
                         connected = {self.wiring.names[d] for d in self._datapaths}
                         schedule.set_switches([s for s in targets if s in connected])
                 pair = schedule.next()

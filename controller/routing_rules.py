@@ -5,7 +5,7 @@ Nothing here talks to a switch (Faucet's ``valve`` style): the os-ken app turns 
 
 Pipeline installed on every switch:
 
-- table 0 (classifier): ARP → controller; a frame from a host port between a known
+- table 0 (classifier): ARP and IPv6 neighbour discovery → controller; a frame from a host port between a known
   (source host, destination host) pair of MAC addresses → a per-pair counting rule (the
   traffic matrix), then table 1; everything else → table 1.
 - table 1 (routes): one rule per (switch, destination host MAC), output to the next-hop
@@ -57,7 +57,10 @@ STALE_GROUPS = 64  # per parity, the group ids a connecting switch has deleted (
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
 IP_PROTO_UDP = 17
+IP_PROTO_ICMPV6 = 58
+NEIGHBOUR_SOLICITATION, NEIGHBOUR_ADVERTISEMENT = 135, 136  # ICMPv6 types: IPv6's ARP
 PROBE_UDP_PORT = 47_474  # the controller's delay probes; hosts' own traffic to this UDP port is taken too
 
 
@@ -68,8 +71,12 @@ class RuleError(NdtError, ValueError):
 @dataclass(frozen=True)
 class Host:
     """A host attached to switch ``switch`` (a node of the state) at OpenFlow port ``port``: an end
-    host or a router, known by the IPv4 address and MAC of its ARP. A router with several addresses
-    is several hosts with one MAC."""
+    host or a router, known by the address (IPv4 from its ARP, IPv6 from its neighbour discovery)
+    and MAC it announced. A host with several addresses is several hosts with one MAC."""
+
+    @property
+    def ipv4(self) -> bool:
+        return ":" not in self.ip
 
     ip: str
     mac: str
@@ -189,11 +196,14 @@ def route_priority(version: int) -> int:
 
 
 def base_rules(dpid: int) -> list[FlowRule]:
-    """The rules every switch gets on connect: ARP to the controller, classifier miss → routes,
-    route miss → controller."""
+    """The rules every switch gets on connect: ARP and IPv6 neighbour solicitations and
+    advertisements to the controller, classifier miss → routes, route miss → controller."""
+    neighbour = [_match(eth_type=ETH_TYPE_IPV6, ip_proto=IP_PROTO_ICMPV6, icmpv6_type=kind)
+                 for kind in (NEIGHBOUR_SOLICITATION, NEIGHBOUR_ADVERTISEMENT)]
     return [
         FlowRule(dpid, CLASSIFIER_TABLE, MISS_PRIORITY, (), (("goto", ROUTE_TABLE),), BASE_COOKIE),
-        FlowRule(dpid, CLASSIFIER_TABLE, ARP_PRIORITY, _match(eth_type=ETH_TYPE_ARP), (("controller",),), BASE_COOKIE),
+        *(FlowRule(dpid, CLASSIFIER_TABLE, ARP_PRIORITY, match, (("controller",),), BASE_COOKIE)
+          for match in (_match(eth_type=ETH_TYPE_ARP), *neighbour)),
         FlowRule(dpid, ROUTE_TABLE, MISS_PRIORITY, (), (("controller",),), BASE_COOKIE),
     ]
 
@@ -222,10 +232,12 @@ def probe_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
     A probe is a UDP packet to :data:`PROBE_UDP_PORT` sent by packet-out into the first switch's
     pipeline: it matches nothing there (its destination is elsewhere), follows the route rules like
     the hosts' packets, and is caught here at the destination's switch (table 0, ahead of the
-    counting rules, which only match packets from host ports).
+    counting rules, which only match packets from host ports). Probes are IPv4: IPv6 addresses get none.
     """
     rules = []
     for host in hosts:
+        if not host.ipv4:
+            continue
         dpid = _dpid(wiring, host.switch, f"host {host.ip}")
         match = _match(eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_UDP, ipv4_dst=host.ip, udp_dst=PROBE_UDP_PORT)
         rules.append(FlowRule(dpid, CLASSIFIER_TABLE, PROBE_PRIORITY, match, (("controller",),), PROBE_COOKIE))

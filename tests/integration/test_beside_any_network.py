@@ -1,8 +1,8 @@
 """The operator's path of docs/deployment.md on a network ndt did not build (root): a plain Mininet
 network whose switches point at a remote controller, its datapath ids and ports read with
 ``ovs-ofctl show`` and written into a wiring file under the operator's own node names, checked with
-``ndt controller --check``, then the controller started beside it: every host reaches every other,
-and the hosts of a network behind a router reach the rest through it."""
+``ndt controller --check``, then the controller started beside it: every host reaches every other
+over IPv4 and IPv6, and the hosts of a network behind a router reach the rest through it."""
 
 from __future__ import annotations
 
@@ -96,6 +96,11 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
         while loss > 0 and time.monotonic() < deadline:  # the first pings wait for ARP and the routes
             loss = net.ping(fabric, timeout=2)
         assert loss == 0, (tmp_path / "log").read_text()
+        for number, host in enumerate(fabric[:3], start=1):
+            host.cmd(f"ip -6 addr add fd00::{number}/64 dev {host.defaultIntf()} nodad")
+        for host, peer in ((fabric[0], 3), (fabric[2], 2)):  # neighbour discovery through the controller, then routes
+            reply = host.cmd(f"ping -6 -n -c 5 -i 0.2 -W 2 fd00::{peer}")
+            assert " 0% packet loss" in reply, reply + (tmp_path / "log").read_text()
         for host in fabric[:2]:  # across the fabric to the router's MAC, on to the network behind it
             reply = host.cmd("ping -n -c 5 -i 0.2 -W 2 192.168.5.2")
             assert " 0% packet loss" in reply, reply + (tmp_path / "log").read_text()

@@ -224,6 +224,10 @@ def test_alternating_priorities_and_cookies():
 def test_base_and_counter_rules():
     state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
     assert {(r.table, r.priority) for r in base_rules(7)} == {(0, 0), (0, ARP_PRIORITY), (1, 0)}
+    to_controller = {r.match for r in base_rules(7) if r.actions == (("controller",),) and r.table == 0}
+    assert to_controller == {(("eth_type", 0x0806),),
+                             (("eth_type", 0x86DD), ("icmpv6_type", 135), ("ip_proto", 58)),
+                             (("eth_type", 0x86DD), ("icmpv6_type", 136), ("ip_proto", 58))}
     assert ARP_PRIORITY > COUNTER_PRIORITY  # ARP between two known hosts still reaches the controller
     counters = counter_rules(hosts, wiring)
     assert len(counters) == 6 and all(r.priority == COUNTER_PRIORITY for r in counters)
@@ -248,8 +252,8 @@ def test_a_router_is_one_destination_whatever_its_addresses():
 
 def test_probes_are_caught_only_at_their_destination_switch():
     state, wiring, hosts = make_net(3, [(0, 1), (1, 2)], [1] * 4)
-    rules = probe_rules(hosts, wiring)
-    assert len(rules) == len(hosts)
+    rules = probe_rules([*hosts, Host("fd00::1", hosts[0].mac, hosts[0].switch, 1)], wiring)
+    assert len(rules) == len(hosts)  # the probes are IPv4: an IPv6 address gets none
     for rule, host in zip(rules, hosts):
         match = dict(rule.match)
         assert rule.dpid == wiring.dpids[host.switch] and rule.table == 0 and rule.actions == (("controller",),)
