@@ -26,6 +26,7 @@ from os_ken.lib.packet import arp, ethernet, icmpv6, ipv4, ipv6, packet, udp
 from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
+from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
     PROBE_TIMEOUT_S,
@@ -53,7 +54,6 @@ from controller.routing_rules import (
     Wiring,
     base_rules,
     counter_rules,
-    hosts_by_mac,
     leftover_group_ids,
     plan_update,
     probe_routes,
@@ -145,8 +145,7 @@ class NdtController(app_manager.OSKenApp):
         self.metrics = ndt_config.metrics
         self._lock = threading.RLock()
         self._datapaths: dict[int, object] = {}
-        self._hosts: dict[str, Host] = {}  # by IPv4 address
-        self._hosts_by_mac: dict[str, Host] = {}
+        self._hosts = HostTable()
         self._ports_down: set[tuple[str, str]] = set()
         self._installed: RouteSet | None = None
         self._recorded_down: frozenset | None = None  # the links out of service in the store's last link record
@@ -157,7 +156,7 @@ class NdtController(app_manager.OSKenApp):
         self._reroute_reasons: list[str] = []
         self._link_rates = CounterRates()
         self._unsupported_tx_bytes: set[tuple[str, str]] = set()  # links whose switch reports tx_bytes all-ones
-        self._traffic_rates = CounterRates()  # per edge counter rule (dpid, source IP, destination IP)
+        self._traffic_rates = CounterRates()  # per edge counter rule (dpid, source MAC, destination MAC)
         self._traffic_totals: dict[tuple[str, str], int] = {}
         self._flow_parts: dict[tuple[int, int], list] = {}  # flow-stats reply parts per (switch, xid) until the last one
         self._route_stats_xids: set[tuple[int, int]] = set()  # (switch, xid) of the route-rule stats requests
@@ -265,7 +264,7 @@ class NdtController(app_manager.OSKenApp):
         """A consistent copy of what the controller knows, for the API."""
         with self._lock:
             return NetworkView(
-                state=self.state, ports=dict(self.wiring.ports), hosts=tuple(self._hosts.values()),
+                state=self.state, ports=dict(self.wiring.ports), hosts=tuple(self._hosts.addresses()),
                 down=self._down_links(), route_version=self.route_version,
                 switches_connected=len(self._datapaths), last_switch_over_s=self._last_switch_over_s)
 
@@ -298,8 +297,8 @@ class NdtController(app_manager.OSKenApp):
                 self._edge_version += 1
                 for port_no, port in dp.ports.items():
                     self._set_port(dp.id, port_no, self._port_is_up(dp, port))
-                hosts = list(self._hosts.values())
-            self._install_edge_rules(hosts)
+                macs, addresses = self._hosts.macs(), self._hosts.addresses()
+            self._install_edge_rules(macs, addresses)
             LOG.info("switch %s (dpid %016x) connected", name, dp.id)
             self.request_reroute(f"switch {name} connected")
         elif self._datapaths.get(dp.id) is dp:
@@ -428,7 +427,7 @@ class NdtController(app_manager.OSKenApp):
 
     def _reroute_now(self, reason: str) -> None:
         with self._lock:
-            hosts = list(self._hosts.values())
+            hosts = self._hosts.macs()
             state = self.state
         version = self.route_version + 1
         down = self._down_links()
@@ -490,9 +489,10 @@ class NdtController(app_manager.OSKenApp):
         LOG.error("switch %s rejected a message: type %d code %d", self.wiring.names.get(msg.datapath.id),
                   msg.type, msg.code)
 
-    def _install_edge_rules(self, hosts: list[Host]) -> None:
-        """The traffic-matrix counting rules and the probe rules for ``hosts``."""
-        for rule in counter_rules(hosts, self.wiring) + probe_rules(hosts, self.wiring):
+    def _install_edge_rules(self, macs: list[Host], addresses: list[Host]) -> None:
+        """The traffic-matrix counting rules between ``macs`` (one host per MAC) and the probe rules
+        for ``addresses``."""
+        for rule in counter_rules(macs, self.wiring) + probe_rules(addresses, self.wiring):
             dp = self._datapaths.get(rule.dpid)
             if dp is not None:
                 dp.send_msg(self._flow_mod(dp, FlowOp("add", rule.dpid, rule)))
@@ -554,15 +554,21 @@ class NdtController(app_manager.OSKenApp):
         if datagram is not None and datagram.dst_port == PROBE_UDP_PORT and self._on_probe(
                 dp, pkt, getattr(msg, "ndt_received", None) or time.monotonic()):
             return
-        host = self._hosts_by_mac.get(eth.dst)
+        host = self._hosts.by_mac(eth.dst)
         if host is not None:
             self._packet_out(host.switch, host.port, msg.data)  # no route yet (the worker is catching up)
 
     def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
+        """ARP, carried by the controller: the sender is learned (not from a frame whose source is not
+        the MAC it announces, nor from an address probe, sent from 0.0.0.0), a request for a known
+        address is answered, anything else goes to the host it is for, else to every edge port."""
         if not self.wiring.is_edge_port(dp.id, in_port) or not self._arp_ready():
             return  # ARP only enters from hosts; the controller itself carries it between switches
-        self._learn(Host(message.src_ip, message.src_mac, self.wiring.names[dp.id], in_port))
-        target = self._hosts.get(message.dst_ip)
+        if eth.src != message.src_mac:
+            return
+        if message.src_ip != "0.0.0.0":
+            self._learn(Host(message.src_ip, message.src_mac, self.wiring.names[dp.id], in_port))
+        target = self._hosts.by_address(message.dst_ip)
         if message.opcode == arp.ARP_REQUEST and target is not None:
             reply = packet.Packet()
             reply.add_protocol(ethernet.ethernet(dst=message.src_mac, src=target.mac, ethertype=ethernet.ether.ETH_TYPE_ARP))
@@ -578,36 +584,38 @@ class NdtController(app_manager.OSKenApp):
     def _on_neighbour_discovery(self, dp, in_port: int, eth, header, message, data: bytes) -> None:
         """IPv6's ARP, carried by the controller: the sender is learned (not while it tests its own
         address for duplicates, from ``::``), and the message goes to the host of its destination MAC,
-        else to the host of the address it solicits, else to every edge port; the host answers itself."""
+        else to the host of the address it solicits, else to every edge port; the host answers itself.
+        Never back out of the port it came in by."""
         if not self.wiring.is_edge_port(dp.id, in_port) or not self._arp_ready():
             return
+        switch = self.wiring.names[dp.id]
         if header.src != "::":
-            self._learn(Host(header.src, eth.src, self.wiring.names[dp.id], in_port))
-        target = self._hosts_by_mac.get(eth.dst)
+            self._learn(Host(header.src, eth.src, switch, in_port))
+        target = self._hosts.by_mac(eth.dst)
         if target is None and message.type_ == icmpv6.ND_NEIGHBOR_SOLICIT:
-            target = self._hosts.get(message.data.dst)
-        if target is not None:
-            self._packet_out(target.switch, target.port, data)
-        else:
+            target = self._hosts.by_address(message.data.dst)
+        if target is None:
             self._flood_edges(data, exclude=(dp.id, in_port))
+        elif (target.switch, target.port) != (switch, in_port):
+            self._packet_out(target.switch, target.port, data)
 
     def _learn(self, host: Host) -> None:
-        """Record ``host`` (an IPv4 or IPv6 address with its MAC and port), forgetting what it replaces: the
-        address's earlier MAC or place, and the MAC's earlier place (a host that moved)."""
+        """Record ``host`` (an IPv4 or IPv6 address with its MAC and port, :class:`HostTable`): the
+        counting rules and routes follow when a MAC is new or moved, the probe rules when an address is."""
         with self._lock:
-            if self._hosts.get(host.ip) == host:
+            learned = self._hosts.learn(host)
+            if not (learned.place or learned.address):
                 return
-            moved = [ip for ip, known in self._hosts.items()
-                     if known.mac == host.mac and (known.switch, known.port) != (host.switch, host.port)]
-            for ip in moved:
-                del self._hosts[ip]
-            self._hosts[host.ip] = host
-            self._hosts_by_mac = hosts_by_mac(list(self._hosts.values()))
             self._edge_version += 1
-            hosts = list(self._hosts.values())
-        LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
-        self._install_edge_rules(hosts)
-        self.request_reroute(f"host {host.ip} learned")
+            macs, addresses = self._hosts.macs(), self._hosts.addresses()
+        if learned.moved_from is not None:
+            LOG.warning("host %s (%s) moved from %s port %d to %s port %d", host.ip, host.mac, *learned.moved_from,
+                        host.switch, host.port)
+        else:
+            LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
+        self._install_edge_rules(macs if learned.place else [], addresses)
+        if learned.place:
+            self.request_reroute(f"host {host.ip} learned")
 
     def _packet_out(self, switch: str, port: int, data: bytes) -> None:
         dp = self._datapaths.get(self.wiring.dpids[switch])
@@ -634,7 +642,7 @@ class NdtController(app_manager.OSKenApp):
                 with self._lock:
                     if self._edge_version != seen:
                         seen, targets = self._edge_version, {}
-                        for host in self._hosts.values():
+                        for host in self._hosts.addresses():
                             if host.ipv4:  # the probes are IPv4
                                 targets.setdefault(host.switch, host)
                         connected = {self.wiring.names[d] for d in self._datapaths}
@@ -818,13 +826,16 @@ class NdtController(app_manager.OSKenApp):
         self.metrics.set_offered_packets(totals)
 
     def _on_counter_stats(self, msg, parts, now: float) -> None:
-        """The edge counting rules' byte counts → the traffic matrix."""
+        """The edge counting rules' byte counts → the traffic matrix (a rule left at a port its source
+        MAC has moved from counts no more)."""
         totals: dict[tuple[str, str], int] = {}
         readings = []
         for stat in parts:
             src_mac, dst_mac = stat.match.get("eth_src"), stat.match.get("eth_dst")
-            src, dst = self._hosts_by_mac.get(src_mac), self._hosts_by_mac.get(dst_mac)
+            src, dst = self._hosts.by_mac(src_mac), self._hosts.by_mac(dst_mac)
             if src is None or dst is None or src.switch == dst.switch:
+                continue
+            if (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, stat.match.get("in_port")):
                 continue
             pair = (src.switch, dst.switch)
             totals[pair] = totals.get(pair, 0) + stat.byte_count

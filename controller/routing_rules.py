@@ -265,11 +265,6 @@ def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version:
     groups: dict[tuple[int, int], tuple[int, ...]] = {}
     group_ids: dict[tuple[int, tuple[int, ...]], int] = {}  # (dpid, ports) -> group id
     groups_at: dict[int, int] = {}  # dpid -> groups so far
-    seen_ips: dict[str, Host] = {}
-    for host in hosts:
-        if host.ip in seen_ips:
-            raise RuleError(f"host {host.ip}: attached twice ({seen_ips[host.ip].switch} and {host.switch})")
-        seen_ips[host.ip] = host
     for host in hosts_by_mac(hosts).values():
         if host.switch not in idx:
             raise RuleError(f"host {host.ip}: switch {host.switch!r} is not a node of the state")

@@ -23,6 +23,8 @@ class TlsOptions:
 def check_tls_files(cert: Path | None, key: Path | None, ca: Path | None, options: TlsOptions = TlsOptions()) -> None:
     """Refuse a certificate and key that are missing, not PEM, encrypted or not a pair, and CA
     certificates that are missing or not PEM (:class:`NdtError`); ``cert`` and ``key`` go together."""
+    if (cert is None) != (key is None):
+        raise NdtError(f"{options.cert} and {options.key} go together (certificate {cert}, key {key})")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cert is not None:
         def encrypted() -> bytes:

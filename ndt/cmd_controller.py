@@ -26,7 +26,7 @@ def register(subparsers) -> None:
             "Run ndt's os-ken OpenFlow 1.3 app. Switches and links come from the state file (nodes, links, "
             "capacities, OSPF weights) and the wiring file (datapath ids, by default the number ending each switch "
             "name; the output port of every link) or, with --discover, the ports from LLDP. Hosts are "
-            "learned from ARP. Routes are installed make-before-break; port and flow statistics go to the "
+            "learned from ARP and IPv6 neighbour discovery and routed by MAC. Routes are installed make-before-break; port and flow statistics go to the "
             "SQLite telemetry store and the Prometheus endpoint; the gRPC API (controller/api/ndt_api.proto) "
             "serves topology, telemetry, twin predictions, what-if, optimization and weight changes. Send SIGHUP "
             "to re-read the state file and apply its weights."

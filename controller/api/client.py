@@ -42,12 +42,10 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 def _tls_credentials(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None):
     """Channel credentials from PEM files, checked first (a bad file would otherwise only show as a
     server that never answers); None without ``tls_ca``."""
-    if (tls_cert is None) != (tls_key is None):
-        raise NdtError(f"TLS: a client certificate and its key go together (certificate {tls_cert}, key {tls_key})")
     if tls_ca is None:
-        if tls_cert is not None:
-            raise NdtError(f"TLS: the client certificate {tls_cert} needs the CA to trust for the server's "
-                           "(a client certificate is only sent over TLS)")
+        if tls_cert is not None or tls_key is not None:
+            raise NdtError(f"TLS: a client certificate and its key (certificate {tls_cert}, key {tls_key}) need the "
+                           "CA to trust for the server's (a client certificate is only sent over TLS)")
         return None
     check_tls_files(tls_cert, tls_key, tls_ca)
     read = (lambda path: None if path is None else Path(path).read_bytes())

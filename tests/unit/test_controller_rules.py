@@ -276,8 +276,8 @@ def test_errors_name_the_bad_element():
         route_rules(state, wiring, [Host("10.0.0.9", "00:00:00:00:00:09", "s9", 1)], version=1)
     with pytest.raises(RuleError, match="link s1->s3"):
         route_rules(state, wiring, hosts, version=1, down=frozenset({("s1", "s3")}))
-    with pytest.raises(RuleError, match="host 10.0.0.1: attached twice"):
-        route_rules(state, wiring, hosts + [Host("10.0.0.1", "aa:00:00:00:00:01", "s2", 1)], version=1)
+    with pytest.raises(RuleError, match="host MAC 00:00:00:00:00:01: at two places"):
+        route_rules(state, wiring, hosts + [Host("10.0.0.9", "00:00:00:00:00:01", "s2", 1)], version=1)
 
 
 # --------------------------------------------------------------------- property test

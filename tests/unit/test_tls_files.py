@@ -55,5 +55,7 @@ def test_the_callers_name_their_own_options(tmp_path):
         OpenFlowTls(tmp_path / "server.pem", tmp_path / "server-key.pem", tmp_path / "junk.pem").check()
     with pytest.raises(NdtError, match="^--tls-ca .*junk.pem: not a PEM CA certificate"):
         ControllerClient("127.0.0.1:9", ready_s=0.1, tls_ca=tmp_path / "junk.pem")
+    with pytest.raises(NdtError, match="^--tls-cert and --tls-key go together"):
+        ControllerClient("127.0.0.1:9", ready_s=0.1, tls_ca=tmp_path / "server.pem", tls_cert=tmp_path / "server.pem")
     with pytest.raises(NdtError, match="^--client-ca .*junk.pem"):
         check_tls_files(None, None, tmp_path / "junk.pem", TlsOptions(ca="--client-ca"))

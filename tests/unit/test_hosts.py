@@ -1,0 +1,127 @@
+"""Where the controller thinks each host is (controller/hosts.py), and how its ARP, neighbour
+discovery and counting-rule handlers use that, on os-ken's own packet objects (no switch)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+from controller.hosts import HostTable, Learned
+from controller.routing_rules import Host, Wiring, route_rules
+from twin.state.model import Link, NetworkState
+
+A, B, ROUTER = "00:00:00:00:00:0a", "00:00:00:00:00:0b", "00:00:00:00:00:0c"
+
+
+def test_a_new_mac_is_a_new_place_a_second_address_is_not():
+    table = HostTable()
+    assert table.learn(Host("10.0.0.1", A, "s1", 1)) == Learned(place=True, address=True)
+    assert table.learn(Host("10.0.0.1", A, "s1", 1)) == Learned(place=False, address=False)
+    assert table.learn(Host("fd00::1", A, "s1", 1)) == Learned(place=False, address=True)
+    assert [h.mac for h in table.macs()] == [A] and len(table.addresses()) == 2
+
+
+def test_a_mac_that_moves_takes_its_addresses_with_it():
+    table = HostTable()
+    table.learn(Host("10.0.0.1", A, "s1", 1))
+    table.learn(Host("fd00::1", A, "s1", 1))
+    assert table.learn(Host("10.0.0.1", A, "s2", 3)) == Learned(place=True, address=False, moved_from=("s1", 1))
+    assert {(h.ip, h.switch, h.port) for h in table.addresses()} == {("10.0.0.1", "s2", 3), ("fd00::1", "s2", 3)}
+    assert table.by_mac(A).switch == "s2"
+
+
+def test_an_address_passing_to_another_mac_leaves_the_first_macs_routes():
+    table = HostTable()
+    table.learn(Host("10.0.0.1", ROUTER, "s1", 1))
+    table.learn(Host("fe80::1", ROUTER, "s1", 1))
+    assert table.learn(Host("fe80::1", B, "s2", 1)) == Learned(place=True, address=True)
+    assert table.by_address("fe80::1").mac == B and table.by_mac(ROUTER) is not None
+    state = NetworkState(nodes=("s1", "s2"), links=(Link("s1", "s2", 1e7), Link("s2", "s1", 1e7)))
+    wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 2, ("s2", "s1"): 2})
+    routes = route_rules(state, wiring, table.macs(), version=1)  # two labels may share an address
+    assert {mac for _, mac in routes.rules} == {ROUTER, B}
+
+
+class FakeApp(SimpleNamespace):
+    """The part of NdtController its host handlers use, recording what they send."""
+
+    def __init__(self):
+        from controller.app import NdtController
+
+        wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
+        super().__init__(wiring=wiring, _lock=threading.RLock(), _hosts=HostTable(), _edge_version=0, sent=[],
+                         reroutes=[], edge_rules=[])
+        self._arp_ready = lambda: True
+        self._packet_out = lambda switch, port, data: self.sent.append((switch, port))
+        self._flood_edges = lambda data, exclude: self.sent.append(("flood", exclude))
+        self._install_edge_rules = lambda macs, addresses: self.edge_rules.append((len(macs), len(addresses)))
+        self.request_reroute = self.reroutes.append
+        self._learn = lambda host: NdtController._learn(self, host)
+        self.handle = SimpleNamespace(**{name: (lambda method: lambda *a: method(self, *a))(getattr(NdtController, name))
+                                         for name in ("_on_arp", "_on_neighbour_discovery", "_on_counter_stats")})
+
+
+def neighbour(kind: int, src_ip: str, src_mac: str, dst_mac: str, target: str):
+    from os_ken.lib.packet import ethernet, icmpv6, ipv6
+
+    return (ethernet.ethernet(dst=dst_mac, src=src_mac, ethertype=0x86DD), ipv6.ipv6(src=src_ip, dst="ff02::1:ff00:2"),
+            icmpv6.icmpv6(type_=kind, data=icmpv6.nd_neighbor(dst=target)))
+
+
+def test_neighbour_discovery_is_learned_and_delivered_never_back_to_its_sender():
+    app, s1, s2 = FakeApp(), SimpleNamespace(id=1), SimpleNamespace(id=2)
+    app.handle._on_neighbour_discovery(s1, 1, *neighbour(135, "::", A, "33:33:ff:00:00:01", "fd00::1"), b"")
+    assert app._hosts.addresses() == [] and app.sent == [("flood", (1, 1))]  # a duplicate-address test: not learned
+    app.handle._on_neighbour_discovery(s1, 1, *neighbour(135, "fd00::1", A, "33:33:ff:00:00:02", "fd00::2"), b"")
+    assert app._hosts.by_address("fd00::1") == Host("fd00::1", A, "s1", 1) and app.reroutes == ["host fd00::1 learned"]
+    app.handle._on_neighbour_discovery(s2, 1, *neighbour(136, "fd00::2", B, A, "fd00::2"), b"")
+    assert app.sent[-1] == ("s1", 1)  # the answer goes to the host that asked
+    app.handle._on_neighbour_discovery(s2, 1, *neighbour(135, "fd00::2", B, "33:33:ff:00:00:01", "fd00::1"), b"")
+    assert app.sent[-1] == ("s1", 1)  # a solicitation goes to the solicited host
+    sent = len(app.sent)
+    app.handle._on_neighbour_discovery(s1, 1, *neighbour(135, "::", A, "33:33:ff:00:00:01", "fd00::1"), b"")
+    assert len(app.sent) == sent  # its own address test is not sent back to it
+    app.handle._on_neighbour_discovery(s1, 9, *neighbour(135, "fd00::7", ROUTER, "33:33:ff:00:00:01", "fd00::1"), b"")
+    assert app._hosts.by_address("fd00::7") is None  # a link port: not a host's
+
+
+def test_arp_learns_only_what_its_frame_vouches_for():
+    from os_ken.lib.packet import arp, ethernet
+
+    app, s1 = FakeApp(), SimpleNamespace(id=1)
+
+    def request(src_mac: str, frame_src: str, src_ip: str):
+        return (ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=frame_src, ethertype=0x0806),
+                arp.arp(opcode=arp.ARP_REQUEST, src_mac=src_mac, src_ip=src_ip, dst_mac="00:00:00:00:00:00",
+                        dst_ip="10.0.0.2"), b"")
+
+    app.handle._on_arp(s1, 1, *request(B, A, "10.0.0.1"))
+    assert app._hosts.addresses() == [] and app.sent == []  # announces B from A's frame: ignored
+    app.handle._on_arp(s1, 1, *request(A, A, "0.0.0.0"))
+    assert app._hosts.addresses() == [] and app.sent == [("flood", (1, 1))]  # an address probe: carried, not learned
+    app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.1"))
+    assert app._hosts.by_address("10.0.0.1") == Host("10.0.0.1", A, "s1", 1) and app.edge_rules == [(1, 1)]
+
+
+def test_counting_rules_count_at_their_source_macs_place_only():
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    from controller.app import NdtController
+    from telemetry.exporter import Metrics
+    from telemetry.rates import CounterRates
+    from telemetry.store import TelemetryStore
+
+    app = FakeApp()
+    app._hosts.learn(Host("10.0.0.1", A, "s1", 1))
+    app._hosts.learn(Host("10.0.0.2", B, "s2", 1))
+    app._hosts.learn(Host("10.0.0.1", A, "s1", 4))  # A moved: its rule at port 1 is left behind
+    app.__dict__.update(_traffic_rates=CounterRates(), _traffic_totals={}, store=TelemetryStore(), metrics=Metrics(),
+                        _store=NdtController._store)
+
+    def rule(in_port: int, byte_count: int):
+        return parser.OFPFlowStats(table_id=0, duration_sec=5, duration_nsec=0, priority=200, idle_timeout=0,
+                                   hard_timeout=0, flags=0, cookie=1, packet_count=1, byte_count=byte_count,
+                                   match=parser.OFPMatch(in_port=in_port, eth_src=A, eth_dst=B), instructions=[])
+
+    app.handle._on_counter_stats(SimpleNamespace(datapath=SimpleNamespace(id=1)), [rule(1, 10_000), rule(4, 300)], 10.0)
+    assert app._traffic_totals == {("s1", "s2"): 300}
