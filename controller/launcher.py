@@ -21,8 +21,9 @@ from pathlib import Path
 
 from controller.api.server import ApiServer, NdtService
 from controller.app import ControllerConfig, NdtController
-from telemetry.exporter import Exporter
+from controller.hub_errors import log_refused_connections, surface_hub_errors
 from controller.tls_files import TlsOptions, check_tls_files
+from telemetry.exporter import Exporter
 from twin.state.errors import NdtError
 
 LOG = logging.getLogger("ndt.controller")
@@ -42,6 +43,9 @@ def run(config: ControllerConfig, ofp_host: str = "127.0.0.1", ofp_port: int = 6
     from os_ken.base.app_manager import AppManager
 
     check_can_listen(ofp_host, ofp_port)
+    surface_hub_errors()
+    if ofp_tls is not None:
+        log_refused_connections()
     args = ["--ofp-listen-host", ofp_host, "--ofp-tcp-listen-port", str(ofp_port)]
     if ofp_tls is not None:  # os-ken then serves TLS only, on its SSL port
         args += ["--ofp-ssl-listen-port", str(ofp_port), "--ctl-cert", str(ofp_tls.cert), "--ctl-privkey",

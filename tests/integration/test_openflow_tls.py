@@ -1,5 +1,5 @@
 """The OpenFlow channel over TLS, with a real Open vSwitch bridge (no Mininet): a switch is admitted
-only with a certificate from the CA the controller was given (root)."""
+only with a certificate from the CA the controller was given, and a refused one is logged (root)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def test_a_switch_connects_over_tls_only_with_a_certificate_the_controller_trust
         vsctl("set-controller", BRIDGE, f"ssl:127.0.0.1:{wary_port}", f"tcp:127.0.0.1:{wary_port}")
         assert not wait_for(lambda: switches_connected(wary_metrics) > 0, 10), (tmp_path / "wary.log").read_text()
         assert switches_connected(wary_metrics) == 0 and controllers[-1].poll() is None, "the wary controller died"
+        refusals = (tmp_path / "wary.log").read_text()
+        assert "refused in its TLS handshake" in refusals and "Traceback" not in refusals, refusals
     finally:
         for proc in controllers:
             proc.terminate()
