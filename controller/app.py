@@ -54,6 +54,7 @@ from controller.routing_rules import (
     Wiring,
     base_rules,
     counter_rules,
+    edge_rules_left_behind,
     leftover_group_ids,
     plan_update,
     probe_routes,
@@ -100,11 +101,13 @@ class ControllerConfig:
 @dataclass(frozen=True)
 class NetworkView:
     """The controller's knowledge at one instant: the state (current weights), link output ports,
-    learned hosts, links out of service, the installed route version and connected switches."""
+    learned hosts (one per address, and one per MAC), links out of service, the installed route
+    version and connected switches."""
 
     state: NetworkState
     ports: dict[tuple[str, str], int]
     hosts: tuple[Host, ...]
+    macs: tuple[Host, ...]
     down: frozenset[tuple[str, str]]
     route_version: int
     switches_connected: int
@@ -156,7 +159,7 @@ class NdtController(app_manager.OSKenApp):
         self._reroute_reasons: list[str] = []
         self._link_rates = CounterRates()
         self._unsupported_tx_bytes: set[tuple[str, str]] = set()  # links whose switch reports tx_bytes all-ones
-        self._traffic_rates = CounterRates()  # per edge counter rule (dpid, source MAC, destination MAC)
+        self._traffic_rates = CounterRates()  # per edge counter rule (dpid, in port, source MAC, destination MAC)
         self._traffic_totals: dict[tuple[str, str], int] = {}
         self._flow_parts: dict[tuple[int, int], list] = {}  # flow-stats reply parts per (switch, xid) until the last one
         self._route_stats_xids: set[tuple[int, int]] = set()  # (switch, xid) of the route-rule stats requests
@@ -265,7 +268,7 @@ class NdtController(app_manager.OSKenApp):
         with self._lock:
             return NetworkView(
                 state=self.state, ports=dict(self.wiring.ports), hosts=tuple(self._hosts.addresses()),
-                down=self._down_links(), route_version=self.route_version,
+                macs=tuple(self._hosts.macs()), down=self._down_links(), route_version=self.route_version,
                 switches_connected=len(self._datapaths), last_switch_over_s=self._last_switch_over_s)
 
     # ------------------------------------------------------------------ switch lifecycle
@@ -559,16 +562,23 @@ class NdtController(app_manager.OSKenApp):
             self._packet_out(host.switch, host.port, msg.data)  # no route yet (the worker is catching up)
 
     def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
-        """ARP, carried by the controller: the sender is learned (not from a frame whose source is not
-        the MAC it announces, nor from an address probe, sent from 0.0.0.0), a request for a known
-        address is answered, anything else goes to the host it is for, else to every edge port."""
+        """ARP, carried by the controller: a frame whose source is not the MAC it announces is dropped;
+        the sender is learned (not from an address probe, sent from 0.0.0.0); a gratuitous one goes to
+        every edge port, a request for a known address is answered, anything else goes to the host it
+        is for, else to every edge port; never back out of the port it came in by."""
         if not self.wiring.is_edge_port(dp.id, in_port) or not self._arp_ready():
             return  # ARP only enters from hosts; the controller itself carries it between switches
         if eth.src != message.src_mac:
             return
+        switch = self.wiring.names[dp.id]
         if message.src_ip != "0.0.0.0":
-            self._learn(Host(message.src_ip, message.src_mac, self.wiring.names[dp.id], in_port))
+            self._learn(Host(message.src_ip, message.src_mac, switch, in_port))
         target = self._hosts.by_address(message.dst_ip)
+        if message.src_ip == message.dst_ip:  # gratuitous: an announcement for every host's cache
+            self._flood_edges(data, exclude=(dp.id, in_port))
+            return
+        if target is not None and (target.switch, target.port) == (switch, in_port):
+            return  # the host it is for has it already
         if message.opcode == arp.ARP_REQUEST and target is not None:
             reply = packet.Packet()
             reply.add_protocol(ethernet.ethernet(dst=message.src_mac, src=target.mac, ethertype=ethernet.ether.ETH_TYPE_ARP))
@@ -611,6 +621,10 @@ class NdtController(app_manager.OSKenApp):
         if learned.moved_from is not None:
             LOG.warning("host %s (%s) moved from %s port %d to %s port %d", host.ip, host.mac, *learned.moved_from,
                         host.switch, host.port)
+            for rule in edge_rules_left_behind(host, learned.moved_from, addresses, self.wiring):
+                dp = self._datapaths.get(rule.dpid)
+                if dp is not None:
+                    dp.send_msg(self._flow_mod(dp, FlowOp("delete_strict", rule.dpid, rule)))
         else:
             LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
         self._install_edge_rules(macs if learned.place else [], addresses)
@@ -839,7 +853,7 @@ class NdtController(app_manager.OSKenApp):
                 continue
             pair = (src.switch, dst.switch)
             totals[pair] = totals.get(pair, 0) + stat.byte_count
-            readings.append(((msg.datapath.id, src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
+            readings.append(((msg.datapath.id, stat.match.get("in_port"), src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
                              stat.byte_count))
         rates = pair_rates(readings, self._traffic_rates)
         self._store(self.store.add_traffic_matrix, now, rates)

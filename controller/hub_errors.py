@@ -20,6 +20,7 @@ import ssl
 import threading
 
 LOG = logging.getLogger("ndt.controller")
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a peer that connects and says nothing holds a thread no longer (os-ken then sets its own)
 
 
 class HubTaskExit(Exception):
@@ -61,12 +62,12 @@ class _OpenFlowServer:
 
         def logged(sock, address):
             _connection.opened = False
+            sock.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
             try:
                 session(sock, address)
             except (ssl.SSLError, OSError) as exc:
                 if _connection.opened:
                     raise
-                sock.close()
                 LOG.warning("OpenFlow connection from %s:%d refused in its TLS handshake (%s): a switch needs a "
                             "certificate from --ofp-tls-ca and a controller target ssl:HOST:PORT",
                             address[0], address[1], getattr(exc, "reason", None) or exc)

@@ -244,6 +244,19 @@ def probe_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
     return rules
 
 
+def edge_rules_left_behind(moved: Host, old_place: tuple[str, int], hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
+    """The counting and probe rules that a MAC which moved to ``moved``'s place from ``old_place``
+    (switch, port) leaves at the old one: its counting rules there towards every other MAC of ``hosts``,
+    and the probe rules there of its IPv4 addresses among ``hosts`` (those of another switch only)."""
+    switch, port = old_place
+    old = Host(moved.ip, moved.mac, switch, port)
+    counting = [rule for rule in counter_rules([old, *(h for h in hosts if h.mac != moved.mac)], wiring)
+                if dict(rule.match)["eth_src"] == moved.mac]
+    probing = probe_rules([Host(h.ip, h.mac, switch, port) for h in hosts if h.mac == moved.mac], wiring) \
+        if switch != moved.switch else []
+    return counting + probing
+
+
 def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version: int,
                 down: frozenset[tuple[str, str]] = frozenset()) -> RouteSet:
     """Destination-based route rules for every host under the state's OSPF weights.

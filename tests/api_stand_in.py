@@ -28,7 +28,8 @@ class StandIn:
         self.reported_delays = ReportedDelays()
 
     def snapshot(self) -> NetworkView:
-        return NetworkView(state=self.state, ports={("s1", "s2"): 2}, hosts=(Host("10.0.0.1", "00:00:00:00:00:01", "s1", 1),),
+        host = Host("10.0.0.1", "00:00:00:00:00:01", "s1", 1)
+        return NetworkView(state=self.state, ports={("s1", "s2"): 2}, hosts=(host,), macs=(host,),
                            down=frozenset({("s3", "s4"), ("s4", "s3")}), route_version=self.route_version,
                            switches_connected=4, last_switch_over_s=0.01)
 

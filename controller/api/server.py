@@ -115,7 +115,7 @@ class NdtService(services.NdtServicer):
     def GetStatus(self, request, context):
         view = self.controller.snapshot()
         return pb.Status(switches_connected=view.switches_connected, switches_total=len(view.state.nodes),
-                         route_version=view.route_version, hosts=len({h.mac for h in view.hosts}), links_down=len(view.down),
+                         route_version=view.route_version, hosts=len(view.macs), links_down=len(view.down),
                          last_switch_over_s=view.last_switch_over_s)
 
     def StreamTelemetry(self, request, context):

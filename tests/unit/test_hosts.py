@@ -7,7 +7,7 @@ import threading
 from types import SimpleNamespace
 
 from controller.hosts import HostTable, Learned
-from controller.routing_rules import Host, Wiring, route_rules
+from controller.routing_rules import Host, Wiring, edge_rules_left_behind, route_rules
 from twin.state.model import Link, NetworkState
 
 A, B, ROUTER = "00:00:00:00:00:0a", "00:00:00:00:00:0b", "00:00:00:00:00:0c"
@@ -101,6 +101,28 @@ def test_arp_learns_only_what_its_frame_vouches_for():
     assert app._hosts.addresses() == [] and app.sent == [("flood", (1, 1))]  # an address probe: carried, not learned
     app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.1"))
     assert app._hosts.by_address("10.0.0.1") == Host("10.0.0.1", A, "s1", 1) and app.edge_rules == [(1, 1)]
+    app.sent.clear()
+    app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.2")[:1], arp.arp(
+        opcode=arp.ARP_REQUEST, src_mac=A, src_ip="10.0.0.1", dst_mac="00:00:00:00:00:00", dst_ip="10.0.0.1"), b"")
+    assert app.sent == [("flood", (1, 1))]  # gratuitous: to every other edge port, never back
+    app._hosts.learn(Host("10.0.0.3", B, "s1", 1))  # two hosts behind one port (a hub)
+    app.sent.clear()
+    app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.1")[:1], arp.arp(
+        opcode=arp.ARP_REQUEST, src_mac=A, src_ip="10.0.0.1", dst_mac="00:00:00:00:00:00", dst_ip="10.0.0.3"), b"")
+    assert app.sent == []  # the host it asks for is on its own segment and answers itself
+
+
+def test_a_moved_mac_leaves_its_counting_and_probe_rules_behind_to_delete():
+    wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
+    hosts = [Host("10.0.0.1", A, "s2", 3), Host("fd00::1", A, "s2", 3), Host("10.0.0.2", B, "s2", 1),
+             Host("10.0.0.3", ROUTER, "s1", 2)]
+    left = edge_rules_left_behind(hosts[0], ("s1", 1), hosts, wiring)
+    counting = [dict(r.match) for r in left if "eth_src" in dict(r.match)]
+    assert all(r.dpid == 1 for r in left) and len(left) == 3  # two counting rules, one (IPv4) probe rule
+    assert {(m["in_port"], m["eth_src"], m["eth_dst"]) for m in counting} == {(1, A, B), (1, A, ROUTER)}
+    assert [dict(r.match)["ipv4_dst"] for r in left if "ipv4_dst" in dict(r.match)] == ["10.0.0.1"]
+    same_switch = edge_rules_left_behind(hosts[0], ("s2", 5), hosts, wiring)
+    assert len(same_switch) == 2 and all(dict(r.match)["in_port"] == 5 for r in same_switch)  # its probe rule stays
 
 
 def test_counting_rules_count_at_their_source_macs_place_only():

@@ -43,6 +43,7 @@ def events_handled(count: int) -> int:
         time.sleep(0.1)
         return app.handled
     finally:
+        app.stop()  # its event loop's thread would keep the test process alive
         app_manager.unregister_app(app)
 
 

@@ -72,7 +72,7 @@ class StandInController:
         return 1.0 if same else self.slow_after_push
 
     def snapshot(self):
-        return NetworkView(state=self.state, ports={}, hosts=(), down=self.down, route_version=self.route_version,
+        return NetworkView(state=self.state, ports={}, hosts=(), macs=(), down=self.down, route_version=self.route_version,
                            switches_connected=4, last_switch_over_s=0.0)
 
     def apply_weights(self, weights, who, predicted=None):
