@@ -618,7 +618,9 @@ class NdtController(app_manager.OSKenApp):
                 return
             self._edge_version += 1
             macs, addresses = self._hosts.macs(), self._hosts.addresses()
+        self.metrics.set_gauge("hosts", len(macs))
         if learned.moved_from is not None:
+            self.metrics.inc("host_moves")
             LOG.warning("host %s (%s) moved from %s port %d to %s port %d", host.ip, host.mac, *learned.moved_from,
                         host.switch, host.port)
             for rule in edge_rules_left_behind(host, learned.moved_from, addresses, self.wiring):

@@ -29,7 +29,7 @@ class Metrics:
         self._traffic_bytes: dict[Pair, int] = {}
         self._delays: dict[str, dict[Pair, float]] = {kind: {} for kind in DELAY_KINDS}
         self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0, "probes_sent": 0,
-                          "probes_lost": 0, "anomalies": 0, "link_anomalies": 0}
+                          "probes_lost": 0, "anomalies": 0, "link_anomalies": 0, "host_moves": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
         self._loop_counts: dict[tuple[str, str], int] = {}
@@ -97,15 +97,14 @@ class Metrics:
             self._loop_counts[(what, label)] = self._loop_counts.get((what, label), 0) + 1
 
     def inc(self, counter: str, amount: int = 1) -> None:
-        """Increment ``routing_changes``, ``optimizer_runs`` or ``stats_polls``."""
+        """Increment one of the counters (``routing_changes``, ``stats_polls``, ``host_moves``, …)."""
         with self._lock:
             if counter not in self._counters:
                 raise ValueError(f"unknown counter {counter!r} (known: {', '.join(self._counters)})")
             self._counters[counter] += amount
 
     def set_gauge(self, name: str, value: float) -> None:
-        """Set one of ``switches_connected``, ``route_version``, ``routing_switch_over_seconds``,
-        ``stats_poll_duration_seconds``, ``twin_error_ratio``."""
+        """Set one of the gauges (``switches_connected``, ``hosts``, ``route_version``, …)."""
         if name not in _GAUGE_HELP:
             raise ValueError(f"unknown gauge {name!r} (known: {', '.join(_GAUGE_HELP)})")
         with self._lock:
@@ -201,6 +200,8 @@ _COUNTER_HELP = {
     "anomalies": "Paths that became anomalous (probe delay outside the twin's band for consecutive windows)",
     "link_anomalies": "Links that became anomalous (carried load unlike the expected, or packets lost, for "
                       "consecutive windows)",
+    "host_moves": "Learned MACs that showed up at another switch port (a host that moved, or one announcing "
+                  "another's MAC)",
 }
 _LOOP_COUNTERS = {
     "trigger": ("trigger", "Closed-loop runs by trigger (start, traffic, topology, periodic, operator)"),
@@ -208,6 +209,7 @@ _LOOP_COUNTERS = {
 }
 _GAUGE_HELP = {
     "switches_connected": "OpenFlow switches currently connected",
+    "hosts": "Hosts learned from ARP and IPv6 neighbour discovery (distinct MACs)",
     "route_version": "Version of the installed route set",
     "routing_switch_over_seconds": "Duration of the last make-before-break route switch-over",
     "stats_poll_duration_seconds": "Time from sending the last stats requests to the last reply",

@@ -7,6 +7,7 @@ import threading
 from types import SimpleNamespace
 
 from controller.hosts import HostTable, Learned
+from telemetry.exporter import Metrics
 from controller.routing_rules import Host, Wiring, edge_rules_left_behind, route_rules
 from twin.state.model import Link, NetworkState
 
@@ -50,7 +51,7 @@ class FakeApp(SimpleNamespace):
 
         wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
         super().__init__(wiring=wiring, _lock=threading.RLock(), _hosts=HostTable(), _edge_version=0, sent=[],
-                         reroutes=[], edge_rules=[])
+                         reroutes=[], edge_rules=[], metrics=Metrics(), _datapaths={})
         self._arp_ready = lambda: True
         self._packet_out = lambda switch, port, data: self.sent.append((switch, port))
         self._flood_edges = lambda data, exclude: self.sent.append(("flood", exclude))
@@ -101,6 +102,9 @@ def test_arp_learns_only_what_its_frame_vouches_for():
     assert app._hosts.addresses() == [] and app.sent == [("flood", (1, 1))]  # an address probe: carried, not learned
     app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.1"))
     assert app._hosts.by_address("10.0.0.1") == Host("10.0.0.1", A, "s1", 1) and app.edge_rules == [(1, 1)]
+    app.handle._on_arp(SimpleNamespace(id=2), 1, *request(A, A, "10.0.0.1"))  # A shows up at s2
+    gauges = {m.name: m.samples[0].value for m in app.metrics.collect() if m.name in ("ndt_hosts", "ndt_host_moves")}
+    assert gauges == {"ndt_hosts": 1, "ndt_host_moves": 1}
     app.sent.clear()
     app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.2")[:1], arp.arp(
         opcode=arp.ARP_REQUEST, src_mac=A, src_ip="10.0.0.1", dst_mac="00:00:00:00:00:00", dst_ip="10.0.0.1"), b"")
