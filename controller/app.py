@@ -146,6 +146,7 @@ class NdtController(app_manager.OSKenApp):
         self.wiring = ndt_config.wiring
         self.store = ndt_config.store
         self.metrics = ndt_config.metrics
+        self.metrics.set_gauge("hosts", 0)
         self._lock = threading.RLock()
         self._datapaths: dict[int, object] = {}
         self._hosts = HostTable()
@@ -623,15 +624,21 @@ class NdtController(app_manager.OSKenApp):
             self.metrics.inc("host_moves")
             LOG.warning("host %s (%s) moved from %s port %d to %s port %d", host.ip, host.mac, *learned.moved_from,
                         host.switch, host.port)
-            for rule in edge_rules_left_behind(host, learned.moved_from, addresses, self.wiring):
-                dp = self._datapaths.get(rule.dpid)
-                if dp is not None:
-                    dp.send_msg(self._flow_mod(dp, FlowOp("delete_strict", rule.dpid, rule)))
+            self._delete_rules(edge_rules_left_behind(host, learned.moved_from, macs, addresses, self.wiring))
         else:
             LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
+        replaced = learned.replaced
+        if replaced is not None and replaced.ipv4 and replaced.switch != host.switch:
+            self._delete_rules(probe_rules([replaced], self.wiring))  # the address's probe rule at its old switch
         self._install_edge_rules(macs if learned.place else [], addresses)
         if learned.place:
-            self.request_reroute(f"host {host.ip} learned")
+            self.request_reroute(f"host {host.ip} {'moved' if learned.moved_from else 'learned'}")
+
+    def _delete_rules(self, rules: list[FlowRule]) -> None:
+        for rule in rules:
+            dp = self._datapaths.get(rule.dpid)
+            if dp is not None:
+                dp.send_msg(self._flow_mod(dp, FlowOp("delete_strict", rule.dpid, rule)))
 
     def _packet_out(self, switch: str, port: int, data: bytes) -> None:
         dp = self._datapaths.get(self.wiring.dpids[switch])

@@ -18,11 +18,13 @@ from controller.routing_rules import Host
 class Learned:
     """What one announcement changed. ``place``: a MAC is new or at another port (the route and
     counting rules change); ``address``: an address is new or at another MAC (the probes' targets
-    and rules); ``moved_from``: the MAC's earlier (switch, port) when it moved."""
+    and rules); ``moved_from``: the MAC's earlier (switch, port) when it moved; ``replaced``: the
+    address's earlier host when it was at another MAC."""
 
     place: bool
     address: bool
     moved_from: tuple[str, int] | None = None
+    replaced: Host | None = None
 
 
 class HostTable:
@@ -45,9 +47,10 @@ class HostTable:
             for address, entry in self._by_address.items():
                 if entry.mac == host.mac:
                     self._by_address[address] = replace(entry, switch=host.switch, port=host.port)
-        address = self._by_address.get(host.ip) != host
+        earlier = self._by_address.get(host.ip)
         self._by_address[host.ip] = host
-        return Learned(place, address, moved_from)
+        replaced = earlier if earlier is not None and earlier.mac != host.mac else None
+        return Learned(place, earlier != host, moved_from, replaced)
 
     def by_mac(self, mac: str) -> Host | None:
         return self._by_mac.get(mac)

@@ -5,7 +5,8 @@ Nothing here talks to a switch (Faucet's ``valve`` style): the os-ken app turns 
 
 Pipeline installed on every switch:
 
-- table 0 (classifier): ARP and IPv6 neighbour discovery → controller; a frame from a host port between a known
+- table 0 (classifier): delay probes at their destination's switch → controller; ARP and IPv6
+  neighbour discovery → controller; a frame from a host port between a known
   (source host, destination host) pair of MAC addresses → a per-pair counting rule (the
   traffic matrix), then table 1; everything else → table 1.
 - table 1 (routes): one rule per (switch, destination host MAC), output to the next-hop
@@ -74,14 +75,15 @@ class Host:
     host or a router, known by the address (IPv4 from its ARP, IPv6 from its neighbour discovery)
     and MAC it announced. A host with several addresses is several hosts with one MAC."""
 
-    @property
-    def ipv4(self) -> bool:
-        return ":" not in self.ip
-
     ip: str
     mac: str
     switch: str
     port: int
+
+    @property
+    def ipv4(self) -> bool:
+        """True for an IPv4 address (the probes' kind), False for IPv6."""
+        return ":" not in self.ip
 
 
 @dataclass(frozen=True)
@@ -244,15 +246,17 @@ def probe_rules(hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
     return rules
 
 
-def edge_rules_left_behind(moved: Host, old_place: tuple[str, int], hosts: list[Host], wiring: Wiring) -> list[FlowRule]:
+def edge_rules_left_behind(moved: Host, old_place: tuple[str, int], macs: list[Host], addresses: list[Host],
+                           wiring: Wiring) -> list[FlowRule]:
     """The counting and probe rules that a MAC which moved to ``moved``'s place from ``old_place``
-    (switch, port) leaves at the old one: its counting rules there towards every other MAC of ``hosts``,
-    and the probe rules there of its IPv4 addresses among ``hosts`` (those of another switch only)."""
+    (switch, port) leaves at the old one: its counting rules there towards every other MAC of ``macs``
+    (one host per MAC), and the probe rules there of its IPv4 addresses among ``addresses`` (when it
+    left the switch)."""
     switch, port = old_place
     old = Host(moved.ip, moved.mac, switch, port)
-    counting = [rule for rule in counter_rules([old, *(h for h in hosts if h.mac != moved.mac)], wiring)
+    counting = [rule for rule in counter_rules([old, *(h for h in macs if h.mac != moved.mac)], wiring)
                 if dict(rule.match)["eth_src"] == moved.mac]
-    probing = probe_rules([Host(h.ip, h.mac, switch, port) for h in hosts if h.mac == moved.mac], wiring) \
+    probing = probe_rules([Host(h.ip, h.mac, switch, port) for h in addresses if h.mac == moved.mac], wiring) \
         if switch != moved.switch else []
     return counting + probing
 

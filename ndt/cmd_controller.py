@@ -135,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
     from controller.api.server import ApiServer
     from controller.app import ControllerConfig
     from controller.launcher import run as run_controller
-    from controller.routing_rules import RuleError
     from controller.topology import load_wiring
     from telemetry.exporter import Metrics
     from telemetry.store import TelemetryStore
@@ -143,13 +142,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise RuleError("--tls-cert and --tls-key go together")
+        raise OptionError("--tls-cert and --tls-key go together")
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
         if path is not None and not path.is_file():
-            raise RuleError(f"{flag} {path}: no such file")
+            raise OptionError(f"{flag} {path}: no such file")
     ofp_tls = _openflow_tls(args)
     if args.raw_hours * 3600.0 > args.retention_days * 86400.0:
-        raise RuleError(f"--raw-hours {args.raw_hours:g} is longer than --retention-days {args.retention_days:g}")
+        raise OptionError(f"--raw-hours {args.raw_hours:g} is longer than --retention-days {args.retention_days:g}")
     state = NetworkState.load(args.state)
     wiring = load_wiring(args.wiring, state, discover=args.discover)
     api = None if args.grpc == "off" else ApiServer(

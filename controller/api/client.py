@@ -44,8 +44,8 @@ def _tls_credentials(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path |
     server that never answers); None without ``tls_ca``."""
     if tls_ca is None:
         if tls_cert is not None or tls_key is not None:
-            raise NdtError(f"TLS: a client certificate and its key (certificate {tls_cert}, key {tls_key}) need the "
-                           "CA to trust for the server's (a client certificate is only sent over TLS)")
+            raise NdtError(f"--tls-cert {tls_cert} / --tls-key {tls_key}: a client certificate and its key need "
+                           "--tls-ca, the CA to trust for the server's (a client certificate is only sent over TLS)")
         return None
     check_tls_files(tls_cert, tls_key, tls_ca)
     read = (lambda path: None if path is None else Path(path).read_bytes())

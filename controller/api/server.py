@@ -35,12 +35,12 @@ from grpc_reflection.v1alpha import reflection
 
 from analysis.scenario import Scenario
 from analysis.scenario import apply as apply_scenario
+from controller.tls_files import TlsOptions, check_tls_files
 from telemetry.accuracy import delay_mape
 from telemetry.exporter import Metrics
 from telemetry.store import CONTROL_KIND, StoreError, TelemetryStore
 from telemetry.traffic_matrix import estimated_state
 from twin.models.intervals import judge
-from controller.tls_files import TlsOptions, check_tls_files
 from twin.state.errors import NdtError, shown
 from twin.state.files import parse_json
 from twin.state.model import NetworkState

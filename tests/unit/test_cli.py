@@ -136,7 +136,7 @@ def test_optimize_json_contract(tmp_path):
     (["dataset", "generate", "--out", "DS", "--samples", "2", "--address", "127.0.0.1:1"],
      "no Ray cluster answers at 127.0.0.1:1"),
     (["whatif", "--controller", "nonsense"], "expected HOST:PORT"),
-    (["whatif", "--controller", "127.0.0.1:9", "--tls-cert", "c.pem"], "need the CA to trust for the server's"),
+    (["whatif", "--controller", "127.0.0.1:9", "--tls-cert", "c.pem"], "need --tls-ca, the CA to trust for the server's"),
     (["whatif", "--controller", "127.0.0.1:9", "--tls-ca", "/nonexistent/ca.pem"], "--tls-ca /nonexistent/ca.pem: not a PEM CA certificate"),
     (["whatif", "--controller", "127.0.0.1:9", "--tls-ca", "S"], "not a PEM CA certificate"),
     (["whatif", "--controller", "127.0.0.1:99999"], "expected HOST:PORT"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
 from controller.hosts import HostTable, Learned
 from telemetry.exporter import Metrics
 from controller.routing_rules import Host, Wiring, edge_rules_left_behind, route_rules
@@ -35,7 +37,8 @@ def test_an_address_passing_to_another_mac_leaves_the_first_macs_routes():
     table = HostTable()
     table.learn(Host("10.0.0.1", ROUTER, "s1", 1))
     table.learn(Host("fe80::1", ROUTER, "s1", 1))
-    assert table.learn(Host("fe80::1", B, "s2", 1)) == Learned(place=True, address=True)
+    assert table.learn(Host("fe80::1", B, "s2", 1)) == Learned(place=True, address=True,
+                                                              replaced=Host("fe80::1", ROUTER, "s1", 1))
     assert table.by_address("fe80::1").mac == B and table.by_mac(ROUTER) is not None
     state = NetworkState(nodes=("s1", "s2"), links=(Link("s1", "s2", 1e7), Link("s2", "s1", 1e7)))
     wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 2, ("s2", "s1"): 2})
@@ -51,13 +54,17 @@ class FakeApp(SimpleNamespace):
 
         wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
         super().__init__(wiring=wiring, _lock=threading.RLock(), _hosts=HostTable(), _edge_version=0, sent=[],
-                         reroutes=[], edge_rules=[], metrics=Metrics(), _datapaths={})
+                         reroutes=[], edge_rules=[], metrics=Metrics(), flow_mods=[])
+        self._datapaths = {dpid: SimpleNamespace(id=dpid, ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser,
+                                                 send_msg=self.flow_mods.append) for dpid in (1, 2)}
+        self._flow_mod = NdtController._flow_mod
         self._arp_ready = lambda: True
         self._packet_out = lambda switch, port, data: self.sent.append((switch, port))
         self._flood_edges = lambda data, exclude: self.sent.append(("flood", exclude))
         self._install_edge_rules = lambda macs, addresses: self.edge_rules.append((len(macs), len(addresses)))
         self.request_reroute = self.reroutes.append
         self._learn = lambda host: NdtController._learn(self, host)
+        self._delete_rules = lambda rules: NdtController._delete_rules(self, rules)
         self.handle = SimpleNamespace(**{name: (lambda method: lambda *a: method(self, *a))(getattr(NdtController, name))
                                          for name in ("_on_arp", "_on_neighbour_discovery", "_on_counter_stats")})
 
@@ -105,6 +112,9 @@ def test_arp_learns_only_what_its_frame_vouches_for():
     app.handle._on_arp(SimpleNamespace(id=2), 1, *request(A, A, "10.0.0.1"))  # A shows up at s2
     gauges = {m.name: m.samples[0].value for m in app.metrics.collect() if m.name in ("ndt_hosts", "ndt_host_moves")}
     assert gauges == {"ndt_hosts": 1, "ndt_host_moves": 1}
+    deleted = [(m.datapath.id, dict(m.match.items())) for m in app.flow_mods if m.command == ofproto_v1_3.OFPFC_DELETE_STRICT]
+    assert deleted == [(1, {"eth_type": 0x0800, "ip_proto": 17, "ipv4_dst": "10.0.0.1", "udp_dst": 47474})]  # its probe rule at s1
+    assert app.reroutes[-1] == "host 10.0.0.1 moved"
     app.sent.clear()
     app.handle._on_arp(s1, 1, *request(A, A, "10.0.0.2")[:1], arp.arp(
         opcode=arp.ARP_REQUEST, src_mac=A, src_ip="10.0.0.1", dst_mac="00:00:00:00:00:00", dst_ip="10.0.0.1"), b"")
@@ -120,20 +130,23 @@ def test_a_moved_mac_leaves_its_counting_and_probe_rules_behind_to_delete():
     wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
     hosts = [Host("10.0.0.1", A, "s2", 3), Host("fd00::1", A, "s2", 3), Host("10.0.0.2", B, "s2", 1),
              Host("10.0.0.3", ROUTER, "s1", 2)]
-    left = edge_rules_left_behind(hosts[0], ("s1", 1), hosts, wiring)
+    left = edge_rules_left_behind(hosts[0], ("s1", 1), hosts, hosts, wiring)
     counting = [dict(r.match) for r in left if "eth_src" in dict(r.match)]
     assert all(r.dpid == 1 for r in left) and len(left) == 3  # two counting rules, one (IPv4) probe rule
     assert {(m["in_port"], m["eth_src"], m["eth_dst"]) for m in counting} == {(1, A, B), (1, A, ROUTER)}
     assert [dict(r.match)["ipv4_dst"] for r in left if "ipv4_dst" in dict(r.match)] == ["10.0.0.1"]
-    same_switch = edge_rules_left_behind(hosts[0], ("s2", 5), hosts, wiring)
+    same_switch = edge_rules_left_behind(hosts[0], ("s2", 5), hosts, hosts, wiring)
     assert len(same_switch) == 2 and all(dict(r.match)["in_port"] == 5 for r in same_switch)  # its probe rule stays
+    orphan = Host("10.0.0.9", "00:00:00:00:00:0f", "s1", 7)  # a MAC whose only address passed to another MAC
+    towards_orphan = edge_rules_left_behind(hosts[0], ("s1", 1), [*hosts, orphan], hosts, wiring)
+    assert (1, A, orphan.mac) in {(dict(r.match)["in_port"], dict(r.match)["eth_src"], dict(r.match)["eth_dst"])
+                                  for r in towards_orphan if "eth_src" in dict(r.match)}
 
 
 def test_counting_rules_count_at_their_source_macs_place_only():
     from os_ken.ofproto import ofproto_v1_3_parser as parser
 
     from controller.app import NdtController
-    from telemetry.exporter import Metrics
     from telemetry.rates import CounterRates
     from telemetry.store import TelemetryStore
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from controller.api.client import ControllerClient
+from controller.api.server import _credentials
 from controller.launcher import OpenFlowTls
-from controller.tls_files import TlsOptions, check_tls_files
+from controller.tls_files import check_tls_files
 from tests.unit.test_controller_api import self_signed
 from twin.state.errors import NdtError
 
@@ -57,5 +58,7 @@ def test_the_callers_name_their_own_options(tmp_path):
         ControllerClient("127.0.0.1:9", ready_s=0.1, tls_ca=tmp_path / "junk.pem")
     with pytest.raises(NdtError, match="^--tls-cert and --tls-key go together"):
         ControllerClient("127.0.0.1:9", ready_s=0.1, tls_ca=tmp_path / "server.pem", tls_cert=tmp_path / "server.pem")
-    with pytest.raises(NdtError, match="^--client-ca .*junk.pem"):
-        check_tls_files(None, None, tmp_path / "junk.pem", TlsOptions(ca="--client-ca"))
+    with pytest.raises(NdtError, match="^--tls-client-ca .*junk.pem: not a PEM CA certificate"):
+        _credentials(tmp_path / "server.pem", tmp_path / "server-key.pem", tmp_path / "junk.pem")
+    with pytest.raises(NdtError, match="^--tls-key .*locked-key.pem is encrypted"):
+        _credentials(tmp_path / "server.pem", tmp_path / "locked-key.pem", None)
