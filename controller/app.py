@@ -496,10 +496,14 @@ class NdtController(app_manager.OSKenApp):
     def _install_edge_rules(self, macs: list[Host], addresses: list[Host]) -> None:
         """The traffic-matrix counting rules between ``macs`` (one host per MAC) and the probe rules
         for ``addresses``."""
-        for rule in counter_rules(macs, self.wiring) + probe_rules(addresses, self.wiring):
+        self._send_rules("add", counter_rules(macs, self.wiring) + probe_rules(addresses, self.wiring))
+
+    def _send_rules(self, kind: str, rules: list[FlowRule]) -> None:
+        """``kind`` (``add`` or ``delete_strict``) each rule at its switch, if connected."""
+        for rule in rules:
             dp = self._datapaths.get(rule.dpid)
             if dp is not None:
-                dp.send_msg(self._flow_mod(dp, FlowOp("add", rule.dpid, rule)))
+                dp.send_msg(self._flow_mod(dp, FlowOp(kind, rule.dpid, rule)))
 
     @staticmethod
     def _flow_mod(dp, op: FlowOp):
@@ -577,20 +581,15 @@ class NdtController(app_manager.OSKenApp):
         target = self._hosts.by_address(message.dst_ip)
         if message.src_ip == message.dst_ip:  # gratuitous: an announcement for every host's cache
             self._flood_edges(data, exclude=(dp.id, in_port))
-            return
-        if target is not None and (target.switch, target.port) == (switch, in_port):
-            return  # the host it is for has it already
-        if message.opcode == arp.ARP_REQUEST and target is not None:
+        elif message.opcode == arp.ARP_REQUEST and target is not None and (target.switch, target.port) != (switch, in_port):
             reply = packet.Packet()
             reply.add_protocol(ethernet.ethernet(dst=message.src_mac, src=target.mac, ethertype=ethernet.ether.ETH_TYPE_ARP))
             reply.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=target.mac, src_ip=target.ip,
                                        dst_mac=message.src_mac, dst_ip=message.src_ip))
             reply.serialize()
-            self._packet_out(self.wiring.names[dp.id], in_port, reply.data)
-        elif target is not None:
-            self._packet_out(target.switch, target.port, data)
+            self._packet_out(switch, in_port, reply.data)
         else:
-            self._flood_edges(data, exclude=(dp.id, in_port))
+            self._carry(target, data, dp, in_port)
 
     def _on_neighbour_discovery(self, dp, in_port: int, eth, header, message, data: bytes) -> None:
         """IPv6's ARP, carried by the controller: the sender is learned (not while it tests its own
@@ -605,9 +604,14 @@ class NdtController(app_manager.OSKenApp):
         target = self._hosts.by_mac(eth.dst)
         if target is None and message.type_ == icmpv6.ND_NEIGHBOR_SOLICIT:
             target = self._hosts.by_address(message.data.dst)
+        self._carry(target, data, dp, in_port)
+
+    def _carry(self, target: Host | None, data: bytes, dp, in_port: int) -> None:
+        """An ARP or neighbour-discovery frame to ``target``'s port, or without a target to every other
+        edge port; never back out of the port it came in by."""
         if target is None:
             self._flood_edges(data, exclude=(dp.id, in_port))
-        elif (target.switch, target.port) != (switch, in_port):
+        elif (target.switch, target.port) != (self.wiring.names[dp.id], in_port):
             self._packet_out(target.switch, target.port, data)
 
     def _learn(self, host: Host) -> None:
@@ -624,21 +628,15 @@ class NdtController(app_manager.OSKenApp):
             self.metrics.inc("host_moves")
             LOG.warning("host %s (%s) moved from %s port %d to %s port %d", host.ip, host.mac, *learned.moved_from,
                         host.switch, host.port)
-            self._delete_rules(edge_rules_left_behind(host, learned.moved_from, macs, addresses, self.wiring))
+            self._send_rules("delete_strict", edge_rules_left_behind(host, learned.moved_from, macs, addresses, self.wiring))
         else:
             LOG.info("host %s (%s) at %s port %d", host.ip, host.mac, host.switch, host.port)
         replaced = learned.replaced
         if replaced is not None and replaced.ipv4 and replaced.switch != host.switch:
-            self._delete_rules(probe_rules([replaced], self.wiring))  # the address's probe rule at its old switch
+            self._send_rules("delete_strict", probe_rules([replaced], self.wiring))  # the address's probe rule at its old switch
         self._install_edge_rules(macs if learned.place else [], addresses)
         if learned.place:
             self.request_reroute(f"host {host.ip} {'moved' if learned.moved_from else 'learned'}")
-
-    def _delete_rules(self, rules: list[FlowRule]) -> None:
-        for rule in rules:
-            dp = self._datapaths.get(rule.dpid)
-            if dp is not None:
-                dp.send_msg(self._flow_mod(dp, FlowOp("delete_strict", rule.dpid, rule)))
 
     def _packet_out(self, switch: str, port: int, data: bytes) -> None:
         dp = self._datapaths.get(self.wiring.dpids[switch])
@@ -858,11 +856,12 @@ class NdtController(app_manager.OSKenApp):
             src, dst = self._hosts.by_mac(src_mac), self._hosts.by_mac(dst_mac)
             if src is None or dst is None or src.switch == dst.switch:
                 continue
-            if (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, stat.match.get("in_port")):
+            in_port = stat.match.get("in_port")
+            if (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, in_port):
                 continue
             pair = (src.switch, dst.switch)
             totals[pair] = totals.get(pair, 0) + stat.byte_count
-            readings.append(((msg.datapath.id, stat.match.get("in_port"), src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
+            readings.append(((msg.datapath.id, in_port, src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
                              stat.byte_count))
         rates = pair_rates(readings, self._traffic_rates)
         self._store(self.store.add_traffic_matrix, now, rates)

@@ -64,7 +64,8 @@ class FakeApp(SimpleNamespace):
         self._install_edge_rules = lambda macs, addresses: self.edge_rules.append((len(macs), len(addresses)))
         self.request_reroute = self.reroutes.append
         self._learn = lambda host: NdtController._learn(self, host)
-        self._delete_rules = lambda rules: NdtController._delete_rules(self, rules)
+        self._send_rules = lambda kind, rules: NdtController._send_rules(self, kind, rules)
+        self._carry = lambda *a: NdtController._carry(self, *a)
         self.handle = SimpleNamespace(**{name: (lambda method: lambda *a: method(self, *a))(getattr(NdtController, name))
                                          for name in ("_on_arp", "_on_neighbour_discovery", "_on_counter_stats")})
 
