@@ -26,9 +26,11 @@ from os_ken.lib.packet import arp, ethernet, icmpv6, ipv4, ipv6, packet, udp
 from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
+from controller.channel_stamps import StampedConnection
 from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
+    PROBE_HEADER,
     PROBE_TIMEOUT_S,
     PathDelays,
     ProbeSample,
@@ -175,6 +177,7 @@ class NdtController(app_manager.OSKenApp):
         self.path_delays = PathDelays(ndt_config.probe_history_s)
         self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
         self._probes_pending: dict[int, tuple[str, str, float]] = {}
+        self._access_pending: dict[str, int] = {}  # per switch, its access probe not answered yet (one at a time)
         self._probe_count = 0
         self._echo_sent: dict[tuple[int, int], float] = {}
         self._listeners: list = []
@@ -194,11 +197,11 @@ class NdtController(app_manager.OSKenApp):
         return thread
 
     def _send_event(self, ev, state):
-        """Stamp packet-ins and echo replies as they arrive (in the switch's receive thread), before
-        they wait in this app's event queue behind statistics replies: probe times then exclude
-        the queue."""
+        """Stamp packet-ins and echo replies with their arrival: the kernel's stamp where the
+        connection has one (:mod:`controller.channel_stamps`), else now, in the switch's receive
+        thread, before they wait in this app's event queue behind statistics replies."""
         if isinstance(ev, (ofp_event.EventOFPPacketIn, ofp_event.EventOFPEchoReply)):
-            ev.msg.ndt_received = time.monotonic()
+            ev.msg.ndt_received = getattr(ev.msg.datapath.socket, "received_at", None) or time.monotonic()
         super()._send_event(ev, state)
 
     # ------------------------------------------------------------------ public API
@@ -276,6 +279,8 @@ class NdtController(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _on_features(self, ev):
         dp, dpid = ev.msg.datapath, ev.msg.datapath_id
+        if not isinstance(dp.socket, StampedConnection):
+            dp.socket = StampedConnection(dp.socket, self._probe_left)
         ofp, parser = dp.ofproto, dp.ofproto_parser
         dp.send_msg(parser.OFPFlowMod(dp, cookie=BASE_COOKIE, cookie_mask=NDT_COOKIE_MASK, table_id=ofp.OFPTT_ALL,
                                       command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
@@ -552,7 +557,8 @@ class NdtController(app_manager.OSKenApp):
             return
         request = pkt.get_protocol(arp.arp)
         if request is not None:
-            self._on_arp(dp, in_port, eth, request, msg.data)
+            if not self._on_access_probe(dp, request, getattr(msg, "ndt_received", None) or time.monotonic()):
+                self._on_arp(dp, in_port, eth, request, msg.data)
             return
         neighbour = pkt.get_protocol(icmpv6.icmpv6)
         if neighbour is not None and neighbour.type_ in (icmpv6.ND_NEIGHBOR_SOLICIT, icmpv6.ND_NEIGHBOR_ADVERT):
@@ -668,9 +674,10 @@ class NdtController(app_manager.OSKenApp):
                                 targets.setdefault(host.switch, host)
                         connected = {self.wiring.names[d] for d in self._datapaths}
                         schedule.set_switches([s for s in targets if s in connected])
-                pair = schedule.next()
-                if pair is not None:
-                    self._send_probe(pair[0], targets[pair[1]])
+                picked = schedule.next()
+                if picked is not None:
+                    (src, dst), access = picked
+                    (self._send_access_probe if access else self._send_probe)(src, targets[dst])
             except Exception:  # the prober must survive any single failed probe
                 LOG.exception("sending a delay probe failed")
 
@@ -694,6 +701,46 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(out)
         self.path_delays.sent += 1
 
+    def _send_access_probe(self, switch: str, host: Host) -> None:
+        """An ARP request for ``host``'s address out of its port; the host's answer comes back in by
+        that port (the ARP rule's packet-in). The probe id rides in the frame's padding, which ARP ignores."""
+        dp = self._datapaths.get(self.wiring.dpids[switch])
+        waiting = self._access_pending.get(switch)
+        if dp is None or (waiting is not None and waiting in self._probes_pending):
+            return  # one at a time: an answer carries no id
+        self._probe_count += 1
+        number = self._probe_count
+        frame = packet.Packet()
+        frame.add_protocol(ethernet.ethernet(dst=host.mac, src=PROBE_SOURCE_MAC, ethertype=ethernet.ether.ETH_TYPE_ARP))
+        frame.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=PROBE_SOURCE_MAC, src_ip=PROBE_SOURCE_IP,
+                                   dst_mac="00:00:00:00:00:00", dst_ip=host.ip))
+        frame.serialize()
+        self._probes_pending[number] = (switch, switch, time.monotonic())
+        self._access_pending[switch] = number
+        self._packet_out(switch, host.port, bytes(frame.data) + probe_payload(number, PROBE_HEADER.size))
+        self.path_delays.sent += 1
+
+    def _on_access_probe(self, dp, message, received: float) -> bool:
+        """Record an access probe answered at ``received`` (monotonic s); False when ``message`` is no answer to one."""
+        if message.opcode != arp.ARP_REPLY or message.dst_ip != PROBE_SOURCE_IP or message.dst_mac != PROBE_SOURCE_MAC:
+            return False
+        switch = self.wiring.names[dp.id]
+        sent = self._probes_pending.pop(self._access_pending.pop(switch, -1), None)
+        if sent is None:
+            return True
+        if received - sent[2] > PROBE_TIMEOUT_S:
+            self.path_delays.lost += 1
+        else:
+            self.path_delays.add(ProbeSample(switch, switch, sent[2], received, access=True))
+            self.metrics.observe_round_trip("access", switch, received - sent[2])
+        return True
+
+    def _probe_left(self, number: int, at: float) -> None:
+        """Probe ``number`` went to the kernel at ``at`` (monotonic s, the connection's send thread)."""
+        pending = self._probes_pending.get(number)
+        if pending is not None:
+            self._probes_pending[number] = (pending[0], pending[1], at)
+
     def _on_probe(self, dp, pkt, received: float) -> bool:
         """Record a probe returned at ``received`` (monotonic s); False when it is not an ndt probe."""
         payload = pkt.protocols[-1]
@@ -707,6 +754,8 @@ class NdtController(app_manager.OSKenApp):
             self.path_delays.lost += 1
         elif self.wiring.names.get(dp.id) == sent[1]:
             self.path_delays.add(ProbeSample(sent[0], sent[1], sent[2], received))
+            if sent[0] == sent[1]:
+                self.metrics.observe_round_trip("loopback", sent[0], received - sent[2])
         return True
 
     def _probe_reporter(self):

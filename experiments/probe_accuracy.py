@@ -4,7 +4,8 @@ Brings ``TOPOLOGY`` up in Mininet under ``ndt controller --probe-rate RATE``, pl
 the hosts for ``DURATION`` s, and compares per path the mean one-way delay the hosts measured
 (mininet_topos.udpgen) with the probes' over the same window (the store's 10-s probe means). Also
 the probes' cost: probes per second sent and lost, and the controller's CPU share (of one core)
-over the window. The hosts' means are samples too (a light flow sends a packet a second or so):
+over the window, and the loopback and access probes' times as quantiles of the controller's
+``ndt_probe_loopback_seconds`` and ``ndt_probe_access_seconds`` histograms. The hosts' means are samples too (a light flow sends a packet a second or so):
 ``share_within_target_if_exact`` is the share of paths an exact probe would have within target,
 given each host mean's own standard error. Prints JSON; root.
 
@@ -21,12 +22,16 @@ import time
 import urllib.request
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api.client import ControllerClient
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import DRAIN_S, START_LEAD_S, play
+from telemetry.exporter import ROUND_TRIP_HELP
 from telemetry.store import TelemetryStore
+
+ROUND_TRIPS = tuple(ROUND_TRIP_HELP)  # loopback, access
 
 
 def controller_cpu_s(pid: int) -> float:
@@ -42,6 +47,36 @@ def probe_counts(metrics_url: str) -> tuple[float, float]:
     return values.get("ndt_probes_sent_total", 0.0), values.get("ndt_probes_lost_total", 0.0)
 
 
+def round_trip_histogram(metrics_url: str, kind: str) -> dict[float, float]:
+    """The ``loopback`` or ``access`` probes so far, all switches together: upper bound (s) → cumulative count."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == f"ndt_probe_{kind}_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    out[bound] = out.get(bound, 0.0) + sample.value
+    return out
+
+
+def histogram_quantile(quantile: float, cumulative: dict[float, float]) -> float | None:
+    """The ``quantile`` of a cumulative histogram, linear within its bucket as Prometheus'
+    ``histogram_quantile`` (the last finite bound when it falls in +Inf), s."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = quantile * total, 0.0, 0.0
+    for bound in bounds:
+        if cumulative[bound] >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(cumulative[bound] - below, 1e-12)
+        lower, below = bound, cumulative[bound]
+    return lower
+
+
 def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0) -> dict:
     state = emulation_state(topology, float(load), seed=int(seed))
     duration, warmup = float(duration), 2.0
@@ -49,10 +84,12 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
                          controller_args=("--probe-rate", str(rate))) as net:
         time.sleep(12.0)  # the first probe means reach the store
         cpu0, sent0, t0 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
+        trips0 = {kind: round_trip_histogram(net.metrics_url, kind) for kind in ROUND_TRIPS}
         started = time.time()
         measured = play(net, state, duration, warmup, seed, net.workdir / "traffic")
         ended = time.time()
         cpu1, sent1, t1 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
+        trips1 = {kind: round_trip_histogram(net.metrics_url, kind) for kind in ROUND_TRIPS}
         time.sleep(11.0)  # the last interval's probe means reach the store
         store = TelemetryStore(net.store_path)
         rows = store.path_delays("probe", started + START_LEAD_S + warmup + 10.0, ended - DRAIN_S + 10.0)
@@ -71,6 +108,8 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
             paths.append({"src": src, "dst": dst, "host_s": truth, "host_stderr_s": stderr, "probe_s": probe,
                           "error_s": probe - truth, "within_target": abs(probe - truth) <= tolerance,
                           "exact_within_chance": math.erf(tolerance / (math.sqrt(2) * stderr)) if stderr > 0 else 1.0})
+    trips = {kind: {bound: count - trips0[kind].get(bound, 0.0) for bound, count in trips1[kind].items()}
+             for kind in ROUND_TRIPS}
     errors = np.array([p["error_s"] for p in paths])
     truths = np.array([p["host_s"] for p in paths])
     return {
@@ -83,7 +122,11 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
         "median_abs_error_s": float(np.median(np.abs(errors))) if paths else None,
         "host_mean_s": float(np.mean(truths)) if paths else None,
         "probes_per_s": (sent1[0] - sent0[0]) / (t1 - t0), "probes_lost": sent1[1] - sent0[1],
-        "controller_cpu_share": (cpu1 - cpu0) / (t1 - t0), "paths": paths,
+        "controller_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        **{f"{kind}_probes": int(trips[kind].get(math.inf, 0.0)) for kind in ROUND_TRIPS},
+        **{f"{kind}_quantiles_s": {f"p{round(100 * q)}": histogram_quantile(q, trips[kind]) for q in (0.1, 0.5, 0.9, 0.99)}
+           for kind in ROUND_TRIPS},
+        "paths": paths,
     }
 
 

@@ -64,6 +64,7 @@ def fed_exporter():
     metrics.set_gauge("stats_poll_duration_seconds", 0.01)
     metrics.inc("routing_changes", 3)
     metrics.inc("optimizer_runs")
+    metrics.set_control_rtt("s1", 0.0004)
     stop = threading.Event()
 
     def feed():
@@ -73,6 +74,8 @@ def fed_exporter():
             metrics.update_links([LinkSample(time.time(), "s1", "s2", 125_000 * tick, 100 * tick, tick, 0.95)])
             metrics.set_offered_packets({("s1", "s2"): 105 * tick})
             metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
+            metrics.observe_round_trip("loopback", "s1", 0.0008 + 0.0001 * (tick % 5))
+            metrics.observe_round_trip("access", "s1", 0.0011 + 0.0001 * (tick % 5))
             stop.wait(0.25)
 
     thread = threading.Thread(target=feed, daemon=True)
