@@ -30,7 +30,6 @@ from controller.channel_stamps import StampedConnection
 from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
-    PROBE_HEADER,
     PROBE_TIMEOUT_S,
     PathDelays,
     ProbeSample,
@@ -177,7 +176,6 @@ class NdtController(app_manager.OSKenApp):
         self.path_delays = PathDelays(ndt_config.probe_history_s)
         self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
         self._probes_pending: dict[int, tuple[str, str, float]] = {}
-        self._access_pending: dict[str, int] = {}  # per switch, its access probe not answered yet (one at a time)
         self._probe_count = 0
         self._echo_sent: dict[tuple[int, int], float] = {}
         self._listeners: list = []
@@ -557,8 +555,7 @@ class NdtController(app_manager.OSKenApp):
             return
         request = pkt.get_protocol(arp.arp)
         if request is not None:
-            if not self._on_access_probe(dp, request, getattr(msg, "ndt_received", None) or time.monotonic()):
-                self._on_arp(dp, in_port, eth, request, msg.data)
+            self._on_arp(dp, in_port, eth, request, msg.data)
             return
         neighbour = pkt.get_protocol(icmpv6.icmpv6)
         if neighbour is not None and neighbour.type_ in (icmpv6.ND_NEIGHBOR_SOLICIT, icmpv6.ND_NEIGHBOR_ADVERT):
@@ -674,10 +671,9 @@ class NdtController(app_manager.OSKenApp):
                                 targets.setdefault(host.switch, host)
                         connected = {self.wiring.names[d] for d in self._datapaths}
                         schedule.set_switches([s for s in targets if s in connected])
-                picked = schedule.next()
-                if picked is not None:
-                    (src, dst), access = picked
-                    (self._send_access_probe if access else self._send_probe)(src, targets[dst])
+                pair = schedule.next()
+                if pair is not None:
+                    self._send_probe(pair[0], targets[pair[1]])
             except Exception:  # the prober must survive any single failed probe
                 LOG.exception("sending a delay probe failed")
 
@@ -701,40 +697,6 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(out)
         self.path_delays.sent += 1
 
-    def _send_access_probe(self, switch: str, host: Host) -> None:
-        """An ARP request for ``host``'s address out of its port; the host's answer comes back in by
-        that port (the ARP rule's packet-in). The probe id rides in the frame's padding, which ARP ignores."""
-        dp = self._datapaths.get(self.wiring.dpids[switch])
-        waiting = self._access_pending.get(switch)
-        if dp is None or (waiting is not None and waiting in self._probes_pending):
-            return  # one at a time: an answer carries no id
-        self._probe_count += 1
-        number = self._probe_count
-        frame = packet.Packet()
-        frame.add_protocol(ethernet.ethernet(dst=host.mac, src=PROBE_SOURCE_MAC, ethertype=ethernet.ether.ETH_TYPE_ARP))
-        frame.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=PROBE_SOURCE_MAC, src_ip=PROBE_SOURCE_IP,
-                                   dst_mac="00:00:00:00:00:00", dst_ip=host.ip))
-        frame.serialize()
-        self._probes_pending[number] = (switch, switch, time.monotonic())
-        self._access_pending[switch] = number
-        self._packet_out(switch, host.port, bytes(frame.data) + probe_payload(number, PROBE_HEADER.size))
-        self.path_delays.sent += 1
-
-    def _on_access_probe(self, dp, message, received: float) -> bool:
-        """Record an access probe answered at ``received`` (monotonic s); False when ``message`` is no answer to one."""
-        if message.opcode != arp.ARP_REPLY or message.dst_ip != PROBE_SOURCE_IP or message.dst_mac != PROBE_SOURCE_MAC:
-            return False
-        switch = self.wiring.names[dp.id]
-        sent = self._probes_pending.pop(self._access_pending.pop(switch, -1), None)
-        if sent is None:
-            return True
-        if received - sent[2] > PROBE_TIMEOUT_S:
-            self.path_delays.lost += 1
-        else:
-            self.path_delays.add(ProbeSample(switch, switch, sent[2], received, access=True))
-            self.metrics.observe_round_trip("access", switch, received - sent[2])
-        return True
-
     def _probe_left(self, number: int, at: float) -> None:
         """Probe ``number`` went to the kernel at ``at`` (monotonic s, the connection's send thread)."""
         pending = self._probes_pending.get(number)
@@ -755,7 +717,7 @@ class NdtController(app_manager.OSKenApp):
         elif self.wiring.names.get(dp.id) == sent[1]:
             self.path_delays.add(ProbeSample(sent[0], sent[1], sent[2], received))
             if sent[0] == sent[1]:
-                self.metrics.observe_round_trip("loopback", sent[0], received - sent[2])
+                self.metrics.observe_loopback(sent[0], received - sent[2])
         return True
 
     def _probe_reporter(self):

@@ -8,12 +8,8 @@ both ways and the two switches' own handling of packet-out and packet-in. A *loo
 (a, a) — packet-out at a towards a's own host, back at once — measures exactly that overhead for
 one switch, so the path's delay is the raw time minus half of each end's loopback time
 (OpenNetMon, van Adrichem et al., NOMS 2014, subtracts the echo round trip instead; the echo
-misses the packet-in and packet-out handling, which the loopback includes). That is the delay
-from switch to switch. The hosts' packets also cross their access links and wait for the first
-switch to take them in from the host's port; an *access* probe (an ARP request out of a's host
-port, answered by the host back into it) measures that for one switch, and
-:func:`access_delays` / :func:`with_access` add it, so a path's delay is the hosts'. Probes go out
-at exponential gaps (Poisson sampling sees the time-average delay). Times in s.
+misses the packet-in and packet-out handling, which the loopback includes). Probes go out at
+exponential gaps (Poisson sampling sees the time-average delay). Times in s.
 
 A path sees a few probes per window and each one samples the queues at one instant, so a path's
 own mean is noisy. Paths share links, and a path's mean delay is the sum of its links' (the
@@ -37,7 +33,7 @@ PROBE_MAGIC = b"NDTPROBE"
 PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
 PROBE_FRAME_BYTES = 64  # Ethernet frame without FCS: the smallest, so probes add next to no load
 PROBE_TIMEOUT_S = 2.0  # a probe not back by then is counted lost
-LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks and access probes, half each
+LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks (their median needs fewer samples)
 MIN_PATH_PROBES = 3  # a path's mean over a window needs this many of its probes
 MAX_POOLED_LINKS = 500  # a larger fit (cubic in the links: 0.1 s at 500) would hold up the controller's thread
 MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
@@ -76,9 +72,8 @@ def rate_needed(switches: int, window_s: float) -> float:
 
 
 class ProbeSchedule:
-    """Which probe goes next and when: every ordered pair of switches with a host, and at each such
-    switch a loopback and an access probe, each kind taken round-robin, at exponential gaps of mean
-    1 / ``rate_pps``."""
+    """Which pair to probe next and when: loopbacks of every switch with a host and every ordered
+    pair of such switches, taken round-robin, at exponential gaps of mean 1 / ``rate_pps``."""
 
     def __init__(self, rate_pps: float, seed: int = 0):
         self.rate_pps = rate_pps
@@ -100,30 +95,27 @@ class ProbeSchedule:
         """Seconds until the next probe."""
         return float(self._rng.exponential(1.0 / self.rate_pps))
 
-    def next(self) -> tuple[Pair, bool] | None:
-        """The next pair to probe and whether it is an access probe (a switch's own pair, as a loopback);
-        with probability :data:`LOOPBACK_SHARE` a loopback or an access probe, in turn; None without switches."""
+    def next(self) -> Pair | None:
+        """The next pair to probe (a loopback with probability :data:`LOOPBACK_SHARE`), or None."""
         if not self._loops:
             return None
         if not self._pairs or self._rng.random() < LOOPBACK_SHARE:
-            turn = self._next_loop
+            pair = self._loops[self._next_loop % len(self._loops)]
             self._next_loop += 1
-            return self._loops[(turn // 2) % len(self._loops)], turn % 2 == 1
+            return pair
         pair = self._pairs[self._next_pair % len(self._pairs)]
         self._next_pair += 1
-        return pair, False
+        return pair
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeSample:
-    """One returned probe: sent and received (s, one monotonic clock) over the pair ``src → dst``;
-    ``access``: an access probe of switch ``src`` (= ``dst``), answered by its host."""
+    """One returned probe: sent and received (s, one monotonic clock) over the pair ``src → dst``."""
 
     src: str
     dst: str
     sent: float
     received: float
-    access: bool = False
 
     @property
     def raw(self) -> float:
@@ -173,14 +165,11 @@ class PathDelays:
     def stats(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES, robust: bool = False,
               pooled: bool = True) -> dict[Pair, PathStat]:
         """:func:`path_stats` of the probes received in [start, end); ``pooled``: then
-        :func:`pooled_path_stats` when the window began under the current routes; then
-        :func:`with_access`, so the delay between the hosts."""
-        samples = self.samples(start, end)
-        own = path_stats(samples, min_samples, robust)
+        :func:`pooled_path_stats` when the window began under the current routes."""
+        own = path_stats(self.samples(start, end), min_samples, robust)
         with self._lock:
             routes, since = self._routes, self._routes_since
-        switch_to_switch = pooled_path_stats(own, routes) if pooled and routes and start >= since else own
-        return with_access(switch_to_switch, access_delays(samples))
+        return pooled_path_stats(own, routes) if pooled and routes and start >= since else own
 
     def delays(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> dict[Pair, float]:
         """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s
@@ -199,39 +188,9 @@ def loopback_times(samples: list[ProbeSample], robust: bool = False) -> dict[str
     centre = np.median if robust else np.mean
     by_switch: dict[str, list[float]] = {}
     for s in samples:
-        if s.src == s.dst and not s.access:
+        if s.src == s.dst:
             by_switch.setdefault(s.src, []).append(s.raw)
     return {switch: float(centre(times)) for switch, times in by_switch.items()}
-
-
-def access_delays(samples: list[ProbeSample]) -> dict[str, tuple[float, float]]:
-    """Per switch with access and loopback probes: what its host's access adds to a path's delay, and
-    that figure's variance (s, s²). An access probe goes out of the host's port, the host answers
-    (ARP) and the answer comes back in through that port; less the switch's loopback time, that is
-    the access link both ways and the switch's receiving from a host port, which the hosts' packets
-    meet once at each end of a path and a probe (packet-out into the first switch, packet-in at the
-    last) never does. A path gets half of each end's (never below zero)."""
-    by_switch: dict[str, tuple[list[float], list[float]]] = {}
-    for s in samples:
-        if s.src == s.dst:
-            by_switch.setdefault(s.src, ([], []))[0 if s.access else 1].append(s.raw)
-    out = {}
-    for switch, (access, loops) in by_switch.items():
-        if access and loops:
-            variance = sum(float(np.var(times, ddof=1)) / len(times) for times in (access, loops) if len(times) > 1)
-            out[switch] = (max(0.0, float(np.mean(access)) - float(np.mean(loops))), variance)
-    return out
-
-
-def with_access(stats: dict[Pair, PathStat], access: dict[str, tuple[float, float]]) -> dict[Pair, PathStat]:
-    """Each path's switch-to-switch delay plus half of each end's :func:`access_delays` (an end without
-    them adds nothing): the delay between the hosts, s."""
-    out = {}
-    for (src, dst), stat in stats.items():
-        extra = [access[end] for end in (src, dst) if end in access]
-        out[(src, dst)] = PathStat(stat.mean + 0.5 * sum(e for e, _ in extra), stat.samples,
-                                   float(np.sqrt(stat.stderr ** 2 + 0.25 * sum(v for _, v in extra))))
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +213,7 @@ def path_stats(samples: list[ProbeSample], min_samples: int = MIN_PATH_PROBES, r
     loops = loopback_times(samples, robust)
     raw: dict[Pair, list[float]] = {}
     for s in samples:
-        if not s.access:
-            raw.setdefault((s.src, s.dst), []).append(s.raw)
+        raw.setdefault((s.src, s.dst), []).append(s.raw)
 
     def variance_of_centre(pair: Pair) -> float:
         values = np.asarray(raw[pair])

@@ -4,8 +4,8 @@ Brings ``TOPOLOGY`` up in Mininet under ``ndt controller --probe-rate RATE``, pl
 the hosts for ``DURATION`` s, and compares per path the mean one-way delay the hosts measured
 (mininet_topos.udpgen) with the probes' over the same window (the store's 10-s probe means). Also
 the probes' cost: probes per second sent and lost, and the controller's CPU share (of one core)
-over the window, and the loopback and access probes' times as quantiles of the controller's
-``ndt_probe_loopback_seconds`` and ``ndt_probe_access_seconds`` histograms. The hosts' means are samples too (a light flow sends a packet a second or so):
+over the window, and the loopback probes' times (the control channel's share of every probe's
+noise) as quantiles of the controller's ``ndt_probe_loopback_seconds`` histogram. The hosts' means are samples too (a light flow sends a packet a second or so):
 ``share_within_target_if_exact`` is the share of paths an exact probe would have within target,
 given each host mean's own standard error. Prints JSON; root.
 
@@ -28,10 +28,7 @@ from controller.api.client import ControllerClient
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import DRAIN_S, START_LEAD_S, play
-from telemetry.exporter import ROUND_TRIP_HELP
 from telemetry.store import TelemetryStore
-
-ROUND_TRIPS = tuple(ROUND_TRIP_HELP)  # loopback, access
 
 
 def controller_cpu_s(pid: int) -> float:
@@ -47,12 +44,12 @@ def probe_counts(metrics_url: str) -> tuple[float, float]:
     return values.get("ndt_probes_sent_total", 0.0), values.get("ndt_probes_lost_total", 0.0)
 
 
-def round_trip_histogram(metrics_url: str, kind: str) -> dict[float, float]:
-    """The ``loopback`` or ``access`` probes so far, all switches together: upper bound (s) → cumulative count."""
+def loopback_histogram(metrics_url: str) -> dict[float, float]:
+    """The loopback probes so far, all switches together: upper bound (s) → cumulative count."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     out: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == f"ndt_probe_{kind}_seconds":
+        if family.name == "ndt_probe_loopback_seconds":
             for sample in family.samples:
                 if sample.name.endswith("_bucket"):
                     bound = float(sample.labels["le"])
@@ -84,12 +81,12 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
                          controller_args=("--probe-rate", str(rate))) as net:
         time.sleep(12.0)  # the first probe means reach the store
         cpu0, sent0, t0 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
-        trips0 = {kind: round_trip_histogram(net.metrics_url, kind) for kind in ROUND_TRIPS}
+        loops0 = loopback_histogram(net.metrics_url)
         started = time.time()
         measured = play(net, state, duration, warmup, seed, net.workdir / "traffic")
         ended = time.time()
         cpu1, sent1, t1 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
-        trips1 = {kind: round_trip_histogram(net.metrics_url, kind) for kind in ROUND_TRIPS}
+        loops1 = loopback_histogram(net.metrics_url)
         time.sleep(11.0)  # the last interval's probe means reach the store
         store = TelemetryStore(net.store_path)
         rows = store.path_delays("probe", started + START_LEAD_S + warmup + 10.0, ended - DRAIN_S + 10.0)
@@ -108,8 +105,7 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
             paths.append({"src": src, "dst": dst, "host_s": truth, "host_stderr_s": stderr, "probe_s": probe,
                           "error_s": probe - truth, "within_target": abs(probe - truth) <= tolerance,
                           "exact_within_chance": math.erf(tolerance / (math.sqrt(2) * stderr)) if stderr > 0 else 1.0})
-    trips = {kind: {bound: count - trips0[kind].get(bound, 0.0) for bound, count in trips1[kind].items()}
-             for kind in ROUND_TRIPS}
+    loops = {bound: count - loops0.get(bound, 0.0) for bound, count in loops1.items()}
     errors = np.array([p["error_s"] for p in paths])
     truths = np.array([p["host_s"] for p in paths])
     return {
@@ -123,9 +119,8 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
         "host_mean_s": float(np.mean(truths)) if paths else None,
         "probes_per_s": (sent1[0] - sent0[0]) / (t1 - t0), "probes_lost": sent1[1] - sent0[1],
         "controller_cpu_share": (cpu1 - cpu0) / (t1 - t0),
-        **{f"{kind}_probes": int(trips[kind].get(math.inf, 0.0)) for kind in ROUND_TRIPS},
-        **{f"{kind}_quantiles_s": {f"p{round(100 * q)}": histogram_quantile(q, trips[kind]) for q in (0.1, 0.5, 0.9, 0.99)}
-           for kind in ROUND_TRIPS},
+        "loopbacks": int(loops.get(math.inf, 0.0)),
+        "loopback_quantiles_s": {f"p{round(100 * q)}": histogram_quantile(q, loops) for q in (0.1, 0.5, 0.9, 0.99)},
         "paths": paths,
     }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 
@@ -20,14 +19,8 @@ from twin.state.errors import NdtError
 
 Pair = tuple[str, str]
 
-ROUND_TRIP_BUCKETS_S = (0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02,
-                        0.05, 0.1)  # upper bounds of the probe round-trip histograms' buckets, s (+Inf added)
-ROUND_TRIP_HELP = {
-    "loopback": "Loopback probes' time at the switch: packet-out to packet-in, the control channel both ways "
-                "and the switch's handling (every delay probe carries it)",
-    "access": "Access probes' time at the switch: an ARP request out of the host's port to its answer, the "
-              "loopback's time plus the access link both ways and the host's answer",
-}
+LOOPBACK_BUCKETS_S = (0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02,
+                      0.05, 0.1)  # upper bounds of the loopback histogram's buckets, s (+Inf added)
 
 
 class Metrics:
@@ -43,7 +36,7 @@ class Metrics:
                           "probes_lost": 0, "anomalies": 0, "link_anomalies": 0, "host_moves": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
-        self._round_trips: dict[tuple[str, str], tuple[list[int], float]] = {}  # (kind, switch): counts per bucket (+Inf last), sum s
+        self._loopbacks: dict[str, tuple[list[int], float]] = {}  # per switch: counts per bucket (+Inf last), sum s
         self._loop_counts: dict[tuple[str, str], int] = {}
         self._suspects: dict[Pair, float] = {}
         self._load_deviations: dict[Pair, float] = {}
@@ -85,15 +78,14 @@ class Metrics:
         with self._lock:
             self._control_rtt[switch] = seconds
 
-    def observe_round_trip(self, kind: str, switch: str, seconds: float) -> None:
-        """One ``loopback`` or ``access`` probe's time at ``switch``, s (:data:`ROUND_TRIP_HELP`)."""
-        if kind not in ROUND_TRIP_HELP:
-            raise ValueError(f"probe round trip kind {kind!r} is not one of {tuple(ROUND_TRIP_HELP)}")
+    def observe_loopback(self, switch: str, seconds: float) -> None:
+        """One loopback probe's time at ``switch`` (packet-out to packet-in: the control channel both ways
+        and the switch's handling), s: every delay probe through that switch carries it."""
         with self._lock:
-            counts, total = self._round_trips.get((kind, switch)) or ([0] * (len(ROUND_TRIP_BUCKETS_S) + 1), 0.0)
-            counts[next((i for i, bound in enumerate(ROUND_TRIP_BUCKETS_S) if seconds <= bound),
-                        len(ROUND_TRIP_BUCKETS_S))] += 1
-            self._round_trips[(kind, switch)] = (counts, total + seconds)
+            counts, total = self._loopbacks.get(switch) or ([0] * (len(LOOPBACK_BUCKETS_S) + 1), 0.0)
+            counts[next((i for i, bound in enumerate(LOOPBACK_BUCKETS_S) if seconds <= bound),
+                        len(LOOPBACK_BUCKETS_S))] += 1
+            self._loopbacks[switch] = (counts, total + seconds)
 
     def set_anomalies(self, paths: int, suspects: dict[Pair, float], new: int,
                       load_deviations: dict[Pair, float] | None = None, new_links: int = 0,
@@ -141,7 +133,7 @@ class Metrics:
             counters = dict(self._counters)
             gauges = dict(self._gauges)
             control_rtt = dict(self._control_rtt)
-            round_trips = {key: (list(counts), total) for key, (counts, total) in self._round_trips.items()}
+            loopbacks = {switch: (list(counts), total) for switch, (counts, total) in self._loopbacks.items()}
             loop_counts = dict(self._loop_counts)
             suspects = dict(self._suspects)
             load_deviations = dict(self._load_deviations)
@@ -186,13 +178,13 @@ class Metrics:
         for switch, value in sorted(control_rtt.items()):
             rtt.add_metric([switch], value)
         yield rtt
-        bounds = [repr(bound) for bound in ROUND_TRIP_BUCKETS_S] + ["+Inf"]
-        for kind, help_text in ROUND_TRIP_HELP.items():
-            family = HistogramMetricFamily(f"ndt_probe_{kind}_seconds", help_text, labels=["switch"])
-            for (name, switch), (counts, total) in sorted(round_trips.items()):
-                if name == kind:
-                    family.add_metric([switch], list(zip(bounds, np.cumsum(counts).tolist())), total)
-            yield family
+        loop = HistogramMetricFamily("ndt_probe_loopback_seconds", "Loopback probes' time at the switch: packet-out "
+                                     "to packet-in, the control channel both ways and the switch's handling (every "
+                                     "delay probe carries it)", labels=["switch"])
+        bounds = [repr(bound) for bound in LOOPBACK_BUCKETS_S] + ["+Inf"]
+        for switch, (counts, total) in sorted(loopbacks.items()):
+            loop.add_metric([switch], list(zip(bounds, np.cumsum(counts).tolist())), total)
+        yield loop
         yield _link_gauge("ndt_anomaly_suspect_score", "Anomaly detection: how likely the directed link causes the "
                           "anomalous path delays (1: crossed by every anomalous path and no normal one)", suspects)
         yield _link_gauge("ndt_anomaly_link_load_deviation_ratio", "Anomaly detection: (carried - expected load) / "

@@ -74,8 +74,7 @@ def fed_exporter():
             metrics.update_links([LinkSample(time.time(), "s1", "s2", 125_000 * tick, 100 * tick, tick, 0.95)])
             metrics.set_offered_packets({("s1", "s2"): 105 * tick})
             metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
-            metrics.observe_round_trip("loopback", "s1", 0.0008 + 0.0001 * (tick % 5))
-            metrics.observe_round_trip("access", "s1", 0.0011 + 0.0001 * (tick % 5))
+            metrics.observe_loopback("s1", 0.0008 + 0.0001 * (tick % 5))
             stop.wait(0.25)
 
     thread = threading.Thread(target=feed, daemon=True)

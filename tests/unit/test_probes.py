@@ -15,7 +15,6 @@ from controller.probes import (
     ProbeSample,
     MIN_PATH_PROBES,
     ProbeSchedule,
-    access_delays,
     loopback_times,
     path_stats,
     pooled_path_stats,
@@ -24,7 +23,6 @@ from controller.probes import (
     probe_payload,
     rate_needed,
     sampling_mape,
-    with_access,
 )
 from controller.routing_rules import probe_routes
 from mininet_topos.topologies import emulation_state
@@ -48,18 +46,16 @@ def test_probe_ids_are_found_anywhere_in_what_is_sent():
     assert probe_ids_in(b"xx" + probe_payload(9, 16)[:12]) == []  # a cut-off header is no probe
 
 
-def test_schedule_covers_every_pair_loopback_and_access_at_the_asked_rate():
+def test_schedule_covers_every_pair_and_loopback_at_the_asked_rate():
     schedule = ProbeSchedule(rate_pps=50.0, seed=1)
     assert schedule.next() is None  # no switch with a host yet
     schedule.set_switches(["c", "a", "b"])
     picked = [schedule.next() for _ in range(4000)]
-    pairs = {p for p, access in picked if p[0] != p[1]}
-    loops = [p for p, access in picked if p[0] == p[1] and not access]
-    access = [p for p, access in picked if access]
+    pairs = {p for p in picked if p[0] != p[1]}
+    loops = [p for p in picked if p[0] == p[1]]
     assert pairs == {(x, y) for x in "abc" for y in "abc" if x != y}
-    assert {p[0] for p in loops} == {p[0] for p in access} == {"a", "b", "c"}
-    assert all(p[0] == p[1] for p in access) and abs(len(loops) - len(access)) <= 1
-    assert (len(loops) + len(access)) / len(picked) == pytest.approx(LOOPBACK_SHARE, abs=0.03)
+    assert {p[0] for p in loops} == {"a", "b", "c"}
+    assert len(loops) / len(picked) == pytest.approx(LOOPBACK_SHARE, abs=0.03)
     gaps = [schedule.gap() for _ in range(4000)]
     assert np.mean(gaps) == pytest.approx(1 / 50.0, rel=0.05)
     assert np.std(gaps) == pytest.approx(1 / 50.0, rel=0.1)  # exponential: Poisson sampling
@@ -77,7 +73,7 @@ def test_the_rate_needed_gives_every_pair_its_probes_in_the_window():
         elapsed += schedule.gap()
         if elapsed > 50 * window_s:
             break
-        picked.append(schedule.next()[0])
+        picked.append(schedule.next())
     per_pair = [sum(1 for p in picked if p == (a, b)) / 50 for a in switches for b in switches if a != b]
     assert np.mean(per_pair) == pytest.approx(MIN_PATH_PROBES, rel=0.1)
 
@@ -130,32 +126,6 @@ def test_robust_path_stats_shrug_off_a_stalled_probe():
     assert plain.mean > 0.009 and plain.stderr > 0.005  # the mean moved by 7 ms
     assert robust.mean == pytest.approx(np.median(np.append(raws, 0.060)) - 0.001)
     assert robust.mean < 0.0035 and robust.stderr < 0.0005
-
-
-def test_access_probes_add_half_of_each_ends_access_to_the_switch_to_switch_delay():
-    samples = [ProbeSample(s, s, t, t + 0.001) for s in "abc" for t in range(10)]  # loopbacks: 1 ms
-    samples += [ProbeSample("a", "a", t, t + 0.0016, access=True) for t in range(10)]  # a's host adds 0.6 ms
-    samples += [ProbeSample("b", "b", t, t + 0.0012 + 0.0002 * (t % 2), access=True) for t in range(10)]
-    samples += [ProbeSample("c", "c", t, t + 0.0008, access=True) for t in range(10)]  # faster than the loopback
-    samples += [ProbeSample(*pair, t, t + 0.004) for pair in (("a", "b"), ("a", "c"), ("c", "d")) for t in range(10)]
-    samples += [ProbeSample("d", "d", t, t + 0.001) for t in range(10)]  # d: no access probe answered
-    access = access_delays(samples)
-    assert set(access) == {"a", "b", "c"}
-    assert access["a"] == (pytest.approx(0.0006), pytest.approx(0.0))
-    assert access["b"][0] == pytest.approx(0.0003) and access["b"][1] == pytest.approx(0.0002 ** 2 * 10 / 9 / 4 / 10)
-    assert access["c"][0] == 0.0  # never below zero
-    assert loopback_times(samples)["a"] == pytest.approx(0.001)  # access probes are no loopbacks
-    switch_to_switch = path_stats(samples)
-    hosts = with_access(switch_to_switch, access)
-    assert switch_to_switch[("a", "b")].mean == pytest.approx(0.003)
-    assert hosts[("a", "b")].mean == pytest.approx(0.003 + 0.5 * (0.0006 + 0.0003))
-    assert hosts[("a", "b")].stderr == pytest.approx(0.5 * np.sqrt(access["b"][1]))
-    assert hosts[("a", "c")].mean == pytest.approx(0.003 + 0.0003)
-    assert hosts[("c", "d")].mean == pytest.approx(0.003)  # d adds nothing, c nothing above zero
-    record = PathDelays()
-    for sample in samples:
-        record.add(sample)
-    assert record.delays(-1.0, 100.0)[("a", "b")] == pytest.approx(hosts[("a", "b")].mean)
 
 
 def test_path_delays_keep_a_bounded_window():

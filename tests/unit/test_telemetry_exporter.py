@@ -100,12 +100,11 @@ def test_offered_packets_and_each_windows_loss_are_exported(exporter):
     assert not [key for key in scrape(url) if key[0] == "ndt_link_loss_ratio"]
 
 
-def test_probe_round_trips_are_cumulative_histograms_per_kind_and_switch(exporter):
+def test_loopback_times_are_a_cumulative_histogram_per_switch(exporter):
     exp, url = exporter
     for seconds in (0.0004, 0.0012, 0.0012, 0.25):
-        exp.metrics.observe_round_trip("loopback", "s1", seconds)
-    exp.metrics.observe_round_trip("loopback", "s2", 0.001)
-    exp.metrics.observe_round_trip("access", "s1", 0.002)
+        exp.metrics.observe_loopback("s1", seconds)
+    exp.metrics.observe_loopback("s2", 0.001)
     got = scrape(url)
 
     def bucket(switch, bound):
@@ -120,10 +119,6 @@ def test_probe_round_trips_are_cumulative_histograms_per_kind_and_switch(exporte
     assert got[("ndt_probe_loopback_seconds_count", (("switch", "s1"),))] == 4
     assert got[("ndt_probe_loopback_seconds_sum", (("switch", "s1"),))] == pytest.approx(0.2528)
     assert bucket("s2", "0.001") == 1  # a time on a bound falls in that bucket
-    assert got[("ndt_probe_access_seconds_bucket", (("le", "0.0015"), ("switch", "s1")))] == 0
-    assert got[("ndt_probe_access_seconds_bucket", (("le", "0.002"), ("switch", "s1")))] == 1
-    with pytest.raises(ValueError, match="kind 'echo'"):
-        exp.metrics.observe_round_trip("echo", "s1", 0.001)
 
 
 def test_unknown_names_are_rejected():
