@@ -26,7 +26,7 @@ from os_ken.lib.packet import arp, ethernet, icmpv6, ipv4, ipv6, packet, udp
 from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
-from controller.channel_stamps import StampedConnection
+from controller.channel_stamps import PROBE, StampedConnection
 from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
@@ -175,9 +175,11 @@ class NdtController(app_manager.OSKenApp):
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
         self.path_delays = PathDelays(ndt_config.probe_history_s)
         self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
-        self._probes_pending: dict[int, tuple[str, str, float]] = {}
+        self._probes_pending: dict[int, tuple[str, str, float]] = {}  # id → source, destination, queued (monotonic s)
+        self._probes_left: dict[int, float] = {}  # id → when its bytes went to the kernel (monotonic s)
         self._probe_count = 0
-        self._echo_sent: dict[tuple[int, int], float] = {}
+        self._echo_sent: dict[tuple[int, int], float] = {}  # (dpid, xid) → queued (monotonic s)
+        self._echo_left: dict[tuple[int, int], float] = {}  # (dpid, xid) → when its bytes went to the kernel
         self._listeners: list = []
         self._edge_version = 0  # counts changes of the hosts and connected switches (the probes' targets)
         for link in self.state.links:
@@ -278,7 +280,7 @@ class NdtController(app_manager.OSKenApp):
     def _on_features(self, ev):
         dp, dpid = ev.msg.datapath, ev.msg.datapath_id
         if not isinstance(dp.socket, StampedConnection):
-            dp.socket = StampedConnection(dp.socket, self._probe_left)
+            dp.socket = StampedConnection(dp.socket, lambda kind, number, at: self._message_left(dpid, kind, number, at))
         ofp, parser = dp.ofproto, dp.ofproto_parser
         dp.send_msg(parser.OFPFlowMod(dp, cookie=BASE_COOKIE, cookie_mask=NDT_COOKIE_MASK, table_id=ofp.OFPTT_ALL,
                                       command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
@@ -697,11 +699,13 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(out)
         self.path_delays.sent += 1
 
-    def _probe_left(self, number: int, at: float) -> None:
-        """Probe ``number`` went to the kernel at ``at`` (monotonic s, the connection's send thread)."""
-        pending = self._probes_pending.get(number)
-        if pending is not None:
-            self._probes_pending[number] = (pending[0], pending[1], at)
+    def _message_left(self, dpid: int, kind: str, number: int, at: float) -> None:
+        """Probe ``number``, or echo request ``number`` (its xid) to switch ``dpid``, went to the kernel
+        at ``at`` (monotonic s, in the connection's send thread)."""
+        if kind == PROBE:
+            self._probes_left[number] = at
+        else:
+            self._echo_left[(dpid, number)] = at
 
     def _on_probe(self, dp, pkt, received: float) -> bool:
         """Record a probe returned at ``received`` (monotonic s); False when it is not an ndt probe."""
@@ -710,14 +714,16 @@ class NdtController(app_manager.OSKenApp):
         if number is None:
             return False
         sent = self._probes_pending.pop(number, None)
+        left = self._probes_left.pop(number, None)
         if sent is None:
             return True
-        if received - sent[2] > PROBE_TIMEOUT_S:
+        start = sent[2] if left is None else left
+        if received - start > PROBE_TIMEOUT_S:
             self.path_delays.lost += 1
         elif self.wiring.names.get(dp.id) == sent[1]:
-            self.path_delays.add(ProbeSample(sent[0], sent[1], sent[2], received))
+            self.path_delays.add(ProbeSample(sent[0], sent[1], start, received))
             if sent[0] == sent[1]:
-                self.metrics.observe_loopback(sent[0], received - sent[2])
+                self.metrics.observe_loopback(sent[0], received - start)
         return True
 
     def _probe_reporter(self):
@@ -736,9 +742,13 @@ class NdtController(app_manager.OSKenApp):
             if now - sent > PROBE_TIMEOUT_S:
                 self._probes_pending.pop(number, None)
                 self.path_delays.lost += 1
+        for number in [n for n in list(self._probes_left) if n not in self._probes_pending]:
+            self._probes_left.pop(number, None)  # back or lost; or stamped after it was counted lost
         for key, sent in list(self._echo_sent.items()):
             if now - sent > PROBE_REPORT_S:  # no reply: the switch has gone or is lost
                 self._echo_sent.pop(key, None)
+        for key in [k for k in list(self._echo_left) if k not in self._echo_sent]:
+            self._echo_left.pop(key, None)  # os-ken's own echo requests, or ours answered or lost
         self._store(self.store.add_path_delays, time.time(), "probe",
                     self.path_delays.delays(now - PROBE_REPORT_S, now, min_samples=1))
         self.metrics.set_path_delays("probe", self.path_delays.delays(now - PROBE_METRIC_WINDOW_S, now))
@@ -751,10 +761,12 @@ class NdtController(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPEchoReply, MAIN_DISPATCHER)
     def _on_echo_reply(self, ev):
-        sent = self._echo_sent.pop((ev.msg.datapath.id, ev.msg.xid), None)
+        key = (ev.msg.datapath.id, ev.msg.xid)
+        sent, left = self._echo_sent.pop(key, None), self._echo_left.pop(key, None)
         name = self.wiring.names.get(ev.msg.datapath.id)
         if sent is not None and name is not None:
-            self.metrics.set_control_rtt(name, getattr(ev.msg, "ndt_received", time.monotonic()) - sent)
+            received = getattr(ev.msg, "ndt_received", None) or time.monotonic()
+            self.metrics.set_control_rtt(name, received - (sent if left is None else left))
 
     # ------------------------------------------------------------------ statistics
     def _poller(self):

@@ -9,8 +9,8 @@ given (a custom collector over an in-memory snapshot); it decides nothing.
 from __future__ import annotations
 
 import threading
+from itertools import accumulate
 
-import numpy as np
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 
@@ -183,7 +183,7 @@ class Metrics:
                                      "delay probe carries it)", labels=["switch"])
         bounds = [repr(bound) for bound in LOOPBACK_BUCKETS_S] + ["+Inf"]
         for switch, (counts, total) in sorted(loopbacks.items()):
-            loop.add_metric([switch], list(zip(bounds, np.cumsum(counts).tolist())), total)
+            loop.add_metric([switch], list(zip(bounds, accumulate(counts))), total)
         yield loop
         yield _link_gauge("ndt_anomaly_suspect_score", "Anomaly detection: how likely the directed link causes the "
                           "anomalous path delays (1: crossed by every anomalous path and no normal one)", suspects)
