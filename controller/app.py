@@ -742,13 +742,13 @@ class NdtController(app_manager.OSKenApp):
             if now - sent > PROBE_TIMEOUT_S:
                 self._probes_pending.pop(number, None)
                 self.path_delays.lost += 1
-        for number in [n for n in list(self._probes_left) if n not in self._probes_pending]:
-            self._probes_left.pop(number, None)  # back or lost; or stamped after it was counted lost
         for key, sent in list(self._echo_sent.items()):
             if now - sent > PROBE_REPORT_S:  # no reply: the switch has gone or is lost
                 self._echo_sent.pop(key, None)
-        for key in [k for k in list(self._echo_left) if k not in self._echo_sent]:
-            self._echo_left.pop(key, None)  # os-ken's own echo requests, or ours answered or lost
+        # send stamps of what is back or lost (or was stamped after it was counted lost), and of os-ken's own echoes
+        for left, pending in ((self._probes_left, self._probes_pending), (self._echo_left, self._echo_sent)):
+            for key in [k for k in list(left) if k not in pending]:
+                left.pop(key, None)
         self._store(self.store.add_path_delays, time.time(), "probe",
                     self.path_delays.delays(now - PROBE_REPORT_S, now, min_samples=1))
         self.metrics.set_path_delays("probe", self.path_delays.delays(now - PROBE_METRIC_WINDOW_S, now))

@@ -5,7 +5,8 @@ the hosts for ``DURATION`` s, and compares per path the mean one-way delay the h
 (mininet_topos.udpgen) with the probes' over the same window (the store's 10-s probe means). Also
 the probes' cost: probes per second sent and lost, and the controller's CPU share (of one core)
 over the window, and the loopback probes' times (the control channel's share of every probe's
-noise) as quantiles of the controller's ``ndt_probe_loopback_seconds`` histogram. The hosts' means are samples too (a light flow sends a packet a second or so):
+noise) as quantiles of the controller's ``ndt_probe_loopback_seconds`` histogram. The hosts'
+means are samples too (a light flow sends a packet a second or so):
 ``share_within_target_if_exact`` is the share of paths an exact probe would have within target,
 given each host mean's own standard error. Prints JSON; root.
 
@@ -37,16 +38,20 @@ def controller_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def probe_counts(metrics_url: str) -> tuple[float, float]:
-    """(sent, lost) probes so far from the controller's Prometheus endpoint."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+def scrape(metrics_url: str) -> str:
+    """The controller's Prometheus exposition text now."""
+    return urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+
+
+def probe_counts(text: str) -> tuple[float, float]:
+    """(sent, lost) probes so far, from the exposition ``text``."""
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("ndt_probes_")}
     return values.get("ndt_probes_sent_total", 0.0), values.get("ndt_probes_lost_total", 0.0)
 
 
-def loopback_histogram(metrics_url: str) -> dict[float, float]:
-    """The loopback probes so far, all switches together: upper bound (s) → cumulative count."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+def loopback_histogram(text: str) -> dict[float, float]:
+    """The loopback probes so far, all switches together, from the exposition ``text``: upper bound
+    (s) → cumulative count."""
     out: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "ndt_probe_loopback_seconds":
@@ -80,13 +85,15 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
     with EmulatedNetwork(state, ControllerClient, "p", tag="probe-accuracy",
                          controller_args=("--probe-rate", str(rate))) as net:
         time.sleep(12.0)  # the first probe means reach the store
-        cpu0, sent0, t0 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
-        loops0 = loopback_histogram(net.metrics_url)
+        text0 = scrape(net.metrics_url)
+        cpu0, sent0, t0 = controller_cpu_s(net.controller.pid), probe_counts(text0), time.monotonic()
+        loops0 = loopback_histogram(text0)
         started = time.time()
         measured = play(net, state, duration, warmup, seed, net.workdir / "traffic")
         ended = time.time()
-        cpu1, sent1, t1 = controller_cpu_s(net.controller.pid), probe_counts(net.metrics_url), time.monotonic()
-        loops1 = loopback_histogram(net.metrics_url)
+        text1 = scrape(net.metrics_url)
+        cpu1, sent1, t1 = controller_cpu_s(net.controller.pid), probe_counts(text1), time.monotonic()
+        loops1 = loopback_histogram(text1)
         time.sleep(11.0)  # the last interval's probe means reach the store
         store = TelemetryStore(net.store_path)
         rows = store.path_delays("probe", started + START_LEAD_S + warmup + 10.0, ended - DRAIN_S + 10.0)

@@ -122,12 +122,12 @@ def test_loopback_times_are_a_cumulative_histogram_per_switch(exporter):
 
 
 def test_the_probe_experiment_reads_loopback_quantiles_as_prometheus_would(exporter):
-    from experiments.probe_accuracy import histogram_quantile, loopback_histogram
+    from experiments.probe_accuracy import histogram_quantile, loopback_histogram, scrape
 
     exp, url = exporter
     for seconds in [0.0004] * 50 + [0.0009] * 40 + [0.004] * 9 + [0.3]:
         exp.metrics.observe_loopback("s1" if seconds < 0.001 else "s2", seconds)
-    cumulative = loopback_histogram(url)  # both switches summed
+    cumulative = loopback_histogram(scrape(url))  # both switches summed
     assert cumulative[float("inf")] == 100 and cumulative[0.0005] == 50
     assert histogram_quantile(0.5, cumulative) == pytest.approx(0.0005)  # the 50th falls on the bucket's top
     assert histogram_quantile(0.7, cumulative) == pytest.approx(0.00075 + 0.00025 * 20 / 40)
