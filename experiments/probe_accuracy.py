@@ -8,7 +8,8 @@ over the window, and the loopback probes' times (the control channel's share of 
 noise) as quantiles of the controller's ``ndt_probe_loopback_seconds`` histogram. The hosts'
 means are samples too (a light flow sends a packet a second or so):
 ``share_within_target_if_exact`` is the share of paths an exact probe would have within target,
-given each host mean's own standard error. Prints JSON; root.
+given each host mean's own standard error; ``by_hops`` splits the comparison by path length, with
+the probes' own standard error beside the tolerance. Prints JSON; root.
 
     python experiments/probe_accuracy.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SEED]
 """
@@ -104,12 +105,15 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
     host = measured.by_pair(state)
     host_stderr = {(f.src, f.dst): float(np.sqrt(v / n)) if n > 1 else float("inf")
                    for f, v, n in zip(state.flows, measured.jitter, measured.received)}
+    hops = {(f.src, f.dst): len(state.flow_path(i)) - 1 for i, f in enumerate(state.flows)}
     paths = []
     for (src, dst), values in sorted(by_pair.items()):
         if (src, dst) in host:
             probe, truth = float(np.mean(values)), host[(src, dst)]
             tolerance, stderr = max(0.10 * truth, 2e-4), host_stderr[(src, dst)]
-            paths.append({"src": src, "dst": dst, "host_s": truth, "host_stderr_s": stderr, "probe_s": probe,
+            probe_stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("inf")
+            paths.append({"src": src, "dst": dst, "hops": hops[(src, dst)], "host_s": truth, "host_stderr_s": stderr,
+                          "probe_s": probe, "probe_stderr_s": probe_stderr, "tolerance_s": tolerance,
                           "error_s": probe - truth, "within_target": abs(probe - truth) <= tolerance,
                           "exact_within_chance": math.erf(tolerance / (math.sqrt(2) * stderr)) if stderr > 0 else 1.0})
     loops = {bound: count - loops0.get(bound, 0.0) for bound, count in loops1.items()}
@@ -128,8 +132,25 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
         "controller_cpu_share": (cpu1 - cpu0) / (t1 - t0),
         "loopbacks": int(loops.get(math.inf, 0.0)),
         "loopback_quantiles_s": {f"p{round(100 * q)}": histogram_quantile(q, loops) for q in (0.1, 0.5, 0.9, 0.99)},
+        "by_hops": by_hops(paths),
         "paths": paths,
     }
+
+
+def by_hops(paths: list[dict]) -> list[dict]:
+    """The comparison by the paths' number of links: how many, the share within target, the mean
+    error and, beside the mean tolerance, the median of the probes' own standard errors (a path's
+    window means' spread over √windows; where it nears the tolerance, the probes' sampling is what
+    misses), s."""
+    out = []
+    for count in sorted({p["hops"] for p in paths}):
+        group = [p for p in paths if p["hops"] == count]
+        out.append({"hops": count, "paths": len(group),
+                    "share_within_target": float(np.mean([p["within_target"] for p in group])),
+                    "mean_error_s": float(np.mean([p["error_s"] for p in group])),
+                    "probe_stderr_s": float(np.median([p["probe_stderr_s"] for p in group])),
+                    "tolerance_s": float(np.mean([p["tolerance_s"] for p in group]))})
+    return out
 
 
 if __name__ == "__main__":
