@@ -27,6 +27,7 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
 from controller.channel_stamps import PROBE, StampedConnection
+from controller.flooding import FloodLimiter, is_group_mac
 from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
@@ -86,7 +87,9 @@ class ControllerConfig:
     the wiring, the telemetry sinks and the statistics interval (s). With ``discover`` the wiring's
     ports come from LLDP (os-ken's topology app) and links not yet discovered carry no route.
     ``probe_rate``: in-band delay probes per second, network-wide (0: none; :mod:`controller.probes`);
-    ``probe_history_s``: how long returned probes (and reported delays) are kept in memory, s."""
+    ``probe_history_s``: how long returned probes (and reported delays) are kept in memory, s;
+    ``flood_rate``: frames per second and edge port the controller carries to every other edge port
+    when they are for a broadcast, multicast or unlearned MAC (0: none; :mod:`controller.flooding`)."""
 
     state: NetworkState
     wiring: Wiring
@@ -97,6 +100,7 @@ class ControllerConfig:
     discover: bool = False
     probe_rate: float = 20.0
     probe_history_s: float = 900.0
+    flood_rate: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class NdtController(app_manager.OSKenApp):
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
         self.path_delays = PathDelays(ndt_config.probe_history_s)
         self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
+        self._flood_limiter = FloodLimiter(ndt_config.flood_rate)  # used by the packet-in handler only
         self._probes_pending: dict[int, tuple[str, str, float]] = {}  # id → source, destination, queued (monotonic s)
         self._probes_left: dict[int, float] = {}  # id → when its bytes went to the kernel (monotonic s)
         self._probe_count = 0
@@ -570,6 +575,8 @@ class NdtController(app_manager.OSKenApp):
         host = self._hosts.by_mac(eth.dst)
         if host is not None:
             self._packet_out(host.switch, host.port, msg.data)  # no route yet (the worker is catching up)
+        elif self.wiring.is_edge_port(dp.id, in_port) and self._arp_ready():
+            self._flood_from_edge(dp, in_port, msg.data)
 
     def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
         """ARP, carried by the controller: a frame whose source is not the MAC it announces is dropped;
@@ -621,7 +628,11 @@ class NdtController(app_manager.OSKenApp):
 
     def _learn(self, host: Host) -> None:
         """Record ``host`` (an IPv4 or IPv6 address with its MAC and port, :class:`HostTable`): the
-        counting rules and routes follow when a MAC is new or moved, the probe rules when an address is."""
+        counting rules and routes follow when a MAC is new or moved, the probe rules when an address is.
+        A broadcast or multicast MAC is no host's (a route to it would take every such frame to one port)."""
+        if is_group_mac(host.mac):
+            LOG.warning("ignored %s announced from the group MAC %s at %s port %d", host.ip, host.mac, host.switch, host.port)
+            return
         with self._lock:
             learned = self._hosts.learn(host)
             if not (learned.place or learned.address):
@@ -650,6 +661,14 @@ class NdtController(app_manager.OSKenApp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
                                         actions=[parser.OFPActionOutput(port)], data=data))
+
+    def _flood_from_edge(self, dp, in_port: int, data: bytes) -> None:
+        """A host's frame to a broadcast, multicast or unlearned MAC (DHCP, router advertisements):
+        to every other edge port, within the ingress port's budget (:mod:`controller.flooding`)."""
+        carried = self._flood_limiter.allow((dp.id, in_port), time.monotonic())
+        self.metrics.inc("frames_flooded" if carried else "frames_not_flooded")
+        if carried:
+            self._flood_edges(data, exclude=(dp.id, in_port))
 
     def _flood_edges(self, data: bytes, exclude: tuple[int, int]) -> None:
         for dpid, dp in list(self._datapaths.items()):

@@ -73,6 +73,10 @@ def register(subparsers) -> None:
                    help="statistics interval, s (default: 1)")
     p.add_argument("--probe-rate", type=number(0, 1000, unit=" probes/s"), default=20.0, metavar="N",
                    help="in-band path-delay probes per second, network-wide, 64-byte frames (0: none; default: 20)")
+    p.add_argument("--flood-rate", type=number(0, 100000, unit=" frames/s"), default=100.0, metavar="N",
+                   help="hosts' frames to a broadcast, multicast or unknown MAC (DHCP, IPv6 router advertisements) "
+                        "the controller carries to every other edge port, per second and edge port; beyond that "
+                        "they are dropped and counted (0: drop them all; default: 100)")
     loop = p.add_argument_group(
         "closed loop", "With --intent the controller runs the closed loop itself: from the traffic matrix and the probes' "
         "path delays it re-optimizes the OSPF weights for the intent (NES scored by the twin, whose correction is "
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     store = TelemetryStore(args.store, args.retention_days * 86400.0, args.raw_hours * 3600.0)
     config = ControllerConfig(state=state, wiring=wiring, store=store, metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
-                              probe_rate=args.probe_rate,
+                              probe_rate=args.probe_rate, flood_rate=args.flood_rate,
                               probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0,
                                                   2 * args.anomaly_window))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,

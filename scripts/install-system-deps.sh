@@ -3,7 +3,7 @@
 # Idempotent: apt-get runs only for packages that are missing; OVS is started only if it is not running.
 set -eu
 
-PACKAGES="openvswitch-switch mininet iproute2 ethtool iputils-ping iperf3 prometheus procps psmisc strace"
+PACKAGES="openvswitch-switch mininet iproute2 ethtool iputils-ping iperf3 prometheus procps psmisc strace dnsmasq-base udhcpc"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: must run as root (apt-get, ovs-ctl)" >&2

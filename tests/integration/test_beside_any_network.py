@@ -83,6 +83,22 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
         while switches_connected(metrics_port) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert switches_connected(metrics_port) == 3, (tmp_path / "log").read_text()
+        for host in net.hosts:  # a wire carries whole checksums; a veth offloading them leaves them to userspace OVS
+            host.cmd(f"ethtool -K {host.defaultIntf()} tx off")
+        dhcp_server, dhcp_client = net.get("bh3"), net.get("bh1")  # two switches apart; no host learned yet
+        with open(tmp_path / "dnsmasq.log", "w") as server_log:
+            server = dhcp_server.popen(["dnsmasq", "--no-daemon", "--log-dhcp", "--port=0", "--user=root",
+                                        "--bind-interfaces", f"--interface={dhcp_server.defaultIntf()}", "--no-ping",
+                                        "--dhcp-range=10.0.0.100,10.0.0.120,10m", f"--dhcp-leasefile={tmp_path / 'leases'}",
+                                        f"--pid-file={tmp_path / 'dnsmasq.pid'}"], stdout=server_log, stderr=subprocess.STDOUT)
+        try:  # broadcast discover and request, unicast offer and ack to a MAC the controller has not learned
+            lease = dhcp_client.cmd(f"udhcpc -i {dhcp_client.defaultIntf()} -f -q -n -t 5 -T 2 -s /bin/true 2>&1")
+        finally:
+            server.terminate()
+            server.wait(10)
+        assert "lease of 10.0.0.1" in lease and "obtained" in lease, (
+            lease + (tmp_path / "dnsmasq.log").read_text() + (tmp_path / "log").read_text())
+        assert metric(metrics_port, "ndt_frames_flooded_total") >= 4
         router, behind = net.get("br"), net.get("bn")
         router.cmd("sysctl -qw net.ipv4.ip_forward=1")
         router.setIP("192.168.5.1/24", intf="br-eth1")
