@@ -1,7 +1,7 @@
 """The os-ken OpenFlow 1.3 app: a thin shell over routing_rules, the telemetry store and exporter.
 
-Events in: switch connect/disconnect, port status, packet-in (ARP, IPv6 neighbour discovery, a frame to a host before its route is in),
-statistics replies. Decisions: ``controller.routing_rules`` (pure). Out: flow-mods in
+Events in: switch connect/disconnect, port status, packet-in (ARP, IPv6 neighbour discovery, a frame to a host before its route is in,
+a host's frame to a broadcast, multicast or unlearned MAC, carried to every other edge port), statistics replies. Decisions: ``controller.routing_rules`` (pure). Out: flow-mods in
 barrier-separated batches, packet-outs, samples to the store and the metrics snapshot.
 
 Threads (os-ken's native hub): the os-ken event loop runs the handlers; a route worker
@@ -27,7 +27,7 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
 from controller.channel_stamps import PROBE, StampedConnection
-from controller.flooding import FloodLimiter, is_group_mac
+from controller.flooding import FloodLimiter, is_group_mac, may_flood
 from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
@@ -558,8 +558,8 @@ class NdtController(app_manager.OSKenApp):
         in_port = msg.match["in_port"]
         pkt = packet.Packet(msg.data)
         eth = pkt.get_protocol(ethernet.ethernet)
-        if eth is None or dp.id not in self.wiring.names:
-            return
+        if eth is None or dp.id not in self.wiring.names or is_group_mac(eth.src):
+            return  # IEEE 802 sends from no group address: such a frame is forged, neither learned nor carried
         request = pkt.get_protocol(arp.arp)
         if request is not None:
             self._on_arp(dp, in_port, eth, request, msg.data)
@@ -575,7 +575,7 @@ class NdtController(app_manager.OSKenApp):
         host = self._hosts.by_mac(eth.dst)
         if host is not None:
             self._packet_out(host.switch, host.port, msg.data)  # no route yet (the worker is catching up)
-        elif self.wiring.is_edge_port(dp.id, in_port) and self._arp_ready():
+        elif self.wiring.is_edge_port(dp.id, in_port) and self._arp_ready() and may_flood(eth.dst):
             self._flood_from_edge(dp, in_port, msg.data)
 
     def _on_arp(self, dp, in_port: int, eth, message, data: bytes) -> None:
@@ -592,7 +592,7 @@ class NdtController(app_manager.OSKenApp):
             self._learn(Host(message.src_ip, message.src_mac, switch, in_port))
         target = self._hosts.by_address(message.dst_ip)
         if message.src_ip == message.dst_ip:  # gratuitous: an announcement for every host's cache
-            self._flood_edges(data, exclude=(dp.id, in_port))
+            self._flood_from_edge(dp, in_port, data)
         elif message.opcode == arp.ARP_REQUEST and target is not None and (target.switch, target.port) != (switch, in_port):
             reply = packet.Packet()
             reply.add_protocol(ethernet.ethernet(dst=message.src_mac, src=target.mac, ethertype=ethernet.ether.ETH_TYPE_ARP))
@@ -622,17 +622,13 @@ class NdtController(app_manager.OSKenApp):
         """An ARP or neighbour-discovery frame to ``target``'s port, or without a target to every other
         edge port; never back out of the port it came in by."""
         if target is None:
-            self._flood_edges(data, exclude=(dp.id, in_port))
+            self._flood_from_edge(dp, in_port, data)
         elif (target.switch, target.port) != (self.wiring.names[dp.id], in_port):
             self._packet_out(target.switch, target.port, data)
 
     def _learn(self, host: Host) -> None:
         """Record ``host`` (an IPv4 or IPv6 address with its MAC and port, :class:`HostTable`): the
-        counting rules and routes follow when a MAC is new or moved, the probe rules when an address is.
-        A broadcast or multicast MAC is no host's (a route to it would take every such frame to one port)."""
-        if is_group_mac(host.mac):
-            LOG.warning("ignored %s announced from the group MAC %s at %s port %d", host.ip, host.mac, host.switch, host.port)
-            return
+        counting rules and routes follow when a MAC is new or moved, the probe rules when an address is."""
         with self._lock:
             learned = self._hosts.learn(host)
             if not (learned.place or learned.address):
@@ -663,9 +659,9 @@ class NdtController(app_manager.OSKenApp):
                                         actions=[parser.OFPActionOutput(port)], data=data))
 
     def _flood_from_edge(self, dp, in_port: int, data: bytes) -> None:
-        """A host's frame to a broadcast, multicast or unlearned MAC (DHCP, router advertisements):
+        """A host's frame to a broadcast, multicast or unlearned MAC (ARP, DHCP, router advertisements):
         to every other edge port, within the ingress port's budget (:mod:`controller.flooding`)."""
-        carried = self._flood_limiter.allow((dp.id, in_port), time.monotonic())
+        carried = self._flood_limiter.allow((dp.id, in_port))
         self.metrics.inc("frames_flooded" if carried else "frames_not_flooded")
         if carried:
             self._flood_edges(data, exclude=(dp.id, in_port))

@@ -131,7 +131,7 @@ class Fault:
         self.net, self.kind, self.link, self.args, self.number = net, kind, link, args, number
         self.capacity = net.state.links[net.state.link_index[link]].capacity
         self.buffer = net.state.links[net.state.link_index[link]].buffer
-        self.intf = net._link_ports()[link][1]
+        self.intf = net.link_ports()[link][1]
         self.sender = None
 
     def on(self) -> None:

@@ -9,7 +9,7 @@ noise) as quantiles of the controller's ``ndt_probe_loopback_seconds`` histogram
 means are samples too (a light flow sends a packet a second or so):
 ``share_within_target_if_exact`` is the share of paths an exact probe would have within target,
 given each host mean's own standard error; ``by_hops`` splits the comparison by path length, with
-the probes' own standard error beside the tolerance. Prints JSON; root.
+the errors' spread beside both sides' standard errors and the tolerance. Prints JSON; root.
 
     python experiments/probe_accuracy.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SEED]
 """
@@ -139,19 +139,21 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
 
 def by_hops(paths: list[dict]) -> list[dict]:
     """The comparison by the paths' number of links: how many, the share within target, the mean
-    error and, beside the mean tolerance, the median of the probes' own standard errors (a path's
-    window means' spread over √windows; where it nears the tolerance, the probes' sampling is what
-    misses), s."""
+    error and the errors' spread (standard deviation), and beside them, root mean square over the
+    paths, the probes' own standard error (a path's window means' spread over √windows) and the
+    hosts', and the median tolerance, s. Where the spread is the two standard errors together, what misses is
+    sampling; where it is more, the paths differ."""
     out = []
     for count in sorted({p["hops"] for p in paths}):
         group = [p for p in paths if p["hops"] == count]
+
+        def rms(key: str) -> float:
+            return float(np.sqrt(np.mean([p[key] ** 2 for p in group])))
+
         out.append({"hops": count, "paths": len(group),
                     "share_within_target": float(np.mean([p["within_target"] for p in group])),
                     "mean_error_s": float(np.mean([p["error_s"] for p in group])),
-                    "probe_stderr_s": float(np.median([p["probe_stderr_s"] for p in group])),
-                    "tolerance_s": float(np.mean([p["tolerance_s"] for p in group]))})
+                    "error_spread_s": float(np.std([p["error_s"] for p in group])),
+                    "probe_stderr_s": rms("probe_stderr_s"), "host_stderr_s": rms("host_stderr_s"),
+                    "tolerance_s": float(np.median([p["tolerance_s"] for p in group]))})
     return out
-
-
-if __name__ == "__main__":
-    print(json.dumps(main(*sys.argv[1:]), indent=1))

@@ -2,10 +2,11 @@
 
 Brings ``TOPOLOGY`` up in Mininet under ``ndt controller --probe-rate RATE`` (as
 ``probe_accuracy.py``), plays its traffic for ``DURATION`` s and, meanwhile, captures with the
-kernel's receive stamps (``AF_PACKET``, ``SO_TIMESTAMPNS``) every frame on the ports of the path
-``SRC → DST``'s switches and the OpenFlow segments carrying probes on ``lo``. A capture on a
-shaped port sees a frame as it leaves the link's queue, so a switch's segment (in at one port, out
-at the next) holds its forwarding and the queue of the link it sends on.
+kernel's receive stamps (``AF_PACKET``, ``SO_TIMESTAMPNS``) every frame on all ports of the path
+``SRC → DST``'s first and last switch, on the ports its links leave and enter by, and the OpenFlow
+segments carrying probes on ``lo``. A capture on a shaped port sees a frame as it leaves the link's
+queue, so a switch's segment (in at one port, out at the next) holds its forwarding and the queue
+of the link it sends on.
 
 Host packets (UDP to the generator's port; the payload carries flow, sequence number and the
 sender's clock) give: the host's stack (its Python stamp to the first switch's port), each switch,
@@ -13,10 +14,12 @@ each link. Probes to ``DST``'s host sent at ``SRC`` (never seen coming into ``SR
 packet-out to the first port out, the links and switches, the last port in to the packet-in; the
 loopback probes of both ends, their time between packet-out and packet-in. ``gap_s`` is the hosts'
 mean delay minus the probes' as the controller would figure it (raw time minus half of each end's
-loopback), all from the same kernel clock; ``hosts_own_delay_s`` is what the hosts measured
-themselves (after their warm-up), for comparison. Prints JSON (s); root.
+loopback), all from the same kernel clock, to the last switch's port towards the host (the host's
+receiving stack is not in it); ``hosts_own_delay_s`` is what the hosts measured themselves, after
+their warm-up, for comparison; ``frames_unread`` counts captured frames that could not be parsed.
+Prints JSON (s); root.
 
-    python experiments/probe_segments.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SRC] [DST]
+    python experiments/probe_segments.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SRC] [DST] [SEED]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.api.client import ControllerClient
-from controller.probes import PROBE_HEADER, PROBE_MAGIC
+from controller.probes import PROBE_HEADER, PROBE_MAGIC, probe_id
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.topologies import emulation_state
 from mininet_topos.traffic import play
@@ -64,14 +67,17 @@ class Sighting:
 
 
 def port_sighting(at: float, where: str, outgoing: bool, frame: bytes) -> Sighting | None:
-    """What an Ethernet ``frame`` seen on a switch port carries, or None (neither kind)."""
+    """What an Ethernet ``frame`` seen on a switch port carries, or None (neither kind, or cut short)."""
     if len(frame) < 42 or frame[12:14] != ETH_IP or frame[23] != IP_UDP:
         return None
     udp = 14 + (frame[14] & 15) * 4
+    if len(frame) < udp + 8:
+        return None
     payload = frame[udp + 8:]
-    if payload[:len(PROBE_MAGIC)] == PROBE_MAGIC and len(payload) >= PROBE_HEADER.size:
-        return Sighting(at, where, outgoing, "probe", PROBE_HEADER.unpack_from(payload)[1],
-                        dst=str(ipaddress.IPv4Address(frame[30:34])))
+    number = probe_id(payload)
+    if number is not None:
+        dst = frame[PROBE_FRAME_IP_DST:PROBE_FRAME_IP_DST + 4]
+        return Sighting(at, where, outgoing, "probe", number, dst=str(ipaddress.IPv4Address(dst)))
     if struct.unpack_from("!H", frame, udp + 2)[0] == PORT and len(payload) >= HEADER.size:
         flow, seq, sent = HEADER.unpack_from(payload)
         return Sighting(at, where, outgoing, "host", (flow, seq), sent=sent)
@@ -80,33 +86,56 @@ def port_sighting(at: float, where: str, outgoing: bool, frame: bytes) -> Sighti
 
 def openflow_sightings(at: float, segment: bytes) -> list[Sighting]:
     """The probes inside an OpenFlow TCP segment seen on ``lo`` (packet-outs and packet-ins carry the
-    probe's whole frame)."""
+    probe's whole frame); a probe whose frame is not whole in the segment is left out."""
     out, start = [], segment.find(PROBE_MAGIC)
-    while start >= PROBE_FRAME_MAGIC:
+    while start != -1:
         frame_start = start - PROBE_FRAME_MAGIC
-        dst = segment[frame_start + PROBE_FRAME_IP_DST:frame_start + PROBE_FRAME_IP_DST + 4]
-        out.append(Sighting(at, "lo", True, "probe", PROBE_HEADER.unpack_from(segment, start)[1],
-                            dst=str(ipaddress.IPv4Address(dst))))
-        start = segment.find(PROBE_MAGIC, start + PROBE_HEADER.size)
+        if frame_start >= 0 and start + PROBE_HEADER.size <= len(segment):
+            dst = segment[frame_start + PROBE_FRAME_IP_DST:frame_start + PROBE_FRAME_IP_DST + 4]
+            out.append(Sighting(at, "lo", True, "probe", PROBE_HEADER.unpack_from(segment, start)[1],
+                                dst=str(ipaddress.IPv4Address(dst))))
+        start = segment.find(PROBE_MAGIC, start + 1)
     return out
 
 
 class Capture:
-    """Kernel-stamped sightings on ``interfaces`` and ``lo``, gathered by a thread until :meth:`stop`."""
+    """Kernel-stamped sightings on ``interfaces`` and ``lo``, gathered by a thread while the ``with``
+    block runs; :attr:`sightings` and :attr:`unread` (frames that could not be parsed) after it."""
 
     def __init__(self, interfaces: list[str]):
+        self.interfaces = [*interfaces, "lo"]
         self.sightings: list[Sighting] = []
-        self._sockets = {}
-        for name in [*interfaces, "lo"]:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            sock.bind((name, 0))
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
-            sock.setblocking(False)
-            self._sockets[sock.fileno()] = (sock, name)
-        self._running = True
+        self.unread = 0
+        self._sockets: dict = {}
+        self._running = False
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Capture":
+        try:
+            for name in self.interfaces:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                self._sockets[sock.fileno()] = (sock, name)
+                sock.bind((name, 0))
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+                sock.setblocking(False)
+        except OSError:
+            self._close()
+            raise
+        self._running = True
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._running = False
+        if self._thread.is_alive():
+            self._thread.join()
+        self._close()
+
+    def _close(self) -> None:
+        for sock, _ in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
     def _run(self) -> None:
         poller = select.poll()
@@ -120,24 +149,25 @@ class Capture:
                         data, ancillary, _, address = sock.recvmsg(65536, 256)
                     except BlockingIOError:
                         break
-                    at = next((struct.unpack("qq", v[:16])[0] + struct.unpack("qq", v[:16])[1] * 1e-9
-                               for level, kind, v in ancillary if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS),
-                              time.time())
-                    outgoing = address[2] == PACKET_OUTGOING
-                    if name == "lo":
-                        if outgoing:  # lo shows each segment twice, out and in
-                            self.sightings.extend(openflow_sightings(at, data))
-                    else:
-                        sighting = port_sighting(at, name, outgoing, data)
-                        if sighting:
-                            self.sightings.append(sighting)
+                    try:
+                        self._read(name, data, ancillary, address[2] == PACKET_OUTGOING)
+                    except (ValueError, struct.error):
+                        self.unread += 1
 
-    def stop(self) -> list[Sighting]:
-        self._running = False
-        self._thread.join()
-        for sock, _ in self._sockets.values():
-            sock.close()
-        return self.sightings
+    def _read(self, name: str, data: bytes, ancillary, outgoing: bool) -> None:
+        stamp = next((v for level, kind, v in ancillary if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)
+        if stamp is None:
+            seconds, nanoseconds = time.time(), 0
+        else:
+            seconds, nanoseconds = struct.unpack("qq", stamp[:16])
+        at = seconds + nanoseconds * 1e-9
+        if name == "lo":
+            if outgoing:  # lo shows each segment twice, out and in
+                self.sightings.extend(openflow_sightings(at, data))
+        else:
+            sighting = port_sighting(at, name, outgoing, data)
+            if sighting:
+                self.sightings.append(sighting)
 
 
 def _summary(values) -> dict:
@@ -149,14 +179,15 @@ def _summary(values) -> dict:
 
 
 def path_segments(sightings: list[Sighting], hops: list[tuple[str, str]], source_port: str, target_port: str,
-                  flows: set[int], source_ports: set[str], target_ports: set[str], source_ip: str, target_ip: str) -> dict:
+                  flows: set[int], source_ports: set[str], source_ip: str, target_ip: str) -> dict:
     """Segment times of the host packets of ``flows`` and of the probes from the path's first switch
     to ``target_ip`` (the destination's host), s.
 
     ``hops``: per link of the path, the interface it leaves by and the one it enters by;
     ``source_port`` / ``target_port``: the hosts' ports on the first and last switch;
-    ``source_ports`` / ``target_ports``: every port of those switches (a probe seen entering the
-    first switch came from further back; a loopback probe is seen on none of them)."""
+    ``source_ports``: every port of the first switch (a probe seen entering it came from further
+    back). A probe to either end's host seen on no captured port is that end's loopback (the
+    capture covers every port of both ends, so a probe from elsewhere shows where it came in)."""
     seen: dict = {}
     lo: dict = {}
     for s in sorted(sightings, key=lambda s: s.at):
@@ -166,7 +197,7 @@ def path_segments(sightings: list[Sighting], hops: list[tuple[str, str]], source
             seen.setdefault((s.kind, s.key), {}).setdefault((s.where, s.outgoing), s)
     chain = [(source_port, False)] + [step for out, into in hops for step in ((out, True), (into, False))] + [(target_port, True)]
     names = ["host stack: send to the first switch's port"]
-    for i, (out, into) in enumerate(hops):
+    for i in range(len(hops)):
         names += [f"switch {i}: in to out (forwarding and the link's queue)", f"link {i}: out to in"]
     names.append(f"switch {len(hops)}: in to the host's port out")
     host_segments = [[] for _ in names]
@@ -226,20 +257,20 @@ def main(topology="line:2", load=0.5, duration=60.0, rate=100.0, src=None, dst=N
     nodes = state.flow_path(flow_index[0])
     with EmulatedNetwork(state, ControllerClient, "g", tag="probe-segments",
                          controller_args=("--probe-rate", str(rate))) as net:
-        ports = net._link_ports()
+        ports = net.link_ports()
         names = net.names
         hops = [(ports[(a, b)][1], ports[(b, a)][1]) for a, b in zip(nodes[:-1], nodes[1:])]
         source_ports = {intf.name for intf in net.net.get(names.switch_of(src)).intfList() if intf.name != "lo"}
         target_ports = {intf.name for intf in net.net.get(names.switch_of(dst)).intfList() if intf.name != "lo"}
         source_port, target_port = f"{names.switch_of(src)}-eth1", f"{names.switch_of(dst)}-eth1"
-        capture = Capture(sorted(source_ports | target_ports | {i for hop in hops for i in hop}))
-        time.sleep(5.0)
-        measured = play(net, state, float(duration), 2.0, int(seed), net.workdir / "traffic")
-        sightings = capture.stop()
-    result = path_segments(sightings, hops, source_port, target_port, set(flow_index), source_ports, target_ports,
+        with Capture(sorted(source_ports | target_ports | {i for hop in hops for i in hop})) as capture:
+            time.sleep(5.0)  # loopbacks and probes of both ends before the traffic starts
+            measured = play(net, state, float(duration), 2.0, int(seed), net.workdir / "traffic")
+    result = path_segments(capture.sightings, hops, source_port, target_port, set(flow_index), source_ports,
                            names.ip_of(src), names.ip_of(dst))
     return {"topology": topology, "load": float(load), "duration_s": float(duration), "probe_rate": float(rate),
-            "path": nodes, "hosts_own_delay_s": measured.by_pair(state).get((src, dst)), **result}
+            "path": nodes, "hosts_own_delay_s": measured.by_pair(state).get((src, dst)),
+            "frames_unread": capture.unread, **result}
 
 
 if __name__ == "__main__":

@@ -261,7 +261,7 @@ class EmulatedNetwork:
             topo=topo, autoSetMacs=False, waitConnected=False, build=True,
             switch=lambda name, **kw: OVSSwitch(name, datapath="user", protocols="OpenFlow13", failMode="secure", **kw),
             controller=lambda name: RemoteController(f"{self.tag}-c0", ip="127.0.0.1", port=self.ofp_port))
-        ports = self._link_ports()
+        ports = self.link_ports()
         self._start_controller(ports)
         self.net.start()
         for host in self.net.hosts:
@@ -321,7 +321,7 @@ class EmulatedNetwork:
 
         return StateTopo()
 
-    def _link_ports(self) -> dict[tuple[str, str], tuple[int, str]]:
+    def link_ports(self) -> dict[tuple[str, str], tuple[int, str]]:
         """(src node, dst node) → (output port on src's switch, its interface name)."""
         by_switch = {self.names.switch_of(n): n for n in self.state.nodes}
         ports = {}
@@ -464,7 +464,7 @@ class EmulatedNetwork:
         hosts = {by_switch[b.node.name]: b.name for link in self.net.links
                  for a, b in ((link.intf1, link.intf2), (link.intf2, link.intf1))
                  if b.node.name in by_switch and a.node.name not in by_switch}
-        ports = self._link_ports()
+        ports = self.link_ports()
         links = {(lk.src, lk.dst): ports[(lk.dst, lk.src)][1] for lk in state.links}
         for _ in range(attempts):
             walk = walk_of(probe_walk(), hosts, links)

@@ -58,7 +58,7 @@ def test_a_halved_link_is_listed_with_itself_as_first_suspect():
     faulty = (busiest.src, busiest.dst)
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly", controller_args=ARGS) as net:
         traffic, before = learn_with_traffic(net, state, TRAFFIC_S, 70.0)
-        reshape_link(net._link_ports()[faulty][1], 0.5 * busiest.capacity, busiest.buffer)
+        reshape_link(net.link_ports()[faulty][1], 0.5 * busiest.capacity, busiest.buffer)
         halved = time.monotonic()
 
         def named() -> object:
@@ -106,7 +106,7 @@ def test_a_link_that_drops_packets_is_listed_as_lost_and_first_suspect():
     traffic_s = 180.0
     with EmulatedNetwork(state, ControllerClient, "n", tag="test-anomaly-loss", controller_args=args) as net:
         traffic, before = learn_with_traffic(net, state, traffic_s, 120.0)
-        reshape_link(net._link_ports()[faulty][1], busiest.capacity, 1)
+        reshape_link(net.link_ports()[faulty][1], busiest.capacity, 1)
         cut = time.monotonic()
 
         def lost() -> object:

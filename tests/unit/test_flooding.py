@@ -7,25 +7,42 @@ from types import SimpleNamespace
 
 import pytest
 
-from controller.flooding import FLOOD_BURST_S, FloodLimiter, is_group_mac
+from controller.flooding import FLOOD_BURST_S, FloodLimiter, is_group_mac, may_flood
 from controller.routing_rules import Host
 from tests.unit.test_hosts import A, B, FakeApp
 
 
-def test_group_macs_are_broadcast_and_multicast():
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_group_macs_and_what_no_bridge_forwards():
     assert is_group_mac("ff:ff:ff:ff:ff:ff") and is_group_mac("33:33:00:00:00:01") and is_group_mac("01:00:5e:00:00:fb")
     assert not is_group_mac(A) and not is_group_mac("02:42:ac:11:00:02")
+    assert may_flood("ff:ff:ff:ff:ff:ff") and may_flood("33:33:00:00:00:01") and may_flood(B)
+    assert not may_flood("01:80:c2:00:00:00") and not may_flood("01:80:C2:00:00:0E")  # STP, LLDP
 
 
 def test_each_port_gets_its_rate_after_a_burst():
-    limiter = FloodLimiter(10.0)
-    burst = sum(limiter.allow("p1", 0.0) for _ in range(100))
-    assert burst == pytest.approx(10.0 * FLOOD_BURST_S, abs=1)
-    assert limiter.allow("p2", 0.0)  # another port has its own bucket
-    assert not limiter.allow("p1", 0.05)  # half a token back
-    assert limiter.allow("p1", 0.1)
-    assert sum(limiter.allow("p1", 1.1 + i / 1000) for i in range(100)) == pytest.approx(10, abs=1)  # 1 s: 10 more
-    assert not FloodLimiter(0.0).allow("p1", 0.0)
+    clock = Clock()
+    limiter = FloodLimiter(10.0, clock)
+    assert sum(limiter.allow("p1") for _ in range(100)) == 10.0 * FLOOD_BURST_S
+    assert limiter.allow("p2")  # another port has its own bucket
+    clock.now = 0.05
+    assert not limiter.allow("p1")  # half a frame's tokens back
+    clock.now = 0.1
+    assert limiter.allow("p1")
+    clock.now = 1.1
+    assert sum(limiter.allow("p1") for _ in range(100)) == 10  # a second later: ten more
+    assert not FloodLimiter(0.0, clock).allow("p1")
+    slow = FloodLimiter(0.2, clock)  # under one frame per burst: still one, then one per 5 s
+    assert slow.allow("p1") and not slow.allow("p1")
+    clock.now += 5.0
+    assert slow.allow("p1")
 
 
 def frame(dst_mac: str, src_mac: str = A) -> bytes:
@@ -40,41 +57,68 @@ def frame(dst_mac: str, src_mac: str = A) -> bytes:
     return bytes(pkt.data)
 
 
-def test_hosts_frames_to_no_learned_mac_go_to_every_other_edge_port_within_the_budget(monkeypatch):
+def app_receiving(rate_pps: float):
+    """A FakeApp whose packet-in handler is the controller's, and the function feeding it frames."""
     from controller.app import NdtController
 
-    monkeypatch.setattr("controller.app.time.monotonic", lambda: 1000.0)  # no token comes back during the test
     app = FakeApp()
-    app._flood_limiter = FloodLimiter(1.0)
+    app._flood_limiter = FloodLimiter(rate_pps, lambda: 1000.0)  # no token comes back during a test
     app._on_probe = lambda *a: False
-    app._flood_from_edge = lambda *a: NdtController._flood_from_edge(app, *a)
+    app._on_arp = lambda *a: NdtController._on_arp(app, *a)
 
     def packet_in(dpid: int, port: int, data: bytes) -> None:
         msg = SimpleNamespace(datapath=SimpleNamespace(id=dpid), match={"in_port": port}, data=data)
         NdtController._on_packet_in(app, SimpleNamespace(msg=msg))
 
+    return app, packet_in
+
+
+def counts(app) -> dict:
+    return {m.name: m.samples[0].value for m in app.metrics.collect()
+            if m.name in ("ndt_frames_flooded", "ndt_frames_not_flooded")}
+
+
+def test_hosts_frames_to_no_learned_mac_go_to_every_other_edge_port_within_the_budget():
+    app, packet_in = app_receiving(1.0)
     packet_in(1, 1, frame("ff:ff:ff:ff:ff:ff"))  # a DHCP discover from s1's host port
     packet_in(1, 1, frame("33:33:00:00:00:01"))  # IPv6 all-nodes multicast
     assert app.sent == [("flood", (1, 1))] * 2
     packet_in(1, 9, frame("ff:ff:ff:ff:ff:ff"))  # from a link: the controller carries between switches itself
     packet_in(2, 1, frame(B))  # unicast to a MAC nobody announced (a DHCP server's offer)
+    packet_in(2, 1, frame("01:80:c2:00:00:00"))  # spanning tree: ends at the first bridge
     assert app.sent == [("flood", (1, 1))] * 2 + [("flood", (2, 1))]
     app._hosts.learn(Host("10.0.0.2", B, "s2", 1))
     packet_in(1, 1, frame(B))  # to a learned host: to its port (its route is on the way)
     assert app.sent[-1] == ("s2", 1)
     for _ in range(5):
         packet_in(1, 1, frame("ff:ff:ff:ff:ff:ff"))
-    counts = {m.name: m.samples[0].value for m in app.metrics.collect()
-              if m.name in ("ndt_frames_flooded", "ndt_frames_not_flooded")}
-    assert counts["ndt_frames_flooded"] == 3 and counts["ndt_frames_not_flooded"] == 5  # s1 port 1's 2-frame burst is spent
+    assert counts(app) == {"ndt_frames_flooded": 3, "ndt_frames_not_flooded": 5}  # s1 port 1's 2-frame burst is spent
 
 
-def test_a_group_mac_is_never_learned_as_a_host():
-    from os_ken.lib.packet import arp, ethernet
+def test_arp_floods_share_the_ports_budget():
+    from os_ken.lib.packet import arp, ethernet, packet
 
-    app = FakeApp()
+    app, packet_in = app_receiving(1.0)
+    request = packet.Packet()
+    request.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=A, ethertype=0x0806))
+    request.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=A, src_ip="10.0.0.1", dst_mac="00:00:00:00:00:00",
+                                 dst_ip="10.0.0.9"))
+    request.serialize()
+    for _ in range(4):
+        packet_in(1, 1, bytes(request.data))  # for an address nobody has: to every edge port, twice
+    assert app.sent == [("flood", (1, 1))] * 2 and counts(app) == {"ndt_frames_flooded": 2, "ndt_frames_not_flooded": 2}
+
+
+def test_a_frame_from_a_group_mac_is_neither_learned_nor_carried():
+    from os_ken.lib.packet import arp, ethernet, packet
+
+    app, packet_in = app_receiving(100.0)
     broadcast = "ff:ff:ff:ff:ff:ff"
-    app.handle._on_arp(SimpleNamespace(id=1), 1, ethernet.ethernet(dst=broadcast, src=broadcast, ethertype=0x0806),
-                       arp.arp(opcode=arp.ARP_REQUEST, src_mac=broadcast, src_ip="10.0.0.66",
-                               dst_mac="00:00:00:00:00:00", dst_ip="10.0.0.2"), b"")
-    assert app._hosts.by_mac(broadcast) is None and app.edge_rules == [] and app.reroutes == []
+    forged = packet.Packet()
+    forged.add_protocol(ethernet.ethernet(dst=broadcast, src=broadcast, ethertype=0x0806))
+    forged.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=broadcast, src_ip="10.0.0.66",
+                                dst_mac="00:00:00:00:00:00", dst_ip="10.0.0.2"))
+    forged.serialize()
+    packet_in(1, 1, bytes(forged.data))
+    packet_in(1, 1, frame(broadcast, src_mac="01:00:5e:00:00:01"))
+    assert app._hosts.by_mac(broadcast) is None and app.edge_rules == [] and app.sent == []

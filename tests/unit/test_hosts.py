@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
+from controller.flooding import FloodLimiter
 from controller.hosts import HostTable, Learned
 from telemetry.exporter import Metrics
 from controller.routing_rules import Host, Wiring, edge_rules_left_behind, route_rules
@@ -61,6 +62,8 @@ class FakeApp(SimpleNamespace):
         self._arp_ready = lambda: True
         self._packet_out = lambda switch, port, data: self.sent.append((switch, port))
         self._flood_edges = lambda data, exclude: self.sent.append(("flood", exclude))
+        self._flood_limiter = FloodLimiter(1e6)
+        self._flood_from_edge = lambda *a: NdtController._flood_from_edge(self, *a)
         self._install_edge_rules = lambda macs, addresses: self.edge_rules.append((len(macs), len(addresses)))
         self.request_reroute = self.reroutes.append
         self._learn = lambda host: NdtController._learn(self, host)

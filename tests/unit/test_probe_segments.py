@@ -3,6 +3,7 @@
 import ipaddress
 import struct
 
+import numpy as np
 import pytest
 
 from controller.probes import PROBE_FRAME_BYTES, probe_payload
@@ -27,12 +28,18 @@ def test_port_sighting_reads_host_packets_and_probes():
     assert (probe.kind, probe.key, probe.dst) == ("probe", 99, "10.0.0.2")
     assert port_sighting(3.0, "s1-eth1", False, udp_frame("10.0.0.2", 53, bytes(40))) is None
     assert port_sighting(3.0, "s1-eth1", False, b"\x00" * 60) is None
+    with_options = bytearray(udp_frame("10.0.0.2", PORT, b""))[:42]
+    with_options[14] = 0x4F  # a 60-byte IPv4 header: the UDP header is not in these 42 bytes
+    assert port_sighting(3.0, "s1-eth1", False, bytes(with_options)) is None
 
 
 def test_openflow_sightings_find_every_probe_in_a_segment():
     segment = b"tcp+openflow headers" + probe_frame(5, "10.0.0.1") + b"next message" + probe_frame(6, "10.0.0.3")
     found = openflow_sightings(4.0, segment)
     assert [(s.key, s.dst, s.where) for s in found] == [(5, "10.0.0.1", "lo"), (6, "10.0.0.3", "lo")]
+    early = b"NDTPROBE" + probe_frame(7, "10.0.0.4")  # the magic too early to be a probe's, then a probe
+    assert [s.key for s in openflow_sightings(4.0, early)] == [7]
+    assert openflow_sightings(4.0, probe_frame(8, "10.0.0.4")[:48]) == []  # cut inside its id
 
 
 def one_hop_run():
@@ -64,7 +71,7 @@ def one_hop_run():
         Sighting(40.4 * ms, "lo", True, "probe", 13, dst="10.0.0.2"),
     ]
     return path_segments(s, [("a-eth2", "b-eth2")], "a-eth1", "b-eth1", {0}, {"a-eth1", "a-eth2", "a-eth3"},
-                         {"b-eth1", "b-eth2"}, "10.0.0.1", "10.0.0.2")
+                         "10.0.0.1", "10.0.0.2")
 
 
 def test_path_segments_split_the_host_packets_and_the_probes_times():
@@ -85,12 +92,15 @@ def test_probe_accuracy_by_hops_groups_the_paths():
     from experiments.probe_accuracy import by_hops
 
     def path(hops, error, within, stderr, tolerance):
-        return {"hops": hops, "error_s": error, "within_target": within, "probe_stderr_s": stderr, "tolerance_s": tolerance}
+        return {"hops": hops, "error_s": error, "within_target": within, "probe_stderr_s": stderr,
+                "host_stderr_s": stderr / 2, "tolerance_s": tolerance}
 
-    rows = by_hops([path(1, -0.2e-3, True, 0.1e-3, 0.2e-3), path(1, -0.4e-3, False, 0.3e-3, 0.2e-3),
+    rows = by_hops([path(1, -0.2e-3, True, 0.1e-3, 0.2e-3), path(1, -0.4e-3, False, 0.3e-3, 0.4e-3),
                     path(3, 1e-3, False, 0.8e-3, 0.7e-3)])
     assert [(r["hops"], r["paths"]) for r in rows] == [(1, 2), (3, 1)]
     assert rows[0]["share_within_target"] == 0.5
-    assert rows[0]["mean_error_s"] == pytest.approx(-0.3e-3)
-    assert rows[0]["probe_stderr_s"] == pytest.approx(0.2e-3)
-    assert rows[1]["tolerance_s"] == pytest.approx(0.7e-3)
+    assert rows[0]["mean_error_s"] == pytest.approx(-0.3e-3) and rows[0]["error_spread_s"] == pytest.approx(0.1e-3)
+    assert rows[0]["probe_stderr_s"] == pytest.approx(np.sqrt(0.05e-6))
+    assert rows[0]["host_stderr_s"] == pytest.approx(np.sqrt(0.05e-6) / 2)
+    assert rows[0]["tolerance_s"] == pytest.approx(0.3e-3)  # the median
+    assert rows[1]["tolerance_s"] == pytest.approx(0.7e-3) and rows[1]["error_spread_s"] == 0.0
