@@ -34,6 +34,16 @@ def ofctl_show(switch: str) -> tuple[str, dict[str, int]]:
     return dpid, {name: int(number) for number, name in re.findall(r"^\s*(\d+)\((\S+)\):", text, re.M)}
 
 
+def stop(process: subprocess.Popen) -> None:
+    """Terminate ``process``, killed if it has not ended 10 s later."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vswitch_running):
     from mininet.net import Mininet
     from mininet.node import OVSSwitch, RemoteController
@@ -96,12 +106,7 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
         try:  # broadcast discover and request, unicast offer and ack to a MAC the controller has not learned
             lease = dhcp_client.cmd(f"udhcpc -i {dhcp_client.defaultIntf()} -f -q -n -t 5 -T 2 -s /bin/true 2>&1")
         finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
+            stop(server)
         assert re.search(r"lease of 10\.0\.0\.1[0-2]\d obtained", lease), (
             lease + (tmp_path / "dnsmasq.log").read_text() + (tmp_path / "log").read_text())
         assert metric(metrics_port, "ndt_frames_flooded_total") >= flooded + 4  # discover, offer, request, ack
@@ -137,10 +142,5 @@ def test_the_controller_runs_beside_a_network_it_did_not_build(tmp_path, open_vs
         assert "switch west (dpid 0000000000000001) connected" in log and "routes v" in log, log
     finally:
         if controller is not None:
-            controller.terminate()
-            try:
-                controller.wait(10)
-            except subprocess.TimeoutExpired:
-                controller.kill()
-                controller.wait(10)
+            stop(controller)
         net.stop()

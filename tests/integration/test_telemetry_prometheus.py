@@ -75,6 +75,7 @@ def fed_exporter():
             metrics.set_offered_packets({("s1", "s2"): 105 * tick})
             metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
             metrics.observe_loopback("s1", 0.0008 + 0.0001 * (tick % 5))
+            metrics.inc("frames_not_flooded")
             stop.wait(0.25)
 
     thread = threading.Thread(target=feed, daemon=True)
@@ -185,6 +186,19 @@ def test_the_anomaly_alerts_fire_on_persistent_anomalies_only(tmp_path):
              alert_test({paths: "0 0 2 0x10"}, "2m", "NdtDelayAnomaly", []),
              fired_links, alert_test({links: "0x20"}, "4m", "NdtLoadAnomaly", []),
              alert_test({links: "0 0 1 0x10"}, "30s", "NdtLoadAnomaly", [])]  # one scrape's worth: pending only
+    run_alert_tests(tmp_path, tests)
+
+
+def test_the_flood_alert_fires_on_frames_dropped_for_five_minutes_only(tmp_path):
+    """Frames dropped beyond an edge port's budget for over 5 minutes fire NdtFloodBudgetSpent; a burst
+    that stops, or none, fire nothing."""
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool not found: run scripts/install-system-deps.sh")
+    dropped = 'ndt_frames_not_flooded_total{job="ndt", instance="c:9108"}'
+    tests = [alert_test({dropped: "0+10x60"}, "12m", "NdtFloodBudgetSpent",
+                        [{"job": "ndt", "instance": "c:9108", "severity": "info"}]),
+             alert_test({dropped: "0+10x4 40x60"}, "12m", "NdtFloodBudgetSpent", []),
+             alert_test({dropped: "0x60"}, "12m", "NdtFloodBudgetSpent", [])]
     run_alert_tests(tmp_path, tests)
 
 
