@@ -74,9 +74,11 @@ def register(subparsers) -> None:
     p.add_argument("--probe-rate", type=number(0, 1000, unit=" probes/s"), default=20.0, metavar="N",
                    help="in-band path-delay probes per second, network-wide, 64-byte frames (0: none; default: 20)")
     p.add_argument("--flood-rate", type=number(0, 100000, unit=" frames/s"), default=100.0, metavar="N",
-                   help="hosts' frames to a broadcast, multicast or unknown MAC (DHCP, IPv6 router advertisements) "
-                        "the controller carries to every other edge port, per second and edge port; beyond that "
-                        "they are dropped and counted (0: drop them all; default: 100)")
+                   help="hosts' frames to a broadcast, multicast or unknown MAC (ARP and neighbour discovery for "
+                        "addresses not yet learned, DHCP, IPv6 router advertisements) the controller carries to every "
+                        "other edge port, per second and edge port; beyond that they are dropped and counted (0: drop "
+                        "them all, so hosts learn of each other only through ARP answers for announced addresses; "
+                        "default: 100)")
     loop = p.add_argument_group(
         "closed loop", "With --intent the controller runs the closed loop itself: from the traffic matrix and the probes' "
         "path delays it re-optimizes the OSPF weights for the intent (NES scored by the twin, whose correction is "
