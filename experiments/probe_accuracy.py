@@ -157,3 +157,7 @@ def by_hops(paths: list[dict]) -> list[dict]:
                     "probe_stderr_s": rms("probe_stderr_s"), "host_stderr_s": rms("host_stderr_s"),
                     "tolerance_s": float(np.median([p["tolerance_s"] for p in group]))})
     return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:]), indent=1))
