@@ -27,7 +27,7 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology import event as topo_event
 
 from controller.channel_stamps import PROBE, StampedConnection
-from controller.flooding import FloodLimiter, is_group_mac, may_flood
+from controller.flooding import FloodLimiter, is_group_mac, may_flood, packet_in_meter
 from controller.hosts import HostTable
 from controller.probes import (
     PROBE_FRAME_BYTES,
@@ -45,6 +45,7 @@ from controller.routing_rules import (
     COOKIE_KIND_MASK,
     COUNTER_COOKIE,
     NDT_COOKIE_MASK,
+    PACKET_IN_METER,
     PROBE_UDP_PORT,
     ROUTE_COOKIE,
     ROUTE_TABLE,
@@ -89,7 +90,9 @@ class ControllerConfig:
     ``probe_rate``: in-band delay probes per second, network-wide (0: none; :mod:`controller.probes`);
     ``probe_history_s``: how long returned probes (and reported delays) are kept in memory, s;
     ``flood_rate``: frames per second and edge port the controller carries to every other edge port
-    when they are for a broadcast, multicast or unlearned MAC (0: none; :mod:`controller.flooding`)."""
+    when they are for a broadcast, multicast or unlearned MAC (0: none; :mod:`controller.flooding`);
+    ``packet_in_rate``: frames per second each switch's packet-in meter lets through to the controller
+    (route misses, neighbour discovery; not the probes), where the switch has meters (0: no meter)."""
 
     state: NetworkState
     wiring: Wiring
@@ -101,6 +104,7 @@ class ControllerConfig:
     probe_rate: float = 20.0
     probe_history_s: float = 900.0
     flood_rate: float = 100.0
+    packet_in_rate: float = 1000.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,9 @@ class NdtController(app_manager.OSKenApp):
         self.capacity = {(lk.src, lk.dst): lk.capacity for lk in self.state.links}
         self.path_delays = PathDelays(ndt_config.probe_history_s)
         self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
+        self._reports_compared = 0  # cursor into reported_delays: the reports already set beside the probes
         self._flood_limiter = FloodLimiter(ndt_config.flood_rate)  # used by the packet-in handler only
+        self._metered: set[int] = set()  # the switches whose base rules pass the packet-in meter
         self._probes_pending: dict[int, tuple[str, str, float]] = {}  # id → source, destination, queued (monotonic s)
         self._probes_left: dict[int, float] = {}  # id → when its bytes went to the kernel (monotonic s)
         self._probe_count = 0
@@ -294,6 +300,38 @@ class NdtController(app_manager.OSKenApp):
             dp.send_msg(self._flow_mod(dp, FlowOp("delete_group", dpid, group=group)))
         for rule in base_rules(dpid):
             dp.send_msg(self._flow_mod(dp, FlowOp("add", dpid, rule)))
+        self._metered.discard(dpid)
+        if self.config.packet_in_rate > 0:
+            dp.send_msg(parser.OFPMeterFeaturesStatsRequest(dp, 0))
+
+    @set_ev_cls(ofp_event.EventOFPMeterFeaturesStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _on_meter_features(self, ev):
+        """Where the switch can, a packet-in meter (replacing an earlier process's) and the base rules
+        again, through it (an add with the same match and priority replaces the rule)."""
+        dp = ev.msg.datapath
+        features = ev.msg.body[0] if ev.msg.body else None
+        plan = packet_in_meter(self.config.packet_in_rate, features.max_meter if features else 0,
+                               features.band_types if features else 0, features.capabilities if features else 0,
+                               PACKET_IN_METER)
+        name = self.wiring.names.get(dp.id, f"{dp.id:016x}")
+        if isinstance(plan, str):
+            LOG.info("switch %s gets no packet-in meter: %s (the flood budget per edge port still applies)", name, plan)
+            return
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        dp.send_msg(parser.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, meter_id=PACKET_IN_METER))
+        dp.send_msg(parser.OFPMeterMod(dp, command=ofp.OFPMC_ADD, flags=plan.flags, meter_id=PACKET_IN_METER,
+                                       bands=[parser.OFPMeterBandDrop(rate=plan.rate, burst_size=plan.burst)]))
+        for rule in base_rules(dp.id, metered=True):
+            dp.send_msg(self._flow_mod(dp, FlowOp("add", dp.id, rule)))
+        self._metered.add(dp.id)
+        LOG.info("switch %s: packet-in meter at %d frames/s", name, plan.rate)
+
+    @set_ev_cls(ofp_event.EventOFPMeterStatsReply, MAIN_DISPATCHER)
+    def _on_meter_stats(self, ev):
+        name = self.wiring.names.get(ev.msg.datapath.id)
+        for stat in ev.msg.body:
+            if stat.meter_id == PACKET_IN_METER and stat.band_stats and name is not None:
+                self.metrics.set_packet_ins_metered(name, stat.band_stats[0].packet_band_count)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _on_state_change(self, ev):
@@ -323,6 +361,7 @@ class NdtController(app_manager.OSKenApp):
             self._traffic_rates.forget(lambda key: key[0] == dp.id)
             self._offered.forget(dp.id)
             self._route_stats_read.pop(dp.id, None)
+            self._metered.discard(dp.id)
             self._route_stats_xids = {key for key in self._route_stats_xids if key[0] != dp.id}
             LOG.warning("switch %s (dpid %016x) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
@@ -536,7 +575,9 @@ class NdtController(app_manager.OSKenApp):
                                      priority=rule.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match)
         actions, instructions = [], []
         for action in rule.actions:
-            if action[0] == "output":
+            if action[0] == "meter":  # OpenFlow orders the instructions: the meter before the actions
+                instructions.insert(0, parser.OFPInstructionMeter(action[1], ofp.OFPIT_METER))
+            elif action[0] == "output":
                 actions.append(parser.OFPActionOutput(action[1]))
             elif action[0] == "controller":
                 actions.append(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER))
@@ -545,7 +586,8 @@ class NdtController(app_manager.OSKenApp):
             else:
                 instructions.append(parser.OFPInstructionGotoTable(action[1]))
         if actions:
-            instructions.insert(0, parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+            metered = bool(instructions) and isinstance(instructions[0], parser.OFPInstructionMeter)
+            instructions.insert(int(metered), parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
         return parser.OFPFlowMod(dp, cookie=rule.cookie, table_id=rule.table, command=ofp.OFPFC_ADD,
                                  priority=rule.priority, buffer_id=ofp.OFP_NO_BUFFER, match=match,
                                  instructions=instructions)
@@ -742,8 +784,9 @@ class NdtController(app_manager.OSKenApp):
         return True
 
     def _probe_reporter(self):
-        """Every ``PROBE_REPORT_S``: the interval's probe delays to the store, the recent window's to
-        Prometheus, lost probes counted, echo requests (control-channel round trip) sent."""
+        """Every ``PROBE_REPORT_S``: the reports that came in set beside the probes (the hosts' edge
+        refitted), the interval's probe delays to the store, the recent window's to Prometheus, lost
+        probes counted, echo requests (control-channel round trip) sent."""
         while True:
             time.sleep(PROBE_REPORT_S)
             try:
@@ -753,6 +796,12 @@ class NdtController(app_manager.OSKenApp):
 
     def _report_probes(self) -> None:
         now = time.monotonic()
+        reports, self._reports_compared = self.reported_delays.since(self._reports_compared)
+        wall_ahead = time.time() - now  # the reports' Unix windows on the probes' monotonic clock
+        for report in reports:
+            self.path_delays.compare_report(report.start - wall_ahead, report.end - wall_ahead, report.delays)
+        if self.path_delays.host_edge is not None:
+            self.metrics.set_gauge("probe_host_edge_seconds", self.path_delays.host_edge.mean)
         for number, (_, _, sent) in list(self._probes_pending.items()):
             if now - sent > PROBE_TIMEOUT_S:
                 self._probes_pending.pop(number, None)
@@ -804,6 +853,8 @@ class NdtController(app_manager.OSKenApp):
                 dp.set_xid(routes)
                 self._route_stats_xids.add((dp.id, routes.xid))
                 dp.send_msg(routes)
+                if dp.id in self._metered:
+                    dp.send_msg(parser.OFPMeterStatsRequest(dp, 0, PACKET_IN_METER))
 
     def _poll_reply_done(self, msg) -> None:
         if msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:

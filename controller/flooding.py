@@ -3,7 +3,9 @@ advertisements, mDNS) and unicast to a MAC it has not learned (a DHCP server's a
 that has no address yet). The switches send such frames to the controller (table-miss), which
 packets them out of every other edge port and never into a link of the wiring, so the links ndt
 knows cannot loop them. A host that floods costs the controller (a packet-in, then a packet-out
-per edge port), so each edge port has a budget. Pure.
+per edge port), so each edge port has a budget. Before that, where the switch has OpenFlow meters,
+its packet-in meter (:func:`packet_in_meter`) bounds what reaches the controller from it at all, so
+a flood is dropped by the switch instead of costing the controller a packet-in per frame. Pure.
 """
 
 from __future__ import annotations
@@ -14,6 +16,35 @@ from typing import Callable
 
 FLOOD_BURST_S = 2.0  # a port's bucket holds this many seconds of its rate (a DHCP exchange's burst)
 LINK_LOCAL_GROUPS = "01:80:c2:00:00:0"  # 01:80:c2:00:00:00-0f: STP, LACP, 802.1X, LLDP; no bridge forwards them
+
+
+OFPMBT_DROP, OFPMF_PKTPS, OFPMF_BURST = 1, 2, 4  # OpenFlow 1.3: a drop band; rates in packets/s; a burst size
+
+
+@dataclass(frozen=True)
+class MeterPlan:
+    """A packet-in meter to install: its flags (OpenFlow 1.3 ``OFPMF_*``), the drop band's rate and
+    burst (packets/s, packets)."""
+
+    flags: int
+    rate: int
+    burst: int
+
+
+def packet_in_meter(rate_pps: float, max_meter: int, band_types: int, capabilities: int,
+                    meter_id: int) -> MeterPlan | str:
+    """The packet-in meter a switch gets at ``rate_pps`` (a burst of one second's frames where the
+    switch takes a burst size), from its meter features (OpenFlow 1.3 ``OFPMeterFeaturesStats``: the
+    highest meter id, the band types and the capabilities as bitmaps), or why it gets none."""
+    if rate_pps <= 0:
+        return "--packet-in-rate is 0"
+    if max_meter < meter_id:
+        return f"it has no OpenFlow meters (max_meter {max_meter})"
+    if not band_types & (1 << OFPMBT_DROP) or not capabilities & OFPMF_PKTPS:
+        return "its meters cannot drop by packets per second"
+    rate = max(1, round(rate_pps))
+    burst = capabilities & OFPMF_BURST
+    return MeterPlan(OFPMF_PKTPS | burst, rate, rate if burst else 0)
 
 
 def is_group_mac(mac: str) -> bool:

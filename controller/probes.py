@@ -17,6 +17,14 @@ time-average delay of a FIFO port is the same for every path through it), so
 :func:`pooled_path_stats` fits one delay per link to all paths' means at once (weighted least
 squares; network tomography) and gives each path the sum over its links: every probe through a
 link informs every path through it.
+
+No in-band probe crosses the hosts' own edge: the sender's and receiver's stacks and the first and
+last switch taking a host's packet from or to its port (a packet-out enters from the controller,
+a packet-in leaves towards it). Where the network's own agents report delays (gRPC
+``ReportMeasured``: hosts, a TWAMP or ping mesh), :meth:`PathDelays.compare_report` sets each report
+beside the probes over the same window and :func:`fit_host_edge` fits what the reports add: a common
+term and, per switch, a sending and a receiving term. Every path's probe delay then carries it,
+the paths no agent reports included.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks (their median ne
 MIN_PATH_PROBES = 3  # a path's mean over a window needs this many of its probes
 MAX_POOLED_LINKS = 500  # a larger fit (cubic in the links: 0.1 s at 500) would hold up the controller's thread
 MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
+HOST_EDGE_KEEP_S = 600.0  # reports ending this long before the newest still inform the edge, s
+HOST_EDGE_MIN_PAIRS = 3  # the edge is fitted once the reports and the probes share this many pairs
+HOST_EDGE_PRIOR_PAIRS = 3.0  # a switch's own edge term is pulled to the common one as hard as this many typical pairs
 
 Pair = tuple[str, str]
 
@@ -135,6 +146,8 @@ class PathDelays:
         self._samples: deque[ProbeSample] = deque()
         self._routes: dict[Pair, tuple] = {}
         self._routes_since = float("inf")
+        self._host_edge_rows: deque[tuple[float, Pair, float, int]] = deque()  # window end, pair, reported − probe (s), probes
+        self.host_edge: HostEdge | None = None
         self.sent = 0
         self.lost = 0
 
@@ -163,13 +176,41 @@ class PathDelays:
         return out[::-1]
 
     def stats(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES, robust: bool = False,
-              pooled: bool = True) -> dict[Pair, PathStat]:
+              pooled: bool = True, host_edge: bool = True) -> dict[Pair, PathStat]:
         """:func:`path_stats` of the probes received in [start, end); ``pooled``: then
-        :func:`pooled_path_stats` when the window began under the current routes."""
+        :func:`pooled_path_stats` when the window began under the current routes; ``host_edge``: each
+        path's mean plus the hosts' edge fitted from the reports (:attr:`host_edge`), where there is one."""
         own = path_stats(self.samples(start, end), min_samples, robust)
         with self._lock:
-            routes, since = self._routes, self._routes_since
-        return pooled_path_stats(own, routes) if pooled and routes and start >= since else own
+            routes, since, fit = self._routes, self._routes_since, self.host_edge
+        out = pooled_path_stats(own, routes) if pooled and routes and start >= since else own
+        if host_edge and fit is not None:
+            out = {pair: PathStat(max(0.0, stat.mean + fit.offset(pair)), stat.samples, stat.stderr)
+                   for pair, stat in out.items()}
+        return out
+
+    def compare_report(self, start: float, end: float, reported: dict[Pair, float]) -> int:
+        """Set a report of the network's own measurements — per pair its mean delay (s) over [start,
+        end) (monotonic s) — beside the probes' delays over the same window, without the edge, and
+        refit :attr:`host_edge` (:func:`fit_host_edge`) to the differences of the reports ending within
+        :data:`HOST_EDGE_KEEP_S` of the newest. Returns how many pairs both measured."""
+        stats = self.stats(start, end, min_samples=1, host_edge=False)
+        rows = [(end, pair, delay - stats[pair].mean, stats[pair].samples) for pair, delay in reported.items()
+                if pair in stats and np.isfinite(delay) and delay > 0]
+        with self._lock:
+            self._host_edge_rows.extend(rows)
+            newest = max(row[0] for row in self._host_edge_rows) if self._host_edge_rows else end
+            while self._host_edge_rows and self._host_edge_rows[0][0] < newest - HOST_EDGE_KEEP_S:
+                self._host_edge_rows.popleft()
+            sums: dict[Pair, list[float]] = {}
+            for _, pair, difference, probes in self._host_edge_rows:
+                acc = sums.setdefault(pair, [0.0, 0.0])
+                acc[0] += probes * difference
+                acc[1] += probes
+        fit = fit_host_edge({pair: (total / weight, weight) for pair, (total, weight) in sums.items()})
+        with self._lock:
+            self.host_edge = fit
+        return len(rows)
 
     def delays(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> dict[Pair, float]:
         """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s
@@ -179,6 +220,48 @@ class PathDelays:
     def noise(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> float:
         """:func:`sampling_mape` of :meth:`stats` over [start, end)."""
         return sampling_mape(self.stats(start, end, min_samples))
+
+
+@dataclass(frozen=True)
+class HostEdge:
+    """What the network's own measurements add to the probes' delay of a pair (a, b), s: ``common``
+    plus ``sending[a]`` plus ``receiving[b]`` (0 for a switch no report informed); ``mean``: that
+    sum's mean over the ``pairs`` it was fitted on."""
+
+    common: float
+    sending: dict
+    receiving: dict
+    pairs: int
+    mean: float
+
+    def offset(self, pair: Pair) -> float:
+        return self.common + self.sending.get(pair[0], 0.0) + self.receiving.get(pair[1], 0.0)
+
+
+def fit_host_edge(differences: dict[Pair, tuple[float, float]], prior_pairs: float = HOST_EDGE_PRIOR_PAIRS) -> HostEdge | None:
+    """The edge the reports add to the probes, from per pair (reported − probe delay (s), weight):
+    ``difference(a, b) ≈ common + sending[a] + receiving[b]``, weighted least squares with the
+    per-switch terms pulled to zero as hard as ``prior_pairs`` pairs of the median weight (a switch
+    that few pairs inform keeps near the common term). None under :data:`HOST_EDGE_MIN_PAIRS` pairs."""
+    pairs = sorted(pair for pair, (difference, weight) in differences.items() if np.isfinite(difference) and weight > 0)
+    if len(pairs) < HOST_EDGE_MIN_PAIRS:
+        return None
+    senders = sorted({a for a, _ in pairs})
+    receivers = sorted({b for _, b in pairs})
+    column = {("s", a): 1 + j for j, a in enumerate(senders)}
+    column.update({("r", b): 1 + len(senders) + j for j, b in enumerate(receivers)})
+    design = np.zeros((len(pairs), 1 + len(senders) + len(receivers)))
+    design[:, 0] = 1.0
+    for i, (a, b) in enumerate(pairs):
+        design[i, column[("s", a)]] = design[i, column[("r", b)]] = 1.0
+    values = np.array([differences[pair][0] for pair in pairs])
+    weights = np.array([differences[pair][1] for pair in pairs], dtype=float)
+    penalty = np.full(design.shape[1], prior_pairs * float(np.median(weights)))
+    penalty[0] = 0.0
+    normal = design.T @ (weights[:, None] * design) + np.diag(penalty)
+    theta = np.linalg.solve(normal, design.T @ (weights * values))
+    return HostEdge(float(theta[0]), {a: float(theta[column[("s", a)]]) for a in senders},
+                   {b: float(theta[column[("r", b)]]) for b in receivers}, len(pairs), float(np.mean(design @ theta)))
 
 
 def loopback_times(samples: list[ProbeSample], robust: bool = False) -> dict[str, float]:

@@ -37,6 +37,7 @@ class ReportedDelays:
         self._lock = threading.Lock()
         self._reports: deque[Report] = deque(maxlen=MAX_REPORTS)
         self._newest = -np.inf
+        self._added = 0
 
     def add(self, start: float, end: float, delays: dict[Pair, float]) -> None:
         """A report of the mean delays (s) over [start, end) (Unix s); ``start < end``."""
@@ -44,9 +45,17 @@ class ReportedDelays:
             raise ValueError(f"a report's window must end after it starts, got [{start}, {end})")
         with self._lock:
             self._reports.append(Report(start, end, dict(delays)))
+            self._added += 1
             self._newest = max(self._newest, end)
             while self._reports and self._reports[0].end < self._newest - self.keep_s:
                 self._reports.popleft()
+
+    def since(self, cursor: int) -> tuple[list[Report], int]:
+        """The reports added after ``cursor`` (0 at first) that are still kept, in the order they
+        came, and the cursor to pass next time."""
+        with self._lock:
+            first = self._added - len(self._reports)
+            return list(self._reports)[max(0, cursor - first):], self._added
 
     def delays(self, start: float, end: float, slack_s: float = 1.0) -> dict[Pair, float]:
         """Per pair, the mean over the reports whose window lies inside [start, end + slack] (Unix s:

@@ -17,6 +17,11 @@ Pipeline installed on every switch:
   state) a switch with several equal-cost next hops outputs to an OpenFlow select group
   whose buckets are those ports (equal weights; the switch hashes each flow onto one).
 
+Where the switch has OpenFlow meters, the rules that send hosts' frames to the controller (the
+neighbour discovery rules and the route miss; not the probes') pass its packet-in meter first, a
+drop band at the controller's ``--packet-in-rate``: a host flooding the network is then held back
+by its switch, not by the controller's CPU.
+
 Route rules carry their version in the cookie and alternate between two priorities,
 so a new rule set is installed beside the old one. :func:`plan_update` orders the
 switch-over so that no packet loops or finds no rule: a (switch, destination) entry
@@ -55,6 +60,8 @@ NDT_COOKIE_MASK = 0xFFFF_FF00_0000_0000  # every rule ndt installs has BASE_COOK
 VERSION_MASK = 0xFFFF_FFFF
 GROUP_PARITY = 1 << 24  # select-group ids: version parity x GROUP_PARITY + 1 + index at the switch
 STALE_GROUPS = 64  # per parity, the group ids a connecting switch has deleted (an earlier process's leftovers)
+
+PACKET_IN_METER = 1  # the meter id of the packet-in meter (base_rules with metered=True)
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -197,16 +204,18 @@ def route_priority(version: int) -> int:
     return ROUTE_PRIORITY + (version % 2)
 
 
-def base_rules(dpid: int) -> list[FlowRule]:
+def base_rules(dpid: int, metered: bool = False) -> list[FlowRule]:
     """The rules every switch gets on connect: ARP and IPv6 neighbour solicitations and
-    advertisements to the controller, classifier miss → routes, route miss → controller."""
+    advertisements to the controller, classifier miss → routes, route miss → controller;
+    ``metered``: those to the controller pass the :data:`PACKET_IN_METER` first."""
     neighbour = [_match(eth_type=ETH_TYPE_IPV6, ip_proto=IP_PROTO_ICMPV6, icmpv6_type=kind)
                  for kind in (NEIGHBOUR_SOLICITATION, NEIGHBOUR_ADVERTISEMENT)]
+    to_controller = ((("meter", PACKET_IN_METER),) if metered else ()) + (("controller",),)
     return [
         FlowRule(dpid, CLASSIFIER_TABLE, MISS_PRIORITY, (), (("goto", ROUTE_TABLE),), BASE_COOKIE),
-        *(FlowRule(dpid, CLASSIFIER_TABLE, ARP_PRIORITY, match, (("controller",),), BASE_COOKIE)
+        *(FlowRule(dpid, CLASSIFIER_TABLE, ARP_PRIORITY, match, to_controller, BASE_COOKIE)
           for match in (_match(eth_type=ETH_TYPE_ARP), *neighbour)),
-        FlowRule(dpid, ROUTE_TABLE, MISS_PRIORITY, (), (("controller",),), BASE_COOKIE),
+        FlowRule(dpid, ROUTE_TABLE, MISS_PRIORITY, (), to_controller, BASE_COOKIE),
     ]
 
 

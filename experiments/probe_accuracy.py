@@ -11,7 +11,13 @@ means are samples too (a light flow sends a packet a second or so):
 given each host mean's own standard error; ``by_hops`` splits the comparison by path length, with
 the errors' spread beside both sides' standard errors and the tolerance. Prints JSON; root.
 
-    python experiments/probe_accuracy.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SEED]
+``REPORT_SHARE`` > 0: that share of the pairs (drawn with ``SEED``) report their hosts' delays to
+the controller every 10 s, as an operator's TWAMP or ping mesh would (gRPC ReportMeasured), and the
+controller fits the hosts' edge from them (``controller.probes.fit_host_edge``); the figures are
+then those of the other pairs, which no report informed (``reported_pairs`` scores the reporting
+ones apart).
+
+    python experiments/probe_accuracy.py [TOPOLOGY] [LOAD] [DURATION] [RATE] [SEED] [REPORT_SHARE]
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api.client import ControllerClient
+from controller.loop.deployment import LIVE_S, HostReporter
 from mininet_topos.network import EmulatedNetwork
 from mininet_topos.topologies import emulation_state
-from mininet_topos.traffic import DRAIN_S, START_LEAD_S, play
+from mininet_topos.traffic import DRAIN_S, START_LEAD_S, play, traffic_dir
 from telemetry.store import TelemetryStore
 
 
@@ -80,9 +87,39 @@ def histogram_quantile(quantile: float, cumulative: dict[float, float]) -> float
     return lower
 
 
-def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0) -> dict:
+REPORT_EVERY_S = 10.0  # with REPORT_SHARE > 0: the reporting hosts' window, s
+
+
+def host_edge_gauge(text: str) -> float | None:
+    """``ndt_probe_host_edge_seconds`` in the exposition ``text``, or None before any fit."""
+    for line in text.splitlines():
+        if line.startswith("ndt_probe_host_edge_seconds "):
+            return float(line.split()[1])
+    return None
+
+
+def scores(paths: list[dict]) -> dict:
+    """The comparison over ``paths``: share within target (and an exact probe's), MAPE, mean and
+    median absolute error (s), the hosts' mean delay (s)."""
+    if not paths:
+        return {"paths_compared": 0}
+    errors = np.array([p["error_s"] for p in paths])
+    truths = np.array([p["host_s"] for p in paths])
+    return {"paths_compared": len(paths),
+            "share_within_target": float(np.mean([p["within_target"] for p in paths])),
+            "share_within_target_if_exact": float(np.mean([p["exact_within_chance"] for p in paths])),
+            "mape": float(np.mean(np.abs(errors) / truths)), "mean_error_s": float(np.mean(errors)),
+            "median_abs_error_s": float(np.median(np.abs(errors))), "host_mean_s": float(np.mean(truths))}
+
+
+def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0, report_share=0.0) -> dict:
     state = emulation_state(topology, float(load), seed=int(seed))
-    duration, warmup = float(duration), 2.0
+    duration, warmup, report_share = float(duration), 2.0, float(report_share)
+    if not 0.0 <= report_share < 1.0:
+        raise SystemExit(f"REPORT_SHARE must be in [0, 1): the other pairs are the ones scored, got {report_share}")
+    pairs = sorted({(f.src, f.dst) for f in state.flows})
+    drawn = np.random.default_rng(int(seed)).permutation(len(pairs))[:round(report_share * len(pairs))]
+    reporting = {pairs[i] for i in drawn}
     with EmulatedNetwork(state, ControllerClient, "p", tag="probe-accuracy",
                          controller_args=("--probe-rate", str(rate))) as net:
         time.sleep(12.0)  # the first probe means reach the store
@@ -90,7 +127,13 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
         cpu0, sent0, t0 = controller_cpu_s(net.controller.pid), probe_counts(text0), time.monotonic()
         loops0 = loopback_histogram(text0)
         started = time.time()
-        measured = play(net, state, duration, warmup, seed, net.workdir / "traffic")
+        traffic = net.workdir / "traffic"
+        if reporting:
+            with HostReporter(net.client, state, traffic_dir(traffic, int(seed)), started + START_LEAD_S,
+                              lambda line: print(line, file=sys.stderr), REPORT_EVERY_S, reporting):
+                measured = play(net, state, duration, warmup, seed, traffic, LIVE_S)
+        else:
+            measured = play(net, state, duration, warmup, seed, traffic)
         ended = time.time()
         text1 = scrape(net.metrics_url)
         cpu1, sent1, t1 = controller_cpu_s(net.controller.pid), probe_counts(text1), time.monotonic()
@@ -113,26 +156,23 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0)
             tolerance, stderr = max(0.10 * truth, 2e-4), host_stderr[(src, dst)]
             probe_stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("inf")
             paths.append({"src": src, "dst": dst, "hops": hops[(src, dst)], "host_s": truth, "host_stderr_s": stderr,
+                          "reported": (src, dst) in reporting,
                           "probe_s": probe, "probe_stderr_s": probe_stderr, "tolerance_s": tolerance,
                           "error_s": probe - truth, "within_target": abs(probe - truth) <= tolerance,
                           "exact_within_chance": math.erf(tolerance / (math.sqrt(2) * stderr)) if stderr > 0 else 1.0})
     loops = {bound: count - loops0.get(bound, 0.0) for bound, count in loops1.items()}
-    errors = np.array([p["error_s"] for p in paths])
-    truths = np.array([p["host_s"] for p in paths])
+    scored = [p for p in paths if not p["reported"]]
     return {
         "topology": topology, "load": float(load), "duration_s": duration, "probe_rate": float(rate),
-        "paths_compared": len(paths), "paths_measured_by_hosts": len(host),
-        "share_within_target": float(np.mean([p["within_target"] for p in paths])) if paths else None,
-        "share_within_target_if_exact": float(np.mean([p["exact_within_chance"] for p in paths])) if paths else None,
-        "mape": float(np.mean(np.abs(errors) / truths)) if paths else None,
-        "mean_error_s": float(np.mean(errors)) if paths else None,
-        "median_abs_error_s": float(np.median(np.abs(errors))) if paths else None,
-        "host_mean_s": float(np.mean(truths)) if paths else None,
+        "paths_measured_by_hosts": len(host), "report_share": report_share,
+        **scores(scored),
+        "reported_pairs": scores([p for p in paths if p["reported"]]) if reporting else None,
+        "host_edge_s": host_edge_gauge(text1),
         "probes_per_s": (sent1[0] - sent0[0]) / (t1 - t0), "probes_lost": sent1[1] - sent0[1],
         "controller_cpu_share": (cpu1 - cpu0) / (t1 - t0),
         "loopbacks": int(loops.get(math.inf, 0.0)),
         "loopback_quantiles_s": {f"p{round(100 * q)}": histogram_quantile(q, loops) for q in (0.1, 0.5, 0.9, 0.99)},
-        "by_hops": by_hops(paths),
+        "by_hops": by_hops(scored),
         "paths": paths,
     }
 

@@ -79,6 +79,12 @@ def register(subparsers) -> None:
                         "other edge port, per second and edge port; beyond that they are dropped and counted (0: drop "
                         "them all, so hosts learn of each other only through ARP answers for announced addresses; "
                         "default: 100)")
+    p.add_argument("--packet-in-rate", type=number(0, 1_000_000, unit=" frames/s"), default=1000.0, metavar="N",
+                   help="each switch's OpenFlow meter on what its rules send to the controller (route misses, ARP and "
+                        "neighbour discovery; not the delay probes), frames per second with a burst of one second's: "
+                        "a host flooding the network is held back by its switch instead of the controller's CPU; the "
+                        "frames dropped are ndt_packet_ins_metered_total{switch}. Switches without meters get none "
+                        "(logged). 0: no meter (default: 1000)")
     loop = p.add_argument_group(
         "closed loop", "With --intent the controller runs the closed loop itself: from the traffic matrix and the probes' "
         "path delays it re-optimizes the OSPF weights for the intent (NES scored by the twin, whose correction is "
@@ -168,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     config = ControllerConfig(state=state, wiring=wiring, store=store, metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
                               probe_rate=args.probe_rate, flood_rate=args.flood_rate,
+                              packet_in_rate=args.packet_in_rate,
                               probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0,
                                                   2 * args.anomaly_window))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,

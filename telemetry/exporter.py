@@ -37,6 +37,7 @@ class Metrics:
                           "frames_flooded": 0, "frames_not_flooded": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
+        self._metered: dict[str, int] = {}  # per switch: packet-ins its meter dropped so far
         self._loopbacks: dict[str, tuple[list[int], float]] = {}  # per switch: counts per bucket (+Inf last), sum s
         self._loop_counts: dict[tuple[str, str], int] = {}
         self._suspects: dict[Pair, float] = {}
@@ -78,6 +79,11 @@ class Metrics:
         """The last echo round trip between the controller and ``switch``, s."""
         with self._lock:
             self._control_rtt[switch] = seconds
+
+    def set_packet_ins_metered(self, switch: str, dropped: int) -> None:
+        """Frames ``switch``'s packet-in meter has dropped so far (its band's count; the switch's own)."""
+        with self._lock:
+            self._metered[switch] = dropped
 
     def observe_loopback(self, switch: str, seconds: float) -> None:
         """One loopback probe's time at ``switch`` (packet-out to packet-in: the control channel both ways
@@ -134,6 +140,7 @@ class Metrics:
             counters = dict(self._counters)
             gauges = dict(self._gauges)
             control_rtt = dict(self._control_rtt)
+            metered = dict(self._metered)
             loopbacks = {switch: (list(counts), total) for switch, (counts, total) in self._loopbacks.items()}
             loop_counts = dict(self._loop_counts)
             suspects = dict(self._suspects)
@@ -179,6 +186,12 @@ class Metrics:
         for switch, value in sorted(control_rtt.items()):
             rtt.add_metric([switch], value)
         yield rtt
+        dropped = CounterMetricFamily("ndt_packet_ins_metered", "Frames on their way to the controller (neighbour "
+                                      "discovery, route misses) that the switch's packet-in meter dropped "
+                                      "(--packet-in-rate)", labels=["switch"])
+        for switch, value in sorted(metered.items()):
+            dropped.add_metric([switch], value)
+        yield dropped
         loop = HistogramMetricFamily("ndt_probe_loopback_seconds", "Loopback probes' time at the switch: packet-out "
                                      "to packet-in, the control channel both ways and the switch's handling (every "
                                      "delay probe carries it)", labels=["switch"])
@@ -249,6 +262,8 @@ _GAUGE_HELP = {
     "anomaly_paths": "Paths whose probe delay stays outside the twin's band (anomaly detection's last window)",
     "anomaly_links": "Links whose carried load stays unlike the expected (anomaly detection's last window)",
     "anomaly_learning": "1 while anomaly detection gathers its reference windows (nothing judged yet)",
+    "probe_host_edge_seconds": ("Mean delay the network's own reports (gRPC ReportMeasured) add to the probes' on the same "
+                                "paths: the hosts' stacks and host ports, which in-band probes never cross"),
 }
 
 

@@ -72,12 +72,13 @@ class HostReporter:
     one-way delay per pair over the last window (packets sent in it, kernel timestamps) goes to
     the controller through gRPC ReportMeasured, with the window, as an operator's TWAMP or ping
     mesh would report; what a perfect model would score against each report (its sampling noise)
-    is kept beside it."""
+    is kept beside it. ``pairs``: only these (src, dst) report (all, when None)."""
 
     def __init__(self, client: ControllerClient, traffic: NetworkState, workdir: Path, start: float, log=print,
-                 report_s: float = REPORT_S):
+                 report_s: float = REPORT_S, pairs: set | None = None):
         self.client, self.traffic, self.workdir = client, traffic, workdir
         self.report_s = report_s
+        self.pairs = pairs
         self.window_start = start + WARMUP_S
         self.log = log
         self.reports: list[dict] = []
@@ -114,6 +115,8 @@ class HostReporter:
             delay = packets[:, 3] - packets[:, 2]
             if len(packets) >= MIN_REPORT_PACKETS and i < len(self.traffic.flows) and delay.mean() > 0:
                 flow = self.traffic.flows[i]
+                if self.pairs is not None and (flow.src, flow.dst) not in self.pairs:
+                    continue
                 delays[(flow.src, flow.dst)] = float(delay.mean())
                 noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
         if delays:

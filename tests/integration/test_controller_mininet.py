@@ -54,7 +54,7 @@ class Emulation:
     """A Mininet network of userspace OVS switches, its state/wiring files, and ``ndt controller``."""
 
     def __init__(self, tmp: Path, n: int, edges: list[tuple[int, int]], poll_interval: float = 0.5,
-                 discover: bool = False, ecmp: bool = False):
+                 discover: bool = False, ecmp: bool = False, controller_args: tuple[str, ...] = ()):
         from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
         from mininet.topo import Topo
@@ -93,7 +93,7 @@ class Emulation:
         self.command = [sys.executable, "-m", "ndt.cli", "controller", "--state", str(self.state_path), *topology,
                         "--ofp-port", str(self.ofp_port), "--metrics-port", str(self.metrics_port),
                         "--store", str(self.store_path), "--poll-interval", str(poll_interval),
-                        "--grpc", f"127.0.0.1:{self.grpc_port}"]
+                        "--grpc", f"127.0.0.1:{self.grpc_port}", *controller_args]
         self.start_controller()
         self.net.start()
         for host in self.net.hosts:
@@ -430,6 +430,48 @@ def test_reconnecting_switch_gets_its_rules_back(square):
     before = square.tx_bytes("s1", "s2")
     assert square.ping(1, 3, 20) == (20, 20)
     assert square.tx_bytes("s1", "s2") - before >= 20 * 98, "s1 routes through s2 again"
+
+
+FLOOD_FRAMES = 3000
+
+
+def host_port_rx_packets(switch: str) -> int:
+    """Frames the switch has received on port 1, its host's, read from the switch."""
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", switch, "1"], capture_output=True, text=True,
+                         check=True).stdout
+    return int(re.search(r"rx pkts=(\d+)", out).group(1))
+
+
+def test_a_flooding_host_is_held_back_by_its_switchs_packet_in_meter(tmp_path):
+    bed = Emulation(tmp_path, 2, [(1, 2)], controller_args=("--packet-in-rate", "50"))
+    try:
+        wait_for(lambda: "s1: packet-in meter at 50 frames/s" in bed.log_text(), 10, "s1's packet-in meter")
+        meters = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", "s1"], capture_output=True, text=True,
+                                check=True).stdout
+        assert re.search(r"meter=1 pktps burst stats bands=\s*type=drop rate=50 burst_size=50", meters), meters
+        miss = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "s1", "table=1,priority=0"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "meter:1" in miss and "CONTROLLER" in miss, miss
+        assert bed.ping(1, 2, 3, 0.05)[1] == 3  # hosts' first frames still pass
+        flood = ("import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('h1-eth0', 0)); "
+                 "frame = bytes.fromhex('ffffffffffff' '000000000001' '88b5') + bytes(46); "
+                 f"[(s.send(frame), k % 100 or time.sleep(0.02)) for k in range({FLOOD_FRAMES})]")
+        received_before = host_port_rx_packets("s1")
+        bed.net.get("h1").cmd(f"python3 -c \"{flood}\"")
+        flooded = host_port_rx_packets("s1") - received_before  # what the switch took in (a few pings' too)
+        assert flooded >= FLOOD_FRAMES / 2, flooded
+        wait_for(lambda: (bed.metric("ndt_packet_ins_metered_total", switch="s1") or 0) >= flooded / 2, 10,
+                 "the meter's drops in the statistics")
+        time.sleep(1.0)
+        reached = (bed.metric("ndt_frames_flooded_total") or 0) + (bed.metric("ndt_frames_not_flooded_total") or 0)
+        dropped = bed.metric("ndt_packet_ins_metered_total", switch="s1")
+        assert reached < 0.2 * flooded and reached + dropped >= 0.9 * flooded, (flooded, reached, dropped)
+        assert bed.ping(1, 2, 3, 0.05)[1] == 3
+    finally:
+        bed.stop()
+        from mininet.clean import cleanup
+
+        cleanup()
 
 
 def test_lldp_discovery_finds_the_wiring(tmp_path):

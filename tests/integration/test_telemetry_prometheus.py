@@ -6,6 +6,7 @@ vanished exporter or series are checked by Prometheus's own rule engine (``promt
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -76,6 +77,7 @@ def fed_exporter():
             metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
             metrics.observe_loopback("s1", 0.0008 + 0.0001 * (tick % 5))
             metrics.inc("frames_not_flooded")
+            metrics.set_packet_ins_metered("s1", 40 * tick)
             stop.wait(0.25)
 
     thread = threading.Thread(target=feed, daemon=True)
@@ -137,8 +139,9 @@ def alert_test(series: dict[str, str], eval_time: str, alert: str, expected: lis
     return {"interval": "15s",
             "input_series": [{"series": name, "values": values} for name, values in series.items()],
             "alert_rule_test": [{"eval_time": eval_time, "alertname": alert,
-                                 "exp_alerts": [{"exp_labels": labels, "exp_annotations": {"summary": summary}}
-                                                for labels in expected]}]}
+                                 "exp_alerts": [{"exp_labels": labels, "exp_annotations": {
+                                     "summary": re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)],
+                                                       summary)}} for labels in expected]}]}
 
 
 def run_alert_tests(tmp_path, tests: list[dict]) -> None:
@@ -199,6 +202,19 @@ def test_the_flood_alert_fires_on_frames_dropped_for_five_minutes_only(tmp_path)
                         [{"job": "ndt", "instance": "c:9108", "severity": "info"}]),
              alert_test({dropped: "0+10x4 40x60"}, "12m", "NdtFloodBudgetSpent", []),
              alert_test({dropped: "0x60"}, "12m", "NdtFloodBudgetSpent", [])]
+    run_alert_tests(tmp_path, tests)
+
+
+def test_the_meter_alert_fires_per_switch_on_frames_dropped_for_five_minutes_only(tmp_path):
+    """A switch whose packet-in meter drops frames for over 5 minutes fires NdtPacketInsMetered for
+    that switch; one that stopped dropping, or never did, fires nothing."""
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool not found: run scripts/install-system-deps.sh")
+    flooded = 'ndt_packet_ins_metered_total{job="ndt", instance="c:9108", switch="s1"}'
+    quiet = 'ndt_packet_ins_metered_total{job="ndt", instance="c:9108", switch="s2"}'
+    tests = [alert_test({flooded: "0+500x60", quiet: "7x60"}, "12m", "NdtPacketInsMetered",
+                        [{"job": "ndt", "instance": "c:9108", "switch": "s1", "severity": "warning"}]),
+             alert_test({flooded: "0+500x4 2000x60"}, "12m", "NdtPacketInsMetered", [])]
     run_alert_tests(tmp_path, tests)
 
 

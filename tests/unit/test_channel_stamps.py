@@ -14,7 +14,8 @@ from os_ken.lib.packet import ethernet, ipv4, packet, udp
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller.channel_stamps import ECHO, PROBE, SO_TIMESTAMPNS, StampedConnection, kernel_stamp
-from controller.probes import PathDelays, probe_payload
+from controller.probes import PathDelays, ProbeSample, probe_payload
+from controller.reported_delays import ReportedDelays
 from telemetry.exporter import Metrics
 from tests.unit.test_controller_api import self_signed
 
@@ -117,9 +118,12 @@ class ProbeApp(SimpleNamespace):
 
         metrics = Metrics()
         super().__init__(wiring=SimpleNamespace(names={1: "s1", 2: "s2"}), path_delays=PathDelays(), metrics=metrics,
-                         _probes_pending={}, _probes_left={}, _echo_sent={}, _echo_left={}, rtts=[])
+                         _probes_pending={}, _probes_left={}, _echo_sent={}, _echo_left={}, rtts=[],
+                         reported_delays=ReportedDelays(), _reports_compared=0, _datapaths={}, stored=[],
+                         store=SimpleNamespace(add_path_delays=lambda ts, kind, delays: self.stored.append((kind, delays))),
+                         _store=lambda write, *args: write(*args))
         metrics.set_control_rtt = lambda switch, seconds: self.rtts.append((switch, seconds))
-        for name in ("_message_left", "_on_probe", "_on_echo_reply"):
+        for name in ("_message_left", "_on_probe", "_on_echo_reply", "_report_probes"):
             setattr(self, name, (lambda method: lambda *a: method(self, *a))(getattr(NdtController, name)))
 
 
@@ -141,6 +145,25 @@ def test_a_probes_time_runs_from_when_it_left_not_from_when_it_was_queued():
     assert app._on_probe(SimpleNamespace(id=2), returned_probe(8), 10.006)  # never stamped: from its queuing
     assert [(s.sent, s.received) for s in app.path_delays.samples(0, 20)] == [(10.004, 10.005), (10.0, 10.006)]
     assert app._probes_left == {} and app._probes_pending == {}
+
+
+def test_each_report_is_set_beside_the_probes_of_its_window_once_and_the_edge_reaches_the_store():
+    app, now = ProbeApp(), time.monotonic()
+    wall_ahead = time.time() - now
+    for k in range(40):  # s1 → s2 reads 2 ms after the loopbacks, the three pairs alike
+        t = now - 9.0 + 0.2 * k
+        for pair in (("s1", "s1"), ("s2", "s2"), ("s3", "s3")):
+            app.path_delays.add(ProbeSample(*pair, t, t + 0.001))
+        for pair in (("s1", "s2"), ("s2", "s3"), ("s3", "s1")):
+            app.path_delays.add(ProbeSample(*pair, t, t + 0.003))
+    window = (now - 9.5 + wall_ahead, now + wall_ahead)
+    app.reported_delays.add(*window, {("s1", "s2"): 0.0025, ("s2", "s3"): 0.0025, ("s3", "s1"): 0.0025})
+    app._report_probes()
+    assert app.path_delays.host_edge.pairs == 3 and app._reports_compared == 1
+    assert app.metrics._gauges["probe_host_edge_seconds"] == pytest.approx(0.0005)
+    assert app.stored[-1][0] == "probe" and app.stored[-1][1][("s1", "s2")] == pytest.approx(0.0025)
+    app._report_probes()  # nothing new: the fit is not fed the same report twice
+    assert len(app.path_delays._host_edge_rows) == 3
 
 
 def test_an_echo_round_trip_runs_from_when_the_request_left():

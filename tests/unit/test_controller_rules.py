@@ -23,6 +23,7 @@ from controller.routing_rules import (
     Host,
     RuleError,
     Wiring,
+    PACKET_IN_METER,
     base_rules,
     counter_rules,
     plan_update,
@@ -229,6 +230,10 @@ def test_base_and_counter_rules():
                              (("eth_type", 0x86DD), ("icmpv6_type", 135), ("ip_proto", 58)),
                              (("eth_type", 0x86DD), ("icmpv6_type", 136), ("ip_proto", 58))}
     assert ARP_PRIORITY > COUNTER_PRIORITY  # ARP between two known hosts still reaches the controller
+    metered = {rule.key: rule.actions for rule in base_rules(7, metered=True)}
+    for rule in base_rules(7):  # the same rules, those to the controller through the meter first
+        assert metered[rule.key] == ((("meter", PACKET_IN_METER),) + rule.actions if rule.actions == (("controller",),)
+                                     else rule.actions)
     counters = counter_rules(hosts, wiring)
     assert len(counters) == 6 and all(r.priority == COUNTER_PRIORITY for r in counters)
     assert {(dict(r.match)["eth_src"], dict(r.match)["eth_dst"]) for r in counters} == \

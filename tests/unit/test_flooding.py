@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from controller.flooding import FLOOD_BURST_S, FloodLimiter, is_group_mac, may_flood
+from controller.flooding import FLOOD_BURST_S, FloodLimiter, MeterPlan, is_group_mac, may_flood, packet_in_meter
 from controller.routing_rules import Host
 from tests.unit.test_hosts import A, B, FakeApp
 
@@ -122,3 +122,31 @@ def test_a_frame_from_a_group_mac_is_neither_learned_nor_carried():
     packet_in(1, 1, bytes(forged.data))
     packet_in(1, 1, frame(broadcast, src_mac="01:00:5e:00:00:01"))
     assert app._hosts.by_mac(broadcast) is None and app.edge_rules == [] and app.sent == []
+
+
+def test_a_switch_gets_a_packet_in_meter_only_where_its_meters_can_drop_packets_per_second():
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+
+    drop, pktps, burst = 1 << ofp.OFPMBT_DROP, ofp.OFPMF_PKTPS, ofp.OFPMF_BURST
+    assert packet_in_meter(250.4, 262144, drop, pktps | burst | ofp.OFPMF_KBPS, 1) == \
+        MeterPlan(ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, 250, 250)  # Open vSwitch's features
+    assert packet_in_meter(0.2, 8, drop, pktps, 1) == MeterPlan(ofp.OFPMF_PKTPS, 1, 0)  # no burst size to give
+    assert "no OpenFlow meters" in packet_in_meter(100, 0, 0, 0, 1)
+    assert "cannot drop by packets" in packet_in_meter(100, 8, drop, ofp.OFPMF_KBPS, 1)
+    assert "cannot drop by packets" in packet_in_meter(100, 8, 1 << ofp.OFPMBT_DSCP_REMARK, pktps, 1)
+    assert "is 0" in packet_in_meter(0, 8, drop, pktps, 1)
+
+
+def test_a_metered_rule_goes_out_with_the_meter_before_its_actions():
+    from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+    from controller.app import NdtController
+    from controller.routing_rules import PACKET_IN_METER, FlowOp, base_rules
+
+    dp = SimpleNamespace(id=7, ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser)
+    for rule in base_rules(7, metered=True):
+        kinds = [type(i).__name__ for i in NdtController._flow_mod(dp, FlowOp("add", 7, rule)).instructions]
+        assert kinds == (["OFPInstructionMeter", "OFPInstructionActions"] if rule.actions[0][0] == "meter"
+                         else ["OFPInstructionGotoTable"])
+    metered = next(rule for rule in base_rules(7, metered=True) if rule.actions[0][0] == "meter")
+    assert NdtController._flow_mod(dp, FlowOp("add", 7, metered)).instructions[0].meter_id == PACKET_IN_METER

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from controller.probes import (
+    HOST_EDGE_MIN_PAIRS,
     LOOPBACK_SHARE,
     MAX_POOLED_LINKS,
     PathDelays,
@@ -21,6 +22,7 @@ from controller.probes import (
     probe_id,
     probe_ids_in,
     probe_payload,
+    fit_host_edge,
     rate_needed,
     sampling_mape,
 )
@@ -220,6 +222,56 @@ def test_path_delays_pool_only_windows_under_the_current_routes():
     record.set_routes({**LINE_ROUTES, ("a", "d"): ("ab", "bd")}, since=1.0)  # a route moved
     assert record.stats(0.5, 100.0) == record.stats(0.5, 100.0, pooled=False)
     assert record.delays(0.5, 100.0) == {pair: stat.mean for pair, stat in record.stats(0.5, 100.0).items()}
+
+
+def test_the_host_edge_fit_recovers_a_common_term_and_each_switchs_own():
+    rng = np.random.default_rng(11)
+    switches = [f"s{i}" for i in range(8)]
+    sending = dict(zip(switches, rng.uniform(-2e-4, 2e-4, 8)))
+    receiving = dict(zip(switches, rng.uniform(-2e-4, 2e-4, 8)))
+    differences = {(a, b): (4e-4 + sending[a] + receiving[b] + rng.normal(0, 2e-5), 50.0)
+                   for a in switches for b in switches if a != b}
+    fit = fit_host_edge(differences)
+    truth = {pair: 4e-4 + sending[pair[0]] + receiving[pair[1]] for pair in differences}
+    errors = [fit.offset(pair) - truth[pair] for pair in differences]
+    common_only = [fit.mean - truth[pair] for pair in differences]
+    # each pair's own edge, not only the common one (the pull to the common term costs a little)
+    assert np.sqrt(np.mean(np.square(errors))) < 0.4 * np.sqrt(np.mean(np.square(common_only)))
+    assert fit.pairs == 56 and fit.mean == pytest.approx(np.mean([d for d, _ in differences.values()]), abs=2e-5)
+    assert fit.offset(("s0", "elsewhere")) == pytest.approx(fit.common + fit.sending["s0"])  # unknown: no own term
+
+
+def test_the_host_edge_needs_pairs_and_keeps_a_lone_switch_near_the_common_term():
+    assert fit_host_edge({("a", "b"): (1e-3, 5.0)}) is None
+    assert HOST_EDGE_MIN_PAIRS > 1
+    differences = {(a, b): (5e-4, 10.0) for a in "abcd" for b in "abcd" if a != b}
+    differences[("e", "a")] = (5e-3, 10.0)  # one pair from e, far off: most of it stays e's pair's own
+    fit = fit_host_edge(differences)
+    assert fit.offset(("b", "c")) == pytest.approx(5e-4, abs=1e-4)
+    assert 5e-4 < fit.offset(("e", "a")) < 5e-3 and fit.offset(("e", "b")) < 5e-3
+
+
+def test_reports_beside_the_probes_add_the_hosts_edge_to_every_path():
+    rng = np.random.default_rng(12)
+    record, t, edge = PathDelays(), 0.0, 3e-4
+    for _ in range(60):
+        for pair, route in LINE_ROUTES.items():
+            t += 0.01
+            for end in pair:
+                record.add(ProbeSample(end, end, t, t + 0.001))
+            delay = sum(LINE_DELAYS[link] for link in route) + rng.normal(0, 2e-4)
+            record.add(ProbeSample(*pair, t, t + 0.001 + delay))
+    raw = record.delays(0.0, 100.0)
+    assert record.host_edge is None
+    reported = {pair: sum(LINE_DELAYS[link] for link in LINE_ROUTES[pair]) + edge
+                for pair in [("a", "b"), ("b", "c"), ("a", "c"), ("b", "d")]}  # ("c", "d"), ("a", "d") not reported
+    assert record.compare_report(0.0, 100.0, reported) == 4
+    assert record.host_edge.pairs == 4 and record.host_edge.mean == pytest.approx(edge, abs=1e-4)
+    got = record.delays(0.0, 100.0)
+    for pair in [("c", "d"), ("a", "d")]:
+        truth = sum(LINE_DELAYS[link] for link in LINE_ROUTES[pair]) + edge
+        assert abs(got[pair] - truth) < abs(raw[pair] - truth) and abs(got[pair] - truth) < 1.5e-4
+    assert {p: s.mean for p, s in record.stats(0.0, 100.0, host_edge=False).items()} == raw
 
 
 def test_online_calibration_recovers_the_networks_correction():

@@ -25,3 +25,17 @@ def test_old_reports_are_dropped_and_a_backwards_window_is_refused():
     assert reported.delays(-1.0, 200.0) == {("a", "b"): 0.02}
     with pytest.raises(ValueError, match="must end after it starts"):
         reported.add(5.0, 5.0, {("a", "b"): 0.01})
+
+
+def test_since_hands_each_kept_report_over_once_in_order():
+    reported = ReportedDelays(keep_s=60.0)
+    assert reported.since(0) == ([], 0)
+    reported.add(0.0, 10.0, {("a", "b"): 0.01})
+    reported.add(10.0, 20.0, {("a", "b"): 0.02})
+    first, cursor = reported.since(0)
+    assert [r.end for r in first] == [10.0, 20.0] and cursor == 2
+    assert reported.since(cursor) == ([], 2)
+    reported.add(200.0, 210.0, {("a", "b"): 0.03})  # the first two are dropped as it comes
+    new, cursor = reported.since(cursor)
+    assert [r.end for r in new] == [210.0] and cursor == 3
+    assert [r.end for r in reported.since(0)[0]] == [210.0]  # a stale cursor gets what is still kept

@@ -135,6 +135,15 @@ def test_the_probe_experiment_reads_loopback_quantiles_as_prometheus_would(expor
     assert histogram_quantile(0.5, {}) is None
 
 
+def test_the_probe_experiment_reads_the_host_edge_as_prometheus_serves_it(exporter):
+    from experiments.probe_accuracy import host_edge_gauge, scrape
+
+    exp, url = exporter
+    assert host_edge_gauge(scrape(url)) is None  # no report yet: no fit, no gauge
+    exp.metrics.set_gauge("probe_host_edge_seconds", 0.00042)
+    assert host_edge_gauge(scrape(url)) == pytest.approx(0.00042)
+
+
 def test_unknown_names_are_rejected():
     m = Metrics()
     with pytest.raises(ValueError, match="unknown counter 'bogus'"):
