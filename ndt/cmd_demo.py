@@ -132,7 +132,8 @@ def print_summary(report: dict) -> None:
           f"MAPE {_ratio(twin['mape'])} over {twin['pair_windows']} pair-windows of >= {twin['min_packets']} packets "
           f"in {twin['windows']} windows after its online fit on the hosts' reports (a perfect model: "
           f"{_ratio(twin['noise_mape'])}); probes vs hosts MAPE {report['probe_vs_host_mape']:.3f} over "
-          f"{report['probe_vs_host_paths']} paths")
+          f"{report['probe_vs_host_paths']} paths ({_ratio(report['probe_vs_host_unreported_mape'])} over the "
+          f"{report['probe_vs_host_unreported_paths']} the hosts never reported)")
     reroute = report["reroute_s"]
     print(f"link {'-'.join(report['failed_link'])} failed: rerouted on the current weights in "
           f"{'n/a' if reroute is None else f'{reroute:.2f} s'}")

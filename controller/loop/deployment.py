@@ -82,6 +82,7 @@ class HostReporter:
         self.window_start = start + WARMUP_S
         self.log = log
         self.reports: list[dict] = []
+        self.reported_pairs: set = set()
         self._rows = np.zeros((0, 4))
         self._seen: set = set()
         self._stop = threading.Event()
@@ -121,6 +122,7 @@ class HostReporter:
                 noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
         if delays:
             self.client.report_measured(delays, "ndt demo hosts", (start, end))
+            self.reported_pairs |= set(delays)
             self.reports.append({"start": start, "end": end, "pairs": len(delays),
                                  "noise_mape": float(np.mean(noise))})
 
@@ -201,7 +203,7 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
         if prometheus:
             prom = stack.enter_context(PrometheusServer(out_dir / "prometheus", free_port(),
                                                         f"127.0.0.1:{net.metrics_port}"))
-        phases, reroute_s, host_reports = [], None, []
+        phases, reroute_s, host_reports, reported_pairs = [], None, [], set()
         for k, (name, traffic) in enumerate((("steady", state), ("traffic shift", shifted),
                                              ("link failure", shifted))):
             log(f"phase {k + 1}: {name}, {plan.phase_s:.0f} s of traffic")
@@ -215,6 +217,7 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
                               phase_start + START_LEAD_S, log, min(REPORT_S, plan.window_s / 4)) as reporter:
                 play(net, traffic, plan.phase_s, WARMUP_S, plan.seed + k, net.workdir / f"phase-{k + 1}", LIVE_S)
             host_reports += reporter.reports
+            reported_pairs |= reporter.reported_pairs
             if name == "link failure":
                 thread.join(30)
                 reroute_s = failed.get("reroute_s")
@@ -229,7 +232,8 @@ def run_deployment(state: NetworkState, plan: DemoPlan, shifted: NetworkState, f
         predicted = store.path_delays("predicted", started, time.time() + 1)
         decisions = [c.payload for c in store.configs(started, time.time() + 1, kind=DECISION_KIND)]
         store.close()
-        report = build_report(state, phases, decisions, probes, reroute_s, failure, status, host_reports, predicted)
+        report = build_report(state, phases, decisions, probes, reroute_s, failure, status, host_reports, predicted,
+                              reported_pairs)
         report.update(metrics_url=net.metrics_url, store=str(net.store_path), controller_log=str(net.log_path))
         if prom is not None:
             report["prometheus"] = prometheus_summary(prom, out_dir / "prometheus")
@@ -298,9 +302,11 @@ def twin_vs_hosts(scores: list[dict], predicted, phases: list[Phase], min_packet
 
 
 def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict], probes, reroute_s, failure,
-                 status, host_reports: list[dict], predicted) -> dict:
+                 status, host_reports: list[dict], predicted, reported_pairs: set = frozenset()) -> dict:
     """The demo's figures from what was played, what the hosts received and reported, and what the
-    loop decided and predicted (:func:`twin_vs_hosts` for ``twin_vs_emulation_mape``)."""
+    loop decided and predicted (:func:`twin_vs_hosts` for ``twin_vs_emulation_mape``). The probes
+    carry the hosts' edge fitted from the reports (:func:`controller.probes.fit_host_edge`), so
+    ``probe_vs_host_unreported_mape`` scores them apart on the pairs outside ``reported_pairs``."""
     steady = phases[0]
     first = next((d for d in decisions if d["action"] in ("push", "rollback", "keep", "propose")
                   and d["ts"] < steady.end), None)
@@ -320,8 +326,11 @@ def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict]
     host_after = {(f.src, f.dst): d for f, d in zip(state.flows, after) if np.isfinite(d)}
     probe_after = _probe_means(probes, settled + 10.0, steady.end)
     pairs = sorted(set(host_after) & set(probe_after))
-    probe_vs_host = mape(np.array([probe_after[p] for p in pairs]), np.array([host_after[p] for p in pairs])) \
-        if pairs else float("nan")
+    unreported = [p for p in pairs if p not in reported_pairs]
+
+    def probe_vs_host(among: list) -> float:
+        return mape(np.array([probe_after[p] for p in among]), np.array([host_after[p] for p in among])) \
+            if among else float("nan")
     scores = [{"ts": w.ts, "start": w.start, "mape": w.mape, "measured_by": w.measured_by, "pairs": w.pairs,
                "calibrated_online": w.calibrated_online} for w in status.scores]
     against_hosts = twin_vs_hosts(scores, predicted, phases)
@@ -341,7 +350,8 @@ def build_report(state: NetworkState, phases: list[Phase], decisions: list[dict]
         "probe_noise_mape": by_probes[-1].get("probe_noise_mape") if by_probes else None,
         "twin_calibrated_online": bool(against_hosts["windows"]) or status.calibrated_online,
         "twin_scores": scores,
-        "probe_vs_host_mape": probe_vs_host, "probe_vs_host_paths": len(pairs),
+        "probe_vs_host_mape": probe_vs_host(pairs), "probe_vs_host_paths": len(pairs),
+        "probe_vs_host_unreported_mape": probe_vs_host(unreported), "probe_vs_host_unreported_paths": len(unreported),
         "loop_s": pushed[0]["loop_s"] if pushed else (first["loop_s"] if first else None),
         "reroute_s": reroute_s, "failed_link": list(failure),
         "iterations": [{k: d.get(k) for k in ("trigger", "action", "reason", "measured_s", "predicted_current_s",
