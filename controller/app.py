@@ -185,7 +185,7 @@ class NdtController(app_manager.OSKenApp):
         self.reported_delays = ReportedDelays(ndt_config.probe_history_s)
         self._reports_compared = 0  # cursor into reported_delays: the reports already set beside the probes
         self._flood_limiter = FloodLimiter(ndt_config.flood_rate)  # used by the packet-in handler only
-        self._metered: set[int] = set()  # the switches whose base rules pass the packet-in meter
+        self._metered_switches: set[int] = set()  # the switches whose base rules pass the packet-in meter
         self._probes_pending: dict[int, tuple[str, str, float]] = {}  # id → source, destination, queued (monotonic s)
         self._probes_left: dict[int, float] = {}  # id → when its bytes went to the kernel (monotonic s)
         self._probe_count = 0
@@ -300,7 +300,7 @@ class NdtController(app_manager.OSKenApp):
             dp.send_msg(self._flow_mod(dp, FlowOp("delete_group", dpid, group=group)))
         for rule in base_rules(dpid):
             dp.send_msg(self._flow_mod(dp, FlowOp("add", dpid, rule)))
-        self._metered.discard(dpid)
+        self._metered_switches.discard(dpid)
         if self.config.packet_in_rate > 0:
             dp.send_msg(parser.OFPMeterFeaturesStatsRequest(dp, 0))
 
@@ -321,9 +321,10 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(parser.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, meter_id=PACKET_IN_METER))
         dp.send_msg(parser.OFPMeterMod(dp, command=ofp.OFPMC_ADD, flags=plan.flags, meter_id=PACKET_IN_METER,
                                        bands=[parser.OFPMeterBandDrop(rate=plan.rate, burst_size=plan.burst)]))
+        dp.send_msg(parser.OFPBarrierRequest(dp))  # the meter is in place before a rule names it
         for rule in base_rules(dp.id, metered=True):
             dp.send_msg(self._flow_mod(dp, FlowOp("add", dp.id, rule)))
-        self._metered.add(dp.id)
+        self._metered_switches.add(dp.id)
         LOG.info("switch %s: packet-in meter at %d frames/s", name, plan.rate)
 
     @set_ev_cls(ofp_event.EventOFPMeterStatsReply, MAIN_DISPATCHER)
@@ -331,7 +332,7 @@ class NdtController(app_manager.OSKenApp):
         name = self.wiring.names.get(ev.msg.datapath.id)
         for stat in ev.msg.body:
             if stat.meter_id == PACKET_IN_METER and stat.band_stats and name is not None:
-                self.metrics.set_packet_ins_metered(name, stat.band_stats[0].packet_band_count)
+                self.metrics.set_packet_in_meter_drops(name, stat.band_stats[0].packet_band_count)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _on_state_change(self, ev):
@@ -361,7 +362,7 @@ class NdtController(app_manager.OSKenApp):
             self._traffic_rates.forget(lambda key: key[0] == dp.id)
             self._offered.forget(dp.id)
             self._route_stats_read.pop(dp.id, None)
-            self._metered.discard(dp.id)
+            self._metered_switches.discard(dp.id)
             self._route_stats_xids = {key for key in self._route_stats_xids if key[0] != dp.id}
             LOG.warning("switch %s (dpid %016x) disconnected", name, dp.id)
             self.request_reroute(f"switch {name} disconnected")
@@ -541,6 +542,14 @@ class NdtController(app_manager.OSKenApp):
         msg = ev.msg
         LOG.error("switch %s rejected a message: type %d code %d", self.wiring.names.get(msg.datapath.id),
                   msg.type, msg.code)
+        ofp = msg.datapath.ofproto
+        if (msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code != ofp.OFPMMFC_UNKNOWN_METER  # that is the delete's
+                and msg.datapath.id in self._metered_switches):
+            self._metered_switches.discard(msg.datapath.id)  # its rules name a meter it refused: back to none
+            for rule in base_rules(msg.datapath.id):
+                msg.datapath.send_msg(self._flow_mod(msg.datapath, FlowOp("add", msg.datapath.id, rule)))
+            LOG.warning("switch %s refused its packet-in meter: its rules go to the controller unmetered",
+                        self.wiring.names.get(msg.datapath.id))
 
     def _install_edge_rules(self, macs: list[Host], addresses: list[Host]) -> None:
         """The traffic-matrix counting rules between ``macs`` (one host per MAC) and the probe rules
@@ -798,8 +807,7 @@ class NdtController(app_manager.OSKenApp):
         now = time.monotonic()
         reports, self._reports_compared = self.reported_delays.since(self._reports_compared)
         wall_ahead = time.time() - now  # the reports' Unix windows on the probes' monotonic clock
-        for report in reports:
-            self.path_delays.compare_report(report.start - wall_ahead, report.end - wall_ahead, report.delays)
+        self.path_delays.compare_reports([(r.start - wall_ahead, r.end - wall_ahead, r.delays) for r in reports])
         if self.path_delays.host_edge is not None:
             self.metrics.set_gauge("probe_host_edge_seconds", self.path_delays.host_edge.mean)
         for number, (_, _, sent) in list(self._probes_pending.items()):
@@ -853,7 +861,7 @@ class NdtController(app_manager.OSKenApp):
                 dp.set_xid(routes)
                 self._route_stats_xids.add((dp.id, routes.xid))
                 dp.send_msg(routes)
-                if dp.id in self._metered:
+                if dp.id in self._metered_switches:
                     dp.send_msg(parser.OFPMeterStatsRequest(dp, 0, PACKET_IN_METER))
 
     def _poll_reply_done(self, msg) -> None:

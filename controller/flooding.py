@@ -18,7 +18,8 @@ FLOOD_BURST_S = 2.0  # a port's bucket holds this many seconds of its rate (a DH
 LINK_LOCAL_GROUPS = "01:80:c2:00:00:0"  # 01:80:c2:00:00:00-0f: STP, LACP, 802.1X, LLDP; no bridge forwards them
 
 
-OFPMBT_DROP, OFPMF_PKTPS, OFPMF_BURST = 1, 2, 4  # OpenFlow 1.3: a drop band; rates in packets/s; a burst size
+OFPMBT_DROP = 1  # OpenFlow 1.3: a drop band
+OFPMF_PKTPS, OFPMF_BURST, OFPMF_STATS = 2, 4, 8  # OpenFlow 1.3 meter flags: packets/s, a burst size, counters
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class MeterPlan:
 def packet_in_meter(rate_pps: float, max_meter: int, band_types: int, capabilities: int,
                     meter_id: int) -> MeterPlan | str:
     """The packet-in meter a switch gets at ``rate_pps`` (a burst of one second's frames where the
-    switch takes a burst size), from its meter features (OpenFlow 1.3 ``OFPMeterFeaturesStats``: the
-    highest meter id, the band types and the capabilities as bitmaps), or why it gets none."""
+    switch takes a burst size, and counters where it keeps them), from its meter features (OpenFlow
+    1.3 ``OFPMeterFeaturesStats``: the highest meter id, the band types and the capabilities as
+    bitmaps), or why it gets none."""
     if rate_pps <= 0:
         return "--packet-in-rate is 0"
     if max_meter < meter_id:
@@ -44,7 +46,7 @@ def packet_in_meter(rate_pps: float, max_meter: int, band_types: int, capabiliti
         return "its meters cannot drop by packets per second"
     rate = max(1, round(rate_pps))
     burst = capabilities & OFPMF_BURST
-    return MeterPlan(OFPMF_PKTPS | burst, rate, rate if burst else 0)
+    return MeterPlan(OFPMF_PKTPS | burst | (capabilities & OFPMF_STATS), rate, rate if burst else 0)
 
 
 def is_group_mac(mac: str) -> bool:

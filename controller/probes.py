@@ -21,10 +21,11 @@ link informs every path through it.
 No in-band probe crosses the hosts' own edge: the sender's and receiver's stacks and the first and
 last switch taking a host's packet from or to its port (a packet-out enters from the controller,
 a packet-in leaves towards it). Where the network's own agents report delays (gRPC
-``ReportMeasured``: hosts, a TWAMP or ping mesh), :meth:`PathDelays.compare_report` sets each report
+``ReportMeasured``: hosts, a TWAMP or ping mesh), :meth:`PathDelays.compare_reports` sets each report
 beside the probes over the same window and :func:`fit_host_edge` fits what the reports add: a common
 term and, per switch, a sending and a receiving term. Every path's probe delay then carries it,
-the paths no agent reports included.
+the paths no agent reports included. The closed loop's own comparisons (a push's before and after,
+anomaly detection's reference) take the probes without it, so a refit never moves them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n 
 HOST_EDGE_KEEP_S = 600.0  # reports ending this long before the newest still inform the edge, s
 HOST_EDGE_MIN_PAIRS = 3  # the edge is fitted once the reports and the probes share this many pairs
 HOST_EDGE_PRIOR_PAIRS = 3.0  # a switch's own edge term is pulled to the common one as hard as this many typical pairs
+HOST_EDGE_MAX_ROWS = 50_000  # (report, pair) differences kept at most, however many agents report
 
 Pair = tuple[str, str]
 
@@ -146,7 +148,7 @@ class PathDelays:
         self._samples: deque[ProbeSample] = deque()
         self._routes: dict[Pair, tuple] = {}
         self._routes_since = float("inf")
-        self._host_edge_rows: deque[tuple[float, Pair, float, int]] = deque()  # window end, pair, reported − probe (s), probes
+        self._host_edge_rows: deque[tuple[float, Pair, float, int]] = deque(maxlen=HOST_EDGE_MAX_ROWS)  # window end, pair, reported − probe (s), probes
         self.host_edge: HostEdge | None = None
         self.sent = 0
         self.lost = 0
@@ -189,18 +191,26 @@ class PathDelays:
                    for pair, stat in out.items()}
         return out
 
-    def compare_report(self, start: float, end: float, reported: dict[Pair, float]) -> int:
-        """Set a report of the network's own measurements — per pair its mean delay (s) over [start,
-        end) (monotonic s) — beside the probes' delays over the same window, without the edge, and
-        refit :attr:`host_edge` (:func:`fit_host_edge`) to the differences of the reports ending within
-        :data:`HOST_EDGE_KEEP_S` of the newest. Returns how many pairs both measured."""
-        stats = self.stats(start, end, min_samples=1, host_edge=False)
-        rows = [(end, pair, delay - stats[pair].mean, stats[pair].samples) for pair, delay in reported.items()
-                if pair in stats and np.isfinite(delay) and delay > 0]
+    def compare_reports(self, reports: list[tuple[float, float, dict[Pair, float]]]) -> int:
+        """Set reports of the network's own measurements — each a window [start, end) (monotonic s)
+        and per pair its mean delay (s) over it — beside the probes' delays over the same windows,
+        without the edge, and refit :attr:`host_edge` (:func:`fit_host_edge`) once, to the
+        differences of the reports ending within :data:`HOST_EDGE_KEEP_S` of the newest (at most
+        :data:`HOST_EDGE_MAX_ROWS`). With no report for a while, the last fit stays: the edge is the
+        hosts' and their ports', not the moment's. Returns how many (report, pair) differences came in."""
+        rows, by_window = [], {}
+        for start, end, reported in reports:
+            if (start, end) not in by_window:
+                by_window[(start, end)] = self.stats(start, end, min_samples=1, host_edge=False)
+            stats = by_window[(start, end)]
+            rows += [(end, pair, delay - stats[pair].mean, stats[pair].samples) for pair, delay in reported.items()
+                     if pair in stats and np.isfinite(delay) and delay > 0]
+        if not rows:
+            return 0
         with self._lock:
             self._host_edge_rows.extend(rows)
-            newest = max(row[0] for row in self._host_edge_rows) if self._host_edge_rows else end
-            while self._host_edge_rows and self._host_edge_rows[0][0] < newest - HOST_EDGE_KEEP_S:
+            newest = max(row[0] for row in self._host_edge_rows)
+            while self._host_edge_rows[0][0] < newest - HOST_EDGE_KEEP_S:
                 self._host_edge_rows.popleft()
             sums: dict[Pair, list[float]] = {}
             for _, pair, difference, probes in self._host_edge_rows:
@@ -212,10 +222,11 @@ class PathDelays:
             self.host_edge = fit
         return len(rows)
 
-    def delays(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> dict[Pair, float]:
+    def delays(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES,
+               host_edge: bool = True) -> dict[Pair, float]:
         """Per path (src ≠ dst) the mean one-way delay of the probes received in [start, end), s
-        (pooled as :meth:`stats`)."""
-        return {pair: stat.mean for pair, stat in self.stats(start, end, min_samples).items()}
+        (pooled, and with the hosts' edge, as :meth:`stats`)."""
+        return {pair: stat.mean for pair, stat in self.stats(start, end, min_samples, host_edge=host_edge).items()}
 
     def noise(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES) -> float:
         """:func:`sampling_mape` of :meth:`stats` over [start, end)."""
@@ -240,28 +251,31 @@ class HostEdge:
 
 def fit_host_edge(differences: dict[Pair, tuple[float, float]], prior_pairs: float = HOST_EDGE_PRIOR_PAIRS) -> HostEdge | None:
     """The edge the reports add to the probes, from per pair (reported − probe delay (s), weight):
-    ``difference(a, b) ≈ common + sending[a] + receiving[b]``, weighted least squares with the
-    per-switch terms pulled to zero as hard as ``prior_pairs`` pairs of the median weight (a switch
-    that few pairs inform keeps near the common term). None under :data:`HOST_EDGE_MIN_PAIRS` pairs."""
+    ``difference(a, b) ≈ common + sending[a] + receiving[b]``. ``common`` is the differences'
+    weighted median (one far-off pair does not move it, and a switch no report informs gets it);
+    the per-switch terms are the weighted least-squares fit to what is left, each pulled to zero
+    as hard as ``prior_pairs`` pairs of the median weight (a switch that few pairs inform keeps
+    near the common term). None under :data:`HOST_EDGE_MIN_PAIRS` pairs."""
     pairs = sorted(pair for pair, (difference, weight) in differences.items() if np.isfinite(difference) and weight > 0)
     if len(pairs) < HOST_EDGE_MIN_PAIRS:
         return None
-    senders = sorted({a for a, _ in pairs})
-    receivers = sorted({b for _, b in pairs})
-    column = {("s", a): 1 + j for j, a in enumerate(senders)}
-    column.update({("r", b): 1 + len(senders) + j for j, b in enumerate(receivers)})
-    design = np.zeros((len(pairs), 1 + len(senders) + len(receivers)))
-    design[:, 0] = 1.0
-    for i, (a, b) in enumerate(pairs):
-        design[i, column[("s", a)]] = design[i, column[("r", b)]] = 1.0
     values = np.array([differences[pair][0] for pair in pairs])
     weights = np.array([differences[pair][1] for pair in pairs], dtype=float)
-    penalty = np.full(design.shape[1], prior_pairs * float(np.median(weights)))
-    penalty[0] = 0.0
-    normal = design.T @ (weights[:, None] * design) + np.diag(penalty)
-    theta = np.linalg.solve(normal, design.T @ (weights * values))
-    return HostEdge(float(theta[0]), {a: float(theta[column[("s", a)]]) for a in senders},
-                   {b: float(theta[column[("r", b)]]) for b in receivers}, len(pairs), float(np.mean(design @ theta)))
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    common = float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+    senders = sorted({a for a, _ in pairs})
+    receivers = sorted({b for _, b in pairs})
+    column = {("s", a): j for j, a in enumerate(senders)}
+    column.update({("r", b): len(senders) + j for j, b in enumerate(receivers)})
+    design = np.zeros((len(pairs), len(senders) + len(receivers)))
+    for i, (a, b) in enumerate(pairs):
+        design[i, column[("s", a)]] = design[i, column[("r", b)]] = 1.0
+    normal = design.T @ (weights[:, None] * design) + prior_pairs * float(np.median(weights)) * np.eye(design.shape[1])
+    terms = np.linalg.solve(normal, design.T @ (weights * (values - common)))
+    return HostEdge(common, {a: float(terms[column[("s", a)]]) for a in senders},
+                    {b: float(terms[column[("r", b)]]) for b in receivers}, len(pairs),
+                    float(common + np.mean(design @ terms)))
 
 
 def loopback_times(samples: list[ProbeSample], robust: bool = False) -> dict[str, float]:

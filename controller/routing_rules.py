@@ -142,7 +142,8 @@ class FlowRule:
     """One OpenFlow 1.3 flow entry.
 
     match: sorted (field, value) pairs in os-ken OFPMatch names (``eth_type``, ``ipv4_dst``, ``in_port``, …).
-    actions: ("output", port), ("controller",) or ("goto", table) entries, applied in order.
+    actions: ("output", port), ("controller",), ("group", id) and ("goto", table) entries, applied in order,
+    after a ("meter", id) entry, which the switch applies first.
     """
 
     dpid: int

@@ -83,7 +83,7 @@ def register(subparsers) -> None:
                    help="each switch's OpenFlow meter on what its rules send to the controller (route misses, ARP and "
                         "neighbour discovery; not the delay probes), frames per second with a burst of one second's: "
                         "a host flooding the network is held back by its switch instead of the controller's CPU; the "
-                        "frames dropped are ndt_packet_ins_metered_total{switch}. Switches without meters get none "
+                        "frames dropped are ndt_packet_in_meter_dropped_total{switch}. Switches without meters get none "
                         "(logged). 0: no meter (default: 1000)")
     loop = p.add_argument_group(
         "closed loop", "With --intent the controller runs the closed loop itself: from the traffic matrix and the probes' "

@@ -37,7 +37,7 @@ class Metrics:
                           "frames_flooded": 0, "frames_not_flooded": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
-        self._metered: dict[str, int] = {}  # per switch: packet-ins its meter dropped so far
+        self._meter_drops: dict[str, int] = {}  # per switch: frames its packet-in meter dropped so far
         self._loopbacks: dict[str, tuple[list[int], float]] = {}  # per switch: counts per bucket (+Inf last), sum s
         self._loop_counts: dict[tuple[str, str], int] = {}
         self._suspects: dict[Pair, float] = {}
@@ -80,10 +80,10 @@ class Metrics:
         with self._lock:
             self._control_rtt[switch] = seconds
 
-    def set_packet_ins_metered(self, switch: str, dropped: int) -> None:
+    def set_packet_in_meter_drops(self, switch: str, dropped: int) -> None:
         """Frames ``switch``'s packet-in meter has dropped so far (its band's count; the switch's own)."""
         with self._lock:
-            self._metered[switch] = dropped
+            self._meter_drops[switch] = dropped
 
     def observe_loopback(self, switch: str, seconds: float) -> None:
         """One loopback probe's time at ``switch`` (packet-out to packet-in: the control channel both ways
@@ -140,7 +140,7 @@ class Metrics:
             counters = dict(self._counters)
             gauges = dict(self._gauges)
             control_rtt = dict(self._control_rtt)
-            metered = dict(self._metered)
+            meter_drops = dict(self._meter_drops)
             loopbacks = {switch: (list(counts), total) for switch, (counts, total) in self._loopbacks.items()}
             loop_counts = dict(self._loop_counts)
             suspects = dict(self._suspects)
@@ -186,10 +186,10 @@ class Metrics:
         for switch, value in sorted(control_rtt.items()):
             rtt.add_metric([switch], value)
         yield rtt
-        dropped = CounterMetricFamily("ndt_packet_ins_metered", "Frames on their way to the controller (neighbour "
-                                      "discovery, route misses) that the switch's packet-in meter dropped "
-                                      "(--packet-in-rate)", labels=["switch"])
-        for switch, value in sorted(metered.items()):
+        dropped = CounterMetricFamily("ndt_packet_in_meter_dropped", "Frames on their way to the controller (ARP, "
+                                      "neighbour discovery, route misses: frames to no learned MAC) that the "
+                                      "switch's packet-in meter dropped (--packet-in-rate)", labels=["switch"])
+        for switch, value in sorted(meter_drops.items()):
             dropped.add_metric([switch], value)
         yield dropped
         loop = HistogramMetricFamily("ndt_probe_loopback_seconds", "Loopback probes' time at the switch: packet-out "

@@ -505,7 +505,7 @@ class LoopService:
         estimated = estimated_state(state, rates, self._packet_bits(start, wall_end))
         steady_from = min(mono_end, max(mono_end - settings.window_s, self._last_change + SETTLE_S))
         steady_start = wall_end - (mono_end - steady_from)  # the same instant on the store's clock
-        probed = self.controller.path_delays.delays(steady_from, mono_end)
+        probed = self.controller.path_delays.delays(steady_from, mono_end, host_edge=False)  # as verify's after
         pairs = {(f.src, f.dst) for f in estimated.flows}
         before = {pair: delay for pair, delay in probed.items() if pair in pairs}
         reported = self.controller.reported_delays.delays(steady_start, wall_end)
@@ -603,7 +603,8 @@ class LoopService:
             routes.setdefault(int(owner), []).extend(names[i] for i in links)
         # each path's own probes: pooled estimates would spread one path's burst over its links, and
         # the paths sharing them would seem to corroborate it
-        stats = self.controller.path_delays.stats(steady_from, mono_end, robust=True, pooled=False)
+        # (without the hosts' edge, whose refits would move every path at once)
+        stats = self.controller.path_delays.stats(steady_from, mono_end, robust=True, pooled=False, host_edge=False)
         observations = []
         for i, flow in enumerate(estimated.flows):
             stat = stats.get((flow.src, flow.dst))
@@ -733,7 +734,7 @@ class LoopService:
         decision.action = "push"
         self.pushes += 1
         self._stop.wait(settings.verify_s + SETTLE_S)
-        after = self.controller.path_delays.delays(pushed + SETTLE_S, self.clock(), min_samples=1)
+        after = self.controller.path_delays.delays(pushed + SETTLE_S, self.clock(), min_samples=1, host_edge=False)
         mean_before, mean_after = common_mean(before, after)
         decision.after_s = mean_after
         if self.controller.route_version != decision.route_version:

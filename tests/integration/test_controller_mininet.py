@@ -460,11 +460,11 @@ def test_a_flooding_host_is_held_back_by_its_switchs_packet_in_meter(tmp_path):
         bed.net.get("h1").cmd(f"python3 -c \"{flood}\"")
         flooded = host_port_rx_packets("s1") - received_before  # what the switch took in (a few pings' too)
         assert flooded >= FLOOD_FRAMES / 2, flooded
-        wait_for(lambda: (bed.metric("ndt_packet_ins_metered_total", switch="s1") or 0) >= flooded / 2, 10,
+        wait_for(lambda: (bed.metric("ndt_packet_in_meter_dropped_total", switch="s1") or 0) >= flooded / 2, 10,
                  "the meter's drops in the statistics")
         time.sleep(1.0)
         reached = (bed.metric("ndt_frames_flooded_total") or 0) + (bed.metric("ndt_frames_not_flooded_total") or 0)
-        dropped = bed.metric("ndt_packet_ins_metered_total", switch="s1")
+        dropped = bed.metric("ndt_packet_in_meter_dropped_total", switch="s1")
         assert reached < 0.2 * flooded and reached + dropped >= 0.9 * flooded, (flooded, reached, dropped)
         assert bed.ping(1, 2, 3, 0.05)[1] == 3
     finally:

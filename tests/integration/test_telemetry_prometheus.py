@@ -77,7 +77,7 @@ def fed_exporter():
             metrics.set_traffic_bytes({("s1", "s2"): 100_000 * tick})
             metrics.observe_loopback("s1", 0.0008 + 0.0001 * (tick % 5))
             metrics.inc("frames_not_flooded")
-            metrics.set_packet_ins_metered("s1", 40 * tick)
+            metrics.set_packet_in_meter_drops("s1", 40 * tick)
             stop.wait(0.25)
 
     thread = threading.Thread(target=feed, daemon=True)
@@ -206,15 +206,15 @@ def test_the_flood_alert_fires_on_frames_dropped_for_five_minutes_only(tmp_path)
 
 
 def test_the_meter_alert_fires_per_switch_on_frames_dropped_for_five_minutes_only(tmp_path):
-    """A switch whose packet-in meter drops frames for over 5 minutes fires NdtPacketInsMetered for
+    """A switch whose packet-in meter drops frames for over 5 minutes fires NdtPacketInMeterDropping for
     that switch; one that stopped dropping, or never did, fires nothing."""
     if shutil.which("promtool") is None:
         pytest.fail("promtool not found: run scripts/install-system-deps.sh")
-    flooded = 'ndt_packet_ins_metered_total{job="ndt", instance="c:9108", switch="s1"}'
-    quiet = 'ndt_packet_ins_metered_total{job="ndt", instance="c:9108", switch="s2"}'
-    tests = [alert_test({flooded: "0+500x60", quiet: "7x60"}, "12m", "NdtPacketInsMetered",
+    flooded = 'ndt_packet_in_meter_dropped_total{job="ndt", instance="c:9108", switch="s1"}'
+    quiet = 'ndt_packet_in_meter_dropped_total{job="ndt", instance="c:9108", switch="s2"}'
+    tests = [alert_test({flooded: "0+500x60", quiet: "7x60"}, "12m", "NdtPacketInMeterDropping",
                         [{"job": "ndt", "instance": "c:9108", "switch": "s1", "severity": "warning"}]),
-             alert_test({flooded: "0+500x4 2000x60"}, "12m", "NdtPacketInsMetered", [])]
+             alert_test({flooded: "0+500x4 2000x60"}, "12m", "NdtPacketInMeterDropping", [])]
     run_alert_tests(tmp_path, tests)
 
 

@@ -127,9 +127,9 @@ def test_a_frame_from_a_group_mac_is_neither_learned_nor_carried():
 def test_a_switch_gets_a_packet_in_meter_only_where_its_meters_can_drop_packets_per_second():
     from os_ken.ofproto import ofproto_v1_3 as ofp
 
-    drop, pktps, burst = 1 << ofp.OFPMBT_DROP, ofp.OFPMF_PKTPS, ofp.OFPMF_BURST
-    assert packet_in_meter(250.4, 262144, drop, pktps | burst | ofp.OFPMF_KBPS, 1) == \
-        MeterPlan(ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, 250, 250)  # Open vSwitch's features
+    drop, pktps, burst, stats = 1 << ofp.OFPMBT_DROP, ofp.OFPMF_PKTPS, ofp.OFPMF_BURST, ofp.OFPMF_STATS
+    assert packet_in_meter(250.4, 262144, drop, pktps | burst | stats | ofp.OFPMF_KBPS, 1) == \
+        MeterPlan(ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS, 250, 250)  # Open vSwitch's features
     assert packet_in_meter(0.2, 8, drop, pktps, 1) == MeterPlan(ofp.OFPMF_PKTPS, 1, 0)  # no burst size to give
     assert "no OpenFlow meters" in packet_in_meter(100, 0, 0, 0, 1)
     assert "cannot drop by packets" in packet_in_meter(100, 8, drop, ofp.OFPMF_KBPS, 1)
@@ -150,3 +150,24 @@ def test_a_metered_rule_goes_out_with_the_meter_before_its_actions():
                          else ["OFPInstructionGotoTable"])
     metered = next(rule for rule in base_rules(7, metered=True) if rule.actions[0][0] == "meter")
     assert NdtController._flow_mod(dp, FlowOp("add", 7, metered)).instructions[0].meter_id == PACKET_IN_METER
+
+
+def test_a_switch_that_refuses_its_meter_gets_its_rules_back_unmetered():
+    from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+    from controller.app import NdtController
+
+    sent = []
+    dp = SimpleNamespace(id=7, ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser, send_msg=sent.append)
+    app = SimpleNamespace(wiring=SimpleNamespace(names={7: "s7"}), _metered_switches={7},
+                          _flow_mod=NdtController._flow_mod)
+
+    def refused(code):
+        NdtController._on_error(app, SimpleNamespace(msg=SimpleNamespace(
+            datapath=dp, type=ofproto_v1_3.OFPET_METER_MOD_FAILED, code=code)))
+
+    refused(ofproto_v1_3.OFPMMFC_UNKNOWN_METER)  # the delete of a meter that was not there: nothing to undo
+    assert app._metered_switches == {7} and not sent
+    refused(ofproto_v1_3.OFPMMFC_OUT_OF_METERS)
+    assert app._metered_switches == set() and len(sent) == 5
+    assert not any(type(i).__name__ == "OFPInstructionMeter" for mod in sent for i in mod.instructions)

@@ -41,11 +41,13 @@ class Probes:
 
     def __init__(self, controller):
         self.controller = controller
+        self.asked_edge = []
 
     def noise(self, start, end, min_samples=3):
         return 0.0
 
-    def delays(self, start, end, min_samples=3):
+    def delays(self, start, end, min_samples=3, host_edge=True):
+        self.asked_edge.append(host_edge)
         routed = self.controller.state.with_flows(self.controller.traffic.flows)
         delays = CalibratedPredictor(QT, Correction()).predict_delays([routed])[0] * self.controller.slowdown()
         return {(f.src, f.dst): float(d) for f, d in zip(routed.flows, delays)}
@@ -119,6 +121,8 @@ def test_a_better_routing_is_pushed_and_recorded_everywhere():
     assert records[0].payload["weights"]
     assert metrics._loop_counts == {("trigger", "start"): 1, ("decision", "push"): 1}
     assert loop.pushes == 1 and loop.runs == 1
+    # before and after from the raw probes: a refit of the hosts' edge in between would move one of them
+    assert len(controller.path_delays.asked_edge) >= 2 and not any(controller.path_delays.asked_edge)
 
 
 def test_a_push_that_measures_worse_is_rolled_back():
@@ -286,7 +290,7 @@ def test_links_down_are_left_out_of_the_state_the_twin_sees():
 
 def test_without_a_probe_of_the_routing_in_place_nothing_is_pushed():
     loop, controller, _, _ = service()
-    controller.path_delays.delays = lambda start, end, min_samples=3: {}
+    controller.path_delays.delays = lambda start, end, min_samples=3, host_edge=True: {}
     decision = loop.run_once("topology")
     assert decision.action == "keep" and "could not be verified" in decision.reason and controller.applied == []
 
@@ -476,7 +480,7 @@ def test_weights_from_someone_else_hold_the_loop_down_and_its_own_do_not():
 def test_a_push_the_probes_never_measured_is_rolled_back_and_a_changed_routing_is_not_judged():
     loop, controller, _, _ = service()
     real = controller.path_delays.delays
-    controller.path_delays.delays = lambda start, end, min_samples=3: (
+    controller.path_delays.delays = lambda start, end, min_samples=3, host_edge=True: (
         real(start, end) if not controller.applied else {})
     decision = loop.run_once("start")
     assert decision.action == "rollback" and "no probe measured the pushed routing" in decision.reason
