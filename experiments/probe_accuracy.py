@@ -116,11 +116,11 @@ def scores(paths: list[dict]) -> dict:
 
 def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0, report_share=0.0) -> dict:
     state = emulation_state(topology, float(load), seed=int(seed))
-    duration, warmup, report_share = float(duration), 2.0, float(report_share)
+    duration, warmup, report_share, seed = float(duration), 2.0, float(report_share), int(seed)
     if not 0.0 <= report_share < 1.0:
         raise SystemExit(f"REPORT_SHARE must be in [0, 1): the other pairs are the ones scored, got {report_share}")
     pairs = sorted({(f.src, f.dst) for f in state.flows})
-    drawn = np.random.default_rng(int(seed)).permutation(len(pairs))[:round(report_share * len(pairs))]
+    drawn = np.random.default_rng(seed).permutation(len(pairs))[:round(report_share * len(pairs))]
     reporting = {pairs[i] for i in drawn}
     with EmulatedNetwork(state, ControllerClient, "p", tag="probe-accuracy",
                          controller_args=("--probe-rate", str(rate))) as net:
@@ -132,7 +132,7 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0,
         traffic = net.workdir / "traffic"
         scored_from = started + START_LEAD_S + warmup + 10.0
         if reporting:
-            with HostReporter(net.client, state, traffic_dir(traffic, int(seed)), started + START_LEAD_S,
+            with HostReporter(net.client, state, traffic_dir(traffic, seed), started + START_LEAD_S,
                               lambda line: print(line, file=sys.stderr), REPORT_EVERY_S, reporting) as reporter:
                 measured = play(net, state, duration, warmup, seed, traffic, LIVE_S)
             if reporter.reports:  # the controller takes a report in within an interval, the next one carries the edge
