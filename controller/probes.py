@@ -218,8 +218,9 @@ class PathDelays:
                 acc[0] += probes * difference
                 acc[1] += probes
         fit = fit_host_edge({pair: (total / weight, weight) for pair, (total, weight) in sums.items()})
-        with self._lock:
-            self.host_edge = fit
+        if fit is not None:  # too few pairs after a long silence: the last fit stays
+            with self._lock:
+                self.host_edge = fit
         return len(rows)
 
     def delays(self, start: float, end: float, min_samples: int = MIN_PATH_PROBES,

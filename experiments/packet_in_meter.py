@@ -2,7 +2,8 @@
 packet-in meter: two switches in Mininet (the controller tests' testbed), h1 sends FRAMES broadcast
 frames of an experimental EtherType in bursts of 100 every 20 ms, once per RATE given
 (``--packet-in-rate``; 0: no meter). Prints per rate what the switch took in, what reached the
-controller, what the meter dropped, the controller's CPU time (s) and whether pings still pass. Root.
+controller, what the meter dropped, the controller's CPU time (s) and whether pings still pass. Root,
+with Open vSwitch running (as after ``make test`` or ``make demo``).
 
     python experiments/packet_in_meter.py RATE [RATE ...]
 """
@@ -16,8 +17,10 @@ from pathlib import Path
 
 from mininet.clean import cleanup
 
-from experiments.probe_accuracy import controller_cpu_s
-from tests.integration.test_controller_mininet import Emulation, host_port_rx_packets
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.probe_accuracy import controller_cpu_s  # noqa: E402
+from tests.integration.test_controller_mininet import Emulation, host_port_rx_packets, wait_for  # noqa: E402
 
 FRAMES = 20000
 
@@ -27,7 +30,8 @@ def main(rates: list[str]) -> None:
         cleanup()
         bed = Emulation(Path(tempfile.mkdtemp()), 2, [(1, 2)], controller_args=("--packet-in-rate", rate))
         try:
-            time.sleep(3.0)  # the meters are in place
+            if float(rate) > 0:
+                wait_for(lambda: "s1: packet-in meter at" in bed.log_text(), 10, "s1's packet-in meter")
             bed.ping(1, 2, 3, 0.05)
             flood = ("import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
                      "s.bind(('h1-eth0', 0)); frame = bytes.fromhex('ffffffffffff' '000000000001' '88b5') + bytes(46); "

@@ -135,7 +135,7 @@ def main(topology="sndlib/abilene", load=0.9, duration=60.0, rate=100.0, seed=0,
             with HostReporter(net.client, state, traffic_dir(traffic, seed), started + START_LEAD_S,
                               lambda line: print(line, file=sys.stderr), REPORT_EVERY_S, reporting) as reporter:
                 measured = play(net, state, duration, warmup, seed, traffic, LIVE_S)
-            if reporter.reports:  # the controller takes a report in within an interval, the next one carries the edge
+            if reporter.reports:  # taken in within a 10-s round, stored with the edge from then on; one more as margin
                 scored_from = max(scored_from, reporter.reports[0]["end"] + REPORT_LAG_S + 2 * PROBE_REPORT_S)
         else:
             measured = play(net, state, duration, warmup, seed, traffic)

@@ -505,12 +505,15 @@ class LoopService:
         estimated = estimated_state(state, rates, self._packet_bits(start, wall_end))
         steady_from = min(mono_end, max(mono_end - settings.window_s, self._last_change + SETTLE_S))
         steady_start = wall_end - (mono_end - steady_from)  # the same instant on the store's clock
-        probed = self.controller.path_delays.delays(steady_from, mono_end, host_edge=False)  # as verify's after
         pairs = {(f.src, f.dst) for f in estimated.flows}
+        probed = self.controller.path_delays.delays(steady_from, mono_end, host_edge=False)  # as verify's after
         before = {pair: delay for pair, delay in probed.items() if pair in pairs}
         reported = self.controller.reported_delays.delays(steady_start, wall_end)
         hosts = {pair: delay for pair, delay in reported.items() if pair in pairs}
-        return Window(rates, estimated, before, hosts or before, "hosts" if hosts else "probes",
+        if not hosts:  # the twin is scored on what hosts would see: the probes with the hosts' edge, if fitted
+            with_edge = self.controller.path_delays.delays(steady_from, mono_end)
+            hosts_like = {pair: delay for pair, delay in with_edge.items() if pair in pairs}
+        return Window(rates, estimated, before, hosts or hosts_like, "hosts" if hosts else "probes",
                       mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down),
                       load_change(state, samples, steady_start, wall_end))
 

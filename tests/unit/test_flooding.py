@@ -156,6 +156,7 @@ def test_a_switch_that_refuses_its_meter_gets_its_rules_back_unmetered():
     from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
     from controller.app import NdtController
+    from controller.routing_rules import base_rules
 
     sent = []
     dp = SimpleNamespace(id=7, ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser, send_msg=sent.append)
@@ -169,5 +170,5 @@ def test_a_switch_that_refuses_its_meter_gets_its_rules_back_unmetered():
     refused(ofproto_v1_3.OFPMMFC_UNKNOWN_METER)  # the delete of a meter that was not there: nothing to undo
     assert app._metered_switches == {7} and not sent
     refused(ofproto_v1_3.OFPMMFC_OUT_OF_METERS)
-    assert app._metered_switches == set() and len(sent) == 5
+    assert app._metered_switches == set() and len(sent) == len(base_rules(7))
     assert not any(type(i).__name__ == "OFPInstructionMeter" for mod in sent for i in mod.instructions)

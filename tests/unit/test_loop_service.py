@@ -122,7 +122,8 @@ def test_a_better_routing_is_pushed_and_recorded_everywhere():
     assert metrics._loop_counts == {("trigger", "start"): 1, ("decision", "push"): 1}
     assert loop.pushes == 1 and loop.runs == 1
     # before and after from the raw probes: a refit of the hosts' edge in between would move one of them
-    assert len(controller.path_delays.asked_edge) >= 2 and not any(controller.path_delays.asked_edge)
+    assert controller.path_delays.asked_edge.count(False) >= 2
+    assert True in controller.path_delays.asked_edge  # no host reports: the twin is scored on the probes with it
 
 
 def test_a_push_that_measures_worse_is_rolled_back():

@@ -242,7 +242,7 @@ def test_the_host_edge_fit_recovers_a_common_term_and_each_switchs_own():
 
 
 def test_the_host_edge_needs_pairs_and_one_far_off_pair_moves_only_its_own_switches():
-    assert fit_host_edge({("a", "b"): (1e-3, 5.0), ("b", "a"): (1e-3, 5.0)}) is None
+    assert fit_host_edge({(f"s{k}", "t"): (1e-3, 5.0) for k in range(HOST_EDGE_MIN_PAIRS - 1)}) is None
     differences = {(a, b): (5e-4, 10.0) for a in "abcd" for b in "abcd" if a != b}
     differences[("e", "a")] = (5e-3, 10.0)  # one pair from e, far off
     fit = fit_host_edge(differences)
