@@ -298,8 +298,7 @@ class NdtController(app_manager.OSKenApp):
                                       match=parser.OFPMatch()))
         for group in leftover_group_ids():  # deleting a group that is not there is no error (OpenFlow 1.3)
             dp.send_msg(self._flow_mod(dp, FlowOp("delete_group", dpid, group=group)))
-        for rule in base_rules(dpid):
-            dp.send_msg(self._flow_mod(dp, FlowOp("add", dpid, rule)))
+        self._send_base_rules(dp)
         self._metered_switches.discard(dpid)
         if self.config.packet_in_rate > 0:
             dp.send_msg(parser.OFPMeterFeaturesStatsRequest(dp, 0))
@@ -310,9 +309,9 @@ class NdtController(app_manager.OSKenApp):
         again, through it (an add with the same match and priority replaces the rule)."""
         dp = ev.msg.datapath
         features = ev.msg.body[0] if ev.msg.body else None
-        plan = packet_in_meter(self.config.packet_in_rate, features.max_meter if features else 0,
-                               features.band_types if features else 0, features.capabilities if features else 0,
-                               PACKET_IN_METER)
+        max_meter, band_types, capabilities = \
+            (features.max_meter, features.band_types, features.capabilities) if features else (0, 0, 0)
+        plan = packet_in_meter(self.config.packet_in_rate, max_meter, band_types, capabilities, PACKET_IN_METER)
         name = self.wiring.names.get(dp.id, f"{dp.id:016x}")
         if isinstance(plan, str):
             LOG.info("switch %s gets no packet-in meter: %s (the flood budget per edge port still applies)", name, plan)
@@ -322,10 +321,14 @@ class NdtController(app_manager.OSKenApp):
         dp.send_msg(parser.OFPMeterMod(dp, command=ofp.OFPMC_ADD, flags=plan.flags, meter_id=PACKET_IN_METER,
                                        bands=[parser.OFPMeterBandDrop(rate=plan.rate, burst_size=plan.burst)]))
         dp.send_msg(parser.OFPBarrierRequest(dp))  # the meter is in place before a rule names it
-        for rule in base_rules(dp.id, metered=True):
-            dp.send_msg(self._flow_mod(dp, FlowOp("add", dp.id, rule)))
+        self._send_base_rules(dp, metered=True)
         self._metered_switches.add(dp.id)
         LOG.info("switch %s: packet-in meter at %d frames/s", name, plan.rate)
+
+    def _send_base_rules(self, dp, metered: bool = False) -> None:
+        """The base rules to ``dp`` (an add replaces a rule of the same match and priority)."""
+        for rule in base_rules(dp.id, metered):
+            dp.send_msg(self._flow_mod(dp, FlowOp("add", dp.id, rule)))
 
     @set_ev_cls(ofp_event.EventOFPMeterStatsReply, MAIN_DISPATCHER)
     def _on_meter_stats(self, ev):
@@ -546,8 +549,7 @@ class NdtController(app_manager.OSKenApp):
         if (msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code != ofp.OFPMMFC_UNKNOWN_METER  # that is the delete's
                 and msg.datapath.id in self._metered_switches):
             self._metered_switches.discard(msg.datapath.id)  # its rules name a meter it refused: back to none
-            for rule in base_rules(msg.datapath.id):
-                msg.datapath.send_msg(self._flow_mod(msg.datapath, FlowOp("add", msg.datapath.id, rule)))
+            self._send_base_rules(msg.datapath)
             LOG.warning("switch %s refused its packet-in meter: its rules go to the controller unmetered",
                         self.wiring.names.get(msg.datapath.id))
 
@@ -582,10 +584,10 @@ class NdtController(app_manager.OSKenApp):
         if op.kind == "delete_strict":
             return parser.OFPFlowMod(dp, cookie=rule.cookie, table_id=rule.table, command=ofp.OFPFC_DELETE_STRICT,
                                      priority=rule.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match)
-        actions, instructions = [], []
+        meters, actions, gotos = [], [], []
         for action in rule.actions:
-            if action[0] == "meter":  # OpenFlow orders the instructions: the meter before the actions
-                instructions.insert(0, parser.OFPInstructionMeter(action[1], ofp.OFPIT_METER))
+            if action[0] == "meter":
+                meters.append(parser.OFPInstructionMeter(action[1], ofp.OFPIT_METER))
             elif action[0] == "output":
                 actions.append(parser.OFPActionOutput(action[1]))
             elif action[0] == "controller":
@@ -593,10 +595,9 @@ class NdtController(app_manager.OSKenApp):
             elif action[0] == "group":
                 actions.append(parser.OFPActionGroup(action[1]))
             else:
-                instructions.append(parser.OFPInstructionGotoTable(action[1]))
-        if actions:
-            metered = bool(instructions) and isinstance(instructions[0], parser.OFPInstructionMeter)
-            instructions.insert(int(metered), parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+                gotos.append(parser.OFPInstructionGotoTable(action[1]))
+        applied = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+        instructions = meters + applied + gotos  # the order OpenFlow executes them in
         return parser.OFPFlowMod(dp, cookie=rule.cookie, table_id=rule.table, command=ofp.OFPFC_ADD,
                                  priority=rule.priority, buffer_id=ofp.OFP_NO_BUFFER, match=match,
                                  instructions=instructions)

@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from os_ken.ofproto.ofproto_v1_3 import OFPMBT_DROP, OFPMF_BURST, OFPMF_PKTPS, OFPMF_STATS
+
 FLOOD_BURST_S = 2.0  # a port's bucket holds this many seconds of its rate (a DHCP exchange's burst)
 LINK_LOCAL_GROUPS = "01:80:c2:00:00:0"  # 01:80:c2:00:00:00-0f: STP, LACP, 802.1X, LLDP; no bridge forwards them
 
-
-OFPMBT_DROP = 1  # OpenFlow 1.3: a drop band
-OFPMF_PKTPS, OFPMF_BURST, OFPMF_STATS = 2, 4, 8  # OpenFlow 1.3 meter flags: packets/s, a burst size, counters
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,12 @@ from mininet.clean import cleanup
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.probe_accuracy import controller_cpu_s  # noqa: E402
-from tests.integration.test_controller_mininet import Emulation, host_port_rx_packets, wait_for  # noqa: E402
+from tests.integration.test_controller_mininet import (  # noqa: E402
+    Emulation,
+    broadcast_flood,
+    host_port_rx_packets,
+    wait_for,
+)
 
 FRAMES = 20000
 
@@ -33,12 +38,9 @@ def main(rates: list[str]) -> None:
             if float(rate) > 0:
                 wait_for(lambda: "s1: packet-in meter at" in bed.log_text(), 10, "s1's packet-in meter")
             bed.ping(1, 2, 3, 0.05)
-            flood = ("import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
-                     "s.bind(('h1-eth0', 0)); frame = bytes.fromhex('ffffffffffff' '000000000001' '88b5') + bytes(46); "
-                     f"[(s.send(frame), k % 100 or time.sleep(0.02)) for k in range({FRAMES})]")
             before, cpu_before = host_port_rx_packets("s1"), controller_cpu_s(bed.controller.pid)
             started = time.monotonic()
-            bed.net.get("h1").cmd(f"python3 -c \"{flood}\"")
+            bed.net.get("h1").cmd(broadcast_flood("h1-eth0", FRAMES))
             took = time.monotonic() - started
             time.sleep(3.0)  # the controller works through its queue; the statistics come in
             taken = host_port_rx_packets("s1") - before

@@ -510,10 +510,10 @@ class LoopService:
         before = {pair: delay for pair, delay in probed.items() if pair in pairs}
         reported = self.controller.reported_delays.delays(steady_start, wall_end)
         hosts = {pair: delay for pair, delay in reported.items() if pair in pairs}
-        if not hosts:  # the twin is scored on what hosts would see: the probes with the hosts' edge, if fitted
-            with_edge = self.controller.path_delays.delays(steady_from, mono_end)
-            hosts_like = {pair: delay for pair, delay in with_edge.items() if pair in pairs}
-        return Window(rates, estimated, before, hosts or hosts_like, "hosts" if hosts else "probes",
+        measured = hosts or {  # else what hosts would see: the probes with the hosts' edge, where fitted
+            pair: delay for pair, delay in self.controller.path_delays.delays(steady_from, mono_end).items()
+            if pair in pairs}
+        return Window(rates, estimated, before, measured, "hosts" if hosts else "probes",
                       mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down),
                       load_change(state, samples, steady_start, wall_end))
 

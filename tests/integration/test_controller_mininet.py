@@ -435,6 +435,15 @@ def test_reconnecting_switch_gets_its_rules_back(square):
 FLOOD_FRAMES = 3000
 
 
+def broadcast_flood(interface: str, frames: int) -> str:
+    """A host's shell command sending ``frames`` broadcast frames of an experimental EtherType (nothing
+    answers them) out of ``interface``, in bursts of 100 every 20 ms."""
+    script = ("import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
+              f"s.bind(('{interface}', 0)); frame = bytes.fromhex('ffffffffffff' '000000000001' '88b5') + bytes(46); "
+              f"[(s.send(frame), k % 100 or time.sleep(0.02)) for k in range({frames})]")
+    return f"python3 -c \"{script}\""
+
+
 def host_port_rx_packets(switch: str) -> int:
     """Frames the switch has received on port 1, its host's, read from the switch."""
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", switch, "1"], capture_output=True, text=True,
@@ -454,11 +463,8 @@ def test_a_flooding_host_is_held_back_by_its_switchs_packet_in_meter(tmp_path):
         miss = next(line for line in routes.splitlines() if "priority=0" in line)
         assert "meter:1" in miss and "CONTROLLER" in miss, routes
         assert bed.ping(1, 2, 3, 0.05)[1] == 3  # hosts' first frames still pass
-        flood = ("import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('h1-eth0', 0)); "
-                 "frame = bytes.fromhex('ffffffffffff' '000000000001' '88b5') + bytes(46); "
-                 f"[(s.send(frame), k % 100 or time.sleep(0.02)) for k in range({FLOOD_FRAMES})]")
         received_before = host_port_rx_packets("s1")
-        bed.net.get("h1").cmd(f"python3 -c \"{flood}\"")
+        bed.net.get("h1").cmd(broadcast_flood("h1-eth0", FLOOD_FRAMES))
         flooded = host_port_rx_packets("s1") - received_before  # what the switch took in (a few pings' too)
         assert flooded >= FLOOD_FRAMES / 2, flooded
         wait_for(lambda: (bed.metric("ndt_packet_in_meter_dropped_total", switch="s1") or 0) >= flooded / 2, 10,
