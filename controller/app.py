@@ -58,6 +58,7 @@ from controller.routing_rules import (
     base_rules,
     counter_rules,
     edge_rules_left_behind,
+    edge_rules_of_departed,
     leftover_group_ids,
     plan_update,
     probe_routes,
@@ -92,7 +93,9 @@ class ControllerConfig:
     ``flood_rate``: frames per second and edge port the controller carries to every other edge port
     when they are for a broadcast, multicast or unlearned MAC (0: none; :mod:`controller.flooding`);
     ``packet_in_rate``: frames per second each switch's packet-in meter lets through to the controller
-    (route misses, neighbour discovery; not the probes), where the switch has meters (0: no meter)."""
+    (route misses, neighbour discovery; not the probes), where the switch has meters (0: no meter);
+    ``host_age_s``: a learned MAC not heard from for this long (no ARP or neighbour discovery, no frame
+    counted by its counting rules) is forgotten with its rules, as a bridge ages its table, s (0: never)."""
 
     state: NetworkState
     wiring: Wiring
@@ -105,6 +108,7 @@ class ControllerConfig:
     probe_history_s: float = 900.0
     flood_rate: float = 100.0
     packet_in_rate: float = 1000.0
+    host_age_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -377,6 +381,11 @@ class NdtController(app_manager.OSKenApp):
         port = dp.ports.get(ev.port_no)
         up = port is not None and self._port_is_up(dp, port)
         link = self.wiring.link_at(dp.id, ev.port_no)
+        switch = self.wiring.names.get(dp.id)
+        if link is None and not up and switch is not None:
+            with self._lock:
+                there = self._hosts.at(switch, ev.port_no)
+            self._forget_hosts(there, f"its port ({switch} port {ev.port_no}) went down")
         if link is not None and self._set_port(dp.id, ev.port_no, up):
             LOG.warning("link %s->%s %s", link[0], link[1], "up" if up else "down")
             self.request_reroute(f"link {link[0]}->{link[1]} {'up' if up else 'down'}")
@@ -702,6 +711,26 @@ class NdtController(app_manager.OSKenApp):
         if learned.place:
             self.request_reroute(f"host {host.ip} {'moved' if learned.moved_from else 'learned'}")
 
+    def _forget_hosts(self, hosts: list[Host], why: str) -> None:
+        """Forget the MACs of ``hosts`` and their addresses (:meth:`HostTable.forget`): their counting
+        and probe rules are deleted, their routes go with the next route version; frames to them are
+        then flooded, as to any unlearned MAC, until they announce themselves again."""
+        with self._lock:
+            gone = self._hosts.forget([host.mac for host in hosts])
+            if not gone.macs:
+                return
+            self._edge_version += 1
+            macs = self._hosts.macs()
+        names = {host.mac for host in gone.macs}
+        self._traffic_rates.forget(lambda key: key[2] in names or key[3] in names)
+        self.metrics.set_gauge("hosts", len(macs))
+        self.metrics.inc("hosts_forgotten", len(gone.macs))
+        for host in gone.macs:
+            LOG.warning("host %s (%s) at %s port %d forgotten: %s", host.ip, host.mac, host.switch, host.port, why)
+        self._send_rules("delete_strict", edge_rules_of_departed(gone.macs, gone.addresses, macs, self.wiring))
+        self.request_reroute(f"host {gone.macs[0].ip} forgotten" if len(gone.macs) == 1
+                             else f"{len(gone.macs)} hosts forgotten")
+
     def _packet_out(self, switch: str, port: int, data: bytes) -> None:
         dp = self._datapaths.get(self.wiring.dpids[switch])
         if dp is None:
@@ -846,6 +875,10 @@ class NdtController(app_manager.OSKenApp):
         maintained = time.monotonic()
         while True:
             time.sleep(self.config.poll_interval)
+            if self.config.host_age_s > 0:
+                with self._lock:
+                    silent = self._hosts.silent(self.config.host_age_s)
+                self._forget_hosts(silent, f"not heard from for {self.config.host_age_s:g} s")
             if time.monotonic() - maintained >= STORE_MAINTENANCE_S:
                 maintained = time.monotonic()
                 LOG.info("telemetry store maintenance: %s", self.store.maintain())
@@ -948,19 +981,23 @@ class NdtController(app_manager.OSKenApp):
         """The edge counting rules' byte counts → the traffic matrix (a rule left at a port its source
         MAC has moved from counts no more)."""
         totals: dict[tuple[str, str], int] = {}
+        sent: dict[str, int] = {}  # per source MAC, the bytes its rules at its place counted (its liveness)
         readings = []
         for stat in parts:
             src_mac, dst_mac = stat.match.get("eth_src"), stat.match.get("eth_dst")
             src, dst = self._hosts.by_mac(src_mac), self._hosts.by_mac(dst_mac)
-            if src is None or dst is None or src.switch == dst.switch:
-                continue
             in_port = stat.match.get("in_port")
-            if (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, in_port):
+            if src is None or (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, in_port):
+                continue
+            sent[src_mac] = sent.get(src_mac, 0) + stat.byte_count
+            if dst is None or src.switch == dst.switch:
                 continue
             pair = (src.switch, dst.switch)
             totals[pair] = totals.get(pair, 0) + stat.byte_count
             readings.append(((msg.datapath.id, in_port, src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
                              stat.byte_count))
+        with self._lock:
+            self._hosts.counted(sent)
         rates = pair_rates(readings, self._traffic_rates)
         self._store(self.store.add_traffic_matrix, now, rates)
         with self._lock:

@@ -4,11 +4,14 @@ ports. Pure: the os-ken app holds its own lock around it.
 Two tables: a MAC's place (switch and port), which the route and counting rules follow, and each
 address's MAC, which ARP answers and the probes' targets need. A host (or router) with several
 addresses is one MAC; an address passing to another MAC leaves the first MAC's routes in place; a
-MAC seen at another port takes its addresses with it.
+MAC seen at another port takes its addresses with it. A MAC is forgotten, with its addresses, when
+its port goes down or it has not been heard from (an announcement, or frames its counting rules
+counted) for the ageing time, as an Ethernet bridge ages its table (IEEE 802.1D: 300 s).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 from controller.routing_rules import Host
@@ -27,16 +30,29 @@ class Learned:
     replaced: Host | None = None
 
 
-class HostTable:
-    """The hosts learned so far, by MAC and by address (IPv4 or IPv6)."""
+@dataclass(frozen=True)
+class Forgotten:
+    """What forgetting some MACs removed: one host per MAC (at its place), and every address they had."""
 
-    def __init__(self):
+    macs: list[Host]
+    addresses: list[Host]
+
+
+class HostTable:
+    """The hosts learned so far, by MAC and by address (IPv4 or IPv6), and when each MAC was last
+    heard from (``clock`` s)."""
+
+    def __init__(self, clock=time.monotonic):
         self._by_mac: dict[str, Host] = {}
         self._by_address: dict[str, Host] = {}
+        self._clock = clock
+        self._heard: dict[str, float] = {}  # MAC → when it was last heard from
+        self._counted: dict[str, int] = {}  # MAC → its counting rules' bytes at the last reading
 
     def learn(self, host: Host) -> Learned:
         """Record that ``host.ip`` is at ``host.mac``, which is at ``host.switch`` port ``host.port``."""
         known = self._by_mac.get(host.mac)
+        self._heard[host.mac] = self._clock()
         moved_from = None
         place = known is None or (known.switch, known.port) != (host.switch, host.port)
         if known is None:
@@ -51,6 +67,35 @@ class HostTable:
         self._by_address[host.ip] = host
         replaced = earlier if earlier is not None and earlier.mac != host.mac else None
         return Learned(place, earlier != host, moved_from, replaced)
+
+    def counted(self, sent_bytes: dict[str, int]) -> None:
+        """The bytes each source MAC's counting rules (at its place) have counted so far: a MAC whose
+        count changed since the last reading sent frames, and is heard from."""
+        now = self._clock()
+        for mac, total in sent_bytes.items():
+            if mac in self._by_mac and self._counted.get(mac) != total:
+                self._counted[mac], self._heard[mac] = total, now
+
+    def silent(self, age_s: float) -> list[Host]:
+        """One host per MAC not heard from for ``age_s`` s or more."""
+        now = self._clock()
+        return [host for mac, host in self._by_mac.items() if now - self._heard.get(mac, now) >= age_s]
+
+    def at(self, switch: str, port: int) -> list[Host]:
+        """One host per MAC at ``switch`` port ``port``."""
+        return [host for host in self._by_mac.values() if (host.switch, host.port) == (switch, port)]
+
+    def forget(self, macs: list[str]) -> Forgotten:
+        """Drop ``macs`` (unknown ones are skipped) and every address they had."""
+        gone = [self._by_mac.pop(mac) for mac in dict.fromkeys(macs) if mac in self._by_mac]
+        names = {host.mac for host in gone}
+        addresses = [host for host in self._by_address.values() if host.mac in names]
+        for host in addresses:
+            del self._by_address[host.ip]
+        for mac in names:
+            self._heard.pop(mac, None)
+            self._counted.pop(mac, None)
+        return Forgotten(gone, addresses)
 
     def by_mac(self, mac: str) -> Host | None:
         return self._by_mac.get(mac)

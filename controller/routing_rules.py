@@ -271,6 +271,18 @@ def edge_rules_left_behind(moved: Host, old_place: tuple[str, int], macs: list[H
     return counting + probing
 
 
+def edge_rules_of_departed(departed: list[Host], addresses: list[Host], macs_left: list[Host],
+                           wiring: Wiring) -> list[FlowRule]:
+    """The counting and probe rules of MACs the controller forgot (``departed``, one host per MAC, with
+    their ``addresses``): their counting rules towards every MAC of ``macs_left`` and every MAC left's
+    towards them, and the probe rules of their IPv4 addresses. (Their route rules go with the next
+    route version.)"""
+    gone = {host.mac for host in departed}
+    counting = [rule for rule in counter_rules([*departed, *macs_left], wiring)
+                if dict(rule.match)["eth_src"] in gone or dict(rule.match)["eth_dst"] in gone]
+    return counting + probe_rules(addresses, wiring)
+
+
 def route_rules(state: NetworkState, wiring: Wiring, hosts: list[Host], version: int,
                 down: frozenset[tuple[str, str]] = frozenset()) -> RouteSet:
     """Destination-based route rules for every host under the state's OSPF weights.

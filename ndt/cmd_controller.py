@@ -85,6 +85,11 @@ def register(subparsers) -> None:
                         "a host flooding the network is held back by its switch instead of the controller's CPU; the "
                         "frames dropped are ndt_packet_in_meter_dropped_total{switch}. Switches without meters get none "
                         "(logged). 0: no meter (default: 1000)")
+    p.add_argument("--host-age", type=number(0, 86400 * 365, unit=" s"), default=300.0, metavar="S",
+                   help="forget a learned MAC, its addresses and its rules when it has not been heard from (no ARP or "
+                        "neighbour discovery, no frame counted at its port) for S seconds, as an Ethernet bridge ages its "
+                        "table; a MAC whose port goes down is forgotten at once. Frames to a forgotten MAC are flooded, "
+                        "within --flood-rate, until it announces itself again (0: never age; default: 300, IEEE 802.1D's)")
     loop = p.add_argument_group(
         "closed loop", "With --intent the controller runs the closed loop itself: from the traffic matrix and the probes' "
         "path delays it re-optimizes the OSPF weights for the intent (NES scored by the twin, whose correction is "
@@ -174,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     config = ControllerConfig(state=state, wiring=wiring, store=store, metrics=Metrics(),
                               poll_interval=args.poll_interval, state_path=args.state, discover=args.discover,
                               probe_rate=args.probe_rate, flood_rate=args.flood_rate,
-                              packet_in_rate=args.packet_in_rate,
+                              packet_in_rate=args.packet_in_rate, host_age_s=args.host_age,
                               probe_history_s=max(120.0, 2 * args.loop_window, 2 * args.verify_s + 10.0,
                                                   2 * args.anomaly_window))
     run_controller(config, args.ofp_host, args.ofp_port, args.metrics_addr, args.metrics_port, api,

@@ -33,7 +33,7 @@ class Metrics:
         self._traffic_bytes: dict[Pair, int] = {}
         self._delays: dict[str, dict[Pair, float]] = {kind: {} for kind in DELAY_KINDS}
         self._counters = {"routing_changes": 0, "optimizer_runs": 0, "stats_polls": 0, "probes_sent": 0,
-                          "probes_lost": 0, "anomalies": 0, "link_anomalies": 0, "host_moves": 0,
+                          "probes_lost": 0, "anomalies": 0, "link_anomalies": 0, "host_moves": 0, "hosts_forgotten": 0,
                           "frames_flooded": 0, "frames_not_flooded": 0}
         self._gauges: dict[str, float] = {}
         self._control_rtt: dict[str, float] = {}
@@ -238,6 +238,8 @@ _COUNTER_HELP = {
                       "consecutive windows)",
     "host_moves": "Learned MACs that showed up at another switch port (a host that moved, or one announcing "
                   "another's MAC)",
+    "hosts_forgotten": "Learned MACs forgotten with their rules: their port went down, or they were not heard "
+                       "from for the ageing time (--host-age)",
     "frames_flooded": "Hosts' frames to a broadcast, multicast or unlearned MAC carried to every other edge port",
     "frames_not_flooded": "Such frames dropped because their edge port had used its budget (--flood-rate)",
 }

@@ -481,6 +481,47 @@ def test_a_flooding_host_is_held_back_by_its_switchs_packet_in_meter(tmp_path):
         cleanup()
 
 
+def flows(switch: str, table: int) -> str:
+    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch, f"table={table}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_a_host_is_forgotten_when_its_port_goes_down_or_it_falls_silent_and_learned_again(tmp_path):
+    bed = Emulation(tmp_path, 2, [(1, 2)], controller_args=("--host-age", "6"))
+    h1, h2 = bed.net.get("h1"), bed.net.get("h2")
+    try:
+        assert bed.ping(1, 2, 3, 0.05)[1] == 3
+        wait_for(lambda: bed.metric("ndt_hosts") == 2, 10, "both hosts learned")
+        h1.cmd("ping -n -q -i 0.2 10.0.0.2 > /dev/null 2>&1 &")  # frames both ways, no ARP for a while
+        time.sleep(9)
+        assert bed.metric("ndt_hosts") == 2 and bed.metric("ndt_hosts_forgotten_total") == 0, \
+            "frames counted at their ports keep the hosts heard from past the ageing time"
+        bed.net.configLinkStatus("h2", "s2", "down")
+        wait_for(lambda: bed.metric("ndt_hosts") == 1, 10, "h2 forgotten when its port went down")
+        assert "host 10.0.0.2 (00:00:00:00:00:02) at s2 port 1 forgotten: its port (s2 port 1) went down" in bed.log_text()
+        wait_for(lambda: "dl_dst=00:00:00:00:00:02" not in flows("s1", 1), 10, "h2's route at s1 gone")
+        assert "dl_dst=00:00:00:00:00:02" not in flows("s1", 0) and "nw_dst=10.0.0.2" not in flows("s2", 0), \
+            "h2's counting and probe rules gone"
+        h1.cmd("kill %ping")
+        bed.net.configLinkStatus("h2", "s2", "up")
+        h2.cmd("ip neigh flush all")
+        assert bed.ping(2, 1, 3, 0.05)[1] == 3
+        wait_for(lambda: bed.metric("ndt_hosts") == 2, 10, "h2 learned again from its ARP")
+        wait_for(lambda: bed.metric("ndt_hosts") == 0, 20, "both hosts aged out once silent")
+        assert bed.metric("ndt_hosts_forgotten_total") == 3
+        assert "forgotten: not heard from for 6 s" in bed.log_text()
+        wait_for(lambda: "dl_dst=" not in flows("s1", 1), 10, "their routes gone")
+        for host in (h1, h2):
+            host.cmd("ip neigh flush all")
+        assert bed.ping(1, 2, 3, 0.05)[1] == 3
+        wait_for(lambda: bed.metric("ndt_hosts") == 2, 10, "both learned again")
+    finally:
+        bed.stop()
+        from mininet.clean import cleanup
+
+        cleanup()
+
+
 def test_lldp_discovery_finds_the_wiring(tmp_path):
     """With --discover and no wiring file, LLDP finds every link's port and hosts can talk."""
     bed = Emulation(tmp_path, 4, SQUARE, discover=True)

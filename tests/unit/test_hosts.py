@@ -11,7 +11,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from controller.flooding import FloodLimiter
 from controller.hosts import HostTable, Learned
 from telemetry.exporter import Metrics
-from controller.routing_rules import Host, Wiring, edge_rules_left_behind, route_rules
+from controller.routing_rules import Host, Wiring, edge_rules_left_behind, edge_rules_of_departed, route_rules
 from twin.state.model import Link, NetworkState
 
 A, B, ROUTER = "00:00:00:00:00:0a", "00:00:00:00:00:0b", "00:00:00:00:00:0c"
@@ -67,10 +67,13 @@ class FakeApp(SimpleNamespace):
         self._install_edge_rules = lambda macs, addresses: self.edge_rules.append((len(macs), len(addresses)))
         self.request_reroute = self.reroutes.append
         self._learn = lambda host: NdtController._learn(self, host)
+        self._forget_hosts = lambda hosts, why: NdtController._forget_hosts(self, hosts, why)
+        self._port_is_up = NdtController._port_is_up
         self._send_rules = lambda kind, rules: NdtController._send_rules(self, kind, rules)
         self._carry = lambda *a: NdtController._carry(self, *a)
         self.handle = SimpleNamespace(**{name: (lambda method: lambda *a: method(self, *a))(getattr(NdtController, name))
-                                         for name in ("_on_arp", "_on_neighbour_discovery", "_on_counter_stats")})
+                                         for name in ("_on_arp", "_on_neighbour_discovery", "_on_counter_stats",
+                                                      "_on_port_change", "_forget_hosts")})
 
 
 def neighbour(kind: int, src_ip: str, src_mac: str, dst_mac: str, target: str):
@@ -168,3 +171,102 @@ def test_counting_rules_count_at_their_source_macs_place_only():
 
     app.handle._on_counter_stats(SimpleNamespace(datapath=SimpleNamespace(id=1)), [rule(1, 10_000), rule(4, 300)], 10.0)
     assert app._traffic_totals == {("s1", "s2"): 300}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_mac_is_forgotten_with_all_its_addresses_and_only_when_silent_for_the_ageing_time():
+    clock = Clock()
+    table = HostTable(clock)
+    table.learn(Host("10.0.0.1", A, "s1", 1))
+    table.learn(Host("fd00::1", A, "s1", 1))
+    table.learn(Host("10.0.0.2", B, "s2", 1))
+    clock.now = 200.0
+    table.counted({A: 5_000})  # A's counting rules counted frames: heard from at 200 s
+    table.counted({B: 0, "00:00:00:00:00:99": 7})  # an unknown MAC is not taken in
+    clock.now = 299.0
+    assert table.silent(300.0) == []
+    clock.now = 300.0
+    table.counted({A: 5_000, B: 0})  # no change: not heard from again
+    assert [h.mac for h in table.silent(300.0)] == []  # B's first count at 200 s was news
+    clock.now = 500.0
+    assert [h.mac for h in table.silent(300.0)] == [A, B]
+    assert table.at("s1", 1) == [Host("10.0.0.1", A, "s1", 1)] and table.at("s1", 2) == []
+    gone = table.forget([A, A, "00:00:00:00:00:99"])
+    assert gone.macs == [Host("10.0.0.1", A, "s1", 1)]
+    assert {h.ip for h in gone.addresses} == {"10.0.0.1", "fd00::1"}
+    assert table.by_mac(A) is None and table.by_address("fd00::1") is None and table.by_address("10.0.0.2") is not None
+    clock.now = 510.0
+    assert table.learn(Host("10.0.0.1", A, "s2", 4)) == Learned(place=True, address=True)  # back: new, not moved
+    assert [h.mac for h in table.silent(300.0)] == [B]
+
+
+def test_a_departed_mac_leaves_counting_rules_both_ways_and_its_probe_rules():
+    wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
+    departed = [Host("10.0.0.1", A, "s1", 3)]
+    addresses = [Host("10.0.0.1", A, "s1", 3), Host("fd00::1", A, "s1", 3)]
+    left = [Host("10.0.0.2", B, "s2", 1), Host("10.0.0.3", ROUTER, "s1", 2)]
+    rules = edge_rules_of_departed(departed, addresses, left, wiring)
+    counting = {(r.dpid, dict(r.match)["in_port"], dict(r.match)["eth_src"], dict(r.match)["eth_dst"])
+                for r in rules if "eth_src" in dict(r.match)}
+    assert counting == {(1, 3, A, B), (1, 3, A, ROUTER), (2, 1, B, A), (1, 2, ROUTER, A)}
+    assert [(r.dpid, dict(r.match)["ipv4_dst"]) for r in rules if "ipv4_dst" in dict(r.match)] == [(1, "10.0.0.1")]
+
+
+def test_a_host_whose_port_goes_down_is_forgotten_with_its_rules_and_routes():
+    app = FakeApp()
+    app.__dict__.update(_traffic_rates=__import__("telemetry.rates", fromlist=["CounterRates"]).CounterRates())
+    app._hosts.learn(Host("10.0.0.1", A, "s1", 1))
+    app._hosts.learn(Host("10.0.0.2", B, "s2", 1))
+    app._traffic_rates.update((1, 1, A, B), 0.0, 100.0)
+    app._traffic_rates.update((2, 1, B, A), 0.0, 100.0)
+    app._set_port = lambda dpid, port, up: False  # the link's state is another test's
+    s1 = SimpleNamespace(id=1, ports={}, ofproto=ofproto_v1_3)
+    app.handle._on_port_change(SimpleNamespace(datapath=s1, port_no=9))  # a link port: no host there
+    assert app._hosts.by_mac(A) is not None and app.flow_mods == []
+    app.handle._on_port_change(SimpleNamespace(datapath=s1, port_no=1))  # A's port, deleted
+    assert app._hosts.by_mac(A) is None and app._hosts.by_address("10.0.0.1") is None
+    deleted = {(m.datapath.id if hasattr(m, "datapath") else None, tuple(sorted(dict(m.match.items()).items())))
+               for m in app.flow_mods if m.command == ofproto_v1_3.OFPFC_DELETE_STRICT}
+    assert len(deleted) == 3  # A → B at s1 port 1, B → A at s2 port 1, A's probe rule at s1
+    assert app.reroutes == ["host 10.0.0.1 forgotten"] and app._edge_version == 1
+    assert app._traffic_rates.update((1, 1, A, B), 10.0, 200.0) is None  # its counters start again if it comes back
+    metrics = {m.name: m.samples[0].value for m in app.metrics.collect() if m.name in ("ndt_hosts", "ndt_hosts_forgotten")}
+    assert metrics == {"ndt_hosts": 1, "ndt_hosts_forgotten": 1}
+    app.handle._on_port_change(SimpleNamespace(datapath=s1, port_no=1))  # nothing left there: nothing happens
+    assert app.reroutes == ["host 10.0.0.1 forgotten"]
+
+
+def test_frames_counted_at_a_macs_place_keep_it_heard_from_same_switch_peers_included():
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    from controller.app import NdtController
+    from telemetry.rates import CounterRates
+    from telemetry.store import TelemetryStore
+
+    clock = Clock()
+    app = FakeApp()
+    app.__dict__.update(_hosts=HostTable(clock), _traffic_rates=CounterRates(), _traffic_totals={},
+                        store=TelemetryStore(), _store=NdtController._store)
+    app._hosts.learn(Host("10.0.0.1", A, "s1", 1))
+    app._hosts.learn(Host("10.0.0.3", ROUTER, "s1", 2))
+
+    def rule(in_port: int, src: str, dst: str, byte_count: int):
+        return parser.OFPFlowStats(table_id=0, duration_sec=5, duration_nsec=0, priority=200, idle_timeout=0,
+                                   hard_timeout=0, flags=0, cookie=1, packet_count=1, byte_count=byte_count,
+                                   match=parser.OFPMatch(in_port=in_port, eth_src=src, eth_dst=dst), instructions=[])
+
+    s1 = SimpleNamespace(datapath=SimpleNamespace(id=1))
+    clock.now = 100.0
+    app.handle._on_counter_stats(s1, [rule(1, A, ROUTER, 0), rule(2, ROUTER, A, 0)], 100.0)
+    clock.now = 250.0
+    app.handle._on_counter_stats(s1, [rule(1, A, ROUTER, 900), rule(2, ROUTER, A, 0), rule(7, ROUTER, A, 50)], 250.0)
+    clock.now = 360.0
+    assert [h.mac for h in app._hosts.silent(200.0)] == [ROUTER]  # its count at port 7 is not at its place
+    assert app._traffic_totals == {}  # one switch: no traffic-matrix entry
