@@ -29,7 +29,7 @@ from controller.probes import (
 from controller.routing_rules import probe_routes
 from mininet_topos.topologies import emulation_state
 from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays, fit
-from twin.calibration.online import OnlineCalibration
+from twin.calibration.online import OnlineCalibration, fit_least_squares
 from twin.models.registry import get_predictor
 from twin.state.metrics import mape
 
@@ -292,6 +292,29 @@ def test_online_calibration_recovers_the_networks_correction():
     before = mape(CalibratedPredictor(qt, Correction()).predict_delays([held_out])[0], measured)
     after = mape(CalibratedPredictor(qt, fitted.correction).predict_delays([held_out])[0], measured)
     assert before > 0.2 and after < 0.02 and fitted.mape < 0.02
+
+
+def test_one_noisy_window_of_high_load_does_not_make_the_online_fit_alone():
+    """Windows at four loads measured exactly, one at 95 % whose delays came out 40 % high (a short
+    window at that load is that noisy): weighted alike, the windows keep the fit near the truth on the
+    others; unweighted, the high-load window's large delays pull it off."""
+    qt = get_predictor("qt")
+    truth = Correction(queue_scale=1.0, per_hop_s=0.0004, base_s=0.0001)
+    states = [emulation_state("ring:6", load, seed=k) for k, load in enumerate((0.3, 0.5, 0.6, 0.7, 0.95))]
+    measured = [emulated_delays(s, qt.predict_delays([s])[0], truth) for s in states]
+    measured[-1] = 1.4 * measured[-1]
+    calibration = OnlineCalibration(Correction(per_hop_s=0.0003), min_flows=30, min_windows=3)
+    for state, delays in zip(states, measured):
+        calibration.add(state, delays)
+    weighted = calibration.current(qt).correction
+    unweighted = fit_least_squares(states, measured, qt)
+
+    def error_on_the_others(correction):
+        predicted = CalibratedPredictor(qt, correction).predict_delays(states[:-1])
+        return float(np.mean([mape(p, m) for p, m in zip(predicted, measured[:-1])]))
+
+    assert error_on_the_others(weighted) < 0.7 * error_on_the_others(unweighted)
+    assert error_on_the_others(weighted) < 0.1
 
 
 def test_online_calibration_keeps_a_prior_that_explains_the_windows_better():

@@ -6,7 +6,10 @@ effective capacity) is refitted from them when a new one came in. Online measure
 path (a path's probe mean over one window holds a handful of probes), so the fit is least squares
 on the delays themselves (:func:`fit_least_squares`), which such noise does not bias, rather than
 ``ndt calibrate``'s least relative deviation, which noise on short paths pulls towards predicting
-nothing. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
+nothing. Each window weighs alike: its errors are divided by the mean delay the prior predicts for
+it (:func:`window_weight`), so the few windows of the highest load, whose delays are the largest and
+the noisiest, do not make the fit on their own; the prior's prediction, not the measurement, sets
+the weight, so the measurements' noise does not bias the fit through it. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
 until the windows number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it
 explains the kept windows better than the fit (smaller squared error): a shipped calibration is at
 most a starting point. Delays in s.
@@ -87,9 +90,11 @@ class OnlineCalibration:
         fit and the windows hold enough measured flows, else the last one."""
         if self._stale and self.flows >= self.min_flows and len(self._windows) >= self.min_windows:
             states, measured = (list(x) for x in zip(*self._windows))
-            fitted = fit_least_squares(states, measured, predictor)
-            predicted = {c: CalibratedPredictor(predictor, c).predict_delays(states) for c in (fitted, self.prior)}
-            squared = {c: _squared_error(p, measured) for c, p in predicted.items()}
+            by_prior = CalibratedPredictor(predictor, self.prior).predict_delays(states)
+            weights = [window_weight(p, m) for p, m in zip(by_prior, measured)]
+            fitted = fit_least_squares(states, measured, predictor, weights)
+            predicted = {fitted: CalibratedPredictor(predictor, fitted).predict_delays(states), self.prior: by_prior}
+            squared = {c: _weighted_squared_error(p, measured, weights) for c, p in predicted.items()}
             best = fitted if squared[fitted] < squared[self.prior] else self.prior
             error = float(np.nanmean([mape(p, m) for p, m in zip(predicted[best], measured)]))
             self._current = Fitted(best, best is fitted, len(states), self.flows, error)
@@ -97,16 +102,26 @@ class OnlineCalibration:
         return self._current
 
 
+def window_weight(expected: np.ndarray, measured: np.ndarray) -> float:
+    """What a window's errors are multiplied by in the fit: 1 / the mean of ``expected`` (the prior's
+    predictions, which the measurements' noise does not move) over the window's measured flows, 1/s."""
+    ok = np.isfinite(measured) & (measured > 0) & np.isfinite(expected)
+    return 1.0 / max(float(np.mean(expected[ok])), 1e-9) if np.any(ok) else 0.0
+
+
 def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], predictor,
-                      capacity_scales=CAPACITY_SCALES) -> Correction:
+                      weights: list[float] | None = None, capacity_scales=CAPACITY_SCALES) -> Correction:
     """The correction (queue_scale, per_hop_s, base_s ≥ 0; capacity_scale from the grid) of least
-    squared error over the measured flows (NaN where unmeasured)."""
+    squared error over the measured flows (NaN where unmeasured), each window's errors multiplied by
+    its weight (:func:`window_weight`; None: all 1)."""
     best, best_error = Correction(), np.inf
     oks = [np.isfinite(m) & (m > 0) for m in measured]
-    target = np.concatenate([m[ok] for m, ok in zip(measured, oks)])
+    weights = [1.0] * len(measured) if weights is None else weights
+    rows = np.concatenate([np.full(int(ok.sum()), w) for w, ok in zip(weights, oks)])
+    target = rows * np.concatenate([m[ok] for m, ok in zip(measured, oks)])
     for scale in capacity_scales:
         design = np.concatenate([x[ok, :3] for x, ok in zip(design_matrices(states, predictor, float(scale)), oks)])
-        coef, residual = nnls(design, target)
+        coef, residual = nnls(rows[:, None] * design, target)
         if residual < best_error:
             best = Correction(queue_scale=float(coef[0]), per_hop_s=float(coef[1]), base_s=float(coef[2]),
                               capacity_scale=float(scale))
@@ -114,10 +129,10 @@ def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], pr
     return best
 
 
-def _squared_error(predicted: list[np.ndarray], measured: list[np.ndarray]) -> float:
-    """Sum of squared errors over the measured flows, s²."""
+def _weighted_squared_error(predicted: list[np.ndarray], measured: list[np.ndarray], weights: list[float]) -> float:
+    """Sum over the measured flows of squared errors, each window's multiplied by its weight (unitless)."""
     total = 0.0
-    for p, m in zip(predicted, measured):
+    for p, m, w in zip(predicted, measured, weights):
         ok = np.isfinite(m) & (m > 0) & np.isfinite(p)
-        total += float(np.sum((p[ok] - m[ok]) ** 2))
+        total += float(np.sum((w * (p[ok] - m[ok])) ** 2))
     return total
