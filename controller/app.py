@@ -174,7 +174,8 @@ class NdtController(app_manager.OSKenApp):
         self._link_rates = CounterRates()
         self._unsupported_tx_bytes: set[tuple[str, str]] = set()  # links whose switch reports tx_bytes all-ones
         self._traffic_rates = CounterRates()  # per edge counter rule (dpid, in port, source MAC, destination MAC)
-        self._traffic_totals: dict[tuple[str, str], int] = {}
+        self._traffic_totals: dict[tuple[str, str], int] = {}  # bytes each pair of switches has sent, as counted
+        self._counter_bytes: dict[tuple, int] = {}  # per edge counting rule, its bytes at the last reading
         self._flow_parts: dict[tuple[int, int], list] = {}  # flow-stats reply parts per (switch, xid) until the last one
         self._route_stats_xids: set[tuple[int, int]] = set()  # (switch, xid) of the route-rule stats requests
         self._route_stats_read: dict[int, float] = {}  # per switch, when its route rules were last read (monotonic s)
@@ -355,6 +356,7 @@ class NdtController(app_manager.OSKenApp):
             with self._lock:
                 self._datapaths[dp.id] = dp
                 self._edge_version += 1
+                self._hosts.refresh(name)
                 for port_no, port in dp.ports.items():
                     self._set_port(dp.id, port_no, self._port_is_up(dp, port))
                 macs, addresses = self._hosts.macs(), self._hosts.addresses()
@@ -366,7 +368,8 @@ class NdtController(app_manager.OSKenApp):
                 del self._datapaths[dp.id]
                 self._edge_version += 1
             self._link_rates.forget(lambda key: key[0] == name)
-            self._traffic_rates.forget(lambda key: key[0] == dp.id)
+            with self._lock:
+                self._traffic_rates.forget(lambda key: key[0] == dp.id)
             self._offered.forget(dp.id)
             self._route_stats_read.pop(dp.id, None)
             self._metered_switches.discard(dp.id)
@@ -383,9 +386,7 @@ class NdtController(app_manager.OSKenApp):
         link = self.wiring.link_at(dp.id, ev.port_no)
         switch = self.wiring.names.get(dp.id)
         if link is None and not up and switch is not None:
-            with self._lock:
-                there = self._hosts.at(switch, ev.port_no)
-            self._forget_hosts(there, f"its port ({switch} port {ev.port_no}) went down")
+            self._forget_hosts(lambda table: table.at(switch, ev.port_no), f"its port ({switch} port {ev.port_no}) went down")
         if link is not None and self._set_port(dp.id, ev.port_no, up):
             LOG.warning("link %s->%s %s", link[0], link[1], "up" if up else "down")
             self.request_reroute(f"link {link[0]}->{link[1]} {'up' if up else 'down'}")
@@ -711,25 +712,32 @@ class NdtController(app_manager.OSKenApp):
         if learned.place:
             self.request_reroute(f"host {host.ip} {'moved' if learned.moved_from else 'learned'}")
 
-    def _forget_hosts(self, hosts: list[Host], why: str) -> None:
-        """Forget the MACs of ``hosts`` and their addresses (:meth:`HostTable.forget`): their counting
-        and probe rules are deleted, their routes go with the next route version; frames to them are
-        then flooded, as to any unlearned MAC, until they announce themselves again."""
+    def _forget_hosts(self, choose, why: str) -> None:
+        """Forget the MACs ``choose`` picks from the host table (a function of it, called under the lock)
+        and their addresses (:meth:`HostTable.forget`): their counting and probe rules are deleted
+        (under the lock, so a host learned again after it gets its rules back after the deletes), their
+        routes go with the next route version; frames to them are then flooded, as to any unlearned
+        MAC, until they announce themselves again."""
         with self._lock:
-            gone = self._hosts.forget([host.mac for host in hosts])
+            gone = self._hosts.forget([host.mac for host in choose(self._hosts)])
             if not gone.macs:
                 return
             self._edge_version += 1
             macs = self._hosts.macs()
-        names = {host.mac for host in gone.macs}
-        self._traffic_rates.forget(lambda key: key[2] in names or key[3] in names)
+            names = {host.mac for host in gone.macs}
+            self._traffic_rates.forget(lambda key: key[2] in names or key[3] in names)
+            self._send_rules("delete_strict", edge_rules_of_departed(gone.macs, gone.addresses, macs, self.wiring))
         self.metrics.set_gauge("hosts", len(macs))
         self.metrics.inc("hosts_forgotten", len(gone.macs))
         for host in gone.macs:
-            LOG.warning("host %s (%s) at %s port %d forgotten: %s", host.ip, host.mac, host.switch, host.port, why)
-        self._send_rules("delete_strict", edge_rules_of_departed(gone.macs, gone.addresses, macs, self.wiring))
-        self.request_reroute(f"host {gone.macs[0].ip} forgotten" if len(gone.macs) == 1
+            addresses = ", ".join(a.ip for a in gone.addresses if a.mac == host.mac) or "no address left"
+            LOG.warning("host %s (%s) at %s port %d forgotten: %s", host.mac, addresses, host.switch, host.port, why)
+        self.request_reroute(f"host {gone.macs[0].mac} forgotten" if len(gone.macs) == 1
                              else f"{len(gone.macs)} hosts forgotten")
+
+    def _connected_names(self) -> set[str]:
+        """The names of the switches connected now."""
+        return {self.wiring.names[dpid] for dpid in list(self._datapaths)}
 
     def _packet_out(self, switch: str, port: int, data: bytes) -> None:
         dp = self._datapaths.get(self.wiring.dpids[switch])
@@ -876,9 +884,11 @@ class NdtController(app_manager.OSKenApp):
         while True:
             time.sleep(self.config.poll_interval)
             if self.config.host_age_s > 0:
-                with self._lock:
-                    silent = self._hosts.silent(self.config.host_age_s)
-                self._forget_hosts(silent, f"not heard from for {self.config.host_age_s:g} s")
+                try:
+                    self._forget_hosts(lambda table: table.silent(self.config.host_age_s, self._connected_names()),
+                                       f"not heard from for {self.config.host_age_s:g} s")
+                except Exception:  # the poller must outlive any one failure
+                    LOG.exception("ageing the learned hosts failed")
             if time.monotonic() - maintained >= STORE_MAINTENANCE_S:
                 maintained = time.monotonic()
                 LOG.info("telemetry store maintenance: %s", self.store.maintain())
@@ -979,9 +989,10 @@ class NdtController(app_manager.OSKenApp):
 
     def _on_counter_stats(self, msg, parts, now: float) -> None:
         """The edge counting rules' byte counts → the traffic matrix (a rule left at a port its source
-        MAC has moved from counts no more)."""
-        totals: dict[tuple[str, str], int] = {}
-        sent: dict[str, int] = {}  # per source MAC, the bytes its rules at its place counted (its liveness)
+        MAC has moved from counts no more), the bytes each pair of switches has sent (what each rule
+        counted since its last reading, added up: a rule deleted or put back does not take the total
+        down), and which MACs sent frames (:meth:`HostTable.counted`)."""
+        counted: dict[tuple[str, int, str], int] = {}
         readings = []
         for stat in parts:
             src_mac, dst_mac = stat.match.get("eth_src"), stat.match.get("eth_dst")
@@ -989,17 +1000,18 @@ class NdtController(app_manager.OSKenApp):
             in_port = stat.match.get("in_port")
             if src is None or (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, in_port):
                 continue
-            sent[src_mac] = sent.get(src_mac, 0) + stat.byte_count
+            counted[(src_mac, in_port, dst_mac)] = stat.byte_count
             if dst is None or src.switch == dst.switch:
                 continue
-            pair = (src.switch, dst.switch)
-            totals[pair] = totals.get(pair, 0) + stat.byte_count
-            readings.append(((msg.datapath.id, in_port, src_mac, dst_mac), pair, stat.duration_sec + stat.duration_nsec * 1e-9,
-                             stat.byte_count))
+            readings.append(((msg.datapath.id, in_port, src_mac, dst_mac), (src.switch, dst.switch),
+                             stat.duration_sec + stat.duration_nsec * 1e-9, stat.byte_count))
         with self._lock:
-            self._hosts.counted(sent)
-        rates = pair_rates(readings, self._traffic_rates)
-        self._store(self.store.add_traffic_matrix, now, rates)
-        with self._lock:
-            self._traffic_totals.update(totals)
+            self._hosts.counted(counted)
+            rates = pair_rates(readings, self._traffic_rates)
+            for key, pair, _, byte_count in readings:
+                last = self._counter_bytes.get(key, 0)
+                self._traffic_totals[pair] = self._traffic_totals.get(pair, 0) + (
+                    byte_count - last if byte_count >= last else byte_count)
+                self._counter_bytes[key] = byte_count
             self.metrics.set_traffic_bytes(self._traffic_totals)
+        self._store(self.store.add_traffic_matrix, now, rates)

@@ -47,7 +47,7 @@ class HostTable:
         self._by_address: dict[str, Host] = {}
         self._clock = clock
         self._heard: dict[str, float] = {}  # MAC → when it was last heard from
-        self._counted: dict[str, int] = {}  # MAC → its counting rules' bytes at the last reading
+        self._counted: dict[tuple[str, int, str], int] = {}  # counting rule → its bytes at the last reading
 
     def learn(self, host: Host) -> Learned:
         """Record that ``host.ip`` is at ``host.mac``, which is at ``host.switch`` port ``host.port``."""
@@ -68,18 +68,32 @@ class HostTable:
         replaced = earlier if earlier is not None and earlier.mac != host.mac else None
         return Learned(place, earlier != host, moved_from, replaced)
 
-    def counted(self, sent_bytes: dict[str, int]) -> None:
-        """The bytes each source MAC's counting rules (at its place) have counted so far: a MAC whose
-        count changed since the last reading sent frames, and is heard from."""
+    def counted(self, readings: dict[tuple[str, int, str], int]) -> None:
+        """What counting rules have counted so far, bytes, each keyed (source MAC, its port,
+        destination MAC): a known source MAC one of whose rules counted more than at its last reading
+        sent frames, and is heard from. A count that went down (the rule was put back, its switch
+        reconnected) is only recorded."""
         now = self._clock()
-        for mac, total in sent_bytes.items():
-            if mac in self._by_mac and self._counted.get(mac) != total:
-                self._counted[mac], self._heard[mac] = total, now
+        for key, total in readings.items():
+            if key[0] in self._by_mac:
+                if total > self._counted.get(key, 0):
+                    self._heard[key[0]] = now
+                self._counted[key] = total
 
-    def silent(self, age_s: float) -> list[Host]:
-        """One host per MAC not heard from for ``age_s`` s or more."""
+    def refresh(self, switch: str) -> None:
+        """Every MAC at ``switch`` is heard from now (its switch has just reconnected: while it was
+        away its counting rules could not be read)."""
         now = self._clock()
-        return [host for mac, host in self._by_mac.items() if now - self._heard.get(mac, now) >= age_s]
+        for mac, host in self._by_mac.items():
+            if host.switch == switch:
+                self._heard[mac] = now
+
+    def silent(self, age_s: float, switches: set[str]) -> list[Host]:
+        """One host per MAC at one of ``switches`` (those whose rules are read) not heard from for
+        ``age_s`` s or more."""
+        now = self._clock()
+        return [host for mac, host in self._by_mac.items()
+                if host.switch in switches and now - self._heard.get(mac, now) >= age_s]
 
     def at(self, switch: str, port: int) -> list[Host]:
         """One host per MAC at ``switch`` port ``port``."""
@@ -94,7 +108,7 @@ class HostTable:
             del self._by_address[host.ip]
         for mac in names:
             self._heard.pop(mac, None)
-            self._counted.pop(mac, None)
+        self._counted = {key: n for key, n in self._counted.items() if key[0] not in names and key[2] not in names}
         return Forgotten(gone, addresses)
 
     def by_mac(self, mac: str) -> Host | None:

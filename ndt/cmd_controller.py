@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     ofp_tls = _openflow_tls(args)
     if args.raw_hours * 3600.0 > args.retention_days * 86400.0:
         raise OptionError(f"--raw-hours {args.raw_hours:g} is longer than --retention-days {args.retention_days:g}")
+    if 0 < args.host_age < 3 * args.poll_interval:
+        raise OptionError(f"--host-age {args.host_age:g} is shorter than three statistics polls (--poll-interval "
+                          f"{args.poll_interval:g}): hosts sending all the while would be forgotten between readings")
     state = NetworkState.load(args.state)
     wiring = load_wiring(args.wiring, state, discover=args.discover)
     api = None if args.grpc == "off" else ApiServer(

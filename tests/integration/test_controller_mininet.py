@@ -498,7 +498,7 @@ def test_a_host_is_forgotten_when_its_port_goes_down_or_it_falls_silent_and_lear
             "frames counted at their ports keep the hosts heard from past the ageing time"
         bed.net.configLinkStatus("h2", "s2", "down")
         wait_for(lambda: bed.metric("ndt_hosts") == 1, 10, "h2 forgotten when its port went down")
-        assert "host 10.0.0.2 (00:00:00:00:00:02) at s2 port 1 forgotten: its port (s2 port 1) went down" in bed.log_text()
+        assert "host 00:00:00:00:00:02 (10.0.0.2) at s2 port 1 forgotten: its port (s2 port 1) went down" in bed.log_text()
         wait_for(lambda: "dl_dst=00:00:00:00:00:02" not in flows("s1", 1), 10, "h2's route at s1 gone")
         assert "dl_dst=00:00:00:00:00:02" not in flows("s1", 0) and "nw_dst=10.0.0.2" not in flows("s2", 0), \
             "h2's counting and probe rules gone"

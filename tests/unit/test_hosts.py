@@ -67,7 +67,7 @@ class FakeApp(SimpleNamespace):
         self._install_edge_rules = lambda macs, addresses: self.edge_rules.append((len(macs), len(addresses)))
         self.request_reroute = self.reroutes.append
         self._learn = lambda host: NdtController._learn(self, host)
-        self._forget_hosts = lambda hosts, why: NdtController._forget_hosts(self, hosts, why)
+        self._forget_hosts = lambda choose, why: NdtController._forget_hosts(self, choose, why)
         self._port_is_up = NdtController._port_is_up
         self._send_rules = lambda kind, rules: NdtController._send_rules(self, kind, rules)
         self._carry = lambda *a: NdtController._carry(self, *a)
@@ -161,8 +161,8 @@ def test_counting_rules_count_at_their_source_macs_place_only():
     app._hosts.learn(Host("10.0.0.1", A, "s1", 1))
     app._hosts.learn(Host("10.0.0.2", B, "s2", 1))
     app._hosts.learn(Host("10.0.0.1", A, "s1", 4))  # A moved: its rule at port 1 is left behind
-    app.__dict__.update(_traffic_rates=CounterRates(), _traffic_totals={}, store=TelemetryStore(), metrics=Metrics(),
-                        _store=NdtController._store)
+    app.__dict__.update(_traffic_rates=CounterRates(), _traffic_totals={}, _counter_bytes={}, store=TelemetryStore(),
+                        metrics=Metrics(), _store=NdtController._store)
 
     def rule(in_port: int, byte_count: int):
         return parser.OFPFlowStats(table_id=0, duration_sec=5, duration_nsec=0, priority=200, idle_timeout=0,
@@ -171,6 +171,10 @@ def test_counting_rules_count_at_their_source_macs_place_only():
 
     app.handle._on_counter_stats(SimpleNamespace(datapath=SimpleNamespace(id=1)), [rule(1, 10_000), rule(4, 300)], 10.0)
     assert app._traffic_totals == {("s1", "s2"): 300}
+    s1 = SimpleNamespace(datapath=SimpleNamespace(id=1))
+    app.handle._on_counter_stats(s1, [rule(4, 100)], 11.0)  # the rule was put back: it counts from zero again
+    app.handle._on_counter_stats(s1, [rule(4, 250)], 12.0)
+    assert app._traffic_totals == {("s1", "s2"): 550}  # the bytes sent never go down
 
 
 class Clock:
@@ -187,16 +191,19 @@ def test_a_mac_is_forgotten_with_all_its_addresses_and_only_when_silent_for_the_
     table.learn(Host("10.0.0.1", A, "s1", 1))
     table.learn(Host("fd00::1", A, "s1", 1))
     table.learn(Host("10.0.0.2", B, "s2", 1))
+    both = {"s1", "s2"}
+    clock.now = 100.0
+    table.counted({(A, 1, B): 0, (B, 1, A): 0, ("00:00:00:00:00:99", 3, A): 7})  # nothing counted yet; an unknown MAC
     clock.now = 200.0
-    table.counted({A: 5_000})  # A's counting rules counted frames: heard from at 200 s
-    table.counted({B: 0, "00:00:00:00:00:99": 7})  # an unknown MAC is not taken in
-    clock.now = 299.0
-    assert table.silent(300.0) == []
+    table.counted({(A, 1, B): 5_000, (B, 1, A): 0})  # A's rule counted frames: A heard from at 200 s
     clock.now = 300.0
-    table.counted({A: 5_000, B: 0})  # no change: not heard from again
-    assert [h.mac for h in table.silent(300.0)] == []  # B's first count at 200 s was news
+    assert [h.mac for h in table.silent(300.0, both)] == [B]  # B: heard from when learned, at 0 s
+    table.counted({(A, 1, B): 100, (B, 1, A): 0})  # A's count went down (its rule was put back): not news
     clock.now = 500.0
-    assert [h.mac for h in table.silent(300.0)] == [A, B]
+    assert [h.mac for h in table.silent(300.0, both)] == [A, B]
+    assert table.silent(300.0, {"s2"}) == [Host("10.0.0.2", B, "s2", 1)]  # s1 not read: its hosts are not judged
+    table.refresh("s1")  # s1 back: its hosts count as heard from now
+    assert [h.mac for h in table.silent(300.0, both)] == [B]
     assert table.at("s1", 1) == [Host("10.0.0.1", A, "s1", 1)] and table.at("s1", 2) == []
     gone = table.forget([A, A, "00:00:00:00:00:99"])
     assert gone.macs == [Host("10.0.0.1", A, "s1", 1)]
@@ -204,7 +211,9 @@ def test_a_mac_is_forgotten_with_all_its_addresses_and_only_when_silent_for_the_
     assert table.by_mac(A) is None and table.by_address("fd00::1") is None and table.by_address("10.0.0.2") is not None
     clock.now = 510.0
     assert table.learn(Host("10.0.0.1", A, "s2", 4)) == Learned(place=True, address=True)  # back: new, not moved
-    assert [h.mac for h in table.silent(300.0)] == [B]
+    clock.now = 600.0
+    table.counted({(B, 1, A): 40})  # B's rule towards A, put back from zero, counts from its first reading on
+    assert [h.mac for h in table.silent(50.0, both)] == [A]
 
 
 def test_a_departed_mac_leaves_counting_rules_both_ways_and_its_probe_rules():
@@ -235,12 +244,12 @@ def test_a_host_whose_port_goes_down_is_forgotten_with_its_rules_and_routes():
     deleted = {(m.datapath.id if hasattr(m, "datapath") else None, tuple(sorted(dict(m.match.items()).items())))
                for m in app.flow_mods if m.command == ofproto_v1_3.OFPFC_DELETE_STRICT}
     assert len(deleted) == 3  # A → B at s1 port 1, B → A at s2 port 1, A's probe rule at s1
-    assert app.reroutes == ["host 10.0.0.1 forgotten"] and app._edge_version == 1
+    assert app.reroutes == [f"host {A} forgotten"] and app._edge_version == 1
     assert app._traffic_rates.update((1, 1, A, B), 10.0, 200.0) is None  # its counters start again if it comes back
     metrics = {m.name: m.samples[0].value for m in app.metrics.collect() if m.name in ("ndt_hosts", "ndt_hosts_forgotten")}
     assert metrics == {"ndt_hosts": 1, "ndt_hosts_forgotten": 1}
     app.handle._on_port_change(SimpleNamespace(datapath=s1, port_no=1))  # nothing left there: nothing happens
-    assert app.reroutes == ["host 10.0.0.1 forgotten"]
+    assert app.reroutes == [f"host {A} forgotten"]
 
 
 def test_frames_counted_at_a_macs_place_keep_it_heard_from_same_switch_peers_included():
@@ -252,7 +261,7 @@ def test_frames_counted_at_a_macs_place_keep_it_heard_from_same_switch_peers_inc
 
     clock = Clock()
     app = FakeApp()
-    app.__dict__.update(_hosts=HostTable(clock), _traffic_rates=CounterRates(), _traffic_totals={},
+    app.__dict__.update(_hosts=HostTable(clock), _traffic_rates=CounterRates(), _traffic_totals={}, _counter_bytes={},
                         store=TelemetryStore(), _store=NdtController._store)
     app._hosts.learn(Host("10.0.0.1", A, "s1", 1))
     app._hosts.learn(Host("10.0.0.3", ROUTER, "s1", 2))
@@ -268,5 +277,5 @@ def test_frames_counted_at_a_macs_place_keep_it_heard_from_same_switch_peers_inc
     clock.now = 250.0
     app.handle._on_counter_stats(s1, [rule(1, A, ROUTER, 900), rule(2, ROUTER, A, 0), rule(7, ROUTER, A, 50)], 250.0)
     clock.now = 360.0
-    assert [h.mac for h in app._hosts.silent(200.0)] == [ROUTER]  # its count at port 7 is not at its place
+    assert [h.mac for h in app._hosts.silent(200.0, {"s1"})] == [ROUTER]  # its count at port 7 is not at its place
     assert app._traffic_totals == {}  # one switch: no traffic-matrix entry

@@ -6,10 +6,11 @@ effective capacity) is refitted from them when a new one came in. Online measure
 path (a path's probe mean over one window holds a handful of probes), so the fit is least squares
 on the delays themselves (:func:`fit_least_squares`), which such noise does not bias, rather than
 ``ndt calibrate``'s least relative deviation, which noise on short paths pulls towards predicting
-nothing. Each window weighs alike: its errors are divided by the mean delay the prior predicts for
-it (:func:`window_weight`), so the few windows of the highest load, whose delays are the largest and
-the noisiest, do not make the fit on their own; the prior's prediction, not the measurement, sets
-the weight, so the measurements' noise does not bias the fit through it. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
+nothing. Each window's errors are taken relative to its own scale of delay, divided by the mean
+delay the prior predicts for it (:func:`window_weight`), so the few windows of the highest load,
+whose delays are the largest and the noisiest, do not make the fit on their own (a window still
+counts by its measured flows); the prior's prediction, not the measurement, sets the weight, so the
+measurements' noise does not bias the fit through it. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
 until the windows number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it
 explains the kept windows better than the fit (smaller squared error): a shipped calibration is at
 most a starting point. Delays in s.
@@ -47,7 +48,8 @@ class OnlineCalibration:
     """Windows of live measurements and the correction fitted to them."""
 
     def __init__(self, prior: Correction | None = None, history: int = 20, min_flows: int = MIN_FLOWS,
-                 min_windows: int = MIN_WINDOWS):
+                 min_windows: int = MIN_WINDOWS, weigh_windows: bool = True):
+        self.weigh_windows = weigh_windows  # False: every flow's error in s, the windows of highest load weigh most
         self.set_prior(prior or Correction(), history, min_flows, min_windows)
 
     def set_prior(self, prior: Correction, history: int = 20, min_flows: int = MIN_FLOWS,
@@ -91,7 +93,7 @@ class OnlineCalibration:
         if self._stale and self.flows >= self.min_flows and len(self._windows) >= self.min_windows:
             states, measured = (list(x) for x in zip(*self._windows))
             by_prior = CalibratedPredictor(predictor, self.prior).predict_delays(states)
-            weights = [window_weight(p, m) for p, m in zip(by_prior, measured)]
+            weights = [window_weight(p, m) if self.weigh_windows else 1.0 for p, m in zip(by_prior, measured)]
             fitted = fit_least_squares(states, measured, predictor, weights)
             predicted = {fitted: CalibratedPredictor(predictor, fitted).predict_delays(states), self.prior: by_prior}
             squared = {c: _weighted_squared_error(p, measured, weights) for c, p in predicted.items()}
@@ -104,9 +106,11 @@ class OnlineCalibration:
 
 def window_weight(expected: np.ndarray, measured: np.ndarray) -> float:
     """What a window's errors are multiplied by in the fit: 1 / the mean of ``expected`` (the prior's
-    predictions, which the measurements' noise does not move) over the window's measured flows, 1/s."""
-    ok = np.isfinite(measured) & (measured > 0) & np.isfinite(expected)
-    return 1.0 / max(float(np.mean(expected[ok])), 1e-9) if np.any(ok) else 0.0
+    predictions, which the measurements' noise does not move) over the window's measured flows, 1/s;
+    where that mean is not a positive delay, 1 / the measured mean."""
+    ok = np.isfinite(measured) & (measured > 0)
+    scale = float(np.mean(expected[ok])) if np.all(np.isfinite(expected[ok])) else float("nan")
+    return 1.0 / (scale if scale > 0 else float(np.mean(measured[ok])))
 
 
 def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], predictor,
