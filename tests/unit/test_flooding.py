@@ -9,15 +9,7 @@ import pytest
 
 from controller.flooding import FLOOD_BURST_S, FloodLimiter, MeterPlan, is_group_mac, may_flood, packet_in_meter
 from controller.routing_rules import Host
-from tests.unit.test_hosts import A, B, FakeApp
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.test_hosts import A, B, Clock, FakeApp
 
 
 def test_group_macs_and_what_no_bridge_forwards():

@@ -178,6 +178,8 @@ def test_counting_rules_count_at_their_source_macs_place_only():
 
 
 class Clock:
+    """A clock the test sets (s)."""
+
     def __init__(self):
         self.now = 0.0
 
