@@ -10,10 +10,10 @@ nothing. Each window's errors are taken relative to its own scale of delay, divi
 delay the prior predicts for it (:func:`window_weight`), so the few windows of the highest load,
 whose delays are the largest and the noisiest, do not make the fit on their own (a window still
 counts by its measured flows); the prior's prediction, not the measurement, sets the weight, so the
-measurements' noise does not bias the fit through it. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
-until the windows number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it
-explains the kept windows better than the fit (smaller squared error): a shipped calibration is at
-most a starting point. Delays in s.
+measurements' noise does not bias the fit through it. The ``prior`` (a shipped or ``ndt calibrate``
+file, or the structural default) is used until the windows number ``min_windows`` and hold
+``min_flows`` measured flows, and whenever it explains the kept windows better than the fit (smaller
+squared error): a shipped calibration is at most a starting point. Delays in s.
 """
 
 from __future__ import annotations
