@@ -67,7 +67,7 @@ from controller.routing_rules import (
 )
 from telemetry.exporter import Metrics
 from telemetry.offered import OfferedPackets, RuleReading
-from telemetry.rates import CounterRates, pair_rates, supported_counter
+from telemetry.rates import CounterRates, counted_since, pair_rates, supported_counter
 from telemetry.store import LINK_KIND, ROUTING_KIND, LinkSample, StoreError, TelemetryStore
 from twin.state.errors import NdtError
 from twin.state.model import NetworkState
@@ -726,6 +726,8 @@ class NdtController(app_manager.OSKenApp):
             macs = self._hosts.macs()
             names = {host.mac for host in gone.macs}
             self._traffic_rates.forget(lambda key: key[2] in names or key[3] in names)
+            self._counter_bytes = {key: n for key, n in self._counter_bytes.items()
+                                   if key[2] not in names and key[3] not in names}
             self._send_rules("delete_strict", edge_rules_of_departed(gone.macs, gone.addresses, macs, self.wiring))
         self.metrics.set_gauge("hosts", len(macs))
         self.metrics.inc("hosts_forgotten", len(gone.macs))
@@ -991,8 +993,8 @@ class NdtController(app_manager.OSKenApp):
         """The edge counting rules' byte counts → the traffic matrix (a rule left at a port its source
         MAC has moved from counts no more), the bytes each pair of switches has sent (what each rule
         counted since its last reading, added up: a rule deleted or put back does not take the total
-        down), and which MACs sent frames (:meth:`HostTable.counted`)."""
-        counted: dict[tuple[str, int, str], int] = {}
+        down), and which MACs sent frames (a rule counting more: :meth:`HostTable.heard`)."""
+        counts: dict[tuple, int] = {}
         readings = []
         for stat in parts:
             src_mac, dst_mac = stat.match.get("eth_src"), stat.match.get("eth_dst")
@@ -1000,18 +1002,17 @@ class NdtController(app_manager.OSKenApp):
             in_port = stat.match.get("in_port")
             if src is None or (self.wiring.dpids.get(src.switch), src.port) != (msg.datapath.id, in_port):
                 continue
-            counted[(src_mac, in_port, dst_mac)] = stat.byte_count
+            key = (msg.datapath.id, in_port, src_mac, dst_mac)
+            counts[key] = stat.byte_count
             if dst is None or src.switch == dst.switch:
                 continue
-            readings.append(((msg.datapath.id, in_port, src_mac, dst_mac), (src.switch, dst.switch),
-                             stat.duration_sec + stat.duration_nsec * 1e-9, stat.byte_count))
+            readings.append((key, (src.switch, dst.switch), stat.duration_sec + stat.duration_nsec * 1e-9,
+                             stat.byte_count))
         with self._lock:
-            self._hosts.counted(counted)
+            added = counted_since(self._counter_bytes, counts)
+            self._hosts.heard({key[2] for key, n in added.items() if n > 0})
             rates = pair_rates(readings, self._traffic_rates)
-            for key, pair, _, byte_count in readings:
-                last = self._counter_bytes.get(key, 0)
-                self._traffic_totals[pair] = self._traffic_totals.get(pair, 0) + (
-                    byte_count - last if byte_count >= last else byte_count)
-                self._counter_bytes[key] = byte_count
+            for key, pair, _, _ in readings:
+                self._traffic_totals[pair] = self._traffic_totals.get(pair, 0) + added[key]
             self.metrics.set_traffic_bytes(self._traffic_totals)
         self._store(self.store.add_traffic_matrix, now, rates)

@@ -47,7 +47,6 @@ class HostTable:
         self._by_address: dict[str, Host] = {}
         self._clock = clock
         self._heard: dict[str, float] = {}  # MAC → when it was last heard from
-        self._counted: dict[tuple[str, int, str], int] = {}  # counting rule → its bytes at the last reading
 
     def learn(self, host: Host) -> Learned:
         """Record that ``host.ip`` is at ``host.mac``, which is at ``host.switch`` port ``host.port``."""
@@ -68,17 +67,12 @@ class HostTable:
         replaced = earlier if earlier is not None and earlier.mac != host.mac else None
         return Learned(place, earlier != host, moved_from, replaced)
 
-    def counted(self, readings: dict[tuple[str, int, str], int]) -> None:
-        """What counting rules have counted so far, bytes, each keyed (source MAC, its port,
-        destination MAC): a known source MAC one of whose rules counted more than at its last reading
-        sent frames, and is heard from. A count that went down (the rule was put back, its switch
-        reconnected) is only recorded."""
+    def heard(self, macs) -> None:
+        """``macs`` have sent frames now (their counting rules counted more); unknown MACs are skipped."""
         now = self._clock()
-        for key, total in readings.items():
-            if key[0] in self._by_mac:
-                if total > self._counted.get(key, 0):
-                    self._heard[key[0]] = now
-                self._counted[key] = total
+        for mac in macs:
+            if mac in self._by_mac:
+                self._heard[mac] = now
 
     def refresh(self, switch: str) -> None:
         """Every MAC at ``switch`` is heard from now (its switch has just reconnected: while it was
@@ -108,7 +102,6 @@ class HostTable:
             del self._by_address[host.ip]
         for mac in names:
             self._heard.pop(mac, None)
-        self._counted = {key: n for key, n in self._counted.items() if key[0] not in names and key[2] not in names}
         return Forgotten(gone, addresses)
 
     def by_mac(self, mac: str) -> Host | None:

@@ -42,6 +42,18 @@ class CounterRates:
             del self._last[key]
 
 
+def counted_since(last: dict[Hashable, int], counts: dict[Hashable, int]) -> dict[Hashable, int]:
+    """What each counter in ``counts`` (key → its value now) counted since its value in ``last``,
+    which is updated in place. A counter new to ``last``, or below its last value (its rule was put
+    back, its switch restarted), counted all of its value since it started from zero."""
+    out = {}
+    for key, value in counts.items():
+        previous = last.get(key, 0)
+        out[key] = value - previous if value >= previous else value
+        last[key] = value
+    return out
+
+
 def pair_rates(readings, rates: CounterRates) -> dict[Hashable, float]:
     """Bit/s per pair from one reading of its counter rules: ``readings`` holds (rule key, pair,
     switch time s, byte count) per rule; ``rates`` remembers each rule's last reading.

@@ -12,7 +12,7 @@ import pytest
 from controller.routing_rules import RuleError
 from controller.topology import load_wiring, wiring_from_dict
 from mininet_topos.network import free_port
-from telemetry.rates import CounterRates, pair_rates
+from telemetry.rates import CounterRates, counted_since, pair_rates
 from twin.state.model import Link, NetworkState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +73,14 @@ def test_counter_rates():
     assert rates.update("a", 4.0, 150) == 100.0
     rates.forget(lambda key: key == "a")
     assert rates.update("a", 5.0, 500) is None
+
+
+def test_counted_since_takes_a_count_that_went_down_as_counted_from_zero():
+    last: dict = {}
+    assert counted_since(last, {"a": 500, "b": 0}) == {"a": 500, "b": 0}, "a new counter counted all of its value"
+    assert counted_since(last, {"a": 800}) == {"a": 300} and last == {"a": 800, "b": 0}
+    assert counted_since(last, {"a": 120, "b": 0}) == {"a": 120, "b": 0}, "a counter put back counts from zero"
+    assert last == {"a": 120, "b": 0}
 
 
 def test_pair_rates_come_from_the_switch_clock():

@@ -55,7 +55,7 @@ class FakeApp(SimpleNamespace):
 
         wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
         super().__init__(wiring=wiring, _lock=threading.RLock(), _hosts=HostTable(), _edge_version=0, sent=[],
-                         reroutes=[], edge_rules=[], metrics=Metrics(), flow_mods=[])
+                         reroutes=[], edge_rules=[], metrics=Metrics(), flow_mods=[], _counter_bytes={})
         self._datapaths = {dpid: SimpleNamespace(id=dpid, ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser,
                                                  send_msg=self.flow_mods.append) for dpid in (1, 2)}
         self._flow_mod = NdtController._flow_mod
@@ -195,12 +195,11 @@ def test_a_mac_is_forgotten_with_all_its_addresses_and_only_when_silent_for_the_
     table.learn(Host("10.0.0.2", B, "s2", 1))
     both = {"s1", "s2"}
     clock.now = 100.0
-    table.counted({(A, 1, B): 0, (B, 1, A): 0, ("00:00:00:00:00:99", 3, A): 7})  # nothing counted yet; an unknown MAC
+    table.heard(["00:00:00:00:00:99"])  # an unknown MAC: skipped
     clock.now = 200.0
-    table.counted({(A, 1, B): 5_000, (B, 1, A): 0})  # A's rule counted frames: A heard from at 200 s
+    table.heard([A])  # A's rule counted frames: A heard from at 200 s
     clock.now = 300.0
     assert [h.mac for h in table.silent(300.0, both)] == [B]  # B: heard from when learned, at 0 s
-    table.counted({(A, 1, B): 100, (B, 1, A): 0})  # A's count went down (its rule was put back): not news
     clock.now = 500.0
     assert [h.mac for h in table.silent(300.0, both)] == [A, B]
     assert table.silent(300.0, {"s2"}) == [Host("10.0.0.2", B, "s2", 1)]  # s1 not read: its hosts are not judged
@@ -214,7 +213,7 @@ def test_a_mac_is_forgotten_with_all_its_addresses_and_only_when_silent_for_the_
     clock.now = 510.0
     assert table.learn(Host("10.0.0.1", A, "s2", 4)) == Learned(place=True, address=True)  # back: new, not moved
     clock.now = 600.0
-    table.counted({(B, 1, A): 40})  # B's rule towards A, put back from zero, counts from its first reading on
+    table.heard([B])
     assert [h.mac for h in table.silent(50.0, both)] == [A]
 
 
@@ -237,6 +236,7 @@ def test_a_host_whose_port_goes_down_is_forgotten_with_its_rules_and_routes():
     app._hosts.learn(Host("10.0.0.2", B, "s2", 1))
     app._traffic_rates.update((1, 1, A, B), 0.0, 100.0)
     app._traffic_rates.update((2, 1, B, A), 0.0, 100.0)
+    app._counter_bytes.update({(1, 1, A, B): 100, (2, 1, B, A): 100, (2, 1, B, ROUTER): 50})
     app._set_port = lambda dpid, port, up: False  # the link's state is another test's
     s1 = SimpleNamespace(id=1, ports={}, ofproto=ofproto_v1_3)
     app.handle._on_port_change(SimpleNamespace(datapath=s1, port_no=9))  # a link port: no host there
@@ -248,6 +248,7 @@ def test_a_host_whose_port_goes_down_is_forgotten_with_its_rules_and_routes():
     assert len(deleted) == 3  # A → B at s1 port 1, B → A at s2 port 1, A's probe rule at s1
     assert app.reroutes == [f"host {A} forgotten"] and app._edge_version == 1
     assert app._traffic_rates.update((1, 1, A, B), 10.0, 200.0) is None  # its counters start again if it comes back
+    assert app._counter_bytes == {(2, 1, B, ROUTER): 50}
     metrics = {m.name: m.samples[0].value for m in app.metrics.collect() if m.name in ("ndt_hosts", "ndt_hosts_forgotten")}
     assert metrics == {"ndt_hosts": 1, "ndt_hosts_forgotten": 1}
     app.handle._on_port_change(SimpleNamespace(datapath=s1, port_no=1))  # nothing left there: nothing happens
