@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,11 +19,21 @@ Pair = tuple[str, str]
 
 @dataclass(frozen=True)
 class Report:
-    """One report: the window it covers (Unix s) and the pairs' mean delays over it (s)."""
+    """One report: the window it covers (Unix s), the pairs' mean delays over it (s) and, for the
+    pairs whose agent said, how many measurements (packets, probes) each mean is over."""
 
     start: float
     end: float
     delays: dict
+    samples: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A pair's mean delay over a span (s) and the measurements it is over (0: a report did not say)."""
+
+    delay: float
+    samples: int
 
 
 MAX_REPORTS = 10_000  # kept at most, however fast they come
@@ -39,12 +49,13 @@ class ReportedDelays:
         self._newest = -np.inf
         self._added = 0
 
-    def add(self, start: float, end: float, delays: dict[Pair, float]) -> None:
-        """A report of the mean delays (s) over [start, end) (Unix s); ``start < end``."""
+    def add(self, start: float, end: float, delays: dict[Pair, float], samples: dict[Pair, int] | None = None) -> None:
+        """A report of the mean delays (s) over [start, end) (Unix s), ``start < end``; ``samples``:
+        per pair, how many measurements its mean is over, where the agent said."""
         if not start < end:
             raise ValueError(f"a report's window must end after it starts, got [{start}, {end})")
         with self._lock:
-            self._reports.append(Report(start, end, dict(delays)))
+            self._reports.append(Report(start, end, dict(delays), dict(samples or {})))
             self._added += 1
             self._newest = max(self._newest, end)
             while self._reports and self._reports[0].end < self._newest - self.keep_s:
@@ -58,17 +69,27 @@ class ReportedDelays:
             return list(self._reports)[max(0, cursor - first):], self._added
 
     def delays(self, start: float, end: float, slack_s: float = 1.0) -> dict[Pair, float]:
+        """Per pair, its mean delay over the reports whose window lies inside [start, end + slack]
+        (:meth:`means`), s; empty when none does."""
+        return {pair: mean.delay for pair, mean in self.means(start, end, slack_s).items()}
+
+    def means(self, start: float, end: float, slack_s: float = 1.0) -> dict[Pair, Mean]:
         """Per pair, the mean over the reports whose window lies inside [start, end + slack] (Unix s:
-        none that began before ``start``, when the routing may have been another), each weighted by
-        its window's length, s; empty when none does."""
-        sums: dict[Pair, list[float]] = {}
+        none that began before ``start``, when the routing may have been another), and the
+        measurements it is over. Where every such report of the pair said how many measurements its
+        mean is over, the reports weigh by them (the mean of all their packets); else by their
+        window's length, s, and the count is 0 (not known)."""
+        parts: dict[Pair, list[tuple[float, float, int]]] = {}
         with self._lock:
             reports = [r for r in self._reports if r.start >= start and r.end <= end + slack_s]
         for report in reports:
-            length = report.end - report.start
             for pair, delay in report.delays.items():
                 if np.isfinite(delay) and delay > 0:
-                    acc = sums.setdefault(pair, [0.0, 0.0])
-                    acc[0] += length * delay
-                    acc[1] += length
-        return {pair: total / weight for pair, (total, weight) in sums.items()}
+                    parts.setdefault(pair, []).append((delay, report.end - report.start, report.samples.get(pair, 0)))
+        out = {}
+        for pair, means in parts.items():
+            delay, length, samples = (np.array(column, dtype=float) for column in zip(*means))
+            counted = bool(np.all(samples > 0))
+            weights = samples if counted else length
+            out[pair] = Mean(float(np.sum(weights * delay) / np.sum(weights)), int(samples.sum()) if counted else 0)
+        return out

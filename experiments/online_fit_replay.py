@@ -1,12 +1,14 @@
-"""Replay the closed loop's online calibration over a recorded ``ndt demo`` run: once as the
-controller fits it (``relative``: each window's errors relative to its own scale of delay) and once
+"""Replay the closed loop's online calibration over a recorded ``ndt demo`` run: as the controller
+fits it (``counted``: each window's errors relative to its own scale of delay, each flow's squared
+error in proportion to the packets behind its mean), without the packet counts (``relative``), and
 with every flow's error in seconds (``seconds``: the highest-load windows weigh most), scoring each
 window's prediction against the hosts' own packets as the demo does (``twin_vs_hosts``: pairs with
 enough packets in the window, windows with a fitted correction).
 
 The windows are those the loop scored on the hosts' reports (the report's ``twin_scores``), each
 rebuilt from the store as ``ndt replay`` rebuilds a moment (routing, links out of service, traffic
-matrix and packet size over the window) with the reports stored in it; the loop's own windows are
+matrix and packet size over the window) with the reports stored in it (the store keeps no packet
+counts: each pair's are counted again from the hosts' packets sent in the window); the loop's own windows are
 only approximated (the replay's predictions differ from the store's ``predicted`` rows by a few per
 cent), so compare the two fits with each other, not with the demo's figure. Prints JSON.
 
@@ -40,9 +42,10 @@ from twin.state.model import NetworkState  # noqa: E402
 WINDOW_S = 20.0  # the demo's --loop-window, s
 
 
-def windows(run: Path, report: dict, base: NetworkState) -> list[tuple[dict, NetworkState, np.ndarray]]:
-    """(score, the state the loop saw, the hosts' reported delays per flow) of each window the loop
-    scored on the hosts' reports, in time order."""
+def windows(run: Path, report: dict, base: NetworkState, sent: np.ndarray) -> list[tuple]:
+    """(score, the state the loop saw, the hosts' reported delays per flow, the packets behind each)
+    of each window the loop scored on the hosts' reports, in time order; ``sent``: the hosts'
+    received packets (rows of flow index, sequence, sent and received, Unix s)."""
     store = open_store(run / "telemetry.db")
     scored = [s for s in report["twin_scores"] if s["measured_by"] == "hosts"]
     history = timeline(store, base, max(s["ts"] for s in scored))
@@ -56,22 +59,26 @@ def windows(run: Path, report: dict, base: NetworkState) -> list[tuple[dict, Net
         reports: dict = {}
         for row in store.path_delays("measured", score["start"] + REPORT_S - 0.5, end + 1.0):
             reports.setdefault((row.src, row.dst), []).append(row.value)
-        out.append((score, state, measured_vector(state, {pair: float(np.mean(v)) for pair, v in reports.items()})))
+        inside = sent[(sent[:, 2] >= score["start"]) & (sent[:, 2] < end)]
+        flow_of = {(f.src, f.dst): i for i, f in enumerate(base.flows)}
+        packets = {pair: float(np.sum(inside[:, 0] == flow_of[pair])) for pair in reports if pair in flow_of}
+        out.append((score, state, measured_vector(state, {pair: float(np.mean(v)) for pair, v in reports.items()}),
+                    measured_vector(state, packets)))
     return out
 
 
-def replay(recorded, predictor, prior, weigh_windows: bool) -> tuple[list[dict], list[PairValue]]:
+def replay(recorded, predictor, prior, weigh_windows: bool, weigh_samples: bool) -> tuple[list[dict], list[PairValue]]:
     """The loop's online fit over ``recorded`` windows: each predicted with the correction fitted
     before it, then added (if it was steady for half a window and half a window after the last)."""
-    calibration = OnlineCalibration(prior, weigh_windows=weigh_windows)
+    calibration = OnlineCalibration(prior, weigh_windows=weigh_windows, weigh_samples=weigh_samples)
     scores, predicted, added_at = [], [], -np.inf
-    for score, state, measured in recorded:
+    for score, state, measured, samples in recorded:
         in_use = calibration.last
         delays = CalibratedPredictor(predictor, in_use.correction).predict_delays([state])[0]
         predicted += [PairValue(score["ts"], f.src, f.dst, float(d)) for f, d in zip(state.flows, delays)]
         scores.append({**score, "calibrated_online": in_use.fitted})
         if score["ts"] - score["start"] >= WINDOW_S / 2 and score["ts"] - added_at >= WINDOW_S / 2:
-            calibration.add(state, measured)
+            calibration.add(state, measured, samples)
             added_at = score["ts"]
         calibration.current(predictor)
     return scores, predicted
@@ -85,10 +92,10 @@ def main(run: str, report_path: str = "data/demo/report.json") -> dict:
     phases = [Phase(p["name"], base, p["start"], p["end"],
                     received_rows(run_dir / f"phase-{k + 1}" / f"traffic-{k}", len(base.nodes)))
               for k, p in enumerate(report["phases"])]
-    recorded = windows(run_dir, report, base)
+    recorded = windows(run_dir, report, base, np.concatenate([p.rows for p in phases if len(p.rows)]))
     out = {"run": str(run_dir), "demo_twin_vs_emulation_mape": report["twin_vs_emulation_mape"], "windows": len(recorded)}
-    for name, weigh in (("relative", True), ("seconds", False)):
-        scores, predicted = replay(recorded, twin.predictor, twin.correction, weigh)
+    for name, by_window, by_samples in (("counted", True, True), ("relative", True, False), ("seconds", False, False)):
+        scores, predicted = replay(recorded, twin.predictor, twin.correction, by_window, by_samples)
         result = twin_vs_hosts(scores, predicted, phases)
         out[name] = {"mape": result["mape"], "pair_windows": result["pair_windows"],
                      "by_phase": {k: round(v["mape"], 4) for k, v in result["by_phase"].items()}}

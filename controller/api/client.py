@@ -97,10 +97,13 @@ class ControllerClient:
         return NetworkState.from_dict(json.loads(self.stub.GetState(pb.Empty(), timeout=30).state_json))
 
     def report_measured(self, delays: dict[tuple[str, str], float], source: str,
-                        window: tuple[float, float] | None = None):
+                        window: tuple[float, float] | None = None, samples: dict[tuple[str, str], int] | None = None):
         """Measured mean path delays (s) to the controller's store and exporter (gRPC ReportMeasured);
-        with ``window`` (start, end; Unix s), the span they are means over, the closed loop uses them too."""
-        paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v)) for (s, d), v in delays.items()]
+        with ``window`` (start, end; Unix s), the span they are means over, the closed loop uses them too;
+        ``samples``: per pair, how many packets or probes its mean is over (the online fit weighs by it)."""
+        counts = samples or {}
+        paths = [pb.PathDelay(src=s, dst=d, delay_s=float(v), samples=int(counts.get((s, d), 0)))
+                 for (s, d), v in delays.items()]
         start, end = window or (0.0, 0.0)
         return self.stub.ReportMeasured(pb.MeasuredDelays(paths=paths, source=source, start=start, end=end),
                                         timeout=10)

@@ -245,7 +245,7 @@ class NdtService(services.NdtServicer):
         if not request.paths:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "paths: give at least one measured path delay")
         nodes = set(self.controller.snapshot().state.nodes)
-        measured = {}
+        measured, samples = {}, {}
         for i, path in enumerate(request.paths):
             for end in (path.src, path.dst):
                 if end not in nodes:
@@ -257,11 +257,13 @@ class NdtService(services.NdtServicer):
                                f"paths[{i}]: {path.src}->{path.dst} delay_s must be finite, >= 0 and <= {MAX_DELAY_S:g} s, "
                                f"got {path.delay_s}")
             measured[(path.src, path.dst)] = path.delay_s
+            if path.samples:
+                samples[(path.src, path.dst)] = path.samples
         now = time.time()
         window = _report_window(request.start, request.end, now)
         self.store.add_path_delays(window[1] if window else now, "measured", measured)
         if window:
-            self.controller.reported_delays.add(*window, measured)
+            self.controller.reported_delays.add(*window, measured, samples)
         self.metrics.set_path_delays("measured", measured)
         predicted = {(p.src, p.dst): p.value
                      for p in self.store.path_delays("predicted", now - PREDICTION_WINDOW_S, now + 1.0)}

@@ -69,7 +69,8 @@ class DemoPlan:
 
 class HostReporter:
     """The hosts as a measurement agent: while a phase plays, every ``report_s`` s their mean
-    one-way delay per pair over the last window (packets sent in it, kernel timestamps) goes to
+    one-way delay per pair over the last window (packets sent in it, kernel timestamps; how many
+    with each mean) goes to
     the controller through gRPC ReportMeasured, with the window, as an operator's TWAMP or ping
     mesh would report; what a perfect model would score against each report (its sampling noise)
     is kept beside it. ``pairs``: only these (src, dst) report (all, when None)."""
@@ -106,11 +107,12 @@ class HostReporter:
             self.window_start = end
 
     def report(self, start: float, end: float) -> None:
-        """The pairs' mean delays over packets sent in [start, end) (Unix s) to the controller."""
+        """The pairs' mean delays over packets sent in [start, end) (Unix s), and how many packets
+        each is over, to the controller."""
         rows = live_rows(self.workdir, len(self.traffic.nodes), self._seen)
         self._rows = np.concatenate([self._rows[self._rows[:, 2] >= start], rows])
         inside = self._rows[(self._rows[:, 2] >= start) & (self._rows[:, 2] < end)]
-        delays, noise = {}, []
+        delays, samples, noise = {}, {}, []
         for i in np.unique(inside[:, 0]).astype(int):
             packets = inside[inside[:, 0] == i]
             delay = packets[:, 3] - packets[:, 2]
@@ -119,9 +121,10 @@ class HostReporter:
                 if self.pairs is not None and (flow.src, flow.dst) not in self.pairs:
                     continue
                 delays[(flow.src, flow.dst)] = float(delay.mean())
+                samples[(flow.src, flow.dst)] = len(packets)
                 noise.append(sampling_error(packets[:, 2], delay) / delay.mean())
         if delays:
-            self.client.report_measured(delays, "ndt demo hosts", (start, end))
+            self.client.report_measured(delays, "ndt demo hosts", (start, end), samples)
             self.reported_pairs |= set(delays)
             self.reports.append({"start": start, "end": end, "pairs": len(delays),
                                  "noise_mape": float(np.mean(noise))})

@@ -150,8 +150,9 @@ class Window:
     """What the loop reads of the last window: the traffic matrix (bit/s), the state the twin is
     asked about, the probes' delay per flow's pair since the routing last changed (s), the delays
     the twin is scored and fitted on (the hosts' reports over that span when there are any, else the
-    probes'), which of the two, how long the routing was steady (s), the links down, and the most
-    any link's load (share of its capacity) differed between the two halves of that span."""
+    probes'), which of the two, how long the routing was steady (s), the links down, the most
+    any link's load (share of its capacity) differed between the two halves of that span, and per
+    reported pair how many measurements its delay is over (where the reports said)."""
 
     rates: dict
     estimated: NetworkState
@@ -161,6 +162,7 @@ class Window:
     steady_s: float
     down: list
     load_change: float = 0.0
+    samples: dict = field(default_factory=dict)
 
     @property
     def steady(self) -> bool:
@@ -508,14 +510,15 @@ class LoopService:
         pairs = {(f.src, f.dst) for f in estimated.flows}
         probed = self.controller.path_delays.delays(steady_from, mono_end, host_edge=False)  # as verify's after
         before = {pair: delay for pair, delay in probed.items() if pair in pairs}
-        reported = self.controller.reported_delays.delays(steady_start, wall_end)
-        hosts = {pair: delay for pair, delay in reported.items() if pair in pairs}
+        reported = self.controller.reported_delays.means(steady_start, wall_end)
+        hosts = {pair: mean.delay for pair, mean in reported.items() if pair in pairs}
         measured = hosts or {  # else what hosts would see: the probes with the hosts' edge, where fitted
             pair: delay for pair, delay in self.controller.path_delays.delays(steady_from, mono_end).items()
             if pair in pairs}
         return Window(rates, estimated, before, measured, "hosts" if hosts else "probes",
                       mono_end - steady_from, sorted(f"{a}->{b}" for a, b in view.down),
-                      load_change(state, samples, steady_start, wall_end))
+                      load_change(state, samples, steady_start, wall_end),
+                      {pair: reported[pair].samples for pair in hosts})
 
     def observe(self) -> None:
         """Between runs: score the twin on the last window and add it to the online fit, refitted
@@ -567,7 +570,7 @@ class LoopService:
         half = 0.5 * self.settings.window_s
         if (window.measured_by == self.measured_by and window.steady_s >= half
                 and mono_end - self._added_at >= half):
-            self.calibration.add(estimated, measured)
+            self.calibration.add(estimated, measured, measured_vector(estimated, window.samples))
             self._added_at = mono_end
             self._windows_added += 1
         return score

@@ -120,9 +120,11 @@ def test_a_report_with_a_bad_window_is_refused_and_changes_nothing(start, end, w
 def test_reported_delays_with_their_window_reach_the_closed_loop(api):
     stub, _, controller, _ = api
     now = time.time()
-    measured = [pb.PathDelay(src="s1", dst="s3", delay_s=0.004), pb.PathDelay(src="s2", dst="s4", delay_s=0.002)]
+    measured = [pb.PathDelay(src="s1", dst="s3", delay_s=0.004, samples=250), pb.PathDelay(src="s2", dst="s4", delay_s=0.002)]
     stub.ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest", start=now - 10, end=now))
     assert controller.reported_delays.delays(now - 11, now) == {("s1", "s3"): 0.004, ("s2", "s4"): 0.002}
+    assert {pair: m.samples for pair, m in controller.reported_delays.means(now - 11, now).items()} == {
+        ("s1", "s3"): 250, ("s2", "s4"): 0}
     assert controller.reported_delays.delays(now - 5, now) == {}  # the report covers more than that span
 
 

@@ -168,10 +168,11 @@ def test_twin_mape_is_scored_before_the_window_joins_the_fit():
     assert decision.calibration["windows"] == 0  # 2 flows: fewer than the fit needs; the prior is used
 
 
-def report_hosts(loop, controller, factor: float, at: float) -> dict:
-    """The hosts report ``factor`` × the probes' delays over the window ending ``at`` (Unix s)."""
+def report_hosts(loop, controller, factor: float, at: float, samples: dict | None = None) -> dict:
+    """The hosts report ``factor`` × the probes' delays over the window ending ``at`` (Unix s), with
+    the packets behind each mean where ``samples`` gives them."""
     delays = {pair: factor * d for pair, d in controller.path_delays.delays(0, 0).items()}
-    controller.reported_delays.add(at - 0.5 * loop.settings.window_s, at, delays)
+    controller.reported_delays.add(at - 0.5 * loop.settings.window_s, at, delays, samples)
     return delays
 
 
@@ -184,7 +185,7 @@ def test_the_hosts_reports_replace_the_probes_for_the_score_and_the_fit():
     loop.clock = lambda: clock[0]
     for k in range(3):
         clock[0] += loop.settings.window_s
-        report_hosts(loop, controller, 1.5, time.time())
+        report_hosts(loop, controller, 1.5, time.time(), {("s1", "s2"): 300, ("s1", "s3"): 20})
         loop.observe()
         score = loop.scores[-1]
         assert score.measured_by == "hosts" and score.pairs == 2
@@ -192,6 +193,8 @@ def test_the_hosts_reports_replace_the_probes_for_the_score_and_the_fit():
             assert loop.measured_by == "hosts" and len(loop.calibration._windows) == 1
             assert score.mape == pytest.approx(1 / 3, rel=1e-6) and not score.calibrated_online
     assert score.calibrated_online and score.mape < 0.01  # the fit learned the hosts' delays
+    state, _, samples = loop.calibration._windows[-1]
+    assert dict(zip([(f.src, f.dst) for f in state.flows], samples)) == {("s1", "s2"): 900, ("s1", "s3"): 60}  # 3 reports
     assert metrics._gauges["loop_twin_error_ratio"] == score.mape
     predicted = store.path_delays("predicted", 0, time.time() + 1)
     assert {(r.src, r.dst) for r in predicted} == {("s1", "s2"), ("s1", "s3")}

@@ -29,7 +29,7 @@ from controller.probes import (
 from controller.routing_rules import probe_routes
 from mininet_topos.topologies import emulation_state
 from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays, fit
-from twin.calibration.online import OnlineCalibration, fit_least_squares
+from twin.calibration.online import OnlineCalibration, fit_least_squares, sample_weights
 from twin.models.registry import get_predictor
 from twin.state.metrics import mape
 
@@ -314,6 +314,45 @@ def test_one_noisy_window_of_high_load_does_not_make_the_online_fit_alone():
         return float(np.mean([mape(p, m) for p, m in zip(predicted, measured[:-1])]))
 
     assert fitted.fitted and error_on_the_others(weighted) < 0.07 < error_on_the_others(unweighted)
+
+
+def test_flows_measured_over_few_packets_pull_the_online_fit_less_when_their_counts_are_given():
+    """In each window half the flows are measured over 2,000 packets (exactly), the other half over
+    5 (the true mean times an exponential draw, as a short sample of a queue): given the counts, the
+    fit stays near the truth on the well-measured flows; without them the few-packet means pull it."""
+    qt = get_predictor("qt")
+    truth = Correction(queue_scale=1.0, per_hop_s=0.0004, base_s=0.0001)
+    rng = np.random.default_rng(5)
+    counted = OnlineCalibration(Correction(), min_flows=30, min_windows=3)
+    uncounted = OnlineCalibration(Correction(), min_flows=30, min_windows=3, weigh_samples=False)
+    states, exact, heavy_flows = [], [], []
+    for k, load in enumerate((0.5, 0.6, 0.7, 0.8, 0.9)):
+        state = emulation_state("ring:6", load, seed=k)
+        clean = emulated_delays(state, qt.predict_delays([state])[0], truth)
+        heavy = rng.random(len(clean)) < 0.5
+        measured = np.where(heavy, clean, clean * rng.exponential(1.0, len(clean)))
+        samples = np.where(heavy, 2000.0, 5.0)
+        counted.add(state, measured, samples)
+        uncounted.add(state, measured)
+        states.append(state), exact.append(clean), heavy_flows.append(heavy)
+
+    def error_on_the_heavy_flows(correction):
+        predicted = CalibratedPredictor(qt, correction).predict_delays(states)
+        return float(np.mean([mape(p[h], m[h]) for p, m, h in zip(predicted, exact, heavy_flows)]))
+
+    with_counts, without = (c.current(qt) for c in (counted, uncounted))
+    assert with_counts.fitted and error_on_the_heavy_flows(with_counts.correction) < 0.03
+    assert error_on_the_heavy_flows(without.correction) > 2 * error_on_the_heavy_flows(with_counts.correction)
+
+
+def test_sample_weights_are_relative_to_the_window_and_neutral_where_unknown():
+    measured = np.array([0.002, 0.004, np.nan, 0.003])
+    assert sample_weights(measured, None) == 1.0
+    assert sample_weights(measured, np.zeros(4)) == 1.0
+    weights = sample_weights(measured, np.array([100.0, 400.0, 9.0, 0.0]))  # the third not measured, the last not counted
+    assert weights == pytest.approx([np.sqrt(100 / 250), np.sqrt(400 / 250), 1.0, 1.0])
+    with pytest.raises(ValueError, match="sample counts"):
+        OnlineCalibration().add(emulation_state("ring:4", 0.5), np.full(12, 0.004), np.ones(3))
 
 
 def test_online_calibration_keeps_a_prior_that_explains_the_windows_better():

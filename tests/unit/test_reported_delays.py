@@ -18,6 +18,19 @@ def test_reports_inside_the_window_average_by_their_length():
     assert reported.delays(120.0, 130.0) == {}
 
 
+def test_reports_that_say_their_packets_average_by_them_else_by_their_length():
+    reported = ReportedDelays()
+    reported.add(100.0, 105.0, {("a", "b"): 0.010, ("a", "c"): 0.002}, {("a", "b"): 30, ("a", "c"): 8})
+    reported.add(105.0, 110.0, {("a", "b"): 0.004, ("a", "c"): 0.006}, {("a", "b"): 10})
+    reported.add(110.0, 120.0, {("a", "b"): 0.008}, {("a", "b"): 60})
+    got = reported.means(100.0, 120.0)
+    assert got[("a", "b")].delay == pytest.approx((30 * 0.010 + 10 * 0.004 + 60 * 0.008) / 100)
+    assert got[("a", "b")].samples == 100
+    assert got[("a", "c")].delay == pytest.approx((5 * 0.002 + 5 * 0.006) / 10)  # one report did not say: by length
+    assert got[("a", "c")].samples == 0
+    assert reported.delays(100.0, 120.0) == {pair: mean.delay for pair, mean in got.items()}
+
+
 def test_old_reports_are_dropped_and_a_backwards_window_is_refused():
     reported = ReportedDelays(keep_s=60.0)
     reported.add(0.0, 10.0, {("a", "b"): 0.01})

@@ -10,7 +10,10 @@ nothing. Each window's errors are taken relative to its own scale of delay, divi
 delay the prior predicts for it (:func:`window_weight`), so the few windows of the highest load,
 whose delays are the largest and the noisiest, do not make the fit on their own (a window still
 counts by its measured flows); the prior's prediction, not the measurement, sets the weight, so the
-measurements' noise does not bias the fit through it. The ``prior`` (a shipped or ``ndt calibrate``
+measurements' noise does not bias the fit through it. Where the measurements say how many packets
+or probes each flow's mean is over, a flow's squared error within its window weighs in proportion
+(:func:`sample_weights`): the variance of a mean falls with its samples, so a light flow's mean of a
+few packets no longer pulls the fit as much as a heavy flow's of thousands. The ``prior`` (a shipped or ``ndt calibrate``
 file, or the structural default) is used until the windows number ``min_windows`` and hold
 ``min_flows`` measured flows, and whenever it explains the kept windows better than the fit (smaller
 squared error): a shipped calibration is at most a starting point. Delays in s.
@@ -48,8 +51,9 @@ class OnlineCalibration:
     """Windows of live measurements and the correction fitted to them."""
 
     def __init__(self, prior: Correction | None = None, history: int = 20, min_flows: int = MIN_FLOWS,
-                 min_windows: int = MIN_WINDOWS, weigh_windows: bool = True):
+                 min_windows: int = MIN_WINDOWS, weigh_windows: bool = True, weigh_samples: bool = True):
         self.weigh_windows = weigh_windows  # False: every flow's error in s, the windows of highest load weigh most
+        self.weigh_samples = weigh_samples  # False: every measured flow of a window weighs the same
         self.set_prior(prior or Correction(), history, min_flows, min_windows)
 
     def set_prior(self, prior: Correction, history: int = 20, min_flows: int = MIN_FLOWS,
@@ -57,7 +61,7 @@ class OnlineCalibration:
         """Start again from ``prior`` (no windows kept)."""
         self.prior = prior
         self.min_flows, self.min_windows = min_flows, min_windows
-        self._windows: deque[tuple[NetworkState, np.ndarray]] = deque(maxlen=history)
+        self._windows: deque[tuple[NetworkState, np.ndarray, np.ndarray | None]] = deque(maxlen=history)
         self._current = Fitted(self.prior, False, 0, 0)
         self._stale = False
 
@@ -67,20 +71,25 @@ class OnlineCalibration:
         self._current = Fitted(self.prior, False, 0, 0)
         self._stale = False
 
-    def add(self, state: NetworkState, measured: np.ndarray) -> None:
-        """One window: ``state`` as the twin should see it and its measured per-flow delays (s,
-        NaN where a flow was not measured)."""
+    def add(self, state: NetworkState, measured: np.ndarray, samples: np.ndarray | None = None) -> None:
+        """One window: ``state`` as the twin should see it, its measured per-flow delays (s, NaN
+        where a flow was not measured) and, optionally, how many measurements each delay is a mean
+        of (0 or NaN where not known)."""
         measured = np.asarray(measured, dtype=float)
         if len(measured) != len(state.flows):
             raise ValueError(f"{len(measured)} measured delays for {len(state.flows)} flows")
+        if samples is not None:
+            samples = np.asarray(samples, dtype=float)
+            if samples.shape != measured.shape:
+                raise ValueError(f"{len(samples)} sample counts for {len(state.flows)} flows")
         if np.any(np.isfinite(measured) & (measured > 0)):
-            self._windows.append((state, measured))
+            self._windows.append((state, measured, samples))
             self._stale = True
 
     @property
     def flows(self) -> int:
         """Measured flows over the kept windows."""
-        return int(sum(np.sum(np.isfinite(m) & (m > 0)) for _, m in self._windows))
+        return int(sum(np.sum(np.isfinite(m) & (m > 0)) for _, m, _ in self._windows))
 
     @property
     def last(self) -> Fitted:
@@ -91,9 +100,11 @@ class OnlineCalibration:
         """The correction to use now: refitted with ``predictor`` if a window came in since the last
         fit and the windows hold enough measured flows, else the last one."""
         if self._stale and self.flows >= self.min_flows and len(self._windows) >= self.min_windows:
-            states, measured = (list(x) for x in zip(*self._windows))
+            states, measured, samples = (list(x) for x in zip(*self._windows))
             by_prior = CalibratedPredictor(predictor, self.prior).predict_delays(states)
-            weights = [window_weight(p, m) if self.weigh_windows else 1.0 for p, m in zip(by_prior, measured)]
+            weights = [(window_weight(p, m) if self.weigh_windows else 1.0)
+                       * (sample_weights(m, n) if self.weigh_samples else 1.0)
+                       for p, m, n in zip(by_prior, measured, samples)]
             fitted = fit_least_squares(states, measured, predictor, weights)
             predicted = {fitted: CalibratedPredictor(predictor, fitted).predict_delays(states), self.prior: by_prior}
             squared = {c: _weighted_squared_error(p, measured, weights) for c, p in predicted.items()}
@@ -113,15 +124,31 @@ def window_weight(expected: np.ndarray, measured: np.ndarray) -> float:
     return 1.0 / (scale if scale > 0 else float(np.mean(measured[ok])))
 
 
+def sample_weights(measured: np.ndarray, samples: np.ndarray | None) -> np.ndarray | float:
+    """Per flow, what its error in a window is multiplied by for the measurements behind its mean:
+    √(samples / the window's mean samples), so its squared error weighs in proportion to its
+    samples; 1 for a flow whose count is not known, and 1 for all when none is."""
+    if samples is None:
+        return 1.0
+    ok = np.isfinite(measured) & (measured > 0)
+    known = ok & np.isfinite(samples) & (samples > 0)
+    if not known.any():
+        return 1.0
+    relative = np.ones(len(measured))
+    relative[known] = samples[known] / np.mean(samples[known])
+    return np.sqrt(relative)
+
+
 def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], predictor,
                       weights: list[float] | None = None, capacity_scales=CAPACITY_SCALES) -> Correction:
     """The correction (queue_scale, per_hop_s, base_s ≥ 0; capacity_scale from the grid) of least
     squared error over the measured flows (NaN where unmeasured), each window's errors multiplied by
-    its weight (:func:`window_weight`; None: all 1)."""
+    its weight (a number for all its flows, or one per flow: :func:`window_weight`,
+    :func:`sample_weights`; None: all 1)."""
     best, best_error = Correction(), np.inf
     oks = [np.isfinite(m) & (m > 0) for m in measured]
     weights = [1.0] * len(measured) if weights is None else weights
-    rows = np.concatenate([np.full(int(ok.sum()), w) for w, ok in zip(weights, oks)])
+    rows = np.concatenate([np.broadcast_to(w, m.shape)[ok] for w, m, ok in zip(weights, measured, oks)])
     target = rows * np.concatenate([m[ok] for m, ok in zip(measured, oks)])
     for scale in capacity_scales:
         design = np.concatenate([x[ok, :3] for x, ok in zip(design_matrices(states, predictor, float(scale)), oks)])
@@ -134,9 +161,10 @@ def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], pr
 
 
 def _weighted_squared_error(predicted: list[np.ndarray], measured: list[np.ndarray], weights: list[float]) -> float:
-    """Sum over the measured flows of squared errors, each window's multiplied by its weight (unitless)."""
+    """Sum over the measured flows of squared errors, each multiplied by its window's weight (a number,
+    or one per flow; unitless)."""
     total = 0.0
     for p, m, w in zip(predicted, measured, weights):
         ok = np.isfinite(m) & (m > 0) & np.isfinite(p)
-        total += float(np.sum((w * (p[ok] - m[ok])) ** 2))
+        total += float(np.sum((np.broadcast_to(w, m.shape)[ok] * (p[ok] - m[ok])) ** 2))
     return total
