@@ -696,6 +696,9 @@ class NdtController(app_manager.OSKenApp):
             if not (learned.place or learned.address):
                 return
             self._edge_version += 1
+            if learned.moved_from is not None:
+                old_place = (self.wiring.dpids.get(learned.moved_from[0]), learned.moved_from[1])
+                self._forget_counters(lambda key: key[:2] == old_place and key[2] == host.mac)
             macs, addresses = self._hosts.macs(), self._hosts.addresses()
         self.metrics.set_gauge("hosts", len(macs))
         if learned.moved_from is not None:
@@ -712,6 +715,14 @@ class NdtController(app_manager.OSKenApp):
         if learned.place:
             self.request_reroute(f"host {host.ip} {'moved' if learned.moved_from else 'learned'}")
 
+    def _forget_counters(self, deleted) -> None:
+        """Drop the last readings of the edge counting rules ``deleted`` picks (a function of the key:
+        switch dpid, in port, source MAC, destination MAC), whose rules are deleted: a rule put back
+        counts from zero. Under the lock. A switch that disconnects keeps its byte counts (its rules,
+        and their counts, live on in it), only its rates start again."""
+        self._traffic_rates.forget(deleted)
+        self._counter_bytes = {key: n for key, n in self._counter_bytes.items() if not deleted(key)}
+
     def _forget_hosts(self, choose, why: str) -> None:
         """Forget the MACs ``choose`` picks from the host table (a function of it, called under the lock)
         and their addresses (:meth:`HostTable.forget`): their counting and probe rules are deleted
@@ -725,9 +736,7 @@ class NdtController(app_manager.OSKenApp):
             self._edge_version += 1
             macs = self._hosts.macs()
             names = {host.mac for host in gone.macs}
-            self._traffic_rates.forget(lambda key: key[2] in names or key[3] in names)
-            self._counter_bytes = {key: n for key, n in self._counter_bytes.items()
-                                   if key[2] not in names and key[3] not in names}
+            self._forget_counters(lambda key: key[2] in names or key[3] in names)
             self._send_rules("delete_strict", edge_rules_of_departed(gone.macs, gone.addresses, macs, self.wiring))
         self.metrics.set_gauge("hosts", len(macs))
         self.metrics.inc("hosts_forgotten", len(gone.macs))
@@ -993,7 +1002,8 @@ class NdtController(app_manager.OSKenApp):
         """The edge counting rules' byte counts → the traffic matrix (a rule left at a port its source
         MAC has moved from counts no more), the bytes each pair of switches has sent (what each rule
         counted since its last reading, added up: a rule deleted or put back does not take the total
-        down), and which MACs sent frames (a rule counting more: :meth:`HostTable.heard`)."""
+        down), and which MACs sent frames (a rule that counted bytes since its last reading, a rule put
+        back since then included: :meth:`HostTable.heard`)."""
         counts: dict[tuple, int] = {}
         readings = []
         for stat in parts:

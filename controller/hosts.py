@@ -68,7 +68,8 @@ class HostTable:
         return Learned(place, earlier != host, moved_from, replaced)
 
     def heard(self, macs) -> None:
-        """``macs`` have sent frames now (their counting rules counted more); unknown MACs are skipped."""
+        """``macs`` have sent frames now (their counting rules counted bytes since their last reading);
+        unknown MACs are skipped."""
         now = self._clock()
         for mac in macs:
             if mac in self._by_mac:

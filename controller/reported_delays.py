@@ -68,11 +68,6 @@ class ReportedDelays:
             first = self._added - len(self._reports)
             return list(self._reports)[max(0, cursor - first):], self._added
 
-    def delays(self, start: float, end: float, slack_s: float = 1.0) -> dict[Pair, float]:
-        """Per pair, its mean delay over the reports whose window lies inside [start, end + slack]
-        (:meth:`means`), s; empty when none does."""
-        return {pair: mean.delay for pair, mean in self.means(start, end, slack_s).items()}
-
     def means(self, start: float, end: float, slack_s: float = 1.0) -> dict[Pair, Mean]:
         """Per pair, the mean over the reports whose window lies inside [start, end + slack] (Unix s:
         none that began before ``start``, when the routing may have been another), and the

@@ -3,14 +3,16 @@ fits it (``counted``: each window's errors relative to its own scale of delay, e
 error in proportion to the packets behind its mean), without the packet counts (``relative``), and
 with every flow's error in seconds (``seconds``: the highest-load windows weigh most), scoring each
 window's prediction against the hosts' own packets as the demo does (``twin_vs_hosts``: pairs with
-enough packets in the window, windows with a fitted correction).
+enough packets in the window, windows with a fitted correction). In all three a pair's reports over
+a window average by their packets, as the controller averages them.
 
 The windows are those the loop scored on the hosts' reports (the report's ``twin_scores``), each
 rebuilt from the store as ``ndt replay`` rebuilds a moment (routing, links out of service, traffic
 matrix and packet size over the window) with the reports stored in it (the store keeps no packet
-counts: each pair's are counted again from the hosts' packets sent in the window); the loop's own windows are
+counts: each report's are counted again from the hosts' packets sent in its 5-s window, and a
+pair's reports average by them, as the controller does); the loop's own windows are
 only approximated (the replay's predictions differ from the store's ``predicted`` rows by a few per
-cent), so compare the two fits with each other, not with the demo's figure. Prints JSON.
+cent), so compare the fits with each other, not with the demo's figure. Prints JSON.
 
     python experiments/online_fit_replay.py RUN_DIR [REPORT_JSON]
 
@@ -49,6 +51,7 @@ def windows(run: Path, report: dict, base: NetworkState, sent: np.ndarray) -> li
     store = open_store(run / "telemetry.db")
     scored = [s for s in report["twin_scores"] if s["measured_by"] == "hosts"]
     history = timeline(store, base, max(s["ts"] for s in scored))
+    flow_of = {(f.src, f.dst): i for i, f in enumerate(base.flows)}
     out = []
     for score in scored:
         end, start = score["ts"], score["ts"] - WINDOW_S
@@ -56,14 +59,17 @@ def windows(run: Path, report: dict, base: NetworkState, sent: np.ndarray) -> li
         rates = traffic_matrix(store.traffic_matrices(start, end), start, end)
         state, _ = moment_state(base, history.weights(moment.routing), moment.down, rates,
                                 _packet_bits(store.link_samples(start, end)))
-        reports: dict = {}
+        reports: dict = {}  # pair → [(its mean over one report's window, s; the packets sent in that window)]
         for row in store.path_delays("measured", score["start"] + REPORT_S - 0.5, end + 1.0):
-            reports.setdefault((row.src, row.dst), []).append(row.value)
-        inside = sent[(sent[:, 2] >= score["start"]) & (sent[:, 2] < end)]
-        flow_of = {(f.src, f.dst): i for i, f in enumerate(base.flows)}
-        packets = {pair: float(np.sum(inside[:, 0] == flow_of[pair])) for pair in reports if pair in flow_of}
-        out.append((score, state, measured_vector(state, {pair: float(np.mean(v)) for pair, v in reports.items()}),
-                    measured_vector(state, packets)))
+            if (row.src, row.dst) in flow_of:
+                flow = sent[:, 0] == flow_of[(row.src, row.dst)]
+                in_report = flow & (sent[:, 2] >= row.ts - REPORT_S) & (sent[:, 2] < row.ts)
+                reports.setdefault((row.src, row.dst), []).append((row.value, float(np.sum(in_report))))
+        means = {pair: np.array(v) for pair, v in reports.items()}
+        out.append((score, state,
+                    measured_vector(state, {pair: float(np.average(m[:, 0], weights=m[:, 1])) if m[:, 1].all()
+                                            else float(np.mean(m[:, 0])) for pair, m in means.items()}),
+                    measured_vector(state, {pair: float(m[:, 1].sum()) for pair, m in means.items()})))
     return out
 
 

@@ -259,6 +259,8 @@ class NdtService(services.NdtServicer):
             measured[(path.src, path.dst)] = path.delay_s
             if path.samples:
                 samples[(path.src, path.dst)] = path.samples
+            else:
+                samples.pop((path.src, path.dst), None)  # a pair given twice: its last delay, with its own count
         now = time.time()
         window = _report_window(request.start, request.end, now)
         self.store.add_path_delays(window[1] if window else now, "measured", measured)

@@ -173,9 +173,10 @@ class Window:
 _FLOAT_FIELDS = {name for name, f in Decision.__dataclass_fields__.items() if f.type in ("float", float)}
 
 
-def measured_vector(state: NetworkState, delays: dict[tuple[str, str], float]) -> np.ndarray:
-    """``delays`` (pair → s) per flow of ``state``, NaN where a pair was not measured."""
-    return np.array([delays.get((f.src, f.dst), np.nan) for f in state.flows], dtype=float)
+def measured_vector(state: NetworkState, values: dict[tuple[str, str], float]) -> np.ndarray:
+    """``values`` (pair → a delay, s, or the samples behind one) per flow of ``state``, NaN where a
+    pair was not measured."""
+    return np.array([values.get((f.src, f.dst), np.nan) for f in state.flows], dtype=float)
 
 
 def load_change(state: NetworkState, samples, start: float, end: float) -> float:

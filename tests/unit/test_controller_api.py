@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.api.client import ControllerClient
 from controller.api.server import NdtService, exposure_warnings, pb, serve, services
+from controller.reported_delays import Mean
 from telemetry.exporter import Metrics
 from telemetry.store import LinkSample, TelemetryStore
 from tests.api_stand_in import StandIn, square_state
@@ -112,7 +113,7 @@ def test_a_report_with_a_bad_window_is_refused_and_changes_nothing(start, end, w
             code, details = error(services.NdtStub(channel).ReportMeasured, pb.MeasuredDelays(
                 paths=[pb.PathDelay(src="s1", dst="s2", delay_s=0.1)], start=start, end=end))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details, details
-        assert store.path_delays("measured", 0, 5e9) == [] and controller.reported_delays.delays(0, 5e9) == {}
+        assert store.path_delays("measured", 0, 5e9) == [] and controller.reported_delays.means(0, 5e9) == {}
     finally:
         server.stop(None)
 
@@ -122,10 +123,8 @@ def test_reported_delays_with_their_window_reach_the_closed_loop(api):
     now = time.time()
     measured = [pb.PathDelay(src="s1", dst="s3", delay_s=0.004, samples=250), pb.PathDelay(src="s2", dst="s4", delay_s=0.002)]
     stub.ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest", start=now - 10, end=now))
-    assert controller.reported_delays.delays(now - 11, now) == {("s1", "s3"): 0.004, ("s2", "s4"): 0.002}
-    assert {pair: m.samples for pair, m in controller.reported_delays.means(now - 11, now).items()} == {
-        ("s1", "s3"): 250, ("s2", "s4"): 0}
-    assert controller.reported_delays.delays(now - 5, now) == {}  # the report covers more than that span
+    assert controller.reported_delays.means(now - 11, now) == {("s1", "s3"): Mean(0.004, 250), ("s2", "s4"): Mean(0.002, 0)}
+    assert controller.reported_delays.means(now - 5, now) == {}  # the report covers more than that span
 
 
 def test_stream_telemetry(api):

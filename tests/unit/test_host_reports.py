@@ -93,10 +93,9 @@ def test_the_reporter_sends_each_pairs_mean_over_the_window(tmp_path, controller
     udpgen._flush_live(rows.tolist(), 0, str(tmp_path / "recv-1.npy"), 0)
     reporter = HostReporter(client, traffic, tmp_path, start - 2.0, log=lambda *_: None)
     reporter.report(start, start + 10.0)
-    got = controller.reported_delays.delays(start, start + 10.0)
-    assert got[("s1", "s3")] == pytest.approx(0.004, rel=1e-4) and got[("s2", "s4")] == pytest.approx(0.0025, rel=1e-4)
-    assert {pair: m.samples for pair, m in controller.reported_delays.means(start, start + 10.0).items()} == {
-        ("s1", "s3"): 40, ("s2", "s4"): 40}  # the packets sent in the window, not the one sent after it
+    got = controller.reported_delays.means(start, start + 10.0)
+    assert got[("s1", "s3")].delay == pytest.approx(0.004, rel=1e-4) and got[("s2", "s4")].delay == pytest.approx(0.0025, rel=1e-4)
+    assert {pair: m.samples for pair, m in got.items()} == {("s1", "s3"): 40, ("s2", "s4"): 40}  # not the one sent after
     assert reporter.reports[0]["pairs"] == 2 and reporter.reports[0]["noise_mape"] < 0.05
     assert reporter.reported_pairs == {("s1", "s3"), ("s2", "s4")}
     only = HostReporter(client, traffic, tmp_path, start - 2.0, log=lambda *_: None, pairs={("s2", "s4")})

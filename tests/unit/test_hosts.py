@@ -150,6 +150,20 @@ def test_a_moved_mac_leaves_its_counting_and_probe_rules_behind_to_delete():
                                   for r in towards_orphan if "eth_src" in dict(r.match)}
 
 
+def test_a_moved_mac_leaves_no_counts_of_its_old_rules_behind():
+    from telemetry.rates import CounterRates
+
+    app = FakeApp()
+    app.__dict__.update(_traffic_rates=CounterRates())
+    app._learn(Host("10.0.0.1", A, "s1", 1))
+    app._learn(Host("10.0.0.2", B, "s2", 1))
+    app._counter_bytes.update({(1, 1, A, B): 9_000, (2, 1, B, A): 700})
+    app._traffic_rates.update((1, 1, A, B), 0.0, 9_000.0)
+    app._learn(Host("10.0.0.1", A, "s1", 4))  # A moved: its rule at port 1 is deleted
+    assert app._counter_bytes == {(2, 1, B, A): 700}  # put back later, its rule counts from zero
+    assert app._traffic_rates.update((1, 1, A, B), 10.0, 100.0) is None
+
+
 def test_counting_rules_count_at_their_source_macs_place_only():
     from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -281,4 +295,7 @@ def test_frames_counted_at_a_macs_place_keep_it_heard_from_same_switch_peers_inc
     app.handle._on_counter_stats(s1, [rule(1, A, ROUTER, 900), rule(2, ROUTER, A, 0), rule(7, ROUTER, A, 50)], 250.0)
     clock.now = 360.0
     assert [h.mac for h in app._hosts.silent(200.0, {"s1"})] == [ROUTER]  # its count at port 7 is not at its place
+    app.handle._on_counter_stats(s1, [rule(1, A, ROUTER, 100), rule(2, ROUTER, A, 0)], 360.0)  # A's rule put back
+    clock.now = 500.0
+    assert [h.mac for h in app._hosts.silent(200.0, {"s1"})] == [ROUTER]  # its 100 bytes came since: A heard at 360 s
     assert app._traffic_totals == {}  # one switch: no traffic-matrix entry

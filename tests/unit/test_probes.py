@@ -351,6 +351,8 @@ def test_sample_weights_are_relative_to_the_window_and_neutral_where_unknown():
     assert sample_weights(measured, np.zeros(4)) == 1.0
     weights = sample_weights(measured, np.array([100.0, 400.0, 9.0, 0.0]))  # the third not measured, the last not counted
     assert weights == pytest.approx([np.sqrt(100 / 250), np.sqrt(400 / 250), 1.0, 1.0])
+    bounded = sample_weights(np.full(4, 0.003), np.array([1.0, 100.0, 100.0, 4e9]))  # an absurd count: ten flows' worth
+    assert bounded == pytest.approx(np.sqrt([0.1, 1.0, 1.0, 10.0]))
     with pytest.raises(ValueError, match="sample counts"):
         OnlineCalibration().add(emulation_state("ring:4", 0.5), np.full(12, 0.004), np.ones(3))
 

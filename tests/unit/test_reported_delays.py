@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.reported_delays import ReportedDelays
+from controller.reported_delays import Mean, ReportedDelays
 
 
 def test_reports_inside_the_window_average_by_their_length():
@@ -12,10 +12,10 @@ def test_reports_inside_the_window_average_by_their_length():
     reported.add(100.0, 110.0, {("a", "b"): 0.010, ("a", "c"): 0.002})
     reported.add(110.0, 115.0, {("a", "b"): 0.004, ("a", "c"): float("nan")})
     reported.add(99.5, 105.0, {("a", "b"): 1.0})  # began before the window (another routing, perhaps): left out
-    got = reported.delays(100.0, 115.0)
-    assert got[("a", "b")] == pytest.approx((10 * 0.010 + 5 * 0.004) / 15)
-    assert got[("a", "c")] == pytest.approx(0.002)  # its NaN is not a measurement
-    assert reported.delays(120.0, 130.0) == {}
+    got = reported.means(100.0, 115.0)
+    assert got[("a", "b")].delay == pytest.approx((10 * 0.010 + 5 * 0.004) / 15)
+    assert got[("a", "c")] == Mean(pytest.approx(0.002), 0)  # its NaN is not a measurement
+    assert reported.means(120.0, 130.0) == {}
 
 
 def test_reports_that_say_their_packets_average_by_them_else_by_their_length():
@@ -28,14 +28,13 @@ def test_reports_that_say_their_packets_average_by_them_else_by_their_length():
     assert got[("a", "b")].samples == 100
     assert got[("a", "c")].delay == pytest.approx((5 * 0.002 + 5 * 0.006) / 10)  # one report did not say: by length
     assert got[("a", "c")].samples == 0
-    assert reported.delays(100.0, 120.0) == {pair: mean.delay for pair, mean in got.items()}
 
 
 def test_old_reports_are_dropped_and_a_backwards_window_is_refused():
     reported = ReportedDelays(keep_s=60.0)
     reported.add(0.0, 10.0, {("a", "b"): 0.01})
     reported.add(100.0, 110.0, {("a", "b"): 0.02})
-    assert reported.delays(-1.0, 200.0) == {("a", "b"): 0.02}
+    assert reported.means(-1.0, 200.0) == {("a", "b"): Mean(0.02, 0)}
     with pytest.raises(ValueError, match="must end after it starts"):
         reported.add(5.0, 5.0, {("a", "b"): 0.01})
 

@@ -11,12 +11,13 @@ delay the prior predicts for it (:func:`window_weight`), so the few windows of t
 whose delays are the largest and the noisiest, do not make the fit on their own (a window still
 counts by its measured flows); the prior's prediction, not the measurement, sets the weight, so the
 measurements' noise does not bias the fit through it. Where the measurements say how many packets
-or probes each flow's mean is over, a flow's squared error within its window weighs in proportion
-(:func:`sample_weights`): the variance of a mean falls with its samples, so a light flow's mean of a
-few packets no longer pulls the fit as much as a heavy flow's of thousands. The ``prior`` (a shipped or ``ndt calibrate``
-file, or the structural default) is used until the windows number ``min_windows`` and hold
-``min_flows`` measured flows, and whenever it explains the kept windows better than the fit (smaller
-squared error): a shipped calibration is at most a starting point. Delays in s.
+or probes each flow's mean is over (the hosts' reports do), a flow's squared error within its
+window weighs in proportion, within bounds (:func:`sample_weights`): the variance of a mean falls
+with its samples, so a light flow's mean of a few packets pulls the fit less than a heavy flow's of
+thousands. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
+until the windows number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it
+explains the kept windows better than the fit (smaller squared error): a shipped calibration is at
+most a starting point. Delays in s.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from twin.state.model import NetworkState
 
 MIN_FLOWS = 30  # measured flows the windows must hold before the fit may replace the prior
 MIN_WINDOWS = 3  # ... and windows: one window's traffic is one point of the load a fit needs to see
+SAMPLE_WEIGHT_RANGE = (0.1, 10.0)  # a flow's squared-error weight for its samples, relative to the window's median
+# flow: delays in a queue are correlated, so a mean of many packets is not surer without end, and
+# one report's absurd count weighs no more than ten typical flows
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,9 @@ def window_weight(expected: np.ndarray, measured: np.ndarray) -> float:
 
 def sample_weights(measured: np.ndarray, samples: np.ndarray | None) -> np.ndarray | float:
     """Per flow, what its error in a window is multiplied by for the measurements behind its mean:
-    √(samples / the window's mean samples), so its squared error weighs in proportion to its
-    samples; 1 for a flow whose count is not known, and 1 for all when none is."""
+    √(samples / the median samples of the window's measured flows, within
+    :data:`SAMPLE_WEIGHT_RANGE`), so its squared error weighs in proportion to its samples; 1 for a
+    flow whose count is not known, and 1 for all when none is."""
     if samples is None:
         return 1.0
     ok = np.isfinite(measured) & (measured > 0)
@@ -135,12 +140,12 @@ def sample_weights(measured: np.ndarray, samples: np.ndarray | None) -> np.ndarr
     if not known.any():
         return 1.0
     relative = np.ones(len(measured))
-    relative[known] = samples[known] / np.mean(samples[known])
+    relative[known] = np.clip(samples[known] / np.median(samples[known]), *SAMPLE_WEIGHT_RANGE)
     return np.sqrt(relative)
 
 
 def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], predictor,
-                      weights: list[float] | None = None, capacity_scales=CAPACITY_SCALES) -> Correction:
+                      weights: list[float | np.ndarray] | None = None, capacity_scales=CAPACITY_SCALES) -> Correction:
     """The correction (queue_scale, per_hop_s, base_s ≥ 0; capacity_scale from the grid) of least
     squared error over the measured flows (NaN where unmeasured), each window's errors multiplied by
     its weight (a number for all its flows, or one per flow: :func:`window_weight`,
