@@ -11,6 +11,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from controller.flooding import FloodLimiter
 from controller.hosts import HostTable, Learned
 from telemetry.exporter import Metrics
+from telemetry.rates import CounterRates
 from controller.routing_rules import Host, Wiring, edge_rules_left_behind, edge_rules_of_departed, route_rules
 from twin.state.model import Link, NetworkState
 
@@ -55,7 +56,8 @@ class FakeApp(SimpleNamespace):
 
         wiring = Wiring({"s1": 1, "s2": 2}, {("s1", "s2"): 9, ("s2", "s1"): 9})
         super().__init__(wiring=wiring, _lock=threading.RLock(), _hosts=HostTable(), _edge_version=0, sent=[],
-                         reroutes=[], edge_rules=[], metrics=Metrics(), flow_mods=[], _counter_bytes={})
+                         reroutes=[], edge_rules=[], metrics=Metrics(), flow_mods=[], _counter_bytes={},
+                         _traffic_rates=CounterRates())
         self._datapaths = {dpid: SimpleNamespace(id=dpid, ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser,
                                                  send_msg=self.flow_mods.append) for dpid in (1, 2)}
         self._flow_mod = NdtController._flow_mod
@@ -68,6 +70,7 @@ class FakeApp(SimpleNamespace):
         self.request_reroute = self.reroutes.append
         self._learn = lambda host: NdtController._learn(self, host)
         self._forget_hosts = lambda choose, why: NdtController._forget_hosts(self, choose, why)
+        self._forget_counters = lambda deleted: NdtController._forget_counters(self, deleted)
         self._port_is_up = NdtController._port_is_up
         self._send_rules = lambda kind, rules: NdtController._send_rules(self, kind, rules)
         self._carry = lambda *a: NdtController._carry(self, *a)
@@ -151,10 +154,7 @@ def test_a_moved_mac_leaves_its_counting_and_probe_rules_behind_to_delete():
 
 
 def test_a_moved_mac_leaves_no_counts_of_its_old_rules_behind():
-    from telemetry.rates import CounterRates
-
     app = FakeApp()
-    app.__dict__.update(_traffic_rates=CounterRates())
     app._learn(Host("10.0.0.1", A, "s1", 1))
     app._learn(Host("10.0.0.2", B, "s2", 1))
     app._counter_bytes.update({(1, 1, A, B): 9_000, (2, 1, B, A): 700})
@@ -168,7 +168,6 @@ def test_counting_rules_count_at_their_source_macs_place_only():
     from os_ken.ofproto import ofproto_v1_3_parser as parser
 
     from controller.app import NdtController
-    from telemetry.rates import CounterRates
     from telemetry.store import TelemetryStore
 
     app = FakeApp()
@@ -245,7 +244,6 @@ def test_a_departed_mac_leaves_counting_rules_both_ways_and_its_probe_rules():
 
 def test_a_host_whose_port_goes_down_is_forgotten_with_its_rules_and_routes():
     app = FakeApp()
-    app.__dict__.update(_traffic_rates=__import__("telemetry.rates", fromlist=["CounterRates"]).CounterRates())
     app._hosts.learn(Host("10.0.0.1", A, "s1", 1))
     app._hosts.learn(Host("10.0.0.2", B, "s2", 1))
     app._traffic_rates.update((1, 1, A, B), 0.0, 100.0)
@@ -273,7 +271,6 @@ def test_frames_counted_at_a_macs_place_keep_it_heard_from_same_switch_peers_inc
     from os_ken.ofproto import ofproto_v1_3_parser as parser
 
     from controller.app import NdtController
-    from telemetry.rates import CounterRates
     from telemetry.store import TelemetryStore
 
     clock = Clock()
