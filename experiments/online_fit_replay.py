@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.replay import _packet_bits, moment_state, open_store, timeline  # noqa: E402
 from controller.loop.deployment import REPORT_S, Phase, twin_vs_hosts  # noqa: E402
 from controller.loop.service import measured_vector  # noqa: E402
+from controller.reported_delays import ReportedDelays  # noqa: E402
 from mininet_topos.traffic import received_rows  # noqa: E402
 from telemetry.store import PairValue  # noqa: E402
 from telemetry.traffic_matrix import traffic_matrix  # noqa: E402
@@ -59,17 +60,15 @@ def windows(run: Path, report: dict, base: NetworkState, sent: np.ndarray) -> li
         rates = traffic_matrix(store.traffic_matrices(start, end), start, end)
         state, _ = moment_state(base, history.weights(moment.routing), moment.down, rates,
                                 _packet_bits(store.link_samples(start, end)))
-        reports: dict = {}  # pair → [(its mean over one report's window, s; the packets sent in that window)]
+        reports = ReportedDelays()  # the stored reports, each with the packets sent in its window
         for row in store.path_delays("measured", score["start"] + REPORT_S - 0.5, end + 1.0):
             if (row.src, row.dst) in flow_of:
                 flow = sent[:, 0] == flow_of[(row.src, row.dst)]
-                in_report = flow & (sent[:, 2] >= row.ts - REPORT_S) & (sent[:, 2] < row.ts)
-                reports.setdefault((row.src, row.dst), []).append((row.value, float(np.sum(in_report))))
-        means = {pair: np.array(v) for pair, v in reports.items()}
-        out.append((score, state,
-                    measured_vector(state, {pair: float(np.average(m[:, 0], weights=m[:, 1])) if m[:, 1].all()
-                                            else float(np.mean(m[:, 0])) for pair, m in means.items()}),
-                    measured_vector(state, {pair: float(m[:, 1].sum()) for pair, m in means.items()})))
+                packets = int(np.sum(flow & (sent[:, 2] >= row.ts - REPORT_S) & (sent[:, 2] < row.ts)))
+                reports.add(row.ts - REPORT_S, row.ts, {(row.src, row.dst): row.value}, {(row.src, row.dst): packets})
+        means = reports.means(-np.inf, np.inf)
+        out.append((score, state, measured_vector(state, {pair: m.delay for pair, m in means.items()}),
+                    measured_vector(state, {pair: m.samples for pair, m in means.items()})))
     return out
 
 
