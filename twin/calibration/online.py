@@ -86,14 +86,14 @@ class OnlineCalibration:
             samples = np.asarray(samples, dtype=float)
             if samples.shape != measured.shape:
                 raise ValueError(f"{len(samples)} sample counts for {len(state.flows)} flows")
-        if np.any(np.isfinite(measured) & (measured > 0)):
+        if measured_flows(measured).any():
             self._windows.append((state, measured, samples))
             self._stale = True
 
     @property
     def flows(self) -> int:
         """Measured flows over the kept windows."""
-        return int(sum(np.sum(np.isfinite(m) & (m > 0)) for _, m, _ in self._windows))
+        return int(sum(measured_flows(m).sum() for _, m, _ in self._windows))
 
     @property
     def last(self) -> Fitted:
@@ -119,11 +119,16 @@ class OnlineCalibration:
         return self._current
 
 
+def measured_flows(measured: np.ndarray) -> np.ndarray:
+    """Per flow, whether it was measured: a finite, positive delay."""
+    return np.isfinite(measured) & (measured > 0)
+
+
 def window_weight(expected: np.ndarray, measured: np.ndarray) -> float:
     """What a window's errors are multiplied by in the fit: 1 / the mean of ``expected`` (the prior's
     predictions, which the measurements' noise does not move) over the window's measured flows, 1/s;
     where that mean is not a positive delay, 1 / the measured mean."""
-    ok = np.isfinite(measured) & (measured > 0)
+    ok = measured_flows(measured)
     scale = float(np.mean(expected[ok])) if np.all(np.isfinite(expected[ok])) else float("nan")
     return 1.0 / (scale if scale > 0 else float(np.mean(measured[ok])))
 
@@ -135,7 +140,7 @@ def sample_weights(measured: np.ndarray, samples: np.ndarray | None) -> np.ndarr
     flow whose count is not known, and 1 for all when none is."""
     if samples is None:
         return 1.0
-    ok = np.isfinite(measured) & (measured > 0)
+    ok = measured_flows(measured)
     known = ok & np.isfinite(samples) & (samples > 0)
     if not known.any():
         return 1.0
@@ -151,7 +156,7 @@ def fit_least_squares(states: list[NetworkState], measured: list[np.ndarray], pr
     its weight (a number for all its flows, or one per flow: :func:`window_weight`,
     :func:`sample_weights`; None: all 1)."""
     best, best_error = Correction(), np.inf
-    oks = [np.isfinite(m) & (m > 0) for m in measured]
+    oks = [measured_flows(m) for m in measured]
     weights = [1.0] * len(measured) if weights is None else weights
     rows = np.concatenate([np.broadcast_to(w, m.shape)[ok] for w, m, ok in zip(weights, measured, oks)])
     target = rows * np.concatenate([m[ok] for m, ok in zip(measured, oks)])
@@ -170,6 +175,6 @@ def _weighted_squared_error(predicted: list[np.ndarray], measured: list[np.ndarr
     or one per flow; unitless)."""
     total = 0.0
     for p, m, w in zip(predicted, measured, weights):
-        ok = np.isfinite(m) & (m > 0) & np.isfinite(p)
+        ok = measured_flows(m) & np.isfinite(p)
         total += float(np.sum((np.broadcast_to(w, m.shape)[ok] * (p[ok] - m[ok])) ** 2))
     return total
