@@ -1,7 +1,9 @@
 """Replay the closed loop's online calibration over a recorded ``ndt demo`` run: as the controller
 fits it (``counted``: each window's errors relative to its own scale of delay, each flow's squared
-error in proportion to the packets behind its mean), without the packet counts (``relative``), and
-with every flow's error in seconds (``seconds``: the highest-load windows weigh most), scoring each
+error in proportion to the packets behind its mean, windows the fit explains far worse than the
+others left out), with every window however far off (``every_window``), without the packet counts
+either (``relative``), and with every flow's error in seconds (``seconds``: the highest-load windows
+weigh most, every window fitted), scoring each
 window's prediction against the hosts' own packets as the demo does (``twin_vs_hosts``: pairs with
 enough packets in the window, windows with a fitted correction). In all three a pair's reports over
 a window average by their packets, as the controller averages them.
@@ -72,10 +74,12 @@ def windows(run: Path, report: dict, base: NetworkState, sent: np.ndarray) -> li
     return out
 
 
-def replay(recorded, predictor, prior, weigh_windows: bool, weigh_samples: bool) -> tuple[list[dict], list[PairValue]]:
+def replay(recorded, predictor, prior, weigh_windows: bool, weigh_samples: bool,
+           leave_out_disturbed: bool) -> tuple[list[dict], list[PairValue]]:
     """The loop's online fit over ``recorded`` windows: each predicted with the correction fitted
     before it, then added (if it was steady for half a window and half a window after the last)."""
-    calibration = OnlineCalibration(prior, weigh_windows=weigh_windows, weigh_samples=weigh_samples)
+    calibration = OnlineCalibration(prior, weigh_windows=weigh_windows, weigh_samples=weigh_samples,
+                                    leave_out_disturbed=leave_out_disturbed)
     scores, predicted, added_at = [], [], -np.inf
     for score, state, measured, samples in recorded:
         in_use = calibration.last
@@ -99,8 +103,10 @@ def main(run: str, report_path: str = "data/demo/report.json") -> dict:
               for k, p in enumerate(report["phases"])]
     recorded = windows(run_dir, report, base, np.concatenate([p.rows for p in phases if len(p.rows)]))
     out = {"run": str(run_dir), "demo_twin_vs_emulation_mape": report["twin_vs_emulation_mape"], "windows": len(recorded)}
-    for name, by_window, by_samples in (("counted", True, True), ("relative", True, False), ("seconds", False, False)):
-        scores, predicted = replay(recorded, twin.predictor, twin.correction, by_window, by_samples)
+    fits = (("counted", True, True, True), ("every_window", True, True, False), ("relative", True, False, False),
+            ("seconds", False, False, False))
+    for name, by_window, by_samples, leave_out in fits:
+        scores, predicted = replay(recorded, twin.predictor, twin.correction, by_window, by_samples, leave_out)
         result = twin_vs_hosts(scores, predicted, phases)
         out[name] = {"mape": result["mape"], "pair_windows": result["pair_windows"],
                      "by_phase": {k: round(v["mape"], 4) for k, v in result["by_phase"].items()}}

@@ -694,7 +694,8 @@ class LoopService:
         fitted = self.calibration.current(self.predictor)
         twin = CalibratedPredictor(self.predictor, fitted.correction)
         decision.calibration = {"fitted_online": fitted.fitted, "windows": fitted.windows, "flows": fitted.flows,
-                                "fit_mape": fitted.mape, **asdict(fitted.correction)}
+                                "windows_left_out": fitted.left_out, "fit_mape": fitted.mape,
+                                **asdict(fitted.correction)}
         if window.probed:
             decision.measured_s = float(np.mean(list(window.probed.values())))
         return twin

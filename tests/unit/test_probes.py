@@ -29,7 +29,7 @@ from controller.probes import (
 from controller.routing_rules import probe_routes
 from mininet_topos.topologies import emulation_state
 from twin.calibration.correction import CalibratedPredictor, Correction, emulated_delays, fit
-from twin.calibration.online import OnlineCalibration, fit_least_squares, sample_weights
+from twin.calibration.online import OnlineCalibration, disturbed_windows, fit_least_squares, sample_weights
 from twin.models.registry import get_predictor
 from twin.state.metrics import mape
 
@@ -314,6 +314,38 @@ def test_one_noisy_window_of_high_load_does_not_make_the_online_fit_alone():
         return float(np.mean([mape(p, m) for p, m in zip(predicted, measured[:-1])]))
 
     assert fitted.fitted and error_on_the_others(weighted) < 0.07 < error_on_the_others(unweighted)
+
+
+def test_a_disturbed_stretch_is_left_out_of_the_online_fit():
+    """Six windows measured exactly, two in a row whose delays came out 2.5 times too long (the
+    machine stalled): they are left out and the fit matches the others; fitting every window, the
+    stall bends the correction for all."""
+    qt = get_predictor("qt")
+    truth = Correction(queue_scale=1.0, per_hop_s=0.0004, base_s=0.0001)
+    states = [emulation_state("ring:6", load, seed=k) for k, load in enumerate((0.4, 0.5, 0.6, 0.7, 0.5, 0.6, 0.8, 0.6))]
+    measured = [emulated_delays(s, qt.predict_delays([s])[0], truth) for s in states]
+    measured[4], measured[5] = 2.5 * measured[4], 2.5 * measured[5]
+    robust, every = OnlineCalibration(min_flows=30, min_windows=3), OnlineCalibration(min_flows=30, min_windows=3,
+                                                                                      leave_out_disturbed=False)
+    for state, delays in zip(states, measured):
+        robust.add(state, delays), every.add(state, delays)
+    clean = [0, 1, 2, 3, 6, 7]
+
+    def error_on_the_clean(correction):
+        predicted = CalibratedPredictor(qt, correction).predict_delays([states[k] for k in clean])
+        return float(np.mean([mape(p, measured[k]) for p, k in zip(predicted, clean)]))
+
+    kept, bent = robust.current(qt), every.current(qt)
+    assert kept.fitted and kept.left_out == 2 and kept.windows == 8 and kept.mape < 0.01
+    assert bent.left_out == 0 and error_on_the_clean(kept.correction) < 0.01 < 0.1 < error_on_the_clean(bent.correction)
+
+
+def test_disturbed_windows_stand_out_by_robust_spreads_and_a_least_excess():
+    assert list(disturbed_windows(np.array([0.08, 0.09, 0.10, 0.085, 0.40]))) == [False] * 4 + [True]
+    assert not disturbed_windows(np.array([0.08, 0.09, 0.10, 0.085, 0.12])).any()  # within the spread
+    assert not disturbed_windows(np.array([0.001, 0.001, 0.001, 0.02])).any()  # agreeing to rounding: below the least excess
+    assert list(disturbed_windows(np.array([0.1, np.nan, 0.1, 0.1, 0.5]))) == [False, False, False, False, True]
+    assert not disturbed_windows(np.array([0.1, 0.9])).any()  # two windows: no median to stand out from
 
 
 def test_flows_measured_over_few_packets_pull_the_online_fit_less_when_their_counts_are_given():

@@ -14,10 +14,13 @@ measurements' noise does not bias the fit through it. Where the measurements say
 or probes each flow's mean is over (the hosts' reports do), a flow's squared error within its
 window weighs in proportion, within bounds (:func:`sample_weights`): the variance of a mean falls
 with its samples, so a light flow's mean of a few packets pulls the fit less than a heavy flow's of
-thousands. The ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used
-until the windows number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it
-explains the kept windows better than the fit (smaller squared error): a shipped calibration is at
-most a starting point. Delays in s.
+thousands. A window the fit explains far worse than the others (:func:`disturbed_windows`: the
+host or switch stalled, a burst of other work on the machine) is left out and the fit made again
+without it, so one disturbed stretch does not bend the correction for every later window. The
+``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used until the windows
+number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it explains the windows
+the fit kept better than the fit does (smaller squared error): a shipped calibration is at most a
+starting point. Delays in s.
 """
 
 from __future__ import annotations
@@ -37,27 +40,35 @@ MIN_WINDOWS = 3  # ... and windows: one window's traffic is one point of the loa
 SAMPLE_WEIGHT_RANGE = (0.1, 10.0)  # a flow's squared-error weight for its samples, relative to the window's median
 # flow: delays in a queue are correlated, so a mean of many packets is not surer without end, and
 # one report's absurd count weighs no more than ten typical flows
+DISTURBED_SPREADS = 3.0  # a window is disturbed when its error exceeds the windows' median by this
+# many robust standard deviations (1.4826 median absolute deviations) ...
+DISTURBED_MIN_EXCESS = 0.05  # ... and by at least this mean |ln(predicted / measured)|: windows
+# that all agree to a few per cent are not told apart by their rounding
 
 
 @dataclass(frozen=True)
 class Fitted:
     """The correction in use, whether it was fitted here (else it is the prior), from how many
-    windows and measured flows; ``mape``: its error over them (NaN before a fit was tried)."""
+    windows and measured flows; ``mape``: its error over the windows the fit kept (NaN before a fit
+    was tried); ``left_out``: the windows left out as disturbed."""
 
     correction: Correction
     fitted: bool
     windows: int
     flows: int
     mape: float = float("nan")
+    left_out: int = 0
 
 
 class OnlineCalibration:
     """Windows of live measurements and the correction fitted to them."""
 
     def __init__(self, prior: Correction | None = None, history: int = 20, min_flows: int = MIN_FLOWS,
-                 min_windows: int = MIN_WINDOWS, weigh_windows: bool = True, weigh_samples: bool = True):
+                 min_windows: int = MIN_WINDOWS, weigh_windows: bool = True, weigh_samples: bool = True,
+                 leave_out_disturbed: bool = True):
         self.weigh_windows = weigh_windows  # False: every flow's error in s, the windows of highest load weigh most
         self.weigh_samples = weigh_samples  # False: every measured flow of a window weighs the same
+        self.leave_out_disturbed = leave_out_disturbed  # False: every kept window is fitted, however far off
         self.set_prior(prior or Correction(), history, min_flows, min_windows)
 
     def set_prior(self, prior: Correction, history: int = 20, min_flows: int = MIN_FLOWS,
@@ -110,13 +121,51 @@ class OnlineCalibration:
                        * (sample_weights(m, n) if self.weigh_samples else 1.0)
                        for p, m, n in zip(by_prior, measured, samples)]
             fitted = fit_least_squares(states, measured, predictor, weights)
-            predicted = {fitted: CalibratedPredictor(predictor, fitted).predict_delays(states), self.prior: by_prior}
+            by_fit = CalibratedPredictor(predictor, fitted).predict_delays(states)
+            windows = len(states)
+            if self.leave_out_disturbed:
+                disturbed = disturbed_windows(window_errors(by_fit, measured))
+                if disturbed.any() and (~disturbed).sum() >= self.min_windows:
+                    kept = np.flatnonzero(~disturbed)
+                    states, measured, weights, by_prior = _picked(kept, states, measured, weights, by_prior)
+                    fitted = fit_least_squares(states, measured, predictor, weights)
+                    by_fit = CalibratedPredictor(predictor, fitted).predict_delays(states)
+            predicted = {fitted: by_fit, self.prior: by_prior}
             squared = {c: _weighted_squared_error(p, measured, weights) for c, p in predicted.items()}
             best = fitted if squared[fitted] < squared[self.prior] else self.prior
             error = float(np.nanmean([mape(p, m) for p, m in zip(predicted[best], measured)]))
-            self._current = Fitted(best, best is fitted, len(states), self.flows, error)
+            self._current = Fitted(best, best is fitted, windows, self.flows, error, windows - len(states))
             self._stale = False
         return self._current
+
+
+def _picked(indices: np.ndarray, *lists: list) -> tuple[list, ...]:
+    """Each of ``lists`` restricted to the windows at ``indices``."""
+    return tuple([values[i] for i in indices] for values in lists)
+
+
+def window_errors(predicted: list[np.ndarray], measured: list[np.ndarray]) -> np.ndarray:
+    """Per window, the mean over its measured flows of |ln(predicted / measured)| (unitless; NaN
+    where no flow has both)."""
+    errors = []
+    for p, m in zip(predicted, measured):
+        ok = measured_flows(m) & np.isfinite(p) & (p > 0)
+        errors.append(float(np.mean(np.abs(np.log(p[ok] / m[ok])))) if ok.any() else np.nan)
+    return np.array(errors)
+
+
+def disturbed_windows(errors: np.ndarray, spreads: float = DISTURBED_SPREADS,
+                      min_excess: float = DISTURBED_MIN_EXCESS) -> np.ndarray:
+    """Per window, whether its error (:func:`window_errors`) exceeds the median of the windows' by
+    more than ``spreads`` robust standard deviations and by more than ``min_excess``; a window with
+    no error is not disturbed."""
+    finite = np.isfinite(errors)
+    if finite.sum() < 3:
+        return np.zeros(len(errors), dtype=bool)
+    median = float(np.median(errors[finite]))
+    spread = 1.4826 * float(np.median(np.abs(errors[finite] - median)))
+    excess = np.where(finite, errors - median, -np.inf)
+    return (excess > spreads * spread) & (excess > min_excess)
 
 
 def measured_flows(measured: np.ndarray) -> np.ndarray:
