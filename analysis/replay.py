@@ -106,6 +106,8 @@ class ReadOnlyStore(TelemetryStore):
         if missing:
             self.close()
             raise ReplayError(f"telemetry store {path}: not an ndt telemetry store (no table {', '.join(missing)})")
+        columns = {row[1] for row in self._read("PRAGMA table_info(path_delay)", ())}
+        self._delay_samples = "samples" if "samples" in columns else "NULL"  # a store from before the counts
 
     def traffic_span(self) -> tuple[float, float] | None:
         """The first and last time (s) of a traffic-matrix sample, or None when there is none."""
@@ -309,10 +311,17 @@ def _buckets(rows, start: float, step_s: float, n: int) -> list[list]:
 
 
 def _pair_means(rows) -> dict[tuple[str, str], float]:
-    values: dict[tuple[str, str], list[float]] = {}
+    """Per pair, the mean of its delay rows: weighted by the packets or probes behind each where every
+    row of the pair says how many, else each row alike."""
+    values: dict[tuple[str, str], list[tuple[float, int | None]]] = {}
     for row in rows:
-        values.setdefault((row.src, row.dst), []).append(row.value)
-    return {pair: float(np.mean(v)) for pair, v in values.items()}
+        values.setdefault((row.src, row.dst), []).append((row.value, row.samples))
+    means = {}
+    for pair, rows_of_pair in values.items():
+        delays, samples = zip(*rows_of_pair)
+        counted = all(n is not None for n in samples)
+        means[pair] = float(np.average(delays, weights=samples if counted else None))
+    return means
 
 
 def measured_kind(store, start: float, end: float, kind: str = "auto") -> str | None:

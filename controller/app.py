@@ -870,8 +870,9 @@ class NdtController(app_manager.OSKenApp):
         for left, pending in ((self._probes_left, self._probes_pending), (self._echo_left, self._echo_sent)):
             for key in [k for k in list(left) if k not in pending]:
                 left.pop(key, None)
-        self._store(self.store.add_path_delays, time.time(), "probe",
-                    self.path_delays.delays(now - PROBE_REPORT_S, now, min_samples=1))
+        probed = self.path_delays.stats(now - PROBE_REPORT_S, now, min_samples=1)
+        self._store(self.store.add_path_delays, time.time(), "probe", {pair: s.mean for pair, s in probed.items()},
+                    {pair: int(s.samples) for pair, s in probed.items()})
         self.metrics.set_path_delays("probe", self.path_delays.delays(now - PROBE_METRIC_WINDOW_S, now))
         self.metrics.set_probe_counts(self.path_delays.sent, self.path_delays.lost)
         for dpid, dp in list(self._datapaths.items()):

@@ -10,9 +10,9 @@ a window average by their packets, as the controller averages them.
 
 The windows are those the loop scored on the hosts' reports (the report's ``twin_scores``), each
 rebuilt from the store as ``ndt replay`` rebuilds a moment (routing, links out of service, traffic
-matrix and packet size over the window) with the reports stored in it (the store keeps no packet
-counts: each report's are counted again from the hosts' packets sent in its 5-s window, and a
-pair's reports average by them, as the controller does); the loop's own windows are
+matrix and packet size over the window) with the reports stored in it and their packet counts (for
+runs recorded before the store kept them, counted again from the hosts' packets sent in each
+report's 5-s window); a pair's reports average by them, as the controller does; the loop's own windows are
 only approximated (the replay's predictions differ from the store's ``predicted`` rows by a few per
 cent), so compare the fits with each other, not with the demo's figure. Prints JSON.
 
@@ -65,8 +65,10 @@ def windows(run: Path, report: dict, base: NetworkState, sent: np.ndarray) -> li
         reports = ReportedDelays()  # the stored reports, each with the packets sent in its window
         for row in store.path_delays("measured", score["start"] + REPORT_S - 0.5, end + 1.0):
             if (row.src, row.dst) in flow_of:
-                flow = sent[:, 0] == flow_of[(row.src, row.dst)]
-                packets = int(np.sum(flow & (sent[:, 2] >= row.ts - REPORT_S) & (sent[:, 2] < row.ts)))
+                packets = row.samples
+                if packets is None:
+                    flow = sent[:, 0] == flow_of[(row.src, row.dst)]
+                    packets = int(np.sum(flow & (sent[:, 2] >= row.ts - REPORT_S) & (sent[:, 2] < row.ts)))
                 reports.add(row.ts - REPORT_S, row.ts, {(row.src, row.dst): row.value}, {(row.src, row.dst): packets})
         means = reports.means(-np.inf, np.inf)
         out.append((score, state, measured_vector(state, {pair: m.delay for pair, m in means.items()}),

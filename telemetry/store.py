@@ -59,7 +59,7 @@ CREATE INDEX IF NOT EXISTS traffic_ts ON traffic (ts);
 CREATE INDEX IF NOT EXISTS traffic_pair ON traffic (src, dst, ts);
 CREATE TABLE IF NOT EXISTS path_delay (
     ts REAL NOT NULL, kind TEXT NOT NULL, src TEXT NOT NULL, dst TEXT NOT NULL, delay_s REAL NOT NULL,
-    bucket_s REAL NOT NULL DEFAULT 0);
+    bucket_s REAL NOT NULL DEFAULT 0, samples INTEGER);
 CREATE INDEX IF NOT EXISTS path_delay_ts ON path_delay (kind, ts);
 CREATE INDEX IF NOT EXISTS path_delay_pair ON path_delay (src, dst, ts);
 CREATE TABLE IF NOT EXISTS config (
@@ -89,12 +89,14 @@ class LinkSample:
 
 @dataclass(frozen=True)
 class PairValue:
-    """One value for a (src, dst) pair at ``ts``: a rate (bit/s) or a delay (s)."""
+    """One value for a (src, dst) pair at ``ts``: a rate (bit/s) or a delay (s); for a delay, how
+    many packets or probes it is a mean of, where the measurement said (else None)."""
 
     ts: float
     src: str
     dst: str
     value: float
+    samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class TelemetryStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._allow_missing_counters()
+            self._count_delay_samples()
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"telemetry store {path}: cannot be used: {exc}") from None
@@ -171,6 +174,13 @@ class TelemetryStore:
             INSERT INTO link_stats SELECT * FROM link_stats_old;
             DROP TABLE link_stats_old;
             COMMIT;""")
+
+    def _count_delay_samples(self) -> None:
+        """Stores written before path delays kept their sample counts: add the column once (NULL:
+        not known)."""
+        if "samples" not in {row[1] for row in self._db.execute("PRAGMA table_info(path_delay)")}:
+            self._db.execute("ALTER TABLE path_delay ADD COLUMN samples INTEGER")
+        self._delay_samples = "samples"
 
     def close(self) -> None:
         with self._lock:
@@ -193,11 +203,15 @@ class TelemetryStore:
         self._write("traffic", ("ts", "src", "dst", "rate_bps"),
                     ((_time(ts), s, d, _finite(f"traffic {s}->{d}", "rate_bps", r)) for (s, d), r in rates_bps.items()))
 
-    def add_path_delays(self, ts: float, kind: str, delays_s: dict[tuple[str, str], float]) -> None:
-        """Per-path mean delays (s); ``kind`` is ``predicted`` (the twin) or ``measured``."""
+    def add_path_delays(self, ts: float, kind: str, delays_s: dict[tuple[str, str], float],
+                        samples: dict[tuple[str, str], int] | None = None) -> None:
+        """Per-path mean delays (s); ``kind`` is one of DELAY_KINDS; ``samples``: how many packets or
+        probes a pair's mean is over (a positive whole number; pairs left out: not known)."""
         _check_kind(kind)
-        self._write("path_delay", ("ts", "kind", "src", "dst", "delay_s"),
-                    ((_time(ts), kind, s, d, _finite(f"{kind} delay {s}->{d}", "delay_s", v))
+        samples = samples or {}
+        self._write("path_delay", ("ts", "kind", "src", "dst", "delay_s", "samples"),
+                    ((_time(ts), kind, s, d, _finite(f"{kind} delay {s}->{d}", "delay_s", v),
+                      _sample_count(f"{kind} delay {s}->{d}", samples.get((s, d))))
                      for (s, d), v in delays_s.items()))
 
     def add_config(self, ts: float, who: str, kind: str, payload: dict, predicted: dict | None = None) -> int:
@@ -271,7 +285,8 @@ class TelemetryStore:
                     dst: str | None = None) -> list[PairValue]:
         _check_kind(kind)
         where, args = _range(start, end, src, dst)
-        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, delay_s FROM path_delay WHERE kind = ? "
+        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, delay_s, {self._delay_samples} FROM path_delay "
+                                                   "WHERE kind = ? "
                                                    f"AND {where} ORDER BY ts, src, dst", (kind, *args))]
 
     def configs(self, start: float, end: float, kind: str | None = None) -> list[ConfigRecord]:
@@ -312,7 +327,10 @@ class TelemetryStore:
                                "src, dst, tx_bytes, tx_packets, tx_dropped, utilization"),
                 "link_offered": ("src, dst", "MAX(packets)", "src, dst, packets"),
                 "traffic": ("src, dst", "AVG(rate_bps)", "src, dst, rate_bps"),
-                "path_delay": ("kind, src, dst", "AVG(delay_s)", "kind, src, dst, delay_s"),
+                "path_delay": ("kind, src, dst",  # by the samples behind each mean where every row has them
+                               "CASE WHEN COUNT(samples) = COUNT(*) THEN SUM(delay_s * samples) / SUM(samples) "
+                               "ELSE AVG(delay_s) END, CASE WHEN COUNT(samples) = COUNT(*) THEN SUM(samples) END",
+                               "kind, src, dst, delay_s, samples"),
             }
             for table, (keys, aggregates, columns) in merges.items():
                 old = "ts < ? AND bucket_s < ?"
@@ -346,6 +364,15 @@ def _counter(tag: str, name: str, value) -> int:
     """``value`` when it is a whole number from 0 to ``MAX_COUNTER``; otherwise a StoreError naming ``tag`` and ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_COUNTER:
         raise StoreError(f"{tag}: {name} must be a whole number from 0 to 2**63-1, got {shown(value)}")
+    return value
+
+
+def _sample_count(tag: str, value) -> int | None:
+    """``value`` when it is None (not known) or a whole number from 1 to ``MAX_COUNTER``; otherwise a
+    StoreError naming ``tag``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or not 1 <= value <= MAX_COUNTER):
+        raise StoreError(f"{tag}: samples must be a whole number from 1 to 2**63-1, got {shown(value)}")
     return value
 
 

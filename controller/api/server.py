@@ -263,7 +263,7 @@ class NdtService(services.NdtServicer):
                 samples.pop((path.src, path.dst), None)  # a pair given twice: its last delay, with its own count
         now = time.time()
         window = _report_window(request.start, request.end, now)
-        self.store.add_path_delays(window[1] if window else now, "measured", measured)
+        self.store.add_path_delays(window[1] if window else now, "measured", measured, samples)
         if window:
             self.controller.reported_delays.add(*window, measured, samples)
         self.metrics.set_path_delays("measured", measured)

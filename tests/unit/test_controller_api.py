@@ -118,13 +118,22 @@ def test_a_report_with_a_bad_window_is_refused_and_changes_nothing(start, end, w
         server.stop(None)
 
 
-def test_reported_delays_with_their_window_reach_the_closed_loop(api):
-    stub, _, controller, _ = api
-    now = time.time()
-    measured = [pb.PathDelay(src="s1", dst="s3", delay_s=0.004, samples=250), pb.PathDelay(src="s2", dst="s4", delay_s=0.002)]
-    stub.ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest", start=now - 10, end=now))
+def test_reported_delays_with_their_window_reach_the_closed_loop_and_the_store():
+    controller, store = StandIn(), TelemetryStore()
+    server, port = serve(NdtService(controller, store, Metrics(), get_predictor, "qt"), "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            now = time.time()
+            measured = [pb.PathDelay(src="s1", dst="s3", delay_s=0.004, samples=250),
+                        pb.PathDelay(src="s2", dst="s4", delay_s=0.002)]
+            services.NdtStub(channel).ReportMeasured(pb.MeasuredDelays(paths=measured, source="pytest",
+                                                                       start=now - 10, end=now))
+    finally:
+        server.stop(None)
     assert controller.reported_delays.means(now - 11, now) == {("s1", "s3"): Mean(0.004, 250), ("s2", "s4"): Mean(0.002, 0)}
     assert controller.reported_delays.means(now - 5, now) == {}  # the report covers more than that span
+    stored = {(p.src, p.dst): (p.ts, p.samples) for p in store.path_delays("measured", now - 11, now + 1)}
+    assert stored == {("s1", "s3"): (pytest.approx(now), 250), ("s2", "s4"): (pytest.approx(now), None)}  # at its end
 
 
 def test_stream_telemetry(api):

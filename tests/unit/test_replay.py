@@ -5,14 +5,15 @@ place, so a replay that rebuilt the wrong routing, links or traffic would not ma
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from analysis.replay import ReplayError, Step, counterfactual, open_store, replay, suspects
-from telemetry.store import DECISION_KIND, LINK_KIND, ROUTING_KIND, LinkSample, TelemetryStore
+from analysis.replay import ReplayError, Step, _pair_means, counterfactual, open_store, replay, suspects
+from telemetry.store import DECISION_KIND, LINK_KIND, ROUTING_KIND, LinkSample, PairValue, TelemetryStore
 from twin.models.intervals import Intervals, SafeRange
 from twin.models.qt import QueueingModel
 from twin.state.model import Flow, Link, NetworkState
@@ -151,6 +152,12 @@ def test_means_are_traffic_weighted_over_the_pairs_with_both(report):
     assert step["predicted_mean_all"] == pytest.approx(step["predicted_mean"])  # every demand was measured
 
 
+def test_a_pairs_measured_rows_average_by_their_samples_where_every_row_has_them():
+    means = _pair_means([PairValue(1.0, "a", "b", 0.001, 90), PairValue(2.0, "a", "b", 0.005, 10),
+                         PairValue(1.0, "a", "c", 0.001, 90), PairValue(2.0, "a", "c", 0.005, None)])
+    assert means == {("a", "b"): pytest.approx(0.0014), ("a", "c"): pytest.approx(0.003)}
+
+
 def test_the_slow_link_is_the_first_suspect(report):
     first = report["suspects"][0]
     assert first["link"] == "d->c" and first["score"] == pytest.approx(1.0) and first["agreeing"] == 0
@@ -260,6 +267,22 @@ def test_the_store_is_opened_read_only(store_path, tmp_path):
     with pytest.raises(ReplayError, match="not an SQLite database"):
         open_store(junk)
     assert junk.read_text() == "not a database\n" * 100
+
+
+def test_a_store_from_before_delay_counts_is_read_as_it_is(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE traffic (ts REAL, src TEXT, dst TEXT, rate_bps REAL, bucket_s REAL);
+            CREATE TABLE link_stats (ts REAL, src TEXT, dst TEXT, tx_bytes INTEGER);
+            CREATE TABLE config (id INTEGER, ts REAL, who TEXT, kind TEXT, payload TEXT, predicted TEXT);
+            CREATE TABLE path_delay (ts REAL, kind TEXT, src TEXT, dst TEXT, delay_s REAL, bucket_s REAL);
+            INSERT INTO path_delay VALUES (1.0, 'measured', 'a', 'b', 0.002, 0);""")
+    before = path.read_bytes()
+    store = open_store(path)
+    assert store.path_delays("measured", 0.0, 2.0) == [PairValue(1.0, "a", "b", 0.002, None)]
+    store.close()
+    assert path.read_bytes() == before
 
 
 def test_a_store_the_controller_is_writing_is_read_through_its_log(tmp_path):

@@ -92,6 +92,35 @@ def test_retention_and_downsampling():
     assert store.maintain(now)["link_stats_merged"] == 0  # merged rows are not merged again
 
 
+def test_delays_keep_their_sample_counts_and_merge_by_them():
+    store = TelemetryStore(retention_s=1000, raw_s=100, bucket_s=10)
+    store.add_path_delays(1500.0, "measured", {("s1", "s2"): 1.0, ("s1", "s3"): 1.0}, {("s1", "s2"): 30, ("s1", "s3"): 5})
+    store.add_path_delays(1505.0, "measured", {("s1", "s2"): 3.0, ("s1", "s3"): 3.0}, {("s1", "s2"): 10})
+    raw = store.path_delays("measured", 1500, 1510)
+    assert [(p.src, p.dst, p.value, p.samples) for p in raw] == [
+        ("s1", "s2", 1.0, 30), ("s1", "s3", 1.0, 5), ("s1", "s2", 3.0, 10), ("s1", "s3", 3.0, None)]
+    store.maintain(2000.0)
+    merged = {(p.src, p.dst): (p.value, p.samples) for p in store.path_delays("measured", 1500, 1510)}
+    assert merged[("s1", "s2")] == (pytest.approx(1.5), 40)  # (30 x 1 + 10 x 3) / 40
+    assert merged[("s1", "s3")] == (pytest.approx(2.0), None)  # one count not known: each row alike
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(StoreError, match=r"measured delay s1->s2: samples must be a whole number from 1"):
+            store.add_path_delays(1.0, "measured", {("s1", "s2"): 0.001}, {("s1", "s2"): bad})
+
+
+def test_a_store_from_before_delay_counts_gains_the_column_with_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE path_delay (ts REAL NOT NULL, kind TEXT NOT NULL, src TEXT NOT NULL, "
+                   "dst TEXT NOT NULL, delay_s REAL NOT NULL, bucket_s REAL NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO path_delay VALUES (1.0, 'measured', 's1', 's2', 0.002, 0)")
+    store = TelemetryStore(path)
+    store.add_path_delays(2.0, "measured", {("s1", "s2"): 0.004}, {("s1", "s2"): 7})
+    assert [(p.value, p.samples) for p in store.path_delays("measured", 0.0, 3.0)] == [(0.002, None), (0.004, 7)]
+    store.close()
+    assert TelemetryStore(path).path_delays("measured", 1.5, 3.0)[0].samples == 7  # opened again: no second column
+
+
 def test_retention_keeps_the_latest_link_record():
     store = TelemetryStore(retention_s=1000, raw_s=100, bucket_s=10)
     first = store.add_config(10.0, "controller", LINK_KIND, {"down": ["a->b"]})
