@@ -107,7 +107,7 @@ class ReadOnlyStore(TelemetryStore):
             self.close()
             raise ReplayError(f"telemetry store {path}: not an ndt telemetry store (no table {', '.join(missing)})")
         columns = {row[1] for row in self._read("PRAGMA table_info(path_delay)", ())}
-        self._delay_samples = "samples" if "samples" in columns else "NULL"  # a store from before the counts
+        self._samples_sql = "samples" if "samples" in columns else "NULL"  # a store from before the counts
 
     def traffic_span(self) -> tuple[float, float] | None:
         """The first and last time (s) of a traffic-matrix sample, or None when there is none."""
@@ -311,7 +311,7 @@ def _buckets(rows, start: float, step_s: float, n: int) -> list[list]:
 
 
 def _pair_means(rows) -> dict[tuple[str, str], float]:
-    """Per pair, the mean of its delay rows: weighted by the packets or probes behind each where every
+    """Per pair, the mean of its delay rows (s): weighted by the measurements behind each where every
     row of the pair says how many, else each row alike."""
     values: dict[tuple[str, str], list[tuple[float, int | None]]] = {}
     for row in rows:

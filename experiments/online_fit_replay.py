@@ -5,7 +5,7 @@ others left out), with every window however far off (``every_window``), without 
 either (``relative``), and with every flow's error in seconds (``seconds``: the highest-load windows
 weigh most, every window fitted), scoring each
 window's prediction against the hosts' own packets as the demo does (``twin_vs_hosts``: pairs with
-enough packets in the window, windows with a fitted correction). In all three a pair's reports over
+enough packets in the window, windows with a fitted correction). In all four a pair's reports over
 a window average by their packets, as the controller averages them.
 
 The windows are those the loop scored on the hosts' reports (the report's ``twin_scores``), each

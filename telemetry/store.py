@@ -40,6 +40,7 @@ LINK_KIND = "link"  # config rows: the links out of service after each change, {
 CONTROL_KIND = "loop-control"  # config rows: operators' pause, resume, dry run (the latest of each kept)
 DELAY_KINDS = ("predicted", "measured", "probe")  # twin; hosts' own measurement (ReportMeasured); in-band probes
 MAX_COUNTER = 2**63 - 1  # SQLite's largest integer; OpenFlow's "unsupported" (2**64 - 1) is above it
+MAX_SAMPLES = 2**32 - 1  # a path delay's count, as gRPC's PathDelay.samples: a bucket's sum stays far below MAX_COUNTER
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS link_stats (
@@ -90,7 +91,8 @@ class LinkSample:
 @dataclass(frozen=True)
 class PairValue:
     """One value for a (src, dst) pair at ``ts``: a rate (bit/s) or a delay (s); for a delay, how
-    many packets or probes it is a mean of, where the measurement said (else None)."""
+    many measurements are behind it (a report's packets, a probe delay's own probes), where the
+    measurement said (else None)."""
 
     ts: float
     src: str
@@ -153,7 +155,7 @@ class TelemetryStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._allow_missing_counters()
-            self._count_delay_samples()
+            self._add_delay_samples_column()
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"telemetry store {path}: cannot be used: {exc}") from None
@@ -175,12 +177,12 @@ class TelemetryStore:
             DROP TABLE link_stats_old;
             COMMIT;""")
 
-    def _count_delay_samples(self) -> None:
+    def _add_delay_samples_column(self) -> None:
         """Stores written before path delays kept their sample counts: add the column once (NULL:
         not known)."""
         if "samples" not in {row[1] for row in self._db.execute("PRAGMA table_info(path_delay)")}:
             self._db.execute("ALTER TABLE path_delay ADD COLUMN samples INTEGER")
-        self._delay_samples = "samples"
+        self._samples_sql = "samples"
 
     def close(self) -> None:
         with self._lock:
@@ -205,8 +207,8 @@ class TelemetryStore:
 
     def add_path_delays(self, ts: float, kind: str, delays_s: dict[tuple[str, str], float],
                         samples: dict[tuple[str, str], int] | None = None) -> None:
-        """Per-path mean delays (s); ``kind`` is one of DELAY_KINDS; ``samples``: how many packets or
-        probes a pair's mean is over (a positive whole number; pairs left out: not known)."""
+        """Per-path mean delays (s); ``kind`` is one of DELAY_KINDS; ``samples``: how many measurements
+        are behind a pair's delay (a whole number from 1 to MAX_SAMPLES; pairs left out: not known)."""
         _check_kind(kind)
         samples = samples or {}
         self._write("path_delay", ("ts", "kind", "src", "dst", "delay_s", "samples"),
@@ -285,7 +287,7 @@ class TelemetryStore:
                     dst: str | None = None) -> list[PairValue]:
         _check_kind(kind)
         where, args = _range(start, end, src, dst)
-        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, delay_s, {self._delay_samples} FROM path_delay "
+        return [PairValue(*r) for r in self._read(f"SELECT ts, src, dst, delay_s, {self._samples_sql} FROM path_delay "
                                                    "WHERE kind = ? "
                                                    f"AND {where} ORDER BY ts, src, dst", (kind, *args))]
 
@@ -368,12 +370,13 @@ def _counter(tag: str, name: str, value) -> int:
 
 
 def _sample_count(tag: str, value) -> int | None:
-    """``value`` when it is None (not known) or a whole number from 1 to ``MAX_COUNTER``; otherwise a
-    StoreError naming ``tag``."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                              or not 1 <= value <= MAX_COUNTER):
-        raise StoreError(f"{tag}: samples must be a whole number from 1 to 2**63-1, got {shown(value)}")
-    return value
+    """``value`` as an int when it is None (not known) or a whole number from 1 to
+    ``MAX_SAMPLES``; otherwise a StoreError naming ``tag``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_SAMPLES:
+        raise StoreError(f"{tag}: samples must be a whole number from 1 to 2**32-1, got {shown(value)}")
+    return int(value)
 
 
 def _finite(tag: str, name: str, value) -> float:

@@ -84,6 +84,7 @@ def test_the_loop_pushes_a_better_routing_on_its_own_without_losing_pings(tmp_pa
     sent, received = pings["result"]
     assert sent == received, f"{sent - received} of {sent} pings lost across the push"
     assert {(p.src, p.dst) for p in probes} >= {("s1", "s2"), ("s1", "s3")}
+    assert all(isinstance(p.samples, int) and p.samples >= 1 for p in probes)  # each with its probes' count
     assert 'ndt_loop_decisions_total{action="push"}' in metrics
     assert 'ndt_path_delay_seconds{dst="s3",kind="probe",src="s1"}' in metrics
     assert "ndt_loop_twin_error_ratio" in metrics

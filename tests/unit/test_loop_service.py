@@ -166,6 +166,7 @@ def test_twin_mape_is_scored_before_the_window_joins_the_fit():
     assert decision.twin_mape == pytest.approx(0.0, abs=1e-9)  # the probes are the model's own delays
     assert metrics._gauges["loop_twin_error_ratio"] == decision.twin_mape
     assert decision.calibration["windows"] == 0  # 2 flows: fewer than the fit needs; the prior is used
+    assert decision.calibration["windows_left_out"] == 0
 
 
 def report_hosts(loop, controller, factor: float, at: float, samples: dict | None = None) -> dict:

@@ -338,14 +338,18 @@ def test_a_disturbed_stretch_is_left_out_of_the_online_fit():
     kept, bent = robust.current(qt), every.current(qt)
     assert kept.fitted and kept.left_out == 2 and kept.windows == 8 and kept.mape < 0.01
     assert bent.left_out == 0 and error_on_the_clean(kept.correction) < 0.01 < 0.1 < error_on_the_clean(bent.correction)
+    too_few = OnlineCalibration(min_flows=30, min_windows=7)  # leaving two out would leave six: all are fitted
+    for state, delays in zip(states, measured):
+        too_few.add(state, delays)
+    assert too_few.current(qt).left_out == 0 and too_few.last.correction == bent.correction
 
 
 def test_disturbed_windows_stand_out_by_robust_spreads_and_a_least_excess():
     assert list(disturbed_windows(np.array([0.08, 0.09, 0.10, 0.085, 0.40]))) == [False] * 4 + [True]
-    assert not disturbed_windows(np.array([0.08, 0.09, 0.10, 0.085, 0.12])).any()  # within the spread
-    assert not disturbed_windows(np.array([0.001, 0.001, 0.001, 0.02])).any()  # agreeing to rounding: below the least excess
+    assert not disturbed_windows(np.array([0.1, 0.2, 0.3, 0.4, 0.5])).any()  # 0.2 above: within 3 spreads (0.44)
+    assert not disturbed_windows(np.array([0.001, 0.001, 0.001, 0.02])).any()  # no spread, but below the least excess
     assert list(disturbed_windows(np.array([0.1, np.nan, 0.1, 0.1, 0.5]))) == [False, False, False, False, True]
-    assert not disturbed_windows(np.array([0.1, 0.9])).any()  # two windows: no median to stand out from
+    assert not disturbed_windows(np.array([np.nan, np.nan])).any()
 
 
 def test_flows_measured_over_few_packets_pull_the_online_fit_less_when_their_counts_are_given():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from telemetry.rates import UNSUPPORTED_COUNTER, supported_counter
@@ -103,7 +104,9 @@ def test_delays_keep_their_sample_counts_and_merge_by_them():
     merged = {(p.src, p.dst): (p.value, p.samples) for p in store.path_delays("measured", 1500, 1510)}
     assert merged[("s1", "s2")] == (pytest.approx(1.5), 40)  # (30 x 1 + 10 x 3) / 40
     assert merged[("s1", "s3")] == (pytest.approx(2.0), None)  # one count not known: each row alike
-    for bad in (0, -3, 2.5, True):
+    store.add_path_delays(1990.0, "probe", {("s1", "s2"): 0.001}, {("s1", "s2"): np.int64(12)})  # numpy's too
+    assert store.path_delays("probe", 1990, 1991)[0].samples == 12
+    for bad in (0, -3, 2.5, True, 2**32):
         with pytest.raises(StoreError, match=r"measured delay s1->s2: samples must be a whole number from 1"):
             store.add_path_delays(1.0, "measured", {("s1", "s2"): 0.001}, {("s1", "s2"): bad})
 
@@ -118,7 +121,9 @@ def test_a_store_from_before_delay_counts_gains_the_column_with_its_rows(tmp_pat
     store.add_path_delays(2.0, "measured", {("s1", "s2"): 0.004}, {("s1", "s2"): 7})
     assert [(p.value, p.samples) for p in store.path_delays("measured", 0.0, 3.0)] == [(0.002, None), (0.004, 7)]
     store.close()
-    assert TelemetryStore(path).path_delays("measured", 1.5, 3.0)[0].samples == 7  # opened again: no second column
+    again = TelemetryStore(path)  # opened again: no second column
+    assert again.path_delays("measured", 1.5, 3.0)[0].samples == 7
+    again.close()
 
 
 def test_retention_keeps_the_latest_link_record():

@@ -1,7 +1,7 @@
 """The twin's correction fitted online, from the network's own measurements as they arrive.
 
 Each measurement window gives one (state, measured per-flow delays) pair; the last ``history``
-windows are kept, and the correction (walk unknown: queueing scale, per-switch and per-path costs,
+windows are held, and the correction (walk unknown: queueing scale, per-switch and per-path costs,
 effective capacity) is refitted from them when a new one came in. Online measurements are few per
 path (a path's probe mean over one window holds a handful of probes), so the fit is least squares
 on the delays themselves (:func:`fit_least_squares`), which such noise does not bias, rather than
@@ -14,9 +14,10 @@ measurements' noise does not bias the fit through it. Where the measurements say
 or probes each flow's mean is over (the hosts' reports do), a flow's squared error within its
 window weighs in proportion, within bounds (:func:`sample_weights`): the variance of a mean falls
 with its samples, so a light flow's mean of a few packets pulls the fit less than a heavy flow's of
-thousands. A window the fit explains far worse than the others (:func:`disturbed_windows`: the
-host or switch stalled, a burst of other work on the machine) is left out and the fit made again
-without it, so one disturbed stretch does not bend the correction for every later window. The
+thousands. A window that both the fit and the prior explain far worse than the others
+(:func:`disturbed_windows`: the host or switch stalled, a burst of other work on the machine) is
+left out and the fit made again without it, so one disturbed stretch does not bend the correction
+for every later window; a window only the fit misses (a load it has not seen) stays. The
 ``prior`` (a shipped or ``ndt calibrate`` file, or the structural default) is used until the windows
 number ``min_windows`` and hold ``min_flows`` measured flows, and whenever it explains the windows
 the fit kept better than the fit does (smaller squared error): a shipped calibration is at most a
@@ -42,15 +43,16 @@ SAMPLE_WEIGHT_RANGE = (0.1, 10.0)  # a flow's squared-error weight for its sampl
 # one report's absurd count weighs no more than ten typical flows
 DISTURBED_SPREADS = 3.0  # a window is disturbed when its error exceeds the windows' median by this
 # many robust standard deviations (1.4826 median absolute deviations) ...
-DISTURBED_MIN_EXCESS = 0.05  # ... and by at least this mean |ln(predicted / measured)|: windows
-# that all agree to a few per cent are not told apart by their rounding
+DISTURBED_MIN_EXCESS = 0.05  # ... and by at least this mean |ln(predicted / measured)|: when the
+# windows agree closely their spread is near zero, and a few per cent is not a disturbance
 
 
 @dataclass(frozen=True)
 class Fitted:
-    """The correction in use, whether it was fitted here (else it is the prior), from how many
-    windows and measured flows; ``mape``: its error over the windows the fit kept (NaN before a fit
-    was tried); ``left_out``: the windows left out as disturbed."""
+    """The correction in use, whether it was fitted here (else it is the prior); ``windows`` and
+    ``flows``: the windows held and their measured flows, of which ``left_out`` windows were left
+    out as disturbed (the fit used the others); ``mape``: its error over the windows it used (NaN
+    before a fit was tried)."""
 
     correction: Correction
     fitted: bool
@@ -68,12 +70,12 @@ class OnlineCalibration:
                  leave_out_disturbed: bool = True):
         self.weigh_windows = weigh_windows  # False: every flow's error in s, the windows of highest load weigh most
         self.weigh_samples = weigh_samples  # False: every measured flow of a window weighs the same
-        self.leave_out_disturbed = leave_out_disturbed  # False: every kept window is fitted, however far off
+        self.leave_out_disturbed = leave_out_disturbed  # False: every window held is fitted, however far off
         self.set_prior(prior or Correction(), history, min_flows, min_windows)
 
     def set_prior(self, prior: Correction, history: int = 20, min_flows: int = MIN_FLOWS,
                   min_windows: int = MIN_WINDOWS) -> None:
-        """Start again from ``prior`` (no windows kept)."""
+        """Start again from ``prior`` (no windows held)."""
         self.prior = prior
         self.min_flows, self.min_windows = min_flows, min_windows
         self._windows: deque[tuple[NetworkState, np.ndarray, np.ndarray | None]] = deque(maxlen=history)
@@ -81,7 +83,7 @@ class OnlineCalibration:
         self._stale = False
 
     def restart(self) -> None:
-        """Drop the kept windows and go back to the prior (the measurements changed kind)."""
+        """Drop the windows held and go back to the prior (the measurements changed kind)."""
         self._windows.clear()
         self._current = Fitted(self.prior, False, 0, 0)
         self._stale = False
@@ -103,7 +105,7 @@ class OnlineCalibration:
 
     @property
     def flows(self) -> int:
-        """Measured flows over the kept windows."""
+        """Measured flows over the windows held."""
         return int(sum(measured_flows(m).sum() for _, m, _ in self._windows))
 
     @property
@@ -124,9 +126,11 @@ class OnlineCalibration:
             by_fit = CalibratedPredictor(predictor, fitted).predict_delays(states)
             windows = len(states)
             if self.leave_out_disturbed:
-                disturbed = disturbed_windows(window_errors(by_fit, measured))
-                if disturbed.any() and (~disturbed).sum() >= self.min_windows:
-                    kept = np.flatnonzero(~disturbed)
+                disturbed = (disturbed_windows(window_errors(by_fit, measured))
+                             & disturbed_windows(window_errors(by_prior, measured)))
+                kept = np.flatnonzero(~disturbed)
+                if disturbed.any() and len(kept) >= self.min_windows and \
+                        sum(measured_flows(measured[k]).sum() for k in kept) >= self.min_flows:
                     states, measured, weights, by_prior = _picked(kept, states, measured, weights, by_prior)
                     fitted = fit_least_squares(states, measured, predictor, weights)
                     by_fit = CalibratedPredictor(predictor, fitted).predict_delays(states)
@@ -156,11 +160,11 @@ def window_errors(predicted: list[np.ndarray], measured: list[np.ndarray]) -> np
 
 def disturbed_windows(errors: np.ndarray, spreads: float = DISTURBED_SPREADS,
                       min_excess: float = DISTURBED_MIN_EXCESS) -> np.ndarray:
-    """Per window, whether its error (:func:`window_errors`) exceeds the median of the windows' by
-    more than ``spreads`` robust standard deviations and by more than ``min_excess``; a window with
-    no error is not disturbed."""
+    """Per window, whether its error (:func:`window_errors`, unitless) exceeds the median of the
+    windows' by more than ``spreads`` robust standard deviations and by more than ``min_excess``; a
+    window with no error is not disturbed."""
     finite = np.isfinite(errors)
-    if finite.sum() < 3:
+    if not finite.any():
         return np.zeros(len(errors), dtype=bool)
     median = float(np.median(errors[finite]))
     spread = 1.4826 * float(np.median(np.abs(errors[finite] - median)))
