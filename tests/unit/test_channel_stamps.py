@@ -17,6 +17,7 @@ from controller.channel_stamps import ECHO, PROBE, SO_TIMESTAMPNS, StampedConnec
 from controller.probes import PathDelays, ProbeSample, probe_payload
 from controller.reported_delays import ReportedDelays
 from telemetry.exporter import Metrics
+from telemetry.store import TelemetryStore
 from tests.unit.test_controller_api import self_signed
 
 
@@ -119,8 +120,7 @@ class ProbeApp(SimpleNamespace):
         metrics = Metrics()
         super().__init__(wiring=SimpleNamespace(names={1: "s1", 2: "s2"}), path_delays=PathDelays(), metrics=metrics,
                          _probes_pending={}, _probes_left={}, _echo_sent={}, _echo_left={}, rtts=[],
-                         reported_delays=ReportedDelays(), _reports_compared=0, _datapaths={}, stored=[],
-                         store=SimpleNamespace(add_path_delays=lambda ts, kind, delays: self.stored.append((kind, delays))),
+                         reported_delays=ReportedDelays(), _reports_compared=0, _datapaths={}, store=TelemetryStore(),
                          _store=lambda write, *args: write(*args))
         metrics.set_control_rtt = lambda switch, seconds: self.rtts.append((switch, seconds))
         for name in ("_message_left", "_on_probe", "_on_echo_reply", "_report_probes"):
@@ -161,7 +161,8 @@ def test_each_report_is_set_beside_the_probes_of_its_window_once_and_the_edge_re
     app._report_probes()
     assert app.path_delays.host_edge.pairs == 3 and app._reports_compared == 1
     assert app.metrics._gauges["probe_host_edge_seconds"] == pytest.approx(0.0005)
-    assert app.stored[-1][0] == "probe" and app.stored[-1][1][("s1", "s2")] == pytest.approx(0.0025)
+    stored = {(p.src, p.dst): p for p in app.store.path_delays("probe", 0.0, time.time() + 1.0)}
+    assert stored[("s1", "s2")].value == pytest.approx(0.0025) and stored[("s1", "s2")].samples == 40  # its 40 probes
     app._report_probes()  # nothing new: the fit is not fed the same report twice
     assert len(app.path_delays._host_edge_rows) == 3
 
