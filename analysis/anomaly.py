@@ -114,9 +114,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from twin.state.metrics import median_and_spread
+
 Pair = tuple[str, str]
 MIN_OWN_REFERENCE = 3  # reference windows a path needs before its own bias replaces the pooled one
-MAD_TO_SIGMA = 1.4826  # MAD × this = the standard deviation of a normal distribution
 MIN_COMMON_LINKS = 5  # links whose loss is counted before a window's common loss is taken out
 
 
@@ -443,7 +444,7 @@ class AnomalyDetector:
         if reference is None or len(reference) < MIN_OWN_REFERENCE:
             self._load_reference.setdefault(lk.pair, deque(maxlen=settings.history)).append(lk.deviation)
             return None
-        bias, spread = _centre_and_spread(reference, settings.min_load_spread)
+        bias, spread = median_and_spread(reference, settings.min_load_spread)
         deviation = lk.deviation - bias
         side = 1 if deviation > settings.load_z * spread else -1 if deviation < -settings.load_z * spread else 0
         side, count, since = self._load_streaks[lk.pair] = _streak(self._load_streaks.get(lk.pair), side, ts)
@@ -466,7 +467,7 @@ class AnomalyDetector:
         if reference is None or len(reference) < MIN_OWN_REFERENCE:
             self._loss_reference.setdefault(lk.pair, deque(maxlen=settings.history)).append(loss)
             return None
-        usual, spread = _centre_and_spread(reference, settings.min_loss_spread)
+        usual, spread = median_and_spread(reference, settings.min_loss_spread)
         side = 1 if loss - usual > settings.loss_z * spread else 0
         side, count, since = self._loss_streaks[lk.pair] = _streak(self._loss_streaks.get(lk.pair), side, ts)
         if side == 0:
@@ -480,9 +481,7 @@ class AnomalyDetector:
         own = ref is not None and len(ref.residuals) >= MIN_OWN_REFERENCE
         bias = pooled_bias
         if own:
-            residuals = np.asarray(ref.residuals)
-            bias = float(np.median(residuals))
-            spread = max(spread, MAD_TO_SIGMA * float(np.median(np.abs(residuals - bias))))
+            bias, spread = median_and_spread(ref.residuals, spread)
         stderr = o.stderr_s
         if ref is not None and len(ref.variances) >= MIN_OWN_REFERENCE:
             stderr = math.sqrt(float(np.median(ref.variances)) / o.samples)
@@ -504,7 +503,7 @@ class AnomalyDetector:
         if not deviations:
             return self.settings.min_spread
         deviations = np.concatenate(deviations)
-        total = (MAD_TO_SIGMA * float(np.median(np.abs(deviations - np.median(deviations))))) ** 2
+        total = median_and_spread(deviations)[1] ** 2
         probes = float(np.median(np.square(noise))) if noise else 0.0
         return max(self.settings.min_spread, math.sqrt(max(0.0, total - probes)))
 
@@ -540,13 +539,6 @@ def _common_loss(loads: list[LinkLoad], min_packets: int) -> float:
     module's docstring)."""
     losses = [loss for loss in (lk.loss(min_packets) for lk in loads) if loss is not None]
     return float(np.median(losses)) if len(losses) >= MIN_COMMON_LINKS else 0.0
-
-
-def _centre_and_spread(values, floor: float) -> tuple[float, float]:
-    """The median of ``values`` and their robust spread (1.4826 × MAD), at least ``floor``."""
-    values = np.asarray(values)
-    centre = float(np.median(values))
-    return centre, max(floor, MAD_TO_SIGMA * float(np.median(np.abs(values - centre))))
 
 
 def _contradicted(judged: list[tuple]) -> set[Pair]:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from twin.state.metrics import MAD_TO_SIGMA
+
 PROBE_MAGIC = b"NDTPROBE"
 PROBE_HEADER = struct.Struct("!8sQ")  # magic, probe id
 PROBE_FRAME_BYTES = 64  # Ethernet frame without FCS: the smallest, so probes add next to no load
@@ -45,7 +47,7 @@ PROBE_TIMEOUT_S = 2.0  # a probe not back by then is counted lost
 LOOPBACK_SHARE = 0.25  # share of the probes spent on loopbacks (their median needs fewer samples)
 MIN_PATH_PROBES = 3  # a path's mean over a window needs this many of its probes
 MAX_POOLED_LINKS = 500  # a larger fit (cubic in the links: 0.1 s at 500) would hold up the controller's thread
-MEDIAN_SE = 1.2533 * 1.4826  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
+MEDIAN_SE = 1.2533 * MAD_TO_SIGMA  # a median's standard error ≈ this × MAD / √n (normal data: √(π/2) × σ / √n)
 HOST_EDGE_KEEP_S = 600.0  # reports ending this long before the newest still inform the edge, s
 HOST_EDGE_MIN_PAIRS = 3  # the edge is fitted once the reports and the probes share this many pairs
 HOST_EDGE_PRIOR_PAIRS = 3.0  # a switch's own edge term is pulled to the common one as hard as this many typical pairs

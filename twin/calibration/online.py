@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from twin.calibration.correction import CAPACITY_SCALES, CalibratedPredictor, Correction, design_matrices
-from twin.state.metrics import mape
+from twin.state.metrics import mape, median_and_spread
 from twin.state.model import NetworkState
 
 MIN_FLOWS = 30  # measured flows the windows must hold before the fit may replace the prior
@@ -42,7 +42,7 @@ SAMPLE_WEIGHT_RANGE = (0.1, 10.0)  # a flow's squared-error weight for its sampl
 # flow: delays in a queue are correlated, so a mean of many packets is not surer without end, and
 # one report's absurd count weighs no more than ten typical flows
 DISTURBED_SPREADS = 3.0  # a window is disturbed when its error exceeds the windows' median by this
-# many robust standard deviations (1.4826 median absolute deviations) ...
+# many robust standard deviations (:func:`median_and_spread`) ...
 DISTURBED_MIN_EXCESS = 0.05  # ... and by at least this mean |ln(predicted / measured)|: when the
 # windows agree closely their spread is near zero, and a few per cent is not a disturbance
 
@@ -166,8 +166,7 @@ def disturbed_windows(errors: np.ndarray, spreads: float = DISTURBED_SPREADS,
     finite = np.isfinite(errors)
     if not finite.any():
         return np.zeros(len(errors), dtype=bool)
-    median = float(np.median(errors[finite]))
-    spread = 1.4826 * float(np.median(np.abs(errors[finite] - median)))
+    median, spread = median_and_spread(errors[finite])
     excess = np.where(finite, errors - median, -np.inf)
     return (excess > spreads * spread) & (excess > min_excess)
 

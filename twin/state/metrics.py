@@ -1,5 +1,6 @@
 """The few numbers every part of ndt reports about per-flow delays: the traffic-weighted mean,
-the error of a prediction against a measurement, and JSON-safe floats. Delays in s, rates bit/s."""
+the error of a prediction against a measurement, a robust centre and spread, and JSON-safe floats.
+Delays in s, rates bit/s."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 import numpy as np
 
 from twin.state.model import NetworkState
+
+MAD_TO_SIGMA = 1.4826  # MAD × this = the standard deviation of a normal distribution
 
 
 def mean_delay(state: NetworkState, delays: np.ndarray) -> float:
@@ -29,6 +32,14 @@ def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
     if not ok.any():
         return float("nan")
     return float(np.mean(np.abs(predicted[ok] - measured[ok]) / measured[ok]))
+
+
+def median_and_spread(values, floor: float = 0.0) -> tuple[float, float]:
+    """The median of ``values`` and their robust spread (MAD_TO_SIGMA × the median absolute
+    deviation), at least ``floor``; in the values' unit."""
+    values = np.asarray(values, dtype=float)
+    centre = float(np.median(values))
+    return centre, max(floor, MAD_TO_SIGMA * float(np.median(np.abs(values - centre))))
 
 
 def finite_float(value) -> float | None:
